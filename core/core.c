@@ -1,0 +1,476 @@
+/* core.c: the engine itself and the Lua module sluice.core.
+ *
+ * Owns the one libuv loop and the C->Lua entry point (sl_call), and exposes the smallest
+ * primitives the Lua scheduler (lua/sluice/init.lua) is built on: one-shot and repeating
+ * timers, the monotonic clock, interrupt (SIGINT/SIGTERM) delivery, loop control, the
+ * environment, and a diagnostic thread-pool job. Policy (tasks, queues, cancellation)
+ * lives in Lua.
+ */
+#include "sluice.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define TIMER_MT "sluice.timer"
+
+static struct {
+  uv_loop_t *loop;
+  lua_State *L;
+  int error_handler_ref;
+  /* interrupts */
+  uv_async_t interrupt_async;
+  int interrupt_ref;
+  volatile sig_atomic_t interrupts;     /* SIGINTs received */
+  volatile sig_atomic_t delivered;      /* how many were handed to Lua */
+  volatile sig_atomic_t hard_exit_on_2; /* run mode: second SIGINT exits at once */
+  volatile sig_atomic_t in_lua;         /* Lua code is running (for the REPL's hook) */
+  volatile sig_atomic_t interrupt_lua;  /* REPL mode: interrupt running Lua code */
+} engine = {.error_handler_ref = LUA_NOREF, .interrupt_ref = LUA_NOREF};
+
+uv_loop_t *sl_loop(lua_State *L) {
+  (void)L;
+  return engine.loop;
+}
+
+lua_State *sl_main_state(void) { return engine.L; }
+
+double sl_now(void) { return (double)uv_hrtime() / 1e9; }
+
+int sl_ref(lua_State *L, int idx) {
+  lua_pushvalue(L, idx);
+  return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void sl_unref(lua_State *L, int *ref) {
+  if (*ref != LUA_NOREF && *ref != LUA_REFNIL) luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+  *ref = LUA_NOREF;
+}
+
+void sl_push_ref(lua_State *L, int ref) { lua_rawgeti(L, LUA_REGISTRYINDEX, ref); }
+
+int sl_push_uv_error(lua_State *L, int uv_err, const char *what) {
+  lua_pushnil(L);
+  if (what)
+    lua_pushfstring(L, "%s: %s", what, uv_strerror(uv_err));
+  else
+    lua_pushstring(L, uv_strerror(uv_err));
+  lua_pushstring(L, uv_err_name(uv_err));
+  return 3;
+}
+
+int sl_push_fail(lua_State *L, const char *code, const char *fmt, ...) {
+  va_list ap;
+  lua_pushnil(L);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  if (!code) return 2;
+  lua_pushstring(L, code);
+  return 3;
+}
+
+void sl_check_open(lua_State *L, const void *ptr, const char *what) {
+  if (!ptr) luaL_error(L, "attempt to use a closed %s", what);
+}
+
+/* ---- the C->Lua entry point ------------------------------------------------------------ */
+
+/* Message handler: strings get a traceback; other error values (task errors, the
+ * cancellation marker) pass through untouched because they carry their own. */
+static int traceback_handler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) return 1;
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+static void lstop_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  engine.interrupt_lua = 0;
+  luaL_error(L, "interrupted!");
+}
+
+int sl_call(lua_State *L, int nargs, int nresults) {
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, traceback_handler);
+  lua_insert(L, base);
+  sig_atomic_t was_in_lua = engine.in_lua;
+  engine.in_lua = 1;
+  int status = lua_pcall(L, nargs, nresults, base);
+  engine.in_lua = was_in_lua;
+  lua_remove(L, base);
+  if (status != LUA_OK) sl_report_error(L, "callback");
+  return status;
+}
+
+void sl_report_error(lua_State *L, const char *where) {
+  if (engine.error_handler_ref != LUA_NOREF) {
+    sl_push_ref(L, engine.error_handler_ref);
+    lua_insert(L, -2);
+    lua_pushstring(L, where ? where : "?");
+    if (lua_pcall(L, 2, 0, 0) == LUA_OK) return;
+  }
+  const char *msg = luaL_tolstring(L, -1, NULL);
+  fprintf(stderr, "sluice: error in %s: %s\n", where ? where : "?", msg);
+  lua_pop(L, 2);
+}
+
+/* core.set_error_handler(fn): fn(err, where) receives errors raised by callbacks that no
+ * task caught. */
+static int l_set_error_handler(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  sl_unref(L, &engine.error_handler_ref);
+  engine.error_handler_ref = sl_ref(L, 1);
+  return 0;
+}
+
+/* ---- timers ---------------------------------------------------------------------------- */
+
+typedef struct sl_timer sl_timer;
+typedef struct timer_ud {
+  sl_timer *t; /* NULL once closed */
+} timer_ud;
+
+struct sl_timer {
+  uv_timer_t handle;
+  int callback_ref;
+  int self_ref; /* keeps the userdata alive while the timer is active */
+  int oneshot;  /* close after the first expiry */
+  timer_ud *ud;
+};
+
+static void timer_closed(uv_handle_t *h) { free(h->data); }
+
+/* Closes a timer; idempotent. Drops the references so both sides can be collected. */
+static void timer_close(lua_State *L, sl_timer *t) {
+  if (!t) return;
+  if (t->ud) t->ud->t = NULL;
+  t->ud = NULL;
+  sl_unref(L, &t->callback_ref);
+  sl_unref(L, &t->self_ref);
+  uv_close((uv_handle_t *)&t->handle, timer_closed);
+}
+
+static void on_timer(uv_timer_t *h) {
+  sl_timer *t = h->data;
+  lua_State *L = engine.L;
+  sl_push_ref(L, t->callback_ref);
+  if (t->oneshot) {
+    timer_close(L, t); /* the callback is on the stack; the handle frees after it */
+  } else if (uv_timer_get_repeat(h) == 0) {
+    sl_unref(L, &t->self_ref); /* inactive now: collectable */
+  }
+  sl_call(L, 0, 0);
+}
+
+static sl_timer *check_timer(lua_State *L) {
+  timer_ud *ud = luaL_checkudata(L, 1, TIMER_MT);
+  sl_check_open(L, ud->t, "timer");
+  return ud->t;
+}
+
+static uint64_t seconds_to_ms(lua_State *L, int idx) {
+  lua_Number s = luaL_checknumber(L, idx);
+  luaL_argcheck(L, s >= 0, idx, "seconds must be >= 0");
+  /* Round up so a wait is never shorter than asked; 0 stays 0 (next iteration). */
+  double ms = s * 1000.0;
+  uint64_t r = (uint64_t)ms;
+  if ((double)r < ms) r++;
+  return r;
+}
+
+static timer_ud *new_timer(lua_State *L, int oneshot) {
+  timer_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  ud->t = NULL;
+  luaL_setmetatable(L, TIMER_MT);
+  sl_timer *t = calloc(1, sizeof *t);
+  if (!t) luaL_error(L, "timer: out of memory");
+  uv_timer_init(engine.loop, &t->handle);
+  t->handle.data = t;
+  t->callback_ref = LUA_NOREF;
+  t->self_ref = LUA_NOREF;
+  t->oneshot = oneshot;
+  t->ud = ud;
+  ud->t = t;
+  return ud;
+}
+
+/* core.timer() -> timer: a reusable timer (see :start, :stop, :close). */
+static int l_timer(lua_State *L) {
+  new_timer(L, 0);
+  return 1;
+}
+
+/* core.after(seconds, fn) -> timer: calls fn once after seconds; the timer closes itself
+ * after firing; :close() before that cancels it. */
+static int l_after(lua_State *L) {
+  uint64_t ms = seconds_to_ms(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  timer_ud *ud = new_timer(L, 1);
+  sl_timer *t = ud->t;
+  t->callback_ref = sl_ref(L, 2);
+  t->self_ref = sl_ref(L, -1);
+  uv_update_time(engine.loop); /* the cached loop time may be stale while Lua runs */
+  uv_timer_start(&t->handle, on_timer, ms, 0);
+  return 1;
+}
+
+/* timer:start(seconds, repeat_seconds, fn) */
+static int timer_start(lua_State *L) {
+  sl_timer *t = check_timer(L);
+  uint64_t ms = seconds_to_ms(L, 2);
+  uint64_t rep = lua_isnoneornil(L, 3) ? 0 : seconds_to_ms(L, 3);
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  sl_unref(L, &t->callback_ref);
+  t->callback_ref = sl_ref(L, 4);
+  if (t->self_ref == LUA_NOREF) t->self_ref = sl_ref(L, 1);
+  uv_update_time(engine.loop);
+  uv_timer_start(&t->handle, on_timer, ms, rep);
+  return 0;
+}
+
+static int timer_stop(lua_State *L) {
+  sl_timer *t = check_timer(L);
+  uv_timer_stop(&t->handle);
+  sl_unref(L, &t->self_ref);
+  return 0;
+}
+
+static int timer_active(lua_State *L) {
+  timer_ud *ud = luaL_checkudata(L, 1, TIMER_MT);
+  lua_pushboolean(L, ud->t && uv_is_active((uv_handle_t *)&ud->t->handle));
+  return 1;
+}
+
+/* __gc, __close and :close share this idempotent function. */
+static int timer_gc(lua_State *L) {
+  timer_ud *ud = luaL_checkudata(L, 1, TIMER_MT);
+  timer_close(L, ud->t);
+  return 0;
+}
+
+/* ---- interrupts ------------------------------------------------------------------------ */
+
+static void on_sigint(int sig) {
+  (void)sig;
+  engine.interrupts++;
+  if (engine.hard_exit_on_2 && engine.interrupts >= 2) {
+    static const char msg[] = "\nsluice: interrupted twice, stopping now\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    _exit(130);
+  }
+  if (engine.interrupt_lua && engine.in_lua && engine.L)
+    lua_sethook(engine.L, lstop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  uv_async_send(&engine.interrupt_async);
+}
+
+static void on_interrupt_async(uv_async_t *a) {
+  (void)a;
+  lua_State *L = engine.L;
+  while (engine.delivered < engine.interrupts) {
+    engine.delivered++;
+    if (engine.interrupt_ref == LUA_NOREF) continue;
+    sl_push_ref(L, engine.interrupt_ref);
+    lua_pushinteger(L, engine.delivered);
+    sl_call(L, 1, 0);
+  }
+}
+
+/* core.on_interrupt(fn[, mode]): fn(count) runs on the loop for each SIGINT or SIGTERM.
+ * mode "run": a second interrupt exits the process at once with status 130.
+ * mode "repl": an interrupt also stops Lua code that is running at that moment. */
+static int l_on_interrupt(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  static const char *const modes[] = {"run", "repl", NULL};
+  int mode = luaL_checkoption(L, 2, "run", modes);
+  sl_unref(L, &engine.interrupt_ref);
+  engine.interrupt_ref = sl_ref(L, 1);
+  engine.hard_exit_on_2 = mode == 0;
+  engine.interrupt_lua = mode == 1;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  return 0;
+}
+
+/* core.interrupt_lua(on): arm or disarm interrupting running Lua code (REPL mode). */
+static int l_interrupt_lua(lua_State *L) {
+  engine.interrupt_lua = lua_toboolean(L, 1);
+  return 0;
+}
+
+/* ---- clock, loop, environment ---------------------------------------------------------- */
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, sl_now());
+  return 1;
+}
+
+static int l_time(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+static int l_stop(lua_State *L) {
+  (void)L;
+  uv_stop(engine.loop);
+  return 0;
+}
+
+/* core.handles() -> {type, ...}: the active handles, for diagnostics and tests. */
+static void walk_cb(uv_handle_t *h, void *arg) {
+  lua_State *L = arg;
+  if (!uv_is_active(h) || uv_is_closing(h) || !uv_has_ref(h)) return;
+  lua_pushstring(L, uv_handle_type_name(uv_handle_get_type(h)));
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+static int l_handles(lua_State *L) {
+  lua_newtable(L);
+  uv_walk(engine.loop, walk_cb, L);
+  return 1;
+}
+
+static int l_environ(lua_State *L) {
+  lua_newtable(L);
+  for (char **e = environ; *e; e++) {
+    const char *eq = strchr(*e, '=');
+    if (!eq) continue;
+    lua_pushlstring(L, *e, (size_t)(eq - *e));
+    lua_pushstring(L, eq + 1);
+    lua_rawset(L, -3);
+  }
+  return 1;
+}
+
+static int l_pool_size(lua_State *L) {
+  lua_pushinteger(L, sl_pool_size());
+  return 1;
+}
+
+static int l_cpu_time(lua_State *L) {
+  uv_rusage_t ru;
+  if (uv_getrusage(&ru) != 0) return sl_push_fail(L, NULL, "getrusage failed");
+  lua_pushnumber(L, (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                        (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6);
+  lua_pushinteger(L, (lua_Integer)ru.ru_maxrss); /* KiB */
+  return 2;
+}
+
+static int l_exit_now(lua_State *L) {
+  int code = (int)luaL_optinteger(L, 1, 0);
+  fflush(stdout);
+  fflush(stderr);
+  _exit(code);
+}
+
+/* ---- a diagnostic pool job: sleeps on a worker thread ---------------------------------- */
+
+typedef struct work_sleep {
+  double seconds;
+  double slept;
+} work_sleep;
+
+static void work_sleep_run(sl_job *job, void *data) {
+  work_sleep *w = data;
+  double start = sl_now();
+  while (sl_now() - start < w->seconds && !sl_job_cancelled(job)) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  w->slept = sl_now() - start;
+}
+
+static int work_sleep_finish(lua_State *L, void *data) {
+  lua_pushnumber(L, ((work_sleep *)data)->slept);
+  return 1;
+}
+
+static const sl_job_class work_sleep_class = {"core.work_sleep", work_sleep_run,
+                                              work_sleep_finish, free};
+
+/* core.work_sleep(seconds, fn) -> job: occupies a worker thread for seconds (polling for
+ * cancellation every millisecond), then calls fn(seconds_slept). */
+static int l_work_sleep(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  work_sleep *w = calloc(1, sizeof *w);
+  if (!w) return luaL_error(L, "out of memory");
+  w->seconds = s;
+  return sl_job_submit(L, 2, &work_sleep_class, w);
+}
+
+/* ---- engine lifetime ------------------------------------------------------------------- */
+
+int sl_engine_init(lua_State *L, uv_loop_t *loop) {
+  engine.loop = loop;
+  engine.L = L;
+  signal(SIGPIPE, SIG_IGN);
+  int rc = uv_async_init(loop, &engine.interrupt_async, on_interrupt_async);
+  if (rc != 0) return rc;
+  uv_unref((uv_handle_t *)&engine.interrupt_async);
+  return 0;
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, h->close_cb ? h->close_cb : NULL);
+}
+
+int sl_engine_close(lua_State *L) {
+  sl_pool_shutdown();
+  engine.L = NULL;
+  lua_close(L); /* finalizers close the handles Lua owns */
+  uv_walk(engine.loop, close_walk_cb, NULL);
+  uv_run(engine.loop, UV_RUN_DEFAULT);
+  return uv_loop_close(engine.loop);
+}
+
+int luaopen_sluice_core(lua_State *L) {
+  static const luaL_Reg timer_methods[] = {{"start", timer_start}, {"stop", timer_stop},
+                                           {"active", timer_active}, {"close", timer_gc},
+                                           {NULL, NULL}};
+  luaL_newmetatable(L, TIMER_MT);
+  luaL_newlib(L, timer_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, timer_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, timer_gc);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+
+  static const luaL_Reg funcs[] = {{"set_error_handler", l_set_error_handler},
+                                   {"timer", l_timer},
+                                   {"after", l_after},
+                                   {"on_interrupt", l_on_interrupt},
+                                   {"interrupt_lua", l_interrupt_lua},
+                                   {"now", l_now},
+                                   {"time", l_time},
+                                   {"stop", l_stop},
+                                   {"handles", l_handles},
+                                   {"environ", l_environ},
+                                   {"pool_size", l_pool_size},
+                                   {"cpu_time", l_cpu_time},
+                                   {"exit_now", l_exit_now},
+                                   {"work_sleep", l_work_sleep},
+                                   {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  lua_pushliteral(L, SLUICE_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}

@@ -1,0 +1,506 @@
+-- sluice: the runtime scripts use. Tasks, sleeping, queues, semaphores, events, groups,
+-- timeouts and subprocesses, all waiting cooperatively on the engine's one loop.
+--
+--   local sl = require "sluice"
+--   local q = sl.queue(64)
+--   sl.spawn(function() for i = 1, 10 do q:put(i) end q:close() end)
+--   for v in q:iter() do print(v) end
+local core = require "sluice.core.core"
+local sched = require "sluice.sched"
+
+local begin_wait, suspend, wake, need_task = sched.begin_wait, sched.suspend, sched.wake,
+  sched.need_task
+local pack, unpack = table.pack, table.unpack
+
+local M = {}
+
+M.version = core.version
+M.spawn = sched.spawn
+M.current = sched.current
+M.yield = sched.yield
+M.await = sched.await
+M.Cancelled = sched.Cancelled
+M.is_cancelled = sched.is_cancelled
+M.now = core.now
+M.time = core.time
+
+local function check_seconds(v, fname, argn)
+  if type(v) ~= "number" or v ~= v or v < 0 then
+    error(string.format("bad argument #%d to '%s' (non-negative number of seconds expected, got %s)",
+      argn, fname, v == nil and "no value" or tostring(v)), 3)
+  end
+end
+
+-- sleep(seconds): waits at least that long.
+function M.sleep(seconds)
+  check_seconds(seconds, "sleep", 1)
+  local t = need_task("sluice.sleep")
+  local id = begin_wait(t, "sleep")
+  local timer = core.after(seconds, function() wake(t, id, true) end)
+  t.wait_cancel = timer
+  suspend()
+end
+
+-- A FIFO of waiting tasks with lazy removal: an entry whose task has since left that wait
+-- (cancelled, or woken another way) is skipped.
+local function waitlist() return { head = 1, tail = 0 } end
+
+local function wl_push(wl, t, id, v)
+  local n = wl.tail + 1
+  wl.tail = n
+  wl[3 * n - 2], wl[3 * n - 1], wl[3 * n] = t, id, v
+end
+
+-- Pops the first entry still waiting; returns task, wait id, value, or nil.
+local function wl_pop(wl)
+  while wl.head <= wl.tail do
+    local h = wl.head
+    local t, id, v = wl[3 * h - 2], wl[3 * h - 1], wl[3 * h]
+    wl[3 * h - 2], wl[3 * h - 1], wl[3 * h] = nil, nil, nil
+    wl.head = h + 1
+    if t.waiting and t.wait_id == id then
+      if wl.head > wl.tail then wl.head, wl.tail = 1, 0 end
+      return t, id, v
+    end
+  end
+  wl.head, wl.tail = 1, 0
+  return nil
+end
+
+-- True when no entry is still waiting; drops stale entries at the head on the way.
+local function wl_empty(wl)
+  while wl.head <= wl.tail do
+    local h = wl.head
+    local t = wl[3 * h - 2]
+    if t.waiting and t.wait_id == wl[3 * h - 1] then return false end
+    wl[3 * h - 2], wl[3 * h - 1], wl[3 * h] = nil, nil, nil
+    wl.head = h + 1
+  end
+  wl.head, wl.tail = 1, 0
+  return true
+end
+
+local function wl_count(wl)
+  local n = 0
+  for h = wl.head, wl.tail do
+    local t = wl[3 * h - 2]
+    if t and t.waiting and t.wait_id == wl[3 * h - 1] then n = n + 1 end
+  end
+  return n
+end
+
+-- Queues --------------------------------------------------------------------------------
+
+local Queue = {}
+Queue.__index = Queue
+Queue.__name = "sluice.queue"
+local CLOSED = setmetatable({}, { __name = "sluice.closed-marker" })
+
+-- queue(capacity): a bounded FIFO. put waits while it is full, get while it is empty.
+function M.queue(capacity)
+  if capacity == nil then capacity = math.huge end
+  if type(capacity) ~= "number" or capacity < 0 or (capacity ~= math.huge and math.type(capacity) ~= "integer") then
+    error("bad argument #1 to 'queue' (capacity must be a non-negative integer, got " ..
+      tostring(capacity) .. ")", 2)
+  end
+  return setmetatable({
+    cap = capacity, n = 0, head = 1, tail = 0, closed = false,
+    getters = waitlist(), putters = waitlist(),
+  }, Queue)
+end
+
+local function take(q)
+  local h = q.head
+  local v = q[h]
+  q[h] = nil
+  q.n = q.n - 1
+  if q.n == 0 then q.head, q.tail = 1, 0 else q.head = h + 1 end
+  return v
+end
+
+local function store(q, v)
+  local tl = q.tail + 1
+  q.tail = tl
+  q[tl] = v
+  q.n = q.n + 1
+end
+
+-- q:put(v): adds v, waiting while the queue is full. Raises on a closed queue.
+function Queue:put(v)
+  if v == nil then error("bad argument #1 to 'put' (a queue cannot hold nil)", 2) end
+  if self.closed then error("attempt to put on a closed queue", 2) end
+  local gt, gid = wl_pop(self.getters)
+  if gt then
+    wake(gt, gid, v)
+    return true
+  end
+  if self.n < self.cap then
+    store(self, v)
+    return true
+  end
+  local t = need_task("queue:put")
+  local id = begin_wait(t, "queue:put")
+  wl_push(self.putters, t, id, v)
+  if suspend() == CLOSED then error("attempt to put on a closed queue (closed while waiting)", 2) end
+  return true
+end
+
+-- q:try_put(v) -> true, or false when the queue is full. Raises on a closed queue.
+function Queue:try_put(v)
+  if v == nil then error("bad argument #1 to 'try_put' (a queue cannot hold nil)", 2) end
+  if self.closed then error("attempt to put on a closed queue", 2) end
+  local gt, gid = wl_pop(self.getters)
+  if gt then
+    wake(gt, gid, v)
+    return true
+  end
+  if self.n < self.cap then
+    store(self, v)
+    return true
+  end
+  return false
+end
+
+-- Moves the first waiting putter's value into the queue (a slot has just been freed).
+local function admit_putter(q)
+  local pt, pid, pv = wl_pop(q.putters)
+  if pt then
+    store(q, pv)
+    wake(pt, pid, true)
+  end
+end
+
+-- q:get() -> the oldest value, waiting while the queue is empty; nil once the queue is
+-- closed and drained.
+function Queue:get()
+  if self.n > 0 then
+    local v = take(self)
+    admit_putter(self)
+    return v
+  end
+  local pt, pid, pv = wl_pop(self.putters) -- capacity 0: hand over directly
+  if pt then
+    wake(pt, pid, true)
+    return pv
+  end
+  if self.closed then return nil end
+  local t = need_task("queue:get")
+  local id = begin_wait(t, "queue:get")
+  wl_push(self.getters, t, id, nil)
+  local v = suspend()
+  if v == CLOSED then return nil end
+  return v
+end
+
+-- q:try_get() -> value, or nil when empty (and false as a second value when closed).
+function Queue:try_get()
+  if self.n > 0 then
+    local v = take(self)
+    admit_putter(self)
+    return v
+  end
+  local pt, pid, pv = wl_pop(self.putters)
+  if pt then
+    wake(pt, pid, true)
+    return pv
+  end
+  return nil, not self.closed
+end
+
+-- q:close(): no more puts; getters drain what is left and then get nil.
+function Queue:close()
+  if self.closed then return end
+  self.closed = true
+  while true do
+    local gt, gid = wl_pop(self.getters)
+    if not gt then break end
+    wake(gt, gid, CLOSED)
+  end
+  while true do
+    local pt, pid = wl_pop(self.putters)
+    if not pt then break end
+    wake(pt, pid, CLOSED)
+  end
+end
+
+function Queue:len() return self.n end
+function Queue:capacity() return self.cap end
+function Queue:is_closed() return self.closed end
+function Queue:waiting() return wl_count(self.getters), wl_count(self.putters) end
+
+-- for v in q:iter() do ... end: gets until the queue is closed and drained.
+function Queue:iter()
+  return function() return self:get() end
+end
+
+function Queue:__tostring()
+  return string.format("sluice.queue (%d/%s%s)", self.n, tostring(self.cap),
+    self.closed and ", closed" or "")
+end
+
+-- Semaphores -----------------------------------------------------------------------------
+
+local Semaphore = {}
+Semaphore.__index = Semaphore
+Semaphore.__name = "sluice.semaphore"
+
+-- semaphore(n): n permits (a positive integer).
+function M.semaphore(n)
+  if math.type(n) ~= "integer" or n < 1 then
+    error("bad argument #1 to 'semaphore' (a positive integer number of permits expected, got " ..
+      tostring(n) .. ")", 2)
+  end
+  return setmetatable({ limit = n, held = 0, waiters = waitlist() }, Semaphore)
+end
+
+-- s:acquire(): takes a permit, waiting in FIFO order while none is free.
+function Semaphore:acquire()
+  if self.held < self.limit and wl_empty(self.waiters) then
+    self.held = self.held + 1
+    return true
+  end
+  local t = need_task("semaphore:acquire")
+  local id = begin_wait(t, "semaphore:acquire")
+  wl_push(self.waiters, t, id, nil)
+  suspend() -- woken holding the permit that grant() counted for it
+  return true
+end
+
+function Semaphore:try_acquire()
+  if self.held < self.limit and wl_empty(self.waiters) then
+    self.held = self.held + 1
+    return true
+  end
+  return false
+end
+
+-- Hands permits to waiters while some are free.
+local function grant(s)
+  while s.held < s.limit do
+    local t, id = wl_pop(s.waiters)
+    if not t then return end
+    s.held = s.held + 1
+    wake(t, id, true)
+  end
+end
+
+-- s:release(): returns a permit. Raises when nothing is held.
+function Semaphore:release()
+  if self.held <= 0 then error("semaphore released more times than it was acquired", 2) end
+  self.held = self.held - 1
+  grant(self)
+end
+
+-- s:set_limit(n): changes the number of permits at run time (live worker changes, adaptive
+-- limits). Lowering it takes effect as holders release.
+function Semaphore:set_limit(n)
+  if math.type(n) ~= "integer" or n < 1 then
+    error("bad argument #1 to 'set_limit' (positive integer expected)", 2)
+  end
+  self.limit = n
+  grant(self)
+end
+
+function Semaphore:in_use() return self.held end
+function Semaphore:waiting() return wl_count(self.waiters) end
+
+-- s:with(fn, ...) -> fn's results: runs fn holding a permit, released even on error.
+function Semaphore:with(fn, ...)
+  self:acquire()
+  local r = pack(pcall(fn, ...))
+  self:release()
+  if not r[1] then error(r[2], 0) end
+  return unpack(r, 2, r.n)
+end
+
+function Semaphore:__tostring()
+  return string.format("sluice.semaphore (%d of %d in use)", self.held, self.limit)
+end
+
+-- Events -----------------------------------------------------------------------------------
+
+local Event = {}
+Event.__index = Event
+Event.__name = "sluice.event"
+
+-- event(): a one-shot flag tasks can wait for; set(value) wakes them all with value.
+function M.event() return setmetatable({ set_ = false, waiters = waitlist() }, Event) end
+
+function Event:set(value)
+  if self.set_ then return end
+  self.set_ = true
+  if value == nil then value = true end
+  self.value = value
+  while true do
+    local t, id = wl_pop(self.waiters)
+    if not t then break end
+    wake(t, id, value)
+  end
+end
+
+function Event:is_set() return self.set_ end
+
+function Event:wait()
+  if self.set_ then return self.value end
+  local t = need_task("event:wait")
+  local id = begin_wait(t, "event:wait")
+  wl_push(self.waiters, t, id, nil)
+  return suspend()
+end
+
+-- Groups (structured concurrency) ---------------------------------------------------------
+
+local Group = {}
+Group.__index = Group
+Group.__name = "sluice.group"
+
+-- group(): tasks spawned with g:spawn belong to it; g:wait() waits for all of them. The
+-- first failure cancels the others and g:wait() re-raises it with its traceback.
+function M.group() return setmetatable({ tasks = {}, pending = 0 }, Group) end
+
+local function member_done(g, t)
+  g.pending = g.pending - 1
+  if t.status == "failed" and not g.err then
+    g.err = t.result[2]
+    g.failed_task = t
+    for _, other in ipairs(g.tasks) do
+      if other ~= t and not other.finished then other:cancel() end
+    end
+  end
+  if g.pending == 0 and g.waiter then
+    local w, id = g.waiter, g.waiter_id
+    g.waiter = nil
+    wake(w, id, true)
+  end
+end
+
+function Group:spawn(fn, ...)
+  if self.err then error("group already failed: " .. tostring(self.err), 2) end
+  local t = sched.spawn(fn, ...)
+  t.observed = true
+  self.tasks[#self.tasks + 1] = t
+  self.pending = self.pending + 1
+  t:on_done(function(task) member_done(self, task) end)
+  return t
+end
+
+function Group:cancel()
+  for _, t in ipairs(self.tasks) do
+    if not t.finished then t:cancel() end
+  end
+end
+
+function Group:wait()
+  if self.pending > 0 then
+    local t = need_task("group:wait")
+    local id = begin_wait(t, "group:wait")
+    self.waiter, self.waiter_id = t, id
+    local ok, err = pcall(suspend)
+    if not ok then
+      self:cancel() -- the waiter was cancelled: so is everything it owns
+      error(err, 0)
+    end
+  end
+  if self.err then error(self.err, 0) end
+  return true
+end
+
+-- Timeouts ---------------------------------------------------------------------------------
+
+-- timeout(seconds, fn, ...) -> fn's results, or nil, "timeout", "ETIMEDOUT" when fn did not
+-- finish in time (whatever it waited on is cancelled).
+function M.timeout(seconds, fn, ...)
+  check_seconds(seconds, "timeout", 1)
+  local t = need_task("sluice.timeout")
+  local scope = sched.open_scope(t)
+  local timer = core.after(seconds, function()
+    scope.expired = true
+    scope:cancel()
+  end)
+  local r = pack(xpcall(fn, sched.capture, ...))
+  timer:close()
+  scope:close()
+  if r[1] then return unpack(r, 2, r.n) end
+  if r[2] == sched.Cancelled and scope.expired then
+    return nil, string.format("timeout after %gs", seconds), "ETIMEDOUT"
+  end
+  error(r[2], 0)
+end
+
+-- Subprocesses -------------------------------------------------------------------------------
+
+local proc = require "sluice.core.proc"
+
+local function env_list(extra)
+  if extra == nil then return nil end
+  local env = core.environ()
+  for k, v in pairs(extra) do
+    if v == false then env[k] = nil else env[k] = tostring(v) end
+  end
+  local list = {}
+  for k, v in pairs(env) do list[#list + 1] = k .. "=" .. v end
+  table.sort(list)
+  return list
+end
+M._env_list = env_list
+
+-- exec(argv, {stdin=, cwd=, env=, timeout=, shell=}) -> {status=, signal=, stdout=, stderr=}
+-- or nil, message, code. argv is a list; with shell=true a string runs through /bin/sh.
+-- env adds to (or, with false, removes from) the current environment. Cancelling the task
+-- or the timeout kills the process.
+function M.exec(argv, opts)
+  opts = opts or {}
+  if type(argv) == "string" then
+    if not opts.shell then
+      error("bad argument #1 to 'exec' (argv list expected; pass shell=true to run a command line)", 2)
+    end
+    argv = { "/bin/sh", "-c", argv }
+  end
+  if type(argv) ~= "table" or type(argv[1]) ~= "string" then
+    error("bad argument #1 to 'exec' (non-empty argv list expected)", 2)
+  end
+  if opts.stdin ~= nil and type(opts.stdin) ~= "string" then
+    error("bad option 'stdin' to 'exec' (string expected)", 2)
+  end
+  local args = { table.unpack(argv, 2) }
+  local env = env_list(opts.env)
+  local out, err = {}, {}
+  local function run()
+    return sched.await("exec " .. argv[1], function(done)
+      local p, msg, code = proc.spawn {
+        file = argv[1], args = args, cwd = opts.cwd, env = env, stdin = opts.stdin ~= nil,
+        on_stdout = function(c) if c then out[#out + 1] = c end end,
+        on_stderr = function(c) if c then err[#err + 1] = c end end,
+        on_exit = function(status, sig) done(status, sig) end,
+      }
+      if not p then
+        done(nil, "exec: " .. msg, code)
+        return nil
+      end
+      if opts.stdin then
+        p:write(opts.stdin)
+        p:close_stdin()
+      end
+      return function() pcall(p.kill, p, "SIGKILL") end
+    end)
+  end
+  local status, sig, code
+  if opts.timeout then
+    status, sig, code = M.timeout(opts.timeout, run)
+    if status == nil and code == "ETIMEDOUT" then
+      return nil, string.format("exec: '%s' timed out after %gs", argv[1], opts.timeout), "ETIMEDOUT"
+    end
+  else
+    status, sig, code = run()
+  end
+  if status == nil then return nil, sig, code end
+  return { status = status, signal = sig, stdout = table.concat(out), stderr = table.concat(err) }
+end
+
+-- Running a function to completion from outside any task (used by the CLI and tests).
+function M.run(fn, ...)
+  local t = sched.spawn(fn, ...)
+  return t
+end
+
+return M

@@ -1,0 +1,380 @@
+-- sluice.sched: tasks (coroutines) and the run queue.
+--
+-- A task is a coroutine plus bookkeeping. A task waits by "suspending" after it has said
+-- what it waits for (begin_wait); whoever completes the wait calls wake(task, wait_id, value)
+-- and the task becomes ready. Ready tasks run in FIFO order whenever control comes back to
+-- Lua from the loop (every wake from a C callback drains the run queue). Cancellation is
+-- scoped (as in Trio): a task has a stack of cancel scopes; cancelling a scope interrupts
+-- the task's current wait and every later wait inside that scope raises sluice.Cancelled.
+local core = require "sluice.core.core"
+
+local co_create, co_resume, co_yield, co_status, co_running =
+  coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.running
+local pack, unpack = table.pack, table.unpack
+local traceback = debug.traceback
+
+local M = {}
+
+-- The error value raised inside a task whose scope was cancelled. One shared object: compare
+-- with == or use sched.is_cancelled(err).
+local Cancelled = setmetatable({}, {
+  __name = "sluice.Cancelled",
+  __tostring = function() return "cancelled" end,
+})
+M.Cancelled = Cancelled
+
+-- A failed task's error: the original error value plus the traceback where it was raised.
+local TaskError = {}
+TaskError.__index = TaskError
+TaskError.__name = "sluice.TaskError"
+TaskError.__tostring = function(e)
+  local msg = e.message
+  if type(msg) ~= "string" then msg = tostring(msg) end
+  if e.traceback and e.traceback ~= "" then return msg .. "\n" .. e.traceback end
+  return msg
+end
+M.TaskError = TaskError
+
+function M.is_cancelled(err) return err == Cancelled end
+
+-- Wraps a raw error with its traceback, unless it already carries one.
+local function capture(err, level)
+  if err == Cancelled or getmetatable(err) == TaskError then return err end
+  return setmetatable({ message = err, traceback = traceback(nil, (level or 1) + 1) }, TaskError)
+end
+M.capture = capture
+
+-- Marker handed to a suspended task to make its wait raise Cancelled.
+local CANCEL = setmetatable({}, { __name = "sluice.cancel-marker" })
+
+local Task = {}
+Task.__index = Task
+Task.__name = "sluice.task"
+M.Task = Task
+
+local tasks_by_co = setmetatable({}, { __mode = "k" })
+local current = nil
+local live = 0
+local next_id = 0
+local unobserved_hook = nil
+local idle_hook = nil
+
+-- Run queue: two parallel arrays used as a FIFO.
+local rq_task, rq_value = {}, {}
+local rq_head, rq_tail = 1, 0
+local draining = false
+
+local function enqueue(t, v)
+  rq_tail = rq_tail + 1
+  rq_task[rq_tail] = t
+  rq_value[rq_tail] = v
+end
+
+local finish -- forward
+
+local function step(t, v)
+  if not t.started and t.ncancelled > 0 then
+    -- cancelled before it ever ran: it finishes without running
+    t.result = { n = 2, false, Cancelled }
+    finish(t)
+    return
+  end
+  current = t
+  local ok, err = co_resume(t.co, v)
+  current = nil
+  if not ok then
+    -- Only failures outside the task's xpcall land here (an error in the error handler).
+    t.result = { n = 2, false, capture(err) }
+  end
+  if co_status(t.co) == "dead" then finish(t) end
+end
+
+-- Runs ready tasks until none is left. Reentrant calls return at once: the outer loop
+-- picks up whatever they would have run.
+local function drain()
+  if draining then return end
+  draining = true
+  while rq_head <= rq_tail do
+    local h = rq_head
+    local t, v = rq_task[h], rq_value[h]
+    rq_task[h], rq_value[h] = nil, nil
+    rq_head = h + 1
+    if not t.finished then step(t, v) end
+  end
+  rq_head, rq_tail = 1, 0
+  draining = false
+end
+M.drain = drain
+
+-- Makes a suspended task ready with value v, if it is still in the wait wait_id.
+-- Returns true when the task was woken.
+local function wake(t, wait_id, v)
+  if not t.waiting or t.wait_id ~= wait_id then return false end
+  t.waiting = false
+  t.wait_cancel = nil
+  enqueue(t, v)
+  if not draining then drain() end
+  return true
+end
+M.wake = wake
+
+function M.current() return current end
+
+-- Returns the running task or raises: waiting is only possible inside a task.
+local function need_task(what)
+  local t = current
+  if t == nil or co_running() ~= t.co then
+    error((what or "this call") .. " waits, and can only be used inside a task " ..
+      "(sluice.spawn, a pipeline stage, the REPL or a script's main chunk)", 3)
+  end
+  return t
+end
+M.need_task = need_task
+
+local function scope_cancelled(t)
+  local scopes = t.scopes
+  for i = 1, #scopes do
+    if scopes[i].cancelled then return scopes[i] end
+  end
+  return nil
+end
+
+-- Starts a wait: raises Cancelled when a scope of the task is cancelled already; otherwise
+-- marks the task waiting and returns the wait's id for wake(). what names the wait in
+-- deadlock reports.
+local function begin_wait(t, what)
+  if t.ncancelled > 0 and scope_cancelled(t) then error(Cancelled, 0) end
+  local id = t.wait_id + 1
+  t.wait_id = id
+  t.waiting = true
+  t.wait_what = what
+  t.wait_cancel = nil
+  return id
+end
+M.begin_wait = begin_wait
+
+-- Suspends the running task until it is woken; returns the wake value or raises Cancelled.
+local function suspend()
+  local v = co_yield()
+  if v == CANCEL then error(Cancelled, 0) end
+  return v
+end
+M.suspend = suspend
+
+local function call_canceller(c)
+  if c == nil then return end
+  local ty = type(c)
+  if ty == "function" then
+    pcall(c)
+  else
+    local ok, m = pcall(function() return c.cancel or c.close end)
+    if ok and m then pcall(m, c) end
+  end
+end
+
+-- Interrupts the task's current wait, if any, so that it raises Cancelled.
+local function interrupt(t)
+  if not t.waiting then return end
+  local c = t.wait_cancel
+  t.waiting = false
+  t.wait_cancel = nil
+  t.wait_id = t.wait_id + 1
+  call_canceller(c)
+  enqueue(t, CANCEL)
+  if not draining then drain() end
+end
+
+-- Cancel scopes ---------------------------------------------------------------------------
+
+local Scope = {}
+Scope.__index = Scope
+
+function Scope:cancel()
+  if self.cancelled or self.closed then return end
+  self.cancelled = true
+  local t = self.task
+  t.ncancelled = t.ncancelled + 1
+  interrupt(t)
+end
+
+-- Opens a cancel scope in the running task; close it with scope:close() (LIFO).
+function M.open_scope(t)
+  local s = setmetatable({ task = t, cancelled = false }, Scope)
+  t.scopes[#t.scopes + 1] = s
+  return s
+end
+
+function Scope:close()
+  if self.closed then return end
+  self.closed = true
+  local scopes = self.task.scopes
+  for i = #scopes, 1, -1 do
+    if scopes[i] == self then
+      table.remove(scopes, i)
+      break
+    end
+  end
+  if self.cancelled then self.task.ncancelled = self.task.ncancelled - 1 end
+end
+
+-- Tasks ------------------------------------------------------------------------------------
+
+local function on_error(e)
+  return capture(e, 2)
+end
+
+function M.spawn(fn, ...)
+  if type(fn) ~= "function" and not (getmetatable(fn) or {}).__call then
+    error("bad argument #1 to 'spawn' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  next_id = next_id + 1
+  local t = setmetatable({
+    id = next_id,
+    name = "task#" .. next_id,
+    wait_id = 0,
+    waiting = false,
+    ncancelled = 0,
+    finished = false,
+    started = false,
+  }, Task)
+  t.scopes = { setmetatable({ task = t, cancelled = false }, Scope) }
+  local args = pack(...)
+  t.co = co_create(function()
+    t.started = true
+    t.result = pack(xpcall(fn, on_error, unpack(args, 1, args.n)))
+  end)
+  tasks_by_co[t.co] = t
+  live = live + 1
+  enqueue(t, nil)
+  if not draining and current == nil then drain() end
+  return t
+end
+
+function finish(t)
+  t.finished = true
+  live = live - 1
+  local r = t.result
+  if r[1] then
+    t.status = "done"
+  elseif r[2] == Cancelled then
+    t.status = "cancelled"
+  else
+    t.status = "failed"
+  end
+  local waiters = t.waiters
+  t.waiters = nil
+  local observed = t.observed or (waiters and #waiters > 0)
+  if waiters then
+    for i = 1, #waiters, 2 do wake(waiters[i], waiters[i + 1], true) end
+  end
+  local hooks = t.on_finish
+  if hooks then
+    t.on_finish = nil
+    for i = 1, #hooks do hooks[i](t) end
+  end
+  if t.status == "failed" and not observed and not t.observed and unobserved_hook then
+    unobserved_hook(t)
+  end
+  if live == 0 and idle_hook then idle_hook() end
+end
+
+function Task:__tostring()
+  return string.format("sluice.task %s (%s)", self.name, self:status_text())
+end
+
+function Task:status_text()
+  if self.finished then return self.status end
+  if self.waiting then return "waiting in " .. (self.wait_what or "?") end
+  return self.started and "running" or "ready"
+end
+
+function Task:done() return self.finished end
+
+-- Adds fn(task) to run when the task finishes (at once if it has).
+function Task:on_done(fn)
+  if self.finished then return fn(self) end
+  local hooks = self.on_finish or {}
+  hooks[#hooks + 1] = fn
+  self.on_finish = hooks
+end
+
+-- task:wait() -> the function's results; raises its error (a TaskError with traceback), or
+-- an error saying it was cancelled.
+function Task:wait()
+  self.observed = true
+  if not self.finished then
+    local t = need_task("task:wait")
+    if t == self then error("a task cannot wait for itself", 2) end
+    local id = begin_wait(t, "wait for " .. self.name)
+    local w = self.waiters or {}
+    w[#w + 1] = t
+    w[#w + 1] = id
+    self.waiters = w
+    suspend()
+  end
+  local r = self.result
+  if r[1] then return unpack(r, 2, r.n) end
+  if r[2] == Cancelled then
+    error(setmetatable({ message = self.name .. " was cancelled", traceback = "" }, TaskError), 0)
+  end
+  error(r[2], 0)
+end
+
+-- task:result() -> ok, values... without waiting; nil when it has not finished.
+function Task:result()
+  if not self.finished then return nil end
+  self.observed = true
+  return unpack(self.result, 1, self.result.n)
+end
+
+-- task:cancel(): interrupts what the task waits on; the task sees sluice.Cancelled.
+function Task:cancel()
+  if self.finished then return false end
+  self.scopes[1]:cancel()
+  return true
+end
+
+-- Lets other ready tasks run before the current one continues.
+function M.yield()
+  local t = need_task("sluice.yield")
+  local id = begin_wait(t, "yield")
+  wake(t, id, true)
+  suspend()
+end
+
+function M.live() return live end
+
+-- Every unfinished task, for diagnostics.
+function M.tasks()
+  local out = {}
+  for _, t in pairs(tasks_by_co) do
+    if not t.finished then out[#out + 1] = t end
+  end
+  table.sort(out, function(a, b) return a.id < b.id end)
+  return out
+end
+
+function M.set_unobserved_hook(fn) unobserved_hook = fn end
+function M.set_idle_hook(fn) idle_hook = fn end
+
+-- Waits for a callback-style operation. start(done, ...) begins it and returns something
+-- to cancel it with (a function, or an object with :cancel() or :close()), or nothing.
+-- Returns whatever done() is called with.
+function M.await(what, start, ...)
+  local t = need_task(what)
+  local id = begin_wait(t, what)
+  local c = start(function(...)
+    if t.waiting and t.wait_id == id then wake(t, id, pack(...)) end
+  end, ...)
+  if t.waiting and t.wait_id == id then
+    t.wait_cancel = c
+  else
+    -- already completed synchronously (or cancelled): nothing to cancel any more
+  end
+  local r = suspend()
+  return unpack(r, 1, r.n)
+end
+
+M.now = core.now
+
+return M

@@ -1,0 +1,105 @@
+-- sluice.test: a small test framework for Lua tests run by `sluice run`.
+--
+--   local T = require "sluice.test"
+--   T.case("queue hands values over in order", function()
+--     T.eq(q:get(), 1)
+--   end)
+--   return T.run()   -- prints one line per case and "N passed, N failed"; exit 1 on failure
+--
+-- Each case runs in its own task, with a per-case timeout (T.timeout, default 60 s), so a
+-- hung case fails instead of hanging the suite.
+local sl = require "sluice"
+local pretty = require "sluice.pretty"
+
+local T = { cases = {}, timeout = 60 }
+
+function T.case(name, fn) T.cases[#T.cases + 1] = { name = name, fn = fn } end
+
+local function fail(msg, level) error(msg, (level or 1) + 2) end
+
+local function show(v)
+  return type(v) == "string" and string.format("%q", v) or pretty.format(v, { depth = 4 })
+end
+
+function T.eq(actual, expected, what)
+  if actual ~= expected then
+    fail(string.format("%sexpected %s, got %s", what and (what .. ": ") or "", show(expected), show(actual)))
+  end
+end
+
+local function deep_equal(a, b)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" then return false end
+  for k, v in pairs(a) do
+    if not deep_equal(v, b[k]) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+T.deep_equal = deep_equal
+
+function T.same(actual, expected, what)
+  if not deep_equal(actual, expected) then
+    fail(string.format("%sexpected %s, got %s", what and (what .. ": ") or "", show(expected), show(actual)))
+  end
+end
+
+function T.ok(v, what)
+  if not v then fail((what or "expected a true value") .. ", got " .. show(v)) end
+  return v
+end
+
+function T.near(actual, expected, tolerance, what)
+  if type(actual) ~= "number" or math.abs(actual - expected) > tolerance then
+    fail(string.format("%sexpected %s +- %s, got %s", what and (what .. ": ") or "",
+      tostring(expected), tostring(tolerance), tostring(actual)))
+  end
+end
+
+-- T.raises(fn, pattern): fn must raise an error whose text matches pattern (plain find).
+function T.raises(fn, pattern, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then fail("expected an error" .. (pattern and (" matching '" .. pattern .. "'") or "")) end
+  if pattern and not tostring(err):find(pattern, 1, true) then
+    fail(string.format("expected an error containing '%s', got: %s", pattern, tostring(err)))
+  end
+  return err
+end
+
+-- Runs every case; returns 0 when all passed, 1 otherwise (the script returns it as the
+-- exit status). An optional name filter comes from the SLUICE_TEST_FILTER environment var.
+function T.run()
+  local filter = os.getenv("SLUICE_TEST_FILTER")
+  local passed, failed = 0, 0
+  for _, c in ipairs(T.cases) do
+    if not filter or c.name:find(filter, 1, true) then
+      local t0 = sl.now()
+      local task = sl.spawn(c.fn)
+      task.name = c.name
+      local ok, err = pcall(function()
+        local r1, r2, r3 = sl.timeout(T.timeout, function() return task:wait() end)
+        if r1 == nil and r3 == "ETIMEDOUT" then
+          task:cancel()
+          error("timed out after " .. T.timeout .. "s", 0)
+        end
+        return r1, r2
+      end)
+      local dt = sl.now() - t0
+      if ok then
+        passed = passed + 1
+        print(string.format("ok   %-60s %.3fs", c.name, dt))
+      else
+        failed = failed + 1
+        print(string.format("FAIL %-60s %.3fs\n     %s", c.name, dt,
+          tostring(err):gsub("\n", "\n     ")))
+      end
+    end
+  end
+  print(string.format("%d passed, %d failed", passed, failed))
+  io.stdout:flush()
+  return failed == 0 and 0 or 1
+end
+
+return T
