@@ -497,10 +497,23 @@ function M.exec(argv, opts)
   return { status = status, signal = sig, stdout = table.concat(out), stderr = table.concat(err) }
 end
 
--- Running a function to completion from outside any task (used by the CLI and tests).
-function M.run(fn, ...)
-  local t = sched.spawn(fn, ...)
-  return t
-end
+-- The pipeline DSL and friends live in their own modules; `sl.pipeline`, `sl.rate`, ... are
+-- loaded on first use so that `require "sluice"` stays cheap.
+local lazy = {
+  pipeline = "sluice.graph", inputs = "sluice.graph", join = "sluice.graph",
+  load = "sluice.graph", stage = "sluice.graph",
+  rate = "sluice.limit",
+  audio_chunks = "sluice.stages", capture = "sluice.stages",
+}
+setmetatable(M, {
+  __index = function(t, k)
+    local modname = lazy[k]
+    if not modname then return nil end
+    local mod = require(modname)
+    local v = mod[k]
+    rawset(t, k, v)
+    return v
+  end,
+})
 
 return M
