@@ -1,0 +1,269 @@
+-- Fusion policies (by_slide, by_window, nearest), incremental merging of VLM batches after the
+-- STT gate, and the overlap merge of chunked transcripts.
+local T = require "sluice.test"
+local fusion = require "sluice.fusion"
+local text = require "sluice.text"
+
+local SLIDES = {
+  { seq = 1, t = 0, text = "Intro", path = "slides/0001.jpg" },
+  { seq = 2, t = 10, text = "Methods", path = "slides/0002.jpg" },
+  { seq = 3, t = 20, text = "Results", path = "slides/0003.jpg" },
+}
+local SPEECH = {
+  { start = 0.5, ["end"] = 4.0, text = "hello everyone" },
+  { start = 8.0, ["end"] = 12.0, text = "now the methods", words = {
+    { start = 8.0, ["end"] = 8.5, word = "now" },
+    { start = 8.6, ["end"] = 9.8, word = "the" },
+    { start = 9.9, ["end"] = 10.0, word = "<sil>" },
+    { start = 10.2, ["end"] = 11.9, word = "methods(2)" } } },
+  { start = 18.5, ["end"] = 22.5, text = "results are good" },
+  { start = 25, ["end"] = 29, text = "thank you" },
+}
+
+local function brief(entries)
+  local out = {}
+  for i, e in ipairs(entries) do
+    out[i] = { seq = e.seq, window = e.window, t0 = e.t0, t1 = e.t1, slide_text = e.slide_text,
+      speech = e.speech, missing = e.missing }
+  end
+  return out
+end
+
+T.case("by_slide: one entry per slide interval, words split at the slide change", function()
+  local e = fusion.fuse(fusion.by_slide, SPEECH, SLIDES, { end_time = 30 })
+  T.same(brief(e), {
+    { seq = 1, t0 = 0, t1 = 10, slide_text = "Intro", speech = "hello everyone now the" },
+    { seq = 2, t0 = 10, t1 = 20, slide_text = "Methods", speech = "methods" },
+    { seq = 3, t0 = 20, t1 = 30, slide_text = "Results", speech = "results are good thank you" },
+  })
+  T.same(e[1].segments, { { start = 0.5, ["end"] = 4.0, text = "hello everyone" },
+    { start = 8.0, ["end"] = 9.8, text = "now the" } })
+  T.same(e[2].segments, { { start = 10.2, ["end"] = 11.9, text = "methods" } })
+  T.eq(e[3].segments[1].text, "results are good", "a segment without words goes whole")
+  T.eq(e[2].slide_path, "slides/0002.jpg")
+end)
+
+T.case("by_slide: without end_time the last interval ends with the speech", function()
+  local e = fusion.fuse(fusion.by_slide, SPEECH, SLIDES)
+  T.eq(e[3].t1, 29)
+end)
+
+T.case("by_slide: speech before the first capture belongs to the first slide", function()
+  local slides = { { seq = 1, t = 3, text = "A" }, { seq = 2, t = 6, text = "B" } }
+  local e = fusion.fuse(fusion.by_slide, { { start = 0, ["end"] = 1, text = "early" },
+    { start = 6.5, ["end"] = 7, text = "late" } }, slides, { end_time = 8 })
+  T.same(brief(e), { { seq = 1, t0 = 3, t1 = 6, slide_text = "A", speech = "early" },
+    { seq = 2, t0 = 6, t1 = 8, slide_text = "B", speech = "late" } })
+end)
+
+T.case("nearest: each segment goes to the nearest capture", function()
+  local e = fusion.fuse(fusion.nearest, SPEECH, SLIDES, { end_time = 30 })
+  T.same(brief(e), {
+    { seq = 1, t0 = 0, t1 = 5, slide_text = "Intro", speech = "hello everyone" },
+    { seq = 2, t0 = 5, t1 = 15, slide_text = "Methods", speech = "now the methods" },
+    { seq = 3, t0 = 15, t1 = 30, slide_text = "Results", speech = "results are good thank you" },
+  })
+end)
+
+T.case("by_window: fixed windows with the slides shown in each", function()
+  local e = fusion.fuse(fusion.by_window { seconds = 15 }, SPEECH, SLIDES, { end_time = 30 })
+  T.same(brief(e), {
+    { window = 0, t0 = 0, t1 = 15, slide_text = "Intro\nMethods", speech = "hello everyone now the methods" },
+    { window = 1, t0 = 15, t1 = 30, slide_text = "Results", speech = "results are good thank you" },
+  })
+  T.eq(#e[1].slides, 2)
+  T.eq(e[2].slides[1].path, "slides/0003.jpg")
+end)
+
+T.case("vision without seq is numbered by time", function()
+  local e = fusion.fuse(fusion.by_slide, SPEECH, { { t = 20, text = "Results" },
+    { t = 0, text = "Intro" }, { t = 10, text = "Methods" } }, { end_time = 30 })
+  T.eq(#e, 3)
+  T.eq(e[2].slide_text, "Methods")
+  T.eq(e[2].speech, "methods")
+end)
+
+T.case("incremental: batches before the STT gate are buffered, later ones merge at once", function()
+  local f = fusion.new { policy = fusion.by_slide, end_time = 30 }
+  T.same(f:add_vision { SLIDES[1], SLIDES[2] }, {}, "no speech yet: buffered")
+  local got = f:set_speech(SPEECH)
+  T.same(brief(got), { { seq = 1, t0 = 0, t1 = 10, slide_text = "Intro", speech = "hello everyone now the" } },
+    "the gate releases what is ready (slide 2 waits for slide 3's time)")
+  got = f:add_vision { SLIDES[3] }
+  T.same(brief(got), { { seq = 2, t0 = 10, t1 = 20, slide_text = "Methods", speech = "methods" } },
+    "a batch after the gate merges at once")
+  got = f:finish()
+  T.same(brief(got), { { seq = 3, t0 = 20, t1 = 30, slide_text = "Results", speech = "results are good thank you" } })
+  T.same(brief(f:entries()), brief(fusion.fuse(fusion.by_slide, SPEECH, SLIDES, { end_time = 30 })),
+    "incremental equals batch")
+end)
+
+T.case("incremental: the last slide of a batch waits for the next capture time", function()
+  local f = fusion.by_slide:fuser { end_time = 30 }
+  f:set_speech(SPEECH)
+  local got = f:add_vision { SLIDES[1], SLIDES[2] }
+  T.same(brief(got), { { seq = 1, t0 = 0, t1 = 10, slide_text = "Intro", speech = "hello everyone now the" } })
+  got = f:add_times { { seq = 3, t = 20 } }
+  T.eq(#got, 1)
+  T.eq(got[1].seq, 2)
+  T.eq(#f:add_vision { SLIDES[3] }, 0, "the last slide waits for finish")
+  T.eq(#f:finish(), 1)
+  T.eq(#f:finish(), 0, "nothing is emitted twice")
+end)
+
+T.case("incremental: a slide whose batch failed is emitted by finish with its speech", function()
+  local f = fusion.new { policy = fusion.by_slide, end_time = 30 }
+  f:set_speech(SPEECH)
+  f:add_times { { seq = 2, t = 10 } }
+  f:add_vision { SLIDES[1], SLIDES[3] }
+  local got = f:finish()
+  T.same(brief(got), {
+    { seq = 2, t0 = 10, t1 = 20, speech = "methods", missing = true },
+    { seq = 3, t0 = 20, t1 = 30, slide_text = "Results", speech = "results are good thank you" } })
+end)
+
+T.case("incremental nearest needs both neighbours' times", function()
+  local f = fusion.new { policy = fusion.nearest, end_time = 30 }
+  f:set_speech(SPEECH)
+  T.same(f:add_vision { SLIDES[2] }, {})
+  T.eq(#f:add_vision { SLIDES[1] }, 1, "slide 1 is first and knows slide 2")
+  local got = f:add_vision { SLIDES[3] }
+  T.same(brief(got), { { seq = 2, t0 = 5, t1 = 15, slide_text = "Methods", speech = "now the methods" } })
+  T.eq(f:finish()[1].seq, 3)
+end)
+
+T.case("incremental by_window emits a window once every slide before its end is described", function()
+  local f = fusion.new { policy = fusion.by_window { seconds = 15 }, end_time = 30 }
+  f:set_speech(SPEECH)
+  T.same(f:add_vision { SLIDES[1] }, {})
+  T.same(f:add_times { { seq = 2, t = 10 }, { seq = 3, t = 20 } }, {})
+  local got = f:add_vision { SLIDES[2] }
+  T.eq(#got, 1)
+  T.eq(got[1].window, 0)
+  T.eq(got[1].slide_text, "Intro\nMethods")
+  got = f:finish()
+  T.eq(#got, 1)
+  T.eq(got[1].speech, "results are good thank you")
+end)
+
+T.case("bad input raises a clear message", function()
+  T.raises(function() fusion.by_window { seconds = 0 } end, "seconds = positive number")
+  T.raises(function() fusion.new { policy = "sideways" } end, "bad fusion policy")
+  local f = fusion.new {}
+  T.raises(function() f:add_vision { { t = 1 } } end, "vision item 1 (t=1) needs an integer seq")
+  T.raises(function() f:set_speech { { text = "x" } } end, "speech segment 1 has no start/end")
+end)
+
+-- Overlap merge ------------------------------------------------------------------------------
+
+local SENTENCE = text.words("we walked along the quiet river bank and watched eleven herons "
+  .. "fishing near the old stone bridge until evening came")
+
+-- Words of SENTENCE at 1 s each (word k spoken over [k-1, k-0.4]), cut into chunks of `len`
+-- seconds starting every `step` seconds; times relative to each chunk. `garble` maps an
+-- absolute word index to what a chunk heard at its edge instead.
+local function chunked(len, step, garble)
+  local chunks = {}
+  local t0 = 0
+  while t0 < #SENTENCE do
+    local t1 = math.min(t0 + len, #SENTENCE)
+    local words, parts = {}, {}
+    for k = 1, #SENTENCE do
+      local s = k - 1
+      if s >= t0 and s < t1 then
+        local w = SENTENCE[k]
+        local g = garble and garble[#chunks + 1] and garble[#chunks + 1][k]
+        if g then w = g end
+        words[#words + 1] = { start = s - t0, ["end"] = s - t0 + 0.6, word = w }
+        parts[#parts + 1] = w
+      end
+    end
+    chunks[#chunks + 1] = { t0 = t0, t1 = t1, segments = { { start = words[1].start,
+      ["end"] = words[#words]["end"], text = table.concat(parts, " "), words = words } } }
+    if t1 >= #SENTENCE then break end
+    t0 = t0 + step
+  end
+  return chunks
+end
+
+local function dup_at_boundary(words)
+  for i = 2, #words do
+    if text.normalize(words[i]) == text.normalize(words[i - 1]) then return i end
+  end
+end
+
+T.case("merge_chunks: timed chunks with 4 s overlap give the sentence once", function()
+  local chunks = chunked(10, 6)
+  T.ok(#chunks >= 3, "several chunks")
+  local r = fusion.merge_chunks(chunks)
+  T.eq(r.text, table.concat(SENTENCE, " "))
+  T.eq(#r.words, #SENTENCE)
+  for k, w in ipairs(r.words) do T.near(w.start, k - 1, 1e-9, "absolute word time " .. k) end
+  for _, b in ipairs(r.boundaries) do T.ok(b.aligned, "aligned boundary") end
+  T.eq(dup_at_boundary(text.words(r.text)), nil)
+end)
+
+T.case("merge_chunks: words misheard at chunk edges are replaced by the other chunk's", function()
+  -- chunk 1 covers words 1..10 and mishears word 10 (cut at its edge); chunk 2 starts at
+  -- word 7 and mishears it.
+  local chunks = chunked(10, 6, { [1] = { [10] = "heroes" }, [2] = { [7] = "wash" } })
+  local r = fusion.merge_chunks(chunks)
+  T.eq(r.text, table.concat(SENTENCE, " "))
+  T.eq(r.boundaries[1].matched, 2)
+end)
+
+T.case("merge_chunks: untimed chunk texts align on words alone", function()
+  local chunks = {}
+  for i, c in ipairs(chunked(10, 6)) do
+    chunks[i] = { t0 = c.t0, t1 = c.t1, text = c.segments[1].text }
+  end
+  local r = fusion.merge_chunks(chunks)
+  T.eq(r.text, table.concat(SENTENCE, " "))
+  T.eq(r.segments[1].start, 0)
+  T.eq(#r.words, 0)
+end)
+
+T.case("merge_chunks: no common words falls back to the middle of the overlap", function()
+  local a = { t0 = 0, t1 = 6, segments = { { start = 0, ["end"] = 6, text = "alpha beta gamma", words = {
+    { start = 0, ["end"] = 1, word = "alpha" }, { start = 2, ["end"] = 3, word = "beta" },
+    { start = 4.5, ["end"] = 5.5, word = "gamma" } } } } }
+  local b = { t0 = 4, t1 = 10, segments = { { start = 0, ["end"] = 6, text = "gamut delta epsilon", words = {
+    { start = 0.2, ["end"] = 0.6, word = "gamut" }, { start = 1.5, ["end"] = 2.5, word = "delta" },
+    { start = 4, ["end"] = 5, word = "epsilon" } } } } }
+  local r = fusion.merge_chunks { a, b }
+  -- overlap [4, 6], cut at 5: gamma (mid 5.0) is dropped from a, gamut (4.4) from b.
+  T.eq(r.text, "alpha beta delta epsilon")
+  T.eq(r.boundaries[1].aligned, false)
+  T.eq(#r.segments, 2)
+  T.same(r.segments[2], { start = 5.5, ["end"] = 9, text = "delta epsilon", words = {
+    { start = 5.5, ["end"] = 6.5, word = "delta" }, { start = 8, ["end"] = 9, word = "epsilon" } } })
+end)
+
+T.case("merge_chunks: segments keep their grouping and absolute times", function()
+  local r = fusion.merge_chunks({
+    { t0 = 0, t1 = 5, segments = { { start = 0, ["end"] = 2, text = "one two" },
+      { start = 2.5, ["end"] = 5, text = "three four five" } } },
+    { t0 = 3, t1 = 8, segments = { { start = 0, ["end"] = 2, text = "four five" },
+      { start = 2.5, ["end"] = 5, text = "six seven" } } },
+  })
+  T.eq(r.text, "one two three four five six seven")
+  -- cut at the middle matched word ("four"): "five" comes from the second chunk's segment.
+  T.same(r.segments, { { start = 0, ["end"] = 2, text = "one two" },
+    { start = 2.5, ["end"] = 5, text = "three four" }, { start = 3, ["end"] = 5, text = "five" },
+    { start = 5.5, ["end"] = 8, text = "six seven" } })
+end)
+
+-- Shared text helpers ------------------------------------------------------------------------
+
+T.case("text: word error rate, sentences, keywords, extractive summary", function()
+  T.eq(text.wer("he was not an ill disposed young man", "he was not an illness those young man"), 2 / 8)
+  T.eq(select(2, text.wer("a b c", "a x c d")), 2)
+  T.same(text.sentences("Mr. Smith went home. Did he? Yes!\n\nNew paragraph"),
+    { "Mr. Smith went home.", "Did he?", "Yes!", "New paragraph" })
+  T.same(text.keywords("The river, the River bank and the herons by the river bank.", 2),
+    { { word = "river", count = 3 }, { word = "bank", count = 2 } })
+  T.same(text.summarize("Rivers flood. Rivers and herons. Cats sleep. Herons fish in rivers.", 2),
+    { "Rivers and herons.", "Herons fish in rivers." })
+end)
+
+return T.run()
