@@ -262,7 +262,7 @@ T.case("text: word error rate, sentences, keywords, extractive summary", functio
     { "Mr. Smith went home.", "Did he?", "Yes!", "New paragraph" })
   T.same(text.keywords("The river, the River bank and the herons by the river bank.", 2),
     { { word = "river", count = 3 }, { word = "bank", count = 2 } })
-  T.same(text.summarize("Rivers flood. Rivers and herons. Cats sleep. Herons fish in rivers.", 2),
+  T.same(text.summarize("Rivers flood often. Rivers and herons. Cats sleep. Herons fish in rivers.", 2),
     { "Rivers and herons.", "Herons fish in rivers." })
 end)
 
