@@ -1,0 +1,87 @@
+-- fakeapi.lua: starts tests/fakeapi/server.py from a Lua test and talks to its control API.
+--
+--   package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
+--   local fake = require "fakeapi"
+--   local srv = fake.start()            -- inside a task; srv.url = "http://127.0.0.1:PORT"
+--   srv:control { faults = { { kind = "429", arg = 1, path = "/v1/chat" } } }
+--   local reqs = srv:requests("/v1/chat/completions")
+--   srv:stop()
+local sl = require "sluice"
+local proc = require "sluice.core.proc"
+local http = require "sluice.http"
+local cjson = require "cjson"
+
+local M = {}
+local Server = {}
+Server.__index = Server
+
+local function source_dir() return os.getenv("SLUICE_SOURCE_DIR") or "." end
+
+-- start{latency=, rpm=} -> server. Raises when the server does not come up in 20 s.
+function M.start(opts)
+  opts = opts or {}
+  local args = { source_dir() .. "/tests/fakeapi/server.py", "--port", "0" }
+  if opts.latency then args[#args + 1] = "--latency"; args[#args + 1] = tostring(opts.latency) end
+  if opts.rpm then args[#args + 1] = "--rpm"; args[#args + 1] = tostring(opts.rpm) end
+  local ready = sl.event()
+  local out, errs = "", {}
+  local srv = setmetatable({ exited = sl.event() }, Server)
+  local p, msg = proc.spawn {
+    file = "/usr/bin/python3", args = args,
+    on_stdout = function(c)
+      if not c then return end
+      out = out .. c
+      local port = out:match("^(%d+)\n")
+      if port and not ready:is_set() then ready:set(tonumber(port)) end
+    end,
+    on_stderr = function(c)
+      if c then
+        errs[#errs + 1] = c
+        if os.getenv("FAKEAPI_DEBUG") then io.stderr:write(c) end
+      end
+    end,
+    on_exit = function(status)
+      srv.exited:set(status or true)
+      if not ready:is_set() then ready:set(false) end
+    end,
+  }
+  if not p then error("fakeapi: cannot start server.py: " .. tostring(msg)) end
+  srv.proc = p
+  local port = sl.timeout(20, ready.wait, ready)
+  if not port then
+    pcall(p.kill, p, "SIGKILL")
+    error("fakeapi: server.py did not start: " .. table.concat(errs))
+  end
+  srv.port = port
+  srv.url = "http://127.0.0.1:" .. port
+  return srv
+end
+
+local function call(self, method, path, body)
+  local r, err = http.request { method = method, url = self.url .. path, json = body, timeout = 10 }
+  if not r then error("fakeapi: " .. path .. ": " .. tostring(err)) end
+  if r.status ~= 200 then error("fakeapi: " .. path .. ": status " .. r.status .. ": " .. r.body) end
+  return cjson.decode(r.body)
+end
+
+function Server:control(settings) return call(self, "POST", "/_control", settings) end
+function Server:reset() return call(self, "POST", "/_reset", {}) end
+function Server:stats() return call(self, "GET", "/_stats") end
+function Server:events() return call(self, "GET", "/_events").events end
+
+-- requests(path_prefix) -> list of recorded requests (method, path, query, headers,
+-- json | multipart | raw) in arrival order.
+function Server:requests(prefix)
+  local q = prefix and ("?path=" .. prefix) or ""
+  return call(self, "GET", "/_requests" .. q).requests
+end
+
+function Server:stop()
+  if self.proc then
+    pcall(self.proc.kill, self.proc, "SIGTERM")
+    sl.timeout(5, self.exited.wait, self.exited)
+    self.proc = nil
+  end
+end
+
+return M
