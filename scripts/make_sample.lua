@@ -1,0 +1,306 @@
+-- make_sample.lua: makes the sample media the main job, the tests and the benchmarks use, from
+-- real parts, offline, with the ffmpeg command line. Run: sluice run scripts/make_sample.lua
+-- [OUT_DIR] [--force] [--only lecture|podcast|filter] (OUT_DIR defaults to build/sample).
+--
+--   OUT/lecture.mp4         ~41 s, 1280x720 H.264 + AAC: the five LibriVox utterances of
+--                           Debian's pocketsphinx-testdata read one after another with pauses,
+--                           over slides (dark text on a light background) that change between
+--                           utterances; each slide's text takes key words from what is said
+--                           while it is shown.
+--   OUT/lecture.truth.json  slide times and texts, utterance times and reference transcripts.
+--   OUT/podcast/feed.xml    an RSS 2.0 feed whose enclosures (relative URLs) are three short
+--   OUT/podcast/*.m4a       AAC episodes made of the same utterances (+ truth.json).
+--   OUT/filter/*.mp4        clips of the shared footage for the video filter: person_a (0-24 s)
+--                           and person_b (16-40 s) overlap by 8 s of the same scene, bottle
+--                           (0-10 s).
+-- Idempotent: a part is skipped when its outputs are newer than this script.
+local sl = require "sluice"
+local cjson = require "cjson"
+local text = require "sluice.text"
+
+local args = { ... }
+local out, force, only = "build/sample", false, nil
+do
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "--force" then force = true
+    elseif a == "--only" then i = i + 1; only = args[i]
+    elseif a:sub(1, 1) == "-" then error("make_sample: unknown option " .. a, 0)
+    else out = a end
+    i = i + 1
+  end
+end
+
+local DATA = os.getenv("SLUICE_SPEECH_DIR") or "/usr/share/pocketsphinx/test/data/librivox"
+local FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+local FONT_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+local SCRIPT = (arg and arg[0]) or "scripts/make_sample.lua"
+local SHARED_MEDIA = os.getenv("SLUICE_SHARED_MEDIA") or "/work/shared/media"
+
+local function sh(cmd)
+  local r, err = sl.exec({ "/bin/sh", "-c", cmd })
+  if not r then error("make_sample: " .. err, 0) end
+  return r
+end
+
+local function run(argv, what)
+  local r, err = sl.exec(argv)
+  if not r then error("make_sample: " .. what .. ": " .. err, 0) end
+  if r.status ~= 0 then
+    local last = r.stderr:gsub("%s+$", ""):match("([^\n]*)$")
+    error(string.format("make_sample: %s: %s exited with %d: %s", what, argv[1], r.status, last), 0)
+  end
+  return r
+end
+
+local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- True when every path exists and is newer than this script.
+local function up_to_date(paths)
+  if force then return false end
+  local parts = {}
+  for _, p in ipairs(paths) do parts[#parts + 1] = "[ " .. quote(p) .. " -nt " .. quote(SCRIPT) .. " ]" end
+  return sh(table.concat(parts, " && ")).status == 0
+end
+
+local function write(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local function duration(path)
+  local r = run({ "ffprobe", "-v", "error", "-show_entries", "format=duration", "-of",
+    "default=nw=1:nk=1", path }, "probe " .. path)
+  return tonumber(r.stdout:match("[%d%.]+"))
+end
+
+-- The utterances with their reference transcripts, in reading order.
+local function utterances()
+  local f, err = io.open(DATA .. "/transcription")
+  if not f then error("make_sample: speech data missing (install pocketsphinx-testdata): " .. err, 0) end
+  local list = {}
+  for line in f:lines() do
+    local words, id = line:match("^<s>%s*(.-)%s*</s>%s*%((.-)%)")
+    if words then
+      local wav = DATA .. "/" .. id .. ".wav"
+      list[#list + 1] = { id = id, wav = wav, text = words, duration = duration(wav) }
+    end
+  end
+  f:close()
+  if #list == 0 then error("make_sample: no utterances in " .. DATA .. "/transcription", 0) end
+  return list
+end
+
+-- Slide text from an utterance: a title from its first key word and up to three lines of its
+-- key words (stop words dropped), three words a line.
+local used_titles = {}
+local function slide_for(k, u)
+  local kws = {}
+  for _, w in ipairs(text.norm_words(u.text)) do
+    if not text.stopwords[w] and #w >= 3 then kws[#kws + 1] = w end
+  end
+  local seen, uniq = {}, {}
+  for _, w in ipairs(kws) do
+    if not seen[w] then seen[w] = true; uniq[#uniq + 1] = w end
+  end
+  local lines = {}
+  for i = 1, math.min(#uniq, 9), 3 do
+    lines[#lines + 1] = table.concat({ table.unpack(uniq, i, math.min(i + 2, #uniq)) }, " ")
+  end
+  -- The title: the longest key word not already a title (ties: the earlier one).
+  local best
+  for _, w in ipairs(uniq) do
+    if not used_titles[w] and (not best or #w > #best) then best = w end
+  end
+  if best then used_titles[best] = true end
+  local title = string.format("Part %d: %s", k, (best or "notes"):gsub("^%l", string.upper))
+  return title, lines
+end
+
+local LEAD, GAP, TAIL = 1.5, 3.0, 3.0
+
+local function make_lecture()
+  local mp4, truth_path = out .. "/lecture.mp4", out .. "/lecture.truth.json"
+  if up_to_date { mp4, truth_path } then
+    print("sample: " .. mp4 .. " is up to date")
+    return
+  end
+  local utts = utterances()
+  used_titles = {}
+  local tmp = out .. "/.lecture.tmp"
+  sh("rm -rf " .. quote(tmp) .. " && mkdir -p " .. quote(tmp))
+  -- Timeline: lead-in, utterances separated by pauses, a closing slide.
+  local t = LEAD
+  local truth = { utterances = {}, slides = {} }
+  for k, u in ipairs(utts) do
+    u.start = t
+    u["end"] = t + u.duration
+    truth.utterances[k] = { id = u.id, start = u.start, ["end"] = u["end"], text = u.text }
+    t = u["end"] + GAP
+  end
+  local total = utts[#utts]["end"] + TAIL
+  truth.duration = total
+  -- Slide k is shown from the middle of the pause before utterance k (0 for the first).
+  local slides = {}
+  for k, u in ipairs(utts) do
+    local title, lines = slide_for(k, u)
+    slides[k] = { t = k == 1 and 0 or u.start - GAP / 2, title = title, lines = lines }
+  end
+  slides[#slides + 1] = { t = utts[#utts]["end"] + 1.0, title = "Questions?",
+    lines = { "thank you for listening" } }
+  for k, s in ipairs(slides) do
+    s.t1 = slides[k + 1] and slides[k + 1].t or total
+    s.text = s.title .. "\n" .. table.concat(s.lines, "\n")
+    truth.slides[k] = { t = s.t, t1 = s.t1, title = s.title, lines = s.lines, text = s.text,
+      utterance = utts[k] and utts[k].id or nil }
+  end
+  -- Video: one colour source per slide with the title and lines drawn on it, concatenated.
+  local fc, inputs = {}, {}
+  for k, s in ipairs(slides) do
+    write(string.format("%s/title%d.txt", tmp, k), s.title)
+    write(string.format("%s/body%d.txt", tmp, k), table.concat(s.lines, "\n"))
+    fc[#fc + 1] = string.format(
+      "color=c=0xF5F2E8:s=1280x720:r=10:d=%.3f," ..
+      "drawbox=x=0:y=0:w=1280:h=24:color=0x2B4C7E:t=fill," ..
+      "drawtext=fontfile=%s:textfile=%s/title%d.txt:fontcolor=0x1B1B2F:fontsize=68:x=90:y=110," ..
+      "drawbox=x=90:y=205:w=1100:h=6:color=0x2B4C7E:t=fill," ..
+      "drawtext=fontfile=%s:textfile=%s/body%d.txt:fontcolor=0x222222:fontsize=56:line_spacing=34:x=110:y=280," ..
+      "drawtext=fontfile=%s:text='%d / %d':fontcolor=0x666666:fontsize=28:x=1140:y=660[s%d]",
+      s.t1 - s.t, FONT_BOLD, tmp, k, FONT, tmp, k, FONT, k, #slides, k)
+    inputs[#inputs + 1] = string.format("[s%d]", k)
+  end
+  fc[#fc + 1] = table.concat(inputs) .. string.format("concat=n=%d:v=1:a=0[v]", #slides)
+  -- Audio: silence, utterance, silence, ... resampled to 44.1 kHz mono.
+  local argv = { "ffmpeg", "-v", "error", "-y" }
+  local ain = {}
+  local idx = 0
+  local function silence(seconds)
+    argv[#argv + 1] = "-f"; argv[#argv + 1] = "lavfi"
+    argv[#argv + 1] = "-t"; argv[#argv + 1] = string.format("%.3f", seconds)
+    argv[#argv + 1] = "-i"; argv[#argv + 1] = "anullsrc=r=16000:cl=mono"
+    ain[#ain + 1] = string.format("[%d:a]", idx)
+    idx = idx + 1
+  end
+  silence(LEAD)
+  for k, u in ipairs(utts) do
+    argv[#argv + 1] = "-i"; argv[#argv + 1] = u.wav
+    ain[#ain + 1] = string.format("[%d:a]", idx)
+    idx = idx + 1
+    silence(k < #utts and GAP or TAIL)
+  end
+  fc[#fc + 1] = table.concat(ain) .. string.format("concat=n=%d:v=0:a=1,aresample=44100[a]", #ain)
+  write(tmp .. "/graph.txt", table.concat(fc, ";\n"))
+  for _, a in ipairs { "-filter_complex_script", tmp .. "/graph.txt", "-map", "[v]", "-map", "[a]",
+    "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", "-g", "50",
+    "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", "-t", string.format("%.3f", total),
+    tmp .. "/lecture.mp4" } do
+    argv[#argv + 1] = a
+  end
+  run(argv, "render the lecture")
+  write(tmp .. "/truth.json", cjson.encode(truth))
+  sh(string.format("mv %s %s && mv %s %s && rm -rf %s", quote(tmp .. "/lecture.mp4"), quote(mp4),
+    quote(tmp .. "/truth.json"), quote(truth_path), quote(tmp)))
+  print(string.format("sample: %s (%.1f s, %d slides, %d utterances)", mp4, total, #slides, #utts))
+end
+
+-- Podcast: three episodes from the utterances (1-2, 3-4, 5 + 1), each with short pauses, and
+-- an RSS feed with relative enclosure URLs.
+local function make_podcast()
+  local dir = out .. "/podcast"
+  local feed = dir .. "/feed.xml"
+  if up_to_date { feed, dir .. "/truth.json" } then
+    print("sample: " .. feed .. " is up to date")
+    return
+  end
+  sh("mkdir -p " .. quote(dir))
+  local utts = utterances()
+  used_titles = {}
+  local plan = { { 1, 2, 3 }, { 4, 5 }, { 2, 5, 1 } }
+  local truth = { episodes = {} }
+  local items = {}
+  for e, list in ipairs(plan) do
+    local argv = { "ffmpeg", "-v", "error", "-y" }
+    local ain, idx = {}, 0
+    local t, spoken = 0.5, {}
+    local function silence(seconds)
+      for _, a in ipairs { "-f", "lavfi", "-t", string.format("%.3f", seconds), "-i", "anullsrc=r=16000:cl=mono" } do
+        argv[#argv + 1] = a
+      end
+      ain[#ain + 1] = string.format("[%d:a]", idx)
+      idx = idx + 1
+    end
+    silence(0.5)
+    for i, k in ipairs(list) do
+      local u = utts[k]
+      argv[#argv + 1] = "-i"; argv[#argv + 1] = u.wav
+      ain[#ain + 1] = string.format("[%d:a]", idx)
+      idx = idx + 1
+      spoken[#spoken + 1] = { id = u.id, start = t, ["end"] = t + u.duration, text = u.text }
+      t = t + u.duration + 1.0
+      silence(i < #list and 1.0 or 0.5)
+    end
+    local name = string.format("episode%d.m4a", e)
+    for _, a in ipairs { "-filter_complex", table.concat(ain) .. string.format("concat=n=%d:v=0:a=1", #ain),
+      "-c:a", "aac", "-b:a", "64k", "-metadata", "title=Episode " .. e, dir .. "/" .. name } do
+      argv[#argv + 1] = a
+    end
+    run(argv, "render podcast episode " .. e)
+    local f = io.open(dir .. "/" .. name, "rb")
+    local size = f:seek("end")
+    f:close()
+    local dur = duration(dir .. "/" .. name)
+    local words = {}
+    for _, s in ipairs(spoken) do words[#words + 1] = s.text end
+    truth.episodes[e] = { file = name, duration = dur, utterances = spoken, text = table.concat(words, " ") }
+    items[#items + 1] = string.format([==[
+    <item>
+      <title>Episode %d: %s</title>
+      <guid isPermaLink="false">sample-episode-%d</guid>
+      <pubDate>%s</pubDate>
+      <description><![CDATA[Readings from <i>Sense and Sensibility</i>, part %d.]]></description>
+      <enclosure url="%s" length="%d" type="audio/mp4"/>
+      <itunes:duration>%d</itunes:duration>
+    </item>
+]==], e, slide_for(e, utts[list[1]]):gsub("^Part %d+: ", ""), e,
+      os.date("!%a, %d %b %Y %H:%M:%S +0000", 1709640000 + e * 86400), e, name, size,
+      math.floor(dur + 0.5))
+  end
+  write(dir .. "/truth.json", cjson.encode(truth))
+  write(feed, [[<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0" xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd">
+  <channel>
+    <title>Sluice Sample Readings</title>
+    <link>https://example.invalid/sample</link>
+    <description>LibriVox readings (public domain) from Debian's pocketsphinx-testdata.</description>
+]] .. table.concat(items) .. "  </channel>\n</rss>\n")
+  print(string.format("sample: %s (%d episodes)", feed, #plan))
+end
+
+local function make_filter()
+  local dir = out .. "/filter"
+  local clips = {
+    { "person_a.mp4", "person.mp4", 0, 24 },
+    { "person_b.mp4", "person.mp4", 16, 24 },
+    { "bottle.mp4", "bottle.mp4", 0, 10 },
+  }
+  local paths = {}
+  for i, c in ipairs(clips) do paths[i] = dir .. "/" .. c[1] end
+  if up_to_date(paths) then
+    print("sample: " .. dir .. " is up to date")
+    return
+  end
+  sh("mkdir -p " .. quote(dir))
+  for _, c in ipairs(clips) do
+    run({ "ffmpeg", "-v", "error", "-y", "-ss", tostring(c[3]), "-i", SHARED_MEDIA .. "/" .. c[2],
+      "-t", tostring(c[4]), "-an", "-c:v", "libx264", "-preset", "veryfast", "-crf", "26",
+      "-pix_fmt", "yuv420p", dir .. "/" .. c[1] }, "cut " .. c[1])
+  end
+  print("sample: " .. dir .. " (person_a, person_b, bottle)")
+end
+
+sh("mkdir -p " .. quote(out))
+if not only or only == "lecture" then make_lecture() end
+if not only or only == "podcast" then make_podcast() end
+if not only or only == "filter" then make_filter() end
