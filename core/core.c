@@ -6,8 +6,6 @@
  * environment, and a diagnostic thread-pool job. Policy (tasks, queues, cancellation)
  * lives in Lua.
  */
-#include "sluice.h"
-
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -16,6 +14,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "sluice.h"
 
 extern char **environ;
 
@@ -33,6 +33,10 @@ static struct {
   volatile sig_atomic_t hard_exit_on_2; /* run mode: second SIGINT exits at once */
   volatile sig_atomic_t in_lua;         /* Lua code is running (for the REPL's hook) */
   volatile sig_atomic_t interrupt_lua;  /* REPL mode: interrupt running Lua code */
+  volatile sig_atomic_t handlers_set;   /* our SIGINT/SIGTERM handlers are installed */
+  /* The task coroutine core.resume is running, or NULL: the REPL's Ctrl-C hook goes there,
+   * because a hook set on the main state does not reach a coroutine that is running. */
+  lua_State *volatile running;
 } engine = {.error_handler_ref = LUA_NOREF, .interrupt_ref = LUA_NOREF};
 
 uv_loop_t *sl_loop(lua_State *L) {
@@ -92,10 +96,13 @@ static int traceback_handler(lua_State *L) {
   return 1;
 }
 
+/* Installed by the SIGINT handler on the running task (REPL mode) when Lua code keeps the
+ * loop busy: raises in that code. The interrupt counts as delivered, so the Lua handler does
+ * not see it a second time. */
 static void lstop_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
-  engine.interrupt_lua = 0;
+  if (engine.delivered < engine.interrupts) engine.delivered++;
   luaL_error(L, "interrupted!");
 }
 
@@ -181,8 +188,10 @@ static sl_timer *check_timer(lua_State *L) {
 static uint64_t seconds_to_ms(lua_State *L, int idx) {
   lua_Number s = luaL_checknumber(L, idx);
   luaL_argcheck(L, s >= 0, idx, "seconds must be >= 0");
-  /* Round up so a wait is never shorter than asked; 0 stays 0 (next iteration). */
+  /* Round up so a wait is never shorter than asked; 0 stays 0 (next iteration). Anything
+   * beyond about 30000 years (math.huge included) means "never". */
   double ms = s * 1000.0;
+  if (ms > 1e15) return (uint64_t)1e15;
   uint64_t r = (uint64_t)ms;
   if ((double)r < ms) r++;
   return r;
@@ -269,8 +278,9 @@ static void on_sigint(int sig) {
     (void)w;
     _exit(130);
   }
-  if (engine.interrupt_lua && engine.in_lua && engine.L)
-    lua_sethook(engine.L, lstop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  lua_State *co = engine.running;
+  if (engine.interrupt_lua && engine.in_lua && co)
+    lua_sethook(co, lstop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
   uv_async_send(&engine.interrupt_async);
 }
 
@@ -303,7 +313,39 @@ static int l_on_interrupt(lua_State *L) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+  engine.handlers_set = 1;
   return 0;
+}
+
+/* core.resume(co, value) -> true | false, err: coroutine.resume for the scheduler. It
+ * records the coroutine it runs (see engine.running) and drops the values a task yields,
+ * which the scheduler never uses. */
+static int l_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co != NULL, 1, "coroutine");
+  int st = lua_status(co);
+  lua_Debug ar;
+  if (co == L ||
+      !(st == LUA_YIELD || (st == LUA_OK && lua_getstack(co, 0, &ar) == 0 && lua_gettop(co) > 0))) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "cannot resume a coroutine that is not suspended");
+    return 2;
+  }
+  lua_settop(L, 2);
+  lua_xmove(L, co, 1);
+  lua_State *prev = engine.running;
+  engine.running = co;
+  int nres = 0;
+  int status = lua_resume(co, L, 1, &nres);
+  engine.running = prev;
+  if (status == LUA_OK || status == LUA_YIELD) {
+    lua_pop(co, nres);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushboolean(L, 0);
+  lua_xmove(co, L, 1); /* the error value */
+  return 2;
 }
 
 /* core.interrupt_lua(on): arm or disarm interrupting running Lua code (REPL mode). */
@@ -401,8 +443,8 @@ static int work_sleep_finish(lua_State *L, void *data) {
   return 1;
 }
 
-static const sl_job_class work_sleep_class = {"core.work_sleep", work_sleep_run,
-                                              work_sleep_finish, free};
+static const sl_job_class work_sleep_class = {"core.work_sleep", work_sleep_run, work_sleep_finish,
+                                              free};
 
 /* core.work_sleep(seconds, fn) -> job: occupies a worker thread for seconds (polling for
  * cancellation every millisecond), then calls fn(seconds_slept). */
@@ -420,6 +462,11 @@ static int l_work_sleep(lua_State *L) {
 int sl_engine_init(lua_State *L, uv_loop_t *loop) {
   engine.loop = loop;
   engine.L = L;
+  engine.error_handler_ref = LUA_NOREF;
+  engine.interrupt_ref = LUA_NOREF;
+  engine.interrupts = engine.delivered = 0;
+  engine.hard_exit_on_2 = engine.in_lua = engine.interrupt_lua = 0;
+  engine.running = NULL;
   signal(SIGPIPE, SIG_IGN);
   int rc = uv_async_init(loop, &engine.interrupt_async, on_interrupt_async);
   if (rc != 0) return rc;
@@ -433,8 +480,15 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 }
 
 int sl_engine_close(lua_State *L) {
+  if (engine.handlers_set) {
+    /* The handlers use the async handle closed below. */
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    engine.handlers_set = 0;
+  }
   sl_pool_shutdown();
   engine.L = NULL;
+  engine.running = NULL;
   lua_close(L); /* finalizers close the handles Lua owns */
   uv_walk(engine.loop, close_walk_cb, NULL);
   uv_run(engine.loop, UV_RUN_DEFAULT);
@@ -442,8 +496,10 @@ int sl_engine_close(lua_State *L) {
 }
 
 int luaopen_sluice_core(lua_State *L) {
-  static const luaL_Reg timer_methods[] = {{"start", timer_start}, {"stop", timer_stop},
-                                           {"active", timer_active}, {"close", timer_gc},
+  static const luaL_Reg timer_methods[] = {{"start", timer_start},
+                                           {"stop", timer_stop},
+                                           {"active", timer_active},
+                                           {"close", timer_gc},
                                            {NULL, NULL}};
   luaL_newmetatable(L, TIMER_MT);
   luaL_newlib(L, timer_methods);
@@ -468,6 +524,7 @@ int luaopen_sluice_core(lua_State *L) {
                                    {"cpu_time", l_cpu_time},
                                    {"exit_now", l_exit_now},
                                    {"work_sleep", l_work_sleep},
+                                   {"resume", l_resume},
                                    {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_pushliteral(L, SLUICE_VERSION);

@@ -4,14 +4,13 @@
  * lua-cjson, and the path to lua/), then hands the command line to lua/sluice/cli.lua,
  * runs the loop until the command is done, and closes everything before exiting.
  */
-#include "sluice.h"
-
 #include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "sluice.h"
 #include "sluice_modules.h" /* generated: SLUICE_MODULES(X) */
 
 int luaopen_cjson(lua_State *L);

@@ -5,13 +5,13 @@
  * and its Lua callback. The async handle is unreferenced while no job is in flight, so an
  * idle pool never keeps the loop alive. Threads start on the first submit.
  */
-#include "sluice.h"
-
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "sluice.h"
 
 #define JOB_HANDLE "sluice.job"
 
@@ -23,7 +23,7 @@ struct sl_job {
   const sl_job_class *cls;
   void *data;
   atomic_int cancelled;
-  int started;  /* guarded by the pool mutex */
+  int started; /* guarded by the pool mutex */
   int callback_ref;
   int handle_ref; /* keeps the Lua handle alive while the job is in flight */
   job_handle *handle;
@@ -36,6 +36,7 @@ static struct {
   pthread_t *threads;
   int nthreads;
   int stopping;
+  atomic_int shutdown; /* set by sl_pool_shutdown: every job counts as cancelled */
   sl_job *queue_head, *queue_tail;
   sl_job *done_head, *done_tail;
   uv_async_t async;
@@ -52,7 +53,9 @@ int sl_pool_size(void) {
   return (int)n + 2;
 }
 
-int sl_job_cancelled(const sl_job *job) { return atomic_load(&job->cancelled); }
+int sl_job_cancelled(const sl_job *job) {
+  return atomic_load(&job->cancelled) || atomic_load(&pool.shutdown);
+}
 
 static void push_done_locked(sl_job *job) {
   job->next = NULL;
@@ -111,7 +114,7 @@ static void on_async(uv_async_t *async) {
     }
     free_job(job);
     if (--pool.in_flight == 0) uv_unref((uv_handle_t *)&pool.async);
-    sl_call(L, n, 0);
+    sl_call(L, n, 0); /* errors are reported by sl_call; the next job still completes */
   }
 }
 
@@ -124,6 +127,7 @@ static int start_threads(lua_State *L) {
     pool.L = sl_main_state();
   }
   if (pool.threads) return 0;
+  atomic_store(&pool.shutdown, 0);
   int n = sl_pool_size();
   pool.threads = calloc((size_t)n, sizeof *pool.threads);
   if (!pool.threads) return UV_ENOMEM;
@@ -135,9 +139,7 @@ static int start_threads(lua_State *L) {
   return pool.nthreads > 0 ? 0 : UV_EAGAIN;
 }
 
-static job_handle *check_handle(lua_State *L) {
-  return luaL_checkudata(L, 1, JOB_HANDLE);
-}
+static job_handle *check_handle(lua_State *L) { return luaL_checkudata(L, 1, JOB_HANDLE); }
 
 /* job:cancel(): marks the job cancelled. A job still queued completes at once (on the next
  * loop iteration); a running one completes when its run function returns. */
@@ -178,7 +180,12 @@ static int job_tostring(lua_State *L) {
 
 int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void *data) {
   callback_idx = lua_absindex(L, callback_idx);
-  luaL_checktype(L, callback_idx, LUA_TFUNCTION);
+  if (lua_type(L, callback_idx) != LUA_TFUNCTION || sl_main_state() == NULL) {
+    /* data is ours from here on, whatever happens */
+    if (cls->free) cls->free(data);
+    if (sl_main_state() == NULL) return luaL_error(L, "%s: the engine is shutting down", cls->name);
+    return luaL_typeerror(L, callback_idx, "function");
+  }
   sl_job *job = calloc(1, sizeof *job);
   if (!job) {
     if (cls->free) cls->free(data);
@@ -222,6 +229,8 @@ int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void 
 
 void sl_pool_shutdown(void) {
   pthread_mutex_lock(&pool.mu);
+  /* Running jobs see sl_job_cancelled() turn true; queued ones are skipped. */
+  atomic_store(&pool.shutdown, 1);
   for (sl_job *j = pool.queue_head; j; j = j->next) atomic_store(&j->cancelled, 1);
   pool.stopping = 1;
   pthread_cond_broadcast(&pool.cv);
@@ -237,6 +246,7 @@ void sl_pool_shutdown(void) {
     while (lists[k]) {
       sl_job *j = lists[k];
       lists[k] = j->next;
+      if (j->handle) j->handle->job = NULL; /* job:cancel() during lua_close is a no-op */
       free_job(j);
     }
   }

@@ -6,11 +6,11 @@
  * exited and both output pipes reached end of file, so every byte of output is delivered
  * before the exit. The Lua library builds sluice.exec and model workers on this.
  */
-#include "sluice.h"
-
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "sluice.h"
 
 #define PROC_MT "sluice.proc"
 
@@ -23,6 +23,7 @@ struct sl_proc {
   uv_process_t process;
   uv_pipe_t in, out, err;
   int has_in;
+  int in_closing;   /* close_stdin was called: a shutdown (then close) is under way */
   int open_handles; /* handles not yet closed; the struct is freed when it reaches 0 */
   int exited, out_eof, err_eof, exit_reported;
   int64_t exit_status;
@@ -88,11 +89,15 @@ static void on_exit_cb(uv_process_t *proc, int64_t status, int sig) {
   maybe_report_exit(p);
 }
 
+/* Output is copied into a Lua string before the next read, so one buffer serves every
+ * pipe (the loop thread is the only reader). */
+static char read_buffer[65536];
+
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)h;
   (void)suggested;
-  buf->base = malloc(65536);
-  buf->len = buf->base ? 65536 : 0;
+  buf->base = read_buffer;
+  buf->len = sizeof read_buffer;
 }
 
 static void deliver(sl_proc *p, int ref, const char *data, size_t len) {
@@ -122,7 +127,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     /* p may have been released by the callback, but it is freed only in close callbacks. */
     maybe_report_exit(p);
   }
-  free(buf->base);
+  (void)buf;
 }
 
 static proc_ud *check_proc(lua_State *L) {
@@ -154,7 +159,7 @@ static int proc_write(lua_State *L) {
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
   if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TFUNCTION);
-  if (!p->has_in || uv_is_closing((uv_handle_t *)&p->in))
+  if (!p->has_in || p->in_closing || uv_is_closing((uv_handle_t *)&p->in))
     return sl_push_fail(L, "EPIPE", "process stdin is closed");
   write_req *w = malloc(sizeof *w + len);
   if (!w) return luaL_error(L, "out of memory");
@@ -172,18 +177,31 @@ static int proc_write(lua_State *L) {
   return 1;
 }
 
-/* proc:close_stdin(): the child sees end of file after the queued writes. */
+static void on_stdin_shutdown(uv_shutdown_t *req, int status) {
+  (void)status; /* a child that stopped reading early is not an error here */
+  close_one((uv_handle_t *)req->handle);
+  free(req);
+}
+
+/* proc:close_stdin(): the child sees end of file after the queued writes are written
+ * (closing the pipe at once would drop them). Idempotent. */
 static int proc_close_stdin(lua_State *L) {
   sl_proc *p = check_proc(L)->p;
-  if (p->has_in) close_one((uv_handle_t *)&p->in);
+  if (!p->has_in || p->in_closing || uv_is_closing((uv_handle_t *)&p->in)) return 0;
+  p->in_closing = 1;
+  uv_shutdown_t *req = malloc(sizeof *req);
+  if (!req || uv_shutdown(req, (uv_stream_t *)&p->in, on_stdin_shutdown) != 0) {
+    free(req);
+    close_one((uv_handle_t *)&p->in);
+  }
   return 0;
 }
 
 static int signal_number(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx)) return SIGTERM;
   if (lua_isinteger(L, idx)) return (int)lua_tointeger(L, idx);
-  static const char *const names[] = {"SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGSTOP",
-                                      "SIGCONT", NULL};
+  static const char *const names[] = {"SIGTERM", "SIGKILL", "SIGINT", "SIGHUP",
+                                      "SIGSTOP", "SIGCONT", NULL};
   static const int nums[] = {SIGTERM, SIGKILL, SIGINT, SIGHUP, SIGSTOP, SIGCONT};
   return nums[luaL_checkoption(L, idx, NULL, names)];
 }
@@ -217,29 +235,41 @@ static int proc_gc(lua_State *L) {
   return 0;
 }
 
-static char **string_array(lua_State *L, int idx, const char *first, int *count) {
+/* Pushes a userdata holding a NULL-terminated array of the strings of the list at idx
+ * (after first, when given). Numbers are converted; the converted strings are kept alive
+ * in the userdata's user value, so the array stays valid while the userdata is on the
+ * stack. */
+static char **string_array(lua_State *L, int idx, const char *first, const char *what) {
   int n = idx ? (int)lua_rawlen(L, idx) : 0;
-  char **arr = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 2), 0);
+  char **arr = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 2), 1);
+  lua_createtable(L, n, 0);
+  lua_setiuservalue(L, -2, 1);
+  lua_getiuservalue(L, -1, 1); /* anchor table */
   int k = 0;
   if (first) arr[k++] = (char *)first;
   for (int i = 1; i <= n; i++) {
     lua_rawgeti(L, idx, i);
-    if (!lua_isstring(L, -1)) luaL_error(L, "proc.spawn: element %d must be a string", i);
-    arr[k++] = (char *)lua_tostring(L, -1);
-    lua_pop(L, 1); /* the string stays alive: it is an element of the table at idx */
+    if (!lua_isstring(L, -1))
+      luaL_error(L, "proc.spawn: %s[%d] must be a string, got %s", what, i, luaL_typename(L, -1));
+    arr[k++] = (char *)lua_tostring(L, -1); /* converts a number in place */
+    lua_rawseti(L, -2, i);                  /* the anchor keeps it alive */
   }
   arr[k] = NULL;
-  if (count) *count = k;
+  lua_pop(L, 1);
   return arr;
+}
+
+/* Raises unless opts[field] is nil or a function. */
+static void check_callback(lua_State *L, int opts, const char *field) {
+  int t = lua_getfield(L, opts, field);
+  if (t != LUA_TNIL && t != LUA_TFUNCTION)
+    luaL_error(L, "proc.spawn: '%s' must be a function, got %s", field, luaL_typename(L, -1));
+  lua_pop(L, 1);
 }
 
 static int opt_ref(lua_State *L, int opts, const char *field) {
   lua_getfield(L, opts, field);
-  int ref = LUA_NOREF;
-  if (!lua_isnil(L, -1)) {
-    luaL_argexpected(L, lua_isfunction(L, -1), 1, "function");
-    ref = sl_ref(L, -1);
-  }
+  int ref = lua_isnil(L, -1) ? LUA_NOREF : sl_ref(L, -1);
   lua_pop(L, 1);
   return ref;
 }
@@ -249,15 +279,17 @@ static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   lua_getfield(L, 1, "file"); /* 2 */
-  const char *file = luaL_checkstring(L, 2);
+  if (lua_type(L, 2) != LUA_TSTRING)
+    return luaL_error(L, "proc.spawn: 'file' must be a string, got %s", luaL_typename(L, 2));
+  const char *file = lua_tostring(L, 2);
   lua_getfield(L, 1, "args"); /* 3 */
   if (!lua_isnil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
-  char **args = string_array(L, lua_isnil(L, 3) ? 0 : 3, file, NULL); /* 4 */
-  lua_getfield(L, 1, "env"); /* 5 */
+  char **args = string_array(L, lua_isnil(L, 3) ? 0 : 3, file, "args"); /* 4 */
+  lua_getfield(L, 1, "env");                                            /* 5 */
   char **env = NULL;
   if (!lua_isnil(L, 5)) {
     luaL_checktype(L, 5, LUA_TTABLE);
-    env = string_array(L, 5, NULL, NULL); /* 6 */
+    env = string_array(L, 5, NULL, "env"); /* 6 */
   } else {
     lua_pushnil(L);
   }
@@ -265,7 +297,11 @@ static int l_spawn(lua_State *L) {
   const char *cwd = luaL_optstring(L, 7, NULL);
   lua_getfield(L, 1, "stdin"); /* 8 */
   int want_in = lua_toboolean(L, 8);
+  check_callback(L, 1, "on_stdout");
+  check_callback(L, 1, "on_stderr");
+  check_callback(L, 1, "on_exit");
 
+  /* Nothing below raises before the process is started. */
   sl_proc *p = calloc(1, sizeof *p);
   if (!p) return luaL_error(L, "out of memory");
   p->L = sl_main_state();
@@ -320,8 +356,10 @@ static int l_spawn(lua_State *L) {
 }
 
 int luaopen_sluice_proc(lua_State *L) {
-  static const luaL_Reg methods[] = {{"write", proc_write}, {"close_stdin", proc_close_stdin},
-                                     {"kill", proc_kill},   {"pid", proc_pid},
+  static const luaL_Reg methods[] = {{"write", proc_write},
+                                     {"close_stdin", proc_close_stdin},
+                                     {"kill", proc_kill},
+                                     {"pid", proc_pid},
                                      {NULL, NULL}};
   luaL_newmetatable(L, PROC_MT);
   luaL_newlib(L, methods);

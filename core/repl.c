@@ -1,35 +1,74 @@
 /* repl.c: GNU readline driven by the loop (Lua module sluice.core.repl).
  *
- * readline's callback interface reads one character at a time when a uv_poll on stdin says
- * input is ready, so the loop keeps running timers, transfers and tasks while the prompt
- * waits. The Lua REPL (lua/sluice/repl.lua) decides what a line means; this file only owns
- * the terminal: prompt, line editing, history, and printing above the prompt.
+ * readline's callback interface reads keys when a uv_poll on stdin says input is ready, so
+ * the loop keeps running timers, transfers and tasks while the prompt waits. The Lua REPL
+ * (lua/sluice/repl.lua) decides what a line means; this file only owns the terminal:
+ * prompt, line editing, history, and printing above the prompt.
+ *
+ * readline stays installed from repl.start to repl.stop. A finished line is queued and
+ * handed to Lua from an idle callback (never from inside readline, which is not
+ * reentrant); while Lua works on it the prompt is empty and stdin is not polled, so keys
+ * typed meanwhile wait in the terminal. readline may already have read keys beyond the
+ * line (typed ahead or pasted): it turns them into further queued lines, which Lua gets one
+ * at a time, each after it has shown the next prompt.
  */
-#include "sluice.h"
-
+#include <fcntl.h>
+#include <readline/history.h>
+#include <readline/readline.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include <readline/history.h>
-#include <readline/readline.h>
+#include "sluice.h"
+
+/* Exported by GNU readline (rlprivate.h): true when readline holds keys it has read but
+ * not processed yet. */
+extern int _rl_pushed_input_available(void);
+
+#define MAX_QUEUED 256
 
 static struct {
   lua_State *L;
   uv_poll_t poll;
   int poll_open;
-  int installed; /* readline's line handler is installed (the prompt is shown) */
+  uv_idle_t idle; /* delivers queued lines outside readline's own call stack */
+  int idle_open;
+  int installed; /* readline's line handler is installed */
+  int busy;      /* Lua is working on a line: no prompt, stdin not polled */
   int line_ref;
   char *prompt;
+  /* Lines readline finished that Lua has not taken yet; a NULL entry is end of input. */
+  char *queue[MAX_QUEUED];
+  int qhead, qlen;
 } repl = {.line_ref = LUA_NOREF};
 
+static void on_stdin(uv_poll_t *h, int status, int events);
+
+static void start_idle(void);
+
 static void line_handler(char *line) {
+  if (repl.qlen < MAX_QUEUED) {
+    repl.queue[(repl.qhead + repl.qlen) % MAX_QUEUED] = line;
+    repl.qlen++;
+  } else {
+    free(line); /* more than MAX_QUEUED lines typed ahead: drop the excess */
+  }
+  /* readline shows the prompt for the next line when this returns: keep it empty until
+   * Lua asks for the next line, and stop reading keys meanwhile. */
+  repl.busy = 1;
+  rl_set_prompt("");
+  if (repl.poll_open) uv_poll_stop(&repl.poll);
+  start_idle();
+}
+
+static void on_idle(uv_idle_t *h) {
+  uv_idle_stop(h);
+  if (!repl.qlen || repl.line_ref == LUA_NOREF) return;
+  char *line = repl.queue[repl.qhead];
+  repl.qhead = (repl.qhead + 1) % MAX_QUEUED;
+  repl.qlen--;
   lua_State *L = repl.L;
-  /* readline wants the handler removed before the application prints at length; the Lua
-   * side re-shows the prompt when it is ready for the next line. */
-  rl_callback_handler_remove();
-  repl.installed = 0;
   sl_push_ref(L, repl.line_ref);
   if (line)
     lua_pushstring(L, line);
@@ -39,60 +78,83 @@ static void line_handler(char *line) {
   sl_call(L, 1, 0);
 }
 
+static void start_idle(void) {
+  if (repl.idle_open) uv_idle_start(&repl.idle, on_idle);
+}
+
 static void on_stdin(uv_poll_t *h, int status, int events) {
-  (void)h;
   (void)events;
-  if (status < 0) return;
-  if (repl.installed) {
-    rl_callback_read_char();
-  } else {
-    /* Input typed while a line runs waits in the terminal; stop polling until the prompt
-     * returns so the loop does not spin. */
-    uv_poll_stop(&repl.poll);
+  if (status < 0 || !repl.installed || repl.busy) {
+    uv_poll_stop(h);
+    return;
   }
+  rl_callback_read_char();
 }
 
-static void poll_closed(uv_handle_t *h) {
-  (void)h;
-  repl.poll_open = 0;
+static void handle_closed(uv_handle_t *h) {
+  if (h == (uv_handle_t *)&repl.poll)
+    repl.poll_open = 0;
+  else
+    repl.idle_open = 0;
 }
 
-/* repl.start(on_line): starts reading stdin; on_line(line) is called for each line, with
- * nil at end of input. The prompt is shown by repl.show(prompt). */
+/* repl.start(on_line): installs readline on stdin (which must be a terminal) with an empty
+ * prompt; on_line(line) is called for each line, with nil at end of input. Nothing is read
+ * until repl.show(prompt). Returns true, or nil, message, code. */
 static int l_start(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   repl.L = sl_main_state();
-  sl_unref(L, &repl.line_ref);
-  repl.line_ref = sl_ref(L, 1);
   if (!repl.poll_open) {
     int rc = uv_poll_init(sl_loop(L), &repl.poll, STDIN_FILENO);
     if (rc != 0) return sl_push_uv_error(L, rc, "stdin");
+    repl.poll.data = NULL;
     repl.poll_open = 1;
   }
+  if (!repl.idle_open) {
+    uv_idle_init(sl_loop(L), &repl.idle);
+    repl.idle_open = 1;
+  }
+  sl_unref(L, &repl.line_ref);
+  repl.line_ref = sl_ref(L, 1);
   rl_catch_signals = 0;
+  rl_catch_sigwinch = 1;
   rl_readline_name = "sluice";
+  repl.busy = 1;
+  if (!repl.installed) rl_callback_handler_install("", line_handler);
+  repl.installed = 1;
   lua_pushboolean(L, 1);
   return 1;
 }
 
-/* repl.show(prompt): shows the prompt and accepts a line. */
+/* repl.show(prompt): shows the prompt and accepts the next line (a line typed ahead is
+ * delivered at once). */
 static int l_show(lua_State *L) {
   const char *prompt = luaL_checkstring(L, 1);
+  if (!repl.installed) return luaL_error(L, "repl.show: the prompt is not started");
   free(repl.prompt);
   repl.prompt = strdup(prompt);
-  if (repl.installed) rl_callback_handler_remove();
-  rl_callback_handler_install(repl.prompt, line_handler);
-  repl.installed = 1;
+  repl.busy = 0;
+  rl_set_prompt(repl.prompt ? repl.prompt : "");
+  rl_on_new_line();
+  rl_redisplay();
+  if (repl.qlen) {
+    /* Typed ahead: readline has shown it already; hand it over on the next iteration. */
+    repl.busy = 1;
+    start_idle();
+    return 0;
+  }
   if (repl.poll_open) uv_poll_start(&repl.poll, UV_READABLE, on_stdin);
+  /* Keys readline read ahead but has not processed yet do not make stdin readable. */
+  if (_rl_pushed_input_available()) rl_callback_read_char();
   return 0;
 }
 
-/* repl.print(text): prints text on its own lines above the prompt, keeping what the user
- * has typed so far. Without a prompt it just writes to stdout. */
+/* repl.print(text): prints text above the prompt, keeping what the user has typed so far.
+ * While a line runs (no prompt) it just writes to stdout. */
 static int l_print(lua_State *L) {
   size_t len;
   const char *text = luaL_checklstring(L, 1, &len);
-  if (!repl.installed) {
+  if (!repl.installed || repl.busy) {
     fwrite(text, 1, len, stdout);
     fflush(stdout);
     return 0;
@@ -107,17 +169,28 @@ static int l_print(lua_State *L) {
   rl_restore_prompt();
   rl_replace_line(saved_line, 0);
   rl_point = saved_point;
-  rl_forced_update_display();
+  rl_on_new_line();
+  rl_redisplay();
   free(saved_line);
   return 0;
 }
 
-/* repl.clear_line(): drops the partly typed line (Ctrl-C at the prompt). */
+/* repl.clear_line(prompt): Ctrl-C at the prompt: drops the partly typed line and shows
+ * prompt on a new line. */
 static int l_clear_line(lua_State *L) {
-  (void)L;
-  if (!repl.installed) return 0;
-  rl_replace_line("", 0);
-  fputs("^C\n", stdout);
+  const char *prompt = luaL_optstring(L, 1, NULL);
+  if (!repl.installed || repl.busy) return 0;
+  rl_callback_sigcleanup(); /* leaves incremental search and the like */
+  rl_replace_line("", 1);
+  rl_point = rl_end = rl_mark = 0;
+  fputs("^C", stdout);
+  rl_crlf();
+  fflush(stdout);
+  if (prompt) {
+    free(repl.prompt);
+    repl.prompt = strdup(prompt);
+    rl_set_prompt(repl.prompt ? repl.prompt : "");
+  }
   rl_on_new_line();
   rl_redisplay();
   return 0;
@@ -125,16 +198,34 @@ static int l_clear_line(lua_State *L) {
 
 static int l_history_load(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  int ok = read_history(path) == 0;
   using_history();
-  lua_pushboolean(L, read_history(path) == 0);
+  lua_pushboolean(L, ok);
   return 1;
 }
 
+/* repl.history_add(line[, path]): adds line to the history and, with path, appends it to
+ * that file at once (so the history survives a crash or a kill). */
 static int l_history_add(lua_State *L) {
-  add_history(luaL_checkstring(L, 1));
-  return 0;
+  const char *line = luaL_checkstring(L, 1);
+  const char *path = luaL_optstring(L, 2, NULL);
+  add_history(line);
+  /* readline set up the line being edited before this entry existed; without this it
+   * takes the new entry for the line being edited and, on the next accepted line, "restores"
+   * it to that line's original (empty) text. */
+  using_history();
+  if (path) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0600); /* append_history needs it */
+    if (fd >= 0) close(fd);
+    lua_pushboolean(L, fd >= 0 && append_history(1, path) == 0);
+    return 1;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
+/* repl.history_save(path[, limit]): writes the whole history, keeping the last limit
+ * entries (default 1000). */
 static int l_history_save(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   int limit = (int)luaL_optinteger(L, 2, 1000);
@@ -148,8 +239,16 @@ static int l_history_save(lua_State *L) {
 static int l_stop(lua_State *L) {
   if (repl.installed) rl_callback_handler_remove();
   repl.installed = 0;
+  repl.busy = 0;
   if (repl.poll_open && !uv_is_closing((uv_handle_t *)&repl.poll))
-    uv_close((uv_handle_t *)&repl.poll, poll_closed);
+    uv_close((uv_handle_t *)&repl.poll, handle_closed);
+  if (repl.idle_open && !uv_is_closing((uv_handle_t *)&repl.idle))
+    uv_close((uv_handle_t *)&repl.idle, handle_closed);
+  while (repl.qlen) {
+    free(repl.queue[repl.qhead]);
+    repl.qhead = (repl.qhead + 1) % MAX_QUEUED;
+    repl.qlen--;
+  }
   sl_unref(L, &repl.line_ref);
   free(repl.prompt);
   repl.prompt = NULL;
@@ -161,7 +260,20 @@ static int l_isatty(lua_State *L) {
   return 1;
 }
 
+/* Finalizer of a sentinel that lives as long as the module: leaves the terminal as it was
+ * and closes the handles when the state closes without repl.stop (an error, os.exit). */
+static int repl_gc(lua_State *L) {
+  l_stop(L);
+  return 0;
+}
+
 int luaopen_sluice_repl(lua_State *L) {
+  lua_newuserdatauv(L, 1, 0);
+  lua_newtable(L);
+  lua_pushcfunction(L, repl_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, "sluice.repl.sentinel");
   static const luaL_Reg funcs[] = {{"start", l_start},
                                    {"show", l_show},
                                    {"print", l_print},

@@ -77,10 +77,10 @@ double sl_now(void);
 typedef struct sl_job sl_job;
 
 typedef struct sl_job_class {
-  const char *name;                           /* for messages: "media.probe", ... */
-  void (*run)(sl_job *job, void *data);       /* worker thread */
-  int (*finish)(lua_State *L, void *data);    /* loop thread; returns values pushed */
-  void (*free)(void *data);                   /* any thread; may be NULL */
+  const char *name;                        /* for messages: "media.probe", ... */
+  void (*run)(sl_job *job, void *data);    /* worker thread */
+  int (*finish)(lua_State *L, void *data); /* loop thread; returns values pushed */
+  void (*free)(void *data);                /* any thread; may be NULL */
 } sl_job_class;
 
 /* Queues a job. The Lua function at callback_idx is called with finish's values when the

@@ -88,7 +88,7 @@ local function default_interrupt()
 end
 
 local function report_unobserved(t)
-  eprint("sluice: " .. t.name .. " failed and nobody waited for it: " .. tostring(t.result[2]))
+  eprint("sluice: " .. t.name .. " failed and nobody waited for it: " .. tostring(t:error()))
 end
 
 -- Loads a script file; on a syntax error prints it and returns nil.
@@ -168,14 +168,14 @@ function M.finish()
     eprint(table.concat(lines, "\n"))
     code = 2
   elseif main.status == "done" then
-    local r = main.result[2]
+    local r = main.outcome[2]
     if math.type(r) == "integer" then code = r
     elseif r == false then code = 1
     else code = 0 end
   elseif main.status == "cancelled" then
     code = state.interrupted > 0 and 130 or 2
   else
-    eprint("sluice: " .. tostring(main.result[2]))
+    eprint("sluice: " .. tostring(main.outcome[2]))
     code = 2
   end
   for _, t in ipairs(state.unobserved or {}) do

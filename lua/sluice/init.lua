@@ -42,10 +42,28 @@ function M.sleep(seconds)
 end
 
 -- A FIFO of waiting tasks with lazy removal: an entry whose task has since left that wait
--- (cancelled, or woken another way) is skipped.
-local function waitlist() return { head = 1, tail = 0 } end
+-- (cancelled, or woken another way) is skipped. Stale entries are also swept out when the
+-- list grows, so tasks that keep timing out of a wait do not make it grow without bound.
+local function waitlist() return { head = 1, tail = 0, limit = 64 } end
+
+local function wl_live(t, id) return t.waiting and t.wait_id == id end
+
+local function wl_compact(wl)
+  local k = 0
+  for h = wl.head, wl.tail do
+    local t, id, v = wl[3 * h - 2], wl[3 * h - 1], wl[3 * h]
+    wl[3 * h - 2], wl[3 * h - 1], wl[3 * h] = nil, nil, nil
+    if wl_live(t, id) then
+      k = k + 1
+      wl[3 * k - 2], wl[3 * k - 1], wl[3 * k] = t, id, v
+    end
+  end
+  wl.head, wl.tail = 1, k
+  wl.limit = math.max(64, 2 * k)
+end
 
 local function wl_push(wl, t, id, v)
+  if wl.tail - wl.head + 1 >= wl.limit then wl_compact(wl) end
   local n = wl.tail + 1
   wl.tail = n
   wl[3 * n - 2], wl[3 * n - 1], wl[3 * n] = t, id, v
@@ -53,13 +71,14 @@ end
 
 -- Pops the first entry still waiting; returns task, wait id, value, or nil.
 local function wl_pop(wl)
-  while wl.head <= wl.tail do
-    local h = wl.head
-    local t, id, v = wl[3 * h - 2], wl[3 * h - 1], wl[3 * h]
-    wl[3 * h - 2], wl[3 * h - 1], wl[3 * h] = nil, nil, nil
-    wl.head = h + 1
+  local h, tail = wl.head, wl.tail
+  while h <= tail do
+    local i = 3 * h
+    local t, id, v = wl[i - 2], wl[i - 1], wl[i]
+    wl[i - 2], wl[i - 1], wl[i] = nil, nil, nil
+    h = h + 1
     if t.waiting and t.wait_id == id then
-      if wl.head > wl.tail then wl.head, wl.tail = 1, 0 end
+      if h > tail then wl.head, wl.tail = 1, 0 else wl.head = h end
       return t, id, v
     end
   end
@@ -84,7 +103,7 @@ local function wl_count(wl)
   local n = 0
   for h = wl.head, wl.tail do
     local t = wl[3 * h - 2]
-    if t and t.waiting and t.wait_id == wl[3 * h - 1] then n = n + 1 end
+    if t and wl_live(t, wl[3 * h - 1]) then n = n + 1 end
   end
   return n
 end
@@ -307,7 +326,7 @@ function Semaphore:waiting() return wl_count(self.waiters) end
 -- s:with(fn, ...) -> fn's results: runs fn holding a permit, released even on error.
 function Semaphore:with(fn, ...)
   self:acquire()
-  local r = pack(pcall(fn, ...))
+  local r = pack(xpcall(fn, sched.capture, ...))
   self:release()
   if not r[1] then error(r[2], 0) end
   return unpack(r, 2, r.n)
@@ -356,54 +375,62 @@ Group.__name = "sluice.group"
 
 -- group(): tasks spawned with g:spawn belong to it; g:wait() waits for all of them. The
 -- first failure cancels the others and g:wait() re-raises it with its traceback.
-function M.group() return setmetatable({ tasks = {}, pending = 0 }, Group) end
+function M.group()
+  return setmetatable({ members = {}, pending = 0, waiters = waitlist() }, Group)
+end
 
 local function member_done(g, t)
   g.pending = g.pending - 1
+  g.members[t] = nil
   if t.status == "failed" and not g.err then
-    g.err = t.result[2]
+    g.err = t:error()
     g.failed_task = t
-    for _, other in ipairs(g.tasks) do
-      if other ~= t and not other.finished then other:cancel() end
-    end
+    for other in pairs(g.members) do other:cancel() end
   end
-  if g.pending == 0 and g.waiter then
-    local w, id = g.waiter, g.waiter_id
-    g.waiter = nil
-    wake(w, id, true)
+  if g.pending == 0 then
+    while true do
+      local w, id = wl_pop(g.waiters)
+      if not w then break end
+      wake(w, id, true)
+    end
   end
 end
 
+-- g:spawn(fn, ...) -> task. Raises once the group has failed.
 function Group:spawn(fn, ...)
   if self.err then error("group already failed: " .. tostring(self.err), 2) end
   local t = sched.spawn(fn, ...)
   t.observed = true
-  self.tasks[#self.tasks + 1] = t
+  self.members[t] = true
   self.pending = self.pending + 1
   t:on_done(function(task) member_done(self, task) end)
   return t
 end
 
+-- g:cancel(): cancels every unfinished member.
 function Group:cancel()
-  for _, t in ipairs(self.tasks) do
-    if not t.finished then t:cancel() end
-  end
+  for t in pairs(self.members) do t:cancel() end
 end
 
+-- g:wait() -> true once every member has finished; re-raises the first failure. A waiter
+-- that is cancelled cancels the group's members too (they belong to it).
 function Group:wait()
   if self.pending > 0 then
     local t = need_task("group:wait")
     local id = begin_wait(t, "group:wait")
-    self.waiter, self.waiter_id = t, id
+    wl_push(self.waiters, t, id, nil)
     local ok, err = pcall(suspend)
     if not ok then
-      self:cancel() -- the waiter was cancelled: so is everything it owns
+      self:cancel()
       error(err, 0)
     end
   end
   if self.err then error(self.err, 0) end
   return true
 end
+
+-- g:size() -> the number of members still running.
+function Group:size() return self.pending end
 
 -- Timeouts ---------------------------------------------------------------------------------
 
@@ -421,10 +448,10 @@ function M.timeout(seconds, fn, ...)
   timer:close()
   scope:close()
   if r[1] then return unpack(r, 2, r.n) end
-  if r[2] == sched.Cancelled and scope.expired then
+  if r[2] == sched.Cancelled and scope.expired and not sched.cancel_pending(t) then
     return nil, string.format("timeout after %gs", seconds), "ETIMEDOUT"
   end
-  error(r[2], 0)
+  error(r[2], 0) -- includes Cancelled from an enclosing scope: it must reach its owner
 end
 
 -- Subprocesses -------------------------------------------------------------------------------
@@ -450,6 +477,9 @@ M._env_list = env_list
 -- or the timeout kills the process.
 function M.exec(argv, opts)
   opts = opts or {}
+  if type(opts) ~= "table" then
+    error("bad argument #2 to 'exec' (options table expected, got " .. type(opts) .. ")", 2)
+  end
   if type(argv) == "string" then
     if not opts.shell then
       error("bad argument #1 to 'exec' (argv list expected; pass shell=true to run a command line)", 2)
@@ -459,9 +489,22 @@ function M.exec(argv, opts)
   if type(argv) ~= "table" or type(argv[1]) ~= "string" then
     error("bad argument #1 to 'exec' (non-empty argv list expected)", 2)
   end
+  for i = 2, #argv do
+    local ty = type(argv[i])
+    if ty ~= "string" and ty ~= "number" then
+      error(string.format("bad argument #1 to 'exec' (argv[%d] must be a string, got %s)", i, ty), 2)
+    end
+  end
   if opts.stdin ~= nil and type(opts.stdin) ~= "string" then
     error("bad option 'stdin' to 'exec' (string expected)", 2)
   end
+  if opts.cwd ~= nil and type(opts.cwd) ~= "string" then
+    error("bad option 'cwd' to 'exec' (string expected)", 2)
+  end
+  if opts.env ~= nil and type(opts.env) ~= "table" then
+    error("bad option 'env' to 'exec' (table expected)", 2)
+  end
+  if opts.timeout ~= nil then check_seconds(opts.timeout, "exec", 2) end
   local args = { table.unpack(argv, 2) }
   local env = env_list(opts.env)
   local out, err = {}, {}

@@ -18,6 +18,7 @@ local function history_path()
 end
 
 local function out(s) term.print(s .. "\n") end
+local plain_print = print
 
 -- print() that keeps the prompt intact when a background task prints.
 local function repl_print(...)
@@ -25,6 +26,14 @@ local function repl_print(...)
   local parts = {}
   for i = 1, n do parts[i] = tostring((select(i, ...))) end
   out(table.concat(parts, "\t"))
+end
+
+-- An error of a line: the message and the traceback down to the line's own chunk.
+local function format_error(e)
+  local s = tostring(e)
+  local cut = s:find("\n%s*%[C%]: in function 'xpcall'")
+  if cut then s = s:sub(1, cut - 1) end
+  return s
 end
 
 local function show_values(r)
@@ -50,8 +59,11 @@ local function compile(src)
   return nil, err
 end
 
--- Runs fn(...) in a task, copying the main chunk's locals into _G when it returns, so that
--- `sluice repl script.lua` has the script's values in scope.
+-- Runs the script in a task and copies its globals' neighbours, the main chunk's top-level
+-- locals, into _G when it is done, so that `sluice repl script.lua` has the script's values
+-- in scope. A line hook snapshots the chunk's locals at each of its lines (a chunk that
+-- ends with `return f(...)` is a tail call: its frame is gone by the time f returns), and
+-- a return hook takes the final values when the chunk returns normally.
 local function run_script(path)
   local chunk, err = loadfile(path)
   if not chunk then
@@ -60,20 +72,21 @@ local function run_script(path)
   end
   local task = sched.spawn(function()
     local captured = {}
-    debug.sethook(function(ev)
-      if ev ~= "return" then return end
-      local info = debug.getinfo(2, "f")
-      if info and info.func == chunk then
-        local i = 1
-        while true do
-          local name, value = debug.getlocal(2, i)
-          if not name then break end
-          if not name:match("^%(") then captured[name] = value end
-          i = i + 1
-        end
+    local getinfo, getlocal = debug.getinfo, debug.getlocal
+    local function snapshot()
+      local i = 1
+      while true do
+        local name, value = getlocal(3, i)
+        if not name then break end
+        if not name:match("^%(") then captured[name] = value end
+        i = i + 1
       end
-    end, "r")
-    local r = table.pack(pcall(chunk))
+    end
+    debug.sethook(function(ev)
+      local info = getinfo(2, "f")
+      if info and info.func == chunk then snapshot() end
+    end, "lr")
+    local r = table.pack(xpcall(chunk, sched.capture, table.unpack(_G.arg or {})))
     debug.sethook()
     for k, v in pairs(captured) do _G[k] = v end
     if not r[1] then error(r[2], 0) end
@@ -88,13 +101,14 @@ end
 function M.start(script, cli_state)
   local hist = history_path()
   term.history_load(hist)
+  plain_print = _G.print
   _G.print = repl_print
   _G.sluice = require "sluice"
   local buffer = nil
   local running = nil -- the task running the current line
 
   sched.set_unobserved_hook(function(t)
-    out("[background] " .. t.name .. " failed: " .. tostring(t.result[2]))
+    out("[background] " .. t.name .. " failed: " .. tostring(t:error()))
   end)
   core.set_error_handler(function(err, where)
     out("[internal error in " .. tostring(where) .. "] " .. tostring(err))
@@ -108,6 +122,7 @@ function M.start(script, cli_state)
   local function leave()
     term.history_save(hist)
     term.stop()
+    _G.print = plain_print
     io.stdout:write("\n")
     for _, t in ipairs(sched.tasks()) do t:cancel() end
     core.stop()
@@ -121,7 +136,7 @@ function M.start(script, cli_state)
       elseif sched.is_cancelled(r[2]) then
         out("cancelled")
       else
-        out(tostring(r[2]))
+        out(format_error(r[2]))
       end
     end)
     running.name = "repl line"
@@ -140,7 +155,7 @@ function M.start(script, cli_state)
       leave()
       return
     end
-    if line:match("%S") then term.history_add(line) end
+    if line:match("%S") then term.history_add(line, hist) end
     local src = buffer and (buffer .. "\n" .. line) or line
     if not src:match("%S") then
       buffer = nil
@@ -167,8 +182,7 @@ function M.start(script, cli_state)
       running:cancel()
     else
       buffer = nil
-      term.clear_line()
-      term.show(PROMPT)
+      term.clear_line(PROMPT)
     end
   end, "repl")
 
@@ -181,12 +195,13 @@ function M.start(script, cli_state)
   io.stdout:write("sluice " .. core.version .. " on " .. _VERSION ..
     "; Ctrl-D leaves, Ctrl-C cancels a running line\n")
   if script then
+    _G.arg = { [0] = script }
     local t = run_script(script)
     if not t then return 2 end
     running = t
     t.observed = true
     t:on_done(function(task)
-      if task.status == "failed" then out(tostring(task.result[2])) end
+      if task.status == "failed" then out(format_error(task:error())) end
       prompt()
     end)
   else

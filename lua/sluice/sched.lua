@@ -3,15 +3,21 @@
 -- A task is a coroutine plus bookkeeping. A task waits by "suspending" after it has said
 -- what it waits for (begin_wait); whoever completes the wait calls wake(task, wait_id, value)
 -- and the task becomes ready. Ready tasks run in FIFO order whenever control comes back to
--- Lua from the loop (every wake from a C callback drains the run queue). Cancellation is
--- scoped (as in Trio): a task has a stack of cancel scopes; cancelling a scope interrupts
--- the task's current wait and every later wait inside that scope raises sluice.Cancelled.
+-- Lua from the loop (every wake from a C callback drains the run queue). A drain gives the
+-- loop a turn after about 20 ms of Lua work, so timers, I/O and Ctrl-C are never starved by
+-- tasks that only pass values to each other.
+--
+-- Cancellation is scoped (as in Trio): a task has a stack of cancel scopes; cancelling a
+-- scope interrupts the task's current wait (its canceller runs: the timer is closed, the
+-- process killed, the pool job cancelled) and every later wait inside that scope raises
+-- sluice.Cancelled, until the scope is closed.
 local core = require "sluice.core.core"
 
-local co_create, co_resume, co_yield, co_status, co_running =
-  coroutine.create, coroutine.resume, coroutine.yield, coroutine.status, coroutine.running
+local resume, core_now = core.resume, core.now
+local co_create, co_yield, co_running = coroutine.create, coroutine.yield, coroutine.running
 local pack, unpack = table.pack, table.unpack
 local traceback = debug.traceback
+local select, type, pcall, setmetatable = select, type, pcall, setmetatable
 
 local M = {}
 
@@ -37,10 +43,23 @@ M.TaskError = TaskError
 
 function M.is_cancelled(err) return err == Cancelled end
 
+-- Tracebacks stop at the task's body: the scheduler frames below it say nothing useful.
+local function trim(tb)
+  local cut, from = nil, 1
+  while true do
+    local i = tb:find("\n%s*%[C%]: in function 'xpcall'", from)
+    if not i then break end
+    cut, from = i, i + 1
+  end
+  if cut then tb = tb:sub(1, cut - 1) end
+  return tb
+end
+
 -- Wraps a raw error with its traceback, unless it already carries one.
 local function capture(err, level)
   if err == Cancelled or getmetatable(err) == TaskError then return err end
-  return setmetatable({ message = err, traceback = traceback(nil, (level or 1) + 1) }, TaskError)
+  return setmetatable({ message = err, traceback = trim(traceback(nil, (level or 1) + 1)) },
+    TaskError)
 end
 M.capture = capture
 
@@ -59,15 +78,19 @@ local next_id = 0
 local unobserved_hook = nil
 local idle_hook = nil
 
--- Run queue: two parallel arrays used as a FIFO.
+-- Run queue: two parallel arrays used as a FIFO, reset whenever it empties so it stays
+-- small however long a drain runs.
 local rq_task, rq_value = {}, {}
 local rq_head, rq_tail = 1, 0
 local draining = false
+local SLICE = 0.02 -- seconds of Lua work before the loop gets a turn
+local later_timer = nil
 
 local function enqueue(t, v)
-  rq_tail = rq_tail + 1
-  rq_task[rq_tail] = t
-  rq_value[rq_tail] = v
+  local n = rq_tail + 1
+  rq_tail = n
+  rq_task[n] = t
+  rq_value[n] = v
 end
 
 local finish -- forward
@@ -75,33 +98,63 @@ local finish -- forward
 local function step(t, v)
   if not t.started and t.ncancelled > 0 then
     -- cancelled before it ever ran: it finishes without running
-    t.result = { n = 2, false, Cancelled }
+    t.outcome = { n = 2, false, Cancelled }
     finish(t)
     return
   end
   current = t
-  local ok, err = co_resume(t.co, v)
+  local id = t.wait_id
+  local ok, err = resume(t.co, v)
   current = nil
   if not ok then
     -- Only failures outside the task's xpcall land here (an error in the error handler).
-    t.result = { n = 2, false, capture(err) }
+    t.outcome = { n = 2, false, capture(err) }
+    finish(t)
+  elseif t.outcome then
+    finish(t)
+  elseif t.wait_id == id then
+    -- The body yielded without waiting for anything (a bare coroutine.yield()): treat it
+    -- as sluice.yield() so the task is not lost.
+    enqueue(t, nil)
   end
-  if co_status(t.co) == "dead" then finish(t) end
 end
 
--- Runs ready tasks until none is left. Reentrant calls return at once: the outer loop
--- picks up whatever they would have run.
-local function drain()
+local drain
+
+local function drain_later()
+  if not later_timer then later_timer = core.timer() end
+  if not later_timer:active() then later_timer:start(0, nil, drain) end
+end
+
+-- Runs ready tasks until none is left (or the time slice is used up: the rest runs on the
+-- next loop iteration). Reentrant calls return at once: the outer loop picks up whatever
+-- they would have run.
+function drain()
   if draining then return end
   draining = true
+  local count, t0 = 0, nil
   while rq_head <= rq_tail do
     local h = rq_head
     local t, v = rq_task[h], rq_value[h]
     rq_task[h], rq_value[h] = nil, nil
     rq_head = h + 1
     if not t.finished then step(t, v) end
+    if rq_head > rq_tail then
+      rq_head, rq_tail = 1, 0
+    else
+      count = count + 1
+      if count >= 256 then
+        count = 0
+        local now = core_now()
+        if not t0 then
+          t0 = now
+        elseif now - t0 > SLICE then
+          drain_later()
+          break
+        end
+      end
+    end
   end
-  rq_head, rq_tail = 1, 0
   draining = false
 end
 M.drain = drain
@@ -139,6 +192,13 @@ local function scope_cancelled(t)
   return nil
 end
 
+-- True when a cancel scope of task t (default: the running one) is cancelled, i.e. its
+-- next wait will raise sluice.Cancelled.
+function M.cancel_pending(t)
+  t = t or current
+  return t ~= nil and t.ncancelled > 0 and scope_cancelled(t) ~= nil
+end
+
 -- Starts a wait: raises Cancelled when a scope of the task is cancelled already; otherwise
 -- marks the task waiting and returns the wait's id for wake(). what names the wait in
 -- deadlock reports.
@@ -153,6 +213,17 @@ local function begin_wait(t, what)
 end
 M.begin_wait = begin_wait
 
+-- Abandons a wait begun with begin_wait that will not suspend after all (its start
+-- failed), so that nothing wakes or cancels it later.
+local function abandon_wait(t, id)
+  if t.wait_id == id then
+    t.waiting = false
+    t.wait_cancel = nil
+    t.wait_id = id + 1
+  end
+end
+M.abandon_wait = abandon_wait
+
 -- Suspends the running task until it is woken; returns the wake value or raises Cancelled.
 local function suspend()
   local v = co_yield()
@@ -161,14 +232,21 @@ local function suspend()
 end
 M.suspend = suspend
 
-local function call_canceller(c)
+local function index_cancel(c) return c.cancel or c.close end
+
+local function call_canceller(c, t)
   if c == nil then return end
-  local ty = type(c)
-  if ty == "function" then
-    pcall(c)
+  local ok, err
+  if type(c) == "function" then
+    ok, err = pcall(c)
   else
-    local ok, m = pcall(function() return c.cancel or c.close end)
-    if ok and m then pcall(m, c) end
+    local m
+    ok, m = pcall(index_cancel, c)
+    if ok and m then ok, err = pcall(m, c) end
+  end
+  if not ok then
+    io.stderr:write(string.format("sluice: error while cancelling %s of %s: %s\n",
+      tostring(t.wait_what), t.name, tostring(err)))
   end
 end
 
@@ -179,7 +257,7 @@ local function interrupt(t)
   t.waiting = false
   t.wait_cancel = nil
   t.wait_id = t.wait_id + 1
-  call_canceller(c)
+  call_canceller(c, t)
   enqueue(t, CANCEL)
   if not draining then drain() end
 end
@@ -223,6 +301,8 @@ local function on_error(e)
   return capture(e, 2)
 end
 
+-- spawn(fn, ...) -> task: runs fn(...) as a new task. From inside a task, the new task
+-- starts when the current one waits; from a callback or the top level, at once.
 function M.spawn(fn, ...)
   if type(fn) ~= "function" and not (getmetatable(fn) or {}).__call then
     error("bad argument #1 to 'spawn' (function expected, got " .. type(fn) .. ")", 2)
@@ -238,11 +318,20 @@ function M.spawn(fn, ...)
     started = false,
   }, Task)
   t.scopes = { setmetatable({ task = t, cancelled = false }, Scope) }
-  local args = pack(...)
-  t.co = co_create(function()
-    t.started = true
-    t.result = pack(xpcall(fn, on_error, unpack(args, 1, args.n)))
-  end)
+  local body
+  if select("#", ...) == 0 then
+    body = function()
+      t.started = true
+      t.outcome = pack(xpcall(fn, on_error))
+    end
+  else
+    local args = pack(...)
+    body = function()
+      t.started = true
+      t.outcome = pack(xpcall(fn, on_error, unpack(args, 1, args.n)))
+    end
+  end
+  t.co = co_create(body)
   tasks_by_co[t.co] = t
   live = live + 1
   enqueue(t, nil)
@@ -252,8 +341,9 @@ end
 
 function finish(t)
   t.finished = true
+  t.waiting = false
   live = live - 1
-  local r = t.result
+  local r = t.outcome
   if r[1] then
     t.status = "done"
   elseif r[2] == Cancelled then
@@ -270,7 +360,13 @@ function finish(t)
   local hooks = t.on_finish
   if hooks then
     t.on_finish = nil
-    for i = 1, #hooks do hooks[i](t) end
+    for i = 1, #hooks do
+      local ok, err = pcall(hooks[i], t)
+      if not ok then
+        io.stderr:write("sluice: error in an on_done hook of " .. t.name .. ": " ..
+          tostring(err) .. "\n")
+      end
+    end
   end
   if t.status == "failed" and not observed and not t.observed and unobserved_hook then
     unobserved_hook(t)
@@ -312,7 +408,7 @@ function Task:wait()
     self.waiters = w
     suspend()
   end
-  local r = self.result
+  local r = self.outcome
   if r[1] then return unpack(r, 2, r.n) end
   if r[2] == Cancelled then
     error(setmetatable({ message = self.name .. " was cancelled", traceback = "" }, TaskError), 0)
@@ -320,14 +416,23 @@ function Task:wait()
   error(r[2], 0)
 end
 
--- task:result() -> ok, values... without waiting; nil when it has not finished.
+-- task:result() -> ok, values... (or false, err) without waiting; nil when it has not
+-- finished.
 function Task:result()
   if not self.finished then return nil end
   self.observed = true
-  return unpack(self.result, 1, self.result.n)
+  return unpack(self.outcome, 1, self.outcome.n)
+end
+
+-- task:error() -> the error value of a failed task (sluice.Cancelled for a cancelled one),
+-- or nil.
+function Task:error()
+  if not self.finished or self.outcome[1] then return nil end
+  return self.outcome[2]
 end
 
 -- task:cancel(): interrupts what the task waits on; the task sees sluice.Cancelled.
+-- Returns false when the task has already finished.
 function Task:cancel()
   if self.finished then return false end
   self.scopes[1]:cancel()
@@ -359,18 +464,19 @@ function M.set_idle_hook(fn) idle_hook = fn end
 
 -- Waits for a callback-style operation. start(done, ...) begins it and returns something
 -- to cancel it with (a function, or an object with :cancel() or :close()), or nothing.
--- Returns whatever done() is called with.
+-- Returns whatever done() is called with. An error raised by start propagates (nothing is
+-- left waiting).
 function M.await(what, start, ...)
   local t = need_task(what)
   local id = begin_wait(t, what)
-  local c = start(function(...)
+  local ok, c = pcall(start, function(...)
     if t.waiting and t.wait_id == id then wake(t, id, pack(...)) end
   end, ...)
-  if t.waiting and t.wait_id == id then
-    t.wait_cancel = c
-  else
-    -- already completed synchronously (or cancelled): nothing to cancel any more
+  if not ok then
+    abandon_wait(t, id)
+    error(c, 0)
   end
+  if t.waiting and t.wait_id == id then t.wait_cancel = c end
   local r = suspend()
   return unpack(r, 1, r.n)
 end
