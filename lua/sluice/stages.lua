@@ -1,0 +1,273 @@
+-- sluice.stages: ready-made stages and helpers the pipelines share.
+--
+-- Inputs and downloads (podcast and video filter pipelines):
+--   stages.expand_inputs(list, opts) -> items {key=, url=|path=, title=, duration=, ...}:
+--       feeds (RSS/Atom, by URL or file) become one item per episode; other entries are media
+--       URLs or paths. Relative enclosure URLs resolve against the feed's location.
+--   stages.fetch(item, dir, opts) -> local path, info: paths pass through; http(s) URLs
+--       stream to DIR/<name>.part (resuming a partial file with a Range request) and are
+--       renamed when complete; a file already downloaded is skipped; YouTube-style URLs go
+--       through yt-dlp when it is installed.
+-- Seed 001's worker rule:
+--   stages.workers_for{duration=, engine=, chunk=} -> workers, details
+local sl = require "sluice"
+local http = require "sluice.http"
+local feed = require "sluice.feed"
+
+local M = {}
+
+-- Helpers ----------------------------------------------------------------------------------
+
+local function is_url(s) return type(s) == "string" and s:match("^[%a][%w+.-]*://") ~= nil end
+M.is_url = is_url
+
+local function file_exists(p)
+  local f = io.open(p, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+local function file_size(p)
+  local f = io.open(p, "rb")
+  if not f then return nil end
+  local n = f:seek("end")
+  f:close()
+  return n
+end
+M.file_size = file_size
+
+-- slug("Episode 2: Queues!") -> "episode-2-queues"
+function M.slug(s, max)
+  s = tostring(s or ""):lower():gsub("[^%w]+", "-"):gsub("^%-+", ""):gsub("%-+$", "")
+  s = s:sub(1, max or 60):gsub("%-+$", "")
+  return s ~= "" and s or "item"
+end
+
+-- resolve(base, ref): ref relative to base (a URL or a file path).
+function M.resolve(base, ref)
+  if is_url(ref) or not base then return ref end
+  if ref:sub(1, 7) == "file://" then return ref:sub(8) end
+  if is_url(base) then
+    local scheme_host = base:match("^([%a][%w+.-]*://[^/]+)")
+    if ref:sub(1, 2) == "//" then return base:match("^([%a][%w+.-]*:)") .. ref end
+    if ref:sub(1, 1) == "/" then return scheme_host .. ref end
+    local dir = base:gsub("[?#].*$", ""):match("^(.*/)") or (scheme_host .. "/")
+    return dir .. ref
+  end
+  if ref:sub(1, 1) == "/" then return ref end
+  local dir = base:match("^(.*/)") or ""
+  return dir .. ref
+end
+
+local function url_basename(u)
+  local p = u:gsub("[?#].*$", ""):match("([^/]+)/*$") or "download"
+  return (p:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end):gsub("[^%w%._-]", "_"))
+end
+
+local function looks_like_feed(s, head)
+  if type(s) == "string" and (s:match("%.xml$") or s:match("%.rss$") or s:match("%.atom$")
+      or s:match("/feed/?$") or s:match("/rss/?$")) then
+    return true
+  end
+  if head then
+    head = head:gsub("^\239\187\191", ""):gsub("^%s+", "")
+    return head:match("^<%?xml") ~= nil or head:match("^<rss") ~= nil or head:match("^<feed") ~= nil
+  end
+  return false
+end
+
+local function read_head(path, n)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read(n or 512)
+  f:close()
+  return s
+end
+
+-- Inputs -----------------------------------------------------------------------------------
+
+-- expand_inputs(list, {limit=}) -> items, errors. Each item: {key, url or path, title,
+-- duration, published, time, source}. Keys are unique slugs. A feed that cannot be read is an
+-- error (returned, not raised) and the other inputs go on.
+function M.expand_inputs(list, opts)
+  opts = opts or {}
+  local items, errors, used = {}, {}, {}
+  local function add(it)
+    local base = M.slug(it.title or (it.url and url_basename(it.url):gsub("%.[%w]+$", ""))
+      or (it.path and it.path:match("([^/]+)$"):gsub("%.[%w]+$", "")))
+    local key, n = base, 1
+    while used[key] do
+      n = n + 1
+      key = base .. "-" .. n
+    end
+    used[key] = true
+    it.key = key
+    items[#items + 1] = it
+  end
+  for _, input in ipairs(list) do
+    local is_feed, text, err = false, nil, nil
+    if is_url(input) and not input:match("^file://") then
+      if looks_like_feed(input) then
+        local r, e = http.get(input, { timeout = 60, follow = true })
+        if not r then err = e
+        elseif r.status ~= 200 then err = "HTTP " .. r.status
+        else is_feed, text = true, r.body end
+      end
+    else
+      local path = input:gsub("^file://", "")
+      if not file_exists(path) then
+        err = "no such file"
+      elseif looks_like_feed(path, read_head(path)) then
+        local f = io.open(path, "rb")
+        text = f:read("a")
+        f:close()
+        is_feed = true
+      end
+      input = path
+    end
+    if err then
+      errors[#errors + 1] = string.format("input %s: %s", http.safe_url(input), err)
+    elseif is_feed then
+      local f, perr = feed.parse(text)
+      if not f then
+        errors[#errors + 1] = string.format("input %s: %s", http.safe_url(input), perr)
+      else
+        local n = 0
+        for _, e in ipairs(f.items) do
+          if e.enclosure and e.enclosure.url and (not opts.limit or n < opts.limit) then
+            n = n + 1
+            local u = M.resolve(input, e.enclosure.url)
+            add { url = is_url(u) and u or nil, path = (not is_url(u)) and u or nil, title = e.title,
+              duration = e.duration, published = e.published, time = e.time, guid = e.guid,
+              source = input, feed_title = f.title, type = e.enclosure.type }
+          end
+        end
+        if n == 0 then
+          errors[#errors + 1] = string.format("input %s: feed has no episodes with media", http.safe_url(input))
+        end
+      end
+    elseif is_url(input) then
+      add { url = input }
+    else
+      add { path = input }
+    end
+  end
+  return items, errors
+end
+
+-- Downloads ----------------------------------------------------------------------------------
+
+local function youtube_like(u)
+  return u:match("^https?://[%w.]*youtube%.com/") or u:match("^https?://youtu%.be/")
+    or u:match("^https?://[%w.]*vimeo%.com/")
+end
+
+local function which(cmd)
+  for dir in (os.getenv("PATH") or "/usr/bin:/bin"):gmatch("[^:]+") do
+    if file_exists(dir .. "/" .. cmd) then return dir .. "/" .. cmd end
+  end
+end
+
+-- fetch(item, dir, {timeout=, progress=}) -> path, {skipped=, resumed=, bytes=}; or nil,
+-- message. item: {url=} or {path=} (or a string).
+function M.fetch(item, dir, opts)
+  opts = opts or {}
+  if type(item) == "string" then item = is_url(item) and { url = item } or { path = item } end
+  if item.path then
+    if not file_exists(item.path) then return nil, "fetch " .. item.path .. ": no such file" end
+    return item.path, { skipped = true, local_file = true }
+  end
+  local url = item.url
+  if not url then return nil, "fetch: item has neither url nor path" end
+  local safe = http.safe_url(url)
+  if youtube_like(url) then
+    local ytdlp = which("yt-dlp")
+    if not ytdlp then return nil, "fetch " .. safe .. ": yt-dlp is not installed (apt install yt-dlp)" end
+    local tmpl = dir .. "/" .. (item.key or "%(id)s") .. ".%(ext)s"
+    local r, err = sl.exec({ ytdlp, "--no-progress", "--no-playlist", "-f", "mp4/best", "-o", tmpl,
+      "--print", "after_move:filepath", url }, { timeout = opts.timeout })
+    if not r then return nil, "fetch " .. safe .. ": " .. err end
+    if r.status ~= 0 then
+      return nil, "fetch " .. safe .. ": yt-dlp failed: " .. (r.stderr:match("([^\n]+)\n*$") or "")
+    end
+    return (r.stdout:match("([^\n]+)\n*$")), { bytes = nil }
+  end
+  local name = item.file or ((item.key and (item.key .. (url_basename(url):match("%.[%w]+$") or "")))
+    or url_basename(url))
+  local final = dir .. "/" .. name
+  local size = file_size(final)
+  if size and size > 0 then return final, { skipped = true, bytes = 0 } end
+  local part = final .. ".part"
+  local had = file_size(part) or 0
+  local r, err = http.download(url, part, { resume = true, follow = true, timeout = opts.timeout,
+    connect_timeout = 20, progress = opts.progress })
+  if not r then return nil, "fetch " .. safe .. ": " .. tostring(err) end
+  if r.status == 416 and had > 0 then
+    -- The partial file already holds everything.
+  elseif r.status ~= 200 and r.status ~= 206 then
+    os.remove(part)
+    return nil, string.format("fetch %s: HTTP %d", safe, r.status)
+  end
+  local ok, rerr = os.rename(part, final)
+  if not ok then return nil, "fetch " .. safe .. ": " .. tostring(rerr) end
+  return final, { resumed = r.resumed or (r.status == 206), bytes = r.bytes, had = had }
+end
+
+-- Seed 001's worker rule --------------------------------------------------------------------
+
+-- Chunk seconds and memory per worker (GB) by engine, from seed 001 (sphinx and the other
+-- local engines added: they are CPU-bound, so they are also capped by the CPU count).
+M.ENGINES = {
+  ["whisper-cpp"] = { chunk = 300, memory = 2.5, cpu = true },
+  ["whisper-api"] = { chunk = 600, memory = 0.1 },
+  ["gpt-4o"] = { chunk = 600, memory = 0.1 },
+  ["gpt-4o-mini"] = { chunk = 600, memory = 0.1 },
+  openai = { chunk = 600, memory = 0.1 },
+  gemini = { chunk = 600, memory = 0.1 },
+  clova = { chunk = 600, memory = 0.1 },
+  sphinx = { chunk = 300, memory = 0.15, cpu = true },
+  exec = { chunk = 300, memory = 1.0, cpu = true },
+}
+
+function M.available_memory_gb()
+  local f = io.open("/proc/meminfo")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  local kb = s:match("MemAvailable:%s+(%d+)")
+  return kb and tonumber(kb) / (1024 * 1024) or nil
+end
+
+function M.cpu_count()
+  local f = io.open("/proc/cpuinfo")
+  if not f then return 1 end
+  local n = 0
+  for line in f:lines() do if line:match("^processor%s*:") then n = n + 1 end end
+  f:close()
+  return math.max(1, n)
+end
+
+-- workers_for{duration=, engine=, chunk=, min=1, max=10, memory_gb=, cpus=} -> n, details.
+-- By duration: <= 2 chunks: min; <= 5: 3; <= 10: 5; more: half the chunks, at least 5; never
+-- above max. Then by memory: at most 70% of available memory / memory per worker. Local
+-- CPU-bound engines are also capped at the CPU count.
+function M.workers_for(o)
+  local eng = M.ENGINES[o.engine or ""] or { chunk = 600, memory = 1.0 }
+  local lo, hi = o.min or 1, o.max or 10
+  local chunk = o.chunk or eng.chunk
+  local chunks = math.ceil((o.duration or 0) / chunk)
+  local n
+  if chunks <= 2 then n = lo
+  elseif chunks <= 5 then n = math.min(3, hi)
+  elseif chunks <= 10 then n = math.min(5, hi)
+  else n = math.min(math.max(chunks // 2, 5), hi) end
+  local mem = o.memory_gb or M.available_memory_gb()
+  local by_mem = mem and math.floor(mem * 0.7 / eng.memory) or n
+  n = math.min(n, by_mem)
+  local cpus = o.cpus or M.cpu_count()
+  if eng.cpu then n = math.min(n, cpus) end
+  n = math.max(lo, n)
+  return n, { chunks = chunks, chunk = chunk, by_memory = by_mem, cpus = cpus }
+end
+
+return M
