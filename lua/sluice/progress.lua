@@ -1,0 +1,194 @@
+-- sluice.progress: what a run shows in the terminal.
+--
+--   local view = progress.new(job, { stream = io.stderr })   -- tty: redrawn in place
+--   view:start()  ...  view:stop()
+--   io.stderr:write(progress.table(job:summary()))            -- the end-of-run table
+--
+-- One line per stage: done/total (total once known), failed, in flight, queue depth, rate,
+-- ETA. On a terminal the block is redrawn in place a few times a second; otherwise (a pipe, a
+-- log file, CI) it prints a plain block every `interval` seconds (default 10).
+-- SLUICE_PROGRESS=tty|plain|off overrides the detection.
+local core = require "sluice.core.core"
+
+local M = {}
+
+local function fmt_dur(s)
+  if s == nil then return "-" end
+  if s < 1e-3 then return string.format("%.0fus", s * 1e6) end
+  if s < 1 then return string.format("%.0fms", s * 1e3) end
+  if s < 60 then return string.format("%.1fs", s) end
+  if s < 3600 then return string.format("%dm%02ds", s // 60, math.floor(s % 60)) end
+  return string.format("%dh%02dm", s // 3600, math.floor(s % 3600 / 60))
+end
+M.fmt_dur = fmt_dur
+
+local function fmt_rate(r)
+  if not r or r == 0 then return "-" end
+  if r >= 100 then return string.format("%.0f/s", r) end
+  if r >= 1 then return string.format("%.1f/s", r) end
+  return string.format("%.2f/s", r)
+end
+
+-- Is stderr a terminal? (Asks test(1) once: Lua cannot call isatty.)
+local tty_cache
+function M.stderr_is_tty()
+  if tty_cache ~= nil then return tty_cache end
+  local mode = os.getenv("SLUICE_PROGRESS")
+  if mode == "tty" then tty_cache = true return true end
+  if mode == "plain" or mode == "off" then tty_cache = false return false end
+  local ok, f = pcall(io.popen, "test -t 2 && echo y")
+  local r = ok and f and f:read("a") or ""
+  if ok and f then f:close() end
+  tty_cache = r:match("y") ~= nil
+  return tty_cache
+end
+
+local function pad(s, n)
+  s = tostring(s)
+  if #s >= n then return s end
+  return s .. string.rep(" ", n - #s)
+end
+
+local function lpad(s, n)
+  s = tostring(s)
+  if #s >= n then return s end
+  return string.rep(" ", n - #s) .. s
+end
+
+local function bar(done, total, width)
+  if not total or total <= 0 then return string.rep("·", width) end
+  local f = math.min(1, done / total)
+  local full = math.floor(f * width + 0.5)
+  return string.rep("█", full) .. string.rep("·", width - full)
+end
+
+-- The lines of the live view for stats (job:stats()).
+function M.lines(stats, rates)
+  local out = {}
+  local w = 6
+  for _, n in ipairs(stats.order) do if #n > w then w = #n end end
+  for _, n in ipairs(stats.order) do
+    local st = stats.stages[n]
+    local done = st.done or 0
+    local total = st.total
+    local rate = rates and rates[n] or st.rate
+    local eta = "-"
+    if st.finished then
+      eta = "done"
+    elseif total and rate and rate > 0 then
+      eta = fmt_dur(math.max(0, total - done - (st.failed or 0)) / rate)
+    end
+    local count = total and string.format("%d/%d", done, total) or string.format("%d/?", done)
+    local line
+    if st.kind == "source" then
+      line = string.format("%s %s %s %s", pad(n, w), bar(done, total, 12), lpad(count, 11),
+        st.finished and "done" or "reading")
+    else
+      line = string.format("%s %s %s  fail %-3d run %-3d queue %3d/%-3d %8s  eta %s",
+        pad(n, w), bar(done + (st.failed or 0), total, 12), lpad(count, 11), st.failed or 0,
+        st.in_flight or 0, st.queue or 0, st.queue_cap or 0, fmt_rate(rate), eta)
+    end
+    out[#out + 1] = line
+  end
+  return out
+end
+
+local View = {}
+View.__index = View
+
+function M.new(job, opts)
+  opts = opts or {}
+  local tty = opts.tty
+  if tty == nil then tty = M.stderr_is_tty() end
+  return setmetatable({
+    job = job, stream = opts.stream or io.stderr, tty = tty,
+    interval = opts.interval or (tty and 0.25 or 10), drawn = 0, samples = {},
+  }, View)
+end
+
+-- Rates over the last ~5 seconds (more telling than the average since the start).
+function View:rates(stats)
+  local t = core.now()
+  local s = self.samples
+  s[#s + 1] = { t = t, done = {} }
+  for n, st in pairs(stats.stages) do s[#s].done[n] = (st.done or 0) + (st.failed or 0) end
+  while #s > 2 and t - s[1].t > 5 do table.remove(s, 1) end
+  local first = s[1]
+  local dt = t - first.t
+  if dt < 0.5 then return nil end
+  local r = {}
+  for n, d in pairs(s[#s].done) do r[n] = (d - (first.done[n] or 0)) / dt end
+  return r
+end
+
+function View:draw(final)
+  local stats = self.job:stats()
+  local lines = M.lines(stats, (not final) and self:rates(stats) or nil)
+  local f = self.stream
+  if self.tty then
+    local buf = {}
+    if self.drawn > 0 then buf[#buf + 1] = string.format("\27[%dA", self.drawn) end
+    for _, l in ipairs(lines) do buf[#buf + 1] = "\27[2K" .. l .. "\n" end
+    f:write(table.concat(buf))
+    self.drawn = #lines
+  else
+    f:write(string.format("[%s] %s %s\n", fmt_dur(stats.elapsed), self.job.name, stats.state))
+    for _, l in ipairs(lines) do f:write("  ", l, "\n") end
+  end
+  f:flush()
+end
+
+function View:start()
+  self.timer = core.timer()
+  self.timer:start(self.interval, self.interval, function()
+    local ok, err = pcall(self.draw, self)
+    if not ok then
+      io.stderr:write("sluice: progress view failed: ", tostring(err), "\n")
+      self.timer:close()
+    end
+  end)
+  return self
+end
+
+function View:stop()
+  if self.timer then self.timer:close() end
+  self.timer = nil
+  if self.tty then pcall(self.draw, self, true) end
+end
+
+-- The end-of-run table (a string ending in a newline) for a job summary.
+function M.table(summary)
+  local rows = { { "stage", "items", "failed", "retried", "busy", "p50", "p95", "blocked", "starved" } }
+  for _, n in ipairs(summary.order) do
+    local st = summary.stages[n]
+    if st.kind == "source" then
+      rows[#rows + 1] = { n, tostring(st.out or 0), tostring(st.failed or 0), "-", "-", "-", "-", "-", "-" }
+    else
+      rows[#rows + 1] = {
+        n, tostring(st.done + st.failed), tostring(st.failed), tostring(st.retried),
+        string.format("%.0f%%", st.busy_pct or 0), fmt_dur(st.p50), fmt_dur(st.p95),
+        fmt_dur(st.blocked), fmt_dur(st.starved),
+      }
+    end
+  end
+  local widths = {}
+  for _, r in ipairs(rows) do
+    for i, c in ipairs(r) do widths[i] = math.max(widths[i] or 0, #c) end
+  end
+  local out = {}
+  for ri, r in ipairs(rows) do
+    local cells = {}
+    for i, c in ipairs(r) do cells[i] = i == 1 and pad(c, widths[i]) or lpad(c, widths[i]) end
+    out[#out + 1] = table.concat(cells, "  ")
+    if ri == 1 then
+      local dashes = {}
+      for i, w in ipairs(widths) do dashes[i] = string.rep("-", w) end
+      out[#out + 1] = table.concat(dashes, "  ")
+    end
+  end
+  local head = string.format("%s %s: %s in %s, %d failed\n", summary.name, summary.job,
+    summary.state, fmt_dur(summary.elapsed), summary.failed or 0)
+  return head .. table.concat(out, "\n") .. "\n"
+end
+
+return M

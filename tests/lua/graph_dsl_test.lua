@@ -1,0 +1,154 @@
+-- Stage graphs: the DSL's validation messages, and config resolution.
+local sl = require "sluice"
+local T = require "sluice.test"
+local config = require "sluice.config"
+
+local function run(item) return item end
+
+local function declare(stages, extra)
+  local spec = { sources = { files = sl.inputs() }, stages = stages }
+  for k, v in pairs(extra or {}) do spec[k] = v end
+  return sl.pipeline "v" (spec)
+end
+
+T.case("a valid pipeline declares and knows its order", function()
+  local p = declare {
+    b = { from = "a", run = run },
+    a = { from = "files", run = run },
+    c = sl.join { inputs = { "a", "b" }, gate = "a", run = run },
+  }
+  T.same(p.order, { "files", "a", "b", "c" })
+  T.ok(tostring(p):find("3 stages", 1, true))
+  T.ok(sl.pipeline { name = "tbl", sources = { s = function() end }, stages = {} })
+end)
+
+T.case("validation names the stage and the option", function()
+  local cases = {
+    { { a = { from = "nope", run = run } },
+      "pipeline 'v': stage 'a': option 'from' names unknown stage 'nope' (known: a, files)" },
+    { { a = { from = "files" } }, "stage 'a': option 'run' is missing" },
+    { { a = { run = run } }, "stage 'a': option 'from' is missing" },
+    { { a = { from = "files", run = "x" } }, "stage 'a': option 'run' must be a function (got string)" },
+    { { a = { from = "files", run = run, workers = "4" } }, "stage 'a': option 'workers' must be a positive integer (got \"4\")" },
+    { { a = { from = "files", run = run, workers = 0 } }, "option 'workers' must be a positive integer (got 0)" },
+    { { a = { from = "files", run = run, workers = 1.5 } }, "option 'workers' must be a positive integer (got 1.5)" },
+    { { a = { from = "files", run = run, queue = -1 } }, "stage 'a': option 'queue' must be a non-negative integer" },
+    { { a = { from = "files", run = run, wrokers = 2 } }, "stage 'a': unknown option 'wrokers'" },
+    { { a = { from = "files", run = run, batch = { size = 0 } } }, "stage 'a': option 'batch.size' must be a positive integer" },
+    { { a = { from = "files", run = run, batch = { wait = "5" } } }, "stage 'a': option 'batch.wait' must be a non-negative number" },
+    { { a = { from = "files", run = run, batch = {} } }, "stage 'a': option 'batch' needs 'size' and/or 'wait'" },
+    { { a = { from = "files", run = run, batch = { sise = 3 } } }, "stage 'a': unknown option 'batch.sise'" },
+    { { a = { from = "files", run = run, retry = { attempts = 0 } } }, "stage 'a': option 'retry.attempts' must be a positive integer" },
+    { { a = { from = "files", run = run, retry = { backoff = -1 } } }, "stage 'a': option 'retry.backoff' must be a non-negative number" },
+    { { a = { from = "files", run = run, retry = { retry_if = 3 } } }, "stage 'a': option 'retry.retry_if' must be a function" },
+    { { a = { from = "files", run = run, timeout = 0 } }, "stage 'a': option 'timeout' must be a positive number" },
+    { { a = { from = "files", run = run, limits = { "gpu" } } }, "stage 'a': option 'limits' names unknown limit 'gpu' (declared: none)" },
+    { { a = { from = "files", run = run, order = "yes" } }, "stage 'a': option 'order' must be true or {start=N}" },
+    { { a = { from = "files", run = run, collect = "some" } }, "stage 'a': option 'collect' must be true (per key) or \"all\"" },
+    { { a = { from = "files", run = run, collect = true, batch = { size = 2 } } }, "stage 'a': options 'collect' and 'batch' exclude each other" },
+    { { a = sl.join { inputs = { "files" }, gate = "x", run = run } }, "stage 'a': option 'join.gate' ('x') must be one of join.inputs" },
+    { { a = sl.join { inputs = {}, run = run } }, "stage 'a': option 'join.inputs' must be a non-empty list" },
+    { { a = { from = "b", run = run }, b = { from = "a", run = run } }, "pipeline 'v': stages: cycle: a -> b -> a" },
+    { { a = { from = "a", run = run } }, "stage 'a': reads from itself" },
+    { { files = { from = "files", run = run } }, "stage 'files': has the same name as a source" },
+  }
+  for _, c in ipairs(cases) do T.raises(function() declare(c[1]) end, c[2]) end
+  T.raises(function() sl.pipeline "v" { stages = {} } end, "at least one source is needed")
+  T.raises(function() sl.pipeline "v" { sources = { s = 3 }, stages = {} } end, "source 's': must be sl.inputs()")
+  T.raises(function() declare({}, { limits = { gpu = 3 } }) end, "limit 'gpu': must be a limiter with :acquire()")
+  T.raises(function() declare({}, { stagse = {} }) end, "unknown option 'stagse'")
+  T.raises(function()
+    declare({ a = { from = "files", run = run } }):start { config = { stages = { a = { workers = "x" } } } }
+  end, "stage 'a': option 'workers' must be a positive integer (got \"x\")")
+  T.raises(function()
+    declare({ a = { from = "files", run = run } }):start { config = { stages = { zz = { workers = 2 } } } }
+  end, "config 'stages.zz': names no stage")
+end)
+
+T.case("config stages.<name> overrides stage options", function()
+  local seen = {}
+  local p = sl.pipeline "ov" {
+    defaults = { stages = { s = { workers = 3 } } },
+    sources = { gen = function(ctx) for i = 1, 9 do ctx:emit(i) end end },
+    stages = { s = { from = "gen", workers = 1, run = function(item, ctx)
+      seen[#seen + 1] = ctx.config.stages.s.workers
+      sl.sleep(0.01)
+    end } },
+  }
+  local job = p:start {}
+  sl.sleep(0.005)
+  T.eq(job.stages.s.workers, 3)
+  job:wait()
+  local job2 = p:start { config = { stages = { s = { workers = 2 } } } }
+  T.eq(job2.stages.s.workers, 2)
+  job2:wait()
+end)
+
+T.case("config: defaults < file < environment < --set", function()
+  local dir = os.getenv("TMPDIR") or "/tmp"
+  local lua_path = dir .. "/sluice_cfg_test_" .. math.random(1e9) .. ".lua"
+  local f = assert(io.open(lua_path, "w"))
+  f:write('return { providers = { stt = "file-stt", vlm = "file-vlm", llm = "file-llm" }, n = 2 }')
+  f:close()
+  local env = { SLUICE_PROVIDERS_VLM = "env-vlm", SLUICE_PROVIDERS_LLM = "env-llm", SLUICE_N = "5",
+    SLUICE_UNKNOWN = "ignored" }
+  local cfg = assert(config.resolve {
+    defaults = { providers = { stt = "def", vlm = "def", llm = "def", judge = "def" }, n = 1, flag = false },
+    file = lua_path, env = env,
+    sets = { "providers.llm=set-llm", "flag=true", "new.key=[1,2]", "obj={\"a\":1}", "s=hello world" },
+  })
+  os.remove(lua_path)
+  T.eq(cfg.providers.judge, "def")
+  T.eq(cfg.providers.stt, "file-stt")
+  T.eq(cfg.providers.vlm, "env-vlm")
+  T.eq(cfg.providers.llm, "set-llm")
+  T.eq(cfg.n, 5)
+  T.eq(math.type(cfg.n), "integer")
+  T.eq(cfg.flag, true)
+  T.same(cfg.new.key, { 1, 2 })
+  T.same(cfg.obj, { a = 1 })
+  T.eq(cfg.s, "hello world")
+  T.eq(cfg.unknown, nil)
+  T.eq(config.env_name("providers.stt"), "SLUICE_PROVIDERS_STT")
+
+  local json_path = dir .. "/sluice_cfg_test_" .. math.random(1e9) .. ".json"
+  f = assert(io.open(json_path, "w"))
+  f:write('{"a": {"b": 3}, "c": null}')
+  f:close()
+  cfg = assert(config.resolve { defaults = { a = { b = 1, d = 2 } }, file = json_path })
+  os.remove(json_path)
+  T.eq(cfg.a.b, 3)
+  T.eq(cfg.a.d, 2)
+  local r, err = config.resolve { file = "/nonexistent/x.json" }
+  T.eq(r, nil)
+  T.ok(err:find("cannot read config file '/nonexistent/x.json'", 1, true))
+  r, err = config.resolve { sets = { "novalue" } }
+  T.eq(r, nil)
+  T.ok(err:find("--set expects key=value", 1, true))
+end)
+
+T.case("config: secrets are never shown", function()
+  local text = config.format { api_key = "sk-123", openai = { token = "t0k", model = "gpt" },
+    db_password = "pw", client_secret = "s", plain = 1 }
+  T.ok(not text:find("sk-123", 1, true) and not text:find("t0k", 1, true) and not text:find("pw\"", 1, true))
+  T.ok(text:find('openai.model = "gpt"', 1, true))
+  T.ok(text:find("plain = 1", 1, true))
+  T.ok(text:find('api_key = "<redacted>"', 1, true))
+end)
+
+T.case("events bus: subscribe, unsubscribe, failing listener removed", function()
+  local events = require "sluice.events"
+  local bus = events.new()
+  local got = {}
+  local off = bus:on(function(ev) got[#got + 1] = ev.n end)
+  bus:on(function() error("listener bug") end)
+  bus:emit { event = "a" }
+  bus:emit { event = "b" }
+  off()
+  bus:emit { event = "c" }
+  T.same(got, { 1, 2 })
+  T.eq(bus.count, 0)
+  T.eq(events.encode { f = function() end, x = 1 }:match('"x":1') ~= nil, true)
+end)
+
+return T.run()

@@ -1,0 +1,649 @@
+-- Stage graphs: the semantics of the runner (backpressure, batch, order, collect, gate join,
+-- retry, timeout, limits, cancellation, live workers, deterministic ids, memo/resume).
+-- Timing checks compare waits with each other, never with tight absolute bounds.
+local sl = require "sluice"
+local T = require "sluice.test"
+
+local function collect_events(job, names)
+  local got = {}
+  job.bus:on(function(ev)
+    if not names or names[ev.event] then got[#got + 1] = ev end
+  end)
+  return got
+end
+
+-- A source emitting n items of one key as fast as the pipeline takes them.
+local function counter_source(n, key, emitted)
+  return function(ctx)
+    for i = 1, n do
+      ctx:emit(i, { key = key or "k", seq = i })
+      if emitted then emitted[1] = i end
+    end
+  end
+end
+
+T.case("items flow through fan-out and 1:1 stages with envelope fields", function()
+  local p = sl.pipeline "flow" {
+    sources = { files = sl.inputs() },
+    stages = {
+      split = { from = "files", workers = 2, run = function(item, ctx)
+        for i = 1, 3 do ctx:emit(item.data .. ":" .. i, { seq = i, t0 = i * 10, t1 = i * 10 + 5 }) end
+      end },
+      up = { from = "split", workers = 3, run = function(item) return item.data:upper() end },
+    },
+  }
+  local job = p:start { inputs = { "dir/a.mp4", "b.mp4" } }
+  local s = job:wait()
+  T.eq(s.state, "done")
+  T.eq(#s.dead, 0)
+  local res = s.results.up
+  T.eq(#res, 6)
+  local seen = {}
+  for _, e in ipairs(res) do
+    seen[e.key .. "/" .. e.seq] = e
+    T.eq(e.stage, "up")
+    T.eq(e.job, job.id)
+    T.ok(e.parent and e.id and #e.id == 16, "ids are 16 hex digits")
+  end
+  T.eq(seen["a.mp4/2"].data, "DIR/A.MP4:2")
+  T.eq(seen["a.mp4/2"].t0, 20)
+  T.eq(seen["b.mp4/3"].t1, 35)
+  T.eq(s.stages.split["in"], 2)
+  T.eq(s.stages.split.out, 6)
+  T.eq(s.stages.up.done, 6)
+end)
+
+T.case("backpressure: never more than queue+workers items alive in a stage", function()
+  local job
+  local max_alive, max_lead = 0, 0
+  local emitted = 0
+  local p = sl.pipeline "bp" {
+    sources = { gen = function(ctx)
+      for i = 1, 40 do
+        ctx:emit(i, { key = "k", seq = i })
+        emitted = i
+        local st = job:stats().stages.slow
+        local alive = st.queue + st.in_flight
+        if alive > max_alive then max_alive = alive end
+        local lead = emitted - st.done
+        if lead > max_lead then max_lead = lead end
+      end
+    end },
+    stages = {
+      slow = { from = "gen", workers = 2, queue = 3, run = function(item)
+        sl.sleep(0.005)
+        return item.data
+      end },
+    },
+  }
+  job = p:start {}
+  local s = job:wait()
+  T.eq(s.stages.slow.done, 40)
+  T.ok(max_alive <= 5, "alive items within queue+workers (max " .. max_alive .. ")")
+  T.ok(max_lead <= 5, "the source never ran ahead by more than queue+workers (" .. max_lead .. ")")
+  T.eq(max_alive, 5, "the bound was reached (the source is faster than the stage)")
+  T.ok(s.stages.gen and s.stages.slow.done == 40)
+end)
+
+T.case("batch closes by size, and a complete key flushes its partial batch at once", function()
+  local sizes = {}
+  local p = sl.pipeline "bsize" {
+    sources = { gen = counter_source(10) },
+    stages = {
+      b = { from = "gen", batch = { size = 4, wait = 30 }, run = function(items)
+        sizes[#sizes + 1] = #items
+        local sum = 0
+        for _, e in ipairs(items) do sum = sum + e.data end
+        return sum
+      end },
+    },
+  }
+  local t0 = sl.now()
+  local s = p:start {}:wait()
+  T.same(sizes, { 4, 4, 2 })
+  T.ok(sl.now() - t0 < 15, "the last batch did not wait for batch.wait")
+  local total = 0
+  for _, e in ipairs(s.results.b) do total = total + e.data end
+  T.eq(total, 55)
+  T.eq(s.stages.b.done, 10)
+end)
+
+T.case("batch closes by wait when items stop coming", function()
+  local sizes, log = {}, {}
+  local p = sl.pipeline "bwait" {
+    sources = { gen = function(ctx)
+      for i = 1, 3 do ctx:emit(i, { key = "k" }) end
+      sl.sleep(0.6)
+      log[#log + 1] = "second wave"
+      for i = 4, 6 do ctx:emit(i, { key = "k" }) end
+    end },
+    stages = {
+      b = { from = "gen", batch = { size = 100, wait = 0.05 }, run = function(items)
+        sizes[#sizes + 1] = #items
+        log[#log + 1] = "batch of " .. #items
+      end },
+    },
+  }
+  p:start {}:wait()
+  T.same(sizes, { 3, 3 })
+  T.same(log, { "batch of 3", "second wave", "batch of 3" })
+end)
+
+T.case("batches are per key and carry the key", function()
+  local p = sl.pipeline "bkeys" {
+    sources = { gen = function(ctx)
+      for i = 1, 6 do ctx:emit(i, { key = i % 2 == 0 and "even" or "odd", seq = i }) end
+    end },
+    stages = {
+      b = { from = "gen", batch = { size = 10, wait = 30 }, run = function(items)
+        local keys = {}
+        for _, e in ipairs(items) do keys[e.key] = true end
+        local n = 0
+        for _ in pairs(keys) do n = n + 1 end
+        return n
+      end },
+    },
+  }
+  local s = p:start {}:wait()
+  T.eq(#s.results.b, 2)
+  for _, e in ipairs(s.results.b) do T.eq(e.data, 1, "one key per batch") end
+end)
+
+local function order_pipeline(order)
+  local arrived = {}
+  local p = sl.pipeline "ord" {
+    sources = { gen = counter_source(20) },
+    stages = {
+      work = { from = "gen", workers = 4, order = order, run = function(item)
+        sl.sleep(((item.seq * 7) % 5) * 0.01)
+        return item.seq
+      end },
+      sink = { from = "work", run = function(item) arrived[#arrived + 1] = item.data end },
+    },
+  }
+  return p, arrived
+end
+
+T.case("order: outputs leave in seq order per key (and do not without it)", function()
+  local p, arrived = order_pipeline(true)
+  p:start {}:wait()
+  local want = {}
+  for i = 1, 20 do want[i] = i end
+  T.same(arrived, want)
+  local p2, arrived2 = order_pipeline(nil)
+  p2:start {}:wait()
+  T.eq(#arrived2, 20)
+  T.ok(not T.deep_equal(arrived2, want), "without order the varied sleeps reorder items")
+end)
+
+T.case("order: a missing seq holds later items until the key completes", function()
+  local arrived = {}
+  local p = sl.pipeline "gap" {
+    sources = { gen = function(ctx)
+      for _, s in ipairs { 3, 1, 4, 5 } do ctx:emit(s, { key = "k", seq = s }) end -- no 2
+    end },
+    stages = {
+      work = { from = "gen", workers = 2, order = true, run = function(item) return item.seq end },
+      sink = { from = "work", run = function(item) arrived[#arrived + 1] = item.data end },
+    },
+  }
+  p:start {}:wait()
+  T.same(arrived, { 1, 3, 4, 5 })
+end)
+
+T.case("collect: one call per key with all its items in seq order, as soon as the key completes", function()
+  local groups, log = {}, {}
+  local p = sl.pipeline "coll" {
+    sources = { gen = function(ctx)
+      for i = 3, 1, -1 do ctx:emit("A" .. i, { key = "A", seq = i }) end
+      for i = 1, 2 do ctx:emit("B" .. i, { key = "B", seq = i }) end
+      ctx:close_key("A")
+      sl.sleep(0.3)
+      log[#log + 1] = "source end"
+    end },
+    stages = {
+      pass = { from = "gen", workers = 3, run = function(item) return item.data end },
+      all = { from = "pass", collect = true, run = function(items, ctx)
+        local d = {}
+        for i, e in ipairs(items) do d[i] = e.data end
+        groups[items[1].key] = d
+        log[#log + 1] = "group " .. items[1].key
+        return #items
+      end },
+      every = { from = "pass", collect = "all", run = function(items) return #items end },
+    },
+  }
+  local s = p:start {}:wait()
+  T.same(groups.A, { "A1", "A2", "A3" })
+  T.same(groups.B, { "B1", "B2" })
+  T.same(log, { "group A", "source end", "group B" })
+  T.eq(#s.results.every, 1)
+  T.eq(s.results.every[1].data, 5)
+end)
+
+T.case("gate join: items wait for the gate input, later items pass at once", function()
+  local log = {}
+  local p = sl.pipeline "gate" {
+    sources = {
+      audio = function(ctx)
+        for i = 1, 3 do
+          sl.sleep(0.05)
+          ctx:emit("chunk" .. i, { key = "L", seq = i })
+        end
+      end,
+      frames = function(ctx)
+        for i = 1, 4 do ctx:emit("frame" .. i, { key = "L", seq = i }) end
+        while not log.stt_done do sl.sleep(0.02) end
+        for i = 5, 6 do
+          sl.sleep(0.1)
+          log[#log + 1] = "emit frame" .. i
+          ctx:emit("frame" .. i, { key = "L", seq = i })
+        end
+      end,
+    },
+    stages = {
+      stt = { from = "audio", run = function(item)
+        if item.seq == 3 then log.stt_done = true end
+        log[#log + 1] = "stt " .. item.data
+        return item.data
+      end },
+      vlm = { from = "frames", workers = 2, run = function(item) return item.data end },
+      fusion = sl.join { inputs = { "stt", "vlm" }, gate = "stt",
+        on_gate = function(items) log[#log + 1] = "gate open with " .. #items end,
+        run = function(item, ctx)
+          log[#log + 1] = "fuse " .. item.data .. " with " .. #ctx.gate
+          return item.data
+        end },
+    },
+  }
+  local s = p:start {}:wait()
+  T.eq(s.state, "done")
+  local pos = {}
+  for i, l in ipairs(log) do pos[l] = i end
+  T.ok(pos["gate open with 3"], "on_gate ran with the 3 transcript items")
+  for i = 1, 4 do
+    T.ok(pos["fuse frame" .. i .. " with 3"] > pos["stt chunk3"], "frame" .. i .. " waited for the gate")
+  end
+  T.ok(pos["fuse frame5 with 3"] < pos["emit frame6"], "frame5 passed without waiting for frame6")
+  T.ok(pos["fuse frame6 with 3"], "frame6 fused")
+  T.eq(s.stages.fusion["in"], 9, "6 frames and 3 transcript chunks arrived")
+  T.eq(s.stages.fusion.done, 9, "done counts items: 6 frames and the 3 chunks of the gate call")
+end)
+
+T.case("retry: attempts, exponential backoff, retry_if", function()
+  local times = {}
+  local p = sl.pipeline "retry" {
+    sources = { gen = function(ctx) ctx:emit("flaky", { key = "a" }) ctx:emit("fatal", { key = "b" }) end },
+    stages = {
+      s = { from = "gen", retry = { attempts = 4, backoff = 0.05, factor = 2, jitter = 0,
+        retry_if = function(err) return not tostring(err):find("fatal") end },
+        run = function(item, ctx)
+          if item.data == "fatal" then error("fatal problem", 0) end
+          times[#times + 1] = sl.now()
+          if ctx.attempt < 4 then return nil, "temporary " .. ctx.attempt end
+          return "ok after " .. ctx.attempt
+        end },
+    },
+  }
+  local job = p:start {}
+  local ev = collect_events(job, { item_retry = true, item_dead = true })
+  local s = job:wait()
+  T.eq(s.results.s[1].data, "ok after 4")
+  T.eq(s.stages.s.retried, 3)
+  T.eq(#s.dead, 1)
+  T.eq(s.dead[1].error, "fatal problem")
+  T.eq(s.dead[1].attempts, 1, "retry_if refused the retry")
+  local delays = {}
+  for _, e in ipairs(ev) do
+    if e.event == "item_retry" then
+      delays[#delays + 1] = e.delay
+      T.eq(e.error, "temporary " .. e.attempt)
+    end
+  end
+  T.same(delays, { 0.05, 0.1, 0.2 })
+  T.eq(#times, 4)
+  for i = 2, 4 do
+    T.ok(times[i] - times[i - 1] >= delays[i - 1] - 1e-3, "waited at least the backoff")
+  end
+  T.ok(times[4] - times[3] > times[2] - times[1], "the backoff grew")
+end)
+
+T.case("retry backoff: cap and jitter", function()
+  local g = require "sluice.graph"
+  local r = { backoff = 1, factor = 3, max_backoff = 5, jitter = 0 }
+  T.eq(g._backoff_delay(r, 1), 1)
+  T.eq(g._backoff_delay(r, 2), 3)
+  T.eq(g._backoff_delay(r, 3), 5)
+  r.jitter = 0.5
+  for _ = 1, 50 do
+    local d = g._backoff_delay(r, 2)
+    T.ok(d <= 3 and d >= 1.5, "jitter keeps the delay within [d*(1-j), d]")
+  end
+end)
+
+T.case("timeout fails an attempt; waiting on a full downstream does not count", function()
+  local attempts = 0
+  local p = sl.pipeline "timeout" {
+    sources = { gen = function(ctx) ctx:emit("x", { key = "k" }) end },
+    stages = {
+      slow = { from = "gen", timeout = 0.1, retry = { attempts = 2, backoff = 0 }, run = function(item, ctx)
+        attempts = attempts + 1
+        if ctx.attempt == 1 then sl.sleep(10) end
+        return "second"
+      end },
+      producer = { from = "gen", timeout = 0.15, run = function(item, ctx)
+        for i = 1, 4 do ctx:emit(i, { seq = i }) end -- blocked ~0.3 s by the consumer
+      end },
+      consumer = { from = "producer", queue = 0, run = function(item) sl.sleep(0.1) return item.data end },
+    },
+  }
+  local job = p:start {}
+  local ev = collect_events(job, { item_retry = true })
+  local t0 = sl.now()
+  local s = job:wait()
+  T.ok(sl.now() - t0 < 5, "the 10 s sleep was cut short")
+  T.eq(attempts, 2)
+  T.eq(s.results.slow[1].data, "second")
+  T.eq(ev[1].code, "ETIMEDOUT")
+  T.ok(ev[1].error:find("timeout after 0.1s", 1, true), ev[1].error)
+  T.eq(#s.dead, 0, "the producer's waits on its consumer did not time it out")
+  T.eq(s.stages.consumer.done, 4)
+  T.ok(s.stages.producer.blocked > 0.15, "the producer was blocked downstream")
+end)
+
+T.case("dead letters: failures are recorded and the rest goes on", function()
+  local p = sl.pipeline "dead" {
+    sources = { gen = counter_source(10) },
+    stages = {
+      s = { from = "gen", workers = 2, run = function(item)
+        if item.data % 3 == 0 then error("no multiples of three: " .. item.data) end
+        return item.data
+      end },
+      sink = { from = "s", run = function(item) return item.data end },
+    },
+  }
+  local job = p:start {}
+  local ev = collect_events(job, { item_failed = true, item_dead = true })
+  local s = job:wait()
+  T.eq(s.state, "done")
+  T.eq(#s.dead, 3)
+  T.eq(s.stages.sink.done, 7)
+  T.eq(s.stages.s.failed, 3)
+  T.ok(s.dead[1].error:find("no multiples of three", 1, true))
+  T.ok(s.dead[1].traceback ~= nil, "the traceback is kept")
+  T.eq(#ev, 6)
+end)
+
+T.case("named limits are shared across stages and acquired in name order", function()
+  local active, max_active = 0, 0
+  local order = {}
+  local released = {}
+  local fake = {
+    acquire = function(self, opts)
+      order[#order + 1] = "quota"
+      T.eq(opts.tokens, 7)
+      return { release = function(_, info) released[#released + 1] = info end }
+    end,
+  }
+  local gpu = sl.semaphore(1)
+  local tracked = setmetatable({}, { __index = function(_, k)
+    if k == "acquire" then return function(_, o) order[#order + 1] = "gpu" return gpu:acquire(o) end end
+    if k == "release" then return function() return gpu:release() end end
+  end })
+  local function body(item)
+    active = active + 1
+    if active > max_active then max_active = active end
+    sl.sleep(0.01)
+    active = active - 1
+    if item.data == 2 then return nil, { message = "quota exceeded", status = 429 } end
+    return item.data
+  end
+  local p = sl.pipeline "limits" {
+    sources = { gen = counter_source(6) },
+    limits = { gpu = tracked, quota = fake },
+    stages = {
+      a = { from = "gen", workers = 3, limits = { "quota", "gpu" }, tokens = 7, run = body },
+      b = { from = "gen", workers = 3, limits = { "gpu" }, run = body },
+    },
+  }
+  local s = p:start {}:wait()
+  T.eq(max_active, 1, "one permit shared by both stages")
+  T.eq(s.stages.a.done + s.stages.b.done, 10)
+  T.eq(order[1], "gpu", "sorted names: gpu before quota")
+  T.eq(#released, 6)
+  local failed = 0
+  for _, info in ipairs(released) do
+    if not info.ok then
+      failed = failed + 1
+      T.eq(info.status, 429)
+      T.ok(info.error:find("quota exceeded", 1, true))
+    end
+  end
+  T.eq(failed, 1)
+  T.eq(gpu:in_use(), 0)
+end)
+
+T.case("cancel stops running items at once", function()
+  local started = 0
+  local p = sl.pipeline "cancel" {
+    sources = { gen = counter_source(100) },
+    stages = { s = { from = "gen", workers = 3, run = function() started = started + 1 sl.sleep(30) end } },
+  }
+  local job = p:start {}
+  sl.sleep(0.1)
+  T.eq(started, 3)
+  local t0 = sl.now()
+  job:cancel()
+  local s = job:wait()
+  T.ok(sl.now() - t0 < 5)
+  T.eq(s.state, "cancelled")
+  T.eq(#s.dead, 0, "cancelled items are not dead letters")
+end)
+
+T.case("stop: sources stop, in-flight items finish within the grace period", function()
+  local p = sl.pipeline "stop" {
+    sources = { gen = function(ctx)
+      local i = 0
+      while true do
+        i = i + 1
+        ctx:emit(i, { key = "k" })
+        sl.sleep(0.01)
+      end
+    end },
+    stages = {
+      a = { from = "gen", workers = 2, run = function(item) sl.sleep(0.05) return item.data end },
+      b = { from = "a", run = function(item) return item.data end },
+    },
+  }
+  local job = p:start {}
+  sl.sleep(0.2)
+  job:stop(10)
+  local s = job:wait()
+  T.eq(s.state, "stopped")
+  T.ok(s.stages.a.done > 0)
+  T.eq(s.stages.a.done, s.stages.a["in"], "what entered stage a was finished")
+  T.eq(s.stages.b.done, s.stages.a.done, "and flowed on to b")
+end)
+
+T.case("stop: the grace period ends with a cancel", function()
+  local p = sl.pipeline "stopgrace" {
+    sources = { gen = counter_source(5) },
+    stages = { a = { from = "gen", run = function() sl.sleep(30) end } },
+  }
+  local job = p:start {}
+  sl.sleep(0.05)
+  local t0 = sl.now()
+  job:stop(0.1)
+  local s = job:wait()
+  T.ok(sl.now() - t0 < 5)
+  T.eq(s.state, "stopped")
+end)
+
+T.case("live change of workers takes effect while the job runs", function()
+  local active, max_active = 0, 0
+  local phase_max = {}
+  local phase = 1
+  local p = sl.pipeline "live" {
+    sources = { gen = counter_source(400) },
+    stages = { s = { from = "gen", workers = 1, run = function()
+      active = active + 1
+      if active > (phase_max[phase] or 0) then phase_max[phase] = active end
+      if active > max_active then max_active = active end
+      sl.sleep(0.01)
+      active = active - 1
+    end } },
+  }
+  local job = p:start {}
+  sl.sleep(0.1)
+  T.eq(job.stages.s.workers, 1)
+  phase = 2
+  job.stages.s.workers = 4
+  T.eq(job.stages.s.workers, 4)
+  sl.sleep(0.2)
+  job.stages.s.workers = 2
+  phase = 3
+  sl.sleep(0.05) -- let the retiring workers finish their item
+  phase = 4
+  sl.sleep(0.2)
+  T.raises(function() job.stages.s.queue = 3 end, "only 'workers'")
+  T.raises(function() job.stages.s.workers = 0 end, "positive integer")
+  job:cancel()
+  job:wait()
+  T.eq(phase_max[1], 1)
+  T.eq(phase_max[2], 4)
+  T.eq(phase_max[4], 2)
+end)
+
+T.case("item ids are deterministic across runs", function()
+  local function ids_of(inputs)
+    local p = sl.pipeline "ids" {
+      sources = { files = sl.inputs() },
+      stages = {
+        a = { from = "files", workers = 3, run = function(item, ctx)
+          sl.sleep(math.random() * 0.01)
+          for i = 1, 3 do ctx:emit(item.data .. i, { seq = i }) end
+        end },
+        b = { from = "a", workers = 3, batch = { size = 3 }, run = function(items) return #items end },
+      },
+    }
+    local s = p:start { inputs = inputs }:wait()
+    local ids = {}
+    for _, e in ipairs(s.results.b) do ids[#ids + 1] = e.id end
+    table.sort(ids)
+    return ids
+  end
+  local a = ids_of { "x.mp4", "y.mp4", "z.mp4" }
+  local b = ids_of { "x.mp4", "y.mp4", "z.mp4" }
+  T.eq(#a, 3)
+  T.same(a, b)
+  local c = ids_of { "other/x.mp4", "y.mp4", "z.mp4" }
+  T.ok(a[1] ~= c[1] or a[2] ~= c[2] or a[3] ~= c[3], "a different input identity changes ids")
+end)
+
+T.case("memo: a second run with the same store replays stored outputs without running", function()
+  local runs = 0
+  local stored = {}
+  local store = {
+    attach = function(self, job)
+      job.memo = {
+        get = function(_, stage, id)
+          sl.sleep(0) -- may wait
+          return stored[stage .. "/" .. id]
+        end,
+        put = function(_, stage, id, outputs) stored[stage .. "/" .. id] = outputs end,
+      }
+      self.attached = (self.attached or 0) + 1
+    end,
+    detach = function(self) self.detached = (self.detached or 0) + 1 end,
+  }
+  local p = sl.pipeline "memo" {
+    sources = { files = sl.inputs() },
+    stages = {
+      split = { from = "files", run = function(item, ctx)
+        runs = runs + 1
+        for i = 1, 2 do ctx:emit(item.data .. "#" .. i, { seq = i, t0 = i }) end
+      end },
+      join = { from = "split", collect = true, run = function(items)
+        local d = {}
+        for i, e in ipairs(items) do d[i] = e.data .. "@" .. e.t0 end
+        return table.concat(d, ",")
+      end },
+    },
+  }
+  local s1 = p:start { inputs = { "a", "b" }, store = store }:wait()
+  T.eq(runs, 2)
+  local job2 = p:start { inputs = { "a", "b" }, store = store }
+  local ev = collect_events(job2, { item_done = true })
+  local s2 = job2:wait()
+  T.eq(runs, 2, "split did not run again")
+  T.eq(store.attached, 2)
+  T.eq(store.detached, 2)
+  T.eq(s2.stages.split.cached, 2)
+  local function datas(s)
+    local out = {}
+    for _, e in ipairs(s.results.join) do out[#out + 1] = e.data end
+    table.sort(out)
+    return out
+  end
+  T.same(datas(s2), datas(s1))
+  T.same(datas(s1), { "a#1@1,a#2@2", "b#1@1,b#2@2" })
+  local cached = 0
+  for _, e in ipairs(ev) do if e.cached then cached = cached + 1 end end
+  T.eq(cached, 4, "split (2) and join (2) were replayed")
+end)
+
+T.case("events: numbered, stamped and carrying the item fields", function()
+  local p = sl.pipeline "ev" {
+    sources = { gen = counter_source(3) },
+    stages = { s = { from = "gen", run = function(item, ctx)
+      ctx:event("partial", { text = "token" .. item.data })
+      return item.data
+    end } },
+  }
+  local job = p:start {}
+  local ev = collect_events(job)
+  job:wait()
+  local kinds = {}
+  for i, e in ipairs(ev) do
+    T.eq(e.n, i, "events are numbered 1, 2, 3 ...")
+    T.eq(e.job, job.id)
+    T.ok(type(e.t) == "number" and e.t > 1e9, "wall-clock time")
+    kinds[e.event] = (kinds[e.event] or 0) + 1
+  end
+  T.eq(kinds.job_start, 1)
+  T.eq(kinds.job_done, 1)
+  T.eq(kinds.item_start, 3)
+  T.eq(kinds.item_done, 3)
+  T.eq(kinds.partial, 3)
+  T.eq(kinds.stage_done, 2)
+  for _, e in ipairs(ev) do
+    if e.event == "partial" then
+      T.eq(e.stage, "s")
+      T.eq(e.text, "token" .. e.seq)
+      T.ok(e.id and e.key == "k")
+    end
+  end
+end)
+
+T.case("stats: per-stage counts, queue depth and live control through job.stages", function()
+  local p = sl.pipeline "stats" {
+    sources = { gen = counter_source(20) },
+    stages = { s = { from = "gen", workers = 2, queue = 4, run = function() sl.sleep(0.02) end } },
+  }
+  local job = p:start {}
+  sl.sleep(0.05)
+  local st = job:stats()
+  T.eq(st.state, "running")
+  T.eq(st.stages.s.workers, 2)
+  T.eq(st.stages.s.queue_cap, 4)
+  T.ok(st.stages.s.in_flight == 2)
+  T.ok(st.stages.s.queue >= 1)
+  T.eq(job.stages.s.in_flight, 2)
+  local s = job:wait()
+  T.eq(s.stages.s.done, 20)
+  T.eq(s.stages.s.total, 20)
+  T.ok(s.stages.s.p50 and s.stages.s.p95 >= s.stages.s.p50)
+  T.ok(s.stages.s.busy_pct > 50, "busy " .. s.stages.s.busy_pct)
+end)
+
+return T.run()
