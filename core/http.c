@@ -898,6 +898,100 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
+/* ---- reading a file as base64 on a worker thread (image payloads for VLM requests) ---- */
+
+typedef struct b64_job {
+  char *path;
+  char *out;
+  size_t out_len;
+  int err; /* a libuv error code */
+} b64_job;
+
+static void b64_run(sl_job *job, void *data) {
+  (void)job;
+  b64_job *b = data;
+  static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  int fd = open(b->path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    b->err = -errno;
+    return;
+  }
+  off_t size = lseek(fd, 0, SEEK_END);
+  if (size < 0 || lseek(fd, 0, SEEK_SET) < 0) {
+    b->err = -errno;
+    close(fd);
+    return;
+  }
+  unsigned char *in = malloc((size_t)size + 1);
+  b->out = malloc(((size_t)size + 2) / 3 * 4 + 1);
+  if (!in || !b->out) {
+    free(in);
+    b->err = UV_ENOMEM;
+    close(fd);
+    return;
+  }
+  size_t got = 0;
+  while (got < (size_t)size) {
+    ssize_t r = read(fd, in + got, (size_t)size - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += (size_t)r;
+  }
+  close(fd);
+  char *o = b->out;
+  size_t i = 0;
+  for (; i + 2 < got; i += 3) {
+    unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
+    *o++ = tbl[v >> 18 & 63];
+    *o++ = tbl[v >> 12 & 63];
+    *o++ = tbl[v >> 6 & 63];
+    *o++ = tbl[v & 63];
+  }
+  if (i < got) {
+    unsigned v = (unsigned)in[i] << 16 | (i + 1 < got ? (unsigned)in[i + 1] << 8 : 0);
+    *o++ = tbl[v >> 18 & 63];
+    *o++ = tbl[v >> 12 & 63];
+    *o++ = i + 1 < got ? tbl[v >> 6 & 63] : '=';
+    *o++ = '=';
+  }
+  b->out_len = (size_t)(o - b->out);
+  free(in);
+}
+
+static int b64_finish(lua_State *L, void *data) {
+  b64_job *b = data;
+  if (b->err) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot read %s: %s", b->path, uv_strerror(b->err));
+    lua_pushstring(L, uv_err_name(b->err));
+    return 3;
+  }
+  lua_pushlstring(L, b->out, b->out_len);
+  return 1;
+}
+
+static void b64_free(void *data) {
+  b64_job *b = data;
+  free(b->path);
+  free(b->out);
+  free(b);
+}
+
+static const sl_job_class b64_class = {"http.read_base64", b64_run, b64_finish, b64_free};
+
+/* http.read_base64(path, done) -> job: reads a file and base64-encodes it on a worker
+ * thread; done(string) or done(nil, message, code). */
+static int l_read_base64(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  b64_job *b = calloc(1, sizeof *b);
+  if (!b || !(b->path = strdup(path))) {
+    free(b);
+    return luaL_error(L, "http.read_base64: out of memory");
+  }
+  return sl_job_submit(L, 2, &b64_class, b);
+}
+
 static void timer_closed(uv_handle_t *h) { free(h); }
 
 /* Runs when the Lua state closes: aborts every transfer without callbacks and closes the
@@ -977,8 +1071,11 @@ int luaopen_sluice_http(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
 
-  static const luaL_Reg funcs[] = {
-      {"request", l_request}, {"configure", l_configure}, {"stats", l_stats}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"request", l_request},
+                                   {"configure", l_configure},
+                                   {"stats", l_stats},
+                                   {"read_base64", l_read_base64},
+                                   {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_pushstring(L, curl_version());
   lua_setfield(L, -2, "curl_version");

@@ -84,4 +84,29 @@ function Server:stop()
   end
 end
 
+-- write_wav(path, seconds[, rate]): a 16-bit mono PCM WAV file of a quiet tone.
+function M.write_wav(path, seconds, rate)
+  rate = rate or 16000
+  local n = math.floor(seconds * rate)
+  local samples = {}
+  for i = 1, n do
+    samples[i] = string.pack("<i2", math.floor(3000 * math.sin(i * 2 * math.pi * 440 / rate)))
+  end
+  local data = table.concat(samples)
+  local f = assert(io.open(path, "wb"))
+  f:write("RIFF", string.pack("<I4", 36 + #data), "WAVE", "fmt ",
+    string.pack("<I4I2I2I4I4I2I2", 16, 1, 1, rate, rate * 2, 2, 16), "data",
+    string.pack("<I4", #data), data)
+  f:close()
+  return path
+end
+
+-- write_jpeg(path): a small file with a JPEG signature (the fake server does not decode it).
+function M.write_jpeg(path, size)
+  local f = assert(io.open(path, "wb"))
+  f:write("\255\216\255\224", string.rep("\0", (size or 2000) - 6), "\255\217")
+  f:close()
+  return path
+end
+
 return M

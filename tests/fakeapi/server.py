@@ -116,11 +116,15 @@ async def read_body(request):
                 break
             data = await part.read(decode=False)
             if part.filename is not None:
-                fields[part.name] = {"filename": part.filename,
-                                     "content_type": part.headers.get("Content-Type"),
-                                     "size": len(data), "_data": data}
+                value = {"filename": part.filename, "content_type": part.headers.get("Content-Type"),
+                         "size": len(data), "_data": data}
             else:
-                fields[part.name] = data.decode("utf-8", "replace")
+                value = data.decode("utf-8", "replace")
+            if part.name in fields:  # a repeated field (timestamp_granularities[]) becomes a list
+                prev = fields[part.name]
+                fields[part.name] = (prev if isinstance(prev, list) else [prev]) + [value]
+            else:
+                fields[part.name] = value
         return {"multipart": fields}
     raw = await request.read()
     if ctype == "application/json" or (raw[:1] in (b"{", b"[")):
@@ -316,6 +320,12 @@ class App:
         if kind == "429":
             h = {"Retry-After": arg} if arg else {}
             return error_response(path, 429, "Rate limit reached (injected)", h)
+        if kind == "401" and provider_of(path) == "openai":
+            # like OpenAI, echo (part of) the key that was sent: clients must not log it
+            key = request.headers.get("Authorization", "").replace("Bearer ", "")
+            return openai_error(401, "Incorrect API key provided: %s. You can find your API key "
+                                "at https://platform.openai.com/account/api-keys." % key,
+                                "invalid_request_error", "invalid_api_key")
         if kind in ("500", "502", "503", "400", "401", "404", "408", "409", "422"):
             return error_response(path, int(kind), "Injected error %s" % kind)
         if kind == "hang":
@@ -325,10 +335,11 @@ class App:
             await asyncio.sleep(5)
             return web.Response(status=500)
 
+        rec["fault"] = kind
         resp = await self.route(request, rec)
-        if kind in ("truncate", "malformed") and isinstance(resp, web.Response) and resp.body:
+        if kind in ("truncate", "malformed", "cut") and isinstance(resp, web.Response) and resp.body:
             body = bytes(resp.body)
-            if kind == "malformed":
+            if kind == "malformed":  # "cut" of a plain body is a truncation
                 bad = body[: max(1, len(body) // 2)] + b"}}]"
                 return web.Response(status=200, body=bad, content_type="application/json")
             out = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
@@ -457,6 +468,9 @@ class App:
             await resp.write(chunk({"role": "assistant", "content": ""}))
             ws = reply.split(" ")
             for i, w in enumerate(ws):
+                if rec.get("fault") == "cut" and i == len(ws) // 2:
+                    request.transport.abort()  # the stream breaks half-way
+                    return resp
                 await resp.write(chunk({"content": (w if i == 0 else " " + w)}))
                 if delay:
                     await asyncio.sleep(delay)
@@ -494,7 +508,8 @@ class App:
         out = {"task": "transcribe", "language": "english", "duration": round(duration, 3),
                "text": text, "segments": segs,
                "usage": {"type": "duration", "seconds": int(round(duration))}}
-        if "word" in (mp.get("timestamp_granularities[]") or ""):
+        tg = mp.get("timestamp_granularities[]") or []
+        if "word" in (tg if isinstance(tg, list) else [tg]):
             out["words"] = words
         return web.json_response(out)
 

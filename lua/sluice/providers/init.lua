@@ -1,0 +1,361 @@
+-- sluice.providers: the provider registry and the HTTP machinery remote providers share.
+--
+--   local providers = require "sluice.providers"
+--   local stt = providers.get("stt", "openai", { model = "whisper-1" })
+--   local r = stt:transcribe({ path = "chunk.wav", t0 = 300, t1 = 600 })
+--   local llm = providers.for_role("llm", conf)   -- name from conf.providers.llm, ...
+--
+-- A provider module `sluice.providers.<name>` returns {roles = {stt=true, ...},
+-- new = function(cfg, role) -> object}. Role interfaces:
+--   stt:transcribe(audio{path=, t0=, t1=}, opts) -> {segments = {{start=, ["end"]=, text=,
+--       words = {{word=, start=, ["end"]=}}}}, text=, provider=}   (media seconds)
+--   vlm:describe(images{{path=, t=}}, opts) -> {{t=, text=}, ...}
+--   llm:complete(messages | prompt, opts{stream = fn(token)}) -> text, info
+--   llm:summarize(text, opts) -> text;  llm:judge(summary, sources, opts) -> {score=, reasons=}
+-- Failures are returned as nil, message, code; messages name the provider and never
+-- contain keys.
+local http = require "sluice.http"
+local sse = require "sluice.sse"
+local retry = require "sluice.retry"
+local limit = require "sluice.limit"
+local cjson = require "cjson"
+local sched = require "sluice.sched"
+local chttp = require "sluice.core.http"
+
+local M = {}
+
+M.ROLES = { stt = "speech to text", vlm = "image description", llm = "text generation" }
+M.KNOWN = { "openai", "gemini", "clova" }
+M.defaults = { stt = "openai", vlm = "openai", llm = "openai" }
+
+local extra = {} -- providers registered at run time (local models, ...)
+
+-- register(name, module): adds a provider that is not a sluice.providers.* module.
+function M.register(name, mod)
+  assert(type(mod) == "table" and type(mod.roles) == "table" and type(mod.new) == "function",
+    "providers.register: module needs roles and new")
+  extra[name] = mod
+end
+
+local function load(name)
+  if extra[name] then return extra[name] end
+  local modname = "sluice.providers." .. name
+  local ok, mod = pcall(require, modname)
+  if ok then return mod end
+  if tostring(mod):find("module '" .. modname .. "' not found", 1, true) then return nil end
+  error(mod, 0)
+end
+
+-- list(role) -> names of the known providers that serve role (all when role is nil).
+function M.list(role)
+  local out, seen = {}, {}
+  local names = {}
+  for _, n in ipairs(M.KNOWN) do names[#names + 1] = n end
+  for n in pairs(extra) do names[#names + 1] = n end
+  for _, n in ipairs(names) do
+    if not seen[n] then
+      seen[n] = true
+      local mod = load(n)
+      if mod and (role == nil or mod.roles[role]) then out[#out + 1] = n end
+    end
+  end
+  table.sort(out)
+  return out
+end
+
+-- get(role, name, cfg) -> provider object. Raises a clear error for an unknown role or
+-- provider, or a provider without that role.
+function M.get(role, name, cfg)
+  if not M.ROLES[role] then
+    local roles = {}
+    for r in pairs(M.ROLES) do roles[#roles + 1] = r end
+    table.sort(roles)
+    error(string.format("unknown provider role '%s' (roles: %s)", tostring(role),
+      table.concat(roles, ", ")), 2)
+  end
+  if type(name) ~= "string" then
+    error(string.format("no provider named for role '%s' (providers for %s: %s)", role, role,
+      table.concat(M.list(role), ", ")), 2)
+  end
+  local mod = load(name)
+  if not mod then
+    error(string.format("unknown provider '%s' for role '%s' (providers for %s: %s)", name, role,
+      role, table.concat(M.list(role), ", ")), 2)
+  end
+  if not mod.roles[role] then
+    local roles = {}
+    for r in pairs(mod.roles) do roles[#roles + 1] = r end
+    table.sort(roles)
+    error(string.format("provider '%s' cannot do '%s' (it does: %s; providers for %s: %s)", name,
+      role, table.concat(roles, ", "), role, table.concat(M.list(role), ", ")), 2)
+  end
+  return mod.new(cfg or {}, role)
+end
+
+-- for_role(role, conf) -> provider object chosen by configuration:
+-- conf.providers[role] (or conf["providers." .. role]), else $SLUICE_PROVIDER_<ROLE>, else
+-- the default (openai). Settings come from conf[name] overlaid with conf[role].
+function M.for_role(role, conf)
+  conf = conf or {}
+  local name = (type(conf.providers) == "table" and conf.providers[role]) or conf["providers." .. role]
+    or os.getenv("SLUICE_PROVIDER_" .. role:upper()) or M.defaults[role]
+  local cfg = {}
+  for _, key in ipairs { name, role } do
+    local src = conf[key]
+    if type(src) == "table" then for k, v in pairs(src) do cfg[k] = v end end
+  end
+  return M.get(role, name, cfg)
+end
+
+-- ---- shared machinery for remote providers --------------------------------------------
+
+-- Replaces every occurrence of secret in msg (keys never reach messages or logs).
+function M.redact(msg, secret)
+  msg = tostring(msg)
+  if type(secret) == "string" and #secret >= 4 then
+    local s, e = msg:find(secret, 1, true)
+    while s do
+      msg = msg:sub(1, s - 1) .. "[redacted]" .. msg:sub(e + 1)
+      s, e = msg:find(secret, s + 10, true)
+    end
+  end
+  return msg
+end
+
+-- Resolves cfg.limit: a limiter, a registered limiter's name, or a rate{} spec.
+function M.limiter(spec)
+  if spec == nil or limit.is_limiter(spec) then return spec end
+  if type(spec) == "string" then
+    local l = limit.named(spec)
+    if not l then error("no limiter named '" .. spec .. "'", 3) end
+    return l
+  end
+  if type(spec) == "table" then return limit.rate(spec) end
+  error("bad option 'limit' (limiter, name or rate spec expected)", 3)
+end
+
+-- Base object for remote providers: name, secret (kept out of the object's fields so that
+-- printing a provider never shows it), limiter, retry and timeout settings.
+local secrets = setmetatable({}, { __mode = "k" })
+
+function M.remote(obj, name, cfg, secret)
+  obj.provider = name
+  obj.limit = M.limiter(cfg.limit)
+  obj.retry_opts = {
+    attempts = (cfg.retry and cfg.retry.attempts) or cfg.attempts or 4,
+    base = (cfg.retry and cfg.retry.base) or 0.5,
+    max = (cfg.retry and cfg.retry.max) or 30,
+    sleep = cfg.retry and cfg.retry.sleep,
+  }
+  obj.timeout = cfg.timeout or 600
+  obj.connect_timeout = cfg.connect_timeout or 15
+  secrets[obj] = secret
+  return obj
+end
+
+function M.secret(obj) return secrets[obj] end
+
+-- Reads a file as base64 on a worker thread.
+function M.read_base64(path)
+  return sched.await("read " .. path, function(done) return chttp.read_base64(path, done) end)
+end
+
+local function error_detail(body)
+  local ok, v = pcall(cjson.decode, body or "")
+  if ok and type(v) == "table" then
+    local e = v.error
+    if type(e) == "table" then
+      local m = e.message or e.status or e.code
+      if m ~= nil then return tostring(m) end
+    elseif type(e) == "string" then
+      return e
+    end
+    if v.message ~= nil then return tostring(v.message) end
+  end
+  local s = tostring(body or ""):gsub("%s+", " ")
+  if #s > 200 then s = s:sub(1, 200) .. "..." end
+  return s
+end
+
+-- call(p, req) -> decoded JSON reply (or true for a stream), or nil, message, code, info.
+-- req: what (for messages), url, method, headers, json | multipart, tokens (estimate for
+-- the limiter), usage(decoded) -> tokens, check(decoded) -> true | nil, why;
+-- sse(ev) -> "done" | nil, why (for streamed replies; must set req.emitted when it has
+-- passed data on to the caller). One attempt acquires a permit, sends, releases the
+-- permit with what happened; retries follow sluice.retry's rules, except that a stream
+-- that already delivered tokens is not retried.
+function M.call(p, req)
+  local name, secret = p.provider, secrets[p]
+  local function fail(msg, code, info)
+    return nil, M.redact(name .. ": " .. msg, secret), code, info
+  end
+  local function attempt()
+    local permit = p.limit and p.limit:acquire { tokens = req.tokens or 0 }
+    local o = {
+      method = req.method or "POST", url = req.url, headers = req.headers, json = req.json,
+      multipart = req.multipart, timeout = req.timeout or p.timeout,
+      connect_timeout = p.connect_timeout,
+    }
+    local stream_fail
+    local ok, r, err, code = pcall(function()
+      if req.sse then
+        return sse.request(o, function(ev)
+          if stream_fail then return end
+          local st, why = req.sse(ev)
+          if st == nil and why then stream_fail = why end
+        end)
+      end
+      return http.request(o)
+    end)
+    if not ok then -- cancelled, or a bug: give the permit back and pass the error on
+      if permit then permit:release { ok = false } end
+      error(r, 0)
+    end
+    if not r then
+      if permit then permit:release { ok = false, timeout = code == "ETIMEDOUT" } end
+      local info = {}
+      if req.emitted then info.retry = false end -- the caller already has part of a reply
+      return fail(req.what .. " failed: " .. tostring(err), code, info)
+    end
+    local status = r.status
+    if status >= 300 then
+      if permit then permit:release { ok = false, status = status, headers = r.headers } end
+      local ra = tonumber(r.headers["retry-after"] or "")
+      return fail(string.format("%s failed: HTTP %d: %s", req.what, status, error_detail(r.body)),
+        "EHTTPSTATUS", { status = status, retry_after = ra })
+    end
+    local v
+    if req.sse then
+      if stream_fail then
+        if permit then permit:release { ok = false, status = status, headers = r.headers } end
+        return fail(string.format("malformed %s stream: %s", req.what, stream_fail), "EPROTO",
+          { retry = false })
+      end
+      v = true
+    else
+      local dok, dv = pcall(cjson.decode, r.body)
+      if not dok then
+        if permit then permit:release { ok = false, status = status, headers = r.headers } end
+        return fail(string.format("malformed %s reply: invalid JSON (%s)", req.what, tostring(dv)),
+          "EPROTO")
+      end
+      v = dv
+      if req.check then
+        local good, why = req.check(v)
+        if not good then
+          if permit then permit:release { ok = false, status = status, headers = r.headers } end
+          return fail(string.format("malformed %s reply: %s", req.what, why), "EPROTO")
+        end
+      end
+    end
+    if permit then
+      local tokens = req.usage and req.usage(v)
+      permit:release { ok = true, status = status, headers = r.headers, tokens = tokens }
+    end
+    return v, r
+  end
+  local ropts = {}
+  for k, v in pairs(p.retry_opts) do ropts[k] = v end
+  return retry.call(function()
+    if req.emitted then return nil, "stream interrupted", "EPROTO", { retry = false } end
+    return attempt()
+  end, ropts)
+end
+
+-- ---- LLM helpers built on complete() -------------------------------------------------
+
+-- Normalises a prompt string or a message list to a message list.
+function M.messages(m, opts)
+  local msgs
+  if type(m) == "string" then
+    msgs = { { role = "user", content = m } }
+  elseif type(m) == "table" then
+    msgs = m
+  else
+    error("bad argument #1 to 'complete' (prompt string or message list expected)", 3)
+  end
+  if opts and opts.system then
+    local out = { { role = "system", content = opts.system } }
+    for _, x in ipairs(msgs) do out[#out + 1] = x end
+    msgs = out
+  end
+  return msgs
+end
+
+-- Rough token estimate for limiters: 4 characters per token plus the reply budget.
+function M.estimate_tokens(msgs, max_tokens)
+  local n = 0
+  for _, m in ipairs(msgs) do
+    if type(m.content) == "string" then
+      n = n + #m.content
+    elseif type(m.content) == "table" then
+      for _, part in ipairs(m.content) do
+        if part.text then n = n + #part.text end
+        if part.image_url or part.inline_data then n = n + 3000 end
+      end
+    end
+  end
+  return math.floor(n / 4) + (max_tokens or 512)
+end
+
+local SUMMARY_SYSTEM = "You summarize transcripts and notes. Write a faithful, concise summary " ..
+  "in the language of the source. Use short paragraphs or bullet points. Do not invent facts."
+
+local JUDGE_SYSTEM = "You grade summaries. Given source material and a summary, reply with only " ..
+  "a JSON object {\"score\": number from 0 to 1, \"reasons\": [short strings]} judging " ..
+  "faithfulness and coverage."
+
+-- Extracts the first JSON object from a model's reply (which may wrap it in ``` fences).
+function M.parse_json_reply(text)
+  if type(text) ~= "string" then return nil, "no text" end
+  local ok, v = pcall(cjson.decode, text)
+  if ok and type(v) == "table" then return v end
+  local s = text:find("{", 1, true)
+  local e
+  for i = #text, 1, -1 do
+    if text:sub(i, i) == "}" then e = i break end
+  end
+  if s and e and e > s then
+    ok, v = pcall(cjson.decode, text:sub(s, e))
+    if ok and type(v) == "table" then return v end
+  end
+  return nil, "no JSON object in the reply"
+end
+
+-- Adds summarize() and judge() to an object that has complete().
+function M.llm_mixin(obj)
+  function obj:summarize(text, opts)
+    opts = opts or {}
+    if type(text) ~= "string" then error("bad argument #1 to 'summarize' (string expected)", 2) end
+    local prompt = (opts.prompt or "Summarize the following material.") .. "\n\n" .. text
+    return self:complete({ { role = "system", content = opts.system or SUMMARY_SYSTEM },
+      { role = "user", content = prompt } }, { stream = opts.stream, max_tokens = opts.max_tokens,
+      temperature = opts.temperature, model = opts.model })
+  end
+
+  function obj:judge(summary, sources, opts)
+    opts = opts or {}
+    if type(sources) == "table" then sources = table.concat(sources, "\n\n") end
+    local prompt = "SOURCE:\n" .. tostring(sources) .. "\n\nSUMMARY:\n" .. tostring(summary) ..
+      "\n\nReply with the JSON object only."
+    local text, err, code = self:complete({ { role = "system", content = opts.system or JUDGE_SYSTEM },
+      { role = "user", content = prompt } }, { json = true, max_tokens = opts.max_tokens,
+      temperature = opts.temperature or 0, model = opts.model })
+    if not text then return nil, err, code end
+    local v, why = M.parse_json_reply(text)
+    if not v or type(v.score) ~= "number" then
+      return nil, string.format("%s: malformed judge reply: %s", self.provider,
+        why or "'score' is not a number"), "EPROTO"
+    end
+    local reasons = v.reasons
+    if type(reasons) == "string" then reasons = { reasons } end
+    if type(reasons) ~= "table" then reasons = {} end
+    return { score = v.score, reasons = reasons, provider = self.provider }
+  end
+  return obj
+end
+
+-- Basename for upload file names.
+function M.basename(path) return (tostring(path):match("([^/]+)$")) or "file" end
+
+return M

@@ -1,0 +1,125 @@
+-- The gemini and clova providers against tests/fakeapi/server.py: documented request
+-- formats, reply parsing, streaming, media-time shifts and clear errors.
+package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
+local sl = require "sluice"
+local T = require "sluice.test"
+local fake = require "fakeapi"
+local providers = require "sluice.providers"
+local cjson = require "cjson"
+
+local GKEY = "AIza-gemini-SECRET-123456"
+local CKEY = "clova-SECRET-abcdef"
+local srv, wav, jpg
+
+local function gem(extra)
+  local c = { base_url = srv.url .. "/v1beta", api_key = GKEY, model = "gemini-test",
+    retry = { base = 0.01, max = 0.05 } }
+  for k, v in pairs(extra or {}) do c[k] = v end
+  return c
+end
+
+T.case("setup", function()
+  srv = fake.start()
+  wav = fake.write_wav(os.tmpname() .. ".wav", 4.0)
+  jpg = fake.write_jpeg(os.tmpname() .. ".jpg", 3000)
+end)
+
+T.case("gemini llm: generateContent request and reply", function()
+  local llm = providers.get("llm", "gemini", gem())
+  local text, info = llm:complete("Explain tides", { system = "Be brief.", max_tokens = 64, temperature = 0.1 })
+  T.eq(text, "Gemini fake reply about: Explain tides")
+  T.eq(info.finish_reason, "STOP")
+  T.ok(info.usage.totalTokenCount > 0)
+  local req = srv:requests("/v1beta/models/gemini-test:generateContent")[1]
+  T.eq(req.headers["x-goog-api-key"] or req.headers["X-Goog-Api-Key"], GKEY)
+  T.same(req.query, {}) -- the key is never in the URL
+  T.eq(req.json.contents[1].role, "user")
+  T.eq(req.json.contents[1].parts[1].text, "Explain tides")
+  T.eq(req.json.systemInstruction.parts[1].text, "Be brief.")
+  T.eq(req.json.generationConfig.maxOutputTokens, 64)
+  T.eq(req.json.generationConfig.temperature, 0.1)
+end)
+
+T.case("gemini llm: streamGenerateContent?alt=sse streams tokens", function()
+  srv:control { stream_delay = 0.05 }
+  local llm = providers.get("llm", "gemini", gem())
+  local toks, times = {}, {}
+  local t0 = sl.now()
+  local text = T.ok(llm:complete("a b c d e f g h", { stream = function(t)
+    toks[#toks + 1] = t
+    times[#times + 1] = sl.now() - t0
+  end }))
+  srv:control { stream_delay = 0.02 }
+  T.eq(table.concat(toks), text)
+  T.ok(#toks >= 4, "pieces " .. #toks)
+  T.ok(times[#times] - times[1] > 0.15, "spread over time")
+  local reqs = srv:requests("/v1beta/models/gemini-test:streamGenerateContent")
+  T.eq(reqs[1].query.alt, "sse")
+end)
+
+T.case("gemini vlm: inline_data images; judge uses JSON mode", function()
+  local vlm = providers.get("vlm", "gemini", gem())
+  local r = T.ok(vlm:describe({ { path = jpg, t = 12.5 } }))
+  T.eq(r[1].t, 12.5)
+  T.ok(r[1].text:find("1 image"))
+  local reqs = srv:requests("/v1beta/models/gemini-test:generateContent")
+  local parts = reqs[#reqs].json.contents[1].parts
+  T.eq(parts[2].inline_data.mime_type, "image/jpeg")
+  T.eq(#parts[2].inline_data.data, 4000)
+  local j = T.ok(providers.get("llm", "gemini", gem()):judge("sum", "src"))
+  T.eq(j.score, 0.7)
+  reqs = srv:requests("/v1beta/models/gemini-test:generateContent")
+  T.eq(reqs[#reqs].json.generationConfig.responseMimeType, "application/json")
+end)
+
+T.case("gemini: errors name the provider; no key leaks", function()
+  srv:control { faults = { { kind = "400", path = "/v1beta" } } }
+  local r, err = providers.get("llm", "gemini", gem()):complete("x")
+  T.eq(r, nil)
+  T.ok(err:find("^gemini: generateContent failed: HTTP 400: Injected error 400"), err)
+  r, err = providers.get("llm", "gemini", gem { api_key = "" }):complete("x")
+  T.ok(err:find("HTTP 403"), err)
+  srv:control { faults = { { kind = "malformed", path = "/v1beta" } } }
+  r, err = providers.get("llm", "gemini", gem()):complete("x")
+  T.ok(err:find("^gemini: malformed generateContent reply"), err)
+  T.ok(not err:find(GKEY, 1, true))
+end)
+
+T.case("clova stt: multipart media + params; ms timings become media seconds", function()
+  local stt = providers.get("stt", "clova", { invoke_url = srv.url .. "/clova/", secret = CKEY,
+    language = "en-US", retry = { base = 0.01 } })
+  local r = T.ok(stt:transcribe({ path = wav, t0 = 60, t1 = 64 }))
+  T.eq(r.provider, "clova")
+  T.eq(#r.segments, 2)
+  T.near(r.segments[1].start, 60, 1e-9)
+  T.near(r.segments[2]["end"], 64, 1e-9)
+  T.eq(r.segments[2].text, "segment 1 of the fake transcript.")
+  T.ok(#r.segments[1].words >= 3)
+  T.ok(r.segments[1].words[1].start >= 60 and r.segments[1].words[1]["end"] <= 62.5)
+  local req = srv:requests("/clova/recognizer/upload")[1]
+  T.eq(req.headers["X-CLOVASPEECH-API-KEY"] or req.headers["X-Clovaspeech-Api-Key"], CKEY)
+  T.eq(req.multipart.media.filename, wav:match("[^/]+$"))
+  local params = cjson.decode(req.multipart.params)
+  T.eq(params.language, "en-US")
+  T.eq(params.completion, "sync")
+  T.eq(params.wordAlignment, true)
+end)
+
+T.case("clova: FAILED results, bad languages and missing settings are clear errors", function()
+  local stt = providers.get("stt", "clova", { invoke_url = srv.url .. "/clova", secret = CKEY,
+    language = "xx", retry = { base = 0.01 } })
+  local r, err = stt:transcribe({ path = wav })
+  T.eq(r, nil)
+  T.ok(err:find("^clova: recognition of .* failed: HTTP 400: Invalid Language"), err)
+  r, err = providers.get("stt", "clova", { secret = CKEY }):transcribe({ path = wav })
+  if not os.getenv("CLOVA_SPEECH_INVOKE_URL") then T.ok(err:find("no invoke URL"), err) end
+  T.ok(not tostring(err):find(CKEY, 1, true))
+end)
+
+T.case("teardown", function()
+  srv:stop()
+  os.remove(wav)
+  os.remove(jpg)
+end)
+
+return T.run()

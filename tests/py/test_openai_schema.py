@@ -1,0 +1,198 @@
+# Validates the openai provider's requests, and the fake server's replies, against OpenAI's
+# official OpenAPI description (/work/shared/specs/openai-openapi.json, copied path below).
+#
+# 1. Runs tests/lua/provider_openai_test.lua with OPENAI_RECORD_OUT set: the fake server
+#    records every request the provider made and the test writes them out.
+# 2. Validates chat requests against CreateChatCompletionRequest and transcription requests
+#    (multipart fields turned into an object) against CreateTranscriptionRequest.
+# 3. Asks the fake server directly and validates its replies against
+#    CreateChatCompletionResponse, CreateChatCompletionStreamResponse and
+#    CreateTranscriptionResponseVerboseJson, so the provider is tested on realistic replies.
+# 4. Checks that broken requests do fail validation (the test can fail).
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import uuid
+import wave
+
+import jsonschema
+from jsonschema import Draft202012Validator, RefResolver
+
+SRC = os.environ.get("SLUICE_SOURCE_DIR", os.getcwd())
+BIN = os.environ.get("SLUICE_BIN", os.path.join(SRC, "build", "sluice"))
+SPEC_PATHS = [p for p in (os.environ.get("OPENAI_OPENAPI_SPEC"),
+                          os.path.join(SRC, "specs", "openai-openapi.json"),
+                          "/work/shared/specs/openai-openapi.json") if p]
+
+
+def load_spec():
+    for p in SPEC_PATHS:
+        if os.path.exists(p):
+            with open(p) as f:
+                return json.load(f)
+    print("FAIL: openai-openapi.json not found (set OPENAI_OPENAPI_SPEC); looked in", SPEC_PATHS)
+    sys.exit(1)
+
+
+def openapi_nullable(node):
+    """OpenAPI's `nullable: true` (which jsonschema ignores) becomes "or null"."""
+    if isinstance(node, list):
+        return [openapi_nullable(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: openapi_nullable(v) for k, v in node.items()}
+    if out.pop("nullable", False) is True:
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+SPEC = load_spec()
+SPEC["components"] = openapi_nullable(SPEC["components"])
+RESOLVER = RefResolver.from_schema(SPEC)
+
+
+def validator(name):
+    return Draft202012Validator({"$ref": "#/components/schemas/" + name}, resolver=RESOLVER)
+
+
+def errors(name, instance):
+    return sorted(validator(name).iter_errors(instance), key=lambda e: list(e.path))
+
+
+failures = []
+
+
+def check(name, instance, what):
+    errs = errors(name, instance)
+    if errs:
+        failures.append("%s does not validate against %s: %s" % (what, name, errs[0].message[:300]))
+    else:
+        print("ok   %s validates against %s" % (what, name))
+
+
+def transcription_instance(mp):
+    inst = {}
+    for k, v in mp.items():
+        if k == "file":
+            inst["file"] = "<binary %d bytes>" % v["size"]
+        elif k == "timestamp_granularities[]":
+            inst["timestamp_granularities"] = v if isinstance(v, list) else [v]
+        elif k == "temperature":
+            inst[k] = float(v)
+        else:
+            inst[k] = v
+    return inst
+
+
+def run_provider_test(out):
+    env = dict(os.environ, OPENAI_RECORD_OUT=out, SLUICE_SOURCE_DIR=SRC)
+    p = subprocess.run([BIN, "run", os.path.join(SRC, "tests/lua/provider_openai_test.lua")],
+                       cwd=SRC, env=env, capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        print(p.stdout, p.stderr)
+        raise SystemExit("provider_openai_test.lua failed")
+    with open(out) as f:
+        return json.load(f)
+
+
+def start_server():
+    p = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "tests/fakeapi/server.py"), "--port", "0"],
+                         stdout=subprocess.PIPE, text=True)
+    port = int(p.stdout.readline())
+    return p, "http://127.0.0.1:%d" % port
+
+
+def post(url, body, headers=None, ctype="application/json"):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    h = {"Content-Type": ctype, "Authorization": "Bearer sk-x-123456"}
+    h.update(headers or {})
+    req = urllib.request.Request(url, data=data, headers=h, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.read().decode()
+
+
+def wav_bytes(seconds):
+    b = io.BytesIO()
+    with wave.open(b, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * int(16000 * seconds))
+    return b.getvalue()
+
+
+def multipart(fields, files):
+    boundary = uuid.uuid4().hex
+    out = io.BytesIO()
+    for k, v in fields:
+        out.write(("--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n" % (boundary, k, v)).encode())
+    for k, (fname, data, ctype) in files.items():
+        out.write(("--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"%s\"\r\n"
+                   "Content-Type: %s\r\n\r\n" % (boundary, k, fname, ctype)).encode())
+        out.write(data)
+        out.write(b"\r\n")
+    out.write(("--%s--\r\n" % boundary).encode())
+    return out.getvalue(), "multipart/form-data; boundary=" + boundary
+
+
+def main():
+    with tempfile.TemporaryDirectory() as d:
+        reqs = run_provider_test(os.path.join(d, "requests.json"))
+    chats = [r for r in reqs if r["path"].endswith("/chat/completions")]
+    trans = [r for r in reqs if r["path"].endswith("/audio/transcriptions")]
+    if len(chats) < 5 or len(trans) < 1:
+        failures.append("expected recorded chat and transcription requests, got %d and %d"
+                        % (len(chats), len(trans)))
+    for i, r in enumerate(chats):
+        check("CreateChatCompletionRequest", r["json"], "provider chat request %d" % (i + 1))
+    for i, r in enumerate(trans):
+        check("CreateTranscriptionRequest", transcription_instance(r["multipart"]),
+              "provider transcription request %d" % (i + 1))
+
+    # the test can fail: broken requests must not validate
+    if not errors("CreateChatCompletionRequest", {"model": "x"}):
+        failures.append("a chat request without messages validated")
+    if not errors("CreateChatCompletionRequest", {"model": "x", "messages": [{"role": "user", "content": 3}]}):
+        failures.append("a chat request with numeric content validated")
+    if not errors("CreateTranscriptionRequest", {"model": "whisper-1", "file": "x", "format": "verbose"}):
+        failures.append("a transcription request with an unknown field validated")
+
+    # the fake server's replies have the documented shapes
+    srv, base = start_server()
+    try:
+        body = {"model": "gpt-x", "messages": [{"role": "user", "content": "hello there"}]}
+        check("CreateChatCompletionResponse", json.loads(post(base + "/v1/chat/completions", body)),
+              "fake chat reply")
+        stream = post(base + "/v1/chat/completions",
+                      dict(body, stream=True, stream_options={"include_usage": True}))
+        events = [l[6:] for l in stream.split("\n") if l.startswith("data: ")]
+        if events[-1] != "[DONE]":
+            failures.append("fake stream does not end with [DONE]")
+        for i, e in enumerate(events[:-1]):
+            check("CreateChatCompletionStreamResponse", json.loads(e), "fake stream chunk %d" % (i + 1))
+        data, ctype = multipart([("model", "whisper-1"), ("response_format", "verbose_json"),
+                                 ("timestamp_granularities[]", "segment"),
+                                 ("timestamp_granularities[]", "word")],
+                                {"file": ("a.wav", wav_bytes(4.0), "audio/wav")})
+        v = json.loads(post(base + "/v1/audio/transcriptions", data, ctype=ctype))
+        check("CreateTranscriptionResponseVerboseJson", v, "fake transcription reply")
+        if abs(v["duration"] - 4.0) > 0.01 or not v.get("words"):
+            failures.append("fake transcription: duration %s, words %s" % (v["duration"], bool(v.get("words"))))
+    finally:
+        srv.terminate()
+        srv.wait(10)
+
+    if failures:
+        for f in failures:
+            print("FAIL", f)
+        sys.exit(1)
+    print("all requests and replies match the OpenAI spec (jsonschema %s)" % jsonschema.__version__
+          if hasattr(jsonschema, "__version__") else "all ok")
+
+
+if __name__ == "__main__":
+    main()
