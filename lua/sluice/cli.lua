@@ -1,7 +1,8 @@
 -- sluice.cli: the command line. main.c calls cli.main(args...) before running the loop and
 -- cli.finish() after it; main returns an exit status when there is nothing to run.
 --
--- Exit status: 0 success, 1 the run finished with failed items, 2 usage or script error,
+-- Exit status: 0 success, 1 the run finished with failed items (or a task failed and nobody
+-- waited for it), 2 usage or script error,
 -- 130 interrupted.
 local core = require "sluice.core.core"
 local sched = require "sluice.sched"
@@ -179,7 +180,10 @@ function M.finish()
     code = 2
   end
   for _, t in ipairs(state.unobserved or {}) do
-    if not t.observed then report_unobserved(t) end
+    if not t.observed then
+      report_unobserved(t)
+      if code == 0 then code = 1 end -- something failed, even if nobody looked
+    end
   end
   if state.exit_code and state.exit_code > code then code = state.exit_code end
   if state.interrupted > 0 and code == 0 then code = 130 end

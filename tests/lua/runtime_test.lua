@@ -1,5 +1,7 @@
--- Runtime basics: tasks, queues, semaphores, groups, timeouts, exec.
+-- Runtime basics: tasks, sleeping, timers, misuse errors, pretty-printing.
 local sl = require "sluice"
+local core = require "sluice.core.core"
+local pretty = require "sluice.pretty"
 local T = require "sluice.test"
 
 T.case("queue passes values in order and close drains", function()
@@ -14,29 +16,137 @@ T.case("queue passes values in order and close drains", function()
   T.raises(function() q:put(1) end, "attempt to put on a closed queue")
 end)
 
-T.case("sleep waits at least as long as asked", function()
+T.case("spawn passes arguments and runs tasks in FIFO order", function()
+  local order = {}
+  local tasks = {}
+  for i = 1, 5 do
+    tasks[i] = sl.spawn(function(a, b, c)
+      order[#order + 1] = a
+      T.eq(b, nil)
+      T.eq(c, "c")
+      return a * 10
+    end, i, nil, "c")
+  end
+  for i = 1, 5 do T.eq(tasks[i]:wait(), i * 10) end
+  T.same(order, { 1, 2, 3, 4, 5 })
+  T.ok(tostring(tasks[1]):find("sluice.task task#%d+ %(done%)"), tostring(tasks[1]))
+end)
+
+T.case("sleep waits at least as long as asked; sleeps end in deadline order", function()
   local t0 = sl.now()
   sl.sleep(0.05)
   T.ok(sl.now() - t0 >= 0.05)
+  local order = {}
+  local g = sl.group()
+  for _, d in ipairs({ 0.03, 0.01, 0.02, 0 }) do
+    g:spawn(function()
+      sl.sleep(d)
+      order[#order + 1] = d
+    end)
+  end
+  g:wait()
+  T.same(order, { 0, 0.01, 0.02, 0.03 })
 end)
 
-T.case("timeout cancels the wait and returns ETIMEDOUT", function()
-  local r, msg, code = sl.timeout(0.05, function() sl.sleep(5) end)
-  T.eq(r, nil)
-  T.eq(code, "ETIMEDOUT")
+T.case("now is monotonic, time is wall-clock", function()
+  local a = sl.now()
+  local b = sl.now()
+  T.ok(b >= a)
+  T.ok(math.abs(sl.time() - os.time()) < 2)
 end)
 
-T.case("exec collects output and status", function()
-  local r = T.ok(sl.exec({ "sh", "-c", "echo out; echo err >&2; exit 3" }))
-  T.eq(r.status, 3)
-  T.eq(r.stdout, "out\n")
-  T.eq(r.stderr, "err\n")
+T.case("on_done hooks run when a task finishes (at once if it has)", function()
+  local seen = {}
+  local t = sl.spawn(function() sl.sleep(0.001) return 1 end)
+  t:on_done(function(task) seen[#seen + 1] = task.status end)
+  T.eq(#seen, 0)
+  t:wait()
+  T.same(seen, { "done" })
+  t:on_done(function(task) seen[#seen + 1] = "late " .. task.status end)
+  T.same(seen, { "done", "late done" })
+end)
+
+T.case("core timers: after, repeating timers, close before firing", function()
+  local fired = 0
+  local e = sl.event()
+  local tm = core.timer()
+  tm:start(0.001, 0.001, function()
+    fired = fired + 1
+    if fired == 3 then
+      tm:stop()
+      e:set()
+    end
+  end)
+  T.eq(tm:active(), true)
+  e:wait()
+  T.eq(tm:active(), false)
+  tm:close()
+  tm:close() -- idempotent
+  T.raises(function() tm:start(1, nil, function() end) end, "attempt to use a closed timer")
+  local never = false
+  local a = core.after(0.01, function() never = true end)
+  a:close()
+  sl.sleep(0.03)
+  T.eq(never, false)
+  local big = core.after(math.huge, function() end) -- "never": must not overflow
+  T.eq(big:active(), true)
+  big:close()
 end)
 
 T.case("misuse raises clear errors", function()
   T.raises(function() sl.semaphore(0) end, "positive integer")
   T.raises(function() sl.queue("x") end, "capacity")
-  T.raises(function() sl.sleep("x") end, "sleep")
+  T.raises(function() sl.sleep("x") end, "bad argument #1 to 'sleep'")
+  T.raises(function() sl.sleep(-1) end, "non-negative number of seconds")
+  T.raises(function() sl.sleep(0 / 0) end, "non-negative number of seconds")
+  T.raises(function() sl.sleep() end, "got no value")
+  T.raises(function() sl.spawn(42) end, "bad argument #1 to 'spawn' (function expected, got number)")
+  T.raises(function() sl.spawn() end, "function expected, got nil")
+  T.raises(function() sl.timeout("1", function() end) end, "bad argument #1 to 'timeout'")
+  T.raises(function() core.after(-1, function() end) end, "seconds must be >= 0")
+  T.raises(function() core.after(1, "f") end, "function expected")
+  T.raises(function() core.work_sleep(1) end, "function expected")
+end)
+
+T.case("misuse errors point at the caller's line", function()
+  local err = T.raises(function() sl.semaphore(0) end, "positive integer")
+  T.ok(tostring(err):find("runtime_test.lua:%d+:"), tostring(err))
+  err = T.raises(function() sl.queue(1):put(nil) end, "cannot hold nil")
+  T.ok(tostring(err):find("runtime_test.lua:%d+:"), tostring(err))
+end)
+
+T.case("a task that fails and is never waited for is reported by the hook", function()
+  local sched = require "sluice.sched"
+  local reported = {}
+  sched.set_unobserved_hook(function(t) reported[#reported + 1] = t end)
+  local t = sl.spawn(function() error("nobody looks") end)
+  sl.yield()
+  sched.set_unobserved_hook(nil)
+  T.eq(#reported, 1)
+  T.eq(reported[1], t)
+  T.ok(tostring(t:error()):find("nobody looks", 1, true))
+end)
+
+T.case("pretty prints nested tables with a depth limit", function()
+  local s = pretty.format({ 1, "two", x = { y = { z = { w = 1 } } }, [true] = false }, { depth = 3 })
+  T.ok(s:find('"two"', 1, true), s)
+  T.ok(s:find("z = {...}", 1, true), s)
+  T.ok(s:find("[true] = false", 1, true), s)
+  local cyc = {}
+  cyc.self = cyc
+  T.ok(pretty.format(cyc):find("<cycle>", 1, true))
+  local many = {}
+  for i = 1, 100 do many[i] = i end
+  T.ok(pretty.format(many, { items = 10 }):find("(90 more)", 1, true))
+  T.eq(pretty.format("a\nb"), '"a\\nb"')
+end)
+
+T.case("the engine reports its version and pool size", function()
+  T.eq(sl.version, core.version)
+  T.ok(core.pool_size() >= 1)
+  T.ok(type(core.lua_dir) == "string")
+  local cpu, rss = core.cpu_time()
+  T.ok(cpu > 0 and rss > 0)
 end)
 
 return T.run()
