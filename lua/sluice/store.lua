@@ -1,0 +1,483 @@
+-- sluice.store: the job store (SQLite, WAL) behind resume, `sluice jobs` and the dashboard.
+--
+--   local store = require("sluice.store").open("out/sluice.db")
+--   store:attach(job)            -- before sources start: records the job, listens to job.bus,
+--                                -- sets job.memo
+--   job.memo:get(stage, item_id) -- (waits) stored outputs {{data=,key=,seq=,t0=,t1=}, ...} or nil
+--   job.memo:put(stage, item_id, outputs)
+--   store:detach(job[, status])  -- flushes and marks the job's status
+--
+-- Writes never run on the loop thread: they are queued in memory and written by one pool job
+-- at a time, each a single transaction holding everything queued since the previous one
+-- (at most FLUSH_DELAY seconds old). A crash loses at most those last writes; their items
+-- simply run again on resume.
+local sl = require "sluice"
+local sched = require "sluice.sched"
+local core = require "sluice.core.core"
+local cstore = require "sluice.core.store"
+local cjson = require "cjson"
+
+local M = {}
+M.NULL = cstore.NULL
+M.FLUSH_DELAY = 0.05 -- seconds a write may wait to be batched with others
+M.MAX_BATCH = 2000    -- statements per transaction before a flush starts at once
+
+local SCHEMA = [[
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, pipeline TEXT, script TEXT, inputs TEXT, config TEXT, out TEXT,
+  status TEXT, created REAL, started REAL, finished REAL, runs INTEGER NOT NULL DEFAULT 0,
+  error TEXT);
+CREATE TABLE IF NOT EXISTS items (
+  job TEXT NOT NULL, stage TEXT NOT NULL, id TEXT NOT NULL, key TEXT, seq INTEGER,
+  status TEXT, attempt INTEGER, result TEXT, error TEXT, t_start REAL, t_end REAL,
+  PRIMARY KEY (job, stage, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+  job TEXT NOT NULL, run INTEGER NOT NULL, n INTEGER, t REAL, stage TEXT, event TEXT,
+  item TEXT, json TEXT);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job, run, n);
+]]
+
+-- Values to JSON ---------------------------------------------------------------------------
+
+local MAX_STRING = 65536
+
+-- Converts any Lua value to something cjson can encode: functions and userdata become their
+-- tostring, long strings are cut, tables become arrays when they are sequences.
+local function jsonable(v, depth)
+  local ty = type(v)
+  if ty == "string" then
+    if #v > MAX_STRING then return v:sub(1, MAX_STRING) .. "..." end
+    return v
+  elseif ty == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return tostring(v) end
+    return v
+  elseif ty == "boolean" or ty == "nil" then
+    return v
+  elseif ty == "table" then
+    if depth > 6 then return "{...}" end
+    local n = #v
+    local out = {}
+    local is_array = n > 0 or next(v) == nil
+    if n > 0 then
+      for k in pairs(v) do
+        if math.type(k) ~= "integer" or k < 1 or k > n then is_array = false break end
+      end
+    end
+    if is_array and n > 0 then
+      for i = 1, n do
+        local x = jsonable(v[i], depth + 1)
+        if x == nil then x = cjson.null end
+        out[i] = x
+      end
+      return out
+    end
+    for k, x in pairs(v) do
+      out[tostring(k)] = jsonable(x, depth + 1)
+    end
+    return out
+  end
+  return tostring(v)
+end
+
+function M.to_json(v)
+  local ok, s = pcall(cjson.encode, jsonable(v, 0))
+  if ok then return s end
+  return cjson.encode(tostring(v))
+end
+
+-- Lua values to stored text and back ------------------------------------------------------
+
+local function ser(v, out, depth)
+  local ty = type(v)
+  if ty == "string" then
+    out[#out + 1] = string.format("%q", v)
+  elseif ty == "number" then
+    if math.type(v) == "integer" then
+      out[#out + 1] = string.format("%d", v)
+    elseif v ~= v then
+      out[#out + 1] = "0/0"
+    elseif v == math.huge then
+      out[#out + 1] = "1/0"
+    elseif v == -math.huge then
+      out[#out + 1] = "-1/0"
+    else
+      out[#out + 1] = string.format("%a", v) -- exact
+    end
+  elseif ty == "boolean" then
+    out[#out + 1] = v and "true" or "false"
+  elseif ty == "table" then
+    if depth > 64 then error("value nested too deeply to store", 0) end
+    out[#out + 1] = "{"
+    local n = #v
+    for i = 1, n do
+      ser(v[i], out, depth + 1)
+      out[#out + 1] = ","
+    end
+    for k, x in pairs(v) do
+      if not (math.type(k) == "integer" and k >= 1 and k <= n) then
+        out[#out + 1] = "["
+        ser(k, out, depth + 1)
+        out[#out + 1] = "]="
+        ser(x, out, depth + 1)
+        out[#out + 1] = ","
+      end
+    end
+    out[#out + 1] = "}"
+  else
+    error("cannot store a " .. ty .. " (item data must be strings, numbers, booleans or tables)", 0)
+  end
+end
+
+-- serialize(v) -> text | nil, message
+function M.serialize(v)
+  local out = {}
+  local ok, err = pcall(ser, v, out, 0)
+  if not ok then return nil, err end
+  return table.concat(out)
+end
+
+-- deserialize(text) -> value | nil, message. The text is loaded as data in an empty
+-- environment, in text mode.
+function M.deserialize(s)
+  local f, err = load("return " .. s, "=stored result", "t", {})
+  if not f then return nil, err end
+  local ok, v = pcall(f)
+  if not ok then return nil, v end
+  return v
+end
+
+-- Waiting on the database ------------------------------------------------------------------
+
+-- Runs a read on the pool and waits for its rows (inside a task); outside a task (a command
+-- line tool that does nothing else) it runs on the calling thread.
+local function query(db, sql, params)
+  if sched.current() then
+    return sched.await("store.query", function(done) return db:query(sql, params, done) end)
+  end
+  return db:query_sync(sql, params)
+end
+M.query = query
+
+-- The store ----------------------------------------------------------------------------------
+
+local Store = {}
+Store.__index = Store
+Store.__name = "sluice.store"
+
+-- open(path) -> store | nil, message, code
+function M.open(path)
+  if type(path) ~= "string" or path == "" then
+    error("bad argument #1 to 'open' (database path expected)", 2)
+  end
+  local db, err, code = cstore.open(path)
+  if not db then return nil, err, code end
+  local ok, e2, c2 = db:exec_sync(SCHEMA)
+  if not ok then
+    db:close()
+    return nil, e2, c2
+  end
+  return setmetatable({
+    db = db, path = path, pending = {}, writing = false, timer = nil,
+    flush_waiters = {}, attached = {}, write_error = nil, written = 0, batches = 0,
+  }, Store)
+end
+
+function Store:__tostring() return "sluice.store (" .. self.path .. ")" end
+
+local start_flush
+
+local function wake_flush_waiters(self)
+  if self.writing or #self.pending > 0 then return end
+  local w = self.flush_waiters
+  self.flush_waiters = {}
+  for _, fn in ipairs(w) do fn() end
+end
+
+start_flush = function(self)
+  if self.timer then
+    self.timer:close()
+    self.timer = nil
+  end
+  if self.writing or #self.pending == 0 or not self.db then
+    wake_flush_waiters(self)
+    return
+  end
+  local batch = self.pending
+  self.pending = {}
+  self.writing = true
+  self.db:batch(batch, function(ok, err)
+    self.writing = false
+    if ok then
+      self.written = self.written + #batch
+      self.batches = self.batches + 1
+    elseif not self.write_error then
+      self.write_error = err
+      io.stderr:write("sluice: " .. tostring(err) .. " (later writes go on)\n")
+    end
+    if #self.pending > 0 then start_flush(self) else wake_flush_waiters(self) end
+  end)
+end
+
+-- store:write(sql, params...) queues one statement for the next transaction.
+function Store:write(sql, ...)
+  if not self.db then error("attempt to use a closed store", 2) end
+  local st = table.pack(sql, ...)
+  for i = 2, st.n do
+    if st[i] == nil then st[i] = cstore.NULL end
+  end
+  local p = self.pending
+  p[#p + 1] = st
+  if #p >= M.MAX_BATCH then
+    start_flush(self)
+  elseif not self.timer and not self.writing then
+    self.timer = core.after(M.FLUSH_DELAY, function()
+      self.timer = nil
+      start_flush(self)
+    end)
+  end
+end
+
+-- store:flush(): waits until everything queued so far is committed (inside a task), or
+-- starts the write and returns at once (outside a task).
+function Store:flush()
+  start_flush(self)
+  if not (self.writing or #self.pending > 0) then return true end
+  if not sched.current() then return false end
+  sched.await("store.flush", function(done)
+    self.flush_waiters[#self.flush_waiters + 1] = done
+  end)
+  return self.write_error == nil, self.write_error
+end
+
+function Store:query(sql, params) return query(self.db, sql, params) end
+
+function Store:close()
+  if not self.db then return end
+  if self.writing or #self.pending > 0 then
+    if sched.current() then self:flush() end
+  end
+  if self.timer then self.timer:close() self.timer = nil end
+  if not self.writing then
+    self.db:close()
+    self.db = nil
+  end
+end
+
+-- Jobs ------------------------------------------------------------------------------------------
+
+local function now() return core.time() end
+
+local function item_key(stage, id) return stage .. "\0" .. tostring(id) end
+
+-- What each bus event means for the item's row. Events not listed only go to the event log.
+local ITEM_STATUS = {
+  start = "running", started = "running", begin = "running",
+  done = "done", finished = "done", ok = "done",
+  retry = "failed", failed = "failed", fail = "failed", error = "failed",
+  dead = "dead", dead_letter = "dead", deadletter = "dead", ["dead-letter"] = "dead",
+}
+M.ITEM_STATUS = ITEM_STATUS
+
+local UPSERT_ITEM = [[
+INSERT INTO items (job, stage, id, key, seq, status, attempt, error, t_start, t_end)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+ON CONFLICT (job, stage, id) DO UPDATE SET
+  key = coalesce(excluded.key, key), seq = coalesce(excluded.seq, seq),
+  status = CASE WHEN status = 'done' AND result IS NOT NULL AND excluded.status <> 'done'
+                THEN status ELSE excluded.status END,
+  attempt = coalesce(excluded.attempt, attempt),
+  error = CASE WHEN excluded.status IN ('failed', 'dead') THEN excluded.error
+               WHEN excluded.status = 'done' THEN NULL ELSE error END,
+  t_start = coalesce(excluded.t_start, t_start), t_end = coalesce(excluded.t_end, t_end)]]
+
+local PUT_ITEM = [[
+INSERT INTO items (job, stage, id, status, result, t_end) VALUES (?1, ?2, ?3, 'done', ?4, ?5)
+ON CONFLICT (job, stage, id) DO UPDATE SET status = 'done', result = excluded.result,
+  error = NULL, t_end = coalesce(t_end, excluded.t_end)]]
+
+local INSERT_EVENT = [[
+INSERT INTO events (job, run, n, t, stage, event, item, json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)]]
+
+local function num_or_nil(v) if type(v) == "number" then return v end return nil end
+local function str_or_nil(v) if v == nil then return nil end return tostring(v) end
+
+-- Records one bus event: the event log row, and the item row when the event says something
+-- about an item.
+function Store:record(jobrec, ev)
+  local json = M.to_json(ev)
+  ev._json = json -- other listeners (the dashboard) reuse the encoding
+  self:write(INSERT_EVENT, jobrec.id, jobrec.run, num_or_nil(ev.n), num_or_nil(ev.t) or now(),
+    str_or_nil(ev.stage), str_or_nil(ev.event), str_or_nil(ev.id), json)
+  local status = ITEM_STATUS[ev.event]
+  if status and ev.stage ~= nil and ev.id ~= nil then
+    local t = num_or_nil(ev.t) or now()
+    local err = ev.error ~= nil and tostring(ev.error) or nil
+    self:write(UPSERT_ITEM, jobrec.id, tostring(ev.stage), tostring(ev.id), str_or_nil(ev.key),
+      math.type(ev.seq) == "integer" and ev.seq or nil, status,
+      math.type(ev.attempt) == "integer" and ev.attempt or nil, err,
+      status == "running" and t or nil, (status == "done" or status == "dead") and t or nil)
+    local c = jobrec.counts
+    c[status] = (c[status] or 0) + 1
+  end
+end
+
+local Memo = {}
+Memo.__index = Memo
+Memo.__name = "sluice.store.memo"
+
+-- memo:get(stage, item_id) -> outputs | nil. Waits for a read only when the item may have been
+-- stored by an earlier run of the job.
+function Memo:get(stage, id)
+  local key = item_key(stage, id)
+  local v = self.cache[key]
+  if v ~= nil then return v end
+  if not self.stored[key] then return nil end
+  local rows, err = self.store:query(
+    "SELECT result FROM items WHERE job = ? AND stage = ? AND id = ? AND result IS NOT NULL",
+    { self.job_id, tostring(stage), tostring(id) })
+  if not rows then error(err, 0) end
+  if not rows[1] then return nil end
+  local out, derr = M.deserialize(rows[1].result)
+  if out == nil then
+    io.stderr:write(string.format("sluice: stored result of %s/%s is unreadable (%s); running it again\n",
+      tostring(stage), tostring(id), tostring(derr)))
+    return nil
+  end
+  self.hits = self.hits + 1
+  return out
+end
+
+-- memo:put(stage, item_id, outputs): stores the item's outputs (written with the next batch).
+-- Returns true, or nil and a message when the outputs cannot be stored (they are not then
+-- remembered, and the item runs again on resume).
+function Memo:put(stage, id, outputs)
+  local text, err = M.serialize(outputs)
+  if not text then
+    local msg = string.format("store: cannot store the result of %s/%s: %s", tostring(stage),
+      tostring(id), err)
+    if not self.warned then
+      self.warned = true
+      io.stderr:write("sluice: " .. msg .. "\n")
+    end
+    return nil, msg
+  end
+  self.cache[item_key(stage, id)] = outputs
+  self.store:write(PUT_ITEM, self.job_id, tostring(stage), tostring(id), text, now())
+  return true
+end
+
+-- Which (stage, id) pairs an earlier run stored, so that memo:get of a fresh item costs no
+-- read.
+local function load_stored_keys(self, job_id)
+  local rows, err = query(self.db, "SELECT stage, id FROM items WHERE job = ? AND result IS NOT NULL",
+    { job_id })
+  if not rows then error(err, 0) end
+  local set = {}
+  for _, r in ipairs(rows) do set[item_key(r.stage, r.id)] = true end
+  return set, #rows
+end
+
+local function encode_field(v)
+  if v == nil then return nil end
+  return M.to_json(v)
+end
+
+-- store:attach(job): records the job, subscribes to job.bus and sets job.memo.
+function Store:attach(job)
+  if not self.db then error("attempt to use a closed store", 2) end
+  if type(job) ~= "table" or job.id == nil then
+    error("bad argument #1 to 'attach' (job with an id expected)", 2)
+  end
+  local id = tostring(job.id)
+  local rows = query(self.db, "SELECT runs FROM jobs WHERE id = ?", { id }) or {}
+  local run = ((rows[1] and rows[1].runs) or 0) + 1
+  local stored, nstored = load_stored_keys(self, id)
+  local t = now()
+  self:write([[INSERT INTO jobs (id, pipeline, script, inputs, config, out, status, created, runs)
+    VALUES (?, ?, ?, ?, ?, ?, 'running', ?, 0) ON CONFLICT (id) DO NOTHING]],
+    id, str_or_nil(job.pipeline_name), str_or_nil(job.script_path or job.script),
+    encode_field(job.inputs), encode_field(job.config), str_or_nil(job.out_dir or job.out), t)
+  self:write([[UPDATE jobs SET status = 'running', started = ?, finished = NULL, runs = ?,
+    pipeline = coalesce(?, pipeline), script = coalesce(?, script), inputs = coalesce(?, inputs),
+    config = coalesce(?, config), out = coalesce(?, out), error = NULL WHERE id = ?]],
+    t, run, str_or_nil(job.pipeline_name), str_or_nil(job.script_path or job.script),
+    encode_field(job.inputs), encode_field(job.config), str_or_nil(job.out_dir or job.out), id)
+  -- A dead item gets its chance again on this run: clear its old failure count.
+  local rec = { id = id, run = run, counts = {}, resumed = nstored }
+  self.attached[job] = rec
+  job.memo = setmetatable({ store = self, job_id = id, cache = {}, stored = stored, hits = 0 }, Memo)
+  job.store = self
+  job.store_run = run
+  if job.bus then
+    local off = job.bus:on(function(ev) self:record(rec, ev) end)
+    rec.off = off
+  end
+  return rec
+end
+
+-- store:detach(job[, status]): stops listening, flushes, and marks the job's status: the one
+-- given, else job.status, else "failed" when items were dead-lettered, else "done".
+function Store:detach(job, status)
+  local rec = self.attached[job]
+  if not rec then return nil, "job is not attached" end
+  self.attached[job] = nil
+  if type(rec.off) == "function" then
+    pcall(rec.off)
+  elseif job.bus and job.bus.off then
+    pcall(job.bus.off, job.bus, rec.off)
+  end
+  if status == nil then
+    status = type(job.status) == "string" and job.status or nil
+    if status == nil or status == "running" then
+      status = (rec.counts.dead or 0) > 0 and "failed" or "done"
+    end
+  end
+  self:write("UPDATE jobs SET status = ?, finished = ? WHERE id = ?", status, now(), rec.id)
+  return self:flush()
+end
+
+-- Reading --------------------------------------------------------------------------------------
+
+-- store:jobs() -> list of job rows, newest first.
+function Store:jobs()
+  return self:query([[SELECT id, pipeline, script, status, created, started, finished, runs, out,
+    (SELECT count(*) FROM items i WHERE i.job = jobs.id AND i.status = 'done') AS done,
+    (SELECT count(*) FROM items i WHERE i.job = jobs.id AND i.status = 'dead') AS dead
+    FROM jobs ORDER BY coalesce(started, created) DESC]], {})
+end
+
+-- store:job(id) -> {job=row, stages={ {stage=, done=, dead=, ...}, ... }, failures={...}} | nil
+function Store:job(id)
+  local rows, err = self:query("SELECT * FROM jobs WHERE id = ?", { tostring(id) })
+  if not rows then return nil, err end
+  if not rows[1] then return nil, "no job '" .. tostring(id) .. "' in " .. self.path end
+  local job = rows[1]
+  local counts = self:query([[SELECT stage, status, count(*) AS n, min(t_start) AS first,
+    max(t_end) AS last FROM items WHERE job = ? GROUP BY stage, status ORDER BY stage]],
+    { job.id }) or {}
+  local stages, order = {}, {}
+  for _, r in ipairs(counts) do
+    local s = stages[r.stage]
+    if not s then
+      s = { stage = r.stage, done = 0, dead = 0, failed = 0, running = 0 }
+      stages[r.stage] = s
+      order[#order + 1] = s
+    end
+    s[r.status or "unknown"] = (s[r.status or "unknown"] or 0) + r.n
+  end
+  local failures = self:query([[SELECT stage, id, key, seq, status, attempt, error FROM items
+    WHERE job = ? AND status IN ('dead', 'failed') ORDER BY stage, key, seq, id]], { job.id }) or {}
+  return { job = job, stages = order, failures = failures }
+end
+
+-- store:events(job_id, after_n[, run]) -> rows of the job's latest (or given) run with n > after_n
+function Store:events(job_id, after_n, run, limit)
+  if not run then
+    local r = self:query("SELECT max(run) AS run FROM events WHERE job = ?", { tostring(job_id) })
+    run = r and r[1] and r[1].run or 0
+  end
+  return self:query([[SELECT n, json FROM events WHERE job = ? AND run = ? AND n > ?
+    ORDER BY n LIMIT ?]], { tostring(job_id), run, after_n or 0, limit or 100000 }), run
+end
+
+return M

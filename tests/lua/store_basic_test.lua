@@ -1,0 +1,153 @@
+-- The job store: SQLite round trips on the pool, memo get/put across "runs", item rows from
+-- bus events, batching, errors.
+local sl = require "sluice"
+local T = require "sluice.test"
+local S = require "sluice.store"
+local cstore = require "sluice.core.store"
+
+local tmp = os.getenv("SLUICE_BUILD_DIR") or "/tmp"
+local function fresh_db(name)
+  local path = string.format("%s/store_test_%s_%d.db", tmp, name, math.random(1, 1e9))
+  os.remove(path)
+  os.remove(path .. "-wal")
+  os.remove(path .. "-shm")
+  return path
+end
+
+-- A stand-in for the graph's event bus: on(fn) subscribes and returns an unsubscribe
+-- function; emit numbers events like the real bus (n = 1, 2, ...).
+local function fake_bus()
+  local bus = { subs = {}, n = 0 }
+  function bus:on(fn)
+    self.subs[#self.subs + 1] = fn
+    return function()
+      for i, f in ipairs(self.subs) do if f == fn then table.remove(self.subs, i) end end
+    end
+  end
+  function bus:emit(ev)
+    self.n = self.n + 1
+    ev.n = self.n
+    ev.t = ev.t or sl.time()
+    for _, f in ipairs(self.subs) do f(ev) end
+  end
+  return bus
+end
+
+local function fake_job(id)
+  return { id = id, pipeline_name = "fake", inputs = { "a.mp4" }, config = { x = 1 },
+    script_path = "pipelines/fake.lua", bus = fake_bus() }
+end
+
+T.case("serialize round-trips data exactly and refuses functions", function()
+  local v = { { data = "bytes\0\255\n\"", key = "k", seq = 3, t0 = 0.1, t1 = 1 / 3 },
+    { data = { nested = { 1, 2.5, true, "x" }, [10] = "sparse" }, key = "k", seq = 4 } }
+  local text = T.ok(S.serialize(v))
+  local back = T.ok(S.deserialize(text))
+  T.same(back, v)
+  T.eq(math.type(back[1].seq), "integer")
+  T.eq(back[1].t1, 1 / 3)
+  local r, err = S.serialize({ f = print })
+  T.eq(r, nil)
+  T.ok(err:find("cannot store a function", 1, true), err)
+  T.eq(S.deserialize("os.exit(1)"), nil) -- no globals in the loading environment
+end)
+
+T.case("batch and query run on the pool and round-trip values", function()
+  local db = T.ok(cstore.open(fresh_db("rt")))
+  T.ok(db:exec_sync("CREATE TABLE t (a, b, c)"))
+  local ok, n = sl.await("batch", function(done)
+    return db:batch({ { "INSERT INTO t VALUES (?, ?, ?)", 1, 2.5, "x\0y" },
+      { "INSERT INTO t VALUES (?, ?, ?)", 2, cstore.NULL, true } }, done)
+  end)
+  T.eq(ok, true)
+  T.eq(n, 2)
+  local rows = sl.await("q", function(done) return db:query("SELECT * FROM t ORDER BY a", {}, done) end)
+  T.eq(#rows, 2)
+  T.eq(rows[1].a, 1)
+  T.eq(rows[1].b, 2.5)
+  T.eq(rows[1].c, "x\0y")
+  T.eq(rows[2].b, nil)
+  T.eq(rows[2].c, 1)
+  -- a failing statement rolls the whole transaction back and says why
+  local r, err = sl.await("batch", function(done)
+    return db:batch({ { "INSERT INTO t VALUES (9, 9, 9)" }, { "INSERT INTO nope VALUES (1)" } }, done)
+  end)
+  T.eq(r, nil)
+  T.ok(err:find("no such table: nope", 1, true), err)
+  rows = db:query_sync("SELECT count(*) AS n FROM t")
+  T.eq(rows[1].n, 2)
+  T.raises(function() db:batch({ { "SELECT ?", {} } }, function() end) end, "bad SQL parameter")
+  T.raises(function() db:query("SELECT ?", { print }, function() end) end, "bad SQL parameter")
+  db:close()
+  T.raises(function() db:query_sync("SELECT 1") end, "attempt to use a closed store database")
+end)
+
+T.case("open reports a path it cannot use", function()
+  local s, err = S.open("/nonexistent-dir/x/y.db")
+  T.eq(s, nil)
+  T.ok(err:find("/nonexistent-dir/x/y.db", 1, true), err)
+end)
+
+T.case("attach records the job, events and items; memo survives a new store", function()
+  local path = fresh_db("memo")
+  local store = T.ok(S.open(path))
+  local job = fake_job("job-1")
+  store:attach(job)
+  T.ok(job.memo)
+  T.eq(job.memo:get("stt", "a#1"), nil)
+  job.bus:emit { job = "job-1", stage = "stt", event = "start", id = "a#1", key = "a", seq = 1 }
+  local outs = { { data = "hello", key = "a", seq = 1, t0 = 0, t1 = 5 } }
+  T.ok(job.memo:put("stt", "a#1", outs))
+  job.bus:emit { job = "job-1", stage = "stt", event = "done", id = "a#1", key = "a", seq = 1,
+    result = "hello" }
+  job.bus:emit { job = "job-1", stage = "stt", event = "start", id = "a#2", key = "a", seq = 2 }
+  job.bus:emit { job = "job-1", stage = "stt", event = "dead", id = "a#2", key = "a", seq = 2,
+    error = "provider said 500", attempt = 3 }
+  T.same(job.memo:get("stt", "a#1"), outs) -- from this run's cache
+  T.ok(store:detach(job))
+  local info = T.ok(store:job("job-1"))
+  T.eq(info.job.status, "failed")
+  T.eq(info.job.pipeline, "fake")
+  T.eq(info.job.script, "pipelines/fake.lua")
+  T.eq(info.stages[1].stage, "stt")
+  T.eq(info.stages[1].done, 1)
+  T.eq(info.stages[1].dead, 1)
+  T.eq(info.failures[1].id, "a#2")
+  T.eq(info.failures[1].error, "provider said 500")
+  local evs = store:events("job-1", 0)
+  T.eq(#evs, 4)
+  T.eq(evs[4].n, 4)
+  store:close()
+
+  -- a second run of the same job id sees the stored result and not the dead one
+  local store2 = T.ok(S.open(path))
+  local job2 = fake_job("job-1")
+  local rec = store2:attach(job2)
+  T.eq(rec.run, 2)
+  T.same(job2.memo:get("stt", "a#1"), outs)
+  T.eq(job2.memo:get("stt", "a#2"), nil)
+  T.eq(job2.memo.hits, 1)
+  T.ok(store2:detach(job2, "done"))
+  local list = store2:jobs()
+  T.eq(#list, 1)
+  T.eq(list[1].runs, 2)
+  T.eq(list[1].status, "done")
+  store2:close()
+end)
+
+T.case("many writes are batched into few transactions", function()
+  local store = T.ok(S.open(fresh_db("batch")))
+  local job = fake_job("job-b")
+  store:attach(job)
+  for i = 1, 5000 do
+    job.bus:emit { stage = "s", event = "done", id = "i" .. i, key = "k", seq = i }
+  end
+  T.ok(store:flush())
+  T.ok(store.batches < 50, "batches: " .. store.batches)
+  local rows = store:query("SELECT count(*) AS n FROM items WHERE job = 'job-b'", {})
+  T.eq(rows[1].n, 5000)
+  store:detach(job)
+  store:close()
+end)
+
+return T.run()
