@@ -1,0 +1,214 @@
+-- sluice jobs: the jobs recorded in a job store.
+--
+--   sluice jobs [--store PATH]              list jobs, newest first
+--   sluice jobs show ID [--store PATH]      per-stage state and failures of one job
+--   sluice jobs retry ID [--store PATH]     run the job again: stored items are not redone,
+--                                           so only dead-lettered (and unfinished) items run
+local S = require "sluice.store"
+local cjson = require "cjson"
+
+local M = {}
+
+M.USAGE = [[
+usage: sluice jobs [--store PATH]
+       sluice jobs show ID [--store PATH]
+       sluice jobs retry ID [--store PATH]
+
+The store defaults to $SLUICE_STORE, else out/sluice.db (a pipeline run keeps it in its
+output folder: OUT/sluice.db). `retry` runs the job's pipeline script again with the inputs,
+output folder and settings recorded when it first ran, under the same job id: items whose
+result is stored are not redone, so only the dead-lettered ones (and any left unfinished by
+a crash) run.]]
+
+local function fmt_time(t)
+  if type(t) ~= "number" then return "-" end
+  return os.date("%Y-%m-%d %H:%M:%S", math.floor(t))
+end
+
+local function parse(args)
+  local o = { pos = {} }
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "--store" then
+      o.store = args[i + 1]
+      i = i + 2
+    elseif a:match("^%-%-store=") then
+      o.store = a:sub(9)
+      i = i + 1
+    elseif a == "-h" or a == "--help" then
+      o.help = true
+      i = i + 1
+    else
+      o.pos[#o.pos + 1] = a
+      i = i + 1
+    end
+  end
+  o.store = o.store or os.getenv("SLUICE_STORE") or "out/sluice.db"
+  return o
+end
+
+local function open_store(path, cli)
+  local f = io.open(path, "r")
+  if not f then
+    cli.eprint("sluice jobs: no job store at '" .. path .. "' (use --store PATH)")
+    return nil
+  end
+  f:close()
+  local store, err = S.open(path)
+  if not store then cli.eprint("sluice jobs: " .. tostring(err)) end
+  return store
+end
+
+local function list(store)
+  local jobs = assert(store:jobs())
+  if #jobs == 0 then
+    print("no jobs in " .. store.path)
+    return 0
+  end
+  print(string.format("%-24s %-14s %-12s %6s %6s %5s  %s", "JOB", "PIPELINE", "STATUS", "DONE", "DEAD",
+    "RUNS", "STARTED"))
+  for _, j in ipairs(jobs) do
+    print(string.format("%-24s %-14s %-12s %6d %6d %5d  %s", j.id, j.pipeline or "-", j.status or "-",
+      j.done or 0, j.dead or 0, j.runs or 0, fmt_time(j.started or j.created)))
+  end
+  return 0
+end
+
+local function show(store, id, cli)
+  local info, err = store:job(id)
+  if not info then
+    cli.eprint("sluice jobs: " .. tostring(err))
+    return 2
+  end
+  local j = info.job
+  print("job       " .. j.id)
+  print("pipeline  " .. tostring(j.pipeline or "-") .. "  (" .. tostring(j.script or "no script recorded") .. ")")
+  print("status    " .. tostring(j.status) .. "   runs " .. tostring(j.runs))
+  print("started   " .. fmt_time(j.started) .. "   finished " .. fmt_time(j.finished))
+  if j.inputs then print("inputs    " .. j.inputs) end
+  if j.config then print("config    " .. j.config) end
+  if j.out then print("out       " .. j.out) end
+  print("")
+  print(string.format("%-16s %8s %8s %8s %8s", "STAGE", "DONE", "RUNNING", "RETRYING", "DEAD"))
+  for _, s in ipairs(info.stages) do
+    print(string.format("%-16s %8d %8d %8d %8d", s.stage, s.done or 0, s.running or 0, s.failed or 0,
+      s.dead or 0))
+  end
+  if #info.failures > 0 then
+    print("")
+    print("failures:")
+    for _, f in ipairs(info.failures) do
+      print(string.format("  %s %s (%s, attempt %s): %s", f.stage, f.id, f.status,
+        tostring(f.attempt or "?"), tostring(f.error or "?")))
+    end
+  end
+  return 0
+end
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function self_exe()
+  local env = os.getenv("SLUICE_BIN")
+  if env and env ~= "" then return env end
+  local f = io.open("/proc/self/stat")
+  local pid = f and f:read("l"):match("^(%d+)")
+  if f then f:close() end
+  local p = pid and io.popen("readlink /proc/" .. pid .. "/exe")
+  local exe = p and p:read("l")
+  if p then p:close() end
+  return exe or "sluice"
+end
+
+-- The argv that runs the job again, from its stored row.
+function M.retry_argv(j, store_path, exe)
+  if not j.script or j.script == "" then
+    return nil, "job '" .. j.id .. "' has no pipeline script recorded: run it again by hand with --job " .. j.id
+  end
+  local argv = { exe or "sluice", "run", j.script }
+  local ok, inputs = pcall(cjson.decode, j.inputs or "[]")
+  if ok and type(inputs) == "table" then
+    for _, v in ipairs(inputs) do argv[#argv + 1] = tostring(v) end
+  end
+  local okc, config = pcall(cjson.decode, j.config or "{}")
+  if okc and type(config) == "table" then
+    local keys = {}
+    for k, v in pairs(config) do
+      local t = type(v)
+      if type(k) == "string" and (t == "string" or t == "number" or t == "boolean") then keys[#keys + 1] = k end
+    end
+    table.sort(keys)
+    for _, k in ipairs(keys) do
+      argv[#argv + 1] = "--set"
+      argv[#argv + 1] = k .. "=" .. tostring(config[k])
+    end
+  end
+  if j.out and j.out ~= "" then
+    argv[#argv + 1] = "--out"
+    argv[#argv + 1] = j.out
+  end
+  argv[#argv + 1] = "--store"
+  argv[#argv + 1] = store_path
+  argv[#argv + 1] = "--job"
+  argv[#argv + 1] = j.id
+  return argv
+end
+
+local function retry(store, id, cli)
+  local info, err = store:job(id)
+  if not info then
+    cli.eprint("sluice jobs: " .. tostring(err))
+    return 2
+  end
+  local dead = 0
+  for _, s in ipairs(info.stages) do dead = dead + (s.dead or 0) end
+  local argv, aerr = M.retry_argv(info.job, store.path, self_exe())
+  if not argv then
+    cli.eprint("sluice jobs: " .. aerr)
+    return 2
+  end
+  store:close()
+  local parts = {}
+  for i, a in ipairs(argv) do parts[i] = shell_quote(a) end
+  io.stderr:write(string.format("sluice jobs: retrying %s (%d dead-lettered item%s): %s\n", id, dead,
+    dead == 1 and "" or "s", table.concat(argv, " ")))
+  io.stderr:flush()
+  io.stdout:flush()
+  -- The command does nothing else meanwhile: waiting for the child here blocks no other work.
+  local ok, how, code = os.execute(table.concat(parts, " "))
+  if how == "exit" then return code end
+  return ok and 0 or 2
+end
+
+function M.main(args, cli)
+  local o = parse(args)
+  if o.help then
+    print(M.USAGE)
+    return 0
+  end
+  local cmd = o.pos[1]
+  if cmd ~= nil and cmd ~= "show" and cmd ~= "retry" and cmd ~= "list" then
+    cli.eprint("sluice jobs: unknown subcommand '" .. cmd .. "'\n" .. M.USAGE)
+    return 2
+  end
+  if (cmd == "show" or cmd == "retry") and not o.pos[2] then
+    cli.eprint("sluice jobs " .. cmd .. ": missing job ID\n" .. M.USAGE)
+    return 2
+  end
+  local store = open_store(o.store, cli)
+  if not store then return 2 end
+  local code
+  if cmd == "show" then
+    code = show(store, o.pos[2], cli)
+  elseif cmd == "retry" then
+    code = retry(store, o.pos[2], cli)
+  else
+    code = list(store)
+  end
+  store:close()
+  return code
+end
+
+return M

@@ -1,0 +1,376 @@
+-- sluice.dashboard: the live web dashboard, served on the engine's own loop.
+--
+--   local dash = require("sluice.dashboard").start{addr="127.0.0.1:8750", token=nil,
+--                                                  job=job, store=store}
+--   print(dash.url) ... dash:close()
+--
+-- Routes (GET/HEAD; every one needs the token when one is set: "Authorization: Bearer T" or
+-- "?token=T"):
+--   /                 the page (web/index.html and its files)
+--   /api/jobs         jobs in the store (the live one first)
+--   /api/jobs/ID      one job: row, per-stage counts, failures, live stats and graph
+--   /api/events       Server-Sent Events: every bus event once, in order, id = event n;
+--                     resumes after Last-Event-ID (header, or ?last_event_id=N); ?job=ID
+--                     replays a stored job's latest run
+--   /files/PATH       files under the job's output folder (thumbnails)
+-- A non-loopback address needs a token. Paths with ".." segments are refused; files are
+-- resolved on a worker thread and must stay inside their folder.
+local sl = require "sluice"
+local core = require "sluice.core.core"
+local httpd = require "sluice.core.httpd"
+local cjson = require "cjson"
+local S = require "sluice.store"
+
+local M = {}
+M.DEFAULT_ADDR = "127.0.0.1:8750"
+M.RING = 20000          -- events kept in memory for Last-Event-ID resume
+M.STATS_INTERVAL = 0.5  -- seconds between live stats pushes
+M.PING_INTERVAL = 15
+
+local MIME = {
+  html = "text/html; charset=utf-8", js = "text/javascript; charset=utf-8",
+  css = "text/css; charset=utf-8", json = "application/json", png = "image/png",
+  jpg = "image/jpeg", jpeg = "image/jpeg", svg = "image/svg+xml", txt = "text/plain; charset=utf-8",
+  webp = "image/webp", ico = "image/x-icon", md = "text/plain; charset=utf-8",
+}
+
+-- parse_addr("host:port" | "host" | ":port" | "[v6]:port") -> host, port | nil, message
+function M.parse_addr(addr)
+  if addr == nil or addr == true or addr == "" then addr = M.DEFAULT_ADDR end
+  addr = tostring(addr)
+  local host, port
+  if addr:match("^%[") then
+    host, port = addr:match("^%[([^%]]+)%]:?(%d*)$")
+  elseif addr:match("^%d+$") then
+    port = addr
+  else
+    host, port = addr:match("^([^:]*):(%d+)$")
+    if not host then host = addr:match("^([^:]+)$") end
+  end
+  if host == nil and port == nil then return nil, "bad address '" .. addr .. "' (expected HOST:PORT)" end
+  if host == nil or host == "" or host == "localhost" then host = "127.0.0.1" end
+  port = tonumber(port ~= "" and port or nil) or 8750
+  if port > 65535 then return nil, "bad port in '" .. addr .. "'" end
+  return host, port
+end
+
+function M.is_loopback(host)
+  return host:match("^127%.%d+%.%d+%.%d+$") ~= nil or host == "::1"
+end
+
+local function url_decode(s)
+  return (s:gsub("+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function parse_query(q)
+  local t = {}
+  if not q then return t end
+  for part in q:gmatch("[^&]+") do
+    local k, v = part:match("^([^=]*)=?(.*)$")
+    t[url_decode(k)] = url_decode(v)
+  end
+  return t
+end
+
+-- Decodes a URL path and splits it into segments; refuses "..", NUL and backslashes.
+-- Returns the relative path ("a/b.png") or nil.
+function M.safe_relpath(path)
+  if path:find("%%2[fF]") or path:find("%%5[cC]") then return nil end -- encoded separators
+  local p = url_decode(path:gsub("+", "%%2B"))
+  if p:find("\0", 1, true) or p:find("\\", 1, true) then return nil end
+  local segs = {}
+  for seg in p:gmatch("[^/]+") do
+    if seg == ".." then return nil end
+    if seg ~= "." then segs[#segs + 1] = seg end
+  end
+  return table.concat(segs, "/")
+end
+
+local function const_eq(a, b)
+  if type(a) ~= "string" or #a ~= #b then return false end
+  local diff = 0
+  for i = 1, #a do diff = diff | (a:byte(i) ~ b:byte(i)) end
+  return diff == 0
+end
+
+local function json_response(req, status, value)
+  return req:respond(status, { ["Content-Type"] = "application/json",
+    ["Cache-Control"] = "no-store" }, S.to_json(value))
+end
+
+local function text_response(req, status, msg)
+  return req:respond(status, { ["Content-Type"] = "text/plain; charset=utf-8" }, msg .. "\n")
+end
+
+local function default_web_dir()
+  local share = core.share_dir or ((core.lua_dir or "lua") .. "/..")
+  return share .. "/web"
+end
+
+local Dash = {}
+Dash.__index = Dash
+Dash.__name = "sluice.dashboard"
+
+-- The stage graph of a live job, as {name=, from={...}} records, when the job exposes one.
+local function job_graph(job)
+  local out = {}
+  local stages = job and job.stages
+  if type(stages) ~= "table" then return out end
+  for name, st in pairs(stages) do
+    if type(name) == "string" then
+      local from = {}
+      if type(st) == "table" then
+        local f = rawget(st, "from") or (type(st.spec) == "table" and st.spec.from) or
+          rawget(st, "inputs") or (type(st.spec) == "table" and st.spec.inputs)
+        if type(f) == "string" then from = { f }
+        elseif type(f) == "table" then for _, x in ipairs(f) do from[#from + 1] = tostring(x) end end
+      end
+      out[#out + 1] = { name = name, from = from }
+    end
+  end
+  table.sort(out, function(a, b) return a.name < b.name end)
+  return out
+end
+
+local function live_stats(job)
+  if not job or type(job.stats) ~= "function" then return nil end
+  local ok, st = pcall(job.stats, job)
+  if ok then return st end
+  return nil
+end
+
+-- SSE ------------------------------------------------------------------------------------------
+
+local function sse_frame(n, json)
+  return "id: " .. n .. "\ndata: " .. json .. "\n\n"
+end
+
+local function client_send(self, c, n, json)
+  if c.dead or n <= c.last then return end
+  c.last = n
+  local ok = c.req:write(sse_frame(n, json))
+  if not ok then
+    c.dead = true
+    self.clients[c] = nil
+  end
+end
+
+-- Appends a bus event to the ring and sends it to every live client.
+function Dash:publish(ev)
+  local n = math.type(ev.n) == "integer" and ev.n or (self.last_n + 1)
+  if n <= self.last_n then n = self.last_n + 1 end -- keep ids strictly increasing
+  self.last_n = n
+  local json = ev._json or S.to_json(ev)
+  local ring = self.ring
+  ring.tail = ring.tail + 1
+  ring[ring.tail] = { n, json }
+  if ring.tail - ring.head + 1 > M.RING then
+    ring[ring.head] = nil
+    ring.head = ring.head + 1
+  end
+  self.events = self.events + 1
+  for c in pairs(self.clients) do
+    if c.backlog then
+      c.queue[#c.queue + 1] = { n, json }
+    else
+      client_send(self, c, n, json)
+    end
+  end
+end
+
+local function serve_events(self, req, info, q)
+  local last = tonumber(info.headers["last-event-id"] or q.last_event_id or "") or 0
+  last = math.floor(last)
+  local job_id = q.job
+  local live = self.job and (job_id == nil or job_id == tostring(self.job.id))
+  req:stream(200, { ["Content-Type"] = "text/event-stream", ["Cache-Control"] = "no-store",
+    ["X-Accel-Buffering"] = "no" })
+  local c = { req = req, last = last, backlog = true, queue = {} }
+  self.clients[c] = true
+  req:on_close(function()
+    c.dead = true
+    self.clients[c] = nil
+  end)
+  req:write("retry: 1000\n\n")
+  -- Events older than what the ring holds come from the store.
+  local ring = self.ring
+  local first_in_ring = ring[ring.head] and ring[ring.head][1] or (self.last_n + 1)
+  if self.store and (not live or last + 1 < first_in_ring) then
+    local id = job_id or (self.job and tostring(self.job.id))
+    if not id then
+      local jobs = self.store:jobs()
+      id = jobs and jobs[1] and jobs[1].id
+    end
+    if id then
+      local rows = self.store:events(id, last, live and self.store_run or nil)
+      for _, r in ipairs(rows or {}) do
+        if live and r.n >= first_in_ring then break end
+        client_send(self, c, r.n, r.json)
+        if c.dead then return end
+      end
+    end
+  end
+  if live then
+    for i = ring.head, ring.tail do
+      local e = ring[i]
+      client_send(self, c, e[1], e[2])
+      if c.dead then return end
+    end
+  end
+  c.backlog = false
+  for _, e in ipairs(c.queue) do client_send(self, c, e[1], e[2]) end
+  c.queue = nil
+end
+
+-- Request handling -------------------------------------------------------------------------
+
+local function serve_file(req, root, rel, info)
+  local data, err, code = sl.await("httpd.read_file", function(done)
+    return httpd.read_file(root, rel, done)
+  end)
+  if not data then
+    if code == "EACCES" then return text_response(req, 403, "forbidden") end
+    return text_response(req, 404, "not found: " .. tostring(info.path))
+  end
+  local ext = rel:match("%.([%w]+)$")
+  return req:respond(200, { ["Content-Type"] = MIME[ext and ext:lower() or ""] or "application/octet-stream",
+    ["Cache-Control"] = "no-cache", ["X-Content-Type-Options"] = "nosniff" }, data)
+end
+
+function Dash:api_job(req, id)
+  local info
+  if self.store then
+    info = self.store:job(id)
+  end
+  local live = self.job and tostring(self.job.id) == id
+  if not info and not live then return json_response(req, 404, { error = "no job '" .. id .. "'" }) end
+  info = info or { job = { id = id }, stages = {}, failures = {} }
+  if live then
+    info.live = true
+    info.graph = job_graph(self.job)
+    info.stats = live_stats(self.job)
+    info.last_event = self.last_n
+    info.pipeline = self.job.pipeline_name
+  end
+  return json_response(req, 200, info)
+end
+
+function Dash:route(req, info)
+  local q = parse_query(info.query)
+  if self.token then
+    local auth = info.headers.authorization
+    local given = q.token
+    if auth then given = auth:match("^[Bb]earer%s+(.+)$") end
+    if not const_eq(given, self.token) then
+      return req:respond(401, { ["Content-Type"] = "text/plain; charset=utf-8",
+        ["WWW-Authenticate"] = "Bearer" }, "a token is required\n")
+    end
+  end
+  if info.method ~= "GET" and info.method ~= "HEAD" then
+    return req:respond(405, { Allow = "GET, HEAD" }, "method not allowed\n")
+  end
+  local rel = M.safe_relpath(info.path)
+  if not rel then return text_response(req, 400, "bad path") end
+  self.requests = self.requests + 1
+  if rel == "api/events" then
+    return serve_events(self, req, info, q)
+  elseif rel == "api/jobs" then
+    local jobs = self.store and self.store:jobs() or {}
+    if self.job then
+      for _, j in ipairs(jobs) do if j.id == tostring(self.job.id) then j.live = true end end
+    end
+    return json_response(req, 200, { jobs = jobs, live = self.job and tostring(self.job.id) or nil })
+  elseif rel:match("^api/jobs/") then
+    return self:api_job(req, rel:sub(10))
+  elseif rel == "api/stats" then
+    return json_response(req, 200, { stats = live_stats(self.job), last_event = self.last_n })
+  elseif rel:match("^files/") then
+    if not self.files_dir then return text_response(req, 404, "no output folder") end
+    return serve_file(req, self.files_dir, rel:sub(7), info)
+  elseif rel:match("^api/") then
+    return json_response(req, 404, { error = "no such endpoint" })
+  end
+  if rel == "" then rel = "index.html" end
+  return serve_file(req, self.web_dir, rel, info)
+end
+
+-- start{addr=, token=, job=, store=, web_dir=, files_dir=} -> dashboard | nil, message
+function M.start(opts)
+  opts = opts or {}
+  local host, port = M.parse_addr(opts.addr)
+  if not host then return nil, port end
+  local token = opts.token
+  if token == "" then token = nil end
+  if not M.is_loopback(host) and not token then
+    return nil, "dashboard: listening on " .. host .. " (not loopback) needs --token"
+  end
+  local job = opts.job
+  local self = setmetatable({
+    job = job, store = opts.store, token = token, web_dir = opts.web_dir or default_web_dir(),
+    files_dir = opts.files_dir or (job and (job.out_dir or job.out)) or nil,
+    clients = {}, ring = { head = 1, tail = 0 }, last_n = 0, events = 0, requests = 0,
+  }, Dash)
+  if job and job.store_run then self.store_run = job.store_run end
+  local srv, err = httpd.listen {
+    host = host, port = port, max_header = opts.max_header or 16384, max_body = opts.max_body or 65536,
+    on_request = function(req, info)
+      local t = sl.spawn(function()
+        local ok, e = pcall(self.route, self, req, info)
+        if not ok then
+          io.stderr:write("sluice: dashboard: " .. tostring(e) .. "\n")
+          if not req:closed() then pcall(text_response, req, 500, "internal error") end
+        end
+      end)
+      t.name = "dashboard " .. info.method .. " " .. info.path
+      t.observed = true
+    end,
+  }
+  if not srv then return nil, "dashboard: " .. tostring(err) end
+  self.server = srv
+  local bhost, bport = srv:address()
+  self.host, self.port = bhost, bport
+  local shown = bhost:find(":", 1, true) and ("[" .. bhost .. "]") or bhost
+  self.url = string.format("http://%s:%d/", shown, bport)
+  if job and job.bus then
+    self.off = job.bus:on(function(ev) self:publish(ev) end)
+  end
+  -- live stats and keep-alive pings for open streams
+  self.timer = core.timer()
+  local since_ping = 0
+  self.timer:start(M.STATS_INTERVAL, M.STATS_INTERVAL, function()
+    if next(self.clients) == nil then return end
+    since_ping = since_ping + M.STATS_INTERVAL
+    local frame
+    local st = live_stats(self.job)
+    if st then frame = "event: stats\ndata: " .. S.to_json(st) .. "\n\n" end
+    if not frame and since_ping >= M.PING_INTERVAL then frame = ": ping\n\n" end
+    if frame then
+      since_ping = 0
+      for c in pairs(self.clients) do
+        if not c.backlog and not c.req:write(frame) then
+          c.dead = true
+          self.clients[c] = nil
+        end
+      end
+    end
+  end)
+  return self
+end
+
+-- dash:close(): ends open streams and stops listening.
+function Dash:close()
+  if not self.server then return end
+  if type(self.off) == "function" then pcall(self.off)
+  elseif self.job and self.job.bus and self.job.bus.off then pcall(self.job.bus.off, self.job.bus, self.off) end
+  self.timer:close()
+  for c in pairs(self.clients) do pcall(c.req.finish, c.req) end
+  self.clients = {}
+  self.server:close()
+  self.server = nil
+end
+
+function Dash:__tostring() return "sluice.dashboard (" .. tostring(self.url) .. ")" end
+
+M.url_decode = url_decode
+M.parse_query = parse_query
+return M
