@@ -250,6 +250,11 @@ static void on_timeout(uv_timer_t *t) {
   if (c->state == ST_READ) conn_close(c);
 }
 
+static void on_process_later(uv_timer_t *t) {
+  conn *c = t->data;
+  if (c->state == ST_READ) conn_process(c);
+}
+
 static void arm_idle_timer(conn *c) {
   if (c->closing) return;
   uv_timer_start(&c->timer, on_timeout, c->srv->idle_ms, 0);
@@ -481,7 +486,9 @@ static void conn_request_done(conn *c) {
     return;
   }
   c->state = ST_READ;
-  if (!c->dispatching) conn_process(c);
+  /* The next request is served from the loop, not from inside the Lua code answering this
+   * one: a zero timeout runs conn_process on the next iteration. */
+  uv_timer_start(&c->timer, on_process_later, 0, 0);
 }
 
 /* ---- accepting ------------------------------------------------------------------------------ */

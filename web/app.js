@@ -29,10 +29,10 @@ function resetJob() {
   state.failures = []; state.events = 0; state.lastN = 0;
 }
 
-const START = new Set(["start", "started", "begin"]);
-const DONE = new Set(["done", "finished", "ok"]);
-const RETRY = new Set(["retry", "failed", "fail", "error"]);
-const DEAD = new Set(["dead", "dead_letter", "deadletter", "dead-letter"]);
+const START = new Set(["item_start", "start"]);
+const DONE = new Set(["item_done", "done"]);
+const RETRY = new Set(["item_retry", "retry"]);
+const DEAD = new Set(["item_dead", "dead"]);
 
 function fileUrl(p) {
   if (typeof p !== "string") return null;
@@ -72,9 +72,8 @@ function onStats(st) {
   for (const [name, v] of Object.entries(stages)) {
     if (!v || typeof v !== "object") continue;
     const s = stage(name);
-    const q = v.queue ?? v.queued ?? v.depth ?? v.queue_depth;
-    if (typeof q === "number") s.queue = q;
-    if (typeof v.in_flight === "number") s.inflightStat = v.in_flight;
+    if (typeof v.queue === "number") s.queue = v.queue;
+    s.stat = v; // the engine's own counts win over the ones derived from events
   }
   scheduleRender();
 }
@@ -84,6 +83,14 @@ function scheduleRender() {
   if (renderPending) return;
   renderPending = true;
   requestAnimationFrame(() => { renderPending = false; render(); });
+}
+
+function counts(s) {
+  const st = s.stat;
+  const inflight = Math.max(0, s.started - s.done - s.dead);
+  if (!st) return { done: s.done, inflight, dead: s.dead, retried: s.retried };
+  return { done: Math.max(s.done, st.done ?? 0), inflight: st.in_flight ?? inflight,
+           dead: Math.max(s.dead, st.dead ?? 0), retried: Math.max(s.retried, st.retried ?? 0) };
 }
 
 function rate(s) {
@@ -139,12 +146,12 @@ function renderGraph(order) {
     }
   }
   for (const o of order) {
-    const p = pos.get(o.name), s = stage(o.name);
-    const inflight = Math.max(0, s.started - s.done - s.dead);
-    const cls = "node" + (inflight > 0 ? " active" : "") + (s.dead > 0 ? " hasdead" : "");
+    const p = pos.get(o.name), s = stage(o.name), c = counts(s);
+    const inflight = c.inflight;
+    const cls = "node" + (inflight > 0 ? " active" : "") + (c.dead > 0 ? " hasdead" : "");
     html += `<g class="${cls}" data-stage="${esc(o.name)}"><rect x="${p.x}" y="${p.y}" width="${bw}" height="${bh}"/>` +
       `<text class="name" x="${p.x + 8}" y="${p.y + 17}">${esc(o.name)}</text>` +
-      `<text x="${p.x + 8}" y="${p.y + 33}">done ${s.done}${s.dead ? " · dead " + s.dead : ""}</text>` +
+      `<text x="${p.x + 8}" y="${p.y + 33}">done ${c.done}${c.dead ? " · dead " + c.dead : ""}</text>` +
       `<text x="${p.x + 8}" y="${p.y + 49}">run ${inflight}${s.queue !== null ? " · q " + s.queue : ""} · ${rate(s).toFixed(1)}/s</text></g>`;
   }
   svg.innerHTML = html;
@@ -154,10 +161,9 @@ function render() {
   const order = stageOrder();
   renderGraph(order);
   const rows = order.map((o) => {
-    const s = stage(o.name);
-    const inflight = Math.max(0, s.started - s.done - s.dead);
-    return `<tr data-stage="${esc(o.name)}"><td>${esc(o.name)}</td><td class="done">${s.done}</td><td>${inflight}</td>` +
-      `<td>${s.queue ?? "–"}</td><td>${rate(s).toFixed(1)}</td><td>${s.retried}</td><td class="${s.dead ? "dead" : ""}">${s.dead}</td></tr>`;
+    const s = stage(o.name), c = counts(s);
+    return `<tr data-stage="${esc(o.name)}"><td>${esc(o.name)}</td><td class="done">${c.done}</td><td>${c.inflight}</td>` +
+      `<td>${s.queue ?? "–"}</td><td>${rate(s).toFixed(1)}</td><td>${c.retried}</td><td class="${c.dead ? "dead" : ""}">${c.dead}</td></tr>`;
   });
   $("stages").querySelector("tbody").innerHTML = rows.join("");
   $("event-count").textContent = `${state.events} events`;

@@ -120,8 +120,9 @@ local function job_graph(job)
     if type(name) == "string" then
       local from = {}
       if type(st) == "table" then
-        local f = rawget(st, "from") or (type(st.spec) == "table" and st.spec.from) or
-          rawget(st, "inputs") or (type(st.spec) == "table" and st.spec.inputs)
+        local inner = rawget(st, "_S") -- the graph's stage proxies hold the stage here
+        local src = type(inner) == "table" and inner or st
+        local f = rawget(src, "from") or rawget(src, "inputs")
         if type(f) == "string" then from = { f }
         elseif type(f) == "table" then for _, x in ipairs(f) do from[#from + 1] = tostring(x) end end
       end

@@ -271,10 +271,10 @@ local function item_key(stage, id) return stage .. "\0" .. tostring(id) end
 
 -- What each bus event means for the item's row. Events not listed only go to the event log.
 local ITEM_STATUS = {
-  start = "running", started = "running", begin = "running",
-  done = "done", finished = "done", ok = "done",
-  retry = "failed", failed = "failed", fail = "failed", error = "failed",
-  dead = "dead", dead_letter = "dead", deadletter = "dead", ["dead-letter"] = "dead",
+  item_start = "running", item_done = "done", item_retry = "failed", item_failed = "failed",
+  item_dead = "dead",
+  -- short names, for buses other than the graph's
+  start = "running", done = "done", retry = "failed", failed = "failed", dead = "dead",
 }
 M.ITEM_STATUS = ITEM_STATUS
 
@@ -382,6 +382,12 @@ local function encode_field(v)
   return M.to_json(v)
 end
 
+local function pipeline_name(job)
+  local n = job.pipeline_name or job.name
+  if type(n) == "string" then return n end
+  return nil
+end
+
 -- store:attach(job): records the job, subscribes to job.bus and sets job.memo.
 function Store:attach(job)
   if not self.db then error("attempt to use a closed store", 2) end
@@ -395,12 +401,12 @@ function Store:attach(job)
   local t = now()
   self:write([[INSERT INTO jobs (id, pipeline, script, inputs, config, out, status, created, runs)
     VALUES (?, ?, ?, ?, ?, ?, 'running', ?, 0) ON CONFLICT (id) DO NOTHING]],
-    id, str_or_nil(job.pipeline_name), str_or_nil(job.script_path or job.script),
+    id, pipeline_name(job), str_or_nil(job.script_path or job.script),
     encode_field(job.inputs), encode_field(job.config), str_or_nil(job.out_dir or job.out), t)
   self:write([[UPDATE jobs SET status = 'running', started = ?, finished = NULL, runs = ?,
     pipeline = coalesce(?, pipeline), script = coalesce(?, script), inputs = coalesce(?, inputs),
     config = coalesce(?, config), out = coalesce(?, out), error = NULL WHERE id = ?]],
-    t, run, str_or_nil(job.pipeline_name), str_or_nil(job.script_path or job.script),
+    t, run, pipeline_name(job), str_or_nil(job.script_path or job.script),
     encode_field(job.inputs), encode_field(job.config), str_or_nil(job.out_dir or job.out), id)
   -- A dead item gets its chance again on this run: clear its old failure count.
   local rec = { id = id, run = run, counts = {}, resumed = nstored }
@@ -427,9 +433,14 @@ function Store:detach(job, status)
     pcall(job.bus.off, job.bus, rec.off)
   end
   if status == nil then
-    status = type(job.status) == "string" and job.status or nil
-    if status == nil or status == "running" then
-      status = (rec.counts.dead or 0) > 0 and "failed" or "done"
+    local state = job.state or job.status
+    local dead = (rec.counts.dead or 0) > 0 or (type(job.dead) == "table" and #job.dead > 0)
+    if state == "stopped" or state == "cancelled" or state == "interrupted" then
+      status = "interrupted"
+    elseif state == "failed" or dead then
+      status = "failed"
+    else
+      status = "done"
     end
   end
   self:write("UPDATE jobs SET status = ?, finished = ? WHERE id = ?", status, now(), rec.id)

@@ -66,7 +66,7 @@ local calls = assert(io.open(out .. "/calls.txt", "a"))
 calls:setvbuf("line")
 
 local function run_stage(stage, id, key, seq, fn)
-  bus:emit { stage = stage, event = "start", id = id, key = key, seq = seq }
+  bus:emit { stage = stage, event = "item_start", id = id, key = key, seq = seq }
   local outs = job.memo:get(stage, id)
   if not outs then
     sl.sleep(delay)
@@ -75,7 +75,7 @@ local function run_stage(stage, id, key, seq, fn)
     job.memo:put(stage, id, outs)
   end
   counts[stage].done = counts[stage].done + 1
-  bus:emit { stage = stage, event = "done", id = id, key = key, seq = seq, result = outs[1].data }
+  bus:emit { stage = stage, event = "item_done", id = id, key = key, seq = seq, result = outs[1].data }
   return outs
 end
 

@@ -1,0 +1,100 @@
+# Kill -9 a run at several points and resume it with the same job id: no item whose result
+# was stored runs again, every other item runs exactly once more, and the final outputs equal
+# an uninterrupted run's. The pipeline stands in for the graph engine (tests/py/
+# store_fake_pipeline.lua) and records every real stage execution in OUT/calls.txt.
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+BIN = os.environ.get("SLUICE_BIN", "build/sluice")
+BUILD = os.environ.get("SLUICE_BUILD_DIR", "build")
+PIPE = "tests/py/store_fake_pipeline.lua"
+N = 30
+ALL = {(s, "lecture#%d" % i) for s in ("stt", "fusion") for i in range(1, N + 1)}
+
+
+def fresh(name):
+    d = os.path.join(BUILD, "test_resume", name)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    return d
+
+
+def run(out, *extra):
+    return subprocess.run([BIN, "run", PIPE, out, str(N), "--delay", "0.03", *extra],
+                          capture_output=True, text=True, timeout=60)
+
+
+def calls(out):
+    try:
+        with open(os.path.join(out, "calls.txt")) as f:
+            return [tuple(line.split()[:2]) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def stored(out):
+    db = sqlite3.connect(os.path.join(out, "sluice.db"))
+    rows = db.execute("SELECT stage, id FROM items WHERE job = 'job-1' AND result IS NOT NULL").fetchall()
+    db.close()
+    return set(rows)
+
+
+def main():
+    ref_out = fresh("reference")
+    r = run(ref_out)
+    assert r.returncode == 0, r.stderr
+    ref = open(os.path.join(ref_out, "result.txt")).read()
+    assert ref.count("\n") == N and "fused(text-7)" in ref, ref
+    assert sorted(calls(ref_out)) == sorted(ALL), "an uninterrupted run calls every item once"
+
+    for kill_at in (3, 17, 41):
+        out = fresh("kill%d" % kill_at)
+        p = subprocess.Popen([BIN, "run", PIPE, out, str(N), "--delay", "0.03"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 30
+        while len(calls(out)) < kill_at:
+            assert p.poll() is None, "the run ended before it could be killed: " + p.stderr.read()
+            assert time.time() < deadline, "the run made no progress"
+            time.sleep(0.002)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        assert p.returncode == -signal.SIGKILL
+        assert not os.path.exists(os.path.join(out, "result.txt"))
+        first = calls(out)
+        saved = stored(out)
+        # what was stored had really run, and the store kept something
+        assert saved <= set(first), (saved - set(first))
+        assert len(saved) > 0, "nothing stored after %d calls" % len(first)
+
+        r = run(out)  # resume: same job id (job-1), same store
+        assert r.returncode == 0, r.stderr
+        second = calls(out)[len(first):]
+        assert not (set(second) & saved), "stored items ran again: %s" % sorted(set(second) & saved)
+        assert len(second) == len(set(second)), "an item ran twice in the resumed run"
+        assert set(second) == ALL - saved, "resume must run exactly the items not stored"
+        got = open(os.path.join(out, "result.txt")).read()
+        assert got == ref, "resumed output differs from an uninterrupted run"
+        db = sqlite3.connect(os.path.join(out, "sluice.db"))
+        status, runs = db.execute("SELECT status, runs FROM jobs WHERE id = 'job-1'").fetchone()
+        db.close()
+        assert (status, runs) == ("done", 2), (status, runs)
+        print("ok   kill -9 after %d calls: %d stored, %d rerun, %d redone after storing: 0"
+              % (len(first), len(saved), len(second), len(set(second) & saved)))
+
+    # sluice jobs shows the job
+    r = subprocess.run([BIN, "jobs", "--store", os.path.join(out, "sluice.db")], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and "job-1" in r.stdout and "done" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([BIN, "jobs", "show", "job-1", "--store", os.path.join(out, "sluice.db")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "fusion" in r.stdout and "runs 2" in r.stdout, r.stdout + r.stderr
+    print("1 passed, 0 failed")
+
+
+if __name__ == "__main__":
+    main()
