@@ -83,7 +83,7 @@ def main():
         status, runs = db.execute("SELECT status, runs FROM jobs WHERE id = 'job-1'").fetchone()
         db.close()
         assert (status, runs) == ("done", 2), (status, runs)
-        print("ok   kill -9 after %d calls: %d stored, %d rerun, %d redone after storing: 0"
+        print("ok   kill -9 after %d calls: %d stored, %d run on resume, stored ones redone: %d"
               % (len(first), len(saved), len(second), len(set(second) & saved)))
 
     # sluice jobs shows the job

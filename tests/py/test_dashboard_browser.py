@@ -1,0 +1,139 @@
+# labels: slow
+# Headless Chromium loads the dashboard during a run (driven over the DevTools protocol with
+# aiohttp's websocket client), sees the per-stage counts rise and a fused segment appear, and
+# saves a screenshot to $SLUICE_BUILD_DIR/artifacts/dashboard.png.
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import aiohttp
+
+BIN = os.environ.get("SLUICE_BIN", "build/sluice")
+BUILD = os.environ.get("SLUICE_BUILD_DIR", "build")
+PIPE = "tests/py/store_fake_pipeline.lua"
+CHROMIUM = "/usr/bin/chromium"
+
+
+class CDP:
+    def __init__(self, ws):
+        self.ws, self.next_id = ws, 0
+
+    async def call(self, method, **params):
+        self.next_id += 1
+        my = self.next_id
+        await self.ws.send_json({"id": my, "method": method, "params": params})
+        while True:
+            msg = await self.ws.receive_json(timeout=30)
+            if msg.get("id") == my:
+                if "error" in msg:
+                    raise RuntimeError("%s: %s" % (method, msg["error"]))
+                return msg["result"]
+
+    async def eval(self, expr):
+        r = await self.call("Runtime.evaluate", expression=expr, returnByValue=True)
+        return r["result"].get("value")
+
+
+async def drive(start_run, shot):
+    profile = tempfile.mkdtemp(prefix="sluice-chromium-")
+    chrome = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                               "--no-first-run", "--disable-background-networking",
+                               "--disable-component-update", "--disable-sync",
+                               "--user-data-dir=" + profile, "--remote-debugging-port=0",
+                               "--window-size=1280,860", "about:blank"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        deadline = time.time() + 30
+        while port is None:
+            line = chrome.stderr.readline()
+            assert line or chrome.poll() is None, "chromium exited"
+            m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
+            if m:
+                port = int(m.group(1))
+            assert time.time() < deadline, "chromium did not start"
+        async with aiohttp.ClientSession() as http:
+            async with http.get("http://127.0.0.1:%d/json/list" % port) as r:
+                targets = await r.json()
+            page = next(t for t in targets if t["type"] == "page")
+            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                cdp = CDP(ws)
+                await cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=860,
+                               deviceScaleFactor=1, mobile=False)
+                await cdp.call("Page.enable")
+                url = start_run()  # the run starts once the browser is ready
+                await cdp.call("Page.navigate", url=url)
+                done_expr = ("(() => { const td = document.querySelector("
+                             "'#stages tr[data-stage=\"stt\"] td.done'); return td ? +td.textContent : null })()")
+                fused_expr = ("[...document.querySelectorAll('#results li.result[data-stage=\"fusion\"]')]"
+                              ".map(li => li.textContent)")
+                seen = []
+                fused = []
+                deadline = time.time() + 40
+                while time.time() < deadline:
+                    v = await cdp.eval(done_expr)
+                    if v is not None and (not seen or v != seen[-1]):
+                        seen.append(v)
+                    fused = await cdp.eval(fused_expr) or []
+                    if len(seen) >= 3 and fused and seen[-1] >= 20:
+                        break
+                    await asyncio.sleep(0.1)
+                assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] > seen[0], \
+                    "counts did not rise on the page: %s" % seen
+                assert any("fused(text-" in f for f in fused), "no fused segment on the page: %s" % fused
+                summary = await cdp.eval("document.getElementById('summary').textContent")
+                assert "segment 1 " in summary, summary
+                conn = await cdp.eval("document.getElementById('conn').textContent")
+                assert conn == "live", conn
+                await asyncio.sleep(0.3)
+                png = await cdp.call("Page.captureScreenshot", format="png")
+                with open(shot, "wb") as f:
+                    f.write(base64.b64decode(png["data"]))
+                return seen, len(fused)
+    finally:
+        chrome.terminate()
+        try:
+            chrome.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            chrome.kill()
+            chrome.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def main():
+    out = os.path.join(BUILD, "test_dashboard", "browser")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    arts = os.path.join(BUILD, "artifacts")
+    os.makedirs(arts, exist_ok=True)
+    shot = os.path.join(arts, "dashboard.png")
+    procs = []
+
+    def start_run():
+        p = subprocess.Popen([BIN, "run", PIPE, out, "40", "--delay", "0.2", "--serve", "127.0.0.1:0",
+                              "--hold", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        line = p.stdout.readline()
+        assert line.startswith("dashboard http://"), line + p.stderr.read()
+        return line.split()[1]
+
+    try:
+        seen, nfused = asyncio.run(drive(start_run, shot))
+        assert os.path.getsize(shot) > 10000
+        print("ok   page counts rose %s; %d fused segments shown; screenshot %s" % (seen[:6], nfused, shot))
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=20)
+    print("1 passed, 0 failed")
+
+
+if __name__ == "__main__":
+    main()
