@@ -39,7 +39,7 @@ class State:
             "concurrency": 0,
             "stream_delay": 0.02,
             "reply": None,
-            "record": True,
+            "record": not args.no_record,
         }
         self.reset()
 
@@ -616,6 +616,7 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--rpm", type=int, default=0)
+    ap.add_argument("--no-record", action="store_true", help="do not keep requests (benchmarks)")
     args = ap.parse_args()
     app = App(args)
 
