@@ -167,7 +167,7 @@ end)
 
 T.case("registry: unknown providers and roles are clear errors", function()
   T.raises(function() providers.get("stt", "nosuch") end,
-    "unknown provider 'nosuch' for role 'stt' (providers for stt: clova, openai)")
+    "unknown provider 'nosuch' for role 'stt' (providers for stt: clova, openai, sphinx)")
   T.raises(function() providers.get("stt", "gemini") end, "provider 'gemini' cannot do 'stt'")
   T.raises(function() providers.get("tts", "openai") end, "unknown provider role 'tts'")
   local p = providers.for_role("llm", { providers = { llm = "gemini" }, gemini = { model = "g-1" } })

@@ -25,7 +25,9 @@ local chttp = require "sluice.core.http"
 local M = {}
 
 M.ROLES = { stt = "speech to text", vlm = "image description", llm = "text generation" }
-M.KNOWN = { "openai", "gemini", "clova" }
+-- Provider modules that ship with sluice; modules already loaded under sluice.providers.*
+-- and those added with register() are listed too.
+M.KNOWN = { "openai", "gemini", "clova", "sphinx" }
 M.defaults = { stt = "openai", vlm = "openai", llm = "openai" }
 
 local extra = {} -- providers registered at run time (local models, ...)
@@ -52,11 +54,18 @@ function M.list(role)
   local names = {}
   for _, n in ipairs(M.KNOWN) do names[#names + 1] = n end
   for n in pairs(extra) do names[#names + 1] = n end
+  for modname in pairs(package.loaded) do
+    local n = type(modname) == "string" and modname:match("^sluice%.providers%.([%w_]+)$")
+    if n and n ~= "init" then names[#names + 1] = n end
+  end
   for _, n in ipairs(names) do
     if not seen[n] then
       seen[n] = true
-      local mod = load(n)
-      if mod and (role == nil or mod.roles[role]) then out[#out + 1] = n end
+      local okl, mod = pcall(load, n)
+      if okl and type(mod) == "table" and type(mod.roles) == "table" and type(mod.new) == "function"
+        and (role == nil or mod.roles[role]) then
+        out[#out + 1] = n
+      end
     end
   end
   table.sort(out)
@@ -66,7 +75,7 @@ end
 -- get(role, name, cfg) -> provider object. Raises a clear error for an unknown role or
 -- provider, or a provider without that role.
 function M.get(role, name, cfg)
-  if not M.ROLES[role] then
+  if type(role) ~= "string" or (not M.ROLES[role] and #M.list(role) == 0) then
     local roles = {}
     for r in pairs(M.ROLES) do roles[#roles + 1] = r end
     table.sort(roles)
