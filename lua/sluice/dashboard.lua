@@ -332,6 +332,9 @@ function M.start(opts)
   self.host, self.port = bhost, bport
   local shown = bhost:find(":", 1, true) and ("[" .. bhost .. "]") or bhost
   self.url = string.format("http://%s:%d/", shown, bport)
+  if not opts.quiet then
+    io.stderr:write("sluice: dashboard at " .. self.url .. (token and " (token required)" or "") .. "\n")
+  end
   if job and job.bus then
     self.off = job.bus:on(function(ev) self:publish(ev) end)
   end

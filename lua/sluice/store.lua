@@ -382,6 +382,28 @@ local function encode_field(v)
   return M.to_json(v)
 end
 
+-- The job's settings without secrets (API keys come from the environment and never reach
+-- the store).
+local function safe_config(cfg)
+  if type(cfg) ~= "table" then return cfg end
+  local ok, config = pcall(require, "sluice.config")
+  if ok and type(config) == "table" and config.redact then
+    local ok2, r = pcall(config.redact, cfg)
+    if ok2 then return r end
+  end
+  return cfg
+end
+
+-- The path of the pipeline script, for `sluice jobs retry`: the job's own, else the script
+-- `sluice run` is running.
+local function script_path(job)
+  local p = job.script_path or job.script
+  if type(p) == "string" then return p end
+  local a = rawget(_G, "arg")
+  if type(a) == "table" and type(a[0]) == "string" and a[0]:match("%.lua$") then return a[0] end
+  return nil
+end
+
 local function pipeline_name(job)
   local n = job.pipeline_name or job.name
   if type(n) == "string" then return n end
@@ -401,13 +423,13 @@ function Store:attach(job)
   local t = now()
   self:write([[INSERT INTO jobs (id, pipeline, script, inputs, config, out, status, created, runs)
     VALUES (?, ?, ?, ?, ?, ?, 'running', ?, 0) ON CONFLICT (id) DO NOTHING]],
-    id, pipeline_name(job), str_or_nil(job.script_path or job.script),
-    encode_field(job.inputs), encode_field(job.config), str_or_nil(job.out_dir or job.out), t)
+    id, pipeline_name(job), script_path(job),
+    encode_field(job.inputs), encode_field(safe_config(job.config)), str_or_nil(job.out_dir or job.out), t)
   self:write([[UPDATE jobs SET status = 'running', started = ?, finished = NULL, runs = ?,
     pipeline = coalesce(?, pipeline), script = coalesce(?, script), inputs = coalesce(?, inputs),
     config = coalesce(?, config), out = coalesce(?, out), error = NULL WHERE id = ?]],
-    t, run, pipeline_name(job), str_or_nil(job.script_path or job.script),
-    encode_field(job.inputs), encode_field(job.config), str_or_nil(job.out_dir or job.out), id)
+    t, run, pipeline_name(job), script_path(job),
+    encode_field(job.inputs), encode_field(safe_config(job.config)), str_or_nil(job.out_dir or job.out), id)
   -- A dead item gets its chance again on this run: clear its old failure count.
   local rec = { id = id, run = run, counts = {}, resumed = nstored }
   self.attached[job] = rec

@@ -132,17 +132,27 @@ function M.retry_argv(j, store_path, exe)
   if ok and type(inputs) == "table" then
     for _, v in ipairs(inputs) do argv[#argv + 1] = tostring(v) end
   end
+  -- Every scalar setting, as dotted --set keys; redacted secrets come from the environment
+  -- again.
   local okc, config = pcall(cjson.decode, j.config or "{}")
   if okc and type(config) == "table" then
-    local keys = {}
-    for k, v in pairs(config) do
-      local t = type(v)
-      if type(k) == "string" and (t == "string" or t == "number" or t == "boolean") then keys[#keys + 1] = k end
+    local sets = {}
+    local function walk(t, prefix)
+      for k, v in pairs(t) do
+        local key = prefix .. tostring(k)
+        local ty = type(v)
+        if ty == "table" and #v == 0 and next(v) ~= nil then
+          walk(v, key .. ".")
+        elseif (ty == "string" and v ~= "<redacted>") or ty == "number" or ty == "boolean" then
+          sets[#sets + 1] = key .. "=" .. tostring(v)
+        end
+      end
     end
-    table.sort(keys)
-    for _, k in ipairs(keys) do
+    walk(config, "")
+    table.sort(sets)
+    for _, kv in ipairs(sets) do
       argv[#argv + 1] = "--set"
-      argv[#argv + 1] = k .. "=" .. tostring(config[k])
+      argv[#argv + 1] = kv
     end
   end
   if j.out and j.out ~= "" then
