@@ -37,7 +37,7 @@
 /* ...and pauses while more than this much waits to be written. */
 #define FILE_PENDING_MAX (8 * 1024 * 1024)
 /* Easy handles kept for reuse. */
-#define EASY_CACHE 64
+#define EASY_CACHE 128
 
 typedef struct buf {
   char *data;
@@ -841,6 +841,8 @@ static int request_cancel(lua_State *L) {
   if (!t) return 0;
   release_refs(L, t);
   t->cancelled = 1;
+  /* A download keeps every byte received so far: a later request can resume from it. */
+  if (t->body_mode == 2 && t->chunk.len && !t->write_error) flush_file(t);
   detach(t);
   maybe_free(t);
   return 0;

@@ -155,6 +155,38 @@ T.case("download streams to a file, reports progress and resumes with Range", fu
   T.eq(code, "ENOENT", msg)
 end)
 
+T.case("a cancelled download keeps what it wrote; resuming completes it", function()
+  local path = os.tmpname()
+  local got = 0
+  local task = sl.spawn(function()
+    return http.download(srv.url .. "/bytes/3000000?chunk=100000&delay=0.02", path,
+      { resume = false, progress = function(n) got = n end })
+  end)
+  while got < 600000 do sl.sleep(0.01) end
+  task:cancel()
+  T.ok(not pcall(task.wait, task))
+  -- the transfer lives on only until the file writes already queued have finished
+  for _ = 1, 500 do
+    if http.stats().transfers == 0 then break end
+    sl.sleep(0.01)
+  end
+  T.eq(http.stats().transfers, 0)
+  local f = io.open(path, "rb")
+  local partial = #f:read("a")
+  f:close()
+  T.ok(partial >= got and partial < 3000000, "partial file " .. partial .. ", progress " .. got)
+  local r = T.ok(http.download(srv.url .. "/bytes/3000000", path))
+  T.eq(r.status, 206)
+  T.eq(r.bytes, 3000000 - partial)
+  f = io.open(path, "rb")
+  local data = f:read("a")
+  f:close()
+  T.eq(#data, 3000000)
+  local ref = T.ok(http.get(srv.url .. "/bytes/3000000"))
+  T.ok(ref.body == data, "resumed file is byte-identical")
+  os.remove(path)
+end)
+
 T.case("cancelling the task aborts the transfer; the server sees the connection close", function()
   srv:reset()
   local task = sl.spawn(function()
