@@ -21,6 +21,7 @@ local sched = require "sluice.sched"
 local events = require "sluice.events"
 
 local now = core.now
+local Env
 local need_task, begin_wait, suspend, wake = sched.need_task, sched.begin_wait, sched.suspend,
   sched.wake
 local Cancelled = sched.Cancelled
@@ -544,6 +545,36 @@ Job.__name = "sluice.job"
 local Ctx = {}
 Ctx.__index = Ctx
 
+-- Envelopes. `id` is the hash of the item's path (source/identity/stage/k/...), `parent` the
+-- hash of its parent's path (the path minus its last "/stage/k", or `_ppath` when the path was
+-- shortened to a hash); both are computed on first read. `job` and `stage` come from the
+-- metatable (one per job and stage), so an envelope only stores what varies.
+local function env_mt(job_id, stage, is_source)
+  return {
+    __name = "sluice.item",
+    __index = function(e, k)
+      if k == "id" then
+        local id = hash(rawget(e, "_path"))
+        rawset(e, "id", id)
+        return id
+      elseif k == "job" then
+        return job_id
+      elseif k == "stage" then
+        return stage
+      elseif k == "parent" and not is_source then
+        local pp = rawget(e, "_ppath") or rawget(e, "_path"):match("^(.*)/[^/]*/[^/]*$")
+        if pp then
+          local id = hash(pp)
+          rawset(e, "parent", id)
+          return id
+        end
+      end
+      return nil
+    end,
+  }
+end
+Env = env_mt
+
 local function job_event(job, ev)
   ev.job = job.id
   job.bus:emit(ev)
@@ -575,7 +606,7 @@ end
 -- Delivery of one envelope into stage C from producer node P (may wait: backpressure).
 local function deliver_to(C, env, P, u)
   local k = env.key
-  local ks = key_state(C, k)
+  local ks = C.keys[k] or key_state(C, k)
   if C.collect then
     local g
     if C.collect == "all" then g = C.all_group else
@@ -611,14 +642,18 @@ local function deliver_to(C, env, P, u)
       error(err, 0)
     end
   end
-  dpush(q, env)
+  local tl = q.tail + 1
+  q.tail = tl
+  q[tl] = env
+  q.n = q.n + 1
   C.n_in = C.n_in + 1
-  qc:signal()
+  if qc.tail >= qc.head then qc:signal() end
 end
 
 local function copy_env(e)
-  return { job = e.job, id = e.id, key = e.key, seq = e.seq, t0 = e.t0, t1 = e.t1, data = e.data,
-    parent = e.parent, stage = e.stage }
+  return setmetatable({ id = rawget(e, "id"), key = e.key, seq = e.seq, t0 = e.t0, t1 = e.t1,
+    data = e.data, parent = rawget(e, "parent"), attempt = 1, _path = e._path,
+    _ppath = rawget(e, "_ppath") }, getmetatable(e))
 end
 
 -- Hands env to every consumer of node P.
@@ -653,7 +688,7 @@ local function open_gate(S, k, ks)
       if e.t1 and (not t1 or e.t1 > t1) then t1 = e.t1 end
     end
     push_ready(S, { kind = "gate", items = items, key = k, seq = 1, t0 = t0, t1 = t1, n = #items,
-      npend = 1, id = hash(S.name .. "/gate/" .. tostring(k)), seqs = {} })
+      npend = 1, path = S.name .. "/gate/" .. tostring(k), seqs = {} })
   end
   local held = ks.held
   ks.held = nil
@@ -673,7 +708,7 @@ local function new_group_unit(S, k, items)
     if e.t1 and (not t1 or e.t1 > t1) then t1 = e.t1 end
   end
   return { kind = "group", items = items, key = k, seq = 1, t0 = t0, t1 = t1, n = #items,
-    npend = 1, id = hash(S.name .. "/collect/" .. tostring(k)), seqs = {} }
+    npend = 1, path = S.name .. "/collect/" .. tostring(k), seqs = {} }
 end
 
 local function dispatch_batch(S, k, ks)
@@ -683,7 +718,7 @@ local function dispatch_batch(S, k, ks)
   local ids, seqs = {}, {}
   local t0, t1, seq
   for i, e in ipairs(items) do
-    ids[i] = e.id
+    ids[i] = e._path
     seqs[i] = e.seq
     if e.seq and (not seq or e.seq < seq) then seq = e.seq end
     if e.t0 and (not t0 or e.t0 < t0) then t0 = e.t0 end
@@ -692,7 +727,7 @@ local function dispatch_batch(S, k, ks)
   table.sort(ids)
   S.nopen = S.nopen - 1
   push_ready(S, { kind = "batch", items = items, key = k, seq = seq, t0 = t0, t1 = t1, n = #items,
-    npend = #items, id = hash(S.name .. "/batch/" .. table.concat(ids, ",")), seqs = seqs })
+    npend = #items, path = "#" .. hash(S.name .. "/batch/" .. table.concat(ids, ",")), seqs = seqs })
 end
 
 -- Acts on key k of stage S if it is complete upstream: runs what waits for completion
@@ -806,7 +841,12 @@ end
 -- A unit of S finished (or failed): release its outputs when every lower seq is done.
 local function order_complete(S, u, ks)
   local o = order_state(S, ks)
-  for _, s in ipairs(u.seqs) do o.done[s] = true end
+  local seqs = u.seqs
+  if seqs then
+    for _, s in ipairs(seqs) do o.done[s] = true end
+  elseif u.seq ~= nil then
+    o.done[u.seq] = true
+  end
   local outs = u.outs
   local s0 = u.seq
   if type(s0) ~= "number" or s0 < o.next then
@@ -842,6 +882,26 @@ end
 
 -- Emitting -------------------------------------------------------------------------------------
 
+-- A unit's or an envelope's id is the hash of its path (source/identity/stage/k/...), computed
+-- when first read: runs without a store or listeners never pay for it.
+local function unit_id(u)
+  local id = u.id
+  if id then return id end
+  id = hash(u.path)
+  u.id = id
+  return id
+end
+
+-- The path of the k-th output of unit u at stage S, and the parent path to store when the
+-- path had to be shortened to a hash.
+local function child_path(u, S, k)
+  local p = u.path .. "/" .. S.name .. "/" .. k
+  if #p > 200 then return "#" .. hash(p), u.path end
+  return p, nil
+end
+
+local MAX_RESULTS = 100000
+
 local function emit_output(S, u, data, opts)
   local k = (u.k or 0) + 1
   u.k = k
@@ -857,11 +917,12 @@ local function emit_output(S, u, data, opts)
   if k <= (u.delivered or 0) then return end -- delivered by an earlier attempt
   u.delivered = k
   local job = S.job
-  local env = { job = job.id, id = hash(u.id .. "/" .. S.name .. "/" .. k), key = key, seq = seq,
-    t0 = t0, t1 = t1, data = data, parent = u.id, stage = S.name }
+  local path, ppath = child_path(u, S, k)
+  local env = setmetatable({ key = key, seq = seq, t0 = t0, t1 = t1, data = data, attempt = 1,
+    _path = path, _ppath = ppath }, S.env_mt)
   if S.keep_results then
     local r = job.results[S.name]
-    r[#r + 1] = env
+    if #r < MAX_RESULTS then r[#r + 1] = env else job.results_truncated = true end
     local res = u.results
     if not res then res = {}; u.results = res end
     res[#res + 1] = data
@@ -872,7 +933,7 @@ local function emit_output(S, u, data, opts)
     outs[#outs + 1] = env
     return
   end
-  if #S.consumers == 0 then
+  if S.nconsumers == 0 then
     S.n_out = S.n_out + 1
     return
   end
@@ -904,7 +965,7 @@ function Ctx:event(name, fields)
   local u = self._unit
   ev.event, ev.stage = name, self.stage
   if u then
-    if ev.id == nil then ev.id = u.id end
+    if ev.id == nil then ev.id = unit_id(u) end
     if ev.key == nil then ev.key = u.key end
     if ev.seq == nil then ev.seq = u.seq end
     ev.attempt = self.attempt
@@ -931,7 +992,6 @@ M._backoff_delay = backoff_delay
 
 local function acquire_limits(S, u)
   local names = S.limits
-  if #names == 0 then return nil end
   local job = S.job
   local est = S.tokens
   if S.estimate then
@@ -971,9 +1031,9 @@ local function on_error(e)
   return sched.capture(e, 2)
 end
 
--- One attempt: limits, run with timeout. Returns ok, [value, opts] or false, err, code, tb.
+-- One attempt: limits, run with timeout. Returns true, value, opts or false, err, code, tb.
 local function run_attempt(S, u, ctx, task)
-  local held = acquire_limits(S, u)
+  local held = S.nlimits > 0 and acquire_limits(S, u) or nil
   local scope, timer
   if S.timeout then
     scope = sched.open_scope(task)
@@ -985,17 +1045,18 @@ local function run_attempt(S, u, ctx, task)
     end
     timer:start(S.timeout, nil, u.on_timeout)
   end
-  local input
   local kind = u.kind
-  if kind == "item" then input = u.env else input = u.items end
-  local fn = kind == "gate" and S.on_gate or S.run
-  local r = pack(xpcall(fn, on_error, input, ctx))
+  local ok, v, e2, code
+  if kind == "item" then
+    ok, v, e2, code = xpcall(S.run, on_error, u.env, ctx)
+  else
+    ok, v, e2, code = xpcall(kind == "gate" and S.on_gate or S.run, on_error, u.items, ctx)
+  end
   if timer then
     timer:close()
     scope:close()
     u.timer = nil
   end
-  local ok, v, e2, code = r[1], r[2], r[3], r[4]
   local tb
   if not ok then
     if v == Cancelled then
@@ -1012,25 +1073,27 @@ local function run_attempt(S, u, ctx, task)
     ok, v, code = false, e2, code
   end
   if ok then
-    release_limits(held, { ok = true })
+    if held then release_limits(held, { ok = true }) end
     return true, v, e2
   end
-  local status = type(v) == "table" and v.status or nil
-  release_limits(held, { ok = false, error = errtext(v), status = status, code = code })
+  if held then
+    local status = type(v) == "table" and v.status or nil
+    release_limits(held, { ok = false, error = errtext(v), status = status, code = code })
+  end
   return false, v, code, tb
 end
 
 local function unit_event(S, u, name, extra)
   local job = S.job
   local ev = extra or {}
-  ev.event, ev.stage, ev.id, ev.key, ev.seq = name, S.name, u.id, u.key, u.seq
+  ev.event, ev.stage, ev.id, ev.key, ev.seq = name, S.name, unit_id(u), u.key, u.seq
   if u.kind ~= "item" then ev.kind, ev.size = u.kind, u.n end
   job_event(job, ev)
 end
 
 local function dead_letter(S, u, err, code, tb, attempt)
   local job = S.job
-  local rec = { stage = S.name, id = u.id, key = u.key, seq = u.seq, error = errtext(err),
+  local rec = { stage = S.name, id = unit_id(u), key = u.key, seq = u.seq, error = errtext(err),
     code = code, attempts = attempt, traceback = tb, kind = u.kind }
   if u.items then
     local ids = {}
@@ -1055,27 +1118,27 @@ local function process(S, u, wid, task)
   local attempt = 0
   local cached
   local memo = job.memo
-  if memo and u.kind ~= "flush" then
-    local outs = memo:get(S.name, u.id)
+  if memo then
+    local outs = memo:get(S.name, unit_id(u))
     if outs then
       cached = true
       for _, o in ipairs(outs) do emit_output(S, u, o.data, o) end
       S.n_cached = S.n_cached + u.n
       ok = true
     end
+    u.outputs = {}
   end
   if not cached then
-    u.outputs = memo and {} or nil
-    local ctx = setmetatable({ job = job, config = job.config, out = job.out, stage = S.name,
-      params = S.params, gate = u.gate, _stage = S, _unit = u }, Ctx)
+    local ctx = setmetatable({ _unit = u, gate = u.gate, attempt = 1 }, S.ctx_mt)
     local r = S.retry
     local attempts = r and r.attempts or 1
+    local env = u.env
     while true do
       attempt = attempt + 1
       ctx.attempt = attempt
-      if u.env then u.env.attempt = attempt end
+      if env then env.attempt = attempt end
       u.k = 0
-      if u.outputs then u.outputs = {} end
+      if memo then u.outputs = {} end
       ok, v, opts, tb = run_attempt(S, u, ctx, task)
       if ok then
         if v ~= nil then emit_output(S, u, v, type(opts) == "table" and opts or nil) end
@@ -1095,13 +1158,15 @@ local function process(S, u, wid, task)
       require("sluice").sleep(delay) -- backoff counts as busy time of the stage
     end
   end
-  local dur = now() - t_start
-  local ks = S.keys[u.key]
+  local t_end = now()
+  local dur = t_end - t_start
+  local key = u.key
+  local ks = S.keys[key]
   if S.order and ks then order_complete(S, u, ks) end
   bus_on = job.bus.count > 0
   if ok then
     S.n_done = S.n_done + u.n
-    if memo and not cached and u.outputs then memo:put(S.name, u.id, u.outputs) end
+    if memo and not cached and u.outputs then memo:put(S.name, unit_id(u), u.outputs) end
     if bus_on then
       local res = u.results
       unit_event(S, u, "item_done", { attempt = attempt > 0 and attempt or nil, worker = wid,
@@ -1116,19 +1181,19 @@ local function process(S, u, wid, task)
       unit_event(S, u, "item_dead", { error = rec.error, code = code, attempt = attempt })
     end
   end
-  local blocked = u.blocked or 0
-  S.busy = S.busy + (dur - blocked)
-  hist_add(S.hist, dur - blocked)
+  local busy = dur - (u.blocked or 0)
+  S.busy = S.busy + busy
+  hist_add(S.hist, busy)
   S.running = S.running - 1
   S.in_flight = S.in_flight - u.n
-  S.t_last = now()
+  S.t_last = t_end
   if ks then
     ks.pending = ks.pending - u.npend
-    check_key(S, u.key)
-  elseif u.key == "*" and S.all_keys_pending then
+    if ks.pending == 0 or S.order then check_key(S, key) end
+  elseif key == "*" and S.all_keys_pending then
     S.all_keys_pending = false
   end
-  check_finished(S)
+  if S.all_up then check_finished(S) end
 end
 
 -- Workers ----------------------------------------------------------------------------------------
@@ -1137,18 +1202,24 @@ end
 local function next_unit(S)
   while true do
     if S.nworkers > S.target then return nil end
-    local u = dpop(S.ready)
+    local u = S.ready.n > 0 and dpop(S.ready)
     if u then
       S.bcond:signal()
       return u
     end
-    if not S.batch and S.q.n > 0 then
-      local env = dpop(S.q)
-      S.space:signal()
+    local q = S.q
+    if q.n > 0 and not S.batch then
+      local h = q.head
+      local env = q[h]
+      q[h] = nil
+      local n = q.n - 1
+      q.n = n
+      if n == 0 then q.head, q.tail = 1, 0 else q.head = h + 1 end
+      if S.space.tail >= S.space.head then S.space:signal() end
       local ks = S.keys[env.key]
       ks.inq = ks.inq - 1
       u = { kind = "item", env = env, key = env.key, seq = env.seq, t0 = env.t0, t1 = env.t1,
-        id = env.id, n = 1, npend = 1, seqs = { env.seq } }
+        path = env._path, id = rawget(env, "id"), n = 1, npend = 1 }
       if S.gate then
         if ks.gate_open then
           u.gate = ks.gate_items
@@ -1170,15 +1241,107 @@ local function next_unit(S)
     end
   end
 end
+-- The common case, kept lean: a plain stage (no retry, timeout, limits, order, batch, collect
+-- or gate), no memo, nobody listening to events, an item waiting in the queue.
+local mlog, mfloor = math.log, math.floor
+local HIST_INV = 1 / HIST_LOG
+
+local function fast_run(S, env, ks, u, ctx)
+  local key = env.key
+  local t_start = now()
+  S.running = S.running + 1
+  S.in_flight = S.in_flight + 1
+  local path = env._path
+  -- u and ctx belong to this worker and are reused (a ctx is only valid during its call)
+  u.env, u.key, u.seq, u.t0, u.t1, u.path = env, key, env.seq, env.t0, env.t1, path
+  u.id, u.k, u.delivered, u.blocked, u.results = nil, nil, nil, nil, nil
+  ctx.attempt = 1
+  local ok, v, e2, code = xpcall(S.run, on_error, env, ctx)
+  if ok and (v ~= nil or e2 == nil) then
+    if v ~= nil then
+      if S.fast_emit and not u.k and type(e2) ~= "table" then
+        local p = path .. S.suffix1
+        local pp
+        if #p > 200 then p, pp = "#" .. hash(p), path end
+        u.k, u.delivered = 1, 1
+        deliver_to(S.consumer1, setmetatable({ key = key, seq = u.seq, t0 = u.t0, t1 = u.t1,
+          data = v, attempt = 1, _path = p, _ppath = pp }, S.env_mt), S, u)
+        S.n_out = S.n_out + 1
+      else
+        emit_output(S, u, v, type(e2) == "table" and e2 or nil)
+      end
+    end
+    S.n_done = S.n_done + 1
+  else
+    local tb
+    if ok then
+      v = e2
+    elseif v == Cancelled then
+      error(Cancelled, 0)
+    else
+      v, tb = unwrap(v)
+      code = nil
+    end
+    local rec = dead_letter(S, u, v, code, tb, 1)
+    local job = S.job
+    if job.bus.count > 0 then
+      unit_event(S, u, "item_failed", { error = rec.error, code = code, attempt = 1 })
+      unit_event(S, u, "item_dead", { error = rec.error, code = code, attempt = 1 })
+    end
+  end
+  local t_end = now()
+  local busy = t_end - t_start - (u.blocked or 0)
+  S.busy = S.busy + busy
+  local hist = S.hist
+  local b = busy <= HIST_BASE and 0 or mfloor(mlog(busy / HIST_BASE) * HIST_INV) + 1
+  hist[b] = (hist[b] or 0) + 1
+  hist.n = (hist.n or 0) + 1
+  u.env = nil
+  S.running = S.running - 1
+  S.in_flight = S.in_flight - 1
+  S.t_last = t_end
+  local n = ks.pending - 1
+  ks.pending = n
+  if n == 0 then check_key(S, key) end
+  if S.all_up then check_finished(S) end
+end
+
+local function fast_item(S, u, ctx)
+  local q = S.q
+  local h = q.head
+  local env = q[h]
+  q[h] = nil
+  local n = q.n - 1
+  q.n = n
+  if n == 0 then q.head, q.tail = 1, 0 else q.head = h + 1 end
+  local space = S.space
+  if space.tail >= space.head then space:signal() end
+  local ks = S.keys[env.key]
+  ks.inq = ks.inq - 1
+  return fast_run(S, env, ks, u, ctx)
+end
 
 local function worker_loop(S, wid)
   local task = sched.current()
   local born = now()
+  local job = S.job
+  local bus = job.bus
+  local simple = not (S.retry or S.timeout or S.nlimits > 0 or S.order or S.batch or S.collect or S.gate)
+  S.fast_emit = S.nconsumers == 1 and not S.keep_results
+  S.consumer1 = S.consumers[1]
+  local wu = { kind = "item", n = 1, npend = 1 }
+  local wctx = setmetatable({ _unit = wu, attempt = 1 }, S.ctx_mt)
   local ok, err = pcall(function()
     while true do
+      while simple and S.q.n > 0 and S.ready.n == 0 and bus.count == 0 and not job.memo
+        and S.nworkers <= S.target do
+        fast_item(S, wu, wctx)
+      end
       local u = next_unit(S)
       if not u then break end
-      if u.kind == "flush" then
+      if simple and u.kind == "item" and bus.count == 0 and not job.memo then
+        fast_run(S, u.env, S.keys[u.key], wu, wctx)
+      elseif u.kind == "flush" then
         local ks = S.keys[u.key]
         if ks then
           order_flush(S, ks)
@@ -1302,13 +1465,8 @@ local function source_emit(N, data, opts, identity)
   end
   if type(seq) == "number" and (seqs[key] or 0) < seq then seqs[key] = seq end
   local base = N.name .. "/" .. (identity or (tostring(key) .. "/" .. tostring(seq)))
-  local n = (N.ids[base] or 0) + 1
-  N.ids[base] = n
-  if n > 1 then base = base .. "#" .. n end
-  local job = N.job
-  local env = { job = job.id, id = hash(base), key = key, seq = seq,
-    t0 = opts and opts.t0, t1 = opts and opts.t1, data = data, stage = N.name }
-  N.keys_seen[key] = true
+  local env = setmetatable({ key = key, seq = seq, t0 = opts and opts.t0, t1 = opts and opts.t1,
+    data = data, attempt = 1, _path = base }, N.env_mt)
   deliver(N, env)
 end
 
@@ -1321,9 +1479,7 @@ end
 -- ctx:close_key(key): the source will emit nothing more for key (lets collect/gate stages act
 -- before the source ends).
 function SourceCtx:close_key(key)
-  local N = self._node
-  N.keys_seen[key] = nil
-  close_key_downstream(N, key)
+  close_key_downstream(self._node, key)
 end
 
 SourceCtx.event = Ctx.event
@@ -1333,7 +1489,7 @@ local function source_loop(N)
   local job = N.job
   local ok, err = pcall(function()
     if N.kind == "inputs" then
-      local used = {}
+      local used, seen = {}, {}
       for _, input in ipairs(job.inputs) do
         if N.stopped then break end
         local key = basename(tostring(input))
@@ -1343,8 +1499,11 @@ local function source_loop(N)
           key = key .. "#" .. i
         end
         used[key] = true
-        source_emit(N, input, { key = key, seq = 1 }, tostring(input))
-        N.keys_seen[key] = nil
+        local identity = tostring(input)
+        local n = (seen[identity] or 0) + 1
+        seen[identity] = n
+        if n > 1 then identity = identity .. "#" .. n end
+        source_emit(N, input, { key = key, seq = 1 }, identity)
         close_key_downstream(N, key)
       end
     else
@@ -1478,7 +1637,8 @@ function Pipeline:start(opts)
     local N = new_node(job, n)
     N.kind, N.run, N.source = src.kind, src.run, true
     N.default_key = n
-    N.seqs, N.ids, N.keys_seen = {}, {}, {}
+    N.seqs = {}
+    N.env_mt = env_mt(job.id, n, true)
     if src.kind == "inputs" then N.total = #inputs end
     nodes[n] = N
   end
@@ -1493,6 +1653,12 @@ function Pipeline:start(opts)
     S.qcond = s.batch and S.bcond or S.work
     S.target, S.nworkers, S.wid, S.nopen = s.workers, 0, 0, 0
     S.all_group = {}
+    S.nlimits = #s.limits
+    S.env_mt = env_mt(job.id, n, false)
+    S.suffix1 = "/" .. n .. "/1"
+    local base = setmetatable({ job = job, config = config, out = job.out, stage = n,
+      params = s.params, _stage = S }, { __index = Ctx })
+    S.ctx_mt = { __index = base }
     nodes[n] = S
     job.stages_left = job.stages_left + 1
     proxies[n] = setmetatable({ _S = S }, StageProxy)
@@ -1505,6 +1671,7 @@ function Pipeline:start(opts)
     end
   end
   for n, S in pairs(nodes) do
+    S.nconsumers = #S.consumers
     if not S.source then
       S.keep_results = S.emit or #S.consumers == 0
       if S.keep_results then job.results[n] = {} end

@@ -53,6 +53,47 @@ T.case("items flow through fan-out and 1:1 stages with envelope fields", functio
   T.eq(s.stages.up.done, 6)
 end)
 
+T.case("envelopes: parent is the id of the item an output was made from", function()
+  local seen = {}
+  local p = sl.pipeline "parents" {
+    sources = { files = sl.inputs() },
+    stages = {
+      a = { from = "files", run = function(item, ctx)
+        seen[#seen + 1] = { stage = "a", id = item.id, parent = item.parent, job = item.job, from = item.stage }
+        for i = 1, 2 do ctx:emit(i, { seq = i }) end
+      end },
+      b = { from = "a", run = function(item)
+        seen[#seen + 1] = { stage = "b", id = item.id, parent = item.parent, from = item.stage }
+        return item.data
+      end },
+      c = { from = "a", run = function(item)
+        seen[#seen + 1] = { stage = "c", id = item.id, parent = item.parent }
+        return item.data
+      end },
+    },
+  }
+  local job = p:start { inputs = { string.rep("long/", 60) .. "x.mp4" } }
+  job:wait()
+  local a = seen[1]
+  T.eq(a.stage, "a")
+  T.eq(a.parent, nil, "a source item has no parent")
+  T.eq(a.job, job.id)
+  T.eq(a.from, "files")
+  local ids = {}
+  for _, r in ipairs(seen) do
+    if r.stage ~= "a" then
+      T.eq(r.parent, a.id, r.stage .. " items were made from the source item")
+      ids[r.stage] = ids[r.stage] or {}
+      ids[r.stage][#ids[r.stage] + 1] = r.id
+    end
+    if r.stage == "b" then T.eq(r.from, "a") end
+  end
+  table.sort(ids.b)
+  table.sort(ids.c)
+  T.same(ids.b, ids.c, "both consumers see the same ids")
+  T.ok(ids.b[1] ~= ids.b[2])
+end)
+
 T.case("backpressure: never more than queue+workers items alive in a stage", function()
   local job
   local max_alive, max_lead = 0, 0

@@ -1,0 +1,58 @@
+"""Baseline for bench/graph_overhead.lua: the same 3-stage x 4-worker pipeline written the
+usual way with asyncio.Queue (bounded queues of 8, 4 worker tasks per stage, trivial work;
+the last stage keeps its results, as the DSL's last stage does).
+Prints one line: items_per_second."""
+import asyncio
+import sys
+import time
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 100000
+WORKERS = 4
+QUEUE = 8
+STOP = object()
+
+
+async def stage(inq, outq, fn):
+    while True:
+        item = await inq.get()
+        if item is STOP:
+            await inq.put(STOP)  # let the sibling workers see it too
+            return
+        out = fn(item)
+        if outq is None:
+            results.append(out["data"])  # the last stage keeps its results
+        else:
+            await outq.put(out)
+
+
+results = []
+
+
+async def main():
+    q = [asyncio.Queue(QUEUE) for _ in range(3)]
+
+    async def source():
+        for i in range(N):
+            await q[0].put({"key": "k", "seq": i, "data": i})
+        await q[0].put(STOP)
+
+    def f(item):
+        return {"key": item["key"], "seq": item["seq"], "data": item["data"] + 1}
+
+    t0 = time.perf_counter()
+    src = asyncio.create_task(source())
+    groups = []
+    for s in range(3):
+        ws = [asyncio.create_task(stage(q[s], q[s + 1] if s < 2 else None, f)) for _ in range(WORKERS)]
+        groups.append(ws)
+    for s, ws in enumerate(groups):
+        await asyncio.gather(*ws)
+        if s < 2:
+            await q[s + 1].put(STOP)
+    await src
+    dt = time.perf_counter() - t0
+    assert len(results) == N and sum(results) == sum(range(N)) + 3 * N
+    print(f"{N / dt:.1f}")
+
+
+asyncio.run(main())
