@@ -680,7 +680,8 @@ static const char *build_mime(lua_State *L, int idx, transfer *t) {
 /* http.request(opts, done) -> request | nil, message, code
  * opts: method, url, headers (list of "Name: value"), body (string), multipart (list),
  * timeout, connect_timeout (seconds), stream (fn(chunk)), download (path), resume_from
- * (bytes already in the file), progress (fn(bytes, total|nil)), follow (default true).
+ * (bytes already in the file), progress (fn(bytes, total|nil)), follow (default true),
+ * cainfo (a CA bundle file to verify the server with; verification is always on).
  * done(status, headers, body|nil, info) or done(nil, message, code), called once, never
  * after the request was cancelled. */
 static int l_request(lua_State *L) {
@@ -724,6 +725,8 @@ static int l_request(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+  const char *cainfo = opt_string(L, 1, "cainfo", NULL);
+  if (cainfo) curl_easy_setopt(e, CURLOPT_CAINFO, cainfo); /* copied by curl */
   /* Loopback never goes through a proxy, unless no_proxy says otherwise. */
   if (!getenv("no_proxy") && !getenv("NO_PROXY"))
     curl_easy_setopt(e, CURLOPT_NOPROXY, "localhost,127.0.0.1,::1");

@@ -7,7 +7,7 @@
 --
 -- request{method, url, headers, body | json | multipart, timeout, connect_timeout,
 --         stream = function(chunk) end, download = path, resume = bool,
---         progress = function(bytes, total) end, follow = bool}
+--         progress = function(bytes, total) end, follow = bool, cainfo = CA file}
 --   -> {status=, headers=, body=, bytes=, seconds=, http_version=, resumed=}
 --   or nil, message, code (ETIMEDOUT, ECONNREFUSED, ECONNRESET, ENOTFOUND, ETLS, ...)
 -- Any HTTP status is a response (check r.status); failures are transport failures.
@@ -75,7 +75,7 @@ function M.request(opts)
   local copts = {
     method = method, url = url, headers = headers, body = body, multipart = opts.multipart,
     timeout = opts.timeout, connect_timeout = opts.connect_timeout, download = opts.download,
-    progress = opts.progress, follow = opts.follow,
+    progress = opts.progress, follow = opts.follow, cainfo = opts.cainfo,
   }
   if opts.download and opts.resume then
     local n = file_size(opts.download)

@@ -23,6 +23,9 @@ function M.start(opts)
   local args = { source_dir() .. "/tests/fakeapi/server.py", "--port", "0" }
   if opts.latency then args[#args + 1] = "--latency"; args[#args + 1] = tostring(opts.latency) end
   if opts.rpm then args[#args + 1] = "--rpm"; args[#args + 1] = tostring(opts.rpm) end
+  if opts.tls then
+    for _, a in ipairs { "--tls-cert", opts.tls.cert, "--tls-key", opts.tls.key } do args[#args + 1] = a end
+  end
   local ready = sl.event()
   local out, errs = "", {}
   local srv = setmetatable({ exited = sl.event() }, Server)
@@ -53,12 +56,14 @@ function M.start(opts)
     error("fakeapi: server.py did not start: " .. table.concat(errs))
   end
   srv.port = port
-  srv.url = "http://127.0.0.1:" .. port
+  srv.cainfo = opts.tls and opts.tls.cert
+  srv.url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. port
   return srv
 end
 
 local function call(self, method, path, body)
-  local r, err = http.request { method = method, url = self.url .. path, json = body, timeout = 10 }
+  local r, err = http.request { method = method, url = self.url .. path, json = body, timeout = 10,
+    cainfo = self.cainfo }
   if not r then error("fakeapi: " .. path .. ": " .. tostring(err)) end
   if r.status ~= 200 then error("fakeapi: " .. path .. ": status " .. r.status .. ": " .. r.body) end
   return cjson.decode(r.body)

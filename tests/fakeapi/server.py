@@ -616,6 +616,8 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--rpm", type=int, default=0)
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="and this key (PEM)")
     ap.add_argument("--no-record", action="store_true", help="do not keep requests (benchmarks)")
     args = ap.parse_args()
     app = App(args)
@@ -623,7 +625,12 @@ def main():
     async def run():
         runner = web.AppRunner(app.app, access_log=None, handle_signals=True)
         await runner.setup()
-        site = web.TCPSite(runner, args.host, args.port, backlog=2048)
+        ctx = None
+        if args.tls_cert:
+            import ssl
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        site = web.TCPSite(runner, args.host, args.port, backlog=2048, ssl_context=ctx)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
         print(port, flush=True)

@@ -239,6 +239,44 @@ T.case("200 concurrent requests over kept-alive connections", function()
   T.ok(http.stats().sockets <= 64, "sockets " .. http.stats().sockets)
 end)
 
+T.case("TLS: the server certificate is verified", function()
+  local dir = os.tmpname()
+  os.remove(dir)
+  T.ok(sl.exec { "mkdir", "-p", dir })
+  local cert, key = dir .. "/cert.pem", dir .. "/key.pem"
+  local r = T.ok(sl.exec { "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1" })
+  T.eq(r.status, 0, r.stderr)
+  local tls = fake.start { tls = { cert = cert, key = key } }
+  local res, msg, code = http.get(tls.url .. "/ok")
+  T.eq(res, nil)
+  T.eq(code, "ETLS", msg)
+  res = T.ok(http.get(tls.url .. "/ok", { cainfo = cert }))
+  T.eq(res.status, 200)
+  T.eq(res.body, "ok")
+  tls:stop()
+  sl.exec { "rm", "-rf", dir }
+end)
+
+T.case("proxies come from the environment (http_proxy)", function()
+  srv:reset()
+  local script = os.tmpname() .. ".lua"
+  local f = io.open(script, "w")
+  f:write([[
+local http = require "sluice.http"
+local r, err = http.get("http://api.example.invalid/echo?via=proxy")
+io.write(r and tostring(r.status) or ("ERR " .. tostring(err)))
+]])
+  f:close()
+  local r = T.ok(sl.exec({ os.getenv("SLUICE_BIN") or "build/sluice", "run", script },
+    { env = { http_proxy = srv.url, HTTP_PROXY = srv.url, no_proxy = false, NO_PROXY = false } }))
+  os.remove(script)
+  T.eq(r.stdout, "200", r.stderr)
+  local req = srv:requests("/echo")[1]
+  T.eq(req.query.via, "proxy")
+  T.eq(req.headers.Host, "api.example.invalid")
+end)
+
 T.case("misuse raises", function()
   T.raises(function() http.request {} end, "url")
   T.raises(function() http.request { url = "http://x", body = "a", json = {} } end, "only one")
