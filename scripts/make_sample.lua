@@ -163,9 +163,7 @@ local function make_lecture()
     write(string.format("%s/body%d.txt", tmp, k), table.concat(s.lines, "\n"))
     fc[#fc + 1] = string.format(
       "color=c=0xF5F2E8:s=1280x720:r=10:d=%.3f," ..
-      "drawbox=x=0:y=0:w=1280:h=24:color=0x2B4C7E:t=fill," ..
       "drawtext=fontfile=%s:textfile=%s/title%d.txt:fontcolor=0x1B1B2F:fontsize=68:x=90:y=110," ..
-      "drawbox=x=90:y=205:w=1100:h=6:color=0x2B4C7E:t=fill," ..
       "drawtext=fontfile=%s:textfile=%s/body%d.txt:fontcolor=0x222222:fontsize=56:line_spacing=34:x=110:y=280," ..
       "drawtext=fontfile=%s:text='%d / %d':fontcolor=0x666666:fontsize=28:x=1140:y=660[s%d]",
       s.t1 - s.t, FONT_BOLD, tmp, k, FONT, tmp, k, FONT, k, #slides, k)

@@ -10,6 +10,15 @@
 --       through yt-dlp when it is installed.
 -- Seed 001's worker rule:
 --   stages.workers_for{duration=, engine=, chunk=} -> workers, details
+-- Stage builders on the media module (sl.audio_chunks / sl.capture are these):
+--   stages.audio_chunks{from=, seconds=30, overlap=0, split=nil, dir="audio"} -> a stage that
+--       cuts each input (a path or URL, or {path=}) into 16 kHz mono WAV chunks while it
+--       decodes; items {seq, t0, t1, path}, one per chunk (fan-out), envelope t0/t1 set.
+--   stages.capture{from=, every=|scene=|keyframes=, min_interval=, max_width=, dir="frames",
+--       name="%04d"} -> a stage that captures frames to DIR/<dir>/NNNN.jpg; items {seq, t,
+--       path, width, height, dhash}.
+-- Their settings are stage params, so `--set stages.audio.params.seconds=10` changes them.
+-- Files go under the run's --out directory (DIR/<key>/... when the run has several inputs).
 local sl = require "sluice"
 local http = require "sluice.http"
 local feed = require "sluice.feed"
@@ -211,6 +220,125 @@ function M.fetch(item, dir, opts)
   local ok, rerr = os.rename(part, final)
   if not ok then return nil, "fetch " .. safe .. ": " .. tostring(rerr) end
   return final, { resumed = r.resumed or (r.status == 206), bytes = r.bytes, had = had }
+end
+
+-- Output directories ------------------------------------------------------------------------
+
+local made = {}
+-- mkdir(path): creates path and its parents (once per run of the process).
+function M.mkdir(path)
+  if made[path] then return true end
+  local r, err = sl.exec({ "mkdir", "-p", path })
+  if not r then error("mkdir " .. path .. ": " .. tostring(err), 0) end
+  if r.status ~= 0 then error("mkdir " .. path .. ": " .. r.stderr:gsub("%s+$", ""), 0) end
+  made[path] = true
+  return true
+end
+
+-- out_dir(ctx, key, sub) -> the directory for key's outputs: the run's --out directory when
+-- it has one input, DIR/<key> otherwise; with sub, a subdirectory of it. Created on demand.
+function M.out_dir(ctx, key, sub)
+  local job = ctx.job
+  local base = (job and job.out) or ctx.out or "."
+  local n = job and job.inputs and #job.inputs or 1
+  local d = base
+  if n > 1 and key ~= nil then d = base .. "/" .. M.slug(tostring(key), 80) end
+  if sub then d = d .. "/" .. sub end
+  M.mkdir(d)
+  return d
+end
+
+-- input_path(data) -> the path or URL an item stands for.
+function M.input_path(data)
+  if type(data) == "string" then return data end
+  if type(data) == "table" then return data.path or data.file or data.url end
+  return nil
+end
+
+local function param(ctx, defaults, name)
+  local p = ctx.params
+  if type(p) == "table" and p[name] ~= nil then return p[name] end
+  return defaults[name]
+end
+
+function M.audio_chunks(o)
+  if type(o) ~= "table" or type(o.from) ~= "string" then
+    error("bad argument to 'audio_chunks' (table with from = stage name expected)", 2)
+  end
+  local params = { seconds = o.seconds or 30, overlap = o.overlap or 0, split = o.split,
+    window = o.window, dir = o.dir or "audio" }
+  return {
+    kind = "audio_chunks", from = o.from, workers = o.workers or 1, queue = o.queue,
+    retry = o.retry, params = params,
+    run = function(env, ctx)
+      local media = require "sluice.media"
+      local src = M.input_path(env.data)
+      if not src then error("audio_chunks: item has no path", 0) end
+      local dir = M.out_dir(ctx, env.key, param(ctx, params, "dir"))
+      local n = 0
+      local stream = media.audio_chunks(src, { seconds = param(ctx, params, "seconds"),
+        overlap = param(ctx, params, "overlap"), split = param(ctx, params, "split"),
+        window = param(ctx, params, "window"), dir = dir, prefix = "chunk" })
+      while true do
+        local c, err = stream:next()
+        if not c then
+          if err then error(string.format("audio_chunks %s: %s", src, err), 0) end
+          break
+        end
+        n = n + 1
+        ctx:emit({ seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, samples = c.samples,
+          rate = c.rate, source = src }, { seq = c.seq, t0 = c.t0, t1 = c.t1 })
+      end
+      if n == 0 then error("audio_chunks " .. src .. ": no audio", 0) end
+    end,
+  }
+end
+
+function M.capture(o)
+  if type(o) ~= "table" or type(o.from) ~= "string" then
+    error("bad argument to 'capture' (table with from = stage name expected)", 2)
+  end
+  local params = { every = o.every, scene = o.scene, keyframes = o.keyframes,
+    min_interval = o.min_interval, max_width = o.max_width, max_height = o.max_height,
+    dir = o.dir or "frames", name = o.name or "%04d", quality = o.quality }
+  return {
+    kind = "capture", from = o.from, workers = o.workers or 1, queue = o.queue, retry = o.retry,
+    params = params,
+    run = function(env, ctx)
+      local media = require "sluice.media"
+      local src = M.input_path(env.data)
+      if not src then error("capture: item has no path", 0) end
+      local dir = M.out_dir(ctx, env.key, param(ctx, params, "dir"))
+      local fo = { dir = dir, prefix = ".frame", max_width = param(ctx, params, "max_width"),
+        max_height = param(ctx, params, "max_height"), quality = param(ctx, params, "quality"),
+        min_interval = param(ctx, params, "min_interval") }
+      local scene, every = param(ctx, params, "scene"), param(ctx, params, "every")
+      if scene then fo.scene = scene
+      elseif param(ctx, params, "keyframes") then fo.keyframes = true
+      else fo.every = every or 2 end
+      local name = param(ctx, params, "name")
+      local stream = media.frames(src, fo)
+      local n = 0
+      while true do
+        local f, err = stream:next()
+        if not f then
+          if err then error(string.format("capture %s: %s", src, err), 0) end
+          break
+        end
+        n = n + 1
+        local path = f.path
+        if path and name then
+          local want = dir .. "/" .. string.format(name, n) .. (path:match("%.%w+$") or ".jpg")
+          local ok = os.rename(path, want)
+          if ok then path = want end
+        end
+        ctx:emit({ seq = n, t = f.t, path = path, width = f.width, height = f.height,
+          dhash = f.dhash, scene_score = f.scene_score, source = src },
+          { seq = n, t0 = f.t, t1 = f.t })
+      end
+      if n == 0 then error("capture " .. src .. ": no frames", 0) end
+    end,
+  }
 end
 
 -- Seed 001's worker rule --------------------------------------------------------------------
