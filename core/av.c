@@ -1,0 +1,947 @@
+/* av.c: the FFmpeg adapter (see av.h). The only file that includes FFmpeg headers.
+ *
+ * Inputs are opened with a protocol whitelist (file, http, https, tcp, tls, crypto, data:
+ * enough for local files, plain URLs and HLS playlists with AES segments) and an interrupt
+ * callback wired to the caller's cancel hook, so a cancelled job stops inside network reads.
+ * Readers keep all decoder state in their struct, so a reader can continue on another worker
+ * thread for the next job.
+ */
+#include "av.h"
+
+#include <libavcodec/avcodec.h>
+#include <libavformat/avformat.h>
+#include <libavutil/imgutils.h>
+#include <libavutil/opt.h>
+#include <libavutil/pixdesc.h>
+#include <libswresample/swresample.h>
+#include <libswscale/swscale.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PROTOCOLS "file,http,https,tcp,tls,crypto,data,httpproxy"
+
+static void set_err(char *err, size_t errlen, const char *url, const char *what, int averr) {
+  if (!err || errlen == 0) return;
+  char buf[AV_ERROR_MAX_STRING_SIZE] = "";
+  if (averr) av_strerror(averr, buf, sizeof buf);
+  if (what && averr)
+    snprintf(err, errlen, "%s: %s: %s", url, what, buf);
+  else if (what)
+    snprintf(err, errlen, "%s: %s", url, what);
+  else
+    snprintf(err, errlen, "%s: %s", url, buf);
+}
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static void do_init(void) {
+  const char *lvl = getenv("SLUICE_FFMPEG_LOG");
+  int level = AV_LOG_QUIET;
+  if (lvl) {
+    if (!strcmp(lvl, "error")) level = AV_LOG_ERROR;
+    else if (!strcmp(lvl, "warning")) level = AV_LOG_WARNING;
+    else if (!strcmp(lvl, "info")) level = AV_LOG_INFO;
+    else if (!strcmp(lvl, "debug")) level = AV_LOG_DEBUG;
+  }
+  av_log_set_level(level);
+}
+
+void sl_av_init(void) { pthread_once(&init_once, do_init); }
+
+static int interrupt_cb(void *arg) {
+  const sl_av_cancel *c = arg;
+  return c && c->cancelled && c->cancelled(c->arg);
+}
+
+static int is_cancelled(const sl_av_cancel *c) { return interrupt_cb((void *)c); }
+
+/* Opens url and reads stream info. cancel must outlive the context (it is the interrupt
+ * callback's opaque pointer). Returns 0 or -1 with err set. */
+static int open_input(const char *url, AVFormatContext **out, sl_av_cancel *cancel, char *err,
+                      size_t errlen) {
+  sl_av_init();
+  AVFormatContext *fmt = avformat_alloc_context();
+  if (!fmt) {
+    set_err(err, errlen, url, "out of memory", 0);
+    return -1;
+  }
+  fmt->interrupt_callback.callback = interrupt_cb;
+  fmt->interrupt_callback.opaque = cancel;
+  AVDictionary *opts = NULL;
+  av_dict_set(&opts, "protocol_whitelist", PROTOCOLS, 0);
+  if (strstr(url, "://")) av_dict_set(&opts, "rw_timeout", "30000000", 0);
+  int rc = avformat_open_input(&fmt, url, NULL, &opts);
+  av_dict_free(&opts);
+  if (rc < 0) {
+    set_err(err, errlen, url, is_cancelled(cancel) ? "cancelled" : NULL,
+            is_cancelled(cancel) ? 0 : rc);
+    return -1;
+  }
+  rc = avformat_find_stream_info(fmt, NULL);
+  if (rc < 0) {
+    set_err(err, errlen, url, is_cancelled(cancel) ? "cancelled" : "cannot read stream info",
+            is_cancelled(cancel) ? 0 : rc);
+    avformat_close_input(&fmt);
+    return -1;
+  }
+  *out = fmt;
+  return 0;
+}
+
+static int open_decoder(AVFormatContext *fmt, enum AVMediaType type, int threads, int *stream,
+                        AVCodecContext **out, const char *url, char *err, size_t errlen) {
+  const AVCodec *codec = NULL;
+  int idx = av_find_best_stream(fmt, type, -1, -1, &codec, 0);
+  if (idx < 0) {
+    if (idx == AVERROR_DECODER_NOT_FOUND)
+      set_err(err, errlen, url, "no decoder for its stream", 0);
+    else
+      set_err(err, errlen, url, type == AVMEDIA_TYPE_AUDIO ? "no audio stream" : "no video stream",
+              0);
+    return -1;
+  }
+  AVCodecContext *dec = avcodec_alloc_context3(codec);
+  if (!dec) {
+    set_err(err, errlen, url, "out of memory", 0);
+    return -1;
+  }
+  int rc = avcodec_parameters_to_context(dec, fmt->streams[idx]->codecpar);
+  if (rc >= 0) {
+    dec->pkt_timebase = fmt->streams[idx]->time_base;
+    if (type == AVMEDIA_TYPE_VIDEO) {
+      dec->thread_count = threads;
+      dec->thread_type = FF_THREAD_FRAME | FF_THREAD_SLICE;
+    }
+    rc = avcodec_open2(dec, codec, NULL);
+  }
+  if (rc < 0) {
+    set_err(err, errlen, url, "cannot open decoder", rc);
+    avcodec_free_context(&dec);
+    return -1;
+  }
+  *stream = idx;
+  *out = dec;
+  return 0;
+}
+
+/* ---- probe ------------------------------------------------------------------------------ */
+
+int sl_av_probe(const char *url, sl_media_info *out, const sl_av_cancel *cancel, char *err,
+                size_t errlen) {
+  memset(out, 0, sizeof *out);
+  sl_av_cancel c = cancel ? *cancel : (sl_av_cancel){0};
+  AVFormatContext *fmt = NULL;
+  if (open_input(url, &fmt, &c, err, errlen) < 0) return -1;
+  out->duration = fmt->duration != AV_NOPTS_VALUE ? fmt->duration / (double)AV_TIME_BASE : -1;
+  snprintf(out->container, sizeof out->container, "%s", fmt->iformat->name);
+  out->bit_rate = (int)(fmt->bit_rate > INT32_MAX ? INT32_MAX : fmt->bit_rate);
+  out->streams = calloc(fmt->nb_streams ? fmt->nb_streams : 1, sizeof *out->streams);
+  if (!out->streams) {
+    avformat_close_input(&fmt);
+    set_err(err, errlen, url, "out of memory", 0);
+    return -1;
+  }
+  int usable = 0;
+  for (unsigned i = 0; i < fmt->nb_streams; i++) {
+    AVStream *st = fmt->streams[i];
+    AVCodecParameters *par = st->codecpar;
+    sl_media_stream *s = &out->streams[out->nstreams++];
+    const char *type = av_get_media_type_string(par->codec_type);
+    snprintf(s->type, sizeof s->type, "%s", type ? type : "unknown");
+    snprintf(s->codec, sizeof s->codec, "%s", avcodec_get_name(par->codec_id));
+    s->duration = st->duration != AV_NOPTS_VALUE ? st->duration * av_q2d(st->time_base) : -1;
+    if (par->codec_type == AVMEDIA_TYPE_VIDEO) {
+      s->width = par->width;
+      s->height = par->height;
+      AVRational r = st->avg_frame_rate.num ? st->avg_frame_rate : st->r_frame_rate;
+      s->fps = r.den ? av_q2d(r) : 0;
+      if (par->width > 0) usable++;
+    } else if (par->codec_type == AVMEDIA_TYPE_AUDIO) {
+      s->sample_rate = par->sample_rate;
+      s->channels = par->ch_layout.nb_channels;
+      if (par->sample_rate > 0) usable++;
+    }
+  }
+  avformat_close_input(&fmt);
+  if (usable == 0) {
+    sl_media_info_clear(out);
+    set_err(err, errlen, url, "no audio or video stream", 0);
+    return -1;
+  }
+  return 0;
+}
+
+void sl_media_info_clear(sl_media_info *info) {
+  free(info->streams);
+  info->streams = NULL;
+  info->nstreams = 0;
+}
+
+/* ---- audio ------------------------------------------------------------------------------- */
+
+struct sl_audio_reader {
+  char *url;
+  AVFormatContext *fmt;
+  AVCodecContext *dec;
+  SwrContext *swr;
+  AVPacket *pkt;
+  AVFrame *frame;
+  int stream;
+  int rate, channels;
+  AVChannelLayout out_layout;
+  /* the input format the resampler is set up for */
+  int in_rate;
+  int in_format;
+  AVChannelLayout in_layout;
+  /* converted samples not handed out yet */
+  int16_t *buf;
+  long buf_len, buf_pos, buf_cap; /* in sample frames */
+  int input_eof, done;
+  long total;
+  int decode_errors;
+  char last_error[SL_AV_ERRLEN];
+  char warning[SL_AV_ERRLEN];
+  sl_av_cancel cancel;
+};
+
+void sl_audio_set_cancel(sl_audio_reader *r, const sl_av_cancel *cancel) {
+  r->cancel = cancel ? *cancel : (sl_av_cancel){0};
+}
+
+sl_audio_reader *sl_audio_open(const char *url, int rate, int channels,
+                               const sl_av_cancel *cancel, char *err, size_t errlen) {
+  sl_audio_reader *r = calloc(1, sizeof *r);
+  if (!r || !(r->url = strdup(url))) {
+    free(r);
+    set_err(err, errlen, url, "out of memory", 0);
+    return NULL;
+  }
+  sl_audio_set_cancel(r, cancel);
+  r->rate = rate;
+  r->channels = channels;
+  av_channel_layout_default(&r->out_layout, channels);
+  if (open_input(url, &r->fmt, &r->cancel, err, errlen) < 0 ||
+      open_decoder(r->fmt, AVMEDIA_TYPE_AUDIO, 1, &r->stream, &r->dec, url, err, errlen) < 0) {
+    sl_audio_close(r);
+    return NULL;
+  }
+  for (unsigned i = 0; i < r->fmt->nb_streams; i++)
+    if ((int)i != r->stream) r->fmt->streams[i]->discard = AVDISCARD_ALL;
+  r->pkt = av_packet_alloc();
+  r->frame = av_frame_alloc();
+  if (!r->pkt || !r->frame) {
+    set_err(err, errlen, url, "out of memory", 0);
+    sl_audio_close(r);
+    return NULL;
+  }
+  return r;
+}
+
+static int ensure_buf(sl_audio_reader *r, long frames) {
+  if (r->buf_len + frames <= r->buf_cap) return 0;
+  long cap = r->buf_cap ? r->buf_cap : 4096;
+  while (cap < r->buf_len + frames) cap *= 2;
+  int16_t *nb = realloc(r->buf, (size_t)cap * (size_t)r->channels * sizeof *nb);
+  if (!nb) return -1;
+  r->buf = nb;
+  r->buf_cap = cap;
+  return 0;
+}
+
+/* Drains what the resampler still holds into the buffer. */
+static int flush_swr(sl_audio_reader *r) {
+  if (!r->swr) return 0;
+  for (;;) {
+    long n = swr_get_out_samples(r->swr, 0);
+    if (n <= 0) n = 1024;
+    if (ensure_buf(r, n) < 0) return AVERROR(ENOMEM);
+    uint8_t *out = (uint8_t *)(r->buf + r->buf_len * r->channels);
+    int got = swr_convert(r->swr, &out, (int)n, NULL, 0);
+    if (got < 0) return got;
+    if (got == 0) break;
+    r->buf_len += got;
+  }
+  return 0;
+}
+
+static int convert_frame(sl_audio_reader *r, AVFrame *f) {
+  AVChannelLayout in_layout;
+  if (f->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC || f->ch_layout.nb_channels == 0) {
+    av_channel_layout_default(&in_layout, f->ch_layout.nb_channels ? f->ch_layout.nb_channels
+                                                                    : r->dec->ch_layout.nb_channels);
+  } else if (av_channel_layout_copy(&in_layout, &f->ch_layout) < 0) {
+    return AVERROR(ENOMEM);
+  }
+  int rc = 0;
+  if (!r->swr || r->in_rate != f->sample_rate || r->in_format != f->format ||
+      av_channel_layout_compare(&r->in_layout, &in_layout) != 0) {
+    if (r->swr) {
+      rc = flush_swr(r);
+      swr_free(&r->swr);
+      if (rc < 0) goto out;
+    }
+    rc = swr_alloc_set_opts2(&r->swr, &r->out_layout, AV_SAMPLE_FMT_S16, r->rate, &in_layout,
+                             f->format, f->sample_rate, 0, NULL);
+    if (rc >= 0) rc = swr_init(r->swr);
+    if (rc < 0) {
+      swr_free(&r->swr);
+      goto out;
+    }
+    av_channel_layout_uninit(&r->in_layout);
+    av_channel_layout_copy(&r->in_layout, &in_layout);
+    r->in_rate = f->sample_rate;
+    r->in_format = f->format;
+  }
+  long n = swr_get_out_samples(r->swr, f->nb_samples);
+  if (n < 0) {
+    rc = (int)n;
+    goto out;
+  }
+  if (ensure_buf(r, n) < 0) {
+    rc = AVERROR(ENOMEM);
+    goto out;
+  }
+  uint8_t *out = (uint8_t *)(r->buf + r->buf_len * r->channels);
+  int got = swr_convert(r->swr, &out, (int)n, (const uint8_t **)f->extended_data, f->nb_samples);
+  if (got < 0) {
+    rc = got;
+    goto out;
+  }
+  r->buf_len += got;
+out:
+  av_channel_layout_uninit(&in_layout);
+  return rc;
+}
+
+/* Decodes until the buffer holds more samples or the input is done. Returns 0, or a negative
+ * AVERROR for a failure that ends the reader. */
+static int audio_fill(sl_audio_reader *r) {
+  for (;;) {
+    if (is_cancelled(&r->cancel)) return AVERROR_EXIT;
+    int rc = avcodec_receive_frame(r->dec, r->frame);
+    if (rc == 0) {
+      rc = convert_frame(r, r->frame);
+      av_frame_unref(r->frame);
+      if (rc < 0) return rc;
+      if (r->buf_len > r->buf_pos) return 0;
+      continue;
+    }
+    if (rc == AVERROR_EOF) {
+      rc = flush_swr(r);
+      r->done = 1;
+      return rc;
+    }
+    if (rc != AVERROR(EAGAIN)) {
+      /* A broken frame: remember why, keep going with the next packet. */
+      r->decode_errors++;
+      set_err(r->last_error, sizeof r->last_error, r->url, "cannot decode audio", rc);
+      if (r->input_eof) {
+        r->done = 1;
+        return flush_swr(r);
+      }
+    }
+    if (r->input_eof) {
+      /* the decoder was flushed already and asks for more: nothing will come */
+      r->done = 1;
+      return flush_swr(r);
+    }
+    rc = av_read_frame(r->fmt, r->pkt);
+    if (rc < 0) {
+      if (rc == AVERROR_EXIT || is_cancelled(&r->cancel)) return AVERROR_EXIT;
+      if (rc != AVERROR_EOF) set_err(r->warning, sizeof r->warning, r->url, "input ended early", rc);
+      r->input_eof = 1;
+      avcodec_send_packet(r->dec, NULL);
+      continue;
+    }
+    if (r->pkt->stream_index == r->stream) {
+      rc = avcodec_send_packet(r->dec, r->pkt);
+      if (rc < 0 && rc != AVERROR(EAGAIN)) {
+        r->decode_errors++;
+        set_err(r->last_error, sizeof r->last_error, r->url, "cannot decode audio", rc);
+      }
+    }
+    av_packet_unref(r->pkt);
+  }
+}
+
+long sl_audio_read(sl_audio_reader *r, int16_t *dst, long frames, char *err, size_t errlen) {
+  long got = 0;
+  while (got < frames) {
+    if (r->buf_pos < r->buf_len) {
+      long n = r->buf_len - r->buf_pos;
+      if (n > frames - got) n = frames - got;
+      memcpy(dst + got * r->channels, r->buf + r->buf_pos * r->channels,
+             (size_t)n * (size_t)r->channels * sizeof *dst);
+      r->buf_pos += n;
+      got += n;
+      continue;
+    }
+    r->buf_pos = r->buf_len = 0;
+    if (r->done) break;
+    int rc = audio_fill(r);
+    if (rc == AVERROR_EXIT) {
+      set_err(err, errlen, r->url, "cancelled", 0);
+      return -1;
+    }
+    if (rc < 0) {
+      if (r->total + got == 0) {
+        set_err(err, errlen, r->url, "cannot decode audio", rc);
+        return -1;
+      }
+      set_err(r->warning, sizeof r->warning, r->url, "decoding stopped", rc);
+      r->done = 1;
+    }
+  }
+  r->total += got;
+  if (got == 0 && r->done && r->total == 0 && r->decode_errors > 0) {
+    snprintf(err, errlen, "%s", r->last_error);
+    return -1;
+  }
+  if (got == 0 && r->done && r->total == 0 && r->warning[0]) {
+    snprintf(err, errlen, "%s", r->warning);
+    return -1;
+  }
+  return got;
+}
+
+const char *sl_audio_warning(const sl_audio_reader *r) {
+  return r->warning[0] ? r->warning : NULL;
+}
+
+void sl_audio_close(sl_audio_reader *r) {
+  if (!r) return;
+  swr_free(&r->swr);
+  avcodec_free_context(&r->dec);
+  avformat_close_input(&r->fmt);
+  av_packet_free(&r->pkt);
+  av_frame_free(&r->frame);
+  av_channel_layout_uninit(&r->in_layout);
+  av_channel_layout_uninit(&r->out_layout);
+  free(r->buf);
+  free(r->url);
+  free(r);
+}
+
+/* ---- video frames ---------------------------------------------------------------------- */
+
+struct sl_frame_reader {
+  char *url;
+  AVFormatContext *fmt;
+  AVCodecContext *dec;
+  AVStream *st;
+  int stream;
+  AVPacket *pkt;
+  AVFrame *cur;  /* the selected frame */
+  AVFrame *tmp;  /* the frame being decoded */
+  AVFrame *prev; /* scene detection: the previous frame (luma planes of YUV/gray input) */
+  uint8_t *prev_gray, *cur_gray; /* scene detection on other formats: converted luma */
+  size_t gray_cap;
+  double prev_mafd;
+  int have_prev;
+  sl_frame_opts opts;
+  double *times;
+  long target_index;   /* every: k of the next target k*every; times: index into times */
+  double last_selected; /* t of the last selected frame */
+  double half_frame;    /* half a frame duration in seconds */
+  double origin;        /* the input's start time in seconds */
+  int64_t last_pts;     /* stream pts of the last decoded frame */
+  int64_t last_dts;     /* dts of the last packet sent to the decoder (or of the last seek) */
+  int can_seek;
+  int input_eof, done;
+  long decoded, seeks, decode_errors;
+  char last_error[SL_AV_ERRLEN];
+  /* rendering */
+  struct SwsContext *sws;
+  struct SwsContext *gray_sws;
+  uint8_t *luma;
+  size_t luma_cap;
+  AVCodecContext *enc;
+  int enc_format, enc_w, enc_h, enc_quality;
+  int64_t enc_pts;
+  sl_av_cancel cancel;
+};
+
+void sl_frame_set_cancel(sl_frame_reader *r, const sl_av_cancel *cancel) {
+  r->cancel = cancel ? *cancel : (sl_av_cancel){0};
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
+                               const sl_av_cancel *cancel, char *err, size_t errlen) {
+  sl_frame_reader *r = calloc(1, sizeof *r);
+  if (!r || !(r->url = strdup(url))) {
+    free(r);
+    set_err(err, errlen, url, "out of memory", 0);
+    return NULL;
+  }
+  sl_frame_set_cancel(r, cancel);
+  r->opts = *opts;
+  r->opts.times = NULL;
+  if (opts->mode == SL_FRAMES_TIMES && opts->ntimes > 0) {
+    r->times = malloc((size_t)opts->ntimes * sizeof *r->times);
+    if (!r->times) {
+      set_err(err, errlen, url, "out of memory", 0);
+      sl_frame_close(r);
+      return NULL;
+    }
+    memcpy(r->times, opts->times, (size_t)opts->ntimes * sizeof *r->times);
+    qsort(r->times, (size_t)opts->ntimes, sizeof *r->times, cmp_double);
+  }
+  r->last_selected = -INFINITY;
+  r->last_pts = INT64_MIN;
+  r->last_dts = INT64_MIN;
+  if (open_input(url, &r->fmt, &r->cancel, err, errlen) < 0 ||
+      open_decoder(r->fmt, AVMEDIA_TYPE_VIDEO, opts->threads, &r->stream, &r->dec, url, err,
+                   errlen) < 0) {
+    sl_frame_close(r);
+    return NULL;
+  }
+  r->st = r->fmt->streams[r->stream];
+  for (unsigned i = 0; i < r->fmt->nb_streams; i++)
+    if ((int)i != r->stream) r->fmt->streams[i]->discard = AVDISCARD_ALL;
+  if (opts->mode == SL_FRAMES_KEYFRAMES) r->dec->skip_frame = AVDISCARD_NONKEY;
+  AVRational fr = r->st->avg_frame_rate.num ? r->st->avg_frame_rate : r->st->r_frame_rate;
+  r->half_frame = fr.num && fr.den ? 0.5 / av_q2d(fr) : 0.01;
+  if (r->half_frame > 0.5) r->half_frame = 0.5;
+  r->origin = r->fmt->start_time != AV_NOPTS_VALUE ? r->fmt->start_time / (double)AV_TIME_BASE : 0;
+  r->can_seek = r->fmt->pb && (r->fmt->pb->seekable & AVIO_SEEKABLE_NORMAL) &&
+                avformat_index_get_entries_count(r->st) > 0;
+  r->pkt = av_packet_alloc();
+  r->cur = av_frame_alloc();
+  r->tmp = av_frame_alloc();
+  r->prev = av_frame_alloc();
+  if (!r->pkt || !r->cur || !r->tmp || !r->prev) {
+    set_err(err, errlen, url, "out of memory", 0);
+    sl_frame_close(r);
+    return NULL;
+  }
+  return r;
+}
+
+/* Decodes the next frame into r->tmp. Returns 1, 0 at the end, or a negative AVERROR. */
+static int decode_one(sl_frame_reader *r) {
+  for (;;) {
+    if (is_cancelled(&r->cancel)) return AVERROR_EXIT;
+    int rc = avcodec_receive_frame(r->dec, r->tmp);
+    if (rc == 0) {
+      r->decoded++;
+      int64_t pts = r->tmp->best_effort_timestamp;
+      if (pts != AV_NOPTS_VALUE) r->last_pts = pts;
+      return 1;
+    }
+    if (rc == AVERROR_EOF) {
+      r->done = 1;
+      return 0;
+    }
+    if (rc != AVERROR(EAGAIN)) {
+      r->decode_errors++;
+      set_err(r->last_error, sizeof r->last_error, r->url, "cannot decode video", rc);
+      if (r->input_eof) {
+        r->done = 1;
+        return 0;
+      }
+    }
+    if (r->input_eof) {
+      r->done = 1;
+      return 0;
+    }
+    rc = av_read_frame(r->fmt, r->pkt);
+    if (rc < 0) {
+      if (rc == AVERROR_EXIT || is_cancelled(&r->cancel)) return AVERROR_EXIT;
+      r->input_eof = 1;
+      avcodec_send_packet(r->dec, NULL);
+      continue;
+    }
+    if (r->pkt->stream_index == r->stream &&
+        (r->opts.mode != SL_FRAMES_KEYFRAMES || (r->pkt->flags & AV_PKT_FLAG_KEY))) {
+      int64_t dts = r->pkt->dts != AV_NOPTS_VALUE ? r->pkt->dts : r->pkt->pts;
+      if (dts != AV_NOPTS_VALUE) r->last_dts = dts;
+      rc = avcodec_send_packet(r->dec, r->pkt);
+      if (rc < 0 && rc != AVERROR(EAGAIN)) {
+        r->decode_errors++;
+        set_err(r->last_error, sizeof r->last_error, r->url, "cannot decode video", rc);
+      }
+    }
+    av_packet_unref(r->pkt);
+  }
+}
+
+static double frame_time(const sl_frame_reader *r, const AVFrame *f) {
+  int64_t pts = f->best_effort_timestamp;
+  if (pts == AV_NOPTS_VALUE) pts = f->pts;
+  if (pts == AV_NOPTS_VALUE) return NAN;
+  return pts * av_q2d(r->st->time_base) - r->origin;
+}
+
+/* Seeks to the keyframe before target when that keyframe lies ahead of the decoder;
+ * otherwise decoding forward is cheaper. */
+static void maybe_seek(sl_frame_reader *r, double target) {
+  if (!r->can_seek || r->input_eof) return;
+  AVRational tb = r->st->time_base;
+  int64_t ts = (int64_t)llround((target + r->origin) / av_q2d(tb));
+  const AVIndexEntry *e = avformat_index_get_entry_from_timestamp(r->st, ts, AVSEEK_FLAG_BACKWARD);
+  if (!e) return;
+  /* Index entries and packet dts share a time base: seek only when the keyframe lies
+   * beyond the packets the decoder has been fed already. */
+  if (r->last_dts != INT64_MIN && e->timestamp <= r->last_dts) return;
+  if (av_seek_frame(r->fmt, r->stream, ts, AVSEEK_FLAG_BACKWARD) < 0) return;
+  avcodec_flush_buffers(r->dec);
+  r->seeks++;
+  r->last_dts = e->timestamp;
+}
+
+static int is_luma_format(int format, int *bitdepth) {
+  const AVPixFmtDescriptor *d = av_pix_fmt_desc_get(format);
+  if (!d || (d->flags & (AV_PIX_FMT_FLAG_RGB | AV_PIX_FMT_FLAG_HWACCEL | AV_PIX_FMT_FLAG_PAL)))
+    return 0;
+  if (d->comp[0].depth != 8) return 0;
+  if (format == AV_PIX_FMT_GRAY8) {
+    *bitdepth = 8;
+    return 1;
+  }
+  if (!(d->flags & AV_PIX_FMT_FLAG_PLANAR) || d->nb_components < 3) return 0;
+  *bitdepth = 8;
+  return 1;
+}
+
+/* Converts frame f to 8-bit gray into *buf (grown as needed). Returns 0 or an AVERROR. */
+static int to_gray(sl_frame_reader *r, const AVFrame *f, uint8_t **buf, size_t *cap) {
+  size_t need = (size_t)f->width * (size_t)f->height;
+  if (*cap < need) {
+    uint8_t *nb = realloc(*buf, need);
+    if (!nb) return AVERROR(ENOMEM);
+    *buf = nb;
+    *cap = need;
+  }
+  r->gray_sws = sws_getCachedContext(r->gray_sws, f->width, f->height, f->format, f->width,
+                                     f->height, AV_PIX_FMT_GRAY8, SWS_POINT, NULL, NULL, NULL);
+  if (!r->gray_sws) return AVERROR(EINVAL);
+  uint8_t *dst[4] = {*buf};
+  int stride[4] = {f->width};
+  sws_scale(r->gray_sws, (const uint8_t *const *)f->data, f->linesize, 0, f->height, dst, stride);
+  return 0;
+}
+
+static uint64_t sad_plane(const uint8_t *a, int sa, const uint8_t *b, int sb, int w, int h) {
+  uint64_t sum = 0;
+  for (int y = 0; y < h; y++) {
+    const uint8_t *p = a + (ptrdiff_t)y * sa, *q = b + (ptrdiff_t)y * sb;
+    uint32_t row = 0;
+    for (int x = 0; x < w; x++) row += (uint32_t)abs((int)p[x] - (int)q[x]);
+    sum += row;
+  }
+  return sum;
+}
+
+/* The scene score of FFmpeg's select filter (libavfilter/f_select.c, get_scene_score): the
+ * mean absolute difference of the luma plane against the previous frame (mafd, 0..255), and
+ * score = clip(min(mafd, |mafd - previous mafd|) / 100, 0, 1). The first frame scores 0. For
+ * planar YUV and gray input this is exactly FFmpeg's number; other formats are converted to
+ * gray first (FFmpeg would compare the packed RGB bytes). */
+static double scene_score(sl_frame_reader *r, AVFrame *f) {
+  int depth;
+  double score = 0;
+  if (is_luma_format(f->format, &depth)) {
+    if (r->have_prev && r->prev->width == f->width && r->prev->height == f->height &&
+        r->prev->format == f->format) {
+      uint64_t sad = sad_plane(r->prev->data[0], r->prev->linesize[0], f->data[0], f->linesize[0],
+                               f->width, f->height);
+      double mafd = (double)sad / ((double)f->width * f->height);
+      double diff = fabs(mafd - r->prev_mafd);
+      score = fmin(mafd, diff) / 100.0;
+      if (score > 1) score = 1;
+      if (score < 0) score = 0;
+      r->prev_mafd = mafd;
+    }
+    av_frame_unref(r->prev);
+    if (av_frame_ref(r->prev, f) == 0) r->have_prev = 1;
+    else r->have_prev = 0;
+    return score;
+  }
+  size_t need = (size_t)f->width * (size_t)f->height;
+  if (r->gray_cap < need) {
+    uint8_t *a = realloc(r->prev_gray, need), *b = a ? realloc(r->cur_gray, need) : NULL;
+    if (a) r->prev_gray = a;
+    if (b) r->cur_gray = b;
+    if (!a || !b) return 0;
+    r->gray_cap = need;
+    r->have_prev = 0;
+  }
+  size_t cap = r->gray_cap;
+  if (to_gray(r, f, &r->cur_gray, &cap) < 0) return 0;
+  if (r->have_prev && r->prev->width == f->width && r->prev->height == f->height) {
+    uint64_t sad = sad_plane(r->prev_gray, f->width, r->cur_gray, f->width, f->width, f->height);
+    double mafd = (double)sad / ((double)f->width * f->height);
+    double diff = fabs(mafd - r->prev_mafd);
+    score = fmin(fmin(mafd, diff) / 100.0, 1.0);
+    r->prev_mafd = mafd;
+  }
+  /* swap the buffers: the current gray becomes the previous one */
+  uint8_t *t = r->prev_gray;
+  r->prev_gray = r->cur_gray;
+  r->cur_gray = t;
+  r->prev->width = f->width;
+  r->prev->height = f->height;
+  r->have_prev = 1;
+  return score;
+}
+
+int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key, char *err,
+                  size_t errlen) {
+  const sl_frame_opts *o = &r->opts;
+  for (;;) {
+    double target = NAN;
+    if (o->mode == SL_FRAMES_EVERY) {
+      target = r->target_index * o->every;
+    } else if (o->mode == SL_FRAMES_TIMES) {
+      if (r->target_index >= o->ntimes) return 0;
+      target = r->times[r->target_index];
+    }
+    if (!isnan(target)) maybe_seek(r, target);
+    int rc = r->done ? 0 : decode_one(r);
+    if (rc == AVERROR_EXIT) {
+      set_err(err, errlen, r->url, "cancelled", 0);
+      return -1;
+    }
+    if (rc < 0) {
+      set_err(err, errlen, r->url, "cannot decode video", rc);
+      return -1;
+    }
+    if (rc == 0) {
+      if (r->decoded == 0 && r->decode_errors > 0) {
+        snprintf(err, errlen, "%s", r->last_error);
+        return -1;
+      }
+      return 0;
+    }
+    double t = frame_time(r, r->tmp);
+    if (isnan(t)) t = r->decoded > 0 ? (r->decoded - 1) * 2 * r->half_frame : 0;
+    double score = -1;
+    int selected = 0;
+    switch (o->mode) {
+      case SL_FRAMES_ALL:
+      case SL_FRAMES_KEYFRAMES:
+        selected = 1;
+        break;
+      case SL_FRAMES_SCENE:
+        score = scene_score(r, r->tmp);
+        selected = score > o->scene;
+        break;
+      case SL_FRAMES_EVERY:
+        if (t >= target - r->half_frame) {
+          selected = 1;
+          /* the next target after this frame */
+          r->target_index = (long)floor((t + r->half_frame) / o->every) + 1;
+        }
+        break;
+      case SL_FRAMES_TIMES:
+        if (t >= target - r->half_frame) {
+          selected = 1;
+          while (r->target_index < o->ntimes && r->times[r->target_index] <= t + r->half_frame)
+            r->target_index++;
+        }
+        break;
+    }
+    if (selected && o->min_interval > 0 && t - r->last_selected < o->min_interval) selected = 0;
+    if (!selected) {
+      av_frame_unref(r->tmp);
+      continue;
+    }
+    r->last_selected = t;
+    av_frame_unref(r->cur);
+    av_frame_move_ref(r->cur, r->tmp);
+    *t_out = t;
+    *score_out = score;
+    *key = r->cur->key_frame;
+    return 1;
+  }
+}
+
+void sl_frame_size(const sl_frame_reader *r, int *width, int *height) {
+  *width = r->cur->width;
+  *height = r->cur->height;
+}
+
+int sl_frame_luma(sl_frame_reader *r, sl_image *out, char *err, size_t errlen) {
+  AVFrame *f = r->cur;
+  if (!f->data[0]) {
+    set_err(err, errlen, r->url, "no current frame", 0);
+    return -1;
+  }
+  int depth;
+  out->width = f->width;
+  out->height = f->height;
+  out->format = SL_IMG_GRAY8;
+  if (is_luma_format(f->format, &depth)) {
+    out->data = f->data[0];
+    out->stride = f->linesize[0];
+    return 0;
+  }
+  int rc = to_gray(r, f, &r->luma, &r->luma_cap);
+  if (rc < 0) {
+    set_err(err, errlen, r->url, "cannot convert the frame to gray", rc);
+    return -1;
+  }
+  out->data = r->luma;
+  out->stride = f->width;
+  return 0;
+}
+
+/* Opens (or reuses) the encoder for format at w x h. */
+static int open_encoder(sl_frame_reader *r, int format, int w, int h, int quality) {
+  if (r->enc && r->enc_format == format && r->enc_w == w && r->enc_h == h &&
+      r->enc_quality == quality)
+    return 0;
+  avcodec_free_context(&r->enc);
+  const AVCodec *codec =
+      avcodec_find_encoder(format == SL_RENDER_JPEG ? AV_CODEC_ID_MJPEG : AV_CODEC_ID_PNG);
+  if (!codec) return AVERROR_ENCODER_NOT_FOUND;
+  AVCodecContext *enc = avcodec_alloc_context3(codec);
+  if (!enc) return AVERROR(ENOMEM);
+  enc->width = w;
+  enc->height = h;
+  enc->time_base = (AVRational){1, 25};
+  enc->thread_count = 1;
+  if (format == SL_RENDER_JPEG) {
+    enc->pix_fmt = AV_PIX_FMT_YUVJ420P;
+    enc->color_range = AVCOL_RANGE_JPEG;
+    enc->flags |= AV_CODEC_FLAG_QSCALE;
+    int q = 2 + (int)lround((100 - quality) * 29.0 / 99.0);
+    enc->global_quality = FF_QP2LAMBDA * q;
+  } else {
+    enc->pix_fmt = AV_PIX_FMT_RGB24;
+  }
+  int rc = avcodec_open2(enc, codec, NULL);
+  if (rc < 0) {
+    avcodec_free_context(&enc);
+    return rc;
+  }
+  r->enc = enc;
+  r->enc_format = format;
+  r->enc_w = w;
+  r->enc_h = h;
+  r->enc_quality = quality;
+  return 0;
+}
+
+int sl_frame_render(sl_frame_reader *r, int format, int max_width, int max_height, int quality,
+                    uint8_t **out, size_t *outlen, int *width, int *height, char *err,
+                    size_t errlen) {
+  AVFrame *f = r->cur;
+  *out = NULL;
+  *outlen = 0;
+  if (!f->data[0]) {
+    set_err(err, errlen, r->url, "no current frame", 0);
+    return -1;
+  }
+  double scale = 1;
+  if (max_width > 0 && f->width > max_width) scale = fmin(scale, (double)max_width / f->width);
+  if (max_height > 0 && f->height > max_height)
+    scale = fmin(scale, (double)max_height / f->height);
+  int w = scale < 1 ? (int)lround(f->width * scale) : f->width;
+  int h = scale < 1 ? (int)lround(f->height * scale) : f->height;
+  if (w < 1) w = 1;
+  if (h < 1) h = 1;
+  if (quality < 1) quality = 1;
+  if (quality > 100) quality = 100;
+  enum AVPixelFormat dst_fmt = format == SL_RENDER_GRAY   ? AV_PIX_FMT_GRAY8
+                               : format == SL_RENDER_JPEG ? AV_PIX_FMT_YUVJ420P
+                                                          : AV_PIX_FMT_RGB24;
+  r->sws = sws_getCachedContext(r->sws, f->width, f->height, f->format, w, h, dst_fmt,
+                                scale < 1 ? SWS_AREA : SWS_BILINEAR, NULL, NULL, NULL);
+  if (!r->sws) {
+    set_err(err, errlen, r->url, "cannot set up the scaler", 0);
+    return -1;
+  }
+  int rc = 0;
+  if (format == SL_RENDER_GRAY || format == SL_RENDER_RGB) {
+    int bpp = format == SL_RENDER_GRAY ? 1 : 3;
+    size_t len = (size_t)w * (size_t)h * (size_t)bpp;
+    uint8_t *buf = malloc(len);
+    if (!buf) {
+      set_err(err, errlen, r->url, "out of memory", 0);
+      return -1;
+    }
+    uint8_t *dst[4] = {buf};
+    int stride[4] = {w * bpp};
+    sws_scale(r->sws, (const uint8_t *const *)f->data, f->linesize, 0, f->height, dst, stride);
+    *out = buf;
+    *outlen = len;
+    *width = w;
+    *height = h;
+    return 0;
+  }
+  AVFrame *dst = av_frame_alloc();
+  AVPacket *pkt = av_packet_alloc();
+  if (!dst || !pkt) {
+    rc = AVERROR(ENOMEM);
+    goto fail;
+  }
+  dst->format = dst_fmt;
+  dst->width = w;
+  dst->height = h;
+  if ((rc = av_frame_get_buffer(dst, 0)) < 0) goto fail;
+  sws_scale(r->sws, (const uint8_t *const *)f->data, f->linesize, 0, f->height, dst->data,
+            dst->linesize);
+  if ((rc = open_encoder(r, format, w, h, quality)) < 0) goto fail;
+  if (format == SL_RENDER_JPEG) {
+    dst->quality = r->enc->global_quality;
+    dst->color_range = AVCOL_RANGE_JPEG;
+  }
+  dst->pts = r->enc_pts++;
+  if ((rc = avcodec_send_frame(r->enc, dst)) < 0) goto fail;
+  if ((rc = avcodec_receive_packet(r->enc, pkt)) < 0) goto fail;
+  *out = malloc(pkt->size ? (size_t)pkt->size : 1);
+  if (!*out) {
+    rc = AVERROR(ENOMEM);
+    goto fail;
+  }
+  memcpy(*out, pkt->data, (size_t)pkt->size);
+  *outlen = (size_t)pkt->size;
+  *width = w;
+  *height = h;
+  av_frame_free(&dst);
+  av_packet_free(&pkt);
+  /* mjpeg and png are intra-only: a fresh encoder per size keeps no state between frames,
+   * but after a packet the encoder wants a new send; nothing is buffered. */
+  return 0;
+fail:
+  av_frame_free(&dst);
+  av_packet_free(&pkt);
+  set_err(err, errlen, r->url, format == SL_RENDER_JPEG ? "cannot encode JPEG" : "cannot encode PNG",
+          rc);
+  /* an encoder in an error state is not reused */
+  avcodec_free_context(&r->enc);
+  return -1;
+}
+
+void sl_frame_stats(const sl_frame_reader *r, long *decoded, long *seeks) {
+  *decoded = r->decoded;
+  *seeks = r->seeks;
+}
+
+void sl_frame_close(sl_frame_reader *r) {
+  if (!r) return;
+  avcodec_free_context(&r->dec);
+  avcodec_free_context(&r->enc);
+  avformat_close_input(&r->fmt);
+  av_packet_free(&r->pkt);
+  av_frame_free(&r->cur);
+  av_frame_free(&r->tmp);
+  av_frame_free(&r->prev);
+  sws_freeContext(r->sws);
+  sws_freeContext(r->gray_sws);
+  free(r->prev_gray);
+  free(r->cur_gray);
+  free(r->luma);
+  free(r->times);
+  free(r->url);
+  free(r);
+}

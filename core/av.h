@@ -1,0 +1,149 @@
+/* av.h: the FFmpeg adapter. av.c is the only file that includes FFmpeg headers; everything
+ * else (media.c, phash.c, tests) sees the project's own types declared here.
+ *
+ * Nothing here touches Lua or the loop: every function may block (file and network I/O,
+ * decoding) and is meant to run on a pool worker thread. A reader object is used by one
+ * thread at a time; it may move between threads between calls.
+ *
+ * Errors are reported as a negative return value plus a one-line message in the caller's
+ * buffer, naming the input and the cause ("x.mp4: Invalid data found when processing input").
+ */
+#ifndef SLUICE_AV_H
+#define SLUICE_AV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SL_AV_ERRLEN 512
+
+/* Polled during long operations (also from FFmpeg's I/O interrupt callback): returns
+ * nonzero to abort. */
+typedef struct sl_av_cancel {
+  int (*cancelled)(void *arg);
+  void *arg;
+} sl_av_cancel;
+
+/* ---- probe ---------------------------------------------------------------------------- */
+
+typedef struct sl_media_stream {
+  char type[16];  /* "video", "audio", "subtitle", "data", ... */
+  char codec[32]; /* "h264", "aac", ... */
+  int width, height;
+  double fps; /* average frame rate, 0 when unknown */
+  int sample_rate, channels;
+  double duration; /* seconds, negative when unknown */
+} sl_media_stream;
+
+typedef struct sl_media_info {
+  double duration;     /* seconds, negative when unknown */
+  char container[64];  /* demuxer name: "mov,mp4,m4a,3gp,3g2,mj2", "wav", "hls", ... */
+  int bit_rate;
+  int nstreams;
+  sl_media_stream *streams; /* owned; freed by sl_media_info_clear */
+} sl_media_info;
+
+/* Opens url (a path or an FFmpeg URL), reads its header and stream info. Returns 0 and fills
+ * out (the caller clears it with sl_media_info_clear), or -1 with err set. */
+int sl_av_probe(const char *url, sl_media_info *out, const sl_av_cancel *cancel, char *err,
+                size_t errlen);
+void sl_media_info_clear(sl_media_info *info);
+
+/* ---- audio ---------------------------------------------------------------------------- */
+
+typedef struct sl_audio_reader sl_audio_reader;
+
+/* Opens the best audio stream of url, decoding and resampling to signed 16-bit interleaved
+ * PCM at rate Hz with channels channels. Returns NULL with err set on failure. */
+sl_audio_reader *sl_audio_open(const char *url, int rate, int channels,
+                               const sl_av_cancel *cancel, char *err, size_t errlen);
+
+/* Sets the cancel hook polled by the following calls (the job changes between calls). */
+void sl_audio_set_cancel(sl_audio_reader *r, const sl_av_cancel *cancel);
+
+/* Reads up to frames sample frames (frames * channels int16 values) into dst. Returns the
+ * number read: less than frames only at the end of the input (0 once it is exhausted), or -1
+ * with err set when the input fails before any audio was decoded or the read was cancelled.
+ * A stream that breaks off after some audio ends there (the error is kept, see
+ * sl_audio_warning). */
+long sl_audio_read(sl_audio_reader *r, int16_t *dst, long frames, char *err, size_t errlen);
+
+/* The reason the input ended early, or NULL when it ended normally. Borrowed. */
+const char *sl_audio_warning(const sl_audio_reader *r);
+
+/* Closes the input; NULL is ignored. */
+void sl_audio_close(sl_audio_reader *r);
+
+/* ---- images ----------------------------------------------------------------------------- */
+
+enum sl_image_format { SL_IMG_GRAY8 = 1, SL_IMG_RGB24 = 3 };
+
+/* A view of pixels: data is borrowed unless stated otherwise. stride is bytes per row. */
+typedef struct sl_image {
+  int width, height, stride;
+  int format; /* sl_image_format */
+  const uint8_t *data;
+} sl_image;
+
+/* ---- video frames ---------------------------------------------------------------------- */
+
+enum sl_frame_mode {
+  SL_FRAMES_ALL = 0,   /* every decoded frame */
+  SL_FRAMES_EVERY,     /* the first frame at or after each multiple of every seconds */
+  SL_FRAMES_KEYFRAMES, /* keyframes only; non-key packets are not decoded */
+  SL_FRAMES_SCENE,     /* frames whose scene score (FFmpeg's select=scene) exceeds scene */
+  SL_FRAMES_TIMES      /* the first frame at or after each of times[] (ascending) */
+};
+
+typedef struct sl_frame_opts {
+  int mode;
+  double every;        /* SL_FRAMES_EVERY: interval in seconds */
+  double scene;        /* SL_FRAMES_SCENE: threshold in 0..1 */
+  const double *times; /* SL_FRAMES_TIMES: ascending seconds; copied by sl_frame_open */
+  int ntimes;
+  double min_interval; /* minimum seconds between two selected frames (0: none) */
+  int threads;         /* decoder threads, 0: automatic */
+} sl_frame_opts;
+
+typedef struct sl_frame_reader sl_frame_reader;
+
+/* Opens the best video stream of url. Returns NULL with err set on failure. */
+sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
+                               const sl_av_cancel *cancel, char *err, size_t errlen);
+void sl_frame_set_cancel(sl_frame_reader *r, const sl_av_cancel *cancel);
+
+/* Decodes up to the next selected frame. Returns 1 with *t (seconds from the start of the
+ * input), *scene_score (-1 when not computed) and *key set; 0 at the end of the input; -1
+ * with err set on failure or cancellation. The selected frame stays current until the next
+ * call and is what sl_frame_render, sl_frame_luma work on. */
+int sl_frame_next(sl_frame_reader *r, double *t, double *scene_score, int *key, char *err,
+                  size_t errlen);
+
+/* Width and height of the current frame. */
+void sl_frame_size(const sl_frame_reader *r, int *width, int *height);
+
+/* A gray view of the current frame at full size (the luma plane, or a converted copy).
+ * Valid until the next call on r. Returns 0, or -1 with err set. */
+int sl_frame_luma(sl_frame_reader *r, sl_image *out, char *err, size_t errlen);
+
+enum sl_render_format { SL_RENDER_GRAY = 1, SL_RENDER_RGB, SL_RENDER_JPEG, SL_RENDER_PNG };
+
+/* Scales the current frame to fit max_width x max_height (0: no limit; aspect kept, never
+ * enlarged) and converts or encodes it. On success returns 0, stores a malloc'ed buffer the
+ * caller owns in *out (raw rows without padding for GRAY/RGB; the file bytes for JPEG/PNG)
+ * with its length and the output size. quality is 1..100 for JPEG. */
+int sl_frame_render(sl_frame_reader *r, int format, int max_width, int max_height, int quality,
+                    uint8_t **out, size_t *outlen, int *width, int *height, char *err,
+                    size_t errlen);
+
+/* Where the reader reached: the number of frames decoded and packets read (for tests and
+ * benchmarks: shows that seeking skipped work). */
+void sl_frame_stats(const sl_frame_reader *r, long *decoded, long *seeks);
+
+/* Closes the input; NULL is ignored. */
+void sl_frame_close(sl_frame_reader *r);
+
+/* Sets FFmpeg's log level from SLUICE_FFMPEG_LOG ("quiet" by default: errors come back
+ * through our own messages). Called once per process; cannot fail. */
+void sl_av_init(void);
+
+#endif

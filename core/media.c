@@ -1,0 +1,975 @@
+/* media.c: Lua module sluice.core.media: media work as pool jobs (see av.h for the decoding
+ * itself, phash.h for the hashes). No FFmpeg types here.
+ *
+ *   media.probe(url, cb) -> job                cb(info) | cb(nil, msg)
+ *   media.audio_reader(url, opts) -> reader    reader:next(cb) -> job; cb(chunk) | cb(nil) at
+ *                                              the end | cb(nil, msg)
+ *   media.frame_reader(url, opts) -> reader    reader:next(cb) -> job; cb(frame) | cb(nil) |
+ *                                              cb(nil, msg)
+ *   media.extract_audio(url, out_wav, rate, channels, cb) -> job   cb(samples) | cb(nil, msg)
+ *   media.image_hash(url, cb) -> job           cb(dhash, phash) of the first frame
+ *
+ * A reader owns its decoder state. reader:next() hands that state to one pool job, which
+ * decodes just enough for the next chunk or frame (and writes the WAV/JPEG file there), so
+ * consecutive jobs may run on different worker threads but never two at once. The state is
+ * freed by the reader's __gc/close, or by the job's free function if a job still holds it.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "av.h"
+#include "blob.h"
+#include "phash.h"
+#include "sluice.h"
+
+#define AUDIO_MT "sluice.media.audio_reader"
+#define FRAMES_MT "sluice.media.frame_reader"
+
+static int job_cancelled_cb(void *arg) { return sl_job_cancelled(arg); }
+
+/* Creates dir and its parents (like mkdir -p). Returns 0 or -1 with errno set. */
+static int make_dirs(const char *dir) {
+  char path[4096];
+  size_t n = strlen(dir);
+  if (n == 0 || n >= sizeof path) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  memcpy(path, dir, n + 1);
+  for (char *p = path + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = 0;
+    if (mkdir(path, 0777) < 0 && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  if (mkdir(path, 0777) < 0 && errno != EEXIST) return -1;
+  return 0;
+}
+
+static int write_file(const char *path, const void *data, size_t len, char *err, size_t errlen) {
+  FILE *f = fopen(path, "wb");
+  if (!f) {
+    snprintf(err, errlen, "%.400s: %s", path, strerror(errno));
+    return -1;
+  }
+  size_t w = fwrite(data, 1, len, f);
+  int rc = fclose(f);
+  if (w != len || rc != 0) {
+    snprintf(err, errlen, "%.400s: %s", path, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+static void put_le32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+  p[2] = (uint8_t)(v >> 16);
+  p[3] = (uint8_t)(v >> 24);
+}
+
+static void put_le16(uint8_t *p, uint16_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+}
+
+/* A 44-byte canonical WAV header for 16-bit PCM. */
+static void wav_header(uint8_t h[44], int rate, int channels, uint32_t data_bytes) {
+  memcpy(h, "RIFF", 4);
+  put_le32(h + 4, 36 + data_bytes);
+  memcpy(h + 8, "WAVEfmt ", 8);
+  put_le32(h + 16, 16);
+  put_le16(h + 20, 1);
+  put_le16(h + 22, (uint16_t)channels);
+  put_le32(h + 24, (uint32_t)rate);
+  put_le32(h + 28, (uint32_t)(rate * channels * 2));
+  put_le16(h + 32, (uint16_t)(channels * 2));
+  put_le16(h + 34, 16);
+  memcpy(h + 36, "data", 4);
+  put_le32(h + 40, data_bytes);
+}
+
+static int write_wav(const char *path, const int16_t *pcm, long frames, int rate, int channels,
+                     char *err, size_t errlen) {
+  FILE *f = fopen(path, "wb");
+  if (!f) {
+    snprintf(err, errlen, "%.400s: %s", path, strerror(errno));
+    return -1;
+  }
+  uint8_t h[44];
+  size_t bytes = (size_t)frames * (size_t)channels * 2;
+  wav_header(h, rate, channels, (uint32_t)bytes);
+  size_t w = fwrite(h, 1, 44, f);
+  w += fwrite(pcm, 1, bytes, f); /* little-endian host assumed (x86-64, arm64) */
+  int rc = fclose(f);
+  if (w != 44 + bytes || rc != 0) {
+    snprintf(err, errlen, "%.400s: %s", path, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+static const char *opt_string(lua_State *L, int idx, const char *key, const char *def) {
+  lua_getfield(L, idx, key);
+  const char *s = lua_isnil(L, -1) ? def : luaL_checkstring(L, -1);
+  lua_pop(L, 1);
+  return s;
+}
+
+static double opt_number(lua_State *L, int idx, const char *key, double def) {
+  lua_getfield(L, idx, key);
+  double v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static int opt_bool(lua_State *L, int idx, const char *key, int def) {
+  lua_getfield(L, idx, key);
+  int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static char *dup_or_raise(lua_State *L, const char *s) {
+  char *d = strdup(s ? s : "");
+  if (!d) luaL_error(L, "out of memory");
+  return d;
+}
+
+static void push_hash(lua_State *L, uint64_t h) { lua_pushinteger(L, (lua_Integer)h); }
+
+/* ---- probe ------------------------------------------------------------------------------ */
+
+typedef struct probe_job {
+  char *url;
+  int ok;
+  sl_media_info info;
+  char err[SL_AV_ERRLEN];
+} probe_job;
+
+static void probe_run(sl_job *job, void *data) {
+  probe_job *p = data;
+  sl_av_cancel c = {job_cancelled_cb, job};
+  p->ok = sl_av_probe(p->url, &p->info, &c, p->err, sizeof p->err) == 0;
+}
+
+static int probe_finish(lua_State *L, void *data) {
+  probe_job *p = data;
+  if (!p->ok) return sl_push_fail(L, "EMEDIA", "%s", p->err);
+  lua_createtable(L, 0, 4);
+  if (p->info.duration >= 0) {
+    lua_pushnumber(L, p->info.duration);
+    lua_setfield(L, -2, "duration");
+  }
+  lua_pushstring(L, p->info.container);
+  lua_setfield(L, -2, "container");
+  if (p->info.bit_rate > 0) {
+    lua_pushinteger(L, p->info.bit_rate);
+    lua_setfield(L, -2, "bit_rate");
+  }
+  lua_createtable(L, p->info.nstreams, 0);
+  for (int i = 0; i < p->info.nstreams; i++) {
+    const sl_media_stream *s = &p->info.streams[i];
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, s->type);
+    lua_setfield(L, -2, "type");
+    lua_pushstring(L, s->codec);
+    lua_setfield(L, -2, "codec");
+    if (s->duration >= 0) {
+      lua_pushnumber(L, s->duration);
+      lua_setfield(L, -2, "duration");
+    }
+    if (!strcmp(s->type, "video")) {
+      lua_pushinteger(L, s->width);
+      lua_setfield(L, -2, "width");
+      lua_pushinteger(L, s->height);
+      lua_setfield(L, -2, "height");
+      if (s->fps > 0) {
+        lua_pushnumber(L, s->fps);
+        lua_setfield(L, -2, "fps");
+      }
+    } else if (!strcmp(s->type, "audio")) {
+      lua_pushinteger(L, s->sample_rate);
+      lua_setfield(L, -2, "sample_rate");
+      lua_pushinteger(L, s->channels);
+      lua_setfield(L, -2, "channels");
+    }
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "streams");
+  return 1;
+}
+
+static void probe_free(void *data) {
+  probe_job *p = data;
+  sl_media_info_clear(&p->info);
+  free(p->url);
+  free(p);
+}
+
+static const sl_job_class probe_class = {"media.probe", probe_run, probe_finish, probe_free};
+
+static int l_probe(lua_State *L) {
+  const char *url = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  probe_job *p = calloc(1, sizeof *p);
+  if (!p || !(p->url = strdup(url))) {
+    free(p);
+    return luaL_error(L, "out of memory");
+  }
+  return sl_job_submit(L, 2, &probe_class, p);
+}
+
+/* ---- audio chunks ------------------------------------------------------------------------ */
+
+typedef struct audio_state {
+  /* configuration */
+  char *url, *dir, *prefix;
+  int rate, channels;
+  long chunk_len;   /* samples per chunk (target) */
+  long overlap;     /* samples shared with the previous chunk */
+  long window;      /* split=silence: search window around each boundary (samples) */
+  int silence;      /* cut at the quietest point near each boundary */
+  int to_blob;      /* hold PCM in blobs instead of writing WAV files */
+  /* decoding state, touched by one job at a time */
+  sl_audio_reader *reader;
+  int16_t *pcm;     /* samples [pcm_start, pcm_start + pcm_len) of the output stream */
+  long pcm_start, pcm_len, pcm_cap;
+  long next_start;  /* where the next chunk begins */
+  long emitted_end; /* where the last chunk ended */
+  int eof;
+  long seq;
+  char failed[SL_AV_ERRLEN]; /* sticky error */
+  /* ownership (loop thread only) */
+  int busy, closed;
+} audio_state;
+
+typedef struct audio_ud {
+  audio_state *s; /* NULL once closed */
+} audio_ud;
+
+static void audio_state_free(audio_state *s) {
+  sl_audio_close(s->reader);
+  free(s->pcm);
+  free(s->url);
+  free(s->dir);
+  free(s->prefix);
+  free(s);
+}
+
+typedef struct audio_job {
+  audio_state *s;
+  int status; /* 1 chunk, 0 end, -1 error */
+  long seq, start, len;
+  char path[4096];
+  sl_blob *blob;
+  char err[SL_AV_ERRLEN];
+  char warning[SL_AV_ERRLEN];
+} audio_job;
+
+/* Reads until the buffer holds samples up to absolute position upto, or the input ends. */
+static int audio_fill_to(audio_state *s, long upto, char *err, size_t errlen) {
+  while (!s->eof && s->pcm_start + s->pcm_len < upto) {
+    long want = upto - (s->pcm_start + s->pcm_len);
+    if (want < 4096) want = 4096;
+    if (s->pcm_len + want > s->pcm_cap) {
+      long cap = s->pcm_cap ? s->pcm_cap : 16384;
+      while (cap < s->pcm_len + want) cap *= 2;
+      int16_t *np = realloc(s->pcm, (size_t)cap * (size_t)s->channels * sizeof *np);
+      if (!np) {
+        snprintf(err, errlen, "%s: out of memory", s->url);
+        return -1;
+      }
+      s->pcm = np;
+      s->pcm_cap = cap;
+    }
+    long got = sl_audio_read(s->reader, s->pcm + s->pcm_len * s->channels, want, err, errlen);
+    if (got < 0) return -1;
+    s->pcm_len += got;
+    if (got < want) s->eof = 1;
+  }
+  return 0;
+}
+
+/* The quietest point in [from, to): the centre of the 20 ms window with the least energy,
+ * scanned in 10 ms steps. */
+static long quietest_point(const audio_state *s, long from, long to) {
+  long win = s->rate / 50, step = s->rate / 100;
+  if (win < 1) win = 1;
+  if (step < 1) step = 1;
+  long best = (from + to) / 2;
+  double best_e = INFINITY;
+  for (long a = from; a + win <= to; a += step) {
+    double e = 0;
+    const int16_t *p = s->pcm + (a - s->pcm_start) * s->channels;
+    for (long i = 0; i < win * s->channels; i++) e += (double)p[i] * p[i];
+    if (e < best_e) {
+      best_e = e;
+      best = a + win / 2;
+    }
+  }
+  return best;
+}
+
+static void audio_run(sl_job *job, void *data) {
+  audio_job *j = data;
+  audio_state *s = j->s;
+  sl_av_cancel c = {job_cancelled_cb, job};
+  if (s->failed[0]) {
+    snprintf(j->err, sizeof j->err, "%s", s->failed);
+    j->status = -1;
+    return;
+  }
+  if (!s->reader) {
+    s->reader = sl_audio_open(s->url, s->rate, s->channels, &c, j->err, sizeof j->err);
+    if (!s->reader) goto fail;
+  }
+  sl_audio_set_cancel(s->reader, &c);
+  long start = s->next_start;
+  long target = start + s->chunk_len;
+  long need = s->silence ? target + s->window / 2 : target;
+  if (audio_fill_to(s, need, j->err, sizeof j->err) < 0) goto fail;
+  long avail = s->pcm_start + s->pcm_len;
+  long end = target < avail ? target : avail;
+  if (s->silence && avail > target) {
+    long lo = target - s->window / 2, hi = target + s->window / 2;
+    if (lo < start + s->overlap + 1) lo = start + s->overlap + 1;
+    if (hi > avail) hi = avail;
+    if (hi > lo) end = quietest_point(s, lo, hi);
+  }
+  if (end <= s->emitted_end || end <= start) {
+    j->status = 0; /* nothing new: the input is exhausted */
+    const char *w = sl_audio_warning(s->reader);
+    if (w) snprintf(j->warning, sizeof j->warning, "%s", w);
+    return;
+  }
+  long len = end - start;
+  const int16_t *pcm = s->pcm + (start - s->pcm_start) * s->channels;
+  j->seq = ++s->seq;
+  j->start = start;
+  j->len = len;
+  if (s->to_blob) {
+    size_t bytes = (size_t)len * (size_t)s->channels * sizeof(int16_t);
+    j->blob = sl_blob_new(bytes);
+    if (!j->blob) {
+      snprintf(j->err, sizeof j->err, "%s: out of memory", s->url);
+      goto fail;
+    }
+    memcpy(j->blob->data, pcm, bytes);
+  } else {
+    snprintf(j->path, sizeof j->path, "%s/%s_%05ld.wav", s->dir, s->prefix, j->seq);
+    if (make_dirs(s->dir) < 0) {
+      snprintf(j->err, sizeof j->err, "%s: %s", s->dir, strerror(errno));
+      goto fail;
+    }
+    if (write_wav(j->path, pcm, len, s->rate, s->channels, j->err, sizeof j->err) < 0) goto fail;
+  }
+  s->emitted_end = end;
+  s->next_start = end - s->overlap;
+  if (s->next_start < start + 1) s->next_start = start + 1;
+  /* drop samples no later chunk needs */
+  long drop = s->next_start - s->pcm_start;
+  if (drop > 0) {
+    memmove(s->pcm, s->pcm + drop * s->channels,
+            (size_t)(s->pcm_len - drop) * (size_t)s->channels * sizeof *s->pcm);
+    s->pcm_len -= drop;
+    s->pcm_start += drop;
+  }
+  j->status = 1;
+  return;
+fail:
+  j->status = -1;
+  /* a cancelled or failed decoder is not resumed */
+  snprintf(s->failed, sizeof s->failed, "%s", j->err);
+}
+
+static int audio_finish(lua_State *L, void *data) {
+  audio_job *j = data;
+  audio_state *s = j->s;
+  if (j->status < 0) return sl_push_fail(L, "EMEDIA", "%s", j->err);
+  if (j->status == 0) {
+    lua_pushnil(L);
+    if (j->warning[0]) {
+      lua_pushstring(L, j->warning);
+      return 2;
+    }
+    return 1;
+  }
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, j->seq);
+  lua_setfield(L, -2, "seq");
+  lua_pushnumber(L, (double)j->start / s->rate);
+  lua_setfield(L, -2, "t0");
+  lua_pushnumber(L, (double)(j->start + j->len) / s->rate);
+  lua_setfield(L, -2, "t1");
+  lua_pushinteger(L, j->start);
+  lua_setfield(L, -2, "start");
+  lua_pushinteger(L, j->len);
+  lua_setfield(L, -2, "samples");
+  lua_pushinteger(L, s->rate);
+  lua_setfield(L, -2, "rate");
+  lua_pushinteger(L, s->channels);
+  lua_setfield(L, -2, "channels");
+  if (j->blob) {
+    sl_blob_push(L, j->blob);
+    j->blob = NULL;
+    lua_setfield(L, -2, "blob");
+  } else {
+    lua_pushstring(L, j->path);
+    lua_setfield(L, -2, "path");
+  }
+  return 1;
+}
+
+static void audio_job_free(void *data) {
+  audio_job *j = data;
+  sl_blob_release(j->blob);
+  j->s->busy = 0;
+  if (j->s->closed) audio_state_free(j->s);
+  free(j);
+}
+
+static const sl_job_class audio_class = {"media.audio_chunks", audio_run, audio_finish,
+                                         audio_job_free};
+
+/* media.audio_reader(url, {seconds=, overlap=, rate=, channels=, output="wav"|"blob", dir=,
+ * prefix=, split="silence", window=}) -> reader. Opening happens in the first job. */
+static int l_audio_reader(lua_State *L) {
+  const char *url = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  double seconds = opt_number(L, 2, "seconds", 30);
+  double overlap = opt_number(L, 2, "overlap", 0);
+  int rate = (int)opt_number(L, 2, "rate", 16000);
+  int channels = (int)opt_number(L, 2, "channels", 1);
+  const char *output = opt_string(L, 2, "output", "wav");
+  const char *split = opt_string(L, 2, "split", NULL);
+  luaL_argcheck(L, seconds > 0, 2, "seconds must be positive");
+  luaL_argcheck(L, overlap >= 0 && overlap < seconds, 2, "overlap must be in [0, seconds)");
+  luaL_argcheck(L, rate >= 1000 && rate <= 384000, 2, "rate must be 1000..384000");
+  luaL_argcheck(L, channels >= 1 && channels <= 8, 2, "channels must be 1..8");
+  luaL_argcheck(L, !strcmp(output, "wav") || !strcmp(output, "blob"), 2,
+                "output must be \"wav\" or \"blob\"");
+  luaL_argcheck(L, !split || !strcmp(split, "silence"), 2, "split must be \"silence\"");
+  int to_blob = !strcmp(output, "blob");
+  const char *dir = opt_string(L, 2, "dir", NULL);
+  if (!to_blob && !dir) luaL_argerror(L, 2, "dir is required for output=\"wav\"");
+  const char *prefix = opt_string(L, 2, "prefix", "chunk");
+  audio_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->s = NULL;
+  luaL_setmetatable(L, AUDIO_MT);
+  audio_state *s = calloc(1, sizeof *s);
+  if (!s) return luaL_error(L, "out of memory");
+  u->s = s;
+  s->url = dup_or_raise(L, url);
+  s->dir = dup_or_raise(L, dir ? dir : "");
+  s->prefix = dup_or_raise(L, prefix);
+  s->rate = rate;
+  s->channels = channels;
+  s->chunk_len = lround(seconds * rate);
+  s->overlap = lround(overlap * rate);
+  if (s->chunk_len < 1) s->chunk_len = 1;
+  if (s->overlap >= s->chunk_len) s->overlap = s->chunk_len - 1;
+  s->silence = split != NULL;
+  double window = opt_number(L, 2, "window", fmin(2.0, seconds / 4));
+  luaL_argcheck(L, window > 0, 2, "window must be positive");
+  s->window = lround(window * rate);
+  /* the cut must stay after the overlap of the chunk it ends */
+  long max_window = 2 * (s->chunk_len - s->overlap - 1);
+  if (s->window > max_window) s->window = max_window > 0 ? max_window : 0;
+  s->to_blob = to_blob;
+  return 1;
+}
+
+static audio_ud *check_audio(lua_State *L) {
+  audio_ud *u = luaL_checkudata(L, 1, AUDIO_MT);
+  sl_check_open(L, u->s, "audio reader");
+  return u;
+}
+
+static int audio_next(lua_State *L) {
+  audio_ud *u = check_audio(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (u->s->busy) return luaL_error(L, "audio reader: next() called while a read is running");
+  audio_job *j = calloc(1, sizeof *j);
+  if (!j) return luaL_error(L, "out of memory");
+  j->s = u->s;
+  u->s->busy = 1;
+  return sl_job_submit(L, 2, &audio_class, j);
+}
+
+static int audio_close(lua_State *L) {
+  audio_ud *u = luaL_checkudata(L, 1, AUDIO_MT);
+  audio_state *s = u->s;
+  u->s = NULL;
+  if (!s) return 0;
+  s->closed = 1;
+  if (!s->busy) audio_state_free(s);
+  return 0;
+}
+
+/* ---- extract the whole audio track --------------------------------------------------------- */
+
+typedef struct extract_job {
+  char *url, *out;
+  int rate, channels;
+  long frames;
+  char err[SL_AV_ERRLEN];
+} extract_job;
+
+static void extract_run(sl_job *job, void *data) {
+  extract_job *e = data;
+  sl_av_cancel c = {job_cancelled_cb, job};
+  sl_audio_reader *r = sl_audio_open(e->url, e->rate, e->channels, &c, e->err, sizeof e->err);
+  if (!r) {
+    e->frames = -1;
+    return;
+  }
+  FILE *f = fopen(e->out, "wb");
+  if (!f) {
+    snprintf(e->err, sizeof e->err, "%s: %s", e->out, strerror(errno));
+    e->frames = -1;
+    sl_audio_close(r);
+    return;
+  }
+  uint8_t h[44];
+  wav_header(h, e->rate, e->channels, 0);
+  int ok = fwrite(h, 1, 44, f) == 44;
+  enum { BLOCK = 16384 };
+  int16_t *buf = malloc((size_t)BLOCK * (size_t)e->channels * sizeof *buf);
+  long total = 0;
+  ok = ok && buf;
+  while (ok) {
+    long got = sl_audio_read(r, buf, BLOCK, e->err, sizeof e->err);
+    if (got < 0) {
+      total = -1;
+      break;
+    }
+    if (got > 0 && fwrite(buf, (size_t)e->channels * 2, (size_t)got, f) != (size_t)got) ok = 0;
+    total += got;
+    if (got < BLOCK) break;
+  }
+  free(buf);
+  if (ok && total >= 0) {
+    wav_header(h, e->rate, e->channels, (uint32_t)((size_t)total * (size_t)e->channels * 2));
+    ok = fseek(f, 0, SEEK_SET) == 0 && fwrite(h, 1, 44, f) == 44;
+  }
+  if (fclose(f) != 0) ok = 0;
+  if (!ok && total >= 0) {
+    snprintf(e->err, sizeof e->err, "%s: %s", e->out, strerror(errno));
+    total = -1;
+  }
+  if (total < 0) remove(e->out);
+  e->frames = total;
+  sl_audio_close(r);
+}
+
+static int extract_finish(lua_State *L, void *data) {
+  extract_job *e = data;
+  if (e->frames < 0) return sl_push_fail(L, "EMEDIA", "%s", e->err);
+  lua_pushinteger(L, e->frames);
+  return 1;
+}
+
+static void extract_free(void *data) {
+  extract_job *e = data;
+  free(e->url);
+  free(e->out);
+  free(e);
+}
+
+static const sl_job_class extract_class = {"media.extract_audio", extract_run, extract_finish,
+                                           extract_free};
+
+static int l_extract_audio(lua_State *L) {
+  const char *url = luaL_checkstring(L, 1);
+  const char *out = luaL_checkstring(L, 2);
+  int rate = (int)luaL_checkinteger(L, 3);
+  int channels = (int)luaL_checkinteger(L, 4);
+  luaL_checktype(L, 5, LUA_TFUNCTION);
+  luaL_argcheck(L, rate >= 1000 && rate <= 384000, 3, "rate must be 1000..384000");
+  luaL_argcheck(L, channels >= 1 && channels <= 8, 4, "channels must be 1..8");
+  extract_job *e = calloc(1, sizeof *e);
+  if (!e) return luaL_error(L, "out of memory");
+  e->url = strdup(url);
+  e->out = strdup(out);
+  e->rate = rate;
+  e->channels = channels;
+  if (!e->url || !e->out) {
+    extract_free(e);
+    return luaL_error(L, "out of memory");
+  }
+  return sl_job_submit(L, 5, &extract_class, e);
+}
+
+/* ---- frames -------------------------------------------------------------------------------- */
+
+typedef struct frame_state {
+  char *url, *dir, *prefix;
+  sl_frame_opts opts;
+  double *times;
+  int format;  /* sl_render_format, 0: no image */
+  int max_width, max_height, quality;
+  int to_blob;
+  int want_phash;
+  sl_frame_reader *reader;
+  long seq;
+  char failed[SL_AV_ERRLEN];
+  int busy, closed;
+} frame_state;
+
+typedef struct frames_ud {
+  frame_state *s;
+} frames_ud;
+
+static void frame_state_free(frame_state *s) {
+  sl_frame_close(s->reader);
+  free(s->times);
+  free(s->url);
+  free(s->dir);
+  free(s->prefix);
+  free(s);
+}
+
+typedef struct frame_job {
+  frame_state *s;
+  int status;
+  long seq;
+  double t, score;
+  int key, width, height, src_width, src_height;
+  uint64_t dhash, phash;
+  uint8_t *bytes;
+  size_t len;
+  char path[4096];
+  long decoded, seeks;
+  char err[SL_AV_ERRLEN];
+} frame_job;
+
+static const char *format_ext(int format) {
+  switch (format) {
+    case SL_RENDER_JPEG: return "jpg";
+    case SL_RENDER_PNG: return "png";
+    case SL_RENDER_GRAY: return "gray";
+    default: return "rgb";
+  }
+}
+
+static void frame_run(sl_job *job, void *data) {
+  frame_job *j = data;
+  frame_state *s = j->s;
+  sl_av_cancel c = {job_cancelled_cb, job};
+  if (s->failed[0]) {
+    snprintf(j->err, sizeof j->err, "%s", s->failed);
+    j->status = -1;
+    return;
+  }
+  if (!s->reader) {
+    s->opts.times = s->times;
+    s->reader = sl_frame_open(s->url, &s->opts, &c, j->err, sizeof j->err);
+    if (!s->reader) goto fail;
+  }
+  sl_frame_set_cancel(s->reader, &c);
+  int rc = sl_frame_next(s->reader, &j->t, &j->score, &j->key, j->err, sizeof j->err);
+  sl_frame_stats(s->reader, &j->decoded, &j->seeks);
+  if (rc < 0) goto fail;
+  if (rc == 0) {
+    j->status = 0;
+    return;
+  }
+  j->seq = ++s->seq;
+  sl_frame_size(s->reader, &j->src_width, &j->src_height);
+  sl_image luma;
+  if (sl_frame_luma(s->reader, &luma, j->err, sizeof j->err) < 0) goto fail;
+  j->dhash = sl_dhash(&luma);
+  if (s->want_phash) j->phash = sl_phash(&luma);
+  if (s->format) {
+    if (sl_frame_render(s->reader, s->format, s->max_width, s->max_height, s->quality, &j->bytes,
+                        &j->len, &j->width, &j->height, j->err, sizeof j->err) < 0)
+      goto fail;
+    if (!s->to_blob) {
+      snprintf(j->path, sizeof j->path, "%s/%s_%06ld.%s", s->dir, s->prefix, j->seq,
+               format_ext(s->format));
+      if (make_dirs(s->dir) < 0) {
+        snprintf(j->err, sizeof j->err, "%s: %s", s->dir, strerror(errno));
+        goto fail;
+      }
+      if (write_file(j->path, j->bytes, j->len, j->err, sizeof j->err) < 0) goto fail;
+      free(j->bytes);
+      j->bytes = NULL;
+    }
+  } else {
+    j->width = j->src_width;
+    j->height = j->src_height;
+  }
+  j->status = 1;
+  return;
+fail:
+  j->status = -1;
+  snprintf(s->failed, sizeof s->failed, "%s", j->err);
+}
+
+static int frame_finish(lua_State *L, void *data) {
+  frame_job *j = data;
+  frame_state *s = j->s;
+  if (j->status < 0) return sl_push_fail(L, "EMEDIA", "%s", j->err);
+  if (j->status == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_createtable(L, 0, 12);
+  lua_pushinteger(L, j->seq);
+  lua_setfield(L, -2, "seq");
+  lua_pushnumber(L, j->t);
+  lua_setfield(L, -2, "t");
+  lua_pushinteger(L, j->width);
+  lua_setfield(L, -2, "width");
+  lua_pushinteger(L, j->height);
+  lua_setfield(L, -2, "height");
+  lua_pushinteger(L, j->src_width);
+  lua_setfield(L, -2, "source_width");
+  lua_pushinteger(L, j->src_height);
+  lua_setfield(L, -2, "source_height");
+  lua_pushboolean(L, j->key);
+  lua_setfield(L, -2, "key");
+  if (j->score >= 0) {
+    lua_pushnumber(L, j->score);
+    lua_setfield(L, -2, "scene_score");
+  }
+  push_hash(L, j->dhash);
+  lua_setfield(L, -2, "dhash");
+  if (s->want_phash) {
+    push_hash(L, j->phash);
+    lua_setfield(L, -2, "phash");
+  }
+  if (s->format) {
+    lua_pushstring(L, format_ext(s->format));
+    lua_setfield(L, -2, "format");
+  }
+  if (j->bytes) {
+    sl_blob *b = sl_blob_new(j->len);
+    if (!b) return luaL_error(L, "out of memory");
+    memcpy(b->data, j->bytes, j->len);
+    sl_blob_push(L, b);
+    lua_setfield(L, -2, "blob");
+  } else if (j->path[0]) {
+    lua_pushstring(L, j->path);
+    lua_setfield(L, -2, "path");
+  }
+  lua_pushinteger(L, j->decoded);
+  lua_setfield(L, -2, "decoded");
+  lua_pushinteger(L, j->seeks);
+  lua_setfield(L, -2, "seeks");
+  return 1;
+}
+
+static void frame_job_free(void *data) {
+  frame_job *j = data;
+  free(j->bytes);
+  j->s->busy = 0;
+  if (j->s->closed) frame_state_free(j->s);
+  free(j);
+}
+
+static const sl_job_class frame_class = {"media.frames", frame_run, frame_finish, frame_job_free};
+
+/* media.frame_reader(url, {every=|keyframes=|scene=|times=, min_interval=, max_width=,
+ * max_height=, format="jpeg"|"png"|"gray"|"rgb"|"none", quality=, output="file"|"blob", dir=,
+ * prefix=, threads=, phash=bool}) -> reader */
+static int l_frame_reader(lua_State *L) {
+  const char *url = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  sl_frame_opts o = {0};
+  int modes = 0;
+  double every = opt_number(L, 2, "every", 0);
+  double scene = opt_number(L, 2, "scene", -1);
+  int keyframes = opt_bool(L, 2, "keyframes", 0);
+  lua_getfield(L, 2, "times");
+  int has_times = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  if (every > 0) {
+    o.mode = SL_FRAMES_EVERY;
+    o.every = every;
+    modes++;
+  }
+  if (keyframes) {
+    o.mode = SL_FRAMES_KEYFRAMES;
+    modes++;
+  }
+  if (scene >= 0) {
+    luaL_argcheck(L, scene <= 1, 2, "scene threshold must be in 0..1");
+    o.mode = SL_FRAMES_SCENE;
+    o.scene = scene;
+    modes++;
+  }
+  if (has_times) {
+    o.mode = SL_FRAMES_TIMES;
+    modes++;
+  }
+  luaL_argcheck(L, modes <= 1, 2, "give one of every, keyframes, scene, times");
+  o.min_interval = opt_number(L, 2, "min_interval", 0);
+  o.threads = (int)opt_number(L, 2, "threads", 0);
+  const char *format = opt_string(L, 2, "format", "jpeg");
+  int fmt = !strcmp(format, "jpeg") || !strcmp(format, "jpg") ? SL_RENDER_JPEG
+            : !strcmp(format, "png")                          ? SL_RENDER_PNG
+            : !strcmp(format, "gray")                         ? SL_RENDER_GRAY
+            : !strcmp(format, "rgb")                          ? SL_RENDER_RGB
+            : !strcmp(format, "none")                         ? 0
+                                                              : -1;
+  luaL_argcheck(L, fmt >= 0, 2, "format must be jpeg, png, gray, rgb or none");
+  const char *output = opt_string(L, 2, "output", "file");
+  luaL_argcheck(L, !strcmp(output, "file") || !strcmp(output, "blob"), 2,
+                "output must be \"file\" or \"blob\"");
+  int to_blob = !strcmp(output, "blob");
+  const char *dir = opt_string(L, 2, "dir", NULL);
+  if (fmt && !to_blob && !dir) luaL_argerror(L, 2, "dir is required for output=\"file\"");
+  frames_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->s = NULL;
+  luaL_setmetatable(L, FRAMES_MT);
+  frame_state *s = calloc(1, sizeof *s);
+  if (!s) return luaL_error(L, "out of memory");
+  u->s = s;
+  if (has_times) {
+    lua_getfield(L, 2, "times");
+    luaL_checktype(L, -1, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, -1);
+    s->times = calloc(n > 0 ? (size_t)n : 1, sizeof *s->times);
+    if (!s->times) return luaL_error(L, "out of memory");
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      s->times[i - 1] = luaL_checknumber(L, -1);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    o.ntimes = (int)n;
+  }
+  s->opts = o;
+  s->url = dup_or_raise(L, url);
+  s->dir = dup_or_raise(L, dir ? dir : "");
+  s->prefix = dup_or_raise(L, opt_string(L, 2, "prefix", "frame"));
+  s->format = fmt;
+  s->max_width = (int)opt_number(L, 2, "max_width", 0);
+  s->max_height = (int)opt_number(L, 2, "max_height", 0);
+  s->quality = (int)opt_number(L, 2, "quality", 85);
+  s->to_blob = to_blob;
+  s->want_phash = opt_bool(L, 2, "phash", 0);
+  return 1;
+}
+
+static frames_ud *check_frames(lua_State *L) {
+  frames_ud *u = luaL_checkudata(L, 1, FRAMES_MT);
+  sl_check_open(L, u->s, "frame reader");
+  return u;
+}
+
+static int frames_next(lua_State *L) {
+  frames_ud *u = check_frames(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (u->s->busy) return luaL_error(L, "frame reader: next() called while a read is running");
+  frame_job *j = calloc(1, sizeof *j);
+  if (!j) return luaL_error(L, "out of memory");
+  j->s = u->s;
+  u->s->busy = 1;
+  return sl_job_submit(L, 2, &frame_class, j);
+}
+
+static int frames_close(lua_State *L) {
+  frames_ud *u = luaL_checkudata(L, 1, FRAMES_MT);
+  frame_state *s = u->s;
+  u->s = NULL;
+  if (!s) return 0;
+  s->closed = 1;
+  if (!s->busy) frame_state_free(s);
+  return 0;
+}
+
+/* ---- hashes of an image file ---------------------------------------------------------------- */
+
+typedef struct hash_job {
+  char *url;
+  int ok;
+  uint64_t dhash, phash;
+  char err[SL_AV_ERRLEN];
+} hash_job;
+
+static void hash_run(sl_job *job, void *data) {
+  hash_job *h = data;
+  sl_av_cancel c = {job_cancelled_cb, job};
+  sl_frame_opts o = {0};
+  o.threads = 1;
+  sl_frame_reader *r = sl_frame_open(h->url, &o, &c, h->err, sizeof h->err);
+  if (!r) return;
+  double t, score;
+  int key;
+  int rc = sl_frame_next(r, &t, &score, &key, h->err, sizeof h->err);
+  if (rc == 0) snprintf(h->err, sizeof h->err, "%s: no frame", h->url);
+  sl_image img;
+  if (rc > 0 && sl_frame_luma(r, &img, h->err, sizeof h->err) == 0) {
+    h->dhash = sl_dhash(&img);
+    h->phash = sl_phash(&img);
+    h->ok = 1;
+  }
+  sl_frame_close(r);
+}
+
+static int hash_finish(lua_State *L, void *data) {
+  hash_job *h = data;
+  if (!h->ok) return sl_push_fail(L, "EMEDIA", "%s", h->err);
+  push_hash(L, h->dhash);
+  push_hash(L, h->phash);
+  return 2;
+}
+
+static void hash_free(void *data) {
+  hash_job *h = data;
+  free(h->url);
+  free(h);
+}
+
+static const sl_job_class hash_class = {"media.image_hash", hash_run, hash_finish, hash_free};
+
+static int l_image_hash(lua_State *L) {
+  const char *url = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  hash_job *h = calloc(1, sizeof *h);
+  if (!h || !(h->url = strdup(url))) {
+    free(h);
+    return luaL_error(L, "out of memory");
+  }
+  return sl_job_submit(L, 2, &hash_class, h);
+}
+
+int luaopen_sluice_media(lua_State *L) {
+  static const luaL_Reg audio_methods[] = {{"next", audio_next}, {"close", audio_close},
+                                           {NULL, NULL}};
+  static const luaL_Reg frame_methods[] = {{"next", frames_next}, {"close", frames_close},
+                                           {NULL, NULL}};
+  if (luaL_newmetatable(L, AUDIO_MT)) {
+    luaL_newlib(L, audio_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, audio_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, audio_close);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, FRAMES_MT)) {
+    luaL_newlib(L, frame_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, frames_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, frames_close);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
+  static const luaL_Reg funcs[] = {{"probe", l_probe},
+                                   {"audio_reader", l_audio_reader},
+                                   {"frame_reader", l_frame_reader},
+                                   {"extract_audio", l_extract_audio},
+                                   {"image_hash", l_image_hash},
+                                   {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  return 1;
+}

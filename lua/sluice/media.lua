@@ -1,0 +1,214 @@
+-- sluice.media: probe media, cut audio into chunks, capture frames, perceptual hashes.
+--
+--   local media = require "sluice.media"
+--   local info = assert(media.probe("talk.mp4"))
+--   for chunk in media.audio_chunks("talk.mp4", { seconds = 30, overlap = 1 }) do
+--     print(chunk.seq, chunk.t0, chunk.t1, chunk.path)       -- 16 kHz mono WAV files
+--   end
+--   for f in media.frames("talk.mp4", { every = 10, max_width = 640 }) do
+--     print(f.seq, f.t, f.path, phash.hex(f.dhash))           -- JPEG files
+--   end
+--
+-- Every decode, resample, scale, encode and file write runs on the engine's worker threads
+-- (sluice.core.media); these functions wait as tasks do. See docs/media.md.
+local sched = require "sluice.sched"
+local cmedia = require "sluice.core.media"
+local cphash = require "sluice.core.phash"
+
+local pack, unpack = table.pack, table.unpack
+
+local M = {}
+
+local function check_url(v, fname)
+  if type(v) ~= "string" or v == "" then
+    error(string.format("bad argument #1 to '%s' (path or URL expected, got %s)", fname,
+      v == nil and "no value" or type(v)), 3)
+  end
+end
+
+-- probe(path_or_url) -> {duration=, container=, bit_rate=, streams={{type=, codec=, width=,
+-- height=, fps=, sample_rate=, channels=, duration=}...}} or nil, message.
+function M.probe(url)
+  check_url(url, "probe")
+  return sched.await("media.probe", function(done) return cmedia.probe(url, done) end)
+end
+
+-- A stream of items produced by a C reader one pool job at a time, with one item fetched
+-- ahead while the consumer works on the current one.
+local Stream = {}
+Stream.__index = Stream
+Stream.__name = "sluice.media.stream"
+
+local function submit(self)
+  local p = {}
+  p.job = self.reader:next(function(...)
+    p.result = pack(...)
+    local w = p.waiter
+    if w then
+      p.waiter = nil
+      w(...)
+    end
+  end)
+  self.pending = p
+end
+
+-- stream:next() -> item, or nil at the end (plus a warning when the input broke off early),
+-- or nil, message, "EMEDIA" when the input cannot be read.
+function Stream:next()
+  if self.closed then error("attempt to use a closed " .. self.what, 2) end
+  if self.finished then return nil, self.err, self.err and "EMEDIA" or nil end
+  if not self.pending then submit(self) end
+  local p = self.pending
+  local r = p.result
+  if not r then
+    r = pack(sched.await(self.what, function(done)
+      p.waiter = done
+      return function()
+        p.waiter = nil
+        if self.pending == p then self.pending = nil end
+        p.job:cancel()
+      end
+    end))
+  end
+  self.pending = nil
+  local item = r[1]
+  if item == nil then
+    self.finished = true
+    if r[3] then
+      self.err = r[2]
+    else
+      self.warning = r[2]
+    end
+    self.reader:close()
+    return nil, self.err, r[3]
+  end
+  if self.prefetch then submit(self) end
+  return item
+end
+
+-- Calling the stream (as a for-loop iterator does) returns the next item or nil at the end,
+-- and raises when the input cannot be read.
+function Stream:__call()
+  local item, err = self:next()
+  if item == nil and err then error(err, 0) end
+  return item
+end
+
+-- Stops reading: cancels the job fetching ahead and releases the decoder.
+function Stream:close()
+  if self.closed then return end
+  self.closed = true
+  local p = self.pending
+  self.pending = nil
+  if p and not p.result then p.job:cancel() end
+  self.reader:close()
+end
+Stream.__close = Stream.close
+
+local function new_stream(reader, what, prefetch)
+  local s = setmetatable({ reader = reader, what = what, prefetch = prefetch ~= false }, Stream)
+  -- for item in stream do ... end: the fourth value closes the stream when the loop exits
+  return s, nil, nil, s
+end
+
+local tmp_counter = 0
+local function temp_dir(kind)
+  tmp_counter = tmp_counter + 1
+  local base = os.getenv("TMPDIR") or "/tmp"
+  return string.format("%s/sluice-%s-%d-%x-%d", base, kind, math.floor(sched.now() * 1000) % 1000000,
+    math.random(0, 0xffffff), tmp_counter)
+end
+
+local function stem(url)
+  local name = url:match("([^/?#]+)[?#]?[^/]*$") or "media"
+  name = name:gsub("%.[^.]*$", "")
+  name = name:gsub("[^%w_%-]", "_")
+  if name == "" then name = "media" end
+  return name
+end
+
+-- audio_chunks(path_or_url, {seconds=30, overlap=0, rate=16000, channels=1,
+--   output="wav"|"blob", dir=, prefix=, split="silence", window=, prefetch=true})
+-- -> stream of {seq=, t0=, t1=, start=, samples=, rate=, channels=, path= | blob=}
+-- Chunk k (1-based) starts at sample start = previous chunk's end - overlap; samples are
+-- 16-bit little-endian PCM. With split="silence" each boundary moves to the quietest 20 ms
+-- within window seconds around it.
+function M.audio_chunks(url, opts)
+  check_url(url, "audio_chunks")
+  opts = opts or {}
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.output = o.output or "wav"
+  if o.output == "wav" then
+    o.dir = o.dir or temp_dir("audio")
+    o.prefix = o.prefix or stem(url)
+  end
+  local reader = cmedia.audio_reader(url, o)
+  return new_stream(reader, "media.audio_chunks", o.prefetch)
+end
+
+-- frames(path_or_url, {every=N | keyframes=true | scene=threshold | times={...},
+--   min_interval=, max_width=, max_height=, format="jpeg"|"png"|"gray"|"rgb"|"none",
+--   quality=85, output="file"|"blob", dir=, prefix=, threads=, phash=false, prefetch=true})
+-- -> stream of {seq=, t=, width=, height=, path= | blob=, format=, scene_score=, dhash=,
+--   phash=, key=, source_width=, source_height=}
+function M.frames(url, opts)
+  check_url(url, "frames")
+  opts = opts or {}
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.format = o.format or "jpeg"
+  o.output = o.output or "file"
+  if o.output == "file" and o.format ~= "none" then
+    o.dir = o.dir or temp_dir("frames")
+    o.prefix = o.prefix or stem(url)
+  end
+  local reader = cmedia.frame_reader(url, o)
+  return new_stream(reader, "media.frames", o.prefetch)
+end
+
+-- extract_audio(path_or_url, out_wav, {rate=16000, channels=1}) -> number of samples (per
+-- channel) written, or nil, message.
+function M.extract_audio(url, out, opts)
+  check_url(url, "extract_audio")
+  if type(out) ~= "string" then error("bad argument #2 to 'extract_audio' (path expected)", 2) end
+  opts = opts or {}
+  local rate, channels = opts.rate or 16000, opts.channels or 1
+  return sched.await("media.extract_audio", function(done)
+    return cmedia.extract_audio(url, out, rate, channels, done)
+  end)
+end
+
+local function image_hashes(x, fname)
+  if type(x) == "table" then
+    if x.path then x = x.path else error("bad argument #1 to '" .. fname .. "' (frame without path)", 3) end
+  end
+  check_url(x, fname)
+  return sched.await("media.image_hash", function(done) return cmedia.image_hash(x, done) end)
+end
+
+-- dhash(image_path_or_frame) -> 64-bit integer, or nil, message. A frame from frames()
+-- carries its dhash already (computed from the full-size frame on the worker).
+function M.dhash(x)
+  if type(x) == "table" and x.dhash then return x.dhash end
+  local d, p = image_hashes(x, "dhash")
+  if d == nil then return nil, p end
+  return d
+end
+
+-- phash(image_path_or_frame) -> 64-bit integer, or nil, message.
+function M.phash(x)
+  if type(x) == "table" and x.phash then return x.phash end
+  local d, p, code = image_hashes(x, "phash")
+  if d == nil then return nil, p, code end
+  return p
+end
+
+-- Hashes are 64-bit Lua integers; distance counts differing bits; hex gives 16 hex digits.
+M.distance = cphash.distance
+M.hex = cphash.hex
+M.from_hex = cphash.from_hex
+-- index() -> a near-duplicate index: ix:add(hash, id), ix:near(hash, d) -> ids, distances
+M.index = cphash.index
+
+return M
