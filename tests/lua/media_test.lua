@@ -1,0 +1,357 @@
+-- sluice.media against files made here with the ffmpeg CLI and the real footage in shared/media.
+local sl = require "sluice"
+local T = require "sluice.test"
+local media = require "sluice.media"
+
+local src = os.getenv("SLUICE_SOURCE_DIR") or "."
+-- CI has shared/ beside the clone; a worktree under /work/wt finds it at /work/shared.
+local shared = os.getenv("SLUICE_SHARED_DIR") or (src .. "/../shared")
+if not io.open(shared .. "/media/person.mp4", "rb") then shared = "/work/shared" end
+shared = shared .. "/media/"
+local tmp = (os.getenv("TMPDIR") or "/tmp") .. "/sluice-media-test-" .. tostring(os.time()) ..
+  "-" .. tostring(math.random(1, 1e9))
+os.execute("mkdir -p " .. tmp)
+
+local function ffmpeg(args)
+  local argv = { "ffmpeg", "-y", "-v", "error", "-nostdin" }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  local r = assert(sl.exec(argv))
+  assert(r.status == 0, "ffmpeg failed: " .. r.stderr)
+  return r
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local made = {}
+local function file(name, args)
+  local path = tmp .. "/" .. name
+  if not made[name] then
+    local a = {}
+    for _, v in ipairs(args) do a[#a + 1] = v end
+    a[#a + 1] = path
+    ffmpeg(a)
+    made[name] = true
+  end
+  return path
+end
+
+-- 6 s of testsrc + 440 Hz sine, 25 fps, a keyframe every 2 s.
+local function av_file()
+  return file("av.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=6",
+    "-f", "lavfi", "-i", "sine=frequency=440:duration=6:sample_rate=44100",
+    "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-pix_fmt", "yuv420p",
+    "-c:a", "aac", "-shortest" })
+end
+
+-- Three sources cut together: cuts at 2 s and 4 s.
+local function cuts_file()
+  return file("cuts.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=2",
+    "-f", "lavfi", "-i", "smptebars=size=320x240:rate=25:duration=2",
+    "-f", "lavfi", "-i", "color=c=blue:size=320x240:rate=25:duration=2",
+    "-filter_complex", "[0:v][1:v][2:v]concat=n=3:v=1:a=0[v]", "-map", "[v]",
+    "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p" })
+end
+
+-- ffmpeg's pts_time values printed by showinfo for a filter chain ending in showinfo.
+local function showinfo_times(path, vf)
+  local r = assert(sl.exec({ "ffmpeg", "-v", "info", "-nostdin", "-i", path, "-vf", vf,
+    "-f", "null", "-" }))
+  local ts = {}
+  for t in r.stderr:gmatch("pts_time:([%d%.%-]+)") do ts[#ts + 1] = tonumber(t) end
+  return ts
+end
+
+local function collect(stream)
+  local out = {}
+  for item in stream do out[#out + 1] = item end
+  return out
+end
+
+T.case("probe reports container, duration and streams", function()
+  local info = T.ok(media.probe(av_file()))
+  T.near(info.duration, 6, 0.1)
+  T.ok(info.container:find("mp4"), "container")
+  local v, a
+  for _, s in ipairs(info.streams) do
+    if s.type == "video" then v = s elseif s.type == "audio" then a = s end
+  end
+  T.eq(v.codec, "h264")
+  T.eq(v.width, 320)
+  T.eq(v.height, 240)
+  T.near(v.fps, 25, 0.01)
+  T.eq(a.codec, "aac")
+  T.eq(a.sample_rate, 44100)
+  T.eq(a.channels, 1)
+end)
+
+T.case("probe of the real footage", function()
+  local info = T.ok(media.probe(shared .. "person.mp4"))
+  T.eq(info.streams[1].width, 768)
+  T.eq(info.streams[1].height, 432)
+  T.near(info.duration, 139, 2)
+end)
+
+T.case("non-media, zero-length, missing and truncated inputs give errors naming the file", function()
+  local junk = tmp .. "/junk.mp4"
+  local f = io.open(junk, "wb")
+  f:write(string.rep("this is not a video\n", 200))
+  f:close()
+  local empty = tmp .. "/empty.mp4"
+  io.open(empty, "wb"):close()
+  local whole = slurp(av_file())
+  local cut = tmp .. "/cut.mp4" -- moov atom at the end: cut off
+  f = io.open(cut, "wb")
+  f:write(whole:sub(1, #whole // 2))
+  f:close()
+  for _, p in ipairs({ junk, empty, tmp .. "/missing.mp4", cut }) do
+    local info, msg, code = media.probe(p)
+    T.eq(info, nil, p)
+    T.ok(msg:find(p, 1, true), "message names the file: " .. tostring(msg))
+    T.eq(code, "EMEDIA")
+    local chunks = media.audio_chunks(p, { seconds = 1, output = "blob" })
+    local c, err = chunks:next()
+    T.eq(c, nil)
+    T.ok(err and err:find(p, 1, true), "audio error names the file")
+    local frames = media.frames(p, { every = 1, output = "blob" })
+    local fr, ferr = frames:next()
+    T.eq(fr, nil)
+    T.ok(ferr and ferr:find(p, 1, true), "frames error names the file")
+    -- the for-loop form raises the same message
+    T.raises(function() for _ in media.frames(p, { every = 1, output = "blob" }) do end end, p)
+  end
+end)
+
+T.case("a stream that ends early yields what was decoded", function()
+  local ts = file("long.ts", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
+    "-f", "lavfi", "-i", "sine=duration=4", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25",
+    "-c:a", "aac", "-shortest" })
+  local whole = slurp(ts)
+  local cut = tmp .. "/cut.ts"
+  local f = io.open(cut, "wb")
+  f:write(whole:sub(1, #whole // 2))
+  f:close()
+  local frames = collect(media.frames(cut, { every = 0.5, format = "none" }))
+  T.ok(#frames >= 2 and #frames < 8, "some frames, not all: " .. #frames)
+  local chunks = collect(media.audio_chunks(cut, { seconds = 0.5, output = "blob" }))
+  T.ok(#chunks >= 1 and #chunks < 8, "some chunks, not all: " .. #chunks)
+end)
+
+T.case("audio chunks: boundaries and overlap exact to the sample, total equals ffmpeg's", function()
+  local p = av_file()
+  local rate, L, O = 16000, 2 * 16000, 8000
+  local chunks = collect(media.audio_chunks(p, { seconds = 2, overlap = 0.5, output = "blob" }))
+  local r = assert(sl.exec({ "ffmpeg", "-v", "error", "-nostdin", "-i", p, "-ac", "1", "-ar", "16000",
+    "-f", "s16le", "-" }))
+  local total = #r.stdout // 2
+  T.ok(total > 90000, "ffmpeg decoded the audio")
+  -- chunk k starts at (k-1)*(L-O); every chunk but the last has L samples
+  local expect_n = 1
+  while (expect_n - 1) * (L - O) + L < total do expect_n = expect_n + 1 end
+  T.eq(#chunks, expect_n, "chunk count")
+  for i, c in ipairs(chunks) do
+    T.eq(c.seq, i)
+    T.eq(c.start, (i - 1) * (L - O), "start of chunk " .. i)
+    T.eq(c.t0, c.start / rate)
+    T.eq(c.t1, (c.start + c.samples) / rate)
+    T.eq(#c.blob, c.samples * 2)
+    if i < #chunks then T.eq(c.samples, L) end
+    if i > 1 then
+      local prev = chunks[i - 1]
+      T.eq(c.blob:bytes(1, O * 2), prev.blob:bytes(#prev.blob - O * 2 + 1), "overlap " .. i)
+    end
+  end
+  local last = chunks[#chunks]
+  T.eq(last.start + last.samples, total, "total samples equal ffmpeg -ac 1 -ar 16000")
+  -- and the samples themselves: the first chunk equals ffmpeg's first 2 s
+  T.eq(chunks[1].blob:bytes(), r.stdout:sub(1, L * 2), "PCM equals ffmpeg's")
+end)
+
+T.case("audio chunks as WAV files, extract_audio writes the whole track", function()
+  local p = av_file()
+  local dir = tmp .. "/wav"
+  local n, total = 0, 0
+  for c in media.audio_chunks(p, { seconds = 2.5, dir = dir, prefix = "av" }) do
+    n = n + 1
+    T.eq(c.path, string.format("%s/av_%05d.wav", dir, n))
+    local info = T.ok(media.probe(c.path))
+    T.eq(info.container, "wav")
+    T.eq(info.streams[1].sample_rate, 16000)
+    T.eq(info.streams[1].channels, 1)
+    T.eq(#slurp(c.path), 44 + c.samples * 2)
+    total = total + c.samples
+  end
+  T.eq(n, 3)
+  local out = tmp .. "/whole.wav"
+  local samples = T.ok(media.extract_audio(p, out))
+  T.eq(samples, total)
+  T.eq(#slurp(out), 44 + samples * 2)
+  -- stereo 8 kHz works too
+  local s2 = T.ok(media.extract_audio(p, tmp .. "/st.wav", { rate = 8000, channels = 2 }))
+  T.near(s2, total / 2, 2)
+  local info = T.ok(media.probe(tmp .. "/st.wav"))
+  T.eq(info.streams[1].channels, 2)
+end)
+
+T.case("split=silence cuts inside the pauses", function()
+  -- 1.5 s of tone, 0.5 s of silence, repeated: pauses at [1.5,2), [3.5,4), [5.5,6), ...
+  local p = file("speechlike.wav", { "-f", "lavfi", "-i",
+    "aevalsrc=0.5*sin(2*PI*440*t)*lt(mod(t\\,2)\\,1.5):s=16000:d=9" })
+  local chunks = collect(media.audio_chunks(p, { seconds = 3, window = 1.6, split = "silence",
+    output = "blob" }))
+  T.ok(#chunks >= 3, "chunks: " .. #chunks)
+  for i = 1, #chunks - 1 do
+    local cut = chunks[i].t1
+    local phase = cut % 2
+    T.ok(phase >= 1.5 and phase <= 2.0, string.format("cut %d at %.3f s is inside a pause", i, cut))
+    T.eq(chunks[i + 1].start, chunks[i].start + chunks[i].samples, "no gap, no overlap")
+  end
+end)
+
+T.case("frames every N: timestamps match ffmpeg -vf fps=1/N within one frame", function()
+  local p = av_file()
+  local frames = collect(media.frames(p, { every = 1, output = "blob", max_width = 160 }))
+  local cli = showinfo_times(p, "fps=1/1,showinfo")
+  T.ok(#cli >= 5, "ffmpeg printed timestamps")
+  T.ok(math.abs(#frames - #cli) <= 1, string.format("count %d vs ffmpeg %d", #frames, #cli))
+  for i = 1, math.min(#frames, #cli) do
+    T.near(frames[i].t, cli[i], 0.04 + 1e-9, "frame " .. i)
+    T.eq(frames[i].width, 160)
+    T.eq(frames[i].height, 120)
+    T.eq(frames[i].format, "jpg")
+  end
+  -- seeking skipped work: far fewer frames decoded than the 150 in the file
+  T.ok(frames[#frames].decoded < 150, "decoded " .. frames[#frames].decoded)
+end)
+
+T.case("frames at explicit times, as JPEG files that decode", function()
+  local p = av_file()
+  local dir = tmp .. "/jpg"
+  local frames = collect(media.frames(p, { times = { 0.5, 3.2, 1.0 }, dir = dir, max_height = 120 }))
+  T.eq(#frames, 3)
+  T.near(frames[1].t, 0.5, 0.04)
+  T.near(frames[2].t, 1.0, 0.04)
+  T.near(frames[3].t, 3.2, 0.04)
+  for _, f in ipairs(frames) do
+    local info = T.ok(media.probe(f.path))
+    T.eq(info.streams[1].codec, "mjpeg")
+    T.eq(info.streams[1].width, 160)
+    T.eq(info.streams[1].height, 120)
+  end
+  local png = collect(media.frames(p, { times = { 2 }, format = "png", output = "blob" }))
+  T.eq(png[1].blob:bytes(1, 8), "\137PNG\r\n\26\n")
+  local gray = collect(media.frames(p, { times = { 2 }, format = "gray", output = "blob", max_width = 32 }))
+  T.eq(#gray[1].blob, 32 * 24)
+end)
+
+T.case("keyframes mode decodes only keyframes", function()
+  local p = av_file()
+  local frames = collect(media.frames(p, { keyframes = true, format = "none" }))
+  local r = assert(sl.exec({ "ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
+    "packet=pts_time,flags", "-of", "csv=p=0", p }))
+  local keys = {}
+  for t, flags in r.stdout:gmatch("([%d%.]+),(%S+)") do
+    if flags:find("K") then keys[#keys + 1] = tonumber(t) end
+  end
+  T.eq(#frames, #keys)
+  for i, f in ipairs(frames) do
+    T.ok(f.key, "key frame")
+    T.near(f.t, keys[i], 1e-6)
+  end
+  T.eq(frames[#frames].decoded, #keys)
+end)
+
+T.case("scene scores equal ffmpeg's select=scene; cuts are found", function()
+  local p = cuts_file()
+  -- every frame's score from ffmpeg (metadata=print shows lavfi.scene_score)
+  local r = assert(sl.exec({ "ffmpeg", "-v", "info", "-nostdin", "-i", p, "-vf",
+    "select='gte(scene\\,0)',metadata=print", "-f", "null", "-" }))
+  local cli = {}
+  for s in r.stderr:gmatch("lavfi.scene_score=([%d%.]+)") do cli[#cli + 1] = tonumber(s) end
+  T.ok(#cli >= 140, "ffmpeg printed scores: " .. #cli)
+  local mine = collect(media.frames(p, { scene = 0, format = "none" }))
+  -- scene=0 selects every frame scoring above 0: compare those with ffmpeg's non-zero scores
+  local nonzero = {}
+  for _, s in ipairs(cli) do if s > 0 then nonzero[#nonzero + 1] = s end end
+  T.eq(#mine, #nonzero, "frames with a non-zero score")
+  for i, f in ipairs(mine) do T.near(f.scene_score, nonzero[i], 1e-6, "score " .. i) end
+  local cuts = collect(media.frames(p, { scene = 0.3, output = "blob", max_width = 64 }))
+  local cli_cuts = showinfo_times(p, "select='gt(scene\\,0.3)',showinfo")
+  T.eq(#cuts, 2)
+  T.eq(#cli_cuts, 2)
+  T.near(cuts[1].t, 2, 0.04)
+  T.near(cuts[2].t, 4, 0.04)
+  for i = 1, 2 do T.near(cuts[i].t, cli_cuts[i], 1e-6) end
+end)
+
+T.case("dHash: 0 for identical frames, large across a cut; index finds near duplicates", function()
+  local p = cuts_file()
+  local f = collect(media.frames(p, { times = { 0.2, 0.2001, 2.5, 4.5 }, format = "none", phash = true }))
+  -- times 0.2 and 0.2001 select the same frame once; take frames of one still scene instead
+  local still = collect(media.frames(p, { times = { 4.2, 4.6 }, format = "none", phash = true }))
+  T.eq(#still, 2)
+  T.eq(media.distance(still[1].dhash, still[2].dhash), 0, "same picture")
+  T.eq(media.distance(still[1].phash, still[2].phash), 0, "same picture (pHash)")
+  T.ok(media.distance(f[1].dhash, f[2].dhash) >= 16, "testsrc vs smptebars")
+  T.ok(media.distance(f[2].dhash, f[3].dhash) >= 8, "smptebars vs blue")
+  T.eq(#media.hex(f[1].dhash), 16)
+  T.eq(media.from_hex(media.hex(f[1].dhash)), f[1].dhash)
+  -- the hash of a JPEG of a frame is close to the frame's own
+  local jpg = collect(media.frames(p, { times = { 1.0 }, dir = tmp .. "/h" }))[1]
+  local d = T.ok(media.dhash(jpg.path))
+  T.ok(media.distance(d, jpg.dhash) <= 6, "JPEG round trip: " .. media.distance(d, jpg.dhash))
+  T.eq(media.dhash(jpg), jpg.dhash)
+  local ix = media.index()
+  ix:add(f[1].dhash, "a")
+  ix:add(f[2].dhash, "b")
+  ix:add(d, "jpeg")
+  local ids = ix:near(jpg.dhash, 6)
+  table.sort(ids)
+  T.same(ids, { "a", "jpeg" })
+  T.eq(#ix, 3)
+end)
+
+T.case("frames of the real footage: dHash separates the empty office from people", function()
+  -- the office is empty at 1 s, 1.5 s and 90 s; people stand in it at 30 s
+  local frames = collect(media.frames(shared .. "person.mp4", { times = { 1, 1.5, 30, 90 },
+    format = "none", phash = true }))
+  T.eq(#frames, 4)
+  T.ok(media.distance(frames[1].dhash, frames[2].dhash) <= 2, "same empty scene")
+  T.ok(media.distance(frames[1].dhash, frames[4].dhash) <= 2, "empty again")
+  T.ok(media.distance(frames[1].dhash, frames[3].dhash) >= 6, "people in the scene")
+  T.ok(media.distance(frames[1].phash, frames[3].phash) >= 6, "people in the scene (pHash)")
+end)
+
+T.case("cancelling the consuming task cancels the decode job", function()
+  local p = file("long.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=20",
+    "-c:v", "libx264", "-preset", "ultrafast", "-g", "250" })
+  local started = sl.event()
+  local task = sl.spawn(function()
+    started:set()
+    -- scene=1 never selects a frame: one job decodes the whole file unless cancelled
+    for _ in media.frames(p, { scene = 1, format = "none", threads = 1 }) do end
+  end)
+  started:wait()
+  sl.sleep(0.05)
+  task:cancel()
+  local ok, err = pcall(task.wait, task)
+  T.eq(ok, false)
+  T.ok(tostring(err):find("cancelled"), tostring(err))
+  -- the pool is free again: a new job runs
+  T.ok(media.probe(p))
+end)
+
+T.case("misuse raises", function()
+  T.raises(function() media.audio_chunks("x.mp4", { seconds = 1, overlap = 2, output = "blob" }) end, "overlap")
+  T.raises(function() media.frames("x.mp4", { every = 1, scene = 0.3 }) end, "one of")
+  T.raises(function() media.frames("x.mp4", { format = "bmp" }) end, "format")
+  T.raises(function() media.probe(nil) end, "path or URL expected")
+end)
+
+local rc = T.run()
+os.execute("rm -rf " .. tmp)
+return rc
