@@ -27,7 +27,7 @@ local M = {}
 M.ROLES = { stt = "speech to text", vlm = "image description", llm = "text generation" }
 -- Provider modules that ship with sluice; modules already loaded under sluice.providers.*
 -- and those added with register() are listed too.
-M.KNOWN = { "openai", "gemini", "clova", "sphinx" }
+M.KNOWN = { "openai", "gemini", "clova", "sphinx", "tesseract", "worker", "exec", "extractive" }
 M.defaults = { stt = "openai", vlm = "openai", llm = "openai" }
 
 local extra = {} -- providers registered at run time (local models, ...)
