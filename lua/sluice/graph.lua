@@ -1624,7 +1624,8 @@ function Pipeline:start(opts)
   job_counter = job_counter + 1
   local job = setmetatable({
     id = opts.job_id or (self.name .. "-" .. os.date("!%Y%m%dT%H%M%S") .. "-" .. job_counter),
-    name = self.name, pipeline = self, config = config, out = opts.out or ".", inputs = inputs,
+    name = self.name, pipeline_name = self.name, pipeline = self, config = config,
+    out = opts.out or ".", inputs = inputs, script_path = opts.script or self.script,
     store = opts.store, bus = opts.bus or events.new(), limits = limits, order = self.order,
     dead = {}, results = {}, state = "starting", nodes = {}, t0 = now(),
     started_at = core.time(), all_done = require("sluice").event(),
@@ -1783,11 +1784,29 @@ function Job:stats()
         busy = S.busy, blocked = S.blocked, starved = S.starved,
         busy_pct = wt > 0 and math.min(100, 100 * S.busy / wt) or 0,
         p50 = hist_quantile(S.hist, 0.5), p95 = hist_quantile(S.hist, 0.95),
-        batch = S.batch and S.batch.size or nil,
+        batch = S.batch and S.batch.size or nil, from = S.from, gate = S.gate,
       }
       if S.all_up then st.total = S.n_in end
     end
     out.stages[n] = st
+  end
+  return out
+end
+
+-- job:graph() -> { {name=, kind="source"|"stage", from={...}, workers=, batch=, gate=,
+-- collect=, order=, limits={...}}, ... } in graph order (for dashboards and tools).
+function Job:graph()
+  local out = {}
+  for _, n in ipairs(self.order) do
+    local S = self.nodes[n]
+    if S.source then
+      out[#out + 1] = { name = n, kind = "source", from = {} }
+    else
+      out[#out + 1] = { name = n, kind = "stage", from = S.from, workers = S.target,
+        batch = S.batch and { size = S.batch.size ~= math.huge and S.batch.size or nil, wait = S.batch.wait } or nil,
+        gate = S.gate, collect = S.collect, order = S.order and true or nil, limits = S.limits,
+        queue = S.cap }
+    end
   end
   return out
 end

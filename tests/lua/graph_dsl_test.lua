@@ -151,4 +151,65 @@ T.case("events bus: subscribe, unsubscribe, failing listener removed", function(
   T.eq(events.encode { f = function() end, x = 1 }:match('"x":1') ~= nil, true)
 end)
 
+T.case("progress: live lines, in-place redraw on a tty, plain blocks otherwise, end table", function()
+  local progress = require "sluice.progress"
+  local p = sl.pipeline "prog" {
+    sources = { files = sl.inputs() },
+    stages = {
+      a = { from = "files", workers = 2, run = function(item) sl.sleep(0.05) return item.data end },
+      b = { from = "a", run = function(item) if item.key == "x3" then error("boom") end return item.data end },
+    },
+  }
+  local job = p:start { inputs = { "x1", "x2", "x3", "x4" } }
+  local written = {}
+  local stream = { write = function(self, ...) for _, v in ipairs { ... } do written[#written + 1] = v end end,
+    flush = function() end }
+  local tty = progress.new(job, { stream = stream, tty = true, interval = 0.02 }):start()
+  sl.sleep(0.03)
+  local mid = job:stats()
+  local lines = progress.lines(mid)
+  T.eq(#lines, 3, "one line per source and stage")
+  T.ok(lines[2]:find("^a%s"), lines[2])
+  T.ok(lines[2]:find("run 2", 1, true), "two running: " .. lines[2])
+  local s = job:wait()
+  tty:stop()
+  local text = table.concat(written)
+  T.ok(text:find("\27%[3A"), "the block is redrawn in place (cursor up 3 lines)")
+  T.ok(text:find("\27%[2K"), "lines are cleared before redraw")
+  T.ok(text:find("4/4", 1, true), "done/total once the total is known: " .. text:sub(-400))
+  written = {}
+  local plain = progress.new(job, { stream = stream, tty = false })
+  plain:draw()
+  text = table.concat(written)
+  T.ok(not text:find("\27", 1, true), "no escape codes when not a tty")
+  T.ok(text:find("prog done", 1, true), text)
+  local tbl = progress.table(s)
+  T.ok(tbl:find("prog prog%-[%w%-]+: done in [%d.]+m?s, 1 failed"), tbl)
+  T.ok(tbl:find("\nb%s+4%s+1%s+0%s+%d+%%"), tbl)
+  T.ok(tbl:find("\na%s+4%s+0%s+0%s+%d+%%%s+%d+ms%s+%d+ms"), tbl)
+end)
+
+T.case("job:graph() describes the stages in graph order", function()
+  local p = sl.pipeline "desc" {
+    sources = { v = sl.inputs() },
+    limits = { gpu = sl.semaphore(1) },
+    stages = {
+      a = { from = "v", batch = { size = 4, wait = 1 }, workers = 3, run = run },
+      b = sl.join { inputs = { "a", "v" }, gate = "a", run = run, limits = { "gpu" } },
+    },
+  }
+  local job = p:start { inputs = {} }
+  local g = job:graph()
+  job:wait()
+  T.eq(#g, 3)
+  T.same(g[1], { name = "v", kind = "source", from = {} })
+  T.eq(g[2].name, "a")
+  T.same(g[2].batch, { size = 4, wait = 1 })
+  T.eq(g[2].workers, 3)
+  T.same(g[3].from, { "a", "v" })
+  T.eq(g[3].gate, "a")
+  T.same(g[3].limits, { "gpu" })
+  T.same(job:stats().stages.b.from, { "a", "v" })
+end)
+
 return T.run()
