@@ -20,7 +20,7 @@ local cjson = require "cjson"
 local M = {}
 M.NULL = cstore.NULL
 M.FLUSH_DELAY = 0.05 -- seconds a write may wait to be batched with others
-M.MAX_BATCH = 2000    -- statements per transaction before a flush starts at once
+M.MAX_BATCH = 500     -- statements per transaction (bounds the copy on the loop thread)
 
 local SCHEMA = [[
 CREATE TABLE IF NOT EXISTS jobs (
@@ -202,8 +202,16 @@ start_flush = function(self)
     wake_flush_waiters(self)
     return
   end
+  -- At most MAX_BATCH statements per transaction, so that copying the parameters (on the
+  -- loop thread) stays short even when the disk falls behind.
   local batch = self.pending
-  self.pending = {}
+  if #batch > M.MAX_BATCH then
+    local rest = table.move(batch, M.MAX_BATCH + 1, #batch, 1, {})
+    for i = #batch, M.MAX_BATCH + 1, -1 do batch[i] = nil end
+    self.pending = rest
+  else
+    self.pending = {}
+  end
   self.writing = true
   self.db:batch(batch, function(ok, err)
     self.writing = false
