@@ -17,18 +17,18 @@
  * idle_timeout seconds between requests is closed. A stream whose client reads too slowly
  * (more than 8 MiB waiting) is closed; an SSE client reconnects with Last-Event-ID.
  */
-#include "sluice.h"
-
 #include <errno.h>
-#include <stdarg.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "sluice.h"
 
 #define SERVER_MT "sluice.httpd.server"
 #define REQ_MT "sluice.httpd.request"
@@ -125,21 +125,36 @@ static int conn_write(conn *c, const char *data, size_t len) {
 
 static const char *reason_phrase(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 204: return "No Content";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    default: return "Status";
+    case 200:
+      return "OK";
+    case 204:
+      return "No Content";
+    case 304:
+      return "Not Modified";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 413:
+      return "Content Too Large";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Status";
   }
 }
 
@@ -191,7 +206,8 @@ static void conn_fail(conn *c, int status, const char *msg) {
   free(b.p);
 }
 
-/* ---- connection lifetime ---------------------------------------------------------------------- */
+/* ---- connection lifetime ----------------------------------------------------------------------
+ */
 
 static void server_maybe_free(server *s) {
   if (s->listener_closed && s->nconns == 0) free(s);
@@ -201,8 +217,10 @@ static void on_conn_handle_closed(uv_handle_t *h) {
   conn *c = h->data;
   if (--c->open_handles > 0) return;
   server *s = c->srv;
-  if (c->prev) c->prev->next = c->next;
-  else s->conns = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   s->nconns--;
   free(c->buf);
@@ -376,7 +394,8 @@ static int conn_parse_one(conn *c) {
     char name[256];
     size_t nlen = (size_t)(colon - h);
     if (nlen >= sizeof name) nlen = sizeof name - 1;
-    for (size_t i = 0; i < nlen; i++) name[i] = (char)((h[i] >= 'A' && h[i] <= 'Z') ? h[i] + 32 : h[i]);
+    for (size_t i = 0; i < nlen; i++)
+      name[i] = (char)((h[i] >= 'A' && h[i] <= 'Z') ? h[i] + 32 : h[i]);
     name[nlen] = '\0';
     const char *v = colon + 1, *ve = eol;
     while (v < ve && (*v == ' ' || *v == '\t')) v++;
@@ -675,7 +694,8 @@ static int req_gc(lua_State *L) {
   return 0;
 }
 
-/* ---- Lua: servers ------------------------------------------------------------------------------ */
+/* ---- Lua: servers ------------------------------------------------------------------------------
+ */
 
 static void on_listener_closed(uv_handle_t *h) {
   server *s = h->data;
@@ -782,7 +802,8 @@ static int l_listen(lua_State *L) {
   return 1;
 }
 
-/* ---- reading a file under a root, on the pool ------------------------------------------------- */
+/* ---- reading a file under a root, on the pool -------------------------------------------------
+ */
 
 typedef struct file_job {
   char *root, *rel;
@@ -884,10 +905,10 @@ static int l_read_file(lua_State *L) {
 }
 
 int luaopen_sluice_httpd(lua_State *L) {
-  static const luaL_Reg req_methods[] = {
-      {"respond", req_respond}, {"stream", req_stream},     {"write", req_write},
-      {"finish", req_finish},   {"on_close", req_on_close}, {"closed", req_closed},
-      {"peer", req_peer},       {NULL, NULL}};
+  static const luaL_Reg req_methods[] = {{"respond", req_respond},   {"stream", req_stream},
+                                         {"write", req_write},       {"finish", req_finish},
+                                         {"on_close", req_on_close}, {"closed", req_closed},
+                                         {"peer", req_peer},         {NULL, NULL}};
   luaL_newmetatable(L, REQ_MT);
   luaL_newlib(L, req_methods);
   lua_setfield(L, -2, "__index");

@@ -14,13 +14,13 @@
  *   db:close()
  * Parameters are integers, floats, strings, booleans or store.NULL.
  */
-#include "sluice.h"
-
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "sluice.h"
 
 #define DB_MT "sluice.store.db"
 #define STMT_CACHE 32
@@ -116,7 +116,8 @@ static void sval_from_lua(lua_State *L, int idx, sval *v, int argn) {
       }
       /* fall through */
     default:
-      luaL_error(L, "bad SQL parameter #%d (number, string, boolean or store.NULL expected, got %s)",
+      luaL_error(L,
+                 "bad SQL parameter #%d (number, string, boolean or store.NULL expected, got %s)",
                  argn, luaL_typename(L, idx));
   }
 }
@@ -140,7 +141,8 @@ static void spec_from_lua(lua_State *L, stmt_spec *spec, int sql_idx, int tidx, 
   if (!spec->sql) luaL_error(L, "store: out of memory");
   if (tidx == 0) return;
   lua_getfield(L, tidx, "n");
-  lua_Integer count = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, tidx);
+  lua_Integer count =
+      lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)lua_rawlen(L, tidx);
   lua_pop(L, 1);
   int np = (int)(count - first + 1);
   if (np <= 0) return;
@@ -485,7 +487,8 @@ static void query_run(sl_job *job, void *data) {
   }
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
     q->failed = 1;
-    snprintf(q->err, sizeof q->err, "%s", rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(c->db));
+    snprintf(q->err, sizeof q->err, "%s",
+             rc == SQLITE_NOMEM ? "out of memory" : sqlite3_errmsg(c->db));
   }
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
