@@ -74,6 +74,7 @@ struct conn {
   int head_only;
   int dispatching;
   int reading;
+  int eof; /* the client has shut down its side: answer what was asked, then close */
   int closing;
   req_ud *req;
   int req_ref;
@@ -301,6 +302,16 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out) {
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
   conn *c = st->data;
   (void)b;
+  if (n == UV_EOF && c->state != ST_STREAM && !c->closing) {
+    /* A half-closed client still gets the answers to the requests it sent. A streaming
+     * client that hangs up is gone. */
+    c->eof = 1;
+    c->keep_alive = 0;
+    uv_read_stop(st);
+    c->reading = 0;
+    if (c->state == ST_READ && !c->dispatching) conn_process(c);
+    return;
+  }
   if (n < 0) {
     conn_close(c);
     return;
@@ -451,7 +462,7 @@ static int conn_parse_one(conn *c) {
   size_t used = head_len + (size_t)content_length;
   memmove(c->buf, c->buf + used, c->len - used);
   c->len -= used;
-  c->keep_alive = keep_alive;
+  c->keep_alive = keep_alive && !c->eof;
   c->state = ST_HANDLE;
   uv_timer_stop(&c->timer);
 
@@ -486,6 +497,11 @@ static void conn_process(conn *c) {
   }
   c->dispatching = 0;
   if (c->closing) return;
+  if (c->state == ST_READ && c->eof) { /* nothing more will come */
+    c->state = ST_CLOSING;
+    if (c->queued == 0) conn_close(c);
+    return;
+  }
   if (c->state == ST_READ) {
     arm_idle_timer(c);
     if (!c->reading) {

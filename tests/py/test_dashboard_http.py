@@ -169,6 +169,19 @@ def main():
         s.close()
         heads = re.findall(rb"HTTP/1\.1 \d\d\d [A-Za-z ]+\r\n", data)
         assert heads == [b"HTTP/1.1 404 Not Found\r\n", b"HTTP/1.1 200 OK\r\n"], heads
+        # a client that half-closes after sending still gets its answers
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /api/jobs/nope HTTP/1.1\r\n\r\nGET /style.css HTTP/1.1\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        heads = re.findall(rb"HTTP/1\.1 \d\d\d [A-Za-z ]+\r\n", data)
+        assert heads == [b"HTTP/1.1 404 Not Found\r\n", b"HTTP/1.1 200 OK\r\n"], heads
         print("ok   refused: .. paths (400), big header (431), big body (413), chunked (501), DELETE (405)")
     finally:
         p.send_signal(signal.SIGTERM)
