@@ -1,4 +1,4 @@
--- bench/http_bench.lua URL N CONCURRENCY: N GET requests to URL with up to CONCURRENCY in
+-- bench/http_bench.lua URL N CONCURRENCY [LATENCY]: N GET requests to URL with up to CONCURRENCY in
 -- flight, on the engine's loop. Prints one JSON line: requests/s, CPU seconds, loop lag.
 -- Run by bench/http.sh (which also runs the aiohttp baseline against the same server).
 local sl = require "sluice"
@@ -6,6 +6,8 @@ local http = require "sluice.http"
 local core = require "sluice.core.core"
 
 local url, n, conc = arg[1], tonumber(arg[2] or 1000), tonumber(arg[3] or 500)
+-- LATENCY overrides the fake server's latency for these requests (X-Fake-Latency)
+local headers = arg[4] and { ["X-Fake-Latency"] = arg[4] } or nil
 http.configure { max_host_connections = conc, max_total_connections = conc, max_connects = conc + 16 }
 
 -- loop lag: a repeating 1 ms timer; lag = how late each tick fired
@@ -25,7 +27,7 @@ for _ = 1, conc do
   g:spawn(function()
     while next_i < n do
       next_i = next_i + 1
-      local r, err = http.get(url, { timeout = 30 })
+      local r, err = http.get(url, { timeout = 30, headers = headers })
       if r and r.status == 200 then ok = ok + 1 else failed = failed + 1 end
     end
   end)

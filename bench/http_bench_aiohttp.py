@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""bench/http_bench_aiohttp.py URL N CONCURRENCY: the baseline for bench/http.sh.
+"""bench/http_bench_aiohttp.py URL N CONCURRENCY [LATENCY]: the baseline for bench/http.sh.
 
 The same workload as bench/http_bench.lua with Debian's python3-aiohttp client: N GET
 requests with up to CONCURRENCY in flight (one ClientSession, TCPConnector(limit=CONCURRENCY)),
@@ -19,7 +19,8 @@ def cpu():
     return r.ru_utime + r.ru_stime
 
 
-async def main(url, n, conc):
+async def main(url, n, conc, latency=None):
+    headers = {"X-Fake-Latency": latency} if latency is not None else None
     lags = []
     stop = False
 
@@ -43,7 +44,7 @@ async def main(url, n, conc):
             while next_i < n:
                 next_i += 1
                 try:
-                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as r:
+                    async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as r:
                         await r.read()
                         if r.status == 200:
                             ok += 1
@@ -69,4 +70,4 @@ async def main(url, n, conc):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None))

@@ -722,7 +722,9 @@ static int l_request(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_USERAGENT, "sluice/" SLUICE_VERSION);
-  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+  /* Compressed transfer encodings for API replies; a download stores the bytes as served
+   * (byte offsets must match the file for Range resumes). */
+  if (!download) curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
   const char *cainfo = opt_string(L, 1, "cainfo", NULL);
