@@ -236,13 +236,19 @@ function M.mkdir(path)
 end
 
 -- out_dir(ctx, key, sub) -> the directory for key's outputs: the run's --out directory when
--- it has one input, DIR/<key> otherwise; with sub, a subdirectory of it. Created on demand.
+-- it has one input, DIR/<key> otherwise; with sub, a subdirectory of it. A sub containing
+-- "{key}" is taken from DIR itself with the key's slug put in its place ("{key}/audio").
+-- Created on demand.
 function M.out_dir(ctx, key, sub)
   local job = ctx.job
   local base = (job and job.out) or ctx.out or "."
   local n = job and job.inputs and #job.inputs or 1
   local d = base
-  if n > 1 and key ~= nil then d = base .. "/" .. M.slug(tostring(key), 80) end
+  if sub and sub:find("{key}", 1, true) then
+    sub = sub:gsub("{key}", (M.slug(tostring(key), 80):gsub("%%", "%%%%")))
+  elseif n > 1 and key ~= nil then
+    d = base .. "/" .. M.slug(tostring(key), 80)
+  end
   if sub then d = d .. "/" .. sub end
   M.mkdir(d)
   return d
@@ -278,7 +284,7 @@ function M.audio_chunks(o)
       local n = 0
       local stream = media.audio_chunks(src, { seconds = param(ctx, params, "seconds"),
         overlap = param(ctx, params, "overlap"), split = param(ctx, params, "split"),
-        window = param(ctx, params, "window"), dir = dir, prefix = "chunk" })
+        window = param(ctx, params, "window"), dir = dir, prefix = M.slug(tostring(env.key), 40) })
       while true do
         local c, err = stream:next()
         if not c then
@@ -300,7 +306,7 @@ function M.capture(o)
   end
   local params = { every = o.every, scene = o.scene, keyframes = o.keyframes,
     min_interval = o.min_interval, max_width = o.max_width, max_height = o.max_height,
-    dir = o.dir or "frames", name = o.name or "%04d", quality = o.quality }
+    dir = o.dir or "frames", name = o.name or "%04d", quality = o.quality, first = o.first }
   return {
     kind = "capture", from = o.from, workers = o.workers or 1, queue = o.queue, retry = o.retry,
     params = params,
@@ -317,13 +323,41 @@ function M.capture(o)
       elseif param(ctx, params, "keyframes") then fo.keyframes = true
       else fo.every = every or 2 end
       local name = param(ctx, params, "name")
-      local stream = media.frames(src, fo)
       local n = 0
+      local first_t
+      -- Scene detection (like FFmpeg's select=scene) never selects the first frame: capture it
+      -- on its own, so the slide shown from the start is there too.
+      if scene and param(ctx, params, "first") ~= false then
+        local f0 = {}
+        for k, v in pairs(fo) do f0[k] = v end
+        f0.scene, f0.times, f0.prefix = nil, { 0 }, ".first"
+        local s0 = media.frames(src, f0)
+        local f, err = s0:next()
+        s0:close()
+        if not f and err then error(string.format("capture %s: %s", src, err), 0) end
+        if f then first_t = f.t end
+        if f then
+          n = 1
+          local path = f.path
+          if path and name then
+            local want = dir .. "/" .. string.format(name, n) .. (path:match("%.%w+$") or ".jpg")
+            if os.rename(path, want) then path = want end
+          end
+          ctx:emit({ seq = n, t = f.t, path = path, width = f.width, height = f.height,
+            dhash = f.dhash, source = src }, { seq = n, t0 = f.t, t1 = f.t })
+        end
+      end
+      local stream = media.frames(src, fo)
+      local min_gap = param(ctx, params, "min_interval") or 0
       while true do
         local f, err = stream:next()
         if not f then
           if err then error(string.format("capture %s: %s", src, err), 0) end
           break
+        end
+        if first_t and f.t < first_t + min_gap then
+          if f.path then os.remove(f.path) end
+          goto continue
         end
         n = n + 1
         local path = f.path
@@ -335,6 +369,7 @@ function M.capture(o)
         ctx:emit({ seq = n, t = f.t, path = path, width = f.width, height = f.height,
           dhash = f.dhash, scene_score = f.scene_score, source = src },
           { seq = n, t0 = f.t, t1 = f.t })
+        ::continue::
       end
       if n == 0 then error("capture " .. src .. ": no frames", 0) end
     end,

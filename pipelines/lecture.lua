@@ -1,0 +1,314 @@
+-- lecture.lua: a recorded lecture -> transcript, slide notes, a fused timeline, a summary and
+-- its judgement (seed 000, all eight steps), every stage running at once.
+--
+--   sluice run pipelines/lecture.lua VIDEO --out DIR [--set key=value ...]
+--
+-- audio   cuts the soundtrack into overlapping chunks while it decodes    (step 4)
+-- stt     transcribes chunks in parallel (2 workers)                       (step 4)
+-- transcript  merges the chunks in order once all are in; writes transcript.json/.srt/.vtt
+-- frames  captures a slide at every scene change, at most one per min_interval (step 4)
+-- vlm     describes every `x` captured slides as one request (batch.size = x, or whatever
+--         arrived within batch.wait seconds), under the shared model quota        (step 5)
+-- fusion  waits for the whole transcript (the gate), then merges each VLM batch the moment
+--         it completes; batches done earlier were buffered                        (step 6)
+-- summary, judge  run on each fused segment as it appears, independently of fusion; their
+--         intermediate results are events (--events FILE, the dashboard)         (step 7)
+-- report  writes summary.md and judge.json once everything is in.
+-- Retries, bounded queues, graceful stop and the tests are step 8.
+--
+-- Outputs in DIR: transcript.json, transcript.srt, transcript.vtt, slides/NNNN.jpg,
+-- slides.json, fused.json, summary.md, judge.json.
+--
+-- Providers are local by default (sphinx, tesseract, extractive); remote ones by
+-- configuration alone: --set providers.stt=openai --set providers.vlm=gemini ...
+-- Other settings: --set stages.vlm.batch.size=8, --set stages.stt.workers=4,
+-- --set stages.audio.params.seconds=60, --set stages.frames.params.scene=0.2,
+-- --set fusion=by_window --set window=30 (or nearest).
+local sl = require "sluice"
+local cjson = require "cjson"
+local fusion = require "sluice.fusion"
+local subtitles = require "sluice.subtitles"
+local stages = require "sluice.stages"
+local text = require "sluice.text"
+
+-- Per-job state: providers (created once per job and role) and the fuser of each key.
+local jobs = setmetatable({}, { __mode = "k" })
+local function state(ctx)
+  local s = jobs[ctx.job]
+  if not s then
+    s = { providers = {}, fusers = {}, sections = {} }
+    jobs[ctx.job] = s
+  end
+  return s
+end
+
+local function provider(ctx, role)
+  local s = state(ctx)
+  local p = s.providers[role]
+  if not p then
+    p = require("sluice.providers").for_role(role, ctx.config)
+    s.providers[role] = p
+  end
+  return p
+end
+
+local function check(v, err, what)
+  if v == nil then error(what .. ": " .. tostring(err), 0) end
+  return v
+end
+
+local function write_json(path, v)
+  local f = assert(io.open(path, "wb"))
+  f:write(cjson.encode(v))
+  f:close()
+end
+
+local function clock(t)
+  t = math.floor((t or 0) + 0.5)
+  return string.format("%02d:%02d", t // 60, t % 60)
+end
+
+-- The fusion policy from the configuration: by_slide (default), by_window (window = seconds)
+-- or nearest.
+local function policy_of(ctx)
+  local kind = ctx.config.fusion or "by_slide"
+  if kind == "by_window" then return fusion.by_window { seconds = ctx.config.window or 30 } end
+  if kind == "nearest" then return fusion.nearest end
+  if kind ~= "by_slide" then error("config 'fusion' must be by_slide, by_window or nearest (got " .. tostring(kind) .. ")", 0) end
+  return fusion.by_slide
+end
+
+local function fuser_for(ctx, key)
+  local s = state(ctx)
+  local f = s.fusers[key]
+  if not f then
+    f = fusion.new { policy = policy_of(ctx) }
+    s.fusers[key] = f
+  end
+  return f
+end
+
+-- Emits fused entries as items (seq = slide number or window index + 1) and as events.
+local function emit_entries(ctx, entries)
+  for _, e in ipairs(entries) do
+    local seq = e.seq or (e.window + 1)
+    ctx:event("fused", { seq = seq, t0 = e.t0, t1 = e.t1, slide_text = e.slide_text, speech = e.speech })
+    ctx:emit(e, { seq = seq, t0 = e.t0, t1 = e.t1 })
+  end
+end
+
+local function title_of(e)
+  local first = (e.slide_text or ""):match("^%s*([^\n]+)")
+  if first and first:find("%S") then return first end
+  return e.missing and "(slide not described)" or string.format("%s-%s", clock(e.t0), clock(e.t1))
+end
+
+return sl.pipeline "lecture" {
+  description = "lecture video -> transcript, slides, fused timeline, summary, judge",
+  defaults = {
+    providers = { stt = "sphinx", vlm = "tesseract", llm = "extractive" },
+    sphinx = { workers = 2 },
+    tesseract = { workers = 2 },
+    fusion = "by_slide",
+    window = 30,
+  },
+  sources = { video = sl.inputs() },
+  limits = { model_quota = sl.semaphore(6) },
+  stages = {
+    audio = sl.audio_chunks { from = "video", seconds = 20, overlap = 2 },
+
+    stt = {
+      from = "audio", workers = 2, retry = { attempts = 3 }, queue = 4,
+      run = function(env, ctx)
+        local c = env.data
+        local r, err = provider(ctx, "stt"):transcribe({ path = c.path, t0 = c.t0, t1 = c.t1 })
+        check(r, err, string.format("stt chunk %d (%.1f-%.1f s)", c.seq, c.t0, c.t1))
+        return { seq = c.seq, t0 = c.t0, t1 = c.t1, segments = r.segments or {}, text = r.text }
+      end,
+    },
+
+    transcript = {
+      from = "stt", collect = true,
+      run = function(items, ctx)
+        local chunks, t1 = {}, 0
+        for i, env in ipairs(items) do
+          chunks[i] = env.data
+          if env.data.t1 > t1 then t1 = env.data.t1 end
+        end
+        table.sort(chunks, function(a, b) return a.seq < b.seq end)
+        local merged = fusion.merge_chunks(chunks, { absolute = true })
+        local key = items[1].key
+        local dir = stages.out_dir(ctx, key)
+        local segs = {}
+        for i, s in ipairs(merged.segments) do
+          segs[i] = { start = s.start, ["end"] = s["end"], text = s.text, words = s.words }
+        end
+        write_json(dir .. "/transcript.json", { duration = t1, text = merged.text, segments = segs,
+          boundaries = merged.boundaries })
+        assert(subtitles.write_file(dir .. "/transcript.srt", segs))
+        assert(subtitles.write_file(dir .. "/transcript.vtt", segs))
+        ctx:event("transcript", { segments = #segs, words = #text.words(merged.text), duration = t1 })
+        return { segments = segs, text = merged.text, duration = t1 }
+      end,
+    },
+
+    frames = sl.capture { from = "video", scene = 0.02, min_interval = 2, max_width = 960, dir = "slides" },
+
+    vlm = {
+      from = "frames", batch = { size = 4, wait = 5 }, workers = 2, limits = { "model_quota" },
+      retry = { attempts = 4, backoff = 0.5 },
+      run = function(items, ctx)
+        local images = {}
+        for i, env in ipairs(items) do images[i] = { path = env.data.path, t = env.data.t } end
+        local out, err = provider(ctx, "vlm"):describe(images)
+        check(out, err, string.format("vlm batch of %d slides (%.1f-%.1f s)", #items,
+          items[1].data.t, items[#items].data.t))
+        local slides = {}
+        for i, env in ipairs(items) do
+          local d = out[i] or {}
+          slides[i] = { seq = env.data.seq, t = env.data.t, path = env.data.path,
+            text = d.text or d.description or "", confidence = d.confidence }
+        end
+        ctx:event("slides", { count = #slides, first = slides[1].seq, last = slides[#slides].seq })
+        return { slides = slides }
+      end,
+    },
+
+    fusion = sl.join {
+      inputs = { "transcript", "frames", "vlm" }, gate = "transcript", workers = 1,
+      on_gate = function(items, ctx)
+        local key = items[1] and items[1].key
+        if not key then return end
+        local tr = items[1].data
+        local f = fuser_for(ctx, key)
+        f.end_time = tr.duration
+        emit_entries(ctx, f:set_speech(tr.segments))
+      end,
+      run = function(env, ctx)
+        local f = fuser_for(ctx, env.key)
+        if env.stage == "frames" then
+          emit_entries(ctx, f:add_times { { seq = env.data.seq, t = env.data.t } })
+        elseif env.stage == "vlm" then
+          emit_entries(ctx, f:add_vision(env.data.slides))
+        end
+      end,
+    },
+
+    -- Once fusion has seen every batch of a key: the last slide, slides whose batch failed,
+    -- and the files that need all of them. It rebuilds the timeline from its inputs (so a
+    -- resumed run, where fusion's outputs came from the job store, gets it right too) and
+    -- emits only the entries fusion did not.
+    fusion_end = {
+      from = { "transcript", "frames", "vlm", "fusion" }, collect = true,
+      run = function(items, ctx)
+        local key = items[1].key
+        local f = fusion.new { policy = policy_of(ctx) }
+        local done, tr = {}, nil
+        for _, env in ipairs(items) do
+          if env.stage == "transcript" then tr = env.data
+          elseif env.stage == "frames" then f:add_times { { seq = env.data.seq, t = env.data.t } }
+          elseif env.stage == "vlm" then f:add_vision(env.data.slides)
+          elseif env.stage == "fusion" then done[env.seq] = true end
+        end
+        if not tr then error("fusion_end: no transcript for " .. tostring(key), 0) end
+        f.end_time = tr.duration
+        f:set_speech(tr.segments)
+        f:finish()
+        local rest = {}
+        for _, e in ipairs(f:entries()) do
+          if not done[e.seq or (e.window + 1)] then rest[#rest + 1] = e end
+        end
+        emit_entries(ctx, rest)
+        local dir = stages.out_dir(ctx, key)
+        local slides, entries = {}, {}
+        local seqs = {}
+        for seq in pairs(f.times) do seqs[#seqs + 1] = seq end
+        table.sort(seqs)
+        for _, seq in ipairs(seqs) do
+          local it = f.items[seq]
+          slides[#slides + 1] = { seq = seq, t = f.times[seq], path = it and it.path,
+            text = it and it.text, missing = (not it) or nil }
+        end
+        for i, e in ipairs(f:entries()) do
+          entries[i] = { seq = e.seq, window = e.window, t0 = e.t0, t1 = e.t1,
+            slide_text = e.slide_text, slide_path = e.slide_path, speech = e.speech,
+            segments = e.segments, slides = e.slides, missing = e.missing }
+        end
+        table.sort(entries, function(a, b) return (a.seq or a.window) < (b.seq or b.window) end)
+        write_json(dir .. "/slides.json", slides)
+        write_json(dir .. "/fused.json", entries)
+      end,
+    },
+
+    summary = {
+      from = { "fusion", "fusion_end" }, workers = 1, limits = { "model_quota" },
+      retry = { attempts = 3 },
+      run = function(env, ctx)
+        local e = env.data
+        local source = (e.slide_text and e.slide_text ~= "" and (e.slide_text .. "\n\n") or "") .. (e.speech or "")
+        local s
+        if source:find("%S") then
+          local err
+          s, err = provider(ctx, "llm"):summarize(source, { sentences = 2 })
+          check(s, err, "summary of segment " .. tostring(env.seq))
+        else
+          s = ""
+        end
+        if type(s) == "table" then s = s.text or s.summary or "" end
+        ctx:event("summary", { seq = env.seq, t0 = e.t0, t1 = e.t1, text = s })
+        return { seq = env.seq, t0 = e.t0, t1 = e.t1, title = title_of(e), summary = s,
+          slide_text = e.slide_text, speech = e.speech }
+      end,
+    },
+
+    judge = {
+      from = "summary", workers = 1, limits = { "model_quota" }, retry = { attempts = 3 },
+      run = function(env, ctx)
+        local s = env.data
+        local sources = {}
+        if s.slide_text and s.slide_text:find("%S") then sources[#sources + 1] = s.slide_text end
+        if s.speech and s.speech:find("%S") then sources[#sources + 1] = s.speech end
+        if #sources == 0 or not s.summary:find("%S") then
+          ctx:event("judge", { seq = s.seq, score = cjson.null })
+          return { seq = s.seq, t0 = s.t0, t1 = s.t1, skipped = "nothing to judge" }
+        end
+        local j, err = provider(ctx, "llm"):judge(s.summary, sources)
+        check(j, err, "judge of segment " .. tostring(env.seq))
+        ctx:event("judge", { seq = s.seq, score = j.score })
+        return { seq = s.seq, t0 = s.t0, t1 = s.t1, score = j.score, reasons = j.reasons,
+          coverage = j.coverage }
+      end,
+    },
+
+    report = {
+      from = { "summary", "judge" }, collect = true,
+      run = function(items, ctx)
+        local key = items[1].key
+        local sums, judged = {}, {}
+        for _, env in ipairs(items) do
+          if env.stage == "summary" then sums[#sums + 1] = env.data else judged[#judged + 1] = env.data end
+        end
+        table.sort(sums, function(a, b) return a.seq < b.seq end)
+        table.sort(judged, function(a, b) return a.seq < b.seq end)
+        local md = { "# Lecture summary: " .. tostring(key), "" }
+        for _, s in ipairs(sums) do
+          md[#md + 1] = string.format("## %s-%s %s", clock(s.t0), clock(s.t1), s.title)
+          md[#md + 1] = ""
+          md[#md + 1] = (s.summary ~= "" and s.summary) or "_(nothing was said)_"
+          md[#md + 1] = ""
+        end
+        local total, n = 0, 0
+        for _, j in ipairs(judged) do
+          if type(j.score) == "number" then total, n = total + j.score, n + 1 end
+        end
+        local dir = stages.out_dir(ctx, key)
+        local f = assert(io.open(dir .. "/summary.md", "wb"))
+        f:write(table.concat(md, "\n"))
+        f:close()
+        write_json(dir .. "/judge.json", { score = n > 0 and total / n or cjson.null,
+          segments = judged })
+        return { sections = #sums, score = n > 0 and total / n or nil }
+      end,
+    },
+  },
+}

@@ -1,0 +1,162 @@
+-- labels: slow
+-- The lecture pipeline end to end on the sample lecture (real LibriVox speech, rendered
+-- slides): local providers (sphinx, tesseract, extractive), then remote ones against the
+-- fake API server with latency and faults.
+local T = require "sluice.test"
+local sl = require "sluice"
+local cjson = require "cjson"
+local text = require "sluice.text"
+local subtitles = require "sluice.subtitles"
+local P = (function()
+  package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" ..
+    (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
+  return require "pltest"
+end)()
+T.timeout = 400
+
+local function run_lecture(out, config)
+  local p = sl.load(P.src .. "/pipelines/lecture.lua")
+  local events = require("sluice.events").new()
+  local seen = {}
+  events:on(function(ev) seen[#seen + 1] = { event = ev.event, stage = ev.stage, seq = ev.seq, t = sl.now() } end)
+  local dir = P.sample("lecture")
+  local job = p:start { inputs = { dir .. "/lecture.mp4" }, out = out, config = config, bus = events }
+  local summary = job:wait()
+  return summary, seen, P.json(dir .. "/lecture.truth.json")
+end
+
+-- The utterance (index) whose words s recalls best (the fraction of its words found in s).
+local function best_utterance(truth, s)
+  local words = {}
+  for _, w in ipairs(text.norm_words(s)) do words[w] = true end
+  local best, best_r = nil, 0
+  for i, u in ipairs(truth.utterances) do
+    local n, uw = 0, text.norm_words(u.text)
+    for _, w in ipairs(uw) do if words[w] then n = n + 1 end end
+    if n / #uw > best_r then best, best_r = i, n / #uw end
+  end
+  return best, best_r
+end
+
+local function first(seen, name)
+  for i, e in ipairs(seen) do if e.event == name then return i, e end end
+end
+
+T.case("local providers: transcript, slides, fused timeline, summary and judge", function()
+  local out = P.tmpdir("lecture")
+  local summary, seen, truth = run_lecture(out)
+  T.eq(summary.state, "done", tostring(summary.error))
+  T.eq(summary.failed, 0, "no dead items: " .. cjson.encode(summary.dead or {}))
+  for _, f in ipairs { "transcript.json", "transcript.srt", "transcript.vtt", "slides.json",
+    "fused.json", "summary.md", "judge.json" } do
+    T.ok(P.exists(out .. "/" .. f), f .. " written")
+  end
+  -- Transcript: real speech recognized with a word error rate near pocketsphinx's own.
+  local tr = P.json(out .. "/transcript.json")
+  local ref = {}
+  for _, u in ipairs(truth.utterances) do ref[#ref + 1] = u.text end
+  local wer = text.wer(table.concat(ref, " "), tr.text)
+  print(string.format("     transcript WER %.3f", wer))
+  T.ok(wer < 0.45, "WER " .. wer)
+  local srt = assert(subtitles.read_file(out .. "/transcript.srt"))
+  T.eq(#srt, #tr.segments, "one cue per segment")
+  for i = 2, #tr.segments do T.ok(tr.segments[i].start >= tr.segments[i - 1].start, "segments in order") end
+  -- Slides: one capture per slide change, at the right time, with its text.
+  local slides = P.json(out .. "/slides.json")
+  T.eq(#slides, #truth.slides, "one capture per slide")
+  local found, total = 0, 0
+  for i, s in ipairs(slides) do
+    T.near(s.t, truth.slides[i].t, 0.35, "slide " .. i .. " time")
+    T.ok(P.exists(s.path), s.path)
+    T.ok(s.path:match("/slides/%d%d%d%d%.jpg$"), s.path)
+    local have = {}
+    for _, w in ipairs(text.norm_words(s.text)) do have[w] = true end
+    for _, w in ipairs(text.norm_words(truth.slides[i].text)) do
+      total = total + 1
+      if have[w] then found = found + 1 end
+    end
+  end
+  print(string.format("     slide words found by OCR %d/%d", found, total))
+  T.ok(found / total >= 0.9, "OCR found " .. found .. "/" .. total)
+  -- Fused: each slide's interval holds the speech said while it was up.
+  local fused = P.json(out .. "/fused.json")
+  T.eq(#fused, #truth.slides)
+  for i, e in ipairs(fused) do
+    T.near(e.t0, truth.slides[i].t, 0.35, "fused " .. i .. " t0")
+    if truth.slides[i].utterance then
+      local u = best_utterance(truth, e.speech)
+      T.eq(u, i, "slide " .. i .. " holds utterance " .. i .. " (speech: " .. e.speech .. ")")
+      local ut = truth.utterances[i]
+      for _, seg in ipairs(e.segments) do
+        T.ok(seg.start >= ut.start - 0.5 and seg["end"] <= ut["end"] + 0.5,
+          string.format("slide %d speech %.2f-%.2f within utterance %.2f-%.2f", i, seg.start,
+            seg["end"], ut.start, ut["end"]))
+      end
+    else
+      T.eq(e.speech, "", "nothing said during the closing slide")
+    end
+  end
+  -- Summary and judge: a section per fused segment, a score.
+  local md = P.read(out .. "/summary.md")
+  local sections = 0
+  for _ in md:gmatch("\n## ") do sections = sections + 1 end
+  T.eq(sections, #truth.slides)
+  local j = P.json(out .. "/judge.json")
+  T.ok(type(j.score) == "number" and j.score >= 0 and j.score <= 1, "judge score " .. tostring(j.score))
+  T.eq(#j.segments, #truth.slides)
+  -- Events: the intermediate results a front end shows, in pipeline order.
+  local it = first(seen, "transcript")
+  local ifu = first(seen, "fused")
+  T.ok(it and ifu and it < ifu, "fusion waits for the transcript")
+  local counts = {}
+  for _, e in ipairs(seen) do counts[e.event] = (counts[e.event] or 0) + 1 end
+  T.eq(counts.fused, #truth.slides)
+  T.eq(counts.summary, #truth.slides)
+  T.eq(counts.judge, #truth.slides)
+  local isum = first(seen, "summary")
+  local _, jd = first(seen, "job_done")
+  T.ok(isum and jd, "summary events before the job ends")
+  P.rm(out)
+end)
+
+T.case("remote providers on the fake API with latency and faults: complete, in order", function()
+  local fake = require "fakeapi"
+  local srv = fake.start { latency = 0.05 }
+  local out = P.tmpdir("lecture-remote")
+  local ok, err = pcall(function()
+    -- two transient failures on chat completions and one on transcriptions: retried
+    srv:control { faults = {
+      { kind = "500", path = "/v1/chat/completions", count = 2 },
+      { kind = "429", arg = 0.2, path = "/v1/audio/transcriptions", count = 1 } } }
+    local conf = { providers = { stt = "openai", vlm = "openai", llm = "openai" },
+      openai = { base_url = srv.url .. "/v1", api_key = "sk-test-secret-key" } }
+    local summary, seen, truth = run_lecture(out, conf)
+    T.eq(summary.state, "done", tostring(summary.error))
+    T.eq(summary.failed, 0, "retries absorbed the faults: " .. cjson.encode(summary.dead or {}))
+    local tr = P.json(out .. "/transcript.json")
+    T.ok(#tr.segments > 0)
+    T.ok(tr.duration > 40)
+    local fused = P.json(out .. "/fused.json")
+    T.eq(#fused, #truth.slides, "every slide fused")
+    for i, e in ipairs(fused) do
+      T.eq(e.seq, i, "fused in slide order")
+      T.ok(e.slide_text and e.slide_text ~= "", "slide " .. i .. " described")
+    end
+    local chats = srv:requests("/v1/chat/completions")
+    local stts = srv:requests("/v1/audio/transcriptions")
+    T.ok(#stts >= 3, "2 chunks + 1 retried: " .. #stts)
+    T.ok(#chats >= 2 + 2 * #truth.slides, "vlm batches + summaries + judges + retries: " .. #chats)
+    for _, r in ipairs(chats) do
+      T.ok(not cjson.encode(r):find("sk-test-secret-key", 1, true) or
+        (r.headers and r.headers.Authorization == "Bearer sk-test-secret-key"), "key only in the header")
+    end
+    T.ok(P.read(out .. "/summary.md"):find("## ", 1, true))
+    local _, ev = first(seen, "judge")
+    T.ok(ev, "judge events")
+  end)
+  srv:stop()
+  P.rm(out)
+  if not ok then error(err, 0) end
+end)
+
+return T.run()
