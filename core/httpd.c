@@ -306,7 +306,6 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
     /* A half-closed client still gets the answers to the requests it sent. A streaming
      * client that hangs up is gone. */
     c->eof = 1;
-    c->keep_alive = 0;
     uv_read_stop(st);
     c->reading = 0;
     if (c->state == ST_READ && !c->dispatching) conn_process(c);
@@ -462,7 +461,7 @@ static int conn_parse_one(conn *c) {
   size_t used = head_len + (size_t)content_length;
   memmove(c->buf, c->buf + used, c->len - used);
   c->len -= used;
-  c->keep_alive = keep_alive && !c->eof;
+  c->keep_alive = keep_alive;
   c->state = ST_HANDLE;
   uv_timer_stop(&c->timer);
 
