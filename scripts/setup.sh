@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 sh scripts/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc 2>/dev/null || echo 2)" >/dev/null
-exec build/sluice run examples/hello.lua
+sh scripts/make_sample.sh build/sample
+exec build/sluice run pipelines/lecture.lua build/sample/lecture.mp4 --out out/lecture
