@@ -921,11 +921,14 @@ local function emit_output(S, u, data, opts)
   local env = setmetatable({ key = key, seq = seq, t0 = t0, t1 = t1, data = data, attempt = 1,
     _path = path, _ppath = ppath }, S.env_mt)
   if S.keep_results then
-    local r = job.results[S.name]
-    if #r < MAX_RESULTS then r[#r + 1] = env else job.results_truncated = true end
-    local res = u.results
-    if not res then res = {}; u.results = res end
-    res[#res + 1] = data
+    local r = S.results
+    local nr = #r
+    if nr < MAX_RESULTS then r[nr + 1] = env else job.results_truncated = true end
+    if job.bus.count > 0 then -- for item_done's `result`
+      local res = u.results
+      if not res then res = {}; u.results = res end
+      res[#res + 1] = data
+    end
   end
   if S.order then
     local outs = u.outs
@@ -1675,7 +1678,10 @@ function Pipeline:start(opts)
     S.nconsumers = #S.consumers
     if not S.source then
       S.keep_results = S.emit or #S.consumers == 0
-      if S.keep_results then job.results[n] = {} end
+      if S.keep_results then
+        S.results = {}
+        job.results[n] = S.results
+      end
     end
   end
   job.stages = proxies
