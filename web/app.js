@@ -58,7 +58,7 @@ function onEvent(ev) {
     }
   }
   if (ev.event === "partial" && ev.result !== undefined) {
-    const k = `${ev.stage}/${ev.id ?? ""}`;
+    const k = `${ev.stage}/${ev.key ?? ev.id ?? ""}`;
     state.summary.set(k, (state.summary.get(k) || "") + String(ev.result));
   } else if (ev.result !== undefined && ev.result !== null) {
     state.results.unshift(ev);

@@ -38,10 +38,12 @@ return sl.pipeline "storetest" {
       record("a", v)
       return "text-" .. v
     end },
-    b = { from = "a", workers = 1, emit = true, run = function(x)
+    b = { from = "a", workers = 1, emit = true, run = function(x, ctx)
       local v = value(x)
       sl.sleep(delay / 2)
       record("b", v)
+      -- the summary streams as it is written: one piece per fused segment
+      ctx:event("partial", { key = "summary", result = "segment " .. v:gsub("^text%-", "") .. " " })
       return "fused(" .. v .. ")"
     end },
   },

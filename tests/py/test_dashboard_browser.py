@@ -1,7 +1,8 @@
 # labels: slow
-# Headless Chromium loads the dashboard during a run (driven over the DevTools protocol with
-# aiohttp's websocket client), sees the per-stage counts rise and a fused segment appear, and
-# saves a screenshot to $SLUICE_BUILD_DIR/artifacts/dashboard.png.
+# Headless Chromium loads the dashboard during a run of the real graph engine (driven over the
+# DevTools protocol with aiohttp's websocket client), sees the per-stage counts rise, a fused
+# segment appear and the summary stream in, and saves a screenshot to
+# $SLUICE_BUILD_DIR/artifacts/dashboard.png.
 import asyncio
 import base64
 import json
@@ -17,7 +18,7 @@ import aiohttp
 
 BIN = os.environ.get("SLUICE_BIN", "build/sluice")
 BUILD = os.environ.get("SLUICE_BUILD_DIR", "build")
-PIPE = "tests/py/store_fake_pipeline.lua"
+PIPE = "tests/py/store_graph_pipeline.lua"
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -71,8 +72,8 @@ async def drive(start_run, shot):
                 url = start_run()  # the run starts once the browser is ready
                 await cdp.call("Page.navigate", url=url)
                 done_expr = ("(() => { const td = document.querySelector("
-                             "'#stages tr[data-stage=\"stt\"] td.done'); return td ? +td.textContent : null })()")
-                fused_expr = ("[...document.querySelectorAll('#results li.result[data-stage=\"fusion\"]')]"
+                             "'#stages tr[data-stage=\"a\"] td.done'); return td ? +td.textContent : null })()")
+                fused_expr = ("[...document.querySelectorAll('#results li.result[data-stage=\"b\"]')]"
                               ".map(li => li.textContent)")
                 seen = []
                 fused = []
@@ -89,7 +90,10 @@ async def drive(start_run, shot):
                     "counts did not rise on the page: %s" % seen
                 assert any("fused(text-" in f for f in fused), "no fused segment on the page: %s" % fused
                 summary = await cdp.eval("document.getElementById('summary').textContent")
-                assert "segment 1 " in summary, summary
+                assert re.search(r"segment \d+ ", summary), summary
+                queue = await cdp.eval("document.querySelector('#stages tr[data-stage=\"b\"]')"
+                                       ".children[3].textContent")
+                assert queue.isdigit(), "no queue depth from the engine's stats: %r" % queue
                 conn = await cdp.eval("document.getElementById('conn').textContent")
                 assert conn == "live", conn
                 await asyncio.sleep(0.3)
@@ -117,12 +121,16 @@ def main():
     procs = []
 
     def start_run():
-        p = subprocess.Popen([BIN, "run", PIPE, out, "40", "--delay", "0.2", "--serve", "127.0.0.1:0",
-                              "--hold", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env = dict(os.environ, STORE_TEST_CALLS=os.path.join(out, "calls.txt"), STORE_TEST_DELAY="0.4")
+        inputs = [str(i) for i in range(1, 41)]
+        p = subprocess.Popen([BIN, "run", PIPE, *inputs, "--out", out, "--job", "lecture-1", "--quiet",
+                              "--serve", "127.0.0.1:0", "--linger"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
         procs.append(p)
-        line = p.stdout.readline()
-        assert line.startswith("dashboard http://"), line + p.stderr.read()
-        return line.split()[1]
+        line = p.stderr.readline()
+        m = re.search(r"dashboard at (http://\S+)", line)
+        assert m, line + p.stderr.read()
+        return m.group(1)
 
     try:
         seen, nfused = asyncio.run(drive(start_run, shot))
@@ -130,7 +138,7 @@ def main():
         print("ok   page counts rose %s; %d fused segments shown; screenshot %s" % (seen[:6], nfused, shot))
     finally:
         for p in procs:
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGINT)
             p.wait(timeout=20)
     print("1 passed, 0 failed")
 
