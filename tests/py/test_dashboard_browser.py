@@ -140,6 +140,8 @@ def main():
         for p in procs:
             p.send_signal(signal.SIGINT)
             p.wait(timeout=20)
+            err = p.stderr.read()
+            assert p.returncode in (0, 130) and "Sanitizer" not in err, (p.returncode, err)
     print("1 passed, 0 failed")
 
 

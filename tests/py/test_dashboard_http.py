@@ -186,6 +186,8 @@ def main():
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=20)
+        err = p.stderr.read()
+        assert p.returncode in (0, 130) and "Sanitizer" not in err, (p.returncode, err)
 
     # after the run: `sluice serve` replays the stored events and resumes after Last-Event-ID
     srv = subprocess.Popen([BIN, "serve", "--store", os.path.join(out, "sluice.db"), "127.0.0.1:0"],
@@ -223,6 +225,8 @@ def main():
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=20)
+        err = p.stderr.read()
+        assert p.returncode in (0, 130) and "Sanitizer" not in err, (p.returncode, err)
     print("1 passed, 0 failed")
 
 

@@ -169,6 +169,8 @@ def test_dashboard_sse():
     finally:
         p.send_signal(signal.SIGINT)
         p.wait(timeout=30)
+        err = p.stderr.read()
+        assert p.returncode in (0, 130) and "Sanitizer" not in err, (p.returncode, err)
 
 
 if __name__ == "__main__":
