@@ -336,7 +336,12 @@ local function normalize_source(pname, name, spec)
   local where = "source '" .. name .. "'"
   if is_callable(spec) then return { name = name, kind = "fn", run = spec } end
   if type(spec) == "table" and spec.kind == "inputs" then
-    return { name = name, kind = "inputs", opts = spec.opts or {} }
+    local opts = spec.opts or {}
+    if type(opts) ~= "table" then vfail(pname, where, "sl.inputs options must be a table {key=fn}") end
+    if opts.key ~= nil and not is_callable(opts.key) then
+      vfail(pname, where, "option 'key' of sl.inputs must be a function(input) -> key")
+    end
+    return { name = name, kind = "inputs", opts = opts }
   end
   if type(spec) == "table" and is_callable(spec.run) then
     return { name = name, kind = "fn", run = spec.run }
@@ -491,8 +496,9 @@ function M.pipeline(name)
   return function(spec) return new_pipeline(name, spec) end
 end
 
--- sl.inputs(opts): a source yielding one item per input given to the run (CLI arguments or
--- start{inputs=}): key = the input's base name, data = the path or URL, seq = 1.
+-- sl.inputs{key = fn}: a source yielding one item per input given to the run (CLI arguments
+-- or start{inputs=}): key = the input's base name (or key(input)), data = the path or URL,
+-- seq = 1.
 function M.inputs(opts) return { kind = "inputs", opts = opts } end
 
 -- sl.source(fn): a source that runs fn(ctx) and emits with ctx:emit(data, {key=, seq=, ...}).
@@ -1495,7 +1501,10 @@ local function source_loop(N)
       local used, seen = {}, {}
       for _, input in ipairs(job.inputs) do
         if N.stopped then break end
-        local key = basename(tostring(input))
+        local key = N.key_fn and N.key_fn(input) or basename(tostring(input))
+        if type(key) ~= "string" and type(key) ~= "number" then
+          error("sl.inputs: the key function returned " .. type(key) .. " for input " .. tostring(input), 0)
+        end
         if used[key] then
           local i = 2
           while used[key .. "#" .. i] do i = i + 1 end
@@ -1643,7 +1652,10 @@ function Pipeline:start(opts)
     N.default_key = n
     N.seqs = {}
     N.env_mt = env_mt(job.id, n, true)
-    if src.kind == "inputs" then N.total = #inputs end
+    if src.kind == "inputs" then
+      N.total = #inputs
+      N.key_fn = src.opts.key
+    end
     nodes[n] = N
   end
   job.stages_left = 0

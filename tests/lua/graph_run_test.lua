@@ -94,6 +94,21 @@ T.case("envelopes: parent is the id of the item an output was made from", functi
   T.ok(ids.b[1] ~= ids.b[2])
 end)
 
+T.case("sl.inputs: keys from base names, duplicates numbered, or a key function", function()
+  local function keys(src, inputs)
+    local p = sl.pipeline "keys" { sources = { f = src }, stages = { s = { from = "f", run = function(item) return item.key end } } }
+    local s = p:start { inputs = inputs }:wait()
+    local out = {}
+    for _, e in ipairs(s.results.s) do out[#out + 1] = e.data end
+    table.sort(out)
+    return out
+  end
+  T.same(keys(sl.inputs(), { "a/x.mp4", "b/x.mp4", "https://h/p/y.mp3?sig=1", "z/" }), { "x.mp4", "x.mp4#2", "y.mp3", "z" })
+  T.same(keys(sl.inputs { key = function(i) return (i:match("([^/]+)%.%w+$")) end }, { "a/x.mp4", "b/y.wav" }), { "x", "y" })
+  T.raises(function() sl.pipeline "k" { sources = { f = sl.inputs { key = 3 } }, stages = {} } end,
+    "source 'f': option 'key' of sl.inputs must be a function")
+end)
+
 T.case("backpressure: never more than queue+workers items alive in a stage", function()
   local job
   local max_alive, max_lead = 0, 0

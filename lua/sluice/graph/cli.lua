@@ -183,6 +183,8 @@ function M.run(p, args, script_path)
     end
   end
 
+  -- asks test(1) whether stderr is a terminal now, before any work runs (it blocks briefly)
+  if not o.quiet then progress.stderr_is_tty() end
   local job_id = o.job or default_job_id(p, o.inputs)
   local okstart, job = pcall(p.start, p, { inputs = o.inputs, config = cfg, config_resolved = true,
     out = out, store = store, job_id = job_id, grace = o.grace, script = script_path })
