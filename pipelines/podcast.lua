@@ -1,0 +1,222 @@
+-- podcast.lua: podcast feeds or audio/video files -> transcripts and metadata per episode
+-- (seeds 004 and 001): a true pipeline, download -> transcription -> metadata, each stage
+-- with its own workers, all busy at once.
+--
+--   sluice run pipelines/podcast.lua FEED_OR_MEDIA... --out DIR [--set key=value ...]
+--
+-- Inputs: RSS/Atom feeds (URL or file; one item per episode with an enclosure), media URLs
+-- or paths, in any mix.
+-- download    4 workers; streams each episode to DIR/downloads/<episode>.<ext>, skips what
+--             is already there, resumes partial files (.part) with a Range request
+-- audio       cuts each episode into chunks (300 s, 5 s overlap) while it decodes
+-- stt         4 workers by default; with auto_workers (default) the count follows seed 001's
+--             rule (chunks per episode, available memory, CPUs for local engines) unless
+--             --set stages.stt.workers=N fixes it
+-- transcript  merges an episode's chunks in order, removing the words both sides of an
+--             overlap heard; writes DIR/<episode>/transcript.json and .srt
+-- metadata    N workers (4): title, summary, keywords, chapters -> DIR/<episode>/metadata.json
+-- index       DIR/index.json for the run.
+-- Providers: --set providers.stt=openai|clova, --set providers.llm=openai|gemini.
+local sl = require "sluice"
+local cjson = require "cjson"
+local fusion = require "sluice.fusion"
+local subtitles = require "sluice.subtitles"
+local stages = require "sluice.stages"
+local text = require "sluice.text"
+
+local jobs = setmetatable({}, { __mode = "k" })
+local function state(ctx)
+  local s = jobs[ctx.job]
+  if not s then
+    s = { providers = {}, workers = 0 }
+    jobs[ctx.job] = s
+  end
+  return s
+end
+
+local function provider(ctx, role)
+  local s = state(ctx)
+  local p = s.providers[role]
+  if not p then
+    p = require("sluice.providers").for_role(role, ctx.config)
+    s.providers[role] = p
+  end
+  return p
+end
+
+local function write_json(path, v)
+  local f = assert(io.open(path, "wb"))
+  f:write(cjson.encode(v))
+  f:close()
+end
+
+local function episode_dir(ctx, key) return stages.out_dir(ctx, key, "{key}") end
+
+local function user_set_workers(ctx, stage)
+  local st = type(ctx.config.stages) == "table" and ctx.config.stages[stage]
+  return type(st) == "table" and st.workers ~= nil
+end
+
+return sl.pipeline "podcast" {
+  description = "podcast feeds or media -> transcripts, metadata, index",
+  defaults = {
+    providers = { stt = "sphinx", llm = "extractive" },
+    sphinx = { workers = 4 },
+    auto_workers = true,
+    summary_sentences = 3,
+    keywords = 8,
+  },
+  sources = {
+    episodes = function(ctx)
+      local items, errors = stages.expand_inputs(ctx.job.inputs, { limit = ctx.config.limit })
+      for i, e in ipairs(errors) do
+        ctx:emit({ error = e }, { key = "input-error-" .. i, seq = 1 })
+      end
+      for _, it in ipairs(items) do ctx:emit(it, { key = it.key, seq = 1 }) end
+    end,
+  },
+  stages = {
+    download = {
+      from = "episodes", workers = 4,
+      retry = { attempts = 3, backoff = 0.5, retry_if = function(_, code) return code ~= "EINPUT" end },
+      run = function(env, ctx)
+        local it = env.data
+        if it.error then return nil, it.error, "EINPUT" end
+        local dir = stages.out_dir(ctx, nil, "downloads")
+        local path, info = stages.fetch(it, dir, { timeout = ctx.config.download_timeout })
+        if not path then return nil, info, "EFETCH" end
+        local media = require "sluice.media"
+        local probe, perr = media.probe(path)
+        if not probe then return nil, string.format("episode %s: %s", env.key, perr), "EINPUT" end
+        local duration = probe.duration or it.duration or 0
+        -- Seed 001: workers by duration (chunks), memory and CPUs, unless the user fixed them.
+        if ctx.config.auto_workers and not user_set_workers(ctx, "stt") then
+          local s = state(ctx)
+          local chunk = (type(ctx.config.stages) == "table" and type(ctx.config.stages.audio) == "table"
+            and type(ctx.config.stages.audio.params) == "table" and ctx.config.stages.audio.params.seconds) or 300
+          local name = type(ctx.config.providers) == "table" and ctx.config.providers.stt or "sphinx"
+          local n = stages.workers_for { duration = duration, engine = name, chunk = chunk }
+          if n > s.workers then
+            s.workers = n
+            ctx.job.stages.stt.workers = n
+            ctx:event("workers", { stage = "stt", workers = n, duration = duration })
+          end
+        end
+        local st = state(ctx)
+        st.titles = st.titles or {}
+        st.titles[env.key] = it.title
+        ctx:event("downloaded", { path = path, bytes = info.bytes, skipped = info.skipped or nil,
+          resumed = info.resumed or nil })
+        return { key = env.key, title = it.title, path = path, url = it.url, duration = duration,
+          published = it.published, feed = it.feed_title }
+      end,
+    },
+
+    audio = sl.audio_chunks { from = "download", seconds = 300, overlap = 5, dir = "{key}/.chunks", workers = 2 },
+
+    stt = {
+      from = "audio", workers = 4, retry = { attempts = 3 },
+      run = function(env, ctx)
+        local c = env.data
+        local r, err = provider(ctx, "stt"):transcribe({ path = c.path, t0 = c.t0, t1 = c.t1 })
+        if not r then error(string.format("stt %s chunk %d (%.1f-%.1f s): %s", env.key, c.seq, c.t0, c.t1, err), 0) end
+        return { seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, segments = r.segments or {}, text = r.text }
+      end,
+    },
+
+    transcript = {
+      from = "stt", collect = true,
+      run = function(items, ctx)
+        local key = items[1].key
+        local chunks = {}
+        for i, env in ipairs(items) do chunks[i] = env.data end
+        table.sort(chunks, function(a, b) return a.seq < b.seq end)
+        local merged = fusion.merge_chunks(chunks, { absolute = true })
+        local dir = episode_dir(ctx, key)
+        local segs = {}
+        for i, s in ipairs(merged.segments) do
+          segs[i] = { start = s.start, ["end"] = s["end"], text = s.text, words = s.words }
+        end
+        local duration = chunks[#chunks].t1
+        write_json(dir .. "/transcript.json", { key = key, duration = duration, text = merged.text,
+          segments = segs, chunks = #chunks, boundaries = merged.boundaries })
+        assert(subtitles.write_file(dir .. "/transcript.srt", segs))
+        if not ctx.config.keep_chunks then
+          for _, c in ipairs(chunks) do if c.path then os.remove(c.path) end end
+        end
+        ctx:event("transcript", { words = #text.words(merged.text), chunks = #chunks })
+        return { key = key, duration = duration, text = merged.text, segments = segs }
+      end,
+    },
+
+    metadata = {
+      from = "transcript", workers = 4, retry = { attempts = 3 },
+      run = function(env, ctx)
+        local tr = env.data
+        local llm = provider(ctx, "llm")
+        local meta = { key = tr.key, duration = tr.duration }
+        if tr.text:find("%S") then
+          local s, err = llm:summarize(tr.text, { sentences = ctx.config.summary_sentences })
+          if not s then error("summary of " .. tr.key .. ": " .. tostring(err), 0) end
+          meta.summary = type(s) == "table" and (s.text or s.summary) or s
+          if llm.keywords then
+            local kws = llm:keywords(tr.text, ctx.config.keywords)
+            meta.keywords = {}
+            for i, k in ipairs(kws or {}) do meta.keywords[i] = k.word or k end
+          else
+            meta.keywords = {}
+            for i, k in ipairs(text.keywords(tr.text, ctx.config.keywords)) do meta.keywords[i] = k.word end
+          end
+          if llm.chapters then
+            meta.chapters = llm:chapters(tr.segments, { window = ctx.config.chapter_window })
+          else
+            meta.chapters = { { start = 0, ["end"] = tr.duration, title = meta.keywords[1] or "episode" } }
+          end
+          meta.provider = llm.provider
+        else
+          meta.summary, meta.keywords, meta.chapters = "", {}, {}
+        end
+        local s = state(ctx)
+        meta.title = (s.titles and s.titles[tr.key]) or tr.key
+        local dir = episode_dir(ctx, tr.key)
+        meta.transcript = dir .. "/transcript.json"
+        write_json(dir .. "/metadata.json", meta)
+        ctx:event("metadata", { title = meta.title, keywords = meta.keywords })
+        return meta
+      end,
+    },
+
+    index = {
+      from = { "download", "metadata" }, collect = "all",
+      run = function(items, ctx)
+        local eps, by_key = {}, {}
+        for _, env in ipairs(items) do
+          local e = by_key[env.key]
+          if not e then
+            e = { key = env.key }
+            by_key[env.key] = e
+            eps[#eps + 1] = e
+          end
+          local d = env.data
+          if env.stage == "download" then
+            e.title, e.source = d.title, d.url or d.path
+            e.audio, e.duration, e.published = d.path, d.duration, d.published
+          else
+            e.summary, e.keywords, e.chapters = d.summary, d.keywords, #(d.chapters or {})
+            e.transcript = d.transcript
+            e.metadata = episode_dir(ctx, env.key) .. "/metadata.json"
+          end
+        end
+        table.sort(eps, function(a, b) return a.key < b.key end)
+        local failed = {}
+        for _, d in ipairs(ctx.job.dead or {}) do
+          failed[#failed + 1] = { stage = d.stage, key = d.key, error = d.error }
+        end
+        local out = stages.out_dir(ctx, nil, nil)
+        write_json(out .. "/index.json", { job = ctx.job.id, episodes = eps,
+          failed = failed })
+        return { episodes = #eps }
+      end,
+    },
+  },
+}

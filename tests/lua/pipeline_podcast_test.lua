@@ -1,0 +1,119 @@
+-- labels: slow
+-- The podcast pipeline end to end: an RSS feed served over loopback HTTP (one download cut
+-- short and resumed), chunked transcription with overlap merged without duplicated words,
+-- metadata and the run's index; a bad input fails alone. Then remote providers on the fake
+-- API with latency and faults.
+local T = require "sluice.test"
+local sl = require "sluice"
+local cjson = require "cjson"
+local text = require "sluice.text"
+local subtitles = require "sluice.subtitles"
+local P = (function()
+  package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" ..
+    (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
+  return require "pltest"
+end)()
+T.timeout = 400
+
+local function run_podcast(inputs, out, config)
+  local p = sl.load(P.src .. "/pipelines/podcast.lua")
+  local bus = require("sluice.events").new()
+  local seen = {}
+  bus:on(function(ev) seen[#seen + 1] = ev end)
+  local job = p:start { inputs = inputs, out = out, config = config, bus = bus }
+  return job:wait(), seen
+end
+
+-- The first place where a pair of words repeats at once ("a b a b"), or nil.
+local function repeated_bigram(words)
+  for i = 1, #words - 3 do
+    if words[i] == words[i + 2] and words[i + 1] == words[i + 3] then return i end
+  end
+end
+
+T.case("feed over HTTP: downloads (one resumed), chunked STT merged, metadata, index", function()
+  local sample = P.sample("podcast") .. "/podcast"
+  local truth = P.json(sample .. "/truth.json")
+  local srv = P.static_server(sample, { "--cut", "episode2.m4a:30000" })
+  local out = P.tmpdir("podcast")
+  local ok, err = pcall(function()
+    local summary, seen = run_podcast({ srv.url .. "/feed.xml", "/nonexistent/episode.mp3" }, out,
+      { stages = { audio = { params = { seconds = 8, overlap = 2 } } } })
+    -- The bad input fails alone, with its name and cause.
+    T.eq(summary.failed, 1, cjson.encode(summary.dead))
+    T.eq(summary.dead[1].stage, "download")
+    T.eq(summary.dead[1].error, "input /nonexistent/episode.mp3: no such file")
+    local index = P.json(out .. "/index.json")
+    T.eq(#index.episodes, 3)
+    T.eq(#index.failed, 1)
+    -- The cut download was resumed with a Range request and is byte-identical.
+    local ranges = 0
+    for _, r in ipairs(srv.log) do
+      if r.path == "/episode2.m4a" and type(r.range) == "string" then ranges = ranges + 1 end
+    end
+    T.eq(ranges, 1, "one resumed request")
+    local total_wer, n = 0, 0
+    for i, ep in ipairs(index.episodes) do
+      T.ok(ep.title:match("^Episode %d"), ep.title)
+      local k = tonumber(ep.title:match("^Episode (%d)"))
+      T.eq(P.read(ep.audio), P.read(sample .. "/episode" .. k .. ".m4a"), "download " .. i)
+      local tr = P.json(out .. "/" .. ep.key .. "/transcript.json")
+      T.ok(tr.chunks >= 2, "chunked: " .. tr.chunks)
+      -- Overlaps merged: no word pair repeated at once, and the word error rate stays near
+      -- pocketsphinx's on whole utterances.
+      local words = text.norm_words(tr.text)
+      T.eq(repeated_bigram(words), nil, "duplicated words in " .. tr.text)
+      local wer = text.wer(truth.episodes[k].text, tr.text)
+      total_wer, n = total_wer + wer, n + 1
+      T.ok(wer < 0.65, string.format("episode %d WER %.2f: %s", k, wer, tr.text))
+      for j = 2, #tr.segments do T.ok(tr.segments[j].start >= tr.segments[j - 1].start, "segments in order") end
+      T.eq(#assert(subtitles.read_file(out .. "/" .. ep.key .. "/transcript.srt")), #tr.segments)
+      local meta = P.json(out .. "/" .. ep.key .. "/metadata.json")
+      T.ok(#meta.summary > 0 and #meta.keywords > 0 and #meta.chapters > 0, "metadata of " .. ep.key)
+      T.eq(meta.title, ep.title)
+    end
+    print(string.format("     mean episode WER %.3f", total_wer / n))
+    T.ok(total_wer / n < 0.5, "mean WER " .. total_wer / n)
+    local workers
+    for _, ev in ipairs(seen) do if ev.event == "workers" then workers = ev.workers end end
+    T.ok(workers and workers >= 1, "seed 001's rule set the stt workers")
+  end)
+  srv.stop()
+  P.rm(out)
+  if not ok then error(err, 0) end
+end)
+
+T.case("remote providers on the fake API with latency and faults: complete, in order", function()
+  local sample = P.sample("podcast") .. "/podcast"
+  local fake = require "fakeapi"
+  local srv = fake.start { latency = 0.05 }
+  local out = P.tmpdir("podcast-remote")
+  local ok, err = pcall(function()
+    srv:control { faults = {
+      { kind = "500", path = "/v1/audio/transcriptions", count = 2 },
+      { kind = "429", arg = 0.1, path = "/v1/chat/completions", count = 1 } } }
+    local conf = { providers = { stt = "openai", llm = "openai" },
+      openai = { base_url = srv.url .. "/v1", api_key = "sk-test" },
+      stages = { audio = { params = { seconds = 8, overlap = 2 } }, stt = { workers = 4 } } }
+    local summary = run_podcast({ sample .. "/feed.xml" }, out, conf)
+    T.eq(summary.failed, 0, cjson.encode(summary.dead))
+    local index = P.json(out .. "/index.json")
+    T.eq(#index.episodes, 3)
+    local chunks = 0
+    for _, ep in ipairs(index.episodes) do
+      local tr = P.json(out .. "/" .. ep.key .. "/transcript.json")
+      chunks = chunks + tr.chunks
+      T.ok(#tr.segments > 0)
+      T.near(tr.segments[#tr.segments]["end"], tr.duration, 2.6, "covers the episode")
+      for j = 2, #tr.segments do T.ok(tr.segments[j].start >= tr.segments[j - 1].start, "in order") end
+      T.ok(P.exists(out .. "/" .. ep.key .. "/metadata.json"))
+    end
+    local reqs = srv:requests("/v1/audio/transcriptions")
+    T.eq(#reqs, chunks + 2, "every chunk once, plus the two retried")
+  end)
+  srv:stop()
+  P.rm(out)
+  if not ok then error(err, 0) end
+end)
+
+return T.run()
