@@ -16,9 +16,15 @@
 
 #include "sluice.h"
 
-/* Only the runtime's modules: a test linked with --as-needed then does not load FFmpeg
- * (whose libhwy start-up code valgrind cannot run), so these tests run under valgrind. */
+/* Every C module by default. A test that defines H_RUNTIME_ONLY before including this file
+ * gets only the runtime's modules: linked with --as-needed it then does not load FFmpeg
+ * (whose libhwy start-up code valgrind cannot run), so it can run under valgrind. */
+#ifdef H_RUNTIME_ONLY
 #define H_MODULES(X) X(core) X(proc) X(repl)
+#else
+#include "sluice_modules.h"
+#define H_MODULES(X) SLUICE_MODULES(X)
+#endif
 
 int luaopen_cjson(lua_State *L);
 #define H_DECLARE(name) int luaopen_sluice_##name(lua_State *L);

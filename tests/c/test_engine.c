@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#define H_RUNTIME_ONLY /* runs under valgrind: see harness.h */
 #include "harness.h"
 
 static void test_timer_order_and_repeat(void) {
