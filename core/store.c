@@ -60,6 +60,7 @@ typedef struct sval {
 
 typedef struct stmt_spec {
   char *sql;
+  int shared_sql; /* sql belongs to an earlier statement of the same batch */
   int nparams;
   sval *params;
 } stmt_spec;
@@ -123,7 +124,7 @@ static void sval_from_lua(lua_State *L, int idx, sval *v, int argn) {
 }
 
 static void spec_free(stmt_spec *s) {
-  free(s->sql);
+  if (!s->shared_sql) free(s->sql);
   for (int i = 0; i < s->nparams; i++) sval_free(&s->params[i]);
   free(s->params);
   s->sql = NULL;
@@ -134,11 +135,17 @@ static void spec_free(stmt_spec *s) {
 /* Fills spec from the SQL text at sql_idx and the parameters t[first..n] of the table at
  * tidx (tidx 0: none). n is t.n when present, else #t. Raises on bad values; on a raise the
  * spec is left for the caller's cleanup (its fields are always consistent). */
-static void spec_from_lua(lua_State *L, stmt_spec *spec, int sql_idx, int tidx, int first) {
+static void spec_from_lua(lua_State *L, stmt_spec *spec, int sql_idx, int tidx, int first,
+                          char *shared_sql) {
   size_t n;
   const char *sql = luaL_checklstring(L, sql_idx, &n);
-  spec->sql = dup_bytes(sql, n);
-  if (!spec->sql) luaL_error(L, "store: out of memory");
+  if (shared_sql) {
+    spec->sql = shared_sql;
+    spec->shared_sql = 1;
+  } else {
+    spec->sql = dup_bytes(sql, n);
+    if (!spec->sql) luaL_error(L, "store: out of memory");
+  }
   if (tidx == 0) return;
   lua_getfield(L, tidx, "n");
   lua_Integer count =
@@ -365,6 +372,12 @@ static const sl_job_class batch_class = {"store.batch", batch_run, batch_finish,
 static int fill_batch(lua_State *L) {
   batch_job *b = lua_touserdata(L, 1);
   int n = (int)lua_rawlen(L, 2);
+  /* A batch repeats a few statements many times: the copy of each SQL text is shared by the
+   * statements that name the same Lua string. */
+  enum { RECENT = 8 };
+  const char *recent_lua[RECENT] = {0};
+  char *recent_copy[RECENT] = {0};
+  int next_slot = 0;
   for (int i = 0; i < n; i++) {
     lua_rawgeti(L, 2, i + 1);
     if (!lua_istable(L, -1))
@@ -373,7 +386,16 @@ static int fill_batch(lua_State *L) {
     if (lua_type(L, -1) != LUA_TSTRING)
       return luaL_error(L, "bad statement #%d to 'batch' (SQL text expected first)", i + 1);
     b->n = i + 1;
-    spec_from_lua(L, &b->specs[i], -1, lua_absindex(L, -2), 2);
+    const char *lua_sql = lua_tostring(L, -1);
+    char *shared = NULL;
+    for (int k = 0; k < RECENT && !shared; k++)
+      if (recent_lua[k] == lua_sql) shared = recent_copy[k];
+    spec_from_lua(L, &b->specs[i], -1, lua_absindex(L, -2), 2, shared);
+    if (!shared) {
+      recent_lua[next_slot] = lua_sql;
+      recent_copy[next_slot] = b->specs[i].sql;
+      next_slot = (next_slot + 1) % RECENT;
+    }
     lua_pop(L, 2);
   }
   return 0;
@@ -538,7 +560,7 @@ static query_job *new_query(lua_State *L, db_t *db) {
  * bad parameter frees the job instead of leaking it. */
 static int fill_query(lua_State *L) {
   query_job *q = lua_touserdata(L, 1);
-  spec_from_lua(L, &q->spec, 2, lua_istable(L, 3) ? 3 : 0, 1);
+  spec_from_lua(L, &q->spec, 2, lua_istable(L, 3) ? 3 : 0, 1, NULL);
   return 0;
 }
 
