@@ -10,9 +10,9 @@
 --   OUT/lecture.truth.json  slide times and texts, utterance times and reference transcripts.
 --   OUT/podcast/feed.xml    an RSS 2.0 feed whose enclosures (relative URLs) are three short
 --   OUT/podcast/*.m4a       AAC episodes made of the same utterances (+ truth.json).
---   OUT/filter/*.mp4        clips of the shared footage for the video filter: person_a (0-24 s)
---                           and person_b (16-40 s) overlap by 8 s of the same scene, bottle
---                           (0-10 s).
+--   OUT/filter/*.mp4        clips of the shared footage for the video filter: person_a (0-20 s)
+--                           and person_b (6-30 s) overlap by 14 s of the same scene (a person
+--                           walks in at about 8 s), bottle (0-10 s).
 -- Idempotent: a part is skipped when its outputs are newer than this script.
 local sl = require "sluice"
 local cjson = require "cjson"
@@ -279,8 +279,8 @@ end
 local function make_filter()
   local dir = out .. "/filter"
   local clips = {
-    { "person_a.mp4", "person.mp4", 0, 24 },
-    { "person_b.mp4", "person.mp4", 16, 24 },
+    { "person_a.mp4", "person.mp4", 0, 20 },
+    { "person_b.mp4", "person.mp4", 6, 24 },
     { "bottle.mp4", "bottle.mp4", 0, 10 },
   }
   local paths = {}

@@ -1,0 +1,195 @@
+-- video_filter.lua: videos -> the frames that show what you ask for, without near-duplicates
+-- across videos (seed 003, option 2: stage-level queues that pass folder paths).
+--
+--   sluice run pipelines/video_filter.lua VIDEO_OR_URL... --out DIR [--set key=value ...]
+--
+-- download  2 workers: HTTP(S) URLs stream to DIR/downloads (YouTube-style URLs go through
+--           yt-dlp when it is installed); paths are used where they are
+-- extract   2 workers: one frame every `every` seconds (default 1) into DIR/frames/<video>/
+--           plus frames.json (t, file, perceptual hashes); passes the folder on
+-- filter    1 worker with one model worker process for the whole run (the OpenCV detector
+--           by default, loaded once): keeps frames where one of `classes` (default person)
+--           scores at least `min_score` (0.5); copies them to DIR/kept/<video>/
+-- dedup     once every video is filtered: drops kept frames within `distance` bits (dHash,
+--           default 4) of an earlier kept frame, across all videos; writes DIR/manifest.json
+--           (per frame: video, t, classes with scores, hash, kept or dropped and why)
+-- --set cleanup=true removes the raw frame folders once filtered.
+-- --set providers.filter=worker --set worker.argv='["python3","my_yolo.py"]' plugs in your model.
+local sl = require "sluice"
+local cjson = require "cjson"
+local stages = require "sluice.stages"
+
+local jobs = setmetatable({}, { __mode = "k" })
+local function provider(ctx, role)
+  local s = jobs[ctx.job]
+  if not s then
+    s = {}
+    jobs[ctx.job] = s
+  end
+  if not s[role] then s[role] = require("sluice.providers").for_role(role, ctx.config) end
+  return s[role]
+end
+
+local function write_json(path, v)
+  local f = assert(io.open(path, "wb"))
+  f:write(cjson.encode(v))
+  f:close()
+end
+
+local function read_json(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local s = f:read("a")
+  f:close()
+  local ok, v = pcall(cjson.decode, s)
+  if not ok then return nil, path .. ": " .. tostring(v) end
+  return v
+end
+
+local function classes_of(ctx)
+  local c = ctx.config.classes or { "person" }
+  if type(c) == "string" then
+    local list = {}
+    for w in c:gmatch("[^,%s]+") do list[#list + 1] = w end
+    c = list
+  end
+  return c
+end
+
+return sl.pipeline "video_filter" {
+  description = "videos -> frames with the requested classes, near-duplicates removed across videos",
+  defaults = {
+    providers = { filter = "worker" },
+    classes = { "person" },
+    min_score = 0.5,
+    every = 1,
+    max_width = 640,
+    distance = 4,
+    cleanup = false,
+  },
+  sources = { videos = sl.inputs() },
+  stages = {
+    download = {
+      from = "videos", workers = 2, retry = { attempts = 3 },
+      run = function(env, ctx)
+        local src = env.data
+        local key = stages.slug((tostring(env.key):gsub("%.[%w]+$", "")))
+        local path, info = stages.fetch({ url = stages.is_url(src) and src or nil,
+          path = (not stages.is_url(src)) and src or nil, key = key },
+          stages.out_dir(ctx, nil, "downloads"))
+        if not path then return nil, info end
+        return { video = key, path = path }
+      end,
+    },
+
+    extract = {
+      from = "download", workers = 2,
+      run = function(env, ctx)
+        local media = require "sluice.media"
+        local v = env.data
+        local dir = stages.out_dir(ctx, nil, "frames/" .. v.video)
+        local frames = {}
+        local stream = media.frames(v.path, { every = ctx.config.every, max_width = ctx.config.max_width,
+          dir = dir, prefix = "frame", phash = true })
+        while true do
+          local f, err = stream:next()
+          if not f then
+            if err then error("extract " .. v.path .. ": " .. err, 0) end
+            break
+          end
+          frames[#frames + 1] = { t = f.t, file = f.path:match("([^/]+)$"),
+            dhash = media.hex(f.dhash), phash = f.phash and media.hex(f.phash) or nil }
+        end
+        if #frames == 0 then error("extract " .. v.path .. ": no frames", 0) end
+        write_json(dir .. "/frames.json", { video = v.video, source = v.path, frames = frames })
+        return { video = v.video, folder = dir, count = #frames }
+      end,
+    },
+
+    filter = {
+      from = "extract", workers = 1, retry = { attempts = 2 },
+      run = function(env, ctx)
+        local v = env.data
+        local list, err = read_json(v.folder .. "/frames.json")
+        if not list then error("filter " .. v.video .. ": " .. tostring(err), 0) end
+        local classes = classes_of(ctx)
+        local reqs = {}
+        for i, f in ipairs(list.frames) do reqs[i] = { path = v.folder .. "/" .. f.file, t = f.t } end
+        local res, cerr = provider(ctx, "filter"):classify(reqs, classes)
+        if not res then error("filter " .. v.video .. ": " .. tostring(cerr), 0) end
+        local kept_dir = stages.out_dir(ctx, nil, "kept/" .. v.video)
+        local min = ctx.config.min_score
+        local out, to_copy = {}, {}
+        for i, f in ipairs(list.frames) do
+          local r = res[i] or {}
+          local scores, best = {}, nil
+          for _, c in ipairs(r.classes or {}) do
+            scores[c.name] = c.score
+            if c.score >= min and (not best or c.score > best.score) then best = c end
+          end
+          local rec = { video = v.video, t = f.t, file = f.file, dhash = f.dhash, classes = scores }
+          if r.error then
+            rec.kept, rec.reason = false, "error: " .. tostring(r.error)
+          elseif best then
+            rec.kept, rec.reason = true, string.format("%s %.2f", best.name, best.score)
+            rec.path = kept_dir .. "/" .. f.file
+            to_copy[#to_copy + 1] = v.folder .. "/" .. f.file
+          else
+            rec.kept, rec.reason = false, "no " .. table.concat(classes, "/") .. " >= " .. min
+          end
+          out[#out + 1] = rec
+        end
+        if #to_copy > 0 then
+          local argv = { "cp" }
+          for _, p in ipairs(to_copy) do argv[#argv + 1] = p end
+          argv[#argv + 1] = kept_dir .. "/"
+          local r, e = sl.exec(argv)
+          if not r or r.status ~= 0 then error("filter: copy to " .. kept_dir .. " failed: " .. tostring(e or r.stderr), 0) end
+        end
+        if ctx.config.cleanup then sl.exec({ "rm", "-rf", v.folder }) end
+        ctx:event("filtered", { video = v.video, kept = #to_copy, total = #out })
+        return { video = v.video, folder = kept_dir, frames = out }
+      end,
+    },
+
+    dedup = {
+      from = "filter", collect = "all",
+      run = function(items, ctx)
+        local media = require "sluice.media"
+        table.sort(items, function(a, b) return a.data.video < b.data.video end)
+        local ix = media.index()
+        local d = ctx.config.distance
+        local manifest, by_id = {}, {}
+        local kept, dropped_dups = 0, 0
+        for _, env in ipairs(items) do
+          for _, rec in ipairs(env.data.frames) do
+            manifest[#manifest + 1] = rec
+            if rec.kept then
+              local h = media.from_hex(rec.dhash)
+              local ids, dists = ix:near(h, d)
+              if ids and #ids > 0 then
+                local other = by_id[ids[1]]
+                rec.kept = false
+                rec.reason = string.format("near-duplicate of %s@%.2fs (%d bits)", other.video, other.t, dists[1])
+                rec.duplicate_of = { video = other.video, t = other.t }
+                os.remove(rec.path)
+                rec.path = nil
+                dropped_dups = dropped_dups + 1
+              else
+                local id = #manifest
+                ix:add(h, id)
+                by_id[id] = rec
+                kept = kept + 1
+              end
+            end
+          end
+        end
+        write_json(stages.out_dir(ctx, nil, nil) .. "/manifest.json", { classes = classes_of(ctx),
+          min_score = ctx.config.min_score, distance = d, kept = kept, duplicates = dropped_dups,
+          frames = manifest })
+        ctx:event("dedup", { kept = kept, duplicates = dropped_dups })
+        return { kept = kept, duplicates = dropped_dups, frames = #manifest }
+      end,
+    },
+  },
+}
