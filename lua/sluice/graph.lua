@@ -21,7 +21,6 @@ local sched = require "sluice.sched"
 local events = require "sluice.events"
 
 local now = core.now
-local Env
 local need_task, begin_wait, suspend, wake = sched.need_task, sched.begin_wait, sched.suspend,
   sched.wake
 local Cancelled = sched.Cancelled
@@ -551,35 +550,16 @@ Job.__name = "sluice.job"
 local Ctx = {}
 Ctx.__index = Ctx
 
--- Envelopes. `id` is the hash of the item's path (source/identity/stage/k/...), `parent` the
--- hash of its parent's path (the path minus its last "/stage/k", or `_ppath` when the path was
--- shortened to a hash); both are computed on first read. `job` and `stage` come from the
--- metatable (one per job and stage), so an envelope only stores what varies.
-local function env_mt(job_id, stage, is_source)
-  return {
-    __name = "sluice.item",
-    __index = function(e, k)
-      if k == "id" then
-        local id = hash(rawget(e, "_path"))
-        rawset(e, "id", id)
-        return id
-      elseif k == "job" then
-        return job_id
-      elseif k == "stage" then
-        return stage
-      elseif k == "parent" and not is_source then
-        local pp = rawget(e, "_ppath") or rawget(e, "_path"):match("^(.*)/[^/]*/[^/]*$")
-        if pp then
-          local id = hash(pp)
-          rawset(e, "parent", id)
-          return id
-        end
-      end
-      return nil
-    end,
-  }
+-- Item ids: the path that made the item, "source/identity/stage/k/stage/k...", where k is the
+-- emission number within the parent unit; a path longer than ID_MAX characters is replaced by
+-- "#" and its 64-bit FNV-1a hash (children then extend the short form). Deterministic: the same
+-- inputs give the same ids in every run. `parent` is the parent unit's id.
+local ID_MAX = 120
+local function make_id(p)
+  if #p > ID_MAX then return "#" .. hash(p) end
+  return p
 end
-Env = env_mt
+M.make_id = make_id
 
 local function job_event(job, ev)
   ev.job = job.id
@@ -657,9 +637,8 @@ local function deliver_to(C, env, P, u)
 end
 
 local function copy_env(e)
-  return setmetatable({ id = rawget(e, "id"), key = e.key, seq = e.seq, t0 = e.t0, t1 = e.t1,
-    data = e.data, parent = rawget(e, "parent"), attempt = 1, _path = e._path,
-    _ppath = rawget(e, "_ppath") }, getmetatable(e))
+  return setmetatable({ id = e.id, key = e.key, seq = e.seq, t0 = e.t0, t1 = e.t1, data = e.data,
+    parent = e.parent, attempt = 1 }, getmetatable(e))
 end
 
 -- Hands env to every consumer of node P.
@@ -724,7 +703,7 @@ local function dispatch_batch(S, k, ks)
   local ids, seqs = {}, {}
   local t0, t1, seq
   for i, e in ipairs(items) do
-    ids[i] = e._path
+    ids[i] = e.id
     seqs[i] = e.seq
     if e.seq and (not seq or e.seq < seq) then seq = e.seq end
     if e.t0 and (not t0 or e.t0 < t0) then t0 = e.t0 end
@@ -888,23 +867,8 @@ end
 
 -- Emitting -------------------------------------------------------------------------------------
 
--- A unit's or an envelope's id is the hash of its path (source/identity/stage/k/...), computed
--- when first read: runs without a store or listeners never pay for it.
-local function unit_id(u)
-  local id = u.id
-  if id then return id end
-  id = hash(u.path)
-  u.id = id
-  return id
-end
-
--- The path of the k-th output of unit u at stage S, and the parent path to store when the
--- path had to be shortened to a hash.
-local function child_path(u, S, k)
-  local p = u.path .. "/" .. S.name .. "/" .. k
-  if #p > 200 then return "#" .. hash(p), u.path end
-  return p, nil
-end
+-- A unit's id (an item's id, or the id made for a batch, a group or a gate call).
+local function unit_id(u) return u.path end
 
 local MAX_RESULTS = 100000
 
@@ -923,9 +887,8 @@ local function emit_output(S, u, data, opts)
   if k <= (u.delivered or 0) then return end -- delivered by an earlier attempt
   u.delivered = k
   local job = S.job
-  local path, ppath = child_path(u, S, k)
-  local env = setmetatable({ key = key, seq = seq, t0 = t0, t1 = t1, data = data, attempt = 1,
-    _path = path, _ppath = ppath }, S.env_mt)
+  local env = setmetatable({ id = make_id(u.path .. "/" .. S.name .. "/" .. k), key = key,
+    seq = seq, t0 = t0, t1 = t1, data = data, attempt = 1, parent = u.path }, S.env_mt)
   if S.keep_results then
     local r = S.results
     local nr = #r
@@ -1228,7 +1191,7 @@ local function next_unit(S)
       local ks = S.keys[env.key]
       ks.inq = ks.inq - 1
       u = { kind = "item", env = env, key = env.key, seq = env.seq, t0 = env.t0, t1 = env.t1,
-        path = env._path, id = rawget(env, "id"), n = 1, npend = 1 }
+        path = env.id, n = 1, npend = 1 }
       if S.gate then
         if ks.gate_open then
           u.gate = ks.gate_items
@@ -1260,21 +1223,20 @@ local function fast_run(S, env, ks, u, ctx)
   local t_start = now()
   S.running = S.running + 1
   S.in_flight = S.in_flight + 1
-  local path = env._path
+  local path = env.id
   -- u and ctx belong to this worker and are reused (a ctx is only valid during its call)
   u.env, u.key, u.seq, u.t0, u.t1, u.path = env, key, env.seq, env.t0, env.t1, path
-  u.id, u.k, u.delivered, u.blocked, u.results = nil, nil, nil, nil, nil
+  u.k, u.delivered, u.blocked, u.results = nil, nil, nil, nil
   ctx.attempt = 1
   local ok, v, e2, code = xpcall(S.run, on_error, env, ctx)
   if ok and (v ~= nil or e2 == nil) then
     if v ~= nil then
       if S.fast_emit and not u.k and type(e2) ~= "table" then
         local p = path .. S.suffix1
-        local pp
-        if #p > 200 then p, pp = "#" .. hash(p), path end
+        if #p > ID_MAX then p = "#" .. hash(p) end
         u.k, u.delivered = 1, 1
-        deliver_to(S.consumer1, setmetatable({ key = key, seq = u.seq, t0 = u.t0, t1 = u.t1,
-          data = v, attempt = 1, _path = p, _ppath = pp }, S.env_mt), S, u)
+        deliver_to(S.consumer1, setmetatable({ id = p, key = key, seq = u.seq, t0 = u.t0,
+          t1 = u.t1, data = v, attempt = 1, parent = path }, S.env_mt), S, u)
         S.n_out = S.n_out + 1
       else
         emit_output(S, u, v, type(e2) == "table" and e2 or nil)
@@ -1474,8 +1436,8 @@ local function source_emit(N, data, opts, identity)
   end
   if type(seq) == "number" and (seqs[key] or 0) < seq then seqs[key] = seq end
   local base = N.name .. "/" .. (identity or (tostring(key) .. "/" .. tostring(seq)))
-  local env = setmetatable({ key = key, seq = seq, t0 = opts and opts.t0, t1 = opts and opts.t1,
-    data = data, attempt = 1, _path = base }, N.env_mt)
+  local env = setmetatable({ id = make_id(base), key = key, seq = seq, t0 = opts and opts.t0,
+    t1 = opts and opts.t1, data = data, attempt = 1 }, N.env_mt)
   deliver(N, env)
 end
 
@@ -1651,7 +1613,7 @@ function Pipeline:start(opts)
     N.kind, N.run, N.source = src.kind, src.run, true
     N.default_key = n
     N.seqs = {}
-    N.env_mt = env_mt(job.id, n, true)
+    N.env_mt = { __index = { job = job.id, stage = n }, __name = "sluice.item" }
     if src.kind == "inputs" then
       N.total = #inputs
       N.key_fn = src.opts.key
@@ -1670,7 +1632,8 @@ function Pipeline:start(opts)
     S.target, S.nworkers, S.wid, S.nopen = s.workers, 0, 0, 0
     S.all_group = {}
     S.nlimits = #s.limits
-    S.env_mt = env_mt(job.id, n, false)
+    -- envelopes keep 8 fields; `job` and `stage` come from their metatable
+    S.env_mt = { __index = { job = job.id, stage = n }, __name = "sluice.item" }
     S.suffix1 = "/" .. n .. "/1"
     local base = setmetatable({ job = job, config = config, out = job.out, stage = n,
       params = s.params, _stage = S }, { __index = Ctx })

@@ -43,9 +43,10 @@ T.case("items flow through fan-out and 1:1 stages with envelope fields", functio
     seen[e.key .. "/" .. e.seq] = e
     T.eq(e.stage, "up")
     T.eq(e.job, job.id)
-    T.ok(e.parent and e.id and #e.id == 16, "ids are 16 hex digits")
+    T.eq(e.id, e.parent .. "/up/1", "an id is the parent's id + stage + emission number")
   end
   T.eq(seen["a.mp4/2"].data, "DIR/A.MP4:2")
+  T.eq(seen["a.mp4/2"].id, "files/dir/a.mp4/split/2/up/1")
   T.eq(seen["a.mp4/2"].t0, 20)
   T.eq(seen["b.mp4/3"].t1, 35)
   T.eq(s.stages.split["in"], 2)
