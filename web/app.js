@@ -178,7 +178,8 @@ function render() {
     const img = fileUrl(typeof r === "object" && r ? (r.thumb || r.path || r.image) : r);
     const text = typeof r === "object" ? (r.text ?? JSON.stringify(r)) : String(r);
     const where = [ev.key, ev.seq].filter((x) => x !== undefined && x !== null).join(" #");
-    return `<li class="result" data-stage="${esc(ev.stage)}"><div class="meta"><span class="stage">${esc(ev.stage)}</span>${esc(where)}</div>` +
+    const kind = ev.event && !DONE.has(ev.event) ? `${ev.event} · ` : "";
+    return `<li class="result" data-stage="${esc(ev.stage)}"><div class="meta"><span class="stage">${esc(ev.stage)}</span>${esc(kind + where)}</div>` +
       (img ? `<img src="${img}" alt="${esc(text)}">` : `<div class="text">${esc(text.length > 600 ? text.slice(0, 600) + "…" : text)}</div>`) + `</li>`;
   }).join("") : `<li class="muted">waiting for results…</li>`;
 }
@@ -218,13 +219,21 @@ async function selectJob(id) {
   render();
 }
 
+// Items done in the live job, from the page's own counts (the store's rows lag by a batch).
+function liveDone(j) {
+  if (!j.live || j.id !== state.jobId || state.stages.size === 0) return null;
+  let n = 0;
+  for (const s of state.stages.values()) if (!(s.stat && s.stat.kind === "source")) n += counts(s).done;
+  return n;
+}
+
 async function loadJobs() {
   try {
     const data = await getJSON("/api/jobs");
     state.live = data.live || null;
     $("jobs").innerHTML = (data.jobs || []).map((j) =>
       `<li data-id="${esc(j.id)}" class="${j.id === state.jobId ? "sel" : ""}">${esc(j.id)}` +
-      `<small>${esc(j.pipeline || "")} · ${esc(j.live ? "running" : j.status || "")} · ${j.done ?? 0} done${j.dead ? ", " + j.dead + " dead" : ""}</small></li>`).join("") ||
+      `<small>${esc(j.pipeline || "")} · ${esc(j.status || "")} · ${liveDone(j) ?? j.done ?? 0} done${j.dead ? ", " + j.dead + " dead" : ""}</small></li>`).join("") ||
       `<li class="muted">no jobs yet</li>`;
     document.querySelectorAll("#jobs li[data-id]").forEach((li) => { li.onclick = () => selectJob(li.dataset.id); });
     if (!state.jobId) {

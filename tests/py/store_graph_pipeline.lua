@@ -44,6 +44,9 @@ return sl.pipeline "storetest" {
       record("b", v)
       -- the summary streams as it is written: one piece per fused segment
       ctx:event("partial", { key = "summary", result = "segment " .. v:gsub("^text%-", "") .. " " })
+      -- a slide thumbnail under OUT, when the test provides one
+      local thumb = os.getenv("STORE_TEST_THUMB")
+      if thumb then ctx:event("slide", { result = { thumb = thumb, text = "slide for " .. v } }) end
       return "fused(" .. v .. ")"
     end },
   },

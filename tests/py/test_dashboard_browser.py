@@ -12,7 +12,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import struct
 import time
+import zlib
 
 import aiohttp
 
@@ -20,6 +22,19 @@ BIN = os.environ.get("SLUICE_BIN", "build/sluice")
 BUILD = os.environ.get("SLUICE_BUILD_DIR", "build")
 PIPE = "tests/py/store_graph_pipeline.lua"
 CHROMIUM = "/usr/bin/chromium"
+
+
+def write_png(path, w=64, h=40):
+    """A small real PNG (a blue-to-green gradient) for the thumbnail check."""
+    rows = b"".join(b"\x00" + bytes(c for x in range(w) for c in (20, 4 * x % 256, 200 - 4 * y % 200))
+                    for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
+                chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
 class CDP:
@@ -96,6 +111,10 @@ async def drive(start_run, shot):
                 assert queue.isdigit(), "no queue depth from the engine's stats: %r" % queue
                 conn = await cdp.eval("document.getElementById('conn').textContent")
                 assert conn == "live", conn
+                # the slide thumbnail came through /files/ and decoded as an image
+                thumb_w = await cdp.eval("(() => { const i = document.querySelector('#results li.result img');"
+                                         " return i && i.complete ? i.naturalWidth : null })()")
+                assert thumb_w == 64, "no slide thumbnail on the page: %r" % thumb_w
                 await asyncio.sleep(0.3)
                 png = await cdp.call("Page.captureScreenshot", format="png")
                 with open(shot, "wb") as f:
@@ -121,9 +140,13 @@ def main():
     procs = []
 
     def start_run():
-        env = dict(os.environ, STORE_TEST_CALLS=os.path.join(out, "calls.txt"), STORE_TEST_DELAY="0.4")
+        thumb = os.path.abspath(os.path.join(out, "slides", "slide1.png"))
+        os.makedirs(os.path.dirname(thumb), exist_ok=True)
+        write_png(thumb)
+        env = dict(os.environ, STORE_TEST_CALLS=os.path.join(out, "calls.txt"), STORE_TEST_DELAY="0.4",
+                   STORE_TEST_THUMB=thumb)
         inputs = [str(i) for i in range(1, 41)]
-        p = subprocess.Popen([BIN, "run", PIPE, *inputs, "--out", out, "--job", "lecture-1", "--quiet",
+        p = subprocess.Popen([BIN, "run", PIPE, *inputs, "--out", os.path.abspath(out), "--job", "lecture-1", "--quiet",
                               "--serve", "127.0.0.1:0", "--linger"], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
         procs.append(p)
