@@ -1045,12 +1045,16 @@ local function run_attempt(S, u, ctx, task)
     ok, v, code = false, e2, code
   end
   if ok then
-    if held then release_limits(held, { ok = true }) end
+    if held then release_limits(held, { ok = true, tokens = ctx.tokens }) end
     return true, v, e2
   end
   if held then
-    local status = type(v) == "table" and v.status or nil
-    release_limits(held, { ok = false, error = errtext(v), status = status, code = code })
+    local info = { ok = false, error = errtext(v), code = code, tokens = ctx.tokens,
+      timeout = code == "ETIMEDOUT" or nil }
+    if type(v) == "table" then
+      info.status, info.retry_after, info.headers = v.status, v.retry_after, v.headers
+    end
+    release_limits(held, info)
   end
   return false, v, code, tb
 end
@@ -1108,6 +1112,7 @@ local function process(S, u, wid, task)
     while true do
       attempt = attempt + 1
       ctx.attempt = attempt
+      ctx.tokens = nil
       if env then env.attempt = attempt end
       u.k = 0
       if memo then u.outputs = {} end

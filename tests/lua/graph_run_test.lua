@@ -480,6 +480,44 @@ T.case("named limits are shared across stages and acquired in name order", funct
   T.eq(gpu:in_use(), 0)
 end)
 
+T.case("sl.rate limiters work as named limits; timeouts and usage reach release", function()
+  local limit = require "sluice.limit"
+  local quota = limit.rate { rpm = 60000, concurrency = 1 }
+  local active, max_active = 0, 0
+  local function body(item, ctx)
+    active = active + 1
+    if active > max_active then max_active = active end
+    sl.sleep(0.01)
+    active = active - 1
+    ctx.tokens = 42
+    return item.data
+  end
+  local infos = {}
+  local fake = { acquire = function() return { release = function(_, info) infos[#infos + 1] = info end } end }
+  local p = sl.pipeline "rate" {
+    sources = { gen = function(ctx) for i = 1, 6 do ctx:emit(i) end end },
+    limits = { quota = quota, fake = fake },
+    stages = {
+      a = { from = "gen", workers = 3, limits = { "quota" }, run = body },
+      b = { from = "gen", workers = 3, limits = { "quota" }, run = body },
+      slow = { from = "gen", limits = { "fake" }, timeout = 0.05, run = function(item, ctx)
+        ctx.tokens = 7
+        if item.data == 1 then sl.sleep(5) end
+        return item.data
+      end },
+    },
+  }
+  local s = p:start {}:wait()
+  T.eq(max_active, 1, "the rate limiter's concurrency is shared by both stages")
+  T.eq(s.stages.a.done + s.stages.b.done, 12)
+  T.eq(#infos, 6)
+  T.eq(infos[1].timeout, true)
+  T.eq(infos[1].code, "ETIMEDOUT")
+  T.eq(infos[1].ok, false)
+  T.eq(infos[2].ok, true)
+  T.eq(infos[2].tokens, 7)
+end)
+
 T.case("cancel stops running items at once", function()
   local started = 0
   local p = sl.pipeline "cancel" {
