@@ -192,6 +192,18 @@ local function take(self, now, est)
   return p
 end
 
+local function queue_empty(self)
+  local w = self.waiters
+  while w.head <= w.tail do
+    local e = w[w.head]
+    if e.task.waiting and e.task.wait_id == e.id then return false end
+    w[w.head] = nil
+    w.head = w.head + 1
+  end
+  w.head, w.tail = 1, 0
+  return true
+end
+
 local pump
 
 local function arm_timer(self, wait)
@@ -235,19 +247,13 @@ function pump(self)
     end
   until not self.repump
   self.pumping = false
+  if self.timer_handle and queue_empty(self) then
+    -- nobody waits: a pending timer must not keep the process alive
+    pcall(self.timer_handle.close, self.timer_handle)
+    self.timer_handle, self.timer_due = nil, nil
+  end
 end
 
-local function queue_empty(self)
-  local w = self.waiters
-  while w.head <= w.tail do
-    local e = w[w.head]
-    if e.task.waiting and e.task.wait_id == e.id then return false end
-    w[w.head] = nil
-    w.head = w.head + 1
-  end
-  w.head, w.tail = 1, 0
-  return true
-end
 
 -- acquire{tokens=estimate} -> permit. Waits (in FIFO order) until the limits allow.
 function Limiter:acquire(opts)
@@ -268,6 +274,12 @@ function Limiter:acquire(opts)
   local w = self.waiters
   w.tail = w.tail + 1
   w[w.tail] = { task = t, id = id, est = est }
+  t.wait_cancel = function() -- cancelled while waiting: drop the timer if nobody else waits
+    if self.timer_handle and queue_empty(self) then
+      pcall(self.timer_handle.close, self.timer_handle)
+      self.timer_handle, self.timer_due = nil, nil
+    end
+  end
   return sched.suspend()
 end
 
@@ -287,7 +299,7 @@ function Limiter:pause(seconds)
   if until_ > self.paused_until then
     self.paused_until = until_
     self.counts.paused = self.counts.paused + 1
-    arm_timer(self, seconds)
+    pump(self) -- re-arms the timer for the tasks already waiting, if any
   end
 end
 

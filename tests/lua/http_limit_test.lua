@@ -143,6 +143,15 @@ T.case("Retry-After and x-ratelimit headers pause the limiter", function()
   p:release { ok = true, status = 200, headers = { ["x-ratelimit-remaining-requests"] = "0",
     ["x-ratelimit-reset-requests"] = "1m30s" } }
   T.near(lim:stats().paused_for, 90, 0.01)
+  -- a pause with nobody waiting arms no timer (it would keep the process alive)
+  local real = limit.rate { concurrency = 1 }
+  real:acquire():release { ok = false, status = 429, retry_after = 30 }
+  T.eq(real.timer_handle, nil)
+  local t = sl.spawn(function() return real:acquire() end)
+  sl.yield()
+  T.ok(real.timer_handle, "a waiter arms the timer")
+  t:cancel()
+  T.eq(real.timer_handle, nil, "the last waiter's cancel closes the timer")
   T.eq(limit.parse_duration("6m0s"), 360)
   T.eq(limit.parse_duration("20ms"), 0.02)
   T.eq(limit.parse_duration("1.5"), 1.5)
