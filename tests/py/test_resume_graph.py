@@ -99,6 +99,36 @@ def test_kill_and_resume():
               % (len(first), len(saved), len(second)))
 
 
+def test_ctrl_c_and_resume():
+    ref = {k: "fused(text-%s)" % k for k in INPUTS}
+    out = fresh("sigint")
+    p = subprocess.Popen(argv(out, INPUTS, "ev1.jsonl", "--grace", "0.2"), env=env(out),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while len(calls(out)) < 12:
+        assert p.poll() is None, p.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.002)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=30) == 130, p.stderr.read()
+    first = calls(out)
+    saved = stored(out)
+    db = sqlite3.connect(os.path.join(out, "sluice.db"))
+    status = db.execute("SELECT status FROM jobs WHERE id = 'J'").fetchone()[0]
+    db.close()
+    assert status == "interrupted", status
+    # a graceful stop flushes: everything that ran to completion was stored
+    assert saved == set(first), sorted(set(first) - saved)
+    r = subprocess.run(argv(out, INPUTS, "ev2.jsonl"), env=env(out), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    second = calls(out)[len(first):]
+    assert set(second) == ALL - saved and len(second) == len(set(second)), second
+    assert outputs(out, "ev2.jsonl") == ref
+    print("ok   graph: Ctrl-C after %d calls: job 'interrupted', all %d finished items stored, resume ran the "
+          "other %d" % (len(first), len(saved), len(second)))
+
+
 def test_retry_dead():
     out = fresh("retry")
     fail = os.path.join(out, "fail.txt")
@@ -175,6 +205,7 @@ def test_dashboard_sse():
 
 if __name__ == "__main__":
     test_kill_and_resume()
+    test_ctrl_c_and_resume()
     test_retry_dead()
     test_dashboard_sse()
-    print("3 passed, 0 failed")
+    print("4 passed, 0 failed")
