@@ -104,18 +104,25 @@ function M.encode(v)
   return cjson.encode(plain(v, 0))
 end
 
--- events.jsonl(path) -> writer, or nil, message: writer(ev) appends ev as one JSON line;
--- writer:close() flushes and closes the file. Use with bus:on(writer).
+-- events.jsonl(path) -> writer, or nil, message: writer(ev) appends ev as one JSON line (the
+-- file is flushed at most every 0.5 s, and at job_start/job_done); writer:close() flushes and
+-- closes it. Use with bus:on(writer).
 function M.jsonl(path)
   local f, err = io.open(path, "w")
   if not f then return nil, "cannot write events to '" .. path .. "': " .. tostring(err) end
   f:setvbuf("full", 1 << 16)
-  local w = { file = f, count = 0 }
+  local w = { file = f, count = 0, flushed = core.now() }
   setmetatable(w, {
     __call = function(self, ev)
       if self.closed then return end
       self.file:write(M.encode(ev), "\n")
       self.count = self.count + 1
+      -- buffered, but never more than ~0.5 s behind (so the file can be followed live)
+      local t = core.now()
+      if t - self.flushed > 0.5 or ev.event == "job_start" or ev.event == "job_done" then
+        self.file:flush()
+        self.flushed = t
+      end
     end,
     __index = {
       flush = function(self) if not self.closed then self.file:flush() end end,

@@ -96,7 +96,9 @@ end)
 
 T.case("Ctrl-C stops sources, lets in-flight work finish and prints the summary", function()
   local out, err = {}, {}
-  local args = { "run", PIPE, "--out", TMP .. "/out", "--no-store", "--set", "mode=slow", "--grace", "1" }
+  local evfile = TMP .. "/int.jsonl"
+  local args = { "run", PIPE, "--out", TMP .. "/out", "--no-store", "--set", "mode=slow", "--grace", "1",
+    "--events", evfile }
   for i = 1, 30 do args[#args + 1] = "in" .. i end
   local status = sl.await("sluice", function(done)
     local p = assert(proc.spawn {
@@ -106,7 +108,15 @@ T.case("Ctrl-C stops sources, lets in-flight work finish and prints the summary"
       on_exit = function(st) done(st) end,
     })
     sl.spawn(function()
-      sl.sleep(0.6)
+      -- interrupt once the run is under way (the first items are done): a slow start (ASan)
+      -- must not see the signal before the CLI handles it
+      for _ = 1, 600 do
+        sl.sleep(0.05)
+        local f = io.open(evfile)
+        local text = f and f:read("a") or ""
+        if f then f:close() end
+        if text:find('"item_done"', 1, true) then break end
+      end
       p:kill("SIGINT")
     end)
     return function() p:kill("SIGKILL") end
