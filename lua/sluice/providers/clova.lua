@@ -59,7 +59,7 @@ function Obj:transcribe(audio, opts)
   }
   if self.boostings then params.boostings = self.boostings end
   local t0 = audio.t0 or 0
-  local v, err, code = P.call(self, {
+  local v, err, code, failure = P.call(self, {
     what = "recognition of " .. P.basename(audio.path), url = self.invoke_url .. "/recognizer/upload",
     headers = { ["X-CLOVASPEECH-API-KEY"] = secret, Accept = "application/json" },
     multipart = {
@@ -68,7 +68,7 @@ function Obj:transcribe(audio, opts)
     },
     check = check,
   })
-  if not v then return nil, err, code end
+  if not v then return nil, err, code, failure end
   local segments = {}
   for _, s in ipairs(v.segments) do
     local seg = { start = s.start / 1000 + t0, ["end"] = s["end"] / 1000 + t0, text = s.text, words = {},

@@ -110,8 +110,8 @@ function Obj:complete(m, opts)
       return true
     end
     req.usage = usage_of
-    local v, err, code = P.call(self, req)
-    if not v then return nil, err, code end
+    local v, err, code, failure = P.call(self, req)
+    if not v then return nil, err, code, failure end
     local text, finish = candidate_text(v)
     return text, { usage = v.usageMetadata, finish_reason = finish }
   end
@@ -135,8 +135,8 @@ function Obj:complete(m, opts)
     return true
   end
   req.usage = function() return info.usage and info.usage.totalTokenCount end
-  local v, err, code = P.call(self, req)
-  if not v then return nil, err, code end
+  local v, err, code, failure = P.call(self, req)
+  if not v then return nil, err, code, failure end
   if not info.finish_reason then
     return nil, "gemini: malformed streamGenerateContent stream: it ended without a finishReason", "EPROTO"
   end

@@ -12,8 +12,8 @@
 --   vlm:describe(images{{path=, t=}}, opts) -> {{t=, text=}, ...}
 --   llm:complete(messages | prompt, opts{stream = fn(token)}) -> text, info
 --   llm:summarize(text, opts) -> text;  llm:judge(summary, sources, opts) -> {score=, reasons=}
--- Failures are returned as nil, message, code; messages name the provider and never
--- contain keys.
+-- Failures are returned as nil, message, code, failure; messages name the provider and
+-- never contain keys; failure = {status=, retry_after=} when the server answered.
 local http = require "sluice.http"
 local sse = require "sluice.sse"
 local retry = require "sluice.retry"

@@ -86,11 +86,11 @@ function Obj:transcribe(audio, opts)
   if prompt then parts[#parts + 1] = { name = "prompt", data = prompt } end
   local temp = opts.temperature or self.temperature
   if temp then parts[#parts + 1] = { name = "temperature", data = tostring(temp) } end
-  local v, err, code = P.call(self, {
+  local v, err, code, failure = P.call(self, {
     what = "transcription of " .. P.basename(audio.path), url = self.base_url .. "/audio/transcriptions",
     headers = headers(self, false), multipart = parts, tokens = 0, check = check_transcription,
   })
-  if not v then return nil, err, code end
+  if not v then return nil, err, code, failure end
   local words = type(v.words) == "table" and v.words or {}
   local segments = {}
   local wi = 1
@@ -147,8 +147,8 @@ function Obj:complete(m, opts)
   if not opts.stream then
     req.check = check_completion
     req.usage = usage_of
-    local v, err, code = P.call(self, req)
-    if not v then return nil, err, code end
+    local v, err, code, failure = P.call(self, req)
+    if not v then return nil, err, code, failure end
     local c = v.choices[1]
     return c.message.content, { usage = v.usage, finish_reason = c.finish_reason, model = v.model }
   end
@@ -180,8 +180,8 @@ function Obj:complete(m, opts)
     return true
   end
   req.usage = function() return info.usage and info.usage.total_tokens end
-  local v, err, code = P.call(self, req)
-  if not v then return nil, err, code end
+  local v, err, code, failure = P.call(self, req)
+  if not v then return nil, err, code, failure end
   if not done and not info.finish_reason then
     return nil, "openai: malformed chat completion stream: it ended without [DONE]", "EPROTO"
   end
