@@ -1,3 +1,4 @@
+-- labels: slow
 -- sphinx STT: accuracy against pocketsphinx_continuous on Debian's LibriVox utterances,
 -- word timings, bad input, cancellation.
 local sl = require "sluice"
