@@ -84,8 +84,8 @@ static void open_run(sl_job *job, void *data) {
     return;
   }
   if (TessBaseAPIInit3(api, o->datapath, o->lang) != 0) {
-    snprintf(o->err, sizeof o->err, "ocr: tesseract cannot load language '%.60s' from %.900s", o->lang,
-             dir);
+    snprintf(o->err, sizeof o->err, "ocr: tesseract cannot load language '%.60s' from %.900s",
+             o->lang, dir);
     TessBaseAPIDelete(api);
     return;
   }
@@ -161,9 +161,9 @@ typedef struct ocr_word {
 
 typedef struct recognize_job {
   engine *e;
-  char *path;    /* an image file, or */
-  sl_blob *enc;  /* encoded image bytes (one reference) */
-  char *text;    /* from TessBaseAPIGetUTF8Text (TessDeleteText) */
+  char *path;   /* an image file, or */
+  sl_blob *enc; /* encoded image bytes (one reference) */
+  char *text;   /* from TessBaseAPIGetUTF8Text (TessDeleteText) */
   int mean_conf, width, height;
   ocr_word *words;
   size_t nwords, cap;
@@ -218,8 +218,8 @@ static void recognize_run(sl_job *job, void *data) {
       }
       int left = 0, top = 0, right = 0, bottom = 0;
       TessPageIteratorBoundingBox(pit, RIL_WORD, &left, &top, &right, &bottom);
-      r->words[r->nwords++] = (ocr_word){w, TessResultIteratorConfidence(it, RIL_WORD), left,
-                                         top, right - left, bottom - top};
+      r->words[r->nwords++] = (ocr_word){
+          w, TessResultIteratorConfidence(it, RIL_WORD), left, top, right - left, bottom - top};
     } while (TessResultIteratorNext(it, RIL_WORD));
     TessResultIteratorDelete(it);
   }

@@ -269,8 +269,8 @@ typedef struct word {
 
 typedef struct transcribe_job {
   decoder *d;
-  char *path;    /* a WAV file, or */
-  sl_blob *pcm;  /* raw samples (one reference) */
+  char *path;   /* a WAV file, or */
+  sl_blob *pcm; /* raw samples (one reference) */
   word *words;
   size_t nwords, cap;
   int nutts;
@@ -512,7 +512,9 @@ static int decoder_close(lua_State *L) {
 static int decoder_tostring(lua_State *L) {
   decoder_ud *ud = luaL_checkudata(L, 1, DECODER_MT);
   lua_pushfstring(L, "sluice.sphinx.decoder (%s)",
-                  !ud->d ? "closed" : ud->d->busy ? "busy" : "idle");
+                  !ud->d        ? "closed"
+                  : ud->d->busy ? "busy"
+                                : "idle");
   return 1;
 }
 
