@@ -110,6 +110,47 @@ T.case("sl.inputs: keys from base names, duplicates numbered, or a key function"
     "source 'f': option 'key' of sl.inputs must be a function")
 end)
 
+T.case("several inputs in from; order over batches; emit=true results in item_done", function()
+  local arrived = {}
+  local p = sl.pipeline "multi" {
+    sources = {
+      left = function(ctx) for i = 1, 3 do ctx:emit("L" .. i, { key = "k", seq = i }) end end,
+      right = function(ctx) for i = 1, 2 do ctx:emit("R" .. i, { key = "k", seq = 10 + i }) end end,
+    },
+    stages = {
+      both = { from = { "left", "right" }, collect = true, run = function(items)
+        local d = {}
+        for i, e in ipairs(items) do d[i] = e.data .. "@" .. e.stage end
+        return table.concat(d, ",")
+      end },
+      frames = { from = "left", run = function(item, ctx)
+        for i = 1, 10 do ctx:emit(i, { seq = i, key = item.data }) end -- re-keyed
+      end },
+      vlm = { from = "frames", workers = 3, batch = { size = 3 }, order = true, emit = true,
+        run = function(items)
+          sl.sleep((10 - items[1].seq) * 0.006) -- earlier batches take longer
+          return items[1].seq .. "-" .. items[#items].seq
+        end },
+      sink = { from = "vlm", run = function(item)
+        arrived[item.key] = arrived[item.key] or {}
+        table.insert(arrived[item.key], item.data)
+      end },
+    },
+  }
+  local job = p:start {}
+  local results = {}
+  job.bus:on(function(ev)
+    if ev.event == "item_done" and ev.stage == "vlm" then results[#results + 1] = ev.result end
+  end)
+  local s = job:wait()
+  T.eq(s.results.both[1].data, "L1@left,L2@left,L3@left,R1@right,R2@right")
+  for _, k in ipairs { "L1", "L2", "L3" } do
+    T.same(arrived[k], { "1-3", "4-6", "7-9", "10-10" }, "batches of " .. k .. " leave in seq order")
+  end
+  T.eq(#results, 12)
+  T.eq(#s.results.vlm, 12)
+end)
+
 T.case("backpressure: never more than queue+workers items alive in a stage", function()
   local job
   local max_alive, max_lead = 0, 0
