@@ -178,11 +178,13 @@ function M.open(path)
   end
   return setmetatable({
     db = db, path = path, pending = {}, writing = false, timer = nil,
-    flush_waiters = {}, attached = {}, write_error = nil, written = 0, batches = 0,
+    flush_waiters = {}, attached = {}, memos = {}, write_error = nil, written = 0, batches = 0,
   }, Store)
 end
 
 function Store:__tostring() return "sluice.store (" .. self.path .. ")" end
+
+local function item_key(stage, id) return stage .. "\0" .. tostring(id) end
 
 local start_flush
 
@@ -218,6 +220,17 @@ start_flush = function(self)
     if ok then
       self.written = self.written + #batch
       self.batches = self.batches + 1
+      -- Outputs now on disk leave memory: a later get reads them back.
+      for _, st in ipairs(batch) do
+        if st[1] == M.PUT_ITEM then
+          local memo = self.memos[st[2]]
+          if memo then
+            local key = item_key(st[3], st[4])
+            memo.stored[key] = true
+            memo.cache[key] = nil
+          end
+        end
+      end
     elseif not self.write_error then
       self.write_error = err
       io.stderr:write("sluice: " .. tostring(err) .. " (later writes go on)\n")
@@ -275,7 +288,6 @@ end
 
 local function now() return core.time() end
 
-local function item_key(stage, id) return stage .. "\0" .. tostring(id) end
 
 -- What each bus event means for the item's row. Events not listed only go to the event log.
 local ITEM_STATUS = {
@@ -302,6 +314,7 @@ local PUT_ITEM = [[
 INSERT INTO items (job, stage, id, status, result, t_end) VALUES (?1, ?2, ?3, 'done', ?4, ?5)
 ON CONFLICT (job, stage, id) DO UPDATE SET status = 'done', result = excluded.result,
   error = NULL, t_end = coalesce(t_end, excluded.t_end)]]
+M.PUT_ITEM = PUT_ITEM
 
 local INSERT_EVENT = [[
 INSERT INTO events (job, run, n, t, stage, event, item, json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)]]
@@ -442,6 +455,7 @@ function Store:attach(job)
   local rec = { id = id, run = run, counts = {}, resumed = nstored }
   self.attached[job] = rec
   job.memo = setmetatable({ store = self, job_id = id, cache = {}, stored = stored, hits = 0 }, Memo)
+  self.memos[id] = job.memo
   job.store = self
   job.store_run = run
   if job.bus then
@@ -457,6 +471,7 @@ function Store:detach(job, status)
   local rec = self.attached[job]
   if not rec then return nil, "job is not attached" end
   self.attached[job] = nil
+  if self.memos[rec.id] == job.memo then self.memos[rec.id] = nil end
   if type(rec.off) == "function" then
     pcall(rec.off)
   elseif job.bus and job.bus.off then

@@ -104,6 +104,9 @@ T.case("attach records the job, events and items; memo survives a new store", fu
   job.bus:emit { job = "job-1", stage = "stt", event = "dead", id = "a#2", key = "a", seq = 2,
     error = "provider said 500", attempt = 3 }
   T.same(job.memo:get("stt", "a#1"), outs) -- from this run's cache
+  T.ok(store:flush())
+  T.eq(next(job.memo.cache), nil, "committed outputs leave memory")
+  T.same(job.memo:get("stt", "a#1"), outs) -- read back from the database
   T.ok(store:detach(job))
   local info = T.ok(store:job("job-1"))
   T.eq(info.job.status, "failed")
