@@ -345,6 +345,22 @@ T.case("cancelling the consuming task cancels the decode job", function()
   T.ok(media.probe(p))
 end)
 
+T.case("HLS playlists are inputs like files", function()
+  local dir = tmp .. "/hls"
+  os.execute("mkdir -p " .. dir)
+  ffmpeg({ "-i", av_file(), "-c", "copy", "-f", "hls", "-hls_time", "2", "-hls_list_size", "0",
+    "-hls_segment_filename", dir .. "/seg%03d.ts", dir .. "/index.m3u8" })
+  local url = dir .. "/index.m3u8"
+  local info = T.ok(media.probe(url))
+  T.eq(info.container, "hls")
+  local frames = collect(media.frames(url, { every = 2, format = "none" }))
+  T.ok(#frames >= 3, "frames from the playlist: " .. #frames)
+  local chunks = collect(media.audio_chunks(url, { seconds = 2, output = "blob" }))
+  local direct = collect(media.audio_chunks(av_file(), { seconds = 2, output = "blob" }))
+  T.eq(#chunks, #direct)
+  T.near(chunks[#chunks].t1, direct[#direct].t1, 0.05)
+end)
+
 T.case("misuse raises", function()
   T.raises(function() media.audio_chunks("x.mp4", { seconds = 1, overlap = 2, output = "blob" }) end, "overlap")
   T.raises(function() media.frames("x.mp4", { every = 1, scene = 0.3 }) end, "one of")

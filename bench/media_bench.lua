@@ -1,0 +1,48 @@
+-- bench/media_bench.lua MODE INPUT OUTDIR [THREADS]: one sluice.media job on INPUT, timed,
+-- while a task ticks every 1 ms and records how late each tick is (the loop's lag).
+-- Prints one JSON line: mode, wall seconds, CPU seconds, items, peak RSS (KiB), lag p50/p99/max.
+--
+-- Modes: audio (16 kHz mono WAV chunks of 30 s), extract (one 16 kHz mono WAV),
+-- every10 (one JPEG every 10 s, exact timestamps), keyframes (JPEG of every keyframe),
+-- scene (JPEG of every frame with scene score > 0.3).
+local sl = require "sluice"
+local core = require "sluice.core.core"
+local media = require "sluice.media"
+
+local mode, input, outdir, threads = arg[1], arg[2], arg[3], tonumber(arg[4] or "2")
+assert(mode and input and outdir, "usage: media_bench.lua MODE INPUT OUTDIR [THREADS]")
+
+local lags, ticking = {}, true
+local ticker = sl.spawn(function()
+  while ticking do
+    local t0 = sl.now()
+    sl.sleep(0.001)
+    lags[#lags + 1] = math.max(0, sl.now() - t0 - 0.001)
+  end
+end)
+
+local cpu0 = core.cpu_time()
+local t0 = sl.now()
+local items = 0
+if mode == "audio" then
+  for _ in media.audio_chunks(input, { seconds = 30, dir = outdir }) do items = items + 1 end
+elseif mode == "extract" then
+  items = assert(media.extract_audio(input, outdir .. "/all.wav"))
+else
+  local o = { dir = outdir, threads = threads, quality = 85 }
+  if mode == "every10" then o.every = 10
+  elseif mode == "keyframes" then o.keyframes = true
+  elseif mode == "scene" then o.scene = 0.3
+  else error("unknown mode " .. mode) end
+  for _ in media.frames(input, o) do items = items + 1 end
+end
+local wall = sl.now() - t0
+local cpu1, maxrss = core.cpu_time()
+ticking = false
+ticker:wait()
+
+table.sort(lags)
+local function pct(p) return (lags[math.max(1, math.ceil(#lags * p))] or 0) * 1000 end
+print(string.format('{"mode":"%s","wall":%.3f,"cpu":%.3f,"items":%d,"maxrss_kib":%d,' ..
+  '"lag_p50_ms":%.3f,"lag_p99_ms":%.3f,"lag_max_ms":%.3f,"ticks":%d}',
+  mode, wall, cpu1 - cpu0, items, maxrss, pct(0.5), pct(0.99), (lags[#lags] or 0) * 1000, #lags))
