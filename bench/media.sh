@@ -12,7 +12,8 @@
 # Both sides get the same decoder threads (THREADS, default 2: the machine has 2 cores) and
 # the same JPEG quality (sluice quality 85 = mjpeg qscale 6 = ffmpeg -q:v 6). Prints, per mode
 # and round: wall seconds of each, the speed ratio (CLI wall / sluice wall), sluice's peak RSS,
-# the CLI's peak RSS, and the engine's loop lag p99 (a task sleeping 1 ms in a loop).
+# the CLI's peak RSS, the CPU ratio (CLI user+sys / sluice user+sys: steadier than wall time
+# on a shared, loaded machine) and the engine's loop lag (a task sleeping 1 ms in a loop).
 #
 # Usage: bench/media.sh [ROUNDS=1] [MODES="audio extract every10 keyframes scene"] [THREADS=2]
 set -eu
@@ -35,10 +36,12 @@ cli_cmd() { # mode outdir: prints the CLI command line for the mode
     audio | extract) echo "ffmpeg -v error -nostdin -y -i $INPUT -vn -ac 1 -ar 16000 $2/all.wav" ;;
     every10) echo "ffmpeg -v error -nostdin -y -threads $THREADS -i $INPUT -an -vf fps=1/10 -q:v 6 $2/f%05d.jpg" ;;
     keyframes) echo "ffmpeg -v error -nostdin -y -threads $THREADS -skip_frame nokey -i $INPUT -an -vsync vfr -q:v 6 $2/f%05d.jpg" ;;
-    scene) echo "ffmpeg -v error -nostdin -y -threads $THREADS -i $INPUT -an -vf select='gt(scene,0.3)' -vsync vfr -q:v 6 $2/f%05d.jpg" ;;
+    scene) echo "ffmpeg -v error -nostdin -y -threads $THREADS -i $INPUT -an -vf \"select='gt(scene,0.3)'\" -vsync vfr -q:v 6 $2/f%05d.jpg" ;;
   esac
 }
 
+# The loop lag of an idle engine on this machine right now: the floor under the figures below.
+echo "idle      $("$BIN" run bench/media_bench.lua idle "$INPUT" "$TMP")"
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
   for m in $MODES; do
@@ -46,20 +49,21 @@ while [ "$r" -le "$ROUNDS" ]; do
     mkdir -p "$TMP/s" "$TMP/c"
     json=$("$BIN" run bench/media_bench.lua "$m" "$INPUT" "$TMP/s" "$THREADS")
     t0=$(now)
-    /usr/bin/time -f "%M" -o "$TMP/cli.rss" sh -c "$(cli_cmd "$m" "$TMP/c")"
+    /usr/bin/time -f "%M %U %S" -o "$TMP/cli.rss" sh -c "$(cli_cmd "$m" "$TMP/c")"
     t1=$(now)
     cli_files=$(ls "$TMP/c" | wc -l)
-    cli_rss=$(tail -n1 "$TMP/cli.rss")
+    set -- $(tail -n1 "$TMP/cli.rss")
+    cli_rss=$1 cli_cpu=$(echo "$2 + $3" | bc)
     echo "$json" | /usr/bin/python3 -c '
 import json, sys
 s = json.loads(sys.stdin.read())
 cli_wall = float(sys.argv[1]) - float(sys.argv[2])
 print("%-9s sluice %7.2fs (%4d items, cpu %6.2fs, peak %6.1f MiB, loop lag p50 %.2f ms p99 %.2f ms max %.2f ms)"
-      "  ffmpeg %7.2fs (%4d files, peak %6.1f MiB)  speed ratio %.2fx" % (
+      "  ffmpeg %7.2fs (%4d files, cpu %6.2fs, peak %6.1f MiB)  speed ratio %.2fx, cpu ratio %.2fx" % (
       s["mode"], s["wall"], s["items"], s["cpu"], s["maxrss_kib"] / 1024, s["lag_p50_ms"],
-      s["lag_p99_ms"], s["lag_max_ms"], cli_wall, int(sys.argv[3]), int(sys.argv[4]) / 1024,
-      cli_wall / s["wall"]))
-' "$t1" "$t0" "$cli_files" "$cli_rss"
+      s["lag_p99_ms"], s["lag_max_ms"], cli_wall, int(sys.argv[3]), float(sys.argv[5]), int(sys.argv[4]) / 1024,
+      cli_wall / s["wall"], float(sys.argv[5]) / max(s["cpu"], 1e-9)))
+' "$t1" "$t0" "$cli_files" "$cli_rss" "$cli_cpu"
   done
   r=$((r + 1))
 done

@@ -4,7 +4,8 @@
 --
 -- Modes: audio (16 kHz mono WAV chunks of 30 s), extract (one 16 kHz mono WAV),
 -- every10 (one JPEG every 10 s, exact timestamps), keyframes (JPEG of every keyframe),
--- scene (JPEG of every frame with scene score > 0.3).
+-- scene (JPEG of every frame with scene score > 0.3), idle (5 s of nothing: the machine's
+-- own scheduling lag, for comparison).
 local sl = require "sluice"
 local core = require "sluice.core.core"
 local media = require "sluice.media"
@@ -24,7 +25,9 @@ end)
 local cpu0 = core.cpu_time()
 local t0 = sl.now()
 local items = 0
-if mode == "audio" then
+if mode == "idle" then
+  sl.sleep(5) -- baseline: the loop lag this machine shows with no media work at all
+elseif mode == "audio" then
   for _ in media.audio_chunks(input, { seconds = 30, dir = outdir }) do items = items + 1 end
 elseif mode == "extract" then
   items = assert(media.extract_audio(input, outdir .. "/all.wav"))

@@ -15,11 +15,15 @@
  * freed by the reader's __gc/close, or by the job's free function if a job still holds it.
  */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "av.h"
 #include "blob.h"
@@ -30,6 +34,25 @@
 #define FRAMES_MT "sluice.media.frame_reader"
 
 static int job_cancelled_cb(void *arg) { return sl_job_cancelled(arg); }
+
+/* Media jobs run a little below the loop thread's priority (decode, scale and encode are
+ * throughput work; the loop's timers and I/O are latency work). Returns the nice value to
+ * restore, or INT_MIN when it was not changed. */
+#define MEDIA_JOB_NICE 5
+static int lower_priority(void) {
+  pid_t tid = (pid_t)syscall(SYS_gettid);
+  errno = 0;
+  int before = getpriority(PRIO_PROCESS, (id_t)tid);
+  if (errno != 0 || setpriority(PRIO_PROCESS, (id_t)tid, before + MEDIA_JOB_NICE) != 0)
+    return INT_MIN;
+  return before;
+}
+
+/* Gives the worker thread its priority back. Without the right to raise a priority again
+ * (RLIMIT_NICE) the thread keeps the lower one, which only ever favours the loop. */
+static void restore_priority(int before) {
+  if (before != INT_MIN) (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), before);
+}
 
 /* Creates dir and its parents (like mkdir -p). Returns 0 or -1 with errno set. */
 static int make_dirs(const char *dir) {
@@ -315,7 +338,7 @@ static long quietest_point(const audio_state *s, long from, long to) {
   return best;
 }
 
-static void audio_run(sl_job *job, void *data) {
+static void audio_run_inner(sl_job *job, void *data) {
   audio_job *j = data;
   audio_state *s = j->s;
   sl_av_cancel c = {job_cancelled_cb, job};
@@ -385,6 +408,12 @@ fail:
   j->status = -1;
   /* a cancelled or failed decoder is not resumed */
   snprintf(s->failed, sizeof s->failed, "%s", j->err);
+}
+
+static void audio_run(sl_job *job, void *data) {
+  int before = lower_priority();
+  audio_run_inner(job, data);
+  restore_priority(before);
 }
 
 static int audio_finish(lua_State *L, void *data) {
@@ -520,7 +549,7 @@ typedef struct extract_job {
   char err[SL_AV_ERRLEN];
 } extract_job;
 
-static void extract_run(sl_job *job, void *data) {
+static void extract_run_inner(sl_job *job, void *data) {
   extract_job *e = data;
   sl_av_cancel c = {job_cancelled_cb, job};
   sl_audio_reader *r = sl_audio_open(e->url, e->rate, e->channels, &c, e->err, sizeof e->err);
@@ -565,6 +594,12 @@ static void extract_run(sl_job *job, void *data) {
   if (total < 0) remove(e->out);
   e->frames = total;
   sl_audio_close(r);
+}
+
+static void extract_run(sl_job *job, void *data) {
+  int before = lower_priority();
+  extract_run_inner(job, data);
+  restore_priority(before);
 }
 
 static int extract_finish(lua_State *L, void *data) {
@@ -657,7 +692,7 @@ static const char *format_ext(int format) {
   }
 }
 
-static void frame_run(sl_job *job, void *data) {
+static void frame_run_inner(sl_job *job, void *data) {
   frame_job *j = data;
   frame_state *s = j->s;
   sl_av_cancel c = {job_cancelled_cb, job};
@@ -709,6 +744,12 @@ static void frame_run(sl_job *job, void *data) {
 fail:
   j->status = -1;
   snprintf(s->failed, sizeof s->failed, "%s", j->err);
+}
+
+static void frame_run(sl_job *job, void *data) {
+  int before = lower_priority();
+  frame_run_inner(job, data);
+  restore_priority(before);
 }
 
 static int frame_finish(lua_State *L, void *data) {
