@@ -601,6 +601,25 @@ T.case("stop: sources stop, in-flight items finish within the grace period", fun
   T.eq(s.stages.b.done, s.stages.a.done, "and flowed on to b")
 end)
 
+T.case("stop: a source waiting on a full queue stops cleanly", function()
+  local p = sl.pipeline "stopfull" {
+    sources = { gen = counter_source(1000) },
+    stages = {
+      a = { from = "gen", queue = 2, run = function(item) sl.sleep(0.02) return item.data end },
+      b = { from = "a", collect = true, run = function(items) return #items end },
+    },
+  }
+  local job = p:start {}
+  sl.sleep(0.1)
+  T.eq(job:stats().stages.a.queue, 2, "the source is blocked on a's full queue")
+  job:stop(10)
+  local s = job:wait()
+  T.eq(s.state, "stopped")
+  T.eq(s.stages.a.done, s.stages.a["in"])
+  T.ok(s.stages.a.done < 100)
+  T.eq(s.results.b[1].data, s.stages.a.done, "the key completed and was collected")
+end)
+
 T.case("stop: the grace period ends with a cancel", function()
   local p = sl.pipeline "stopgrace" {
     sources = { gen = counter_source(5) },
