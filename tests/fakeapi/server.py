@@ -318,6 +318,14 @@ class App:
             await pause(request, latency)
 
         if kind == "429":
+            if provider_of(path) == "gemini":
+                # Gemini says when to retry in the body (google.rpc.RetryInfo), not in a header
+                body = {"error": {"code": 429, "message": "Resource has been exhausted (injected)",
+                                  "status": "RESOURCE_EXHAUSTED"}}
+                if arg:
+                    body["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                                 "retryDelay": "%ss" % arg}]
+                return web.json_response(body, status=429)
             h = {"Retry-After": arg} if arg else {}
             return error_response(path, 429, "Rate limit reached (injected)", h)
         if kind == "401" and provider_of(path) == "openai":

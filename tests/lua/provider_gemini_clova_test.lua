@@ -85,6 +85,19 @@ T.case("gemini: errors name the provider; no key leaks", function()
   T.ok(not err:find(GKEY, 1, true))
 end)
 
+T.case("gemini: a 429 with RetryInfo in the body is retried after its retryDelay", function()
+  local limit = require "sluice.limit"
+  local lim = limit.rate { concurrency = 4 }
+  srv:reset()
+  srv:control { faults = { { kind = "429", arg = "0.4", path = "/v1beta" } } }
+  local t0 = sl.now()
+  local text = T.ok(providers.get("llm", "gemini", gem { limit = lim }):complete("x"))
+  T.ok(text:find("Gemini fake reply"))
+  T.ok(sl.now() - t0 >= 0.4, "waited " .. (sl.now() - t0))
+  T.eq(#srv:requests("/v1beta"), 2)
+  T.eq(lim:stats().pauses, 1, "the limiter was paused by retryDelay")
+end)
+
 T.case("clova stt: multipart media + params; ms timings become media seconds", function()
   local stt = providers.get("stt", "clova", { invoke_url = srv.url .. "/clova/", secret = CKEY,
     language = "en-US", retry = { base = 0.01 } })

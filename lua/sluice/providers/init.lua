@@ -186,6 +186,23 @@ local function error_detail(body)
   return s
 end
 
+-- Google APIs put the retry delay in the error body: error.details[] of type
+-- google.rpc.RetryInfo with retryDelay "30s". Returns seconds or nil.
+local function retry_delay(body)
+  if type(body) ~= "string" or not body:find("RetryInfo", 1, true) then return nil end
+  local ok, v = pcall(cjson.decode, body)
+  if not ok or type(v) ~= "table" or type(v.error) ~= "table" or type(v.error.details) ~= "table" then
+    return nil
+  end
+  for _, d in ipairs(v.error.details) do
+    if type(d) == "table" and type(d["@type"]) == "string" and d["@type"]:find("RetryInfo$")
+      and type(d.retryDelay) == "string" then
+      return limit.parse_duration(d.retryDelay)
+    end
+  end
+  return nil
+end
+
 -- call(p, req) -> decoded JSON reply (or true for a stream), or nil, message, code, info.
 -- req: what (for messages), url, method, headers, json | multipart, tokens (estimate for
 -- the limiter), usage(decoded) -> tokens, check(decoded) -> true | nil, why;
@@ -228,8 +245,8 @@ function M.call(p, req)
     end
     local status = r.status
     if status >= 300 then
-      if permit then permit:release { ok = false, status = status, headers = r.headers } end
-      local ra = tonumber(r.headers["retry-after"] or "")
+      local ra = tonumber(r.headers["retry-after"] or "") or retry_delay(r.body)
+      if permit then permit:release { ok = false, status = status, headers = r.headers, retry_after = ra } end
       return fail(string.format("%s failed: HTTP %d: %s", req.what, status, error_detail(r.body)),
         "EHTTPSTATUS", { status = status, retry_after = ra })
     end
