@@ -1693,7 +1693,8 @@ function Job:_main()
   end
   job.t0 = now()
   local g = job.group
-  for _, n in ipairs(job.order) do
+  if job.cancelled then job.stages_left = 0 end -- cancelled before it started: run nothing
+  for _, n in ipairs(job.cancelled and {} or job.order) do
     local S = nodes[n]
     if not S.source then
       if S.batch then
@@ -1705,7 +1706,7 @@ function Job:_main()
     end
   end
   job.source_tasks = {}
-  for _, n in ipairs(job.order) do
+  for _, n in ipairs(job.cancelled and {} or job.order) do
     local N = nodes[n]
     if N.source then
       local t = g:spawn(source_loop, N)

@@ -620,6 +620,19 @@ T.case("stop: a source waiting on a full queue stops cleanly", function()
   T.eq(s.results.b[1].data, s.stages.a.done, "the key completed and was collected")
 end)
 
+T.case("cancel before the job started runs nothing", function()
+  local ran = false
+  local p = sl.pipeline "early" {
+    sources = { gen = function(ctx) ran = true ctx:emit(1) end },
+    stages = { a = { from = "gen", run = function() ran = true end } },
+  }
+  local job = p:start {}
+  job:cancel()
+  local s = job:wait()
+  T.eq(s.state, "cancelled")
+  T.eq(ran, false)
+end)
+
 T.case("stop: the grace period ends with a cancel", function()
   local p = sl.pipeline "stopgrace" {
     sources = { gen = counter_source(5) },
