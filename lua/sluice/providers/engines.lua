@@ -96,6 +96,15 @@ function Pool:warm(n)
   return true
 end
 
+-- each(list, fn): runs fn(item, i) for every item of list, each in its own task, and waits
+-- for all of them (providers send a batch's items at once this way). fn should turn an
+-- item's failure into a value; an error it raises cancels the others and is raised here.
+function M.each(list, fn)
+  local g = sl.group()
+  for i, item in ipairs(list) do g:spawn(fn, item, i) end
+  g:wait()
+end
+
 -- Closes idle engines now and busy ones when their job ends.
 function Pool:close()
   if self.closed then return end

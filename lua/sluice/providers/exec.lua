@@ -22,6 +22,7 @@
 local sl = require "sluice"
 local cjson = require "cjson"
 local subtitles = require "sluice.subtitles"
+local engines = require "sluice.providers.engines"
 
 local M = { roles = { stt = true, vlm = true, llm = true, filter = true }, name = "exec" }
 
@@ -257,30 +258,26 @@ end
 -- "confidence": ...}); a failed image gives {t=, error=}.
 function X:describe(images, opts)
   local out = {}
-  local g = sl.group()
-  for i, img in ipairs(images) do
-    g:spawn(function()
-      local raw, msg = self:run { path = img.path, t = img.t or 0, prompt = opts and opts.prompt or "" }
-      local p = raw and self:parse(raw)
-      if raw and not p then msg = select(2, self:parse(raw)) end
-      if not p then
-        out[i] = { t = img.t, error = msg, provider = self.provider }
-      elseif p.json then
-        local v = p.json
-        out[i] = { t = img.t, text = type(v) == "table" and v.text or tostring(v),
-          confidence = type(v) == "table" and v.confidence or nil, provider = self.provider }
-      else
-        local text = p.text
-        if p.segments then
-          local parts = {}
-          for _, s in ipairs(p.segments) do parts[#parts + 1] = s.text end
-          text = table.concat(parts, " ")
-        end
-        out[i] = { t = img.t, text = text, provider = self.provider }
+  engines.each(images, function(img, i)
+    local raw, msg = self:run { path = img.path, t = img.t or 0, prompt = opts and opts.prompt or "" }
+    local p = raw and self:parse(raw)
+    if raw and not p then msg = select(2, self:parse(raw)) end
+    if not p then
+      out[i] = { t = img.t, error = msg, provider = self.provider }
+    elseif p.json then
+      local v = p.json
+      out[i] = { t = img.t, text = type(v) == "table" and v.text or tostring(v),
+        confidence = type(v) == "table" and v.confidence or nil, provider = self.provider }
+    else
+      local text = p.text
+      if p.segments then
+        local parts = {}
+        for _, s in ipairs(p.segments) do parts[#parts + 1] = s.text end
+        text = table.concat(parts, " ")
       end
-    end)
-  end
-  g:wait()
+      out[i] = { t = img.t, text = text, provider = self.provider }
+    end
+  end)
   return out
 end
 
@@ -309,21 +306,17 @@ function X:summarize(text, opts) return self:complete(text, opts) end
 -- {"classes": [...]} (or a list).
 function X:classify(frames, classes)
   local out = {}
-  local g = sl.group()
-  for i, fr in ipairs(frames) do
-    g:spawn(function()
-      local raw, msg = self:run { path = fr.path, t = fr.t or 0, classes = table.concat(classes or {}, ",") }
-      local p
-      if raw then p, msg = self:parse(raw) end
-      local list = p and p.json and (p.json.classes or p.json)
-      if type(list) == "table" then
-        out[i] = { t = fr.t, classes = list, provider = self.provider }
-      else
-        out[i] = { t = fr.t, error = msg or (self.provider .. ": the output has no classes"), provider = self.provider }
-      end
-    end)
-  end
-  g:wait()
+  engines.each(frames, function(fr, i)
+    local raw, msg = self:run { path = fr.path, t = fr.t or 0, classes = table.concat(classes or {}, ",") }
+    local p
+    if raw then p, msg = self:parse(raw) end
+    local list = p and p.json and (p.json.classes or p.json)
+    if type(list) == "table" then
+      out[i] = { t = fr.t, classes = list, provider = self.provider }
+    else
+      out[i] = { t = fr.t, error = msg or (self.provider .. ": the output has no classes"), provider = self.provider }
+    end
+  end)
   return out
 end
 

@@ -64,20 +64,15 @@ function Tess:describe(images, opts)
     error("bad argument #1 to 'describe' (list of {path=, t=} expected)", 2)
   end
   local out = {}
-  local sl = require "sluice"
-  local g = sl.group()
-  for i, img in ipairs(images) do
-    g:spawn(function()
-      local r, msg = self:ocr(img)
-      if r then
-        out[i] = { t = img.t, text = r.text, words = r.words, confidence = r.confidence,
-          provider = "tesseract" }
-      else
-        out[i] = { t = img.t, error = msg, provider = "tesseract" }
-      end
-    end)
-  end
-  g:wait()
+  engines.each(images, function(img, i)
+    local r, msg = self:ocr(img)
+    if r then
+      out[i] = { t = img.t, text = r.text, words = r.words, confidence = r.confidence,
+        provider = "tesseract" }
+    else
+      out[i] = { t = img.t, error = msg, provider = "tesseract" }
+    end
+  end)
   return out
 end
 

@@ -19,7 +19,7 @@
 -- "complete" ({prompt=, opts=}), summarize -> "summarize" ({text=, opts=}).
 local core = require "sluice.core.core"
 local worker = require "sluice.worker"
-local sl = require "sluice"
+local engines = require "sluice.providers.engines"
 
 local M = { roles = { filter = true }, name = "worker" }
 
@@ -60,19 +60,15 @@ function P:classify(frames, classes, opts)
     error("bad argument #1 to 'classify' (list of {path=, t=} expected)", 2)
   end
   local out = {}
-  local g = sl.group()
-  for i, fr in ipairs(frames) do
-    g:spawn(function()
-      local r, msg = self:call("classify", { path = fr.path, t = fr.t, classes = classes, opts = opts })
-      if r and type(r.classes) == "table" then
-        out[i] = { t = fr.t, classes = r.classes, provider = self.provider }
-      else
-        out[i] = { t = fr.t, error = msg or ("worker " .. self.name .. ": reply without classes"),
-          provider = self.provider }
-      end
-    end)
-  end
-  g:wait()
+  engines.each(frames, function(fr, i)
+    local r, msg = self:call("classify", { path = fr.path, t = fr.t, classes = classes, opts = opts })
+    if r and type(r.classes) == "table" then
+      out[i] = { t = fr.t, classes = r.classes, provider = self.provider }
+    else
+      out[i] = { t = fr.t, error = msg or ("worker " .. self.name .. ": reply without classes"),
+        provider = self.provider }
+    end
+  end)
   return out
 end
 
