@@ -1226,6 +1226,7 @@ local HIST_INV = 1 / HIST_LOG
 local function fast_run(S, env, ks, u, ctx)
   local key = env.key
   local t_start = now()
+  if not S.t_first then S.t_first = t_start end
   S.running = S.running + 1
   S.in_flight = S.in_flight + 1
   local path = env.id

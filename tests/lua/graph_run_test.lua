@@ -812,6 +812,7 @@ T.case("stats: per-stage counts, queue depth and live control through job.stages
   T.eq(s.stages.s.total, 20)
   T.ok(s.stages.s.p50 and s.stages.s.p95 >= s.stages.s.p50)
   T.ok(s.stages.s.busy_pct > 50, "busy " .. s.stages.s.busy_pct)
+  T.ok(s.stages.s.rate > 0, "a rate")
 end)
 
 return T.run()
