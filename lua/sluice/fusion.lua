@@ -275,7 +275,7 @@ function Fuser:_window_entry(w, last)
       if it and it.text then texts[#texts + 1] = it.text end
     end
   end
-  return { window = w, t0 = lo, t1 = last and math.max(hi, lo) or hi, slides = slides,
+  return { window = w, t0 = lo, t1 = last and math.max(math.min(hi, last_time(self)), lo) or hi, slides = slides,
     slide_text = table.concat(texts, "\n"), speech = speech, segments = segs }
 end
 
@@ -304,7 +304,7 @@ function Fuser:_ready()
     end
     local nwin = self.finished and math.max(1, math.ceil(last_time(self) / s)) or INF
     local w = self.next_window
-    while w < nwin and (w + 1) * s <= coverage do
+    while w < nwin and (w + 1) * s <= coverage and not (self.finished and w == nwin - 1) do
       local e = self:_window_entry(w, false)
       new[#new + 1] = e
       w = w + 1

@@ -75,6 +75,15 @@ T.case("by_window: fixed windows with the slides shown in each", function()
   T.eq(e[2].slides[1].path, "slides/0003.jpg")
 end)
 
+T.case("by_window: the last window ends with the media", function()
+  local e = fusion.fuse(fusion.by_window { seconds = 20 }, SPEECH, SLIDES, { end_time = 30 })
+  T.eq(#e, 2)
+  T.eq(e[2].t0, 20)
+  T.eq(e[2].t1, 30)
+  T.eq(e[1].speech, "hello everyone now the methods")
+  T.eq(e[2].speech, "results are good thank you", "18.5-22.5 has its midpoint in the second window")
+end)
+
 T.case("vision without seq is numbered by time", function()
   local e = fusion.fuse(fusion.by_slide, SPEECH, { { t = 20, text = "Results" },
     { t = 0, text = "Intro" }, { t = 10, text = "Methods" } }, { end_time = 30 })
