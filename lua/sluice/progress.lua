@@ -138,6 +138,17 @@ function View:draw(final)
   f:flush()
 end
 
+-- view:note(line): prints a line above the live block (which is redrawn below it).
+function View:note(line)
+  local f = self.stream
+  if self.tty and self.drawn > 0 then
+    f:write(string.format("\27[%dA\27[J", self.drawn))
+    self.drawn = 0
+  end
+  f:write(line, "\n")
+  f:flush()
+end
+
 function View:start()
   self.timer = core.timer()
   self.timer:start(self.interval, self.interval, function()

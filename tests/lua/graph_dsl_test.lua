@@ -171,11 +171,13 @@ T.case("progress: live lines, in-place redraw on a tty, plain blocks otherwise, 
   T.eq(#lines, 3, "one line per source and stage")
   T.ok(lines[2]:find("^a%s"), lines[2])
   T.ok(lines[2]:find("run 2", 1, true), "two running: " .. lines[2])
+  tty:note("a line above the view")
   local s = job:wait()
   tty:stop()
   local text = table.concat(written)
   T.ok(text:find("\27%[3A"), "the block is redrawn in place (cursor up 3 lines)")
   T.ok(text:find("\27%[2K"), "lines are cleared before redraw")
+  T.ok(text:find("\27%[3A\27%[Ja line above the view\n"), "a note clears the block and prints above it")
   T.ok(text:find("4/4", 1, true), "done/total once the total is known: " .. text:sub(-400))
   written = {}
   local plain = progress.new(job, { stream = stream, tty = false })

@@ -227,7 +227,23 @@ function M.run(p, args, script_path)
     end
   end
   local view
-  if not o.quiet then view = progress.new(job):start() end
+  if not o.quiet then
+    view = progress.new(job):start()
+    -- failures and ctx:log lines as they happen, one line each, above the progress view
+    job.bus:on(function(ev)
+      local e = ev.event
+      if e == "item_dead" or e == "log" then
+        local where = tostring(ev.stage) .. (ev.key ~= nil and (" " .. tostring(ev.key)) or "") ..
+          (ev.seq ~= nil and ("#" .. tostring(ev.seq)) or "")
+        if e == "item_dead" then
+          view:note(string.format("failed: %s: %s%s", where, tostring(ev.error),
+            (ev.attempt or 0) > 1 and (" (after " .. ev.attempt .. " attempts)") or ""))
+        else
+          view:note(where .. ": " .. tostring(ev.message))
+        end
+      end
+    end)
+  end
 
   local cli = require "sluice.cli"
   local interrupted = false
