@@ -9,8 +9,8 @@
 #   keyframes  a JPEG per keyframe              vs  ffmpeg -skip_frame nokey             (goal >= 1x)
 #   scene      JPEGs where scene > 0.3          vs  ffmpeg -vf select='gt(scene,0.3)'    (goal >= 1x)
 #
-# Both sides get the same decoder threads (THREADS, default 2: the machine has 2 cores) and
-# the same JPEG quality (sluice quality 85 = mjpeg qscale 6 = ffmpeg -q:v 6). Prints, per mode
+# Both sides get the same decoder threads (THREADS, default 2: the machine has 2 cores), the
+# same priority (nice +5, as sluice's media jobs run) and the same JPEG quality (sluice quality 85 = mjpeg qscale 6 = ffmpeg -q:v 6). Prints, per mode
 # and round: wall seconds of each, the speed ratio (CLI wall / sluice wall), sluice's peak RSS,
 # the CLI's peak RSS, the CPU ratio (CLI user+sys / sluice user+sys: steadier than wall time
 # on a shared, loaded machine) and the engine's loop lag (a task sleeping 1 ms in a loop).
@@ -27,7 +27,7 @@ INPUT=build/bench-media/input.mp4
 sh bench/media_input.sh "$INPUT"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT INT TERM
-echo "input: $INPUT ($(du -h "$INPUT" | cut -f1)); $(nproc) CPUs; decoder threads $THREADS; $ROUNDS round(s)"
+echo "input: $INPUT ($(du -h "$INPUT" | cut -f1)); $(nproc) CPUs, load average $(cut -d" " -f1-3 /proc/loadavg); decoder threads $THREADS; $ROUNDS round(s)"
 
 now() { date +%s.%N; }
 
@@ -49,7 +49,8 @@ while [ "$r" -le "$ROUNDS" ]; do
     mkdir -p "$TMP/s" "$TMP/c"
     json=$("$BIN" run bench/media_bench.lua "$m" "$INPUT" "$TMP/s" "$THREADS")
     t0=$(now)
-    /usr/bin/time -f "%M %U %S" -o "$TMP/cli.rss" sh -c "$(cli_cmd "$m" "$TMP/c")"
+    # nice 5: the same priority sluice's media jobs (and their decoder threads) run at
+    /usr/bin/time -f "%M %U %S" -o "$TMP/cli.rss" nice -n 5 sh -c "$(cli_cmd "$m" "$TMP/c")"
     t1=$(now)
     cli_files=$(ls "$TMP/c" | wc -l)
     set -- $(tail -n1 "$TMP/cli.rss")

@@ -406,8 +406,11 @@ long sl_audio_read(sl_audio_reader *r, int16_t *dst, long frames, char *err, siz
     snprintf(err, errlen, "%s", r->last_error);
     return -1;
   }
-  if (got == 0 && r->done && r->total == 0 && r->warning[0]) {
-    snprintf(err, errlen, "%s", r->warning);
+  if (got == 0 && r->done && r->total == 0) {
+    if (r->warning[0])
+      snprintf(err, errlen, "%s", r->warning);
+    else
+      set_err(err, errlen, r->url, "no audio could be decoded", 0);
     return -1;
   }
   return got;
@@ -561,6 +564,8 @@ static int decode_one(sl_frame_reader *r) {
     rc = av_read_frame(r->fmt, r->pkt);
     if (rc < 0) {
       if (rc == AVERROR_EXIT || is_cancelled(&r->cancel)) return AVERROR_EXIT;
+      if (rc != AVERROR_EOF)
+        set_err(r->last_error, sizeof r->last_error, r->url, "input ended early", rc);
       r->input_eof = 1;
       avcodec_send_packet(r->dec, NULL);
       continue;
@@ -731,8 +736,11 @@ int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key
       return -1;
     }
     if (rc == 0) {
-      if (r->decoded == 0 && r->decode_errors > 0) {
-        snprintf(err, errlen, "%s", r->last_error);
+      if (r->decoded == 0) {
+        if (r->last_error[0])
+          snprintf(err, errlen, "%s", r->last_error);
+        else
+          set_err(err, errlen, r->url, "no video frame could be decoded", 0);
         return -1;
       }
       return 0;

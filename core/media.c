@@ -652,6 +652,7 @@ typedef struct frame_state {
   int want_phash;
   sl_frame_reader *reader;
   long seq;
+  int ended;
   char failed[SL_AV_ERRLEN];
   int busy, closed;
 } frame_state;
@@ -669,9 +670,16 @@ static void frame_state_free(frame_state *s) {
   free(s);
 }
 
-typedef struct frame_job {
-  frame_state *s;
-  int status;
+/* One job delivers up to FRAME_BATCH frames: after the first it goes on while it has run less
+ * than FRAME_BATCH_SECONDS and holds less than FRAME_BATCH_BYTES of images, so short items
+ * (keyframes, small frames) do not each pay a round trip through the loop (on a loaded machine
+ * the wake-up of the loop thread, and so the gap between two jobs of a stream, can take
+ * milliseconds). */
+#define FRAME_BATCH 16
+#define FRAME_BATCH_SECONDS 0.05
+#define FRAME_BATCH_BYTES (8 << 20)
+
+typedef struct frame_item {
   long seq;
   double t, score;
   int key, width, height, src_width, src_height;
@@ -680,6 +688,13 @@ typedef struct frame_job {
   size_t len;
   char path[4096];
   long decoded, seeks;
+} frame_item;
+
+typedef struct frame_job {
+  frame_state *s;
+  int status; /* items ready (n > 0), 0 at the end, -1 on error (with no items) */
+  int n;
+  frame_item items[FRAME_BATCH];
   char err[SL_AV_ERRLEN];
 } frame_job;
 
@@ -692,6 +707,38 @@ static const char *format_ext(int format) {
   }
 }
 
+/* Decodes the next selected frame into it. Returns 1, 0 at the end or -1 with err set. */
+static int produce_frame(frame_state *s, frame_item *it, char *err, size_t errlen) {
+  int rc = sl_frame_next(s->reader, &it->t, &it->score, &it->key, err, errlen);
+  sl_frame_stats(s->reader, &it->decoded, &it->seeks);
+  if (rc <= 0) return rc;
+  it->seq = ++s->seq;
+  sl_frame_size(s->reader, &it->src_width, &it->src_height);
+  sl_image luma;
+  if (sl_frame_luma(s->reader, &luma, err, errlen) < 0) return -1;
+  it->dhash = sl_dhash(&luma);
+  if (s->want_phash) it->phash = sl_phash(&luma);
+  if (!s->format) {
+    it->width = it->src_width;
+    it->height = it->src_height;
+    return 1;
+  }
+  if (sl_frame_render(s->reader, s->format, s->max_width, s->max_height, s->quality, &it->bytes,
+                      &it->len, &it->width, &it->height, err, errlen) < 0)
+    return -1;
+  if (s->to_blob) return 1;
+  snprintf(it->path, sizeof it->path, "%s/%s_%06ld.%s", s->dir, s->prefix, it->seq,
+           format_ext(s->format));
+  if (make_dirs(s->dir) < 0) {
+    snprintf(err, errlen, "%.400s: %s", s->dir, strerror(errno));
+    return -1;
+  }
+  int w = write_file(it->path, it->bytes, it->len, err, errlen);
+  free(it->bytes);
+  it->bytes = NULL;
+  return w < 0 ? -1 : 1;
+}
+
 static void frame_run_inner(sl_job *job, void *data) {
   frame_job *j = data;
   frame_state *s = j->s;
@@ -701,49 +748,42 @@ static void frame_run_inner(sl_job *job, void *data) {
     j->status = -1;
     return;
   }
-  if (!s->reader) {
-    s->opts.times = s->times;
-    s->reader = sl_frame_open(s->url, &s->opts, &c, j->err, sizeof j->err);
-    if (!s->reader) goto fail;
-  }
-  sl_frame_set_cancel(s->reader, &c);
-  int rc = sl_frame_next(s->reader, &j->t, &j->score, &j->key, j->err, sizeof j->err);
-  sl_frame_stats(s->reader, &j->decoded, &j->seeks);
-  if (rc < 0) goto fail;
-  if (rc == 0) {
+  if (s->ended) {
     j->status = 0;
     return;
   }
-  j->seq = ++s->seq;
-  sl_frame_size(s->reader, &j->src_width, &j->src_height);
-  sl_image luma;
-  if (sl_frame_luma(s->reader, &luma, j->err, sizeof j->err) < 0) goto fail;
-  j->dhash = sl_dhash(&luma);
-  if (s->want_phash) j->phash = sl_phash(&luma);
-  if (s->format) {
-    if (sl_frame_render(s->reader, s->format, s->max_width, s->max_height, s->quality, &j->bytes,
-                        &j->len, &j->width, &j->height, j->err, sizeof j->err) < 0)
-      goto fail;
-    if (!s->to_blob) {
-      snprintf(j->path, sizeof j->path, "%s/%s_%06ld.%s", s->dir, s->prefix, j->seq,
-               format_ext(s->format));
-      if (make_dirs(s->dir) < 0) {
-        snprintf(j->err, sizeof j->err, "%s: %s", s->dir, strerror(errno));
-        goto fail;
-      }
-      if (write_file(j->path, j->bytes, j->len, j->err, sizeof j->err) < 0) goto fail;
-      free(j->bytes);
-      j->bytes = NULL;
+  if (!s->reader) {
+    s->opts.times = s->times;
+    s->reader = sl_frame_open(s->url, &s->opts, &c, j->err, sizeof j->err);
+    if (!s->reader) {
+      snprintf(s->failed, sizeof s->failed, "%s", j->err);
+      j->status = -1;
+      return;
     }
-  } else {
-    j->width = j->src_width;
-    j->height = j->src_height;
   }
-  j->status = 1;
-  return;
-fail:
-  j->status = -1;
-  snprintf(s->failed, sizeof s->failed, "%s", j->err);
+  sl_frame_set_cancel(s->reader, &c);
+  double start = sl_now();
+  size_t bytes = 0;
+  while (j->n < FRAME_BATCH) {
+    if (j->n > 0 && (sl_now() - start > FRAME_BATCH_SECONDS || bytes > FRAME_BATCH_BYTES ||
+                     sl_job_cancelled(job)))
+      break;
+    int rc = produce_frame(s, &j->items[j->n], j->err, sizeof j->err);
+    if (rc < 0) {
+      /* the error is reported now, or by the next job when items are waiting */
+      snprintf(s->failed, sizeof s->failed, "%s", j->err);
+      free(j->items[j->n].bytes);
+      j->items[j->n].bytes = NULL;
+      break;
+    }
+    if (rc == 0) {
+      s->ended = 1;
+      break;
+    }
+    bytes += j->items[j->n].len;
+    j->n++;
+  }
+  j->status = j->n > 0 ? 1 : s->failed[0] ? -1 : 0;
 }
 
 static void frame_run(sl_job *job, void *data) {
@@ -752,63 +792,73 @@ static void frame_run(sl_job *job, void *data) {
   restore_priority(before);
 }
 
-static int frame_finish(lua_State *L, void *data) {
-  frame_job *j = data;
-  frame_state *s = j->s;
-  if (j->status < 0) return sl_push_fail(L, "EMEDIA", "%s", j->err);
-  if (j->status == 0) {
-    lua_pushnil(L);
-    return 1;
-  }
-  lua_createtable(L, 0, 12);
-  lua_pushinteger(L, j->seq);
+static void push_frame(lua_State *L, const frame_state *s, frame_item *it) {
+  lua_createtable(L, 0, 14);
+  lua_pushinteger(L, it->seq);
   lua_setfield(L, -2, "seq");
-  lua_pushnumber(L, j->t);
+  lua_pushnumber(L, it->t);
   lua_setfield(L, -2, "t");
-  lua_pushinteger(L, j->width);
+  lua_pushinteger(L, it->width);
   lua_setfield(L, -2, "width");
-  lua_pushinteger(L, j->height);
+  lua_pushinteger(L, it->height);
   lua_setfield(L, -2, "height");
-  lua_pushinteger(L, j->src_width);
+  lua_pushinteger(L, it->src_width);
   lua_setfield(L, -2, "source_width");
-  lua_pushinteger(L, j->src_height);
+  lua_pushinteger(L, it->src_height);
   lua_setfield(L, -2, "source_height");
-  lua_pushboolean(L, j->key);
+  lua_pushboolean(L, it->key);
   lua_setfield(L, -2, "key");
-  if (j->score >= 0) {
-    lua_pushnumber(L, j->score);
+  if (it->score >= 0) {
+    lua_pushnumber(L, it->score);
     lua_setfield(L, -2, "scene_score");
   }
-  push_hash(L, j->dhash);
+  push_hash(L, it->dhash);
   lua_setfield(L, -2, "dhash");
   if (s->want_phash) {
-    push_hash(L, j->phash);
+    push_hash(L, it->phash);
     lua_setfield(L, -2, "phash");
   }
   if (s->format) {
     lua_pushstring(L, format_ext(s->format));
     lua_setfield(L, -2, "format");
   }
-  if (j->bytes) {
-    sl_blob *b = sl_blob_new(j->len);
-    if (!b) return luaL_error(L, "out of memory");
-    memcpy(b->data, j->bytes, j->len);
+  if (it->bytes) {
+    sl_blob *b = sl_blob_new(it->len);
+    if (!b) luaL_error(L, "out of memory");
+    memcpy(b->data, it->bytes, it->len);
     sl_blob_push(L, b);
     lua_setfield(L, -2, "blob");
-  } else if (j->path[0]) {
-    lua_pushstring(L, j->path);
+  } else if (it->path[0]) {
+    lua_pushstring(L, it->path);
     lua_setfield(L, -2, "path");
   }
-  lua_pushinteger(L, j->decoded);
+  lua_pushinteger(L, it->decoded);
   lua_setfield(L, -2, "decoded");
-  lua_pushinteger(L, j->seeks);
+  lua_pushinteger(L, it->seeks);
   lua_setfield(L, -2, "seeks");
-  return 1;
+}
+
+/* Pushes the first frame and, when the job produced more, a list of the others. */
+static int frame_finish(lua_State *L, void *data) {
+  frame_job *j = data;
+  if (j->status < 0) return sl_push_fail(L, "EMEDIA", "%s", j->err);
+  if (j->status == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  push_frame(L, j->s, &j->items[0]);
+  if (j->n == 1) return 1;
+  lua_createtable(L, j->n - 1, 0);
+  for (int i = 1; i < j->n; i++) {
+    push_frame(L, j->s, &j->items[i]);
+    lua_rawseti(L, -2, i);
+  }
+  return 2;
 }
 
 static void frame_job_free(void *data) {
   frame_job *j = data;
-  free(j->bytes);
+  for (int i = 0; i < FRAME_BATCH; i++) free(j->items[i].bytes);
   j->s->busy = 0;
   if (j->s->closed) frame_state_free(j->s);
   free(j);

@@ -56,6 +56,15 @@ end
 -- or nil, message, "EMEDIA" when the input cannot be read.
 function Stream:next()
   if self.closed then error("attempt to use a closed " .. self.what, 2) end
+  local buf = self.buffer
+  if buf then
+    -- items a job delivered together (short frames come in batches)
+    local item = buf[buf.head]
+    buf.head = buf.head + 1
+    if buf.head > buf.n then self.buffer = nil end
+    if self.prefetch and not self.pending and not self.finished then submit(self) end
+    return item
+  end
   if self.finished then return nil, self.err, self.err and "EMEDIA" or nil end
   if not self.pending then submit(self) end
   local p = self.pending
@@ -81,6 +90,11 @@ function Stream:next()
     end
     self.reader:close()
     return nil, self.err, r[3]
+  end
+  if type(r[2]) == "table" then
+    local more = r[2]
+    more.head, more.n = 1, #more
+    self.buffer = more
   end
   if self.prefetch then submit(self) end
   return item

@@ -141,6 +141,19 @@ T.case("a stream that ends early yields what was decoded", function()
   T.ok(#chunks >= 1 and #chunks < 8, "some chunks, not all: " .. #chunks)
 end)
 
+T.case("garbage in the middle of a file: decoding goes on past it", function()
+  local whole = slurp(file("mid.ts", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
+    "-c:v", "libx264", "-preset", "ultrafast", "-g", "25" }))
+  local bad = tmp .. "/mid_bad.ts"
+  local f = io.open(bad, "wb")
+  local mid = #whole // 2
+  f:write(whole:sub(1, mid), string.rep("\0\255", 8000), whole:sub(mid + 16001))
+  f:close()
+  local frames = collect(media.frames(bad, { every = 0.5, format = "jpeg", output = "blob" }))
+  T.ok(#frames >= 6, "frames before and after the damage: " .. #frames)
+  T.ok(frames[#frames].t >= 3, "reached the end: " .. frames[#frames].t)
+end)
+
 T.case("audio chunks: boundaries and overlap exact to the sample, total equals ffmpeg's", function()
   local p = av_file()
   local rate, L, O = 16000, 2 * 16000, 8000
@@ -259,6 +272,7 @@ T.case("keyframes mode decodes only keyframes", function()
   end
   T.eq(#frames, #keys)
   for i, f in ipairs(frames) do
+    T.eq(f.seq, i) -- in order across the batches a job delivers
     T.ok(f.key, "key frame")
     T.near(f.t, keys[i], 1e-6)
   end
@@ -359,6 +373,43 @@ T.case("HLS playlists are inputs like files", function()
   local direct = collect(media.audio_chunks(av_file(), { seconds = 2, output = "blob" }))
   T.eq(#chunks, #direct)
   T.near(chunks[#chunks].t1, direct[#direct].t1, 0.05)
+end)
+
+T.case("http URLs over loopback", function()
+  local proc = require "sluice.core.proc"
+  local port_ev, port = sl.event(), nil
+  local buf = ""
+  local server = assert(proc.spawn {
+    file = "/usr/bin/python3", args = { "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+      "--directory", tmp },
+    on_stdout = function(c)
+      if c then
+        buf = buf .. c
+        port = port or tonumber(buf:match("port (%d+)"))
+        if port then port_ev:set() end
+      end
+    end,
+    on_stderr = function() end,
+    on_exit = function() port_ev:set() end,
+  })
+  -- Python's server ignores Range requests: serve a file with the index at the front
+  ffmpeg({ "-i", av_file(), "-c", "copy", "-movflags", "+faststart", tmp .. "/web.mp4" })
+  port_ev:wait()
+  T.ok(port, "server port")
+  local url = string.format("http://127.0.0.1:%d/web.mp4", port)
+  local ok, err = pcall(function()
+    local info = T.ok(media.probe(url))
+    T.near(info.duration, 6, 0.1)
+    local frames = collect(media.frames(url, { every = 2, output = "blob" }))
+    T.eq(#frames, 3)
+    local chunks = collect(media.audio_chunks(url, { seconds = 2, output = "blob" }))
+    T.ok(#chunks >= 3)
+    local missing, msg = media.probe(string.format("http://127.0.0.1:%d/nope.mp4", port))
+    T.eq(missing, nil)
+    T.ok(msg:find("nope.mp4", 1, true), msg)
+  end)
+  server:kill("SIGTERM")
+  if not ok then error(err, 0) end
 end)
 
 T.case("misuse raises", function()
