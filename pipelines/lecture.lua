@@ -249,7 +249,9 @@ return sl.pipeline "lecture" {
         local s
         if source:find("%S") then
           local err
-          s, err = provider(ctx, "llm"):summarize(source, { sentences = 2 })
+          -- Remote models stream their reply: each piece is an event a front end can show.
+          s, err = provider(ctx, "llm"):summarize(source, { sentences = 2,
+            stream = function(piece) ctx:event("summary_delta", { seq = env.seq, text = piece }) end })
           check(s, err, "summary of segment " .. tostring(env.seq))
         else
           s = ""

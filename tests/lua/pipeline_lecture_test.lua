@@ -153,6 +153,9 @@ T.case("remote providers on the fake API with latency and faults: complete, in o
     T.ok(P.read(out .. "/summary.md"):find("## ", 1, true))
     local _, ev = first(seen, "judge")
     T.ok(ev, "judge events")
+    local deltas = 0
+    for _, e in ipairs(seen) do if e.event == "summary_delta" then deltas = deltas + 1 end end
+    T.ok(deltas >= #truth.slides, "streamed summary pieces: " .. deltas)
   end)
   srv:stop()
   P.rm(out)
