@@ -23,7 +23,8 @@
 -- configuration alone: --set providers.stt=openai --set providers.vlm=gemini ...
 -- Other settings: --set stages.vlm.batch.size=8, --set stages.stt.workers=4,
 -- --set stages.audio.params.seconds=60, --set stages.frames.params.scene=0.2,
--- --set fusion=by_window --set window=30 (or nearest).
+-- --set fusion=by_window --set window=30 (or nearest), --set keep_chunks=true (keep the WAV
+-- chunks in DIR/audio).
 local sl = require "sluice"
 local cjson = require "cjson"
 local fusion = require "sluice.fusion"
@@ -123,7 +124,7 @@ return sl.pipeline "lecture" {
         local c = env.data
         local r, err = provider(ctx, "stt"):transcribe({ path = c.path, t0 = c.t0, t1 = c.t1 })
         check(r, err, string.format("stt chunk %d (%.1f-%.1f s)", c.seq, c.t0, c.t1))
-        return { seq = c.seq, t0 = c.t0, t1 = c.t1, segments = r.segments or {}, text = r.text }
+        return { seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, segments = r.segments or {}, text = r.text }
       end,
     },
 
@@ -147,6 +148,9 @@ return sl.pipeline "lecture" {
           boundaries = merged.boundaries })
         assert(subtitles.write_file(dir .. "/transcript.srt", segs))
         assert(subtitles.write_file(dir .. "/transcript.vtt", segs))
+        if not ctx.config.keep_chunks then -- the WAV chunks are only needed until now
+          for _, c in ipairs(chunks) do if c.path then os.remove(c.path) end end
+        end
         ctx:event("transcript", { segments = #segs, words = #text.words(merged.text), duration = t1 })
         return { segments = segs, text = merged.text, duration = t1 }
       end,
