@@ -289,6 +289,15 @@ local function make_filter()
     print("sample: " .. dir .. " is up to date")
     return
   end
+  for _, c in ipairs(clips) do
+    local f = io.open(SHARED_MEDIA .. "/" .. c[2], "rb")
+    if not f then
+      io.stderr:write(string.format("sample: skipping the filter clips: %s/%s not found (set SLUICE_SHARED_MEDIA)\n",
+        SHARED_MEDIA, c[2]))
+      return
+    end
+    f:close()
+  end
   sh("mkdir -p " .. quote(dir))
   for _, c in ipairs(clips) do
     run({ "ffmpeg", "-v", "error", "-y", "-ss", tostring(c[3]), "-i", SHARED_MEDIA .. "/" .. c[2],
