@@ -28,12 +28,14 @@ static struct {
   /* interrupts */
   uv_async_t interrupt_async;
   int interrupt_ref;
-  volatile sig_atomic_t interrupts;     /* SIGINTs received */
-  volatile sig_atomic_t delivered;      /* how many were handed to Lua */
-  volatile sig_atomic_t hard_exit_on_2; /* run mode: second SIGINT exits at once */
-  volatile sig_atomic_t in_lua;         /* Lua code is running (for the REPL's hook) */
-  volatile sig_atomic_t interrupt_lua;  /* REPL mode: interrupt running Lua code */
-  volatile sig_atomic_t handlers_set;   /* our SIGINT/SIGTERM handlers are installed */
+  volatile sig_atomic_t interrupts;      /* SIGINTs received */
+  volatile sig_atomic_t delivered;       /* how many were handed to Lua */
+  volatile sig_atomic_t hard_exit_on_2;  /* run mode: second SIGINT exits at once */
+  volatile sig_atomic_t in_lua;          /* Lua code is running (for the REPL's hook) */
+  volatile sig_atomic_t interrupt_lua;   /* REPL mode: interrupt running Lua code */
+  volatile sig_atomic_t handlers_set;    /* our SIGINT/SIGTERM handlers are installed */
+  volatile sig_atomic_t has_lua_handler; /* core.on_interrupt was called */
+  volatile sig_atomic_t last_signal;     /* the latest of SIGINT/SIGTERM received */
   /* The task coroutine core.resume is running, or NULL: the REPL's Ctrl-C hook goes there,
    * because a hook set on the main state does not reach a coroutine that is running. */
   lua_State *volatile running;
@@ -269,10 +271,15 @@ static int timer_gc(lua_State *L) {
 
 /* ---- interrupts ------------------------------------------------------------------------ */
 
+/* The handlers are installed when the engine starts, so an interrupt that arrives before
+ * Lua has registered its handler (while a script is loading) is not lost: it is delivered
+ * once the loop runs. When no Lua handler is registered by then, the process ends the way
+ * the signal's default action would. Without a Lua handler, or in "run" mode, a second
+ * interrupt exits at once with status 130. */
 static void on_sigint(int sig) {
-  (void)sig;
+  engine.last_signal = sig;
   engine.interrupts++;
-  if (engine.hard_exit_on_2 && engine.interrupts >= 2) {
+  if ((engine.hard_exit_on_2 || !engine.has_lua_handler) && engine.interrupts >= 2) {
     static const char msg[] = "\nsluice: interrupted twice, stopping now\n";
     ssize_t w = write(2, msg, sizeof msg - 1);
     (void)w;
@@ -284,19 +291,36 @@ static void on_sigint(int sig) {
   uv_async_send(&engine.interrupt_async);
 }
 
+static void install_interrupt_handlers(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  engine.handlers_set = 1;
+}
+
 static void on_interrupt_async(uv_async_t *a) {
   (void)a;
   lua_State *L = engine.L;
   while (engine.delivered < engine.interrupts) {
+    if (engine.interrupt_ref == LUA_NOREF) {
+      /* Nobody handles interrupts: die of the signal, as without our handler. */
+      fflush(stdout);
+      signal(engine.last_signal, SIG_DFL);
+      raise(engine.last_signal);
+      _exit(130);
+    }
     engine.delivered++;
-    if (engine.interrupt_ref == LUA_NOREF) continue;
     sl_push_ref(L, engine.interrupt_ref);
     lua_pushinteger(L, engine.delivered);
     sl_call(L, 1, 0);
   }
 }
 
-/* core.on_interrupt(fn[, mode]): fn(count) runs on the loop for each SIGINT or SIGTERM.
+/* core.on_interrupt(fn[, mode]): fn(count) runs on the loop for each SIGINT or SIGTERM
+ * (also for those that arrived before it was registered).
  * mode "run": a second interrupt exits the process at once with status 130.
  * mode "repl": an interrupt also stops Lua code that is running at that moment. */
 static int l_on_interrupt(lua_State *L) {
@@ -307,13 +331,9 @@ static int l_on_interrupt(lua_State *L) {
   engine.interrupt_ref = sl_ref(L, 1);
   engine.hard_exit_on_2 = mode == 0;
   engine.interrupt_lua = mode == 1;
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_sigint;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
-  engine.handlers_set = 1;
+  engine.has_lua_handler = 1;
+  if (!engine.handlers_set) install_interrupt_handlers();
+  if (engine.delivered < engine.interrupts) uv_async_send(&engine.interrupt_async);
   return 0;
 }
 
@@ -466,11 +486,13 @@ int sl_engine_init(lua_State *L, uv_loop_t *loop) {
   engine.interrupt_ref = LUA_NOREF;
   engine.interrupts = engine.delivered = 0;
   engine.hard_exit_on_2 = engine.in_lua = engine.interrupt_lua = 0;
+  engine.has_lua_handler = 0;
   engine.running = NULL;
   signal(SIGPIPE, SIG_IGN);
   int rc = uv_async_init(loop, &engine.interrupt_async, on_interrupt_async);
   if (rc != 0) return rc;
   uv_unref((uv_handle_t *)&engine.interrupt_async);
+  install_interrupt_handlers();
   return 0;
 }
 
@@ -486,6 +508,7 @@ int sl_engine_close(lua_State *L) {
     signal(SIGTERM, SIG_DFL);
     engine.handlers_set = 0;
   }
+  engine.has_lua_handler = 0;
   sl_pool_shutdown();
   engine.L = NULL;
   engine.running = NULL;
