@@ -152,11 +152,13 @@ end)
 T.case("a queued pool job cancelled before it starts never runs", function()
   local n = core.pool_size()
   local blockers = {}
-  for i = 1, n do blockers[i] = core.work_sleep(0.2, function() end) end
+  for i = 1, n do blockers[i] = core.work_sleep(30, function() end) end
   local got
+  local t0 = sl.now()
   local job = core.work_sleep(5, function(...) got = table.pack(...) end)
   job:cancel()
-  T.ok(eventually(function() return got ~= nil end, 1), "reported before the workers free up")
+  T.ok(eventually(function() return got ~= nil end, 20), "reported before the workers free up")
+  T.ok(sl.now() - t0 < 20)
   T.eq(got[3], "ECANCELED")
   for _, b in ipairs(blockers) do b:cancel() end
 end)
