@@ -1,159 +1,368 @@
--- live_monitor.lua: watch a live stream (HLS/RTSP/HTTP URL, or a file played as live) and
--- report what happens (seed 002): a fast detector looks at every sampled frame, and a slow
--- VLM analysis of the recent frames runs every `period` seconds in its own stage, so a 5-30 s
--- model call never holds up frame intake or detection.
+-- live_monitor.lua: watch a live stream; a cheap detector looks at every captured frame, a
+-- slow analyser (a VLM) describes the moments that matter, and capture never waits for it
+-- (seed 002: a 5-10 s Gemini call must not stall the stream).
 --
---   sluice run pipelines/live_monitor.lua STREAM_URL_OR_FILE --out DIR [--set key=value ...]
+--   sluice run pipelines/live_monitor.lua URL_OR_FILE --out DIR [--set key=value ...]
 --
--- frames    the source: a frame every `every` s (default 1) from the stream, paced to real
---           time with --set realtime=true when the input is a file
--- detect    1 worker, one model worker process (OpenCV detector by default): scores
---           `classes` (default person) per frame; an event `appeared` / `left` when a class
---           crosses `min_score`
--- analyze   a batch of every 10 detected frames (10 s of stream at every = 1), or what
---           arrived within 10 s of wall time; describes `analysis_frames` (3) of them with the
---           VLM role; 2 workers and its own queue: while it waits on the model, frames keep
---           flowing through detect. Period: --set stages.analyze.batch.size=N
---           --set stages.analyze.batch.wait=S
--- Outputs: DIR/frames/, DIR/events.jsonl (appeared/left/analysis, one JSON per line, written
--- as they happen), DIR/analyses.json at the end.
+-- Input: a live HLS playlist over HTTP(S) (`.m3u8`, read incrementally by sluice.media: the
+-- FFmpeg HLS demuxer reloads the playlist), any other input sluice.media opens, or a local
+-- file played at real time (`realtime`, on by default for paths) for demos.
+--
+-- capture  (source) one frame every 1/fps seconds of stream time (JPEG in DIR/frames, scaled
+--          to max_width); if the detector has fallen a whole queue behind, the frame is
+--          dropped (counted, logged) instead of waiting: capture never waits on anything.
+-- detect   1 worker, per frame: `detector = "dhash"` (default: the frame's 64-bit dHash
+--          against the previous frame's, a hit when `change` bits or more differ) or
+--          `"worker"` (the OpenCV model worker via the `filter` provider: a hit when one of
+--          `classes` scores `min_score` or more). Fires an analysis request on a hit, and
+--          every `periodic` seconds of stream time without one.
+-- analyse  `concurrency` workers (default 2) call the `vlm` provider (tesseract by default;
+--          --set providers.vlm=gemini or openai) on the request's frame.
+--
+-- Saturation policy: KEEP LATEST. A request goes to the analyser only when one of its
+-- workers is idle, so nothing ever queues in front of it. Otherwise the request waits in a
+-- single pending slot; a newer request replaces it (the older one is logged as `dropped`,
+-- reason "coalesced"). The pending request is handed over at the next frame after a worker
+-- frees up. Backlog at any time: at most `concurrency` running + 1 pending.
+--
+-- Outputs in DIR: events.jsonl (JSON Lines, one record per frame with its detection, per
+-- analysis request, drop, analysis start and result; `t` = stream seconds, `wall` = seconds
+-- since the job started; with the worker detector also `appeared` / `left` when a class
+-- crosses min_score), latest.json (the latest analysis, replaced atomically), analyses.json
+-- (every analysis, at the end),
+-- summary.json (counts, frame-interval p50/p99/max overall and while analyses were in
+-- flight, the largest backlog), frames/ (only the frames that were analysed are kept).
+--
+-- Settings: fps (2; or every = seconds between frames), max_width (640), detector (dhash|worker), change (12), classes
+-- ({"person"}), min_score (0.5), periodic (10; 0 = off), concurrency (2), duration (0 = until
+-- the stream ends or Ctrl-C), realtime ("auto": paths yes, URLs no), prompt,
+-- keep_frames (false: frames nobody analyses are deleted).
 local sl = require "sluice"
 local cjson = require "cjson"
 local stages = require "sluice.stages"
 
+-- Per-job state: the log, the pending slot, providers, measurements.
 local jobs = setmetatable({}, { __mode = "k" })
+
+local function log_record(st, rec)
+  rec.wall = rec.wall or (sl.now() - st.t0)
+  local line = cjson.encode(rec)
+  st.log:write(line, "\n")
+end
+
 local function state(ctx)
-  local s = jobs[ctx.job]
-  if not s then
-    s = { providers = {}, present = {}, analyses = {} }
-    jobs[ctx.job] = s
-  end
+  local job = ctx.job
+  local s = jobs[job]
+  if s then return s end
+  local dir = stages.out_dir(ctx, nil, nil)
+  local f = assert(io.open(dir .. "/events.jsonl", "ab"))
+  f:setvbuf("line") -- one write per record (a few per second): a follower sees each at once
+  s = {
+    t0 = sl.now(), dir = dir, frames_dir = stages.out_dir(ctx, nil, "frames"), log = f,
+    providers = {}, pending = nil, running = 0, max_backlog = 0, requests = 0,
+    frames = 0, dropped_frames = 0, coalesced = 0, analyses = 0, failures = 0,
+    captures = {}, intervals = {}, last_request_t = nil, prev_hash = nil, present = {},
+    analysed = {},
+  }
+  jobs[job] = s
   return s
 end
 
 local function provider(ctx, role)
   local s = state(ctx)
-  if not s.providers[role] then s.providers[role] = require("sluice.providers").for_role(role, ctx.config) end
-  return s.providers[role]
-end
-
--- Appends one JSON line to DIR/events.jsonl (small writes, kept open for the run).
-local function log_event(ctx, ev)
-  local s = state(ctx)
-  if not s.log then
-    s.log = assert(io.open(stages.out_dir(ctx, nil, nil) .. "/events.jsonl", "wb"))
-    s.log:setvbuf("line")
+  local p = s.providers[role]
+  if not p then
+    p = require("sluice.providers").for_role(role, ctx.config)
+    s.providers[role] = p
   end
-  ev.wall = sl.time()
-  s.log:write(cjson.encode(ev), "\n")
-  ctx:event(ev.kind, ev)
+  return p
 end
 
-local function classes_of(ctx)
-  local c = ctx.config.classes or { "person" }
-  if type(c) == "string" then
+local function write_json_atomic(path, v)
+  local tmp = path .. ".tmp"
+  local f = assert(io.open(tmp, "wb"))
+  f:write(cjson.encode(v))
+  f:close()
+  assert(os.rename(tmp, path))
+end
+
+local function quantile(sorted, q)
+  if #sorted == 0 then return cjson.null end
+  local i = math.max(1, math.min(#sorted, math.ceil(q * #sorted)))
+  return sorted[i]
+end
+
+local function gap_stats(gaps)
+  local s = {}
+  for i, g in ipairs(gaps) do s[i] = g end
+  table.sort(s)
+  return { count = #s, p50 = quantile(s, 0.5), p99 = quantile(s, 0.99), max = s[#s] or cjson.null }
+end
+
+-- The frame intervals (capture wall time to the next capture), all of them and those that
+-- overlap an analysis in flight.
+local function summarize(st, ctx)
+  local gaps, busy = {}, {}
+  local caps, iv = st.captures, st.intervals
+  for i = 2, #caps do
+    local a, b = caps[i - 1], caps[i]
+    gaps[#gaps + 1] = b - a
+    for _, r in ipairs(iv) do
+      if r[1] < b and (r[2] or math.huge) > a then
+        busy[#busy + 1] = b - a
+        break
+      end
+    end
+  end
+  return {
+    input = ctx.job.inputs[1], fps = st.fps, period = st.fps and 1 / st.fps,
+    detector = ctx.config.detector, concurrency = ctx.config.concurrency, policy = "keep latest",
+    frames = st.frames, dropped_frames = st.dropped_frames, requests = st.requests,
+    coalesced = st.coalesced, analyses = st.analyses, failures = st.failures,
+    max_backlog = st.max_backlog, intervals = gap_stats(gaps), intervals_during_analysis = gap_stats(busy),
+    elapsed = sl.now() - st.t0,
+  }
+end
+
+local function is_url(s) return s:match("^%a[%w+.-]*://") ~= nil end
+
+-- Hands the pending request to the analyser if one of its workers is idle. Never waits: the
+-- analyse stage's queue is empty whenever a worker is idle, so the emit has room.
+local function dispatch(ctx, st)
+  local req = st.pending
+  if not req then return end
+  local a = ctx.job.stages.analyse
+  if a.in_flight + a.queue >= a.workers then return end
+  st.pending = nil
+  req.requested_wall = req.requested_wall or (sl.now() - st.t0)
+  ctx:emit(req, { seq = req.seq, t0 = req.t, t1 = req.t })
+end
+
+local function request(ctx, st, frame, reason, detail)
+  st.requests = st.requests + 1
+  st.last_request_t = frame.t
+  local old = st.pending
+  if old then
+    st.coalesced = st.coalesced + 1
+    log_record(st, { type = "dropped", t = old.t, seq = old.seq, reason = "coalesced",
+      by = frame.seq, policy = "keep latest" })
+    if not ctx.config.keep_frames then os.remove(old.path) end
+  end
+  st.pending = { seq = frame.seq, t = frame.t, path = frame.path, reason = reason, detail = detail,
+    captured_wall = frame.wall }
+  log_record(st, { type = "request", t = frame.t, seq = frame.seq, reason = reason, detail = detail,
+    pending = true })
+  dispatch(ctx, st)
+  local a = ctx.job.stages.analyse
+  local backlog = a.in_flight + a.queue + (st.pending and 1 or 0)
+  if backlog > st.max_backlog then st.max_backlog = backlog end
+  return st.pending == nil
+end
+
+local function detect_worker(ctx, frame)
+  local classes = ctx.config.classes
+  if type(classes) == "string" then
     local l = {}
-    for w in c:gmatch("[^,%s]+") do l[#l + 1] = w end
-    c = l
+    for w in classes:gmatch("[^,%s]+") do l[#l + 1] = w end
+    classes = l
   end
-  return c
+  local res, err = provider(ctx, "filter"):classify({ { path = frame.path, t = frame.t } }, classes)
+  if not res then return nil, err end
+  local r = res[1] or {}
+  if r.error then return nil, r.error end
+  local best, scores = nil, {}
+  for _, c in ipairs(r.classes or {}) do
+    scores[c.name] = c.score
+    if not best or c.score > best.score then best = c end
+  end
+  -- a class crossing min_score either way is an `appeared` / `left` record
+  local st = state(ctx)
+  for _, c in ipairs(classes) do
+    local now_present = (scores[c] or 0) >= ctx.config.min_score
+    if now_present ~= (st.present[c] or false) then
+      st.present[c] = now_present
+      log_record(st, { type = now_present and "appeared" or "left", class = c, t = frame.t,
+        seq = frame.seq, score = scores[c] or 0 })
+    end
+  end
+  local hit = best and best.score >= ctx.config.min_score
+  return { hit = hit or false, class = best and best.name, score = best and best.score or 0 }
 end
 
 return sl.pipeline "live_monitor" {
-  description = "live stream -> per-frame detections and periodic VLM analyses, independently",
+  description = "live stream -> per-frame detection, slow analyses on events (never stalling capture)",
   defaults = {
-    providers = { filter = "worker", vlm = "tesseract" },
-    classes = { "person" },
-    min_score = 0.5,
-    every = 1,
-    analysis_frames = 3,
-    realtime = false,
-    max_width = 640,
+    providers = { vlm = "tesseract", filter = "worker" },
+    fps = 2, max_width = 640, detector = "dhash", change = 12, classes = { "person" },
+    min_score = 0.5, periodic = 10, concurrency = 2, duration = 0, realtime = "auto",
+    keep_frames = false, prompt = "Describe what happens in this frame of a live camera in one sentence.",
   },
   sources = {
-    frames = function(ctx)
+    capture = function(ctx)
       local media = require "sluice.media"
-      local input = ctx.job.inputs[1]
-      if not input then error("live_monitor: give a stream URL or a file", 0) end
-      local dir = stages.out_dir(ctx, nil, "frames")
-      local stream = media.frames(input, { every = ctx.config.every, max_width = ctx.config.max_width,
-        dir = dir, prefix = "frame" })
-      local start = sl.now()
-      while true do
-        local f, err = stream:next()
-        if not f then
-          if err then error("live_monitor " .. input .. ": " .. err, 0) end
-          break
+      local conf = ctx.config
+      local inputs = ctx.job.inputs or {}
+      if #inputs ~= 1 then error("live_monitor: give exactly one stream URL or file (got " .. #inputs .. ")", 0) end
+      local url = inputs[1]
+      local fps = tonumber(conf.fps)
+      if conf.every ~= nil then fps = tonumber(conf.every) and tonumber(conf.every) > 0 and 1 / tonumber(conf.every) or nil end
+      if not fps or fps <= 0 then error("live_monitor: fps must be a positive number (got " .. tostring(conf.fps) .. ")", 0) end
+      local st = state(ctx)
+      st.fps = fps
+      local realtime = conf.realtime
+      if realtime == "auto" then realtime = not is_url(url) end
+      local duration = tonumber(conf.duration) or 0
+      local stream = media.frames(url, { every = 1 / fps, max_width = conf.max_width,
+        dir = st.frames_dir, prefix = "f" })
+      local conc = math.tointeger(tonumber(conf.concurrency))
+      if not conc or conc < 1 then error("live_monitor: concurrency must be a positive integer (got " .. tostring(conf.concurrency) .. ")", 0) end
+      ctx.job.stages.analyse.workers = conc
+      local first_t, started = nil, sl.now()
+      log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, policy = "keep latest" })
+      local ok, err = pcall(function()
+        while true do
+          local left = duration > 0 and (duration - (sl.now() - started)) or nil
+          if left and left <= 0 then break end
+          local f, ferr, code
+          if left then
+            f, ferr, code = sl.timeout(left, stream.next, stream)
+            if f == nil and code == "ETIMEDOUT" then break end
+          else
+            f, ferr = stream:next()
+          end
+          if not f then
+            if ferr then error("live_monitor: " .. tostring(ferr), 0) end
+            break
+          end
+          if realtime then
+            first_t = first_t or f.t
+            local due = started + (f.t - first_t) - sl.now()
+            if due > 0 then sl.sleep(due) end
+          end
+          local wall = sl.now() - st.t0
+          st.frames = st.frames + 1
+          st.captures[#st.captures + 1] = wall
+          local d = ctx.job.stages.detect
+          if d.queue >= d.queue_cap then
+            -- the detector is a whole queue behind: drop this frame rather than wait
+            st.dropped_frames = st.dropped_frames + 1
+            log_record(st, { type = "dropped", t = f.t, seq = f.seq, reason = "detector busy", wall = wall })
+            if not conf.keep_frames then os.remove(f.path) end
+          else
+            ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall },
+              { seq = f.seq, t0 = f.t, t1 = f.t, key = "live" })
+          end
         end
-        if ctx.config.realtime then
-          local wait = start + f.t - sl.now()
-          if wait > 0 then sl.sleep(wait) end
-        end
-        ctx:emit({ t = f.t, path = f.path, seq = f.seq }, { key = "live", seq = f.seq, t0 = f.t, t1 = f.t })
-      end
+      end)
+      stream:close()
+      log_record(st, { type = "end", frames = st.frames, reason = ok and "finished" or (type(err) == "string" and err or "stopped") })
+      -- a first summary now (the report stage rewrites it once the analyses in flight are in)
+      write_json_atomic(st.dir .. "/summary.json", summarize(st, ctx))
+      if not ok then error(err, 0) end
     end,
   },
   stages = {
     detect = {
-      from = "frames", workers = 1, queue = 16,
+      from = "capture", workers = 1, queue = 8,
       run = function(env, ctx)
-        local f = env.data
-        local classes = classes_of(ctx)
-        local r, err = provider(ctx, "filter"):classify({ { path = f.path, t = f.t } }, classes)
-        if not r then error("detect at " .. f.t .. " s: " .. tostring(err), 0) end
-        local scores = {}
-        for _, c in ipairs((r[1] or {}).classes or {}) do scores[c.name] = c.score end
-        local s = state(ctx)
-        for _, c in ipairs(classes) do
-          local now_present = (scores[c] or 0) >= ctx.config.min_score
-          if now_present ~= (s.present[c] or false) then
-            s.present[c] = now_present
-            log_event(ctx, { kind = now_present and "appeared" or "left", class = c, t = f.t,
-              score = scores[c] or 0, frame = f.path })
-          end
+        local st = state(ctx)
+        local frame = env.data
+        -- a request waiting for a free analyser goes first (keep latest: it is the newest)
+        dispatch(ctx, st)
+        local conf = ctx.config
+        local det, err
+        if conf.detector == "worker" then
+          det, err = detect_worker(ctx, frame)
+        elseif conf.detector == "dhash" then
+          local change = st.prev_hash and require("sluice.media").distance(st.prev_hash, frame.dhash) or 0
+          st.prev_hash = frame.dhash
+          det = { hit = change >= conf.change, change = change }
+        else
+          error("live_monitor: detector must be dhash or worker (got " .. tostring(conf.detector) .. ")", 0)
         end
-        s.detected = (s.detected or 0) + 1
-        return { t = f.t, path = f.path, seq = f.seq, scores = scores }
+        local rec = { type = "frame", t = frame.t, seq = frame.seq, captured = frame.wall,
+          hit = det and det.hit or false, change = det and det.change, class = det and det.class,
+          score = det and det.score, error = err and tostring(err) or nil }
+        log_record(st, rec)
+        local reason
+        if det and det.hit then
+          reason = "detection"
+        elseif conf.periodic and conf.periodic > 0 and
+            (st.last_request_t == nil or frame.t - st.last_request_t >= conf.periodic) then
+          reason = "periodic"
+        end
+        if reason then
+          request(ctx, st, frame, reason, det)
+        elseif not conf.keep_frames then
+          os.remove(frame.path)
+        end
       end,
     },
 
-    analyze = {
-      from = "detect", batch = { size = 10, wait = 10 }, workers = 2, queue = 64,
-      retry = { attempts = 3 },
-      run = function(items, ctx)
-        local n = math.min(ctx.config.analysis_frames, #items)
-        local pick = {}
-        for i = 1, n do
-          local k = math.floor((i - 0.5) * #items / n) + 1
-          pick[#pick + 1] = { path = items[k].data.path, t = items[k].data.t }
+    analyse = {
+      from = "detect", workers = 2, queue = 2,
+      run = function(env, ctx)
+        local st = state(ctx)
+        local req = env.data
+        st.running = st.running + 1
+        local started = sl.now() - st.t0
+        local iv = { started }
+        st.intervals[#st.intervals + 1] = iv
+        log_record(st, { type = "analysis_start", t = req.t, seq = req.seq, reason = req.reason,
+          running = st.running })
+        local ok, out, err = pcall(function()
+          return provider(ctx, "vlm"):describe({ { path = req.path, t = req.t } }, { prompt = ctx.config.prompt })
+        end)
+        if not ok then out, err = nil, out end
+        st.running = st.running - 1
+        local finished = sl.now() - st.t0
+        iv[2] = finished
+        local d = out and out[1] or {}
+        local rec = { type = "analysis", t = req.t, seq = req.seq, reason = req.reason,
+          frame = req.path, started = started, finished = finished, latency = finished - started,
+          waited = started - (req.captured_wall or started) }
+        if out and not d.error then
+          st.analyses = st.analyses + 1
+          rec.text = d.text or d.description or ""
+          log_record(st, rec)
+          st.analysed[#st.analysed + 1] = rec
+          write_json_atomic(st.dir .. "/latest.json", rec)
+        else
+          st.failures = st.failures + 1
+          rec.error = tostring(err or d.error)
+          log_record(st, rec)
+          io.stderr:write("live_monitor: analysis of the frame at ", string.format("%.1f", req.t),
+            " s failed: ", rec.error:gsub("\n.*", ""), "\n")
+          if not ctx.config.keep_frames then os.remove(req.path) end
         end
-        local s = state(ctx)
-        local before = s.detected or 0
-        local out, err = provider(ctx, "vlm"):describe(pick)
-        if not out then error("analysis: " .. tostring(err), 0) end
-        local texts = {}
-        for i, d in ipairs(out) do texts[i] = d.text or "" end
-        local a = { kind = "analysis", t0 = items[1].data.t, t1 = items[#items].data.t,
-          frames = #items, described = #pick, text = table.concat(texts, "\n"),
-          detected_meanwhile = (s.detected or 0) - before }
-        s.analyses[#s.analyses + 1] = a
-        log_event(ctx, a)
-        return a
+        return { t = req.t, ok = rec.error == nil }
       end,
     },
 
-    finish = {
-      from = "analyze", collect = "all",
+    report = {
+      from = "analyse", collect = "all",
       run = function(items, ctx)
-        local s = state(ctx)
-        local list = {}
-        for i, env in ipairs(items) do list[i] = env.data end
-        table.sort(list, function(a, b) return a.t0 < b.t0 end)
-        local f = assert(io.open(stages.out_dir(ctx, nil, nil) .. "/analyses.json", "wb"))
-        f:write(cjson.encode(list))
-        f:close()
-        if s.log then s.log:close(); s.log = nil end
-        return { analyses = #list }
+        local st = state(ctx)
+        if st.pending then
+          st.coalesced = st.coalesced + 1
+          log_record(st, { type = "dropped", t = st.pending.t, seq = st.pending.seq, reason = "stream ended" })
+          if not ctx.config.keep_frames then os.remove(st.pending.path) end
+          st.pending = nil
+        end
+        local s = summarize(st, ctx)
+        write_json_atomic(st.dir .. "/summary.json", s)
+        table.sort(st.analysed, function(a, b) return a.t < b.t end)
+        if #st.analysed > 0 then
+          write_json_atomic(st.dir .. "/analyses.json", st.analysed)
+        else
+          local f = assert(io.open(st.dir .. "/analyses.json", "wb"))
+          f:write("[]")
+          f:close()
+        end
+        log_record(st, { type = "summary", frames = s.frames, analyses = s.analyses,
+          coalesced = s.coalesced, max_backlog = s.max_backlog })
+        st.log:flush()
+        return s
       end,
     },
   },
