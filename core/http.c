@@ -719,7 +719,9 @@ static int l_request(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  /* Waiting to multiplex only pays where HTTP/2 can be negotiated (ALPN over TLS). On plain
+   * http:// it would hold every request to a host until the first one's reply arrives. */
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncasecmp(url, "https:", 6) == 0 ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_USERAGENT, "sluice/" SLUICE_VERSION);
   /* Compressed transfer encodings for API replies; a download stores the bytes as served
