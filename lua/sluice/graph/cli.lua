@@ -28,7 +28,7 @@ options:
   --job ID           job id (default: pipeline name + a hash of the inputs, so a re-run resumes)
   --store PATH       job store (default: OUT/sluice.db when the store module is available)
   --no-store         do not use the job store
-  --serve [ADDR]     serve the dashboard while the job runs (default 127.0.0.1:8080)
+  --serve [ADDR]     serve the dashboard while the job runs (default 127.0.0.1:8750)
   --token TOKEN      dashboard access token
   --linger           keep serving the dashboard after the job finished (until Ctrl-C)
   --grace SECONDS    on Ctrl-C, how long in-flight work may finish (default 10)
