@@ -50,11 +50,15 @@ while [ "$r" -le "$ROUNDS" ]; do
     json=$("$BIN" run bench/media_bench.lua "$m" "$INPUT" "$TMP/s" "$THREADS")
     t0=$(now)
     # nice 5: the same priority sluice's media jobs (and their decoder threads) run at
-    /usr/bin/time -f "%M %U %S" -o "$TMP/cli.rss" nice -n 5 sh -c "$(cli_cmd "$m" "$TMP/c")"
+    /usr/bin/python3 -c '
+import resource, subprocess, sys
+subprocess.run(["nice", "-n", "5", "sh", "-c", sys.argv[1]], check=True)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(r.ru_maxrss, r.ru_utime + r.ru_stime)' "$(cli_cmd "$m" "$TMP/c")" >"$TMP/cli.rss"
     t1=$(now)
     cli_files=$(ls "$TMP/c" | wc -l)
     set -- $(tail -n1 "$TMP/cli.rss")
-    cli_rss=$1 cli_cpu=$(echo "$2 + $3" | bc)
+    cli_rss=$1 cli_cpu=$2
     echo "$json" | /usr/bin/python3 -c '
 import json, sys
 s = json.loads(sys.stdin.read())
