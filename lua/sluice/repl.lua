@@ -188,7 +188,8 @@ function M.start(script, cli_state)
 
   local ok, err = term.start(on_line)
   if not ok then
-    io.stderr:write("sluice repl: " .. tostring(err) .. "\n")
+    io.stderr:write("sluice repl: cannot read input from stdin (a terminal or a pipe is needed): " ..
+      tostring(err) .. "\n")
     return 2
   end
   cli_state.main = nil

@@ -210,6 +210,23 @@ class Interrupt(unittest.TestCase):
         self.assertEqual(p.returncode, 130)
 
 
+class ReplWithoutTerminal(unittest.TestCase):
+    def test_piped_lines_run(self):
+        with tempfile.TemporaryDirectory() as d:
+            env = dict(os.environ, SLUICE_HISTORY=os.path.join(d, "h"))
+            p = subprocess.run([BIN, "repl"], input="x = 2\nsluice.sleep(0.05)\nprint(x * 21)\n=x\n",
+                               capture_output=True, text=True, timeout=60, env=env)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("42\n", p.stdout)
+        self.assertIn("2\n", p.stdout)
+
+    def test_unreadable_stdin_is_a_clear_error(self):
+        with open(os.devnull) as null:
+            p = subprocess.run([BIN, "repl"], stdin=null, capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("sluice repl: cannot read input from stdin", p.stderr)
+
+
 class Install(unittest.TestCase):
     def test_installed_binary_finds_its_modules(self):
         with tempfile.TemporaryDirectory() as prefix:
