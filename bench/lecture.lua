@@ -117,17 +117,16 @@ local function serial()
   -- 5. fusion
   local entries = fusion.fuse(fusion.by_slide, merged.segments, vision, { end_time = chunks[#chunks].t1 })
   local first_fused = sl.now() - t0
-  -- 6. summary, 7. judge (one worker each)
-  local sums = {}
-  for i, e in ipairs(entries) do
+  -- 6. summary, 7. judge (two workers each, as in the pipeline)
+  local sums = parallel(entries, 2, function(e)
     local src = (e.slide_text or "") .. "\n\n" .. e.speech
-    sums[i] = assert(llm:summarize(src, { sentences = 2 }))
-  end
-  for i, e in ipairs(entries) do
+    return assert(llm:summarize(src, { sentences = 2, stream = function() end })) -- as the pipeline does
+  end)
+  parallel(entries, 2, function(e, i)
     local list = { e.slide_text ~= "" and e.slide_text or nil }
     if e.speech ~= "" then list[#list + 1] = e.speech end
     if #list > 0 then assert(llm:judge(sums[i], list)) end
-  end
+  end)
   local makespan = sl.now() - t0
   sh("rm -rf " .. out)
   return makespan, first_fused, #entries

@@ -245,7 +245,7 @@ return sl.pipeline "lecture" {
     },
 
     summary = {
-      from = { "fusion", "fusion_end" }, workers = 1, limits = { "model_quota" },
+      from = { "fusion", "fusion_end" }, workers = 2, limits = { "model_quota" },
       retry = { attempts = 3 },
       run = function(env, ctx)
         local e = env.data
@@ -268,7 +268,7 @@ return sl.pipeline "lecture" {
     },
 
     judge = {
-      from = "summary", workers = 1, limits = { "model_quota" }, retry = { attempts = 3 },
+      from = "summary", workers = 2, limits = { "model_quota" }, retry = { attempts = 3 },
       run = function(env, ctx)
         local s = env.data
         local sources = {}
