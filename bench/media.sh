@@ -40,6 +40,8 @@ cli_cmd() { # mode outdir: prints the CLI command line for the mode
   esac
 }
 
+# The near-duplicate index: multi-index hashing against a linear scan.
+"$BIN" run bench/media_bench.lua index "$INPUT" "$TMP"
 # The loop lag of an idle engine on this machine right now: the floor under the figures below.
 echo "idle      $("$BIN" run bench/media_bench.lua idle "$INPUT" "$TMP")"
 r=1
