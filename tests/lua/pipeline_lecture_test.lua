@@ -162,4 +162,42 @@ T.case("remote providers on the fake API with latency and faults: complete, in o
   if not ok then error(err, 0) end
 end)
 
+T.case("fusion buffers batches done before the transcript, then merges each batch as it completes", function()
+  local fake = require "fakeapi"
+  local srv = fake.start { latency = 0 }
+  local ok, err = pcall(function()
+    local function run(stt_latency, vlm_latency)
+      local out = P.tmpdir("lecture-gate")
+      local conf = { providers = { stt = "openai", vlm = "openai", llm = "extractive" },
+        openai = { base_url = srv.url .. "/v1", api_key = "k" },
+        stt = { headers = { ["X-Fake-Latency"] = tostring(stt_latency) } },
+        vlm = { headers = { ["X-Fake-Latency"] = tostring(vlm_latency) } },
+        stages = { audio = { params = { seconds = 10 } }, stt = { workers = 1 },
+          vlm = { workers = 1, batch = { size = 2, wait = 30 } } } }
+      local summary, seen = run_lecture(out, conf)
+      T.eq(summary.failed, 0, cjson.encode(summary.dead))
+      P.rm(out)
+      local last_vlm, first_fused, transcript
+      for i, e in ipairs(seen) do
+        if e.event == "item_done" and e.stage == "vlm" then last_vlm = i end
+        if e.event == "fused" and not first_fused then first_fused = i end
+        if e.event == "transcript" then transcript = i end
+      end
+      return last_vlm, first_fused, transcript
+    end
+    -- Slow STT (5 chunks x 2.5 s), fast VLM: every batch is done before the transcript and
+    -- waits for it.
+    local last_vlm, first_fused, transcript = run(2.5, 0.05)
+    T.ok(last_vlm < transcript, "all VLM batches finished before the transcript")
+    T.ok(first_fused > transcript, "and were held until it was complete")
+    -- Fast STT, slow VLM (one worker, 1.5 s per batch of 2): fusion merges the first batch long
+    -- before the last one is described.
+    last_vlm, first_fused, transcript = run(0.05, 1.5)
+    T.ok(transcript < first_fused, "the gate still comes first")
+    T.ok(first_fused < last_vlm, "the first fused segment comes before the last VLM batch is done")
+  end)
+  srv:stop()
+  if not ok then error(err, 0) end
+end)
+
 return T.run()
