@@ -162,6 +162,17 @@ T.case("remote providers on the fake API with latency and faults: complete, in o
   if not ok then error(err, 0) end
 end)
 
+T.case("a corrupt video: exit status 1, one line per failed stage naming the input and cause", function()
+  local out = P.tmpdir("lecture-bad")
+  local bad = out .. "/broken.mp4"
+  P.write(bad, "not a video\n")
+  local r = P.run({ "pipelines/lecture.lua", bad, "--out", out .. "/o", "--quiet", "--no-store" })
+  T.eq(r.status, 1, r.stderr)
+  T.ok(r.stderr:find("audio_chunks " .. bad .. ": " .. bad .. ": Invalid data found when processing input", 1, true), r.stderr)
+  T.ok(r.stderr:find("capture " .. bad .. ": ", 1, true), r.stderr)
+  P.rm(out)
+end)
+
 T.case("fusion buffers batches done before the transcript, then merges each batch as it completes", function()
   local fake = require "fakeapi"
   local srv = fake.start { latency = 0 }
