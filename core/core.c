@@ -39,6 +39,11 @@ static struct {
   /* The task coroutine core.resume is running, or NULL: the REPL's Ctrl-C hook goes there,
    * because a hook set on the main state does not reach a coroutine that is running. */
   lua_State *volatile running;
+  /* core.defer: functions to run after the loop has polled for I/O once more */
+  uv_check_t defer_check;
+  uv_idle_t defer_idle; /* active while something is deferred: poll must not block */
+  int defer_ready;
+  int *defer_refs, defer_len, defer_cap;
 } engine = {.error_handler_ref = LUA_NOREF, .interrupt_ref = LUA_NOREF};
 
 uv_loop_t *sl_loop(lua_State *L) {
@@ -233,6 +238,52 @@ static int l_after(lua_State *L) {
   uv_update_time(engine.loop); /* the cached loop time may be stale while Lua runs */
   uv_timer_start(&t->handle, on_timer, ms, 0);
   return 1;
+}
+
+/* ---- deferred calls ------------------------------------------------------------------- */
+
+static void on_defer_idle(uv_idle_t *h) { (void)h; }
+
+/* Check phase (after the I/O poll): runs what was deferred before this iteration's poll.
+ * Functions deferred while these run wait for the next iteration, so a task that keeps
+ * deferring itself never starves I/O. */
+static void on_defer_check(uv_check_t *h) {
+  (void)h;
+  lua_State *L = engine.L;
+  int n = engine.defer_len;
+  int *refs = engine.defer_refs;
+  engine.defer_refs = NULL;
+  engine.defer_len = engine.defer_cap = 0;
+  uv_check_stop(&engine.defer_check);
+  uv_idle_stop(&engine.defer_idle);
+  for (int i = 0; i < n; i++) {
+    sl_push_ref(L, refs[i]);
+    luaL_unref(L, LUA_REGISTRYINDEX, refs[i]);
+    sl_call(L, 0, 0);
+  }
+  free(refs);
+}
+
+/* core.defer(fn): calls fn once, on the next loop iteration after the loop has polled for
+ * I/O (unlike a 0 s timer, which libuv may run again in the same timers pass). */
+static int l_defer(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (!engine.defer_ready) {
+    uv_check_init(engine.loop, &engine.defer_check);
+    uv_idle_init(engine.loop, &engine.defer_idle);
+    engine.defer_ready = 1;
+  }
+  if (engine.defer_len == engine.defer_cap) {
+    int cap = engine.defer_cap ? engine.defer_cap * 2 : 16;
+    int *refs = realloc(engine.defer_refs, sizeof *refs * (size_t)cap);
+    if (!refs) return luaL_error(L, "out of memory");
+    engine.defer_refs = refs;
+    engine.defer_cap = cap;
+  }
+  engine.defer_refs[engine.defer_len++] = sl_ref(L, 1);
+  uv_check_start(&engine.defer_check, on_defer_check);
+  uv_idle_start(&engine.defer_idle, on_defer_idle);
+  return 0;
 }
 
 /* timer:start(seconds, repeat_seconds, fn) */
@@ -488,6 +539,10 @@ int sl_engine_init(lua_State *L, uv_loop_t *loop) {
   engine.hard_exit_on_2 = engine.in_lua = engine.interrupt_lua = 0;
   engine.has_lua_handler = 0;
   engine.running = NULL;
+  engine.defer_ready = 0;
+  free(engine.defer_refs);
+  engine.defer_refs = NULL;
+  engine.defer_len = engine.defer_cap = 0;
   signal(SIGPIPE, SIG_IGN);
   int rc = uv_async_init(loop, &engine.interrupt_async, on_interrupt_async);
   if (rc != 0) return rc;
@@ -512,7 +567,10 @@ int sl_engine_close(lua_State *L) {
   sl_pool_shutdown();
   engine.L = NULL;
   engine.running = NULL;
-  lua_close(L); /* finalizers close the handles Lua owns */
+  lua_close(L);            /* finalizers close the handles Lua owns */
+  free(engine.defer_refs); /* their references died with the state */
+  engine.defer_refs = NULL;
+  engine.defer_len = engine.defer_cap = 0;
   uv_walk(engine.loop, close_walk_cb, NULL);
   uv_run(engine.loop, UV_RUN_DEFAULT);
   return uv_loop_close(engine.loop);
@@ -536,6 +594,7 @@ int luaopen_sluice_core(lua_State *L) {
   static const luaL_Reg funcs[] = {{"set_error_handler", l_set_error_handler},
                                    {"timer", l_timer},
                                    {"after", l_after},
+                                   {"defer", l_defer},
                                    {"on_interrupt", l_on_interrupt},
                                    {"interrupt_lua", l_interrupt_lua},
                                    {"now", l_now},

@@ -36,8 +36,12 @@ function M.sleep(seconds)
   check_seconds(seconds, "sleep", 1)
   local t = need_task("sluice.sleep")
   local id = begin_wait(t, "sleep")
-  local timer = core.after(seconds, function() wake(t, id, true) end)
-  t.wait_cancel = timer
+  if seconds == 0 then
+    -- after one I/O poll; a stale wake-up (the task was cancelled meanwhile) is ignored
+    core.defer(function() wake(t, id, true) end)
+  else
+    t.wait_cancel = core.after(seconds, function() wake(t, id, true) end)
+  end
   suspend()
 end
 

@@ -84,7 +84,7 @@ local rq_task, rq_value = {}, {}
 local rq_head, rq_tail = 1, 0
 local draining = false
 local SLICE = 0.02 -- seconds of Lua work before the loop gets a turn
-local later_timer = nil
+local later_armed = false
 
 local function enqueue(t, v)
   local n = rq_tail + 1
@@ -122,8 +122,12 @@ end
 local drain
 
 local function drain_later()
-  if not later_timer then later_timer = core.timer() end
-  if not later_timer:active() then later_timer:start(0, nil, drain) end
+  if later_armed then return end
+  later_armed = true
+  core.defer(function()
+    later_armed = false
+    drain()
+  end)
 end
 
 -- Runs ready tasks until none is left (or the time slice is used up: the rest runs on the

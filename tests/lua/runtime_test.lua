@@ -149,4 +149,21 @@ T.case("the engine reports its version and pool size", function()
   T.ok(cpu > 0 and rss > 0)
 end)
 
+T.case("a task looping on sleep(0) does not starve pool jobs or subprocesses", function()
+  local core = require "sluice.core.core"
+  local stop, spins = false, 0
+  local spinner = sl.spawn(function()
+    while not stop do
+      sl.sleep(0)
+      spins = spins + 1
+    end
+  end)
+  local slept = sl.await("work", function(done) return core.work_sleep(0.02, done) end)
+  T.ok(type(slept) == "number", "the pool job's result was delivered")
+  T.eq(sl.exec({ "echo", "hi" }).stdout, "hi\n")
+  stop = true
+  spinner:wait()
+  T.ok(spins > 0, "the spinning task ran")
+end)
+
 return T.run()
