@@ -115,6 +115,8 @@ T.case("capture keeps its rate while 5 s analyses run; backlog bounded; analyses
   T.ok(s.max_backlog <= 2, "backlog <= concurrency + 1 pending: " .. s.max_backlog)
   T.ok(s.coalesced >= 3, "saturated: older requests were coalesced: " .. s.coalesced)
   T.eq(s.analyses, #analyses)
+  T.eq(s.dropped_frames, 0, "the detector kept up: no frame was dropped (a drop would hide a stall)")
+  T.eq(s.frames, frames, "every captured frame reached the detector")
   -- frames kept coming at the configured rate while analyses were in flight
   local busy, during, caps = frame_gaps_during_analyses(recs)
   T.ok(frames >= 14 * FPS * 0.6, "frames captured: " .. frames)
@@ -200,6 +202,32 @@ T.case("a file played at real time with the OpenCV detector: a person appears", 
   T.ok(#list >= 1, "analyses.json lists the analyses")
   local _, during = frame_gaps_during_analyses(recs)
   T.ok(during >= 3, "frames went through the detector while an analysis waited on the model: " .. during)
+end)
+
+T.case("bad input: a missing stream fails with one line; a failing analysis is logged, the run goes on", function()
+  local out = TMP .. "/run4"
+  local r = P.run({ P.src .. "/pipelines/live_monitor.lua", web.url .. "/nosuch.m3u8", "--out", out,
+    "--no-store", "--quiet" })
+  T.eq(r.status, 1, r.stderr)
+  T.ok(r.stderr:find("live_monitor: " .. web.url .. "/nosuch.m3u8: Server returned 404 Not Found", 1, true), r.stderr)
+  srv:reset()
+  srv:control { latency = 0.2, faults = { { kind = "400", path = "/v1/chat", count = 1 } } }
+  local out2 = TMP .. "/run5"
+  local job = sl.load(P.src .. "/pipelines/live_monitor.lua"):start { inputs = { URL }, out = out2,
+    config = { providers = { vlm = "openai" }, openai = CONF.openai, fps = 2, periodic = 1, duration = 5 } }
+  local summary = job:wait()
+  T.eq(summary.state, "done")
+  T.eq(#summary.dead, 0, "a failed analysis is not a dead letter")
+  local failed, ok = {}, 0
+  for _, rec in ipairs(read_log(out2 .. "/events.jsonl")) do
+    if rec.type == "analysis" then
+      if rec.error then failed[#failed + 1] = rec else ok = ok + 1 end
+    end
+  end
+  T.eq(#failed, 1)
+  T.ok(failed[1].error:find("HTTP 400", 1, true), failed[1].error)
+  T.ok(ok >= 2, "later analyses succeed: " .. ok)
+  T.eq(P.json(out2 .. "/summary.json").failures, 1)
 end)
 
 T.case("cleanup", function()
