@@ -225,6 +225,43 @@ T.case("split=silence cuts inside the pauses", function()
   end
 end)
 
+T.case("split=silence on real speech (LibriVox) cuts where it is quiet", function()
+  local dir = "/usr/share/pocketsphinx/test/data/librivox/"
+  local list = tmp .. "/speech.txt"
+  local f = io.open(list, "w")
+  for _, n in ipairs({ "0870", "0880", "0890", "0920", "0930" }) do
+    f:write(string.format("file '%ssense_and_sensibility_01_austen_64kb-%s.wav'\n", dir, n))
+  end
+  f:close()
+  local p = file("speech.wav", { "-f", "concat", "-safe", "0", "-i", list })
+  local chunks = collect(media.audio_chunks(p, { seconds = 5, window = 2, split = "silence",
+    output = "blob" }))
+  T.ok(#chunks >= 4, "chunks: " .. #chunks)
+  -- energy of the 20 ms around a sample position, against the median over the whole file
+  local whole = {}
+  for _, c in ipairs(chunks) do whole[#whole + 1] = c.blob:bytes() end
+  local pcm = table.concat(whole)
+  local function energy(at)
+    local e, n = 0, 0
+    for i = math.max(0, at - 160), at + 159 do
+      local lo = i * 2 + 1
+      if lo + 1 > #pcm then break end
+      local v = string.unpack("<i2", pcm, lo)
+      e, n = e + v * v, n + 1
+    end
+    return n > 0 and e / n or 0
+  end
+  local all = {}
+  for at = 160, #pcm // 2 - 160, 320 do all[#all + 1] = energy(at) end
+  table.sort(all)
+  local median = all[#all // 2]
+  for i = 1, #chunks - 1 do
+    local cut = chunks[i].start + chunks[i].samples
+    T.ok(energy(cut) < median * 0.1, string.format("cut %d at %.2f s: energy %.0f vs median %.0f",
+      i, cut / 16000, energy(cut), median))
+  end
+end)
+
 T.case("frames every N: timestamps match ffmpeg -vf fps=1/N within one frame", function()
   local p = av_file()
   local frames = collect(media.frames(p, { every = 1, output = "blob", max_width = 160 }))
