@@ -621,7 +621,7 @@ end
 -- loaded on first use so that `require "sluice"` stays cheap.
 local lazy = {
   pipeline = "sluice.graph", inputs = "sluice.graph", join = "sluice.graph",
-  load = "sluice.graph", stage = "sluice.graph",
+  load = "sluice.graph", stage = "sluice.graph", source = "sluice.graph",
   rate = "sluice.limit",
   audio_chunks = "sluice.stages", capture = "sluice.stages",
 }
