@@ -44,10 +44,17 @@ local stages = require "sluice.stages"
 -- Per-job state: the log, the pending slot, providers, measurements.
 local jobs = setmetatable({}, { __mode = "k" })
 
-local function log_record(st, rec)
+-- Appends rec to events.jsonl; with ctx also puts it on the job's event bus as a custom
+-- event `live_<type>` (the dashboard, --events and REPL listeners see it).
+local function log_record(st, rec, ctx)
   rec.wall = rec.wall or (sl.now() - st.t0)
   local line = cjson.encode(rec)
   st.log:write(line, "\n")
+  if ctx then
+    rec.stream_t = rec.t -- an event's own `t` is its wall-clock time
+    ctx:event("live_" .. rec.type, rec)
+    rec.stream_t = nil
+  end
 end
 
 local function state(ctx)
@@ -145,13 +152,13 @@ local function request(ctx, st, frame, reason, detail)
   if old then
     st.coalesced = st.coalesced + 1
     log_record(st, { type = "dropped", t = old.t, seq = old.seq, reason = "coalesced",
-      by = frame.seq, policy = "keep latest" })
+      by = frame.seq, policy = "keep latest" }, ctx)
     if not ctx.config.keep_frames then os.remove(old.path) end
   end
   st.pending = { seq = frame.seq, t = frame.t, path = frame.path, reason = reason, detail = detail,
     captured_wall = frame.wall }
   log_record(st, { type = "request", t = frame.t, seq = frame.seq, reason = reason, detail = detail,
-    pending = true })
+    pending = true }, ctx)
   dispatch(ctx, st)
   local a = ctx.job.stages.analyse
   local backlog = a.in_flight + a.queue + (st.pending and 1 or 0)
@@ -182,7 +189,7 @@ local function detect_worker(ctx, frame)
     if now_present ~= (st.present[c] or false) then
       st.present[c] = now_present
       log_record(st, { type = now_present and "appeared" or "left", class = c, t = frame.t,
-        seq = frame.seq, score = scores[c] or 0 })
+        seq = frame.seq, score = scores[c] or 0 }, ctx)
     end
   end
   local hit = best and best.score >= ctx.config.min_score
@@ -218,7 +225,7 @@ return sl.pipeline "live_monitor" {
       if not conc or conc < 1 then error("live_monitor: concurrency must be a positive integer (got " .. tostring(conf.concurrency) .. ")", 0) end
       ctx.job.stages.analyse.workers = conc
       local first_t, started = nil, sl.now()
-      log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, policy = "keep latest" })
+      log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, policy = "keep latest" }, ctx)
       local ok, err = pcall(function()
         while true do
           local left = duration > 0 and (duration - (sl.now() - started)) or nil
@@ -246,7 +253,7 @@ return sl.pipeline "live_monitor" {
           if d.queue >= d.queue_cap then
             -- the detector is a whole queue behind: drop this frame rather than wait
             st.dropped_frames = st.dropped_frames + 1
-            log_record(st, { type = "dropped", t = f.t, seq = f.seq, reason = "detector busy", wall = wall })
+            log_record(st, { type = "dropped", t = f.t, seq = f.seq, reason = "detector busy", wall = wall }, ctx)
             if not conf.keep_frames then os.remove(f.path) end
           else
             ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall },
@@ -255,7 +262,7 @@ return sl.pipeline "live_monitor" {
         end
       end)
       stream:close()
-      log_record(st, { type = "end", frames = st.frames, reason = ok and "finished" or (type(err) == "string" and err or "stopped") })
+      log_record(st, { type = "end", frames = st.frames, reason = ok and "finished" or (type(err) == "string" and err or "stopped") }, ctx)
       -- a first summary now (the report stage rewrites it once the analyses in flight are in)
       write_json_atomic(st.dir .. "/summary.json", summarize(st, ctx))
       if not ok then error(err, 0) end
@@ -309,7 +316,7 @@ return sl.pipeline "live_monitor" {
         local iv = { started }
         st.intervals[#st.intervals + 1] = iv
         log_record(st, { type = "analysis_start", t = req.t, seq = req.seq, reason = req.reason,
-          running = st.running })
+          running = st.running }, ctx)
         local ok, out, err = pcall(function()
           return provider(ctx, "vlm"):describe({ { path = req.path, t = req.t } }, { prompt = ctx.config.prompt })
         end)
@@ -324,13 +331,13 @@ return sl.pipeline "live_monitor" {
         if out and not d.error then
           st.analyses = st.analyses + 1
           rec.text = d.text or d.description or ""
-          log_record(st, rec)
+          log_record(st, rec, ctx)
           st.analysed[#st.analysed + 1] = rec
           write_json_atomic(st.dir .. "/latest.json", rec)
         else
           st.failures = st.failures + 1
           rec.error = tostring(err or d.error)
-          log_record(st, rec)
+          log_record(st, rec, ctx)
           io.stderr:write("live_monitor: analysis of the frame at ", string.format("%.1f", req.t),
             " s failed: ", rec.error:gsub("\n.*", ""), "\n")
           if not ctx.config.keep_frames then os.remove(req.path) end
@@ -345,7 +352,7 @@ return sl.pipeline "live_monitor" {
         local st = state(ctx)
         if st.pending then
           st.coalesced = st.coalesced + 1
-          log_record(st, { type = "dropped", t = st.pending.t, seq = st.pending.seq, reason = "stream ended" })
+          log_record(st, { type = "dropped", t = st.pending.t, seq = st.pending.seq, reason = "stream ended" }, ctx)
           if not ctx.config.keep_frames then os.remove(st.pending.path) end
           st.pending = nil
         end
@@ -360,7 +367,7 @@ return sl.pipeline "live_monitor" {
           f:close()
         end
         log_record(st, { type = "summary", frames = s.frames, analyses = s.analyses,
-          coalesced = s.coalesced, max_backlog = s.max_backlog })
+          coalesced = s.coalesced, max_backlog = s.max_backlog }, ctx)
         st.log:flush()
         return s
       end,

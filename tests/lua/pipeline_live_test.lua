@@ -85,6 +85,10 @@ T.case("capture keeps its rate while 5 s analyses run; backlog bounded; analyses
   local p = sl.load(P.src .. "/pipelines/live_monitor.lua")
   local t0 = sl.now()
   local job = p:start { inputs = { URL }, out = out, config = conf }
+  local on_bus = {}
+  job.bus:on(function(ev)
+    if ev.event == "live_analysis" then on_bus[#on_bus + 1] = ev end
+  end)
   local summary = job:wait()
   local took = sl.now() - t0
   T.eq(summary.state, "done", cjson.encode(summary.dead))
@@ -104,6 +108,8 @@ T.case("capture keeps its rate while 5 s analyses run; backlog bounded; analyses
     T.ok(type(a.text) == "string" and #a.text > 0, "analysis text")
     T.ok(P.exists(a.frame), "the analysed frame is kept: " .. a.frame)
   end
+  T.eq(#on_bus, #analyses, "each analysis is also a live_analysis event on the job's bus")
+  T.ok(math.abs(on_bus[1].stream_t - analyses[1].t) < 1e-6, "stream time on the event")
   local reqs = srv:requests("/v1/chat/completions")
   T.ok(#reqs >= #analyses, "the VLM saw the requests")
   T.ok(reqs[1].json.messages[#reqs[1].json.messages].content[2].image_url.url:find("^data:image/jpeg;base64,"),
