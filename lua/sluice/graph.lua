@@ -44,11 +44,14 @@ M.hash = hash
 -- Condition variables over the scheduler ---------------------------------------------------
 
 -- A FIFO of waiting tasks. cond:wait([timeout]) -> true when signalled, false on timeout.
--- nwait counts the waiters that have not been signalled yet.
+-- nwait counts the waiters that have not been signalled yet; woken counts the ones signalled
+-- that have not run yet (a producer need not wake a second worker while one is on its way).
 local Cond = {}
 Cond.__index = Cond
 
-local function cond(what) return setmetatable({ head = 1, tail = 0, nwait = 0, what = what }, Cond) end
+local function cond(what)
+  return setmetatable({ head = 1, tail = 0, nwait = 0, woken = 0, what = what }, Cond)
+end
 
 function Cond:wait(timeout)
   local t = need_task(self.what)
@@ -64,7 +67,11 @@ function Cond:wait(timeout)
   end
   local ok, v = pcall(suspend)
   if timer then timer:close() end
-  if v ~= true then self.nwait = self.nwait - 1 end -- timed out or cancelled: not counted by signal
+  if v == true then
+    self.woken = self.woken - 1
+  else
+    self.nwait = self.nwait - 1 -- timed out or cancelled: not counted by signal
+  end
   if not ok then error(v, 0) end
   return v
 end
@@ -78,6 +85,7 @@ function Cond:signal()
     if t.waiting and t.wait_id == id then
       if self.head > self.tail then self.head, self.tail = 1, 0 end
       self.nwait = self.nwait - 1
+      self.woken = self.woken + 1
       wake(t, id, true)
       return true
     end
@@ -633,7 +641,9 @@ local function deliver_to(C, env, P, u)
   q[tl] = env
   q.n = q.n + 1
   C.n_in = C.n_in + 1
-  if qc.tail >= qc.head then qc:signal() end
+  -- One woken worker at a time: it takes every queued item it can without waiting, and
+  -- wakes a peer (its on_wait hook) if it must wait while items are still queued.
+  if qc.nwait > 0 and qc.woken == 0 then qc:signal() end
 end
 
 local function copy_env(e)
@@ -1298,8 +1308,18 @@ local function fast_item(S, u, ctx)
   return fast_run(S, env, ks, u, ctx)
 end
 
+-- A worker about to wait (in run, on a full downstream queue, anywhere): if items are left
+-- behind and no peer is on its way, wake one, so waiting work never holds queued work.
+local function wake_peer(S)
+  local w = S.work
+  if w.nwait > 0 and w.woken == 0 and (S.ready.n > 0 or (S.q.n > 0 and not S.batch)) then
+    w:signal()
+  end
+end
+
 local function worker_loop(S, wid)
   local task = sched.current()
+  task.on_wait = function() return wake_peer(S) end
   local born = now()
   local job = S.job
   local bus = job.bus
@@ -1331,8 +1351,10 @@ local function worker_loop(S, wid)
       end
     end
   end)
+  task.on_wait = nil
   S.worker_time = S.worker_time + (now() - born)
   if S.nworkers > S.target or S.finished then S.nworkers = S.nworkers - 1 end
+  wake_peer(S) -- a retiring worker passes on what it leaves
   if not ok then error(err, 0) end
 end
 

@@ -205,9 +205,13 @@ end
 
 -- Starts a wait: raises Cancelled when a scope of the task is cancelled already; otherwise
 -- marks the task waiting and returns the wait's id for wake(). what names the wait in
--- deadlock reports.
+-- deadlock reports. A task may have an `on_wait(t)` hook, called (it must not wait or
+-- raise) each time the task is about to wait: the graph's workers use it to wake a peer
+-- only when they would otherwise leave queued work behind.
 local function begin_wait(t, what)
   if t.ncancelled > 0 and scope_cancelled(t) then error(Cancelled, 0) end
+  local hook = t.on_wait
+  if hook then hook(t) end
   local id = t.wait_id + 1
   t.wait_id = id
   t.waiting = true
