@@ -26,6 +26,7 @@ local need_task, begin_wait, suspend, wake = sched.need_task, sched.begin_wait, 
 local Cancelled = sched.Cancelled
 local pack, unpack = table.pack, table.unpack
 local byte, format = string.byte, string.format
+local math_type = math.type
 
 local M = {}
 
@@ -1233,9 +1234,10 @@ end
 local mlog, mfloor = math.log, math.floor
 local HIST_INV = 1 / HIST_LOG
 
-local function fast_run(S, env, ks, u, ctx)
+-- t_start is the time the item started (the end of the worker's previous item when they
+-- follow each other, so one clock read per item); returns the time it ended.
+local function fast_run(S, env, ks, u, ctx, t_start)
   local key = env.key
-  local t_start = now()
   if not S.t_first then S.t_first = t_start end
   S.running = S.running + 1
   S.in_flight = S.in_flight + 1
@@ -1247,12 +1249,20 @@ local function fast_run(S, env, ks, u, ctx)
   local ok, v, e2, code = xpcall(S.run, on_error, env, ctx)
   if ok and (v ~= nil or e2 == nil) then
     if v ~= nil then
-      if S.fast_emit and not u.k and type(e2) ~= "table" then
+      local fe = S.fast_emit
+      if fe and not u.k and type(e2) ~= "table" then
         local p = path .. S.suffix1
         if #p > ID_MAX then p = "#" .. hash(p) end
         u.k, u.delivered = 1, 1
-        deliver_to(S.consumer1, setmetatable({ id = p, key = key, seq = u.seq, t0 = u.t0,
-          t1 = u.t1, data = v, attempt = 1, parent = path }, S.env_mt), S, u)
+        local out = setmetatable({ id = p, key = key, seq = u.seq, t0 = u.t0, t1 = u.t1,
+          data = v, attempt = 1, parent = path }, S.env_mt)
+        if fe == "sink" then -- no consumers: keep it in the results
+          local r = S.results
+          local nr = #r
+          if nr < MAX_RESULTS then r[nr + 1] = out else S.job.results_truncated = true end
+        else
+          deliver_to(S.consumer1, out, S, u)
+        end
         S.n_out = S.n_out + 1
       else
         emit_output(S, u, v, type(e2) == "table" and e2 or nil)
@@ -1277,12 +1287,18 @@ local function fast_run(S, env, ks, u, ctx)
     end
   end
   local t_end = now()
-  local busy = t_end - t_start - (u.blocked or 0)
+  local busy = t_end - t_start
+  local blocked = u.blocked
+  if blocked then busy = busy - blocked end
   S.busy = S.busy + busy
   local hist = S.hist
-  local b = busy <= HIST_BASE and 0 or mfloor(mlog(busy / HIST_BASE) * HIST_INV) + 1
-  hist[b] = (hist[b] or 0) + 1
-  hist.n = (hist.n or 0) + 1
+  if busy <= HIST_BASE then
+    hist[0] = (hist[0] or 0) + 1
+  else
+    local b = mfloor(mlog(busy / HIST_BASE) * HIST_INV) + 1
+    hist[b] = (hist[b] or 0) + 1
+  end
+  hist.n = hist.n + 1
   u.env = nil
   S.running = S.running - 1
   S.in_flight = S.in_flight - 1
@@ -1291,9 +1307,10 @@ local function fast_run(S, env, ks, u, ctx)
   ks.pending = n
   if n == 0 then check_key(S, key) end
   if S.all_up then check_finished(S) end
+  return t_end
 end
 
-local function fast_item(S, u, ctx)
+local function fast_item(S, u, ctx, t_start)
   local q = S.q
   local h = q.head
   local env = q[h]
@@ -1305,7 +1322,7 @@ local function fast_item(S, u, ctx)
   if space.tail >= space.head then space:signal() end
   local ks = S.keys[env.key]
   ks.inq = ks.inq - 1
-  return fast_run(S, env, ks, u, ctx)
+  return fast_run(S, env, ks, u, ctx, t_start)
 end
 
 -- A worker about to wait (in run, on a full downstream queue, anywhere): if items are left
@@ -1324,20 +1341,22 @@ local function worker_loop(S, wid)
   local job = S.job
   local bus = job.bus
   local simple = not (S.retry or S.timeout or S.nlimits > 0 or S.order or S.batch or S.collect or S.gate)
-  S.fast_emit = S.nconsumers == 1 and not S.keep_results
+  S.fast_emit = (S.nconsumers == 1 and not S.keep_results and true)
+    or (S.nconsumers == 0 and not S.order and "sink") or false
   S.consumer1 = S.consumers[1]
   local wu = { kind = "item", n = 1, npend = 1 }
   local wctx = setmetatable({ _unit = wu, attempt = 1 }, S.ctx_mt)
   local ok, err = pcall(function()
     while true do
+      local t = nil
       while simple and S.q.n > 0 and S.ready.n == 0 and bus.count == 0 and not job.memo
         and S.nworkers <= S.target do
-        fast_item(S, wu, wctx)
+        t = fast_item(S, wu, wctx, t or now())
       end
       local u = next_unit(S)
       if not u then break end
       if simple and u.kind == "item" and bus.count == 0 and not job.memo then
-        fast_run(S, u.env, S.keys[u.key], wu, wctx)
+        fast_run(S, u.env, S.keys[u.key], wu, wctx, now())
       elseif u.kind == "flush" then
         local ks = S.keys[u.key]
         if ks then
@@ -1456,16 +1475,24 @@ end
 M.basename = basename
 
 local function source_emit(N, data, opts, identity)
-  local key = opts and opts.key or N.default_key
+  local key, seq, t0, t1
+  if opts then key, seq, t0, t1 = opts.key, opts.seq, opts.t0, opts.t1 end
+  if key == nil then key = N.default_key end
   local seqs = N.seqs
-  local seq = opts and opts.seq
-  if seq == nil then
-    seq = (seqs[key] or 0) + 1
+  local last = seqs[key] or 0
+  if seq == nil then seq = last + 1 end
+  if type(seq) == "number" and last < seq then seqs[key] = seq end
+  local base
+  if identity then
+    base = N.prefix .. identity
+  elseif type(key) == "string" and math_type(seq) == "integer" then
+    base = N.prefix .. key .. "/" .. seq -- the same text as below, without two tostring calls
+  else
+    base = N.prefix .. tostring(key) .. "/" .. tostring(seq)
   end
-  if type(seq) == "number" and (seqs[key] or 0) < seq then seqs[key] = seq end
-  local base = N.name .. "/" .. (identity or (tostring(key) .. "/" .. tostring(seq)))
-  local env = setmetatable({ id = make_id(base), key = key, seq = seq, t0 = opts and opts.t0,
-    t1 = opts and opts.t1, data = data, attempt = 1 }, N.env_mt)
+  if #base > ID_MAX then base = "#" .. hash(base) end
+  local env = setmetatable({ id = base, key = key, seq = seq, t0 = t0, t1 = t1, data = data,
+    attempt = 1 }, N.env_mt)
   deliver(N, env)
 end
 
@@ -1540,7 +1567,7 @@ local function new_node(job, name)
   return {
     name = name, job = job, consumers = {}, n_in = 0, n_out = 0, n_done = 0, n_failed = 0,
     n_retried = 0, n_dead = 0, n_cached = 0, n_held = 0, in_flight = 0, running = 0,
-    busy = 0, blocked = 0, starved = 0, worker_time = 0, hist = {},
+    busy = 0, blocked = 0, starved = 0, worker_time = 0, hist = { n = 0 },
   }
 end
 
@@ -1640,6 +1667,7 @@ function Pipeline:start(opts)
     local N = new_node(job, n)
     N.kind, N.run, N.source = src.kind, src.run, true
     N.default_key = n
+    N.prefix = n .. "/"
     N.seqs = {}
     N.env_mt = { __index = { job = job.id, stage = n }, __name = "sluice.item" }
     if src.kind == "inputs" then
