@@ -5,8 +5,9 @@
 --   sluice run pipelines/live_monitor.lua URL_OR_FILE --out DIR [--set key=value ...]
 --
 -- Input: a live HLS playlist over HTTP(S) (`.m3u8`, read incrementally by sluice.media: the
--- FFmpeg HLS demuxer reloads the playlist), any other input sluice.media opens, or a local
--- file played at real time (`realtime`, on by default for paths) for demos.
+-- FFmpeg HLS demuxer reloads the playlist), any other input sluice.media opens, a local file
+-- played at real time (`realtime`, on by default for paths) for demos, or RTSP/RTMP/UDP/SRT
+-- (outside sluice.media's protocol whitelist) through an `ffmpeg` subprocess (`reader`).
 --
 -- capture  (source) one frame every 1/fps seconds of stream time (JPEG in DIR/frames, scaled
 --          to max_width); if the detector has fallen a whole queue behind, the frame is
@@ -35,7 +36,8 @@
 --
 -- Settings: fps (2; or every = seconds between frames), max_width (640), detector (dhash|worker), change (12), classes
 -- ({"person"}), min_score (0.5), periodic (10; 0 = off), concurrency (2), duration (0 = until
--- the stream ends or Ctrl-C), realtime ("auto": paths yes, URLs no), prompt,
+-- the stream ends or Ctrl-C), realtime ("auto": paths yes, URLs no), reader ("auto": ffmpeg
+-- for rtsp/rtmp/udp/rtp/srt/tcp URLs, else media), prompt,
 -- keep_frames (false: frames nobody analyses are deleted).
 local sl = require "sluice"
 local cjson = require "cjson"
@@ -133,6 +135,75 @@ end
 
 local function is_url(s) return s:match("^%a[%w+.-]*://") ~= nil end
 
+-- Schemes outside sluice.media's protocol whitelist, read through the ffmpeg CLI instead.
+local CLI_SCHEMES = { rtsp = true, rtsps = true, rtmp = true, rtmps = true, udp = true, rtp = true,
+  srt = true, tcp = true }
+
+-- Frames through an `ffmpeg` subprocess (the fps filter, MJPEG on image2pipe): for live
+-- sources sluice.media does not open (RTSP, RTMP, UDP, SRT). Returns an object with the
+-- interface of a media.frames stream (next, close). JPEGs are cut from the pipe at their
+-- SOI/EOI markers (the MJPEG encoder writes no thumbnails, and entropy-coded data
+-- byte-stuffs 0xFF, so 0xFFD8/0xFFD9 only occur at frame boundaries); each is written to
+-- `dir` and hashed (dHash) on the thread pool. If frames pile up (8) unread, new ones are
+-- dropped: ffmpeg's pipe never waits on us.
+local function cli_frames(url, fps, max_width, dir)
+  local proc = require "sluice.core.proc"
+  local media = require "sluice.media"
+  local q = sl.queue(8)
+  local buf, n, errline, status = "", 0, nil, nil
+  local self = { dropped = 0 }
+  local p, perr = proc.spawn {
+    file = "ffmpeg",
+    args = { "-v", "error", "-nostdin", "-fflags", "nobuffer", "-analyzeduration", "1000000",
+      "-i", url, "-an", "-vf",
+      string.format("fps=%s,scale='min(%d,iw)':-2", tostring(fps), max_width),
+      "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", "5", "-" },
+    on_stdout = function(c)
+      if not c then return end
+      buf = buf .. c
+      while true do
+        local a = buf:find("\255\216", 1, true)
+        if not a then buf = ""; break end
+        local b = buf:find("\255\217", a + 2, true)
+        if not b then buf = buf:sub(a); break end
+        n = n + 1
+        if not q:try_put({ seq = n, jpeg = buf:sub(a, b + 1) }) then self.dropped = self.dropped + 1 end
+        buf = buf:sub(b + 2)
+      end
+    end,
+    on_stderr = function(c)
+      if c then
+        local last = c:match("([^\n]+)\n?$")
+        if last then errline = last end
+      end
+    end,
+    on_exit = function(st) status = st; q:close() end,
+  }
+  if not p then error("live_monitor: cannot start ffmpeg for " .. url .. ": " .. tostring(perr), 0) end
+  function self.next()
+    local item = q:get()
+    if not item then
+      if status ~= 0 and status ~= nil and not self.closed then
+        return nil, url .. ": ffmpeg exited with status " .. tostring(status) .. ": " .. tostring(errline), "EMEDIA"
+      end
+      return nil
+    end
+    local path = string.format("%s/f_%06d.jpg", dir, item.seq)
+    local f = assert(io.open(path, "wb"))
+    f:write(item.jpeg)
+    f:close()
+    local h, herr = media.dhash(path)
+    if not h then return nil, herr, "EMEDIA" end
+    return { seq = item.seq, t = (item.seq - 1) / fps, path = path, dhash = h }
+  end
+  function self.close()
+    if self.closed then return end
+    self.closed = true
+    if status == nil then pcall(p.kill, p, "SIGTERM") end
+  end
+  return self
+end
+
 -- Hands the pending request to the analyser if one of its workers is idle. Never waits: the
 -- analyse stage's queue is empty whenever a worker is idle, so the emit has room.
 local function dispatch(ctx, st)
@@ -201,7 +272,7 @@ return sl.pipeline "live_monitor" {
   defaults = {
     providers = { vlm = "tesseract", filter = "worker" },
     fps = 2, max_width = 640, detector = "dhash", change = 12, classes = { "person" },
-    min_score = 0.5, periodic = 10, concurrency = 2, duration = 0, realtime = "auto",
+    min_score = 0.5, periodic = 10, concurrency = 2, duration = 0, realtime = "auto", reader = "auto",
     keep_frames = false, prompt = "Describe what happens in this frame of a live camera in one sentence.",
   },
   sources = {
@@ -219,13 +290,26 @@ return sl.pipeline "live_monitor" {
       local realtime = conf.realtime
       if realtime == "auto" then realtime = not is_url(url) end
       local duration = tonumber(conf.duration) or 0
-      local stream = media.frames(url, { every = 1 / fps, max_width = conf.max_width,
-        dir = st.frames_dir, prefix = "f" })
+      local reader = conf.reader
+      if reader == "auto" then
+        local scheme = url:match("^(%a[%w+.-]*)://")
+        reader = (scheme and CLI_SCHEMES[scheme:lower()]) and "ffmpeg" or "media"
+      end
+      local stream
+      if reader == "ffmpeg" then
+        stream = cli_frames(url, fps, conf.max_width, st.frames_dir)
+      elseif reader == "media" then
+        stream = media.frames(url, { every = 1 / fps, max_width = conf.max_width,
+          dir = st.frames_dir, prefix = "f" })
+      else
+        error("live_monitor: reader must be auto, media or ffmpeg (got " .. tostring(reader) .. ")", 0)
+      end
       local conc = math.tointeger(tonumber(conf.concurrency))
       if not conc or conc < 1 then error("live_monitor: concurrency must be a positive integer (got " .. tostring(conf.concurrency) .. ")", 0) end
       ctx.job.stages.analyse.workers = conc
       local first_t, started = nil, sl.now()
-      log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, policy = "keep latest" }, ctx)
+      log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, reader = reader,
+        policy = "keep latest" }, ctx)
       local ok, err = pcall(function()
         while true do
           local left = duration > 0 and (duration - (sl.now() - started)) or nil
@@ -262,6 +346,7 @@ return sl.pipeline "live_monitor" {
         end
       end)
       stream:close()
+      st.dropped_frames = st.dropped_frames + (stream.dropped or 0) -- the ffmpeg reader's
       log_record(st, { type = "end", frames = st.frames, reason = ok and "finished" or (type(err) == "string" and err or "stopped") }, ctx)
       -- a first summary now (the report stage rewrites it once the analyses in flight are in)
       write_json_atomic(st.dir .. "/summary.json", summarize(st, ctx))

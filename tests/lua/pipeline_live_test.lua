@@ -236,6 +236,33 @@ T.case("bad input: a missing stream fails with one line; a failing analysis is l
   T.eq(P.json(out2 .. "/summary.json").failures, 1)
 end)
 
+T.case("a UDP MPEG-TS source (outside sluice.media's protocols) is read through the ffmpeg CLI", function()
+  local port = 20000 + math.random(0, 20000)
+  local pub = assert(proc.spawn {
+    file = "ffmpeg",
+    args = { "-v", "error", "-nostdin", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10",
+      "-t", "30", "-c:v", "mpeg2video", "-g", "10", "-f", "mpegts", "udp://127.0.0.1:" .. port .. "?pkt_size=1316" },
+  })
+  local out = TMP .. "/run6"
+  local job = sl.load(P.src .. "/pipelines/live_monitor.lua"):start { inputs = { "udp://127.0.0.1:" .. port },
+    out = out, config = { fps = 2, periodic = 2, duration = 10 } }
+  local summary = job:wait()
+  pcall(pub.kill, pub, "SIGTERM")
+  T.eq(summary.state, "done", cjson.encode(summary.dead))
+  local recs = read_log(out .. "/events.jsonl")
+  T.eq(recs[1].type, "start")
+  T.eq(recs[1].reader, "ffmpeg")
+  local frames, analyses = {}, 0
+  for _, r in ipairs(recs) do
+    if r.type == "frame" then frames[#frames + 1] = r end
+    if r.type == "analysis" and not r.error then analyses = analyses + 1 end
+  end
+  T.ok(#frames >= 6, "frames through ffmpeg: " .. #frames)
+  for i = 2, #frames do T.near(frames[i].t - frames[i - 1].t, 0.5, 1e-9) end
+  T.ok(analyses >= 1, "analyses: " .. analyses)
+  T.eq(tonumber(P.sh("ls " .. out .. "/frames | wc -l")), analyses, "only analysed frames are kept")
+end)
+
 T.case("cleanup", function()
   srv:stop()
   web.stop()
