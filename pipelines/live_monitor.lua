@@ -113,15 +113,18 @@ end
 local function summarize(st, ctx)
   local gaps, busy = {}, {}
   local caps, iv = st.captures, st.intervals
+  -- One sweep (both lists are in time order; intervals by start): an interval [a, b] overlaps
+  -- an analysis iff the latest end among the analyses started before b lies after a.
+  local j, max_end = 1, -math.huge
   for i = 2, #caps do
     local a, b = caps[i - 1], caps[i]
     gaps[#gaps + 1] = b - a
-    for _, r in ipairs(iv) do
-      if r[1] < b and (r[2] or math.huge) > a then
-        busy[#busy + 1] = b - a
-        break
-      end
+    while iv[j] and iv[j][1] < b do
+      local e = iv[j][2] or math.huge
+      if e > max_end then max_end = e end
+      j = j + 1
     end
+    if max_end > a then busy[#busy + 1] = b - a end
   end
   return {
     input = ctx.job.inputs[1], fps = st.fps, period = st.fps and 1 / st.fps,

@@ -131,6 +131,8 @@ T.case("capture keeps its rate while 5 s analyses run; backlog bounded; analyses
   T.ok(#busy >= 10, "intervals during analyses: " .. #busy)
   local maxgap = 0
   for _, g in ipairs(busy) do if g > maxgap then maxgap = g end end
+  T.eq(s.intervals_during_analysis.count, #busy, "summary.json counts the same intervals as the log")
+  T.near(s.intervals_during_analysis.max, maxgap, 1e-9)
   T.ok(maxgap <= 3 * PERIOD, string.format("largest frame interval while analysing %.3f s (period %.1f s)", maxgap, PERIOD))
   -- frames nobody analysed were removed
   local kept = P.sh("ls " .. out .. "/frames | wc -l")
