@@ -309,7 +309,9 @@ return sl.pipeline "live_monitor" {
       end
       local conc = math.tointeger(tonumber(conf.concurrency))
       if not conc or conc < 1 then error("live_monitor: concurrency must be a positive integer (got " .. tostring(conf.concurrency) .. ")", 0) end
-      ctx.job.stages.analyse.workers = conc
+      -- `concurrency` sets the analyser's workers unless stages.analyse.workers was given
+      local sa = type(conf.stages) == "table" and conf.stages.analyse
+      if not (type(sa) == "table" and sa.workers) then ctx.job.stages.analyse.workers = conc end
       local first_t, started = nil, sl.now()
       log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, reader = reader,
         policy = "keep latest" }, ctx)
