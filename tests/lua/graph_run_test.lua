@@ -815,4 +815,41 @@ T.case("stats: per-stage counts, queue depth and live control through job.stages
   T.ok(s.stages.s.rate > 0, "a rate")
 end)
 
+-- Workers are woken one at a time (the woken one takes what is queued); a worker that waits
+-- with items still queued wakes a peer. So a stage whose run waits keeps all its workers
+-- busy, on the lean path and on the full one, and a worker blocked on a full downstream
+-- queue does not hold queued items back from its peers.
+T.case("workers: a stage whose run waits gets every worker busy at once", function()
+  local function probe()
+    local st = { active = 0, max = 0 }
+    st.run = function(item)
+      st.active = st.active + 1
+      if st.active > st.max then st.max = st.active end
+      sl.sleep(0.01)
+      st.active = st.active - 1
+      return item.data
+    end
+    return st
+  end
+  local lean, full, slowsink = probe(), probe(), probe()
+  local p = sl.pipeline "wake" {
+    sources = { gen = counter_source(24) },
+    stages = {
+      lean = { from = "gen", workers = 4, run = lean.run },
+      full = { from = "gen", workers = 3, retry = { attempts = 2 }, run = full.run },
+      -- a 1-worker sink with a 1-item queue: the 2 workers of `fast` keep blocking on it
+      fast = { from = "gen", workers = 2, run = function(item) return item.data end },
+      sink = { from = "fast", workers = 1, queue = 1, run = slowsink.run },
+    },
+  }
+  local s = p:start {}:wait()
+  T.eq(s.state, "done")
+  T.eq(#s.results.lean, 24)
+  T.eq(#s.results.full, 24)
+  T.eq(#s.results.sink, 24)
+  T.eq(lean.max, 4, "lean path: concurrent runs")
+  T.eq(full.max, 3, "full path: concurrent runs")
+  T.eq(slowsink.max, 1)
+end)
+
 return T.run()
