@@ -68,7 +68,7 @@ local function state(ctx)
   f:setvbuf("line") -- one write per record (a few per second): a follower sees each at once
   s = {
     t0 = sl.now(), dir = dir, frames_dir = stages.out_dir(ctx, nil, "frames"), log = f,
-    providers = {}, pending = nil, running = 0, max_backlog = 0, requests = 0,
+    pending = nil, running = 0, max_backlog = 0, requests = 0,
     frames = 0, dropped_frames = 0, coalesced = 0, analyses = 0, failures = 0,
     captures = {}, intervals = {}, last_request_t = nil, prev_hash = nil, present = {},
     analysed = {},
@@ -77,23 +77,9 @@ local function state(ctx)
   return s
 end
 
-local function provider(ctx, role)
-  local s = state(ctx)
-  local p = s.providers[role]
-  if not p then
-    p = require("sluice.providers").for_role(role, ctx.config)
-    s.providers[role] = p
-  end
-  return p
-end
+local provider = stages.provider
 
-local function write_json_atomic(path, v)
-  local tmp = path .. ".tmp"
-  local f = assert(io.open(tmp, "wb"))
-  f:write(cjson.encode(v))
-  f:close()
-  assert(os.rename(tmp, path))
-end
+local write_json_atomic = stages.write_json
 
 local function quantile(sorted, q)
   if #sorted == 0 then return cjson.null end

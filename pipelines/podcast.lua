@@ -28,27 +28,15 @@ local jobs = setmetatable({}, { __mode = "k" })
 local function state(ctx)
   local s = jobs[ctx.job]
   if not s then
-    s = { providers = {}, workers = 0 }
+    s = { workers = 0 }
     jobs[ctx.job] = s
   end
   return s
 end
 
-local function provider(ctx, role)
-  local s = state(ctx)
-  local p = s.providers[role]
-  if not p then
-    p = require("sluice.providers").for_role(role, ctx.config)
-    s.providers[role] = p
-  end
-  return p
-end
+local provider = stages.provider
 
-local function write_json(path, v)
-  local f = assert(io.open(path, "wb"))
-  f:write(cjson.encode(v))
-  f:close()
-end
+local write_json = stages.write_json
 
 local function episode_dir(ctx, key) return stages.out_dir(ctx, key, "{key}") end
 

@@ -30,11 +30,7 @@ local function provider(ctx, role)
   return s[role]
 end
 
-local function write_json(path, v)
-  local f = assert(io.open(path, "wb"))
-  f:write(cjson.encode(v))
-  f:close()
-end
+local write_json = stages.write_json
 
 local function read_json(path)
   local f, err = io.open(path, "rb")

@@ -226,6 +226,33 @@ end
 
 local made = {}
 -- mkdir(path): creates path and its parents (once per run of the process).
+-- Writes v as JSON to path through a temporary file and a rename, so a reader (or a run
+-- killed half-way) never sees a half-written file.
+function M.write_json(path, v)
+  local tmp = path .. ".tmp"
+  local f = assert(io.open(tmp, "wb"))
+  f:write(require("cjson").encode(v))
+  f:close()
+  assert(os.rename(tmp, path))
+end
+
+-- The provider for a role, made once per job from the job's configuration (providers hold
+-- decoders, worker processes and connections that the whole run shares).
+local job_providers = setmetatable({}, { __mode = "k" })
+function M.provider(ctx, role)
+  local cache = job_providers[ctx.job]
+  if not cache then
+    cache = {}
+    job_providers[ctx.job] = cache
+  end
+  local p = cache[role]
+  if not p then
+    p = require("sluice.providers").for_role(role, ctx.config)
+    cache[role] = p
+  end
+  return p
+end
+
 function M.mkdir(path)
   if made[path] then return true end
   local r, err = sl.exec({ "mkdir", "-p", path })
