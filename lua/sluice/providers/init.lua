@@ -162,6 +162,46 @@ function M.remote(obj, name, cfg, secret)
   return obj
 end
 
+-- The VLM role of a chat provider: one p:complete() per image with the prompt and the image
+-- (image_part(mime, base64) makes the provider's content part), at most p.concurrency at
+-- once (the limiter has the last word). Returns {{t=, text=, path=}, ...} in input order, or
+-- nil, the first error, its code.
+function M.describe_each(p, images, opts, image_part, max_tokens)
+  if type(images) ~= "table" then error("bad argument #1 to 'describe' (list of images expected)", 3) end
+  local sl = require "sluice"
+  local prompt = opts.prompt or p.vlm_prompt or
+    "Describe this video frame in one or two sentences: the people, objects, text and slides visible."
+  local out, first_err, first_code = {}, nil, nil
+  local sem = sl.semaphore(math.max(1, p.concurrency))
+  local g = sl.group()
+  for i, img in ipairs(images) do
+    g:spawn(function()
+      sem:acquire()
+      local ok, e = pcall(function()
+        local b64, rerr, rcode = M.read_base64(img.path)
+        if not b64 then
+          first_err, first_code = first_err or (p.provider .. ": " .. rerr), first_code or rcode
+          return
+        end
+        local mime = img.mime or (img.path:lower():match("%.png$") and "image/png") or "image/jpeg"
+        local text, err, code = p:complete({ { role = "user", content = {
+          { type = "text", text = prompt }, image_part(mime, b64),
+        } } }, { max_tokens = max_tokens, model = opts.model })
+        if not text then
+          first_err, first_code = first_err or err, first_code or code
+          return
+        end
+        out[i] = { t = img.t, text = text, path = img.path }
+      end)
+      sem:release()
+      if not ok then error(e, 0) end
+    end)
+  end
+  g:wait()
+  if first_err then return nil, first_err, first_code end
+  return out
+end
+
 function M.secret(obj) return secrets[obj] end
 
 -- Reads a file as base64 on a worker thread.

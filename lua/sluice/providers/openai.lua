@@ -9,7 +9,6 @@
 -- max_tokens, detail (image detail), limit (limiter, name or rate spec), retry
 -- {attempts=, base=, max=}, timeout, headers (extra request headers).
 local P = require "sluice.providers"
-local sl = require "sluice"
 local cjson = require "cjson"
 
 local M = { roles = { stt = true, vlm = true, llm = true } }
@@ -194,42 +193,10 @@ end
 -- request per image, up to cfg.concurrency at once (the limiter has the last word).
 function Obj:describe(images, opts)
   opts = opts or {}
-  if type(images) ~= "table" then error("bad argument #1 to 'describe' (list of images expected)", 2) end
-  local prompt = opts.prompt or self.vlm_prompt or
-    "Describe this video frame in one or two sentences: the people, objects, text and slides visible."
-  local out, first_err, first_code = {}, nil, nil
-  local sem = sl.semaphore(math.max(1, self.concurrency))
-  local g = sl.group()
-  for i, img in ipairs(images) do
-    g:spawn(function()
-      sem:acquire()
-      local ok, e = pcall(function()
-        local b64, rerr, rcode = P.read_base64(img.path)
-        if not b64 then
-          first_err = first_err or ("openai: " .. rerr)
-          first_code = first_code or rcode
-          return
-        end
-        local mime = img.mime or (img.path:lower():match("%.png$") and "image/png") or "image/jpeg"
-        local text, err, code = self:complete({ { role = "user", content = {
-          { type = "text", text = prompt },
-          { type = "image_url", image_url = { url = "data:" .. mime .. ";base64," .. b64,
-            detail = opts.detail or self.detail or "auto" } },
-        } } }, { max_tokens = opts.max_tokens or self.max_tokens or 300, model = opts.model })
-        if not text then
-          first_err = first_err or err
-          first_code = first_code or code
-          return
-        end
-        out[i] = { t = img.t, text = text, path = img.path }
-      end)
-      sem:release()
-      if not ok then error(e, 0) end
-    end)
-  end
-  g:wait()
-  if first_err then return nil, first_err, first_code end
-  return out
+  return P.describe_each(self, images, opts, function(mime, b64)
+    return { type = "image_url", image_url = { url = "data:" .. mime .. ";base64," .. b64,
+      detail = opts.detail or self.detail or "auto" } }
+  end, opts.max_tokens or self.max_tokens or 300)
 end
 
 return M
