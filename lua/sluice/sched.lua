@@ -306,7 +306,7 @@ end
 -- Tasks ------------------------------------------------------------------------------------
 
 local function on_error(e)
-  return capture(e, 2)
+  return capture(e) -- a tail call: level 2 of capture is the function that raised
 end
 
 -- spawn(fn, ...) -> task: runs fn(...) as a new task. From inside a task, the new task
