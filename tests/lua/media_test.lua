@@ -386,8 +386,8 @@ T.case("cancelling the consuming task cancels the decode job", function()
     -- scene=1 never selects a frame: one job decodes the whole file unless cancelled
     for _ in media.frames(p, { scene = 1, format = "none", threads = 1 }) do end
   end)
-  started:wait()
-  sl.sleep(0.05)
+  started:wait() -- the task is now waiting on its first decode job (the whole file)
+  sl.sleep(0)    -- one loop turn, so a worker has it; far less than decoding 20 s of video
   task:cancel()
   local ok, err = pcall(task.wait, task)
   T.eq(ok, false)
