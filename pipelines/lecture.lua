@@ -32,15 +32,10 @@ local subtitles = require "sluice.subtitles"
 local stages = require "sluice.stages"
 local text = require "sluice.text"
 
--- Per-job state: providers (created once per job and role) and the fuser of each key.
-local jobs = setmetatable({}, { __mode = "k" })
+-- Per-job state: the fuser and the summary sections of each key.
+local jobs = stages.job_states()
 local function state(ctx)
-  local s = jobs[ctx.job]
-  if not s then
-    s = { fusers = {}, sections = {} }
-    jobs[ctx.job] = s
-  end
-  return s
+  return stages.job_state(jobs, ctx, function() return { fusers = {}, sections = {} } end)
 end
 
 local provider = stages.provider

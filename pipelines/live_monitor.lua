@@ -43,8 +43,8 @@ local sl = require "sluice"
 local cjson = require "cjson"
 local stages = require "sluice.stages"
 
--- Per-job state: the log, the pending slot, providers, measurements.
-local jobs = setmetatable({}, { __mode = "k" })
+-- Per-job state: the log, the pending slot, measurements.
+local jobs = stages.job_states()
 
 -- Appends rec to events.jsonl; with ctx also puts it on the job's event bus as a custom
 -- event `live_<type>` (the dashboard, --events and REPL listeners see it).
@@ -59,23 +59,20 @@ local function log_record(st, rec, ctx)
   end
 end
 
-local function state(ctx)
-  local job = ctx.job
-  local s = jobs[job]
-  if s then return s end
+local function fresh_state(ctx)
   local dir = stages.out_dir(ctx, nil, nil)
   local f = assert(io.open(dir .. "/events.jsonl", "ab"))
   f:setvbuf("line") -- one write per record (a few per second): a follower sees each at once
-  s = {
+  return {
     t0 = sl.now(), dir = dir, frames_dir = stages.out_dir(ctx, nil, "frames"), log = f,
     pending = nil, running = 0, max_backlog = 0, requests = 0,
     frames = 0, dropped_frames = 0, coalesced = 0, analyses = 0, failures = 0,
     captures = {}, intervals = {}, last_request_t = nil, prev_hash = nil, present = {},
     analysed = {},
   }
-  jobs[job] = s
-  return s
 end
+
+local function state(ctx) return stages.job_state(jobs, ctx, fresh_state) end
 
 local provider = stages.provider
 

@@ -24,14 +24,9 @@ local subtitles = require "sluice.subtitles"
 local stages = require "sluice.stages"
 local text = require "sluice.text"
 
-local jobs = setmetatable({}, { __mode = "k" })
+local jobs = stages.job_states()
 local function state(ctx)
-  local s = jobs[ctx.job]
-  if not s then
-    s = { workers = 0 }
-    jobs[ctx.job] = s
-  end
-  return s
+  return stages.job_state(jobs, ctx, function() return { workers = 0 } end)
 end
 
 local provider = stages.provider

@@ -19,16 +19,7 @@ local sl = require "sluice"
 local cjson = require "cjson"
 local stages = require "sluice.stages"
 
-local jobs = setmetatable({}, { __mode = "k" })
-local function provider(ctx, role)
-  local s = jobs[ctx.job]
-  if not s then
-    s = {}
-    jobs[ctx.job] = s
-  end
-  if not s[role] then s[role] = require("sluice.providers").for_role(role, ctx.config) end
-  return s[role]
-end
+local provider = stages.provider
 
 local write_json = stages.write_json
 

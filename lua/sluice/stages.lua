@@ -236,15 +236,25 @@ function M.write_json(path, v)
   assert(os.rename(tmp, path))
 end
 
+-- Returns the state table a pipeline keeps for ctx's job, made by fresh(ctx) on first use
+-- (weakly keyed: it goes with the job). Each `states` table (from M.job_states()) is one
+-- pipeline's, so two pipelines never share state.
+function M.job_states() return setmetatable({}, { __mode = "k" }) end
+
+function M.job_state(states, ctx, fresh)
+  local s = states[ctx.job]
+  if not s then
+    s = fresh(ctx)
+    states[ctx.job] = s
+  end
+  return s
+end
+
 -- The provider for a role, made once per job from the job's configuration (providers hold
 -- decoders, worker processes and connections that the whole run shares).
-local job_providers = setmetatable({}, { __mode = "k" })
+local job_providers = M.job_states()
 function M.provider(ctx, role)
-  local cache = job_providers[ctx.job]
-  if not cache then
-    cache = {}
-    job_providers[ctx.job] = cache
-  end
+  local cache = M.job_state(job_providers, ctx, function() return {} end)
   local p = cache[role]
   if not p then
     p = require("sluice.providers").for_role(role, ctx.config)
