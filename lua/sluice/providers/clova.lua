@@ -32,13 +32,7 @@ local function check(v)
   if v.result ~= "COMPLETED" then
     return nil, string.format("recognition %s: %s", tostring(v.result), tostring(v.message))
   end
-  if type(v.segments) ~= "table" then return nil, "missing 'segments'" end
-  for i, s in ipairs(v.segments) do
-    if type(s.start) ~= "number" or type(s["end"]) ~= "number" or type(s.text) ~= "string" then
-      return nil, "segment " .. i .. " lacks numeric start/end or text"
-    end
-  end
-  return true
+  return P.check_segments(v.segments)
 end
 
 function Obj:transcribe(audio, opts)

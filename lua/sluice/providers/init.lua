@@ -202,6 +202,18 @@ function M.describe_each(p, images, opts, image_part, max_tokens)
   return out
 end
 
+-- Checks a transcription reply's segments: each needs numeric start/end and text. Returns
+-- true, or nil and what is wrong (the caller names the provider).
+function M.check_segments(segments)
+  if type(segments) ~= "table" then return nil, "missing 'segments'" end
+  for i, s in ipairs(segments) do
+    if type(s.start) ~= "number" or type(s["end"]) ~= "number" or type(s.text) ~= "string" then
+      return nil, "segment " .. i .. " lacks numeric start/end or text"
+    end
+  end
+  return true
+end
+
 function M.secret(obj) return secrets[obj] end
 
 -- Reads a file as base64 on a worker thread.

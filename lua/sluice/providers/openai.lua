@@ -55,12 +55,7 @@ local function check_transcription(v)
   if type(v.segments) ~= "table" then
     return nil, "missing 'segments' (was response_format=verbose_json honoured?)"
   end
-  for i, s in ipairs(v.segments) do
-    if type(s.start) ~= "number" or type(s["end"]) ~= "number" or type(s.text) ~= "string" then
-      return nil, "segment " .. i .. " lacks numeric start/end or text"
-    end
-  end
-  return true
+  return P.check_segments(v.segments)
 end
 
 function Obj:transcribe(audio, opts)
