@@ -159,6 +159,7 @@ struct sl_timer {
   int callback_ref;
   int self_ref; /* keeps the userdata alive while the timer is active */
   int oneshot;  /* close after the first expiry */
+  double due;   /* sl_now() deadline of a non-repeating start; 0 when not applicable */
   timer_ud *ud;
 };
 
@@ -177,6 +178,14 @@ static void timer_close(lua_State *L, sl_timer *t) {
 static void on_timer(uv_timer_t *h) {
   sl_timer *t = h->data;
   lua_State *L = engine.L;
+  /* libuv's loop clock is whole milliseconds (and may be the coarse clock), so a timer can
+   * expire up to ~2 ms before the deadline as sl_now() sees it; wait out the rest. */
+  double left = t->due - sl_now();
+  if (t->due > 0 && left > 0) {
+    uv_timer_start(h, on_timer, (uint64_t)(left * 1000.0) + 1, 0);
+    return;
+  }
+  t->due = 0;
   sl_push_ref(L, t->callback_ref);
   if (t->oneshot) {
     timer_close(L, t); /* the callback is on the stack; the handle frees after it */
@@ -235,6 +244,7 @@ static int l_after(lua_State *L) {
   sl_timer *t = ud->t;
   t->callback_ref = sl_ref(L, 2);
   t->self_ref = sl_ref(L, -1);
+  t->due = ms > 0 ? sl_now() + lua_tonumber(L, 1) : 0;
   uv_update_time(engine.loop); /* the cached loop time may be stale while Lua runs */
   uv_timer_start(&t->handle, on_timer, ms, 0);
   return 1;
@@ -295,6 +305,7 @@ static int timer_start(lua_State *L) {
   sl_unref(L, &t->callback_ref);
   t->callback_ref = sl_ref(L, 4);
   if (t->self_ref == LUA_NOREF) t->self_ref = sl_ref(L, 1);
+  t->due = (ms > 0 && rep == 0) ? sl_now() + lua_tonumber(L, 2) : 0;
   uv_update_time(engine.loop);
   uv_timer_start(&t->handle, on_timer, ms, rep);
   return 0;
