@@ -578,7 +578,7 @@ int sl_engine_close(lua_State *L) {
   sl_pool_shutdown();
   engine.L = NULL;
   engine.running = NULL;
-  lua_close(L);            /* finalizers close the handles Lua owns */
+  sl_state_close(L);       /* finalizers close the handles Lua owns */
   free(engine.defer_refs); /* their references died with the state */
   engine.defer_refs = NULL;
   engine.defer_len = engine.defer_cap = 0;

@@ -98,7 +98,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "sluice: cannot create the event loop\n");
     return 2;
   }
-  lua_State *L = luaL_newstate();
+  lua_State *L = sl_state_new();
   if (!L) {
     fprintf(stderr, "sluice: cannot create the Lua state\n");
     return 2;

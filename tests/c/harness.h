@@ -55,7 +55,7 @@ static int h_checks = 0;
 
 /* Opens an engine on loop (which the caller owns and has initialised). Cannot fail: exits
  * the test on error. */
-static lua_State *h_open(uv_loop_t *loop) {
+static inline lua_State *h_open(uv_loop_t *loop) {
   if (uv_loop_init(loop) != 0) {
     fprintf(stderr, "uv_loop_init failed\n");
     exit(2);
@@ -85,7 +85,7 @@ static lua_State *h_open(uv_loop_t *loop) {
 }
 
 /* Runs code as a chunk on L through sl_call; returns the Lua status. */
-static int h_lua(lua_State *L, const char *code) {
+static inline int h_lua(lua_State *L, const char *code) {
   if (luaL_loadstring(L, code) != LUA_OK) {
     fprintf(stderr, "syntax error: %s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -95,7 +95,7 @@ static int h_lua(lua_State *L, const char *code) {
 }
 
 /* Reads global name as an integer (LLONG_MIN when it is not one). */
-static long long h_int(lua_State *L, const char *name) {
+static inline long long h_int(lua_State *L, const char *name) {
   lua_getglobal(L, name);
   long long v =
       lua_isinteger(L, -1) ? (long long)lua_tointeger(L, -1) : (-9223372036854775807LL - 1);
@@ -104,7 +104,7 @@ static long long h_int(lua_State *L, const char *name) {
 }
 
 /* Reads global name as a string into a static buffer ("" when it is not one). */
-static const char *h_str(lua_State *L, const char *name) {
+static inline const char *h_str(lua_State *L, const char *name) {
   static char buf[1024];
   lua_getglobal(L, name);
   const char *s = lua_tostring(L, -1);
@@ -114,7 +114,7 @@ static const char *h_str(lua_State *L, const char *name) {
 }
 
 /* Closes the engine and checks that the loop closed cleanly. */
-static void h_close(lua_State *L) {
+static inline void h_close(lua_State *L) {
   int rc = sl_engine_close(L);
   if (rc != 0) {
     h_failures++;
@@ -123,7 +123,7 @@ static void h_close(lua_State *L) {
   h_checks++;
 }
 
-static int h_done(const char *name) {
+static inline int h_done(const char *name) {
   printf("%s: %d checks, %d failed\n", name, h_checks, h_failures);
   return h_failures == 0 ? 0 : 1;
 }
