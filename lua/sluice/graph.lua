@@ -570,6 +570,53 @@ local function make_id(p)
 end
 M.make_id = make_id
 
+-- A stage on the fast path (1:1, see fast_run) hands on lazy envelopes: { data, key, _o, _t }
+-- where _o is the item's origin ({ id, seq, t0, t1 } of the last envelope made in full) and
+-- _t the chain of stage hops since ({ sfx = "/stage/1", prev = hop or false }, one per stage
+-- and chain, shared by every item). id, parent, seq, t0, t1, attempt, job and stage are read
+-- through the metatable; id is made on first read (exactly the text an eager id would have)
+-- and then kept. Four fields instead of eight, and no id strings for items nobody names.
+local function chain_id(base, hop)
+  if not hop then return base end
+  return make_id(chain_id(base, hop.prev) .. hop.sfx)
+end
+
+local LAZY_FIELDS = { "id", "key", "seq", "t0", "t1", "data", "attempt", "parent" }
+
+local function lazy_env_mt(job_id, stage)
+  local mt = { __name = "sluice.item" }
+  mt.__index = function(e, k)
+    local o = rawget(e, "_o")
+    if k == "id" then
+      local id = chain_id(o.id, rawget(e, "_t"))
+      rawset(e, "id", id)
+      return id
+    elseif k == "parent" then
+      return chain_id(o.id, rawget(e, "_t").prev)
+    elseif k == "attempt" then
+      return 1
+    elseif k == "job" then
+      return job_id
+    elseif k == "stage" then
+      return stage
+    end
+    return o[k]
+  end
+  -- pairs() (the REPL's printer, store.jsonable) sees the envelope's fields, not its insides
+  mt.__pairs = function(e)
+    local i = 0
+    return function()
+      while i < #LAZY_FIELDS do
+        i = i + 1
+        local k = LAZY_FIELDS[i]
+        local v = e[k]
+        if v ~= nil then return k, v end
+      end
+    end
+  end
+  return mt
+end
+
 local function job_event(job, ev)
   ev.job = job.id
   job.bus:emit(ev)
@@ -1236,26 +1283,48 @@ local HIST_INV = 1 / HIST_LOG
 
 -- t_start is the time the item started (the end of the worker's previous item when they
 -- follow each other, so one clock read per item); returns the time it ended.
+-- A worker's reused unit reads id (path), seq, t0 and t1 from its envelope on demand.
+local WUNIT_FIELDS = { path = "id", seq = "seq", t0 = "t0", t1 = "t1" }
+local wunit_mt = { __index = function(u, k)
+  local f = WUNIT_FIELDS[k]
+  local env = f and rawget(u, "env")
+  if env then return env[f] end
+end }
+
 local function fast_run(S, env, ks, u, ctx, t_start)
   local key = env.key
   if not S.t_first then S.t_first = t_start end
   S.running = S.running + 1
   S.in_flight = S.in_flight + 1
-  local path = env.id
-  -- u and ctx belong to this worker and are reused (a ctx is only valid during its call)
-  u.env, u.key, u.seq, u.t0, u.t1, u.path = env, key, env.seq, env.t0, env.t1, path
-  u.k, u.delivered, u.blocked, u.results = nil, nil, nil, nil
+  -- u and ctx belong to this worker and are reused (a ctx is only valid during its call);
+  -- the unit's id, seq, t0 and t1 are read from env only if something asks (see wunit_mt)
+  -- (false, not nil, for the fields read below: a nil would call wunit_mt's __index)
+  u.env, u.key, u.path, u.seq, u.t0, u.t1 = env, key, nil, nil, nil, nil
+  u.k, u.delivered, u.blocked, u.results = false, false, false, false
   ctx.attempt = 1
   local ok, v, e2, code = xpcall(S.run, on_error, env, ctx)
   if ok and (v ~= nil or e2 == nil) then
     if v ~= nil then
       local fe = S.fast_emit
       if fe and not u.k and type(e2) ~= "table" then
-        local p = path .. S.suffix1
-        if #p > ID_MAX then p = "#" .. hash(p) end
         u.k, u.delivered = 1, 1
-        local out = setmetatable({ id = p, key = key, seq = u.seq, t0 = u.t0, t1 = u.t1,
-          data = v, attempt = 1, parent = path }, S.env_mt)
+        -- A lazy envelope (see lazy_env_mt): the item's origin and the chain of stages
+        -- since; its id and parent are made only when read.
+        local o, hop = rawget(env, "_o"), nil
+        if o then
+          local t = rawget(env, "_t")
+          hop = S.hops[t]
+          if not hop then hop = { sfx = S.suffix1, prev = t }; S.hops[t] = hop end
+        else
+          local t0, t1 = env.t0, env.t1
+          if t0 == nil and t1 == nil then
+            o = { id = env.id, seq = env.seq }
+          else
+            o = { id = env.id, seq = env.seq, t0 = t0, t1 = t1 }
+          end
+          hop = S.hop1
+        end
+        local out = setmetatable({ data = v, key = key, _o = o, _t = hop }, S.lazy_mt)
         if fe == "sink" then -- no consumers: keep it in the results
           local r = S.results
           local nr = #r
@@ -1344,7 +1413,7 @@ local function worker_loop(S, wid)
   S.fast_emit = (S.nconsumers == 1 and not S.keep_results and true)
     or (S.nconsumers == 0 and not S.order and "sink") or false
   S.consumer1 = S.consumers[1]
-  local wu = { kind = "item", n = 1, npend = 1 }
+  local wu = setmetatable({ kind = "item", n = 1, npend = 1 }, wunit_mt)
   local wctx = setmetatable({ _unit = wu, attempt = 1 }, S.ctx_mt)
   local ok, err = pcall(function()
     while true do
@@ -1491,8 +1560,12 @@ local function source_emit(N, data, opts, identity)
     base = N.prefix .. tostring(key) .. "/" .. tostring(seq)
   end
   if #base > ID_MAX then base = "#" .. hash(base) end
-  local env = setmetatable({ id = base, key = key, seq = seq, t0 = t0, t1 = t1, data = data,
-    attempt = 1 }, N.env_mt)
+  local env
+  if t0 == nil and t1 == nil then -- four fields (`attempt` comes from the metatable)
+    env = setmetatable({ id = base, key = key, seq = seq, data = data }, N.env_mt)
+  else
+    env = setmetatable({ id = base, key = key, seq = seq, t0 = t0, t1 = t1, data = data }, N.env_mt)
+  end
   deliver(N, env)
 end
 
@@ -1669,7 +1742,7 @@ function Pipeline:start(opts)
     N.default_key = n
     N.prefix = n .. "/"
     N.seqs = {}
-    N.env_mt = { __index = { job = job.id, stage = n }, __name = "sluice.item" }
+    N.env_mt = { __index = { job = job.id, stage = n, attempt = 1 }, __name = "sluice.item" }
     if src.kind == "inputs" then
       N.total = #inputs
       N.key_fn = src.opts.key
@@ -1691,6 +1764,9 @@ function Pipeline:start(opts)
     -- envelopes keep 8 fields; `job` and `stage` come from their metatable
     S.env_mt = { __index = { job = job.id, stage = n }, __name = "sluice.item" }
     S.suffix1 = "/" .. n .. "/1"
+    S.lazy_mt = lazy_env_mt(job.id, n)
+    S.hop1 = { sfx = S.suffix1, prev = false }
+    S.hops = {} -- input hop -> this stage's hop after it
     local base = setmetatable({ job = job, config = config, out = job.out, stage = n,
       params = s.params, _stage = S }, { __index = Ctx })
     S.ctx_mt = { __index = base }

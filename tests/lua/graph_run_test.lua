@@ -708,6 +708,55 @@ T.case("item ids are deterministic across runs", function()
   T.ok(a[1] ~= c[1] or a[2] ~= c[2] or a[3] ~= c[3], "a different input identity changes ids")
 end)
 
+T.case("lazy envelopes of 1:1 stages read exactly like envelopes made in full", function()
+  -- Without event listeners a chain of plain 1:1 stages hands on lazy envelopes (ids made
+  -- on first read); with a listener every envelope is made in full. Long stage names push
+  -- the ids past ID_MAX so the hashed form is checked too.
+  local long = string.rep("x", 50)
+  local function run(listen)
+    local seen = {}
+    local p = sl.pipeline "lazy" {
+      sources = { files = sl.inputs() },
+      stages = {
+        split = { from = "files", run = function(item, ctx)
+          for i = 1, 3 do ctx:emit(item.data .. i, { seq = i, t0 = i, t1 = i + 0.5 }) end
+        end },
+        [long .. "1"] = { from = "split", run = function(item) return item.data .. "a" end },
+        [long .. "2"] = { from = long .. "1", run = function(item)
+          seen[#seen + 1] = { id = item.id, parent = item.parent, key = item.key, seq = item.seq,
+            t0 = item.t0, t1 = item.t1, attempt = item.attempt, stage = item.stage, data = item.data }
+          return item.data .. "b"
+        end },
+        last = { from = long .. "2", run = function(item) return item.data .. "c" end },
+      },
+    }
+    local job = p:start { inputs = { "talk.mp4", "other.mp4" } }
+    if listen then job.bus:on(function() end) end
+    local s = job:wait()
+    local out = {}
+    for _, e in ipairs(s.results.last) do
+      local fields = {}
+      for k, v in pairs(e) do fields[k] = v end
+      out[#out + 1] = { id = e.id, parent = e.parent, key = e.key, seq = e.seq, t0 = e.t0,
+        t1 = e.t1, attempt = e.attempt, job = type(e.job), stage = e.stage, data = e.data,
+        fields = fields }
+    end
+    local by = function(a, b) return a.id < b.id end
+    table.sort(out, by)
+    table.sort(seen, by)
+    return out, seen
+  end
+  local eager, eager_seen = run(true)
+  local lazy, lazy_seen = run(false)
+  T.eq(#lazy, 6)
+  T.same(lazy, eager)
+  T.same(lazy_seen, eager_seen)
+  T.eq(lazy[1].id:sub(1, 1), "#") -- hashed: longer than ID_MAX
+  T.eq(lazy[1].stage, "last")
+  T.eq(lazy[1].fields.data, lazy[1].data) -- pairs() shows the envelope's fields
+  T.eq(lazy[1].fields._o, nil)
+end)
+
 T.case("memo: a second run with the same store replays stored outputs without running", function()
   local runs = 0
   local stored = {}
