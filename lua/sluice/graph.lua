@@ -1297,22 +1297,23 @@ local function fast_run(S, env, ks, u, ctx, t_start)
   S.running = S.running + 1
   S.in_flight = S.in_flight + 1
   -- u and ctx belong to this worker and are reused (a ctx is only valid during its call);
-  -- the unit's id, seq, t0 and t1 are read from env only if something asks (see wunit_mt)
-  -- (false, not nil, for the fields read below: a nil would call wunit_mt's __index)
-  u.env, u.key, u.path, u.seq, u.t0, u.t1 = env, key, nil, nil, nil, nil
-  u.k, u.delivered, u.blocked, u.results = false, false, false, false
-  ctx.attempt = 1
+  -- the unit's id, seq, t0 and t1 are read from env only if something asks (see wunit_mt).
+  -- What an earlier item's ctx:emit or blocked delivery left in u is cleared only if there
+  -- (false, not nil: a nil field would be looked up through wunit_mt's __index).
+  u.env, u.key = env, key
+  if u.k then u.k, u.delivered, u.results = false, false, false end
+  if u.blocked then u.blocked = false end
   local ok, v, e2, code = xpcall(S.run, on_error, env, ctx)
   if ok and (v ~= nil or e2 == nil) then
     if v ~= nil then
       local fe = S.fast_emit
-      if fe and not u.k and type(e2) ~= "table" then
-        u.k, u.delivered = 1, 1
+      if fe and (e2 == nil or type(e2) ~= "table") and not u.k then
         -- A lazy envelope (see lazy_env_mt): the item's origin and the chain of stages
-        -- since; its id and parent are made only when read.
-        local o, hop = rawget(env, "_o"), nil
+        -- since; its id and parent are made only when read. (env._o on an envelope made in
+        -- full finds nothing, through its metatable's __index table.)
+        local o, hop = env._o, nil
         if o then
-          local t = rawget(env, "_t")
+          local t = env._t
           hop = S.hops[t]
           if not hop then hop = { sfx = S.suffix1, prev = t }; S.hops[t] = hop end
         else
@@ -1379,21 +1380,6 @@ local function fast_run(S, env, ks, u, ctx, t_start)
   return t_end
 end
 
-local function fast_item(S, u, ctx, t_start)
-  local q = S.q
-  local h = q.head
-  local env = q[h]
-  q[h] = nil
-  local n = q.n - 1
-  q.n = n
-  if n == 0 then q.head, q.tail = 1, 0 else q.head = h + 1 end
-  local space = S.space
-  if space.tail >= space.head then space:signal() end
-  local ks = S.keys[env.key]
-  ks.inq = ks.inq - 1
-  return fast_run(S, env, ks, u, ctx, t_start)
-end
-
 -- A worker about to wait (in run, on a full downstream queue, anywhere): if items are left
 -- behind and no peer is on its way, wake one, so waiting work never holds queued work.
 local function wake_peer(S)
@@ -1413,14 +1399,27 @@ local function worker_loop(S, wid)
   S.fast_emit = (S.nconsumers == 1 and not S.keep_results and true)
     or (S.nconsumers == 0 and not S.order and "sink") or false
   S.consumer1 = S.consumers[1]
-  local wu = setmetatable({ kind = "item", n = 1, npend = 1 }, wunit_mt)
+  local wu = setmetatable({ kind = "item", n = 1, npend = 1, k = false, delivered = false,
+    blocked = false, results = false }, wunit_mt)
   local wctx = setmetatable({ _unit = wu, attempt = 1 }, S.ctx_mt)
   local ok, err = pcall(function()
     while true do
-      local t = nil
-      while simple and S.q.n > 0 and S.ready.n == 0 and bus.count == 0 and not job.memo
-        and S.nworkers <= S.target do
-        t = fast_item(S, wu, wctx, t or now())
+      -- The fast path: take queued items one after the other without waiting.
+      if simple and not job.memo then
+        local t = nil
+        local q, ready, keys, space = S.q, S.ready, S.keys, S.space
+        while q.n > 0 and ready.n == 0 and bus.count == 0 and S.nworkers <= S.target do
+          local h = q.head
+          local env = q[h]
+          q[h] = nil
+          local n = q.n - 1
+          q.n = n
+          if n == 0 then q.head, q.tail = 1, 0 else q.head = h + 1 end
+          if space.tail >= space.head then space:signal() end
+          local ks = keys[env.key]
+          ks.inq = ks.inq - 1
+          t = fast_run(S, env, ks, wu, wctx, t or now())
+        end
       end
       local u = next_unit(S)
       if not u then break end
