@@ -60,8 +60,8 @@ T.case("a dead-lettered item gives exit status 1 and a clear report", function()
   local r = sluice { "bad", "good", "--out", TMP .. "/out", "--no-store", "--set", "mode=fail" }
   T.eq(r.status, 1, r.stderr)
   T.ok(r.stderr:find("3 items failed:", 1, true), r.stderr)
-  T.ok(r.stderr:find("check bad#1: cannot handle bad:1 (after 2 attempts)", 1, true), r.stderr)
-  T.ok(r.stderr:find("failed: check bad#1: cannot handle bad:1 (after 2 attempts)\n", 1, true),
+  T.ok(r.stderr:find("check bad#1: cannot handle bad:1 (after 2 stage attempts)", 1, true), r.stderr)
+  T.ok(r.stderr:find("failed: check bad#1: cannot handle bad:1 (after 2 stage attempts)\n", 1, true),
     "each failure is reported as it happens: " .. r.stderr)
   T.ok(r.stderr:find("\nall%s+3%s+0"), "the rest went on: " .. r.stderr)
 end)

@@ -237,7 +237,7 @@ function M.run(p, args, script_path)
           (ev.seq ~= nil and ("#" .. tostring(ev.seq)) or "")
         if e == "item_dead" then
           view:note(string.format("failed: %s: %s%s", where, tostring(ev.error),
-            (ev.attempt or 0) > 1 and (" (after " .. ev.attempt .. " attempts)") or ""))
+            (ev.attempt or 0) > 1 and (" (after " .. ev.attempt .. " stage attempts)") or ""))
         else
           view:note(where .. ": " .. tostring(ev.message))
         end
@@ -269,7 +269,7 @@ function M.run(p, args, script_path)
       end
       eprint(string.format("  %s %s%s: %s%s", d.stage, tostring(d.key or ""),
         d.seq and ("#" .. tostring(d.seq)) or "", d.error,
-        d.attempts and d.attempts > 1 and (" (after " .. d.attempts .. " attempts)") or ""))
+        d.attempts and d.attempts > 1 and (" (after " .. d.attempts .. " stage attempts)") or ""))
     end
   end
   if summary.error then eprint("sluice run: job failed: " .. tostring(summary.error)) end
