@@ -1234,7 +1234,11 @@ end
 -- Workers ----------------------------------------------------------------------------------------
 
 -- Returns the next unit for a worker of S, or nil when the worker should end.
-local function next_unit(S)
+-- AGAIN: what next_unit returns to a worker on the fast path (see worker_loop) when items
+-- are queued: the worker takes them itself, without a unit per item.
+local AGAIN = {}
+
+local function next_unit(S, fast)
   while true do
     if S.nworkers > S.target then return nil end
     local u = S.ready.n > 0 and dpop(S.ready)
@@ -1243,6 +1247,7 @@ local function next_unit(S)
       return u
     end
     local q = S.q
+    if fast and q.n > 0 then return AGAIN end
     if q.n > 0 and not S.batch then
       local h = q.head
       local env = q[h]
@@ -1421,9 +1426,10 @@ local function worker_loop(S, wid)
           t = fast_run(S, env, ks, wu, wctx, t or now())
         end
       end
-      local u = next_unit(S)
+      local u = next_unit(S, simple and not job.memo and bus.count == 0)
       if not u then break end
-      if simple and u.kind == "item" and bus.count == 0 and not job.memo then
+      if u == AGAIN then -- items are queued: back to the fast path
+      elseif simple and u.kind == "item" and bus.count == 0 and not job.memo then
         fast_run(S, u.env, S.keys[u.key], wu, wctx, now())
       elseif u.kind == "flush" then
         local ks = S.keys[u.key]
