@@ -153,6 +153,9 @@ return sl.pipeline "lecture" {
         local slides = {}
         for i, env in ipairs(items) do
           local d = out[i] or {}
+          if d.error then -- the others in the batch are kept; this slide stays undescribed
+            ctx:log(string.format("slide %d at %.1f s not described: %s", env.data.seq, env.data.t, d.error))
+          end
           slides[i] = { seq = env.data.seq, t = env.data.t, path = env.data.path,
             text = d.text or d.description or "", confidence = d.confidence }
         end

@@ -121,6 +121,20 @@ T.case("vlm: images as base64 data URLs, one result per image with its time", fu
   T.ok(err:find("openai: cannot read /nonexistent.jpg"), err)
 end)
 
+T.case("vlm: an image that cannot be described keeps the others (its entry has error)", function()
+  local vlm = providers.get("vlm", "openai", cfg { model = "gpt-vision" })
+  srv:reset()
+  local r = T.ok(vlm:describe({ { path = jpg1, t = 2.0 }, { path = "/nonexistent.jpg", t = 3.0 },
+    { path = jpg2, t = 4.0 } }))
+  T.eq(#r, 3)
+  T.ok(r[1].text and r[1].text:find("1 image"), r[1].text)
+  T.eq(r[2].text, nil)
+  T.eq(r[2].t, 3.0)
+  T.ok(r[2].error:find("openai: cannot read /nonexistent.jpg", 1, true), r[2].error)
+  T.ok(r[3].text and r[3].text:find("1 image"), r[3].text)
+  T.eq(#srv:requests("/v1/chat/completions"), 2, "the bad image sent no request")
+end)
+
 T.case("summarize and judge build on complete", function()
   local llm = providers.get("llm", "openai", cfg())
   local s = T.ok(llm:summarize("A long lecture about rivers and lakes."))

@@ -164,14 +164,20 @@ end
 
 -- The VLM role of a chat provider: one p:complete() per image with the prompt and the image
 -- (image_part(mime, base64) makes the provider's content part), at most p.concurrency at
--- once (the limiter has the last word). Returns {{t=, text=, path=}, ...} in input order, or
--- nil, the first error, its code.
+-- once (the limiter has the last word). Returns {{t=, text=, path=}, ...} in input order
+-- (an image that failed has {t=, path=, error=} instead), or nil, the first error and its
+-- code when no image could be described.
 function M.describe_each(p, images, opts, image_part, max_tokens)
   if type(images) ~= "table" then error("bad argument #1 to 'describe' (list of images expected)", 3) end
   local sl = require "sluice"
   local prompt = opts.prompt or p.vlm_prompt or
     "Describe this video frame in one or two sentences: the people, objects, text and slides visible."
-  local out, first_err, first_code = {}, nil, nil
+  local out, first_err, first_code, nfailed = {}, nil, nil, 0
+  local function failed(i, img, err, code)
+    first_err, first_code = first_err or err, first_code or code
+    nfailed = nfailed + 1
+    out[i] = { t = img.t, path = img.path, error = err }
+  end
   local sem = sl.semaphore(math.max(1, p.concurrency))
   local g = sl.group()
   for i, img in ipairs(images) do
@@ -179,18 +185,12 @@ function M.describe_each(p, images, opts, image_part, max_tokens)
       sem:acquire()
       local ok, e = pcall(function()
         local b64, rerr, rcode = M.read_base64(img.path)
-        if not b64 then
-          first_err, first_code = first_err or (p.provider .. ": " .. rerr), first_code or rcode
-          return
-        end
+        if not b64 then return failed(i, img, p.provider .. ": " .. rerr, rcode) end
         local mime = img.mime or (img.path:lower():match("%.png$") and "image/png") or "image/jpeg"
         local text, err, code = p:complete({ { role = "user", content = {
           { type = "text", text = prompt }, image_part(mime, b64),
         } } }, { max_tokens = max_tokens, model = opts.model })
-        if not text then
-          first_err, first_code = first_err or err, first_code or code
-          return
-        end
+        if not text then return failed(i, img, err, code) end
         out[i] = { t = img.t, text = text, path = img.path }
       end)
       sem:release()
@@ -198,7 +198,10 @@ function M.describe_each(p, images, opts, image_part, max_tokens)
     end)
   end
   g:wait()
-  if first_err then return nil, first_err, first_code end
+  -- One image that cannot be described (after the provider's own retries) does not throw
+  -- away the others: its entry carries `error` instead of `text`. Only when none could be
+  -- described does the call fail, with the first error.
+  if nfailed > 0 and nfailed == #images then return nil, first_err, first_code end
   return out
 end
 
