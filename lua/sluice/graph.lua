@@ -570,7 +570,7 @@ local function make_id(p)
 end
 M.make_id = make_id
 
--- A stage on the fast path (1:1, see fast_run) hands on lazy envelopes: { data, key, _o, _t }
+-- A stage on the fast path (1:1, see worker_loop) hands on lazy envelopes: { data, key, _o, _t }
 -- where _o is the item's origin ({ id, seq, t0, t1 } of the last envelope made in full) and
 -- _t the chain of stage hops since ({ sfx = "/stage/1", prev = hop or false }, one per stage
 -- and chain, shared by every item). id, parent, seq, t0, t1, attempt, job and stage are read
@@ -1145,7 +1145,7 @@ local function process(S, u, wid, task)
   local bus_on = job.bus.count > 0
   local t_start = now()
   S.running = S.running + 1
-  S.in_flight = S.in_flight + u.n
+  S.in_flight = S.in_flight + (u.n - 1) -- items beyond one per running unit
   if not S.t_first then S.t_first = t_start end
   if bus_on then unit_event(S, u, "item_start", { worker = wid }) end
   local ok, v, opts, code, tb = false, nil, nil, nil, nil
@@ -1220,7 +1220,7 @@ local function process(S, u, wid, task)
   S.busy = S.busy + busy
   hist_add(S.hist, busy)
   S.running = S.running - 1
-  S.in_flight = S.in_flight - u.n
+  S.in_flight = S.in_flight - (u.n - 1)
   S.t_last = t_end
   if ks then
     ks.pending = ks.pending - u.npend
@@ -1281,13 +1281,12 @@ local function next_unit(S, fast)
     end
   end
 end
--- The common case, kept lean: a plain stage (no retry, timeout, limits, order, batch, collect
--- or gate), no memo, nobody listening to events, an item waiting in the queue.
+-- The fast path (in worker_loop), the common case kept lean: a plain stage (no retry,
+-- timeout, limits, order, batch, collect or gate), no memo, nobody listening to events, items
+-- waiting in the queue. One clock read per item: an item starts when the previous one ended.
 local mlog, mfloor = math.log, math.floor
 local HIST_INV = 1 / HIST_LOG
 
--- t_start is the time the item started (the end of the worker's previous item when they
--- follow each other, so one clock read per item); returns the time it ended.
 -- A worker's reused unit reads id (path), seq, t0 and t1 from its envelope on demand.
 local WUNIT_FIELDS = { path = "id", seq = "seq", t0 = "t0", t1 = "t1" }
 local wunit_mt = { __index = function(u, k)
@@ -1295,95 +1294,6 @@ local wunit_mt = { __index = function(u, k)
   local env = f and rawget(u, "env")
   if env then return env[f] end
 end }
-
-local function fast_run(S, env, ks, u, ctx, t_start)
-  local key = env.key
-  if not S.t_first then S.t_first = t_start end
-  S.running = S.running + 1
-  S.in_flight = S.in_flight + 1
-  -- u and ctx belong to this worker and are reused (a ctx is only valid during its call);
-  -- the unit's id, seq, t0 and t1 are read from env only if something asks (see wunit_mt).
-  -- What an earlier item's ctx:emit or blocked delivery left in u is cleared only if there
-  -- (false, not nil: a nil field would be looked up through wunit_mt's __index).
-  u.env, u.key = env, key
-  if u.k then u.k, u.delivered, u.results = false, false, false end
-  if u.blocked then u.blocked = false end
-  local ok, v, e2, code = xpcall(S.run, on_error, env, ctx)
-  if ok and (v ~= nil or e2 == nil) then
-    if v ~= nil then
-      local fe = S.fast_emit
-      if fe and (e2 == nil or type(e2) ~= "table") and not u.k then
-        -- A lazy envelope (see lazy_env_mt): the item's origin and the chain of stages
-        -- since; its id and parent are made only when read. (env._o on an envelope made in
-        -- full finds nothing, through its metatable's __index table.)
-        local o, hop = env._o, nil
-        if o then
-          local t = env._t
-          hop = S.hops[t]
-          if not hop then hop = { sfx = S.suffix1, prev = t }; S.hops[t] = hop end
-        else
-          local t0, t1 = env.t0, env.t1
-          if t0 == nil and t1 == nil then
-            o = { id = env.id, seq = env.seq }
-          else
-            o = { id = env.id, seq = env.seq, t0 = t0, t1 = t1 }
-          end
-          hop = S.hop1
-        end
-        local out = setmetatable({ data = v, key = key, _o = o, _t = hop }, S.lazy_mt)
-        if fe == "sink" then -- no consumers: keep it in the results
-          local r = S.results
-          local nr = #r
-          if nr < MAX_RESULTS then r[nr + 1] = out else S.job.results_truncated = true end
-        else
-          deliver_to(S.consumer1, out, S, u)
-        end
-        S.n_out = S.n_out + 1
-      else
-        emit_output(S, u, v, type(e2) == "table" and e2 or nil)
-      end
-    end
-    S.n_done = S.n_done + 1
-  else
-    local tb
-    if ok then
-      v = e2
-    elseif v == Cancelled then
-      error(Cancelled, 0)
-    else
-      v, tb = unwrap(v)
-      code = nil
-    end
-    local rec = dead_letter(S, u, v, code, tb, 1)
-    local job = S.job
-    if job.bus.count > 0 then
-      unit_event(S, u, "item_failed", { error = rec.error, code = code, attempt = 1 })
-      unit_event(S, u, "item_dead", { error = rec.error, code = code, attempt = 1 })
-    end
-  end
-  local t_end = now()
-  local busy = t_end - t_start
-  local blocked = u.blocked
-  if blocked then busy = busy - blocked end
-  S.busy = S.busy + busy
-  local hist = S.hist
-  if busy <= HIST_BASE then
-    hist[0] = (hist[0] or 0) + 1
-  else
-    local b = mfloor(mlog(busy / HIST_BASE) * HIST_INV) + 1
-    hist[b] = (hist[b] or 0) + 1
-  end
-  hist.n = hist.n + 1
-  u.env = nil
-  S.running = S.running - 1
-  S.in_flight = S.in_flight - 1
-  S.t_last = t_end
-  local n = ks.pending - 1
-  ks.pending = n
-  if n == 0 then check_key(S, key) end
-  if S.all_up then check_finished(S) end
-  return t_end
-end
 
 -- A worker about to wait (in run, on a full downstream queue, anywhere): if items are left
 -- behind and no peer is on its way, wake one, so waiting work never holds queued work.
@@ -1412,8 +1322,9 @@ local function worker_loop(S, wid)
       -- The fast path: take queued items one after the other without waiting.
       if simple and not job.memo then
         local t = nil
-        local q, ready, keys, space = S.q, S.ready, S.keys, S.space
-        while q.n > 0 and ready.n == 0 and bus.count == 0 and S.nworkers <= S.target do
+        local q, keys, space, u, ctx = S.q, S.keys, S.space, wu, wctx
+        -- (a plain stage has nothing in S.ready: that holds batches, groups and flushes)
+        while q.n > 0 and bus.count == 0 and S.nworkers <= S.target do
           local h = q.head
           local env = q[h]
           q[h] = nil
@@ -1423,14 +1334,99 @@ local function worker_loop(S, wid)
           if space.tail >= space.head then space:signal() end
           local ks = keys[env.key]
           ks.inq = ks.inq - 1
-          t = fast_run(S, env, ks, wu, wctx, t or now())
+          if not t then
+            t = now()
+            if not S.t_first then S.t_first = t end
+          end
+          -- one item: run, hand on, count (u and ctx are this worker's, reused)
+          local key = env.key
+          S.running = S.running + 1
+          -- u and ctx belong to this worker and are reused (a ctx is only valid during its call);
+          -- the unit's id, seq, t0 and t1 are read from env only if something asks (see wunit_mt).
+          -- What an earlier item's ctx:emit or blocked delivery left in u is cleared only if there
+          -- (false, not nil: a nil field would be looked up through wunit_mt's __index).
+          u.env, u.key = env, key
+          if u.k then u.k, u.delivered, u.results = false, false, false end
+          if u.blocked then u.blocked = false end
+          local ok, v, e2, code = xpcall(S.run, on_error, env, ctx)
+          if ok and (v ~= nil or e2 == nil) then
+            if v ~= nil then
+              local fe = S.fast_emit
+              if fe and (e2 == nil or type(e2) ~= "table") and not u.k then
+                -- A lazy envelope (see lazy_env_mt): the item's origin and the chain of stages
+                -- since; its id and parent are made only when read. (env._o on an envelope made in
+                -- full finds nothing, through its metatable's __index table.)
+                local o, hop = env._o, nil
+                if o then
+                  local t = env._t
+                  hop = S.hops[t]
+                  if not hop then hop = { sfx = S.suffix1, prev = t }; S.hops[t] = hop end
+                else
+                  local t0, t1 = env.t0, env.t1
+                  if t0 == nil and t1 == nil then
+                    o = { id = env.id, seq = env.seq }
+                  else
+                    o = { id = env.id, seq = env.seq, t0 = t0, t1 = t1 }
+                  end
+                  hop = S.hop1
+                end
+                local out = setmetatable({ data = v, key = key, _o = o, _t = hop }, S.lazy_mt)
+                if fe == "sink" then -- no consumers: keep it in the results
+                  local r = S.results
+                  local nr = #r
+                  if nr < MAX_RESULTS then r[nr + 1] = out else S.job.results_truncated = true end
+                else
+                  deliver_to(S.consumer1, out, S, u)
+                end
+                S.n_out = S.n_out + 1
+              else
+                emit_output(S, u, v, type(e2) == "table" and e2 or nil)
+              end
+            end
+            S.n_done = S.n_done + 1
+          else
+            local tb
+            if ok then
+              v = e2
+            elseif v == Cancelled then
+              error(Cancelled, 0)
+            else
+              v, tb = unwrap(v)
+              code = nil
+            end
+            local rec = dead_letter(S, u, v, code, tb, 1)
+            local job = S.job
+            if job.bus.count > 0 then
+              unit_event(S, u, "item_failed", { error = rec.error, code = code, attempt = 1 })
+              unit_event(S, u, "item_dead", { error = rec.error, code = code, attempt = 1 })
+            end
+          end
+          local t_end = now()
+          local busy = t_end - t
+          local blocked = u.blocked
+          if blocked then busy = busy - blocked end
+          S.busy = S.busy + busy
+          local hist = S.hist
+          if busy <= HIST_BASE then
+            hist[0] = hist[0] + 1
+          else
+            local b = mfloor(mlog(busy / HIST_BASE) * HIST_INV) + 1
+            hist[b] = (hist[b] or 0) + 1
+          end
+          hist.n = hist.n + 1
+          u.env = nil
+          S.running = S.running - 1
+          S.t_last = t_end
+          local n = ks.pending - 1
+          ks.pending = n
+          if n == 0 then check_key(S, key) end
+          if S.all_up then check_finished(S) end
+          t = t_end
         end
       end
       local u = next_unit(S, simple and not job.memo and bus.count == 0)
       if not u then break end
       if u == AGAIN then -- items are queued: back to the fast path
-      elseif simple and u.kind == "item" and bus.count == 0 and not job.memo then
-        fast_run(S, u.env, S.keys[u.key], wu, wctx, now())
       elseif u.kind == "flush" then
         local ks = S.keys[u.key]
         if ks then
@@ -1555,11 +1551,12 @@ local function source_emit(N, data, opts, identity)
   local seqs = N.seqs
   local last = seqs[key] or 0
   if seq == nil then seq = last + 1 end
-  if type(seq) == "number" and last < seq then seqs[key] = seq end
+  local seq_type = math_type(seq) -- nil when seq is not a number
+  if seq_type and last < seq then seqs[key] = seq end
   local base
   if identity then
     base = N.prefix .. identity
-  elseif type(key) == "string" and math_type(seq) == "integer" then
+  elseif seq_type == "integer" and (key == N.default_key or type(key) == "string") then
     base = N.prefix .. key .. "/" .. seq -- the same text as below, without two tostring calls
   else
     base = N.prefix .. tostring(key) .. "/" .. tostring(seq)
@@ -1645,7 +1642,7 @@ local function new_node(job, name)
   return {
     name = name, job = job, consumers = {}, n_in = 0, n_out = 0, n_done = 0, n_failed = 0,
     n_retried = 0, n_dead = 0, n_cached = 0, n_held = 0, in_flight = 0, running = 0,
-    busy = 0, blocked = 0, starved = 0, worker_time = 0, hist = { n = 0 },
+    busy = 0, blocked = 0, starved = 0, worker_time = 0, hist = { n = 0, [0] = 0 },
   }
 end
 
@@ -1897,7 +1894,7 @@ function Job:stats()
       st = {
         kind = "stage", ["in"] = S.n_in, done = S.n_done, failed = S.n_failed,
         retried = S.n_retried, dead = S.n_dead, cached = S.n_cached, out = S.n_out,
-        in_flight = S.in_flight, queue = S.q.n, queue_cap = S.cap, held = S.n_held,
+        in_flight = S.running + S.in_flight, queue = S.q.n, queue_cap = S.cap, held = S.n_held,
         workers = S.target, workers_running = S.nworkers, finished = S.finished or false,
         rate = span > 0 and (S.n_done + S.n_failed) / span or 0,
         busy = S.busy, blocked = S.blocked, starved = S.starved,
