@@ -754,10 +754,8 @@ local function new_group_unit(S, k, items)
     npend = 1, path = S.name .. "/collect/" .. tostring(k), seqs = {} }
 end
 
-local function dispatch_batch(S, k, ks)
-  local b = ks.batch
-  ks.batch = nil
-  local items = b.items
+-- Makes a batch unit of items (one key's) and hands it to the workers.
+local function push_batch(S, k, items)
   local ids, seqs = {}, {}
   local t0, t1, seq
   for i, e in ipairs(items) do
@@ -768,9 +766,46 @@ local function dispatch_batch(S, k, ks)
     if e.t1 and (not t1 or e.t1 > t1) then t1 = e.t1 end
   end
   table.sort(ids)
-  S.nopen = S.nopen - 1
   push_ready(S, { kind = "batch", items = items, key = k, seq = seq, t0 = t0, t1 = t1, n = #items,
-    npend = #items, path = "#" .. hash(S.name .. "/batch/" .. table.concat(ids, ",")), seqs = seqs })
+    npend = #items, path = "#" .. hash(S.name .. "/batch/" .. table.concat(ids, ",")), seqs = seqs,
+    ids = ids })
+end
+
+local function dispatch_batch(S, k, ks)
+  local b = ks.batch
+  ks.batch = nil
+  S.nopen = S.nopen - 1
+  push_batch(S, k, b.items)
+end
+
+-- On resume, items that made a stored batch wait for each other in ks.replay (batch id ->
+-- items) and go out together again, so the batch has its old id and its stored outputs are
+-- used. Whatever is still waiting when its key completes goes out as it is.
+local function flush_replay(S, k, ks)
+  local r = ks.replay
+  ks.replay = nil
+  local bids = sorted_keys(r)
+  for _, bid in ipairs(bids) do push_batch(S, k, r[bid]) end
+end
+
+-- Returns true when env was taken by a replayed batch.
+local function replay_item(S, env, k, ks)
+  local memo = S.job.memo
+  local plan = memo and memo.batch_plan and memo:batch_plan(S.name, env.id)
+  if not plan then return false end
+  local r = ks.replay
+  if not r then r = {}; ks.replay = r end
+  local items = r[plan.batch]
+  if not items then items = {}; r[plan.batch] = items end
+  items[#items + 1] = env
+  if #items >= plan.size then
+    r[plan.batch] = nil
+    if next(r) == nil then ks.replay = nil end
+    push_batch(S, k, items)
+  elseif ks.inq == 0 and upstream_closed(S, ks) then
+    flush_replay(S, k, ks)
+  end
+  return true
 end
 
 -- Acts on key k of stage S if it is complete upstream: runs what waits for completion
@@ -781,6 +816,7 @@ function check_key(S, k)
   if not upstream_closed(S, ks) then return end
   if S.gate and not ks.gate_open then open_gate(S, k, ks) end
   if ks.batch and ks.inq == 0 then dispatch_batch(S, k, ks) end
+  if ks.replay and ks.inq == 0 then flush_replay(S, k, ks) end
   if ks.pending > 0 then return end
   if S.collect == "key" and not ks.group_done then
     ks.group_done = true
@@ -1201,7 +1237,10 @@ local function process(S, u, wid, task)
   bus_on = job.bus.count > 0
   if ok then
     S.n_done = S.n_done + u.n
-    if memo and not cached and u.outputs then memo:put(S.name, unit_id(u), u.outputs) end
+    if memo and not cached and u.outputs then
+      memo:put(S.name, unit_id(u), u.outputs)
+      if u.kind == "batch" and memo.put_batch then memo:put_batch(S.name, unit_id(u), u.ids) end
+    end
     if bus_on then
       local res = u.results
       unit_event(S, u, "item_done", { attempt = attempt > 0 and attempt or nil, worker = wid,
@@ -1473,24 +1512,35 @@ local function batcher_loop(S)
       local ks = S.keys[k]
       ks.inq = ks.inq - 1
       local b = ks.batch
-      if not b then
-        b = { items = {}, deadline = wait and (t + wait) or math.huge }
-        ks.batch = b
-        S.nopen = S.nopen + 1
-        open[k] = true
-      end
-      b.items[#b.items + 1] = env
-      if #b.items >= size then
-        open[k] = nil
-        dispatch_batch(S, k, ks)
-      elseif ks.inq == 0 and upstream_closed(S, ks) then
-        open[k] = nil
-        dispatch_batch(S, k, ks)
+      if replay_item(S, env, k, ks) then
+        if b and ks.inq == 0 and upstream_closed(S, ks) then
+          open[k] = nil
+          dispatch_batch(S, k, ks)
+        end
+      else
+        if not b then
+          b = { items = {}, deadline = wait and (t + wait) or math.huge }
+          ks.batch = b
+          S.nopen = S.nopen + 1
+          open[k] = true
+        end
+        b.items[#b.items + 1] = env
+        if #b.items >= size then
+          open[k] = nil
+          dispatch_batch(S, k, ks)
+        elseif ks.inq == 0 and upstream_closed(S, ks) then
+          open[k] = nil
+          dispatch_batch(S, k, ks)
+          if ks.replay then flush_replay(S, k, ks) end
+        end
       end
     elseif S.all_up and S.q.n == 0 then
       for k in pairs(open) do
         local ks = S.keys[k]
         if ks and ks.batch then dispatch_batch(S, k, ks) end
+      end
+      for k, ks in pairs(S.keys) do
+        if ks.replay then flush_replay(S, k, ks) end
       end
       break
     else

@@ -5,6 +5,7 @@
 --                                -- sets job.memo
 --   job.memo:get(stage, item_id) -- (waits) stored outputs {{data=,key=,seq=,t0=,t1=}, ...} or nil
 --   job.memo:put(stage, item_id, outputs)
+--   job.memo:put_batch(stage, batch_id, member_ids) / job.memo:batch_plan(stage, item_id)
 --   store:detach(job[, status])  -- flushes and marks the job's status
 --
 -- Writes never run on the loop thread: they are queued in memory and written by one pool job
@@ -35,6 +36,9 @@ CREATE TABLE IF NOT EXISTS events (
   job TEXT NOT NULL, run INTEGER NOT NULL, n INTEGER, t REAL, stage TEXT, event TEXT,
   item TEXT, json TEXT);
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job, run, n);
+CREATE TABLE IF NOT EXISTS batch_members (
+  job TEXT NOT NULL, stage TEXT NOT NULL, item TEXT NOT NULL, batch TEXT NOT NULL,
+  size INTEGER NOT NULL, PRIMARY KEY (job, stage, item)) WITHOUT ROWID;
 ]]
 
 -- Values to JSON ---------------------------------------------------------------------------
@@ -387,6 +391,46 @@ function Memo:put(stage, id, outputs)
   return true
 end
 
+local PUT_MEMBER = [[
+INSERT INTO batch_members (job, stage, item, batch, size) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (job, stage, item) DO UPDATE SET batch = excluded.batch, size = excluded.size]]
+
+-- memo:put_batch(stage, batch_id, member_ids): remembers which items made a batch whose
+-- outputs were stored, so that a resumed run can put the same items together again (a batch
+-- closed by its `wait` may otherwise be composed differently, and its id would not match).
+function Memo:put_batch(stage, batch_id, member_ids)
+  local plans = self.batches[stage]
+  if not plans then plans = {}; self.batches[stage] = plans end
+  local plan = { batch = batch_id, size = #member_ids }
+  for _, item in ipairs(member_ids) do
+    plans[item] = plan
+    self.store:write(PUT_MEMBER, self.job_id, tostring(stage), tostring(item), tostring(batch_id), #member_ids)
+  end
+end
+
+-- memo:batch_plan(stage, item_id) -> { batch = id, size = n } of the stored batch the item
+-- was part of, or nil. Cannot wait: the plans are read when the store attaches the job.
+function Memo:batch_plan(stage, item_id)
+  local plans = self.batches[stage]
+  return plans and plans[item_id]
+end
+
+local function load_batch_plans(self, job_id)
+  local rows, err = query(self.db, "SELECT stage, item, batch, size FROM batch_members WHERE job = ?",
+    { job_id })
+  if not rows then error(err, 0) end
+  local by_stage, shared = {}, {}
+  for _, r in ipairs(rows) do
+    local plans = by_stage[r.stage]
+    if not plans then plans = {}; by_stage[r.stage] = plans end
+    local sk = r.stage .. "\0" .. r.batch
+    local plan = shared[sk]
+    if not plan then plan = { batch = r.batch, size = r.size }; shared[sk] = plan end
+    plans[r.item] = plan
+  end
+  return by_stage
+end
+
 -- Which (stage, id) pairs an earlier run stored, so that memo:get of a fresh item costs no
 -- read.
 local function load_stored_keys(self, job_id)
@@ -454,7 +498,8 @@ function Store:attach(job)
   -- A dead item gets its chance again on this run: clear its old failure count.
   local rec = { id = id, run = run, counts = {}, resumed = nstored }
   self.attached[job] = rec
-  job.memo = setmetatable({ store = self, job_id = id, cache = {}, stored = stored, hits = 0 }, Memo)
+  job.memo = setmetatable({ store = self, job_id = id, cache = {}, stored = stored, hits = 0,
+    batches = load_batch_plans(self, id) }, Memo)
   self.memos[id] = job.memo
   job.store = self
   job.store_run = run

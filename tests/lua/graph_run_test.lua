@@ -809,6 +809,52 @@ T.case("memo: a second run with the same store replays stored outputs without ru
   T.eq(cached, 4, "split (2) and join (2) were replayed")
 end)
 
+T.case("resume: batches are put together as in the run that stored them (real store)", function()
+  -- The first run closes batches of 2; the second asks for batches of 3 (as a `wait` that
+  -- ran out at other moments would compose them differently). The stored compositions win,
+  -- so every batch's outputs come from the store and nothing runs again.
+  local S = require "sluice.store"
+  local path = string.format("%s/graph_batch_resume_%d.db", os.getenv("SLUICE_BUILD_DIR") or "/tmp",
+    math.random(1, 1e9))
+  local calls, sizes = 0, {}
+  local function pipeline(size)
+    return sl.pipeline "batch_resume" {
+      sources = { gen = counter_source(7, "k") },
+      stages = {
+        b = { from = "gen", batch = { size = size }, run = function(items)
+          calls = calls + 1
+          sizes[#sizes + 1] = #items
+          local d = {}
+          for i, e in ipairs(items) do d[i] = e.data end
+          return table.concat(d, "+")
+        end },
+      },
+    }
+  end
+  local function run(size)
+    local store = T.ok(S.open(path))
+    local s = pipeline(size):start { store = store, job_id = "batch-resume" }:wait()
+    store:close()
+    local out = {}
+    for _, e in ipairs(s.results.b) do out[#out + 1] = e.data end
+    table.sort(out)
+    return out, s.stages.b
+  end
+  local first = run(2)
+  T.eq(calls, 4)
+  T.same(sizes, { 2, 2, 2, 1 })
+  local second, st = run(3)
+  T.eq(calls, 4, "no batch ran again")
+  T.same(second, first)
+  T.eq(st.cached, 7)
+  -- a fresh job id composes batches of 3 as asked
+  local store = T.ok(S.open(path))
+  pipeline(3):start { store = store, job_id = "batch-fresh" }:wait()
+  store:close()
+  T.same(sizes, { 2, 2, 2, 1, 3, 3, 1 })
+  os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm")
+end)
+
 T.case("events: numbered, stamped and carrying the item fields", function()
   local p = sl.pipeline "ev" {
     sources = { gen = counter_source(3) },
