@@ -8,22 +8,13 @@
  * the system only when the state closes. The Lua state is only used by the loop thread, so
  * the pool takes no locks.
  *
- * Under AddressSanitizer, under valgrind, or with SLUICE_ALLOC=system in the environment the
- * state uses plain realloc/free instead, so those tools see every Lua block. */
+ * Under AddressSanitizer, or with SLUICE_ALLOC=system in the environment (scripts/valgrind.sh
+ * sets it) the state uses plain realloc/free instead, so those tools see every Lua block. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sluice.h"
-
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
 
 #define GRANULE 16
 #define SMALL_MAX 512
@@ -168,7 +159,7 @@ static int want_system_allocator(void) {
   return 1;
 #else
   const char *v = getenv("SLUICE_ALLOC");
-  return RUNNING_ON_VALGRIND || (v && strcmp(v, "system") == 0);
+  return v && strcmp(v, "system") == 0;
 #endif
 }
 

@@ -37,7 +37,7 @@ uv_loop_t *sl_loop(lua_State *L);
 lua_State *sl_main_state(void);
 
 /* Creates a Lua state with the project's pooled allocator (alloc.c; the system allocator
- * under ASan, valgrind or SLUICE_ALLOC=system) and luaL_newstate's panic and warning
+ * under ASan or with SLUICE_ALLOC=system) and luaL_newstate's panic and warning
  * functions. Returns NULL when out of memory. */
 lua_State *sl_state_new(void);
 

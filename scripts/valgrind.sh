@@ -7,12 +7,12 @@
 # Usage: sh scripts/valgrind.sh [TEST.lua ...]   (default: tests/lua/runtime*_test.lua)
 set -u
 export SLUICE_CHECK_LOOP=1
-export SLUICE_ALLOC=system # valgrind sees every Lua block (alloc.c also checks RUNNING_ON_VALGRIND)
+export SLUICE_ALLOC=system # valgrind sees every Lua block (test_alloc still tries the pool)
 cd "$(dirname "$0")/.."
 DIR=build-valgrind
 cmake -S . -B "$DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_ONLY_MODULES="core;proc;repl" \
   >"$DIR.cmake.log" 2>&1 || { cat "$DIR.cmake.log"; exit 1; }
-cmake --build "$DIR" -j2 --target sluice test_pool test_engine >"$DIR.build.log" 2>&1 ||
+cmake --build "$DIR" -j2 --target sluice test_pool test_engine test_alloc >"$DIR.build.log" 2>&1 ||
   { tail -n 30 "$DIR.build.log"; exit 1; }
 VG="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
     --show-leak-kinds=definite,indirect --track-fds=no -q"
@@ -33,6 +33,7 @@ check() { # name, command...
 }
 check test_pool "$DIR/test_pool"
 check test_engine "$DIR/test_engine"
+check test_alloc "$DIR/test_alloc"
 for t in "$@"; do
   check "$t" "$DIR/sluice" run "$t"
 done

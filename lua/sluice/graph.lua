@@ -1288,12 +1288,7 @@ local function next_unit(S, fast)
     local q = S.q
     if fast and q.n > 0 then return AGAIN end
     if q.n > 0 and not S.batch then
-      local h = q.head
-      local env = q[h]
-      q[h] = nil
-      local n = q.n - 1
-      q.n = n
-      if n == 0 then q.head, q.tail = 1, 0 else q.head = h + 1 end
+      local env = dpop(q)
       if S.space.tail >= S.space.head then S.space:signal() end
       local ks = S.keys[env.key]
       ks.inq = ks.inq - 1
