@@ -627,7 +627,7 @@ local deliver, check_key, check_finished, producer_done, producer_closed_key
 local function key_state(S, k)
   local ks = S.keys[k]
   if ks then return ks end
-  ks = { pending = 0, inq = 0, closed_by = {} }
+  ks = { pending = 0, inq = 0, closed_by = {} } -- inq: items in the queue (batch stages)
   S.keys[k] = ks
   return ks
 end
@@ -667,7 +667,7 @@ local function deliver_to(C, env, P, u)
     return
   end
   ks.pending = ks.pending + 1
-  ks.inq = ks.inq + 1
+  if C.batch then ks.inq = ks.inq + 1 end -- (only the batcher needs inq)
   local q, qc = C.q, C.qcond
   if q.n >= C.cap + qc.nwait then
     local t0 = now()
@@ -679,7 +679,7 @@ local function deliver_to(C, env, P, u)
     if u then u.blocked = (u.blocked or 0) + dt end
     if not ok then -- cancelled while waiting: the item never arrived
       ks.pending = ks.pending - 1
-      ks.inq = ks.inq - 1
+      if C.batch then ks.inq = ks.inq - 1 end
       check_key(C, k)
       error(err, 0)
     end
@@ -1291,7 +1291,6 @@ local function next_unit(S, fast)
       local env = dpop(q)
       if S.space.tail >= S.space.head then S.space:signal() end
       local ks = S.keys[env.key]
-      ks.inq = ks.inq - 1
       u = { kind = "item", env = env, key = env.key, seq = env.seq, t0 = env.t0, t1 = env.t1,
         path = env.id, n = 1, npend = 1 }
       if S.gate then
@@ -1367,7 +1366,6 @@ local function worker_loop(S, wid)
           if n == 0 then q.head, q.tail = 1, 0 else q.head = h + 1 end
           if space.tail >= space.head then space:signal() end
           local ks = keys[env.key]
-          ks.inq = ks.inq - 1
           if not t then
             t = now()
             if not S.t_first then S.t_first = t end
