@@ -11,10 +11,12 @@
 static void test_timer_order_and_repeat(void) {
   uv_loop_t loop;
   lua_State *L = h_open(&loop);
+  /* Deadlines 100 ms apart: the order holds unless this thread is descheduled for 200 ms
+   * between two core.after calls (10 ms apart, a loaded CI machine could do it). */
   CHECK(h_lua(L,
               "local core = require 'sluice.core.core'\n"
               "order = ''\n"
-              "for _, d in ipairs({30, 10, 20, 0}) do\n"
+              "for _, d in ipairs({300, 100, 200, 0}) do\n"
               "  core.after(d / 1000, function() order = order .. d .. ' ' end)\n"
               "end\n"
               "ticks = 0\n"
@@ -25,7 +27,7 @@ static void test_timer_order_and_repeat(void) {
               "self_closing = core.after(0.001, function() self_closing:close(); closed_in_cb = 1 "
               "end)\n") == LUA_OK);
   uv_run(&loop, UV_RUN_DEFAULT); /* returns: every timer closed or expired */
-  CHECK(strcmp(h_str(L, "order"), "0 10 20 30 ") == 0);
+  CHECK(strcmp(h_str(L, "order"), "0 100 200 300 ") == 0);
   CHECK_EQ_INT(h_int(L, "ticks"), 5);
   CHECK_EQ_INT(h_int(L, "closed_in_cb"), 1);
   CHECK(h_lua(L, "n = #require('sluice.core.core').handles()") == LUA_OK);

@@ -400,10 +400,12 @@ T.case("retry: attempts, exponential backoff, retry_if", function()
   end
   T.same(delays, { 0.05, 0.1, 0.2 })
   T.eq(#times, 4)
+  -- Each retry waited at least its (growing) backoff. No upper bound and no comparison of
+  -- the gaps with each other: on a loaded machine any gap can be longer than asked.
   for i = 2, 4 do
-    T.ok(times[i] - times[i - 1] >= delays[i - 1] - 1e-3, "waited at least the backoff")
+    T.ok(times[i] - times[i - 1] >= delays[i - 1] - 1e-3,
+      string.format("retry %d waited %.3f s, at least the backoff %.2f s", i - 1, times[i] - times[i - 1], delays[i - 1]))
   end
-  T.ok(times[4] - times[3] > times[2] - times[1], "the backoff grew")
 end)
 
 T.case("retry backoff: cap and jitter", function()
