@@ -8,6 +8,14 @@ local cjson = require "cjson"
 
 local srv
 
+-- Waits (polling) until cond() is true or seconds pass; returns cond()'s last value. The
+-- deadline is generous: it only matters when the condition never comes.
+local function eventually(cond, seconds)
+  local deadline = sl.now() + (seconds or 30)
+  while not cond() and sl.now() < deadline do sl.sleep(0.01) end
+  return cond()
+end
+
 T.case("server starts", function()
   srv = fake.start()
   T.ok(srv.port > 0)
@@ -87,7 +95,7 @@ end)
 T.case("stream delivers chunks as they arrive", function()
   local chunks, times = {}, {}
   local t0 = sl.now()
-  local r = T.ok(http.request { url = srv.url .. "/sse?n=5&delay=0.1", stream = function(c)
+  local r = T.ok(http.request { url = srv.url .. "/sse?n=5&delay=0.2", stream = function(c)
     chunks[#chunks + 1] = c
     times[#times + 1] = sl.now() - t0
   end })
@@ -96,7 +104,9 @@ T.case("stream delivers chunks as they arrive", function()
   local all = table.concat(chunks)
   T.eq(select(2, all:gsub("data: ", "")), 5)
   T.ok(#chunks >= 3, "several chunks, got " .. #chunks)
-  -- the first chunk arrived well before the end of the response
+  -- the first chunk arrived well before the end of the response: the server spreads the
+  -- events over 0.8 s, a client that buffered the body would deliver them all at once (the
+  -- margin lets this process stall for 0.6 s on a loaded machine)
   T.ok(times[1] < times[#times] - 0.2, string.format("first %.3f last %.3f", times[1], times[#times]))
 end)
 
@@ -158,19 +168,17 @@ end)
 T.case("a cancelled download keeps what it wrote; resuming completes it", function()
   local path = os.tmpname()
   local got = 0
+  -- 30 chunks 0.05 s apart: the cancel comes after 3 of them, 1.35 s before the end, so a
+  -- slow (loaded) machine still cancels mid-transfer
   local task = sl.spawn(function()
-    return http.download(srv.url .. "/bytes/3000000?chunk=100000&delay=0.02", path,
+    return http.download(srv.url .. "/bytes/3000000?chunk=100000&delay=0.05", path,
       { resume = false, progress = function(n) got = n end })
   end)
-  while got < 600000 do sl.sleep(0.01) end
+  T.ok(eventually(function() return got >= 300000 end), "the download is under way")
   task:cancel()
-  T.ok(not pcall(task.wait, task))
+  T.ok(not pcall(task.wait, task), "the download was cancelled before it finished")
   -- the transfer lives on only until the file writes already queued have finished
-  for _ = 1, 500 do
-    if http.stats().transfers == 0 then break end
-    sl.sleep(0.01)
-  end
-  T.eq(http.stats().transfers, 0)
+  T.ok(eventually(function() return http.stats().transfers == 0 end), "the transfer ended")
   local f = io.open(path, "rb")
   local partial = #f:read("a")
   f:close()
@@ -193,10 +201,7 @@ T.case("cancelling the task aborts the transfer; the server sees the connection 
     return http.request { url = srv.url .. "/echo?cancel=1", headers = { ["X-Fake-Fault"] = "hang" } }
   end)
   -- wait until the server has the request
-  for _ = 1, 200 do
-    if #srv:requests("/echo") > 0 then break end
-    sl.sleep(0.01)
-  end
+  eventually(function() return #srv:requests("/echo") > 0 end)
   T.eq(#srv:requests("/echo"), 1)
   T.eq(http.stats().transfers, 1)
   task:cancel()
@@ -204,14 +209,12 @@ T.case("cancelling the task aborts the transfer; the server sees the connection 
   T.ok(not ok and tostring(err):find("cancelled"), tostring(err))
   T.eq(http.stats().transfers, 0)
   T.eq(http.stats().active, 0)
-  local seen = false
-  for _ = 1, 200 do
+  local seen = eventually(function()
     for _, e in ipairs(srv:events()) do
-      if e.event == "disconnected" and e.path == "/echo" then seen = true end
+      if e.event == "disconnected" and e.path == "/echo" then return true end
     end
-    if seen then break end
-    sl.sleep(0.01)
-  end
+    return false
+  end)
   T.ok(seen, "server saw the client disconnect")
 end)
 

@@ -207,10 +207,13 @@ T.case("adaptive limiter converges near the server's real concurrency limit", fu
 end)
 
 T.case("rpm limiter against a server with a fixed limit: no 429s, near full use", function()
-  -- scaled: 20 requests per 1-second window, for 3 seconds. The server allows 21 so that
-  -- loopback jitter between our clock and its clock cannot turn into a 429.
+  -- scaled: 20 requests per 1-second window, for 3 seconds. The server refuses a 21st
+  -- request within 0.7 s: 21 starts of the limiter span at least 1 s, so only a delay of more
+  -- than 0.3 s between our start and the server's arrival (a loaded machine) could turn into
+  -- a 429, while a limiter that does not limit gets 429s and one that lets too many through
+  -- goes over the count below.
   local srv = fake.start()
-  srv:control { rpm = 21, window = 1 }
+  srv:control { rpm = 20, window = 0.7 }
   local lim = limit.rate { rpm = 20, period = 1 }
   local ok_n, limited = 0, 0
   local stop = false
