@@ -61,8 +61,10 @@ T.case("replies are matched by id; many requests are in flight at once", functio
   local w = worker.start { name = "t1", argv = { "/usr/bin/python3", script() }, log = function() end }
   local results = {}
   local g = sl.group()
+  T.ok(w:call("echo", {}), "the worker is up") -- the clock starts after Python's start-up
   local t0 = sl.now()
-  -- ten requests of 0.3 s each, answered in reverse order of sending
+  -- ten requests of 0.3 s each, answered in reverse order of sending (one after the other
+  -- they would take 3.9 s)
   for i = 1, 10 do
     g:spawn(function()
       results[i] = T.ok(w:call("sleep", { s = 0.3 + (10 - i) * 0.02, v = i }))
@@ -102,11 +104,13 @@ T.case("a crashed worker restarts and what was in flight is retried", function()
   local pid1 = T.ok(w:call("echo", {})).pid
   local g = sl.group()
   local got = {}
+  -- The kill comes once all five are sent and a second before any can be answered, so on
+  -- a loaded machine too every one is in flight when the worker dies.
   for i = 1, 5 do
-    g:spawn(function() got[i] = T.ok(w:call("sleep", { s = 0.5, v = i })) end)
+    g:spawn(function() got[i] = T.ok(w:call("sleep", { s = 1, v = i })) end)
   end
   g:spawn(function()
-    sl.sleep(0.1)
+    while w:in_flight() < 5 do sl.sleep(0.005) end
     T.ok(w:kill("SIGKILL"), "killed the worker mid-run")
   end)
   g:wait()
