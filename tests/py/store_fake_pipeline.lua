@@ -3,10 +3,12 @@
 -- every real execution of a stage in a counter file, and writes its final outputs.
 --
 --   sluice run store_fake_pipeline.lua OUT N [--job ID] [--delay S] [--serve ADDR] [--token T]
---                                        [--hold S]
+--                                        [--hold S] [--stop-after C]
 -- Stage "stt": item i -> "text-i"; stage "fusion": "text-i" -> "fused(text-i)". Both append
 -- "stage id pid" to OUT/calls.txt each time they really run. OUT/result.txt gets the fused
 -- outputs in seq order at the end. --hold keeps the dashboard up S seconds after the run.
+-- --stop-after C: the run stands still after C recorded calls (every later call waits before
+-- it records), so a test can kill it at that point however loaded the machine.
 local sl = require "sluice"
 local store_mod = require "sluice.store"
 
@@ -20,6 +22,8 @@ while args[i] do
   i = i + 2
 end
 local delay = tonumber(opts.delay)
+local stop_after = tonumber(opts["stop-after"] or "")
+local recorded = 0
 
 local function pid()
   local f = io.open("/proc/self/stat")
@@ -71,6 +75,8 @@ local function run_stage(stage, id, key, seq, fn)
   if not outs then
     sl.sleep(delay)
     outs = { { data = fn(), key = key, seq = seq } }
+    if stop_after and recorded >= stop_after then sl.sleep(3600) end
+    recorded = recorded + 1
     calls:write(stage, " ", id, " ", PID, "\n")
     job.memo:put(stage, id, outs)
   end

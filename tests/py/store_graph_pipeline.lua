@@ -1,7 +1,12 @@
 -- A two-stage pipeline on the real graph engine for the store tests. Every real execution of
 -- a stage appends "stage input pid" to $STORE_TEST_CALLS; inputs listed (one per line) in
--- the file $STORE_TEST_FAIL fail in stage "a" (dead-lettered after one attempt).
+-- the file $STORE_TEST_FAIL fail in stage "a" (dead-lettered after one attempt). With
+-- $STORE_TEST_STOP_AFTER=N, the run stands still after N recorded calls (every later call
+-- waits before it records), so a test can kill it at that point however loaded the machine.
 local sl = require "sluice"
+
+local stop_after = tonumber(os.getenv("STORE_TEST_STOP_AFTER") or "")
+local recorded = 0
 
 local function value(x)
   if type(x) == "table" then return tostring(x.path or x.input or x.data or x.url or x[1]) end
@@ -9,6 +14,8 @@ local function value(x)
 end
 
 local function record(stage, v)
+  if stop_after and recorded >= stop_after then sl.sleep(3600) end
+  recorded = recorded + 1
   local f = assert(io.open(os.getenv("STORE_TEST_CALLS"), "a"))
   local pf = io.open("/proc/self/stat")
   local pid = pf:read("l"):match("^(%d+)")

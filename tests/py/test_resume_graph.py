@@ -82,8 +82,10 @@ def test_kill_and_resume():
     assert sorted(calls(ref_out)) == sorted(ALL)
     for kill_at in (4, 19, 37):
         out = fresh("kill%d" % kill_at)
-        p = subprocess.Popen(argv(out, INPUTS, "ev1.jsonl"), env=env(out), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+        # the run stands still after kill_at calls: the kill comes at that point even when
+        # this process is slow to notice (the whole run takes about 0.5 s)
+        p = subprocess.Popen(argv(out, INPUTS, "ev1.jsonl"), env=env(out, STORE_TEST_STOP_AFTER=str(kill_at)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 30
         # the first point may come before anything is stored; the later ones wait for the
         # store to hold something, so that resume has something to skip
@@ -112,7 +114,10 @@ def test_kill_and_resume():
 def test_ctrl_c_and_resume():
     ref = {k: "fused(text-%s)" % k for k in INPUTS}
     out = fresh("sigint")
-    p = subprocess.Popen(argv(out, INPUTS, "ev1.jsonl", "--grace", "0.2"), env=env(out),
+    # the run stands still after 12 calls, so the SIGINT finds it running (it used to reach 30+
+    # calls of 48 before the signal landed, on an idle machine); the calls waiting to record
+    # are in flight, and the grace period ends them
+    p = subprocess.Popen(argv(out, INPUTS, "ev1.jsonl", "--grace", "0.2"), env=env(out, STORE_TEST_STOP_AFTER="12"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
     while len(calls(out)) < 12:

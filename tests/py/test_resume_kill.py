@@ -72,7 +72,9 @@ def main():
 
     for kill_at in (3, 17, 41):
         out = fresh("kill%d" % kill_at)
-        p = subprocess.Popen([BIN, "run", PIPE, out, str(N), "--delay", "0.03"],
+        # the run stands still after kill_at calls: the kill comes at that point even when
+        # this process is slow to notice (on a loaded machine the run could otherwise finish)
+        p = subprocess.Popen([BIN, "run", PIPE, out, str(N), "--delay", "0.03", "--stop-after", str(kill_at)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 30
         # the first point may come before anything is stored; the later ones wait for the
