@@ -241,10 +241,12 @@ local function make_podcast()
     end
     local name = string.format("episode%d.m4a", e)
     for _, a in ipairs { "-filter_complex", table.concat(ain) .. string.format("concat=n=%d:v=0:a=1", #ain),
-      "-c:a", "aac", "-b:a", "64k", "-metadata", "title=Episode " .. e, dir .. "/" .. name } do
+      "-c:a", "aac", "-b:a", "64k", "-metadata", "title=Episode " .. e, dir .. "/.partial-" .. name } do
       argv[#argv + 1] = a
     end
     run(argv, "render podcast episode " .. e)
+    -- renamed only when whole: an interrupted run never leaves a file that looks finished
+    assert(os.rename(dir .. "/.partial-" .. name, dir .. "/" .. name))
     local f = io.open(dir .. "/" .. name, "rb")
     local size = f:seek("end")
     f:close()
@@ -302,7 +304,8 @@ local function make_filter()
   for _, c in ipairs(clips) do
     run({ "ffmpeg", "-v", "error", "-y", "-ss", tostring(c[3]), "-i", SHARED_MEDIA .. "/" .. c[2],
       "-t", tostring(c[4]), "-an", "-c:v", "libx264", "-preset", "veryfast", "-crf", "26",
-      "-pix_fmt", "yuv420p", dir .. "/" .. c[1] }, "cut " .. c[1])
+      "-pix_fmt", "yuv420p", dir .. "/.partial-" .. c[1] }, "cut " .. c[1])
+    assert(os.rename(dir .. "/.partial-" .. c[1], dir .. "/" .. c[1])) -- only when whole
   end
   print("sample: " .. dir .. " (person_a, person_b, bottle)")
 end
