@@ -373,6 +373,28 @@ static int audio_fill(sl_audio_reader *r) {
   }
 }
 
+/* The length of stream index in seconds as the file's header states it, or -1 when unknown. */
+static double stated_seconds(const AVFormatContext *fmt, int index) {
+  const AVStream *st = fmt->streams[index];
+  if (st->duration != AV_NOPTS_VALUE && st->duration > 0) return (double)st->duration * av_q2d(st->time_base);
+  if (fmt->duration != AV_NOPTS_VALUE && fmt->duration > 0) return (double)fmt->duration / AV_TIME_BASE;
+  return -1;
+}
+
+/* At the end of the audio: a file whose header promises clearly more than could be decoded was
+ * cut short (a truncated download, a copy that stopped): say so in r->warning. Some demuxers
+ * report such a file's end as a plain end of file. */
+static void check_length(sl_audio_reader *r) {
+  if (r->warning[0] || r->total == 0 || r->rate <= 0) return;
+  double stated = stated_seconds(r->fmt, r->stream);
+  double decoded = (double)r->total / r->rate;
+  double slack = stated * 0.02 > 1.0 ? stated * 0.02 : 1.0;
+  if (stated > 0 && stated - decoded > slack)
+    snprintf(r->warning, sizeof r->warning,
+             "%s: input ended early: %.1f s of %.1f s of audio decoded (truncated or damaged file)",
+             r->url, decoded, stated);
+}
+
 long sl_audio_read(sl_audio_reader *r, int16_t *dst, long frames, char *err, size_t errlen) {
   long got = 0;
   while (got < frames) {
@@ -402,6 +424,7 @@ long sl_audio_read(sl_audio_reader *r, int16_t *dst, long frames, char *err, siz
     }
   }
   r->total += got;
+  if (r->done) check_length(r);
   if (got == 0 && r->done && r->total == 0 && r->decode_errors > 0) {
     snprintf(err, errlen, "%s", r->last_error);
     return -1;

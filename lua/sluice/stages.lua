@@ -333,6 +333,8 @@ function M.audio_chunks(o)
           rate = c.rate, source = src }, { seq = c.seq, t0 = c.t0, t1 = c.t1 })
       end
       if n == 0 then error("audio_chunks " .. src .. ": no audio", 0) end
+      -- The input broke off: the chunks made so far go on; the input is reported failed.
+      if stream.warning then error("audio_chunks: " .. stream.warning, 0) end
     end,
   }
 end

@@ -141,6 +141,28 @@ T.case("a stream that ends early yields what was decoded", function()
   T.ok(#chunks >= 1 and #chunks < 8, "some chunks, not all: " .. #chunks)
 end)
 
+T.case("a file cut short whose header states its length: chunks, then a warning naming it", function()
+  -- moov at the front (+faststart): the header promises 6 s, the bytes stop near the middle.
+  -- Some demuxers report this as a plain end of file; the reader compares with the header.
+  local mp4 = file("faststart.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=6",
+    "-f", "lavfi", "-i", "sine=duration=6", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25",
+    "-c:a", "aac", "-movflags", "+faststart", "-shortest" })
+  local whole = slurp(mp4)
+  local cut = tmp .. "/cut_faststart.mp4"
+  local f = io.open(cut, "wb")
+  f:write(whole:sub(1, #whole // 2))
+  f:close()
+  local s = media.audio_chunks(cut, { seconds = 1, output = "blob" })
+  local n = 0
+  while s:next() do n = n + 1 end
+  T.ok(n >= 1 and n < 6, "some chunks, not all: " .. n)
+  T.ok(s.warning and s.warning:find(cut, 1, true) and s.warning:find("input ended early", 1, true),
+    tostring(s.warning))
+  local w = media.audio_chunks(mp4, { seconds = 1, output = "blob" })
+  while w:next() do end
+  T.eq(w.warning, nil, "the whole file gives no warning")
+end)
+
 T.case("garbage in the middle of a file: decoding goes on past it", function()
   local whole = slurp(file("mid.ts", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=4",
     "-c:v", "libx264", "-preset", "ultrafast", "-g", "25" }))
