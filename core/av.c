@@ -484,7 +484,9 @@ struct sl_frame_reader {
   int can_seek;
   int input_eof, done;
   long decoded, seeks, decode_errors;
+  int64_t max_read_pts; /* the latest pts of a packet of the stream read from the input */
   char last_error[SL_AV_ERRLEN];
+  char warning[SL_AV_ERRLEN]; /* the input broke off (see sl_frame_warning) */
   /* rendering */
   struct SwsContext *sws;
   struct SwsContext *gray_sws;
@@ -529,6 +531,7 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
   r->last_selected = -INFINITY;
   r->last_pts = INT64_MIN;
   r->last_dts = INT64_MIN;
+  r->max_read_pts = INT64_MIN;
   if (open_input(url, &r->fmt, &r->cancel, err, errlen) < 0 ||
       open_decoder(r->fmt, AVMEDIA_TYPE_VIDEO, opts->threads, &r->stream, &r->dec, url, err,
                    errlen) < 0) {
@@ -555,6 +558,21 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
     return NULL;
   }
   return r;
+}
+
+/* At the end of the input: a video stream that stops clearly before the length its header
+ * states was cut short; say so in r->warning (see check_length for audio). */
+static void check_frames_length(sl_frame_reader *r) {
+  if (r->warning[0] || r->max_read_pts == INT64_MIN) return;
+  const AVStream *st = r->fmt->streams[r->stream];
+  double stated = stated_seconds(r->fmt, r->stream);
+  double start = st->start_time != AV_NOPTS_VALUE ? (double)st->start_time * av_q2d(st->time_base) : 0;
+  double read = (double)r->max_read_pts * av_q2d(st->time_base) - start;
+  double slack = stated * 0.02 > 1.0 ? stated * 0.02 : 1.0;
+  if (stated > 0 && stated - read > slack)
+    snprintf(r->warning, sizeof r->warning,
+             "%s: input ended early: %.1f s of %.1f s of video read (truncated or damaged file)",
+             r->url, read, stated);
 }
 
 /* Decodes the next frame into r->tmp. Returns 1, 0 at the end, or a negative AVERROR. */
@@ -590,8 +608,13 @@ static int decode_one(sl_frame_reader *r) {
       if (rc != AVERROR_EOF)
         set_err(r->last_error, sizeof r->last_error, r->url, "input ended early", rc);
       r->input_eof = 1;
+      check_frames_length(r);
       avcodec_send_packet(r->dec, NULL);
       continue;
+    }
+    if (r->pkt->stream_index == r->stream) {
+      int64_t pts = r->pkt->pts != AV_NOPTS_VALUE ? r->pkt->pts : r->pkt->dts;
+      if (pts != AV_NOPTS_VALUE && pts > r->max_read_pts) r->max_read_pts = pts;
     }
     if (r->pkt->stream_index == r->stream &&
         (r->opts.mode != SL_FRAMES_KEYFRAMES || (r->pkt->flags & AV_PKT_FLAG_KEY))) {
@@ -968,6 +991,8 @@ fail:
   avcodec_free_context(&r->enc);
   return -1;
 }
+
+const char *sl_frame_warning(const sl_frame_reader *r) { return r->warning[0] ? r->warning : NULL; }
 
 void sl_frame_stats(const sl_frame_reader *r, long *decoded, long *seeks) {
   *decoded = r->decoded;

@@ -139,6 +139,10 @@ int sl_frame_render(sl_frame_reader *r, int format, int max_width, int max_heigh
  * benchmarks: shows that seeking skipped work). */
 void sl_frame_stats(const sl_frame_reader *r, long *decoded, long *seeks);
 
+/* After the last frame: a message when the input broke off before the length its header states,
+ * or NULL. The reader keeps ownership of the string. */
+const char *sl_frame_warning(const sl_frame_reader *r);
+
 /* Closes the input; NULL is ignored. */
 void sl_frame_close(sl_frame_reader *r);
 

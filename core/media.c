@@ -696,6 +696,7 @@ typedef struct frame_job {
   int n;
   frame_item items[FRAME_BATCH];
   char err[SL_AV_ERRLEN];
+  char warning[SL_AV_ERRLEN]; /* with status 0: the input broke off early */
 } frame_job;
 
 static const char *format_ext(int format) {
@@ -750,6 +751,8 @@ static void frame_run_inner(sl_job *job, void *data) {
   }
   if (s->ended) {
     j->status = 0;
+    const char *w = s->reader ? sl_frame_warning(s->reader) : NULL;
+    if (w) snprintf(j->warning, sizeof j->warning, "%s", w);
     return;
   }
   if (!s->reader) {
@@ -784,6 +787,10 @@ static void frame_run_inner(sl_job *job, void *data) {
     j->n++;
   }
   j->status = j->n > 0 ? 1 : s->failed[0] ? -1 : 0;
+  if (j->status == 0) {
+    const char *w = sl_frame_warning(s->reader);
+    if (w) snprintf(j->warning, sizeof j->warning, "%s", w);
+  }
 }
 
 static void frame_run(sl_job *job, void *data) {
@@ -844,6 +851,10 @@ static int frame_finish(lua_State *L, void *data) {
   if (j->status < 0) return sl_push_fail(L, "EMEDIA", "%s", j->err);
   if (j->status == 0) {
     lua_pushnil(L);
+    if (j->warning[0]) {
+      lua_pushstring(L, j->warning);
+      return 2;
+    }
     return 1;
   }
   push_frame(L, j->s, &j->items[0]);

@@ -411,6 +411,8 @@ function M.capture(o)
         ::continue::
       end
       if n == 0 then error("capture " .. src .. ": no frames", 0) end
+      -- The input broke off: the frames made so far go on; the input is reported failed.
+      if stream.warning then error("capture: " .. stream.warning, 0) end
     end,
   }
 end

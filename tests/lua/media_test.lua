@@ -141,7 +141,7 @@ T.case("a stream that ends early yields what was decoded", function()
   T.ok(#chunks >= 1 and #chunks < 8, "some chunks, not all: " .. #chunks)
 end)
 
-T.case("a file cut short whose header states its length: chunks, then a warning naming it", function()
+T.case("a file cut short whose header states its length: chunks/frames, then a warning naming it", function()
   -- moov at the front (+faststart): the header promises 6 s, the bytes stop near the middle.
   -- Some demuxers report this as a plain end of file; the reader compares with the header.
   local mp4 = file("faststart.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=6",
@@ -161,6 +161,18 @@ T.case("a file cut short whose header states its length: chunks, then a warning 
   local w = media.audio_chunks(mp4, { seconds = 1, output = "blob" })
   while w:next() do end
   T.eq(w.warning, nil, "the whole file gives no warning")
+  for _, mode in ipairs { { every = 0.5 }, { keyframes = true }, { scene = 0.3 } } do
+    mode.format = "none"
+    local fs = media.frames(cut, mode)
+    local nf = 0
+    while fs:next() do nf = nf + 1 end
+    T.ok(nf >= 1 or mode.scene, "some frames") -- (testsrc has no cut for scene mode)
+    T.ok(fs.warning and fs.warning:find(cut, 1, true) and fs.warning:find("of video read", 1, true),
+      tostring(fs.warning))
+    local whole_frames = media.frames(mp4, mode)
+    while whole_frames:next() do end
+    T.eq(whole_frames.warning, nil, "the whole file gives no warning")
+  end
 end)
 
 T.case("garbage in the middle of a file: decoding goes on past it", function()
