@@ -6,6 +6,9 @@
 -- around the pipeline run (wall clock and CPU time of its own process; no interpreter
 -- start-up). Prints items/s and the ratios (goal: the DSL >= 3x asyncio).
 --   sluice run bench/graph_overhead.lua [N] [ROUNDS] [QUEUES]   (QUEUES: "8,64" by default)
+-- On a shared virtual machine the speed of a core can change by half from one second to the
+-- next; pin the run to one CPU (the Python baseline inherits it) for comparable rounds:
+--   taskset -c 0 build/sluice run bench/graph_overhead.lua 50000 6
 -- Queue capacity matters to asyncio: asyncio.Queue.get/put only switch tasks when the queue is
 -- empty/full, so a larger queue means far fewer switches. 8 is the DSL's default capacity for
 -- a 4-worker stage; 64 is the usual asyncio choice. Both are reported, neither is hidden.
