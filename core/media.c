@@ -292,6 +292,7 @@ typedef struct audio_job {
   sl_blob *blob;
   char err[SL_AV_ERRLEN];
   char warning[SL_AV_ERRLEN];
+  int delivered; /* audio_finish handed the chunk to Lua (who then owns its file) */
 } audio_job;
 
 /* Reads until the buffer holds samples up to absolute position upto, or the input ends. */
@@ -418,6 +419,7 @@ static void audio_run(sl_job *job, void *data) {
 
 static int audio_finish(lua_State *L, void *data) {
   audio_job *j = data;
+  j->delivered = 1;
   audio_state *s = j->s;
   if (j->status < 0) return sl_push_fail(L, "EMEDIA", "%s", j->err);
   if (j->status == 0) {
@@ -456,6 +458,8 @@ static int audio_finish(lua_State *L, void *data) {
 
 static void audio_job_free(void *data) {
   audio_job *j = data;
+  /* A cancelled job's chunk never reached anyone: its file goes with it. */
+  if (!j->delivered && j->status == 1 && j->path[0]) unlink(j->path);
   sl_blob_release(j->blob);
   j->s->busy = 0;
   if (j->s->closed) audio_state_free(j->s);
@@ -697,6 +701,7 @@ typedef struct frame_job {
   frame_item items[FRAME_BATCH];
   char err[SL_AV_ERRLEN];
   char warning[SL_AV_ERRLEN]; /* with status 0: the input broke off early */
+  int delivered; /* frame_finish handed the items to Lua (who then owns their files) */
 } frame_job;
 
 static const char *format_ext(int format) {
@@ -848,6 +853,7 @@ static void push_frame(lua_State *L, const frame_state *s, frame_item *it) {
 /* Pushes the first frame and, when the job produced more, a list of the others. */
 static int frame_finish(lua_State *L, void *data) {
   frame_job *j = data;
+  j->delivered = 1;
   if (j->status < 0) return sl_push_fail(L, "EMEDIA", "%s", j->err);
   if (j->status == 0) {
     lua_pushnil(L);
@@ -869,6 +875,10 @@ static int frame_finish(lua_State *L, void *data) {
 
 static void frame_job_free(void *data) {
   frame_job *j = data;
+  /* A cancelled job's frames never reached anyone: their files go with them. */
+  if (!j->delivered)
+    for (int i = 0; i < j->n; i++)
+      if (j->items[i].path[0]) unlink(j->items[i].path);
   for (int i = 0; i < FRAME_BATCH; i++) free(j->items[i].bytes);
   j->s->busy = 0;
   if (j->s->closed) frame_state_free(j->s);

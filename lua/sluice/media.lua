@@ -109,12 +109,29 @@ function Stream:__call()
 end
 
 -- Stops reading: cancels the job fetching ahead and releases the decoder.
+-- Files of items made ahead that the consumer never got are removed: nobody else knows
+-- their paths. (A job still running is cancelled; its frames' files go with it.)
+local function remove_file(item)
+  if type(item) == "table" and type(item.path) == "string" then os.remove(item.path) end
+end
+
 function Stream:close()
   if self.closed then return end
   self.closed = true
   local p = self.pending
   self.pending = nil
   if p and not p.result then p.job:cancel() end
+  if p and p.result and p.result[1] ~= nil then
+    remove_file(p.result[1])
+    if type(p.result[2]) == "table" then
+      for _, item in ipairs(p.result[2]) do remove_file(item) end
+    end
+  end
+  local buf = self.buffer
+  if buf then
+    for i = buf.head, buf.n do remove_file(buf[i]) end
+    self.buffer = nil
+  end
   self.reader:close()
 end
 Stream.__close = Stream.close

@@ -411,6 +411,39 @@ T.case("frames of the real footage: dHash separates the empty office from people
   T.ok(media.distance(frames[1].phash, frames[3].phash) >= 6, "people in the scene (pHash)")
 end)
 
+T.case("closing a stream early removes the files of items made ahead that nobody got", function()
+  local p = file("long.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=20",
+    "-c:v", "libx264", "-preset", "ultrafast", "-g", "250" })
+  local function files_in(dir)
+    local r = assert(sl.exec { "sh", "-c", "ls -A " .. dir .. " 2>/dev/null | wc -l" })
+    return tonumber(r.stdout)
+  end
+  local function settle(dir, want)
+    -- a cancelled job frees (and removes its files) once its worker returns
+    local deadline = sl.now() + 30
+    while files_in(dir) ~= want and sl.now() < deadline do sl.sleep(0.05) end
+    return files_in(dir)
+  end
+  -- frames come in batches and one job runs ahead: after the first frame, several files of
+  -- frames not handed out exist; closing removes them and keeps the one handed out
+  local fdir = tmp .. "/ahead-frames"
+  local frames = media.frames(p, { every = 0.2, dir = fdir, max_width = 64 })
+  local first = assert(frames:next())
+  sl.sleep(0.2) -- let the job running ahead finish (or not: either way close cleans up)
+  frames:close()
+  T.eq(settle(fdir, 1), 1, "only the frame handed out is left")
+  T.ok(io.open(first.path, "rb"), "the frame handed out is kept")
+  -- the same for audio chunk files
+  local adir = tmp .. "/ahead-audio"
+  local wav = file("tone.wav", { "-f", "lavfi", "-i", "sine=duration=20", "-ar", "16000" })
+  local chunks = media.audio_chunks(wav, { seconds = 1, dir = adir })
+  local c1 = assert(chunks:next())
+  sl.sleep(0.2)
+  chunks:close()
+  T.eq(settle(adir, 1), 1, "only the chunk handed out is left")
+  T.ok(io.open(c1.path, "rb"), "the chunk handed out is kept")
+end)
+
 T.case("cancelling the consuming task cancels the decode job", function()
   local p = file("long.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=20",
     "-c:v", "libx264", "-preset", "ultrafast", "-g", "250" })
