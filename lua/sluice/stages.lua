@@ -225,7 +225,7 @@ end
 -- Output directories ------------------------------------------------------------------------
 
 local made = {}
--- mkdir(path): creates path and its parents (once per run of the process).
+
 -- Writes v as JSON to path through a temporary file and a rename, so a reader (or a run
 -- killed half-way) never sees a half-written file.
 function M.write_json(path, v)
@@ -263,6 +263,7 @@ function M.provider(ctx, role)
   return p
 end
 
+-- mkdir(path): creates path and its parents (once per run of the process).
 function M.mkdir(path)
   if made[path] then return true end
   local r, err = sl.exec({ "mkdir", "-p", path })

@@ -13,6 +13,24 @@ local pretty = require "sluice.pretty"
 
 local T = { cases = {}, timeout = 60 }
 
+-- Scratch files: while tests run, os.tmpname() names a fresh (existing, empty) file in one
+-- directory per test process, which T.run() removes at the end, so test runs leave nothing
+-- behind in /tmp.
+local scratch
+local system_tmpname = os.tmpname
+os.tmpname = function()
+  if not scratch then
+    local base = system_tmpname() -- /tmp/lua_XXXXXX, a file made for us: the directory's name
+    scratch = base .. ".d"
+    assert(sl.exec({ "mkdir", scratch }))
+    os.remove(base)
+  end
+  T.ntmp = (T.ntmp or 0) + 1
+  local path = string.format("%s/tmp%d", scratch, T.ntmp)
+  assert(io.open(path, "wb")):close()
+  return path
+end
+
 function T.case(name, fn) T.cases[#T.cases + 1] = { name = name, fn = fn } end
 
 local function fail(msg, level) error(msg, (level or 1) + 2) end
@@ -96,6 +114,10 @@ function T.run()
           tostring(err):gsub("\n", "\n     ")))
       end
     end
+  end
+  if scratch then
+    sl.exec({ "rm", "-rf", scratch })
+    scratch = nil
   end
   print(string.format("%d passed, %d failed", passed, failed))
   io.stdout:flush()

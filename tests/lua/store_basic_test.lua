@@ -5,9 +5,9 @@ local T = require "sluice.test"
 local S = require "sluice.store"
 local cstore = require "sluice.core.store"
 
-local tmp = os.getenv("SLUICE_BUILD_DIR") or "/tmp"
 local function fresh_db(name)
-  local path = string.format("%s/store_test_%s_%d.db", tmp, name, math.random(1, 1e9))
+  -- (os.tmpname names a file in the test run's scratch directory, removed at the end)
+  local path = string.format("%s_store_%s.db", os.tmpname(), name)
   os.remove(path)
   os.remove(path .. "-wal")
   os.remove(path .. "-shm")
