@@ -23,7 +23,8 @@ FPS=${3:-2}
 PERIODIC=${4:-3}
 BIN=${SLUICE_BIN:-build/sluice}
 [ -x "$BIN" ] || { echo "bench/live.sh: $BIN not built (cmake --build build)" >&2; exit 2; }
-SRC=/work/shared/media/person.mp4
+SRC=${SLUICE_SHARED_MEDIA:-$(pwd)/../shared/media}/person.mp4
+[ -f "$SRC" ] || SRC=/work/shared/media/person.mp4
 [ -f "$SRC" ] || SRC=""
 TMP=$(mktemp -d)
 PIDS=""

@@ -36,7 +36,21 @@ local DATA = os.getenv("SLUICE_SPEECH_DIR") or "/usr/share/pocketsphinx/test/dat
 local FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 local FONT_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 local SCRIPT = (arg and arg[0]) or "scripts/make_sample.lua"
-local SHARED_MEDIA = os.getenv("SLUICE_SHARED_MEDIA") or "/work/shared/media"
+-- The real footage: $SLUICE_SHARED_MEDIA, else ../shared/media beside the repository.
+local function shared_media()
+  local env = os.getenv("SLUICE_SHARED_MEDIA")
+  if env then return env end
+  local repo = SCRIPT:match("^(.*)/scripts/[^/]*$") or "."
+  for _, d in ipairs { repo .. "/../shared/media", "/work/shared/media" } do
+    local f = io.open(d .. "/person.mp4", "rb")
+    if f then
+      f:close()
+      return d
+    end
+  end
+  return repo .. "/../shared/media"
+end
+local SHARED_MEDIA = shared_media()
 
 local function sh(cmd)
   local r, err = sl.exec({ "/bin/sh", "-c", cmd })
