@@ -547,6 +547,33 @@ function Store:jobs()
     FROM jobs ORDER BY coalesce(started, created) DESC]], {})
 end
 
+-- store:remove(id) -> true, or nil and a message: deletes the job with its items, events and
+-- batch members (written on the pool like every other write). Removing a job no process runs
+-- any more is the caller's business (see `sluice jobs rm`).
+local REMOVE_JOB = { "DELETE FROM events WHERE job = ?", "DELETE FROM items WHERE job = ?",
+  "DELETE FROM batch_members WHERE job = ?", "DELETE FROM jobs WHERE id = ?" }
+
+function Store:remove(id)
+  if not self.db then error("attempt to use a closed store", 2) end
+  id = tostring(id)
+  if sched.current() then
+    for _, sql in ipairs(REMOVE_JOB) do self:write(sql, id) end
+    return self:flush()
+  end
+  -- Outside a task (the `sluice jobs` command, which runs no loop work): directly, in one
+  -- transaction, like that command's reads.
+  local ok, err = query(self.db, "BEGIN", {})
+  for _, sql in ipairs(REMOVE_JOB) do
+    if not ok then break end
+    ok, err = query(self.db, sql, { id })
+  end
+  if not ok then
+    query(self.db, "ROLLBACK", {})
+    return nil, err
+  end
+  return query(self.db, "COMMIT", {})
+end
+
 -- store:job(id) -> {job=row, stages={ {stage=, done=, dead=, ...}, ... }, failures={...}} | nil
 function Store:job(id)
   local rows, err = self:query("SELECT * FROM jobs WHERE id = ?", { tostring(id) })

@@ -153,4 +153,51 @@ T.case("many writes are batched into few transactions", function()
   store:close()
 end)
 
+T.case("sluice jobs rm and prune delete jobs with their items, events and batch members", function()
+  local path = fresh_db("rm")
+  local store = T.ok(S.open(path))
+  local function add(id, detach)
+    local job = fake_job(id)
+    store:attach(job)
+    job.bus:emit { job = id, stage = "s", event = "start", id = "a#1", key = "a", seq = 1 }
+    T.ok(job.memo:put("s", "a#1", { { data = 1 } }))
+    job.memo:put_batch("b", "#batch", { "a#1", "a#2" })
+    if detach then T.ok(store:detach(job, "done")) end
+  end
+  add("old-1", true)
+  add("new-1", true)
+  add("live-1", false) -- still marked running
+  store:write("UPDATE jobs SET finished = ? WHERE id = 'old-1'", os.time() - 3 * 86400)
+  T.ok(store:flush())
+  store:close()
+  local BIN = os.getenv("SLUICE_BIN") or "build/sluice"
+  local function jobs(...)
+    local argv = { BIN, "jobs", ... }
+    argv[#argv + 1] = "--store"
+    argv[#argv + 1] = path
+    return T.ok(sl.exec(argv))
+  end
+  local r = jobs("prune", "2")
+  T.eq(r.status, 0, r.stderr)
+  T.ok(r.stdout:find("removed 1 job that ended more than 2 days ago", 1, true), r.stdout)
+  r = jobs("rm", "live-1")
+  T.eq(r.status, 1)
+  T.ok(r.stderr:find("marked running", 1, true), r.stderr)
+  r = jobs("rm", "live-1", "--force")
+  T.eq(r.status, 0, r.stderr)
+  r = jobs("rm", "nope")
+  T.eq(r.status, 1)
+  T.ok(r.stderr:find("no job 'nope'", 1, true), r.stderr)
+  store = T.ok(S.open(path))
+  local left = {}
+  for _, j in ipairs(store:jobs()) do left[#left + 1] = j.id end
+  T.same(left, { "new-1" })
+  for _, tbl in ipairs { "items", "events", "batch_members" } do
+    local rows = store:query("SELECT job, count(*) AS n FROM " .. tbl .. " GROUP BY job ORDER BY job", {})
+    T.eq(#rows, 1, tbl)
+    T.eq(rows[1].job, "new-1", tbl)
+  end
+  store:close()
+end)
+
 return T.run()

@@ -4,6 +4,8 @@
 --   sluice jobs show ID [--store PATH]      per-stage state and failures of one job
 --   sluice jobs retry ID [--store PATH]     run the job again: stored items are not redone,
 --                                           so only dead-lettered (and unfinished) items run
+--   sluice jobs rm ID... [--force]          delete jobs with their items and events
+--   sluice jobs prune DAYS                  delete jobs that ended more than DAYS days ago
 local S = require "sluice.store"
 local cjson = require "cjson"
 
@@ -13,12 +15,16 @@ M.USAGE = [[
 usage: sluice jobs [--store PATH]
        sluice jobs show ID [--store PATH]
        sluice jobs retry ID [--store PATH]
+       sluice jobs rm ID... [--force] [--store PATH]
+       sluice jobs prune DAYS [--store PATH]
 
 The store defaults to $SLUICE_STORE, else out/sluice.db (a pipeline run keeps it in its
 output folder: OUT/sluice.db). `retry` runs the job's pipeline script again with the inputs,
 output folder and settings recorded when it first ran, under the same job id: items whose
 result is stored are not redone, so only the dead-lettered ones (and any left unfinished by
-a crash) run.]]
+a crash) run. `rm` deletes jobs with their items and events; a job still marked running is
+kept unless --force (its process may have died: then --force is right). `prune DAYS` deletes
+the jobs that ended more than DAYS days ago.]]
 
 local function fmt_time(t)
   if type(t) ~= "number" then return "-" end
@@ -35,6 +41,9 @@ local function parse(args)
       i = i + 2
     elseif a:match("^%-%-store=") then
       o.store = a:sub(9)
+      i = i + 1
+    elseif a == "--force" then
+      o.force = true
       i = i + 1
     elseif a == "-h" or a == "--help" then
       o.help = true
@@ -192,6 +201,54 @@ local function retry(store, id, cli)
   return ok and 0 or 2
 end
 
+local function remove(store, ids, force, cli)
+  local code = 0
+  for _, id in ipairs(ids) do
+    local info, err = store:job(id)
+    if not info then
+      cli.eprint("sluice jobs rm: " .. tostring(err))
+      code = 1
+    elseif info.job.status == "running" and not force then
+      cli.eprint(string.format("sluice jobs rm: job '%s' is marked running; if no process runs it " ..
+        "any more (it crashed), use --force", id))
+      code = 1
+    else
+      local ok, werr = store:remove(id)
+      if ok then
+        print("removed " .. id)
+      else
+        cli.eprint("sluice jobs rm: " .. id .. ": " .. tostring(werr))
+        code = 1
+      end
+    end
+  end
+  return code
+end
+
+local function prune(store, days, cli)
+  local n = tonumber(days)
+  if not n or n < 0 then
+    cli.eprint("sluice jobs prune: DAYS must be a number >= 0 (got '" .. tostring(days) .. "')")
+    return 2
+  end
+  local cutoff = os.time() - n * 86400
+  local jobs = assert(store:jobs())
+  local removed = 0
+  for _, j in ipairs(jobs) do
+    if j.status ~= "running" and type(j.finished) == "number" and j.finished < cutoff then
+      local ok, err = store:remove(j.id)
+      if not ok then
+        cli.eprint("sluice jobs prune: " .. j.id .. ": " .. tostring(err))
+        return 1
+      end
+      removed = removed + 1
+    end
+  end
+  print(string.format("removed %d job%s that ended more than %s day%s ago", removed,
+    removed == 1 and "" or "s", days, n == 1 and "" or "s"))
+  return 0
+end
+
 function M.main(args, cli)
   local o = parse(args)
   if o.help then
@@ -199,12 +256,17 @@ function M.main(args, cli)
     return 0
   end
   local cmd = o.pos[1]
-  if cmd ~= nil and cmd ~= "show" and cmd ~= "retry" and cmd ~= "list" then
+  if cmd ~= nil and cmd ~= "show" and cmd ~= "retry" and cmd ~= "list" and cmd ~= "rm" and
+      cmd ~= "prune" then
     cli.eprint("sluice jobs: unknown subcommand '" .. cmd .. "'\n" .. M.USAGE)
     return 2
   end
-  if (cmd == "show" or cmd == "retry") and not o.pos[2] then
+  if (cmd == "show" or cmd == "retry" or cmd == "rm") and not o.pos[2] then
     cli.eprint("sluice jobs " .. cmd .. ": missing job ID\n" .. M.USAGE)
+    return 2
+  end
+  if cmd == "prune" and not o.pos[2] then
+    cli.eprint("sluice jobs prune: missing DAYS\n" .. M.USAGE)
     return 2
   end
   local store = open_store(o.store, cli)
@@ -214,6 +276,10 @@ function M.main(args, cli)
     code = show(store, o.pos[2], cli)
   elseif cmd == "retry" then
     code = retry(store, o.pos[2], cli)
+  elseif cmd == "rm" then
+    code = remove(store, { table.unpack(o.pos, 2) }, o.force, cli)
+  elseif cmd == "prune" then
+    code = prune(store, o.pos[2], cli)
   else
     code = list(store)
   end
