@@ -178,7 +178,10 @@ local function cli_frames(url, fps, max_width, dir)
     local f = assert(io.open(path, "wb"))
     f:write(item.jpeg)
     f:close()
-    local h, herr = media.dhash(path)
+    -- the hash waits for a worker thread: a timeout or cancel there must not leave the file
+    local ok, h, herr = pcall(media.dhash, path)
+    if not ok or not h then os.remove(path) end
+    if not ok then error(h, 0) end
     if not h then return nil, herr, "EMEDIA" end
     return { seq = item.seq, t = (item.seq - 1) / fps, path = path, dhash = h }
   end
