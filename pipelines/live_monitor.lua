@@ -301,6 +301,7 @@ return sl.pipeline "live_monitor" {
       local first_t, started = nil, sl.now()
       log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, reader = reader,
         policy = "keep latest" }, ctx)
+      local unsent -- the path of a frame received and not yet handed on (or dropped)
       local ok, err = pcall(function()
         while true do
           local left = duration > 0 and (duration - (sl.now() - started)) or nil
@@ -316,6 +317,7 @@ return sl.pipeline "live_monitor" {
             if ferr then error("live_monitor: " .. tostring(ferr), 0) end
             break
           end
+          unsent = f.path
           if realtime then
             first_t = first_t or f.t
             local due = started + (f.t - first_t) - sl.now()
@@ -334,8 +336,11 @@ return sl.pipeline "live_monitor" {
             ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall },
               { seq = f.seq, t0 = f.t, t1 = f.t, key = "live" })
           end
+          unsent = nil
         end
       end)
+      -- stopped while holding a frame (Ctrl-C during the real-time wait or a full queue)
+      if unsent and not conf.keep_frames then os.remove(unsent) end
       stream:close()
       st.dropped_frames = st.dropped_frames + (stream.dropped or 0) -- the ffmpeg reader's
       log_record(st, { type = "end", frames = st.frames, reason = ok and "finished" or (type(err) == "string" and err or "stopped") }, ctx)
