@@ -1365,18 +1365,18 @@ local function worker_loop(S, wid)
           q.n = n
           if n == 0 then q.head, q.tail = 1, 0 else q.head = h + 1 end
           if space.tail >= space.head then space:signal() end
-          local ks = keys[env.key]
+          local key = env.key
+          local ks = keys[key]
           if not t then
             t = now()
             if not S.t_first then S.t_first = t end
           end
-          -- one item: run, hand on, count (u and ctx are this worker's, reused)
-          local key = env.key
+          -- One item: run, hand on, count. u and ctx belong to this worker and are reused (a
+          -- ctx is only valid during its call); the unit's id, seq, t0 and t1 are read from env
+          -- only if something asks (see wunit_mt). What an earlier item's ctx:emit or blocked
+          -- delivery left in u is cleared only if there (false, not nil: a nil field would be
+          -- looked up through wunit_mt's __index).
           S.running = S.running + 1
-          -- u and ctx belong to this worker and are reused (a ctx is only valid during its call);
-          -- the unit's id, seq, t0 and t1 are read from env only if something asks (see wunit_mt).
-          -- What an earlier item's ctx:emit or blocked delivery left in u is cleared only if there
-          -- (false, not nil: a nil field would be looked up through wunit_mt's __index).
           u.env, u.key = env, key
           if u.k then u.k, u.delivered, u.results = false, false, false end
           if u.blocked then u.blocked = false end
@@ -1390,9 +1390,9 @@ local function worker_loop(S, wid)
                 -- full finds nothing, through its metatable's __index table.)
                 local o, hop = env._o, nil
                 if o then
-                  local t = env._t
-                  hop = S.hops[t]
-                  if not hop then hop = { sfx = S.suffix1, prev = t }; S.hops[t] = hop end
+                  local chain = env._t
+                  hop = S.hops[chain]
+                  if not hop then hop = { sfx = S.suffix1, prev = chain }; S.hops[chain] = hop end
                 else
                   local t0, t1 = env.t0, env.t1
                   if t0 == nil and t1 == nil then
