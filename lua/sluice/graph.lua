@@ -780,27 +780,37 @@ end
 
 -- On resume, items that made a stored batch wait for each other in ks.replay (batch id ->
 -- items) and go out together again, so the batch has its old id and its stored outputs are
--- used. Whatever is still waiting when its key completes goes out as it is.
+-- used. Whatever is still waiting when its key completes, or when the stage's batch.wait has
+-- passed since the first of them came (the stored batch cannot have been longer in the
+-- making), goes out as it is.
 local function flush_replay(S, k, ks)
   local r = ks.replay
   ks.replay = nil
   local bids = sorted_keys(r)
-  for _, bid in ipairs(bids) do push_batch(S, k, r[bid]) end
+  for _, bid in ipairs(bids) do
+    r[bid].deadline = nil
+    push_batch(S, k, r[bid])
+  end
 end
 
--- Returns true when env was taken by a replayed batch.
-local function replay_item(S, env, k, ks)
+-- Returns true when env was taken by a replayed batch; deadline is that of a new one.
+local function replay_item(S, env, k, ks, deadline)
   local memo = S.job.memo
   local plan = memo and memo.batch_plan and memo:batch_plan(S.name, env.id)
   if not plan then return false end
   local r = ks.replay
   if not r then r = {}; ks.replay = r end
   local items = r[plan.batch]
-  if not items then items = {}; r[plan.batch] = items end
+  if not items then
+    items = { deadline = deadline }
+    r[plan.batch] = items
+    S.replay_keys[k] = true
+  end
   items[#items + 1] = env
   if #items >= plan.size then
     r[plan.batch] = nil
     if next(r) == nil then ks.replay = nil end
+    items.deadline = nil
     push_batch(S, k, items)
   elseif ks.inq == 0 and upstream_closed(S, ks) then
     flush_replay(S, k, ks)
@@ -1484,6 +1494,7 @@ end
 local function batcher_loop(S)
   local size, wait = S.batch.size, S.batch.wait
   local open = {} -- key -> true for keys with an open batch
+  S.replay_keys = {} -- key -> true for keys with replayed batches waiting (see replay_item)
   local function flush_expired(t)
     for k in pairs(open) do
       local ks = S.keys[k]
@@ -1494,6 +1505,39 @@ local function batcher_loop(S)
         dispatch_batch(S, k, ks)
       end
     end
+    for k in pairs(S.replay_keys) do
+      local ks = S.keys[k]
+      local r = ks and ks.replay
+      if r then
+        for _, bid in ipairs(sorted_keys(r)) do
+          local items = r[bid]
+          if t >= items.deadline then
+            r[bid] = nil
+            items.deadline = nil
+            push_batch(S, k, items)
+          end
+        end
+        if next(r) == nil then ks.replay = nil end
+      end
+      if not (ks and ks.replay) then S.replay_keys[k] = nil end
+    end
+  end
+  -- the earliest deadline of an open or replayed batch, or nil
+  local function nearest_deadline()
+    local nearest
+    for k in pairs(open) do
+      local ks = S.keys[k]
+      if ks and ks.batch and (not nearest or ks.batch.deadline < nearest) then nearest = ks.batch.deadline end
+    end
+    for k in pairs(S.replay_keys) do
+      local r = S.keys[k] and S.keys[k].replay
+      if r then
+        for _, items in pairs(r) do
+          if not nearest or items.deadline < nearest then nearest = items.deadline end
+        end
+      end
+    end
+    return nearest
   end
   while true do
     local t = now()
@@ -1505,7 +1549,7 @@ local function batcher_loop(S)
       local ks = S.keys[k]
       ks.inq = ks.inq - 1
       local b = ks.batch
-      if replay_item(S, env, k, ks) then
+      if replay_item(S, env, k, ks, wait and (t + wait) or math.huge) then
         if b and ks.inq == 0 and upstream_closed(S, ks) then
           open[k] = nil
           dispatch_batch(S, k, ks)
@@ -1537,11 +1581,7 @@ local function batcher_loop(S)
       end
       break
     else
-      local nearest
-      for k in pairs(open) do
-        local ks = S.keys[k]
-        if ks and ks.batch and (not nearest or ks.batch.deadline < nearest) then nearest = ks.batch.deadline end
-      end
+      local nearest = nearest_deadline()
       if S.cap == 0 then S.space:signal() end
       local t0 = now()
       if nearest and nearest < math.huge and S.ready.n < 1 then

@@ -857,6 +857,42 @@ T.case("resume: batches are put together as in the run that stored them (real st
   os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm")
 end)
 
+T.case("resume: a replayed batch waits for its other members at most batch.wait", function()
+  -- The stored batch is (1, 2). On resume item 2 comes 1 s after item 1 while the key stays
+  -- open; with wait = 0.2 item 1 goes out alone (and runs) instead of waiting for item 2.
+  local S = require "sluice.store"
+  local path = os.tmpname() .. "_replay_wait.db"
+  local batches, two_at = {}, nil
+  local function run(slow, wait)
+    local p = sl.pipeline "replay_wait" {
+      sources = { gen = function(ctx)
+        ctx:emit("one", { key = "k", seq = 1 })
+        if slow then sl.sleep(1.5) end
+        two_at = sl.now()
+        ctx:emit("two", { key = "k", seq = 2 })
+      end },
+      stages = {
+        b = { from = "gen", batch = { size = 2, wait = wait }, run = function(items)
+          local d = {}
+          for i, e in ipairs(items) do d[i] = e.data end
+          batches[#batches + 1] = { t = sl.now(), data = table.concat(d, "+") }
+          return #items
+        end },
+      },
+    }
+    local store = T.ok(S.open(path))
+    p:start { store = store, job_id = "replay-wait" }:wait()
+    store:close()
+  end
+  run(false, 5)
+  T.same(batches[1].data, "one+two")
+  run(true, 0.2)
+  T.eq(#batches, 3, "both items ran again, each alone")
+  T.eq(batches[2].data, "one")
+  T.ok(batches[2].t < two_at, "item one went out before item two came")
+  T.eq(batches[3].data, "two")
+end)
+
 T.case("events: numbered, stamped and carrying the item fields", function()
   local p = sl.pipeline "ev" {
     sources = { gen = counter_source(3) },
