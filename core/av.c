@@ -381,18 +381,25 @@ static double stated_seconds(const AVFormatContext *fmt, int index) {
   return -1;
 }
 
+/* Writes to warning (if empty) that the input was cut short when the stream's header states
+ * clearly more seconds (over 2%, at least 1 s) than the `got` seconds that were `what`. */
+static void note_cut_short(char *warning, size_t len, const char *url, const AVFormatContext *fmt,
+                           int index, double got, const char *what) {
+  if (warning[0]) return;
+  double stated = stated_seconds(fmt, index);
+  double slack = stated * 0.02 > 1.0 ? stated * 0.02 : 1.0;
+  if (stated > 0 && stated - got > slack)
+    snprintf(warning, len, "%s: input ended early: %.1f s of %.1f s of %s (truncated or damaged file)",
+             url, got, stated, what);
+}
+
 /* At the end of the audio: a file whose header promises clearly more than could be decoded was
  * cut short (a truncated download, a copy that stopped): say so in r->warning. Some demuxers
  * report such a file's end as a plain end of file. */
 static void check_length(sl_audio_reader *r) {
-  if (r->warning[0] || r->total == 0 || r->rate <= 0) return;
-  double stated = stated_seconds(r->fmt, r->stream);
-  double decoded = (double)r->total / r->rate;
-  double slack = stated * 0.02 > 1.0 ? stated * 0.02 : 1.0;
-  if (stated > 0 && stated - decoded > slack)
-    snprintf(r->warning, sizeof r->warning,
-             "%s: input ended early: %.1f s of %.1f s of audio decoded (truncated or damaged file)",
-             r->url, decoded, stated);
+  if (r->total == 0 || r->rate <= 0) return;
+  note_cut_short(r->warning, sizeof r->warning, r->url, r->fmt, r->stream,
+                 (double)r->total / r->rate, "audio decoded");
 }
 
 long sl_audio_read(sl_audio_reader *r, int16_t *dst, long frames, char *err, size_t errlen) {
@@ -563,16 +570,11 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
 /* At the end of the input: a video stream that stops clearly before the length its header
  * states was cut short; say so in r->warning (see check_length for audio). */
 static void check_frames_length(sl_frame_reader *r) {
-  if (r->warning[0] || r->max_read_pts == INT64_MIN) return;
+  if (r->max_read_pts == INT64_MIN) return;
   const AVStream *st = r->fmt->streams[r->stream];
-  double stated = stated_seconds(r->fmt, r->stream);
   double start = st->start_time != AV_NOPTS_VALUE ? (double)st->start_time * av_q2d(st->time_base) : 0;
   double read = (double)r->max_read_pts * av_q2d(st->time_base) - start;
-  double slack = stated * 0.02 > 1.0 ? stated * 0.02 : 1.0;
-  if (stated > 0 && stated - read > slack)
-    snprintf(r->warning, sizeof r->warning,
-             "%s: input ended early: %.1f s of %.1f s of video read (truncated or damaged file)",
-             r->url, read, stated);
+  note_cut_short(r->warning, sizeof r->warning, r->url, r->fmt, r->stream, read, "video read");
 }
 
 /* Decodes the next frame into r->tmp. Returns 1, 0 at the end, or a negative AVERROR. */

@@ -417,19 +417,20 @@ static void audio_run(sl_job *job, void *data) {
   restore_priority(before);
 }
 
+/* The end of a stream for Lua: nil, plus the warning when the input broke off early. */
+static int push_end(lua_State *L, const char *warning) {
+  lua_pushnil(L);
+  if (!warning[0]) return 1;
+  lua_pushstring(L, warning);
+  return 2;
+}
+
 static int audio_finish(lua_State *L, void *data) {
   audio_job *j = data;
   j->delivered = 1;
   audio_state *s = j->s;
   if (j->status < 0) return sl_push_fail(L, "EMEDIA", "%s", j->err);
-  if (j->status == 0) {
-    lua_pushnil(L);
-    if (j->warning[0]) {
-      lua_pushstring(L, j->warning);
-      return 2;
-    }
-    return 1;
-  }
+  if (j->status == 0) return push_end(L, j->warning);
   lua_createtable(L, 0, 8);
   lua_pushinteger(L, j->seq);
   lua_setfield(L, -2, "seq");
@@ -745,6 +746,13 @@ static int produce_frame(frame_state *s, frame_item *it, char *err, size_t errle
   return w < 0 ? -1 : 1;
 }
 
+/* The job found the end of the frames: status 0, with the reader's warning if any. */
+static void frames_ended(frame_job *j, const frame_state *s) {
+  j->status = 0;
+  const char *w = s->reader ? sl_frame_warning(s->reader) : NULL;
+  if (w) snprintf(j->warning, sizeof j->warning, "%s", w);
+}
+
 static void frame_run_inner(sl_job *job, void *data) {
   frame_job *j = data;
   frame_state *s = j->s;
@@ -755,9 +763,7 @@ static void frame_run_inner(sl_job *job, void *data) {
     return;
   }
   if (s->ended) {
-    j->status = 0;
-    const char *w = s->reader ? sl_frame_warning(s->reader) : NULL;
-    if (w) snprintf(j->warning, sizeof j->warning, "%s", w);
+    frames_ended(j, s);
     return;
   }
   if (!s->reader) {
@@ -791,11 +797,9 @@ static void frame_run_inner(sl_job *job, void *data) {
     bytes += j->items[j->n].len;
     j->n++;
   }
-  j->status = j->n > 0 ? 1 : s->failed[0] ? -1 : 0;
-  if (j->status == 0) {
-    const char *w = sl_frame_warning(s->reader);
-    if (w) snprintf(j->warning, sizeof j->warning, "%s", w);
-  }
+  if (j->n > 0) j->status = 1;
+  else if (s->failed[0]) j->status = -1;
+  else frames_ended(j, s);
 }
 
 static void frame_run(sl_job *job, void *data) {
@@ -855,14 +859,7 @@ static int frame_finish(lua_State *L, void *data) {
   frame_job *j = data;
   j->delivered = 1;
   if (j->status < 0) return sl_push_fail(L, "EMEDIA", "%s", j->err);
-  if (j->status == 0) {
-    lua_pushnil(L);
-    if (j->warning[0]) {
-      lua_pushstring(L, j->warning);
-      return 2;
-    }
-    return 1;
-  }
+  if (j->status == 0) return push_end(L, j->warning);
   push_frame(L, j->s, &j->items[0]);
   if (j->n == 1) return 1;
   lua_createtable(L, j->n - 1, 0);
