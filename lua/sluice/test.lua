@@ -33,6 +33,26 @@ end
 
 function T.case(name, fn) T.cases[#T.cases + 1] = { name = name, fn = fn } end
 
+-- T.wait_until(cond[, seconds]) -> true once cond() is true (checked every 50 ms), or false
+-- after seconds (default 30): for what another process or task does in its own time.
+function T.wait_until(cond, seconds)
+  local deadline = sl.now() + (seconds or 30)
+  while not cond() do
+    if sl.now() >= deadline then return false end
+    sl.sleep(0.05)
+  end
+  return true
+end
+
+-- T.slurp(path) -> the file's contents, or "" when it cannot be read (yet).
+function T.slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local s = f:read("a") or ""
+  f:close()
+  return s
+end
+
 local function fail(msg, level) error(msg, (level or 1) + 2) end
 
 local function show(v)

@@ -112,13 +112,7 @@ T.case("Ctrl-C stops sources, lets in-flight work finish and prints the summary"
     sl.spawn(function()
       -- interrupt once the run is under way (the first items are done): a slow start (ASan)
       -- must not see the signal before the CLI handles it
-      for _ = 1, 600 do
-        sl.sleep(0.05)
-        local f = io.open(evfile)
-        local text = f and f:read("a") or ""
-        if f then f:close() end
-        if text:find('"item_done"', 1, true) then break end
-      end
+      T.wait_until(function() return T.slurp(evfile):find('"item_done"', 1, true) ~= nil end)
       p:kill("SIGINT")
     end)
     return function() p:kill("SIGKILL") end

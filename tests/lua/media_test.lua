@@ -420,8 +420,7 @@ T.case("closing a stream early removes the files of items made ahead that nobody
   end
   local function settle(dir, want)
     -- a cancelled job frees (and removes its files) once its worker returns
-    local deadline = sl.now() + 30
-    while files_in(dir) ~= want and sl.now() < deadline do sl.sleep(0.05) end
+    T.wait_until(function() return files_in(dir) == want end)
     return files_in(dir)
   end
   -- frames come in batches and one job runs ahead: after the first frame, several files of

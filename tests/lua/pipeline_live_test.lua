@@ -161,14 +161,10 @@ T.case("SIGINT stops the run cleanly: summary written, exit 130", function()
     })
     sl.spawn(function()
       -- interrupt once two analyses are under way (concurrency 2, the default)
-      for _ = 1, 600 do
-        sl.sleep(0.05)
-        local f = io.open(out .. "/events.jsonl")
-        local text = f and f:read("a") or ""
-        if f then f:close() end
-        local _, n = text:gsub('"analysis_start"', "")
-        if n >= 2 then break end
-      end
+      T.wait_until(function()
+        local _, n = T.slurp(out .. "/events.jsonl"):gsub('"analysis_start"', "")
+        return n >= 2
+      end)
       t_int = sl.now()
       p:kill("SIGINT")
     end)
