@@ -95,16 +95,24 @@ end
 
 local finish -- forward
 
-local function step(t, v)
+-- The value a task is resumed with goes through `handoff` (read and cleared by suspend), not
+-- as an argument of resume: a frame of drain or step would otherwise keep it alive for as long
+-- as the task runs (a script that drops a job's summary after job:wait() would still hold
+-- every result of the job until its next wait).
+local handoff = nil
+
+local function step(t)
   if not t.started and t.ncancelled > 0 then
     -- cancelled before it ever ran: it finishes without running
+    handoff = nil
     t.outcome = { n = 2, false, Cancelled }
     finish(t)
     return
   end
   current = t
   local id = t.wait_id
-  local ok, err = resume(t.co, v)
+  local ok, err = resume(t.co)
+  handoff = nil -- (not taken when the task had yielded outside suspend)
   current = nil
   if not ok then
     -- Only failures outside the task's xpcall land here (an error in the error handler).
@@ -139,10 +147,11 @@ function drain()
   local count, t0 = 0, nil
   while rq_head <= rq_tail do
     local h = rq_head
-    local t, v = rq_task[h], rq_value[h]
+    local t = rq_task[h]
+    handoff = rq_value[h]
     rq_task[h], rq_value[h] = nil, nil
     rq_head = h + 1
-    if not t.finished then step(t, v) end
+    if not t.finished then step(t) else handoff = nil end
     if rq_head > rq_tail then
       rq_head, rq_tail = 1, 0
     else
@@ -234,7 +243,9 @@ M.abandon_wait = abandon_wait
 
 -- Suspends the running task until it is woken; returns the wake value or raises Cancelled.
 local function suspend()
-  local v = co_yield()
+  co_yield()
+  local v = handoff
+  handoff = nil
   if v == CANCEL then error(Cancelled, 0) end
   return v
 end

@@ -173,4 +173,19 @@ T.case("a task looping on sleep(0) does not starve pool jobs or subprocesses", f
   T.ok(spins > 0, "the spinning task ran")
 end)
 
+T.case("a value a task was woken with is not kept alive by the scheduler", function()
+  -- job:wait() and friends hand their result through the scheduler; once the task drops it,
+  -- nothing else may hold it (a dropped job summary used to keep every result of the job
+  -- alive until the task's next wait).
+  local q = sl.queue(1)
+  local weak = setmetatable({}, { __mode = "v" })
+  sl.spawn(function() q:put({ big = string.rep("x", 1000) }) end)
+  local v = q:get()
+  weak[1] = v
+  v = nil -- luacheck: ignore
+  collectgarbage()
+  collectgarbage()
+  T.eq(weak[1], nil, "the woken value was still referenced")
+end)
+
 return T.run()
