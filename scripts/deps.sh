@@ -9,7 +9,7 @@ PKGS="build-essential cmake pkg-config git
   libtesseract-dev tesseract-ocr-eng
   libsqlite3-dev
   python3 python3-opencv opencv-data python3-aiohttp python3-jsonschema python3-numpy
-  fonts-dejavu-core tmux valgrind chromium ca-certificates"
+  fonts-dejavu-core tmux valgrind chromium ca-certificates nghttp2-server openssl"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

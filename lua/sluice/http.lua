@@ -60,8 +60,10 @@ function M.request(opts)
   local nbodies = (opts.body ~= nil and 1 or 0) + (opts.json ~= nil and 1 or 0) +
     (opts.multipart ~= nil and 1 or 0)
   if nbodies > 1 then error("http.request: give only one of 'body', 'json', 'multipart'", 2) end
-  if opts.stream ~= nil and type(opts.stream) ~= "function" then
-    error("http.request: 'stream' must be a function", 2)
+  for _, name in ipairs { "stream", "progress" } do
+    if opts[name] ~= nil and type(opts[name]) ~= "function" then
+      error("http.request: '" .. name .. "' must be a function", 2)
+    end
   end
   local headers, seen = {}, {}
   header_list(opts.headers, headers, seen)
@@ -75,26 +77,30 @@ function M.request(opts)
   local copts = {
     method = method, url = url, headers = headers, body = body, multipart = opts.multipart,
     timeout = opts.timeout, connect_timeout = opts.connect_timeout, download = opts.download,
-    progress = opts.progress, follow = opts.follow, cainfo = opts.cainfo,
+    follow = opts.follow, cainfo = opts.cainfo,
   }
   if opts.download and opts.resume then
     local n = file_size(opts.download)
     if n > 0 then copts.resume_from = n end
   end
-  local stream_err
+  local failed -- a callback of the caller raised: the request is over
   local handle
   local what = "http " .. method .. " " .. safe_url(url)
   local r = table.pack(sched.await(what, function(done)
-    if opts.stream then
-      local user = opts.stream
-      copts.stream = function(chunk)
-        if stream_err then return end
-        local ok, err = pcall(user, chunk)
-        if not ok then
-          stream_err = err
-          if handle then handle:cancel() end
-          done(nil, string.format("http: %s %s: stream callback failed: %s", method, safe_url(url),
-            tostring(err)), "ESTREAM")
+    -- The caller's stream and progress functions run from the loop; one that raises cancels
+    -- the request, which then fails with its error (ESTREAM).
+    for _, name in ipairs { "stream", "progress" } do
+      local user = opts[name]
+      if user then
+        copts[name] = function(...)
+          if failed then return end
+          local ok, err = pcall(user, ...)
+          if not ok then
+            failed = true
+            if handle then handle:cancel() end
+            done(nil, string.format("http: %s %s: %s callback failed: %s", method, safe_url(url), name,
+              tostring(err)), "ESTREAM")
+          end
         end
       end
     end
