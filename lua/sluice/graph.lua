@@ -782,7 +782,10 @@ end
 -- items) and go out together again, so the batch has its old id and its stored outputs are
 -- used. Whatever is still waiting when its key completes, or when the stage's batch.wait has
 -- passed since the first of them came (the stored batch cannot have been longer in the
--- making), goes out as it is.
+-- making), goes out as it is. A stage without batch.wait gives them REPLAY_WAIT seconds: its
+-- key may never complete (a live stream), and members that do not come in that time are not
+-- coming from a replaying upstream.
+local REPLAY_WAIT = 1
 local function flush_replay(S, k, ks)
   local r = ks.replay
   ks.replay = nil
@@ -1549,7 +1552,7 @@ local function batcher_loop(S)
       local ks = S.keys[k]
       ks.inq = ks.inq - 1
       local b = ks.batch
-      if replay_item(S, env, k, ks, wait and (t + wait) or math.huge) then
+      if replay_item(S, env, k, ks, t + (wait or REPLAY_WAIT)) then
         if b and ks.inq == 0 and upstream_closed(S, ks) then
           open[k] = nil
           dispatch_batch(S, k, ks)
