@@ -36,13 +36,12 @@ uv_loop_t *sl_loop(lua_State *L);
  * suspended by the time the callback runs. */
 lua_State *sl_main_state(void);
 
-/* Creates a Lua state with the project's pooled allocator (alloc.c; the system allocator
- * under ASan or with SLUICE_ALLOC=system) and luaL_newstate's panic and warning
- * functions. Returns NULL when out of memory. */
+/* Creates a Lua state with the C library's allocator and luaL_newstate's panic and warning
+ * functions (alloc.c). Returns NULL when out of memory. */
 lua_State *sl_state_new(void);
 
-/* Closes L (as lua_close) and then releases its allocator's memory. sl_engine_close calls
- * it, so a state made by sl_state_new is closed by sl_engine_close. */
+/* Closes L (as lua_close). sl_engine_close calls it, so a state made by sl_state_new is
+ * closed by sl_engine_close. */
 void sl_state_close(lua_State *L);
 
 /* Creates the engine state for L on loop and stores it in L's registry.

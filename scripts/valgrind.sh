@@ -7,7 +7,6 @@
 # Usage: sh scripts/valgrind.sh [TEST.lua ...]   (default: tests/lua/runtime*_test.lua)
 set -u
 export SLUICE_CHECK_LOOP=1
-export SLUICE_ALLOC=system # valgrind sees every Lua block (test_alloc still tries the pool)
 cd "$(dirname "$0")/.."
 DIR=build-valgrind
 cmake -S . -B "$DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_ONLY_MODULES="core;proc;repl" \
