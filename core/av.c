@@ -488,6 +488,7 @@ struct sl_frame_reader {
   double origin;        /* the input's start time in seconds */
   int64_t last_pts;     /* stream pts of the last decoded frame */
   int64_t last_dts;     /* dts of the last packet sent to the decoder (or of the last seek) */
+  int64_t last_seek;    /* index timestamp of the keyframe last sought, or INT64_MIN */
   int can_seek;
   int input_eof, done;
   long decoded, seeks, decode_errors;
@@ -538,6 +539,7 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
   r->last_selected = -INFINITY;
   r->last_pts = INT64_MIN;
   r->last_dts = INT64_MIN;
+  r->last_seek = INT64_MIN;
   r->max_read_pts = INT64_MIN;
   if (open_input(url, &r->fmt, &r->cancel, err, errlen) < 0 ||
       open_decoder(r->fmt, AVMEDIA_TYPE_VIDEO, opts->threads, &r->stream, &r->dec, url, err,
@@ -640,7 +642,13 @@ static double frame_time(const sl_frame_reader *r, const AVFrame *f) {
 }
 
 /* Seeks to the keyframe before target when that keyframe lies ahead of the decoder;
- * otherwise decoding forward is cheaper. */
+ * otherwise decoding forward is cheaper.
+ *
+ * A keyframe is sought at most once. Index timestamps are decoding times, and the demuxer
+ * may seek by presentation time. For a target between a keyframe's dts and its later pts
+ * (MP4 with B-frames), the seek lands on the keyframe before. The decoder is then behind
+ * that keyframe again, and seeking on every call would loop forever. Decoding forward from
+ * where the seek landed reaches the target. */
 static void maybe_seek(sl_frame_reader *r, double target) {
   if (!r->can_seek || r->input_eof) return;
   AVRational tb = r->st->time_base;
@@ -650,6 +658,8 @@ static void maybe_seek(sl_frame_reader *r, double target) {
   /* Index entries and packet dts share a time base: seek only when the keyframe lies
    * beyond the packets the decoder has been fed already. */
   if (r->last_dts != INT64_MIN && e->timestamp <= r->last_dts) return;
+  if (r->last_seek != INT64_MIN && e->timestamp <= r->last_seek) return;
+  r->last_seek = e->timestamp;
   if (av_seek_frame(r->fmt, r->stream, ts, AVSEEK_FLAG_BACKWARD) < 0) return;
   avcodec_flush_buffers(r->dec);
   r->seeks++;

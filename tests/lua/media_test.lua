@@ -332,6 +332,26 @@ T.case("frames at explicit times, as JPEG files that decode", function()
   T.eq(#gray[1].blob, 32 * 24)
 end)
 
+T.case("a time between a keyframe's dts and pts (B-frames) is reached, not sought forever", function()
+  -- x264 with B-frames: the keyframe at 2 s has dts 1.92. Seeking to 1.96 lands on the keyframe
+  -- before (the demuxer seeks by presentation time); the reader used to seek to the 2 s
+  -- keyframe again at every step and never return (the sample lecture hung at 9.9 s).
+  local p = file("bframes.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=6",
+    "-c:v", "libx264", "-preset", "medium", "-bf", "2", "-g", "50", "-pix_fmt", "yuv420p" })
+  local frames = sl.timeout(30, function()
+    return collect(media.frames(p, { times = { 1.96, 3.97 }, format = "none" }))
+  end)
+  T.ok(frames, "the reader returned within 30 s")
+  T.eq(#frames, 2)
+  T.near(frames[1].t, 1.96, 0.02 + 1e-9)
+  T.near(frames[2].t, 3.96, 0.02 + 1e-9)
+  local every = sl.timeout(30, function()
+    return collect(media.frames(p, { every = 1.96, format = "none" }))
+  end)
+  T.ok(every, "every = 1.96 returned within 30 s")
+  T.eq(#every, 4) -- 0, 1.96, 3.92, 5.88
+end)
+
 T.case("keyframes mode decodes only keyframes", function()
   local p = av_file()
   local frames = collect(media.frames(p, { keyframes = true, format = "none" }))
