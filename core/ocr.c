@@ -92,6 +92,10 @@ static void open_run(sl_job *job, void *data) {
   if (o->psm >= 0) TessBaseAPISetPageSegMode(api, (TessPageSegMode)o->psm);
   /* Frames come without resolution metadata; slides are screen-sized images. */
   TessBaseAPISetVariable(api, "user_defined_dpi", "96");
+  /* Tesseract prints its diagnostics ("Image too small to scale!!", "Line cannot be
+   * recognized!!") on stderr, in the middle of the run's own output; results and errors
+   * reach Lua through the job instead. */
+  TessBaseAPISetVariable(api, "debug_file", "/dev/null");
   engine *e = calloc(1, sizeof *e);
   if (!e) {
     TessBaseAPIEnd(api);

@@ -173,6 +173,34 @@ T.case("a corrupt video: exit status 1, one line per failed stage naming the inp
   P.rm(out)
 end)
 
+T.case("a video without audio: the audio stage fails, the slides are still fused and summarised", function()
+  local out = P.tmpdir("lecture-silent")
+  local silent = out .. "/silent.mp4"
+  local r = T.ok(sl.exec { "ffmpeg", "-v", "error", "-y", "-i", P.sample("lecture") .. "/lecture.mp4", "-an",
+    "-c", "copy", silent })
+  T.eq(r.status, 0, r.stderr)
+  r = P.run({ "pipelines/lecture.lua", silent, "--out", out .. "/o", "--no-store" })
+  T.eq(r.status, 1, r.stderr)
+  T.ok(r.stderr:find("audio_chunks " .. silent .. ": " .. silent .. ": no audio stream", 1, true), r.stderr)
+  T.ok(r.stderr:find("no transcript for silent.mp4: slides without speech", 1, true), r.stderr)
+  T.ok(r.stderr:find("1 item failed", 1, true), r.stderr)
+  T.eq(r.stderr:find("Image too small", 1, true), nil, "tesseract's own diagnostics stay off stderr")
+  local dir = out .. "/o"
+  local slides = P.json(dir .. "/slides.json")
+  T.ok(#slides >= 3, #slides .. " slides")
+  local fused = P.json(dir .. "/fused.json")
+  T.eq(#fused, #slides)
+  local with_text = 0
+  for _, e in ipairs(fused) do
+    T.eq(e.speech or "", "")
+    if (e.slide_text or ""):find("%S") then with_text = with_text + 1 end
+  end
+  T.ok(with_text >= 3, "slides read by OCR: " .. with_text)
+  local md = T.ok(T.slurp(dir .. "/summary.md"))
+  T.ok(md:find("# Lecture summary: silent.mp4", 1, true), md:sub(1, 300))
+  P.rm(out)
+end)
+
 T.case("fusion buffers batches done before the transcript, then merges each batch as it completes", function()
   local fake = require "fakeapi"
   local srv = fake.start { latency = 0 }
