@@ -143,7 +143,7 @@ def main():
     threads = os.environ.get("OPENCV_DETECT_THREADS")
     if threads:
         cv2.setNumThreads(int(threads))
-    log("ready (OpenCV %s)" % cv2.__version__)
+    # (stderr is for problems: sluice shows every line of it, prefixed with the worker's name)
     for line in sys.stdin:
         line = line.strip()
         if not line:
