@@ -3,11 +3,8 @@ local sl = require "sluice"
 local T = require "sluice.test"
 local media = require "sluice.media"
 
-local src = os.getenv("SLUICE_SOURCE_DIR") or "."
--- CI has shared/ beside the clone; a worktree under /work/wt finds it at /work/shared.
-local shared = os.getenv("SLUICE_SHARED_DIR") or (src .. "/../shared")
-if not io.open(shared .. "/media/person.mp4", "rb") then shared = "/work/shared" end
-shared = shared .. "/media/"
+package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" .. package.path
+local P = require "pltest"
 local tmp = (os.getenv("TMPDIR") or "/tmp") .. "/sluice-media-test-" .. tostring(os.time()) ..
   "-" .. tostring(math.random(1, 1e9))
 os.execute("mkdir -p " .. tmp)
@@ -90,7 +87,7 @@ T.case("probe reports container, duration and streams", function()
 end)
 
 T.case("probe of the real footage", function()
-  local info = T.ok(media.probe(shared .. "person.mp4"))
+  local info = T.ok(media.probe(P.footage("person.mp4")))
   T.eq(info.streams[1].width, 768)
   T.eq(info.streams[1].height, 432)
   T.near(info.duration, 139, 2)
@@ -422,7 +419,7 @@ end)
 
 T.case("frames of the real footage: dHash separates the empty office from people", function()
   -- the office is empty at 1 s, 1.5 s and 90 s; people stand in it at 30 s
-  local frames = collect(media.frames(shared .. "person.mp4", { times = { 1, 1.5, 30, 90 },
+  local frames = collect(media.frames(P.footage("person.mp4"), { times = { 1, 1.5, 30, 90 },
     format = "none", phash = true }))
   T.eq(#frames, 4)
   T.ok(media.distance(frames[1].dhash, frames[2].dhash) <= 2, "same empty scene")

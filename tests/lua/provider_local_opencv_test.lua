@@ -8,8 +8,9 @@ local provider = require "sluice.providers.worker"
 
 T.timeout = 180
 
-local MEDIA = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/../shared/media/person.mp4"
-if not io.open(MEDIA) then MEDIA = "/work/shared/media/person.mp4" end
+package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" .. package.path
+local P = require "pltest"
+local MEDIA = P.footage("person.mp4")
 
 local TMP
 local function tmpdir()
