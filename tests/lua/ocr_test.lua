@@ -4,6 +4,8 @@ local sl = require "sluice"
 local T = require "sluice.test"
 local tesseract = require "sluice.providers.tesseract"
 local blob = require "sluice.core.blob"
+package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" .. package.path
+local P = require "pltest"
 
 T.timeout = 180
 
@@ -127,6 +129,27 @@ T.case("bad images give a clear error and the others go on", function()
   T.ok(out[1].error:find("/nonexistent/slide.png", 1, true) and out[1].error:find("No such file", 1, true), out[1].error)
   T.ok(out[2].error:find(junk, 1, true) and out[2].error:find("not an image", 1, true), out[2].error)
   T.ok(out[3].text:find("Digital Filters", 1, true), out[3].text)
+end)
+
+T.case("tesseract's own diagnostics stay off the run's stderr", function()
+  -- The frame at 52.1 s of the real footage makes tesseract print "Image too small to
+  -- scale!!" and "Line cannot be recognized!!" (its stderr is the process's: run in a child).
+  TMP = TMP or tmpdir()
+  local script = TMP .. "/diag.lua"
+  local f = assert(io.open(script, "w"))
+  f:write(string.format([[
+local media = require "sluice.media"
+local s = media.frames(%q, { times = { 52.1 }, max_width = 960, dir = %q })
+local frame = s:next()
+s:close()
+local out = require("sluice.providers.tesseract").new {}:describe { { path = frame.path, t = frame.t } }
+print(out[1].error or "read")
+]], P.footage("person.mp4"), TMP))
+  f:close()
+  local r = T.ok(sl.exec { P.bin, "run", script })
+  T.eq(r.status, 0, r.stderr)
+  T.eq(r.stdout, "read\n")
+  T.eq(r.stderr, "")
 end)
 
 T.case("a missing language names the Debian package to install", function()
