@@ -122,8 +122,10 @@ end
 
 local HIST_BASE = 1e-5
 local HIST_LOG = math.log(1.05)
+local mlog, mfloor = math.log, math.floor
+local HIST_INV = 1 / HIST_LOG
 local function hist_add(h, v)
-  local b = v <= HIST_BASE and 0 or math.floor(math.log(v / HIST_BASE) / HIST_LOG) + 1
+  local b = v <= HIST_BASE and 0 or mfloor(mlog(v / HIST_BASE) * HIST_INV) + 1
   h[b] = (h[b] or 0) + 1
   h.n = (h.n or 0) + 1
 end
@@ -1330,8 +1332,6 @@ end
 -- The fast path (in worker_loop), the common case kept lean: a plain stage (no retry,
 -- timeout, limits, order, batch, collect or gate), no memo, nobody listening to events, items
 -- waiting in the queue. One clock read per item: an item starts when the previous one ended.
-local mlog, mfloor = math.log, math.floor
-local HIST_INV = 1 / HIST_LOG
 
 -- A worker's reused unit reads id (path), seq, t0 and t1 from its envelope on demand.
 local WUNIT_FIELDS = { path = "id", seq = "seq", t0 = "t0", t1 = "t1" }
@@ -1451,14 +1451,7 @@ local function worker_loop(S, wid)
           local blocked = u.blocked
           if blocked then busy = busy - blocked end
           S.busy = S.busy + busy
-          local hist = S.hist
-          if busy <= HIST_BASE then
-            hist[0] = hist[0] + 1
-          else
-            local b = mfloor(mlog(busy / HIST_BASE) * HIST_INV) + 1
-            hist[b] = (hist[b] or 0) + 1
-          end
-          hist.n = hist.n + 1
+          hist_add(S.hist, busy)
           u.env = nil
           S.running = S.running - 1
           S.t_last = t_end
