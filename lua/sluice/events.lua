@@ -14,6 +14,7 @@
 -- raises is reported once on stderr and removed; the run goes on.
 local core = require "sluice.core.core"
 local cjson = require "cjson"
+local bump = require("sluice.core.flow").bump
 
 local M = {}
 
@@ -36,6 +37,7 @@ function Bus:on(fn)
   list[#list + 1] = fn
   self.listeners = list -- copy on write: emit iterates a snapshot
   self.count = #list
+  bump() -- the graph's fast path runs only while nobody listens
   return function() self:off(fn) end
 end
 
@@ -46,6 +48,7 @@ function Bus:off(fn)
   end
   self.listeners = list
   self.count = #list
+  bump()
 end
 
 -- True when somebody listens: emitters skip building events nobody would see.

@@ -19,6 +19,7 @@
 local core = require "sluice.core.core"
 local sched = require "sluice.sched"
 local events = require "sluice.events"
+local flow = require "sluice.core.flow"
 
 local now = core.now
 local need_task, begin_wait, suspend, wake = sched.need_task, sched.begin_wait, sched.suspend,
@@ -624,7 +625,7 @@ local function job_event(job, ev)
   job.bus:emit(ev)
 end
 
-local deliver, check_key, check_finished, producer_done, producer_closed_key
+local deliver, check_key, check_finished, producer_done, producer_closed_key, sync_unit
 
 local function key_state(S, k)
   local ks = S.keys[k]
@@ -671,10 +672,10 @@ local function deliver_to(C, env, P, u)
   ks.pending = ks.pending + 1
   if C.batch then ks.inq = ks.inq + 1 end -- (only the batcher needs inq)
   local q, qc = C.q, C.qcond
-  if q.n >= C.cap + qc.nwait then
+  if q:len() >= C.cap + qc.nwait then
     local t0 = now()
     local ok, err = pcall(function()
-      repeat C.space:wait() until q.n < C.cap + qc.nwait
+      repeat C.space:wait() until q:len() < C.cap + qc.nwait
     end)
     local dt = now() - t0
     P.blocked = P.blocked + dt
@@ -686,10 +687,7 @@ local function deliver_to(C, env, P, u)
       error(err, 0)
     end
   end
-  local tl = q.tail + 1
-  q.tail = tl
-  q[tl] = env
-  q.n = q.n + 1
+  q:push(env)
   C.n_in = C.n_in + 1
   -- One woken worker at a time: it takes every queued item it can without waiting, and
   -- wakes a peer (its on_wait hook) if it must wait while items are still queued.
@@ -886,7 +884,7 @@ end
 -- The stage is finished when nothing can arrive and nothing is left in it.
 function check_finished(S)
   if S.finished or not S.all_up then return end
-  if S.q.n > 0 or S.ready.n > 0 or S.running > 0 or S.batcher_alive then return end
+  if S.q:len() > 0 or S.ready.n > 0 or S.running > 0 or S.batcher_alive then return end
   if next(S.keys) ~= nil then return end
   if S.collect == "all" and not S.all_group_done then
     S.all_group_done = true
@@ -1034,7 +1032,9 @@ end
 function Ctx:emit(data, opts)
   if data == nil then error("ctx:emit: data must not be nil", 2) end
   if opts ~= nil and type(opts) ~= "table" then error("ctx:emit: options must be a table {seq=, t0=, t1=, key=}", 2) end
-  emit_output(self._stage, self._unit, data, opts)
+  local u = self._unit
+  sync_unit(u)
+  emit_output(self._stage, u, data, opts)
 end
 
 function Ctx:event(name, fields)
@@ -1046,6 +1046,7 @@ function Ctx:event(name, fields)
   local u = self._unit
   ev.event, ev.stage = name, self.stage
   if u then
+    sync_unit(u)
     if ev.id == nil then ev.id = unit_id(u) end
     if ev.key == nil then ev.key = u.key end
     if ev.seq == nil then ev.seq = u.seq end
@@ -1301,9 +1302,10 @@ local function next_unit(S, fast)
       return u
     end
     local q = S.q
-    if fast and q.n > 0 then return AGAIN end
-    if q.n > 0 and not S.batch then
-      local env = dpop(q)
+    local nq = q:len()
+    if fast and nq > 0 then return AGAIN end
+    if nq > 0 and not S.batch then
+      local env = q:pop()
       if S.space.tail >= S.space.head then S.space:signal() end
       local ks = S.keys[env.key]
       u = { kind = "item", env = env, key = env.key, seq = env.seq, t0 = env.t0, t1 = env.t1,
@@ -1345,121 +1347,158 @@ end }
 -- behind and no peer is on its way, wake one, so waiting work never holds queued work.
 local function wake_peer(S)
   local w = S.work
-  if w.nwait > 0 and w.woken == 0 and (S.ready.n > 0 or (S.q.n > 0 and not S.batch)) then
+  if w.nwait > 0 and w.woken == 0 and (S.ready.n > 0 or (S.q:len() > 0 and not S.batch)) then
     w:signal()
   end
 end
 
+-- The fast path's C state of a stage (core/flow.c), made by its first worker. Its outputs go
+-- straight into the one consumer's queue ("direct"), into S.results ("sink"), or through Lua.
+local function stage_fast_state(S)
+  local fs = S._fs
+  if fs then return fs end
+  S.fast_emit = (S.nconsumers == 1 and not S.keep_results and true)
+    or (S.nconsumers == 0 and not S.order and "sink") or false
+  local C = S.consumers[1]
+  S.consumer1 = C
+  local mode
+  if S.fast_emit == "sink" then
+    mode = "sink"
+  elseif S.fast_emit and not C.collect and C.gate ~= S.name then
+    mode = "direct"
+  end
+  fs = flow.state(S, { mode = mode, job = S.job })
+  S._fs = fs
+  return fs
+end
+
+-- Finishes an item the pump handed back (see flow.pump in core/flow.c): everything but a plain
+-- 1:1 output (or none) with room downstream. st 2: v is the output envelope the pump made and
+-- the consumer's queue is full. S.running counts the item. u is the worker's reused unit; its
+-- id, seq, t0 and t1 are read from env only if something asks (see wunit_mt). Returns when the
+-- item ended.
+local function finish_item(S, u, st, env, key, t, ok, v, e2, code)
+  u.env, u.key = env, key
+  if st == 2 then
+    deliver_to(S.consumer1, v, S, u)
+    S.n_out = S.n_out + 1
+    S.n_done = S.n_done + 1
+  elseif ok and (v ~= nil or e2 == nil) then
+    if v ~= nil then
+      local fe = S.fast_emit
+      if fe and (e2 == nil or type(e2) ~= "table") and not u.k then
+        -- A lazy envelope (see lazy_env_mt): the item's origin and the chain of stages
+        -- since; its id and parent are made only when read. (env._o on an envelope made in
+        -- full finds nothing, through its metatable's __index table.)
+        local o, hop = env._o, nil
+        if o then
+          local chain = env._t
+          hop = S.hops[chain]
+          if not hop then hop = { sfx = S.suffix1, prev = chain }; S.hops[chain] = hop end
+        else
+          local t0, t1 = env.t0, env.t1
+          if t0 == nil and t1 == nil then
+            o = { id = env.id, seq = env.seq }
+          else
+            o = { id = env.id, seq = env.seq, t0 = t0, t1 = t1 }
+          end
+          hop = S.hop1
+        end
+        local out = setmetatable({ data = v, key = key, _o = o, _t = hop }, S.lazy_mt)
+        if fe == "sink" then -- no consumers: keep it in the results
+          local r = S.results
+          local nr = #r
+          if nr < MAX_RESULTS then r[nr + 1] = out else S.job.results_truncated = true end
+        else
+          deliver_to(S.consumer1, out, S, u)
+        end
+        S.n_out = S.n_out + 1
+      else
+        emit_output(S, u, v, type(e2) == "table" and e2 or nil)
+      end
+    end
+    S.n_done = S.n_done + 1
+  else
+    local tb
+    if ok then
+      v = e2
+    elseif v == Cancelled then
+      error(Cancelled, 0)
+    else
+      v, tb = unwrap(v)
+      code = nil
+    end
+    local rec = dead_letter(S, u, v, code, tb, 1)
+    local job = S.job
+    if job.bus.count > 0 then
+      unit_event(S, u, "item_failed", { error = rec.error, code = code, attempt = 1 })
+      unit_event(S, u, "item_dead", { error = rec.error, code = code, attempt = 1 })
+    end
+  end
+  local t_end = now()
+  local busy = t_end - t
+  local blocked = u.blocked
+  if blocked then busy = busy - blocked end
+  S.busy = S.busy + busy
+  hist_add(S.hist, busy)
+  u.env = nil
+  -- what this item's ctx:emit or blocked delivery left in u (false, not nil: a nil field
+  -- would be looked up through wunit_mt's __index)
+  if u.k then u.k, u.delivered, u.results = false, false, false end
+  if blocked then u.blocked = false end
+  S.running = S.running - 1
+  S.t_last = t_end
+  local ks = S.keys[key]
+  local n = ks.pending - 1
+  ks.pending = n
+  if n == 0 then check_key(S, key) end
+  if S.all_up then check_finished(S) end
+  return t_end
+end
+
+-- A fast-path worker's unit learns its item only when Lua code asks for it (ctx:emit,
+-- ctx:event): the pump then leaves the item to finish_item.
+function sync_unit(u)
+  local P = rawget(u, "pump")
+  if not P then return end
+  local env, first = flow.current(P)
+  if env ~= nil and first then
+    u.env, u.key = env, env.key
+    if u.k then u.k, u.delivered, u.results = false, false, false end
+    if u.blocked then u.blocked = false end
+  end
+end
+
+local pump, flow_on_wait = flow.pump, flow.on_wait
+
 local function worker_loop(S, wid)
   local task = sched.current()
-  task.on_wait = function() return wake_peer(S) end
   local born = now()
   local job = S.job
   local bus = job.bus
   local simple = not (S.retry or S.timeout or S.nlimits > 0 or S.order or S.batch or S.collect or S.gate)
-  S.fast_emit = (S.nconsumers == 1 and not S.keep_results and true)
-    or (S.nconsumers == 0 and not S.order and "sink") or false
-  S.consumer1 = S.consumers[1]
+  local fs = stage_fast_state(S)
   local wu = setmetatable({ kind = "item", n = 1, npend = 1, k = false, delivered = false,
     blocked = false, results = false }, wunit_mt)
   local wctx = setmetatable({ _unit = wu, attempt = 1 }, S.ctx_mt)
+  local P = flow.pump_new(fs, wu, wctx, S.run, on_error)
+  wu.pump = P
+  task.on_wait = function()
+    flow_on_wait(P)
+    return wake_peer(S)
+  end
   local ok, err = pcall(function()
     while true do
-      -- The fast path: take queued items one after the other without waiting.
+      -- The fast path (core/flow.c): a plain stage (no retry, timeout, limits, order, batch,
+      -- collect or gate), no memo, nobody listening to events, items waiting in the queue.
+      -- One clock read per item: an item starts when the previous one ended. (A plain stage
+      -- has nothing in S.ready: that holds batches, groups and flushes.)
       if simple and not job.memo then
         local t = nil
-        local q, keys, space, u, ctx = S.q, S.keys, S.space, wu, wctx
-        -- (a plain stage has nothing in S.ready: that holds batches, groups and flushes)
-        while q.n > 0 and bus.count == 0 and S.nworkers <= S.target do
-          local h = q.head
-          local env = q[h]
-          q[h] = nil
-          local n = q.n - 1
-          q.n = n
-          if n == 0 then q.head, q.tail = 1, 0 else q.head = h + 1 end
-          if space.tail >= space.head then space:signal() end
-          local key = env.key
-          local ks = keys[key]
-          if not t then
-            t = now()
-            if not S.t_first then S.t_first = t end
-          end
-          -- One item: run, hand on, count. u and ctx belong to this worker and are reused (a
-          -- ctx is only valid during its call); the unit's id, seq, t0 and t1 are read from env
-          -- only if something asks (see wunit_mt). What an earlier item's ctx:emit or blocked
-          -- delivery left in u is cleared only if there (false, not nil: a nil field would be
-          -- looked up through wunit_mt's __index).
-          S.running = S.running + 1
-          u.env, u.key = env, key
-          if u.k then u.k, u.delivered, u.results = false, false, false end
-          if u.blocked then u.blocked = false end
-          local ok, v, e2, code = xpcall(S.run, on_error, env, ctx)
-          if ok and (v ~= nil or e2 == nil) then
-            if v ~= nil then
-              local fe = S.fast_emit
-              if fe and (e2 == nil or type(e2) ~= "table") and not u.k then
-                -- A lazy envelope (see lazy_env_mt): the item's origin and the chain of stages
-                -- since; its id and parent are made only when read. (env._o on an envelope made in
-                -- full finds nothing, through its metatable's __index table.)
-                local o, hop = env._o, nil
-                if o then
-                  local chain = env._t
-                  hop = S.hops[chain]
-                  if not hop then hop = { sfx = S.suffix1, prev = chain }; S.hops[chain] = hop end
-                else
-                  local t0, t1 = env.t0, env.t1
-                  if t0 == nil and t1 == nil then
-                    o = { id = env.id, seq = env.seq }
-                  else
-                    o = { id = env.id, seq = env.seq, t0 = t0, t1 = t1 }
-                  end
-                  hop = S.hop1
-                end
-                local out = setmetatable({ data = v, key = key, _o = o, _t = hop }, S.lazy_mt)
-                if fe == "sink" then -- no consumers: keep it in the results
-                  local r = S.results
-                  local nr = #r
-                  if nr < MAX_RESULTS then r[nr + 1] = out else S.job.results_truncated = true end
-                else
-                  deliver_to(S.consumer1, out, S, u)
-                end
-                S.n_out = S.n_out + 1
-              else
-                emit_output(S, u, v, type(e2) == "table" and e2 or nil)
-              end
-            end
-            S.n_done = S.n_done + 1
-          else
-            local tb
-            if ok then
-              v = e2
-            elseif v == Cancelled then
-              error(Cancelled, 0)
-            else
-              v, tb = unwrap(v)
-              code = nil
-            end
-            local rec = dead_letter(S, u, v, code, tb, 1)
-            local job = S.job
-            if job.bus.count > 0 then
-              unit_event(S, u, "item_failed", { error = rec.error, code = code, attempt = 1 })
-              unit_event(S, u, "item_dead", { error = rec.error, code = code, attempt = 1 })
-            end
-          end
-          local t_end = now()
-          local busy = t_end - t
-          local blocked = u.blocked
-          if blocked then busy = busy - blocked end
-          S.busy = S.busy + busy
-          hist_add(S.hist, busy)
-          u.env = nil
-          S.running = S.running - 1
-          S.t_last = t_end
-          local n = ks.pending - 1
-          ks.pending = n
-          if n == 0 then check_key(S, key) end
-          if S.all_up then check_finished(S) end
-          t = t_end
+        while true do
+          local st, env, key, t_item, okr, v, e2, code = pump(P, t)
+          if not st then break end
+          t = finish_item(S, wu, st, env, key, t_item, okr, v, e2, code)
         end
       end
       local u = next_unit(S, simple and not job.memo and bus.count == 0)
@@ -1479,6 +1518,7 @@ local function worker_loop(S, wid)
     end
   end)
   task.on_wait = nil
+  flow.flush(fs)
   S.worker_time = S.worker_time + (now() - born)
   if S.nworkers > S.target or S.finished then S.nworkers = S.nworkers - 1 end
   wake_peer(S) -- a retiring worker passes on what it leaves
@@ -1538,8 +1578,8 @@ local function batcher_loop(S)
   while true do
     local t = now()
     flush_expired(t)
-    if S.q.n > 0 and S.ready.n < 1 then
-      local env = dpop(S.q)
+    if S.q:len() > 0 and S.ready.n < 1 then
+      local env = S.q:pop()
       S.space:signal()
       local k = env.key
       local ks = S.keys[k]
@@ -1567,7 +1607,7 @@ local function batcher_loop(S)
           if ks.replay then flush_replay(S, k, ks) end
         end
       end
-    elseif S.all_up and S.q.n == 0 then
+    elseif S.all_up and S.q:len() == 0 then
       for k in pairs(open) do
         local ks = S.keys[k]
         if ks and ks.batch then dispatch_batch(S, k, ks) end
@@ -1605,6 +1645,7 @@ local function set_workers(S, n)
     error("workers of stage '" .. S.name .. "' must be a positive integer (got " .. show(n) .. ")", 3)
   end
   S.target = n
+  flow.bump()
   if S.finished then return end
   while S.nworkers < n do spawn_worker(S) end
   if S.nworkers > n then S.work:broadcast() end
@@ -1650,15 +1691,14 @@ local function source_emit(N, data, opts, identity)
   deliver(N, env)
 end
 
-function SourceCtx:emit(data, opts)
-  if data == nil then error("ctx:emit: data must not be nil", 2) end
-  if self._node.stopped then error(Cancelled, 0) end
-  source_emit(self._node, data, opts)
-end
+-- ctx:emit(data[, opts]): flow.source_emit (core/flow.c) does the common case and calls
+-- source_emit for the rest.
+SourceCtx.emit = flow.source_emit
 
 -- ctx:close_key(key): the source will emit nothing more for key (lets collect/gate stages act
 -- before the source ends).
 function SourceCtx:close_key(key)
+  flow.flush(self._fs)
   close_key_downstream(self._node, key)
 end
 
@@ -1690,12 +1730,23 @@ local function source_loop(N)
         close_key_downstream(N, key)
       end
     else
+      -- ctx:emit's fast path defers counts (core/flow.c): flushed before the source waits
+      local C = N.consumers[1]
+      N.consumer1 = C
+      local fs = flow.state(N, { source = true, job = job,
+        mode = (N.nconsumers == 1 and not C.collect and C.gate ~= N.name) and "direct" or nil })
+      N._fs = fs
+      sched.current().on_wait = function() flow.flush(fs) end
       local ctx = setmetatable({ job = job, config = job.config, out = job.out, stage = N.name,
-        _node = N }, SourceCtx)
+        _node = N, _fs = fs }, SourceCtx)
       local r, e2 = N.run(ctx)
       if r == nil and e2 ~= nil then error(e2, 0) end
     end
   end)
+  if N._fs then
+    sched.current().on_wait = nil
+    flow.flush(N._fs)
+  end
   if not ok and err ~= Cancelled then
     local v, tb = unwrap(err)
     local rec = { stage = N.name, error = errtext(v), traceback = tb, kind = "source" }
@@ -1836,7 +1887,7 @@ function Pipeline:start(opts)
     for k, v in pairs(s) do if S[k] == nil then S[k] = v end end
     S.spec_n = s
     S.cap = s.queue
-    S.q, S.ready, S.keys, S.pdone, S.ndone = deque(), deque(), {}, {}, 0
+    S.q, S.ready, S.keys, S.pdone, S.ndone = flow.queue(), deque(), {}, {}, 0
     S.work, S.space, S.bcond = cond("waiting for work"), cond("queue:put"), cond("batch")
     S.qcond = s.batch and S.bcond or S.work
     S.target, S.nworkers, S.wid, S.nopen = s.workers, 0, 0, 0
@@ -1955,6 +2006,9 @@ end
 
 -- job:stats() -> { job=, state=, elapsed=, order = {names}, stages = { name = {...} } }
 function Job:stats()
+  for _, N in pairs(self.nodes) do
+    if N._fs then flow.flush(N._fs) end
+  end
   local t = (self.t_end or now())
   local out = { job = self.id, name = self.name, state = self.state, elapsed = t - self.t0,
     order = self.order, stages = {}, dead = #self.dead }
@@ -1973,7 +2027,7 @@ function Job:stats()
       st = {
         kind = "stage", ["in"] = S.n_in, done = S.n_done, failed = S.n_failed,
         retried = S.n_retried, dead = S.n_dead, cached = S.n_cached, out = S.n_out,
-        in_flight = S.running + S.in_flight, queue = S.q.n, queue_cap = S.cap, held = S.n_held,
+        in_flight = S.running + S.in_flight, queue = S.q:len(), queue_cap = S.cap, held = S.n_held,
         workers = S.target, workers_running = S.nworkers, finished = S.finished or false,
         rate = span > 0 and (S.n_done + S.n_failed) / span or 0,
         busy = S.busy, blocked = S.blocked, starved = S.starved,
@@ -2025,6 +2079,7 @@ function Job:done() return self.summary_ ~= nil end
 function Job:cancel()
   if self.summary_ then return false end
   self.cancelled = true
+  flow.bump()
   self.group:cancel()
   return true
 end
@@ -2039,6 +2094,7 @@ function Job:stop(grace)
     local N = self.nodes[n]
     if N.source then N.stopped = true end
   end
+  flow.bump()
   for _, t in ipairs(self.source_tasks or {}) do t:cancel() end
   if self.bus.count > 0 then job_event(self, { event = "job_stopping", grace = grace }) end
   self.grace_timer = core.after(grace, function()
@@ -2053,6 +2109,9 @@ end
 function Job:__tostring()
   return format("sluice.job %s (%s)", self.id, self.state)
 end
+
+flow.init { check_key = check_key, check_finished = check_finished, key_state = key_state,
+  signal = Cond.signal, deliver = deliver, source_emit = source_emit, cancelled = Cancelled }
 
 -- The command line lives in sluice.graph.cli.
 function Pipeline:run_cli(args, script_path)

@@ -122,7 +122,9 @@ local function step(t)
     finish(t)
   elseif t.wait_id == id then
     -- The body yielded without waiting for anything (a bare coroutine.yield()): treat it
-    -- as sluice.yield() so the task is not lost.
+    -- as sluice.yield() so the task is not lost (its on_wait hook runs as for any wait).
+    local hook = t.on_wait
+    if hook then hook(t) end
     enqueue(t, nil)
   end
 end
