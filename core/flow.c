@@ -526,8 +526,13 @@ enum {
   S_CTX,    /* the worker's ctx */
   S_ERRH,   /* the error handler */
   S_ENV_MT, /* S.lazy_mt */
-  S_ENV,    /* the current item's envelope */
-  S_KEY,    /* its key */
+  S_HOPS,   /* S.hops */
+  S_KDATA,  /* the strings "data", "key", "_o", "_t": field names for raw access */
+  S_KKEY,
+  S_KO,
+  S_KT,
+  S_ENV, /* the current item's envelope */
+  S_KEY, /* its key */
   S_BASE = S_KEY
 };
 
@@ -562,52 +567,82 @@ static void hist_add(fstate *fs, double v) {
   if (b > fs->hist_hi) fs->hist_hi = b;
 }
 
+/* Whether an envelope whose data is v (at idx) may be the origin of its outputs: holding it
+ * then holds its data for as long as they live, which is harmless for small values only. */
+static int small_data(lua_State *L, int idx) {
+  switch (lua_type(L, idx)) {
+    case LUA_TNUMBER:
+    case LUA_TBOOLEAN:
+      return 1;
+    case LUA_TSTRING:
+      return lua_rawlen(L, idx) <= 256;
+    default:
+      return 0;
+  }
+}
+
 /* Makes the output envelope of a 1:1 item with data at vidx, as graph.lua's lazy envelopes:
- * { data, key, _o = origin, _t = hop }. Pushes it. */
+ * { data, key, _o = origin, _t = hop }. The origin of a lazy input is its own; an envelope
+ * made in full with small data is its outputs' origin itself (lazy_env_mt reads id, seq, t0
+ * and t1 from it); otherwise an origin { id, seq, t0, t1 } is made. Pushes it. */
 static void push_output(lua_State *L, int vidx) {
-  int top = lua_gettop(L);
+  int out = lua_gettop(L) + 1;
   lua_createtable(L, 0, 4);
-  int out = top + 1;
+  lua_pushvalue(L, S_KDATA);
   lua_pushvalue(L, vidx);
-  lua_setfield(L, out, "data");
+  lua_rawset(L, out);
+  lua_pushvalue(L, S_KKEY);
   lua_pushvalue(L, S_KEY);
-  lua_setfield(L, out, "key");
-  if (lua_getfield(L, S_ENV, "_o") != LUA_TNIL) {
-    /* a lazy envelope: the same origin, and this stage's hop after its chain */
-    lua_setfield(L, out, "_o");
-    lua_getiuservalue(L, S_FS, UV_HOPS); /* out+1 */
-    lua_getfield(L, S_ENV, "_t");        /* out+2: the chain */
+  lua_rawset(L, out);
+  lua_pushvalue(L, S_KO);
+  if (lua_rawget(L, S_ENV) != LUA_TNIL) { /* out+1: the origin */
+    lua_pushvalue(L, S_KO);
+    lua_pushvalue(L, out + 1);
+    lua_rawset(L, out);
+    lua_pushvalue(L, S_KT);
+    lua_rawget(L, S_ENV); /* out+2: the chain of hops */
     lua_pushvalue(L, out + 2);
-    if (lua_rawget(L, out + 1) == LUA_TNIL) {
+    if (lua_rawget(L, S_HOPS) == LUA_TNIL) { /* out+3: this stage's hop after it */
       lua_pop(L, 1);
-      lua_createtable(L, 0, 2); /* out+3: the hop */
+      lua_createtable(L, 0, 2);
       lua_pushvalue(L, out + 2);
       lua_setfield(L, out + 3, "prev");
       lua_getiuservalue(L, S_FS, UV_SUFFIX);
       lua_setfield(L, out + 3, "sfx");
       lua_pushvalue(L, out + 2);
       lua_pushvalue(L, out + 3);
-      lua_rawset(L, out + 1); /* hops[chain] = hop */
+      lua_rawset(L, S_HOPS); /* hops[chain] = hop */
     }
-    lua_setfield(L, out, "_t");
-    lua_settop(L, out);
+    lua_pushvalue(L, S_KT);
+    lua_pushvalue(L, out + 3);
+    lua_rawset(L, out);
   } else {
     lua_pop(L, 1);
-    /* an envelope made in full: its origin is made here */
-    lua_createtable(L, 0, 4);
-    int o = out + 1;
-    lua_getfield(L, S_ENV, "id");
-    lua_setfield(L, o, "id");
-    lua_getfield(L, S_ENV, "seq");
-    lua_setfield(L, o, "seq");
-    lua_getfield(L, S_ENV, "t0");
-    lua_setfield(L, o, "t0");
-    lua_getfield(L, S_ENV, "t1");
-    lua_setfield(L, o, "t1");
-    lua_setfield(L, out, "_o");
+    lua_pushvalue(L, S_KDATA);
+    lua_rawget(L, S_ENV);
+    int small = small_data(L, -1);
+    lua_pop(L, 1);
+    lua_pushvalue(L, S_KO);
+    if (small) {
+      lua_pushvalue(L, S_ENV);
+    } else {
+      lua_createtable(L, 0, 4);
+      int o = lua_gettop(L);
+      lua_getfield(L, S_ENV, "id");
+      lua_setfield(L, o, "id");
+      lua_getfield(L, S_ENV, "seq");
+      lua_setfield(L, o, "seq");
+      lua_getfield(L, S_ENV, "t0");
+      lua_setfield(L, o, "t0");
+      lua_getfield(L, S_ENV, "t1");
+      lua_setfield(L, o, "t1");
+    }
+    lua_rawset(L, out);
+    lua_pushvalue(L, S_KT);
     lua_getiuservalue(L, S_FS, UV_HOP1);
-    lua_setfield(L, out, "_t");
+    lua_rawset(L, out);
   }
+  lua_settop(L, out);
   lua_pushvalue(L, S_ENV_MT);
   lua_setmetatable(L, out);
 }
@@ -727,7 +762,8 @@ static int pump_k(lua_State *L, int status, lua_KContext kc) {
       fs->space_waiters = field_int(L, -1, "tail") - field_int(L, -1, "head") + 1;
       lua_pop(L, 1);
     }
-    lua_getfield(L, S_ENV, "key");
+    lua_pushvalue(L, S_KKEY);
+    lua_rawget(L, S_ENV);
     lua_replace(L, S_KEY);
     set_dkey(L, fs, S_FS, S_KEY);
     if (!P->has_t) {
@@ -790,8 +826,13 @@ static int l_pump(lua_State *L) {
   lua_getiuservalue(L, A_P, PUV_CTX);    /* S_CTX */
   lua_getiuservalue(L, A_P, PUV_ERRH);   /* S_ERRH */
   lua_getiuservalue(L, S_FS, UV_ENV_MT); /* S_ENV_MT */
-  lua_pushnil(L);                        /* S_ENV */
-  lua_pushnil(L);                        /* S_KEY */
+  lua_getiuservalue(L, S_FS, UV_HOPS);   /* S_HOPS */
+  lua_pushliteral(L, "data");            /* S_KDATA */
+  lua_pushliteral(L, "key");
+  lua_pushliteral(L, "_o");
+  lua_pushliteral(L, "_t");
+  lua_pushnil(L); /* S_ENV */
+  lua_pushnil(L); /* S_KEY */
   refresh(L, fs, S_FS);
   return pump_k(L, LUA_OK, 0);
 }
@@ -851,22 +892,14 @@ static void raise_at_caller(lua_State *L, const char *msg) {
   lua_error(L);
 }
 
-/* Appends the decimal digits of v to buf at *len. */
-static void put_int(char *buf, size_t *len, lua_Integer v) {
-  char tmp[24];
-  int n = 0;
-  lua_Unsigned u = v < 0 ? (lua_Unsigned)0 - (lua_Unsigned)v : (lua_Unsigned)v;
-  do {
-    tmp[n++] = (char)('0' + u % 10);
-    u /= 10;
-  } while (u);
-  if (v < 0) tmp[n++] = '-';
-  while (n) buf[(*len)++] = tmp[--n];
-}
+/* Upvalues of flow.source_emit: field names for raw access. */
+enum { U_KEY = 1, U_SEQ, U_T0, U_T1, U_DATA, U_FS, U_COUNT = U_FS };
 
 /* ctx:emit(data[, opts]) of a function source (SourceCtx.emit). ctx._fs is the source's
  * state. The common case (a string key, an integer or no seq, one plain consumer with room)
- * is done here; the rest by graph.lua's source_emit. */
+ * is done here: the envelope is { key, seq, data[, t0, t1] } and its id is made by its
+ * metatable when read (graph.lua's source_env_mt). The rest is done by graph.lua's
+ * source_emit. */
 static int l_source_emit(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   if (lua_isnoneornil(L, 2)) raise_at_caller(L, "ctx:emit: data must not be nil");
@@ -874,89 +907,69 @@ static int l_source_emit(lua_State *L) {
   if (has_opts && !lua_istable(L, 3))
     raise_at_caller(L, "ctx:emit: options must be a table {seq=, t0=, t1=, key=}");
   lua_settop(L, 3);
-  lua_getfield(L, 1, "_fs");
+  lua_pushvalue(L, lua_upvalueindex(U_FS));
+  lua_rawget(L, 1);
   fstate *fs = check_state(L, 4);
   if (fs->epoch != sl_flow_epoch) refresh(L, fs, 4);
-  lua_getiuservalue(L, 4, UV_NODE); /* 5 */
-  if (fs->stop) {                   /* the job is stopping: the source ends here */
+  if (fs->stop) { /* the job is stopping: the source ends here */
     push_lib(L, LIB_CANCELLED);
     return lua_error(L);
   }
-  /* 6 key, 7 seq, 8 t0, 9 t1 */
+  /* 5 key, 6 seq, 7 t0, 8 t1 */
   if (has_opts) {
-    lua_getfield(L, 3, "key");
-    lua_getfield(L, 3, "seq");
-    lua_getfield(L, 3, "t0");
-    lua_getfield(L, 3, "t1");
-  } else {
-    lua_pushnil(L);
-    lua_pushnil(L);
-    lua_pushnil(L);
-    lua_pushnil(L);
-  }
-  if (lua_isnil(L, 6)) {
-    lua_getiuservalue(L, 4, UV_DEFKEY);
-    lua_replace(L, 6);
-  }
-  int fast = fs->mode == MODE_DIRECT && lua_type(L, 6) == LUA_TSTRING &&
-             (lua_isnil(L, 7) || lua_isinteger(L, 7));
-  char buf[ID_MAX + 1];
-  size_t len = 0;
-  if (fast) {
-    size_t plen, klen;
-    lua_getiuservalue(L, 4, UV_PREFIX);
-    const char *prefix = lua_tolstring(L, -1, &plen);
-    const char *key = lua_tolstring(L, 6, &klen);
-    if (!prefix || plen + klen + 22 > ID_MAX) {
-      fast = 0;
-    } else {
-      memcpy(buf, prefix, plen);
-      memcpy(buf + plen, key, klen);
-      len = plen + klen;
-      buf[len++] = '/';
+    int raw = !lua_getmetatable(L, 3);
+    if (!raw) lua_pop(L, 1);
+    for (int u = U_KEY; u <= U_T1; u++) {
+      lua_pushvalue(L, lua_upvalueindex(u));
+      if (raw)
+        lua_rawget(L, 3);
+      else
+        lua_gettable(L, 3);
     }
-    lua_pop(L, 1);
+  } else {
+    lua_settop(L, 8);
   }
-  if (!fast) {
+  if (lua_isnil(L, 5)) {
+    lua_getiuservalue(L, 4, UV_DEFKEY);
+    lua_replace(L, 5);
+  }
+  if (fs->mode != MODE_DIRECT || lua_type(L, 5) != LUA_TSTRING ||
+      !(lua_isnil(L, 6) || lua_isinteger(L, 6))) {
     /* graph.lua's source_emit does the rest (and may wait) */
     flush(L, fs, 4);
     push_lib(L, LIB_SOURCE_EMIT);
-    lua_pushvalue(L, 5);
+    lua_getiuservalue(L, 4, UV_NODE);
     lua_pushvalue(L, 2);
     lua_pushvalue(L, 3);
     lua_callk(L, 3, 0, 0, emit_k);
     return 0;
   }
-  set_dkey(L, fs, 4, 6);
-  lua_Integer seq;
-  if (lua_isnil(L, 7)) {
-    seq = fs->src_last + 1;
-  } else {
-    seq = lua_tointeger(L, 7);
-  }
+  set_dkey(L, fs, 4, 5);
+  lua_Integer seq = lua_isnil(L, 6) ? fs->src_last + 1 : lua_tointeger(L, 6);
   if (fs->src_last < seq) {
     fs->src_last = seq;
     fs->src_last_dirty = 1;
   }
-  put_int(buf, &len, seq);
-  /* the envelope, as source_emit makes it: id, key, seq, data (t0, t1) */
-  int eager_t = !lua_isnil(L, 8) || !lua_isnil(L, 9);
-  lua_createtable(L, 0, eager_t ? 6 : 4);
+  int with_t = !lua_isnil(L, 7) || !lua_isnil(L, 8);
+  lua_createtable(L, 0, with_t ? 5 : 3);
   int env = lua_gettop(L);
-  lua_pushlstring(L, buf, len); /* at most ID_MAX: never hashed */
-  lua_setfield(L, env, "id");
-  lua_pushvalue(L, 6);
-  lua_setfield(L, env, "key");
+  lua_pushvalue(L, lua_upvalueindex(U_KEY));
+  lua_pushvalue(L, 5);
+  lua_rawset(L, env);
+  lua_pushvalue(L, lua_upvalueindex(U_SEQ));
   lua_pushinteger(L, seq);
-  lua_setfield(L, env, "seq");
-  if (eager_t) {
-    lua_pushvalue(L, 8);
-    lua_setfield(L, env, "t0");
-    lua_pushvalue(L, 9);
-    lua_setfield(L, env, "t1");
-  }
+  lua_rawset(L, env);
+  lua_pushvalue(L, lua_upvalueindex(U_DATA));
   lua_pushvalue(L, 2);
-  lua_setfield(L, env, "data");
+  lua_rawset(L, env);
+  if (with_t) {
+    lua_pushvalue(L, lua_upvalueindex(U_T0));
+    lua_pushvalue(L, 7);
+    lua_rawset(L, env);
+    lua_pushvalue(L, lua_upvalueindex(U_T1));
+    lua_pushvalue(L, 8);
+    lua_rawset(L, env);
+  }
   lua_getiuservalue(L, 4, UV_ENV_MT);
   lua_setmetatable(L, env);
   if (fs->cq->n < fs->cons_cap + fs->cons_nwait) {
@@ -972,7 +985,7 @@ static int l_source_emit(lua_State *L) {
   /* the consumer's queue is full: deliver waits for room */
   flush(L, fs, 4);
   push_lib(L, LIB_DELIVER);
-  lua_pushvalue(L, 5);
+  lua_getiuservalue(L, 4, UV_NODE);
   lua_pushvalue(L, env);
   lua_callk(L, 2, 0, 0, emit_k);
   return 0;
@@ -1007,17 +1020,15 @@ int luaopen_sluice_flow(lua_State *L) {
   lua_pop(L, 1);
   luaL_newmetatable(L, PUMP_MT);
   lua_pop(L, 1);
-  static const luaL_Reg funcs[] = {{"init", l_init},
-                                   {"queue", l_queue},
-                                   {"state", l_state},
-                                   {"flush", l_flush},
-                                   {"bump", l_bump},
-                                   {"pump_new", l_pump_new},
-                                   {"pump", l_pump},
-                                   {"current", l_current},
-                                   {"on_wait", l_on_wait},
-                                   {"source_emit", l_source_emit},
-                                   {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"init", l_init},       {"queue", l_queue},
+                                   {"state", l_state},     {"flush", l_flush},
+                                   {"bump", l_bump},       {"pump_new", l_pump_new},
+                                   {"pump", l_pump},       {"current", l_current},
+                                   {"on_wait", l_on_wait}, {NULL, NULL}};
   luaL_newlib(L, funcs);
+  static const char *const emit_fields[] = {"key", "seq", "t0", "t1", "data", "_fs"};
+  for (int i = 0; i < U_COUNT; i++) lua_pushstring(L, emit_fields[i]);
+  lua_pushcclosure(L, l_source_emit, U_COUNT);
+  lua_setfield(L, -2, "source_emit");
   return 1;
 }

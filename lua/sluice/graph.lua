@@ -620,6 +620,46 @@ local function lazy_env_mt(job_id, stage)
   return mt
 end
 
+-- A source item's id: source/identity for sl.inputs(), source/key/seq otherwise.
+local function source_id(N, key, seq, identity)
+  local base
+  if identity then
+    base = N.prefix .. identity
+  elseif math_type(seq) == "integer" and type(key) == "string" then
+    base = N.prefix .. key .. "/" .. seq -- the same text as below, without two tostring calls
+  else
+    base = N.prefix .. tostring(key) .. "/" .. tostring(seq)
+  end
+  if #base > ID_MAX then base = "#" .. hash(base) end
+  return base
+end
+
+-- A source's envelopes: { id, key, seq, data[, t0, t1] }, where the fast path of ctx:emit
+-- (flow.source_emit) leaves id out: it is made when first read, and then kept. job, stage
+-- and attempt (1) come through the metatable; pairs() lists id too.
+local function source_env_mt(job_id, N)
+  local stage = N.name
+  local mt = { __name = "sluice.item" }
+  mt.__index = function(e, k)
+    if k == "id" then
+      local id = source_id(N, rawget(e, "key"), rawget(e, "seq"))
+      rawset(e, "id", id)
+      return id
+    elseif k == "attempt" then
+      return 1
+    elseif k == "job" then
+      return job_id
+    elseif k == "stage" then
+      return stage
+    end
+  end
+  mt.__pairs = function(e)
+    local _ = e.id -- made now, so that next() lists it
+    return next, e, nil
+  end
+  return mt
+end
+
 local function job_event(job, ev)
   ev.job = job.id
   job.bus:emit(ev)
@@ -1673,15 +1713,7 @@ local function source_emit(N, data, opts, identity)
   if seq == nil then seq = last + 1 end
   local seq_type = math_type(seq) -- nil when seq is not a number
   if seq_type and last < seq then seqs[key] = seq end
-  local base
-  if identity then
-    base = N.prefix .. identity
-  elseif seq_type == "integer" and (key == N.default_key or type(key) == "string") then
-    base = N.prefix .. key .. "/" .. seq -- the same text as below, without two tostring calls
-  else
-    base = N.prefix .. tostring(key) .. "/" .. tostring(seq)
-  end
-  if #base > ID_MAX then base = "#" .. hash(base) end
+  local base = source_id(N, key, seq, identity)
   local env
   if t0 == nil and t1 == nil then -- four fields (`attempt` comes from the metatable)
     env = setmetatable({ id = base, key = key, seq = seq, data = data }, N.env_mt)
@@ -1874,7 +1906,7 @@ function Pipeline:start(opts)
     N.default_key = n
     N.prefix = n .. "/"
     N.seqs = {}
-    N.env_mt = { __index = { job = job.id, stage = n, attempt = 1 }, __name = "sluice.item" }
+    N.env_mt = source_env_mt(job.id, N)
     if src.kind == "inputs" then
       N.total = #inputs
       N.key_fn = src.opts.key

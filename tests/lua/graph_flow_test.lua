@@ -247,4 +247,43 @@ T.case("a full downstream queue holds the fast path (backpressure)", function()
   T.ok(s.stages.a.blocked > 0, "a was held by b")
 end)
 
+T.case("a source's ids and fields are the same on ctx:emit's fast path and in Lua", function()
+  -- one consumer: flow.source_emit makes the envelopes; two: graph.lua's source_emit does
+  local function emits(ctx)
+    ctx:emit("a", { key = "x", seq = 3 })
+    ctx:emit("b", { key = "x" }) -- seq 4, after the highest so far
+    ctx:emit("c") -- the default key
+    ctx:emit("d", { key = "x", seq = 2, t0 = 1.5, t1 = 2 })
+    ctx:emit("e", { key = 7 }) -- a number key
+    ctx:emit("f", { key = "y", seq = 1.5 }) -- a float seq
+    ctx:emit("g", { key = string.rep("z", 130) }) -- hashed
+  end
+  local function run(two)
+    local seen = {}
+    local stages = { a = { from = "src", run = function(item)
+      local fields = {}
+      for k, v in pairs(item) do fields[k] = v end
+      fields.stage, fields.parent, fields.attempt = item.stage, item.parent, item.attempt
+      seen[item.data] = fields
+    end } }
+    if two then stages.b = { from = "src", run = function() end } end
+    local s = sl.pipeline "ids" { sources = { src = emits }, stages = stages } :start {}:wait()
+    T.eq(s.state, "done")
+    T.eq(s.stages.src.out, 7)
+    return seen
+  end
+  local fast, lua = run(false), run(true)
+  T.same(fast, lua)
+  T.eq(fast.a.id, "src/x/3")
+  T.eq(fast.b.id, "src/x/4")
+  T.eq(fast.c.id, "src/src/1")
+  T.eq(fast.d.t0, 1.5)
+  T.eq(fast.e.id, "src/7/1")
+  T.eq(fast.f.id, "src/y/1.5")
+  T.ok(fast.g.id:match("^#%x+$"), "a long id is hashed")
+  T.eq(fast.a.stage, "src")
+  T.eq(fast.a.attempt, 1)
+  T.eq(fast.a.parent, nil)
+end)
+
 T.run()
