@@ -1,8 +1,10 @@
 -- Benchmark 1: overhead of the stage-graph runner.
 -- The 3-stage x 4-worker shape (seed 004) with trivial work per item, declared with the DSL,
 -- against the same pipeline written with Python asyncio.Queue (graph_overhead_asyncio.py) and
--- hand-written on sl.queue (with and without the DSL's per-item bookkeeping), and against that
--- bookkeeping alone with no queues or tasks (a bound for any runner of the DSL in Lua),
+-- hand-written on sl.queue (with and without the DSL's per-item bookkeeping), against that
+-- bookkeeping alone with no queues or tasks (a bound for any runner of the DSL written in
+-- Lua; the DSL's per-item path is in C, core/flow.c), and against the DSL's envelopes alone
+-- (what any runner that makes them spends, with no queue, task, call of run or bookkeeping),
 -- measured in the same run, alternating, best of ROUNDS each, for each queue capacity (the
 -- same capacity on every side). Every side is timed in-process
 -- around the pipeline run (wall clock and CPU time of its own process; no interpreter
@@ -151,6 +153,27 @@ local function run_bound()
   return N / (core.now() - t0), N / (core.cpu_time() - c0)
 end
 
+-- For context: the floor of any runner of this DSL: only the envelopes each item needs (the
+-- options table the source passes to ctx:emit, the source's envelope and the three lazy
+-- envelopes of the stages' outputs, as core/flow.c makes them) and the kept results; no
+-- queue, task, call of run, clock or count.
+local function run_envelopes()
+  collectgarbage()
+  local src_mt, out_mt = { __index = function() end }, { __index = function() end }
+  local hop = {}
+  local results = {}
+  local t0, c0 = core.now(), core.cpu_time()
+  for i = 1, N do
+    local opts = { key = "k", seq = i }
+    local env = setmetatable({ key = opts.key, seq = opts.seq, data = i }, src_mt)
+    local o = env
+    for _ = 1, 3 do env = setmetatable({ data = env.data + 1, key = env.key, _o = o, _t = hop }, out_mt) end
+    results[i] = env
+  end
+  assert(#results == N and results[N].data == N + 3)
+  return N / (core.now() - t0), N / (core.cpu_time() - c0)
+end
+
 local function run_py(cap)
   local r = assert(sl.exec { "/usr/bin/python3", here .. "/graph_overhead_asyncio.py", tostring(N),
     tostring(cap) })
@@ -168,20 +191,22 @@ print(string.format("N=%d items through 3 stages x 4 workers, best of %d rounds 
 for _, cap in ipairs(QUEUES) do
   local p = pipeline(cap)
   local best = { lua = 0, lua_cpu = 0, py = 0, py_cpu = 0, floor = 0, floor_cpu = 0, books = 0,
-    books_cpu = 0, bound = 0, bound_cpu = 0 }
+    books_cpu = 0, bound = 0, bound_cpu = 0, env = 0, env_cpu = 0 }
   for round = 1, ROUNDS do
     local pr, pc = run_py(cap)
     local lr, lc = run_lua(p)
     local fr, fc = run_floor(cap, false)
     local kr, kc = run_floor(cap, true)
     local br, bc = run_bound()
+    local er, ec = run_envelopes()
     best.py, best.py_cpu = math.max(best.py, pr), math.max(best.py_cpu, pc)
     best.lua, best.lua_cpu = math.max(best.lua, lr), math.max(best.lua_cpu, lc)
     best.floor, best.floor_cpu = math.max(best.floor, fr), math.max(best.floor_cpu, fc)
     best.books, best.books_cpu = math.max(best.books, kr), math.max(best.books_cpu, kc)
     best.bound, best.bound_cpu = math.max(best.bound, br), math.max(best.bound_cpu, bc)
-    print(string.format("  queue %d round %d: DSL %.0f, asyncio %.0f, hand-written %.0f (+ bookkeeping %.0f), bookkeeping only %.0f items/s (wall)",
-      cap, round, lr, pr, fr, kr, br))
+    best.env, best.env_cpu = math.max(best.env, er), math.max(best.env_cpu, ec)
+    print(string.format("  queue %d round %d: DSL %.0f, asyncio %.0f, hand-written %.0f (+ bookkeeping %.0f), bookkeeping only %.0f, envelopes only %.0f items/s (wall)",
+      cap, round, lr, pr, fr, kr, br, er))
   end
   print(string.format("queue capacity %d (all three sides):", cap))
   print(string.format("  sluice DSL:             %9.0f items/s  (%9.0f items per CPU-second)", best.lua, best.lua_cpu))
@@ -189,6 +214,7 @@ for _, cap in ipairs(QUEUES) do
   print(string.format("  hand-written sl.queue:  %9.0f items/s  (%9.0f items per CPU-second)", best.floor, best.floor_cpu))
   print(string.format("  hand-written + books:   %9.0f items/s  (%9.0f items per CPU-second)", best.books, best.books_cpu))
   print(string.format("  bookkeeping only:       %9.0f items/s  (%9.0f items per CPU-second)", best.bound, best.bound_cpu))
+  print(string.format("  envelopes only:         %9.0f items/s  (%9.0f items per CPU-second)", best.env, best.env_cpu))
   local rw, rc = best.lua / best.py, best.lua_cpu / best.py_cpu
   print(string.format("  ratio DSL/asyncio:      wall %.2fx, CPU %.2fx   goal >= 3x: %s", rw, rc,
     (rw >= 3 and rc >= 3) and "met" or "NOT met"))
@@ -196,7 +222,9 @@ for _, cap in ipairs(QUEUES) do
     best.floor / best.py, best.floor_cpu / best.py_cpu, best.lua / best.floor, best.lua_cpu / best.floor_cpu))
   print(string.format("  ratio hand-written+bookkeeping/asyncio: wall %.2fx, CPU %.2fx (a Lua runner as lean as hand-written queues)",
     best.books / best.py, best.books_cpu / best.py_cpu))
-  print(string.format("  ratio bookkeeping-only/asyncio: wall %.2fx, CPU %.2fx (no runner of the DSL in Lua can pass this)",
+  print(string.format("  ratio bookkeeping-only/asyncio: wall %.2fx, CPU %.2fx (no runner of the DSL written in Lua can pass this)",
     best.bound / best.py, best.bound_cpu / best.py_cpu))
+  print(string.format("  ratio envelopes-only/asyncio: wall %.2fx, CPU %.2fx (no runner that makes the DSL's envelopes can pass this); DSL/envelopes-only: wall %.2fx",
+    best.env / best.py, best.env_cpu / best.py_cpu, best.lua / best.env))
 end
 print("(wall-clock rates depend on the machine's load; the CPU-second rates compare the work done)")
