@@ -9,7 +9,8 @@
  *  - stage/source state (fs): counters that the fast path keeps in C and adds to the stage's
  *    Lua table only at "flush" points, plus a one-key cache of the per-key pending counts.
  *  - the pump: what one worker of a plain stage (no retry, timeout, limits, order, batch,
- *    collect or gate; nobody listening to events; no memo) does for each queued item: run
+ *    collect or gate; nobody listening to per-item events; no memo) does for each queued
+ *    item: run
  *    it, make the output envelope, hand it on, count. Anything else (a failure, ctx:emit,
  *    options returned by run, a full downstream queue) goes back to graph.lua with the item,
  *    which finishes it as the Lua runner always did. Source emission (ctx:emit of a
@@ -236,7 +237,7 @@ static void refresh(lua_State *L, fstate *fs, int fsidx) {
     lua_pop(L, 1);
   } else {
     lua_getiuservalue(L, fsidx, UV_BUS);
-    stop = field_int(L, -1, "count") > 0 ||
+    stop = field_int(L, -1, "item_listeners") > 0 ||
            field_int(L, node, "nworkers") > field_int(L, node, "target");
     lua_getiuservalue(L, fsidx, UV_SPACE);
     fs->space_waiters = field_int(L, -1, "tail") - field_int(L, -1, "head") + 1;

@@ -22,22 +22,45 @@ local Bus = {}
 Bus.__index = Bus
 Bus.__name = "sluice.bus"
 
+-- count: listeners; item_listeners: those that may want item_start and item_done, the
+-- per-item events a plain stage's fast path does not make (the graph runs it only while
+-- there are none).
 function M.new()
-  return setmetatable({ listeners = {}, count = 0, n = 0 }, Bus)
+  return setmetatable({ listeners = {}, only = {}, count = 0, item_listeners = 0, n = 0 }, Bus)
 end
 
--- bus:on(fn) -> unsubscribe(): fn(ev) is called for every later event.
-function Bus:on(fn)
+local function recount(self)
+  local list, only = self.listeners, self.only
+  local per_item = 0
+  for _, f in ipairs(list) do
+    local o = only[f]
+    if not o or o.item_start or o.item_done then per_item = per_item + 1 end
+  end
+  self.count = #list
+  self.item_listeners = per_item
+  bump() -- what the graph's fast path cached of the bus is stale
+end
+
+-- bus:on(fn[, names]) -> unsubscribe(): fn(ev) is called for every later event, or with
+-- names (a list of event names) for those events only.
+function Bus:on(fn, names)
   local mt = getmetatable(fn)
   if type(fn) ~= "function" and not (type(mt) == "table" and mt.__call) then
     error("bad argument #1 to 'on' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  if names ~= nil and type(names) ~= "table" then
+    error("bad argument #2 to 'on' (list of event names expected, got " .. type(names) .. ")", 2)
   end
   local list = {}
   for i, f in ipairs(self.listeners) do list[i] = f end
   list[#list + 1] = fn
   self.listeners = list -- copy on write: emit iterates a snapshot
-  self.count = #list
-  bump() -- the graph's fast path runs only while nobody listens
+  if names then
+    local set = {}
+    for _, name in ipairs(names) do set[name] = true end
+    self.only[fn] = set
+  end
+  recount(self)
   return function() self:off(fn) end
 end
 
@@ -47,8 +70,8 @@ function Bus:off(fn)
     if f ~= fn then list[#list + 1] = f end
   end
   self.listeners = list
-  self.count = #list
-  bump()
+  self.only[fn] = nil
+  recount(self)
 end
 
 -- True when somebody listens: emitters skip building events nobody would see.
@@ -60,9 +83,11 @@ function Bus:emit(ev)
   self.n = n
   ev.n = n
   if ev.t == nil then ev.t = core.time() end
-  local list = self.listeners
+  local list, only = self.listeners, self.only
   for i = 1, #list do
-    local ok, err = pcall(list[i], ev)
+    local o = only[list[i]]
+    local ok, err = true, nil
+    if not o or o[ev.event] then ok, err = pcall(list[i], ev) end
     if not ok then
       io.stderr:write("sluice: an event listener failed and was removed: ", tostring(err), "\n")
       self:off(list[i])

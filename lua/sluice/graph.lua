@@ -1530,7 +1530,8 @@ local function worker_loop(S, wid)
   local ok, err = pcall(function()
     while true do
       -- The fast path (core/flow.c): a plain stage (no retry, timeout, limits, order, batch,
-      -- collect or gate), no memo, nobody listening to events, items waiting in the queue.
+      -- collect or gate), no memo, nobody listening to per-item events, items waiting in the
+      -- queue.
       -- One clock read per item: an item starts when the previous one ended. (A plain stage
       -- has nothing in S.ready: that holds batches, groups and flushes.)
       if simple and not job.memo then
@@ -1541,7 +1542,7 @@ local function worker_loop(S, wid)
           t = finish_item(S, wu, st, env, key, t_item, okr, v, e2, code)
         end
       end
-      local u = next_unit(S, simple and not job.memo and bus.count == 0)
+      local u = next_unit(S, simple and not job.memo and bus.item_listeners == 0)
       if not u then break end
       if u == AGAIN then -- items are queued: back to the fast path
       elseif u.kind == "flush" then

@@ -286,4 +286,42 @@ T.case("a source's ids and fields are the same on ctx:emit's fast path and in Lu
   T.eq(fast.a.parent, nil)
 end)
 
+T.case("a listener for some events only keeps the fast path; one for item events stops it", function()
+  local p = sl.pipeline "listen" {
+    sources = { gen = function(ctx) for i = 1, 30 do ctx:emit(i) end end },
+    stages = {
+      a = { from = "gen", workers = 2, run = function(item, ctx)
+        if item.data == 7 then error("seven") end
+        if item.data == 9 then ctx:log("nine") end
+        return item.data
+      end },
+    },
+  }
+  local function run(names)
+    local job = p:start {}
+    local got = {}
+    job.bus:on(function(ev) got[ev.event] = (got[ev.event] or 0) + 1 end, names)
+    local s = job:wait()
+    T.eq(s.stages.a.done, 29)
+    T.eq(#s.dead, 1)
+    -- the fast path hands on lazy envelopes (their id is made when read); process() does not
+    local lazy = 0
+    for _, e in ipairs(s.results.a) do if rawget(e, "id") == nil then lazy = lazy + 1 end end
+    return got, lazy
+  end
+  local got, lazy = run({ "item_dead", "log" })
+  T.eq(got.item_dead, 1)
+  T.eq(got.log, 1)
+  T.eq(got.item_start, nil, "filtered out")
+  T.eq(got.job_done, nil, "filtered out")
+  T.ok(lazy >= 27, "the fast path ran (" .. lazy .. " lazy envelopes)")
+  got, lazy = run({ "item_done" })
+  T.eq(got.item_done, 29)
+  T.eq(lazy, 0, "per-item events: every item through process()")
+  got, lazy = run(nil)
+  T.eq(got.item_start, 30)
+  T.eq(lazy, 0)
+  T.raises(function() p:start {}.bus:on(print, "log") end, "list of event names expected")
+end)
+
 T.run()

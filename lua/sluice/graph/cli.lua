@@ -242,7 +242,7 @@ function M.run(p, args, script_path)
           view:note(where .. ": " .. tostring(ev.message))
         end
       end
-    end)
+    end, { "item_dead", "log" })
   end
 
   local cli = require "sluice.cli"
