@@ -588,6 +588,7 @@ local LAZY_FIELDS = { "id", "key", "seq", "t0", "t1", "data", "attempt", "parent
 
 local function lazy_env_mt(job_id, stage)
   local mt = { __name = "sluice.item" }
+  local consts = { attempt = 1, job = job_id, stage = stage }
   mt.__index = function(e, k)
     local o = rawget(e, "_o")
     if k == "id" then
@@ -596,13 +597,9 @@ local function lazy_env_mt(job_id, stage)
       return id
     elseif k == "parent" then
       return chain_id(o.id, rawget(e, "_t").prev)
-    elseif k == "attempt" then
-      return 1
-    elseif k == "job" then
-      return job_id
-    elseif k == "stage" then
-      return stage
     end
+    local c = consts[k]
+    if c ~= nil then return c end
     return o[k]
   end
   -- pairs() (the REPL's printer, store.jsonable) sees the envelope's fields, not its insides
@@ -638,20 +635,15 @@ end
 -- (flow.source_emit) leaves id out: it is made when first read, and then kept. job, stage
 -- and attempt (1) come through the metatable; pairs() lists id too.
 local function source_env_mt(job_id, N)
-  local stage = N.name
   local mt = { __name = "sluice.item" }
+  local consts = { attempt = 1, job = job_id, stage = N.name }
   mt.__index = function(e, k)
     if k == "id" then
       local id = source_id(N, rawget(e, "key"), rawget(e, "seq"))
       rawset(e, "id", id)
       return id
-    elseif k == "attempt" then
-      return 1
-    elseif k == "job" then
-      return job_id
-    elseif k == "stage" then
-      return stage
     end
+    return consts[k]
   end
   mt.__pairs = function(e)
     local _ = e.id -- made now, so that next() lists it
