@@ -10,11 +10,10 @@
  *    Lua table only at "flush" points, plus a one-key cache of the per-key pending counts.
  *  - the pump: what one worker of a plain stage (no retry, timeout, limits, order, batch,
  *    collect or gate; nobody listening to per-item events; no memo) does for each queued
- *    item: run
- *    it, make the output envelope, hand it on, count. Anything else (a failure, ctx:emit,
- *    options returned by run, a full downstream queue) goes back to graph.lua with the item,
- *    which finishes it as the Lua runner always did. Source emission (ctx:emit of a
- *    function source) has the same fast path.
+ *    item: run it, make the output envelope, hand it on, count. Anything else (a failure,
+ *    ctx:emit, options returned by run, a full downstream queue) goes back to graph.lua
+ *    with the item, which finishes it as the Lua runner always did. Source emission
+ *    (ctx:emit of a function source) has the same fast path.
  *
  * Deferred counts are exact from every other task's point of view: a task that uses the fast
  * path flushes before it gives up control (its on_wait hook calls flow.on_wait or
@@ -190,6 +189,7 @@ typedef struct fstate {
   lua_Integer cons_delta; /* items of dkey handed to the consumer */
   lua_Integer own_delta;  /* minus the items of dkey finished here */
   lua_Integer src_last;   /* sources: N.seqs[dkey] */
+  int src_last_ok;        /* it is an integer (or absent: 0), so the fast path can count on */
   int src_last_dirty;
   /* what the fast path read of the Lua side, valid while epoch == sl_flow_epoch */
   unsigned epoch;
@@ -394,6 +394,7 @@ static void set_dkey(lua_State *L, fstate *fs, int fsidx, int kidx) {
     lua_getiuservalue(L, fsidx, UV_SEQS);
     lua_pushvalue(L, kidx);
     lua_rawget(L, -2);
+    fs->src_last_ok = lua_isnil(L, -1) || lua_isinteger(L, -1);
     fs->src_last = lua_tointeger(L, -1); /* 0 when absent */
     lua_pop(L, 2);
   }
@@ -934,10 +935,16 @@ static int l_source_emit(lua_State *L) {
     lua_getiuservalue(L, 4, UV_DEFKEY);
     lua_replace(L, 5);
   }
-  if (fs->mode != MODE_DIRECT || lua_type(L, 5) != LUA_TSTRING ||
-      !(lua_isnil(L, 6) || lua_isinteger(L, 6))) {
-    /* graph.lua's source_emit does the rest (and may wait) */
+  int fast = fs->mode == MODE_DIRECT && lua_type(L, 5) == LUA_TSTRING &&
+             (lua_isnil(L, 6) || lua_isinteger(L, 6));
+  if (fast) {
+    set_dkey(L, fs, 4, 5);
+    fast = fs->src_last_ok; /* a float seq counted so far: Lua counts on from it */
+  }
+  if (!fast) {
+    /* graph.lua's source_emit does the rest (and may wait); it may change N.seqs[key] */
     flush(L, fs, 4);
+    fs->has_dkey = 0;
     push_lib(L, LIB_SOURCE_EMIT);
     lua_getiuservalue(L, 4, UV_NODE);
     lua_pushvalue(L, 2);
@@ -945,7 +952,6 @@ static int l_source_emit(lua_State *L) {
     lua_callk(L, 3, 0, 0, emit_k);
     return 0;
   }
-  set_dkey(L, fs, 4, 5);
   lua_Integer seq = lua_isnil(L, 6) ? fs->src_last + 1 : lua_tointeger(L, 6);
   if (fs->src_last < seq) {
     fs->src_last = seq;

@@ -257,6 +257,13 @@ T.case("a source's ids and fields are the same on ctx:emit's fast path and in Lu
     ctx:emit("e", { key = 7 }) -- a number key
     ctx:emit("f", { key = "y", seq = 1.5 }) -- a float seq
     ctx:emit("g", { key = string.rep("z", 130) }) -- hashed
+    ctx:emit("h", { key = "x", seq = 6.5 }) -- a float seq of a key counted so far
+    ctx:emit("i", { key = "x" }) -- counts on from it: 7.5
+    ctx:emit("j", { key = "x", seq = 9 })
+    ctx:emit("k", { key = "x" }) -- 10
+    ctx:emit("l", { key = "q" }) -- 1 (the fast path counts q)
+    ctx:emit("m", { key = "q", seq = 1.5 }) -- in Lua
+    ctx:emit("n", { key = "q" }) -- 2.5: Lua's count, not the fast path's
   end
   local function run(two)
     local seen = {}
@@ -269,7 +276,7 @@ T.case("a source's ids and fields are the same on ctx:emit's fast path and in Lu
     if two then stages.b = { from = "src", run = function() end } end
     local s = sl.pipeline "ids" { sources = { src = emits }, stages = stages } :start {}:wait()
     T.eq(s.state, "done")
-    T.eq(s.stages.src.out, 7)
+    T.eq(s.stages.src.out, 14)
     return seen
   end
   local fast, lua = run(false), run(true)
@@ -281,6 +288,9 @@ T.case("a source's ids and fields are the same on ctx:emit's fast path and in Lu
   T.eq(fast.e.id, "src/7/1")
   T.eq(fast.f.id, "src/y/1.5")
   T.ok(fast.g.id:match("^#%x+$"), "a long id is hashed")
+  T.eq(fast.i.id, "src/x/7.5")
+  T.eq(fast.k.id, "src/x/10")
+  T.eq(fast.n.id, "src/q/2.5")
   T.eq(fast.a.stage, "src")
   T.eq(fast.a.attempt, 1)
   T.eq(fast.a.parent, nil)
