@@ -36,6 +36,24 @@
 #define STATE_MT "sluice.flow.state"
 #define PUMP_MT "sluice.flow.pump"
 
+/* The metatables are also kept in the registry under these addresses: checking a userdata's
+ * metatable by address is cheaper than luaL_checkudata's lookup by name, and the fast path
+ * checks one or two per item. */
+static const char queue_mt_key = 'q', state_mt_key = 's', pump_mt_key = 'p';
+
+/* Returns the userdata at idx if its metatable is the one at key; raises otherwise. */
+static void *check_ud(lua_State *L, int idx, const void *key, const char *tname) {
+  void *p = lua_touserdata(L, idx);
+  if (p && lua_getmetatable(L, idx)) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+    int ok = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (ok) return p;
+  }
+  luaL_typeerror(L, idx, tname);
+  return NULL;
+}
+
 unsigned sl_flow_epoch = 1;
 
 /* The Lua functions of graph.lua the fast path calls, stored once by flow.init: a table
@@ -67,7 +85,7 @@ typedef struct fqueue {
 } fqueue;
 
 static fqueue *check_queue(lua_State *L, int idx) {
-  return (fqueue *)luaL_checkudata(L, idx, QUEUE_MT);
+  return (fqueue *)check_ud(L, idx, &queue_mt_key, QUEUE_MT);
 }
 
 /* flow.queue() -> q */
@@ -198,7 +216,7 @@ typedef struct fstate {
 } fstate;
 
 static fstate *check_state(lua_State *L, int idx) {
-  return (fstate *)luaL_checkudata(L, idx, STATE_MT);
+  return (fstate *)check_ud(L, idx, &state_mt_key, STATE_MT);
 }
 
 static lua_Integer field_int(lua_State *L, int idx, const char *k) {
@@ -497,7 +515,7 @@ typedef struct fpump {
 } fpump;
 
 static fpump *check_pump(lua_State *L, int idx) {
-  return (fpump *)luaL_checkudata(L, idx, PUMP_MT);
+  return (fpump *)check_ud(L, idx, &pump_mt_key, PUMP_MT);
 }
 
 /* flow.pump_new(fs, u, ctx, run, on_error) -> P */
@@ -1022,11 +1040,11 @@ int luaopen_sluice_flow(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, l_queue_len);
   lua_setfield(L, -2, "__len");
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &queue_mt_key);
   luaL_newmetatable(L, STATE_MT);
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &state_mt_key);
   luaL_newmetatable(L, PUMP_MT);
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &pump_mt_key);
   static const luaL_Reg funcs[] = {{"init", l_init},       {"queue", l_queue},
                                    {"state", l_state},     {"flush", l_flush},
                                    {"bump", l_bump},       {"pump_new", l_pump_new},
