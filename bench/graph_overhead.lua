@@ -6,7 +6,11 @@
 -- Lua; the DSL's per-item path is in C, core/flow.c), and against the DSL's envelopes alone
 -- (what any runner that makes them spends, with no queue, task, call of run or bookkeeping),
 -- measured in the same run, alternating, best of ROUNDS each, for each queue capacity (the
--- same capacity on every side). Every side is timed in-process
+-- same capacity on every side). Every side runs in a process of its own each round, as the
+-- Python baseline does (a heap left by another side changes how fast the next allocates),
+-- started by this script with --side, and every side (Python too) runs its pipeline twice
+-- there and is measured the second time, with a heap warmed by the first (as in a long-running
+-- process; a cold heap's page faults would otherwise count). Every side is timed in-process
 -- around the pipeline run (wall clock and CPU time of its own process; no interpreter
 -- start-up). Prints items/s and the ratios (goal: the DSL >= 3x asyncio).
 --   sluice run bench/graph_overhead.lua [N] [ROUNDS] [QUEUES]   (QUEUES: "8,64" by default)
@@ -19,11 +23,14 @@
 local sl = require "sluice"
 local core = require "sluice.core.core"
 
-local N = tonumber(arg and arg[1]) or 100000
-local ROUNDS = tonumber(arg and arg[2]) or 3
+local SIDE = arg and arg[1] == "--side" and arg[2] -- one side, in a process of its own
+local argi = SIDE and 3 or 1
+local N = tonumber(arg and arg[argi]) or 100000
+local ROUNDS = tonumber(arg and arg[argi + 1]) or 3
 local QUEUES = {}
-for q in ((arg and arg[3]) or "8,64"):gmatch("%d+") do QUEUES[#QUEUES + 1] = tonumber(q) end
-local here = (arg and arg[0] or "bench/graph_overhead.lua"):match("^(.*)/") or "."
+for q in ((arg and arg[argi + 2]) or "8,64"):gmatch("%d+") do QUEUES[#QUEUES + 1] = tonumber(q) end
+local script = arg and arg[0] or "bench/graph_overhead.lua"
+local here = script:match("^(.*)/") or "."
 
 local function f(item) return item.data + 1 end
 
@@ -176,7 +183,39 @@ end
 
 local function run_py(cap)
   local r = assert(sl.exec { "/usr/bin/python3", here .. "/graph_overhead_asyncio.py", tostring(N),
-    tostring(cap) })
+    tostring(cap), "2" })
+  assert(r.status == 0, r.stderr)
+  local rate, cpu = r.stdout:match("([%d.]+)%s+([%d.]+)")
+  return tonumber(rate), tonumber(cpu)
+end
+
+if SIDE then -- --side NAME N ROUNDS CAP: prints "items/s items-per-CPU-second" of the second run
+  local cap = QUEUES[1]
+  local r, c
+  local p = SIDE == "dsl" and pipeline(cap)
+  for _ = 1, 2 do
+    if SIDE == "dsl" then r, c = run_lua(p)
+    elseif SIDE == "hand" then r, c = run_floor(cap, false)
+    elseif SIDE == "books" then r, c = run_floor(cap, true)
+    elseif SIDE == "bound" then r, c = run_bound()
+    elseif SIDE == "envelopes" then r, c = run_envelopes()
+    else error("unknown side " .. SIDE) end
+  end
+  print(string.format("%.1f %.1f", r, c))
+  return
+end
+
+-- This process's executable (the sides run in new processes of it).
+local function self_exe()
+  local f = assert(io.open("/proc/self/stat"))
+  local pid = f:read("l"):match("^(%d+)")
+  f:close()
+  return "/proc/" .. pid .. "/exe"
+end
+local EXE = self_exe()
+
+local function run_side(name, cap)
+  local r = assert(sl.exec { EXE, "run", script, "--side", name, tostring(N), "1", tostring(cap) })
   assert(r.status == 0, r.stderr)
   local rate, cpu = r.stdout:match("([%d.]+)%s+([%d.]+)")
   return tonumber(rate), tonumber(cpu)
@@ -189,16 +228,15 @@ if load then
 end
 print(string.format("N=%d items through 3 stages x 4 workers, best of %d rounds per queue capacity", N, ROUNDS))
 for _, cap in ipairs(QUEUES) do
-  local p = pipeline(cap)
   local best = { lua = 0, lua_cpu = 0, py = 0, py_cpu = 0, floor = 0, floor_cpu = 0, books = 0,
     books_cpu = 0, bound = 0, bound_cpu = 0, env = 0, env_cpu = 0 }
   for round = 1, ROUNDS do
     local pr, pc = run_py(cap)
-    local lr, lc = run_lua(p)
-    local fr, fc = run_floor(cap, false)
-    local kr, kc = run_floor(cap, true)
-    local br, bc = run_bound()
-    local er, ec = run_envelopes()
+    local lr, lc = run_side("dsl", cap)
+    local fr, fc = run_side("hand", cap)
+    local kr, kc = run_side("books", cap)
+    local br, bc = run_side("bound", cap)
+    local er, ec = run_side("envelopes", cap)
     best.py, best.py_cpu = math.max(best.py, pr), math.max(best.py_cpu, pc)
     best.lua, best.lua_cpu = math.max(best.lua, lr), math.max(best.lua_cpu, lc)
     best.floor, best.floor_cpu = math.max(best.floor, fr), math.max(best.floor_cpu, fc)
