@@ -669,6 +669,19 @@ static void push_output(lua_State *L, int vidx) {
 
 static int pump_k(lua_State *L, int status, lua_KContext kc);
 
+/* Sets what push_output needs of the state at S_FS into S_ENV_MT .. S_KT. */
+static void set_output_slots(lua_State *L) {
+  lua_getiuservalue(L, S_FS, UV_ENV_MT);
+  lua_replace(L, S_ENV_MT);
+  lua_getiuservalue(L, S_FS, UV_HOPS);
+  lua_replace(L, S_HOPS);
+  static const char *const names[] = {"data", "key", "_o", "_t"};
+  for (int i = 0; i < 4; i++) {
+    lua_pushstring(L, names[i]);
+    lua_replace(L, S_KDATA + i);
+  }
+}
+
 /* Returns st, env, key, t_item, ok, v, e2, code to Lua (see l_pump). Expects ok, v, e2, code
  * at the top. */
 static int return_item(lua_State *L, fpump *P, int st) {
@@ -841,20 +854,37 @@ static int l_pump(lua_State *L) {
     lua_remove(L, -2);
   } else {
     lua_pushnil(L);
-  }                                      /* S_CRING */
-  lua_getiuservalue(L, A_P, PUV_RUN);    /* S_RUN */
-  lua_getiuservalue(L, A_P, PUV_CTX);    /* S_CTX */
-  lua_getiuservalue(L, A_P, PUV_ERRH);   /* S_ERRH */
-  lua_getiuservalue(L, S_FS, UV_ENV_MT); /* S_ENV_MT */
-  lua_getiuservalue(L, S_FS, UV_HOPS);   /* S_HOPS */
-  lua_pushliteral(L, "data");            /* S_KDATA */
-  lua_pushliteral(L, "key");
-  lua_pushliteral(L, "_o");
-  lua_pushliteral(L, "_t");
-  lua_pushnil(L); /* S_ENV */
-  lua_pushnil(L); /* S_KEY */
+  }                                    /* S_CRING */
+  lua_getiuservalue(L, A_P, PUV_RUN);  /* S_RUN */
+  lua_getiuservalue(L, A_P, PUV_CTX);  /* S_CTX */
+  lua_getiuservalue(L, A_P, PUV_ERRH); /* S_ERRH */
+  lua_settop(L, S_KEY);                /* S_ENV_MT .. S_KEY */
+  set_output_slots(L);
   refresh(L, fs, S_FS);
   return pump_k(L, LUA_OK, 0);
+}
+
+/* flow.output(fs, env, key, v) -> the lazy output envelope that stage fs makes of its item env
+ * (of key key) with data v: what the pump hands on (graph.lua's finish_item uses it too). */
+static int l_output(lua_State *L) {
+  check_state(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checkany(L, 4);
+  lua_settop(L, 4);
+  /* the stack of a pump call, where push_output looks: S_FS, S_ENV_MT .. S_KT, S_ENV, S_KEY
+   * (the other slots are not used); v above them */
+  lua_settop(L, S_KEY);
+  lua_pushvalue(L, 4);
+  int v = lua_gettop(L);
+  lua_pushvalue(L, 2);
+  lua_replace(L, S_ENV);
+  lua_pushvalue(L, 3);
+  lua_replace(L, S_KEY);
+  lua_pushvalue(L, 1);
+  lua_replace(L, S_FS);
+  set_output_slots(L);
+  push_output(L, v);
+  return 1;
 }
 
 /* Called when Lua code looks at the worker's item, or the worker waits inside run: S.running
@@ -1045,11 +1075,10 @@ int luaopen_sluice_flow(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &state_mt_key);
   luaL_newmetatable(L, PUMP_MT);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &pump_mt_key);
-  static const luaL_Reg funcs[] = {{"init", l_init},       {"queue", l_queue},
-                                   {"state", l_state},     {"flush", l_flush},
-                                   {"bump", l_bump},       {"pump_new", l_pump_new},
-                                   {"pump", l_pump},       {"current", l_current},
-                                   {"on_wait", l_on_wait}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"init", l_init},       {"queue", l_queue},       {"state", l_state}, {"flush", l_flush},
+      {"bump", l_bump},       {"pump_new", l_pump_new}, {"pump", l_pump},   {"current", l_current},
+      {"on_wait", l_on_wait}, {"output", l_output},     {NULL, NULL}};
   luaL_newlib(L, funcs);
   static const char *const emit_fields[] = {"key", "seq", "t0", "t1", "data", "_fs"};
   for (int i = 0; i < U_COUNT; i++) lua_pushstring(L, emit_fields[i]);

@@ -1419,24 +1419,8 @@ local function finish_item(S, u, st, env, key, t, ok, v, e2, code)
     if v ~= nil then
       local fe = S.fast_emit
       if fe and (e2 == nil or type(e2) ~= "table") and not u.k then
-        -- A lazy envelope (see lazy_env_mt): the item's origin and the chain of stages
-        -- since; its id and parent are made only when read. (env._o on an envelope made in
-        -- full finds nothing, through its metatable's __index table.)
-        local o, hop = env._o, nil
-        if o then
-          local chain = env._t
-          hop = S.hops[chain]
-          if not hop then hop = { sfx = S.suffix1, prev = chain }; S.hops[chain] = hop end
-        else
-          local t0, t1 = env.t0, env.t1
-          if t0 == nil and t1 == nil then
-            o = { id = env.id, seq = env.seq }
-          else
-            o = { id = env.id, seq = env.seq, t0 = t0, t1 = t1 }
-          end
-          hop = S.hop1
-        end
-        local out = setmetatable({ data = v, key = key, _o = o, _t = hop }, S.lazy_mt)
+        -- a lazy envelope (see lazy_env_mt), made as the pump makes them
+        local out = flow.output(S._fs, env, key, v)
         if fe == "sink" then -- no consumers: keep it in the results
           local r = S.results
           local nr = #r
