@@ -179,7 +179,6 @@ enum {
   UV_RESULTS,    /* S.results (sink mode) */
   UV_SPACE,      /* S.space: producers waiting for room in S's queue */
   UV_CONS_COND,  /* the consumer's qcond: its workers (or batcher) waiting for items */
-  UV_PREFIX,     /* sources: N.prefix */
   UV_QUEUE,      /* S.q */
   UV_CONS_QUEUE, /* the consumer's q */
   UV_BUS,        /* job.bus */
@@ -226,13 +225,14 @@ static lua_Integer field_int(lua_State *L, int idx, const char *k) {
   return v;
 }
 
-/* t[k] = t[k] + d for the table at idx (absolute). */
-static void add_int(lua_State *L, int idx, const char *k, lua_Integer d) {
+/* t[k] = t[k] + d for the table at idx (absolute); returns the new value. */
+static lua_Integer add_int(lua_State *L, int idx, const char *k, lua_Integer d) {
   lua_getfield(L, idx, k);
   lua_Integer v = lua_tointeger(L, -1) + d;
   lua_pop(L, 1);
   lua_pushinteger(L, v);
   lua_setfield(L, idx, k);
+  return v;
 }
 
 static void add_num(lua_State *L, int idx, const char *k, double d) {
@@ -241,6 +241,22 @@ static void add_num(lua_State *L, int idx, const char *k, double d) {
   lua_pop(L, 1);
   lua_pushnumber(L, v);
   lua_setfield(L, idx, k);
+}
+
+/* Reads how many producers wait for room in the stage's queue (entries of S.space; some may
+ * be stale, which Cond.signal skips). */
+static void read_space_waiters(lua_State *L, fstate *fs, int fsidx) {
+  lua_getiuservalue(L, fsidx, UV_SPACE);
+  fs->space_waiters = field_int(L, -1, "tail") - field_int(L, -1, "head") + 1;
+  lua_pop(L, 1);
+}
+
+/* Reads the consumer's waiting and woken workers (its qcond). */
+static void read_cons_cond(lua_State *L, fstate *fs, int fsidx) {
+  lua_getiuservalue(L, fsidx, UV_CONS_COND);
+  fs->cons_nwait = field_int(L, -1, "nwait");
+  fs->cons_woken = field_int(L, -1, "woken");
+  lua_pop(L, 1);
 }
 
 /* Reads what the fast path caches of the Lua side. fsidx is the state's absolute index. */
@@ -257,17 +273,13 @@ static void refresh(lua_State *L, fstate *fs, int fsidx) {
     lua_getiuservalue(L, fsidx, UV_BUS);
     stop = field_int(L, -1, "item_listeners") > 0 ||
            field_int(L, node, "nworkers") > field_int(L, node, "target");
-    lua_getiuservalue(L, fsidx, UV_SPACE);
-    fs->space_waiters = field_int(L, -1, "tail") - field_int(L, -1, "head") + 1;
-    lua_pop(L, 1);
+    read_space_waiters(L, fs, fsidx);
   }
   fs->stop = stop;
   if (fs->mode == MODE_DIRECT) {
     lua_getiuservalue(L, fsidx, UV_CONS);
     fs->cons_cap = field_int(L, -1, "cap");
-    lua_getiuservalue(L, fsidx, UV_CONS_COND);
-    fs->cons_nwait = field_int(L, -1, "nwait");
-    fs->cons_woken = field_int(L, -1, "woken");
+    read_cons_cond(L, fs, fsidx);
   }
   lua_settop(L, top);
   fs->epoch = sl_flow_epoch;
@@ -285,10 +297,7 @@ static void call_on_uv(lua_State *L, int what, int fsidx, int uv) {
 static void wake_consumer(lua_State *L, fstate *fs, int fsidx) {
   if (fs->cons_nwait > 0 && fs->cons_woken == 0) {
     call_on_uv(L, LIB_SIGNAL, fsidx, UV_CONS_COND);
-    lua_getiuservalue(L, fsidx, UV_CONS_COND);
-    fs->cons_nwait = field_int(L, -1, "nwait");
-    fs->cons_woken = field_int(L, -1, "woken");
-    lua_pop(L, 1);
+    read_cons_cond(L, fs, fsidx);
   }
 }
 
@@ -332,19 +341,11 @@ static void flush_key(lua_State *L, fstate *fs, int fsidx) {
     lua_getiuservalue(L, fsidx, UV_KEYS);
     lua_getiuservalue(L, fsidx, UV_DKEY);
     lua_rawget(L, -2);
-    if (lua_istable(L, -1)) {
-      int ks = lua_gettop(L);
-      lua_getfield(L, ks, "pending");
-      lua_Integer n = lua_tointeger(L, -1) + d;
-      lua_pop(L, 1);
-      lua_pushinteger(L, n);
-      lua_setfield(L, ks, "pending");
-      if (n == 0) {
-        push_lib(L, LIB_CHECK_KEY);
-        lua_getiuservalue(L, fsidx, UV_NODE);
-        lua_getiuservalue(L, fsidx, UV_DKEY);
-        lua_call(L, 2, 0);
-      }
+    if (lua_istable(L, -1) && add_int(L, lua_gettop(L), "pending", d) == 0) {
+      push_lib(L, LIB_CHECK_KEY);
+      lua_getiuservalue(L, fsidx, UV_NODE);
+      lua_getiuservalue(L, fsidx, UV_DKEY);
+      lua_call(L, 2, 0);
     }
     lua_settop(L, top);
   }
@@ -452,9 +453,9 @@ static int l_state(lua_State *L) {
   static const struct {
     int uv;
     const char *field;
-  } node_fields[] = {{UV_KEYS, "keys"},       {UV_HOPS, "hops"},          {UV_HOP1, "hop1"},
-                     {UV_RESULTS, "results"}, {UV_SPACE, "space"},        {UV_PREFIX, "prefix"},
-                     {UV_SEQS, "seqs"},       {UV_DEFKEY, "default_key"}, {UV_SUFFIX, "suffix1"}};
+  } node_fields[] = {{UV_KEYS, "keys"},          {UV_HOPS, "hops"},     {UV_HOP1, "hop1"},
+                     {UV_RESULTS, "results"},    {UV_SPACE, "space"},   {UV_SEQS, "seqs"},
+                     {UV_DEFKEY, "default_key"}, {UV_SUFFIX, "suffix1"}};
   for (size_t i = 0; i < sizeof node_fields / sizeof node_fields[0]; i++) {
     lua_getfield(L, 1, node_fields[i].field);
     lua_setiuservalue(L, fsidx, node_fields[i].uv);
@@ -791,9 +792,7 @@ static int pump_k(lua_State *L, int status, lua_KContext kc) {
     if (fs->space_waiters > 0) {
       /* a producer waits for room: wake one (as next_unit and the Lua fast path do) */
       call_on_uv(L, LIB_SIGNAL, S_FS, UV_SPACE);
-      lua_getiuservalue(L, S_FS, UV_SPACE);
-      fs->space_waiters = field_int(L, -1, "tail") - field_int(L, -1, "head") + 1;
-      lua_pop(L, 1);
+      read_space_waiters(L, fs, S_FS);
     }
     lua_pushvalue(L, S_KKEY);
     lua_rawget(L, S_ENV);
@@ -917,12 +916,13 @@ static int l_current(lua_State *L) {
 }
 
 /* flow.on_wait(P): the worker is about to wait (its task's on_wait hook). Flushes the stage's
- * deferred counts; inside run, S.running counts the item while it waits. */
+ * deferred counts; inside run, S.running counts the item while it waits. (What other tasks
+ * then change is reread: they run, and this one runs again, only through core.resume, which
+ * moves the epoch on.) */
 static int l_on_wait(lua_State *L) {
   fpump *P = check_pump(L, 1);
   lua_settop(L, 1);
   expose_item(L, P, 1);
-  sl_flow_epoch++;
   return 0;
 }
 
