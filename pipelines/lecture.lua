@@ -121,11 +121,14 @@ return sl.pipeline "lecture" {
         end
         table.sort(chunks, function(a, b) return a.seq < b.seq end)
         local merged = fusion.merge_chunks(chunks, { absolute = true })
+        -- who spoke (diarizing models) and how the times were found ("chunk": per short chunk)
+        stages.carry_segment_fields(merged.segments, chunks, { "speaker", "timing" })
         local key = items[1].key
         local dir = stages.out_dir(ctx, key)
         local segs = {}
         for i, s in ipairs(merged.segments) do
-          segs[i] = { start = s.start, ["end"] = s["end"], text = s.text, words = s.words }
+          segs[i] = { start = s.start, ["end"] = s["end"], text = s.text, words = s.words,
+            speaker = s.speaker, timing = s.timing }
         end
         write_json(dir .. "/transcript.json", { duration = t1, text = merged.text, segments = segs,
           boundaries = merged.boundaries })

@@ -15,6 +15,7 @@ usage: sluice <command> [arguments]
 commands:
   run SCRIPT.lua [ARGS...]   run a script or a pipeline (see: sluice help run)
   repl [SCRIPT.lua]          interactive prompt; with a script, its values are in scope
+  providers [--check]        providers, their roles and models; --check asks the vendors
   version                    print the version
   help [COMMAND]             show help
 

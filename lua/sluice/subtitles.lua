@@ -1,5 +1,7 @@
 -- sluice.subtitles: SRT and WebVTT, written from and parsed into transcript segments
--- {start=, ["end"]=, text=} (seconds; text may hold several lines).
+-- {start=, ["end"]=, text=, speaker=} (seconds; text may hold several lines; speaker is
+-- optional: SRT writes it as "A: text", WebVTT as a voice span "<v A>text"; parse leaves
+-- both in the text).
 --
 --   local subs = require "sluice.subtitles"
 --   local srt = subs.srt(segments)            -- string
@@ -32,11 +34,22 @@ local function cue_text(s, vtt)
   return s
 end
 
+-- A speaker label fit for a cue: one line, and no "<", ">" or "&" in a WebVTT voice span.
+local function speaker_of(seg, vtt)
+  local s = seg.speaker
+  if s == nil then return nil end
+  s = tostring(s):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  if vtt then s = s:gsub("[<>&]", "") end
+  return s ~= "" and s or nil
+end
+
 local function cues(segments, vtt)
   local out = {}
   local n = 0
   for _, seg in ipairs(segments) do
     local txt = cue_text(seg.text, vtt)
+    local who = speaker_of(seg, vtt)
+    if txt ~= "" and who then txt = vtt and ("<v " .. who .. ">" .. txt) or (who .. ": " .. txt) end
     if txt ~= "" then
       n = n + 1
       local sep = vtt and "." or ","

@@ -1,10 +1,13 @@
 #!/usr/bin/python3
 """fakeapi: a local stand-in for the remote AI services sluice talks to.
 
-It speaks the documented wire formats of OpenAI's chat completions and audio
-transcriptions (also what Ollama, vLLM and llama.cpp serve), Google Gemini's
-generateContent / streamGenerateContent, and NAVER CLOVA Speech long-form recognition
-(POST {invoke}/recognizer/upload), with realistic bodies. On request it adds latency,
+It speaks the documented wire formats of OpenAI's chat completions, audio transcriptions
+and model list (also what Ollama, vLLM and llama.cpp serve), Google Gemini's
+generateContent / streamGenerateContent and model list, and NAVER CLOVA Speech long-form
+recognition (POST {invoke}/recognizer/upload), with realistic bodies. OpenAI requests are
+validated against the component schemas of OpenAI's OpenAPI description and Gemini requests
+against the protos' JSON mapping (../shared/specs); the models, their lifecycles and their
+rules (reasoning models, transcription formats, thinking) are in vendors.py. On request it adds latency,
 429s with Retry-After, 5xx, hangs, dropped connections, truncated or malformed JSON, a
 fixed requests-per-minute limit and a concurrency limit. It records every request so
 tests can check what was sent and count calls.
@@ -19,9 +22,19 @@ import io
 import json
 import sys
 import time
+import os
 import wave
 
 from aiohttp import web
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import openai_spec  # noqa: E402
+import protojson  # noqa: E402
+import vendors  # noqa: E402
+
+GEMINI = "google.ai.generativelanguage.v1beta."
+GEMINI_PROTOS = ("content.proto", "generative_service.proto", "safety.proto", "citation.proto",
+                 "retriever.proto", "model.proto", "model_service.proto")
 
 OPENAI_PREFIXES = ("/v1", "/openai/v1")
 
@@ -40,6 +53,7 @@ class State:
             "stream_delay": 0.02,
             "reply": None,
             "record": not args.no_record,
+            "page_size": 50,  # Gemini's ListModels page size when the client asks for none
         }
         self.reset()
 
@@ -70,14 +84,16 @@ def parse_fault(text):
     return kind.strip(), (arg.strip() or None)
 
 
-def openai_error(status, message, etype, code=None):
+def openai_error(status, message, etype, code=None, param=None):
     return web.json_response(
-        {"error": {"message": message, "type": etype, "param": None, "code": code}}, status=status)
+        {"error": {"message": message, "type": etype, "param": param, "code": code}}, status=status)
 
 
-def gemini_error(status, message, sstatus):
-    return web.json_response({"error": {"code": status, "message": message, "status": sstatus}},
-                             status=status)
+def gemini_error(status, message, sstatus, details=None):
+    e = {"code": status, "message": message, "status": sstatus}
+    if details:
+        e["details"] = details
+    return web.json_response({"error": e}, status=status)
 
 
 def provider_of(path):
@@ -211,6 +227,10 @@ async def pause(request, seconds):
 class App:
     def __init__(self, args):
         self.state = State(args)
+        openai_spec.load()  # fails at once when the spec is missing
+        gdir = os.environ.get("GEMINI_PROTO_DIR") or os.path.dirname(
+            openai_spec.find_spec("gemini/generative_service.proto"))
+        self.protos = protojson.load([os.path.join(gdir, f) for f in GEMINI_PROTOS])
         self.app = web.Application(client_max_size=1024 ** 3)
         r = self.app.router
         r.add_post("/_control", self.control)
@@ -224,7 +244,7 @@ class App:
     async def control(self, request):
         body = await request.json()
         s = self.state
-        for k in ("latency", "rpm", "window", "concurrency", "stream_delay", "reply", "record"):
+        for k in ("latency", "rpm", "window", "concurrency", "stream_delay", "reply", "record", "page_size"):
             if k in body:
                 s.settings[k] = body[k]
         for f in body.get("faults", []):
@@ -366,12 +386,16 @@ class App:
     async def route(self, request, rec):
         path = request.path
         for p in OPENAI_PREFIXES:
+            if path == p + "/models" or path.startswith(p + "/models/"):
+                return self.openai_models(request, rec)
             if path.startswith(p + "/chat/completions"):
                 return await self.openai_chat(request, rec)
             if path.startswith(p + "/audio/transcriptions"):
                 return self.openai_transcription(request, rec)
         if ":generateContent" in path or ":streamGenerateContent" in path:
             return await self.gemini(request, rec)
+        if path == "/v1beta/models" or (path.startswith("/v1beta/models/") and ":" not in path):
+            return self.gemini_models(request, rec)
         if path.endswith("/recognizer/upload"):
             return self.clova(request, rec)
         if path.startswith("/echo"):
@@ -428,18 +452,79 @@ class App:
     # ---- OpenAI -------------------------------------------------------------------------
     def openai_auth(self, request):
         auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer ") or len(auth) < 10:
+        if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
             return openai_error(401, "You didn't provide an API key.", "invalid_request_error")
+        return None
+
+    def openai_models(self, request, rec):
+        """GET /v1/models (ListModelsResponse) and GET /v1/models/{id} (Model)."""
+        bad = self.openai_auth(request)
+        if bad is not None:
+            return bad
+        rest = request.path.split("/models", 1)[1].strip("/")
+        if rest:
+            m = vendors.openai_model(rest)
+            if not m:
+                return openai_error(404, "The model '%s' does not exist" % rest, "invalid_request_error",
+                                    "model_not_found", "model")
+            return web.json_response(m)
+        return web.json_response({"object": "list", "data": vendors.openai_catalogue()})
+
+    def openai_invalid(self, errs):
+        e = errs[0]
+        param = ".".join(str(p) for p in e.path) or None
+        return openai_error(400, "Invalid request: %s%s" % (("'%s': " % param) if param else "",
+                                                            e.message[:300]),
+                            "invalid_request_error", "invalid_value" if param else None, param)
+
+    def openai_model_check(self, model, chat):
+        if not vendors.openai_model(model):
+            return openai_error(404, "The model `%s` does not exist or you do not have access to it." % model,
+                                "invalid_request_error", "model_not_found")
+        if chat and not vendors.is_chat(model):
+            return openai_error(404, "This is not a chat model and thus not supported in the "
+                                "v1/chat/completions endpoint.", "invalid_request_error", "model_not_found")
+        if not chat and vendors.base_model(model) not in vendors.TRANSCRIBE:
+            return openai_error(400, "Model %s does not support audio transcription." % model,
+                                "invalid_request_error", "unsupported_model", "model")
+        return None
+
+    def reasoning_rules(self, body):
+        """400 for what a reasoning model refuses, as OpenAI words it; None when all is well."""
+        model = body["model"]
+        if vendors.is_reasoning(model):
+            if "max_tokens" in body:
+                return openai_error(400, "Unsupported parameter: 'max_tokens' is not supported with this "
+                                    "model. Use 'max_completion_tokens' instead.", "invalid_request_error",
+                                    "unsupported_parameter", "max_tokens")
+            for name in ("temperature", "top_p"):
+                v = body.get(name)
+                if v is not None and v != 1:
+                    return openai_error(400, "Unsupported value: '%s' does not support %s with this model. "
+                                        "Only the default (1) value is supported." % (name, json.dumps(v)),
+                                        "invalid_request_error", "unsupported_value", name)
+        elif body.get("reasoning_effort") is not None:
+            return openai_error(400, "Unsupported parameter: 'reasoning_effort' is not supported with this "
+                                "model.", "invalid_request_error", "unsupported_parameter", "reasoning_effort")
         return None
 
     async def openai_chat(self, request, rec):
         bad = self.openai_auth(request)
-        if bad:
+        if bad is not None:
             return bad
         body = rec.get("json")
-        if not isinstance(body, dict) or "messages" not in body or "model" not in body:
-            return openai_error(400, "Invalid request: 'model' and 'messages' are required",
-                                "invalid_request_error")
+        if not isinstance(body, dict):
+            return openai_error(400, "We could not parse the JSON body of your request.", "invalid_request_error")
+        spec = openai_spec.load()
+        errs = spec.errors("CreateChatCompletionRequest", body)
+        if errs:
+            return self.openai_invalid(errs)
+        rec["deprecated"] = spec.deprecated("CreateChatCompletionRequest", body)
+        # (aiohttp responses are empty mappings, hence false: compare with None)
+        for check in (lambda: self.openai_model_check(body["model"], True), lambda: self.reasoning_rules(body)):
+            bad = check()
+            if bad is not None:
+                return bad
         text, images = last_user_text(body["messages"])
         reply = self.state.settings.get("reply") or request.headers.get("X-Fake-Reply")
         rf = body.get("response_format") or {}
@@ -451,10 +536,22 @@ class App:
                 reply = "A frame showing %d image(s): a person next to a bottle on a table." % images
             else:
                 reply = "This is a fake reply about: " + " ".join(words_of(text)[:12])
+        # A reasoning model thinks first; its reasoning tokens count against
+        # max_completion_tokens, so a small budget can leave nothing for the answer.
+        reasoning = 0
+        if vendors.is_reasoning(body["model"]):
+            reasoning = vendors.REASONING_TOKENS[body.get("reasoning_effort") or "medium"]
+        budget = body.get("max_completion_tokens", body.get("max_tokens"))
+        finish = "stop"
+        if budget is not None and reasoning + len(words_of(reply)) > budget:
+            finish = "length"
+            reasoning = min(reasoning, budget)
+            reply = " ".join(reply.split(" ")[:budget - reasoning]) if budget > reasoning else ""
         prompt_tokens = max(1, len(json.dumps(body["messages"])) // 4)
-        completion_tokens = len(words_of(reply))
+        completion_tokens = len(words_of(reply)) + reasoning
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
+                 "total_tokens": prompt_tokens + completion_tokens,
+                 "completion_tokens_details": {"reasoning_tokens": reasoning}}
         cid = "chatcmpl-fake%06d" % rec["seq"]
         created = int(time.time())
         model = body["model"]
@@ -474,7 +571,7 @@ class App:
                 return ("data: " + json.dumps(c) + "\n\n").encode()
 
             await resp.write(chunk({"role": "assistant", "content": ""}))
-            ws = reply.split(" ")
+            ws = reply.split(" ") if reply else []
             for i, w in enumerate(ws):
                 if rec.get("fault") == "cut" and i == len(ws) // 2:
                     request.transport.abort()  # the stream breaks half-way
@@ -482,7 +579,7 @@ class App:
                 await resp.write(chunk({"content": (w if i == 0 else " " + w)}))
                 if delay:
                     await asyncio.sleep(delay)
-            await resp.write(chunk({}, "stop"))
+            await resp.write(chunk({}, finish))
             if (body.get("stream_options") or {}).get("include_usage"):
                 await resp.write(chunk(None, usage_v=usage, choices=False))
             await resp.write(b"data: [DONE]\n\n")
@@ -492,46 +589,143 @@ class App:
             "id": cid, "object": "chat.completion", "created": created, "model": model,
             "system_fingerprint": "fp_fake",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": None},
-                         "logprobs": None, "finish_reason": "stop"}],
+                         "logprobs": None, "finish_reason": finish}],
             "usage": usage,
         })
 
     def openai_transcription(self, request, rec):
         bad = self.openai_auth(request)
-        if bad:
+        if bad is not None:
             return bad
         mp = rec.get("multipart") or {}
         f = mp.get("file")
         if not isinstance(f, dict) or not mp.get("model"):
             return openai_error(400, "Invalid request: 'file' and 'model' are required",
                                 "invalid_request_error")
+        spec = openai_spec.load()
+        errs = spec.errors("CreateTranscriptionRequest", spec.transcription_instance(mp))
+        if errs:
+            return self.openai_invalid(errs)
+        model = mp["model"]
+        bad = self.openai_model_check(model, False)
+        if bad is not None:
+            return bad
+        caps = vendors.TRANSCRIBE[vendors.base_model(model)]
+        fmt = mp.get("response_format", "json")
+        tg = mp.get("timestamp_granularities[]")
+        tg = [] if tg is None else (tg if isinstance(tg, list) else [tg])
+        if fmt not in caps["formats"]:
+            return openai_error(400, "Unsupported value: 'response_format' does not support '%s' with this "
+                                "model. Supported values are: %s." % (fmt, ", ".join("'%s'" % x for x in caps["formats"])),
+                                "invalid_request_error", "unsupported_value", "response_format")
+        if caps.get("diarize"):
+            for name in ("prompt", "include[]", "timestamp_granularities[]"):
+                if name in mp:
+                    return openai_error(400, "Unsupported parameter: '%s' is not supported with this model."
+                                        % name.rstrip("[]"), "invalid_request_error", "unsupported_parameter",
+                                        name.rstrip("[]"))
+        elif tg:
+            if fmt != "verbose_json":
+                return openai_error(400, "Invalid value: 'timestamp_granularities' requires response_format "
+                                    "'verbose_json'.", "invalid_request_error", "invalid_value",
+                                    "timestamp_granularities")
+            for g in tg:
+                if g not in caps["granularities"]:
+                    return openai_error(400, "Unsupported value: 'timestamp_granularities' does not support "
+                                        "'%s' with this model. Supported values are: %s." %
+                                        (g, ", ".join("'%s'" % x for x in caps["granularities"])),
+                                        "invalid_request_error", "unsupported_value", "timestamp_granularities")
         duration = wav_duration(f["_data"]) or 10.0
+        if caps.get("diarize") and duration > 30 and not mp.get("chunking_strategy"):
+            return openai_error(400, "chunking_strategy is required for diarization when the input is longer "
+                                "than 30 seconds.", "invalid_request_error", "missing_required_parameter",
+                                "chunking_strategy")
         segs, words = transcript_segments(duration)
         text = "".join(s["text"] for s in segs).strip()
-        fmt = mp.get("response_format", "json")
+        seconds = int(round(duration))
         if fmt == "text":
             return web.Response(text=text)
+        if fmt == "diarized_json":
+            dsegs = [{"type": "transcript.text.segment", "id": "seg_%03d" % s["id"], "start": s["start"],
+                      "end": s["end"], "text": s["text"].strip(), "speaker": "AB"[(s["id"] // 2) % 2]}
+                     for s in segs]
+            return web.json_response({"task": "transcribe", "duration": round(duration, 3), "text": text,
+                                      "segments": dsegs, "usage": {"type": "duration", "seconds": seconds}})
         if fmt != "verbose_json":
-            return web.json_response({"text": text})
+            out = {"text": text}
+            if vendors.base_model(model) == "gpt-transcribe":
+                out["languages"] = [{"code": "en"}]
+            if model != "whisper-1":
+                out["usage"] = {"type": "tokens", "input_tokens": 10 + seconds * 10,
+                                "input_token_details": {"text_tokens": 10, "audio_tokens": seconds * 10},
+                                "output_tokens": len(words_of(text)), "total_tokens":
+                                10 + seconds * 10 + len(words_of(text))}
+            return web.json_response(out)
         out = {"task": "transcribe", "language": "english", "duration": round(duration, 3),
                "text": text, "segments": segs,
-               "usage": {"type": "duration", "seconds": int(round(duration))}}
-        tg = mp.get("timestamp_granularities[]") or []
-        if "word" in (tg if isinstance(tg, list) else [tg]):
+               "usage": {"type": "duration", "seconds": seconds}}
+        if "word" in tg:
             out["words"] = words
         return web.json_response(out)
 
     # ---- Gemini -------------------------------------------------------------------------
+    def gemini_auth(self, request):
+        if not (request.headers.get("x-goog-api-key") or request.query.get("key")):
+            return gemini_error(403, "Method doesn't allow unregistered callers (callers without established "
+                                "identity). Please use API Key or other form of API consumer identity to call "
+                                "this API.", "PERMISSION_DENIED")
+        return None
+
+    def gemini_models(self, request, rec):
+        """GET /v1beta/models (ListModelsResponse, paged) and GET /v1beta/models/{name} (Model)."""
+        bad = self.gemini_auth(request)
+        if bad is not None:
+            return bad
+        rest = request.path.split("/models", 1)[1].strip("/")
+        if rest:
+            m = vendors.gemini_model(rest)
+            if not m:
+                return gemini_error(404, "models/%s is not found for API version v1beta" % rest, "NOT_FOUND")
+            return web.json_response(m)
+        try:
+            size = int(request.query.get("pageSize") or self.state.settings["page_size"])
+            start = int(request.query.get("pageToken") or 0)
+        except ValueError:
+            return gemini_error(400, "Invalid page token or size.", "INVALID_ARGUMENT")
+        size = max(1, min(size, 1000, int(self.state.settings["page_size"] or 50)))
+        page = vendors.GEMINI_MODELS[start:start + size]
+        out = {"models": page}
+        if start + size < len(vendors.GEMINI_MODELS):
+            out["nextPageToken"] = str(start + size)
+        return web.json_response(out)
+
     async def gemini(self, request, rec):
-        key = request.headers.get("x-goog-api-key") or request.query.get("key")
-        if not key:
-            return gemini_error(403, "Method doesn't allow unregistered callers. Please use API Key.",
-                                "PERMISSION_DENIED")
+        bad = self.gemini_auth(request)
+        if bad is not None:
+            return bad
         body = rec.get("json")
-        if not isinstance(body, dict) or not body.get("contents"):
+        if not isinstance(body, dict):
+            return gemini_error(400, "Invalid JSON payload received. Expected an object.", "INVALID_ARGUMENT")
+        errs = self.protos.validate(GEMINI + "GenerateContentRequest", body)
+        if errs:
+            return gemini_error(400, errs[0][1], "INVALID_ARGUMENT", [{
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"field": f, "description": m} for f, m in errs]}])
+        if not body.get("contents"):
             return gemini_error(400, "* GenerateContentRequest.contents: contents is not specified",
                                 "INVALID_ARGUMENT")
         model = request.path.split("/models/")[-1].split(":")[0]
+        info = vendors.gemini_model(model)
+        if not info or "generateContent" not in info["supportedGenerationMethods"]:
+            return gemini_error(404, "models/%s is not found for API version v1beta, or is not supported for "
+                                "generateContent. Call ListModels to see the list of available models and "
+                                "their supported methods." % model, "NOT_FOUND")
+        gc = body.get("generationConfig") or body.get("generation_config") or {}
+        tc = gc.get("thinkingConfig") or gc.get("thinking_config") or {}
+        budget = tc.get("thinkingBudget", tc.get("thinking_budget"))
+        if budget is not None and int(budget) == 0 and vendors.gemini_thinking_only(model):
+            return gemini_error(400, "Budget 0 is invalid. This model only works in thinking mode.",
+                                "INVALID_ARGUMENT")
         texts, images = [], 0
         for c in body["contents"]:
             for p in c.get("parts", []):
@@ -540,44 +734,56 @@ class App:
                 if "inline_data" in p or "inlineData" in p:
                     images += 1
         reply = self.state.settings.get("reply") or request.headers.get("X-Fake-Reply")
-        gc = body.get("generationConfig") or {}
+        mime = gc.get("responseMimeType") or gc.get("response_mime_type")
         if not reply:
-            if gc.get("responseMimeType") == "application/json":
+            if mime == "application/json":
                 reply = json.dumps({"score": 0.7, "reasons": ["gemini fake judge"]})
             elif images:
                 reply = "A frame showing %d image(s): a person next to a bottle on a table." % images
             else:
                 reply = "Gemini fake reply about: " + " ".join(words_of(" ".join(texts))[:12])
+        # Thinking: the thoughts count against maxOutputTokens.
+        thoughts = 0
+        if info.get("thinking"):
+            thoughts = vendors.GEMINI_DYNAMIC_THOUGHTS if budget is None or int(budget) < 0 else int(budget)
+        limit = gc.get("maxOutputTokens", gc.get("max_output_tokens"))
+        finish = "STOP"
+        if limit is not None and thoughts + len(words_of(reply)) > int(limit):
+            finish = "MAX_TOKENS"
+            thoughts = min(thoughts, int(limit))
+            reply = " ".join(reply.split(" ")[:int(limit) - thoughts]) if int(limit) > thoughts else ""
         ptok = max(1, len(json.dumps(body["contents"])) // 4)
         usage = {"promptTokenCount": ptok, "candidatesTokenCount": len(words_of(reply)),
-                 "totalTokenCount": ptok + len(words_of(reply))}
+                 "totalTokenCount": ptok + len(words_of(reply)) + thoughts}
+        if thoughts:
+            usage["thoughtsTokenCount"] = thoughts
 
         def response(text, finish):
-            r = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
-                                 "index": 0}],
-                 "usageMetadata": usage, "modelVersion": model}
+            content = {"parts": [{"text": text}], "role": "model"} if text else {"role": "model"}
+            r = {"candidates": [{"content": content, "index": 0}],
+                 "usageMetadata": usage, "modelVersion": model, "responseId": "fake%06d" % rec["seq"]}
             if finish:
                 r["candidates"][0]["finishReason"] = finish
             return r
 
         if ":streamGenerateContent" in request.path:
             if request.query.get("alt") != "sse":
-                return web.json_response([response(reply, "STOP")])
+                return web.json_response([response(reply, finish)])
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
-            ws = reply.split(" ")
+            ws = reply.split(" ") if reply else [""]
             delay = float(self.state.settings["stream_delay"])
             step = 2
             for i in range(0, len(ws), step):
                 piece = " ".join(ws[i:i + step]) + (" " if i + step < len(ws) else "")
                 last = i + step >= len(ws)
-                await resp.write(("data: " + json.dumps(response(piece, "STOP" if last else None))
+                await resp.write(("data: " + json.dumps(response(piece, finish if last else None))
                                   + "\r\n\r\n").encode())
                 if delay:
                     await asyncio.sleep(delay)
             await resp.write_eof()
             return resp
-        return web.json_response(response(reply, "STOP"))
+        return web.json_response(response(reply, finish))
 
     # ---- CLOVA Speech -------------------------------------------------------------------
     def clova(self, request, rec):

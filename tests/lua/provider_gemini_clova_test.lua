@@ -1,5 +1,7 @@
 -- The gemini and clova providers against tests/fakeapi/server.py: documented request
--- formats, reply parsing, streaming, media-time shifts and clear errors.
+-- formats (the server checks every generateContent body against the protos' JSON mapping),
+-- today's models and thinking budgets, reply parsing, streaming, media-time shifts and
+-- clear errors.
 package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
 local sl = require "sluice"
 local T = require "sluice.test"
@@ -12,7 +14,7 @@ local CKEY = "clova-SECRET-abcdef"
 local srv, wav, jpg
 
 local function gem(extra)
-  local c = { base_url = srv.url .. "/v1beta", api_key = GKEY, model = "gemini-test",
+  local c = { base_url = srv.url .. "/v1beta", api_key = GKEY, model = "gemini-3.5-flash",
     retry = { base = 0.01, max = 0.05 } }
   for k, v in pairs(extra or {}) do c[k] = v end
   return c
@@ -26,11 +28,12 @@ end)
 
 T.case("gemini llm: generateContent request and reply", function()
   local llm = providers.get("llm", "gemini", gem())
-  local text, info = llm:complete("Explain tides", { system = "Be brief.", max_tokens = 64, temperature = 0.1 })
+  local text, info = llm:complete("Explain tides", { system = "Be brief.", max_tokens = 64, temperature = 0.1,
+    thinking_budget = 0 })
   T.eq(text, "Gemini fake reply about: Explain tides")
   T.eq(info.finish_reason, "STOP")
   T.ok(info.usage.totalTokenCount > 0)
-  local req = srv:requests("/v1beta/models/gemini-test:generateContent")[1]
+  local req = srv:requests("/v1beta/models/gemini-3.5-flash:generateContent")[1]
   T.eq(req.headers["x-goog-api-key"] or req.headers["X-Goog-Api-Key"], GKEY)
   T.same(req.query, {}) -- the key is never in the URL
   T.eq(req.json.contents[1].role, "user")
@@ -38,6 +41,75 @@ T.case("gemini llm: generateContent request and reply", function()
   T.eq(req.json.systemInstruction.parts[1].text, "Be brief.")
   T.eq(req.json.generationConfig.maxOutputTokens, 64)
   T.eq(req.json.generationConfig.temperature, 0.1)
+  T.eq(req.json.generationConfig.thinkingConfig.thinkingBudget, 0)
+end)
+
+T.case("gemini: the default model is today's; no model setting needed", function()
+  srv:reset()
+  local llm = providers.get("llm", "gemini", { base_url = srv.url .. "/v1beta", api_key = GKEY })
+  T.eq(llm.model, "gemini-3.5-flash")
+  T.ok(llm:complete("hello"))
+  local reqs = srv:requests("/v1beta/models/gemini-3.5-flash:generateContent")
+  T.eq(#reqs, 1)
+  T.eq(reqs[1].json.generationConfig, nil, "text generation thinks as much as the model likes")
+end)
+
+T.case("gemini: an answer cut off by thinking names the budget", function()
+  srv:reset()
+  local llm = providers.get("llm", "gemini", gem())
+  -- the model thinks (its default budget) past maxOutputTokens: MAX_TOKENS and no text
+  local text, err, code = llm:complete("Explain tides", { max_tokens = 100 })
+  T.eq(text, nil)
+  T.eq(code, "EBUDGET")
+  T.eq(err, "gemini: generateContent cut off before any text: finishReason MAX_TOKENS with " ..
+    "maxOutputTokens=100 (100 thinking tokens), thinkingBudget=the model's default; raise " ..
+    "gemini.max_tokens or lower gemini.thinking_budget")
+  text, err, code = llm:complete("Explain tides", { max_tokens = 100, stream = function() end })
+  T.eq(code, "EBUDGET", err)
+  -- a smaller thinking budget leaves room for the answer
+  text = T.ok(llm:complete("Explain tides", { max_tokens = 100, thinking_budget = 64 }))
+  T.eq(text, "Gemini fake reply about: Explain tides")
+  local reqs = srv:requests("/v1beta/models/gemini-3.5-flash")
+  T.eq(#reqs, 3, "not retried")
+  T.eq(reqs[3].json.generationConfig.thinkingConfig.thinkingBudget, 64)
+end)
+
+T.case("gemini: a model that is gone is a one-line error quoting Google's status", function()
+  local r, err, code, failure = providers.get("llm", "gemini", gem { model = "gemini-2.0-flash" }):complete("x")
+  T.eq(r, nil)
+  T.eq(code, "EHTTPSTATUS")
+  T.eq(failure.status, 404)
+  T.eq(err, "gemini: generateContent failed: HTTP 404: models/gemini-2.0-flash is not found for API " ..
+    "version v1beta, or is not supported for generateContent. Call ListModels to see the list of " ..
+    "available models and their supported methods. (status NOT_FOUND)")
+end)
+
+T.case("the server checks bodies against the protos (it can refuse a request)", function()
+  local http = require "sluice.http"
+  local function post(body)
+    local r = assert(http.request { method = "POST", url = srv.url .. "/v1beta/models/gemini-3.5-flash:generateContent",
+      headers = { ["x-goog-api-key"] = GKEY }, json = body })
+    return r.status, cjson.decode(r.body)
+  end
+  local contents = { { role = "user", parts = { { text = "hi" } } } }
+  local st, v = post { contents = contents, generationConfig = { max_tokens = 5 } }
+  T.eq(st, 400)
+  T.eq(v.error.status, "INVALID_ARGUMENT")
+  T.eq(v.error.message, "Invalid JSON payload received. Unknown name \"max_tokens\" at 'generation_config': Cannot find field.")
+  st = post { contents = contents, generationConfig = { temperature = "warm" } }
+  T.eq(st, 400, "a string for a float")
+  st = post { contents = { { parts = { { text = "a", inlineData = { mimeType = "image/jpeg", data = "AAAA" } } } } } }
+  T.eq(st, 400, "two members of the oneof data")
+  st = post { contents = contents, generation_config = { max_output_tokens = 5, thinking_config = { thinking_budget = 0 } } }
+  T.eq(st, 200, "snake_case names are accepted too")
+  st, v = post { contents = contents, generationConfig = { thinkingConfig = { thinkingBudget = 0 } } }
+  T.eq(st, 200)
+  -- through the provider, the same error is one line naming the field
+  srv:reset()
+  local r, err = providers.get("llm", "gemini", gem { model = "gemini-3.5-pro", thinking_budget = 0 }):complete("x")
+  T.eq(r, nil)
+  T.eq(err, "gemini: generateContent failed: HTTP 400: Budget 0 is invalid. This model only works in " ..
+    "thinking mode. (status INVALID_ARGUMENT)")
 end)
 
 T.case("gemini llm: streamGenerateContent?alt=sse streams tokens", function()
@@ -55,22 +127,23 @@ T.case("gemini llm: streamGenerateContent?alt=sse streams tokens", function()
   -- the server sends its pieces 0.1 s apart (>= 0.3 s from the first to the last); pieces
   -- delivered at the end would all come at once (the margin allows a 0.2 s stall when loaded)
   T.ok(times[#times] - times[1] > 0.1, string.format("spread over time: %.3f s", times[#times] - times[1]))
-  local reqs = srv:requests("/v1beta/models/gemini-test:streamGenerateContent")
+  local reqs = srv:requests("/v1beta/models/gemini-3.5-flash:streamGenerateContent")
   T.eq(reqs[1].query.alt, "sse")
 end)
 
-T.case("gemini vlm: inline_data images; judge uses JSON mode", function()
+T.case("gemini vlm: inlineData images, a low thinking budget; judge uses JSON mode", function()
   local vlm = providers.get("vlm", "gemini", gem())
   local r = T.ok(vlm:describe({ { path = jpg, t = 12.5 } }))
   T.eq(r[1].t, 12.5)
   T.ok(r[1].text:find("1 image"))
-  local reqs = srv:requests("/v1beta/models/gemini-test:generateContent")
+  local reqs = srv:requests("/v1beta/models/gemini-3.5-flash:generateContent")
   local parts = reqs[#reqs].json.contents[1].parts
-  T.eq(parts[2].inline_data.mime_type, "image/jpeg")
-  T.eq(#parts[2].inline_data.data, 4000)
+  T.eq(parts[2].inlineData.mimeType, "image/jpeg")
+  T.eq(#parts[2].inlineData.data, 4000)
+  T.eq(reqs[#reqs].json.generationConfig.thinkingConfig.thinkingBudget, 512, "describing a frame: low")
   local j = T.ok(providers.get("llm", "gemini", gem()):judge("sum", "src"))
   T.eq(j.score, 0.7)
-  reqs = srv:requests("/v1beta/models/gemini-test:generateContent")
+  reqs = srv:requests("/v1beta/models/gemini-3.5-flash:generateContent")
   T.eq(reqs[#reqs].json.generationConfig.responseMimeType, "application/json")
 end)
 

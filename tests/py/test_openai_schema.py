@@ -1,13 +1,16 @@
 # Validates the openai provider's requests, and the fake server's replies, against OpenAI's
-# official OpenAPI description (/work/shared/specs/openai-openapi.json, copied path below).
+# official OpenAPI description (../shared/specs/openai-openapi.json; see
+# tests/fakeapi/openai_spec.py for where it is looked for).
 #
 # 1. Runs tests/lua/provider_openai_test.lua with OPENAI_RECORD_OUT set: the fake server
 #    records every request the provider made and the test writes them out.
 # 2. Validates chat requests against CreateChatCompletionRequest and transcription requests
-#    (multipart fields turned into an object) against CreateTranscriptionRequest.
+#    (multipart fields turned into an object) against CreateTranscriptionRequest, and checks
+#    that none carries a field the spec marks deprecated (max_tokens, ...).
 # 3. Asks the fake server directly and validates its replies against
-#    CreateChatCompletionResponse, CreateChatCompletionStreamResponse and
-#    CreateTranscriptionResponseVerboseJson, so the provider is tested on realistic replies.
+#    CreateChatCompletionResponse, CreateChatCompletionStreamResponse, the transcription
+#    responses of each format (verbose_json, json, diarized_json) and ListModelsResponse, so
+#    the provider is tested on realistic replies.
 # 4. Checks that broken requests do fail validation (the test can fail).
 import io
 import json
@@ -15,55 +18,24 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 import uuid
 import wave
 
 import jsonschema
-from jsonschema import Draft202012Validator, RefResolver
 
 SRC = os.environ.get("SLUICE_SOURCE_DIR", os.getcwd())
 BIN = os.environ.get("SLUICE_BIN", os.path.join(SRC, "build", "sluice"))
-SPEC_PATHS = [p for p in (os.environ.get("OPENAI_OPENAPI_SPEC"),
-                          os.path.join(SRC, "specs", "openai-openapi.json"),
-                          "/work/shared/specs/openai-openapi.json") if p]
+sys.path.insert(0, os.path.join(SRC, "tests", "fakeapi"))
+import openai_spec  # noqa: E402  (the fake server validates with the same module)
 
-
-def load_spec():
-    for p in SPEC_PATHS:
-        if os.path.exists(p):
-            with open(p) as f:
-                return json.load(f)
-    print("FAIL: openai-openapi.json not found (set OPENAI_OPENAPI_SPEC); looked in", SPEC_PATHS)
-    sys.exit(1)
-
-
-def openapi_nullable(node):
-    """OpenAPI's `nullable: true` (which jsonschema ignores) becomes "or null"."""
-    if isinstance(node, list):
-        return [openapi_nullable(x) for x in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: openapi_nullable(v) for k, v in node.items()}
-    if out.pop("nullable", False) is True:
-        return {"anyOf": [out, {"type": "null"}]}
-    return out
-
-
-SPEC = load_spec()
-SPEC["components"] = openapi_nullable(SPEC["components"])
-RESOLVER = RefResolver.from_schema(SPEC)
-
-
-def validator(name):
-    return Draft202012Validator({"$ref": "#/components/schemas/" + name}, resolver=RESOLVER)
+SPEC = openai_spec.load()
+failures = []
 
 
 def errors(name, instance):
-    return sorted(validator(name).iter_errors(instance), key=lambda e: list(e.path))
-
-
-failures = []
+    return SPEC.errors(name, instance)
 
 
 def check(name, instance, what):
@@ -75,17 +47,7 @@ def check(name, instance, what):
 
 
 def transcription_instance(mp):
-    inst = {}
-    for k, v in mp.items():
-        if k == "file":
-            inst["file"] = "<binary %d bytes>" % v["size"]
-        elif k == "timestamp_granularities[]":
-            inst["timestamp_granularities"] = v if isinstance(v, list) else [v]
-        elif k == "temperature":
-            inst[k] = float(v)
-        else:
-            inst[k] = v
-    return inst
+    return SPEC.transcription_instance(mp)
 
 
 def run_provider_test(out):
@@ -149,9 +111,15 @@ def main():
                         % (len(chats), len(trans)))
     for i, r in enumerate(chats):
         check("CreateChatCompletionRequest", r["json"], "provider chat request %d" % (i + 1))
+        dep = SPEC.deprecated("CreateChatCompletionRequest", r["json"])
+        if dep:
+            failures.append("provider chat request %d carries deprecated fields %s" % (i + 1, dep))
     for i, r in enumerate(trans):
         check("CreateTranscriptionRequest", transcription_instance(r["multipart"]),
               "provider transcription request %d" % (i + 1))
+    formats = sorted({r["multipart"].get("response_format") for r in trans})
+    if formats != ["diarized_json", "json", "verbose_json"]:
+        failures.append("expected transcription requests in every format, got %s" % formats)
 
     # the test can fail: broken requests must not validate
     if not errors("CreateChatCompletionRequest", {"model": "x"}):
@@ -160,11 +128,14 @@ def main():
         failures.append("a chat request with numeric content validated")
     if not errors("CreateTranscriptionRequest", {"model": "whisper-1", "file": "x", "format": "verbose"}):
         failures.append("a transcription request with an unknown field validated")
+    if SPEC.deprecated("CreateChatCompletionRequest", {"model": "x", "messages": [{"role": "user", "content": "a"}],
+                                                       "max_tokens": 5}) != ["max_tokens"]:
+        failures.append("max_tokens was not found deprecated")
 
     # the fake server's replies have the documented shapes
     srv, base = start_server()
     try:
-        body = {"model": "gpt-x", "messages": [{"role": "user", "content": "hello there"}]}
+        body = {"model": "gpt-5.4-mini", "messages": [{"role": "user", "content": "hello there"}]}
         check("CreateChatCompletionResponse", json.loads(post(base + "/v1/chat/completions", body)),
               "fake chat reply")
         stream = post(base + "/v1/chat/completions",
@@ -182,6 +153,31 @@ def main():
         check("CreateTranscriptionResponseVerboseJson", v, "fake transcription reply")
         if abs(v["duration"] - 4.0) > 0.01 or not v.get("words"):
             failures.append("fake transcription: duration %s, words %s" % (v["duration"], bool(v.get("words"))))
+        for model, fmt, schema in (("gpt-transcribe", "json", "CreateTranscriptionResponseJson"),
+                                   ("gpt-4o-transcribe", "json", "CreateTranscriptionResponseJson"),
+                                   ("gpt-4o-transcribe-diarize", "diarized_json",
+                                    "CreateTranscriptionResponseDiarizedJson")):
+            data, ctype = multipart([("model", model), ("response_format", fmt)],
+                                    {"file": ("a.wav", wav_bytes(6.0), "audio/wav")})
+            check(schema, json.loads(post(base + "/v1/audio/transcriptions", data, ctype=ctype)),
+                  "fake %s reply of %s" % (fmt, model))
+        # a json-only model refuses verbose_json, as documented
+        data, ctype = multipart([("model", "gpt-4o-transcribe"), ("response_format", "verbose_json")],
+                                {"file": ("a.wav", wav_bytes(2.0), "audio/wav")})
+        try:
+            post(base + "/v1/audio/transcriptions", data, ctype=ctype)
+            failures.append("gpt-4o-transcribe answered a verbose_json request")
+        except urllib.error.HTTPError as e:
+            err = json.loads(e.read())["error"]
+            if e.code != 400 or err["param"] != "response_format":
+                failures.append("gpt-4o-transcribe verbose_json: %s %s" % (e.code, err))
+        req = urllib.request.Request(base + "/v1/models", headers={"Authorization": "Bearer sk-x-123456"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            models = json.loads(r.read())
+        check("ListModelsResponse", models, "fake model list")
+        dates = {m["id"]: m.get("shutdown_date") for m in models["data"]}
+        if dates.get("gpt-4o-mini") != "2027-01-14" or dates.get("whisper-1") != "2027-02-26":
+            failures.append("model list shutdown dates: %s" % dates)
     finally:
         srv.terminate()
         srv.wait(10)

@@ -158,6 +158,14 @@ function M.run(p, args, script_path)
     eprint("sluice run: pipeline '" .. p.name .. "' reads inputs, and none were given\n" .. M.usage(p, script_path))
     return 2
   end
+  -- Remote models (sluice.providers.catalog): each exists and can do its role, or the run
+  -- stops here; a shutdown date is a warning.
+  local okp, pre, perr = pcall(require("sluice.providers.catalog").preflight, cfg,
+    { warn = function(line) eprint("sluice: " .. line) end })
+  if not okp or not pre then
+    eprint("sluice run: " .. tostring(okp and perr or pre):gsub("\n", "\nsluice run: "))
+    return 2
+  end
   local out = o.out or "out"
   local r = sl.exec({ "mkdir", "-p", out })
   if not r or r.status ~= 0 then

@@ -13,7 +13,8 @@
 --   llm:complete(messages | prompt, opts{stream = fn(token)}) -> text, info
 --   llm:summarize(text, opts) -> text;  llm:judge(summary, sources, opts) -> {score=, reasons=}
 -- Failures are returned as nil, message, code, failure; messages name the provider and
--- never contain keys; failure = {status=, retry_after=} when the server answered.
+-- never contain keys; failure = {status=, retry_after=, error={message=, code=, param=}}
+-- when the server answered (code: OpenAI's error.code or Google's status).
 local http = require "sluice.http"
 local sse = require "sluice.sse"
 local retry = require "sluice.retry"
@@ -87,7 +88,7 @@ function M.get(role, name, cfg)
       table.concat(M.list(role), ", ")), 2)
   end
   local mod = load(name)
-  if not mod then
+  if type(mod) ~= "table" or type(mod.roles) ~= "table" or type(mod.new) ~= "function" then
     error(string.format("unknown provider '%s' for role '%s' (providers for %s: %s)", name, role,
       role, table.concat(M.list(role), ", ")), 2)
   end
@@ -101,19 +102,32 @@ function M.get(role, name, cfg)
   return mod.new(cfg or {}, role)
 end
 
--- for_role(role, conf) -> provider object chosen by configuration:
--- conf.providers[role] (or conf["providers." .. role]), else $SLUICE_PROVIDER_<ROLE>, else
--- the default (openai). Settings come from conf[name] overlaid with conf[role].
-function M.for_role(role, conf)
+-- name_for(role, conf) -> the provider configured for role: conf.providers[role] (or
+-- conf["providers." .. role]), else $SLUICE_PROVIDER_<ROLE>, else the default (openai); and
+-- true as a second value when it was configured (not the default).
+function M.name_for(role, conf)
   conf = conf or {}
   local name = (type(conf.providers) == "table" and conf.providers[role]) or conf["providers." .. role]
-    or os.getenv("SLUICE_PROVIDER_" .. role:upper()) or M.defaults[role]
+    or os.getenv("SLUICE_PROVIDER_" .. role:upper())
+  if name ~= nil then return name, true end
+  return M.defaults[role], false
+end
+
+-- settings_for(role, name, conf) -> the provider's settings: conf[name] overlaid with conf[role].
+function M.settings_for(role, name, conf)
   local cfg = {}
   for _, key in ipairs { name, role } do
-    local src = conf[key]
+    local src = (conf or {})[key]
     if type(src) == "table" then for k, v in pairs(src) do cfg[k] = v end end
   end
-  return M.get(role, name, cfg)
+  return cfg
+end
+
+-- for_role(role, conf) -> provider object chosen by configuration (name_for), with the
+-- settings of settings_for.
+function M.for_role(role, conf)
+  local name = M.name_for(role, conf)
+  return M.get(role, name, M.settings_for(role, name, conf))
 end
 
 -- ---- shared machinery for remote providers --------------------------------------------
@@ -224,21 +238,52 @@ function M.read_base64(path)
   return sched.await("read " .. path, function(done) return chttp.read_base64(path, done) end)
 end
 
-local function error_detail(body)
+-- What an error body says: {message=, code=, param=, type=} (OpenAI: error.message, .code,
+-- .param; Google: error.message, .status, and the field of a BadRequest fieldViolation as
+-- param), or {message = the body's first 200 characters}.
+local function error_info(body)
   local ok, v = pcall(cjson.decode, body or "")
   if ok and type(v) == "table" then
     local e = v.error
+    local function str(x) return (type(x) == "string" or type(x) == "number") and tostring(x) or nil end
     if type(e) == "table" then
-      local m = e.message or e.status or e.code
-      if m ~= nil then return tostring(m) end
+      local info = { message = str(e.message), code = str(e.code), param = str(e.param), type = str(e.type) }
+      if type(e.status) == "string" then info.code = e.status end -- Google's canonical code
+      if type(e.details) == "table" then
+        for _, d in ipairs(e.details) do
+          local fv = type(d) == "table" and type(d.fieldViolations) == "table" and d.fieldViolations[1]
+          if type(fv) == "table" and type(fv.field) == "string" then
+            local unknown = type(fv.description) == "string" and fv.description:match('Unknown name "([^"]+)"')
+            local field = fv.field ~= "" and fv.field or nil
+            if unknown then field = field and (field .. "." .. unknown) or unknown end
+            info.param = info.param or field
+          end
+        end
+      end
+      if info.message or info.code then
+        info.message = info.message or info.code
+        return info
+      end
     elseif type(e) == "string" then
-      return e
+      return { message = e }
     end
-    if v.message ~= nil then return tostring(v.message) end
+    if v.message ~= nil then return { message = tostring(v.message), code = str(v.code) } end
   end
   local s = tostring(body or ""):gsub("%s+", " ")
   if #s > 200 then s = s:sub(1, 200) .. "..." end
-  return s
+  return { message = s }
+end
+
+-- One line for an error reply: "HTTP 400: <message> (code x, param y, retry in 30s)".
+local function error_line(status, info, retry_after)
+  local msg = tostring(info.message or ""):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  local why = {}
+  if info.code and info.code ~= tostring(status) and info.code ~= msg then
+    why[#why + 1] = (info.code:match("^[A-Z_]+$") and "status " or "code ") .. info.code
+  end
+  if info.param then why[#why + 1] = "param " .. info.param end
+  if retry_after then why[#why + 1] = string.format("retry in %gs", retry_after) end
+  return string.format("HTTP %d: %s%s", status, msg, #why > 0 and (" (" .. table.concat(why, ", ") .. ")") or "")
 end
 
 -- Google APIs put the retry delay in the error body: error.details[] of type
@@ -302,8 +347,9 @@ function M.call(p, req)
     if status >= 300 then
       local ra = tonumber(r.headers["retry-after"] or "") or retry_delay(r.body)
       if permit then permit:release { ok = false, status = status, headers = r.headers, retry_after = ra } end
-      return fail(string.format("%s failed: HTTP %d: %s", req.what, status, error_detail(r.body)),
-        "EHTTPSTATUS", { status = status, retry_after = ra })
+      local info = error_info(r.body)
+      return fail(req.what .. " failed: " .. error_line(status, info, retry_delay(r.body)),
+        "EHTTPSTATUS", { status = status, retry_after = ra, error = info })
     end
     local v
     if req.sse then
@@ -341,6 +387,27 @@ function M.call(p, req)
     if req.emitted then return nil, "stream interrupted", "EPROTO", { retry = false } end
     return attempt()
   end, ropts)
+end
+
+-- call_adapting(p, req, drop) -> like call(p, req); but when the server refuses the request
+-- with a 400 whose error names a parameter (OpenAI's error.param with code
+-- unsupported_parameter / unsupported_value; a Google field violation), drop(param, error)
+-- may change req (remove the parameter, pick another value) and return true: the request is
+-- sent again, once per parameter. drop records the fact for the model (catalog.learn) so
+-- later requests are made right the first time.
+function M.call_adapting(p, req, drop)
+  local tried = {}
+  while true do
+    local v, err, code, failure = M.call(p, req)
+    if v ~= nil then return v, err, code, failure end
+    local e = failure and failure.status == 400 and failure.error
+    local param = e and e.param
+    if not param or tried[param] or (e.type and e.code ~= "unsupported_parameter" and e.code ~= "unsupported_value") then
+      return nil, err, code, failure
+    end
+    tried[param] = true
+    if not drop(param, e) then return nil, err, code, failure end
+  end
 end
 
 -- ---- LLM helpers built on complete() -------------------------------------------------

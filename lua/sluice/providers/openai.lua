@@ -1,19 +1,26 @@
 -- sluice.providers.openai: OpenAI's REST API and the servers that speak it (Ollama, vLLM,
--- llama.cpp's server). Roles: stt (POST {base}/audio/transcriptions, multipart,
--- response_format=verbose_json with segment timestamps), vlm and llm (POST
--- {base}/chat/completions; images as base64 data URLs; stream=true as Server-Sent Events).
+-- llama.cpp's server). Roles: stt (POST {base}/audio/transcriptions, multipart), vlm and llm
+-- (POST {base}/chat/completions; images as base64 data URLs; stream=true as Server-Sent
+-- Events); the model list is GET {base}/models.
+--
+-- What a request carries depends on the model's family in sluice.providers.models: the
+-- token limit as max_completion_tokens (max_tokens is deprecated and never sent), a
+-- temperature only where the model takes one, reasoning_effort per role; transcription as
+-- verbose_json (segment and, where the model has them, word times), diarized_json (speaker
+-- segments) or, for json-only models, per short chunk cut at a silence (each chunk's text
+-- spread over its time, marked timing = "chunk"). A 400 that names an unsupported parameter
+-- or value is learned: the request is sent again without it, and so are later ones.
 --
 -- cfg: base_url ($OPENAI_BASE_URL, default https://api.openai.com/v1), api_key
--- ($OPENAI_API_KEY; optional for local servers), model (per role defaults: whisper-1,
--- gpt-4o-mini), stt_model / vlm_model / llm_model, language, prompt, temperature,
--- max_tokens, detail (image detail), limit (limiter, name or rate spec), retry
--- {attempts=, base=, max=}, timeout, headers (extra request headers).
+-- ($OPENAI_API_KEY; optional for local servers), model, stt_model / vlm_model / llm_model
+-- (defaults in sluice.providers.models), language, prompt, temperature, max_tokens,
+-- reasoning_effort, detail (image detail), chunk_seconds (json-only transcription, 5),
+-- limit (limiter, name or rate spec), retry {attempts=, base=, max=}, timeout, headers.
 local P = require "sluice.providers"
+local catalog = require "sluice.providers.catalog"
 local cjson = require "cjson"
 
 local M = { roles = { stt = true, vlm = true, llm = true } }
-
-local DEFAULT_MODEL = { stt = "whisper-1", vlm = "gpt-4o-mini", llm = "gpt-4o-mini" }
 
 local Obj = {}
 Obj.__index = Obj
@@ -29,10 +36,11 @@ function M.new(cfg, role)
   local key = cfg.api_key or os.getenv("OPENAI_API_KEY")
   local self = setmetatable({
     role = role, base_url = base,
-    model = cfg[role .. "_model"] or cfg.model or DEFAULT_MODEL[role],
+    model = cfg[role .. "_model"] or cfg.model or catalog.default_model("openai", role),
     language = cfg.language, prompt = cfg.prompt, temperature = cfg.temperature,
-    max_tokens = cfg.max_tokens, detail = cfg.detail, extra_headers = cfg.headers,
-    vlm_prompt = cfg.vlm_prompt, concurrency = cfg.concurrency or 4,
+    max_tokens = cfg.max_tokens, reasoning_effort = cfg.reasoning_effort, detail = cfg.detail,
+    extra_headers = cfg.headers, vlm_prompt = cfg.vlm_prompt, concurrency = cfg.concurrency or 4,
+    chunk_seconds = cfg.chunk_seconds or 5,
   }, Obj)
   P.remote(self, "openai", cfg, key)
   return P.llm_mixin(self)
@@ -47,15 +55,158 @@ local function headers(self, json)
   return h
 end
 
+-- ---- the model list -------------------------------------------------------------------
+
+-- list_models(p) -> {{id=, owned_by=, shutdown_date=}, ...} from GET {base}/models.
+function M.list_models(p)
+  local v, err = P.call(p, { what = "model list", method = "GET", url = p.base_url .. "/models",
+    headers = headers(p, false), timeout = 30, check = function(v)
+      if type(v) ~= "table" or type(v.data) ~= "table" then return nil, "missing 'data'" end
+      return true
+    end })
+  if not v then return nil, err end
+  local out = {}
+  for _, m in ipairs(v.data) do
+    if type(m) == "table" and type(m.id) == "string" then
+      out[#out + 1] = { id = m.id, owned_by = m.owned_by,
+        shutdown_date = type(m.shutdown_date) == "string" and m.shutdown_date or nil }
+    end
+  end
+  return out
+end
+
+-- serves(entry, role) -> true, or false and why: judged by the model's family (OpenAI's
+-- list says nothing about what a model does); a model of no known family may do anything.
+function M.serves(entry, role)
+  local f = catalog.caps("openai", entry.id)
+  if not f or not f.kind or f.kind == catalog.ROLE_KIND[role] then return true end
+  return false, string.format("it is a%s %s model", f.kind:match("^[aeiou]") and "n" or "", f.kind)
+end
+
 -- ---- stt ------------------------------------------------------------------------------
 
-local function check_transcription(v)
-  if type(v) ~= "table" then return nil, "expected a JSON object" end
-  if type(v.text) ~= "string" then return nil, "missing 'text'" end
-  if type(v.segments) ~= "table" then
-    return nil, "missing 'segments' (was response_format=verbose_json honoured?)"
+-- How to ask a model for a transcription: {format=, words=, drop={param=true}}, from its
+-- family and what it refused before.
+local function stt_plan(self, model)
+  local f = catalog.caps("openai", model) or {}
+  local l = catalog.learned(self, model)
+  local plan = { format = l.format or f.format or "verbose_json", words = f.words ~= false, drop = l.drop or {} }
+  if l.words == false then plan.words = false end
+  return plan, l
+end
+
+local function check_transcription(format)
+  return function(v)
+    if type(v) ~= "table" then return nil, "expected a JSON object" end
+    if type(v.text) ~= "string" then return nil, "missing 'text'" end
+    if format == "json" then return true end
+    if type(v.segments) ~= "table" then
+      return nil, "missing 'segments' (was response_format=" .. format .. " honoured?)"
+    end
+    return P.check_segments(v.segments)
   end
-  return P.check_segments(v.segments)
+end
+
+-- One transcription request for a file; returns the decoded reply.
+local function transcription(self, path, opts, plan, learned)
+  local model = opts.model or self.model
+  local function parts()
+    local out = {
+      { name = "file", file = path, filename = P.basename(path), type = opts.mime or "audio/wav" },
+      { name = "model", data = model },
+      { name = "response_format", data = plan.format },
+    }
+    local function add(name, value)
+      if value ~= nil and not plan.drop[name] then out[#out + 1] = { name = name, data = tostring(value) } end
+    end
+    if plan.format == "verbose_json" then
+      add("timestamp_granularities[]", "segment")
+      if plan.words and opts.words ~= false then add("timestamp_granularities[]", "word") end
+    elseif plan.format == "diarized_json" then
+      add("chunking_strategy", "auto") -- required over 30 s
+    end
+    add("language", opts.language or self.language)
+    if plan.format ~= "diarized_json" then add("prompt", opts.prompt or self.prompt) end
+    add("temperature", opts.temperature or self.temperature)
+    return out
+  end
+  local req = {
+    what = "transcription of " .. P.basename(path), url = self.base_url .. "/audio/transcriptions",
+    headers = headers(self, false), multipart = parts(), tokens = 0, check = check_transcription(plan.format),
+  }
+  return P.call_adapting(self, req, function(param, e)
+    if param == "timestamp_granularities" and plan.format == "verbose_json" and plan.words then
+      plan.words, learned.words = false, false
+    elseif param == "response_format" and plan.format ~= "json" then
+      plan.format, learned.format = "json", "json"
+      return false -- the caller transcribes in timed chunks instead
+    elseif param == "language" or param == "prompt" or param == "temperature" or param == "chunking_strategy" then
+      plan.drop[param] = true
+      learned.drop = plan.drop
+    else
+      return false
+    end
+    req.multipart, req.check = parts(), check_transcription(plan.format)
+    return true
+  end)
+end
+
+-- json-only models: the file is cut into chunks of about chunk_seconds at silences (the
+-- quietest 20 ms near each boundary), each chunk transcribed on its own; its text is spread
+-- evenly over its time.
+local function transcribe_chunks(self, audio, opts, plan, learned)
+  local sl = require "sluice"
+  local media = require "sluice.media"
+  local secs = opts.chunk_seconds or self.chunk_seconds
+  local t0 = audio.t0 or 0
+  local results, first_err, first_code, first_failure = {}, nil, nil, nil
+  local sem = sl.semaphore(math.max(1, self.concurrency))
+  local g = sl.group()
+  local dir
+  local ok, e = pcall(function()
+    for c in media.audio_chunks(audio.path, { seconds = secs, split = "silence", window = math.min(2, secs / 2) }) do
+      dir = dir or c.path:match("^(.*)/[^/]*$")
+      sem:acquire()
+      g:spawn(function()
+        local okc, ec = pcall(function()
+          local v, err, code, failure = transcription(self, c.path, opts, plan, learned)
+          if not v then
+            first_err, first_code, first_failure = first_err or err, first_code or code, first_failure or failure
+          else
+            results[c.seq] = { c = c, text = v.text }
+          end
+        end)
+        os.remove(c.path)
+        sem:release()
+        if not okc then error(ec, 0) end
+      end)
+    end
+    g:wait()
+  end)
+  if dir then os.remove(dir) end
+  if not ok then
+    if sl.is_cancelled(e) then error(e, 0) end
+    return nil, "openai: cannot cut " .. P.basename(audio.path) .. " into chunks: " .. tostring(e), "EINVAL"
+  end
+  if first_err then return nil, first_err, first_code, first_failure end
+  local segments, texts = {}, {}
+  for seq = 1, #results do
+    local r = results[seq]
+    local txt = r.text:gsub("^%s+", ""):gsub("%s+$", "")
+    if txt ~= "" then
+      local a, b = t0 + r.c.t0, t0 + r.c.t1
+      local words = {}
+      for w in txt:gmatch("%S+") do words[#words + 1] = w end
+      local step = (b - a) / #words
+      for i, w in ipairs(words) do
+        words[i] = { word = w, start = a + (i - 1) * step, ["end"] = a + i * step }
+      end
+      segments[#segments + 1] = { start = a, ["end"] = b, text = txt, words = words, timing = "chunk" }
+      texts[#texts + 1] = txt
+    end
+  end
+  return { segments = segments, text = table.concat(texts, " "), provider = "openai",
+    model = opts.model or self.model, timing = "chunk" }
 end
 
 function Obj:transcribe(audio, opts)
@@ -63,34 +214,24 @@ function Obj:transcribe(audio, opts)
   if type(audio) ~= "table" or type(audio.path) ~= "string" then
     error("bad argument #1 to 'transcribe' (table with path expected)", 2)
   end
+  local model = opts.model or self.model
+  local plan, learned = stt_plan(self, model)
+  if plan.format == "json" then return transcribe_chunks(self, audio, opts, plan, learned) end
   local t0 = audio.t0 or 0
-  local parts = {
-    { name = "file", file = audio.path, filename = P.basename(audio.path),
-      type = opts.mime or "audio/wav" },
-    { name = "model", data = opts.model or self.model },
-    { name = "response_format", data = "verbose_json" },
-    { name = "timestamp_granularities[]", data = "segment" },
-  }
-  if opts.words ~= false then
-    parts[#parts + 1] = { name = "timestamp_granularities[]", data = "word" }
+  local v, err, code, failure = transcription(self, audio.path, opts, plan, learned)
+  if not v then
+    if plan.format == "json" then -- learned just now: the model gives no times
+      return transcribe_chunks(self, audio, opts, plan, learned)
+    end
+    return nil, err, code, failure
   end
-  local language = opts.language or self.language
-  if language then parts[#parts + 1] = { name = "language", data = language } end
-  local prompt = opts.prompt or self.prompt
-  if prompt then parts[#parts + 1] = { name = "prompt", data = prompt } end
-  local temp = opts.temperature or self.temperature
-  if temp then parts[#parts + 1] = { name = "temperature", data = tostring(temp) } end
-  local v, err, code, failure = P.call(self, {
-    what = "transcription of " .. P.basename(audio.path), url = self.base_url .. "/audio/transcriptions",
-    headers = headers(self, false), multipart = parts, tokens = 0, check = check_transcription,
-  })
-  if not v then return nil, err, code, failure end
   local words = type(v.words) == "table" and v.words or {}
   local segments = {}
   local wi = 1
   for _, s in ipairs(v.segments) do
     local seg = { start = s.start + t0, ["end"] = s["end"] + t0, text = (s.text:gsub("^%s+", "")),
       words = {} }
+    if type(s.speaker) == "string" and s.speaker ~= "" then seg.speaker = s.speaker end
     while wi <= #words and type(words[wi].start) == "number" and words[wi].start < s["end"] + 1e-6 do
       local w = words[wi]
       if type(w["end"]) == "number" and type(w.word) == "string" then
@@ -101,7 +242,7 @@ function Obj:transcribe(audio, opts)
     segments[#segments + 1] = seg
   end
   return { segments = segments, text = v.text, language = v.language, duration = v.duration,
-    provider = "openai", model = opts.model or self.model }
+    provider = "openai", model = model }
 end
 
 -- ---- llm ------------------------------------------------------------------------------
@@ -113,6 +254,7 @@ local function check_completion(v)
   if type(m) ~= "table" then return nil, "choice 1 has no 'message'" end
   if type(m.content) ~= "string" then
     if type(m.refusal) == "string" then return nil, "the model refused: " .. m.refusal end
+    if v.choices[1].finish_reason == "length" then return true end -- reported by complete()
     return nil, "choice 1 has no text content"
   end
   return true
@@ -123,28 +265,72 @@ local function usage_of(v)
   return nil
 end
 
+-- The request body for a chat completion: the model's family decides which fields it gets.
+local function chat_body(self, msgs, opts)
+  local model = opts.model or self.model
+  local f = catalog.caps("openai", model) or {}
+  local learned = catalog.learned(self, model)
+  local role = opts.role or self.role
+  local body = { model = model, messages = msgs }
+  local budget = opts.max_tokens or self.max_tokens or catalog.per_role(f.max_tokens, role)
+  if budget then body[f.token_field or "max_completion_tokens"] = budget end
+  local temp = opts.temperature or self.temperature
+  if temp ~= nil and f.temperature ~= false then body.temperature = temp end
+  local effort = opts.reasoning_effort or self.reasoning_effort or catalog.per_role(f.reasoning_effort, role)
+  if effort then body.reasoning_effort = effort end
+  if opts.json then body.response_format = { type = "json_object" } end
+  for k in pairs(learned.drop or {}) do body[k] = nil end
+  return body, learned
+end
+
+-- When the model refuses a parameter (400 unsupported_parameter / unsupported_value naming
+-- it), it is dropped from this request and from every later one for the model.
+local function dropper(body, learned)
+  return function(param)
+    if body[param] == nil or param == "model" or param == "messages" then return false end
+    body[param] = nil
+    learned.drop = learned.drop or {}
+    learned.drop[param] = true
+    return true
+  end
+end
+
+-- An answer cut off before any text (a reasoning model spent the budget thinking).
+local function cut_off(self, body, info)
+  local d = type(info.usage) == "table" and type(info.usage.completion_tokens_details) == "table"
+    and info.usage.completion_tokens_details or {}
+  local field = body.max_completion_tokens and "max_completion_tokens" or "max_tokens"
+  return nil, string.format("openai: chat completion cut off before any text: finish_reason=length with " ..
+    "%s=%s%s%s; raise openai.max_tokens or lower openai.reasoning_effort", field,
+    tostring(body[field] or "unset"),
+    type(d.reasoning_tokens) == "number" and string.format(", %d of them reasoning tokens", d.reasoning_tokens) or "",
+    body.reasoning_effort and (" (reasoning_effort=" .. body.reasoning_effort .. ")") or ""), "EBUDGET",
+    { finish_reason = "length" }
+end
+
 -- complete(messages | prompt, opts{stream=fn(token), max_tokens=, temperature=, json=,
--- model=, system=}) -> text, {usage=, finish_reason=, model=}
+-- model=, system=, reasoning_effort=, role=}) -> text, {usage=, finish_reason=, model=}
 function Obj:complete(m, opts)
   opts = opts or {}
   local msgs = P.messages(m, opts)
-  local body = { model = opts.model or self.model, messages = msgs }
-  local max_tokens = opts.max_tokens or self.max_tokens
-  if max_tokens then body.max_tokens = max_tokens end
-  local temp = opts.temperature or self.temperature
-  if temp then body.temperature = temp end
-  if opts.json then body.response_format = { type = "json_object" } end
+  local body, learned = chat_body(self, msgs, opts)
   local req = {
     what = "chat completion", url = self.base_url .. "/chat/completions",
-    headers = headers(self, true), json = body, tokens = P.estimate_tokens(msgs, max_tokens),
+    headers = headers(self, true), json = body,
+    tokens = P.estimate_tokens(msgs, body.max_completion_tokens or body.max_tokens),
   }
   if not opts.stream then
     req.check = check_completion
     req.usage = usage_of
-    local v, err, code, failure = P.call(self, req)
+    local v, err, code, failure = P.call_adapting(self, req, dropper(body, learned))
     if not v then return nil, err, code, failure end
     local c = v.choices[1]
-    return c.message.content, { usage = v.usage, finish_reason = c.finish_reason, model = v.model }
+    local info = { usage = v.usage, finish_reason = c.finish_reason, model = v.model }
+    local text = c.message.content
+    if c.finish_reason == "length" and (type(text) ~= "string" or not text:find("%S")) then
+      return cut_off(self, body, info)
+    end
+    return text, info
   end
   -- streamed: tokens go to opts.stream as they arrive
   body.stream = true
@@ -174,12 +360,14 @@ function Obj:complete(m, opts)
     return true
   end
   req.usage = function() return info.usage and info.usage.total_tokens end
-  local v, err, code, failure = P.call(self, req)
+  local v, err, code, failure = P.call_adapting(self, req, dropper(body, learned))
   if not v then return nil, err, code, failure end
   if not done and not info.finish_reason then
     return nil, "openai: malformed chat completion stream: it ended without [DONE]", "EPROTO"
   end
-  return table.concat(parts), info
+  local text = table.concat(parts)
+  if info.finish_reason == "length" and not text:find("%S") then return cut_off(self, body, info) end
+  return text, info
 end
 
 -- ---- vlm ------------------------------------------------------------------------------
@@ -191,7 +379,7 @@ function Obj:describe(images, opts)
   return P.describe_each(self, images, opts, function(mime, b64)
     return { type = "image_url", image_url = { url = "data:" .. mime .. ";base64," .. b64,
       detail = opts.detail or self.detail or "auto" } }
-  end, opts.max_tokens or self.max_tokens or 300)
+  end, opts.max_tokens or self.max_tokens)
 end
 
 return M
