@@ -53,7 +53,7 @@ function M.list_models(p)
   repeat
     local url = p.base_url .. "/models?pageSize=1000" .. (token and ("&pageToken=" .. token) or "")
     local v, err = P.call(p, { what = "model list", method = "GET", url = url, headers = key_headers(p, false),
-      timeout = 30, check = function(v)
+      timeout = 10, attempts = 2, check = function(v)
         if type(v) ~= "table" then return nil, "expected a JSON object" end
         if v.models ~= nil and type(v.models) ~= "table" then return nil, "'models' is not a list" end
         return true

@@ -304,8 +304,8 @@ local function retry_delay(body)
 end
 
 -- call(p, req) -> decoded JSON reply (or true for a stream), or nil, message, code, info.
--- req: what (for messages), url, method, headers, json | multipart, tokens (estimate for
--- the limiter), usage(decoded) -> tokens, check(decoded) -> true | nil, why;
+-- req: what (for messages), url, method, headers, json | multipart, timeout, attempts (instead
+-- of the provider's), tokens (estimate for the limiter), usage(decoded) -> tokens, check(decoded) -> true | nil, why;
 -- sse(ev) -> "done" | nil, why (for streamed replies; must set req.emitted when it has
 -- passed data on to the caller). One attempt acquires a permit, sends, releases the
 -- permit with what happened; retries follow sluice.retry's rules, except that a stream
@@ -383,6 +383,7 @@ function M.call(p, req)
   end
   local ropts = {}
   for k, v in pairs(p.retry_opts) do ropts[k] = v end
+  if req.attempts then ropts.attempts = req.attempts end
   return retry.call(function()
     if req.emitted then return nil, "stream interrupted", "EPROTO", { retry = false } end
     return attempt()

@@ -60,7 +60,7 @@ end
 -- list_models(p) -> {{id=, owned_by=, shutdown_date=}, ...} from GET {base}/models.
 function M.list_models(p)
   local v, err = P.call(p, { what = "model list", method = "GET", url = p.base_url .. "/models",
-    headers = headers(p, false), timeout = 30, check = function(v)
+    headers = headers(p, false), timeout = 10, attempts = 2, check = function(v)
       if type(v) ~= "table" or type(v.data) ~= "table" then return nil, "missing 'data'" end
       return true
     end })
@@ -183,6 +183,10 @@ local function transcribe_chunks(self, audio, opts, plan, learned)
     end
     g:wait()
   end)
+  if not ok then
+    g:cancel()
+    pcall(g.wait, g)
+  end
   if dir then os.remove(dir) end
   if not ok then
     if sl.is_cancelled(e) then error(e, 0) end
