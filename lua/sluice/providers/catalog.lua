@@ -207,7 +207,7 @@ function M.nearest(name, ids, n)
   return out
 end
 
--- days(date) -> whole days from today until "YYYY-MM-DD" (negative when it is past).
+-- days_until(date) -> whole days from today until "YYYY-MM-DD" (negative when it is past).
 function M.days_until(date)
   local y, m, d = tostring(date):match("^(%d%d%d%d)-(%d%d)-(%d%d)")
   if not y then return nil end
