@@ -10,13 +10,13 @@
 #    gemini-2.0-flash gone, with Google's 404 NOT_FOUND wording).
 import json
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
 
 SRC = os.environ.get("SLUICE_SOURCE_DIR", os.getcwd())
 sys.path.insert(0, os.path.join(SRC, "tests", "fakeapi"))
+import fakeserver  # noqa: E402
 import openai_spec  # noqa: E402
 import protojson  # noqa: E402
 
@@ -74,12 +74,6 @@ def check_validator():
             "bytes that are not base64", "TYPE_BYTES")
 
 
-def start_server():
-    p = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "tests/fakeapi/server.py"), "--port", "0"],
-                         stdout=subprocess.PIPE, text=True)
-    return p, "http://127.0.0.1:%d" % int(p.stdout.readline())
-
-
 def call(url, body=None):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json",
@@ -125,12 +119,8 @@ def check_server(base):
 
 def main():
     check_validator()
-    srv, base = start_server()
-    try:
+    with fakeserver.running() as base:
         check_server(base)
-    finally:
-        srv.terminate()
-        srv.wait(10)
     if failures:
         for f in failures:
             print("FAIL", f)

@@ -28,6 +28,7 @@ import jsonschema
 SRC = os.environ.get("SLUICE_SOURCE_DIR", os.getcwd())
 BIN = os.environ.get("SLUICE_BIN", os.path.join(SRC, "build", "sluice"))
 sys.path.insert(0, os.path.join(SRC, "tests", "fakeapi"))
+import fakeserver  # noqa: E402
 import openai_spec  # noqa: E402  (the fake server validates with the same module)
 
 SPEC = openai_spec.load()
@@ -59,13 +60,6 @@ def run_provider_test(out):
         raise SystemExit("provider_openai_test.lua failed")
     with open(out) as f:
         return json.load(f)
-
-
-def start_server():
-    p = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "tests/fakeapi/server.py"), "--port", "0"],
-                         stdout=subprocess.PIPE, text=True)
-    port = int(p.stdout.readline())
-    return p, "http://127.0.0.1:%d" % port
 
 
 def post(url, body, headers=None, ctype="application/json"):
@@ -133,8 +127,7 @@ def main():
         failures.append("max_tokens was not found deprecated")
 
     # the fake server's replies have the documented shapes
-    srv, base = start_server()
-    try:
+    with fakeserver.running() as base:
         body = {"model": "gpt-5.4-mini", "messages": [{"role": "user", "content": "hello there"}]}
         check("CreateChatCompletionResponse", json.loads(post(base + "/v1/chat/completions", body)),
               "fake chat reply")
@@ -178,9 +171,6 @@ def main():
         dates = {m["id"]: m.get("shutdown_date") for m in models["data"]}
         if dates.get("gpt-4o-mini") != "2027-01-14" or dates.get("whisper-1") != "2027-02-26":
             failures.append("model list shutdown dates: %s" % dates)
-    finally:
-        srv.terminate()
-        srv.wait(10)
 
     if failures:
         for f in failures:
