@@ -197,6 +197,12 @@ local function cmd_help(args)
   if topic and HELP[topic] then
     print(HELP[topic])
     return 0
+  end
+  local okc, cmd = false, nil
+  if topic then okc, cmd = pcall(require, "sluice.cmd." .. topic) end -- providers, jobs, serve
+  if okc and type(cmd) == "table" and cmd.USAGE then
+    print(cmd.USAGE)
+    return 0
   elseif topic then
     eprint("sluice help: no help for '" .. topic .. "'\n" .. USAGE)
     return 2
