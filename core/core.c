@@ -417,7 +417,6 @@ static int l_resume(lua_State *L) {
   lua_xmove(L, co, 1);
   lua_State *prev = engine.running;
   engine.running = co;
-  sl_flow_epoch++; /* another task runs: the graph's fast path reads its state afresh */
   int nres = 0;
   int status = lua_resume(co, L, 1, &nres);
   engine.running = prev;

@@ -75,11 +75,6 @@ void sl_check_open(lua_State *L, const void *ptr, const char *what);
 /* Monotonic seconds since an arbitrary start, with nanosecond resolution. Cannot fail. */
 double sl_now(void);
 
-/* ---- stage graph fast path (flow.c) ------------------------------------------------------
- * Bumped whenever a task is resumed (core.resume) and by flow.bump(): what the graph's fast
- * path cached of the Lua side is stale once it changes. Loop thread only. */
-extern unsigned sl_flow_epoch;
-
 /* ---- thread pool --------------------------------------------------------------------
  * CPU-heavy work (decode, encode, OCR, speech recognition, hashing) runs on the engine's
  * own worker threads, not on libuv's pool, so long jobs cannot starve file-system calls and

@@ -14,7 +14,6 @@
 -- raises is reported once on stderr and removed; the run goes on.
 local core = require "sluice.core.core"
 local cjson = require "cjson"
-local bump = require("sluice.core.flow").bump
 
 local M = {}
 
@@ -22,24 +21,12 @@ local Bus = {}
 Bus.__index = Bus
 Bus.__name = "sluice.bus"
 
--- count: listeners; item_listeners: those that may want item_start and item_done, the
--- per-item events a plain stage's fast path does not make (the graph runs it only while
--- there are none).
+-- count: listeners (emitters check it before they build an event).
 function M.new()
-  return setmetatable({ listeners = {}, only = {}, count = 0, item_listeners = 0, n = 0 }, Bus)
+  return setmetatable({ listeners = {}, only = {}, count = 0, n = 0 }, Bus)
 end
 
-local function recount(self)
-  local list, only = self.listeners, self.only
-  local per_item = 0
-  for _, f in ipairs(list) do
-    local o = only[f]
-    if not o or o.item_start or o.item_done then per_item = per_item + 1 end
-  end
-  self.count = #list
-  self.item_listeners = per_item
-  bump() -- what the graph's fast path cached of the bus is stale
-end
+local function recount(self) self.count = #self.listeners end
 
 -- bus:on(fn[, names]) -> unsubscribe(): fn(ev) is called for every later event, or with
 -- names (a list of event names) for those events only.

@@ -14,7 +14,7 @@ local now = core.now
 local emit = deliver.emit
 local errtext, unwrap, on_error = util.errtext, util.unwrap, util.on_error
 local Cancelled = sched.Cancelled
-local xpcall, type, format = xpcall, type, string.format
+local xpcall, type, format, error = xpcall, type, string.format, error
 
 local M = {}
 
@@ -40,7 +40,7 @@ local function acquire_limits(S, u)
   local job = S.job
   local est = S.tokens
   if S.estimate then
-    local okk, v = pcall(S.estimate, u.env or u.items)
+    local okk, v = pcall(S.estimate, u.arg)
     if okk and type(v) == "number" then est = v end
   end
   local held = {}
@@ -61,61 +61,81 @@ local function acquire_limits(S, u)
   return held
 end
 
--- One attempt: limits, then the executor under the stage's timeout. Returns true, value, opts
--- or false, err, code, traceback.
-local function run_attempt(S, u, ctx, task)
-  local held = S.nlimits > 0 and acquire_limits(S, u) or nil
-  local scope, timer
-  if S.timeout then
-    scope = sched.open_scope(task)
-    timer = core.timer()
-    u.timer, u.remaining, u.timer_started = timer, S.timeout, now()
-    u.on_timeout = function()
-      scope.expired = true
-      scope:cancel()
-    end
-    timer:start(S.timeout, nil, u.on_timeout)
-  end
-  local ok, v, e2, code = xpcall(S.exec, on_error, S, u, ctx)
-  if timer then
-    timer:close()
-    scope:close()
-    u.timer = nil
-  end
-  local tb
-  if not ok then
-    if v == Cancelled then
-      if scope and scope.expired and not task.scopes[1].cancelled then
-        v, code = format("timeout after %gs", S.timeout), "ETIMEDOUT"
-      else
-        if held then release_limits(held, { ok = false, error = "cancelled" }) end
-        error(Cancelled, 0)
-      end
-    else
-      v, tb = unwrap(v)
-    end
-  elseif v == nil and e2 ~= nil then
-    ok, v = false, e2
-  end
+-- Executes unit u (its executor function u.fn on u.arg) once. Returns true, value, opts
+-- (a table or nil) or false, err, code, traceback; false, Cancelled when it was cancelled.
+local function call(u, ctx)
+  local ok, v, e2, code = xpcall(u.fn, on_error, u.arg, ctx)
   if ok then
-    if held then release_limits(held, { ok = true, tokens = ctx.tokens }) end
-    return true, v, e2
+    if e2 == nil then return true, v end
+    if v == nil then return false, e2, code end
+    return true, v, type(e2) == "table" and e2 or nil
   end
+  if v == Cancelled then return false, v end
+  local err, tb = unwrap(v)
+  return false, err, nil, tb
+end
+
+-- call() under the stage's timeout: a cancel of its own scope is a failed attempt
+-- (ETIMEDOUT). Time spent delivering outputs does not count (see deliver.emit).
+local function call_timed(S, u, ctx, task)
+  local scope = sched.open_scope(task)
+  local timer = core.timer()
+  u.timer, u.remaining, u.timer_started = timer, S.timeout, now()
+  u.on_timeout = function()
+    scope.expired = true
+    scope:cancel()
+  end
+  timer:start(S.timeout, nil, u.on_timeout)
+  local ok, v, code, tb = call(u, ctx)
+  timer:close()
+  scope:close()
+  u.timer = nil
+  if not ok and v == Cancelled and scope.expired and not task.scopes[1].cancelled then
+    return false, format("timeout after %gs", S.timeout), "ETIMEDOUT"
+  end
+  return ok, v, code, tb
+end
+
+-- One attempt with the stage's limits (acquired before, released after with what happened)
+-- and timeout. Returns what call() returns.
+local function attempt_once(S, u, ctx, task)
+  local held = S.nlimits > 0 and acquire_limits(S, u) or nil
+  local ok, v, code, tb
+  if S.timeout then ok, v, code, tb = call_timed(S, u, ctx, task) else ok, v, code, tb = call(u, ctx) end
   if held then
-    local info = { ok = false, error = errtext(v), code = code, tokens = ctx.tokens,
-      timeout = code == "ETIMEDOUT" or nil }
-    if type(v) == "table" then
-      info.status, info.retry_after, info.headers = v.status, v.retry_after, v.headers
+    local info
+    if ok then
+      info = { ok = true, tokens = ctx.tokens }
+    elseif v == Cancelled then
+      info = { ok = false, error = "cancelled" }
+    else
+      info = { ok = false, error = errtext(v), code = code, tokens = ctx.tokens,
+        timeout = code == "ETIMEDOUT" or nil }
+      if type(v) == "table" then
+        info.status, info.retry_after, info.headers = v.status, v.retry_after, v.headers
+      end
     end
     release_limits(held, info)
   end
-  return false, v, code, tb
+  return ok, v, code, tb
+end
+
+-- A stage with no policy (no memo, limits, timeout or retry): one call, and its output.
+-- Returns ok, err, code, traceback, attempts, cached (as run below).
+local function run_plain(S, u, ctx)
+  local ok, v, opts, tb = call(u, ctx)
+  if ok then
+    if v ~= nil then emit(S, u, v, opts) end
+    return true
+  end
+  if v == Cancelled then error(v, 0) end
+  return false, v, opts, tb, 1, false
 end
 
 -- Runs unit u of stage S with ctx (the worker's) in task: from the memo, or in attempts until
 -- one succeeds or none is left. Its outputs are emitted (sluice.graph.deliver). Returns
--- ok, err, code, traceback, attempts (0: from the memo), cached.
-function M.run(S, u, ctx, task)
+-- ok, err, code, traceback, attempts (0: from the memo; nil: 1), cached.
+local function run_full(S, u, ctx, task)
   local memo = S.job.memo
   if memo then
     local outs = memo:get(S.name, u.path)
@@ -129,23 +149,24 @@ function M.run(S, u, ctx, task)
   local attempts = r and r.attempts or 1
   local env = u.env
   local attempt = 0
-  local ok, v, opts, code, tb
+  local ok, v, code, tb
   while true do
     attempt = attempt + 1
     ctx.attempt = attempt
     ctx.tokens = nil
-    if attempt > 1 and env then env.attempt = attempt end
-    u.k = 0
-    if memo then u.outputs = {} end
-    ok, v, opts, tb = run_attempt(S, u, ctx, task)
+    if memo then
+      u.outputs = {}
+      u.dirty = true
+    end
+    ok, v, code, tb = attempt_once(S, u, ctx, task)
     if ok then
-      if v ~= nil then emit(S, u, v, type(opts) == "table" and opts or nil) end
+      if v ~= nil then emit(S, u, v, code) end
       break
     end
-    code = opts
+    if v == Cancelled then error(v, 0) end
     if attempt >= attempts then break end
     if r.retry_if then
-      local okk, yes = pcall(r.retry_if, v, code, u.env or u.items)
+      local okk, yes = pcall(r.retry_if, v, code, u.arg)
       if not okk or not yes then break end
     end
     local delay = backoff_delay(r, attempt)
@@ -155,6 +176,11 @@ function M.run(S, u, ctx, task)
         delay = delay })
     end
     require("sluice").sleep(delay) -- backoff counts as busy time of the stage
+    -- the next attempt does not deliver again what this one did (by emission number)
+    if u.k > u.delivered then u.delivered = u.k end
+    u.k = 0
+    u.dirty = true
+    if env then env.attempt = attempt + 1 end
   end
   if not ok then return false, v, code, tb, attempt, false end
   if memo and u.outputs then
@@ -162,6 +188,13 @@ function M.run(S, u, ctx, task)
     if u.kind == "batch" and memo.put_batch then memo:put_batch(S.name, u.path, u.ids) end
   end
   return true, nil, nil, nil, attempt, false
+end
+
+-- The function that runs stage S's units (with job's memo, if any):
+--   fn(S, u, ctx, task) -> ok, err, code, traceback, attempts, cached
+function M.for_stage(S, job)
+  if job.memo or S.retry or S.timeout or S.nlimits > 0 then return run_full end
+  return run_plain
 end
 
 -- Records unit u of S as a dead letter (after `attempts` attempts); returns the record.

@@ -36,11 +36,11 @@ local function wait_space(C, P, u, k, ks)
   local q, qc = C.q, C.qcond
   local t0 = now()
   local ok, err = pcall(function()
-    repeat C.space:wait() until q:len() < C.cap + qc.nwait
+    repeat C.space:wait() until q.n < C.cap + qc.nwait
   end)
   local dt = now() - t0
   P.blocked = P.blocked + dt
-  if u then u.blocked = (u.blocked or 0) + dt end
+  if u then u.blocked, u.dirty = (u.blocked or 0) + dt, true end
   if not ok then -- cancelled while waiting: the item never arrived
     ks.pending = ks.pending - 1
     if C.batch then ks.inq = ks.inq - 1 end
@@ -61,8 +61,8 @@ local function deliver_to(C, env, P, u)
   ks.pending = ks.pending + 1
   if C.batch then ks.inq = ks.inq + 1 end -- (only the batcher needs inq)
   local q, qc = C.q, C.qcond
-  if q:len() >= C.cap + qc.nwait then wait_space(C, P, u, k, ks) end
-  q:push(env)
+  if q.n >= C.cap + qc.nwait then wait_space(C, P, u, k, ks) end
+  dpush(q, env)
   C.n_in = C.n_in + 1
   -- One woken worker at a time: it takes every queued item it can without waiting, and
   -- wakes a peer (its on_wait hook) if it must wait while items are still queued.
@@ -71,20 +71,18 @@ end
 
 -- Hands env to every consumer of node P (the second and later get copies).
 local function deliver(P, env, u)
-  local cons = P.consumers
-  local n = #cons
   P.n_out = P.n_out + 1
-  if n == 1 then
-    deliver_to(cons[1], env, P, u)
-  else
-    for i = 1, n do deliver_to(cons[i], i == 1 and env or copy(env), P, u) end
-  end
+  local cons = P.consumers
+  if P.nconsumers == 1 then return deliver_to(cons[1], env, P, u) end
+  for i = 1, #cons do deliver_to(cons[i], i == 1 and env or copy(env), P, u) end
 end
 M.deliver = deliver
 
 -- Emits an output of unit u at stage S: data, with opts ({key=, seq=, t0=, t1=}) or nil.
--- Outputs an earlier attempt of the unit delivered (by emission number) are not delivered
--- again; with a memo they are recorded all the same (u.outputs).
+-- Outputs an earlier attempt of the unit delivered (by emission number: u.delivered, see
+-- sluice.graph.attempt) are not delivered again; with a memo they are recorded all the same
+-- (u.outputs). A unit's fields beyond its item are set only here and by attempts, which mark
+-- it dirty (workers reuse one unit for their items).
 function M.emit(S, u, data, opts)
   local k = u.k + 1
   u.k = k
@@ -94,20 +92,25 @@ function M.emit(S, u, data, opts)
     outputs[k] = { data = data, key = env.key, seq = env.seq, t0 = env.t0, t1 = env.t1 }
   end
   if k <= u.delivered then return end -- delivered by an earlier attempt
-  u.delivered = k
   if S.keep_results then
     local r = S.results
     local nr = #r
     if nr < MAX_RESULTS then r[nr + 1] = env else S.job.results_truncated = true end
     if S.job.bus.count > 0 then -- for item_done's `result`
       local res = u.results
-      if not res then res = {}; u.results = res end
+      if not res then
+        res = {}
+        u.results, u.dirty = res, true
+      end
       res[#res + 1] = data
     end
   end
   if S.order then -- held until every lower seq is done (sluice.graph.units)
     local outs = u.outs
-    if not outs then outs = {}; u.outs = outs end
+    if not outs then
+      outs = {}
+      u.outs, u.dirty = outs, true
+    end
     outs[#outs + 1] = env
     return
   end

@@ -91,9 +91,10 @@ local function source_id(N, key, seq, identity)
   return base
 end
 
--- A source's envelopes: { key, seq, data[, t0, t1][, id] }: a function source's leave id out
--- (it is made when first read, and then kept). job, stage and attempt (1) come through the
--- metatable; pairs() lists id too.
+-- A source's envelopes: { key, seq, data[, t0, t1][, id], _o = false }: a function source's
+-- leave id out (it is made when first read, and then kept); _o = false says it is no lazy
+-- envelope without a call of the metatable. job, stage and attempt (1) come through the
+-- metatable; pairs() lists id too, and not _o.
 local function source_mt(job_id, N)
   local mt = { __name = "sluice.item" }
   local consts = { attempt = 1, job = job_id, stage = N.name }
@@ -107,7 +108,11 @@ local function source_mt(job_id, N)
   end
   mt.__pairs = function(e)
     local _ = e.id -- made now, so that next() lists it
-    return next, e, nil
+    return function(t, k)
+      local v
+      repeat k, v = next(t, k) until k ~= "_o"
+      return k, v
+    end, e, nil
   end
   return mt
 end
@@ -132,9 +137,9 @@ end
 function M.source_env(N, data, key, seq, t0, t1, identity)
   local env
   if t0 == nil and t1 == nil then
-    env = setmetatable({ key = key, seq = seq, data = data }, N.env_mt)
+    env = setmetatable({ key = key, seq = seq, data = data, _o = false }, N.env_mt)
   else
-    env = setmetatable({ key = key, seq = seq, t0 = t0, t1 = t1, data = data }, N.env_mt)
+    env = setmetatable({ key = key, seq = seq, t0 = t0, t1 = t1, data = data, _o = false }, N.env_mt)
   end
   if identity then env.id = source_id(N, key, seq, identity) end
   return env
@@ -145,9 +150,9 @@ end
 function M.output(S, u, data, opts, k)
   if k == 1 and opts == nil and u.kind == "item" then
     local env = u.env
-    local o = rawget(env, "_o")
+    local o = env._o
     if o then -- the input is lazy: same origin, one hop more
-      local chain = rawget(env, "_t")
+      local chain = env._t
       local hops = S.hops
       local hop = hops[chain]
       if not hop then
@@ -158,7 +163,7 @@ function M.output(S, u, data, opts, k)
     end
     -- An input made in full is its outputs' origin itself when its data is small: holding it
     -- then holds its data for as long as they live, harmless for small values only.
-    local d = rawget(env, "data")
+    local d = env.data
     local td = type(d)
     if td == "number" or td == "boolean" or (td == "string" and #d <= 256) then
       o = env

@@ -17,7 +17,6 @@ local executor = require "sluice.graph.executor"
 local units = require "sluice.graph.units"
 local run = require "sluice.graph.run"
 local source = require "sluice.graph.source"
-local flowq = require "sluice.core.flow"
 
 local now = core.now
 local format = string.format
@@ -63,13 +62,13 @@ local function new_stage(job, n, s, opts)
   for k, v in pairs(s) do if S[k] == nil then S[k] = v end end
   S.spec_n = s
   S.cap = s.queue
-  S.q, S.ready, S.keys, S.pdone, S.ndone = flowq.queue(), util.deque(), {}, {}, 0
+  S.q, S.ready, S.keys, S.pdone, S.ndone = util.deque(), util.deque(), {}, {}, 0
   S.work, S.space, S.bcond = cond.new("waiting for work"), cond.new("queue:put"), cond.new("batch")
   S.qcond = s.batch and S.bcond or S.work
   S.target, S.nworkers, S.wid, S.nopen = s.workers, 0, 0, 0
   S.nlimits = #s.limits
-  S.executor = (opts.executors and opts.executors[n]) or executor.for_stage(s)
-  S.exec = S.executor.call
+  S.executor = (opts.executors and opts.executors[n]) or executor["local"]
+  S.exec_item, S.exec_units, S.exec_gate = S.executor.bind(S)
   envelope.setup(job, S)
   S.ctx_mt = run.ctx_mt(S)
   units.install(S)
@@ -240,7 +239,7 @@ function Job:stats()
       st = {
         kind = "stage", ["in"] = S.n_in, done = S.n_done, failed = S.n_failed,
         retried = S.n_retried, dead = S.n_dead, cached = S.n_cached, out = S.n_out,
-        in_flight = S.running + S.in_flight, queue = S.q:len(), queue_cap = S.cap, held = S.n_held,
+        in_flight = S.running + S.in_flight, queue = S.q.n, queue_cap = S.cap, held = S.n_held,
         workers = S.target, workers_running = S.nworkers, finished = S.finished or false,
         rate = span > 0 and (S.n_done + S.n_failed) / span or 0,
         busy = S.busy, blocked = S.blocked, starved = S.starved,

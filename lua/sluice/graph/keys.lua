@@ -98,7 +98,7 @@ local producer_done = M.producer_done
 -- The stage is finished when nothing can arrive and nothing is left in it.
 function check_finished(S)
   if S.finished or not S.all_up then return end
-  if S.q:len() > 0 or S.ready.n > 0 or S.running > 0 or S.batcher_alive then return end
+  if S.q.n > 0 or S.ready.n > 0 or S.running > 0 or S.batcher_alive then return end
   if next(S.keys) ~= nil then return end
   local h = S.hooks.stage_idle
   if h and h(S) then return end

@@ -19,7 +19,7 @@ local util = require "sluice.graph.util"
 local now = core.now
 local check_key, check_finished = keys.check_key, keys.check_finished
 local unit_event, hist_add = util.unit_event, util.hist_add
-local attempt_run, dead_letter = attempt.run, attempt.dead_letter
+local dead_letter = attempt.dead_letter
 local order_complete = units.order_complete
 local dpop = util.dpop
 local setmetatable, rawget, type, error, pcall = setmetatable, rawget, type, error, pcall
@@ -73,48 +73,55 @@ end
 
 -- Item units ----------------------------------------------------------------------------------
 
--- An item's unit: { env, key } plus what it has done; its id (path), seq, t0 and t1 are read
--- from its envelope when something asks (ids of lazy envelopes are made only when read).
+-- An item's unit: { env, key, arg = env, fn = the executor's function } plus what it has done;
+-- its id (path), seq, t0 and t1 are read from its envelope when something asks (ids of lazy
+-- envelopes are made only when read). Every other field the runner reads is set, so that no
+-- read goes through the metatable.
 local ITEM_FIELDS = { path = "id", seq = "seq", t0 = "t0", t1 = "t1" }
 local item_unit_mt = { __index = function(u, k)
   local f = ITEM_FIELDS[k]
   if f then return rawget(u, "env")[f] end
 end }
 
-local function item_unit(env)
-  return setmetatable({ kind = "item", n = 1, npend = 1, env = env, key = env.key, k = 0,
-    delivered = 0, outputs = false, outs = false, results = false, blocked = false }, item_unit_mt)
+local function item_unit(S, env)
+  return setmetatable({ kind = "item", n = 1, npend = 1, env = env, key = env.key, arg = env,
+    fn = S.exec_item, items = false, k = 0, delivered = 0, outputs = false, outs = false,
+    results = false, blocked = false, timer = false, gate = false, dirty = false }, item_unit_mt)
 end
 
--- Makes a worker's unit ready for its next item (the worker reuses one unit for its items).
+-- Makes a worker's unit ready for its next item (a worker reuses one unit for its items).
 local function reset_item_unit(u, env)
-  u.env, u.key = env, env.key
-  u.k, u.delivered = 0, 0
-  u.outputs, u.outs, u.results, u.blocked = false, false, false, false
+  u.env, u.arg, u.key, u.k = env, env, env.key, 0
+  if u.dirty then
+    u.delivered, u.outputs, u.outs, u.results, u.blocked, u.dirty = 0, false, false, false, false, false
+  end
 end
 
 -- The per-unit path ---------------------------------------------------------------------------
 
--- Runs unit u at stage S on worker w ({ task, wid, ctx, t }: t is when its last unit ended,
--- false once it has waited since).
+-- Runs unit u at stage S on worker w ({ task, wid, ctx, run, t }: run is what runs its units
+-- (see attempt.for_stage), t when its last unit ended, false once it has waited since).
 local function process(S, u, w)
   local job = S.job
   local t_start = w.t or now()
+  local n = u.n
   S.running = S.running + 1
-  S.in_flight = S.in_flight + (u.n - 1) -- items beyond one per running unit
+  if n ~= 1 then S.in_flight = S.in_flight + (n - 1) end -- items beyond one per running unit
   if not S.t_first then S.t_first = t_start end
-  if job.bus.count > 0 then unit_event(S, u, "item_start", { worker = w.wid }) end
+  local bus = job.bus
+  if bus.count > 0 then unit_event(S, u, "item_start", { worker = w.wid }) end
   local ctx = w.ctx
   ctx._unit = u
   if S.gate then ctx.gate = u.gate end
-  local ok, err, code, tb, attempts, cached = attempt_run(S, u, ctx, w.task)
+  local ok, err, code, tb, attempts, cached = w.run(S, u, ctx, w.task)
+  attempts = attempts or 1
   local t_end = now()
   local key = u.key
   local ks = S.keys[key]
   if S.order and ks then order_complete(S, u, ks) end
   if ok then
-    S.n_done = S.n_done + u.n
-    if job.bus.count > 0 then
+    S.n_done = S.n_done + n
+    if bus.count > 0 then
       local res = u.results
       unit_event(S, u, "item_done", { attempt = attempts > 0 and attempts or nil, worker = w.wid,
         start = t_start - job.t0, dur = t_end - t_start, outputs = u.k, cached = cached or nil,
@@ -122,7 +129,7 @@ local function process(S, u, w)
     end
   else
     local rec = dead_letter(S, u, err, code, tb, attempts)
-    if job.bus.count > 0 then
+    if bus.count > 0 then
       unit_event(S, u, "item_failed", { error = rec.error, code = code, attempt = attempts,
         worker = w.wid, start = t_start - job.t0, dur = t_end - t_start })
       unit_event(S, u, "item_dead", { error = rec.error, code = code, attempt = attempts })
@@ -134,7 +141,7 @@ local function process(S, u, w)
   S.busy = S.busy + busy
   hist_add(S.hist, busy)
   S.running = S.running - 1
-  S.in_flight = S.in_flight - (u.n - 1)
+  if n ~= 1 then S.in_flight = S.in_flight - (n - 1) end
   S.t_last = t_end
   w.t = t_end
   if ks then
@@ -153,7 +160,7 @@ end
 -- behind and no peer is on its way, wake one, so waiting work never holds queued work.
 local function wake_peer(S)
   local wk = S.work
-  if wk.nwait > 0 and wk.woken == 0 and (S.ready.n > 0 or (S.q:len() > 0 and not S.batch)) then
+  if wk.nwait > 0 and wk.woken == 0 and (S.ready.n > 0 or (S.q.n > 0 and not S.batch)) then
     wk:signal()
   end
 end
@@ -168,15 +175,15 @@ local function next_unit(S, wu)
       return dpop(ready)
     end
     local q = S.q
-    if q:len() > 0 and not S.batch then
-      local env = q:pop()
+    if q.n > 0 and not S.batch then -- (a batch stage's batcher takes its queue)
+      local env = dpop(q)
       local space = S.space
       if space.tail >= space.head then space:signal() end
       if not S.gate then
         reset_item_unit(wu, env)
         return wu
       end
-      local u = item_unit(env)
+      local u = item_unit(S, env)
       if units.admit(S, u, S.keys[env.key]) then return u end
     else
       if S.finished then return nil end
@@ -191,8 +198,8 @@ end
 local function worker_loop(S, wid)
   local task = sched.current()
   local born = now()
-  local wu = item_unit({ key = false })
-  local w = { wid = wid, task = task, t = false,
+  local wu = item_unit(S, { key = false })
+  local w = { wid = wid, task = task, t = false, run = attempt.for_stage(S, S.job),
     ctx = setmetatable({ _unit = wu, attempt = 1 }, S.ctx_mt) }
   task.on_wait = function()
     w.t = false

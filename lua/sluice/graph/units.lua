@@ -28,7 +28,7 @@ local M = {}
 local function by_seq(a, b) return (a.seq or 0) < (b.seq or 0) end
 
 -- A unit of items (sorted by seq) for key k, spanning their media times.
-local function new_unit(kind, k, items, path)
+local function new_unit(S, kind, k, items, path)
   table.sort(items, by_seq)
   local t0, t1
   for _, e in ipairs(items) do
@@ -36,7 +36,8 @@ local function new_unit(kind, k, items, path)
     if e.t1 and (not t1 or e.t1 > t1) then t1 = e.t1 end
   end
   return { kind = kind, items = items, key = k, seq = 1, t0 = t0, t1 = t1, n = #items, npend = 1,
-    path = path, seqs = {}, k = 0, delivered = 0 }
+    path = path, seqs = {}, arg = items, fn = kind == "gate" and S.exec_gate or S.exec_units,
+    k = 0, delivered = 0 }
 end
 
 -- Gate -------------------------------------------------------------------------------------
@@ -49,7 +50,7 @@ local function open_gate(S, k, ks)
   ks.gate_items = items
   if S.on_gate then
     ks.pending = ks.pending + 1
-    push_ready(S, new_unit("gate", k, items, S.name .. "/gate/" .. tostring(k)))
+    push_ready(S, new_unit(S, "gate", k, items, S.name .. "/gate/" .. tostring(k)))
   end
   local held = ks.held
   ks.held = nil
@@ -112,7 +113,7 @@ local function push_batch(S, k, items)
   table.sort(ids)
   push_ready(S, { kind = "batch", items = items, key = k, seq = seq, t0 = t0, t1 = t1, n = #items,
     npend = #items, path = "#" .. envelope.hash(S.name .. "/batch/" .. table.concat(ids, ",")),
-    seqs = seqs, ids = ids, k = 0, delivered = 0 })
+    seqs = seqs, ids = ids, arg = items, fn = S.exec_units, k = 0, delivered = 0 })
 end
 
 local function dispatch_batch(S, k, ks)
@@ -217,8 +218,8 @@ function M.batcher_loop(S)
   while true do
     local t = now()
     flush_expired(t)
-    if S.q:len() > 0 and S.ready.n < 1 then
-      local env = S.q:pop()
+    if S.q.n > 0 and S.ready.n < 1 then
+      local env = dpop(S.q)
       S.space:signal()
       local k = env.key
       local ks = S.keys[k]
@@ -246,7 +247,7 @@ function M.batcher_loop(S)
           if ks.replay then flush_replay(S, k, ks) end
         end
       end
-    elseif S.all_up and S.q:len() == 0 then
+    elseif S.all_up and S.q.n == 0 then
       for k in pairs(open) do
         local ks = S.keys[k]
         if ks and ks.batch then dispatch_batch(S, k, ks) end
@@ -357,7 +358,7 @@ local function key_idle_hook(S, k, ks)
     ks.group_done = true
     if ks.group and #ks.group > 0 then
       ks.pending = 1
-      push_ready(S, new_unit("group", k, ks.group, S.name .. "/collect/" .. tostring(k)))
+      push_ready(S, new_unit(S, "group", k, ks.group, S.name .. "/collect/" .. tostring(k)))
       ks.group = nil
       return true
     end
@@ -380,7 +381,7 @@ local function stage_idle_hook(S)
     S.all_group_done = true
     if #S.all_group > 0 then
       S.all_keys_pending = true
-      push_ready(S, new_unit("group", "*", S.all_group, S.name .. "/collect/*"))
+      push_ready(S, new_unit(S, "group", "*", S.all_group, S.name .. "/collect/*"))
       S.all_group = {}
       return true
     end
