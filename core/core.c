@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "sluice.h"
+#include "threads.h"
 
 extern char **environ;
 
@@ -482,11 +483,6 @@ static int l_environ(lua_State *L) {
   return 1;
 }
 
-static int l_pool_size(lua_State *L) {
-  lua_pushinteger(L, sl_pool_size());
-  return 1;
-}
-
 static int l_cpu_time(lua_State *L) {
   uv_rusage_t ru;
   if (uv_getrusage(&ru) != 0) return sl_push_fail(L, NULL, "getrusage failed");
@@ -501,42 +497,6 @@ static int l_exit_now(lua_State *L) {
   fflush(stdout);
   fflush(stderr);
   _exit(code);
-}
-
-/* ---- a diagnostic pool job: sleeps on a worker thread ---------------------------------- */
-
-typedef struct work_sleep {
-  double seconds;
-  double slept;
-} work_sleep;
-
-static void work_sleep_run(sl_job *job, void *data) {
-  work_sleep *w = data;
-  double start = sl_now();
-  while (sl_now() - start < w->seconds && !sl_job_cancelled(job)) {
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL);
-  }
-  w->slept = sl_now() - start;
-}
-
-static int work_sleep_finish(lua_State *L, void *data) {
-  lua_pushnumber(L, ((work_sleep *)data)->slept);
-  return 1;
-}
-
-static const sl_job_class work_sleep_class = {"core.work_sleep", work_sleep_run, work_sleep_finish,
-                                              free};
-
-/* core.work_sleep(seconds, fn) -> job: occupies a worker thread for seconds (polling for
- * cancellation every millisecond), then calls fn(seconds_slept). */
-static int l_work_sleep(lua_State *L) {
-  double s = luaL_checknumber(L, 1);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  work_sleep *w = calloc(1, sizeof *w);
-  if (!w) return luaL_error(L, "out of memory");
-  w->seconds = s;
-  return sl_job_submit(L, 2, &work_sleep_class, w);
 }
 
 /* ---- engine lifetime ------------------------------------------------------------------- */
@@ -575,7 +535,7 @@ int sl_engine_close(lua_State *L) {
     engine.handlers_set = 0;
   }
   engine.has_lua_handler = 0;
-  sl_pool_shutdown();
+  sl_threads_shutdown();
   engine.L = NULL;
   engine.running = NULL;
   sl_state_close(L);       /* finalizers close the handles Lua owns */
@@ -613,10 +573,8 @@ int luaopen_sluice_core(lua_State *L) {
                                    {"stop", l_stop},
                                    {"handles", l_handles},
                                    {"environ", l_environ},
-                                   {"pool_size", l_pool_size},
                                    {"cpu_time", l_cpu_time},
                                    {"exit_now", l_exit_now},
-                                   {"work_sleep", l_work_sleep},
                                    {"resume", l_resume},
                                    {NULL, NULL}};
   luaL_newlib(L, funcs);

@@ -1,17 +1,16 @@
-/* pool.c: the engine's worker threads for CPU-heavy jobs (see sl_job_submit in sluice.h).
+/* pool.c: jobs on the engine's worker threads, as Lua sees them (module sluice.core.pool).
  *
- * Jobs wait in a FIFO guarded by one mutex; workers take them in order. A finished job goes
- * on a done list and one uv_async_t wakes the loop, which calls each job's finish function
- * and its Lua callback. The async handle is unreferenced while no job is in flight, so an
- * idle pool never keeps the loop alive. Threads start on the first submit.
+ * sl_job_submit (sluice.h) wraps a C module's job class in an sl_work for threads.c and
+ * hands the result to a Lua callback on the loop thread; the job handle it returns lets Lua
+ * cancel the job. threads.c knows nothing of Lua; this file is the one place where its work
+ * meets the Lua state. Also the module's own functions: pool.size() and pool.work_sleep().
  */
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+#include <time.h>
 
 #include "sluice.h"
+#include "threads.h"
 
 #define JOB_HANDLE "sluice.job"
 
@@ -20,123 +19,56 @@ typedef struct job_handle {
 } job_handle;
 
 struct sl_job {
+  sl_work work; /* first: threads.c hands it back */
   const sl_job_class *cls;
   void *data;
-  atomic_int cancelled;
-  int started; /* guarded by the pool mutex */
   int callback_ref;
   int handle_ref; /* keeps the Lua handle alive while the job is in flight */
   job_handle *handle;
-  struct sl_job *next;
 };
 
-static struct {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  pthread_t *threads;
-  int nthreads;
-  int stopping;
-  atomic_int shutdown; /* set by sl_pool_shutdown: every job counts as cancelled */
-  sl_job *queue_head, *queue_tail;
-  sl_job *done_head, *done_tail;
-  uv_async_t async;
-  int async_ready;
-  int in_flight; /* loop thread only */
-  lua_State *L;
-} pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+int sl_job_cancelled(const sl_job *job) { return sl_work_cancelled(&job->work); }
 
-int sl_pool_size(void) {
-  const char *env = getenv("SLUICE_THREADS");
-  if (env && atoi(env) > 0) return atoi(env);
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
-  if (n < 1) n = 1;
-  return (int)n + 2;
-}
-
-int sl_job_cancelled(const sl_job *job) {
-  return atomic_load(&job->cancelled) || atomic_load(&pool.shutdown);
-}
-
-static void push_done_locked(sl_job *job) {
-  job->next = NULL;
-  if (pool.done_tail)
-    pool.done_tail->next = job;
-  else
-    pool.done_head = job;
-  pool.done_tail = job;
-}
-
-static void *worker_main(void *arg) {
-  (void)arg;
-  pthread_mutex_lock(&pool.mu);
-  for (;;) {
-    while (!pool.queue_head && !pool.stopping) pthread_cond_wait(&pool.cv, &pool.mu);
-    if (!pool.queue_head) break; /* stopping and nothing left */
-    sl_job *job = pool.queue_head;
-    pool.queue_head = job->next;
-    if (!pool.queue_head) pool.queue_tail = NULL;
-    job->started = 1;
-    pthread_mutex_unlock(&pool.mu);
-    if (!sl_job_cancelled(job)) job->cls->run(job, job->data);
-    pthread_mutex_lock(&pool.mu);
-    push_done_locked(job);
-    uv_async_send(&pool.async);
-  }
-  pthread_mutex_unlock(&pool.mu);
-  return NULL;
-}
+int sl_pool_size(void) { return sl_threads_size(); }
 
 static void free_job(sl_job *job) {
   if (job->cls->free) job->cls->free(job->data);
   free(job);
 }
 
-/* Runs on the loop thread: completes every job on the done list. */
-static void on_async(uv_async_t *async) {
-  lua_State *L = pool.L;
-  (void)async;
-  pthread_mutex_lock(&pool.mu);
-  sl_job *list = pool.done_head;
-  pool.done_head = pool.done_tail = NULL;
-  pthread_mutex_unlock(&pool.mu);
-  while (list) {
-    sl_job *job = list;
-    list = job->next;
-    if (job->handle) job->handle->job = NULL;
-    sl_unref(L, &job->handle_ref);
-    sl_push_ref(L, job->callback_ref);
-    sl_unref(L, &job->callback_ref);
-    int n;
-    if (sl_job_cancelled(job)) {
-      n = sl_push_fail(L, "ECANCELED", "%s: cancelled", job->cls->name);
-    } else {
-      n = job->cls->finish(L, job->data);
-    }
-    free_job(job);
-    if (--pool.in_flight == 0) uv_unref((uv_handle_t *)&pool.async);
-    sl_call(L, n, 0); /* errors are reported by sl_call; the next job still completes */
-  }
+static void job_run(sl_work *w) {
+  sl_job *job = (sl_job *)w;
+  job->cls->run(job, job->data);
 }
 
-static int start_threads(lua_State *L) {
-  if (!pool.async_ready) {
-    int rc = uv_async_init(sl_loop(L), &pool.async, on_async);
-    if (rc != 0) return rc;
-    uv_unref((uv_handle_t *)&pool.async);
-    pool.async_ready = 1;
-    pool.L = sl_main_state();
+/* Loop thread: the job is done (or cancelled); its Lua callback gets finish's values or
+ * nil, "<name>: cancelled", "ECANCELED". */
+static void job_done(sl_work *w, int how) {
+  sl_job *job = (sl_job *)w;
+  lua_State *L = sl_main_state();
+  if (job->handle) job->handle->job = NULL;
+  if (!L) { /* the state is gone: its references went with it */
+    free_job(job);
+    return;
   }
-  if (pool.threads) return 0;
-  atomic_store(&pool.shutdown, 0);
-  int n = sl_pool_size();
-  pool.threads = calloc((size_t)n, sizeof *pool.threads);
-  if (!pool.threads) return UV_ENOMEM;
-  pool.stopping = 0;
-  for (int i = 0; i < n; i++) {
-    if (pthread_create(&pool.threads[i], NULL, worker_main, NULL) != 0) break;
-    pool.nthreads++;
+  sl_unref(L, &job->handle_ref);
+  sl_push_ref(L, job->callback_ref);
+  sl_unref(L, &job->callback_ref);
+  int n;
+  if (how == SL_WORK_CANCELLED) {
+    n = sl_push_fail(L, "ECANCELED", "%s: cancelled", job->cls->name);
+  } else {
+    n = job->cls->finish(L, job->data);
   }
-  return pool.nthreads > 0 ? 0 : UV_EAGAIN;
+  free_job(job);
+  sl_call(L, n, 0); /* errors are reported by sl_call; the next job still completes */
+}
+
+/* At shutdown: the job never completes; its Lua references die with the state. */
+static void job_drop(sl_work *w) {
+  sl_job *job = (sl_job *)w;
+  if (job->handle) job->handle->job = NULL; /* job:cancel() during lua_close is a no-op */
+  free_job(job);
 }
 
 static job_handle *check_handle(lua_State *L) { return luaL_checkudata(L, 1, JOB_HANDLE); }
@@ -145,25 +77,7 @@ static job_handle *check_handle(lua_State *L) { return luaL_checkudata(L, 1, JOB
  * loop iteration); a running one completes when its run function returns. */
 static int job_cancel(lua_State *L) {
   job_handle *h = check_handle(L);
-  sl_job *job = h->job;
-  if (!job) return 0;
-  atomic_store(&job->cancelled, 1);
-  pthread_mutex_lock(&pool.mu);
-  if (!job->started) {
-    sl_job **pp = &pool.queue_head, *prev = NULL;
-    while (*pp && *pp != job) {
-      prev = *pp;
-      pp = &(*pp)->next;
-    }
-    if (*pp) {
-      *pp = job->next;
-      if (pool.queue_tail == job) pool.queue_tail = prev;
-      job->started = 1;
-      push_done_locked(job);
-      uv_async_send(&pool.async);
-    }
-  }
-  pthread_mutex_unlock(&pool.mu);
+  if (h->job) sl_threads_cancel(&h->job->work);
   return 0;
 }
 
@@ -195,13 +109,11 @@ int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void 
   job->data = data;
   job->callback_ref = LUA_NOREF;
   job->handle_ref = LUA_NOREF;
-  int rc = start_threads(L);
-  if (rc != 0) {
-    free_job(job);
-    return luaL_error(L, "%s: cannot start worker threads: %s", cls->name, uv_strerror(rc));
-  }
+  job->work.run = job_run;
+  job->work.done = job_done;
+  job->work.drop = job_drop;
   job_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
-  h->job = job;
+  h->job = NULL; /* safe from here on: cancel and tostring see a finished job */
   if (luaL_newmetatable(L, JOB_HANDLE)) {
     static const luaL_Reg methods[] = {
         {"cancel", job_cancel}, {"active", job_active}, {NULL, NULL}};
@@ -211,48 +123,63 @@ int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void 
     lua_setfield(L, -2, "__tostring");
   }
   lua_setmetatable(L, -2);
+  int rc = sl_threads_submit(sl_loop(L), &job->work);
+  if (rc != 0) {
+    free_job(job);
+    return luaL_error(L, "%s: cannot start worker threads: %s", cls->name, uv_strerror(rc));
+  }
+  h->job = job;
   job->handle = h;
   job->handle_ref = sl_ref(L, -1);
   job->callback_ref = sl_ref(L, callback_idx);
-  if (pool.in_flight++ == 0) uv_ref((uv_handle_t *)&pool.async);
-  pthread_mutex_lock(&pool.mu);
-  job->next = NULL;
-  if (pool.queue_tail)
-    pool.queue_tail->next = job;
-  else
-    pool.queue_head = job;
-  pool.queue_tail = job;
-  pthread_cond_signal(&pool.cv);
-  pthread_mutex_unlock(&pool.mu);
   return 1;
 }
 
-void sl_pool_shutdown(void) {
-  pthread_mutex_lock(&pool.mu);
-  /* Running jobs see sl_job_cancelled() turn true; queued ones are skipped. */
-  atomic_store(&pool.shutdown, 1);
-  for (sl_job *j = pool.queue_head; j; j = j->next) atomic_store(&j->cancelled, 1);
-  pool.stopping = 1;
-  pthread_cond_broadcast(&pool.cv);
-  pthread_mutex_unlock(&pool.mu);
-  for (int i = 0; i < pool.nthreads; i++) pthread_join(pool.threads[i], NULL);
-  free(pool.threads);
-  pool.threads = NULL;
-  pool.nthreads = 0;
-  /* Jobs that were still queued or done but not delivered are dropped with their data;
-   * their Lua references die with the state. */
-  sl_job *lists[2] = {pool.queue_head, pool.done_head};
-  for (int k = 0; k < 2; k++) {
-    while (lists[k]) {
-      sl_job *j = lists[k];
-      lists[k] = j->next;
-      if (j->handle) j->handle->job = NULL; /* job:cancel() during lua_close is a no-op */
-      free_job(j);
-    }
+/* ---- the module ---------------------------------------------------------------------- */
+
+/* pool.size() -> the number of worker threads. */
+static int l_size(lua_State *L) {
+  lua_pushinteger(L, sl_pool_size());
+  return 1;
+}
+
+/* A diagnostic job: sleeps on a worker thread. */
+typedef struct work_sleep {
+  double seconds;
+  double slept;
+} work_sleep;
+
+static void work_sleep_run(sl_job *job, void *data) {
+  work_sleep *w = data;
+  double start = sl_now();
+  while (sl_now() - start < w->seconds && !sl_job_cancelled(job)) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
   }
-  pool.queue_head = pool.queue_tail = pool.done_head = pool.done_tail = NULL;
-  pool.in_flight = 0;
-  if (pool.async_ready && !uv_is_closing((uv_handle_t *)&pool.async))
-    uv_close((uv_handle_t *)&pool.async, NULL);
-  pool.async_ready = 0;
+  w->slept = sl_now() - start;
+}
+
+static int work_sleep_finish(lua_State *L, void *data) {
+  lua_pushnumber(L, ((work_sleep *)data)->slept);
+  return 1;
+}
+
+static const sl_job_class work_sleep_class = {"pool.work_sleep", work_sleep_run,
+                                              work_sleep_finish, free};
+
+/* pool.work_sleep(seconds, fn) -> job: occupies a worker thread for seconds (polling for
+ * cancellation every millisecond), then calls fn(seconds_slept). */
+static int l_work_sleep(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  work_sleep *w = calloc(1, sizeof *w);
+  if (!w) return luaL_error(L, "out of memory");
+  w->seconds = s;
+  return sl_job_submit(L, 2, &work_sleep_class, w);
+}
+
+int luaopen_sluice_pool(lua_State *L) {
+  static const luaL_Reg funcs[] = {{"size", l_size}, {"work_sleep", l_work_sleep}, {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  return 1;
 }

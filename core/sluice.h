@@ -75,12 +75,13 @@ void sl_check_open(lua_State *L, const void *ptr, const char *what);
 /* Monotonic seconds since an arbitrary start, with nanosecond resolution. Cannot fail. */
 double sl_now(void);
 
-/* ---- thread pool --------------------------------------------------------------------
+/* ---- jobs on the thread pool (pool.c, on threads.c) ---------------------------------
  * CPU-heavy work (decode, encode, OCR, speech recognition, hashing) runs on the engine's
  * own worker threads, not on libuv's pool, so long jobs cannot starve file-system calls and
  * DNS. A job's run function runs on a worker thread and must not touch Lua. Its finish
  * function runs on the loop thread afterwards and pushes the values handed to the Lua
  * callback. Its free function releases the job's data exactly once, whatever happened.
+ * The threads themselves (threads.h) know nothing of Lua; sl_engine_close stops them.
  */
 typedef struct sl_job sl_job;
 
@@ -104,10 +105,6 @@ int sl_job_cancelled(const sl_job *job);
 
 /* Number of worker threads (SLUICE_THREADS, default: CPUs + 2). */
 int sl_pool_size(void);
-
-/* Stops the pool's threads after the jobs already running; queued jobs are cancelled.
- * Called by sl_engine_close. */
-void sl_pool_shutdown(void);
 
 /* ---- shutdown ------------------------------------------------------------------------ */
 

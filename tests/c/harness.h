@@ -20,7 +20,7 @@
  * gets only the runtime's modules: linked with --as-needed it then does not load FFmpeg
  * (whose libhwy start-up code valgrind cannot run), so it can run under valgrind. */
 #ifdef H_RUNTIME_ONLY
-#define H_MODULES(X) X(core) X(proc) X(repl)
+#define H_MODULES(X) X(core) X(pool) X(proc) X(repl)
 #else
 #include "sluice_modules.h"
 #define H_MODULES(X) SLUICE_MODULES(X)

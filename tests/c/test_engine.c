@@ -76,10 +76,10 @@ static void test_tasks_left_waiting_at_close(void) {
    * the finalizers close their handles. */
   CHECK(h_lua(L,
               "local sl = require 'sluice'\n"
-              "local core = require 'sluice.core.core'\n"
+              "local pool = require 'sluice.core.pool'\n"
               "sl.spawn(function() sl.sleep(3600) end)\n"
               "sl.spawn(function() sl.exec({'sleep', '3600'}) end)\n"
-              "sl.spawn(function() sl.await('job', function(done) return core.work_sleep(3600, "
+              "sl.spawn(function() sl.await('job', function(done) return pool.work_sleep(3600, "
               "done) end) end)\n"
               "sl.spawn(function() sl.queue(1):get() end)\n") == LUA_OK);
   uv_run(&loop, UV_RUN_NOWAIT);

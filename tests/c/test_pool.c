@@ -217,9 +217,9 @@ static void test_work_sleep_from_lua(void) {
   lua_State *L = open_engine(&loop, "3");
   CHECK(
       h_lua(L,
-            "local core = require 'sluice.core.core'\n"
+            "local pool = require 'sluice.core.pool'\n"
             "slept = {}\n"
-            "for i = 1, 3 do core.work_sleep(0.02, function(s) slept[#slept + 1] = s end) end\n") ==
+            "for i = 1, 3 do pool.work_sleep(0.02, function(s) slept[#slept + 1] = s end) end\n") ==
       LUA_OK);
   uv_run(&loop, UV_RUN_DEFAULT);
   CHECK(h_lua(L, "n = #slept; okay = (slept[1] >= 0.02 and slept[3] >= 0.02) and 1 or 0") ==

@@ -1,6 +1,7 @@
 -- Cancellation of a task waiting in each primitive, groups, timeouts.
 local sl = require "sluice"
 local core = require "sluice.core.core"
+local pool = require "sluice.core.pool"
 local sched = require "sluice.sched"
 local T = require "sluice.test"
 
@@ -124,7 +125,7 @@ end)
 T.case("cancelling a task waiting for a pool job cancels the job", function()
   local t0 = sl.now()
   local t = sl.spawn(function()
-    return sl.await("work", function(done) return core.work_sleep(10, done) end)
+    return sl.await("work", function(done) return pool.work_sleep(10, done) end)
   end)
   sl.sleep(0.02)
   T.eq(t:status_text(), "waiting in work")
@@ -134,17 +135,17 @@ T.case("cancelling a task waiting for a pool job cancels the job", function()
   -- A job cancelled while running stops early: fill every worker with long jobs, cancel
   -- them, and a new short job must still finish soon.
   local results, jobs = {}, {}
-  for i = 1, core.pool_size() do
-    jobs[i] = core.work_sleep(10, function(...) results[i] = table.pack(...) end)
+  for i = 1, pool.size() do
+    jobs[i] = pool.work_sleep(10, function(...) results[i] = table.pack(...) end)
   end
   sl.sleep(0.02)
   for _, j in ipairs(jobs) do j:cancel() end
-  local r = sl.await("short job", function(done) return core.work_sleep(0.01, done) end)
+  local r = sl.await("short job", function(done) return pool.work_sleep(0.01, done) end)
   T.ok(type(r) == "number" and r >= 0.01, "the short job ran: " .. tostring(r))
   T.ok(eventually(function() return #results == #jobs end), "every cancelled job reported")
   for i = 1, #jobs do
     T.same({ results[i][1], results[i][2], results[i][3] },
-      { nil, "core.work_sleep: cancelled", "ECANCELED" })
+      { nil, "pool.work_sleep: cancelled", "ECANCELED" })
   end
   T.ok(sl.now() - t0 < 5, "cancelled jobs stopped early")
   T.eq(jobs[1]:active(), false)
@@ -152,12 +153,12 @@ T.case("cancelling a task waiting for a pool job cancels the job", function()
 end)
 
 T.case("a queued pool job cancelled before it starts never runs", function()
-  local n = core.pool_size()
+  local n = pool.size()
   local blockers = {}
-  for i = 1, n do blockers[i] = core.work_sleep(30, function() end) end
+  for i = 1, n do blockers[i] = pool.work_sleep(30, function() end) end
   local got
   local t0 = sl.now()
-  local job = core.work_sleep(5, function(...) got = table.pack(...) end)
+  local job = pool.work_sleep(5, function(...) got = table.pack(...) end)
   job:cancel()
   T.ok(eventually(function() return got ~= nil end, 20), "reported before the workers free up")
   T.ok(sl.now() - t0 < 20)

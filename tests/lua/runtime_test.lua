@@ -1,6 +1,7 @@
 -- Runtime basics: tasks, sleeping, timers, misuse errors, pretty-printing.
 local sl = require "sluice"
 local core = require "sluice.core.core"
+local pool = require "sluice.core.pool"
 local pretty = require "sluice.pretty"
 local T = require "sluice.test"
 
@@ -112,7 +113,7 @@ T.case("misuse raises clear errors", function()
   T.raises(function() sl.timeout("1", function() end) end, "bad argument #1 to 'timeout'")
   T.raises(function() core.after(-1, function() end) end, "seconds must be >= 0")
   T.raises(function() core.after(1, "f") end, "function expected")
-  T.raises(function() core.work_sleep(1) end, "function expected")
+  T.raises(function() pool.work_sleep(1) end, "function expected")
 end)
 
 T.case("misuse errors point at the caller's line", function()
@@ -150,7 +151,7 @@ end)
 
 T.case("the engine reports its version and pool size", function()
   T.eq(sl.version, core.version)
-  T.ok(core.pool_size() >= 1)
+  T.ok(pool.size() >= 1)
   T.ok(type(core.lua_dir) == "string")
   local cpu, rss = core.cpu_time()
   T.ok(cpu > 0 and rss > 0)
@@ -165,7 +166,7 @@ T.case("a task looping on sleep(0) does not starve pool jobs or subprocesses", f
       spins = spins + 1
     end
   end)
-  local slept = sl.await("work", function(done) return core.work_sleep(0.02, done) end)
+  local slept = sl.await("work", function(done) return pool.work_sleep(0.02, done) end)
   T.ok(type(slept) == "number", "the pool job's result was delivered")
   T.eq(sl.exec({ "echo", "hi" }).stdout, "hi\n")
   stop = true

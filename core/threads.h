@@ -1,0 +1,52 @@
+/* threads.h: the engine's worker threads for CPU-heavy work, without Lua.
+ *
+ * A piece of work is an sl_work the caller embeds in its own struct. Its run function runs
+ * on a worker thread; its done function runs afterwards on the loop thread that submitted
+ * it (once per submitted work, whatever happened). The pool knows nothing of Lua: the glue
+ * that turns a piece of work into a Lua callback is pool.c (sl_job_submit in sluice.h).
+ */
+#ifndef SLUICE_THREADS_H
+#define SLUICE_THREADS_H
+
+#include <stdatomic.h>
+#include <uv.h>
+
+typedef struct sl_work sl_work;
+
+/* How a piece of work ended, as its done function is told. */
+enum {
+  SL_WORK_RAN = 0,       /* run returned, and the work was never cancelled */
+  SL_WORK_CANCELLED = 1, /* cancelled: before a thread took it (run was not called) or while
+                            run ran (run may have stopped early) */
+};
+
+struct sl_work {
+  void (*run)(sl_work *w);             /* worker thread */
+  void (*done)(sl_work *w, int how);   /* loop thread; how is SL_WORK_* */
+  void (*drop)(sl_work *w);            /* at shutdown, for work never done; may be NULL */
+  /* owned by the pool */
+  atomic_int cancelled;
+  int started; /* guarded by the pool's mutex */
+  sl_work *next;
+};
+
+/* Queues w (its run, done and drop set by the caller; the rest is set here). The first call
+ * starts the threads and the loop wake-up on loop. Returns 0 or a negative libuv error code
+ * (then w was not queued and nothing will be called). */
+int sl_threads_submit(uv_loop_t *loop, sl_work *w);
+
+/* Marks w cancelled: a queued w is taken off the queue and done with SL_WORK_CANCELLED on
+ * the next loop iteration; a running one is done when run returns. Cannot fail. */
+void sl_threads_cancel(sl_work *w);
+
+/* True once w is cancelled or the pool is shutting down. Safe on any thread. */
+int sl_work_cancelled(const sl_work *w);
+
+/* Number of worker threads (SLUICE_THREADS, default: CPUs + 2). */
+int sl_threads_size(void);
+
+/* Stops the threads after the work already running; work not done yet is given to its drop
+ * function (done is not called). Closes the loop wake-up handle. */
+void sl_threads_shutdown(void);
+
+#endif
