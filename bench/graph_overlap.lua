@@ -155,4 +155,4 @@ print(string.format("batch-serial makespan:       %7.3f s", serial_time))
 print(string.format("speedup over batch-serial:   %7.2fx", serial_time / graph_time))
 print(string.format("first fused result: graph %.3f s, batch-serial %.3f s (%.1fx sooner)",
   graph_first, serial_first, serial_first / graph_first))
-io.stdout:write(require("sluice.progress").table(summary))
+io.stdout:write(require("sluice.app.progress").table(summary))

@@ -2,7 +2,7 @@
 -- flight, on the engine's loop. Prints one JSON line: requests/s, CPU seconds, loop lag.
 -- Run by bench/http.sh (which also runs the aiohttp baseline against the same server).
 local sl = require "sluice"
-local http = require "sluice.http"
+local http = require "sluice.runtime.http"
 local core = require "sluice.core.core"
 
 local url, n, conc = arg[1], tonumber(arg[2] or 1000), tonumber(arg[3] or 500)

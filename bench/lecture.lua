@@ -8,10 +8,10 @@
 --   sluice run bench/lecture.lua [STT_LATENCY VLM_LATENCY LLM_LATENCY]   (default 1.0 1.5 0.3)
 local sl = require "sluice"
 local cjson = require "cjson"
-local fusion = require "sluice.fusion"
+local fusion = require "sluice.blocks.fusion"
 local media = require "sluice.media"
 local providers = require "sluice.providers"
-local stages = require "sluice.stages"
+local stages = require "sluice.blocks.stages"
 
 local SRC = os.getenv("SLUICE_SOURCE_DIR") or "."
 package.path = SRC .. "/tests/fakeapi/?.lua;" .. package.path
@@ -52,7 +52,7 @@ end
 local function pipelined()
   local out = sh("mktemp -d /tmp/sluice-bench-lecture.XXXXXX"):gsub("%s+$", "")
   local p = sl.load(SRC .. "/pipelines/lecture.lua")
-  local bus = require("sluice.events").new()
+  local bus = require("sluice.runtime.events").new()
   local t0 = sl.now()
   local first_fused
   bus:on(function(ev) if ev.event == "fused" and not first_fused then first_fused = sl.now() - t0 end end)

@@ -11,7 +11,7 @@
 local sl = require "sluice"
 local media = require "sluice.media"
 local cjson = require "cjson"
-local config = require "sluice.config"
+local config = require "sluice.app.config"
 
 local url, out = arg[1], arg[2]
 if not url or not out then

@@ -9,7 +9,7 @@
 -- throughputs, their ratio, and the worst loop delay of each.
 local sl = require "sluice"
 local core = require "sluice.core.core"
-local S = require "sluice.store"
+local S = require "sluice.app.store"
 local cstore = require "sluice.core.store"
 
 local N = tonumber((...)) or 40000

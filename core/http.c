@@ -15,7 +15,7 @@
  * Downloads go to a file through libuv's asynchronous file writes (the loop thread never
  * writes file data itself); when too much data waits to be written the transfer pauses.
  *
- * The policy (JSON bodies, retries, limits, providers) lives in lua/sluice/http.lua and
+ * The policy (JSON bodies, retries, limits, providers) lives in lua/sluice/runtime/http.lua and
  * the modules built on it.
  */
 #include <ctype.h>

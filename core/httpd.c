@@ -1,7 +1,7 @@
 /* httpd.c: a small HTTP/1.1 server on the engine's loop, as the Lua module sluice.core.httpd.
  *
  * It parses requests, enforces size limits and timeouts, and writes responses; what to answer
- * is decided in Lua (lua/sluice/dashboard.lua). A request is handed to on_request(req, info)
+ * is decided in Lua (lua/sluice/app/dashboard.lua). A request is handed to on_request(req, info)
  * with info = {method=, target=, path=, query=, version=, headers={lowercase name = value},
  * body=}; the handler answers at once or later (from a task) with req:respond(...), or opens
  * a stream (Server-Sent Events) with req:stream(...), req:write(...), req:finish().

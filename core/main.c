@@ -1,7 +1,7 @@
 /* main.c: the sluice executable.
  *
  * Sets up the loop and the Lua state (standard libraries, the C modules found by the build,
- * lua-cjson, and the path to lua/), then hands the command line to lua/sluice/cli.lua,
+ * lua-cjson, and the path to lua/), then hands the command line to lua/sluice/app/cli.lua,
  * runs the loop until the command is done, and closes everything before exiting.
  */
 #include <lualib.h>
@@ -81,7 +81,7 @@ static int setup(lua_State *L) {
  * or 2 when it raised (the error has been reported). */
 static int call_cli(lua_State *L, const char *fname, int argc, char **argv) {
   lua_getglobal(L, "require");
-  lua_pushliteral(L, "sluice.cli");
+  lua_pushliteral(L, "sluice.app.cli");
   if (sl_call(L, 1, 1) != LUA_OK) return 2;
   lua_getfield(L, -1, fname);
   lua_remove(L, -2);

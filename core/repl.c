@@ -2,7 +2,7 @@
  *
  * readline's callback interface reads keys when a uv_poll on stdin says input is ready, so
  * the loop keeps running timers, transfers and tasks while the prompt waits. The Lua REPL
- * (lua/sluice/repl.lua) decides what a line means; this file only owns the terminal:
+ * (lua/sluice/app/repl.lua) decides what a line means; this file only owns the terminal:
  * prompt, line editing, history, and printing above the prompt.
  *
  * readline stays installed from repl.start to repl.stop. A finished line is queued and

@@ -4,7 +4,7 @@
  * each guarded by its own mutex, so a write transaction and a read can run at the same time
  * on two worker threads. Writes and reads run on the engine's thread pool (sl_job_submit);
  * the loop thread only copies parameters in and turns result rows into Lua tables. Policy
- * (schema, batching, what is written when) lives in lua/sluice/store.lua.
+ * (schema, batching, what is written when) lives in lua/sluice/app/store.lua.
  *
  *   db = store.open(path)                        -- opens (creates) the file; WAL mode
  *   db:batch({ {sql, p1, p2, ...}, ... }, cb)    -- one transaction on a worker; cb(true) or

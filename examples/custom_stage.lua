@@ -2,7 +2,7 @@
 -- each (2 workers), and a collect stage ranks the files once all are counted.
 -- Run: sluice run examples/custom_stage.lua
 local sl = require "sluice"
-local text = require "sluice.text"
+local text = require "sluice.blocks.text"
 
 local count_words = {
   from = "files", workers = 2,

@@ -27,10 +27,10 @@
 -- chunks in DIR/audio).
 local sl = require "sluice"
 local cjson = require "cjson"
-local fusion = require "sluice.fusion"
-local subtitles = require "sluice.subtitles"
-local stages = require "sluice.stages"
-local text = require "sluice.text"
+local fusion = require "sluice.blocks.fusion"
+local subtitles = require "sluice.blocks.subtitles"
+local stages = require "sluice.blocks.stages"
+local text = require "sluice.blocks.text"
 
 -- Per-job state: the fuser and the summary sections of each key.
 local jobs = stages.job_states()

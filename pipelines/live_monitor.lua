@@ -41,7 +41,7 @@
 -- keep_frames (false: frames nobody analyses are deleted).
 local sl = require "sluice"
 local cjson = require "cjson"
-local stages = require "sluice.stages"
+local stages = require "sluice.blocks.stages"
 
 -- Per-job state: the log, the pending slot, measurements.
 local jobs = stages.job_states()

@@ -19,10 +19,10 @@
 -- Providers: --set providers.stt=openai|clova, --set providers.llm=openai|gemini.
 local sl = require "sluice"
 local cjson = require "cjson"
-local fusion = require "sluice.fusion"
-local subtitles = require "sluice.subtitles"
-local stages = require "sluice.stages"
-local text = require "sluice.text"
+local fusion = require "sluice.blocks.fusion"
+local subtitles = require "sluice.blocks.subtitles"
+local stages = require "sluice.blocks.stages"
+local text = require "sluice.blocks.text"
 
 local jobs = stages.job_states()
 local function state(ctx)

@@ -17,7 +17,7 @@
 -- --set providers.filter=worker --set worker.argv='["python3","my_yolo.py"]' plugs in your model.
 local sl = require "sluice"
 local cjson = require "cjson"
-local stages = require "sluice.stages"
+local stages = require "sluice.blocks.stages"
 
 local provider = stages.provider
 

@@ -16,7 +16,7 @@
 -- Idempotent: a part is skipped when its outputs are newer than this script.
 local sl = require "sluice"
 local cjson = require "cjson"
-local text = require "sluice.text"
+local text = require "sluice.blocks.text"
 
 local args = { ... }
 local out, force, only = "build/sample", false, nil

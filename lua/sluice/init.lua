@@ -6,7 +6,7 @@
 --   sl.spawn(function() for i = 1, 10 do q:put(i) end q:close() end)
 --   for v in q:iter() do print(v) end
 local core = require "sluice.core.core"
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 
 local begin_wait, suspend, wake, need_task = sched.begin_wait, sched.suspend, sched.wake,
   sched.need_task
@@ -622,8 +622,8 @@ end
 local lazy = {
   pipeline = "sluice.graph", inputs = "sluice.graph", join = "sluice.graph",
   load = "sluice.graph", stage = "sluice.graph", source = "sluice.graph",
-  rate = "sluice.limit",
-  audio_chunks = "sluice.stages", capture = "sluice.stages",
+  rate = "sluice.runtime.limit",
+  audio_chunks = "sluice.blocks.stages", capture = "sluice.blocks.stages",
 }
 setmetatable(M, {
   __index = function(t, k)

@@ -8,7 +8,7 @@
 --   srv:stop()
 local sl = require "sluice"
 local proc = require "sluice.core.proc"
-local http = require "sluice.http"
+local http = require "sluice.runtime.http"
 local cjson = require "cjson"
 
 local M = {}

@@ -1,6 +1,6 @@
 -- The extractive text provider (offline LLM stand-in): summaries by TF-IDF centrality,
 -- keywords, chapter boundaries and titles, and the keyword-coverage judge.
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local extractive = require "sluice.providers.extractive"
 
 -- A lecture in three parts; each part has its own vocabulary, plus filler shared by all.

@@ -1,7 +1,7 @@
 -- RSS 2.0 and Atom feeds: enclosures and links, titles with entities and CDATA, dates,
 -- durations, namespaces, and clear errors on bad XML.
-local T = require "sluice.test"
-local feed = require "sluice.feed"
+local T = require "sluice.app.test"
+local feed = require "sluice.blocks.feed"
 
 local FIX = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/"
 

@@ -1,8 +1,8 @@
 -- Fusion policies (by_slide, by_window, nearest), incremental merging of VLM batches after the
 -- STT gate, and the overlap merge of chunked transcripts.
-local T = require "sluice.test"
-local fusion = require "sluice.fusion"
-local text = require "sluice.text"
+local T = require "sluice.app.test"
+local fusion = require "sluice.blocks.fusion"
+local text = require "sluice.blocks.text"
 
 local SLIDES = {
   { seq = 1, t = 0, text = "Intro", path = "slides/0001.jpg" },

@@ -1,7 +1,7 @@
 -- Stage graphs from the command line: exit statuses, --events, --trace, the summary, --set,
 -- validation errors, Ctrl-C (a real SIGINT to a real sluice process).
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local cjson = require "cjson"
 local proc = require "sluice.core.proc"
 
@@ -85,11 +85,11 @@ T.case("usage and validation errors give exit status 2", function()
 end)
 
 T.case("--store without the store module, or --quiet", function()
-  local has_store = pcall(require, "sluice.store")
+  local has_store = pcall(require, "sluice.app.store")
   if not has_store then
     local r = sluice { "x", "--out", TMP .. "/out", "--store", TMP .. "/s.db" }
     T.eq(r.status, 2)
-    T.ok(r.stderr:find("sluice.store", 1, true), r.stderr)
+    T.ok(r.stderr:find("sluice.app.store", 1, true), r.stderr)
   end
   local r = sluice { "x", "--out", TMP .. "/out", "--no-store", "--quiet" }
   T.eq(r.status, 0, r.stderr)

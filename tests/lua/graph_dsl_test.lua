@@ -1,7 +1,7 @@
 -- Stage graphs: the DSL's validation messages, and config resolution.
 local sl = require "sluice"
-local T = require "sluice.test"
-local config = require "sluice.config"
+local T = require "sluice.app.test"
+local config = require "sluice.app.config"
 
 local function run(item) return item end
 
@@ -137,7 +137,7 @@ T.case("config: secrets are never shown", function()
 end)
 
 T.case("events bus: subscribe, unsubscribe, failing listener removed", function()
-  local events = require "sluice.events"
+  local events = require "sluice.runtime.events"
   local bus = events.new()
   local got = {}
   local off = bus:on(function(ev) got[#got + 1] = ev.n end)
@@ -152,7 +152,7 @@ T.case("events bus: subscribe, unsubscribe, failing listener removed", function(
 end)
 
 T.case("progress: live lines, in-place redraw on a tty, plain blocks otherwise, end table", function()
-  local progress = require "sluice.progress"
+  local progress = require "sluice.app.progress"
   local p = sl.pipeline "prog" {
     sources = { files = sl.inputs() },
     stages = {

@@ -1,7 +1,7 @@
 -- The runner's one per-item path (sluice.graph.run, attempt, deliver): what every unit of
 -- every stage goes through, whatever the stage's policy, listeners, store or executor.
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 
 -- Every field of every kept envelope, by id (order across workers may differ).
 local function by_id(results)

@@ -2,7 +2,7 @@
 -- retry, timeout, limits, cancellation, live workers, deterministic ids, memo/resume).
 -- Timing checks compare waits with each other, never with tight absolute bounds.
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 
 local function collect_events(job, names)
   local got = {}
@@ -524,7 +524,7 @@ T.case("named limits are shared across stages and acquired in name order", funct
 end)
 
 T.case("sl.rate limiters work as named limits; timeouts and usage reach release", function()
-  local limit = require "sluice.limit"
+  local limit = require "sluice.runtime.limit"
   local quota = limit.rate { rpm = 60000, concurrency = 1 }
   local active, max_active = 0, 0
   local function body(item, ctx)
@@ -815,7 +815,7 @@ T.case("resume: batches are put together as in the run that stored them (real st
   -- The first run closes batches of 2; the second asks for batches of 3 (as a `wait` that
   -- ran out at other moments would compose them differently). The stored compositions win,
   -- so every batch's outputs come from the store and nothing runs again.
-  local S = require "sluice.store"
+  local S = require "sluice.app.store"
   local path = string.format("%s/graph_batch_resume_%d.db", os.getenv("SLUICE_BUILD_DIR") or "/tmp",
     math.random(1, 1e9))
   local calls, sizes = 0, {}
@@ -860,7 +860,7 @@ end)
 -- The stored batch is (1, 2). On resume item 2 comes 1.5 s after item 1 while the key stays
 -- open; item 1 goes out alone (and runs) after at most `wait` instead of waiting for item 2.
 local function replay_wait_case(wait, bound)
-  local S = require "sluice.store"
+  local S = require "sluice.app.store"
   local path = os.tmpname() .. "_replay_wait.db"
   local batches, two_at = {}, nil
   local function run(slow, wait)

@@ -1,8 +1,8 @@
--- sluice.http against a real local server (tests/fakeapi/server.py) over loopback sockets.
+-- sluice.runtime.http against a real local server (tests/fakeapi/server.py) over loopback sockets.
 package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
 local sl = require "sluice"
-local T = require "sluice.test"
-local http = require "sluice.http"
+local T = require "sluice.app.test"
+local http = require "sluice.runtime.http"
 local fake = require "fakeapi"
 local cjson = require "cjson"
 
@@ -266,7 +266,7 @@ T.case("proxies come from the environment (http_proxy)", function()
   local script = os.tmpname() .. ".lua"
   local f = io.open(script, "w")
   f:write([[
-local http = require "sluice.http"
+local http = require "sluice.runtime.http"
 local r, err = http.get("http://api.example.invalid/echo?via=proxy")
 io.write(r and tostring(r.status) or ("ERR " .. tostring(err)))
 ]])

@@ -1,10 +1,10 @@
--- sluice.http over HTTP/2 against a real HTTP/2 server (nghttpd, Debian's nghttp2-server),
+-- sluice.runtime.http over HTTP/2 against a real HTTP/2 server (nghttpd, Debian's nghttp2-server),
 -- over TLS on loopback, as the remote APIs are reached: curl negotiates h2 through ALPN and
 -- multiplexes concurrent requests on one connection. The server's verbose log (its frames)
 -- tells how many connections and streams it saw.
 local sl = require "sluice"
-local T = require "sluice.test"
-local http = require "sluice.http"
+local T = require "sluice.app.test"
+local http = require "sluice.runtime.http"
 local proc = require "sluice.core.proc"
 
 local dir = os.tmpname()

@@ -1,4 +1,4 @@
--- sluice.limit: rpm/tpm windows, concurrency, pauses and the adaptive (AIMD) mode.
+-- sluice.runtime.limit: rpm/tpm windows, concurrency, pauses and the adaptive (AIMD) mode.
 --
 -- The "2 minutes at 60 rpm" case runs on a simulated clock: the limiter takes clock() and
 -- timer() from the test, and a driver task advances simulated time to the next due timer,
@@ -7,9 +7,9 @@
 -- accepts the same `period` option, so those are the same code paths, scaled.
 package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
 local sl = require "sluice"
-local T = require "sluice.test"
-local limit = require "sluice.limit"
-local http = require "sluice.http"
+local T = require "sluice.app.test"
+local limit = require "sluice.runtime.limit"
+local http = require "sluice.runtime.http"
 local fake = require "fakeapi"
 
 -- A simulated clock with timers. run(until_t) fires timers in time order.

@@ -1,8 +1,8 @@
--- sluice.sse: the event-stream parser, fed every possible way a stream can be split.
+-- sluice.runtime.sse: the event-stream parser, fed every possible way a stream can be split.
 package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
 local sl = require "sluice"
-local T = require "sluice.test"
-local sse = require "sluice.sse"
+local T = require "sluice.app.test"
+local sse = require "sluice.runtime.sse"
 local fake = require "fakeapi"
 
 local function parse_in_pieces(text, size)

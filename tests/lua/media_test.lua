@@ -1,6 +1,6 @@
 -- sluice.media against files made here with the ffmpeg CLI and the real footage in shared/media.
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local media = require "sluice.media"
 
 package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" .. package.path

@@ -1,7 +1,7 @@
 -- tesseract OCR: word recall on slides rendered with known text (ffmpeg drawtext with
 -- DejaVu Sans), word boxes, blobs, bad input, missing language data.
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local tesseract = require "sluice.providers.tesseract"
 local blob = require "sluice.core.blob"
 package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" .. package.path

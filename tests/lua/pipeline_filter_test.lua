@@ -2,7 +2,7 @@
 -- The video filter end to end on clips of the shared footage (person_a and person_b overlap
 -- by 14 s of the same scene): frames with a person are kept, near-duplicates across videos
 -- removed, a corrupt video fails alone, cleanup removes the raw frames.
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local sl = require "sluice"
 local cjson = require "cjson"
 local media = require "sluice.media"

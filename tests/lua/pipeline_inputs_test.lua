@@ -1,11 +1,11 @@
 -- Pipeline inputs: feeds and URL lists expand into items, downloads stream to files, skip what
 -- is already there and resume partial files; seed 001's worker rule.
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local P = (function()
   package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" .. package.path
   return require "pltest"
 end)()
-local stages = require "sluice.stages"
+local stages = require "sluice.blocks.stages"
 
 T.case("resolve relative references against URLs and paths", function()
   T.eq(stages.resolve("http://h:8/a/feed.xml?x=1", "ep1.m4a"), "http://h:8/a/ep1.m4a")

@@ -2,11 +2,11 @@
 -- The lecture pipeline end to end on the sample lecture (real LibriVox speech, rendered
 -- slides): local providers (sphinx, tesseract, extractive), then remote ones against the
 -- fake API server with latency and faults.
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local sl = require "sluice"
 local cjson = require "cjson"
-local text = require "sluice.text"
-local subtitles = require "sluice.subtitles"
+local text = require "sluice.blocks.text"
+local subtitles = require "sluice.blocks.subtitles"
 local P = (function()
   package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" ..
     (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
@@ -16,7 +16,7 @@ T.timeout = 400
 
 local function run_lecture(out, config)
   local p = sl.load(P.src .. "/pipelines/lecture.lua")
-  local events = require("sluice.events").new()
+  local events = require("sluice.runtime.events").new()
   local seen = {}
   events:on(function(ev) seen[#seen + 1] = { event = ev.event, stage = ev.stage, seq = ev.seq, t = sl.now() } end)
   local dir = P.sample("lecture")

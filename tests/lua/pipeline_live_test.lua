@@ -4,7 +4,7 @@
 -- OpenAI server's injected latency): capture keeps its rate while analyses are in flight,
 -- the analysis backlog stays bounded (keep latest), analyses arrive, and the run ends after
 -- `duration` and on SIGINT.
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local sl = require "sluice"
 local proc = require "sluice.core.proc"
 local cjson = require "cjson"

@@ -3,11 +3,11 @@
 -- short and resumed), chunked transcription with overlap merged without duplicated words,
 -- metadata and the run's index; a bad input fails alone. Then remote providers on the fake
 -- API with latency and faults.
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local sl = require "sluice"
 local cjson = require "cjson"
-local text = require "sluice.text"
-local subtitles = require "sluice.subtitles"
+local text = require "sluice.blocks.text"
+local subtitles = require "sluice.blocks.subtitles"
 local P = (function()
   package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" ..
     (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
@@ -17,7 +17,7 @@ T.timeout = 400
 
 local function run_podcast(inputs, out, config)
   local p = sl.load(P.src .. "/pipelines/podcast.lua")
-  local bus = require("sluice.events").new()
+  local bus = require("sluice.runtime.events").new()
   local seen = {}
   bus:on(function(ev) seen[#seen + 1] = ev end)
   local job = p:start { inputs = inputs, out = out, config = config, bus = bus }

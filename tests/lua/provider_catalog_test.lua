@@ -2,7 +2,7 @@
 -- fetched with the key, cached for a day under the cache directory, paged; the preflight
 -- check of a run (an unknown model or one that cannot do its role exits 2 before any work,
 -- naming the nearest models; shutdown dates are warnings); `sluice providers --check`.
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local sl = require "sluice"
 local cjson = require "cjson"
 local P = (function()

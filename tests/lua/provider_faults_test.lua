@@ -2,12 +2,12 @@
 -- provider, nothing hangs, keys never leak into messages, and the registry explains itself.
 package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local fake = require "fakeapi"
 local providers = require "sluice.providers"
-local limit = require "sluice.limit"
-local retry = require "sluice.retry"
-local pretty = require "sluice.pretty"
+local limit = require "sluice.runtime.limit"
+local retry = require "sluice.runtime.retry"
+local pretty = require "sluice.runtime.pretty"
 
 local KEY = "sk-faults-VERYSECRET-987654321"
 local srv, llm, hasty

@@ -4,7 +4,7 @@
 -- clear errors.
 package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local fake = require "fakeapi"
 local providers = require "sluice.providers"
 local cjson = require "cjson"
@@ -85,7 +85,7 @@ T.case("gemini: a model that is gone is a one-line error quoting Google's status
 end)
 
 T.case("the server checks bodies against the protos (it can refuse a request)", function()
-  local http = require "sluice.http"
+  local http = require "sluice.runtime.http"
   local function post(body)
     local r = assert(http.request { method = "POST", url = srv.url .. "/v1beta/models/gemini-3.5-flash:generateContent",
       headers = { ["x-goog-api-key"] = GKEY }, json = body })
@@ -161,7 +161,7 @@ T.case("gemini: errors name the provider; no key leaks", function()
 end)
 
 T.case("gemini: a 429 with RetryInfo in the body is retried after its retryDelay", function()
-  local limit = require "sluice.limit"
+  local limit = require "sluice.runtime.limit"
   local lim = limit.rate { concurrency = 4 }
   srv:reset()
   srv:control { faults = { { kind = "429", arg = "0.4", path = "/v1beta" } } }

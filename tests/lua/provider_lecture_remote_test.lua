@@ -5,7 +5,7 @@
 -- field the spec marks deprecated), the old defaults (their shutdown dates are printed), and
 -- a transcript with each OpenAI transcription model (times within their chunk, speakers
 -- from the diarizing model into transcript.json, SRT and VTT).
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local cjson = require "cjson"
 local P = (function()
   package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" ..

@@ -2,9 +2,9 @@
 -- shapes), SRT and WebVTT (produced by the real ffmpeg), plain text (the real
 -- pocketsphinx_continuous), and clear errors.
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local exec = require "sluice.providers.exec"
-local subtitles = require "sluice.subtitles"
+local subtitles = require "sluice.blocks.subtitles"
 
 T.timeout = 120
 

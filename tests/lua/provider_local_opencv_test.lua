@@ -3,7 +3,7 @@
 -- office, people walk in later): person frames score above empty ones, and killing the
 -- worker in the middle of a batch loses no frame.
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local provider = require "sluice.providers.worker"
 
 T.timeout = 180

@@ -1,5 +1,5 @@
 -- The local providers are chosen by configuration through the registry, like remote ones.
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local providers = require "sluice.providers"
 
 T.case("the registry lists the local providers for their roles", function()

@@ -5,7 +5,7 @@
 -- tests/py/test_openai_schema.py when it is set.
 package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/fakeapi/?.lua;" .. package.path
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local fake = require "fakeapi"
 local providers = require "sluice.providers"
 local cjson = require "cjson"
@@ -202,7 +202,7 @@ T.case("reasoning models: max_completion_tokens, no temperature; an answer cut o
 end)
 
 T.case("the server enforces the reasoning rules (the test server can fail a request)", function()
-  local http = require "sluice.http"
+  local http = require "sluice.runtime.http"
   local function post(body)
     local r = assert(http.request { method = "POST", url = srv.url .. "/v1/chat/completions",
       headers = { Authorization = "Bearer " .. KEY }, json = body })

@@ -2,8 +2,8 @@
 local sl = require "sluice"
 local core = require "sluice.core.core"
 local pool = require "sluice.core.pool"
-local sched = require "sluice.sched"
-local T = require "sluice.test"
+local sched = require "sluice.runtime.sched"
+local T = require "sluice.app.test"
 
 -- Waits (polling) until cond() is true or seconds pass; returns cond()'s last value. The
 -- default is generous: it only matters when the condition never comes (a loaded CI box with

@@ -1,7 +1,7 @@
 -- sluice.exec and the proc module under it: large output, stdin, options, failures.
 local sl = require "sluice"
 local proc = require "sluice.core.proc"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 
 T.case("exec collects several MB of output", function()
   local r = T.ok(sl.exec({ "sh", "-c", "yes 0123456789abcdef | head -c 6000000" }))

@@ -1,6 +1,6 @@
 -- Queues, semaphores and events: contention, capacity bounds, FIFO order, close semantics.
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 
 -- Runs PRODUCERS tasks putting EACH items {p=, i=} and CONSUMERS tasks calling
 -- on_item(item, consumer) for each item, all in one group so that a failed check anywhere

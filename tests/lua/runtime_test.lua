@@ -2,8 +2,8 @@
 local sl = require "sluice"
 local core = require "sluice.core.core"
 local pool = require "sluice.core.pool"
-local pretty = require "sluice.pretty"
-local T = require "sluice.test"
+local pretty = require "sluice.runtime.pretty"
+local T = require "sluice.app.test"
 
 T.case("queue passes values in order and close drains", function()
   local q = sl.queue(2)
@@ -124,7 +124,7 @@ T.case("misuse errors point at the caller's line", function()
 end)
 
 T.case("a task that fails and is never waited for is reported by the hook", function()
-  local sched = require "sluice.sched"
+  local sched = require "sluice.runtime.sched"
   local reported = {}
   sched.set_unobserved_hook(function(t) reported[#reported + 1] = t end)
   local t = sl.spawn(function() error("nobody looks") end)

@@ -2,7 +2,7 @@
 -- sphinx STT: accuracy against pocketsphinx_continuous on Debian's LibriVox utterances,
 -- word timings, bad input, cancellation.
 local sl = require "sluice"
-local T = require "sluice.test"
+local T = require "sluice.app.test"
 local sphinx = require "sluice.providers.sphinx"
 local csphinx = require "sluice.core.sphinx"
 local blob = require "sluice.core.blob"

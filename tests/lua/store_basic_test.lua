@@ -1,8 +1,8 @@
 -- The job store: SQLite round trips on the pool, memo get/put across "runs", item rows from
 -- bus events, batching, errors.
 local sl = require "sluice"
-local T = require "sluice.test"
-local S = require "sluice.store"
+local T = require "sluice.app.test"
+local S = require "sluice.app.store"
 local cstore = require "sluice.core.store"
 
 local function fresh_db(name)

@@ -1,6 +1,6 @@
 -- SRT and WebVTT: exact timestamps, multi-line cues, BOM, CRLF, VTT blocks, bad input.
-local T = require "sluice.test"
-local subs = require "sluice.subtitles"
+local T = require "sluice.app.test"
+local subs = require "sluice.blocks.subtitles"
 
 local SEGS = {
   { start = 0, ["end"] = 2.5, text = "Hello there." },

@@ -2,8 +2,8 @@
 -- several in flight, stderr to the log, restart after a crash with retry of what was in
 -- flight, giving up on a worker that cannot start, cancellation.
 local sl = require "sluice"
-local T = require "sluice.test"
-local worker = require "sluice.worker"
+local T = require "sluice.app.test"
+local worker = require "sluice.runtime.worker"
 
 T.timeout = 60
 

@@ -10,7 +10,7 @@
 -- --stop-after C: the run stands still after C recorded calls (every later call waits before
 -- it records), so a test can kill it at that point however loaded the machine.
 local sl = require "sluice"
-local store_mod = require "sluice.store"
+local store_mod = require "sluice.app.store"
 
 local args = { ... }
 local out, n = args[1], tonumber(args[2])
@@ -60,7 +60,7 @@ local store = assert(store_mod.open(opts.store or (out .. "/sluice.db")))
 store:attach(job)
 local dash
 if opts.serve then
-  dash = assert(require("sluice.dashboard").start { addr = opts.serve, token = opts.token,
+  dash = assert(require("sluice.app.dashboard").start { addr = opts.serve, token = opts.token,
     job = job, store = store })
   io.stdout:write("dashboard " .. dash.url .. "\n")
   io.stdout:flush()

@@ -175,7 +175,7 @@ class Interrupt(unittest.TestCase):
     def test_second_sigint_stops_at_once(self):
         # The graceful handler does not stop anything: only the second SIGINT ends the run.
         p = self.spawn("local sl = require 'sluice'\n"
-                       "local cli = require 'sluice.cli'\n"
+                       "local cli = require 'sluice.app.cli'\n"
                        "cli.on_interrupt(function() print('graceful stop requested'); io.stdout:flush() end)\n"
                        "print('ready'); io.stdout:flush()\n"
                        "sl.sleep(60)\n"

@@ -4,9 +4,9 @@
 -- succeeded is stored), attempts (limits acquired in name order before each, released after
 -- with what happened; the timeout; retries with backoff and retry_if; `item_retry` events),
 -- and dead letters. Inside each attempt the stage's executor runs the unit
--- (sluice.graph.executor). Calls: sluice.graph.deliver (emit), sluice.graph.util, sluice.sched.
+-- (sluice.graph.executor). Calls: sluice.graph.deliver (emit), sluice.graph.util, sluice.runtime.sched.
 local core = require "sluice.core.core"
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 local deliver = require "sluice.graph.deliver"
 local util = require "sluice.graph.util"
 

@@ -3,9 +3,9 @@
 -- Owns: a FIFO of waiting tasks. cond:wait([timeout]) -> true when signalled, false on
 -- timeout. nwait counts the waiters that have not been signalled yet; woken counts the ones
 -- signalled that have not run yet (a producer need not wake a second worker while one is on
--- its way). Calls: sluice.sched, sluice.core.core (timers).
+-- its way). Calls: sluice.runtime.sched, sluice.core.core (timers).
 local core = require "sluice.core.core"
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 
 local need_task, begin_wait, suspend, wake = sched.need_task, sched.begin_wait, sched.suspend,
   sched.wake

@@ -5,10 +5,10 @@
 -- sources and stages, waiting for the end), and the job API: job:stats(), job:graph(),
 -- job:summary(), job:wait(), job:cancel(), job:stop([grace]) and job.stages.<name> (live
 -- counters; `workers` can be set while it runs).
--- Calls: every other module of sluice.graph, sluice.events, sluice.sched.
+-- Calls: every other module of sluice.graph, sluice.runtime.events, sluice.runtime.sched.
 local core = require "sluice.core.core"
-local sched = require "sluice.sched"
-local events = require "sluice.events"
+local sched = require "sluice.runtime.sched"
+local events = require "sluice.runtime.events"
 local util = require "sluice.graph.util"
 local dsl = require "sluice.graph.dsl"
 local envelope = require "sluice.graph.envelope"
@@ -319,11 +319,6 @@ end
 
 function Job:__tostring()
   return format("sluice.job %s (%s)", self.id, self.state)
-end
-
--- The command line lives in sluice.graph.cli.
-function Pipeline:run_cli(args, script_path)
-  return require("sluice.graph.cli").run(self, args, script_path)
 end
 
 return M

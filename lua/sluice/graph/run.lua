@@ -7,9 +7,9 @@
 -- (count, events, sluice.graph.attempt, order, dead letter, latency, key completion), the
 -- same for an item, a batch, a group or a gate call, whatever executes it.
 -- Calls: sluice.graph.attempt, sluice.graph.deliver, sluice.graph.units, sluice.graph.keys,
--- sluice.graph.util, sluice.sched.
+-- sluice.graph.util, sluice.runtime.sched.
 local core = require "sluice.core.core"
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 local attempt = require "sluice.graph.attempt"
 local deliver = require "sluice.graph.deliver"
 local units = require "sluice.graph.units"

@@ -6,7 +6,7 @@
 -- dead letter; the rest of the run goes on.
 -- Calls: sluice.graph.deliver, sluice.graph.keys, sluice.graph.envelope, sluice.graph.util.
 local core = require "sluice.core.core"
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 local deliver = require "sluice.graph.deliver"
 local keys = require "sluice.graph.keys"
 local envelope = require "sluice.graph.envelope"

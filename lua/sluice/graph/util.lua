@@ -1,8 +1,8 @@
 -- sluice.graph.util: small helpers every module of the graph package uses.
 --
 -- Owns: error texts, the checks the DSL's validation is made of, table copies, the latency
--- histogram and job events. Calls: sluice.sched (for its error type) only.
-local sched = require "sluice.sched"
+-- histogram and job events. Calls: sluice.runtime.sched (for its error type) only.
+local sched = require "sluice.runtime.sched"
 
 local format = string.format
 local mlog, mfloor, mexp = math.log, math.floor, math.exp

@@ -14,8 +14,8 @@
 -- on the engine's worker threads and written by a child process, so the loop never waits on
 -- the disk.
 local sl = require "sluice"
-local sched = require "sluice.sched"
-local text = require "sluice.text"
+local sched = require "sluice.runtime.sched"
+local text = require "sluice.blocks.text"
 local cjson = require "cjson"
 
 local M = {}

@@ -12,7 +12,7 @@
 --     return engine:transcribe(path, done)
 --   end)
 local sl = require "sluice"
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 
 local M = {}
 local Pool = {}

@@ -21,7 +21,7 @@
 -- and the names in vars. An unknown {name} is an error when the provider is created.
 local sl = require "sluice"
 local cjson = require "cjson"
-local subtitles = require "sluice.subtitles"
+local subtitles = require "sluice.blocks.subtitles"
 local engines = require "sluice.providers.engines"
 
 local M = { roles = { stt = true, vlm = true, llm = true, filter = true }, name = "exec" }

@@ -16,8 +16,8 @@
 -- near-duplicates. Transcripts without punctuation (PocketSphinx output) are cut into
 -- pseudo-sentences of about 20 words, or taken segment by segment. Long inputs yield to
 -- other tasks every few hundred sentences, so the loop stays responsive.
-local text = require "sluice.text"
-local sched = require "sluice.sched"
+local text = require "sluice.blocks.text"
+local sched = require "sluice.runtime.sched"
 
 local M = { roles = { llm = true }, name = "extractive" }
 local LABEL = "extractive (local fallback)"

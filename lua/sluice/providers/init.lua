@@ -15,12 +15,12 @@
 -- Failures are returned as nil, message, code, failure; messages name the provider and
 -- never contain keys; failure = {status=, retry_after=, error={message=, code=, param=}}
 -- when the server answered (code: OpenAI's error.code or Google's status).
-local http = require "sluice.http"
-local sse = require "sluice.sse"
-local retry = require "sluice.retry"
-local limit = require "sluice.limit"
+local http = require "sluice.runtime.http"
+local sse = require "sluice.runtime.sse"
+local retry = require "sluice.runtime.retry"
+local limit = require "sluice.runtime.limit"
 local cjson = require "cjson"
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 local chttp = require "sluice.core.http"
 
 local M = {}
@@ -308,7 +308,7 @@ end
 -- of the provider's), tokens (estimate for the limiter), usage(decoded) -> tokens, check(decoded) -> true | nil, why;
 -- sse(ev) -> "done" | nil, why (for streamed replies; must set req.emitted when it has
 -- passed data on to the caller). One attempt acquires a permit, sends, releases the
--- permit with what happened; retries follow sluice.retry's rules, except that a stream
+-- permit with what happened; retries follow sluice.runtime.retry's rules, except that a stream
 -- that already delivered tokens is not retried.
 function M.call(p, req)
   local name, secret = p.provider, secrets[p]

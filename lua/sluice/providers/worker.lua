@@ -1,4 +1,4 @@
--- sluice.providers.worker: a provider backed by a model worker process (sluice.worker:
+-- sluice.providers.worker: a provider backed by a model worker process (sluice.runtime.worker:
 -- JSON Lines over stdin/stdout, loaded once, restarted after a crash). By default it runs
 -- the bundled OpenCV detector (workers/opencv_detect.py) for the filter role; any program
 -- that speaks the protocol can serve any role (see docs/local-providers.md).
@@ -18,7 +18,7 @@
 -- "transcribe" ({audio=, opts=}), describe -> "describe" ({images=, opts=}), complete ->
 -- "complete" ({prompt=, opts=}), summarize -> "summarize" ({text=, opts=}).
 local core = require "sluice.core.core"
-local worker = require "sluice.worker"
+local worker = require "sluice.runtime.worker"
 local engines = require "sluice.providers.engines"
 
 local M = { roles = { filter = true }, name = "worker" }

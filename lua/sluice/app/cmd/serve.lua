@@ -2,8 +2,8 @@
 --
 --   sluice serve [--store PATH] [--addr ADDR | ADDR] [--token T]
 local core = require "sluice.core.core"
-local S = require "sluice.store"
-local dashboard = require "sluice.dashboard"
+local S = require "sluice.app.store"
+local dashboard = require "sluice.app.dashboard"
 
 local M = {}
 

@@ -1,11 +1,11 @@
--- sluice.cli: the command line. main.c calls cli.main(args...) before running the loop and
+-- sluice.app.cli: the command line. main.c calls cli.main(args...) before running the loop and
 -- cli.finish() after it; main returns an exit status when there is nothing to run.
 --
 -- Exit status: 0 success, 1 the run finished with failed items (or a task failed and nobody
 -- waited for it), 2 usage or script error,
 -- 130 interrupted.
 local core = require "sluice.core.core"
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 
 local M = {}
 
@@ -141,7 +141,9 @@ local function cmd_run(args)
   local main = sched.spawn(function()
     local results = table.pack(chunk(table.unpack(script_args)))
     local r = results[1]
-    if type(r) == "table" and type(r.run_cli) == "function" then
+    if require("sluice.graph").is_pipeline(r) then -- a pipeline: run it (sluice.app.run)
+      return require("sluice.app.run").run(r, script_args, path)
+    elseif type(r) == "table" and type(r.run_cli) == "function" then -- anything else runnable
       return r:run_cli(script_args, path)
     end
     return r
@@ -192,15 +194,24 @@ function M.finish()
   return code
 end
 
+-- The module of command `name` (lua/sluice/app/cmd/NAME.lua), or nil when there is none. An
+-- error in the module itself is raised, not taken for an unknown command.
+local function command_module(name)
+  if type(name) ~= "string" or not name:match("^[%w_]+$") then return nil end
+  local modname = "sluice.app.cmd." .. name
+  if not package.searchpath(modname, package.path) then return nil end
+  local mod = require(modname)
+  return type(mod) == "table" and mod or nil
+end
+
 local function cmd_help(args)
   local topic = args[1]
   if topic and HELP[topic] then
     print(HELP[topic])
     return 0
   end
-  local okc, cmd = false, nil
-  if topic then okc, cmd = pcall(require, "sluice.cmd." .. topic) end -- providers, jobs, serve
-  if okc and type(cmd) == "table" and cmd.USAGE then
+  local cmd = topic and command_module(topic) -- providers, jobs, serve
+  if cmd and cmd.USAGE then
     print(cmd.USAGE)
     return 0
   elseif topic then
@@ -228,11 +239,11 @@ function M.main(...)
     return cmd_run(rest)
   elseif cmd == "repl" then
     if rest[1] == "--help" or rest[1] == "-h" then return cmd_help({ "repl" }) end
-    return require("sluice.repl").start(rest[1], state)
+    return require("sluice.app.repl").start(rest[1], state)
   end
   -- Commands provided by other modules (jobs, serve, worker, ...).
-  local ok, mod = pcall(require, "sluice.cmd." .. cmd)
-  if ok and type(mod) == "table" and mod.main then return mod.main(rest, M) end
+  local mod = command_module(cmd)
+  if mod and mod.main then return mod.main(rest, M) end
   eprint("sluice: unknown command '" .. tostring(cmd) .. "'\n" .. USAGE)
   return 2
 end

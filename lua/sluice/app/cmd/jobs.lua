@@ -6,7 +6,7 @@
 --                                           so only dead-lettered (and unfinished) items run
 --   sluice jobs rm ID... [--force]          delete jobs with their items and events
 --   sluice jobs prune DAYS                  delete jobs that ended more than DAYS days ago
-local S = require "sluice.store"
+local S = require "sluice.app.store"
 local cjson = require "cjson"
 
 local M = {}

@@ -1,4 +1,4 @@
--- sluice.trace: a Chrome trace-event file (open it in https://ui.perfetto.dev or
+-- sluice.app.trace: a Chrome trace-event file (open it in https://ui.perfetto.dev or
 -- chrome://tracing) with one span per item per stage.
 --
 --   local tr = assert(trace.open("run.trace.json", job))   -- listens on job.bus
@@ -9,7 +9,7 @@
 -- a collected group) from the moment a worker took it to its last output, with the item's
 -- key, seq, id, attempts and outcome as arguments. Retries and custom events (ctx:event)
 -- appear as instant events on the same thread.
-local events = require "sluice.events"
+local events = require "sluice.runtime.events"
 
 local M = {}
 

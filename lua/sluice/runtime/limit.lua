@@ -1,6 +1,6 @@
--- sluice.limit: rate and concurrency limiters shared by the stages that name them.
+-- sluice.runtime.limit: rate and concurrency limiters shared by the stages that name them.
 --
---   local limit = require "sluice.limit"
+--   local limit = require "sluice.runtime.limit"
 --   local quota = limit.rate { rpm = 60, tpm = 100000, concurrency = 6 }
 --   local permit = quota:acquire { tokens = 1200 }      -- waits in the task
 --   ... make the request ...
@@ -22,7 +22,7 @@
 --    (tests run simulated minutes in milliseconds).
 -- limit.named(name[, spec]) returns the limiter registered under name (creating it from
 -- spec); stages that name the same limiter share it.
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 local core = require "sluice.core.core"
 
 local M = {}

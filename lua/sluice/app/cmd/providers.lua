@@ -57,7 +57,7 @@ end
 local function run(o, cli)
   local P = require "sluice.providers"
   local catalog = require "sluice.providers.catalog"
-  local config = require "sluice.config"
+  local config = require "sluice.app.config"
   local core = require "sluice.core.core"
   local conf, cerr = config.resolve { defaults = {}, file = o.config, env = core.environ(), sets = o.sets }
   if not conf then
@@ -132,7 +132,7 @@ function M.main(args, cli)
     print(M.USAGE)
     return 0
   end
-  local sched = require "sluice.sched"
+  local sched = require "sluice.runtime.sched"
   local core = require "sluice.core.core"
   local main = sched.spawn(function() return run(o, cli) end)
   main.name = "providers"

@@ -11,7 +11,7 @@
 --
 -- Every decode, resample, scale, encode and file write runs on the engine's worker threads
 -- (sluice.core.media); these functions wait as tasks do. See docs/media.md.
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 local cmedia = require "sluice.core.media"
 local cphash = require "sluice.core.phash"
 

@@ -1,13 +1,13 @@
--- sluice.graph.cli: `sluice run pipeline.lua INPUTS... [options]` for a script that returns
--- a pipeline (cli.lua calls pipeline:run_cli(args, script_path)). Returns the exit status:
+-- sluice.app.run: `sluice run pipeline.lua INPUTS... [options]` for a script that returns
+-- a pipeline (sluice.app.cli calls run(pipeline, args, script_path)). Returns the exit status:
 -- 0 ok, 1 some items were dead-lettered (or the job failed), 2 usage or validation error.
 local sl = require "sluice"
 local core = require "sluice.core.core"
 local graph = require "sluice.graph"
-local config = require "sluice.config"
-local events = require "sluice.events"
-local progress = require "sluice.progress"
-local trace = require "sluice.trace"
+local config = require "sluice.app.config"
+local events = require "sluice.runtime.events"
+local progress = require "sluice.app.progress"
+local trace = require "sluice.app.trace"
 
 local M = {}
 
@@ -176,7 +176,7 @@ function M.run(p, args, script_path)
   -- the job store (resume), when the module exists
   local store
   if not o.no_store then
-    local ok, store_mod = pcall(require, "sluice.store")
+    local ok, store_mod = pcall(require, "sluice.app.store")
     if ok and type(store_mod) == "table" and store_mod.open then
       local path = o.store or (out .. "/sluice.db")
       local s, serr = store_mod.open(path)
@@ -186,7 +186,7 @@ function M.run(p, args, script_path)
       end
       store = s
     elseif o.store then
-      eprint("sluice run: --store: the job store module (sluice.store) is not available in this build")
+      eprint("sluice run: --store: the job store module (sluice.app.store) is not available in this build")
       return 2
     end
   end
@@ -226,9 +226,9 @@ function M.run(p, args, script_path)
   end
   local server
   if o.serve then
-    local ok, dash = pcall(require, "sluice.dashboard")
+    local ok, dash = pcall(require, "sluice.app.dashboard")
     if not ok or type(dash) ~= "table" or not dash.start then
-      eprint("sluice run: --serve: the dashboard module (sluice.dashboard) is not available in this build")
+      eprint("sluice run: --serve: the dashboard module (sluice.app.dashboard) is not available in this build")
     else
       local s, err = dash.start { addr = o.serve_addr, token = o.token, job = job, store = store }
       if not s then eprint("sluice run: --serve: " .. tostring(err)) else server = s end
@@ -253,7 +253,7 @@ function M.run(p, args, script_path)
     end, { "item_dead", "log" })
   end
 
-  local cli = require "sluice.cli"
+  local cli = require "sluice.app.cli"
   local interrupted = false
   local off_int = cli.on_interrupt(function()
     interrupted = true

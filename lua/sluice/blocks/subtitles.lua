@@ -1,9 +1,9 @@
--- sluice.subtitles: SRT and WebVTT, written from and parsed into transcript segments
+-- sluice.blocks.subtitles: SRT and WebVTT, written from and parsed into transcript segments
 -- {start=, ["end"]=, text=, speaker=} (seconds; text may hold several lines; speaker is
 -- optional: SRT writes it as "A: text", WebVTT as a voice span "<v A>text"; parse leaves
 -- both in the text).
 --
---   local subs = require "sluice.subtitles"
+--   local subs = require "sluice.blocks.subtitles"
 --   local srt = subs.srt(segments)            -- string
 --   local vtt = subs.vtt(segments)
 --   local segs = subs.parse(str)              -- SRT or WebVTT (detected), or nil, message

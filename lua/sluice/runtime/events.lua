@@ -1,6 +1,6 @@
--- sluice.events: the event bus of a job, and JSON Lines output for it.
+-- sluice.runtime.events: the event bus of a job, and JSON Lines output for it.
 --
---   local events = require "sluice.events"
+--   local events = require "sluice.runtime.events"
 --   local bus = events.new()
 --   local off = bus:on(function(ev) print(ev.n, ev.event, ev.stage) end)
 --   bus:emit { event = "item_done", stage = "stt", id = "…" }   -- adds n and t

@@ -1,4 +1,4 @@
--- sluice.config: a pipeline's configuration, resolved in this order (later wins):
+-- sluice.app.config: a pipeline's configuration, resolved in this order (later wins):
 --   1. the pipeline's defaults (`defaults = {...}` in the script)
 --   2. a config file (--config FILE: a .lua file returning a table, or a .json file)
 --   3. the environment: for every leaf key the defaults or the file declare, the variable

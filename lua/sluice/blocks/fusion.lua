@@ -1,4 +1,4 @@
--- sluice.fusion: puts what was said next to what was shown.
+-- sluice.blocks.fusion: puts what was said next to what was shown.
 --
 -- Speech is a list of segments {start=, ["end"]=, text=, words={{start=, ["end"]=, word=}}?}
 -- in seconds (words optional). Vision is a list of results {seq=, t=, text=, path=?}, one per
@@ -35,7 +35,7 @@
 --
 -- Chunked transcripts: fusion.merge_chunks(chunks, opts) joins per-chunk STT results whose
 -- audio overlapped, removing the words both chunks heard (see below).
-local text = require "sluice.text"
+local text = require "sluice.blocks.text"
 
 local M = {}
 
@@ -45,7 +45,7 @@ local INF = math.huge
 
 local Policy = {}
 Policy.__index = Policy
-Policy.__name = "sluice.fusion.policy"
+Policy.__name = "sluice.blocks.fusion.policy"
 function Policy:__tostring()
   if self.kind == "by_window" then return "fusion.by_window{seconds=" .. self.seconds .. "}" end
   return "fusion." .. self.kind
@@ -150,7 +150,7 @@ end
 
 local Fuser = {}
 Fuser.__index = Fuser
-Fuser.__name = "sluice.fusion.fuser"
+Fuser.__name = "sluice.blocks.fusion.fuser"
 
 -- new{policy=, end_time=?, first_seq=1} -> a fuser (see the top of this file).
 function M.new(opts)

@@ -1,6 +1,6 @@
--- sluice.http: HTTP requests that wait in the calling task (libcurl on the engine's loop).
+-- sluice.runtime.http: HTTP requests that wait in the calling task (libcurl on the engine's loop).
 --
---   local http = require "sluice.http"
+--   local http = require "sluice.runtime.http"
 --   local r, err, code = http.request { method = "POST", url = "http://127.0.0.1:8080/v1/x",
 --     json = { a = 1 }, timeout = 30 }
 --   if r then print(r.status, r.headers["content-type"], r.body) end
@@ -12,7 +12,7 @@
 --   or nil, message, code (ETIMEDOUT, ECONNREFUSED, ECONNRESET, ENOTFOUND, ETLS, ...)
 -- Any HTTP status is a response (check r.status); failures are transport failures.
 -- Cancelling the task aborts the transfer: curl drops the connection, no callback runs.
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 local chttp = require "sluice.core.http"
 local cjson = require "cjson"
 

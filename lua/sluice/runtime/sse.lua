@@ -1,4 +1,4 @@
--- sluice.sse: Server-Sent Events parsing (the WHATWG "text/event-stream" format), for
+-- sluice.runtime.sse: Server-Sent Events parsing (the WHATWG "text/event-stream" format), for
 -- streamed LLM replies (OpenAI chat completions with stream=true, Gemini
 -- streamGenerateContent?alt=sse) and anything else that streams events.
 --
@@ -11,7 +11,7 @@
 -- joined with "\n"; comments (":...") are ignored; a blank line dispatches the event.
 -- An event that is not terminated by a blank line at the end of the stream is dropped,
 -- as the specification says.
-local http = require "sluice.http"
+local http = require "sluice.runtime.http"
 
 local M = {}
 

@@ -1,7 +1,7 @@
--- sluice.feed: podcast feeds. RSS 2.0 (with the iTunes and Media RSS extensions) and Atom
+-- sluice.blocks.feed: podcast feeds. RSS 2.0 (with the iTunes and Media RSS extensions) and Atom
 -- 1.0, parsed in pure Lua.
 --
---   local feed = require "sluice.feed"
+--   local feed = require "sluice.blocks.feed"
 --   local f = feed.parse(xml_string)   -- or nil, message
 --   f.kind ("rss"|"atom"), f.title, f.link, f.description, f.items = {
 --     { title=, link=, guid=, published= (as written), time= (Unix seconds or nil),

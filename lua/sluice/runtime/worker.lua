@@ -1,4 +1,4 @@
--- sluice.worker: long-lived model worker processes speaking JSON Lines.
+-- sluice.runtime.worker: long-lived model worker processes speaking JSON Lines.
 --
 -- A model (a detector, a classifier, a local LLM...) loads once in its own process and
 -- serves the whole run. sluice writes one request per line to the worker's stdin and reads
@@ -17,7 +17,7 @@
 -- so is a worker that exits with status 78 (EX_CONFIG: "I cannot work here", e.g. a missing
 -- package), at once.
 --
---   local worker = require "sluice.worker"
+--   local worker = require "sluice.runtime.worker"
 --   local w = worker.start{ name = "detect", argv = { "/usr/bin/python3", "workers/opencv_detect.py" } }
 --   local result, err = w:call("classify", { path = "frame.jpg", classes = { "person" } })
 --   w:close()
@@ -25,7 +25,7 @@ local core = require "sluice.core.core"
 local proc = require "sluice.core.proc"
 local cjson = require "cjson"
 local sl = require "sluice"
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 
 local M = {}
 
@@ -35,7 +35,7 @@ M.EX_CONFIG = 78
 
 local Worker = {}
 Worker.__index = Worker
-Worker.__name = "sluice.worker"
+Worker.__name = "sluice.runtime.worker"
 
 local function default_log(name)
   return function(line)
@@ -74,7 +74,7 @@ function M.start(opts)
 end
 
 function Worker:__tostring()
-  return string.format("sluice.worker %s (%s, %d in flight)", self.name,
+  return string.format("sluice.runtime.worker %s (%s, %d in flight)", self.name,
     self.broken and "broken" or self.closed and "closed" or self.proc and ("pid " .. self.pid) or "stopped",
     self.npending)
 end

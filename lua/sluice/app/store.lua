@@ -1,6 +1,6 @@
--- sluice.store: the job store (SQLite, WAL) behind resume, `sluice jobs` and the dashboard.
+-- sluice.app.store: the job store (SQLite, WAL) behind resume, `sluice jobs` and the dashboard.
 --
---   local store = require("sluice.store").open("out/sluice.db")
+--   local store = require("sluice.app.store").open("out/sluice.db")
 --   store:attach(job)            -- before sources start: records the job, listens to job.bus,
 --                                -- sets job.memo
 --   job.memo:get(stage, item_id) -- (waits) stored outputs {{data=,key=,seq=,t0=,t1=}, ...} or nil
@@ -13,7 +13,7 @@
 -- (at most FLUSH_DELAY seconds old). A crash loses at most those last writes; their items
 -- simply run again on resume.
 local sl = require "sluice"
-local sched = require "sluice.sched"
+local sched = require "sluice.runtime.sched"
 local core = require "sluice.core.core"
 local cstore = require "sluice.core.store"
 local cjson = require "cjson"
@@ -166,7 +166,7 @@ M.query = query
 
 local Store = {}
 Store.__index = Store
-Store.__name = "sluice.store"
+Store.__name = "sluice.app.store"
 
 -- open(path) -> store | nil, message, code
 function M.open(path)
@@ -186,7 +186,7 @@ function M.open(path)
   }, Store)
 end
 
-function Store:__tostring() return "sluice.store (" .. self.path .. ")" end
+function Store:__tostring() return "sluice.app.store (" .. self.path .. ")" end
 
 local function item_key(stage, id) return stage .. "\0" .. tostring(id) end
 
@@ -348,7 +348,7 @@ end
 
 local Memo = {}
 Memo.__index = Memo
-Memo.__name = "sluice.store.memo"
+Memo.__name = "sluice.app.store.memo"
 
 -- memo:get(stage, item_id) -> outputs | nil. Waits for a read only when the item may have been
 -- stored by an earlier run of the job.
@@ -451,7 +451,7 @@ end
 -- the store).
 local function safe_config(cfg)
   if type(cfg) ~= "table" then return cfg end
-  local ok, config = pcall(require, "sluice.config")
+  local ok, config = pcall(require, "sluice.app.config")
   if ok and type(config) == "table" and config.redact then
     local ok2, r = pcall(config.redact, cfg)
     if ok2 then return r end

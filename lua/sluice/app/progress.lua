@@ -1,4 +1,4 @@
--- sluice.progress: what a run shows in the terminal.
+-- sluice.app.progress: what a run shows in the terminal.
 --
 --   local view = progress.new(job, { stream = io.stderr })   -- tty: redrawn in place
 --   view:start()  ...  view:stop()

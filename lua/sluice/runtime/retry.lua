@@ -1,6 +1,6 @@
--- sluice.retry: request-level retries with exponential backoff and jitter.
+-- sluice.runtime.retry: request-level retries with exponential backoff and jitter.
 --
---   local retry = require "sluice.retry"
+--   local retry = require "sluice.runtime.retry"
 --   local v, err, code = retry.call(function(attempt)
 --     return do_request()          -- value, or nil, message, code, {status=, retry_after=}
 --   end, { attempts = 4, base = 0.5, max = 30 })

@@ -1,6 +1,6 @@
--- sluice.dashboard: the live web dashboard, served on the engine's own loop.
+-- sluice.app.dashboard: the live web dashboard, served on the engine's own loop.
 --
---   local dash = require("sluice.dashboard").start{addr="127.0.0.1:8750", token=nil,
+--   local dash = require("sluice.app.dashboard").start{addr="127.0.0.1:8750", token=nil,
 --                                                  job=job, store=store}
 --   print(dash.url) ... dash:close()
 --
@@ -19,7 +19,7 @@ local sl = require "sluice"
 local core = require "sluice.core.core"
 local httpd = require "sluice.core.httpd"
 local cjson = require "cjson"
-local S = require "sluice.store"
+local S = require "sluice.app.store"
 
 local M = {}
 M.DEFAULT_ADDR = "127.0.0.1:8750"
@@ -109,7 +109,7 @@ end
 
 local Dash = {}
 Dash.__index = Dash
-Dash.__name = "sluice.dashboard"
+Dash.__name = "sluice.app.dashboard"
 
 -- The stage graph of a live job, as {name=, from={...}} records, when the job exposes one.
 local function job_graph(job)
@@ -373,7 +373,7 @@ function Dash:close()
   self.server = nil
 end
 
-function Dash:__tostring() return "sluice.dashboard (" .. tostring(self.url) .. ")" end
+function Dash:__tostring() return "sluice.app.dashboard (" .. tostring(self.url) .. ")" end
 
 M.url_decode = url_decode
 M.parse_query = parse_query

@@ -1,4 +1,4 @@
--- sluice.sched: tasks (coroutines) and the run queue.
+-- sluice.runtime.sched: tasks (coroutines) and the run queue.
 --
 -- A task is a coroutine plus bookkeeping. A task waits by "suspending" after it has said
 -- what it waits for (begin_wait); whoever completes the wait calls wake(task, wait_id, value)

@@ -1,4 +1,4 @@
--- sluice.pretty: readable, depth-limited rendering of Lua values (the REPL prints with it).
+-- sluice.runtime.pretty: readable, depth-limited rendering of Lua values (the REPL prints with it).
 local M = {}
 
 local function is_identifier(s)

@@ -1,10 +1,10 @@
--- sluice.repl: the interactive prompt. Each line runs as a task, so waiting calls work at
+-- sluice.app.repl: the interactive prompt. Each line runs as a task, so waiting calls work at
 -- the prompt and background tasks keep running while it waits for input. The terminal side
 -- (readline, history, printing above the prompt) is core/repl.c.
 local core = require "sluice.core.core"
 local term = require "sluice.core.repl"
-local sched = require "sluice.sched"
-local pretty = require "sluice.pretty"
+local sched = require "sluice.runtime.sched"
+local pretty = require "sluice.runtime.pretty"
 
 local M = {}
 
@@ -91,7 +91,7 @@ local function run_script(path)
     for k, v in pairs(captured) do _G[k] = v end
     if not r[1] then error(r[2], 0) end
     _G.script = r[2]
-    if type(r[2]) == "table" and type(r[2].run_cli) == "function" then _G.pipeline = r[2] end
+    if require("sluice.graph").is_pipeline(r[2]) then _G.pipeline = r[2] end
     return true
   end)
   task.name = "script"

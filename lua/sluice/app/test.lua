@@ -1,6 +1,6 @@
--- sluice.test: a small test framework for Lua tests run by `sluice run`.
+-- sluice.app.test: a small test framework for Lua tests run by `sluice run`.
 --
---   local T = require "sluice.test"
+--   local T = require "sluice.app.test"
 --   T.case("queue hands values over in order", function()
 --     T.eq(q:get(), 1)
 --   end)
@@ -9,7 +9,7 @@
 -- Each case runs in its own task, with a per-case timeout (T.timeout, default 60 s), so a
 -- hung case fails instead of hanging the suite.
 local sl = require "sluice"
-local pretty = require "sluice.pretty"
+local pretty = require "sluice.runtime.pretty"
 
 local T = { cases = {}, timeout = 60 }
 

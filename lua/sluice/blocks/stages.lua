@@ -1,4 +1,4 @@
--- sluice.stages: ready-made stages and helpers the pipelines share.
+-- sluice.blocks.stages: ready-made stages and helpers the pipelines share.
 --
 -- Inputs and downloads (podcast and video filter pipelines):
 --   stages.expand_inputs(list, opts) -> items {key=, url=|path=, title=, duration=, ...}:
@@ -20,8 +20,8 @@
 -- Their settings are stage params, so `--set stages.audio.params.seconds=10` changes them.
 -- Files go under the run's --out directory (DIR/<key>/... when the run has several inputs).
 local sl = require "sluice"
-local http = require "sluice.http"
-local feed = require "sluice.feed"
+local http = require "sluice.runtime.http"
+local feed = require "sluice.blocks.feed"
 
 local M = {}
 

@@ -1,4 +1,4 @@
--- sluice.text: small text helpers the pipelines share: word tokens for alignment, word error
+-- sluice.blocks.text: small text helpers the pipelines share: word tokens for alignment, word error
 -- rate, sentence splitting and keyword scoring (for the extractive summarizer and the judge).
 -- Pure Lua, byte-oriented: letters outside ASCII (UTF-8 sequences) count as word characters.
 local M = {}
