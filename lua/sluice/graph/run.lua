@@ -89,12 +89,10 @@ local function item_unit(S, env)
     results = false, blocked = false, timer = false, gate = false, dirty = false }, item_unit_mt)
 end
 
--- Makes a worker's unit ready for its next item (a worker reuses one unit for its items).
-local function reset_item_unit(u, env)
-  u.env, u.arg, u.key, u.k = env, env, env.key, 0
-  if u.dirty then
-    u.delivered, u.outputs, u.outs, u.results, u.blocked, u.dirty = 0, false, false, false, false, false
-  end
+-- Clears what an item's attempts and outputs left in its unit (deliver.emit and attempt mark
+-- a unit dirty when they set these), so that a worker can reuse one unit for its items.
+local function clear_unit(u)
+  u.delivered, u.outputs, u.outs, u.results, u.blocked, u.dirty = 0, false, false, false, false, false
 end
 
 -- The per-unit path ---------------------------------------------------------------------------
@@ -179,8 +177,9 @@ local function next_unit(S, wu)
       local env = dpop(q)
       local space = S.space
       if space.tail >= space.head then space:signal() end
-      if not S.gate then
-        reset_item_unit(wu, env)
+      if not S.gate then -- the worker's own unit, made ready for this item
+        wu.env, wu.arg, wu.key, wu.k = env, env, env.key, 0
+        if wu.dirty then clear_unit(wu) end
         return wu
       end
       local u = item_unit(S, env)
