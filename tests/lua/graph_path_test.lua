@@ -30,6 +30,34 @@ local function table_store()
   }
 end
 
+T.case("a stage's queue (util.deque) is a FIFO across growth and wrap-around", function()
+  local util = require "sluice.graph.util"
+  local d = util.deque()
+  T.eq(util.dpop(d), nil)
+  local next_in, next_out = 1, 1
+  -- interleave pushes and pops so the ring wraps, and grow it past its first size
+  for round = 1, 300 do
+    for _ = 1, round % 7 + round // 40 do
+      util.dpush(d, next_in)
+      next_in = next_in + 1
+    end
+    for _ = 1, round % 5 + round // 50 do
+      if d.n > 0 then
+        T.eq(util.dpop(d), next_out)
+        next_out = next_out + 1
+      end
+    end
+    T.eq(d.n, next_in - next_out)
+  end
+  T.ok(d.size > 8, "it grew (" .. d.size .. " slots)")
+  while next_out < next_in do
+    T.eq(util.dpop(d), next_out)
+    next_out = next_out + 1
+  end
+  T.eq(util.dpop(d), nil)
+  for k in pairs(d) do T.ok(math.type(k) ~= "integer", "slot " .. tostring(k) .. " was cleared") end
+end)
+
 T.case("envelopes, ids and counts do not depend on listeners, a store or the stage's policy", function()
   local function pipeline(policy)
     local function stage(from, fn)

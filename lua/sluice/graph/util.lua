@@ -137,24 +137,38 @@ function M.hist_quantile(h, q)
   return nil
 end
 
--- Deques (S.ready, order's output queue) ------------------------------------------------------
+-- Deques (a stage's input queue, S.ready, order's output queue) --------------------------------
 
-function M.deque() return { head = 1, tail = 0, n = 0 } end
+-- A FIFO in a ring of slots 1..size of the table itself, doubled when full: the indices stay
+-- small, so the slots stay in the table's array part however many values pass through (a
+-- queue whose indices only grew would move into the hash part and rehash as it went).
+function M.deque() return { head = 1, n = 0, size = 8 } end
 
 function M.dpush(d, v)
-  local tl = d.tail + 1
-  d.tail = tl
-  d[tl] = v
-  d.n = d.n + 1
+  local n, size = d.n, d.size
+  if n == size then -- full: the values at 1..head-1 move to size+1..size+head-1
+    local head = d.head
+    for i = 1, head - 1 do
+      d[size + i] = d[i]
+      d[i] = nil
+    end
+    size = size * 2
+    d.size = size
+  end
+  local i = d.head + n
+  if i > size then i = i - size end
+  d[i] = v
+  d.n = n + 1
 end
 
 function M.dpop(d)
-  if d.n == 0 then return nil end
+  local n = d.n
+  if n == 0 then return nil end
   local h = d.head
   local v = d[h]
   d[h] = nil
-  d.n = d.n - 1
-  if d.n == 0 then d.head, d.tail = 1, 0 else d.head = h + 1 end
+  d.n = n - 1
+  if h == d.size then d.head = 1 else d.head = h + 1 end
   return v
 end
 
