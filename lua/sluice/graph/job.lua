@@ -17,6 +17,7 @@ local executor = require "sluice.graph.executor"
 local units = require "sluice.graph.units"
 local run = require "sluice.graph.run"
 local source = require "sluice.graph.source"
+local memokey = require "sluice.graph.memokey"
 
 local now = core.now
 local format = string.format
@@ -104,7 +105,7 @@ function Pipeline:start(opts)
     store = opts.store, bus = opts.bus or events.new(), limits = limits, order = self.order,
     dead = {}, results = {}, state = "starting", nodes = {}, t0 = now(),
     started_at = core.time(), all_done = sl.event(), finished_ev = sl.event(), group = sl.group(),
-    grace = opts.grace or self.spec.grace or 10,
+    grace = opts.grace or self.spec.grace or 10, fresh = opts.fresh or false,
   }, Job)
   local nodes = job.nodes
   local proxies = {}
@@ -164,6 +165,7 @@ function Job:_main()
       job.memo = nil
     end
   end
+  if job.memo and job.memo.keyed then memokey.setup(job) end
   if job.bus.count > 0 then
     local srcs, stg = {}, {}
     for _, n in ipairs(job.order) do
@@ -209,6 +211,12 @@ function Job:_main()
   if job.bus.count > 0 then
     util.job_event(job, { event = "job_done", state = job.state, elapsed = summary.elapsed,
       failed = #job.dead, error = job.error })
+  end
+  -- The stages' keys are stored once a run went through: after a failure the next run is
+  -- compared with the last complete one (so it still says what changed since).
+  if job.memo and job.memo.keyed and job.state == "done" and #job.dead == 0 then
+    local okk, errk = pcall(memokey.finish, job)
+    if not okk then io.stderr:write("sluice: job ", job.id, ": cannot store the stages' keys: ", errtext(unwrap(errk)), "\n") end
   end
   if job.store and job.store.detach then
     local okd, errd = pcall(job.store.detach, job.store, job)
@@ -287,6 +295,13 @@ function Job:wait()
 end
 
 function Job:done() return self.summary_ ~= nil end
+
+-- job:resume_report() -> what was taken from the memo and why the rest ran (see
+-- sluice.graph.memokey.report), or nil when the job is not keyed (no store).
+function Job:resume_report()
+  if not (self.memo and self.memo.keyed) then return nil end
+  return memokey.report(self)
+end
 
 -- job:cancel(): stops everything now; in-flight items are cancelled (not dead-lettered).
 function Job:cancel()
