@@ -6,9 +6,14 @@
 -- and dead letters. Inside each attempt the stage's executor runs the unit
 -- (sluice.graph.executor). In a job keyed for resume, a unit's key (sluice.graph.memokey) is
 -- made here once, the memo is asked by it, and the files the unit writes are watched.
--- Calls: sluice.graph.deliver (emit), sluice.graph.memokey, sluice.graph.util, sluice.runtime.sched.
+-- Whether a failed attempt is retried is sluice.runtime.retry's rule (stage_may_retry), the
+-- same as for a provider's requests; retries are counted by cause (S.retries_by), the
+-- attempt's calls adding theirs through the task's context.
+-- Calls: sluice.graph.deliver (emit), sluice.graph.memokey, sluice.graph.util,
+-- sluice.runtime.sched, sluice.runtime.retry.
 local core = require "sluice.core.core"
 local sched = require "sluice.runtime.sched"
+local retry = require "sluice.runtime.retry"
 local deliver = require "sluice.graph.deliver"
 local memokey = require "sluice.graph.memokey"
 local util = require "sluice.graph.util"
@@ -16,6 +21,7 @@ local util = require "sluice.graph.util"
 local now = core.now
 local emit = deliver.emit
 local unit_key = memokey.unit
+local may_retry, attempt_cause = retry.stage_may_retry, retry.attempt_cause
 local errtext, unwrap, on_error = util.errtext, util.unwrap, util.on_error
 local Cancelled = sched.Cancelled
 local xpcall, type, format, error = xpcall, type, string.format, error
@@ -157,7 +163,9 @@ local function run_full(S, u, ctx, task)
     end
     if S.keyed then memokey.miss(S, u, why or "new", detail) end
   end
-  if S.keyed then watch = { files = memokey.watch(S, u) } end
+  -- what the attempt's calls tell it (sluice.runtime.retry) and, keyed, the files it writes
+  local rec = { on_retry = S.count_retry }
+  local uctx = { retry = rec, files = S.keyed and memokey.watch(S, u) or nil }
   local saved_context = task.context
   local r = S.retry
   local attempts = r and r.attempts or 1
@@ -172,21 +180,27 @@ local function run_full(S, u, ctx, task)
       u.outputs = {}
       u.dirty = true
     end
-    if watch then task.context = watch end
+    rec.final, rec.exhausted, rec.last_status, rec.last_code = false, false, nil, nil
+    task.context = uctx
     ok, v, code, tb = attempt_once(S, u, ctx, task)
-    if watch then task.context = saved_context end
+    task.context = saved_context
     if ok then
       if v ~= nil then emit(S, u, v, code) end
       break
     end
     if v == Cancelled then error(v, 0) end
     if attempt >= attempts then break end
+    -- the one rule (sluice.runtime.retry): not after an answer no retry fixes, nor after a
+    -- call that retried by itself
+    if not may_retry(rec, v, code) then break end
     if r.retry_if then
       local okk, yes = pcall(r.retry_if, v, code, u.arg)
       if not okk or not yes then break end
     end
     local delay = backoff_delay(r, attempt)
     S.n_retried = S.n_retried + 1
+    local cause = attempt_cause(rec, v, code)
+    S.retries_by[cause] = (S.retries_by[cause] or 0) + 1
     if S.job.bus.count > 0 then
       util.unit_event(S, u, "item_retry", { error = errtext(v), code = code, attempt = attempt,
         delay = delay })

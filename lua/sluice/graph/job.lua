@@ -70,6 +70,14 @@ local function new_stage(job, n, s, opts)
   S.nlimits = #s.limits
   S.executor = (opts.executors and opts.executors[n]) or executor["local"]
   S.exec_item, S.exec_units, S.exec_gate = S.executor.bind(S)
+  -- retries by cause: the stage's own (sluice.graph.attempt) and those its calls made
+  -- (sluice.runtime.retry reports them through the worker's task context)
+  S.retries_by, S.n_request_retries = {}, 0
+  S.count_retry = function(cause)
+    S.n_request_retries = S.n_request_retries + 1
+    S.retries_by[cause] = (S.retries_by[cause] or 0) + 1
+  end
+  S.wctx = { retry = { on_retry = S.count_retry } }
   envelope.setup(job, S)
   S.ctx_mt = run.ctx_mt(S)
   units.install(S)
@@ -247,6 +255,7 @@ function Job:stats()
       st = {
         kind = "stage", ["in"] = S.n_in, done = S.n_done, failed = S.n_failed,
         retried = S.n_retried, dead = S.n_dead, cached = S.n_cached, out = S.n_out,
+        request_retries = S.n_request_retries, retries_by = S.retries_by,
         in_flight = S.running + S.in_flight, queue = S.q.n, queue_cap = S.cap, held = S.n_held,
         workers = S.target, workers_running = S.nworkers, finished = S.finished or false,
         rate = span > 0 and (S.n_done + S.n_failed) / span or 0,

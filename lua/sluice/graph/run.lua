@@ -206,6 +206,7 @@ local function worker_loop(S, wid)
     w.t = false
     return wake_peer(S)
   end
+  task.context = S.wctx -- (what calls made from the stage report: sluice.runtime.retry)
   local ok, err = pcall(function()
     while true do
       local u = next_unit(S, wu)
