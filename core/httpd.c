@@ -790,6 +790,12 @@ static int l_listen(lua_State *L) {
   int rc = strchr(host, ':') ? uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&addr)
                              : uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&addr);
   if (rc != 0) return sl_push_fail(L, "EINVAL", "listen: bad address '%s'", host);
+  /* The handle exists before the server it owns: nothing allocated below can be left
+   * behind by an error. */
+  server_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  ud->s = NULL;
+  luaL_setmetatable(L, SERVER_MT);
+  int ud_idx = lua_gettop(L);
   server *s = calloc(1, sizeof *s);
   if (!s) return luaL_error(L, "out of memory");
   uv_tcp_init(sl_loop(L), &s->tcp);
@@ -808,12 +814,11 @@ static int l_listen(lua_State *L) {
   s->max_header = (size_t)max_header;
   s->max_body = (size_t)max_body;
   s->idle_ms = (uint64_t)idle * 1000;
-  server_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
   ud->s = s;
-  luaL_setmetatable(L, SERVER_MT);
   s->ud = ud;
   s->on_request_ref = sl_ref(L, cb_idx);
-  s->self_ref = sl_ref(L, -1);
+  s->self_ref = sl_ref(L, ud_idx);
+  lua_settop(L, ud_idx);
   return 1;
 }
 
