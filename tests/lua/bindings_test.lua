@@ -19,10 +19,13 @@ T.case("every allocating binding, each argument of a wrong type: errors, and 0 b
   local dir = P.tmpdir("fuzz")
   local env = {
     ASAN_OPTIONS = "detect_leaks=1:abort_on_error=0:halt_on_error=1:exitcode=23",
-    LSAN_OPTIONS = "suppressions=" .. P.src .. "/tests/lsan.supp:print_suppressions=0",
+    LSAN_OPTIONS = "suppressions=" .. P.sh("cd '" .. P.src .. "' && pwd"):gsub("%s+$", "") ..
+      "/tests/lsan.supp:print_suppressions=0",
   }
-  local r = assert(sl.exec({ P.bin, "run", P.src .. "/tests/lua/fixtures/bindings_fuzz.lua", dir },
-    { cwd = P.src, env = env, timeout = 400 }))
+  local src = P.sh("cd '" .. P.src .. "' && pwd"):gsub("%s+$", "")
+  local bin = P.bin:sub(1, 1) == "/" and P.bin or (src .. "/" .. P.bin)
+  local r = assert(sl.exec({ bin, "run", src .. "/tests/lua/fixtures/bindings_fuzz.lua", dir },
+    { cwd = dir, env = env, timeout = 400 })) -- (a number is a path too: "7" is made there)
   P.rm(dir)
   local calls, raised, failed, started = r.stdout:match("fuzz: (%d+) calls, (%d+) raised, (%d+) returned nil, (%d+) started")
   T.ok(calls, "the fuzz ran to its end: " .. r.stdout .. r.stderr:sub(-3000))
