@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "sluice.h"
 
 /* ---- SHA-256 -------------------------------------------------------------------------- */
@@ -147,31 +148,6 @@ static int l_sha256(lua_State *L) {
  *   functions, threads: no content to name; their text differs every run).
  * Tables are read raw (metatables are not consulted). */
 
-typedef struct buf {
-  char *p;
-  size_t n, cap;
-  int oom;
-} buf;
-
-static void buf_add(buf *b, const void *s, size_t n) {
-  if (b->oom) return;
-  if (b->n + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->n + n) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-      b->oom = 1;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, s, n);
-  b->n += n;
-}
-
-static void buf_str(buf *b, const char *s) { buf_add(b, s, strlen(s)); }
-
 typedef struct entry {
   char *p;
   size_t n;
@@ -196,14 +172,14 @@ static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
 #define ENC_OOM 2
 
 /* Appends the encoding of the value at idx (absolute) to b. Never raises. */
-static int enc_value(lua_State *L, int idx, buf *b, int depth) {
+static int enc_value(lua_State *L, int idx, sl_buf *b, int depth) {
   char tmp[64];
   switch (lua_type(L, idx)) {
   case LUA_TNIL:
-    buf_add(b, "n", 1);
+    sl_buf_add(b, "n", 1);
     break;
   case LUA_TBOOLEAN:
-    buf_add(b, lua_toboolean(L, idx) ? "T" : "F", 1);
+    sl_buf_add(b, lua_toboolean(L, idx) ? "T" : "F", 1);
     break;
   case LUA_TNUMBER:
     if (lua_isinteger(L, idx)) {
@@ -215,14 +191,14 @@ static int enc_value(lua_State *L, int idx, buf *b, int depth) {
       else
         snprintf(tmp, sizeof tmp, "f%a;", (double)v);
     }
-    buf_str(b, tmp);
+    sl_buf_str(b, tmp);
     break;
   case LUA_TSTRING: {
     size_t n;
     const char *s = lua_tolstring(L, idx, &n);
     snprintf(tmp, sizeof tmp, "s%zu:", n);
-    buf_str(b, tmp);
-    buf_add(b, s, n);
+    sl_buf_str(b, tmp);
+    sl_buf_add(b, s, n);
     break;
   }
   case LUA_TTABLE: {
@@ -233,7 +209,7 @@ static int enc_value(lua_State *L, int idx, buf *b, int depth) {
     int rc = ENC_OK;
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
-      buf e = {0};
+      sl_buf e = {0};
       int top = lua_gettop(L);
       rc = enc_value(L, top - 1, &e, depth + 1);
       if (rc == ENC_OK) rc = enc_value(L, top, &e, depth + 1);
@@ -255,14 +231,14 @@ static int enc_value(lua_State *L, int idx, buf *b, int depth) {
         break;
       }
       ents[nent].p = e.p;
-      ents[nent].n = e.n;
+      ents[nent].n = e.len;
       nent++;
     }
     if (rc == ENC_OK) {
       qsort(ents, nent, sizeof *ents, entry_cmp);
-      buf_add(b, "{", 1);
-      for (size_t i = 0; i < nent; i++) buf_add(b, ents[i].p, ents[i].n);
-      buf_add(b, "}", 1);
+      sl_buf_add(b, "{", 1);
+      for (size_t i = 0; i < nent; i++) sl_buf_add(b, ents[i].p, ents[i].n);
+      sl_buf_add(b, "}", 1);
     }
     for (size_t i = 0; i < nent; i++) free(ents[i].p);
     free(ents);
@@ -278,21 +254,21 @@ static int enc_value(lua_State *L, int idx, buf *b, int depth) {
       lua_pop(L, 1);
       char hex[65];
       sha256_hex(&h, hex);
-      buf_add(b, "l", 1);
-      buf_add(b, hex, 64);
+      sl_buf_add(b, "l", 1);
+      sl_buf_add(b, hex, 64);
       break;
     }
     /* fall through */
   default:
     snprintf(tmp, sizeof tmp, "u%p", lua_topointer(L, idx));
-    buf_str(b, tmp);
+    sl_buf_str(b, tmp);
     break;
   }
   return b->oom ? ENC_OOM : ENC_OK;
 }
 
 /* Encodes argument 1 into b, or raises (after freeing b). */
-static void encode_arg(lua_State *L, buf *b) {
+static void encode_arg(lua_State *L, sl_buf *b) {
   luaL_checkany(L, 1);
   lua_settop(L, 1);
   int rc = enc_value(L, 1, b, 0);
@@ -307,20 +283,20 @@ static void encode_arg(lua_State *L, buf *b) {
 
 /* digest.encode(v) -> the canonical text */
 static int l_encode(lua_State *L) {
-  buf b = {0};
+  sl_buf b = {0};
   encode_arg(L, &b);
-  lua_pushlstring(L, b.p ? b.p : "", b.n); /* may raise: b leaks only when Lua has no memory */
+  lua_pushlstring(L, b.p ? b.p : "", b.len); /* may raise: b leaks only when Lua has no memory */
   free(b.p);
   return 1;
 }
 
 /* digest.key(v) -> the SHA-256 of the canonical text, 64 hex digits */
 static int l_key(lua_State *L) {
-  buf b = {0};
+  sl_buf b = {0};
   encode_arg(L, &b);
   sha256 h;
   sha256_init(&h);
-  sha256_update(&h, b.p ? b.p : "", b.n);
+  sha256_update(&h, b.p ? b.p : "", b.len);
   free(b.p);
   char out[65];
   sha256_hex(&h, out);

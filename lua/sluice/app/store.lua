@@ -670,18 +670,9 @@ local function load_stage_keys(self, job_id)
   return out
 end
 
--- A copy of v holding only what can be stored exactly (strings, numbers, booleans, tables of
--- them): functions and objects in a Lua config file are left out.
-local function plain(v, depth)
-  local ty = type(v)
-  if ty == "string" or ty == "number" or ty == "boolean" then return v end
-  if ty ~= "table" or getmetatable(v) or (depth or 0) > 32 then return nil end
-  local out = {}
-  for k, x in pairs(v) do
-    if type(k) == "string" or math.type(k) == "integer" then out[k] = plain(x, (depth or 0) + 1) end
-  end
-  return out
-end
+-- What can be stored exactly of a config (functions and objects of a Lua config file are left
+-- out).
+local plain = require("sluice.graph.util").plain
 
 local function encode_field(v)
   if v == nil then return nil end

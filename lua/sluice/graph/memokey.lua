@@ -19,12 +19,14 @@
 --   source item key   = key{ size, mtime, SHA-256 of the first and last MiB } of an input
 --                        file (its URL otherwise); key{ source, data, ... } for function sources
 -- An item's key is computed once, where it is made, and travels in its envelope (`_mk`).
--- Calls: sluice.runtime.digest, sluice.runtime.files.
+-- Calls: sluice.runtime.digest, sluice.runtime.files, sluice.graph.util.
 local digest = require "sluice.runtime.digest"
+local util = require "sluice.graph.util"
 
 local join, dkey, is_secret = digest.join, digest.key, digest.is_secret
 local type, rawget, tostring, pairs, ipairs = type, rawget, tostring, pairs, ipairs
 local concat, sort = table.concat, table.sort
+local plain = util.plain
 
 local M = {}
 
@@ -120,23 +122,11 @@ M.view = view
 
 -- Stage keys -----------------------------------------------------------------------------
 
--- What a stage is, apart from the settings it reads: its code (the bytecode of run and
--- on_gate), its version and the pipeline's, its params.
--- A copy of v with what can be stored and shown (no functions or objects).
-local function plain(v, depth)
-  local ty = type(v)
-  if ty == "string" or ty == "number" or ty == "boolean" then return v end
-  if ty ~= "table" or getmetatable(v) or (depth or 0) > 16 then return nil end
-  local out = {}
-  for k, x in pairs(v) do
-    if type(k) == "string" or math.type(k) == "integer" then out[k] = plain(x, (depth or 0) + 1) end
-  end
-  return out
-end
-
 -- What a read value was, for the reasons and `sluice jobs show` (secrets already removed).
 local function display(v) return plain(v) end
 
+-- What a stage is, apart from the settings it reads: its code (the bytecode of run and
+-- on_gate), its version and the pipeline's, its params.
 local function static_parts(S, job)
   local spec = job.pipeline and job.pipeline.spec or {}
   local params = without_secrets(S.params)
