@@ -149,8 +149,8 @@ static int l_sha256(lua_State *L) {
  * Tables are read raw (metatables are not consulted). */
 
 typedef struct entry {
-  char *p;
-  size_t n;
+  const char *p;
+  size_t off, n;
 } entry;
 
 static int entry_cmp(const void *a, const void *b) {
@@ -204,17 +204,20 @@ static int enc_value(lua_State *L, int idx, sl_buf *b, int depth) {
   case LUA_TTABLE: {
     if (depth > 100) return ENC_DEEP;
     if (!lua_checkstack(L, 4)) return ENC_OOM;
+    /* Every entry is encoded into one scratch buffer (its offset and length noted), then
+     * the entries are sorted and appended: two allocations per table, not two per entry. */
     size_t nent = 0, cap = 0;
     entry *ents = NULL;
+    sl_buf scratch = {0};
     int rc = ENC_OK;
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
-      sl_buf e = {0};
+      size_t start = scratch.len;
       int top = lua_gettop(L);
-      rc = enc_value(L, top - 1, &e, depth + 1);
-      if (rc == ENC_OK) rc = enc_value(L, top, &e, depth + 1);
+      rc = enc_value(L, top - 1, &scratch, depth + 1);
+      if (rc == ENC_OK) rc = enc_value(L, top, &scratch, depth + 1);
       lua_pop(L, 1);
-      if (rc == ENC_OK && e.oom) rc = ENC_OOM;
+      if (rc == ENC_OK && scratch.oom) rc = ENC_OOM;
       if (rc == ENC_OK && nent == cap) {
         size_t ncap = cap ? cap * 2 : 8;
         entry *ne = realloc(ents, ncap * sizeof *ents);
@@ -226,21 +229,22 @@ static int enc_value(lua_State *L, int idx, sl_buf *b, int depth) {
         }
       }
       if (rc != ENC_OK) {
-        free(e.p);
         lua_pop(L, 1); /* the key: the traversal stops here */
         break;
       }
-      ents[nent].p = e.p;
-      ents[nent].n = e.len;
+      ents[nent].p = NULL; /* (an offset until the scratch buffer stops moving) */
+      ents[nent].off = start;
+      ents[nent].n = scratch.len - start;
       nent++;
     }
     if (rc == ENC_OK) {
+      for (size_t i = 0; i < nent; i++) ents[i].p = scratch.p + ents[i].off;
       qsort(ents, nent, sizeof *ents, entry_cmp);
       sl_buf_add(b, "{", 1);
       for (size_t i = 0; i < nent; i++) sl_buf_add(b, ents[i].p, ents[i].n);
       sl_buf_add(b, "}", 1);
     }
-    for (size_t i = 0; i < nent; i++) free(ents[i].p);
+    free(scratch.p);
     free(ents);
     if (rc != ENC_OK) return rc;
     break;

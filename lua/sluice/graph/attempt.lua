@@ -163,9 +163,11 @@ local function run_full(S, u, ctx, task)
     end
     if S.keyed then memokey.miss(S, u, why or "new", detail) end
   end
-  -- what the attempt's calls tell it (sluice.runtime.retry) and, keyed, the files it writes
-  local rec = { on_retry = S.count_retry }
-  local uctx = { retry = rec, files = S.keyed and memokey.watch(S, u) or nil }
+  -- the unit's context: what the attempt's calls tell it (sluice.runtime.retry: the record
+  -- is the context itself) and, keyed, the files it writes (sluice.runtime.files)
+  local uctx = { on_retry = S.count_retry, files = S.keyed and memokey.watch(S, u) or nil }
+  uctx.retry = uctx
+  local rec = uctx
   local saved_context = task.context
   local r = S.retry
   local attempts = r and r.attempts or 1

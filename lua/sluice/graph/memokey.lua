@@ -69,18 +69,15 @@ end
 -- Tables below are views too. Secrets are never noted (they do not determine results).
 local function view(t, reads, path)
   local children, leaf = {}, {}
-  local function note(k)
-    local p = leaf[k]
-    if p == nil then
+  local function note(k) -- leaf[k]: the read's text and path (false: a secret, never noted)
+    local l = leaf[k]
+    if l == nil then
       local full = { table.unpack(path) }
       full[#full + 1] = k
-      p = has_secret(full) and false or full
-      leaf[k] = p
+      l = not has_secret(full) and { path_text(full), full } or false
+      leaf[k] = l
     end
-    if p then
-      local text = path_text(p)
-      if not reads[text] then reads[text] = p end
-    end
+    if l and not reads[l[1]] then reads[l[1]] = l[2] end
   end
   local function note_all()
     if #path > 0 and not has_secret(path) then
@@ -296,44 +293,56 @@ end
 
 -- Files a unit writes ------------------------------------------------------------------------
 
--- The watcher (sluice.runtime.files) of unit u of S: paths the unit wrote (u.files: a set
--- with its order, n), minus those it renamed away or removed. A file of another unit removed
--- here was a temporary (memo:removed).
+-- The watcher (sluice.runtime.files) of a unit: the paths it wrote (n, list, set: made on the
+-- first), minus those it renamed away or removed. A file of another unit removed here was a
+-- temporary (memo:removed).
+local Watch = {}
+Watch.__index = Watch
+
+function Watch:wrote(p)
+  local set = self.set
+  if not set then
+    set = {}
+    self.set, self.list = set, {}
+  end
+  if not set[p] then
+    set[p] = true
+    local n = self.n + 1
+    self.n = n
+    self.list[n] = p
+  end
+end
+
+local function drop(self, p)
+  local set = self.set
+  if not (set and set[p]) then return false end
+  set[p] = nil
+  local list = self.list
+  for i = 1, self.n do
+    if list[i] == p then
+      table.remove(list, i)
+      self.n = self.n - 1
+      break
+    end
+  end
+  return true
+end
+
+function Watch:renamed(from, to)
+  drop(self, from)
+  self:wrote(to)
+end
+
+function Watch:removed(p)
+  local memo = self.memo
+  if not drop(self, p) and memo.removed then memo:removed(p) end
+end
+
+-- A new watcher for unit u of S (u.files: what memokey.output and the memo's put read).
 function M.watch(S, u)
-  local f = { n = 0, list = {}, set = {} }
-  u.files = f
-  local memo = S.job.memo
-  local function add(p)
-    if not f.set[p] then
-      f.set[p] = true
-      f.n = f.n + 1
-      f.list[f.n] = p
-    end
-  end
-  local function drop(p)
-    if f.set[p] then
-      f.set[p] = nil
-      for i = 1, f.n do
-        if f.list[i] == p then
-          table.remove(f.list, i)
-          f.n = f.n - 1
-          break
-        end
-      end
-      return true
-    end
-    return false
-  end
-  return {
-    wrote = add,
-    renamed = function(from, to)
-      drop(from)
-      add(to)
-    end,
-    removed = function(p)
-      if not drop(p) and memo.removed then memo:removed(p) end
-    end,
-  }
+  local w = setmetatable({ n = 0, list = false, set = false, memo = S.job.memo }, Watch)
+  u.files = w
+  return w
 end
 
 -- Whether a stored unit of S whose temporaries are gone must run again to make them: some

@@ -6,7 +6,7 @@
 --
 -- Work that wants to know (the graph, for a unit it runs) puts a watcher in its task's
 -- context (sluice.runtime.sched.context(): tasks it spawns share it):
---   task.context = { files = { wrote = fn(path), renamed = fn(from, to), removed = fn(path) } }
+--   task.context = { files = watcher } -- watcher:wrote(path), :renamed(from, to), :removed(path)
 -- Once this module is loaded, io.open for writing ("w": a file made anew; appending to a
 -- log is not making an output), os.rename and os.remove call
 -- the running task's watcher, if any, after they succeeded: so a stage's outputs written by
@@ -28,7 +28,7 @@ end
 
 function M.wrote(path)
   local w = watcher()
-  if w then w.wrote(path) end
+  if w then w:wrote(path) end
 end
 
 do -- (once per Lua state: require loads a module once)
@@ -36,7 +36,7 @@ do -- (once per Lua state: require loads a module once)
     local f, err, code = raw_open(path, mode, ...)
     if f and mode and find(mode, "w", 1, true) then
       local w = watcher()
-      if w then w.wrote(path) end
+      if w then w:wrote(path) end
     end
     return f, err, code
   end
@@ -44,7 +44,7 @@ do -- (once per Lua state: require loads a module once)
     local ok, err, code = raw_rename(from, to)
     if ok then
       local w = watcher()
-      if w then w.renamed(from, to) end
+      if w then w:renamed(from, to) end
     end
     return ok, err, code
   end
@@ -52,7 +52,7 @@ do -- (once per Lua state: require loads a module once)
     local ok, err, code = raw_remove(path)
     if ok then
       local w = watcher()
-      if w then w.removed(path) end
+      if w then w:removed(path) end
     end
     return ok, err, code
   end
