@@ -239,7 +239,7 @@ static int enc_value(lua_State *L, int idx, sl_buf *b, int depth) {
     }
     if (rc == ENC_OK) {
       for (size_t i = 0; i < nent; i++) ents[i].p = scratch.p + ents[i].off;
-      qsort(ents, nent, sizeof *ents, entry_cmp);
+      if (nent > 1) qsort(ents, nent, sizeof *ents, entry_cmp);
       sl_buf_add(b, "{", 1);
       for (size_t i = 0; i < nent; i++) sl_buf_add(b, ents[i].p, ents[i].n);
       sl_buf_add(b, "}", 1);
