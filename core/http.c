@@ -677,6 +677,74 @@ static const char *build_mime(lua_State *L, int idx, transfer *t) {
   return NULL;
 }
 
+/* Raises unless every option of http.request has the right type (and the parts of a
+ * multipart body are complete): called before anything is allocated, so that a wrong
+ * argument leaves nothing behind. */
+static void check_options(lua_State *L) {
+  static const char *const strings[] = {"url", "method", "body", "download", "cainfo", NULL};
+  static const char *const numbers[] = {"timeout", "connect_timeout", "resume_from", NULL};
+  static const char *const functions[] = {"stream", "progress", NULL};
+  for (int i = 0; strings[i]; i++) {
+    int t = lua_getfield(L, 1, strings[i]);
+    if (t != LUA_TNIL && t != LUA_TSTRING)
+      luaL_error(L, "http.request: option '%s' must be a string, got %s", strings[i], luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
+  for (int i = 0; numbers[i]; i++) {
+    int t = lua_getfield(L, 1, numbers[i]);
+    if (t != LUA_TNIL && t != LUA_TNUMBER)
+      luaL_error(L, "http.request: option '%s' must be a number, got %s", numbers[i], luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
+  for (int i = 0; functions[i]; i++) {
+    int t = lua_getfield(L, 1, functions[i]);
+    if (t != LUA_TNIL && t != LUA_TFUNCTION)
+      luaL_error(L, "http.request: option '%s' must be a function, got %s", functions[i], luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
+  int t = lua_getfield(L, 1, "headers");
+  if (t == LUA_TTABLE) {
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      int et = lua_geti(L, -1, i);
+      if (et != LUA_TSTRING)
+        luaL_error(L, "http.request: headers[%d] must be a string, got %s", (int)i, luaL_typename(L, -1));
+      lua_pop(L, 1);
+    }
+  } else if (t != LUA_TNIL) {
+    luaL_error(L, "http.request: option 'headers' must be a list of strings, got %s", luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+  t = lua_getfield(L, 1, "multipart");
+  if (t == LUA_TTABLE) {
+    int list = lua_gettop(L);
+    lua_Integer n = luaL_len(L, list);
+    for (lua_Integer i = 1; i <= n; i++) {
+      if (lua_geti(L, list, i) != LUA_TTABLE)
+        luaL_error(L, "http.request: multipart part %d must be a table, got %s", (int)i, luaL_typename(L, -1));
+      static const char *const fields[] = {"name", "data", "file", "filename", "type", NULL};
+      for (int f = 0; fields[f]; f++) {
+        int ft = lua_getfield(L, -1, fields[f]);
+        if (ft != LUA_TNIL && ft != LUA_TSTRING)
+          luaL_error(L, "http.request: multipart part %d: '%s' must be a string, got %s", (int)i, fields[f],
+                     luaL_typename(L, -1));
+        lua_pop(L, 1);
+      }
+      if (lua_getfield(L, -1, "name") == LUA_TNIL)
+        luaL_error(L, "http.request: multipart part %d has no name", (int)i);
+      lua_pop(L, 1);
+      int has_data = lua_getfield(L, -1, "data") != LUA_TNIL;
+      int has_file = lua_getfield(L, -2, "file") != LUA_TNIL;
+      lua_pop(L, 2);
+      if (!has_data && !has_file) luaL_error(L, "http.request: multipart part %d needs data or file", (int)i);
+      lua_pop(L, 1);
+    }
+  } else if (t != LUA_TNIL) {
+    luaL_error(L, "http.request: option 'multipart' must be a list of parts, got %s", luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+}
+
 /* http.request(opts, done) -> request | nil, message, code
  * opts: method, url, headers (list of "Name: value"), body (string), multipart (list),
  * timeout, connect_timeout (seconds), stream (fn(chunk)), download (path), resume_from
@@ -687,6 +755,13 @@ static const char *build_mime(lua_State *L, int idx, transfer *t) {
 static int l_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  check_options(L); /* every argument is checked before anything is allocated */
+  /* The handle exists before what it owns: an error past this point frees nothing twice and
+   * leaves nothing behind (it has no transfer until the end). */
+  request_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0); /* 3 */
+  ud->t = NULL;
+  luaL_setmetatable(L, REQUEST_MT);
   const char *url = opt_string(L, 1, "url", NULL);
   if (!url) return luaL_error(L, "http.request: option 'url' is required");
   const char *method = opt_string(L, 1, "method", NULL);
@@ -816,10 +891,9 @@ static int l_request(lua_State *L) {
   t->progress_ref = opt_function(L, 1, "progress");
   t->done_ref = sl_ref(L, 2);
 
-  request_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
   ud->t = t;
-  luaL_setmetatable(L, REQUEST_MT);
   t->ud = ud;
+  lua_pushvalue(L, 3);
   t->self_ref = sl_ref(L, -1);
 
   t->next = H.transfers;
@@ -829,6 +903,8 @@ static int l_request(lua_State *L) {
   if (mc != CURLM_OK) {
     lua_pop(L, 1);
     release_refs(L, t);
+    ud->t = NULL;
+    t->ud = NULL;
     lua_pushnil(L);
     lua_pushfstring(L, "http: %s: %s", t->what, curl_multi_strerror(mc));
     lua_pushliteral(L, "EHTTP");

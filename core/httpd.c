@@ -28,6 +28,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "sluice.h"
 
 #define SERVER_MT "sluice.httpd.server"
@@ -159,48 +160,24 @@ static const char *reason_phrase(int status) {
   }
 }
 
-/* A growable byte buffer for building a response head. */
-typedef struct sbuf {
-  char *p;
-  size_t len, cap;
-  int oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n) {
-  if (b->oom) return;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-      b->oom = 1;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
-  b->p[b->len] = '\0';
-}
-
-static void sb_fmt(sbuf *b, const char *fmt, ...) {
+/* A response head is built in an sl_buf (buf.h). */
+static void sb_fmt(sl_buf *b, const char *fmt, ...) {
   char tmp[512];
   va_list ap;
   va_start(ap, fmt);
   int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
   va_end(ap);
-  if (n > 0) sb_add(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+  if (n > 0) sl_buf_add(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
 /* A C-generated error response; the connection closes after it. */
 static void conn_fail(conn *c, int status, const char *msg) {
-  sbuf b = {0};
+  sl_buf b = {0};
   sb_fmt(&b,
          "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %zu\r\n"
          "Connection: close\r\n\r\n%s",
          status, reason_phrase(status), strlen(msg) + 1, msg);
-  sb_add(&b, "\n", 1);
+  sl_buf_add(&b, "\n", 1);
   c->state = ST_CLOSING;
   c->keep_alive = 0;
   if (b.oom || conn_write(c, b.p, b.len) != 0 || c->queued == 0) conn_close(c);
@@ -560,7 +537,7 @@ static req_ud *check_req(lua_State *L) { return luaL_checkudata(L, 1, REQ_MT); }
 
 /* Appends "Name: value\r\n" for each string pair of the table at idx. Header names and
  * values must not contain CR or LF. */
-static void add_headers(lua_State *L, int idx, sbuf *b, int *has_ctype) {
+static void add_headers(lua_State *L, int idx, sl_buf *b, int *has_ctype) {
   if (lua_isnoneornil(L, idx)) return;
   luaL_checktype(L, idx, LUA_TTABLE);
   lua_pushnil(L);
@@ -571,10 +548,10 @@ static void add_headers(lua_State *L, int idx, sbuf *b, int *has_ctype) {
     if (strpbrk(k, "\r\n:") || memchr(v, '\r', vn) || memchr(v, '\n', vn))
       luaL_error(L, "bad header '%s' (CR, LF or ':' in a name, or CR/LF in a value)", k);
     if (strcasecmp(k, "content-type") == 0) *has_ctype = 1;
-    sb_add(b, k, kn);
-    sb_add(b, ": ", 2);
-    sb_add(b, v, vn);
-    sb_add(b, "\r\n", 2);
+    sl_buf_add(b, k, kn);
+    sl_buf_add(b, ": ", 2);
+    sl_buf_add(b, v, vn);
+    sl_buf_add(b, "\r\n", 2);
     lua_pop(L, 2);
   }
 }
@@ -590,14 +567,14 @@ static int req_respond(lua_State *L) {
   conn *c = r->c;
   if (!c) return sl_push_fail(L, "EPIPE", "closed");
   if (c->state != ST_HANDLE) return luaL_error(L, "request already answered");
-  sbuf b = {0};
+  sl_buf b = {0};
   sb_fmt(&b, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
   int has_ctype = 0;
   add_headers(L, 3, &b, &has_ctype);
   if (!has_ctype) sb_fmt(&b, "Content-Type: text/plain; charset=utf-8\r\n");
   sb_fmt(&b, "Content-Length: %zu\r\nConnection: %s\r\n\r\n", blen,
          c->keep_alive ? "keep-alive" : "close");
-  if (!c->head_only) sb_add(&b, body, blen);
+  if (!c->head_only) sl_buf_add(&b, body, blen);
   if (b.oom) {
     free(b.p);
     return luaL_error(L, "out of memory");
@@ -621,7 +598,7 @@ static int req_stream(lua_State *L) {
   conn *c = r->c;
   if (!c) return sl_push_fail(L, "EPIPE", "closed");
   if (c->state != ST_HANDLE) return luaL_error(L, "request already answered");
-  sbuf b = {0};
+  sl_buf b = {0};
   sb_fmt(&b, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
   int has_ctype = 0;
   add_headers(L, 3, &b, &has_ctype);
@@ -790,6 +767,12 @@ static int l_listen(lua_State *L) {
   int rc = strchr(host, ':') ? uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&addr)
                              : uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&addr);
   if (rc != 0) return sl_push_fail(L, "EINVAL", "listen: bad address '%s'", host);
+  /* The handle exists before the server it owns: nothing allocated below can be left
+   * behind by an error. */
+  server_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  ud->s = NULL;
+  luaL_setmetatable(L, SERVER_MT);
+  int ud_idx = lua_gettop(L);
   server *s = calloc(1, sizeof *s);
   if (!s) return luaL_error(L, "out of memory");
   uv_tcp_init(sl_loop(L), &s->tcp);
@@ -808,12 +791,11 @@ static int l_listen(lua_State *L) {
   s->max_header = (size_t)max_header;
   s->max_body = (size_t)max_body;
   s->idle_ms = (uint64_t)idle * 1000;
-  server_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
   ud->s = s;
-  luaL_setmetatable(L, SERVER_MT);
   s->ud = ud;
   s->on_request_ref = sl_ref(L, cb_idx);
-  s->self_ref = sl_ref(L, -1);
+  s->self_ref = sl_ref(L, ud_idx);
+  lua_settop(L, ud_idx);
   return 1;
 }
 

@@ -92,6 +92,22 @@ static int job_tostring(lua_State *L) {
   return 1;
 }
 
+/* Pushes a job handle that has no job yet (cancel and tostring see a finished job). */
+static int new_handle(lua_State *L) {
+  job_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
+  h->job = NULL;
+  if (luaL_newmetatable(L, JOB_HANDLE)) {
+    static const luaL_Reg methods[] = {
+        {"cancel", job_cancel}, {"active", job_active}, {NULL, NULL}};
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, job_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
 int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void *data) {
   callback_idx = lua_absindex(L, callback_idx);
   if (lua_type(L, callback_idx) != LUA_TFUNCTION || sl_main_state() == NULL) {
@@ -100,6 +116,14 @@ int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void 
     if (sl_main_state() == NULL) return luaL_error(L, "%s: the engine is shutting down", cls->name);
     return luaL_typeerror(L, callback_idx, "function");
   }
+  /* The handle first, so that data is the only thing an error (out of memory) could strand
+   * before the job owns it: the protected call below frees it then. */
+  lua_pushcfunction(L, new_handle);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    if (cls->free) cls->free(data);
+    return lua_error(L);
+  }
+  job_handle *h = lua_touserdata(L, -1);
   sl_job *job = calloc(1, sizeof *job);
   if (!job) {
     if (cls->free) cls->free(data);
@@ -112,17 +136,6 @@ int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void 
   job->work.run = job_run;
   job->work.done = job_done;
   job->work.drop = job_drop;
-  job_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
-  h->job = NULL; /* safe from here on: cancel and tostring see a finished job */
-  if (luaL_newmetatable(L, JOB_HANDLE)) {
-    static const luaL_Reg methods[] = {
-        {"cancel", job_cancel}, {"active", job_active}, {NULL, NULL}};
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, job_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_setmetatable(L, -2);
   int rc = sl_threads_submit(sl_loop(L), &job->work);
   if (rc != 0) {
     free_job(job);

@@ -300,6 +300,11 @@ static int l_spawn(lua_State *L) {
   check_callback(L, 1, "on_stdout");
   check_callback(L, 1, "on_stderr");
   check_callback(L, 1, "on_exit");
+  /* The handle exists before the process it owns (9): nothing allocated below can be left
+   * behind by an error. */
+  proc_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  ud->p = NULL;
+  luaL_setmetatable(L, PROC_MT);
 
   /* Nothing below raises before the process is started. */
   sl_proc *p = calloc(1, sizeof *p);
@@ -347,11 +352,10 @@ static int l_spawn(lua_State *L) {
   uv_read_start((uv_stream_t *)&p->out, alloc_cb, on_read);
   uv_read_start((uv_stream_t *)&p->err, alloc_cb, on_read);
 
-  proc_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
   ud->p = p;
   p->ud = ud;
-  luaL_setmetatable(L, PROC_MT);
-  p->self_ref = sl_ref(L, -1); /* alive until the exit is reported */
+  lua_settop(L, 9);
+  p->self_ref = sl_ref(L, 9); /* alive until the exit is reported */
   return 1;
 }
 

@@ -167,26 +167,33 @@ static void load_free(void *data) {
 
 static const sl_job_class load_class = {"sphinx.load", load_run, load_finish, load_free};
 
-static char *opt_string(lua_State *L, int t, const char *key) {
-  lua_getfield(L, t, key);
-  const char *s = lua_tostring(L, -1);
-  if (!s) luaL_error(L, "sphinx.load: option '%s' (a path) is required", key);
-  char *copy = strdup(s);
-  lua_pop(L, 1);
-  if (!copy) luaL_error(L, "out of memory");
-  return copy;
+/* Pushes opts[key], which must be a string (a path): raises otherwise. */
+static const char *check_path(lua_State *L, int t, const char *key) {
+  if (lua_getfield(L, t, key) != LUA_TSTRING)
+    luaL_error(L, "sphinx.load: option '%s' (a path) is required, got %s", key, luaL_typename(L, -1));
+  return lua_tostring(L, -1);
 }
 
-/* sphinx.load({hmm=, lm=, dict=}, fn) -> job */
+/* sphinx.load({hmm=, lm=, dict=}, fn) -> job. Every argument is read and checked before
+ * anything is allocated (the strings stay on the stack until they are copied). */
 static int l_load(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  const char *hmm = check_path(L, 1, "hmm");   /* 3 */
+  const char *lm = check_path(L, 1, "lm");     /* 4 */
+  const char *dict = check_path(L, 1, "dict"); /* 5 */
   load_job *l = calloc(1, sizeof *l);
-  if (!l) return luaL_error(L, "out of memory");
-  l->hmm = opt_string(L, 1, "hmm");
-  l->lm = opt_string(L, 1, "lm");
-  l->dict = opt_string(L, 1, "dict");
-  return sl_job_submit(L, 2, &load_class, l);
+  if (l) {
+    l->hmm = strdup(hmm);
+    l->lm = strdup(lm);
+    l->dict = strdup(dict);
+  }
+  if (!l || !l->hmm || !l->lm || !l->dict) {
+    if (l) load_free(l);
+    return luaL_error(L, "out of memory");
+  }
+  return sl_job_submit(L, 2, &load_class, l); /* owns l from here, whatever happens */
 }
 
 /* ---- WAV input ------------------------------------------------------------------------- */

@@ -231,13 +231,14 @@ async function loadJobs() {
   try {
     const data = await getJSON("/api/jobs");
     state.live = data.live || null;
-    $("jobs").innerHTML = (data.jobs || []).map((j) =>
+    const jobs = Array.isArray(data.jobs) ? data.jobs : [];
+    $("jobs").innerHTML = jobs.map((j) =>
       `<li data-id="${esc(j.id)}" class="${j.id === state.jobId ? "sel" : ""}">${esc(j.id)}` +
       `<small>${esc(j.pipeline || "")} · ${esc(j.status || "")} · ${liveDone(j) ?? j.done ?? 0} done${j.dead ? ", " + j.dead + " dead" : ""}</small></li>`).join("") ||
       `<li class="muted">no jobs yet</li>`;
     document.querySelectorAll("#jobs li[data-id]").forEach((li) => { li.onclick = () => selectJob(li.dataset.id); });
     if (!state.jobId) {
-      const first = state.live || (data.jobs && data.jobs[0] && data.jobs[0].id);
+      const first = state.live || (jobs[0] && jobs[0].id);
       if (first) selectJob(first); else connect(null);
     }
   } catch (e) { console.error(e); }

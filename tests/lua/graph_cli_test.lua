@@ -125,6 +125,6 @@ T.case("Ctrl-C stops sources, lets in-flight work finish and prints the summary"
   T.ok(items and items < 30, "the source stopped early (" .. tostring(items) .. " of 30 inputs read)")
 end)
 
-T.case("cleanup", function() sl.exec { "rm", "-rf", TMP } end)
+T.teardown("cleanup", function() sl.exec { "rm", "-rf", TMP } end)
 
 return T.run()

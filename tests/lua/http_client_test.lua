@@ -286,6 +286,6 @@ T.case("misuse raises", function()
   T.raises(function() http.request { url = "http://x", stream = 1 } end, "stream")
 end)
 
-T.case("server stops", function() srv:stop() end)
+T.teardown("server stops", function() srv:stop() end)
 
 return T.run()

@@ -289,7 +289,7 @@ T.case("a UDP MPEG-TS source (outside sluice.media's protocols) is read through 
   T.eq(tonumber(P.sh("ls " .. out .. "/frames | wc -l")), analyses, "only analysed frames are kept")
 end)
 
-T.case("cleanup", function()
+T.teardown("cleanup", function()
   srv:stop()
   web.stop()
   pcall(ff.kill, ff, "SIGTERM")

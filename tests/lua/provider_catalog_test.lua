@@ -28,7 +28,7 @@ local function today(date) catalog.now = function() return os.time { year = tonu
   month = tonumber(date:sub(6, 7)), day = tonumber(date:sub(9, 10)), hour = 12 } end end
 local real_now = catalog.now
 
-T.case("setup", function()
+T.setup("setup", function()
   srv = fake.start()
   tmp = P.tmpdir("catalog")
   cache = tmp .. "/cache"
@@ -199,7 +199,7 @@ T.case("sluice providers --check: what the vendors say about the models a run wo
   T.eq(r.status, 2)
 end)
 
-T.case("teardown", function()
+T.teardown("teardown", function()
   srv:stop()
   P.rm(tmp)
 end)

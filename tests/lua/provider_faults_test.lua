@@ -14,7 +14,7 @@ local srv, llm, hasty
 
 local function count(path) return #srv:requests(path) end
 
-T.case("setup", function()
+T.setup("setup", function()
   srv = fake.start()
   -- A request timeout far above any real round trip on loopback, even on a loaded machine
   -- (a timed-out attempt would be retried and upset the request counts below) ...
@@ -184,6 +184,6 @@ T.case("registry: unknown providers and roles are clear errors", function()
   T.eq(q.language, "en-US")
 end)
 
-T.case("teardown", function() srv:stop() end)
+T.teardown("teardown", function() srv:stop() end)
 
 return T.run()

@@ -20,7 +20,7 @@ local function gem(extra)
   return c
 end
 
-T.case("setup", function()
+T.setup("setup", function()
   srv = fake.start()
   wav = fake.write_wav(os.tmpname() .. ".wav", 4.0)
   jpg = fake.write_jpeg(os.tmpname() .. ".jpg", 3000)
@@ -204,7 +204,7 @@ T.case("clova: FAILED results, bad languages and missing settings are clear erro
   T.ok(not tostring(err):find(CKEY, 1, true))
 end)
 
-T.case("teardown", function()
+T.teardown("teardown", function()
   srv:stop()
   os.remove(wav)
   os.remove(jpg)

@@ -46,7 +46,7 @@ local function count(list, pred)
   return n
 end
 
-T.case("setup", function()
+T.setup("setup", function()
   srv = fake.start()
   tmp = P.tmpdir("lecture-remote")
   sample = P.sample("lecture") .. "/lecture.mp4"
@@ -155,7 +155,7 @@ T.case("a transcript with each OpenAI transcription model: times within their ch
   T.ok(not per["whisper-1"].srt:find("\nA: ", 1, true), "no speakers without diarization")
 end)
 
-T.case("teardown", function()
+T.teardown("teardown", function()
   srv:stop()
   P.rm(tmp)
 end)

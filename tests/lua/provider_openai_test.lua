@@ -14,6 +14,13 @@ local KEY = "sk-test-SECRETKEY-1234567890"
 local srv, wav, jpg1, jpg2
 local recorded = {} -- requests kept across server resets, for the schema test
 
+local function P_json(path)
+  local f = assert(io.open(path, "rb"))
+  local v = cjson.decode(f:read("a"))
+  f:close()
+  return v
+end
+
 local function keep_requests()
   for _, r in ipairs(srv:requests("/v1/")) do recorded[#recorded + 1] = r end
 end
@@ -24,7 +31,7 @@ local function cfg(extra)
   return c
 end
 
-T.case("setup", function()
+T.setup("setup", function()
   srv = fake.start()
   wav = fake.write_wav(os.tmpname() .. ".wav", 6.2)
   jpg1 = fake.write_jpeg(os.tmpname() .. ".jpg")
@@ -376,15 +383,29 @@ T.case("stt: a models file the user overrides; a refused word granularity is lea
 end)
 
 T.case("record requests for the schema test", function()
-  local out = os.getenv("OPENAI_RECORD_OUT")
-  if not out then return end
   keep_requests()
+  -- What the schema test reads: the requests of every case above, chat and transcription
+  -- ones among them, each with its path and decoded body.
+  local chats, stts = 0, 0
+  for _, r in ipairs(recorded) do
+    T.ok(type(r.path) == "string" and r.path:find("^/v1/"), "a recorded request has its path")
+    if r.path == "/v1/chat/completions" then
+      chats = chats + 1
+      T.ok(type(r.json) == "table" and r.json.model, "a chat request keeps its JSON body")
+    elseif r.path == "/v1/audio/transcriptions" then
+      stts = stts + 1
+      T.ok(type(r.multipart) == "table" and r.multipart.model, "a transcription keeps its form")
+    end
+  end
+  T.ok(chats > 0 and stts > 0, string.format("chat and transcription requests recorded (%d, %d)", chats, stts))
+  local out = os.getenv("OPENAI_RECORD_OUT") or os.tmpname()
   local f = assert(io.open(out, "w"))
   f:write(cjson.encode(recorded))
   f:close()
+  T.eq(#P_json(out), #recorded, "every request written to " .. out)
 end)
 
-T.case("teardown", function()
+T.teardown("teardown", function()
   srv:stop()
   os.remove(wav)
   os.remove(jpg1)

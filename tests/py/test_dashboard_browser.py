@@ -40,6 +40,7 @@ def write_png(path, w=64, h=40):
 class CDP:
     def __init__(self, ws):
         self.ws, self.next_id = ws, 0
+        self.exceptions = []  # uncaught script errors on the page (Runtime.exceptionThrown)
 
     async def call(self, method, **params):
         self.next_id += 1
@@ -47,6 +48,9 @@ class CDP:
         await self.ws.send_json({"id": my, "method": method, "params": params})
         while True:
             msg = await self.ws.receive_json(timeout=30)
+            if msg.get("method") == "Runtime.exceptionThrown":
+                d = msg["params"]["exceptionDetails"]
+                self.exceptions.append((d.get("exception") or {}).get("description") or d.get("text"))
             if msg.get("id") == my:
                 if "error" in msg:
                     raise RuntimeError("%s: %s" % (method, msg["error"]))
@@ -57,7 +61,7 @@ class CDP:
         return r["result"].get("value")
 
 
-async def drive(start_run, shot):
+async def drive(start_run, shot, no_store=False):
     profile = tempfile.mkdtemp(prefix="sluice-chromium-")
     chrome = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                                "--no-first-run", "--disable-background-networking",
@@ -84,6 +88,7 @@ async def drive(start_run, shot):
                 await cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=860,
                                deviceScaleFactor=1, mobile=False)
                 await cdp.call("Page.enable")
+                await cdp.call("Runtime.enable")
                 url = start_run()  # the run starts once the browser is ready
                 await cdp.call("Page.navigate", url=url)
                 done_expr = ("(() => { const td = document.querySelector("
@@ -115,6 +120,10 @@ async def drive(start_run, shot):
                 thumb_w = await cdp.eval("(() => { const i = document.querySelector('#results li.result img');"
                                          " return i && i.complete ? i.naturalWidth : null })()")
                 assert thumb_w == 64, "no slide thumbnail on the page: %r" % thumb_w
+                # the live job is listed, with or without a job store
+                listed = await cdp.eval("[...document.querySelectorAll('#jobs li[data-id]')].map(li => li.dataset.id)")
+                assert listed and listed[0] == "lecture-1", "jobs listed: %r" % listed
+                assert not cdp.exceptions, "script errors on the page: %s" % cdp.exceptions
                 await asyncio.sleep(0.3)
                 png = await cdp.call("Page.captureScreenshot", format="png")
                 with open(shot, "wb") as f:
@@ -139,6 +148,8 @@ def main():
     shot = os.path.join(arts, "dashboard.png")
     procs = []
 
+    no_store = []
+
     def start_run():
         thumb = os.path.abspath(os.path.join(out, "slides", "slide1.png"))
         os.makedirs(os.path.dirname(thumb), exist_ok=True)
@@ -147,7 +158,7 @@ def main():
                    STORE_TEST_THUMB=thumb)
         inputs = [str(i) for i in range(1, 41)]
         p = subprocess.Popen([BIN, "run", PIPE, *inputs, "--out", os.path.abspath(out), "--job", "lecture-1", "--quiet",
-                              "--serve", "127.0.0.1:0", "--linger"], env=env, stdout=subprocess.DEVNULL,
+                              "--serve", "127.0.0.1:0", "--linger", *no_store], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
         procs.append(p)
         line = p.stderr.readline()
@@ -155,17 +166,30 @@ def main():
         assert m, line + p.stderr.read()
         return m.group(1)
 
-    try:
-        seen, nfused = asyncio.run(drive(start_run, shot))
-        assert os.path.getsize(shot) > 10000
-        print("ok   page counts rose %s; %d fused segments shown; screenshot %s" % (seen[:6], nfused, shot))
-    finally:
-        for p in procs:
+    def stop_runs():
+        while procs:
+            p = procs.pop()
             p.send_signal(signal.SIGINT)
             p.wait(timeout=20)
             err = p.stderr.read()
             assert p.returncode in (0, 130) and "Sanitizer" not in err, (p.returncode, err)
-    print("1 passed, 0 failed")
+
+    try:
+        seen, nfused = asyncio.run(drive(start_run, shot))
+        assert os.path.getsize(shot) > 10000
+        print("ok   page counts rose %s; %d fused segments shown; screenshot %s" % (seen[:6], nfused, shot))
+        stop_runs()
+        # without a job store the page works the same: the live job from its own stats
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        no_store.append("--no-store")
+        seen, nfused = asyncio.run(drive(start_run, os.path.join(arts, "dashboard-no-store.png")))
+        assert not os.path.exists(os.path.join(out, "sluice.db"))
+        print("ok   --no-store: the live job listed, counts rose %s, %d fused segments, no script error"
+              % (seen[:6], nfused))
+    finally:
+        stop_runs()
+    print("2 passed, 0 failed")
 
 
 if __name__ == "__main__":

@@ -34,12 +34,122 @@ function M.merge(dst, src)
   return dst
 end
 
-local function from_json(v)
-  if v == cjson.null then return nil end
-  if type(v) ~= "table" then return v end
-  for k, x in pairs(v) do v[k] = from_json(x) end
-  return v
+-- JSON text -> Lua value, keeping the type of numbers: a number written without a fraction
+-- or an exponent is an integer (`{"workers": 3}` gives 3, not 3.0), others are floats; null
+-- is nil. cjson reads every number as a float, which a setting that must be an integer
+-- refuses. Returns value, or nil and a message naming the place.
+local function decode_json(text)
+  local pos, n = 1, #text
+  local byte, sub, find, char = string.byte, string.sub, string.find, utf8.char
+  local function err(what)
+    local line = select(2, sub(text, 1, pos):gsub("\n", "")) + 1
+    error({ json = string.format("%s at line %d (character %d)", what, line, pos) }, 0)
+  end
+  local function ws()
+    pos = find(text, "[^ \t\r\n]", pos) or n + 1
+  end
+  local value
+  local ESC = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
+  local function str()
+    pos = pos + 1 -- the opening quote
+    local out = {}
+    while true do
+      local s, e = find(text, '["\\%c]', pos)
+      if not s then err("unterminated string") end
+      out[#out + 1] = sub(text, pos, s - 1)
+      local c = sub(text, s, s)
+      if c == '"' then pos = e + 1 break end
+      if c ~= "\\" then pos = s err("control character in a string") end
+      local x = sub(text, s + 1, s + 1)
+      if x == "u" then
+        local hex = sub(text, s + 2, s + 5)
+        if not hex:match("^%x%x%x%x$") then pos = s err("bad \\u escape") end
+        local cp = tonumber(hex, 16)
+        pos = s + 6
+        if cp >= 0xD800 and cp <= 0xDBFF and sub(text, pos, pos + 1) == "\\u" then
+          local lo = tonumber(sub(text, pos + 2, pos + 5), 16)
+          if lo and lo >= 0xDC00 and lo <= 0xDFFF then
+            cp = 0x10000 + (cp - 0xD800) * 0x400 + (lo - 0xDC00)
+            pos = pos + 6
+          end
+        end
+        out[#out + 1] = char(cp)
+      else
+        local r = ESC[x]
+        if not r then pos = s err("bad escape") end
+        out[#out + 1] = r
+        pos = s + 2
+      end
+    end
+    return table.concat(out)
+  end
+  local function num()
+    local s, e, int, frac, exp = find(text, "^(-?%d+)(%.?%d*)([eE]?[-+]?%d*)", pos)
+    if not s or (frac == "." ) or (exp ~= "" and not exp:match("%d")) then err("bad number") end
+    pos = e + 1
+    if frac == "" and exp == "" then
+      local v = math.tointeger(tonumber(int))
+      if v then return v end
+    end
+    return tonumber(int .. frac .. exp) + 0.0
+  end
+  function value()
+    ws()
+    local c = byte(text, pos)
+    if c == 123 then -- {
+      pos = pos + 1
+      local t = {}
+      ws()
+      if byte(text, pos) == 125 then pos = pos + 1 return t end
+      while true do
+        ws()
+        if byte(text, pos) ~= 34 then err("expected a key") end
+        local k = str()
+        ws()
+        if byte(text, pos) ~= 58 then err("expected ':'") end
+        pos = pos + 1
+        t[k] = value()
+        ws()
+        local d = byte(text, pos)
+        pos = pos + 1
+        if d == 125 then return t end
+        if d ~= 44 then pos = pos - 1 err("expected ',' or '}'") end
+      end
+    elseif c == 91 then -- [
+      pos = pos + 1
+      local t, i = {}, 0
+      ws()
+      if byte(text, pos) == 93 then pos = pos + 1 return t end
+      while true do
+        i = i + 1
+        t[i] = value()
+        ws()
+        local d = byte(text, pos)
+        pos = pos + 1
+        if d == 93 then return t end
+        if d ~= 44 then pos = pos - 1 err("expected ',' or ']'") end
+      end
+    elseif c == 34 then
+      return str()
+    elseif c == 45 or (c and c >= 48 and c <= 57) then
+      return num()
+    elseif sub(text, pos, pos + 3) == "true" then pos = pos + 4 return true
+    elseif sub(text, pos, pos + 4) == "false" then pos = pos + 5 return false
+    elseif sub(text, pos, pos + 3) == "null" then pos = pos + 4 return nil
+    end
+    err(c and "unexpected character" or "unexpected end")
+  end
+  local ok, v = pcall(function()
+    local r = value()
+    ws()
+    if pos <= n then err("text after the value") end
+    return r
+  end)
+  if ok then return v end
+  if type(v) == "table" and v.json then return nil, v.json end
+  error(v, 0)
 end
+M.decode_json = decode_json
 
 -- parse_value("3") -> 3, "true" -> true, '{"a":1}' -> {a=1}, "x" -> "x"
 function M.parse_value(s)
@@ -54,8 +164,8 @@ function M.parse_value(s)
   end
   local c = s:sub(1, 1)
   if c == "{" or c == "[" or c == '"' then
-    local ok, v = pcall(cjson.decode, s)
-    if ok then return from_json(v) end
+    local v, err = decode_json(s)
+    if v ~= nil or not err then return v end
   end
   return s
 end
@@ -106,10 +216,10 @@ function M.load_file(path)
   local text = f:read("a")
   f:close()
   if path:match("%.json$") then
-    local ok, v = pcall(cjson.decode, text)
-    if not ok then return nil, "config file '" .. path .. "' is not valid JSON: " .. tostring(v) end
+    local v, jerr = decode_json(text)
+    if jerr then return nil, "config file '" .. path .. "' is not valid JSON: " .. jerr end
     if type(v) ~= "table" then return nil, "config file '" .. path .. "' must hold a JSON object" end
-    return from_json(v)
+    return v
   end
   local chunk, cerr = load(text, "@" .. path, "t", setmetatable({}, { __index = _G }))
   if not chunk then return nil, "config file '" .. path .. "': " .. tostring(cerr) end
@@ -142,15 +252,8 @@ function M.resolve(opts)
   return cfg
 end
 
-local SECRET = { "key", "secret", "token", "password", "passwd", "credential" }
-
-function M.is_secret(k)
-  k = tostring(k):lower()
-  for _, w in ipairs(SECRET) do
-    if k:find(w, 1, true) then return true end
-  end
-  return false
-end
+-- Names that hold credentials (the one rule: sluice.runtime.digest.is_secret).
+M.is_secret = require("sluice.runtime.digest").is_secret
 
 -- A copy of cfg with every value whose key looks secret replaced by "<redacted>".
 function M.redact(cfg)

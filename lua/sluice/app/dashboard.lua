@@ -3,6 +3,9 @@
 --   local dash = require("sluice.app.dashboard").start{addr="127.0.0.1:8750", token=nil,
 --                                                  job=job, store=store}
 --   print(dash.url) ... dash:close()
+--   -- or listen first (so that an address it cannot have stops a run before any work) and
+--   -- give it the job once it exists:
+--   local dash = assert(dashboard.start{addr=...}); ...; dash:attach(job, store)
 --
 -- Routes (GET/HEAD; every one needs the token when one is set: "Authorization: Bearer T" or
 -- "?token=T"):
@@ -203,7 +206,7 @@ local function serve_events(self, req, info, q)
       id = jobs and jobs[1] and jobs[1].id
     end
     if id then
-      local rows = self.store:events(id, last, live and self.store_run or nil)
+      local rows = self.store:events(id, last, live and (self.store_run or (self.job and self.job.store_run)) or nil)
       for _, r in ipairs(rows or {}) do
         if live and r.n >= first_in_ring then break end
         client_send(self, c, r.n, r.json)
@@ -245,7 +248,9 @@ function Dash:api_job(req, id)
   end
   local live = self.job and tostring(self.job.id) == id
   if not info and not live then return json_response(req, 404, { error = "no job '" .. id .. "'" }) end
-  info = info or { job = { id = id }, stages = {}, failures = {} }
+  info = info or { job = { id = id, out = live and (self.job.out_dir or self.job.out) or nil,
+    pipeline = live and self.job.pipeline_name or nil, status = live and self.job.state or nil },
+    stages = {}, failures = {} }
   if live then
     info.live = true
     info.graph = job_graph(self.job)
@@ -278,8 +283,22 @@ function Dash:route(req, info)
   elseif rel == "api/jobs" then
     local jobs = self.store and self.store:jobs() or {}
     if self.job then
-      for _, j in ipairs(jobs) do if j.id == tostring(self.job.id) then j.live = true end end
+      local live
+      for _, j in ipairs(jobs) do if j.id == tostring(self.job.id) then j.live, live = true, j end end
+      if not live then -- no store (or not written yet): the live job from its own stats
+        local st = live_stats(self.job) or {}
+        local done, dead = 0, st.dead or 0
+        for _, x in pairs(st.stages or {}) do
+          if x.kind ~= "source" then done = done + (x.done or 0) end
+        end
+        table.insert(jobs, 1, { id = tostring(self.job.id), pipeline = self.job.pipeline_name,
+          status = self.job.state, done = done, dead = dead, live = true })
+      end
     end
+    -- a list even when empty (the page maps over it)
+    local body = #jobs == 0 and '{"jobs":[]}' or nil
+    if body then return req:respond(200, { ["Content-Type"] = "application/json",
+      ["Cache-Control"] = "no-store" }, body) end
     return json_response(req, 200, { jobs = jobs, live = self.job and tostring(self.job.id) or nil })
   elseif rel:match("^api/jobs/") then
     return self:api_job(req, rel:sub(10))
@@ -305,13 +324,11 @@ function M.start(opts)
   if not M.is_loopback(host) and not token then
     return nil, "dashboard: listening on " .. host .. " (not loopback) needs --token"
   end
-  local job = opts.job
   local self = setmetatable({
-    job = job, store = opts.store, token = token, web_dir = opts.web_dir or default_web_dir(),
-    files_dir = opts.files_dir or (job and (job.out_dir or job.out)) or nil,
-    clients = {}, ring = { head = 1, tail = 0 }, last_n = 0, events = 0, requests = 0,
+    store = opts.store, token = token, web_dir = opts.web_dir or default_web_dir(),
+    files_dir = opts.files_dir, clients = {}, ring = { head = 1, tail = 0 }, last_n = 0,
+    events = 0, requests = 0,
   }, Dash)
-  if job and job.store_run then self.store_run = job.store_run end
   local srv, err = httpd.listen {
     host = host, port = port, max_header = opts.max_header or 16384, max_body = opts.max_body or 65536,
     on_request = function(req, info)
@@ -335,9 +352,7 @@ function M.start(opts)
   if not opts.quiet then
     io.stderr:write("sluice: dashboard at " .. self.url .. (token and " (token required)" or "") .. "\n")
   end
-  if job and job.bus then
-    self.off = job.bus:on(function(ev) self:publish(ev) end)
-  end
+  if opts.job then self:attach(opts.job, opts.store) end
   -- live stats and keep-alive pings for open streams
   self.timer = core.timer()
   local since_ping = 0
@@ -358,6 +373,19 @@ function M.start(opts)
       end
     end
   end)
+  return self
+end
+
+-- dash:attach(job[, store]): the live job the dashboard shows (its events, stats and output
+-- folder), and the store of past jobs.
+function Dash:attach(job, store)
+  self.job = job
+  if store then self.store = store end
+  self.files_dir = self.files_dir or job.out_dir or job.out
+  if job.store_run then self.store_run = job.store_run end
+  if job.bus and not self.off then
+    self.off = job.bus:on(function(ev) self:publish(ev) end)
+  end
   return self
 end
 

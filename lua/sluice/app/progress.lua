@@ -168,17 +168,28 @@ function View:stop()
 end
 
 -- The end-of-run table (a string ending in a newline) for a job summary.
+-- "HTTP 500 x8, timeout x1": retries by cause, most first (the stage's and its requests').
+function M.causes(by)
+  local list = {}
+  for cause, n in pairs(by or {}) do list[#list + 1] = { cause, n } end
+  table.sort(list, function(a, b) return a[2] > b[2] or (a[2] == b[2] and a[1] < b[1]) end)
+  for i, c in ipairs(list) do list[i] = c[1] .. " x" .. c[2] end
+  return table.concat(list, ", ")
+end
+
 function M.table(summary)
-  local rows = { { "stage", "items", "failed", "retried", "busy", "p50", "p95", "blocked", "starved" } }
+  local rows = { { "stage", "items", "failed", "retried", "busy", "p50", "p95", "blocked", "starved",
+    "retries by cause" } }
   for _, n in ipairs(summary.order) do
     local st = summary.stages[n]
     if st.kind == "source" then
-      rows[#rows + 1] = { n, tostring(st.out or 0), tostring(st.failed or 0), "-", "-", "-", "-", "-", "-" }
+      rows[#rows + 1] = { n, tostring(st.out or 0), tostring(st.failed or 0), "-", "-", "-", "-", "-", "-", "" }
     else
       rows[#rows + 1] = {
-        n, tostring(st.done + st.failed), tostring(st.failed), tostring(st.retried),
+        n, tostring(st.done + st.failed), tostring(st.failed),
+        tostring((st.retried or 0) + (st.request_retries or 0)),
         string.format("%.0f%%", st.busy_pct or 0), fmt_dur(st.p50), fmt_dur(st.p95),
-        fmt_dur(st.blocked), fmt_dur(st.starved),
+        fmt_dur(st.blocked), fmt_dur(st.starved), M.causes(st.retries_by),
       }
     end
   end
@@ -189,8 +200,10 @@ function M.table(summary)
   local out = {}
   for ri, r in ipairs(rows) do
     local cells = {}
-    for i, c in ipairs(r) do cells[i] = i == 1 and pad(c, widths[i]) or lpad(c, widths[i]) end
-    out[#out + 1] = table.concat(cells, "  ")
+    for i, c in ipairs(r) do
+      cells[i] = (i == 1 or i == #r) and pad(c, widths[i]) or lpad(c, widths[i])
+    end
+    out[#out + 1] = (table.concat(cells, "  "):gsub("%s+$", ""))
     if ri == 1 then
       local dashes = {}
       for i, w in ipairs(widths) do dashes[i] = string.rep("-", w) end

@@ -28,6 +28,9 @@ options:
   --job ID           job id (default: pipeline name + a hash of the inputs, so a re-run resumes)
   --store PATH       job store (default: OUT/sluice.db when the store module is available)
   --no-store         do not use the job store
+  --fresh            ignore results stored by earlier runs (run everything again)
+  --job-settings     start from the settings stored for the job (--job ID) instead of the
+                     config file and environment (`sluice jobs retry` uses it); --set applies on top
   --serve [ADDR]     serve the dashboard while the job runs (default 127.0.0.1:8750)
   --token TOKEN      dashboard access token
   --linger           keep serving the dashboard after the job finished (until Ctrl-C)
@@ -101,6 +104,8 @@ function M.parse(args)
     elseif a == "--job" then o.job, err = value(a)
     elseif a == "--store" then o.store, err = value(a)
     elseif a == "--no-store" then o.no_store = true
+    elseif a == "--fresh" then o.fresh = true
+    elseif a == "--job-settings" then o.job_settings = true
     elseif a == "--token" then o.token, err = value(a)
     elseif a == "--linger" then o.linger = true
     elseif a == "--show-config" then o.show_config = true
@@ -133,6 +138,94 @@ local function default_job_id(p, inputs)
   return p.name .. "-" .. h:sub(1, 10)
 end
 
+-- The settings stored for job_id in store (exactly: integers stay integers), without the
+-- secrets the store never holds. Returns settings, or nil and a message.
+local function stored_settings(store, job_id)
+  local rows, err = store:query("SELECT settings, config FROM jobs WHERE id = ?", { job_id })
+  if not rows then return nil, err end
+  local row = rows[1]
+  if not row then return nil, "no job '" .. job_id .. "' in " .. store.path end
+  local v
+  if type(row.settings) == "string" then
+    v = require("sluice.app.store").deserialize(row.settings)
+  elseif type(row.config) == "string" then -- a job stored before settings were kept exactly
+    v = config.decode_json(row.config)
+  end
+  if type(v) ~= "table" then return nil, "job '" .. job_id .. "' has no stored settings" end
+  local function drop_redacted(t)
+    for k, x in pairs(t) do
+      if x == "<redacted>" then t[k] = nil elseif type(x) == "table" then drop_redacted(x) end
+    end
+    return t
+  end
+  return drop_redacted(v)
+end
+
+local function show_value(path, v)
+  if v == nil then return "unset" end
+  for seg in tostring(path):gmatch("[^.]+") do
+    if config.is_secret(seg) then return "<redacted>" end
+  end
+  if type(v) == "string" then return v end
+  if type(v) == "table" then return require("sluice.app.store").to_json(v) end
+  return tostring(v)
+end
+
+-- The one line that says what a run took from the job store and why the rest ran (nil for a
+-- first run): "reused stt 3/3, vlm 6/6; re-ran fusion 6/6, summary 6/6: setting fusion
+-- changed (by_slide -> nearest)".
+function M.resume_line(r)
+  if not r or not (r.resumed or r.fresh) then return nil end
+  if r.fresh then return "--fresh: results stored by earlier runs were not used" end
+  local reused, reran, ran_set = {}, {}, {}
+  local causes, seen = {}, {}
+  local function cause(c)
+    if not seen[c] then
+      seen[c] = true
+      causes[#causes + 1] = c
+    end
+  end
+  for _, i in ipairs(r.inputs.changed) do cause("input " .. i .. " changed") end
+  for _, i in ipairs(r.inputs.new) do cause("new input " .. i) end
+  for _, st in ipairs(r.stages) do
+    local upstream_ran = false
+    for _, f in ipairs(st.from or {}) do if ran_set[f] then upstream_ran = true end end
+    for _, d in ipairs(st.diffs) do
+      if d.kind == "setting" then
+        cause(string.format("setting %s changed (%s -> %s)", d.path, show_value(d.path, d.old),
+          show_value(d.path, d.new)))
+      elseif d.kind == "params" then
+        cause(string.format("params of %s changed (%s)", st.name, table.concat(d.names or {}, ", ")))
+      else
+        cause(d.kind .. " of stage " .. st.name .. " changed")
+      end
+    end
+    local listed = st.memoize ~= false or #st.diffs > 0 or upstream_ran
+    if st.ran > 0 and listed then
+      ran_set[st.name] = true
+      reran[#reran + 1] = string.format("%s %d/%d", st.name, st.ran, st.total)
+      local w = st.why
+      for _, p in ipairs(st.paths) do cause("output " .. p.path .. " " .. p.why) end
+      if (w.failed or 0) > 0 then cause(string.format("%s: %d failed before", st.name, w.failed)) end
+      if (w.needed or 0) > 0 then cause(st.name .. ": files it made are needed again") end
+      if not upstream_ran and #st.diffs == 0 and #r.inputs.changed == 0 and #r.inputs.new == 0 then
+        if (w.new or 0) > 0 then cause(string.format("%s: %d not done before", st.name, w.new)) end
+        if (w.changed or 0) > 0 then cause(st.name .. ": its inputs changed") end
+      end
+    end
+    if st.reused > 0 then reused[#reused + 1] = string.format("%s %d/%d", st.name, st.reused, st.total) end
+  end
+  local parts = {}
+  if #reused > 0 then parts[#parts + 1] = "reused " .. table.concat(reused, ", ") end
+  if #reran > 0 then
+    parts[#parts + 1] = "re-ran " .. table.concat(reran, ", ") ..
+      (#causes > 0 and (": " .. table.concat(causes, "; ")) or "")
+  else
+    parts[#parts + 1] = "nothing changed"
+  end
+  return table.concat(parts, "; ")
+end
+
 function M.run(p, args, script_path)
   local o, perr = M.parse(args)
   if not o then
@@ -143,19 +236,59 @@ function M.run(p, args, script_path)
     print(M.usage(p, script_path))
     return 0
   end
-  local cfg, cerr = config.resolve { defaults = p.defaults, file = o.config, env = core.environ(), sets = o.sets }
+  local out = o.out or "out"
+  local job_id = o.job or default_job_id(p, o.inputs)
+  local store -- opened early only to read a job's stored settings
+  local cfg, cerr
+  if o.job_settings then
+    if o.no_store then
+      eprint("sluice run: --job-settings reads the job store: it cannot go with --no-store")
+      return 2
+    end
+    local path = o.store or (out .. "/sluice.db")
+    local f = io.open(path, "rb")
+    if not f then
+      eprint("sluice run: --job-settings: no job store at '" .. path .. "'")
+      return 2
+    end
+    f:close()
+    local s, serr = require("sluice.app.store").open(path)
+    if not s then
+      eprint("sluice run: cannot open the job store '" .. path .. "': " .. tostring(serr))
+      return 2
+    end
+    store = s
+    local stored, err = stored_settings(store, job_id)
+    if not stored then
+      eprint("sluice run: --job-settings: " .. tostring(err))
+      store:close()
+      return 2
+    end
+    -- the stored settings exactly; the defaults and the environment only fill in what the
+    -- store does not hold (secrets); --set goes on top
+    local base = config.resolve { defaults = p.defaults, env = core.environ() }
+    cfg, cerr = config.resolve { defaults = config.merge(base, stored), sets = o.sets }
+  else
+    cfg, cerr = config.resolve { defaults = p.defaults, file = o.config, env = core.environ(), sets = o.sets }
+  end
+  local function close_store()
+    if store and store.close then pcall(store.close, store) end
+  end
   if not cfg then
     eprint("sluice run: " .. cerr)
+    close_store()
     return 2
   end
   if o.show_config then
     print(config.format(cfg))
+    close_store()
     return 0
   end
   local needs_inputs = false
   for _, s in pairs(p.sources) do if s.kind == "inputs" then needs_inputs = true end end
   if needs_inputs and #o.inputs == 0 then
     eprint("sluice run: pipeline '" .. p.name .. "' reads inputs, and none were given\n" .. M.usage(p, script_path))
+    close_store()
     return 2
   end
   -- Remote models (sluice.providers.catalog): each exists and can do its role, or the run
@@ -164,43 +297,70 @@ function M.run(p, args, script_path)
     { warn = function(line) eprint("sluice: " .. line) end })
   if not okp or not pre then
     eprint("sluice run: " .. tostring(okp and perr or pre):gsub("\n", "\nsluice run: "))
+    close_store()
     return 2
   end
-  local out = o.out or "out"
+
+  -- The dashboard listens before anything is written: an address it cannot have (taken, or
+  -- not loopback without a token) stops the run here.
+  local server
+  if o.serve then
+    local ok, dash = pcall(require, "sluice.app.dashboard")
+    if not ok or type(dash) ~= "table" or not dash.start then
+      eprint("sluice run: --serve: the dashboard module (sluice.app.dashboard) is not available in this build")
+      close_store()
+      return 2
+    end
+    local srv, err = dash.start { addr = o.serve_addr, token = o.token }
+    if not srv then
+      eprint("sluice run: --serve: " .. tostring(err))
+      close_store()
+      return 2
+    end
+    server = srv
+  end
+  local function close_server()
+    if server and server.close then pcall(server.close, server) end
+  end
+
   local r = sl.exec({ "mkdir", "-p", out })
   if not r or r.status ~= 0 then
     eprint("sluice run: cannot create output directory '" .. out .. "'" .. (r and (": " .. r.stderr:gsub("\n$", "")) or ""))
+    close_store()
+    close_server()
     return 2
   end
 
   -- the job store (resume), when the module exists
-  local store
-  if not o.no_store then
+  if not o.no_store and not store then
     local ok, store_mod = pcall(require, "sluice.app.store")
     if ok and type(store_mod) == "table" and store_mod.open then
       local path = o.store or (out .. "/sluice.db")
       local s, serr = store_mod.open(path)
       if not s then
         eprint("sluice run: cannot open the job store '" .. path .. "': " .. tostring(serr))
+        close_server()
         return 2
       end
       store = s
     elseif o.store then
       eprint("sluice run: --store: the job store module (sluice.app.store) is not available in this build")
+      close_server()
       return 2
     end
   end
 
   -- asks test(1) whether stderr is a terminal now, before any work runs (it blocks briefly)
   if not o.quiet then progress.stderr_is_tty() end
-  local job_id = o.job or default_job_id(p, o.inputs)
   local okstart, job = pcall(p.start, p, { inputs = o.inputs, config = cfg, config_resolved = true,
-    out = out, store = store, job_id = job_id, grace = o.grace, script = script_path })
+    out = out, store = store, job_id = job_id, grace = o.grace, script = script_path, fresh = o.fresh })
   if not okstart then
     eprint("sluice run: " .. tostring(job))
-    if store and store.close then pcall(store.close, store) end
+    close_store()
+    close_server()
     return 2
   end
+  if server then server:attach(job, store) end
 
   local closers = {}
   if o.events then
@@ -209,6 +369,7 @@ function M.run(p, args, script_path)
       eprint("sluice run: " .. err)
       job:cancel()
       job:wait()
+      close_server()
       return 2
     end
     job.bus:on(w)
@@ -220,19 +381,10 @@ function M.run(p, args, script_path)
       eprint("sluice run: " .. err)
       job:cancel()
       job:wait()
+      close_server()
       return 2
     end
     closers[#closers + 1] = function() tr:close() end
-  end
-  local server
-  if o.serve then
-    local ok, dash = pcall(require, "sluice.app.dashboard")
-    if not ok or type(dash) ~= "table" or not dash.start then
-      eprint("sluice run: --serve: the dashboard module (sluice.app.dashboard) is not available in this build")
-    else
-      local s, err = dash.start { addr = o.serve_addr, token = o.token, job = job, store = store }
-      if not s then eprint("sluice run: --serve: " .. tostring(err)) else server = s end
-    end
   end
   local view
   if not o.quiet then
@@ -266,6 +418,8 @@ function M.run(p, args, script_path)
   for _, c in ipairs(closers) do pcall(c) end
 
   if not o.quiet then io.stderr:write(progress.table(summary)) end
+  local line = M.resume_line(job:resume_report())
+  if line then eprint("sluice: " .. line) end
   if #summary.dead > 0 then
     eprint(string.format("%d item%s failed:", #summary.dead, #summary.dead == 1 and "" or "s"))
     local shown = 0

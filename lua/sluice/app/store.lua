@@ -8,12 +8,17 @@
 --   job.memo:put_batch(stage, batch_id, member_ids) / job.memo:batch_plan(stage, item_id)
 --   store:detach(job[, status])  -- flushes and marks the job's status
 --
+-- The memo is keyed (memo.keyed): an item's stored outputs are used only when the key it was
+-- stored under (sluice.graph.memokey: what determines the result) is the key it has now, and
+-- the files it wrote are still there as they were. See docs/store.md, "Resume".
+--
 -- Writes never run on the loop thread: they are queued in memory and written by one pool job
 -- at a time, each a single transaction holding everything queued since the previous one
 -- (at most FLUSH_DELAY seconds old). A crash loses at most those last writes; their items
 -- simply run again on resume.
 local sl = require "sluice"
 local sched = require "sluice.runtime.sched"
+local digest = require "sluice.runtime.digest"
 local core = require "sluice.core.core"
 local cstore = require "sluice.core.store"
 local cjson = require "cjson"
@@ -39,7 +44,20 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events (job, run, n);
 CREATE TABLE IF NOT EXISTS batch_members (
   job TEXT NOT NULL, stage TEXT NOT NULL, item TEXT NOT NULL, batch TEXT NOT NULL,
   size INTEGER NOT NULL, PRIMARY KEY (job, stage, item)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stage_keys (
+  job TEXT NOT NULL, stage TEXT NOT NULL, mkey TEXT, parts TEXT,
+  PRIMARY KEY (job, stage)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sources (
+  job TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL, mkey TEXT, parts TEXT,
+  PRIMARY KEY (job, source, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+  job TEXT NOT NULL, path TEXT NOT NULL, stage TEXT NOT NULL, item TEXT NOT NULL,
+  size INTEGER, mtime REAL, temp INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (job, path)) WITHOUT ROWID;
 ]]
+
+-- Columns added since the first schema: a store made before them gets them on open.
+local ADDED_COLUMNS = { { "jobs", "settings", "TEXT" }, { "items", "mkey", "TEXT" } }
 
 -- Values to JSON ---------------------------------------------------------------------------
 
@@ -176,6 +194,15 @@ function M.open(path)
   local db, err, code = cstore.open(path)
   if not db then return nil, err, code end
   local ok, e2, c2 = db:exec_sync(SCHEMA)
+  for _, col in ipairs(ADDED_COLUMNS) do
+    if not ok then break end
+    local rows = db:query_sync("PRAGMA table_info(" .. col[1] .. ")", {})
+    local has = false
+    for _, r in ipairs(rows or {}) do if r.name == col[2] then has = true end end
+    if not has then
+      ok, e2, c2 = db:exec_sync(string.format("ALTER TABLE %s ADD COLUMN %s %s", col[1], col[2], col[3]))
+    end
+  end
   if not ok then
     db:close()
     return nil, e2, c2
@@ -230,8 +257,17 @@ start_flush = function(self)
           local memo = self.memos[st[2]]
           if memo then
             local key = item_key(st[3], st[4])
-            memo.stored[key] = true
+            local mk = st[7] ~= cstore.NULL and st[7] or nil
+            local old = memo.stored[key]
+            if type(old) == "string" and old ~= mk and memo.by_mk[item_key(st[3], old)] == st[4] then
+              memo.by_mk[item_key(st[3], old)] = nil
+            end
+            memo.stored[key] = mk or true
             memo.cache[key] = nil
+            if mk then
+              memo.by_mk[item_key(st[3], mk)] = st[4]
+              memo.cache_mk[item_key(st[3], mk)] = nil
+            end
           end
         end
       end
@@ -315,9 +351,9 @@ ON CONFLICT (job, stage, id) DO UPDATE SET
   t_start = coalesce(excluded.t_start, t_start), t_end = coalesce(excluded.t_end, t_end)]]
 
 local PUT_ITEM = [[
-INSERT INTO items (job, stage, id, status, result, t_end) VALUES (?1, ?2, ?3, 'done', ?4, ?5)
+INSERT INTO items (job, stage, id, status, result, t_end, mkey) VALUES (?1, ?2, ?3, 'done', ?4, ?5, ?6)
 ON CONFLICT (job, stage, id) DO UPDATE SET status = 'done', result = excluded.result,
-  error = NULL, t_end = coalesce(t_end, excluded.t_end)]]
+  error = NULL, t_end = coalesce(t_end, excluded.t_end), mkey = excluded.mkey]]
 M.PUT_ITEM = PUT_ITEM
 
 local INSERT_EVENT = [[
@@ -350,32 +386,97 @@ local Memo = {}
 Memo.__index = Memo
 Memo.__name = "sluice.app.store.memo"
 
--- memo:get(stage, item_id) -> outputs | nil. Waits for a read only when the item may have been
--- stored by an earlier run of the job.
-function Memo:get(stage, id)
-  local key = item_key(stage, id)
-  local v = self.cache[key]
-  if v ~= nil then return v end
-  if not self.stored[key] then return nil end
+-- memo:get(stage, item_id[, mkey]) -> outputs, missing_temps | nil, why, detail.
+-- With a key, the outputs stored at that stage under that key (by any item: the key says
+-- what determines them), if the files they came with are still as they were written; without
+-- one, the item's own stored outputs. Waits for a read only when there is something stored,
+-- and for a stat on the pool when it wrote files. why: "fresh" (--fresh), "new" (the item was
+-- never stored), "failed" (its last attempt failed), "changed" (stored under another key:
+-- what determines it changed), "missing" or "modified" (an output file, detail = its path, is
+-- gone or not as it was written). missing_temps: files it wrote that a later stage removed
+-- (temporaries, such as audio chunks): the caller decides whether they are needed again.
+function Memo:get(stage, id, mk)
+  if self.fresh then return nil, "fresh" end
+  local rid = id
+  if mk ~= nil then
+    local c = self.cache_mk[item_key(stage, mk)]
+    if c then return c end
+    rid = self.by_mk[item_key(stage, mk)]
+    if not rid then
+      local before = self.stored[item_key(stage, id)]
+      if before then return nil, "changed" end
+      return nil, self.failed[item_key(stage, id)] and "failed" or "new"
+    end
+  else
+    local v = self.cache[item_key(stage, id)]
+    if v ~= nil then return v end
+    if not self.stored[item_key(stage, id)] then return nil, "new" end
+  end
+  local key = item_key(stage, rid)
   local rows, err = self.store:query(
     "SELECT result FROM items WHERE job = ? AND stage = ? AND id = ? AND result IS NOT NULL",
-    { self.job_id, tostring(stage), tostring(id) })
+    { self.job_id, tostring(stage), tostring(rid) })
   if not rows then error(err, 0) end
-  if not rows[1] then return nil end
+  if not rows[1] then return nil, "new" end
   local out, derr = M.deserialize(rows[1].result)
   if out == nil then
     io.stderr:write(string.format("sluice: stored result of %s/%s is unreadable (%s); running it again\n",
-      tostring(stage), tostring(id), tostring(derr)))
-    return nil
+      tostring(stage), tostring(rid), tostring(derr)))
+    return nil, "new"
+  end
+  local temps
+  local files = self.files[key]
+  if files then
+    local paths, want = {}, {}
+    for _, f in ipairs(files) do
+      if f.temp then
+        temps = temps or {}
+        temps[#temps + 1] = f.path
+      else
+        paths[#paths + 1] = f.path
+        want[#want + 1] = f
+      end
+    end
+    if #paths > 0 then
+      local st, serr = digest.stat(paths)
+      if not st then error(serr, 0) end
+      for i, f in ipairs(want) do
+        local now_ = st[i]
+        if not now_ then return nil, "missing", f.path end
+        if (f.size and now_.size ~= f.size) or (f.mtime and math.abs(now_.mtime - f.mtime) > 1e-6) then
+          return nil, "modified", f.path
+        end
+      end
+    end
+    if temps then -- the temporaries still there need not be made again
+      local st = digest.stat(temps) or {}
+      local gone = {}
+      for i, p in ipairs(temps) do if not st[i] then gone[#gone + 1] = p end end
+      temps = #gone > 0 and gone or nil
+    end
   end
   self.hits = self.hits + 1
-  return out
+  return out, temps
 end
 
--- memo:put(stage, item_id, outputs): stores the item's outputs (written with the next batch).
--- Returns true, or nil and a message when the outputs cannot be stored (they are not then
--- remembered, and the item runs again on resume).
-function Memo:put(stage, id, outputs)
+-- memo:peek(stage, mkey) -> true when outputs are stored at that stage under that key (never
+-- waits; says nothing of their files).
+function Memo:peek(stage, mk)
+  if self.fresh then return false end
+  local key = item_key(stage, mk)
+  return self.cache_mk[key] ~= nil or self.by_mk[key] ~= nil
+end
+
+local PUT_FILE = [[
+INSERT INTO files (job, path, stage, item, size, mtime, temp) VALUES (?, ?, ?, ?, ?, ?, 0)
+ON CONFLICT (job, path) DO UPDATE SET stage = excluded.stage, item = excluded.item,
+  size = excluded.size, mtime = excluded.mtime, temp = 0]]
+
+-- memo:put(stage, item_id, outputs[, mkey[, files]]): stores the item's outputs (written with
+-- the next batch) under its key, with the files it wrote (paths; their size and time are
+-- read now, on the pool). Returns true, or nil and a message when the outputs cannot be
+-- stored (they are not then remembered, and the item runs again on resume).
+function Memo:put(stage, id, outputs, mk, files)
   local text, err = M.serialize(outputs)
   if not text then
     local msg = string.format("store: cannot store the result of %s/%s: %s", tostring(stage),
@@ -386,9 +487,91 @@ function Memo:put(stage, id, outputs)
     end
     return nil, msg
   end
-  self.cache[item_key(stage, id)] = outputs
-  self.store:write(PUT_ITEM, self.job_id, tostring(stage), tostring(id), text, now())
+  local key = item_key(stage, id)
+  self.cache[key] = outputs
+  if mk ~= nil then self.cache_mk[item_key(stage, mk)] = outputs end
+  self.failed[key] = nil
+  -- Files the item wrote when it ran before and did not write this time are stale (a
+  -- shorter input gives fewer slides): they go, as a fresh run would not have them.
+  local old = self.files[key]
+  if old then
+    local now_set = {}
+    for _, p in ipairs(files or {}) do now_set[p] = true end
+    for _, f in ipairs(old) do
+      if not now_set[f.path] and self.file_owner[f.path] == key then
+        os.remove(f.path)
+        self.file_owner[f.path] = nil
+        self.store:write("DELETE FROM files WHERE job = ? AND path = ?", self.job_id, f.path)
+      end
+    end
+  end
+  local list
+  if files and #files > 0 then
+    local st = digest.stat(files) or {}
+    list = {}
+    for i, path in ipairs(files) do
+      local f = st[i]
+      if f then
+        list[#list + 1] = { path = path, size = f.size, mtime = f.mtime }
+        local old = self.file_owner[path]
+        if old and old ~= key then self:_drop_file(old, path) end
+        self.file_owner[path] = key
+        self.store:write(PUT_FILE, self.job_id, path, tostring(stage), tostring(id), f.size, f.mtime)
+      end
+    end
+  end
+  self.files[key] = list
+  self.store:write(PUT_ITEM, self.job_id, tostring(stage), tostring(id), text, now(), mk)
   return true
+end
+
+function Memo:_drop_file(owner, path)
+  local list = self.files[owner]
+  if not list then return end
+  for i = #list, 1, -1 do
+    if list[i].path == path then table.remove(list, i) end
+  end
+end
+
+-- memo:removed(path): a stage removed a file another item wrote: it was a temporary, not
+-- an output that must be there for that item's result to be used.
+function Memo:removed(path)
+  local owner = self.file_owner[path]
+  if not owner then return end
+  for _, f in ipairs(self.files[owner] or {}) do
+    if f.path == path then f.temp = true end
+  end
+  self.store:write("UPDATE files SET temp = 1 WHERE job = ? AND path = ?", self.job_id, path)
+end
+
+-- memo:stage_record(stage) -> {mkey=, parts=} stored for the stage by the last run, or nil
+-- (never waits: read when the job attached).
+function Memo:stage_record(stage)
+  if self.fresh then return nil end
+  return self.stage_keys[stage]
+end
+
+-- memo:put_stage(stage, mkey, parts): what the stage's key was made of in this run.
+function Memo:put_stage(stage, mk, parts)
+  local text = M.serialize(parts)
+  self.stage_keys[stage] = { mkey = mk, parts = parts }
+  self.store:write([[INSERT INTO stage_keys (job, stage, mkey, parts) VALUES (?, ?, ?, ?)
+    ON CONFLICT (job, stage) DO UPDATE SET mkey = excluded.mkey, parts = excluded.parts]],
+    self.job_id, tostring(stage), mk, text)
+end
+
+-- memo:source(stage, item_id) -> the key a source item had in the last run, or nil.
+function Memo:source(stage, id)
+  if self.fresh then return nil end
+  return self.sources[item_key(stage, id)]
+end
+
+-- memo:put_source(stage, item_id, mkey, parts): a source item's key and what it was made of
+-- (an input file's identity), for the next run and `sluice jobs show`.
+function Memo:put_source(stage, id, mk, parts)
+  self.store:write([[INSERT INTO sources (job, source, id, mkey, parts) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (job, source, id) DO UPDATE SET mkey = excluded.mkey, parts = excluded.parts]],
+    self.job_id, tostring(stage), tostring(id), mk, M.serialize(parts) or "{}")
 end
 
 local PUT_MEMBER = [[
@@ -431,16 +614,65 @@ local function load_batch_plans(self, job_id)
   return by_stage
 end
 
--- Which (stage, id) pairs an earlier run stored, so that memo:get of a fresh item costs no
--- read.
+-- Which (stage, id) pairs an earlier run stored, under which key (true: stored before keys
+-- were), and which failed, so that memo:get of a fresh or changed item costs no read.
 local function load_stored_keys(self, job_id)
-  local rows, err = query(self.db, "SELECT stage, id FROM items WHERE job = ? AND result IS NOT NULL",
+  local rows, err = query(self.db, [[SELECT stage, id, mkey, result IS NOT NULL AS has, status
+    FROM items WHERE job = ?]], { job_id })
+  if not rows then error(err, 0) end
+  local set, failed, by_mk, n = {}, {}, {}, 0
+  for _, r in ipairs(rows) do
+    local key = item_key(r.stage, r.id)
+    if r.has == 1 then
+      local mk = type(r.mkey) == "string" and r.mkey or nil
+      set[key] = mk or true
+      if mk then by_mk[item_key(r.stage, mk)] = r.id end
+      n = n + 1
+    elseif r.status == "dead" or r.status == "failed" then
+      failed[key] = true
+    end
+  end
+  return set, n, failed, by_mk
+end
+
+-- The files each stored item wrote: item key -> list of {path, size, mtime, temp}, and
+-- path -> item key.
+local function load_files(self, job_id)
+  local rows, err = query(self.db, "SELECT path, stage, item, size, mtime, temp FROM files WHERE job = ?",
     { job_id })
   if not rows then error(err, 0) end
-  local set = {}
-  for _, r in ipairs(rows) do set[item_key(r.stage, r.id)] = true end
-  return set, #rows
+  local by_item, owner = {}, {}
+  for _, r in ipairs(rows) do
+    local key = item_key(r.stage, r.item)
+    local list = by_item[key]
+    if not list then list = {}; by_item[key] = list end
+    list[#list + 1] = { path = r.path, size = r.size, mtime = r.mtime, temp = r.temp == 1 }
+    owner[r.path] = key
+  end
+  return by_item, owner
 end
+
+local function load_sources(self, job_id)
+  local rows, err = query(self.db, "SELECT source, id, mkey FROM sources WHERE job = ?", { job_id })
+  if not rows then error(err, 0) end
+  local out = {}
+  for _, r in ipairs(rows) do out[item_key(r.source, r.id)] = r.mkey end
+  return out
+end
+
+local function load_stage_keys(self, job_id)
+  local rows, err = query(self.db, "SELECT stage, mkey, parts FROM stage_keys WHERE job = ?", { job_id })
+  if not rows then error(err, 0) end
+  local out = {}
+  for _, r in ipairs(rows) do
+    out[r.stage] = { mkey = r.mkey, parts = r.parts and M.deserialize(r.parts) or {} }
+  end
+  return out
+end
+
+-- What can be stored exactly of a config (functions and objects of a Lua config file are left
+-- out).
+local plain = require("sluice.graph.util").plain
 
 local function encode_field(v)
   if v == nil then return nil end
@@ -484,22 +716,29 @@ function Store:attach(job)
   local id = tostring(job.id)
   local rows = query(self.db, "SELECT runs FROM jobs WHERE id = ?", { id }) or {}
   local run = ((rows[1] and rows[1].runs) or 0) + 1
-  local stored, nstored = load_stored_keys(self, id)
+  local stored, nstored, failed, by_mk = load_stored_keys(self, id)
+  local files, file_owner = load_files(self, id)
+  local stage_keys = load_stage_keys(self, id)
   local t = now()
+  local safe = safe_config(job.config)
+  -- the settings exactly (integers stay integers), for `sluice jobs retry`
+  local settings = type(safe) == "table" and M.serialize(plain(safe)) or nil
   self:write([[INSERT INTO jobs (id, pipeline, script, inputs, config, out, status, created, runs)
     VALUES (?, ?, ?, ?, ?, ?, 'running', ?, 0) ON CONFLICT (id) DO NOTHING]],
     id, pipeline_name(job), script_path(job),
-    encode_field(job.inputs), encode_field(safe_config(job.config)), str_or_nil(job.out_dir or job.out), t)
+    encode_field(job.inputs), encode_field(safe), str_or_nil(job.out_dir or job.out), t)
   self:write([[UPDATE jobs SET status = 'running', started = ?, finished = NULL, runs = ?,
     pipeline = coalesce(?, pipeline), script = coalesce(?, script), inputs = coalesce(?, inputs),
-    config = coalesce(?, config), out = coalesce(?, out), error = NULL WHERE id = ?]],
+    config = coalesce(?, config), out = coalesce(?, out), settings = coalesce(?, settings),
+    error = NULL WHERE id = ?]],
     t, run, pipeline_name(job), script_path(job),
-    encode_field(job.inputs), encode_field(safe_config(job.config)), str_or_nil(job.out_dir or job.out), id)
+    encode_field(job.inputs), encode_field(safe), str_or_nil(job.out_dir or job.out), settings, id)
   -- A dead item gets its chance again on this run: clear its old failure count.
   local rec = { id = id, run = run, counts = {}, resumed = nstored }
   self.attached[job] = rec
-  job.memo = setmetatable({ store = self, job_id = id, cache = {}, stored = stored, hits = 0,
-    batches = load_batch_plans(self, id) }, Memo)
+  job.memo = setmetatable({ store = self, job_id = id, cache = {}, cache_mk = {}, stored = stored,
+    by_mk = by_mk, failed = failed, sources = load_sources(self, id), files = files, file_owner = file_owner, stage_keys = stage_keys, hits = 0,
+    keyed = true, fresh = job.fresh or false, batches = load_batch_plans(self, id) }, Memo)
   self.memos[id] = job.memo
   job.store = self
   job.store_run = run
@@ -551,7 +790,9 @@ end
 -- batch members (written on the pool like every other write). Removing a job no process runs
 -- any more is the caller's business (see `sluice jobs rm`).
 local REMOVE_JOB = { "DELETE FROM events WHERE job = ?", "DELETE FROM items WHERE job = ?",
-  "DELETE FROM batch_members WHERE job = ?", "DELETE FROM jobs WHERE id = ?" }
+  "DELETE FROM batch_members WHERE job = ?", "DELETE FROM stage_keys WHERE job = ?",
+  "DELETE FROM sources WHERE job = ?",
+  "DELETE FROM files WHERE job = ?", "DELETE FROM jobs WHERE id = ?" }
 
 function Store:remove(id)
   if not self.db then error("attempt to use a closed store", 2) end
@@ -595,7 +836,19 @@ function Store:job(id)
   end
   local failures = self:query([[SELECT stage, id, key, seq, status, attempt, error FROM items
     WHERE job = ? AND status IN ('dead', 'failed') ORDER BY stage, key, seq, id]], { job.id }) or {}
-  return { job = job, stages = order, failures = failures }
+  -- what each stage's key was made of, and each input's identity (sources' rows)
+  local keys = {}
+  for _, r in ipairs(self:query("SELECT stage, mkey, parts FROM stage_keys WHERE job = ? ORDER BY stage",
+    { job.id }) or {}) do
+    keys[#keys + 1] = { stage = r.stage, mkey = r.mkey, parts = r.parts and M.deserialize(r.parts) or {} }
+  end
+  local sources = {}
+  for _, r in ipairs(self:query("SELECT source, id, mkey, parts FROM sources WHERE job = ? ORDER BY id",
+    { job.id }) or {}) do
+    sources[#sources + 1] = { stage = r.source, id = r.id, mkey = r.mkey,
+      parts = r.parts and M.deserialize(r.parts) or nil }
+  end
+  return { job = job, stages = order, failures = failures, keys = keys, sources = sources }
 end
 
 -- store:events(job_id, after_n[, run]) -> rows of the job's latest (or given) run with n > after_n

@@ -7,11 +7,15 @@
 --   return T.run()   -- prints one line per case and "N passed, N failed"; exit 1 on failure
 --
 -- Each case runs in its own task, with a per-case timeout (T.timeout, default 60 s), so a
--- hung case fails instead of hanging the suite.
+-- hung case fails instead of hanging the suite. A case must make at least one check (T.eq,
+-- T.same, T.ok, T.near, T.raises, T.check): one that made none fails, since it could never
+-- catch a regression. T.setup(name, fn) and T.teardown(name, fn) run like cases, need no
+-- check and run whatever the name filter ($SLUICE_TEST_FILTER) is; a filter that selects no
+-- case fails the run.
 local sl = require "sluice"
 local pretty = require "sluice.runtime.pretty"
 
-local T = { cases = {}, timeout = 60 }
+local T = { cases = {}, timeout = 60, checks = 0 }
 
 -- Scratch files: while tests run, os.tmpname() names a fresh (existing, empty) file in one
 -- directory per test process, which T.run() removes at the end, so test runs leave nothing
@@ -32,6 +36,10 @@ os.tmpname = function()
 end
 
 function T.case(name, fn) T.cases[#T.cases + 1] = { name = name, fn = fn } end
+
+-- Cases that prepare or clean up for the others: no check needed, never filtered out.
+function T.setup(name, fn) T.cases[#T.cases + 1] = { name = name, fn = fn, fixture = true } end
+T.teardown = T.setup
 
 -- T.wait_until(cond[, seconds]) -> true once cond() is true (checked every 50 ms), or false
 -- after seconds (default 30): for what another process or task does in its own time.
@@ -55,11 +63,19 @@ end
 
 local function fail(msg, level) error(msg, (level or 1) + 2) end
 
+-- T.check(cond, message): the plain check the others build on (counts as a check).
+function T.check(v, what)
+  T.checks = T.checks + 1
+  if not v then fail(what or "check failed") end
+  return v
+end
+
 local function show(v)
   return type(v) == "string" and string.format("%q", v) or pretty.format(v, { depth = 4 })
 end
 
 function T.eq(actual, expected, what)
+  T.checks = T.checks + 1
   if actual ~= expected then
     fail(string.format("%sexpected %s, got %s", what and (what .. ": ") or "", show(expected), show(actual)))
   end
@@ -79,17 +95,20 @@ end
 T.deep_equal = deep_equal
 
 function T.same(actual, expected, what)
+  T.checks = T.checks + 1
   if not deep_equal(actual, expected) then
     fail(string.format("%sexpected %s, got %s", what and (what .. ": ") or "", show(expected), show(actual)))
   end
 end
 
 function T.ok(v, what)
+  T.checks = T.checks + 1
   if not v then fail((what or "expected a true value") .. ", got " .. show(v)) end
   return v
 end
 
 function T.near(actual, expected, tolerance, what)
+  T.checks = T.checks + 1
   if type(actual) ~= "number" or math.abs(actual - expected) > tolerance then
     fail(string.format("%sexpected %s +- %s, got %s", what and (what .. ": ") or "",
       tostring(expected), tostring(tolerance), tostring(actual)))
@@ -98,6 +117,7 @@ end
 
 -- T.raises(fn, pattern): fn must raise an error whose text matches pattern (plain find).
 function T.raises(fn, pattern, ...)
+  T.checks = T.checks + 1
   local ok, err = pcall(fn, ...)
   if ok then fail("expected an error" .. (pattern and (" matching '" .. pattern .. "'") or "")) end
   if pattern and not tostring(err):find(pattern, 1, true) then
@@ -107,12 +127,16 @@ function T.raises(fn, pattern, ...)
 end
 
 -- Runs every case; returns 0 when all passed, 1 otherwise (the script returns it as the
--- exit status). An optional name filter comes from the SLUICE_TEST_FILTER environment var.
+-- exit status). An optional name filter comes from the SLUICE_TEST_FILTER environment var;
+-- a filter that selects no case, and a case that made no check, fail.
 function T.run()
   local filter = os.getenv("SLUICE_TEST_FILTER")
-  local passed, failed = 0, 0
+  if filter == "" then filter = nil end
+  local passed, failed, selected = 0, 0, 0
   for _, c in ipairs(T.cases) do
-    if not filter or c.name:find(filter, 1, true) then
+    if c.fixture or not filter or c.name:find(filter, 1, true) then
+      if not c.fixture then selected = selected + 1 end
+      local checks0 = T.checks
       local t0 = sl.now()
       local task = sl.spawn(c.fn)
       task.name = c.name
@@ -124,6 +148,9 @@ function T.run()
         end
         return r1, r2
       end)
+      if ok and not c.fixture and T.checks == checks0 then
+        ok, err = false, "the case made no check (T.eq, T.ok, ...): it could never fail"
+      end
       local dt = sl.now() - t0
       if ok then
         passed = passed + 1
@@ -138,6 +165,10 @@ function T.run()
   if scratch then
     sl.exec({ "rm", "-rf", scratch })
     scratch = nil
+  end
+  if filter and selected == 0 then
+    failed = failed + 1
+    print(string.format("FAIL no case matches the filter %q (SLUICE_TEST_FILTER)", filter))
   end
   print(string.format("%d passed, %d failed", passed, failed))
   io.stdout:flush()

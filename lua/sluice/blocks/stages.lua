@@ -21,6 +21,7 @@
 -- Files go under the run's --out directory (DIR/<key>/... when the run has several inputs).
 local sl = require "sluice"
 local http = require "sluice.runtime.http"
+local files = require "sluice.runtime.files"
 local feed = require "sluice.blocks.feed"
 
 local M = {}
@@ -301,6 +302,11 @@ function M.provider(ctx, role)
   if not p then
     p = require("sluice.providers").for_role(role, ctx.config)
     cache[role] = p
+  else
+    -- Every stage that uses the provider reads the settings that chose and configured it
+    -- (a stage's resume key covers the settings it reads; see sluice.graph.memokey).
+    local providers = require "sluice.providers"
+    providers.settings_for(role, providers.name_for(role, ctx.config), ctx.config)
   end
   return p
 end
@@ -372,6 +378,7 @@ function M.audio_chunks(o)
           break
         end
         n = n + 1
+        if c.path then files.wrote(c.path) end -- (written by C: the resume keys need to know)
         ctx:emit({ seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, samples = c.samples,
           rate = c.rate, source = src }, { seq = c.seq, t0 = c.t0, t1 = c.t1 })
       end
@@ -425,6 +432,7 @@ function M.capture(o)
             local want = dir .. "/" .. string.format(name, n) .. (path:match("%.%w+$") or ".jpg")
             if os.rename(path, want) then path = want end
           end
+          if path then files.wrote(path) end
           ctx:emit({ seq = n, t = f.t, path = path, width = f.width, height = f.height,
             dhash = f.dhash, source = src }, { seq = n, t0 = f.t, t1 = f.t })
         end
@@ -448,6 +456,7 @@ function M.capture(o)
           local ok = os.rename(path, want)
           if ok then path = want end
         end
+        if path then files.wrote(path) end
         ctx:emit({ seq = n, t = f.t, path = path, width = f.width, height = f.height,
           dhash = f.dhash, scene_score = f.scene_score, source = src },
           { seq = n, t0 = f.t, t1 = f.t })

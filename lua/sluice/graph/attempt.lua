@@ -4,14 +4,24 @@
 -- succeeded is stored), attempts (limits acquired in name order before each, released after
 -- with what happened; the timeout; retries with backoff and retry_if; `item_retry` events),
 -- and dead letters. Inside each attempt the stage's executor runs the unit
--- (sluice.graph.executor). Calls: sluice.graph.deliver (emit), sluice.graph.util, sluice.runtime.sched.
+-- (sluice.graph.executor). In a job keyed for resume, a unit's key (sluice.graph.memokey) is
+-- made here once, the memo is asked by it, and the files the unit writes are watched.
+-- Whether a failed attempt is retried is sluice.runtime.retry's rule (stage_may_retry), the
+-- same as for a provider's requests; retries are counted by cause (S.retries_by), the
+-- attempt's calls adding theirs through the task's context.
+-- Calls: sluice.graph.deliver (emit), sluice.graph.memokey, sluice.graph.util,
+-- sluice.runtime.sched, sluice.runtime.retry.
 local core = require "sluice.core.core"
 local sched = require "sluice.runtime.sched"
+local retry = require "sluice.runtime.retry"
 local deliver = require "sluice.graph.deliver"
+local memokey = require "sluice.graph.memokey"
 local util = require "sluice.graph.util"
 
 local now = core.now
 local emit = deliver.emit
+local unit_key = memokey.unit
+local may_retry, attempt_cause = retry.stage_may_retry, retry.attempt_cause
 local errtext, unwrap, on_error = util.errtext, util.unwrap, util.on_error
 local Cancelled = sched.Cancelled
 local xpcall, type, format, error = xpcall, type, string.format, error
@@ -136,15 +146,29 @@ end
 -- one succeeds or none is left. Its outputs are emitted (sluice.graph.deliver). Returns
 -- ok, err, code, traceback, attempts (0: from the memo; nil: 1), cached.
 local function run_full(S, u, ctx, task)
-  local memo = S.job.memo
-  if memo then
-    local outs = memo:get(S.name, u.path)
+  local job = S.job
+  local memo = job.memo
+  local watch
+  if S.keyed then -- what determines the unit's outputs (sluice.graph.memokey)
+    u.mk, u.files, u.dirty = unit_key(S, u), false, true
+  end
+  if memo and S.memoize ~= false then
+    local outs, why, detail = memo:get(S.name, u.path, u.mk or nil)
+    -- a stored unit whose temporaries (files a later stage removed) are needed again runs
+    if outs and why and S.keyed and memokey.needed(S, u, outs) then outs, why = nil, "needed" end
     if outs then
       for _, o in ipairs(outs) do emit(S, u, o.data, o) end
       S.n_cached = S.n_cached + u.n
       return true, nil, nil, nil, 0, true
     end
+    if S.keyed then memokey.miss(S, u, why or "new", detail) end
   end
+  -- the unit's context: what the attempt's calls tell it (sluice.runtime.retry: the record
+  -- is the context itself) and, keyed, the files it writes (sluice.runtime.files)
+  local uctx = { on_retry = S.count_retry, files = S.keyed and memokey.watch(S, u) or nil }
+  uctx.retry = uctx
+  local rec = uctx
+  local saved_context = task.context
   local r = S.retry
   local attempts = r and r.attempts or 1
   local env = u.env
@@ -158,19 +182,27 @@ local function run_full(S, u, ctx, task)
       u.outputs = {}
       u.dirty = true
     end
+    rec.final, rec.exhausted, rec.last_status, rec.last_code = false, false, nil, nil
+    task.context = uctx
     ok, v, code, tb = attempt_once(S, u, ctx, task)
+    task.context = saved_context
     if ok then
       if v ~= nil then emit(S, u, v, code) end
       break
     end
     if v == Cancelled then error(v, 0) end
     if attempt >= attempts then break end
+    -- the one rule (sluice.runtime.retry): not after an answer no retry fixes, nor after a
+    -- call that retried by itself
+    if not may_retry(rec, v, code) then break end
     if r.retry_if then
       local okk, yes = pcall(r.retry_if, v, code, u.arg)
       if not okk or not yes then break end
     end
     local delay = backoff_delay(r, attempt)
     S.n_retried = S.n_retried + 1
+    local cause = attempt_cause(rec, v, code)
+    S.retries_by[cause] = (S.retries_by[cause] or 0) + 1
     if S.job.bus.count > 0 then
       util.unit_event(S, u, "item_retry", { error = errtext(v), code = code, attempt = attempt,
         delay = delay })
@@ -183,8 +215,9 @@ local function run_full(S, u, ctx, task)
     if env then env.attempt = attempt + 1 end
   end
   if not ok then return false, v, code, tb, attempt, false end
-  if memo and u.outputs then
-    memo:put(S.name, u.path, u.outputs)
+  if memo and u.outputs and S.memoize ~= false then
+    local f = u.files
+    memo:put(S.name, u.path, u.outputs, u.mk or nil, f and f.n > 0 and f.list or nil)
     if u.kind == "batch" and memo.put_batch then memo:put_batch(S.name, u.path, u.ids) end
   end
   return true, nil, nil, nil, attempt, false

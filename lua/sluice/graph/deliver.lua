@@ -8,7 +8,7 @@
 --
 -- A stage whose items are taken elsewhere than its queue (collected per key, or held by a gate)
 -- sets S.take(S, env, P, ks) -> true (see sluice.graph.units).
--- Calls: sluice.graph.keys, sluice.graph.envelope, sluice.graph.util.
+-- Calls: sluice.graph.keys, sluice.graph.envelope, sluice.graph.memokey, sluice.graph.util.
 local core = require "sluice.core.core"
 local keys = require "sluice.graph.keys"
 local envelope = require "sluice.graph.envelope"
@@ -17,6 +17,7 @@ local util = require "sluice.graph.util"
 local now = core.now
 local key_state, check_key = keys.key_state, keys.check_key
 local output, copy = envelope.output, envelope.copy
+local output_key = require("sluice.graph.memokey").output
 local dpush = util.dpush
 local pcall, error = pcall, error
 
@@ -87,9 +88,18 @@ function M.emit(S, u, data, opts)
   local k = u.k + 1
   u.k = k
   local env = output(S, u, data, opts, k)
+  local mk
+  if u.mk then -- a keyed job: the output's key (a stored output brings its own)
+    mk = opts and opts._mk or output_key(S, u, data, k)
+    env._mk = mk
+  end
   local outputs = u.outputs
-  if outputs then
-    outputs[k] = { data = data, key = env.key, seq = env.seq, t0 = env.t0, t1 = env.t1 }
+  if outputs then -- what the memo stores: the data, what opts set (the rest is the unit's), the key
+    if opts then
+      outputs[k] = { data = data, key = opts.key, seq = opts.seq, t0 = opts.t0, t1 = opts.t1, _mk = mk }
+    else
+      outputs[k] = { data = data, _mk = mk }
+    end
   end
   if k <= u.delivered then return end -- delivered by an earlier attempt
   if S.keep_results then

@@ -17,7 +17,7 @@ local STAGE_OPTIONS = {
   from = true, run = true, workers = true, queue = true, batch = true, retry = true,
   timeout = true, limits = true, order = true, collect = true, join = true, on_gate = true,
   emit = true, estimate = true, tokens = true, name = true, doc = true, description = true,
-  params = true, kind = true,
+  params = true, kind = true, version = true, memo = true,
 }
 
 local function vfail(pname, where, msg)
@@ -146,6 +146,14 @@ local function normalize_stage(pname, name, spec, limits)
   if spec.estimate ~= nil and not is_callable(spec.estimate) then vfail(pname, where, "option 'estimate' must be a function(input) -> tokens") end
   if spec.tokens ~= nil and not is_nonneg(spec.tokens) then vfail(pname, where, "option 'tokens' must be a non-negative number") end
   s.estimate, s.tokens = spec.estimate, spec.tokens
+  if spec.version ~= nil and type(spec.version) ~= "string" and type(spec.version) ~= "number" then
+    vfail(pname, where, "option 'version' must be a string or a number (got " .. show(spec.version) .. ")")
+  end
+  s.version = spec.version
+  if spec.memo ~= nil and type(spec.memo) ~= "boolean" then vfail(pname, where, "option 'memo' must be a boolean") end
+  -- A stage with on_gate keeps state per key across its units (what the gate set up): one of
+  -- its units alone cannot be taken from the memo, so by default it always runs.
+  if spec.memo == nil then s.memoize = not s.on_gate else s.memoize = spec.memo end
   return s
 end
 
@@ -281,7 +289,7 @@ local function new_pipeline(name, spec)
     error("bad argument to pipeline '" .. name .. "' (a table {sources=, stages=} expected)", 3)
   end
   local known = { sources = true, stages = true, limits = true, defaults = true, config = true,
-    name = true, description = true, doc = true, grace = true, on_done = true }
+    name = true, description = true, doc = true, grace = true, on_done = true, version = true }
   for k in pairs(spec) do
     if not known[k] then
       vfail(name, "options", "unknown option '" .. tostring(k) .. "' (known: " .. table.concat(sorted_keys(known), ", ") .. ")")

@@ -5,7 +5,8 @@
 -- makes a stage's output envelope. Calls nothing else of the graph.
 --
 -- An envelope is { id, key, seq, t0, t1, data, attempt, parent } with `job` and `stage` read
--- through its metatable. A 1:1 output (the first output of an item, with the item's key, seq
+-- through its metatable, and, in a job keyed for resume, `_mk`: the item's key
+-- (sluice.graph.memokey), made where the item is made and carried with it. A 1:1 output (the first output of an item, with the item's key, seq
 -- and times) is *lazy*: { data, key, _o, _t } where _o is the item's origin (the last
 -- envelope made in full, or { id, seq, t0, t1 } of it) and _t the chain of stage hops since
 -- ({ sfx = "/stage/1", prev = hop or false }, one per stage and chain, shared by every item).
@@ -110,7 +111,7 @@ local function source_mt(job_id, N)
     local _ = e.id -- made now, so that next() lists it
     return function(t, k)
       local v
-      repeat k, v = next(t, k) until k ~= "_o"
+      repeat k, v = next(t, k) until k ~= "_o" and k ~= "_mk"
       return k, v
     end, e, nil
   end
@@ -188,7 +189,7 @@ end
 -- its input's attempt).
 function M.copy(e)
   return setmetatable({ id = e.id, key = e.key, seq = e.seq, t0 = e.t0, t1 = e.t1, data = e.data,
-    parent = e.parent, attempt = 1 }, getmetatable(e))
+    parent = e.parent, attempt = 1, _mk = rawget(e, "_mk") }, getmetatable(e))
 end
 
 return M

@@ -17,6 +17,7 @@ local executor = require "sluice.graph.executor"
 local units = require "sluice.graph.units"
 local run = require "sluice.graph.run"
 local source = require "sluice.graph.source"
+local memokey = require "sluice.graph.memokey"
 
 local now = core.now
 local format = string.format
@@ -69,6 +70,14 @@ local function new_stage(job, n, s, opts)
   S.nlimits = #s.limits
   S.executor = (opts.executors and opts.executors[n]) or executor["local"]
   S.exec_item, S.exec_units, S.exec_gate = S.executor.bind(S)
+  -- retries by cause: the stage's own (sluice.graph.attempt) and those its calls made
+  -- (sluice.runtime.retry reports them through the worker's task context)
+  S.retries_by, S.n_request_retries = {}, 0
+  S.count_retry = function(cause)
+    S.n_request_retries = S.n_request_retries + 1
+    S.retries_by[cause] = (S.retries_by[cause] or 0) + 1
+  end
+  S.wctx = { retry = { on_retry = S.count_retry } }
   envelope.setup(job, S)
   S.ctx_mt = run.ctx_mt(S)
   units.install(S)
@@ -104,7 +113,7 @@ function Pipeline:start(opts)
     store = opts.store, bus = opts.bus or events.new(), limits = limits, order = self.order,
     dead = {}, results = {}, state = "starting", nodes = {}, t0 = now(),
     started_at = core.time(), all_done = sl.event(), finished_ev = sl.event(), group = sl.group(),
-    grace = opts.grace or self.spec.grace or 10,
+    grace = opts.grace or self.spec.grace or 10, fresh = opts.fresh or false,
   }, Job)
   local nodes = job.nodes
   local proxies = {}
@@ -164,6 +173,7 @@ function Job:_main()
       job.memo = nil
     end
   end
+  if job.memo and job.memo.keyed then memokey.setup(job) end
   if job.bus.count > 0 then
     local srcs, stg = {}, {}
     for _, n in ipairs(job.order) do
@@ -210,6 +220,12 @@ function Job:_main()
     util.job_event(job, { event = "job_done", state = job.state, elapsed = summary.elapsed,
       failed = #job.dead, error = job.error })
   end
+  -- The stages' keys are stored once a run went through: after a failure the next run is
+  -- compared with the last complete one (so it still says what changed since).
+  if job.memo and job.memo.keyed and job.state == "done" and #job.dead == 0 then
+    local okk, errk = pcall(memokey.finish, job)
+    if not okk then io.stderr:write("sluice: job ", job.id, ": cannot store the stages' keys: ", errtext(unwrap(errk)), "\n") end
+  end
   if job.store and job.store.detach then
     local okd, errd = pcall(job.store.detach, job.store, job)
     if not okd then io.stderr:write("sluice: job ", job.id, ": store detach failed: ", errtext(unwrap(errd)), "\n") end
@@ -239,6 +255,7 @@ function Job:stats()
       st = {
         kind = "stage", ["in"] = S.n_in, done = S.n_done, failed = S.n_failed,
         retried = S.n_retried, dead = S.n_dead, cached = S.n_cached, out = S.n_out,
+        request_retries = S.n_request_retries, retries_by = S.retries_by,
         in_flight = S.running + S.in_flight, queue = S.q.n, queue_cap = S.cap, held = S.n_held,
         workers = S.target, workers_running = S.nworkers, finished = S.finished or false,
         rate = span > 0 and (S.n_done + S.n_failed) / span or 0,
@@ -287,6 +304,13 @@ function Job:wait()
 end
 
 function Job:done() return self.summary_ ~= nil end
+
+-- job:resume_report() -> what was taken from the memo and why the rest ran (see
+-- sluice.graph.memokey.report), or nil when the job is not keyed (no store).
+function Job:resume_report()
+  if not (self.memo and self.memo.keyed) then return nil end
+  return memokey.report(self)
+end
 
 -- job:cancel(): stops everything now; in-flight items are cancelled (not dead-lettered).
 function Job:cancel()

@@ -86,13 +86,15 @@ end }
 local function item_unit(S, env)
   return setmetatable({ kind = "item", n = 1, npend = 1, env = env, key = env.key, arg = env,
     fn = S.exec_item, items = false, k = 0, delivered = 0, outputs = false, outs = false,
-    results = false, blocked = false, timer = false, gate = false, dirty = false }, item_unit_mt)
+    results = false, blocked = false, timer = false, gate = false, dirty = false, mk = false,
+    files = false }, item_unit_mt)
 end
 
 -- Clears what an item's attempts and outputs left in its unit (deliver.emit and attempt mark
 -- a unit dirty when they set these), so that a worker can reuse one unit for its items.
 local function clear_unit(u)
   u.delivered, u.outputs, u.outs, u.results, u.blocked, u.dirty = 0, false, false, false, false, false
+  u.mk, u.files = false, false
 end
 
 -- The per-unit path ---------------------------------------------------------------------------
@@ -204,6 +206,7 @@ local function worker_loop(S, wid)
     w.t = false
     return wake_peer(S)
   end
+  task.context = S.wctx -- (what calls made from the stage report: sluice.runtime.retry)
   local ok, err = pcall(function()
     while true do
       local u = next_unit(S, wu)

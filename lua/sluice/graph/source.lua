@@ -4,13 +4,15 @@
 -- key closed right after it) and function sources (fn(ctx) calling ctx:emit(data, {key=, seq=,
 -- t0=, t1=}) and ctx:close_key(key); every key closes when fn returns). A source's error is a
 -- dead letter; the rest of the run goes on.
--- Calls: sluice.graph.deliver, sluice.graph.keys, sluice.graph.envelope, sluice.graph.util.
+-- Calls: sluice.graph.deliver, sluice.graph.keys, sluice.graph.envelope, sluice.graph.memokey,
+-- sluice.graph.util.
 local core = require "sluice.core.core"
 local sched = require "sluice.runtime.sched"
 local deliver = require "sluice.graph.deliver"
 local keys = require "sluice.graph.keys"
 local envelope = require "sluice.graph.envelope"
 local util = require "sluice.graph.util"
+local memokey = require "sluice.graph.memokey"
 
 local Cancelled = sched.Cancelled
 local source_env, deliver_env = envelope.source_env, deliver.deliver
@@ -28,7 +30,12 @@ local function emit(N, data, opts, identity)
   local last = seqs[key] or 0
   if seq == nil then seq = last + 1 end
   if math_type(seq) and last < seq then seqs[key] = seq end
-  deliver_env(N, source_env(N, data, key, seq, t0, t1, identity))
+  local env = source_env(N, data, key, seq, t0, t1, identity)
+  if N.keyed then -- the item's key: an input's identity (read on the pool), else its content
+    if identity then env._mk = memokey.input(N, data, env.id)
+    else env._mk = memokey.source_item(N, data, key, seq, t0, t1) end
+  end
+  deliver_env(N, env)
 end
 
 local SourceCtx = {}

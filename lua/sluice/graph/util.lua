@@ -47,6 +47,19 @@ function M.show(v)
   return tostring(v)
 end
 
+-- A copy of v holding only what can be stored and shown exactly (strings, numbers,
+-- booleans, plain tables of them): functions, objects and tables with metatables are left out.
+function M.plain(v, depth)
+  local ty = type(v)
+  if ty == "string" or ty == "number" or ty == "boolean" then return v end
+  if ty ~= "table" or getmetatable(v) or (depth or 0) > 32 then return nil end
+  local out = {}
+  for k, x in pairs(v) do
+    if type(k) == "string" or math.type(k) == "integer" then out[k] = M.plain(x, (depth or 0) + 1) end
+  end
+  return out
+end
+
 function M.is_callable(f)
   if type(f) == "function" then return true end
   local mt = getmetatable(f)

@@ -188,6 +188,16 @@ M.wake = wake
 
 function M.current() return current end
 
+-- The running task's context: a table the task set (task.context = {...}) or inherited
+-- from the task that spawned it (tasks spawned from a callback or the top level have
+-- none). Code far below a task's caller reads it for what concerns the whole call (the
+-- graph puts the unit being run there: see sluice.runtime.retry, sluice.runtime.files).
+-- Returns nil outside a task or when there is none.
+function M.context()
+  local t = current
+  return t and t.context
+end
+
 -- Returns the running task or raises: waiting is only possible inside a task.
 local function need_task(what)
   local t = current
@@ -337,6 +347,7 @@ function M.spawn(fn, ...)
     ncancelled = 0,
     finished = false,
     started = false,
+    context = current and current.context or nil,
   }, Task)
   t.scopes = { setmetatable({ task = t, cancelled = false }, Scope) }
   local body

@@ -2,8 +2,10 @@
 --
 --   sluice jobs [--store PATH]              list jobs, newest first
 --   sluice jobs show ID [--store PATH]      per-stage state and failures of one job
---   sluice jobs retry ID [--store PATH]     run the job again: stored items are not redone,
---                                           so only dead-lettered (and unfinished) items run
+--   sluice jobs retry ID [--set K=V ...] [--store PATH]
+--                                           run the job again with its stored settings (and
+--                                           --set on top): stored items are not redone, so
+--                                           only dead-lettered (and unfinished) items run
 --   sluice jobs rm ID... [--force]          delete jobs with their items and events
 --   sluice jobs prune DAYS                  delete jobs that ended more than DAYS days ago
 local S = require "sluice.app.store"
@@ -14,15 +16,17 @@ local M = {}
 M.USAGE = [[
 usage: sluice jobs [--store PATH]
        sluice jobs show ID [--store PATH]
-       sluice jobs retry ID [--store PATH]
+       sluice jobs retry ID [--set KEY=VALUE ...] [--store PATH]
        sluice jobs rm ID... [--force] [--store PATH]
        sluice jobs prune DAYS [--store PATH]
 
 The store defaults to $SLUICE_STORE, else out/sluice.db (a pipeline run keeps it in its
 output folder: OUT/sluice.db). `retry` runs the job's pipeline script again with the inputs,
-output folder and settings recorded when it first ran, under the same job id: items whose
-result is stored are not redone, so only the dead-lettered ones (and any left unfinished by
-a crash) run. `rm` deletes jobs with their items and events; a job still marked running is
+output folder and settings recorded when it last ran (exactly: integers stay integers),
+under the same job id, with its own --set on top: items whose result is stored under the
+same key are not redone, so only the dead-lettered ones (and any left unfinished by a
+crash, and whatever a --set changes) run. `show` lists what each stage's key is made of
+(its code, params and the settings it read) and each input's identity. `rm` deletes jobs with their items and events; a job still marked running is
 kept unless --force (its process may have died: then --force is right). `prune DAYS` deletes
 the jobs that ended more than DAYS days ago.]]
 
@@ -32,7 +36,7 @@ local function fmt_time(t)
 end
 
 local function parse(args)
-  local o = { pos = {} }
+  local o = { pos = {}, sets = {} }
   local i = 1
   while i <= #args do
     local a = args[i]
@@ -44,6 +48,13 @@ local function parse(args)
       i = i + 1
     elseif a == "--force" then
       o.force = true
+      i = i + 1
+    elseif a == "--set" then
+      if not args[i + 1] then o.err = "--set needs KEY=VALUE" end
+      o.sets[#o.sets + 1] = args[i + 1]
+      i = i + 2
+    elseif a:match("^%-%-set=") then
+      o.sets[#o.sets + 1] = a:sub(7)
       i = i + 1
     elseif a == "-h" or a == "--help" then
       o.help = true
@@ -104,6 +115,41 @@ local function show(store, id, cli)
     print(string.format("%-16s %8d %8d %8d %8d", s.stage, s.done or 0, s.running or 0, s.failed or 0,
       s.dead or 0))
   end
+  if #info.sources > 0 or #info.keys > 0 then
+    print("")
+    print("keys (what determines each stage's results; a change to any part runs it again):")
+    for _, src in ipairs(info.sources) do
+      local p = type(src.parts) == "table" and src.parts or {}
+      local what
+      if p.sha256 then
+        what = string.format("size %s, mtime %s, sha256 %s of %s", tostring(p.size),
+          fmt_time(p.mtime), p.sha256:sub(1, 16), p.whole and "the whole file" or "its first and last MiB")
+      else
+        what = tostring(p.input or "?")
+      end
+      print(string.format("  input %s  key %s: %s", src.id, tostring(src.mkey or "-"):sub(1, 12), what))
+    end
+    for _, k in ipairs(info.keys) do
+      local p = k.parts or {}
+      local line = { string.format("  stage %-14s key %s  code %s", k.stage, tostring(k.mkey or "-"):sub(1, 12),
+        tostring(p.code or "-"):sub(1, 12)) }
+      if p.version ~= nil then line[#line + 1] = "version " .. tostring(p.version) end
+      if p.pipeline_version ~= nil then line[#line + 1] = "pipeline version " .. tostring(p.pipeline_version) end
+      if type(p.params) == "table" and next(p.params) ~= nil then
+        line[#line + 1] = "params " .. S.to_json(p.params)
+      end
+      if type(p.from) == "table" then line[#line + 1] = "inputs from " .. table.concat(p.from, ", ") end
+      print(table.concat(line, "  "))
+      for _, r in ipairs(type(p.reads) == "table" and p.reads or {}) do
+        local path = {}
+        for i, seg in ipairs(r.path or {}) do path[i] = tostring(seg) end
+        local v = r.v
+        print(string.format("      setting %s = %s", table.concat(path, "."),
+          v == nil and "(unset)" or (type(v) == "string" and string.format("%q", v) or
+          type(v) == "table" and S.to_json(v) or tostring(v))))
+      end
+    end
+  end
   if #info.failures > 0 then
     print("")
     print("failures:")
@@ -131,8 +177,10 @@ local function self_exe()
   return exe or "sluice"
 end
 
--- The argv that runs the job again, from its stored row.
-function M.retry_argv(j, store_path, exe)
+-- The argv that runs the job again, from its stored row: its script, inputs and output
+-- folder, its stored settings as they were (`sluice run --job-settings` reads them from the
+-- store; secrets come from the environment again), then sets (a list of "KEY=VALUE") on top.
+function M.retry_argv(j, store_path, exe, sets)
   if not j.script or j.script == "" then
     return nil, "job '" .. j.id .. "' has no pipeline script recorded: run it again by hand with --job " .. j.id
   end
@@ -141,28 +189,10 @@ function M.retry_argv(j, store_path, exe)
   if ok and type(inputs) == "table" then
     for _, v in ipairs(inputs) do argv[#argv + 1] = tostring(v) end
   end
-  -- Every scalar setting, as dotted --set keys; redacted secrets come from the environment
-  -- again.
-  local okc, config = pcall(cjson.decode, j.config or "{}")
-  if okc and type(config) == "table" then
-    local sets = {}
-    local function walk(t, prefix)
-      for k, v in pairs(t) do
-        local key = prefix .. tostring(k)
-        local ty = type(v)
-        if ty == "table" and #v == 0 and next(v) ~= nil then
-          walk(v, key .. ".")
-        elseif (ty == "string" and v ~= "<redacted>") or ty == "number" or ty == "boolean" then
-          sets[#sets + 1] = key .. "=" .. tostring(v)
-        end
-      end
-    end
-    walk(config, "")
-    table.sort(sets)
-    for _, kv in ipairs(sets) do
-      argv[#argv + 1] = "--set"
-      argv[#argv + 1] = kv
-    end
+  argv[#argv + 1] = "--job-settings"
+  for _, kv in ipairs(sets or {}) do
+    argv[#argv + 1] = "--set"
+    argv[#argv + 1] = kv
   end
   if j.out and j.out ~= "" then
     argv[#argv + 1] = "--out"
@@ -175,7 +205,7 @@ function M.retry_argv(j, store_path, exe)
   return argv
 end
 
-local function retry(store, id, cli)
+local function retry(store, id, cli, sets)
   local info, err = store:job(id)
   if not info then
     cli.eprint("sluice jobs: " .. tostring(err))
@@ -183,7 +213,7 @@ local function retry(store, id, cli)
   end
   local dead = 0
   for _, s in ipairs(info.stages) do dead = dead + (s.dead or 0) end
-  local argv, aerr = M.retry_argv(info.job, store.path, self_exe())
+  local argv, aerr = M.retry_argv(info.job, store.path, self_exe(), sets)
   if not argv then
     cli.eprint("sluice jobs: " .. aerr)
     return 2
@@ -255,7 +285,15 @@ function M.main(args, cli)
     print(M.USAGE)
     return 0
   end
+  if o.err then
+    cli.eprint("sluice jobs: " .. o.err)
+    return 2
+  end
   local cmd = o.pos[1]
+  if #o.sets > 0 and cmd ~= "retry" then
+    cli.eprint("sluice jobs: --set goes with 'retry' only")
+    return 2
+  end
   if cmd ~= nil and cmd ~= "show" and cmd ~= "retry" and cmd ~= "list" and cmd ~= "rm" and
       cmd ~= "prune" then
     cli.eprint("sluice jobs: unknown subcommand '" .. cmd .. "'\n" .. M.USAGE)
@@ -275,7 +313,7 @@ function M.main(args, cli)
   if cmd == "show" then
     code = show(store, o.pos[2], cli)
   elseif cmd == "retry" then
-    code = retry(store, o.pos[2], cli)
+    code = retry(store, o.pos[2], cli, o.sets)
   elseif cmd == "rm" then
     code = remove(store, { table.unpack(o.pos, 2) }, o.force, cli)
   elseif cmd == "prune" then

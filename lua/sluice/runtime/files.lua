@@ -1,0 +1,61 @@
+-- sluice.runtime.files: which files a piece of work writes and removes.
+--
+--   local files = require "sluice.runtime.files"
+--   files.wrote(path)     -- C code wrote path for the running task's work (Lua writes are seen
+--                         -- by themselves, see below)
+--
+-- Work that wants to know (the graph, for a unit it runs) puts a watcher in its task's
+-- context (sluice.runtime.sched.context(): tasks it spawns share it):
+--   task.context = { files = watcher } -- watcher:wrote(path), :renamed(from, to), :removed(path)
+-- Once this module is loaded, io.open for writing ("w": a file made anew; appending to a
+-- log is not making an output), os.rename and os.remove call
+-- the running task's watcher, if any, after they succeeded: so a stage's outputs written by
+-- Lua code (JSON, Markdown, renamed frames, downloads) are known without the stage saying
+-- so. Files written by C (media chunks) are reported with files.wrote. Without a watcher the
+-- three functions behave exactly as Lua's own.
+local sched = require "sluice.runtime.sched"
+
+local M = {}
+
+local context = sched.context
+local raw_open, raw_rename, raw_remove = io.open, os.rename, os.remove
+local find = string.find
+
+local function watcher()
+  local c = context()
+  return c and c.files
+end
+
+function M.wrote(path)
+  local w = watcher()
+  if w then w:wrote(path) end
+end
+
+do -- (once per Lua state: require loads a module once)
+  io.open = function(path, mode, ...)
+    local f, err, code = raw_open(path, mode, ...)
+    if f and mode and find(mode, "w", 1, true) then
+      local w = watcher()
+      if w then w:wrote(path) end
+    end
+    return f, err, code
+  end
+  os.rename = function(from, to)
+    local ok, err, code = raw_rename(from, to)
+    if ok then
+      local w = watcher()
+      if w then w:renamed(from, to) end
+    end
+    return ok, err, code
+  end
+  os.remove = function(path)
+    local ok, err, code = raw_remove(path)
+    if ok then
+      local w = watcher()
+      if w then w:removed(path) end
+    end
+    return ok, err, code
+  end
+end
+
+return M
