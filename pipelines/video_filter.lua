@@ -17,6 +17,7 @@
 -- --set providers.filter=worker --set worker.argv='["python3","my_yolo.py"]' plugs in your model.
 local sl = require "sluice"
 local cjson = require "cjson"
+local json = require "sluice.runtime.json"
 local stages = require "sluice.blocks.stages"
 
 local provider = stages.provider
@@ -109,7 +110,7 @@ return sl.pipeline "video_filter" {
         local out, to_copy = {}, {}
         for i, f in ipairs(list.frames) do
           local r = res[i] or {}
-          local scores, best = {}, nil
+          local scores, best = json.object(), nil
           for _, c in ipairs(r.classes or {}) do
             scores[c.name] = c.score
             if c.score >= min and (not best or c.score > best.score) then best = c end

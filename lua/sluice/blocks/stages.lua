@@ -22,6 +22,7 @@
 local sl = require "sluice"
 local http = require "sluice.runtime.http"
 local feed = require "sluice.blocks.feed"
+local json = require "sluice.runtime.json"
 
 local M = {}
 
@@ -269,11 +270,12 @@ end
 local made = {}
 
 -- Writes v as JSON to path through a temporary file and a rename, so a reader (or a run
--- killed half-way) never sees a half-written file.
+-- killed half-way) never sees a half-written file. Empty tables are written as [] (the one
+-- rule of sluice.runtime.json; a map that may be empty is made with json.object()).
 function M.write_json(path, v)
   local tmp = path .. ".tmp"
   local f = assert(io.open(tmp, "wb"))
-  f:write(require("cjson").encode(v))
+  f:write(json.encode(v))
   f:close()
   assert(os.rename(tmp, path))
 end
