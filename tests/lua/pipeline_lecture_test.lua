@@ -200,6 +200,39 @@ T.case("a video without audio: the audio stage fails, the slides are still fused
   P.rm(out)
 end)
 
+T.case("an audio-only lecture: transcript, speech-only fused windows and a summary, exit 0, a note", function()
+  local out = P.tmpdir("lecture-audio")
+  local audio = out .. "/talk.m4a"
+  local r = T.ok(sl.exec { "ffmpeg", "-v", "error", "-y", "-i", P.sample("lecture") .. "/lecture.mp4", "-vn",
+    "-c", "copy", audio })
+  T.eq(r.status, 0, r.stderr)
+  r = P.run({ "pipelines/lecture.lua", audio, "--out", out .. "/o", "--no-store" })
+  T.eq(r.status, 0, r.stderr)
+  T.ok(r.stderr:find(audio .. " has no video stream: no frames", 1, true), r.stderr)
+  local dir = out .. "/o"
+  T.eq(P.read(dir .. "/slides.json"), "[]")
+  local tr = P.json(dir .. "/transcript.json")
+  T.ok(#tr.segments >= 3, #tr.segments .. " segments")
+  -- fused.json: 30 s windows of speech (41 s of audio: two), every transcript word in one
+  local fused = P.json(dir .. "/fused.json")
+  T.eq(#fused, 2)
+  local words = 0
+  for i, e in ipairs(fused) do
+    T.eq(e.window, i - 1)
+    T.eq(e.speech_only, true)
+    T.eq(#e.slides, 0)
+    words = words + #text.words(e.speech)
+  end
+  T.eq(words, #text.words(tr.text))
+  local md = P.read(dir .. "/summary.md")
+  T.ok(md:find("this summary is of the speech alone", 1, true), md)
+  local sections = 0
+  for _ in md:gmatch("\n## ") do sections = sections + 1 end
+  T.eq(sections, 2)
+  T.ok(not md:find("nothing was said", 1, true), md)
+  P.rm(out)
+end)
+
 T.case("fusion buffers batches done before the transcript, then merges each batch as it completes", function()
   local fake = require "fakeapi"
   local srv = fake.start { latency = 0 }

@@ -15,8 +15,9 @@
 --       cuts each input (a path or URL, or {path=}) into 16 kHz mono WAV chunks while it
 --       decodes; items {seq, t0, t1, path}, one per chunk (fan-out), envelope t0/t1 set.
 --   stages.capture{from=, every=|scene=|keyframes=, min_interval=, max_width=, dir="frames",
---       name="%04d"} -> a stage that captures frames to DIR/<dir>/NNNN.jpg; items {seq, t,
---       path, width, height, dhash}.
+--       name="%04d", no_video="fail"} -> a stage that captures frames to DIR/<dir>/NNNN.jpg;
+--       items {seq, t, path, width, height, dhash}. no_video = "skip": an input without a
+--       video stream gives no frames and a log line instead of a failure.
 -- Their settings are stage params, so `--set stages.audio.params.seconds=10` changes them.
 -- Files go under the run's --out directory (DIR/<key>/... when the run has several inputs).
 local sl = require "sluice"
@@ -390,7 +391,8 @@ function M.capture(o)
   end
   local params = { every = o.every, scene = o.scene, keyframes = o.keyframes,
     min_interval = o.min_interval, max_width = o.max_width, max_height = o.max_height,
-    dir = o.dir or "frames", name = o.name or "%04d", quality = o.quality, first = o.first }
+    dir = o.dir or "frames", name = o.name or "%04d", quality = o.quality, first = o.first,
+    no_video = o.no_video or "fail" }
   return {
     kind = "capture", from = o.from, workers = o.workers or 1, queue = o.queue, retry = o.retry,
     params = params,
@@ -398,6 +400,21 @@ function M.capture(o)
       local media = require "sluice.media"
       local src = M.input_path(env.data)
       if not src then error("capture: item has no path", 0) end
+      if param(ctx, params, "no_video") == "skip" then
+        -- A recording without pictures (an audio-only lecture): nothing to capture, and not a
+        -- failure; the stages downstream see no frames for this key.
+        local info, perr = media.probe(src)
+        if not info then error(string.format("capture %s: %s", src, perr), 0) end
+        local has_video = false
+        for _, st in ipairs(info.streams or {}) do
+          if st.type == "video" then has_video = true end
+        end
+        if not has_video then
+          ctx:log(string.format("%s has no video stream: no frames", src))
+          ctx:event("no_video", { source = src })
+          return nil
+        end
+      end
       local dir = M.out_dir(ctx, env.key, param(ctx, params, "dir"))
       local fo = { dir = dir, prefix = ".frame", max_width = param(ctx, params, "max_width"),
         max_height = param(ctx, params, "max_height"), quality = param(ctx, params, "quality"),
