@@ -58,8 +58,14 @@ T.case("local providers: transcript, slides, fused timeline, summary and judge",
   local wer = text.wer(table.concat(ref, " "), tr.text)
   print(string.format("     transcript WER %.3f", wer))
   T.ok(wer < 0.45, "WER " .. wer)
-  local srt = assert(subtitles.read_file(out .. "/transcript.srt"))
-  T.eq(#srt, #tr.segments, "one cue per segment")
+  -- Subtitles: every word of the transcript, in order, in cues that follow the style guide.
+  for _, name in ipairs { "transcript.srt", "transcript.vtt" } do
+    local cues = assert(subtitles.read_file(out .. "/" .. name))
+    T.ok(subtitles.check(cues))
+    local said = {}
+    for _, c in ipairs(cues) do said[#said + 1] = c.text end
+    T.eq(table.concat(text.words(table.concat(said, " ")), " "), table.concat(text.words(tr.text), " "), name)
+  end
   for i = 2, #tr.segments do T.ok(tr.segments[i].start >= tr.segments[i - 1].start, "segments in order") end
   -- Slides: one capture per slide change, at the right time, with its text.
   local slides = P.json(out .. "/slides.json")
@@ -136,6 +142,9 @@ T.case("remote providers on the fake API with latency and faults: complete, in o
     local tr = P.json(out .. "/transcript.json")
     T.ok(#tr.segments > 0)
     T.ok(tr.duration > 40)
+    for _, name in ipairs { "transcript.srt", "transcript.vtt" } do
+      T.ok(subtitles.check(assert(subtitles.read_file(out .. "/" .. name))))
+    end
     local fused = P.json(out .. "/fused.json")
     T.eq(#fused, #truth.slides, "every slide fused")
     for i, e in ipairs(fused) do
@@ -213,6 +222,7 @@ T.case("an audio-only lecture: transcript, speech-only fused windows and a summa
   T.eq(P.read(dir .. "/slides.json"), "[]")
   local tr = P.json(dir .. "/transcript.json")
   T.ok(#tr.segments >= 3, #tr.segments .. " segments")
+  T.ok(subtitles.check(assert(subtitles.read_file(dir .. "/transcript.srt"))))
   -- fused.json: 30 s windows of speech (41 s of audio: two), every transcript word in one
   local fused = P.json(dir .. "/fused.json")
   T.eq(#fused, 2)
