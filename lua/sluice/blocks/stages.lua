@@ -97,12 +97,13 @@ end
 
 -- Inputs -----------------------------------------------------------------------------------
 
--- expand_inputs(list, {limit=}) -> items, errors. Each item: {key, url or path, title,
--- duration, published, time, source}. Keys are unique slugs. A feed that cannot be read is an
--- error (returned, not raised) and the other inputs go on.
+-- expand_inputs(list, {limit=}) -> items, errors, skipped. Each item: {key, url or path,
+-- title, duration, published, time, source}. Keys are unique slugs. A feed that cannot be read
+-- is an error (returned, not raised) and the other inputs go on. A feed entry without an
+-- enclosure is in skipped: {source=, title=, guid=, link=, reason=}.
 function M.expand_inputs(list, opts)
   opts = opts or {}
-  local items, errors, used = {}, {}, {}
+  local items, errors, used, skipped = {}, {}, {}, {}
   local function add(it)
     local base = M.slug(it.title or (it.url and url_basename(it.url):gsub("%.[%w]+$", ""))
       or (it.path and it.path:match("([^/]+)$"):gsub("%.[%w]+$", "")))
@@ -145,7 +146,10 @@ function M.expand_inputs(list, opts)
       else
         local n = 0
         for _, e in ipairs(f.items) do
-          if e.enclosure and e.enclosure.url and (not opts.limit or n < opts.limit) then
+          if not (e.enclosure and e.enclosure.url) then
+            skipped[#skipped + 1] = { source = http.safe_url(input), title = e.title, guid = e.guid,
+              link = e.link, reason = "no enclosure (no media file to fetch)" }
+          elseif not opts.limit or n < opts.limit then
             n = n + 1
             local u = M.resolve(input, e.enclosure.url)
             add { url = is_url(u) and u or nil, path = (not is_url(u)) and u or nil, title = e.title,
@@ -163,7 +167,7 @@ function M.expand_inputs(list, opts)
       add { path = input }
     end
   end
-  return items, errors
+  return items, errors, skipped
 end
 
 -- Downloads ----------------------------------------------------------------------------------
