@@ -182,13 +182,18 @@ T.case("a corrupt video: exit status 1, one line per failed stage naming the inp
   P.rm(out)
 end)
 
+-- The sample lecture without its audio ("-an") or its video ("-vn"), copied into path.
+local function sample_without(path, flag)
+  local r = T.ok(sl.exec { "ffmpeg", "-v", "error", "-y", "-i", P.sample("lecture") .. "/lecture.mp4", flag,
+    "-c", "copy", path })
+  T.eq(r.status, 0, r.stderr)
+  return path
+end
+
 T.case("a video without audio: the audio stage fails, the slides are still fused and summarised", function()
   local out = P.tmpdir("lecture-silent")
-  local silent = out .. "/silent.mp4"
-  local r = T.ok(sl.exec { "ffmpeg", "-v", "error", "-y", "-i", P.sample("lecture") .. "/lecture.mp4", "-an",
-    "-c", "copy", silent })
-  T.eq(r.status, 0, r.stderr)
-  r = P.run({ "pipelines/lecture.lua", silent, "--out", out .. "/o", "--no-store" })
+  local silent = sample_without(out .. "/silent.mp4", "-an")
+  local r = P.run({ "pipelines/lecture.lua", silent, "--out", out .. "/o", "--no-store" })
   T.eq(r.status, 1, r.stderr)
   T.ok(r.stderr:find("audio_chunks " .. silent .. ": " .. silent .. ": no audio stream", 1, true), r.stderr)
   T.ok(r.stderr:find("no transcript for silent.mp4: slides without speech", 1, true), r.stderr)
@@ -211,11 +216,8 @@ end)
 
 T.case("an audio-only lecture: transcript, speech-only fused windows and a summary, exit 0, a note", function()
   local out = P.tmpdir("lecture-audio")
-  local audio = out .. "/talk.m4a"
-  local r = T.ok(sl.exec { "ffmpeg", "-v", "error", "-y", "-i", P.sample("lecture") .. "/lecture.mp4", "-vn",
-    "-c", "copy", audio })
-  T.eq(r.status, 0, r.stderr)
-  r = P.run({ "pipelines/lecture.lua", audio, "--out", out .. "/o", "--no-store" })
+  local audio = sample_without(out .. "/talk.m4a", "-vn")
+  local r = P.run({ "pipelines/lecture.lua", audio, "--out", out .. "/o", "--no-store" })
   T.eq(r.status, 0, r.stderr)
   T.ok(r.stderr:find(audio .. " has no video stream: no frames", 1, true), r.stderr)
   local dir = out .. "/o"
