@@ -132,6 +132,7 @@ T.case("default detector on the shared footage, against labels made by looking: 
   T.ok(recall >= 0.85, "recall " .. recall)
   for _, who in ipairs { "A", "B", "C", "D", "E", "F" } do T.ok(people[who], "person " .. who .. " keeps a frame") end
   T.eq(bottle, 0, "frames of the bottle clip that passed as person")
+  T.ok(P.check_json_lists(out, { "classes" }) >= 3, "JSON outputs checked")
   P.rm(out)
 end)
 

@@ -122,6 +122,7 @@ T.case("local providers: transcript, slides, fused timeline, summary and judge",
   local isum = first(seen, "summary")
   local _, jd = first(seen, "job_done")
   T.ok(isum and jd, "summary events before the job ends")
+  T.ok(P.check_json_lists(out) >= 4, "JSON outputs checked")
   P.rm(out)
 end)
 
@@ -242,6 +243,7 @@ T.case("an audio-only lecture: transcript, speech-only fused windows and a summa
   for _ in md:gmatch("\n## ") do sections = sections + 1 end
   T.eq(sections, 2)
   T.ok(not md:find("nothing was said", 1, true), md)
+  T.ok(P.check_json_lists(dir) >= 4, "JSON outputs checked")
   P.rm(out)
 end)
 

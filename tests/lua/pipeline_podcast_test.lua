@@ -118,6 +118,7 @@ T.case("a feed that is not XML: index.json reports it; an entry without an enclo
   T.eq(index.skipped[1].title, "Episode 2: Respectable")
   T.eq(index.skipped[1].guid, "sample-episode-2")
   T.ok(index.skipped[1].reason:find("no enclosure", 1, true))
+  T.ok(P.check_json_lists(out) >= 6, "JSON outputs checked")
   P.rm(out)
 end)
 
