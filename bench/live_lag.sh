@@ -19,12 +19,7 @@
 # Usage: bench/live_lag.sh [RUNS=20] [DURATION=40] [LATENCY=8] [FPS=2] [PERIODIC=8] [SEGMENT=2]
 set -eu
 cd "$(dirname "$0")/.."
-RUNS=${1:-20}
-DURATION=${2:-40}
-LATENCY=${3:-8}
-FPS=${4:-2}
-PERIODIC=${5:-8}
-SEG=${6:-2}
+RUNS=${1:-20} DURATION=${2:-40} LATENCY=${3:-8} FPS=${4:-2} PERIODIC=${5:-8} SEG=${6:-2}
 . bench/live_stream.sh
 sleep $((SEG * 3)) # a full playlist
 echo "stream: $URL (${SRC:-testsrc2}, $SEG s segments); analyses take $LATENCY s; $FPS fps; analysis on dHash change or every $PERIODIC s; $DURATION s a run, $RUNS runs; $(nproc) CPUs, load $(cut -d" " -f1-3 /proc/loadavg)"
