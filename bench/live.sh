@@ -21,37 +21,8 @@ DURATION=${1:-30}
 LATENCY=${2:-5}
 FPS=${3:-2}
 PERIODIC=${4:-3}
-BIN=${SLUICE_BIN:-build/sluice}
-[ -x "$BIN" ] || { echo "bench/live.sh: $BIN not built (cmake --build build)" >&2; exit 2; }
-SRC=${SLUICE_SHARED_MEDIA:-$(pwd)/../shared/media}/person.mp4
-[ -f "$SRC" ] || SRC=/work/shared/media/person.mp4
-[ -f "$SRC" ] || SRC=""
-TMP=$(mktemp -d)
-PIDS=""
-cleanup() { for p in $PIDS; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT INT TERM
-mkdir -p "$TMP/hls"
-if [ -n "$SRC" ]; then
-  IN="-stream_loop -1 -i $SRC"
-else
-  IN="-f lavfi -i testsrc2=size=640x360:rate=10"
-fi
-# shellcheck disable=SC2086
-ffmpeg -v error -nostdin -re $IN -an -vf scale=640:-2 -c:v libx264 -preset ultrafast -tune zerolatency \
-  -g 10 -keyint_min 10 -sc_threshold 0 -f hls -hls_time 1 -hls_list_size 5 -hls_flags delete_segments \
-  "$TMP/hls/live.m3u8" &
-PIDS="$PIDS $!"
-/usr/bin/python3 -m http.server 0 --bind 127.0.0.1 --directory "$TMP/hls" > "$TMP/http.log" 2>&1 &
-PIDS="$PIDS $!"
-/usr/bin/python3 tests/fakeapi/server.py --port 0 --latency "$LATENCY" --no-record > "$TMP/fake.port" 2>"$TMP/fake.log" &
-PIDS="$PIDS $!"
-for _ in $(seq 100); do
-  [ -s "$TMP/fake.port" ] && grep -q "Serving HTTP" "$TMP/http.log" && [ -f "$TMP/hls/live.m3u8" ] && break
-  sleep 0.1
-done
-HTTP_PORT=$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$TMP/http.log" | head -1)
-FAKE=http://127.0.0.1:$(head -1 "$TMP/fake.port")/v1
-URL=http://127.0.0.1:$HTTP_PORT/live.m3u8
+SEG=1
+. bench/live_stream.sh
 echo "stream: $URL (${SRC:-testsrc2}, 1 s segments); VLM latency ${LATENCY} s; ${FPS} fps; analysis on dHash change or every ${PERIODIC} s; ${DURATION} s per side; $(nproc) CPUs, load $(cut -d" " -f1-3 /proc/loadavg)"
 SETS="--set providers.vlm=openai --set openai.base_url=$FAKE --set openai.api_key=sk-bench --set fps=$FPS --set periodic=$PERIODIC --set duration=$DURATION"
 # shellcheck disable=SC2086

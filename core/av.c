@@ -490,6 +490,7 @@ struct sl_frame_reader {
   int64_t last_dts;     /* dts of the last packet sent to the decoder (or of the last seek) */
   int64_t last_seek;    /* index timestamp of the keyframe last sought, or INT64_MIN */
   int can_seek;
+  int network; /* the input is a URL other than file: (see sl_frame_network) */
   int input_eof, done;
   long decoded, seeks, decode_errors;
   int64_t max_read_pts; /* the latest pts of a packet of the stream read from the input */
@@ -557,6 +558,7 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
   r->origin = r->fmt->start_time != AV_NOPTS_VALUE ? r->fmt->start_time / (double)AV_TIME_BASE : 0;
   r->can_seek = r->fmt->pb && (r->fmt->pb->seekable & AVIO_SEEKABLE_NORMAL) &&
                 avformat_index_get_entries_count(r->st) > 0;
+  r->network = strstr(url, "://") != NULL && strncmp(url, "file:", 5) != 0;
   r->pkt = av_packet_alloc();
   r->cur = av_frame_alloc();
   r->tmp = av_frame_alloc();
@@ -1005,6 +1007,8 @@ fail:
 }
 
 const char *sl_frame_warning(const sl_frame_reader *r) { return r->warning[0] ? r->warning : NULL; }
+
+int sl_frame_network(const sl_frame_reader *r) { return r->network; }
 
 void sl_frame_stats(const sl_frame_reader *r, long *decoded, long *seeks) {
   *decoded = r->decoded;

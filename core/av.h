@@ -139,6 +139,11 @@ int sl_frame_render(sl_frame_reader *r, int format, int max_width, int max_heigh
  * benchmarks: shows that seeking skipped work). */
 void sl_frame_stats(const sl_frame_reader *r, long *decoded, long *seeks);
 
+/* 1 when reading the next frame may wait on the network (an http, rtmp, ... URL: a live
+ * stream delivers a segment at a time), 0 for local files. A frame decoded from such an input
+ * must be handed on at once, not held while the next one is awaited. */
+int sl_frame_network(const sl_frame_reader *r);
+
 /* After the last frame: a message when the input broke off before the length its header states,
  * or NULL. The reader keeps ownership of the string. */
 const char *sl_frame_warning(const sl_frame_reader *r);

@@ -679,7 +679,9 @@ static void frame_state_free(frame_state *s) {
  * than FRAME_BATCH_SECONDS and holds less than FRAME_BATCH_BYTES of images, so short items
  * (keyframes, small frames) do not each pay a round trip through the loop (on a loaded machine
  * the wake-up of the loop thread, and so the gap between two jobs of a stream, can take
- * milliseconds). */
+ * milliseconds). Inputs read over the network deliver one frame a job: there the next frame
+ * may be a whole live segment away, and a frame held meanwhile reached Lua that much later
+ * (the live monitor's capture fell a segment or two behind the stream in some runs). */
 #define FRAME_BATCH 16
 #define FRAME_BATCH_SECONDS 0.05
 #define FRAME_BATCH_BYTES (8 << 20)
@@ -778,7 +780,8 @@ static void frame_run_inner(sl_job *job, void *data) {
   sl_frame_set_cancel(s->reader, &c);
   double start = sl_now();
   size_t bytes = 0;
-  while (j->n < FRAME_BATCH) {
+  int batch = sl_frame_network(s->reader) ? 1 : FRAME_BATCH;
+  while (j->n < batch) {
     if (j->n > 0 && (sl_now() - start > FRAME_BATCH_SECONDS || bytes > FRAME_BATCH_BYTES ||
                      sl_job_cancelled(job)))
       break;

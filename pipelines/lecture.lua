@@ -84,6 +84,7 @@ end
 local function title_of(e)
   local first = (e.slide_text or ""):match("^%s*([^\n]+)")
   if first and first:find("%S") then return first end
+  if e.speech_only then return "(speech)" end
   return e.missing and "(slide not described)" or string.format("%s-%s", clock(e.t0), clock(e.t1))
 end
 
@@ -142,7 +143,10 @@ return sl.pipeline "lecture" {
       end,
     },
 
-    frames = sl.capture { from = "video", scene = 0.02, min_interval = 2, max_width = 960, dir = "slides" },
+    -- An audio-only recording has no frames: the lecture is then fused and summarised from
+    -- its speech alone (fusion_end), and says so.
+    frames = sl.capture { from = "video", scene = 0.02, min_interval = 2, max_width = 960, dir = "slides",
+      no_video = "skip" },
 
     vlm = {
       from = "frames", batch = { size = 4, wait = 5 }, workers = 2, limits = { "model_quota" },
@@ -195,7 +199,14 @@ return sl.pipeline "lecture" {
       from = { "transcript", "frames", "vlm", "fusion" }, collect = true,
       run = function(items, ctx)
         local key = items[1].key
-        local f = fusion.new { policy = policy_of(ctx) }
+        local nframes = 0
+        for _, env in ipairs(items) do
+          if env.stage == "frames" then nframes = nframes + 1 end
+        end
+        -- No frames at all (an audio-only recording): speech-only entries, one per window.
+        local speech_only = nframes == 0
+        local f = fusion.new { policy = speech_only and fusion.by_window { seconds = ctx.config.window or 30 }
+          or policy_of(ctx) }
         local done, tr = {}, nil
         for _, env in ipairs(items) do
           if env.stage == "transcript" then tr = env.data
@@ -214,6 +225,7 @@ return sl.pipeline "lecture" {
         f:finish()
         local rest = {}
         for _, e in ipairs(f:entries()) do
+          e.speech_only = speech_only or nil
           if not done[e.seq or (e.window + 1)] then rest[#rest + 1] = e end
         end
         emit_entries(ctx, rest)
@@ -230,7 +242,7 @@ return sl.pipeline "lecture" {
         for i, e in ipairs(f:entries()) do
           entries[i] = { seq = e.seq, window = e.window, t0 = e.t0, t1 = e.t1,
             slide_text = e.slide_text, slide_path = e.slide_path, speech = e.speech,
-            segments = e.segments, slides = e.slides, missing = e.missing }
+            segments = e.segments, slides = e.slides, missing = e.missing, speech_only = e.speech_only }
         end
         table.sort(entries, function(a, b) return (a.seq or a.window) < (b.seq or b.window) end)
         write_json(dir .. "/slides.json", slides)
@@ -257,7 +269,7 @@ return sl.pipeline "lecture" {
         if type(s) == "table" then s = s.text or s.summary or "" end
         ctx:event("summary", { seq = env.seq, t0 = e.t0, t1 = e.t1, text = s })
         return { seq = env.seq, t0 = e.t0, t1 = e.t1, title = title_of(e), summary = s,
-          slide_text = e.slide_text, speech = e.speech }
+          slide_text = e.slide_text, speech = e.speech, speech_only = e.speech_only }
       end,
     },
 
@@ -291,6 +303,10 @@ return sl.pipeline "lecture" {
         table.sort(sums, function(a, b) return a.seq < b.seq end)
         table.sort(judged, function(a, b) return a.seq < b.seq end)
         local md = { "# Lecture summary: " .. tostring(key), "" }
+        if sums[1] and sums[1].speech_only then
+          md[#md + 1] = "_The recording has no video: this summary is of the speech alone._"
+          md[#md + 1] = ""
+        end
         for _, s in ipairs(sums) do
           md[#md + 1] = string.format("## %s-%s %s", clock(s.t0), clock(s.t1), s.title)
           md[#md + 1] = ""

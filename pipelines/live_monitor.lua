@@ -41,6 +41,7 @@
 -- keep_frames (false: frames nobody analyses are deleted).
 local sl = require "sluice"
 local cjson = require "cjson"
+local json = require "sluice.runtime.json"
 local stages = require "sluice.blocks.stages"
 
 -- Per-job state: the log, the pending slot, measurements.
@@ -50,7 +51,7 @@ local jobs = stages.job_states()
 -- event `live_<type>` (the dashboard, --events and REPL listeners see it).
 local function log_record(st, rec, ctx)
   rec.wall = rec.wall or (sl.now() - st.t0)
-  local line = cjson.encode(rec)
+  local line = json.encode(rec)
   st.log:write(line, "\n")
   if ctx then
     rec.stream_t = rec.t -- an event's own `t` is its wall-clock time

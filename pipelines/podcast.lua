@@ -15,7 +15,8 @@
 -- transcript  merges an episode's chunks in order, removing the words both sides of an
 --             overlap heard; writes DIR/<episode>/transcript.json and .srt
 -- metadata    N workers (4): title, summary, keywords, chapters -> DIR/<episode>/metadata.json
--- index       DIR/index.json for the run.
+-- index       DIR/index.json for the run: episodes, failed (stage, key, error: a feed that
+--             cannot be read too), skipped (feed entries without an enclosure).
 -- Providers: --set providers.stt=openai|clova, --set providers.llm=openai|gemini.
 local sl = require "sluice"
 local cjson = require "cjson"
@@ -50,10 +51,18 @@ return sl.pipeline "podcast" {
     keywords = 8,
   },
   sources = {
+    -- Episodes of the feeds (and media given directly). A feed that cannot be read is an item
+    -- that fails at download (a dead letter: on the terminal, in index.json's failed, exit 1);
+    -- a feed entry without an enclosure is logged and listed in index.json's skipped.
     episodes = function(ctx)
-      local items, errors = stages.expand_inputs(ctx.job.inputs, { limit = ctx.config.limit })
+      local items, errors, skipped = stages.expand_inputs(ctx.job.inputs, { limit = ctx.config.limit })
       for i, e in ipairs(errors) do
         ctx:emit({ error = e }, { key = "input-error-" .. i, seq = 1 })
+      end
+      for i, s in ipairs(skipped) do
+        ctx:log(string.format("skipped %s in %s: %s", s.title and ("'" .. s.title .. "'") or s.guid or "an entry",
+          s.source, s.reason))
+        ctx:emit({ skipped = s }, { key = "skipped-" .. i, seq = 1 })
       end
       for _, it in ipairs(items) do ctx:emit(it, { key = it.key, seq = 1 }) end
     end,
@@ -65,6 +74,7 @@ return sl.pipeline "podcast" {
       run = function(env, ctx)
         local it = env.data
         if it.error then return nil, it.error, "EINPUT" end
+        if it.skipped then return nil end -- reported by the source and the index
         local dir = stages.out_dir(ctx, nil, "downloads")
         local path, info = stages.fetch(it, dir, { timeout = ctx.config.download_timeout })
         if not path then return nil, info, "EFETCH" end
@@ -169,18 +179,23 @@ return sl.pipeline "podcast" {
       end,
     },
 
+    -- Also fed by the source, so that a run whose every input failed still writes its index.
     index = {
-      from = { "download", "metadata" }, collect = "all",
+      from = { "episodes", "download", "metadata" }, collect = "all",
       run = function(items, ctx)
-        local eps, by_key = {}, {}
+        local eps, by_key, skipped = {}, {}, {}
         for _, env in ipairs(items) do
+          local d = env.data
+          if env.stage == "episodes" then
+            if d.skipped then skipped[#skipped + 1] = d.skipped end
+            goto next_item
+          end
           local e = by_key[env.key]
           if not e then
             e = { key = env.key }
             by_key[env.key] = e
             eps[#eps + 1] = e
           end
-          local d = env.data
           if env.stage == "download" then
             e.title, e.source = d.title, d.url or d.path
             e.audio, e.duration, e.published = d.path, d.duration, d.published
@@ -189,6 +204,7 @@ return sl.pipeline "podcast" {
             e.transcript = d.transcript
             e.metadata = episode_dir(ctx, env.key) .. "/metadata.json"
           end
+          ::next_item::
         end
         table.sort(eps, function(a, b) return a.key < b.key end)
         local failed = {}
@@ -197,7 +213,7 @@ return sl.pipeline "podcast" {
         end
         local out = stages.out_dir(ctx, nil, nil)
         write_json(out .. "/index.json", { job = ctx.job.id, episodes = eps,
-          failed = failed })
+          failed = failed, skipped = skipped })
         return { episodes = #eps }
       end,
     },

@@ -7,16 +7,21 @@
 --           yt-dlp when it is installed); paths are used where they are
 -- extract   2 workers: one frame every `every` seconds (default 1) into DIR/frames/<video>/
 --           plus frames.json (t, file, perceptual hashes); passes the folder on
--- filter    1 worker with one model worker process for the whole run (the OpenCV detector
---           by default, loaded once): keeps frames where one of `classes` (default person)
---           scores at least `min_score` (0.5); copies them to DIR/kept/<video>/
--- dedup     once every video is filtered: drops kept frames within `distance` bits (dHash,
---           default 4) of an earlier kept frame, across all videos; writes DIR/manifest.json
+-- filter    1 worker with one model worker process for the whole run (the bundled CenterNet
+--           detector by default, workers/detect.js: the 80 COCO classes, loaded once): keeps
+--           frames where one of `classes` (default person) scores at least `min_score` (0.5);
+--           copies them to DIR/kept/<video>/. Class names the detector does not know stop the
+--           run before it starts (exit 2), with the list of known ones.
+-- dedup     once every video is filtered: drops a kept frame when at most `change` (0.02) of
+--           the picture changed since an earlier kept frame, across all videos (64-pixel gray
+--           thumbnails, less their mean brightness: media.changed); writes DIR/manifest.json
 --           (per frame: video, t, classes with scores, hash, kept or dropped and why)
 -- --set cleanup=true removes the raw frame folders once filtered.
+-- --set worker.detector=opencv uses the older OpenCV detector (HOG people, Haar cascades).
 -- --set providers.filter=worker --set worker.argv='["python3","my_yolo.py"]' plugs in your model.
 local sl = require "sluice"
 local cjson = require "cjson"
+local json = require "sluice.runtime.json"
 local stages = require "sluice.blocks.stages"
 
 local provider = stages.provider
@@ -33,8 +38,8 @@ local function read_json(path)
   return v
 end
 
-local function classes_of(ctx)
-  local c = ctx.config.classes or { "person" }
+local function classes_of(config)
+  local c = config.classes or { "person" }
   if type(c) == "string" then
     local list = {}
     for w in c:gmatch("[^,%s]+") do list[#list + 1] = w end
@@ -47,13 +52,35 @@ return sl.pipeline "video_filter" {
   description = "videos -> frames with the requested classes, near-duplicates removed across videos",
   defaults = {
     providers = { filter = "worker" },
+    worker = { detector = "centernet" },
     classes = { "person" },
     min_score = 0.5,
     every = 1,
     max_width = 640,
-    distance = 4,
+    change = 0.02,
     cleanup = false,
   },
+  -- Before anything runs: the detector knows every class asked for.
+  check = function(config)
+    local providers = require "sluice.providers"
+    local classes = classes_of(config)
+    if #classes == 0 then return nil, "classes: none given" end
+    local name = providers.name_for("filter", config)
+    if name ~= "worker" then return true end -- remote models take any class name
+    local p = providers.for_role("filter", config)
+    local known = p:known_classes()
+    p:close()
+    if not known then return true end -- a worker without `info`: it says so per frame
+    local set = {}
+    for _, c in ipairs(known) do set[c] = true end
+    local bad = {}
+    for _, c in ipairs(classes) do if not set[c] then bad[#bad + 1] = "'" .. tostring(c) .. "'" end end
+    if #bad > 0 then
+      return nil, string.format("classes: %s unknown to the detector %s (known: %s)", table.concat(bad, ", "),
+        p.name, table.concat(known, ", "))
+    end
+    return true
+  end,
   sources = { videos = sl.inputs() },
   stages = {
     download = {
@@ -99,7 +126,7 @@ return sl.pipeline "video_filter" {
         local v = env.data
         local list, err = read_json(v.folder .. "/frames.json")
         if not list then error("filter " .. v.video .. ": " .. tostring(err), 0) end
-        local classes = classes_of(ctx)
+        local classes = classes_of(ctx.config)
         local reqs = {}
         for i, f in ipairs(list.frames) do reqs[i] = { path = v.folder .. "/" .. f.file, t = f.t } end
         local res, cerr = provider(ctx, "filter"):classify(reqs, classes)
@@ -109,7 +136,7 @@ return sl.pipeline "video_filter" {
         local out, to_copy = {}, {}
         for i, f in ipairs(list.frames) do
           local r = res[i] or {}
-          local scores, best = {}, nil
+          local scores, best = json.object(), nil
           for _, c in ipairs(r.classes or {}) do
             scores[c.name] = c.score
             if c.score >= min and (not best or c.score > best.score) then best = c end
@@ -144,35 +171,41 @@ return sl.pipeline "video_filter" {
       run = function(items, ctx)
         local media = require "sluice.media"
         table.sort(items, function(a, b) return a.data.video < b.data.video end)
-        local ix = media.index()
-        local d = ctx.config.distance
-        local manifest, by_id = {}, {}
+        local limit = ctx.config.change
+        local manifest, kept_list = {}, {}
         local kept, dropped_dups = 0, 0
         for _, env in ipairs(items) do
           for _, rec in ipairs(env.data.frames) do
             manifest[#manifest + 1] = rec
             if rec.kept then
-              local h = media.from_hex(rec.dhash)
-              local ids, dists = ix:near(h, d)
-              if ids and #ids > 0 then
-                local other = by_id[ids[1]]
+              local th, terr = media.thumb(rec.path)
+              if not th then error("dedup " .. tostring(rec.path) .. ": " .. tostring(terr), 0) end
+              -- the earlier kept frame it changed least from
+              local best, best_c
+              for _, k in ipairs(kept_list) do
+                local c = media.changed(th, k.thumb)
+                if not best_c or c < best_c then best, best_c = k, c end
+                sl.yield() -- ~0.1 ms each: the loop stays free
+              end
+              if best and best_c <= limit then
+                local other = best.rec
                 rec.kept = false
-                rec.reason = string.format("near-duplicate of %s@%.2fs (%d bits)", other.video, other.t, dists[1])
+                rec.reason = string.format("near-duplicate of %s@%.2fs (%.1f%% changed)", other.video,
+                  other.t, best_c * 100)
                 rec.duplicate_of = { video = other.video, t = other.t }
+                rec.changed = best_c
                 os.remove(rec.path)
                 rec.path = nil
                 dropped_dups = dropped_dups + 1
               else
-                local id = #manifest
-                ix:add(h, id)
-                by_id[id] = rec
+                kept_list[#kept_list + 1] = { rec = rec, thumb = th }
                 kept = kept + 1
               end
             end
           end
         end
-        write_json(stages.out_dir(ctx, nil, nil) .. "/manifest.json", { classes = classes_of(ctx),
-          min_score = ctx.config.min_score, distance = d, kept = kept, duplicates = dropped_dups,
+        write_json(stages.out_dir(ctx, nil, nil) .. "/manifest.json", { classes = classes_of(ctx.config),
+          min_score = ctx.config.min_score, change = limit, kept = kept, duplicates = dropped_dups,
           frames = manifest })
         ctx:event("dedup", { kept = kept, duplicates = dropped_dups })
         return { kept = kept, duplicates = dropped_dups, frames = #manifest }

@@ -22,3 +22,19 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
   $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
+
+# The Node model worker (workers/detect.js, the video filter's default detector): TensorFlow.js
+# on WebAssembly and the CenterNet weights, from npm, pinned by workers/package-lock.json.
+# Installed again only when the lock file changed.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+W="$(cd "$(dirname "$0")/.." && pwd)/workers"
+if ! cmp -s "$W/package-lock.json" "$W/node_modules/.sluice-lock.json"; then
+  (cd "$W" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  cp "$W/package-lock.json" "$W/node_modules/.sluice-lock.json"
+fi

@@ -532,6 +532,55 @@ T.case("http URLs over loopback", function()
   if not ok then error(err, 0) end
 end)
 
+-- A live HLS stream whose publication the test controls: the playlist (no ENDLIST) lists the
+-- segments published so far. Every frame of what is published must reach the reader before
+-- the next segment is: a frame decoded and then held while the reader waits for the next
+-- segment is a frame late by a whole segment (the live monitor fell behind the stream so).
+-- Asserted on stream positions: which frames arrived while the playlist ended where.
+T.case("live HLS: every frame of the published segments arrives before the next segment is published", function()
+  local dir = tmp .. "/live"
+  os.execute("mkdir -p " .. dir)
+  ffmpeg({ "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10:duration=12", "-c:v", "libx264",
+    "-tune", "zerolatency", "-g", "20",
+    "-keyint_min", "20", "-sc_threshold", "0", "-f", "hls", "-hls_time", "2", "-hls_list_size", "0",
+    "-hls_segment_filename", dir .. "/seg%d.ts", dir .. "/vod.m3u8" })
+  local durations = {}
+  for d in slurp(dir .. "/vod.m3u8"):gmatch("#EXTINF:([%d.]+),") do durations[#durations + 1] = tonumber(d) end
+  T.eq(#durations, 6)
+  local function publish(n) -- the first n segments, as a live playlist
+    local lines = { "#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:2", "#EXT-X-MEDIA-SEQUENCE:0" }
+    for i = 1, n do
+      lines[#lines + 1] = string.format("#EXTINF:%.6f,", durations[i])
+      lines[#lines + 1] = string.format("seg%d.ts", i - 1)
+    end
+    local f = assert(io.open(dir .. "/live.tmp", "wb"))
+    f:write(table.concat(lines, "\n"), "\n")
+    f:close()
+    assert(os.rename(dir .. "/live.tmp", dir .. "/live.m3u8"))
+  end
+  publish(3)
+  local srv = P.static_server(dir)
+  local ok, err = pcall(function()
+    local stream = media.frames(srv.url .. "/live.m3u8", { every = 0.5, format = "none" })
+    local got = {}
+    -- published: segments 1-3 (0-6 s); then 4 and 5, one at a time
+    for n = 3, 5 do
+      local edge = 2 * n - 0.5 -- the last frame of segment n
+      while #got == 0 or got[#got] < edge - 1e-6 do
+        local f, ferr = sl.timeout(20, stream.next, stream)
+        T.ok(f, string.format("frame after %.1f s, with %d segments published: %s", got[#got] or -1, n, tostring(ferr)))
+        got[#got + 1] = f.t
+      end
+      T.near(got[#got], edge, 0.06, "the last frame of segment " .. n)
+      if n < 5 then publish(n + 1) end
+    end
+    stream:close()
+    T.eq(#got, 20, "a frame every 0.5 s of 10 s")
+  end)
+  srv.stop()
+  if not ok then error(err, 0) end
+end)
+
 T.case("misuse raises", function()
   T.raises(function() media.audio_chunks("x.mp4", { seconds = 1, overlap = 2, output = "blob" }) end, "overlap")
   T.raises(function() media.frames("x.mp4", { every = 1, scene = 0.3 }) end, "one of")

@@ -58,8 +58,14 @@ T.case("local providers: transcript, slides, fused timeline, summary and judge",
   local wer = text.wer(table.concat(ref, " "), tr.text)
   print(string.format("     transcript WER %.3f", wer))
   T.ok(wer < 0.45, "WER " .. wer)
-  local srt = assert(subtitles.read_file(out .. "/transcript.srt"))
-  T.eq(#srt, #tr.segments, "one cue per segment")
+  -- Subtitles: every word of the transcript, in order, in cues that follow the style guide.
+  for _, name in ipairs { "transcript.srt", "transcript.vtt" } do
+    local cues = assert(subtitles.read_file(out .. "/" .. name))
+    T.ok(subtitles.check(cues))
+    local said = {}
+    for _, c in ipairs(cues) do said[#said + 1] = c.text end
+    T.eq(table.concat(text.words(table.concat(said, " ")), " "), table.concat(text.words(tr.text), " "), name)
+  end
   for i = 2, #tr.segments do T.ok(tr.segments[i].start >= tr.segments[i - 1].start, "segments in order") end
   -- Slides: one capture per slide change, at the right time, with its text.
   local slides = P.json(out .. "/slides.json")
@@ -116,6 +122,7 @@ T.case("local providers: transcript, slides, fused timeline, summary and judge",
   local isum = first(seen, "summary")
   local _, jd = first(seen, "job_done")
   T.ok(isum and jd, "summary events before the job ends")
+  T.ok(P.check_json_lists(out) >= 4, "JSON outputs checked")
   P.rm(out)
 end)
 
@@ -136,6 +143,9 @@ T.case("remote providers on the fake API with latency and faults: complete, in o
     local tr = P.json(out .. "/transcript.json")
     T.ok(#tr.segments > 0)
     T.ok(tr.duration > 40)
+    for _, name in ipairs { "transcript.srt", "transcript.vtt" } do
+      T.ok(subtitles.check(assert(subtitles.read_file(out .. "/" .. name))))
+    end
     local fused = P.json(out .. "/fused.json")
     T.eq(#fused, #truth.slides, "every slide fused")
     for i, e in ipairs(fused) do
@@ -173,13 +183,18 @@ T.case("a corrupt video: exit status 1, one line per failed stage naming the inp
   P.rm(out)
 end)
 
+-- The sample lecture without its audio ("-an") or its video ("-vn"), copied into path.
+local function sample_without(path, flag)
+  local r = T.ok(sl.exec { "ffmpeg", "-v", "error", "-y", "-i", P.sample("lecture") .. "/lecture.mp4", flag,
+    "-c", "copy", path })
+  T.eq(r.status, 0, r.stderr)
+  return path
+end
+
 T.case("a video without audio: the audio stage fails, the slides are still fused and summarised", function()
   local out = P.tmpdir("lecture-silent")
-  local silent = out .. "/silent.mp4"
-  local r = T.ok(sl.exec { "ffmpeg", "-v", "error", "-y", "-i", P.sample("lecture") .. "/lecture.mp4", "-an",
-    "-c", "copy", silent })
-  T.eq(r.status, 0, r.stderr)
-  r = P.run({ "pipelines/lecture.lua", silent, "--out", out .. "/o", "--no-store" })
+  local silent = sample_without(out .. "/silent.mp4", "-an")
+  local r = P.run({ "pipelines/lecture.lua", silent, "--out", out .. "/o", "--no-store" })
   T.eq(r.status, 1, r.stderr)
   T.ok(r.stderr:find("audio_chunks " .. silent .. ": " .. silent .. ": no audio stream", 1, true), r.stderr)
   T.ok(r.stderr:find("no transcript for silent.mp4: slides without speech", 1, true), r.stderr)
@@ -197,6 +212,38 @@ T.case("a video without audio: the audio stage fails, the slides are still fused
   T.ok(with_text >= 3, "slides read by OCR: " .. with_text)
   local md = T.ok(T.slurp(dir .. "/summary.md"))
   T.ok(md:find("# Lecture summary: silent.mp4", 1, true), md:sub(1, 300))
+  P.rm(out)
+end)
+
+T.case("an audio-only lecture: transcript, speech-only fused windows and a summary, exit 0, a note", function()
+  local out = P.tmpdir("lecture-audio")
+  local audio = sample_without(out .. "/talk.m4a", "-vn")
+  local r = P.run({ "pipelines/lecture.lua", audio, "--out", out .. "/o", "--no-store" })
+  T.eq(r.status, 0, r.stderr)
+  T.ok(r.stderr:find(audio .. " has no video stream: no frames", 1, true), r.stderr)
+  local dir = out .. "/o"
+  T.eq(P.read(dir .. "/slides.json"), "[]")
+  local tr = P.json(dir .. "/transcript.json")
+  T.ok(#tr.segments >= 3, #tr.segments .. " segments")
+  T.ok(subtitles.check(assert(subtitles.read_file(dir .. "/transcript.srt"))))
+  -- fused.json: 30 s windows of speech (41 s of audio: two), every transcript word in one
+  local fused = P.json(dir .. "/fused.json")
+  T.eq(#fused, 2)
+  local words = 0
+  for i, e in ipairs(fused) do
+    T.eq(e.window, i - 1)
+    T.eq(e.speech_only, true)
+    T.eq(#e.slides, 0)
+    words = words + #text.words(e.speech)
+  end
+  T.eq(words, #text.words(tr.text))
+  local md = P.read(dir .. "/summary.md")
+  T.ok(md:find("this summary is of the speech alone", 1, true), md)
+  local sections = 0
+  for _ in md:gmatch("\n## ") do sections = sections + 1 end
+  T.eq(sections, 2)
+  T.ok(not md:find("nothing was said", 1, true), md)
+  T.ok(P.check_json_lists(dir) >= 4, "JSON outputs checked")
   P.rm(out)
 end)
 

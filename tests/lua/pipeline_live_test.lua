@@ -142,6 +142,7 @@ T.case("capture keeps its rate while 5 s analyses run; backlog bounded; analyses
   local latest = P.json(out .. "/latest.json")
   T.eq(latest.seq, analyses[#analyses].seq)
   T.eq(#caps, frames)
+  T.ok(P.check_json_lists(out) >= 4, "JSON outputs checked")
 end)
 
 T.case("SIGINT stops the run cleanly: summary written, exit 130", function()

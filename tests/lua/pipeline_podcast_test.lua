@@ -67,7 +67,12 @@ T.case("feed over HTTP: downloads (one resumed), chunked STT merged, metadata, i
       total_wer, n = total_wer + wer, n + 1
       T.ok(wer < 0.65, string.format("episode %d WER %.2f: %s", k, wer, tr.text))
       for j = 2, #tr.segments do T.ok(tr.segments[j].start >= tr.segments[j - 1].start, "segments in order") end
-      T.eq(#assert(subtitles.read_file(out .. "/" .. ep.key .. "/transcript.srt")), #tr.segments)
+      -- Subtitles across the chunk seams: the style guide's limits, no overlap, every word.
+      local cues = assert(subtitles.read_file(out .. "/" .. ep.key .. "/transcript.srt"))
+      T.ok(subtitles.check(cues))
+      local said = {}
+      for _, c in ipairs(cues) do said[#said + 1] = c.text end
+      T.eq(table.concat(text.words(table.concat(said, " ")), " "), table.concat(text.words(tr.text), " "))
       local meta = P.json(out .. "/" .. ep.key .. "/metadata.json")
       T.ok(#meta.summary > 0 and #meta.keywords > 0 and #meta.chapters > 0, "metadata of " .. ep.key)
       T.eq(meta.title, ep.title)
@@ -81,6 +86,40 @@ T.case("feed over HTTP: downloads (one resumed), chunked STT merged, metadata, i
   srv.stop()
   P.rm(out)
   if not ok then error(err, 0) end
+end)
+
+T.case("a feed that is not XML: index.json reports it; an entry without an enclosure: reported, the rest goes on", function()
+  local sample = P.sample("podcast") .. "/podcast"
+  local out = P.tmpdir("podcast-feeds")
+  -- not XML (an HTML error page saved as the feed): exit 1, and index.json names the cause
+  P.write(out .. "/bad.xml", "<html><body>502 Bad Gateway</body></html>\n<p>retry</p>\n")
+  local r = P.run({ "pipelines/podcast.lua", out .. "/bad.xml", "--out", out .. "/o1", "--quiet", "--no-store" })
+  T.eq(r.status, 1, r.stderr)
+  T.ok(r.stderr:find("input " .. out .. "/bad.xml: feed: xml: ", 1, true), r.stderr)
+  local index = P.json(out .. "/o1/index.json")
+  T.eq(#index.episodes, 0)
+  T.eq(#index.failed, 1)
+  T.ok(index.failed[1].error:find("input " .. out .. "/bad.xml: feed: xml: ", 1, true), index.failed[1].error)
+  T.ok(P.read(out .. "/o1/index.json"):find('"episodes":[]', 1, true), "an empty list is []")
+  -- the sample feed with episode 2's enclosure removed
+  local xml = P.read(sample .. "/feed.xml")
+  local cut, n = xml:gsub('%s*<enclosure url="episode2%.m4a"[^>]*/>', "")
+  T.eq(n, 1)
+  P.write(out .. "/feed.xml", cut)
+  for k = 1, 3 do P.sh("cp " .. sample .. "/episode" .. k .. ".m4a " .. out .. "/") end
+  r = P.run({ "pipelines/podcast.lua", out .. "/feed.xml", "--out", out .. "/o2", "--no-store",
+    "--set", "stages.audio.params.seconds=30" }, { env = { SLUICE_PROGRESS = "off" } })
+  T.eq(r.status, 0, r.stderr)
+  T.ok(r.stderr:find("skipped 'Episode 2: Respectable' in " .. out .. "/feed.xml: no enclosure", 1, true), r.stderr)
+  index = P.json(out .. "/o2/index.json")
+  T.eq(#index.episodes, 2)
+  T.eq(#index.failed, 0)
+  T.eq(#index.skipped, 1)
+  T.eq(index.skipped[1].title, "Episode 2: Respectable")
+  T.eq(index.skipped[1].guid, "sample-episode-2")
+  T.ok(index.skipped[1].reason:find("no enclosure", 1, true))
+  T.ok(P.check_json_lists(out) >= 6, "JSON outputs checked")
+  P.rm(out)
 end)
 
 T.case("remote providers on the fake API with latency and faults: complete, in order", function()

@@ -48,6 +48,14 @@ T.case("stt (whisper-1): multipart verbose_json request; segments shifted to med
   T.eq(r.segments[1].text, "segment 0 of the fake transcript.")
   T.ok(#r.segments[1].words >= 3, "words attached to segments")
   T.ok(r.segments[1].words[1].start >= 300)
+  -- every word in its own segment: the first word of segment 2 starts exactly where segment 1
+  -- ends, and belongs to segment 2
+  for i, seg in ipairs(r.segments) do
+    local ws = {}
+    for k, w in ipairs(seg.words) do ws[k] = w.word end
+    T.eq(table.concat(ws, " "), seg.text, "segment " .. i .. "'s words")
+  end
+  T.near(r.segments[2].words[1].start, r.segments[1]["end"], 1e-6)
   T.ok(r.text:find("segment 2"))
   local req = srv:requests("/v1/audio/transcriptions")[1]
   T.eq(req.method, "POST")

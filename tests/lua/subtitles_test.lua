@@ -68,8 +68,8 @@ T.case("write_file and read_file pick the format from the extension", function()
   local dir = os.tmpname()
   os.remove(dir)
   local srt, vtt = dir .. ".srt", dir .. ".vtt"
-  assert(subs.write_file(srt, SEGS))
-  assert(subs.write_file(vtt, SEGS))
+  assert(subs.write_file(srt, SEGS, { layout = false }))
+  assert(subs.write_file(vtt, SEGS, { layout = false }))
   local f = io.open(vtt, "rb")
   T.eq(f:read("l"), "WEBVTT")
   f:close()
@@ -80,6 +80,104 @@ T.case("write_file and read_file pick the format from the extension", function()
   local ok, err = subs.read_file("/nonexistent/x.srt")
   T.eq(ok, nil)
   T.ok(err:find("subtitles: /nonexistent/x.srt", 1, true), err)
+end)
+
+-- Layout: the style guide's limits ------------------------------------------------------------
+
+local function words_of(cues)
+  local out = {}
+  for _, c in ipairs(cues) do
+    for w in c.text:gmatch("%S+") do out[#out + 1] = w end
+  end
+  return table.concat(out, " ")
+end
+
+-- A segment of n timed words, w seconds each, from t.
+local function timed(t, text, w)
+  local seg = { start = t, text = text, words = {} }
+  for word in text:gmatch("%S+") do
+    seg.words[#seg.words + 1] = { word = word, start = t, ["end"] = t + w }
+    t = t + w
+  end
+  seg["end"] = t
+  return seg
+end
+
+local LONG = "the quick brown fox jumps over the lazy dog while the five boxing wizards jump " ..
+  "quickly and the sphinx of black quartz judges my vow"
+
+T.case("layout: a long segment becomes cues of at most 2 x 42 characters and 7 s, every word kept in order", function()
+  T.ok(#LONG > 105)
+  local segs = { timed(10, LONG, 0.5) } -- 24 words, 12 s
+  local cues = subs.layout(segs)
+  T.ok(subs.check(cues))
+  T.ok(#cues >= 2, #cues .. " cues")
+  T.eq(words_of(cues), LONG)
+  for _, c in ipairs(cues) do
+    T.ok(c["end"] - c.start <= 7 + 1e-9, "at most 7 s")
+    for line in (c.text .. "\n"):gmatch("(.-)\n") do T.ok(#line <= 42, line) end
+  end
+  T.eq(cues[1].start, 10)
+  -- the same segment without word times: its words are spread over it by length
+  cues = subs.layout { { start = 10, ["end"] = 22, text = LONG } }
+  T.ok(subs.check(cues))
+  T.eq(words_of(cues), LONG)
+  -- both files follow it
+  local p = os.tmpname() .. ".vtt"
+  assert(subs.write_file(p, segs))
+  T.ok(subs.check(assert(subs.read_file(p))))
+  os.remove(p)
+end)
+
+T.case("layout: overlapping segments of neighbouring chunks never overlap on screen", function()
+  -- chunk 1's last segment runs to 20.4 s, chunk 2's first starts at 19.8 s (the seam)
+  local segs = { timed(14, "and so the first chunk ends here with a few words", 0.64),
+    timed(19.8, "while the second chunk starts a little earlier", 0.5) }
+  T.ok(segs[1]["end"] > segs[2].start, "the segments overlap")
+  local cues = subs.layout(segs)
+  T.ok(subs.check(cues))
+  -- and out of order
+  cues = subs.layout { segs[2], segs[1] }
+  T.ok(subs.check(cues))
+  T.ok(cues[1].text:find("^and so"), cues[1].text)
+  T.eq(select(2, subs.check { { start = 0, ["end"] = 2, text = "a" }, { start = 1.5, ["end"] = 3, text = "b" } }),
+    "cue 1 (00:00:00,000 --> 00:00:02,000) overlaps cue 2 (starting 00:00:01,500)")
+end)
+
+T.case("layout: short cues are held 5/6 s, joined with the next when they fit, or the next waits", function()
+  -- a lone word in silence: held into the silence
+  local cues = subs.layout { timed(1, "yes", 0.2), timed(5, "and then some more", 0.3) }
+  T.ok(subs.check(cues))
+  T.near(cues[1]["end"] - cues[1].start, 5 / 6, 1e-9)
+  T.eq(#cues, 2)
+  -- two short segments close together: one cue
+  cues = subs.layout { timed(1, "yes", 0.2), timed(1.3, "indeed", 0.3) }
+  T.eq(#cues, 1)
+  T.eq(cues[1].text, "yes indeed")
+  T.ok(subs.check(cues))
+  -- speakers are not joined: the second waits until the first was readable
+  local a, b = timed(1, "yes", 0.2), timed(1.3, "no", 0.2)
+  a.speaker, b.speaker = "A", "B"
+  cues = subs.layout { a, b }
+  T.eq(#cues, 2)
+  T.ok(subs.check(cues))
+  T.near(cues[2].start, 1 + 5 / 6, 1e-9)
+  T.eq(select(2, subs.check { { start = 0, ["end"] = 0.5, text = "a" } }),
+    "cue 1 (00:00:00,000 --> 00:00:00,500): 0.500 s on screen (at least 0.833)")
+end)
+
+T.case("layout: the speaker label counts toward the line", function()
+  local seg = timed(0, "a sentence of forty characters in total.", 0.2)
+  seg.speaker = "SPEAKER_01"
+  T.eq(#seg.text, 40)
+  local cues = subs.layout { seg }
+  T.eq(#cues, 1)
+  T.ok(cues[1].text:find("\n"), "wrapped: the label makes it longer than 42")
+  local srt = subs.srt(cues)
+  T.ok(srt:find("SPEAKER_01: a sentence", 1, true), srt)
+  T.ok(subs.check(assert(subs.parse(srt))))
+  T.eq(subs.wrap(string.rep("x", 43)), nil)
+  T.eq(subs.wrap("ab cd"), "ab cd")
 end)
 
 return T.run()

@@ -15,14 +15,16 @@
 --       cuts each input (a path or URL, or {path=}) into 16 kHz mono WAV chunks while it
 --       decodes; items {seq, t0, t1, path}, one per chunk (fan-out), envelope t0/t1 set.
 --   stages.capture{from=, every=|scene=|keyframes=, min_interval=, max_width=, dir="frames",
---       name="%04d"} -> a stage that captures frames to DIR/<dir>/NNNN.jpg; items {seq, t,
---       path, width, height, dhash}.
+--       name="%04d", no_video="fail"} -> a stage that captures frames to DIR/<dir>/NNNN.jpg;
+--       items {seq, t, path, width, height, dhash}. no_video = "skip": an input without a
+--       video stream gives no frames and a log line instead of a failure.
 -- Their settings are stage params, so `--set stages.audio.params.seconds=10` changes them.
 -- Files go under the run's --out directory (DIR/<key>/... when the run has several inputs).
 local sl = require "sluice"
 local http = require "sluice.runtime.http"
 local files = require "sluice.runtime.files"
 local feed = require "sluice.blocks.feed"
+local json = require "sluice.runtime.json"
 
 local M = {}
 
@@ -96,12 +98,13 @@ end
 
 -- Inputs -----------------------------------------------------------------------------------
 
--- expand_inputs(list, {limit=}) -> items, errors. Each item: {key, url or path, title,
--- duration, published, time, source}. Keys are unique slugs. A feed that cannot be read is an
--- error (returned, not raised) and the other inputs go on.
+-- expand_inputs(list, {limit=}) -> items, errors, skipped. Each item: {key, url or path,
+-- title, duration, published, time, source}. Keys are unique slugs. A feed that cannot be read
+-- is an error (returned, not raised) and the other inputs go on. A feed entry without an
+-- enclosure is in skipped: {source=, title=, guid=, link=, reason=}.
 function M.expand_inputs(list, opts)
   opts = opts or {}
-  local items, errors, used = {}, {}, {}
+  local items, errors, used, skipped = {}, {}, {}, {}
   local function add(it)
     local base = M.slug(it.title or (it.url and url_basename(it.url):gsub("%.[%w]+$", ""))
       or (it.path and it.path:match("([^/]+)$"):gsub("%.[%w]+$", "")))
@@ -144,7 +147,10 @@ function M.expand_inputs(list, opts)
       else
         local n = 0
         for _, e in ipairs(f.items) do
-          if e.enclosure and e.enclosure.url and (not opts.limit or n < opts.limit) then
+          if not (e.enclosure and e.enclosure.url) then
+            skipped[#skipped + 1] = { source = http.safe_url(input), title = e.title, guid = e.guid,
+              link = e.link, reason = "no enclosure (no media file to fetch)" }
+          elseif not opts.limit or n < opts.limit then
             n = n + 1
             local u = M.resolve(input, e.enclosure.url)
             add { url = is_url(u) and u or nil, path = (not is_url(u)) and u or nil, title = e.title,
@@ -162,7 +168,7 @@ function M.expand_inputs(list, opts)
       add { path = input }
     end
   end
-  return items, errors
+  return items, errors, skipped
 end
 
 -- Downloads ----------------------------------------------------------------------------------
@@ -270,11 +276,12 @@ end
 local made = {}
 
 -- Writes v as JSON to path through a temporary file and a rename, so a reader (or a run
--- killed half-way) never sees a half-written file.
+-- killed half-way) never sees a half-written file. Empty tables are written as [] (the one
+-- rule of sluice.runtime.json; a map that may be empty is made with json.object()).
 function M.write_json(path, v)
   local tmp = path .. ".tmp"
   local f = assert(io.open(tmp, "wb"))
-  f:write(require("cjson").encode(v))
+  f:write(json.encode(v))
   f:close()
   assert(os.rename(tmp, path))
 end
@@ -395,7 +402,8 @@ function M.capture(o)
   end
   local params = { every = o.every, scene = o.scene, keyframes = o.keyframes,
     min_interval = o.min_interval, max_width = o.max_width, max_height = o.max_height,
-    dir = o.dir or "frames", name = o.name or "%04d", quality = o.quality, first = o.first }
+    dir = o.dir or "frames", name = o.name or "%04d", quality = o.quality, first = o.first,
+    no_video = o.no_video or "fail" }
   return {
     kind = "capture", from = o.from, workers = o.workers or 1, queue = o.queue, retry = o.retry,
     params = params,
@@ -403,6 +411,21 @@ function M.capture(o)
       local media = require "sluice.media"
       local src = M.input_path(env.data)
       if not src then error("capture: item has no path", 0) end
+      if param(ctx, params, "no_video") == "skip" then
+        -- A recording without pictures (an audio-only lecture): nothing to capture, and not a
+        -- failure; the stages downstream see no frames for this key.
+        local info, perr = media.probe(src)
+        if not info then error(string.format("capture %s: %s", src, perr), 0) end
+        local has_video = false
+        for _, st in ipairs(info.streams or {}) do
+          if st.type == "video" then has_video = true end
+        end
+        if not has_video then
+          ctx:log(string.format("%s has no video stream: no frames", src))
+          ctx:event("no_video", { source = src })
+          return nil
+        end
+      end
       local dir = M.out_dir(ctx, env.key, param(ctx, params, "dir"))
       local fo = { dir = dir, prefix = ".frame", max_width = param(ctx, params, "max_width"),
         max_height = param(ctx, params, "max_height"), quality = param(ctx, params, "quality"),

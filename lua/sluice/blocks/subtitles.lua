@@ -4,10 +4,11 @@
 -- both in the text).
 --
 --   local subs = require "sluice.blocks.subtitles"
---   local srt = subs.srt(segments)            -- string
+--   local srt = subs.srt(segments)            -- string: one cue per segment, as given
 --   local vtt = subs.vtt(segments)
+--   local cues = subs.layout(segments)         -- cues that follow the style guide (below)
 --   local segs = subs.parse(str)              -- SRT or WebVTT (detected), or nil, message
---   subs.write_file(path, segments)           -- format from the extension (.srt or .vtt)
+--   subs.write_file(path, segments)           -- layout(), then the format from the extension
 --
 -- Times are whole milliseconds: writing rounds to the nearest one, parsing gives exact
 -- thousandths. A UTF-8 byte order mark and CRLF line ends are accepted; cue identifiers, cue
@@ -59,6 +60,175 @@ local function cues(segments, vtt)
     end
   end
   return out
+end
+
+-- Layout: cues that follow the style guide -------------------------------------------------
+
+-- The limits of the Netflix Timed Text Style Guide (English): at most 2 lines of 42
+-- characters, a cue on screen from 5/6 s (20 frames at 24 fps) to 7 s, cues never overlapping.
+M.LIMITS = { line = 42, lines = 2, min = 5 / 6, max = 7 }
+
+local function ulen(s) return utf8.len(s) or #s end
+
+-- wrap(text, limits) -> the text on at most `lines` lines of `line` characters (broken at the
+-- space that balances the lines best), or nil when it does not fit.
+function M.wrap(str, lim)
+  lim = lim or M.LIMITS
+  local n = ulen(str)
+  if n <= lim.line then return str end
+  if lim.lines < 2 or n > lim.line * 2 + 1 then return nil end
+  local best, best_d
+  local i = 0
+  while true do
+    i = str:find(" ", i + 1, true)
+    if not i then break end
+    local a, b = str:sub(1, i - 1), str:sub(i + 1)
+    local la, lb = ulen(a), ulen(b)
+    if la <= lim.line and lb <= lim.line and (not best_d or math.abs(la - lb) < best_d) then
+      best, best_d = a .. "\n" .. b, math.abs(la - lb)
+    end
+  end
+  return best
+end
+
+-- The timed words of a segment: its own word times where it has them, else its text's words
+-- spread over its time by length.
+local function timed_words(seg)
+  local s, e = tonumber(seg.start), tonumber(seg["end"])
+  if not s or not e then error("subtitles: cue time must be a number, got " .. tostring(seg.start), 4) end
+  if e < s then e = s end
+  local out = {}
+  local ws = seg.words
+  if type(ws) == "table" and #ws > 0 and type(ws[1].start) == "number" then
+    for _, w in ipairs(ws) do
+      local t = tostring(w.word or w.text or ""):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+      if t ~= "" then
+        local a = tonumber(w.start) or s
+        out[#out + 1] = { text = t, start = a, ["end"] = math.max(a, tonumber(w["end"]) or a) }
+      end
+    end
+    if #out > 0 then return out end
+  end
+  local txt = tostring(seg.text or ""):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  local toks, total = {}, 0
+  for tok in txt:gmatch("%S+") do
+    toks[#toks + 1] = tok
+    total = total + ulen(tok) + 1
+  end
+  local at = 0
+  for _, tok in ipairs(toks) do
+    local a = s + (e - s) * at / total
+    at = at + ulen(tok) + 1
+    out[#out + 1] = { text = tok, start = a, ["end"] = s + (e - s) * at / total }
+  end
+  return out
+end
+
+-- layout(segments[, limits]) -> cues {start=, ["end"]=, text=, speaker=} that follow the style
+-- guide: each segment's words (timed by the recogniser, or spread over the segment) are
+-- grouped into cues of at most `lines` x `line` characters (the speaker label counted) and
+-- `max` seconds, wrapped on two balanced lines; a cue never runs into the next one (times are
+-- sorted first, so the overlapping segments of neighbouring chunks cannot overlap on
+-- screen); a cue shorter than `min` is held on screen longer, into the silence after it,
+-- joined with the next one when they fit together, or else the next one starts later.
+function M.layout(segments, lim)
+  lim = lim or M.LIMITS
+  local cap = lim.line * lim.lines + (lim.lines - 1)
+  local cues = {}
+  for _, seg in ipairs(segments) do
+    local who = speaker_of(seg, false)
+    local prefix = who and (who .. ": ") or ""
+    local words = timed_words(seg)
+    -- Words in order into cues of at most `budget` characters (and the limits).
+    local function group(budget)
+      local list, cur = {}, nil
+      for _, w in ipairs(words) do
+        if cur then
+          local joined = cur.body .. " " .. w.text
+          if ulen(prefix .. joined) > budget or not M.wrap(prefix .. joined, lim)
+              or w["end"] - cur.start > lim.max then
+            list[#list + 1] = cur
+            cur = nil
+          else
+            cur.body, cur["end"] = joined, math.max(cur["end"], w["end"])
+          end
+        end
+        if not cur then
+          cur = { start = w.start, ["end"] = w["end"], body = w.text, speaker = seg.speaker, prefix = prefix }
+        end
+      end
+      list[#list + 1] = cur
+      return list
+    end
+    local list = group(cap)
+    if #list > 1 then -- as many cues, of even lengths, when that fits too
+      local total = ulen(prefix) + #words - 1
+      for _, w in ipairs(words) do total = total + ulen(w.text) end
+      local even = group(math.ceil(total / #list) + 4)
+      if #even == #list then list = even end
+    end
+    for _, c in ipairs(list) do cues[#cues + 1] = c end
+  end
+  table.sort(cues, function(a, b) return a.start < b.start end)
+  local function fits(a, b)
+    if a.speaker ~= b.speaker then return false end
+    local joined = a.prefix .. a.body .. " " .. b.body
+    return ulen(joined) <= cap and M.wrap(joined, lim) ~= nil and math.max(a["end"], b["end"]) - a.start <= lim.max
+  end
+  local out = {}
+  local i = 1
+  while i <= #cues do
+    local c = cues[i]
+    local nxt = cues[i + 1]
+    -- too short, and the next one comes too soon to hold it longer: join them when both fit
+    while nxt and c["end"] - c.start < lim.min and nxt.start < c.start + lim.min and fits(c, nxt) do
+      c.body, c["end"] = c.body .. " " .. nxt.body, math.max(c["end"], nxt["end"])
+      i = i + 1
+      nxt = cues[i + 1]
+    end
+    if c["end"] - c.start > lim.max then c["end"] = c.start + lim.max end
+    if c["end"] - c.start < lim.min then c["end"] = c.start + lim.min end
+    if nxt and nxt.start < c["end"] then
+      if nxt.start - c.start >= lim.min then
+        c["end"] = nxt.start       -- never into the next cue
+      else
+        nxt.start = c["end"]       -- the next one waits until this one was readable
+        if nxt["end"] < nxt.start then nxt["end"] = nxt.start end
+      end
+    end
+    -- wrapped with the speaker label that srt()/vtt() put in front of the first line
+    local wrapped = M.wrap(c.prefix .. c.body, lim) or (c.prefix .. c.body)
+    out[#out + 1] = { start = c.start, ["end"] = c["end"], speaker = c.speaker,
+      text = wrapped:sub(#c.prefix + 1) }
+    i = i + 1
+  end
+  return out
+end
+
+-- check(cues[, limits]) -> true, or nil and the first cue that breaks the style guide (as
+-- parse() reads them: markup such as <v A> is not counted; 1 ms of slack for rounding).
+function M.check(cues, lim)
+  lim = lim or M.LIMITS
+  for i, c in ipairs(cues) do
+    local d = c["end"] - c.start
+    local what = string.format("cue %d (%s --> %s)", i, M.timestamp(c.start), M.timestamp(c["end"]))
+    if d > lim.max + 1e-3 then return nil, string.format("%s: %.3f s on screen (at most %g)", what, d, lim.max) end
+    if d < lim.min - 1e-3 then return nil, string.format("%s: %.3f s on screen (at least %.3f)", what, d, lim.min) end
+    local n = 0
+    for line in (tostring(c.text) .. "\n"):gmatch("(.-)\n") do
+      n = n + 1
+      local visible = line:gsub("<[^>]*>", "")
+      if ulen(visible) > lim.line then
+        return nil, string.format("%s: line %d has %d characters (at most %d)", what, n, ulen(visible), lim.line)
+      end
+    end
+    if n > lim.lines then return nil, string.format("%s: %d lines (at most %d)", what, n, lim.lines) end
+    local nxt = cues[i + 1]
+    if nxt and nxt.start < c["end"] - 1e-3 then
+      return nil, string.format("%s overlaps cue %d (starting %s)", what, i + 1, M.timestamp(nxt.start))
+    end
+  end
+  return true
 end
 
 -- srt(segments) -> SRT text (cues numbered from 1; empty segments skipped).
@@ -148,8 +318,11 @@ function M.read_file(path)
   return M.parse(s, { format = fmt })
 end
 
--- write_file(path, segments): .vtt writes WebVTT, anything else SRT. Returns true or nil, msg.
-function M.write_file(path, segments)
+-- write_file(path, segments[, {layout = false}]): .vtt writes WebVTT, anything else SRT, with
+-- the cues of layout(segments) (layout = false: one cue per segment, as given). Returns true
+-- or nil, msg.
+function M.write_file(path, segments, opts)
+  if not (opts and opts.layout == false) then segments = M.layout(segments) end
   local body = path:match("%.vtt$") and M.vtt(segments) or M.srt(segments)
   local f, err = io.open(path, "wb")
   if not f then return nil, "subtitles: " .. err end

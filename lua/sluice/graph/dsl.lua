@@ -289,7 +289,8 @@ local function new_pipeline(name, spec)
     error("bad argument to pipeline '" .. name .. "' (a table {sources=, stages=} expected)", 3)
   end
   local known = { sources = true, stages = true, limits = true, defaults = true, config = true,
-    name = true, description = true, doc = true, grace = true, on_done = true, version = true }
+    name = true, description = true, doc = true, grace = true, on_done = true, version = true,
+    check = true }
   for k in pairs(spec) do
     if not known[k] then
       vfail(name, "options", "unknown option '" .. tostring(k) .. "' (known: " .. table.concat(sorted_keys(known), ", ") .. ")")
@@ -297,6 +298,7 @@ local function new_pipeline(name, spec)
   end
   local defaults = spec.defaults or spec.config or {}
   if type(defaults) ~= "table" then vfail(name, "defaults", "must be a table") end
+  if spec.check ~= nil and type(spec.check) ~= "function" then vfail(name, "check", "must be a function") end
   local sources, stages, order, limits = build_graph(name, spec)
   return setmetatable({
     name = name, spec = spec, sources = sources, stages = stages, order = order,

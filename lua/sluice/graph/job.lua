@@ -102,6 +102,12 @@ function Pipeline:start(opts)
   for k, v in pairs(self.limits) do limits[k] = v end
   if opts.limits then for k, v in pairs(opts.limits) do limits[k] = v end end
   local stages = dsl.stages_for_run(self, config, limits)
+  -- the pipeline's own check of its settings (check = function(config) -> true | nil, msg),
+  -- before anything runs: `sluice run` exits 2 with the message
+  if self.spec.check then
+    local ok, err = self.spec.check(config)
+    if not ok then error("pipeline '" .. self.name .. "': " .. tostring(err), 0) end
+  end
   local inputs = opts.inputs or {}
   if type(inputs) ~= "table" then error("bad option 'inputs' to 'start' (list expected)", 2) end
   job_counter = job_counter + 1

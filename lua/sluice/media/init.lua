@@ -235,6 +235,52 @@ function M.phash(x)
   return p
 end
 
+-- Change between two images -------------------------------------------------------------------
+
+-- thumb(image_path[, size=64]) -> {width=, height=, pixels=} (a gray thumbnail at most size
+-- pixels wide and high, decoded on the pool), or nil, message.
+function M.thumb(path, size)
+  size = size or 64
+  local s = M.frames(path, { format = "gray", output = "blob", max_width = size, max_height = size })
+  local f, err = s:next()
+  s:close()
+  if not f then return nil, err or (tostring(path) .. ": no image") end
+  local px = f.blob:bytes()
+  f.blob:close()
+  return { width = f.width, height = f.height, pixels = px }
+end
+
+-- changed(a, b[, level=24]) -> the fraction of the picture that changed between two thumbs
+-- of the same size: the share of pixels whose gray level, less each image's mean (so a change
+-- of exposure changes nothing), differs by more than `level`. 1 when the sizes differ. A
+-- whole-frame hash sees a person who replaces another in the same place as a small change;
+-- here the pixels where they stand change. About 0.1 ms for 64x36.
+function M.changed(a, b, level)
+  if a.width ~= b.width or a.height ~= b.height then return 1 end
+  level = level or 24
+  local pa, pb = a.pixels, b.pixels
+  local n = #pa
+  if n == 0 or #pb ~= n then return 1 end
+  local byte = string.byte
+  local sa, sb = 0, 0
+  for i = 1, n, 256 do
+    local la = { byte(pa, i, math.min(n, i + 255)) }
+    local lb = { byte(pb, i, math.min(n, i + 255)) }
+    for k = 1, #la do sa, sb = sa + la[k], sb + lb[k] end
+  end
+  local off = (sa - sb) / n
+  local changed = 0
+  for i = 1, n, 256 do
+    local la = { byte(pa, i, math.min(n, i + 255)) }
+    local lb = { byte(pb, i, math.min(n, i + 255)) }
+    for k = 1, #la do
+      local d = la[k] - lb[k] - off
+      if d > level or d < -level then changed = changed + 1 end
+    end
+  end
+  return changed / n
+end
+
 -- Hashes are 64-bit Lua integers; distance counts differing bits; hex gives 16 hex digits.
 M.distance = cphash.distance
 M.hex = cphash.hex

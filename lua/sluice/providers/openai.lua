@@ -229,21 +229,27 @@ function Obj:transcribe(audio, opts)
     end
     return nil, err, code, failure
   end
-  local words = type(v.words) == "table" and v.words or {}
   local segments = {}
-  local wi = 1
   for _, s in ipairs(v.segments) do
     local seg = { start = s.start + t0, ["end"] = s["end"] + t0, text = (s.text:gsub("^%s+", "")),
       words = {} }
     if type(s.speaker) == "string" and s.speaker ~= "" then seg.speaker = s.speaker end
-    while wi <= #words and type(words[wi].start) == "number" and words[wi].start < s["end"] + 1e-6 do
-      local w = words[wi]
-      if type(w["end"]) == "number" and type(w.word) == "string" then
-        seg.words[#seg.words + 1] = { word = w.word, start = w.start + t0, ["end"] = w["end"] + t0 }
-      end
-      wi = wi + 1
-    end
     segments[#segments + 1] = seg
+  end
+  -- verbose_json gives the words in one list beside the segments: each goes to the segment
+  -- that holds its middle (a word starting where a segment ends belongs to the next one),
+  -- or, between segments, to the nearer one.
+  local si = 1
+  for _, w in ipairs(type(v.words) == "table" and v.words or {}) do
+    if type(w.start) == "number" and type(w["end"]) == "number" and type(w.word) == "string" and #segments > 0 then
+      local m = (w.start + w["end"]) / 2 + t0
+      while si < #segments and m >= segments[si + 1].start and m >= segments[si]["end"] do si = si + 1 end
+      if si < #segments and m >= segments[si]["end"] and segments[si + 1].start - m < m - segments[si]["end"] then
+        si = si + 1
+      end
+      local seg = segments[si]
+      seg.words[#seg.words + 1] = { word = w.word, start = w.start + t0, ["end"] = w["end"] + t0 }
+    end
   end
   return { segments = segments, text = v.text, language = v.language, duration = v.duration,
     provider = "openai", model = model }

@@ -11,7 +11,9 @@
 --     argv = { "/usr/bin/python3", "my_yolo_worker.py", "--weights", "yolov8n.onnx" },
 --     roles = { filter = true } }
 --
--- Configuration: argv (the command; default /usr/bin/python3 <share>/workers/opencv_detect.py),
+-- Configuration: argv (the command; default: the bundled detector named by `detector`,
+-- "opencv" (/usr/bin/python3 <share>/workers/opencv_detect.py) or "centernet" (node
+-- <share>/workers/detect.js)),
 -- name, env, cwd, roles (default {filter=true}), retries, max_restarts, timeout (seconds per
 -- request), max_inflight. Role methods call the worker method of the same name:
 -- classify -> "classify" (one request per frame: {path=, t=, classes=}), transcribe ->
@@ -26,13 +28,29 @@ local M = { roles = { filter = true }, name = "worker" }
 local P = {}
 P.__index = P
 
-function M.default_argv()
-  return { "/usr/bin/python3", core.share_dir .. "/workers/opencv_detect.py" }
+-- The bundled detectors (cfg.detector): "opencv" (workers/opencv_detect.py: HOG people and
+-- Haar cascades, Debian's python3-opencv) and "centernet" (workers/detect.js: the 80 COCO
+-- classes with a CenterNet model on TensorFlow.js, from the npm packages of
+-- workers/package.json).
+M.DETECTORS = {
+  opencv = function() return { "/usr/bin/python3", core.share_dir .. "/workers/opencv_detect.py" } end,
+  centernet = function() return { "node", core.share_dir .. "/workers/detect.js" } end,
+}
+
+function M.default_argv(detector)
+  local d = M.DETECTORS[detector or "opencv"]
+  if not d then
+    local names = {}
+    for k in pairs(M.DETECTORS) do names[#names + 1] = k end
+    table.sort(names)
+    error(string.format("worker: unknown detector '%s' (known: %s)", tostring(detector), table.concat(names, ", ")), 0)
+  end
+  return d()
 end
 
 function M.new(cfg)
   cfg = cfg or {}
-  local argv = cfg.argv or cfg.command or M.default_argv()
+  local argv = cfg.argv or cfg.command or M.default_argv(cfg.detector)
   if type(argv) == "string" then argv = { "/bin/sh", "-c", argv } end
   local self = setmetatable({ cfg = cfg, roles = cfg.roles or M.roles, timeout = cfg.timeout }, P)
   self.name = cfg.name or (argv[#argv]:match("([^/]+)$") or "worker"):gsub("%.%w+$", "")
@@ -50,6 +68,14 @@ function P:call(method, params)
 end
 
 function P:close(grace) return self.worker:close(grace) end
+
+-- known_classes() -> the list of class names the worker's classify knows (its `info`), or
+-- nil, message (a worker without an `info` method: any name may do).
+function P:known_classes()
+  local r, err = self:call("info", {})
+  if type(r) == "table" and type(r.classes) == "table" then return r.classes end
+  return nil, err or "worker " .. self.name .. ": info gave no classes"
+end
 function P:stats() return self.worker.stats end
 
 -- classify(frames, classes, opts) -> one entry per frame, in order:

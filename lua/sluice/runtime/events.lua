@@ -14,6 +14,7 @@
 -- raises is reported once on stderr and removed; the run goes on.
 local core = require "sluice.core.core"
 local cjson = require "cjson"
+local json = require "sluice.runtime.json"
 
 local M = {}
 
@@ -99,6 +100,7 @@ local function plain(v, depth)
   if depth > 8 then return "<table>" end
   local mt = getmetatable(v)
   if mt and mt.__tostring and next(v) == nil then return tostring(v) end
+  if next(v) == nil then return v end -- an empty list, or a json.object()
   local n = #v
   local count = 0
   for _ in pairs(v) do count = count + 1 end
@@ -112,11 +114,11 @@ local function plain(v, depth)
 end
 M.plain = plain
 
--- events.encode(ev) -> one line of JSON (no newline).
+-- events.encode(ev) -> one line of JSON (no newline); empty tables are [] (sluice.runtime.json).
 function M.encode(v)
-  local ok, s = pcall(cjson.encode, v)
+  local ok, s = pcall(json.encode, v)
   if ok then return s end
-  return cjson.encode(plain(v, 0))
+  return json.encode(plain(v, 0))
 end
 
 -- events.jsonl(path) -> writer, or nil, message: writer(ev) appends ev as one JSON line (the
