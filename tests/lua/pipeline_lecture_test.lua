@@ -270,9 +270,10 @@ T.case("fusion buffers batches done before the transcript, then merges each batc
       end
       return last_vlm, first_fused, transcript
     end
-    -- Slow STT (5 chunks x 2.5 s), fast VLM: every batch is done before the transcript and
-    -- waits for it.
-    local last_vlm, first_fused, transcript = run(2.5, 0.05)
+    -- Slow STT (5 chunks x 4 s), fast VLM: every batch is done before the transcript and
+    -- waits for it (4 s a chunk leaves frame capture time even on a loaded machine: 2.5 s did
+    -- not with the machine's two cores shared by four test processes).
+    local last_vlm, first_fused, transcript = run(4, 0.05)
     T.ok(last_vlm < transcript, "all VLM batches finished before the transcript")
     T.ok(first_fused > transcript, "and were held until it was complete")
     -- Fast STT, slow VLM (one worker, 1.5 s per batch of 2): fusion merges the first batch long
