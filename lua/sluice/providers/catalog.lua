@@ -247,8 +247,10 @@ function M.uses(conf, all)
     if all then
       for _, name in ipairs(P.list(role)) do add(role, name) end
     else
-      local name, configured = P.name_for(role, conf)
-      if configured and type(name) == "string" then add(role, name) end
+      local okn, names, configured = pcall(P.names_for, role, conf)
+      if okn and configured then
+        for _, name in ipairs(names) do add(role, name) end
+      end
     end
   end
   return order
