@@ -141,6 +141,11 @@ local function quantile(list, q)
 end
 M.quantile = quantile
 
+-- A call waiting to be hedged looks again this often (while the percentile is not known yet,
+-- or hedges are at their cap); the cap lets HEDGE_BURST hedges go beyond max * calls, so the
+-- first calls of a run (few calls, several of them slow) are not left unhedged.
+local RECHECK, HEDGE_BURST = 0.05, 2
+
 -- When a call to ep has run long enough to be hedged: `after` seconds, or the quantile of
 -- ep's recent latencies once there are min_samples of them (nil before: no hedge).
 local function hedge_after(ep, h)
@@ -498,7 +503,6 @@ local function succeeded(x) return x ~= nil and x.r[1] and x.r[2] ~= nil end
 local function try(v, p, i, spec, rec, e)
   local L, ep = v.ledger, rawget(p, "_ep")
   local h = (not spec.stream) and ep and hedge_for(v, p) or nil
-  local after = h and hedge_after(ep, h)
   if ep then ep.calls = ep.calls + 1 end
   local pv = L:provider(p.provider)
   pv.calls = pv.calls + 1
@@ -507,9 +511,22 @@ local function try(v, p, i, spec, rec, e)
   local running, result, hedged = 1, nil, false
   local ok, err = pcall(function()
     local first
-    if after then
-      first = sl.timeout(after, q.get, q)
-      if first == nil and ep.hedges + 1 <= h.max * ep.calls + 1e-9 then
+    if h then
+      -- wait for the answer until the call has run `after` seconds (a percentile of the
+      -- endpoint's latencies: known once there are enough of them, so a call that started
+      -- before is looked at again as they come)
+      local started = now()
+      while true do
+        local a = hedge_after(ep, h)
+        local left = a and (started + a - now()) or RECHECK
+        if a and left <= 0 then
+          if ep.hedges < h.max * ep.calls + HEDGE_BURST then break end
+          left = RECHECK -- hedges are at their cap: look again as calls go on
+        end
+        first = sl.timeout(math.max(left, 0.001), q.get, q)
+        if first then break end
+      end
+      if first == nil then
         local target = p
         if h.to == "next" then
           local nx = v.chain.providers[i + 1]
@@ -522,7 +539,7 @@ local function try(v, p, i, spec, rec, e)
         hedged = true
         if target ~= p then L:provider(target.provider).calls = L:provider(target.provider).calls + 1 end
         L:emit { event = "hedge", stage = v.stage, provider = p.provider, to = target.provider,
-          after = after }
+          after = now() - started }
         launch(v, g, q, target, true, spec, rec, e)
         running = 2
       end
