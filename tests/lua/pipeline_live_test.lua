@@ -109,6 +109,19 @@ T.case("capture keeps its rate while 5 s analyses run; backlog bounded; analyses
     T.ok(P.exists(a.frame), "the analysed frame is kept: " .. a.frame)
   end
   T.eq(#on_bus, #analyses, "each analysis is also a live_analysis event on the job's bus")
+  -- a worker that frees up starts the pending request at once, not at the next captured
+  -- frame (HLS hands frames over in segment bursts): with concurrency 1, periodic requests
+  -- every second and 5 s analyses, every analysis after the first is such a hand-over
+  local handed, finished_before = 0, nil
+  for _, r in ipairs(recs) do
+    if r.type == "analysis_start" and r.handed_over then
+      handed = handed + 1
+      T.ok(finished_before and r.wall - finished_before < 0.1, string.format(
+        "the pending request started %.3f s after the worker freed up", r.wall - (finished_before or 0)))
+    end
+    if r.type == "analysis" then finished_before = r.wall end
+  end
+  T.ok(handed >= #analyses - 2, string.format("%d of %d analyses were handed over by the worker", handed, #analyses))
   T.ok(math.abs(on_bus[1].stream_t - analyses[1].t) < 1e-6, "stream time on the event")
   local reqs = srv:requests("/v1/chat/completions")
   T.ok(#reqs >= #analyses, "the VLM saw the requests")

@@ -793,7 +793,17 @@ function Store:job(id)
     sources[#sources + 1] = { stage = r.source, id = r.id, mkey = r.mkey,
       parts = r.parts and M.deserialize(r.parts) or nil }
   end
-  return { job = job, stages = order, failures = failures, keys = keys, sources = sources }
+  -- what each run's provider calls cost (its `cost` event, sluice.providers.chain)
+  local costs = {}
+  for _, r in ipairs(self:query("SELECT run, json FROM events WHERE job = ? AND event = 'cost' ORDER BY run, n",
+    { job.id }) or {}) do
+    local ok, v = pcall(cjson.decode, r.json)
+    if ok and type(v) == "table" then
+      v.run = r.run
+      costs[#costs + 1] = v
+    end
+  end
+  return { job = job, stages = order, failures = failures, keys = keys, sources = sources, costs = costs }
 end
 
 -- store:events(job_id, after_n[, run]) -> rows of the job's latest (or given) run with n > after_n

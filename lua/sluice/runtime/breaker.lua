@@ -61,7 +61,7 @@ function M.new(opts)
   b.until_t = 0      -- open until
   b.current_cooldown = s.cooldown
   b.probing = false
-  b.opens, b.probes, b.rejected = 0, 0, 0
+  b.opens, b.probes, b.rejected = 0, 0, 0 -- opens: from closed (a failed probe re-opens)
   b.listeners = {}
   return b
 end
@@ -89,7 +89,7 @@ end
 
 local function open(self, why)
   self.until_t = self.clock() + self.current_cooldown
-  self.opens = self.opens + 1
+  if self.state == "closed" then self.opens = self.opens + 1 end -- (a failed probe only re-opens)
   self.probing = false
   set(self, "open", why)
 end
