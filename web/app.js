@@ -75,9 +75,12 @@ function usd(x) {
   return x < 0.01 ? "$" + x.toFixed(4) : "$" + x.toFixed(2);
 }
 
+// (an empty Lua table arrives as {}, not [])
+const list = (x) => (Array.isArray(x) ? x : []);
+
 function onProviders(pv) {
   const panel = document.getElementById("providers-panel");
-  if (!pv || !pv.total) return;
+  if (!pv || !pv.total || (!pv.total.requests && !pv.total.cached && !list(pv.breakers).length)) return;
   panel.hidden = false;
   const t = pv.total;
   let line = (pv.dry ? "expected " : "") + usd(t.usd);
@@ -85,11 +88,11 @@ function onProviders(pv) {
   if (pv.stopped) line += " (budget reached: no new call starts)";
   line += ` · ${t.requests} requests · ${t.cached} from the cache (saved ${usd(t.saved)}) · ${t.hedges} hedged`;
   document.getElementById("spend").textContent = line;
-  document.getElementById("breakers").innerHTML = (pv.breakers || []).map((b) =>
+  document.getElementById("breakers").innerHTML = list(pv.breakers).map((b) =>
     `<li class="breaker ${esc(b.state)}">${esc(b.provider)} <span class="muted">${esc(b.endpoint)}</span>: circuit ` +
     `${esc(b.state.replace("_", "-"))}${b.open_for ? ` (${Math.round(b.open_for)} s)` : ""}` +
     ` <span class="muted">opened ${b.opens}, probes ${b.probes}</span></li>`).join("");
-  document.querySelector("#spend-stages tbody").innerHTML = (pv.order || []).map((n) => {
+  document.querySelector("#spend-stages tbody").innerHTML = list(pv.order).map((n) => {
     const s = pv.stages[n] || {};
     return `<tr><td>${esc(n)}</td><td>${s.requests ?? 0}</td><td>${s.cached ?? 0}</td><td>${s.hedges ?? 0}</td>` +
       `<td>${usd(s.usd)}</td></tr>`;
@@ -97,7 +100,9 @@ function onProviders(pv) {
 }
 
 function onStats(st) {
-  if (st && st.providers) onProviders(st.providers);
+  if (st && st.providers) {
+    try { onProviders(st.providers); } catch (e) { console.error(e); }
+  }
   const stages = (st && (st.stages || st)) || {};
   for (const [name, v] of Object.entries(stages)) {
     if (!v || typeof v !== "object") continue;

@@ -85,6 +85,14 @@ T.case("the primary answers 500 to every call: the fallback serves every item, t
   T.eq(st.breakers[1].provider, "gemini")
   T.eq(st.breakers[1].opens, 1)
   T.ok(not cjson.encode(evs):find(GKEY, 1, true), "no key in the events")
+  -- the progress view says so while it is open, and the end table has it per provider
+  local progress = require "sluice.app.progress"
+  local live = { order = {}, stages = {}, providers = job.providers:stats() }
+  live.providers.breakers[1].state, live.providers.breakers[1].open_for = "open", 7.2
+  local lines = progress.lines(live)
+  T.ok(lines[#lines]:find("gemini circuit open (7s)", 1, true), lines[#lines])
+  local tbl = progress.table(s)
+  T.ok(tbl:find("\ngemini +%d+ +0 +%d+ +%d+ +0 +0 +%- +%- +%$0 +[%a_]+ %(opened 1, probes %d+%)"), tbl)
 end)
 
 T.case("a provider that recovers: the probe closes its breaker and it serves again", function()
@@ -161,7 +169,10 @@ T.case("hedges after the endpoint's p95 and within their cap", function()
   local st = L:stats()
   T.ok(st.total.hedges >= 3, "stalled calls were hedged: " .. st.total.hedges)
   T.ok(st.total.hedges <= 0.15 * 60 + 2, "at most 15% of the calls (and the first ones' allowance): " .. st.total.hedges)
-  T.eq(#srv:requests("/v1/chat/completions"), 60 + st.total.hedges, "the server saw the calls and the hedges")
+  -- (a hedge whose call was answered just as it was sent may be cancelled before it arrives)
+  local seen = #srv:requests("/v1/chat/completions")
+  T.ok(seen > 60 and seen <= 60 + st.total.hedges, string.format("the server saw the 60 calls and %d of the %d hedges",
+    seen - 60, st.total.hedges))
   T.ok(slow <= 2, "calls that waited out a stall: " .. slow)
 end)
 

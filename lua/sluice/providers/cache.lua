@@ -31,9 +31,7 @@ CREATE INDEX IF NOT EXISTS results_used ON results (used);
 -- The default file: $XDG_CACHE_HOME/sluice/results.db (~/.cache/sluice/results.db), beside
 -- the vendors' model lists (sluice.providers.catalog).
 function M.default_path()
-  local base = os.getenv("XDG_CACHE_HOME")
-  if not base or base == "" then base = (os.getenv("HOME") or "/tmp") .. "/.cache" end
-  return base .. "/sluice/results.db"
+  return require("sluice.providers.catalog").cache_dir() .. "/results.db"
 end
 
 local Cache = {}

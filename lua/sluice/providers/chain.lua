@@ -212,26 +212,25 @@ function Ledger:emit(ev)
   if self.emit_fn then self.emit_fn(ev) end
 end
 
-function Ledger:stage(name)
-  name = name or "-"
-  local s = self.stages[name]
+local function entry(list, order, name, fresh)
+  local s = list[name]
   if not s then
-    s = zero_stage()
-    self.stages[name] = s
-    self.stage_order[#self.stage_order + 1] = name
+    s = fresh()
+    list[name] = s
+    order[#order + 1] = name
   end
   return s
 end
 
+function Ledger:stage(name)
+  return entry(self.stages, self.stage_order, name or "-", zero_stage)
+end
+
 function Ledger:provider(name)
-  local s = self.providers[name]
-  if not s then
-    s = { calls = 0, served = 0, failures = 0, skipped = 0, hedges = 0, hedge_wins = 0, requests = 0,
+  return entry(self.providers, self.provider_order, name, function()
+    return { calls = 0, served = 0, failures = 0, skipped = 0, hedges = 0, hedge_wins = 0, requests = 0,
       usd = 0, tokens = 0, lat = {}, cached = 0 }
-    self.providers[name] = s
-    self.provider_order[#self.provider_order + 1] = name
-  end
-  return s
+  end)
 end
 
 -- Follows ep's breaker: its state changes become `breaker` events of this ledger's job.
@@ -785,53 +784,35 @@ function View:describe(images, opts)
   if not v.chain.remote and not v.ledger.dry and #v.chain.providers == 1 then
     return first:describe(images, opts) -- a local engine alone: as it is (it may take batches)
   end
-  local out, first_err, first_code, nfailed = {}, nil, nil, 0
-  local sem = sl.semaphore(math.max(1, first.concurrency or 4))
-  local g = sl.group()
   local prompt_opts = copy_opts(opts)
-  for i, img in ipairs(images) do
-    g:spawn(function()
-      sem:acquire()
-      local okc, e = pcall(function()
-        local r, err, code = serve(v, {
-          method = "describe", args = { prompt = opts.prompt },
-          content = function()
-            local h = digest.content(img.path)
-            if not h then return nil end
-            return { image = h, mime = img.mime, opts = prompt_opts }
-          end,
-          call = function(p)
-            local res, perr, pcode, pinfo = p:describe({ { path = img.path, t = img.t, mime = img.mime } }, opts)
-            if res and res[1] and res[1].error then return nil, res[1].error, pcode, pinfo end
-            return res, perr, pcode, pinfo
-          end,
-          store = function(r)
-            local d = r[1][1]
-            return { text = d.text or d.description, provider = d.provider, confidence = d.confidence }
-          end,
-          restore = function(value)
-            return { { t = img.t, path = img.path, text = value.text, provider = value.provider,
-              confidence = value.confidence } }
-          end,
-          placeholder = function(p) return { { t = img.t, path = img.path, text = "(dry run)", provider = p.provider } } end,
-        })
-        if not r then
-          first_err, first_code = first_err or err, first_code or code
-          nfailed = nfailed + 1
-          out[i] = { t = img.t, path = img.path, error = err }
-        else
-          local d = r[1] or {}
-          out[i] = { t = img.t, path = img.path, text = d.text or d.description, provider = d.provider or rawget(v, "provider"),
-            confidence = d.confidence, words = d.words }
-        end
-      end)
-      sem:release()
-      if not okc then error(e, 0) end
-    end)
-  end
-  g:wait()
-  if nfailed > 0 and nfailed == #images then return nil, first_err, first_code end
-  return out
+  return P.each_image(images, first.concurrency or 4, function(_, img)
+    local r, err, code = serve(v, {
+      method = "describe", args = { prompt = opts.prompt },
+      content = function()
+        local h = digest.content(img.path)
+        if not h then return nil end
+        return { image = h, mime = img.mime, opts = prompt_opts }
+      end,
+      call = function(p)
+        local res, perr, pcode, pinfo = p:describe({ { path = img.path, t = img.t, mime = img.mime } }, opts)
+        if res and res[1] and res[1].error then return nil, res[1].error, pcode, pinfo end
+        return res, perr, pcode, pinfo
+      end,
+      store = function(res)
+        local d = res[1][1]
+        return { text = d.text or d.description, provider = d.provider, confidence = d.confidence }
+      end,
+      restore = function(value)
+        return { { t = img.t, path = img.path, text = value.text, provider = value.provider,
+          confidence = value.confidence } }
+      end,
+      placeholder = function(p) return { { t = img.t, path = img.path, text = "(dry run)", provider = p.provider } } end,
+    })
+    if not r then return nil, err, code end
+    local d = r[1] or {}
+    return { t = img.t, path = img.path, text = d.text or d.description, provider = d.provider or rawget(v, "provider"),
+      confidence = d.confidence, words = d.words }
+  end)
 end
 
 -- complete(messages | prompt, opts): cached by the messages and the options that shape the

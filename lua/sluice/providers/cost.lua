@@ -13,15 +13,6 @@ local M = {}
 
 local data, user_path
 
-local function user_file()
-  if user_path then return user_path, true end
-  local f = os.getenv("SLUICE_PRICES")
-  if f and f ~= "" then return f, true end
-  local base = os.getenv("XDG_CONFIG_HOME")
-  if not base or base == "" then base = (os.getenv("HOME") or ".") .. "/.config" end
-  return base .. "/sluice/prices.lua", false
-end
-
 local function overlay(into, from)
   for prov, models in pairs(type(from) == "table" and from or {}) do
     if type(models) == "table" then
@@ -34,25 +25,17 @@ local function overlay(into, from)
 end
 
 -- data() -> {prices = {provider = {model = entry}}, estimates = {...}}: the shipped file with
--- the user's on top (read once; reload() reads again).
+-- the user's on top ($SLUICE_PRICES or ~/.config/sluice/prices.lua; read once, reload()
+-- reads again).
 function M.data()
   if data then return data end
   local shipped = require "sluice.providers.prices"
   local d = { prices = {}, estimates = {} }
   overlay(d.prices, shipped.prices)
   for k, v in pairs(shipped.estimates) do d.estimates[k] = v end
-  local path, explicit = user_file()
-  local chunk, err = loadfile(path, "t", setmetatable({}, { __index = _G }))
-  if not chunk then
-    if explicit or not tostring(err):find("No such file", 1, true) then error("prices file " .. tostring(err), 0) end
-  else
-    local ok, u = pcall(chunk)
-    if not ok or type(u) ~= "table" then
-      error("prices file " .. path .. ": " .. (ok and "does not return a table" or tostring(u)), 0)
-    end
-    overlay(d.prices, u.prices)
-    for k, v in pairs(type(u.estimates) == "table" and u.estimates or {}) do d.estimates[k] = v end
-  end
+  local u = require("sluice.providers.catalog").user_table("prices", "SLUICE_PRICES", "prices.lua", user_path) or {}
+  overlay(d.prices, u.prices)
+  for k, v in pairs(type(u.estimates) == "table" and u.estimates or {}) do d.estimates[k] = v end
   data = d
   return d
 end

@@ -198,47 +198,56 @@ function M.remote(obj, name, cfg, secret)
   return obj
 end
 
--- The VLM role of a chat provider: one p:complete() per image with the prompt and the image
--- (image_part(mime, base64) makes the provider's content part), at most p.concurrency at
--- once (the limiter has the last word). Returns {{t=, text=, path=}, ...} in input order
--- (an image that failed has {t=, path=, error=} instead), or nil, the first error and its
--- code when no image could be described.
-function M.describe_each(p, images, opts, image_part, max_tokens)
-  if type(images) ~= "table" then error("bad argument #1 to 'describe' (list of images expected)", 3) end
+-- each_image(images, concurrency, one(i, img) -> entry | nil, err, code) -> the entries in
+-- input order, at most `concurrency` images at once. One image that cannot be described does
+-- not throw away the others: its entry is {t=, path=, error=}. Only when none could be
+-- described is the result nil, the first error and its code.
+function M.each_image(images, concurrency, one)
   local sl = require "sluice"
-  local prompt = opts.prompt or p.vlm_prompt or
-    "Describe this video frame in one or two sentences: the people, objects, text and slides visible."
   local out, first_err, first_code, nfailed = {}, nil, nil, 0
-  local function failed(i, img, err, code)
-    first_err, first_code = first_err or err, first_code or code
-    nfailed = nfailed + 1
-    out[i] = { t = img.t, path = img.path, error = err }
-  end
-  local sem = sl.semaphore(math.max(1, p.concurrency))
+  local sem = sl.semaphore(math.max(1, concurrency or 1))
   local g = sl.group()
   for i, img in ipairs(images) do
     g:spawn(function()
       sem:acquire()
       local ok, e = pcall(function()
-        local b64, rerr, rcode = M.read_base64(img.path)
-        if not b64 then return failed(i, img, p.provider .. ": " .. rerr, rcode) end
-        local mime = img.mime or (img.path:lower():match("%.png$") and "image/png") or "image/jpeg"
-        local text, err, code = p:complete({ { role = "user", content = {
-          { type = "text", text = prompt }, image_part(mime, b64),
-        } } }, { max_tokens = max_tokens, model = opts.model })
-        if not text then return failed(i, img, err, code) end
-        out[i] = { t = img.t, text = text, path = img.path }
+        local entry, err, code = one(i, img)
+        if entry then
+          out[i] = entry
+        else
+          first_err, first_code = first_err or err, first_code or code
+          nfailed = nfailed + 1
+          out[i] = { t = img.t, path = img.path, error = err }
+        end
       end)
       sem:release()
       if not ok then error(e, 0) end
     end)
   end
   g:wait()
-  -- One image that cannot be described (after the provider's own retries) does not throw
-  -- away the others: its entry carries `error` instead of `text`. Only when none could be
-  -- described does the call fail, with the first error.
   if nfailed > 0 and nfailed == #images then return nil, first_err, first_code end
   return out
+end
+
+-- The VLM role of a chat provider: one p:complete() per image with the prompt and the image
+-- (image_part(mime, base64) makes the provider's content part), at most p.concurrency at
+-- once (the limiter has the last word). Returns {{t=, text=, path=}, ...} in input order
+-- (an image that failed has {t=, path=, error=} instead), or nil, the first error and its
+-- code when no image could be described (each_image).
+function M.describe_each(p, images, opts, image_part, max_tokens)
+  if type(images) ~= "table" then error("bad argument #1 to 'describe' (list of images expected)", 3) end
+  local prompt = opts.prompt or p.vlm_prompt or
+    "Describe this video frame in one or two sentences: the people, objects, text and slides visible."
+  return M.each_image(images, p.concurrency, function(_, img)
+    local b64, rerr, rcode = M.read_base64(img.path)
+    if not b64 then return nil, p.provider .. ": " .. rerr, rcode end
+    local mime = img.mime or (img.path:lower():match("%.png$") and "image/png") or "image/jpeg"
+    local text, err, code = p:complete({ { role = "user", content = {
+      { type = "text", text = prompt }, image_part(mime, b64),
+    } } }, { max_tokens = max_tokens, model = opts.model })
+    if not text then return nil, err, code end
+    return { t = img.t, text = text, path = img.path }
+  end)
 end
 
 -- Checks a transcription reply's segments: each needs numeric start/end and text. Returns
