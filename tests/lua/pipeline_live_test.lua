@@ -112,16 +112,15 @@ T.case("capture keeps its rate while 5 s analyses run; backlog bounded; analyses
   -- a worker that frees up starts the pending request at once, not at the next captured
   -- frame (HLS hands frames over in segment bursts): with concurrency 1, periodic requests
   -- every second and 5 s analyses, every analysis after the first is such a hand-over
-  local handed, finished_before = 0, nil
+  local gaps, finished_before = {}, nil
   for _, r in ipairs(recs) do
-    if r.type == "analysis_start" and r.handed_over then
-      handed = handed + 1
-      T.ok(finished_before and r.wall - finished_before < 0.1, string.format(
-        "the pending request started %.3f s after the worker freed up", r.wall - (finished_before or 0)))
-    end
+    if r.type == "analysis_start" and finished_before then gaps[#gaps + 1] = r.wall - finished_before end
     if r.type == "analysis" then finished_before = r.wall end
   end
-  T.ok(handed >= #analyses - 2, string.format("%d of %d analyses were handed over by the worker", handed, #analyses))
+  T.ok(#gaps >= 2, "analyses after the first: " .. #gaps)
+  for _, g in ipairs(gaps) do
+    T.ok(g < 0.1, string.format("the next analysis started %.3f s after the worker freed up", g))
+  end
   T.ok(math.abs(on_bus[1].stream_t - analyses[1].t) < 1e-6, "stream time on the event")
   local reqs = srv:requests("/v1/chat/completions")
   T.ok(#reqs >= #analyses, "the VLM saw the requests")

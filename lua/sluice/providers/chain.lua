@@ -268,7 +268,7 @@ function Ledger:price(p, o, e)
   local usd = cost.usd(entry, u)
   if usd == nil and p.retry_opts and not self.warned[p.provider .. "|" .. tostring(p.model)] then
     self.warned[p.provider .. "|" .. tostring(p.model)] = true
-    self:emit { event = "log", message = string.format("no price for %s model %s: its calls are not counted in the cost (add it to prices)",
+    self:emit { event = "log", stage = "providers", message = string.format("no price for %s model %s: its calls are not counted in the cost (add it to prices)",
       p.provider, tostring(p.model)) }
   end
   return usd, u
@@ -413,7 +413,8 @@ local View = {}
 
 -- What a provider's fields say about its requests (for cache keys): its scalar settings,
 -- without what only changes how a request travels.
-local TRANSPORT = { concurrency = true, timeout = true, connect_timeout = true, workers = true }
+local TRANSPORT = { concurrency = true, timeout = true, connect_timeout = true, workers = true,
+  base_url = true, invoke_url = true } -- (the endpoint is a part of its own, without its query)
 local function settings_of(p)
   local s = {}
   for k, v in pairs(p) do
@@ -678,7 +679,7 @@ local function serve(v, spec)
         local okp, perr = L.cache:put(k, spec.store(r), { provider = served.provider, model = served.model,
           role = v.role, usd = rec.usd, tokens = rec.input + rec.output })
         if not okp then
-          L:emit { event = "log", message = "provider cache: cannot store a result: " .. tostring(perr) }
+          L:emit { event = "log", stage = "providers", message = "result cache: cannot store a result: " .. tostring(perr) }
         end
       end
     end
