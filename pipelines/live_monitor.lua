@@ -434,7 +434,9 @@ return sl.pipeline "live_monitor" {
         -- would leave it idle for up to a segment.
         while req do
           local res = analyse_one(ctx, st, req)
-          req = st.pending
+          -- (once the run is stopping, what is pending is not started: the grace is for the
+          -- analyses in flight)
+          req = not ctx.job.stopping and st.pending or nil
           if req then
             st.pending = nil
             req.requested_wall = req.requested_wall or (sl.now() - st.t0)

@@ -704,6 +704,16 @@ M.serve = serve
 
 -- ---- the role methods ----------------------------------------------------------------------
 
+-- A copy of t with its start and end moved by dt.
+local function shifted(t, dt)
+  local c = {}
+  for k, x in pairs(t) do c[k] = x end
+  if type(t.start) == "number" then c.start = t.start + dt end
+  if type(t["end"]) == "number" then c["end"] = t["end"] + dt end
+  return c
+end
+
+-- A transcription with the times of its segments and their words moved by dt.
 local function shift_result(r, dt)
   if type(r) ~= "table" or dt == 0 then return r end
   local out = {}
@@ -711,19 +721,10 @@ local function shift_result(r, dt)
   if type(r.segments) == "table" then
     out.segments = {}
     for i, s in ipairs(r.segments) do
-      local c = {}
-      for k, x in pairs(s) do c[k] = x end
-      if type(s.start) == "number" then c.start = s.start + dt end
-      if type(s["end"]) == "number" then c["end"] = s["end"] + dt end
+      local c = shifted(s, dt)
       if type(s.words) == "table" then
         c.words = {}
-        for j, w in ipairs(s.words) do
-          local cw = {}
-          for k, x in pairs(w) do cw[k] = x end
-          if type(w.start) == "number" then cw.start = w.start + dt end
-          if type(w["end"]) == "number" then cw["end"] = w["end"] + dt end
-          c.words[j] = cw
-        end
+        for j, w in ipairs(s.words) do c.words[j] = shifted(w, dt) end
       end
       out.segments[i] = c
     end
