@@ -7,6 +7,8 @@
  *       message, code). The file's identity on a worker thread: its size, its modification
  *       time (seconds, with nanoseconds as the fraction) and the SHA-256 of its first and
  *       last MiB (of the whole file when it is at most 2 MiB: whole = true).
+ *   digest.file(path, done, true) -> the same with the SHA-256 of all of the file, whatever its
+ *       size (whole = true): what it holds, for content-addressed keys.
  *   digest.stat(paths, done) -> job: done(list) where list[i] is {size=, mtime=} for a
  *       regular file and false for a path that is missing (or not a regular file).
  *
@@ -318,6 +320,7 @@ typedef struct file_job {
   int64_t size;
   double mtime;
   int whole;
+  int all; /* hash all of it, whatever its size */
   char hex[65];
 } file_job;
 
@@ -370,7 +373,7 @@ static void file_run(sl_job *job, void *data) {
   sha256 h;
   sha256_init(&h);
   int rc;
-  if (st.st_size <= 2 * MIB) {
+  if (f->all || st.st_size <= 2 * MIB) {
     f->whole = 1;
     rc = hash_range(fd, &h, 0, (size_t)st.st_size, buf);
   } else {
@@ -414,15 +417,18 @@ static void file_free(void *data) {
 
 static const sl_job_class file_class = {"digest.file", file_run, file_finish, file_free};
 
-/* digest.file(path, done) -> job */
+/* digest.file(path, done[, all]) -> job */
 static int l_file(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  int all = lua_toboolean(L, 3);
+  lua_settop(L, 2);
   file_job *f = calloc(1, sizeof *f);
   if (!f || !(f->path = strdup(path))) {
     free(f);
     return luaL_error(L, "digest.file: out of memory");
   }
+  f->all = all;
   return sl_job_submit(L, 2, &file_class, f); /* owns f from here, whatever happens */
 }
 

@@ -108,7 +108,8 @@ return sl.pipeline "lecture" {
         local c = env.data
         local r, err = provider(ctx, "stt"):transcribe({ path = c.path, t0 = c.t0, t1 = c.t1 })
         check(r, err, string.format("stt chunk %d (%.1f-%.1f s)", c.seq, c.t0, c.t1))
-        return { seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, segments = r.segments or {}, text = r.text }
+        return { seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, segments = r.segments or {}, text = r.text,
+          provider = r.provider }
       end,
     },
 
@@ -164,7 +165,7 @@ return sl.pipeline "lecture" {
             ctx:log(string.format("slide %d at %.1f s not described: %s", env.data.seq, env.data.t, d.error))
           end
           slides[i] = { seq = env.data.seq, t = env.data.t, path = env.data.path,
-            text = d.text or d.description or "", confidence = d.confidence }
+            text = d.text or d.description or "", confidence = d.confidence, provider = d.provider }
         end
         ctx:event("slides", { count = #slides, first = slides[1].seq, last = slides[#slides].seq })
         return { slides = slides }
@@ -237,7 +238,7 @@ return sl.pipeline "lecture" {
         for _, seq in ipairs(seqs) do
           local it = f.items[seq]
           slides[#slides + 1] = { seq = seq, t = f.times[seq], path = it and it.path,
-            text = it and it.text, missing = (not it) or nil }
+            text = it and it.text, provider = it and it.provider, missing = (not it) or nil }
         end
         for i, e in ipairs(f:entries()) do
           entries[i] = { seq = e.seq, window = e.window, t0 = e.t0, t1 = e.t1,
@@ -256,20 +257,22 @@ return sl.pipeline "lecture" {
       run = function(env, ctx)
         local e = env.data
         local source = (e.slide_text and e.slide_text ~= "" and (e.slide_text .. "\n\n") or "") .. (e.speech or "")
-        local s
+        local s, served
         if source:find("%S") then
-          local err
+          local info
           -- Remote models stream their reply: each piece is an event a front end can show.
-          s, err = provider(ctx, "llm"):summarize(source, { sentences = 2,
+          s, info = provider(ctx, "llm"):summarize(source, { sentences = 2,
             stream = function(piece) ctx:event("summary_delta", { seq = env.seq, text = piece }) end })
-          check(s, err, "summary of segment " .. tostring(env.seq))
+          check(s, info, "summary of segment " .. tostring(env.seq))
+          served = type(info) == "table" and info.provider or nil
         else
           s = ""
         end
         if type(s) == "table" then s = s.text or s.summary or "" end
         ctx:event("summary", { seq = env.seq, t0 = e.t0, t1 = e.t1, text = s })
         return { seq = env.seq, t0 = e.t0, t1 = e.t1, title = title_of(e), summary = s,
-          slide_text = e.slide_text, speech = e.speech, speech_only = e.speech_only }
+          slide_text = e.slide_text, speech = e.speech, speech_only = e.speech_only,
+          provider = served }
       end,
     },
 
@@ -288,7 +291,7 @@ return sl.pipeline "lecture" {
         check(j, err, "judge of segment " .. tostring(env.seq))
         ctx:event("judge", { seq = s.seq, score = j.score })
         return { seq = s.seq, t0 = s.t0, t1 = s.t1, score = j.score, reasons = j.reasons,
-          coverage = j.coverage }
+          coverage = j.coverage, provider = j.provider }
       end,
     },
 

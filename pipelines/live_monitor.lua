@@ -23,8 +23,9 @@
 -- Saturation policy: KEEP LATEST. A request goes to the analyser only when one of its
 -- workers is idle, so nothing ever queues in front of it. Otherwise the request waits in a
 -- single pending slot; a newer request replaces it (the older one is logged as `dropped`,
--- reason "coalesced"). The pending request is handed over at the next frame after a worker
--- frees up. Backlog at any time: at most `concurrency` running + 1 pending.
+-- reason "coalesced"). A worker that frees up takes the pending request at once (its
+-- analysis_start record says handed_over); a frame also hands it to an idle worker. Backlog
+-- at any time: at most `concurrency` running + 1 pending.
 --
 -- Outputs in DIR: events.jsonl (JSON Lines, one record per frame with its detection, per
 -- analysis request, drop, analysis start and result; `t` = stream seconds, `wall` = seconds
@@ -204,6 +205,42 @@ local function dispatch(ctx, st)
   st.pending = nil
   req.requested_wall = req.requested_wall or (sl.now() - st.t0)
   ctx:emit(req, { seq = req.seq, t0 = req.t, t1 = req.t })
+end
+
+-- One analysis of request req: the vlm provider on its frame; logged, kept in latest.json.
+local function analyse_one(ctx, st, req)
+  st.running = st.running + 1
+  local started = sl.now() - st.t0
+  local iv = { started }
+  st.intervals[#st.intervals + 1] = iv
+  log_record(st, { type = "analysis_start", t = req.t, seq = req.seq, reason = req.reason,
+    running = st.running, handed_over = req.handed_over }, ctx)
+  local ok, out, err = pcall(function()
+    return provider(ctx, "vlm"):describe({ { path = req.path, t = req.t } }, { prompt = ctx.config.prompt })
+  end)
+  if not ok then out, err = nil, out end
+  st.running = st.running - 1
+  local finished = sl.now() - st.t0
+  iv[2] = finished
+  local d = out and out[1] or {}
+  local rec = { type = "analysis", t = req.t, seq = req.seq, reason = req.reason,
+    frame = req.path, started = started, finished = finished, latency = finished - started,
+    waited = started - (req.captured_wall or started) }
+  if out and not d.error then
+    st.analyses = st.analyses + 1
+    rec.text = d.text or d.description or ""
+    log_record(st, rec, ctx)
+    st.analysed[#st.analysed + 1] = rec
+    write_json_atomic(st.dir .. "/latest.json", rec)
+  else
+    st.failures = st.failures + 1
+    rec.error = tostring(err or d.error)
+    log_record(st, rec, ctx)
+    io.stderr:write("live_monitor: analysis of the frame at ", string.format("%.1f", req.t),
+      " s failed: ", rec.error:gsub("\n.*", ""), "\n")
+    if not ctx.config.keep_frames then os.remove(req.path) end
+  end
+  return { t = req.t, seq = req.seq, ok = rec.error == nil }
 end
 
 local function request(ctx, st, frame, reason, detail)
@@ -393,38 +430,23 @@ return sl.pipeline "live_monitor" {
       run = function(env, ctx)
         local st = state(ctx)
         local req = env.data
-        st.running = st.running + 1
-        local started = sl.now() - st.t0
-        local iv = { started }
-        st.intervals[#st.intervals + 1] = iv
-        log_record(st, { type = "analysis_start", t = req.t, seq = req.seq, reason = req.reason,
-          running = st.running }, ctx)
-        local ok, out, err = pcall(function()
-          return provider(ctx, "vlm"):describe({ { path = req.path, t = req.t } }, { prompt = ctx.config.prompt })
-        end)
-        if not ok then out, err = nil, out end
-        st.running = st.running - 1
-        local finished = sl.now() - st.t0
-        iv[2] = finished
-        local d = out and out[1] or {}
-        local rec = { type = "analysis", t = req.t, seq = req.seq, reason = req.reason,
-          frame = req.path, started = started, finished = finished, latency = finished - started,
-          waited = started - (req.captured_wall or started) }
-        if out and not d.error then
-          st.analyses = st.analyses + 1
-          rec.text = d.text or d.description or ""
-          log_record(st, rec, ctx)
-          st.analysed[#st.analysed + 1] = rec
-          write_json_atomic(st.dir .. "/latest.json", rec)
-        else
-          st.failures = st.failures + 1
-          rec.error = tostring(err or d.error)
-          log_record(st, rec, ctx)
-          io.stderr:write("live_monitor: analysis of the frame at ", string.format("%.1f", req.t),
-            " s failed: ", rec.error:gsub("\n.*", ""), "\n")
-          if not ctx.config.keep_frames then os.remove(req.path) end
+        -- The worker analyses its request, then takes the pending one (if any) at once: with
+        -- HLS, frames arrive in segment bursts, so waiting for the next frame's dispatch
+        -- would leave it idle for up to a segment.
+        while req do
+          local res = analyse_one(ctx, st, req)
+          -- (once the run is stopping, what is pending is not started: the grace is for the
+          -- analyses in flight)
+          req = not ctx.job.stopping and st.pending or nil
+          if req then
+            st.pending = nil
+            req.requested_wall = req.requested_wall or (sl.now() - st.t0)
+            req.handed_over = true
+            ctx:emit(res, { seq = res.seq, t0 = res.t, t1 = res.t })
+          else
+            return res, { seq = res.seq, t0 = res.t, t1 = res.t }
+          end
         end
-        return { t = req.t, ok = rec.error == nil }
       end,
     },
 

@@ -67,7 +67,42 @@ function onEvent(ev) {
   scheduleRender();
 }
 
+// Provider calls (stats.providers, sluice.providers.chain): cost and budget, answers from the
+// cache, hedges, and each endpoint's circuit breaker.
+function usd(x) {
+  if (typeof x !== "number") return "-";
+  if (x === 0) return "$0";
+  return x < 0.01 ? "$" + x.toFixed(4) : "$" + x.toFixed(2);
+}
+
+// (an empty Lua table arrives as {}, not [])
+const list = (x) => (Array.isArray(x) ? x : []);
+
+function onProviders(pv) {
+  const panel = document.getElementById("providers-panel");
+  if (!pv || !pv.total || (!pv.total.requests && !pv.total.cached && !list(pv.breakers).length)) return;
+  panel.hidden = false;
+  const t = pv.total;
+  let line = (pv.dry ? "expected " : "") + usd(t.usd);
+  if (pv.budget && pv.budget.usd) line += " of a " + usd(pv.budget.usd) + " budget";
+  if (pv.stopped) line += " (budget reached: no new call starts)";
+  line += ` · ${t.requests} requests · ${t.cached} from the cache (saved ${usd(t.saved)}) · ${t.hedges} hedged`;
+  document.getElementById("spend").textContent = line;
+  document.getElementById("breakers").innerHTML = list(pv.breakers).map((b) =>
+    `<li class="breaker ${esc(b.state)}">${esc(b.provider)} <span class="muted">${esc(b.endpoint)}</span>: circuit ` +
+    `${esc(b.state.replace("_", "-"))}${b.open_for ? ` (${Math.round(b.open_for)} s)` : ""}` +
+    ` <span class="muted">opened ${b.opens}, probes ${b.probes}</span></li>`).join("");
+  document.querySelector("#spend-stages tbody").innerHTML = list(pv.order).map((n) => {
+    const s = pv.stages[n] || {};
+    return `<tr><td>${esc(n)}</td><td>${s.requests ?? 0}</td><td>${s.cached ?? 0}</td><td>${s.hedges ?? 0}</td>` +
+      `<td>${usd(s.usd)}</td></tr>`;
+  }).join("");
+}
+
 function onStats(st) {
+  if (st && st.providers) {
+    try { onProviders(st.providers); } catch (e) { console.error(e); }
+  }
   const stages = (st && (st.stages || st)) || {};
   for (const [name, v] of Object.entries(stages)) {
     if (!v || typeof v !== "object") continue;

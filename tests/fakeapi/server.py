@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import io
 import json
+import random
 import sys
 import time
 import os
@@ -67,14 +68,21 @@ class State:
         self.max_in_flight = 0
         self.limited = 0  # 429s sent by the rpm / concurrency limits
         self.seq = 0
+        self.rng = random.Random(0)  # for faults with a rate (POST /_control {"seed": N})
 
     def take_fault(self, path):
         for f in self.faults:
             if f.get("path") and not path.startswith(f["path"]):
                 continue
-            f["count"] -= 1
-            if f["count"] <= 0:
-                self.faults.remove(f)
+            f["seen"] = f.get("seen", 0) + 1
+            if f.get("every") and f["seen"] % f["every"] != 0:
+                continue
+            if f.get("rate") is not None and self.rng.random() >= f["rate"]:
+                continue
+            if not f.get("forever"):
+                f["count"] -= 1
+                if f["count"] <= 0:
+                    self.faults.remove(f)
             return f["kind"], f.get("arg")
         return None, None
 
@@ -247,13 +255,19 @@ class App:
         for k in ("latency", "rpm", "window", "concurrency", "stream_delay", "reply", "record", "page_size"):
             if k in body:
                 s.settings[k] = body[k]
+        if "seed" in body:
+            s.rng = random.Random(body["seed"])
         for f in body.get("faults", []):
             kind, arg = parse_fault(f["kind"]) if isinstance(f, dict) else parse_fault(f)
             if isinstance(f, dict) and f.get("arg") is not None:
                 arg = str(f["arg"])
-            s.faults.append({"kind": kind, "arg": arg,
-                             "path": f.get("path") if isinstance(f, dict) else None,
-                             "count": int(f.get("count", 1)) if isinstance(f, dict) else 1})
+            d = f if isinstance(f, dict) else {}
+            s.faults.append({"kind": kind, "arg": arg, "path": d.get("path"),
+                             "count": int(d.get("count", 1)),
+                             # every matching request (until /_reset), every Nth one, or each
+                             # one with a probability (the server's seeded generator)
+                             "forever": bool(d.get("forever")), "every": int(d.get("every") or 0),
+                             "rate": float(d["rate"]) if d.get("rate") is not None else None})
         if "rpm" in body or "window" in body:
             s.hits = []
         return web.json_response({"ok": True, "settings": s.settings, "faults": len(s.faults)})

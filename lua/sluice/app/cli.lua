@@ -16,6 +16,7 @@ commands:
   run SCRIPT.lua [ARGS...]   run a script or a pipeline (see: sluice help run)
   repl [SCRIPT.lua]          interactive prompt; with a script, its values are in scope
   providers [--check]        providers, their roles and models; --check asks the vendors
+  cache [stats|prune|rm]     the provider result cache shared by every job (see: sluice help cache)
   version                    print the version
   help [COMMAND]             show help
 

@@ -90,7 +90,29 @@ function M.lines(stats, rates)
     end
     out[#out + 1] = line
   end
+  local pl = M.providers_line(stats.providers, w)
+  if pl then out[#out + 1] = pl end
   return out
+end
+
+-- The live view's line about provider calls (stats.providers): cost so far (and the budget),
+-- answers from the cache, hedges, and each endpoint's breaker while it is not closed.
+function M.providers_line(pv, w)
+  if not pv or (pv.total.requests == 0 and pv.total.cached == 0 and #pv.breakers == 0) then return nil end
+  local t = pv.total
+  local parts = { string.format("%s%s", pv.dry and "expected " or "", M.usd(t.usd)) }
+  if pv.budget and pv.budget.usd then parts[1] = parts[1] .. " of " .. M.usd(pv.budget.usd) end
+  if pv.stopped then parts[1] = parts[1] .. " (budget reached)" end
+  parts[#parts + 1] = string.format("%d requests", t.requests)
+  if t.cached > 0 then parts[#parts + 1] = string.format("%d cached", t.cached) end
+  if t.hedges > 0 then parts[#parts + 1] = string.format("%d hedged", t.hedges) end
+  for _, b in ipairs(pv.breakers) do
+    if b.state ~= "closed" then
+      parts[#parts + 1] = string.format("%s circuit %s%s", b.provider, b.state == "open" and "open" or "half-open",
+        b.open_for and string.format(" (%.0fs)", b.open_for) or "")
+    end
+  end
+  return pad("calls", w or 6) .. " " .. table.concat(parts, " · ")
 end
 
 local View = {}
@@ -177,22 +199,17 @@ function M.causes(by)
   return table.concat(list, ", ")
 end
 
-function M.table(summary)
-  local rows = { { "stage", "items", "failed", "retried", "busy", "p50", "p95", "blocked", "starved",
-    "retries by cause" } }
-  for _, n in ipairs(summary.order) do
-    local st = summary.stages[n]
-    if st.kind == "source" then
-      rows[#rows + 1] = { n, tostring(st.out or 0), tostring(st.failed or 0), "-", "-", "-", "-", "-", "-", "" }
-    else
-      rows[#rows + 1] = {
-        n, tostring(st.done + st.failed), tostring(st.failed),
-        tostring((st.retried or 0) + (st.request_retries or 0)),
-        string.format("%.0f%%", st.busy_pct or 0), fmt_dur(st.p50), fmt_dur(st.p95),
-        fmt_dur(st.blocked), fmt_dur(st.starved), M.causes(st.retries_by),
-      }
-    end
-  end
+local function usd(x)
+  if not x then return "-" end
+  if x == 0 then return "$0" end
+  if x < 0.01 then return string.format("$%.4f", x) end
+  return string.format("$%.2f", x)
+end
+M.usd = usd
+
+-- grid(rows) -> the rows as a table (a string ending in a newline): the first row is the
+-- head, underlined; the first and last columns are left-aligned, the others right-aligned.
+function M.grid(rows)
   local widths = {}
   for _, r in ipairs(rows) do
     for i, c in ipairs(r) do widths[i] = math.max(widths[i] or 0, #c) end
@@ -210,9 +227,64 @@ function M.table(summary)
       out[#out + 1] = table.concat(dashes, "  ")
     end
   end
+  return table.concat(out, "\n") .. "\n"
+end
+
+-- The providers' table (summary.providers, sluice.providers.chain): per provider, the calls
+-- it was given, served and failed (after its retries), skipped while its breaker was open,
+-- hedges sent, p50/p95 of its calls, cost, and its breaker.
+function M.providers_table(pv)
+  if not pv or #(pv.provider_order or {}) == 0 then return "" end
+  local br = {}
+  for _, b in ipairs(pv.breakers or {}) do br[b.provider] = b end
+  local rows = { { "provider", "calls", "served", "failed", "skipped", "hedges", "cached", "p50", "p95", "cost",
+    "breaker" } }
+  for _, n in ipairs(pv.provider_order) do
+    local p = pv.providers[n]
+    local b = br[n]
+    rows[#rows + 1] = { n, tostring(p.calls), tostring(p.served), tostring(p.failures), tostring(p.skipped),
+      tostring(p.hedges), tostring(p.cached), fmt_dur(p.p50), fmt_dur(p.p95), usd(p.usd),
+      b and string.format("%s (opened %d, probes %d)", b.state, b.opens, b.probes) or "" }
+  end
+  local t = pv.total
+  local head = string.format("provider calls: %d requests, %d answered from the cache (saved %s), cost %s%s\n",
+    t.requests, t.cached, usd(t.saved), usd(t.usd),
+    pv.budget and pv.budget.usd and string.format(" of a %s budget", usd(pv.budget.usd)) or "")
+  return head .. M.grid(rows)
+end
+
+function M.table(summary)
+  local pv = summary.providers
+  local rows = { { "stage", "items", "failed", "retried", "busy", "p50", "p95", "blocked", "starved" } }
+  if pv then
+    for _, c in ipairs { "calls", "cached", "cost" } do rows[1][#rows[1] + 1] = c end
+  end
+  rows[1][#rows[1] + 1] = "retries by cause"
+  for _, n in ipairs(summary.order) do
+    local st = summary.stages[n]
+    local row
+    if st.kind == "source" then
+      row = { n, tostring(st.out or 0), tostring(st.failed or 0), "-", "-", "-", "-", "-", "-" }
+    else
+      row = {
+        n, tostring(st.done + st.failed), tostring(st.failed),
+        tostring((st.retried or 0) + (st.request_retries or 0)),
+        string.format("%.0f%%", st.busy_pct or 0), fmt_dur(st.p50), fmt_dur(st.p95),
+        fmt_dur(st.blocked), fmt_dur(st.starved),
+      }
+    end
+    if pv then
+      local c = pv.stages[n]
+      for _, x in ipairs(c and { tostring(c.requests), tostring(c.cached), usd(c.usd) } or { "-", "-", "-" }) do
+        row[#row + 1] = x
+      end
+    end
+    row[#row + 1] = st.kind == "source" and "" or M.causes(st.retries_by)
+    rows[#rows + 1] = row
+  end
   local head = string.format("%s %s: %s in %s, %d failed\n", summary.name, summary.job,
     summary.state, fmt_dur(summary.elapsed), summary.failed or 0)
-  return head .. table.concat(out, "\n") .. "\n"
+  return head .. M.grid(rows) .. M.providers_table(pv)
 end
 
 return M

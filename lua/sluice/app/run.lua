@@ -36,10 +36,14 @@ options:
   --linger           keep serving the dashboard after the job finished (until Ctrl-C)
   --grace SECONDS    on Ctrl-C, how long in-flight work may finish (default 10)
   --show-config      print the resolved config (secrets redacted) and exit
+  --cache PATH       provider result cache (default: ~/.cache/sluice/results.db, shared by every job)
+  --no-cache         neither use nor fill the provider result cache
+  --dry-run          run nothing that costs: print the provider calls, tokens and cost expected per stage
   --help             this help
 
 config: pipeline defaults < --config FILE < environment (SLUICE_<KEY>, dots as _) < --set
-exit status: 0 ok, 1 some items failed, 2 usage or validation error, 130 interrupted]]
+budget: --set budget.usd=5 (or budget.tokens=N) stops the run once it is spent (exit status 3)
+exit status: 0 ok, 1 some items failed, 2 usage or validation error, 3 budget reached, 130 interrupted]]
 
 function M.usage(p, script_path)
   local lines = { string.format("usage: sluice run %s INPUTS... [options]", script_path or "PIPELINE.lua") }
@@ -109,6 +113,9 @@ function M.parse(args)
     elseif a == "--token" then o.token, err = value(a)
     elseif a == "--linger" then o.linger = true
     elseif a == "--show-config" then o.show_config = true
+    elseif a == "--cache" then o.cache, err = value(a)
+    elseif a == "--no-cache" then o.no_cache = true
+    elseif a == "--dry-run" then o.dry_run = true
     elseif a == "--grace" then
       local v; v, err = value(a)
       if v then
@@ -301,6 +308,25 @@ function M.run(p, args, script_path)
     return 2
   end
 
+  -- Provider calls: budget, hedging and breaker settings (sluice.app.spend)
+  local spend = require "sluice.app.spend"
+  local okspend, serr = spend.check(cfg, p)
+  if not okspend then
+    eprint("sluice run: " .. serr)
+    close_store()
+    return 2
+  end
+  if o.dry_run then -- outputs go to a scratch folder, nothing is stored
+    local d = sl.exec({ "mktemp", "-d", "/tmp/sluice-dry-run.XXXXXX" })
+    if not d or d.status ~= 0 then
+      eprint("sluice run: --dry-run: cannot make a scratch folder")
+      close_store()
+      return 2
+    end
+    o.out, o.no_store, o.fresh = d.stdout:gsub("%s+$", ""), true, true
+    out = o.out
+  end
+
   -- The dashboard listens before anything is written: an address it cannot have (taken, or
   -- not loopback without a token) stops the run here.
   local server
@@ -350,6 +376,13 @@ function M.run(p, args, script_path)
     end
   end
 
+  local pcache, cerr2 = spend.open_cache(o)
+  if pcache == nil then
+    eprint("sluice run: " .. tostring(cerr2))
+    close_store()
+    close_server()
+    return 2
+  end
   -- asks test(1) whether stderr is a terminal now, before any work runs (it blocks briefly)
   if not o.quiet then progress.stderr_is_tty() end
   local okstart, job = pcall(p.start, p, { inputs = o.inputs, config = cfg, config_resolved = true,
@@ -360,6 +393,11 @@ function M.run(p, args, script_path)
     close_server()
     return 2
   end
+  local budget_stop = false
+  local ledger = spend.attach(job, cfg, o, pcache, function()
+    budget_stop = true
+    job:stop(o.grace) -- as Ctrl-C: calls in flight finish, no new one starts
+  end)
   if server then server:attach(job, store) end
 
   local closers = {}
@@ -417,7 +455,12 @@ function M.run(p, args, script_path)
   if view then view:stop() end
   for _, c in ipairs(closers) do pcall(c) end
 
-  if not o.quiet then io.stderr:write(progress.table(summary)) end
+  if o.dry_run then
+    io.stdout:write(spend.report(summary))
+    sl.exec({ "rm", "-rf", out })
+  elseif not o.quiet then io.stderr:write(progress.table(summary)) end
+  local bline = spend.budget_line(ledger, job_id)
+  if bline then eprint("sluice run: " .. bline) end
   local line = M.resume_line(job:resume_report())
   if line then eprint("sluice: " .. line) end
   if #summary.dead > 0 then
@@ -450,6 +493,7 @@ function M.run(p, args, script_path)
   end
   if store and store.close then pcall(store.close, store) end
   if summary.error then return 1 end
+  if budget_stop then return spend.BUDGET_STATUS end
   if #summary.dead > 0 then return 1 end
   if interrupted then return 130 end
   return 0

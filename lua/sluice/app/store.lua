@@ -19,6 +19,7 @@
 local sl = require "sluice"
 local sched = require "sluice.runtime.sched"
 local digest = require "sluice.runtime.digest"
+local serial = require "sluice.runtime.serial"
 local core = require "sluice.core.core"
 local cstore = require "sluice.core.store"
 local cjson = require "cjson"
@@ -107,66 +108,10 @@ function M.to_json(v)
   return cjson.encode(tostring(v))
 end
 
--- Lua values to stored text and back ------------------------------------------------------
+-- Lua values to stored text and back: sluice.runtime.serial (exact) --------------------
 
-local function ser(v, out, depth)
-  local ty = type(v)
-  if ty == "string" then
-    out[#out + 1] = string.format("%q", v)
-  elseif ty == "number" then
-    if math.type(v) == "integer" then
-      out[#out + 1] = string.format("%d", v)
-    elseif v ~= v then
-      out[#out + 1] = "0/0"
-    elseif v == math.huge then
-      out[#out + 1] = "1/0"
-    elseif v == -math.huge then
-      out[#out + 1] = "-1/0"
-    else
-      out[#out + 1] = string.format("%a", v) -- exact
-    end
-  elseif ty == "boolean" then
-    out[#out + 1] = v and "true" or "false"
-  elseif ty == "table" then
-    if depth > 64 then error("value nested too deeply to store", 0) end
-    out[#out + 1] = "{"
-    local n = #v
-    for i = 1, n do
-      ser(v[i], out, depth + 1)
-      out[#out + 1] = ","
-    end
-    for k, x in pairs(v) do
-      if not (math.type(k) == "integer" and k >= 1 and k <= n) then
-        out[#out + 1] = "["
-        ser(k, out, depth + 1)
-        out[#out + 1] = "]="
-        ser(x, out, depth + 1)
-        out[#out + 1] = ","
-      end
-    end
-    out[#out + 1] = "}"
-  else
-    error("cannot store a " .. ty .. " (item data must be strings, numbers, booleans or tables)", 0)
-  end
-end
-
--- serialize(v) -> text | nil, message
-function M.serialize(v)
-  local out = {}
-  local ok, err = pcall(ser, v, out, 0)
-  if not ok then return nil, err end
-  return table.concat(out)
-end
-
--- deserialize(text) -> value | nil, message. The text is loaded as data in an empty
--- environment, in text mode.
-function M.deserialize(s)
-  local f, err = load("return " .. s, "=stored result", "t", {})
-  if not f then return nil, err end
-  local ok, v = pcall(f)
-  if not ok then return nil, v end
-  return v
-end
+M.serialize = serial.encode -- (v) -> text | nil, message
+M.deserialize = serial.decode -- (text) -> value | nil, message
 
 -- Waiting on the database ------------------------------------------------------------------
 
@@ -848,7 +793,17 @@ function Store:job(id)
     sources[#sources + 1] = { stage = r.source, id = r.id, mkey = r.mkey,
       parts = r.parts and M.deserialize(r.parts) or nil }
   end
-  return { job = job, stages = order, failures = failures, keys = keys, sources = sources }
+  -- what each run's provider calls cost (its `cost` event, sluice.providers.chain)
+  local costs = {}
+  for _, r in ipairs(self:query("SELECT run, json FROM events WHERE job = ? AND event = 'cost' ORDER BY run, n",
+    { job.id }) or {}) do
+    local ok, v = pcall(cjson.decode, r.json)
+    if ok and type(v) == "table" then
+      v.run = r.run
+      costs[#costs + 1] = v
+    end
+  end
+  return { job = job, stages = order, failures = failures, keys = keys, sources = sources, costs = costs }
 end
 
 -- store:events(job_id, after_n[, run]) -> rows of the job's latest (or given) run with n > after_n

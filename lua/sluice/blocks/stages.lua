@@ -301,21 +301,47 @@ function M.job_state(states, ctx, fresh)
 end
 
 -- The provider for a role, made once per job from the job's configuration (providers hold
--- decoders, worker processes and connections that the whole run shares).
+-- decoders, worker processes and connections that the whole run shares). providers.ROLE may
+-- name one provider or a fallback chain ({"gemini", "openai", "tesseract"}): remote ones go
+-- through sluice.providers.chain (the result cache, cost, budget, breakers, hedging,
+-- fallback), with the stage's `hedge` and `cache` options; a local engine alone is used as it
+-- is (except in a dry run, where nothing is computed).
 local job_providers = M.job_states()
 function M.provider(ctx, role)
+  local providers = require "sluice.providers"
   local cache = M.job_state(job_providers, ctx, function() return {} end)
-  local p = cache[role]
-  if not p then
-    p = require("sluice.providers").for_role(role, ctx.config)
-    cache[role] = p
-  else
-    -- Every stage that uses the provider reads the settings that chose and configured it
-    -- (a stage's resume key covers the settings it reads; see sluice.graph.memokey).
-    local providers = require "sluice.providers"
-    providers.settings_for(role, providers.name_for(role, ctx.config), ctx.config)
+  -- Every stage that uses the provider reads the settings that chose and configured it
+  -- (a stage's resume key covers the settings it reads; see sluice.graph.memokey).
+  local names = providers.names_for(role, ctx.config)
+  local settings = {}
+  for i, n in ipairs(names) do settings[i] = providers.settings_for(role, n, ctx.config) end
+  local stage = ctx.stage or "-"
+  local k = role .. "\0" .. stage
+  local v = cache[k]
+  if v == nil then
+    local c = cache[role]
+    if not c then
+      local chain = require "sluice.providers.chain"
+      local list = {}
+      for i, n in ipairs(names) do list[i] = providers.get(role, n, settings[i]) end
+      local ledger = chain.ledger_for(ctx.job)
+      if #list == 1 and not list[1].retry_opts and not ledger.dry then
+        c = { plain = list[1] }
+      else
+        c = { chain = chain.new(role, list, { ledger = ledger }) }
+      end
+      cache[role] = c
+    end
+    if c.plain then
+      v = c.plain
+    else
+      local S = ctx._stage
+      v = c.chain:view(stage, { hedge = S and S.hedge, cache = not (S and S.cache == false) })
+    end
+    cache[k] = v
   end
-  return p
+  if getmetatable(v) and v.handle and rawget(v, "chain") then return v:handle(ctx._unit) end
+  return v
 end
 
 -- mkdir(path): creates path and its parents (once per run of the process).

@@ -17,7 +17,7 @@ local STAGE_OPTIONS = {
   from = true, run = true, workers = true, queue = true, batch = true, retry = true,
   timeout = true, limits = true, order = true, collect = true, join = true, on_gate = true,
   emit = true, estimate = true, tokens = true, name = true, doc = true, description = true,
-  params = true, kind = true, version = true, memo = true,
+  params = true, kind = true, version = true, memo = true, hedge = true, cache = true,
 }
 
 local function vfail(pname, where, msg)
@@ -151,6 +151,16 @@ local function normalize_stage(pname, name, spec, limits)
   end
   s.version = spec.version
   if spec.memo ~= nil and type(spec.memo) ~= "boolean" then vfail(pname, where, "option 'memo' must be a boolean") end
+  -- Provider calls of the stage (sluice.providers.chain checks the settings themselves):
+  -- `hedge` (true, seconds, "p95" or {after=, max=, to=}) and `cache = false` (never cached).
+  local h = spec.hedge
+  if h ~= nil and type(h) ~= "boolean" and type(h) ~= "table" and type(h) ~= "string"
+    and not (type(h) == "number" and h > 0) then
+    vfail(pname, where, "option 'hedge' must be true, a number of seconds, \"p95\" or a table {after=, max=, to=} (got " .. show(h) .. ")")
+  end
+  s.hedge = h
+  if spec.cache ~= nil and type(spec.cache) ~= "boolean" then vfail(pname, where, "option 'cache' must be a boolean") end
+  s.cache = spec.cache
   -- A stage with on_gate keeps state per key across its units (what the gate set up): one of
   -- its units alone cannot be taken from the memo, so by default it always runs.
   if spec.memo == nil then s.memoize = not s.on_gate else s.memoize = spec.memo end

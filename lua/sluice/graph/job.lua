@@ -221,6 +221,12 @@ function Job:_main()
   else
     job.state = "done"
   end
+  -- what the job's provider calls used (job.providers, sluice.providers.chain): its totals
+  -- become an event before job_done
+  if job.providers and job.providers.close then
+    local okc, errc = pcall(job.providers.close, job.providers)
+    if not okc then io.stderr:write("sluice: job ", job.id, ": providers: ", errtext(unwrap(errc)), "\n") end
+  end
   local summary = job:summary()
   if job.bus.count > 0 then
     util.job_event(job, { event = "job_done", state = job.state, elapsed = summary.elapsed,
@@ -275,6 +281,7 @@ function Job:stats()
     end
     out.stages[n] = st
   end
+  if self.providers and self.providers.stats then out.providers = self.providers:stats() end
   return out
 end
 
@@ -300,7 +307,8 @@ function Job:summary()
   local st = self:stats()
   return { job = self.id, name = self.name, state = self.state, status = self.state,
     elapsed = st.elapsed, stages = st.stages, order = st.order, dead = self.dead,
-    failed = #self.dead, error = self.error, results = self.results, ok = self.state == "done" and #self.dead == 0 }
+    failed = #self.dead, error = self.error, results = self.results, ok = self.state == "done" and #self.dead == 0,
+    providers = st.providers }
 end
 
 -- job:wait() -> summary (after the job finished, however it finished).

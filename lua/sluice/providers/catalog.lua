@@ -28,13 +28,31 @@ M.ROLE_KIND = { stt = "transcription", vlm = "chat", llm = "chat" }
 
 local data, user_path
 
-local function user_file()
-  if user_path then return user_path, true end
-  local f = os.getenv("SLUICE_MODELS")
-  if f and f ~= "" then return f, true end
-  local base = os.getenv("XDG_CONFIG_HOME")
-  if not base or base == "" then base = (os.getenv("HOME") or ".") .. "/.config" end
-  return base .. "/sluice/models.lua", false
+-- user_table(what, env, file[, path]) -> the table a user's file returns, or nil when there is
+-- none: path if given, else $env, else $XDG_CONFIG_HOME/sluice/<file>
+-- (~/.config/sluice/<file>). Loaded as text in a sandbox over the globals; one that cannot
+-- be read (when it was named) or returns no table raises "<what> file <path>: why".
+function M.user_table(what, env, file, path)
+  local explicit = path ~= nil
+  if not path then
+    local f = os.getenv(env)
+    if f and f ~= "" then path, explicit = f, true end
+  end
+  if not path then
+    local base = os.getenv("XDG_CONFIG_HOME")
+    if not base or base == "" then base = (os.getenv("HOME") or ".") .. "/.config" end
+    path = base .. "/sluice/" .. file
+  end
+  local chunk, err = loadfile(path, "t", setmetatable({}, { __index = _G }))
+  if not chunk then
+    if explicit or not tostring(err):find("No such file", 1, true) then error(what .. " file " .. tostring(err), 0) end
+    return nil
+  end
+  local ok, u = pcall(chunk)
+  if not ok or type(u) ~= "table" then
+    error(what .. " file " .. path .. ": " .. (ok and "does not return a table" or tostring(u)), 0)
+  end
+  return u
 end
 
 -- data() -> {provider = {defaults = {role = model}, families = {...}}}: the shipped file with
@@ -47,25 +65,13 @@ function M.data()
     for role, m in pairs(v.defaults or {}) do d[prov].defaults[role] = m end
     for _, f in ipairs(v.families or {}) do d[prov].families[#d[prov].families + 1] = f end
   end
-  local path, explicit = user_file()
-  local chunk, err = loadfile(path, "t", setmetatable({}, { __index = _G }))
-  if not chunk then
-    if explicit or not tostring(err):find("No such file", 1, true) then
-      error("models file " .. tostring(err), 0)
-    end
-  else
-    local ok, u = pcall(chunk)
-    if not ok or type(u) ~= "table" then
-      error("models file " .. path .. ": " .. (ok and "does not return a table" or tostring(u)), 0)
-    end
-    for prov, v in pairs(u) do
-      d[prov] = d[prov] or { defaults = {}, families = {} }
-      for role, m in pairs(type(v.defaults) == "table" and v.defaults or {}) do d[prov].defaults[role] = m end
-      local fams = {}
-      for _, f in ipairs(type(v.families) == "table" and v.families or {}) do fams[#fams + 1] = f end
-      for _, f in ipairs(d[prov].families) do fams[#fams + 1] = f end
-      d[prov].families = fams
-    end
+  for prov, v in pairs(M.user_table("models", "SLUICE_MODELS", "models.lua", user_path) or {}) do
+    d[prov] = d[prov] or { defaults = {}, families = {} }
+    for role, m in pairs(type(v.defaults) == "table" and v.defaults or {}) do d[prov].defaults[role] = m end
+    local fams = {}
+    for _, f in ipairs(type(v.families) == "table" and v.families or {}) do fams[#fams + 1] = f end
+    for _, f in ipairs(d[prov].families) do fams[#fams + 1] = f end
+    d[prov].families = fams
   end
   data = d
   return d
@@ -247,8 +253,10 @@ function M.uses(conf, all)
     if all then
       for _, name in ipairs(P.list(role)) do add(role, name) end
     else
-      local name, configured = P.name_for(role, conf)
-      if configured and type(name) == "string" then add(role, name) end
+      local okn, names, configured = pcall(P.names_for, role, conf)
+      if okn and configured then
+        for _, name in ipairs(names) do add(role, name) end
+      end
     end
   end
   return order

@@ -127,8 +127,17 @@ local function candidate_text(v)
   return table.concat(out), c.finishReason
 end
 
+-- usageMetadata: total, prompt (input) and output tokens (the candidates' and the thoughts',
+-- both billed as output).
+local function usage_meta(u)
+  if type(u) ~= "table" then return nil end
+  local out = (tonumber(u.candidatesTokenCount) or 0) + (tonumber(u.thoughtsTokenCount) or 0)
+  return u.totalTokenCount, u.promptTokenCount, out
+end
+
 local function usage_of(v)
-  return type(v) == "table" and type(v.usageMetadata) == "table" and v.usageMetadata.totalTokenCount or nil
+  if type(v) ~= "table" then return nil end
+  return usage_meta(v.usageMetadata)
 end
 
 -- generationConfig for a request: what the caller asked for, and the thinking budget of the
@@ -223,7 +232,7 @@ function Obj:complete(m, opts)
     end
     return true
   end
-  req.usage = function() return info.usage and info.usage.totalTokenCount end
+  req.usage = function() return usage_meta(info.usage) end
   local v, err, code, failure = send()
   if not v then return nil, err, code, failure end
   if not info.finish_reason then

@@ -113,6 +113,28 @@ function M.name_for(role, conf)
   return M.defaults[role], false
 end
 
+-- names_for(role, conf) -> the list of providers configured for role, in order of preference
+-- (a fallback chain: providers.vlm = {"gemini", "openai", "tesseract"}; one name is a list of
+-- one), and true as a second value when it was configured. Raises one line for a list that
+-- holds anything but names.
+function M.names_for(role, conf)
+  local v, configured = M.name_for(role, conf)
+  if type(v) == "string" then return { v }, configured end
+  if type(v) == "table" then
+    local out = {}
+    for i = 1, #v do
+      local n = v[i]
+      if type(n) ~= "string" or n == "" then
+        error(string.format("providers.%s: entry %d must be a provider name (got %s)", role, i, tostring(n)), 0)
+      end
+      out[i] = n
+    end
+    if #out == 0 then error(string.format("providers.%s: the list of providers is empty", role), 0) end
+    return out, configured
+  end
+  error(string.format("providers.%s must be a provider name or a list of them (got %s)", role, tostring(v)), 0)
+end
+
 -- settings_for(role, name, conf) -> the provider's settings: conf[name] overlaid with conf[role].
 function M.settings_for(role, name, conf)
   local cfg = {}
@@ -176,47 +198,56 @@ function M.remote(obj, name, cfg, secret)
   return obj
 end
 
--- The VLM role of a chat provider: one p:complete() per image with the prompt and the image
--- (image_part(mime, base64) makes the provider's content part), at most p.concurrency at
--- once (the limiter has the last word). Returns {{t=, text=, path=}, ...} in input order
--- (an image that failed has {t=, path=, error=} instead), or nil, the first error and its
--- code when no image could be described.
-function M.describe_each(p, images, opts, image_part, max_tokens)
-  if type(images) ~= "table" then error("bad argument #1 to 'describe' (list of images expected)", 3) end
+-- each_image(images, concurrency, one(i, img) -> entry | nil, err, code) -> the entries in
+-- input order, at most `concurrency` images at once. One image that cannot be described does
+-- not throw away the others: its entry is {t=, path=, error=}. Only when none could be
+-- described is the result nil, the first error and its code.
+function M.each_image(images, concurrency, one)
   local sl = require "sluice"
-  local prompt = opts.prompt or p.vlm_prompt or
-    "Describe this video frame in one or two sentences: the people, objects, text and slides visible."
   local out, first_err, first_code, nfailed = {}, nil, nil, 0
-  local function failed(i, img, err, code)
-    first_err, first_code = first_err or err, first_code or code
-    nfailed = nfailed + 1
-    out[i] = { t = img.t, path = img.path, error = err }
-  end
-  local sem = sl.semaphore(math.max(1, p.concurrency))
+  local sem = sl.semaphore(math.max(1, concurrency or 1))
   local g = sl.group()
   for i, img in ipairs(images) do
     g:spawn(function()
       sem:acquire()
       local ok, e = pcall(function()
-        local b64, rerr, rcode = M.read_base64(img.path)
-        if not b64 then return failed(i, img, p.provider .. ": " .. rerr, rcode) end
-        local mime = img.mime or (img.path:lower():match("%.png$") and "image/png") or "image/jpeg"
-        local text, err, code = p:complete({ { role = "user", content = {
-          { type = "text", text = prompt }, image_part(mime, b64),
-        } } }, { max_tokens = max_tokens, model = opts.model })
-        if not text then return failed(i, img, err, code) end
-        out[i] = { t = img.t, text = text, path = img.path }
+        local entry, err, code = one(i, img)
+        if entry then
+          out[i] = entry
+        else
+          first_err, first_code = first_err or err, first_code or code
+          nfailed = nfailed + 1
+          out[i] = { t = img.t, path = img.path, error = err }
+        end
       end)
       sem:release()
       if not ok then error(e, 0) end
     end)
   end
   g:wait()
-  -- One image that cannot be described (after the provider's own retries) does not throw
-  -- away the others: its entry carries `error` instead of `text`. Only when none could be
-  -- described does the call fail, with the first error.
   if nfailed > 0 and nfailed == #images then return nil, first_err, first_code end
   return out
+end
+
+-- The VLM role of a chat provider: one p:complete() per image with the prompt and the image
+-- (image_part(mime, base64) makes the provider's content part), at most p.concurrency at
+-- once (the limiter has the last word). Returns {{t=, text=, path=}, ...} in input order
+-- (an image that failed has {t=, path=, error=} instead), or nil, the first error and its
+-- code when no image could be described (each_image).
+function M.describe_each(p, images, opts, image_part, max_tokens)
+  if type(images) ~= "table" then error("bad argument #1 to 'describe' (list of images expected)", 3) end
+  local prompt = opts.prompt or p.vlm_prompt or
+    "Describe this video frame in one or two sentences: the people, objects, text and slides visible."
+  return M.each_image(images, p.concurrency, function(_, img)
+    local b64, rerr, rcode = M.read_base64(img.path)
+    if not b64 then return nil, p.provider .. ": " .. rerr, rcode end
+    local mime = img.mime or (img.path:lower():match("%.png$") and "image/png") or "image/jpeg"
+    local text, err, code = p:complete({ { role = "user", content = {
+      { type = "text", text = prompt }, image_part(mime, b64),
+    } } }, { max_tokens = max_tokens, model = opts.model })
+    if not text then return nil, err, code end
+    return { t = img.t, text = text, path = img.path }
+  end)
 end
 
 -- Checks a transcription reply's segments: each needs numeric start/end and text. Returns
@@ -303,20 +334,54 @@ local function retry_delay(body)
   return nil
 end
 
+-- What one request's outcome says about the endpoint (for its breaker): true, it answered;
+-- false, it failed (a 5xx or 408, a timeout or connection failure, a malformed reply); nil,
+-- nothing (cancelled, or the caller's own callback failed).
+local function verdict(status, code)
+  if status then return not (status >= 500 or status == 408) end
+  if code == "ESTREAM" or code == nil then return nil end
+  return false
+end
+M.verdict = verdict
+
 -- call(p, req) -> decoded JSON reply (or true for a stream), or nil, message, code, info.
 -- req: what (for messages), url, method, headers, json | multipart, timeout, attempts (instead
--- of the provider's), tokens (estimate for the limiter), usage(decoded) -> tokens, check(decoded) -> true | nil, why;
--- sse(ev) -> "done" | nil, why (for streamed replies; must set req.emitted when it has
--- passed data on to the caller). One attempt acquires a permit, sends, releases the
+-- of the provider's), tokens (estimate for the limiter), usage(decoded) -> total tokens,
+-- input tokens, output tokens, audio seconds (what the reply says it used), check(decoded) ->
+-- true | nil, why; sse(ev) -> "done" | nil, why (for streamed replies; must set req.emitted
+-- when it has passed data on to the caller). One attempt acquires a permit, sends, releases the
 -- permit with what happened; retries follow sluice.runtime.retry's rules, except that a stream
 -- that already delivered tokens is not retried.
+-- With p.breaker (sluice.runtime.breaker, set by sluice.providers.chain), an attempt is not
+-- sent while the endpoint's breaker is open (code EBREAKER, not retried) and each outcome is
+-- recorded there. Each request is reported to the task's context (sched.context().meter(p,
+-- outcome), set by sluice.providers.chain): {ok=, status=, code=, cancelled=, tokens=, input=,
+-- output=, seconds=}.
 function M.call(p, req)
   local name, secret = p.provider, secrets[p]
+  local b = p.breaker
   local function fail(msg, code, info)
     return nil, M.redact(name .. ": " .. msg, secret), code, info
   end
+  local function report(outcome)
+    if b then b:record(verdict(outcome.status, outcome.code)) end
+    local c = sched.context()
+    local m = c and c.meter
+    if m then m(p, outcome) end
+  end
   local function attempt()
+    if b and not b:peek() then
+      local _, why = b:allow()
+      return fail(req.what .. " not sent: " .. tostring(why), "EBREAKER", { retry = false })
+    end
     local permit = p.limit and p.limit:acquire { tokens = req.tokens or 0 }
+    if b then
+      local go, why = b:allow()
+      if not go then
+        if permit then permit:release { ok = false } end
+        return fail(req.what .. " not sent: " .. tostring(why), "EBREAKER", { retry = false })
+      end
+    end
     local o = {
       method = req.method or "POST", url = req.url, headers = req.headers, json = req.json,
       multipart = req.multipart, timeout = req.timeout or p.timeout,
@@ -335,10 +400,12 @@ function M.call(p, req)
     end)
     if not ok then -- cancelled, or a bug: give the permit back and pass the error on
       if permit then permit:release { ok = false } end
+      report { ok = false, cancelled = true }
       error(r, 0)
     end
     if not r then
       if permit then permit:release { ok = false, timeout = code == "ETIMEDOUT" } end
+      report { ok = false, code = code }
       local info = {}
       if req.emitted then info.retry = false end -- the caller already has part of a reply
       return fail(req.what .. " failed: " .. tostring(err), code, info)
@@ -347,6 +414,7 @@ function M.call(p, req)
     if status >= 300 then
       local ra = tonumber(r.headers["retry-after"] or "") or retry_delay(r.body)
       if permit then permit:release { ok = false, status = status, headers = r.headers, retry_after = ra } end
+      report { ok = false, status = status }
       local info = error_info(r.body)
       return fail(req.what .. " failed: " .. error_line(status, info, retry_delay(r.body)),
         "EHTTPSTATUS", { status = status, retry_after = ra, error = info })
@@ -355,6 +423,7 @@ function M.call(p, req)
     if req.sse then
       if stream_fail then
         if permit then permit:release { ok = false, status = status, headers = r.headers } end
+        report { ok = false, code = "EPROTO" }
         return fail(string.format("malformed %s stream: %s", req.what, stream_fail), "EPROTO",
           { retry = false })
       end
@@ -363,6 +432,7 @@ function M.call(p, req)
       local dok, dv = pcall(cjson.decode, r.body)
       if not dok then
         if permit then permit:release { ok = false, status = status, headers = r.headers } end
+        report { ok = false, code = "EPROTO" }
         return fail(string.format("malformed %s reply: invalid JSON (%s)", req.what, tostring(dv)),
           "EPROTO")
       end
@@ -371,14 +441,17 @@ function M.call(p, req)
         local good, why = req.check(v)
         if not good then
           if permit then permit:release { ok = false, status = status, headers = r.headers } end
+          report { ok = false, code = "EPROTO" }
           return fail(string.format("malformed %s reply: %s", req.what, why), "EPROTO")
         end
       end
     end
+    local tokens, tin, tout, secs
+    if req.usage then tokens, tin, tout, secs = req.usage(v) end
     if permit then
-      local tokens = req.usage and req.usage(v)
       permit:release { ok = true, status = status, headers = r.headers, tokens = tokens }
     end
+    report { ok = true, status = status, tokens = tokens, input = tin, output = tout, seconds = secs }
     return v, r
   end
   local ropts = {}
@@ -431,20 +504,10 @@ function M.messages(m, opts)
   return msgs
 end
 
--- Rough token estimate for limiters: 4 characters per token plus the reply budget.
+-- Rough token estimate for limiters: the messages' input tokens (sluice.providers.cost's
+-- estimate) plus the reply budget.
 function M.estimate_tokens(msgs, max_tokens)
-  local n = 0
-  for _, m in ipairs(msgs) do
-    if type(m.content) == "string" then
-      n = n + #m.content
-    elseif type(m.content) == "table" then
-      for _, part in ipairs(m.content) do
-        if part.text then n = n + #part.text end
-        if part.image_url or part.inline_data then n = n + 3000 end
-      end
-    end
-  end
-  return math.floor(n / 4) + (max_tokens or 512)
+  return require("sluice.providers.cost").message_tokens(msgs) + (max_tokens or 512)
 end
 
 local SUMMARY_SYSTEM = "You summarize transcripts and notes. Write a faithful, concise summary " ..

@@ -107,6 +107,15 @@ local function check_transcription(format)
   end
 end
 
+-- A transcription's usage: {type="tokens", input_tokens=, output_tokens=, total_tokens=} or
+-- {type="duration", seconds=} (CreateTranscriptionResponse*'s usage).
+local function transcription_usage(v)
+  local u = type(v) == "table" and v.usage
+  if type(u) ~= "table" then return nil end
+  if u.type == "duration" then return nil, nil, nil, tonumber(u.seconds) end
+  return u.total_tokens, u.input_tokens, u.output_tokens
+end
+
 -- One transcription request for a file; returns the decoded reply.
 local function transcription(self, path, opts, plan, learned)
   local model = opts.model or self.model
@@ -133,6 +142,7 @@ local function transcription(self, path, opts, plan, learned)
   local req = {
     what = "transcription of " .. P.basename(path), url = self.base_url .. "/audio/transcriptions",
     headers = headers(self, false), multipart = parts(), tokens = 0, check = check_transcription(plan.format),
+    usage = transcription_usage,
   }
   return P.call_adapting(self, req, function(param, e)
     if param == "timestamp_granularities" and plan.format == "verbose_json" and plan.words then
@@ -270,8 +280,14 @@ local function check_completion(v)
   return true
 end
 
+-- A chat reply's usage: total, prompt (input) and completion (output) tokens.
+local function chat_usage(u)
+  if type(u) ~= "table" then return nil end
+  return u.total_tokens, u.prompt_tokens, u.completion_tokens
+end
+
 local function usage_of(v)
-  if type(v) == "table" and type(v.usage) == "table" then return v.usage.total_tokens end
+  if type(v) == "table" then return chat_usage(v.usage) end
   return nil
 end
 
@@ -369,7 +385,7 @@ function Obj:complete(m, opts)
     end
     return true
   end
-  req.usage = function() return info.usage and info.usage.total_tokens end
+  req.usage = function() return chat_usage(info.usage) end
   local v, err, code, failure = P.call_adapting(self, req, dropper(body, learned))
   if not v then return nil, err, code, failure end
   if not done and not info.finish_reason then

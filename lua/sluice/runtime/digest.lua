@@ -11,6 +11,8 @@
 --                                -- "3" and 3), tables by their sorted entries
 --   digest.file(path)            -- (waits) {size=, mtime=, sha256=, whole=} on a worker thread:
 --                                -- the SHA-256 of the first and last MiB (of all of it up to 2 MiB)
+--   digest.content(path)        -- (waits) the SHA-256 (64 hex digits) of all of the file, on a
+--                                -- worker thread: what it holds (a content-addressed cache's part)
 --   digest.stat(paths)           -- (waits) list: {size=, mtime=} or false (missing) per path
 --   digest.is_secret(name)       -- true for names that hold credentials (key, secret, token,
 --                                -- password, ...): they never go into keys, stores or messages
@@ -48,6 +50,12 @@ end
 
 function M.file(path)
   return sched.await("digest " .. path, function(done) return cdigest.file(path, done) end)
+end
+
+function M.content(path)
+  local f, err, code = sched.await("digest " .. path, function(done) return cdigest.file(path, done, true) end)
+  if not f then return nil, err, code end
+  return f.sha256
 end
 
 function M.stat(paths)

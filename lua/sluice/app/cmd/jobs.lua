@@ -115,6 +115,39 @@ local function show(store, id, cli)
     print(string.format("%-16s %8d %8d %8d %8d", s.stage, s.done or 0, s.running or 0, s.failed or 0,
       s.dead or 0))
   end
+  if #(info.costs or {}) > 0 then
+    -- what the provider calls cost, per run and per stage (their `cost` events)
+    local progress = require "sluice.app.progress"
+    local total, by, order = 0, {}, {}
+    local runs = {}
+    for _, c in ipairs(info.costs) do
+      total = total + (tonumber(c.usd) or 0)
+      runs[#runs + 1] = string.format("run %s %s (%d requests, %d cached)%s", tostring(c.run),
+        progress.usd(tonumber(c.usd) or 0), math.floor(tonumber(c.requests) or 0), math.floor(tonumber(c.cached) or 0),
+        c.dry and " expected" or "")
+      for name, st in pairs(type(c.stages) == "table" and c.stages or {}) do
+        if not by[name] then
+          by[name] = { usd = 0, requests = 0, cached = 0, tokens = 0 }
+          order[#order + 1] = name
+        end
+        local b = by[name]
+        b.usd = b.usd + (tonumber(st.usd) or 0)
+        b.requests = b.requests + (tonumber(st.requests) or 0)
+        b.cached = b.cached + (tonumber(st.cached) or 0)
+        b.tokens = b.tokens + (tonumber(st.tokens) or 0)
+      end
+    end
+    table.sort(order)
+    print("")
+    print("cost      " .. progress.usd(total) .. ": " .. table.concat(runs, ", "))
+    local rows = { { "stage", "requests", "cached", "tokens", "cost" } }
+    for _, name in ipairs(order) do
+      local b = by[name]
+      rows[#rows + 1] = { name, string.format("%d", math.floor(b.requests)), string.format("%d", math.floor(b.cached)),
+        string.format("%d", math.floor(b.tokens)), progress.usd(b.usd) }
+    end
+    io.stdout:write(progress.grid(rows))
+  end
   if #info.sources > 0 or #info.keys > 0 then
     print("")
     print("keys (what determines each stage's results; a change to any part runs it again):")
