@@ -32,6 +32,7 @@ options:
   --token TOKEN      dashboard access token
   --linger           keep serving the dashboard after the job finished (until Ctrl-C)
   --grace SECONDS    on Ctrl-C, how long in-flight work may finish (default 10)
+  --broker URL       redis://HOST:PORT: remote stages' units go there (sluice worker serves them)
   --show-config      print the resolved config (secrets redacted) and exit
   --help             this help
 
@@ -104,6 +105,7 @@ function M.parse(args)
     elseif a == "--token" then o.token, err = value(a)
     elseif a == "--linger" then o.linger = true
     elseif a == "--show-config" then o.show_config = true
+    elseif a == "--broker" then o.broker, err = value(a)
     elseif a == "--grace" then
       local v; v, err = value(a)
       if v then
@@ -191,11 +193,20 @@ function M.run(p, args, script_path)
     end
   end
 
+  -- remote stages (--broker): sluice.app.broker
+  local remote, rerr = require("sluice.app.broker").for_run(p, cfg, o.broker, eprint)
+  if not remote then
+    eprint("sluice run: " .. rerr)
+    if store and store.close then pcall(store.close, store) end
+    return 2
+  end
+
   -- asks test(1) whether stderr is a terminal now, before any work runs (it blocks briefly)
   if not o.quiet then progress.stderr_is_tty() end
   local job_id = o.job or default_job_id(p, o.inputs)
   local okstart, job = pcall(p.start, p, { inputs = o.inputs, config = cfg, config_resolved = true,
-    out = out, store = store, job_id = job_id, grace = o.grace, script = script_path })
+    out = out, store = store, job_id = job_id, grace = o.grace, script = script_path,
+    executors = remote.executors })
   if not okstart then
     eprint("sluice run: " .. tostring(job))
     if store and store.close then pcall(store.close, store) end
@@ -261,6 +272,7 @@ function M.run(p, args, script_path)
   end)
 
   local summary = job:wait()
+  remote:finish(job)
   off_int()
   if view then view:stop() end
   for _, c in ipairs(closers) do pcall(c) end

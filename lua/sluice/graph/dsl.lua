@@ -17,7 +17,7 @@ local STAGE_OPTIONS = {
   from = true, run = true, workers = true, queue = true, batch = true, retry = true,
   timeout = true, limits = true, order = true, collect = true, join = true, on_gate = true,
   emit = true, estimate = true, tokens = true, name = true, doc = true, description = true,
-  params = true, kind = true,
+  params = true, kind = true, remote = true,
 }
 
 local function vfail(pname, where, msg)
@@ -111,6 +111,10 @@ local function normalize_stage(pname, name, spec, limits)
     vfail(pname, where, "option 'timeout' must be a positive number of seconds (got " .. show(spec.timeout) .. ")")
   end
   s.timeout = spec.timeout
+  if spec.remote ~= nil and type(spec.remote) ~= "boolean" then
+    vfail(pname, where, "option 'remote' must be true or false (got " .. show(spec.remote) .. ")")
+  end
+  s.remote = spec.remote or nil -- served by `sluice worker` processes when run with --broker
   s.limits = {}
   if spec.limits ~= nil then
     local l = namelist(spec.limits)

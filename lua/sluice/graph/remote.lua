@@ -1,0 +1,446 @@
+-- sluice.graph.remote: the remote executor. A stage's units go to a Redis stream per job and
+-- stage (sluice.runtime.broker); `sluice worker` processes (sluice.graph.serve) run them and
+-- put the results on the job's results stream; this executor turns each result back into what
+-- the stage's run would have done here: ctx:emit calls, events, and a returned value or error.
+--
+--   local ex = remote.executor(broker, { max_file = bytes, claim_idle = s, max_deliveries = n })
+--   local job = p:start { executors = { stt = ex, vlm = ex } }
+--   job:wait(); ex:finish(job)      -- a done job's keys are deleted; others are kept (resume)
+--
+-- Everything around an attempt stays the runner's (memo, limits, timeout, retries, counts).
+-- What this adds (docs/scale.md):
+--   * backpressure: at most the stage's queue bound of units outstanding on its stream (the
+--     stage's worker tasks are raised to that bound: each waits on one remote unit);
+--   * idempotent results: a unit is known by its deterministic id; a resumed coordinator finds
+--     results left on the stream and units still outstanding instead of sending them again,
+--     and a second result for a unit (a redelivery) is never used twice;
+--   * a result is acknowledged on the broker only once its outputs are safe: when the job has
+--     a memo (the store), after the worker task that took it has finished the unit (stored)
+--     and the memo has been flushed;
+--   * files: a string under a key `path` or `*_path` in a unit's data that names a regular
+--     file travels with the unit (at most max_file bytes each); files a remote stage names in
+--     its outputs come back and are written under the job's out directory.
+local sl = require "sluice"
+local sched = require "sluice.runtime.sched"
+local codec = require "sluice.runtime.codec"
+local core = require "sluice.core.core"
+local httpd = require "sluice.core.httpd"
+local fs = require "sluice.core.fs"
+
+local M = {}
+
+M.MAX_FILE = 32 * 1024 * 1024
+
+-- Values and files (shared with sluice.graph.serve) ---------------------------------------------
+
+local function is_path_key(k) return type(k) == "string" and (k == "path" or k:sub(-5) == "_path") end
+
+-- path_strings(v) -> { [string] = true } for every string under a path key anywhere in v.
+function M.path_strings(v, out, depth)
+  out = out or {}
+  depth = depth or 0
+  if type(v) ~= "table" or depth > 64 then return out end
+  for k, x in pairs(v) do
+    if type(x) == "string" then
+      if is_path_key(k) then out[x] = true end
+    elseif type(x) == "table" then
+      M.path_strings(x, out, depth + 1)
+    end
+  end
+  return out
+end
+
+-- map_strings(v, fn) -> v with every string value s replaced by fn(s) when that is not nil;
+-- tables are copied only where something changed (v itself is never modified).
+local function map_strings(v, fn, depth)
+  local ty = type(v)
+  if ty == "string" then return fn(v) or v end
+  if ty ~= "table" or depth > 64 or getmetatable(v) ~= nil then return v end
+  local copy
+  for key, x in pairs(v) do
+    local y = map_strings(x, fn, depth + 1)
+    if y ~= x then
+      if not copy then
+        copy = {}
+        for k2, x2 in pairs(v) do copy[k2] = x2 end
+      end
+      copy[key] = y
+    end
+  end
+  return copy or v
+end
+function M.map_strings(v, fn) return map_strings(v, fn, 0) end
+
+-- file_size(path) -> bytes of a regular file, or nil (no such file, a folder, unreadable)
+function M.file_size(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local ok, err = f:read(0)
+  if ok == nil and err then f:close() return nil end -- a folder
+  local n = f:seek("end")
+  f:close()
+  return n
+end
+
+-- read_file(path) -> bytes | nil, msg (on the pool)
+function M.read_file(path)
+  local root, rel = path:match("^(.*)/([^/]+)$")
+  if not root then root, rel = ".", path elseif root == "" then root = "/" end
+  return sched.await("read " .. path, function(done) return httpd.read_file(root, rel, done) end)
+end
+
+-- write_file(path, bytes) -> true | nil, msg (on the pool; parent folders are made)
+function M.write_file(path, bytes)
+  return sched.await("write " .. path, function(done) return fs.write(path, bytes, done) end)
+end
+
+-- A Lua value without what cannot travel (functions, userdata other than blobs): a config.
+local function travelling(v, depth)
+  local ty = type(v)
+  if ty == "table" then
+    if depth > 32 then return nil end
+    local out = {}
+    for k, x in pairs(v) do
+      local kk, xx = travelling(k, depth + 1), travelling(x, depth + 1)
+      if kk ~= nil and xx ~= nil then out[kk] = xx end
+    end
+    return out
+  elseif ty == "string" or ty == "number" or ty == "boolean" then
+    return v
+  end
+  return nil
+end
+M.travelling = function(v) return travelling(v, 0) end
+
+-- remote_stages(p, config) -> sorted names of the stages with remote = true (the script's
+-- option, or config.stages.<name>.remote).
+function M.remote_stages(p, config)
+  local over = type(config) == "table" and type(config.stages) == "table" and config.stages or {}
+  local out = {}
+  for n, s in pairs(p.stages) do
+    local r = s.remote
+    if type(over[n]) == "table" and over[n].remote ~= nil then r = over[n].remote end
+    if r == true then out[#out + 1] = n end
+  end
+  table.sort(out)
+  return out
+end
+
+-- The coordinator's side ----------------------------------------------------------------------
+
+-- Per job: its registration, the tasks reading results and renewing keys, units waiting for
+-- results, results that came before anyone asked (a resumed run), results to acknowledge.
+local function job_state(ex, job)
+  local J = ex.jobs[job]
+  if J then return J end
+  J = { ex = ex, job = job, broker = ex.broker, stages = {}, names = {}, waiting = {}, early = {},
+    poison = {}, to_ack = {}, sems = {}, tasks = {}, workers = {}, ack_wake = false }
+  ex.jobs[job] = J
+  return J
+end
+
+local function spawn(J, name, fn)
+  local t = sched.spawn(fn)
+  t.name = name
+  t.observed = true
+  J.tasks[#J.tasks + 1] = t
+  return t
+end
+
+local function warn(J, msg)
+  if J.job.bus.count > 0 then
+    J.job.bus:emit({ job = J.job.id, event = "log", stage = "broker", message = msg })
+  end
+  if J.ex.on_warning then J.ex.on_warning(msg) end
+end
+
+local function ack(J, list)
+  local memo = J.job.memo
+  if memo and memo.flush then memo:flush() end
+  local ok, err = J.broker:ack_results(J.job.id, list)
+  if not ok then warn(J, "cannot acknowledge results: " .. tostring(err)) end
+end
+
+local function ack_loop(J)
+  while not J.closing do
+    if #J.to_ack == 0 then
+      J.ack_wake = sl.event()
+      J.ack_wake:wait()
+    else
+      local list = J.to_ack
+      J.to_ack = {}
+      ack(J, list)
+    end
+  end
+end
+
+local function queue_ack(J, a)
+  J.to_ack[#J.to_ack + 1] = a
+  if J.ack_wake then
+    local ev = J.ack_wake
+    J.ack_wake = false
+    ev:set(true)
+  end
+end
+
+local function deliver(J, e)
+  local f = e.f
+  if not f.s or not f.id then return end
+  local key = f.s .. "\0" .. f.id
+  local w = J.waiting[key]
+  if w then
+    J.waiting[key] = nil
+    w:set(e)
+  else
+    J.early[key] = e
+  end
+end
+
+local function reader_loop(J)
+  local client, err = J.broker:blocking_client()
+  if not client then
+    warn(J, "results reader: " .. tostring(err))
+    return
+  end
+  J.reader_client = client
+  local from = "0" -- first what this job's coordinator took and did not acknowledge
+  while not J.closing do
+    local entries, rerr, code = J.broker:read_results(client, J.job.id, from, 200, from == ">" and 1000 or nil)
+    if entries then
+      for _, e in ipairs(entries) do deliver(J, e) end
+      if from == "0" and #entries == 0 then from = ">" end
+    elseif not J.closing then
+      if code == "ECONNRESET" or code == "ENOTCONN" then
+        from = "0" -- a reply lost with the connection is in our pending list
+      else
+        warn(J, "results reader: " .. tostring(rerr))
+        sl.sleep(1)
+      end
+    end
+  end
+end
+
+local function touch_loop(J, info)
+  local every = math.max(1, math.min(60, J.broker.ttl / 4))
+  while not J.closing do
+    sl.sleep(every)
+    if not J.closing then J.broker:touch_job(J.job.id, info.pipeline, J.names) end
+  end
+end
+
+-- Remote workers as their heartbeats show them: job.remote_workers and `worker` events.
+local function workers_loop(J, info)
+  local seen = {}
+  while not J.closing do
+    local list = J.broker:workers(info.pipeline)
+    if list then
+      local now = core.now()
+      local out = {}
+      for id, st in pairs(list) do
+        local s = seen[id]
+        local sig = tostring(st.seq)
+        if not s or s.sig ~= sig then
+          seen[id] = { sig = sig, t = now }
+          local serves = false
+          for _, n in ipairs(st.stages or {}) do if J.stages[n] then serves = true end end
+          if serves and J.job.bus.count > 0 then
+            J.job.bus:emit({ job = J.job.id, event = "worker", worker = id, host = st.host,
+              pid = st.pid, stages = st.stages, in_flight = st.in_flight, done = st.done,
+              failed = st.failed })
+          end
+        end
+        if now - seen[id].t < 10 then
+          out[#out + 1] = { id = id, host = st.host, pid = st.pid, stages = st.stages,
+            in_flight = st.in_flight, done = st.done, failed = st.failed }
+        end
+      end
+      table.sort(out, function(a, b) return a.id < b.id end)
+      J.job.remote_workers = out
+    end
+    sl.sleep(1)
+  end
+end
+
+local function start(J)
+  if J.ready then return J.ready:wait() end
+  J.ready = sl.event()
+  local job = J.job
+  table.sort(J.names)
+  local ex = J.ex
+  local info = { pipeline = job.pipeline_name or job.name, job = job.id, remote = J.names,
+    config = M.travelling(job.config), out = job.out, inputs = M.travelling(job.inputs),
+    claim_idle = ex.claim_idle, max_deliveries = ex.max_deliveries, created = core.time() }
+  J.info = info
+  local ok, err = J.broker:register_job(job.id, info.pipeline, info, J.names)
+  if not ok then
+    J.start_error = "broker: cannot register the job: " .. tostring(err)
+  else
+    spawn(J, "broker results " .. job.id, function() return reader_loop(J) end)
+    spawn(J, "broker acks " .. job.id, function() return ack_loop(J) end)
+    spawn(J, "broker ttl " .. job.id, function() return touch_loop(J, info) end)
+    spawn(J, "broker workers " .. job.id, function() return workers_loop(J, info) end)
+  end
+  J.ready:set(true)
+end
+
+-- The fields of a unit: its envelopes (plain tables), its kind and the files it names.
+local function plain(env)
+  return { data = env.data, key = env.key, seq = env.seq, t0 = env.t0, t1 = env.t1, id = env.id,
+    parent = env.parent, stage = env.stage, attempt = env.attempt }
+end
+
+local function unit_fields(J, S, kind, arg, ctx)
+  local envs = {}
+  if kind == "item" then envs[1] = plain(arg) else for i, e in ipairs(arg) do envs[i] = plain(e) end end
+  local gate
+  if ctx.gate and kind ~= "gate" then
+    gate = {}
+    for i, e in ipairs(ctx.gate) do gate[i] = plain(e) end
+  end
+  local payload = { kind = kind, envs = envs, gate = gate, files = {} }
+  local fields = {}
+  local n = 0
+  for path in pairs(M.path_strings({ envs, gate })) do
+    local size = M.file_size(path)
+    if size then
+      if size > J.ex.max_file then
+        return nil, string.format("file %s is %d bytes, over the broker's limit of %d " ..
+          "(broker.max_file) for a file sent with a unit", path, size, J.ex.max_file), "EFBIG"
+      end
+      local bytes, err = M.read_file(path)
+      if not bytes then return nil, "cannot send " .. path .. ": " .. tostring(err), "EIO" end
+      n = n + 1
+      payload.files[path] = n
+      fields[#fields + 1] = "f" .. n
+      fields[#fields + 1] = bytes
+    end
+  end
+  local ok, d = pcall(codec.encode, payload)
+  if not ok then return nil, "stage '" .. S.name .. "': cannot send the unit: " .. tostring(d), "EINVAL" end
+  fields[#fields + 1] = "d"
+  fields[#fields + 1] = d
+  return fields
+end
+
+-- The result e (a results stream entry) as what run would have done.
+local function apply(J, S, e, ctx, key)
+  local f = e.f
+  local a = { eid = e.eid, stage = S.name, uid = f.id }
+  if f.dead then
+    local msg = string.format("unit lost its worker %s times (each worker that took it died or " ..
+      "hung before finishing it; last taken over by %s): not sent again", f.dead, tostring(f.w))
+    J.poison[key] = msg
+    queue_ack(J, a)
+    return nil, msg, "EWORKERDIED"
+  end
+  local res, derr = codec.decode(f.r)
+  if type(res) ~= "table" then
+    queue_ack(J, a)
+    return nil, "unreadable result from worker " .. tostring(f.w) .. ": " .. tostring(derr), "EREMOTE"
+  end
+  for rel, i in pairs(res.files or {}) do
+    local path = J.job.out .. "/" .. rel
+    local ok, err = M.write_file(path, f["f" .. i] or "")
+    if not ok then
+      queue_ack(J, a)
+      return nil, "cannot write " .. path .. " (made by worker " .. tostring(f.w) .. "): " .. tostring(err), "EIO"
+    end
+  end
+  ctx.tokens = res.tokens
+  for _, m in ipairs(res.emits or {}) do ctx:emit(m[1], m[2]) end
+  for _, ev in ipairs(res.events or {}) do ctx:event(ev[1], ev[2]) end
+  if res.ok then
+    if J.job.memo then rawset(ctx, "_remote_ack", a) else queue_ack(J, a) end
+    return res.v, res.o
+  end
+  queue_ack(J, a)
+  if res.tb then
+    error(setmetatable({ message = res.err, traceback = res.tb }, sched.TaskError), 0)
+  end
+  return nil, res.err, res.code
+end
+
+local function run_remote(J, S, kind, arg, ctx)
+  start(J)
+  if J.start_error then return nil, J.start_error, "EBROKER" end
+  local prev = rawget(ctx, "_remote_ack")
+  if prev then -- the unit this worker task ran before is finished: its result can go
+    rawset(ctx, "_remote_ack", nil)
+    queue_ack(J, prev)
+  end
+  local uid = ctx._unit.path
+  local key = S.name .. "\0" .. uid
+  if J.poison[key] then return nil, J.poison[key], "EWORKERDIED" end
+  local e = J.early[key]
+  if e then
+    J.early[key] = nil
+    return apply(J, S, e, ctx, key)
+  end
+  local sem = J.sems[S.name]
+  sem:acquire()
+  local ev = sl.event()
+  local ok, r, err, code = pcall(function()
+    local fields, err, c = unit_fields(J, S, kind, arg, ctx)
+    if not fields then return nil, err, c end
+    J.waiting[key] = ev
+    local sent, serr, scode = J.broker:send(J.job.id, S.name, uid, ctx.attempt or 1, fields)
+    if sent == nil then return nil, "broker: " .. tostring(serr), scode or "EBROKER" end
+    return ev:wait()
+  end)
+  sem:release()
+  if J.waiting[key] == ev then J.waiting[key] = nil end
+  if not ok then error(r, 0) end
+  if r == nil then return nil, err, code end
+  return apply(J, S, r, ctx, key)
+end
+
+local Executor = {}
+Executor.__index = Executor
+
+-- executor.bind(S) (sluice.graph.executor's interface; made per executor in M.executor)
+local function bind(self, S)
+  local J = job_state(self, S.job)
+  J.stages[S.name] = S
+  J.names[#J.names + 1] = S.name
+  local bound = math.max(1, S.cap or 1)
+  J.sems[S.name] = sl.semaphore(bound)
+  if S.target < bound then S.target = bound end -- one waiting worker task per outstanding unit
+  local function exec(kind)
+    return function(arg, ctx) return run_remote(J, S, kind, arg, ctx) end
+  end
+  return exec("item"), exec("units"), S.on_gate and exec("gate") or nil
+end
+
+-- ex:finish(job): after job:wait(). A done job's keys are deleted; a job that stopped,
+-- failed or was cancelled keeps them (their TTL runs) so that `--job ID` resumes from them.
+function Executor:finish(job)
+  local J = self.jobs[job]
+  if not J or J.finished then return end
+  J.finished = true
+  J.closing = true
+  if J.ack_wake then J.ack_wake:set(true) end
+  if J.reader_client then J.reader_client:close() end
+  for _, t in ipairs(J.tasks) do t:cancel() end
+  if J.info and not J.start_error then
+    if job.state == "done" then
+      J.broker:finish_job(job.id, J.info.pipeline, J.names)
+    else
+      local list = J.to_ack
+      J.to_ack = {}
+      if #list > 0 then pcall(ack, J, list) end
+    end
+  end
+  self.jobs[job] = nil
+end
+
+-- executor(broker, {max_file=, claim_idle=, max_deliveries=, on_warning=}) -> executor
+function M.executor(broker, opts)
+  opts = opts or {}
+  local ex = setmetatable({ name = "remote", broker = broker, jobs = setmetatable({}, { __mode = "k" }),
+    max_file = opts.max_file or M.MAX_FILE, claim_idle = opts.claim_idle or 30,
+    max_deliveries = opts.max_deliveries or 3, on_warning = opts.on_warning }, Executor)
+  ex.bind = function(S) return bind(ex, S) end
+  return ex
+end
+
+return M
