@@ -7,8 +7,9 @@
  *
  *   c = redis.connect(host, port, cb)  cb(true) once connected, or cb(nil, msg, code) when
  *                                      resolving or connecting failed (then c is dead)
- *   c:command(argv, cb)                argv: a list of strings (binary-safe) or numbers;
- *                                      cb(reply) or cb(nil, msg, code). Returns true, or
+ *   c:command(argv[, cb])              argv: a list of strings (binary-safe) or numbers;
+ *                                      cb(reply) or cb(nil, msg, code) (no cb: the reply
+ *                                      is dropped). Returns true, or
  *                                      nil, msg, code when the connection cannot take it.
  *                                      Commands issued in the same loop turn are written
  *                                      together (pipelining); replies come in order.
@@ -39,6 +40,8 @@
 #include "sluice.h"
 
 #define CONN_MT "sluice.redis"
+/* Commands with up to this many arguments are passed to hiredis from the C stack. */
+#define SMALL_ARGC 32
 
 typedef struct rconn rconn;
 
@@ -114,7 +117,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   free(cb);
   c->pending--;
   lua_State *L = sl_main_state();
-  if (!L) return; /* the state is closing: its references went with it */
+  if (!L || ref == LUA_NOREF) return; /* no callback, or the state is closing */
   sl_push_ref(L, ref);
   sl_unref(L, &ref);
   redisReply *r = reply;
@@ -373,13 +376,20 @@ static int l_connect(lua_State *L) {
 static int conn_command(lua_State *L) {
   rconn *c = check_conn(L);
   luaL_checktype(L, 2, LUA_TTABLE);
-  luaL_checktype(L, 3, LUA_TFUNCTION);
+  int has_cb = !lua_isnoneornil(L, 3);
+  if (has_cb) luaL_checktype(L, 3, LUA_TFUNCTION);
   int argc = (int)lua_rawlen(L, 2);
   luaL_argcheck(L, argc > 0, 2, "empty command");
   if (c->state != ST_CONNECTED || !c->ac)
     return sl_push_fail(L, "ENOTCONN", "redis: not connected");
-  const char **argv = lua_newuserdatauv(L, sizeof(char *) * (size_t)argc, 0);
-  size_t *lens = lua_newuserdatauv(L, sizeof(size_t) * (size_t)argc, 0);
+  const char *small_argv[SMALL_ARGC];
+  size_t small_lens[SMALL_ARGC];
+  const char **argv = small_argv;
+  size_t *lens = small_lens;
+  if (argc > SMALL_ARGC) {
+    argv = lua_newuserdatauv(L, sizeof(char *) * (size_t)argc, 0);
+    lens = lua_newuserdatauv(L, sizeof(size_t) * (size_t)argc, 0);
+  }
   luaL_checkstack(L, argc + 4, "redis command: too many arguments");
   for (int i = 0; i < argc; i++) {
     int ty = lua_rawgeti(L, 2, i + 1); /* stays on the stack until the command is copied */
@@ -396,7 +406,7 @@ static int conn_command(lua_State *L) {
     free(cb);
     return sl_push_fail(L, "ENOTCONN", "redis: the connection is closing");
   }
-  cb->ref = sl_ref(L, 3); /* hiredis never calls back before this returns */
+  if (has_cb) cb->ref = sl_ref(L, 3); /* hiredis never calls back before this returns */
   c->pending++;
   lua_pushboolean(L, 1);
   return 1;

@@ -30,6 +30,7 @@ local fs = require "sluice.core.fs"
 local M = {}
 
 M.MAX_FILE = 32 * 1024 * 1024
+M.NONE = setmetatable({}, { __newindex = function() error("read-only", 2) end })
 
 -- Values and files (shared with sluice.graph.serve) ---------------------------------------------
 
@@ -134,7 +135,8 @@ local function job_state(ex, job)
   local J = ex.jobs[job]
   if J then return J end
   J = { ex = ex, job = job, broker = ex.broker, stages = {}, names = {}, waiting = {}, early = {},
-    poison = {}, to_ack = {}, sems = {}, tasks = {}, workers = {}, ack_wake = false }
+    poison = {}, to_ack = {}, sems = {}, tasks = {}, workers = {}, ack_wake = false, outbox = {},
+    send_wake = false }
   ex.jobs[job] = J
   return J
 end
@@ -180,6 +182,39 @@ local function queue_ack(J, a)
     local ev = J.ack_wake
     J.ack_wake = false
     ev:set(true)
+  end
+end
+
+-- Sends the units queued since the last turn in one script call (sluice.runtime.broker);
+-- a failure that is not a lost connection (those are retried) fails their attempts.
+local MAX_BATCH, MAX_BYTES = 256, 16 * 1024 * 1024
+local function send_loop(J)
+  while not J.closing do
+    if #J.outbox == 0 then
+      J.send_wake = sl.event()
+      J.send_wake:wait()
+    else
+      local batch, rest, bytes = {}, {}, 0
+      for _, u in ipairs(J.outbox) do
+        if #batch < MAX_BATCH and (bytes < MAX_BYTES or #batch == 0) then
+          batch[#batch + 1] = u
+          for _, v in ipairs(u.fields) do bytes = bytes + #v end
+        else
+          rest[#rest + 1] = u
+        end
+      end
+      J.outbox = rest
+      local r, err, code = J.broker:send(J.job.id, batch)
+      if r == nil then
+        for _, u in ipairs(batch) do
+          local w = J.waiting[u.key]
+          if w then
+            J.waiting[u.key] = nil
+            w:set({ send_error = tostring(err), code = code })
+          end
+        end
+      end
+    end
   end
 end
 
@@ -276,6 +311,7 @@ local function start(J)
     J.start_error = "broker: cannot register the job: " .. tostring(err)
   else
     spawn(J, "broker results " .. job.id, function() return reader_loop(J) end)
+    spawn(J, "broker sends " .. job.id, function() return send_loop(J) end)
     spawn(J, "broker acks " .. job.id, function() return ack_loop(J) end)
     spawn(J, "broker ttl " .. job.id, function() return touch_loop(J, info) end)
     spawn(J, "broker workers " .. job.id, function() return workers_loop(J, info) end)
@@ -283,10 +319,17 @@ local function start(J)
   J.ready:set(true)
 end
 
--- The fields of a unit: its envelopes (plain tables), its kind and the files it names.
+-- The fields of a unit: its envelopes, its kind and the files it names. An envelope
+-- travels as a list (ENV_FIELDS in order); envelope_of turns it back into a table.
+local ENV_FIELDS = { "data", "key", "seq", "t0", "t1", "id", "parent", "stage", "attempt" }
 local function plain(env)
-  return { data = env.data, key = env.key, seq = env.seq, t0 = env.t0, t1 = env.t1, id = env.id,
-    parent = env.parent, stage = env.stage, attempt = env.attempt }
+  return { env.data, env.key, env.seq, env.t0, env.t1, env.id, env.parent, env.stage, env.attempt }
+end
+
+function M.envelope_of(l)
+  local e = {}
+  for i, k in ipairs(ENV_FIELDS) do e[k] = l[i] end
+  return e
 end
 
 local function unit_fields(J, S, kind, arg, ctx)
@@ -297,10 +340,12 @@ local function unit_fields(J, S, kind, arg, ctx)
     gate = {}
     for i, e in ipairs(ctx.gate) do gate[i] = plain(e) end
   end
-  local payload = { kind = kind, envs = envs, gate = gate, files = {} }
+  local payload = { kind = kind, envs = envs, gate = gate }
   local fields = {}
   local n = 0
-  for path in pairs(M.path_strings({ envs, gate })) do
+  local any_table = gate ~= nil
+  for _, e in ipairs(envs) do if type(e[1]) == "table" then any_table = true end end
+  for path in pairs(any_table and M.path_strings({ envs, gate }) or {}) do
     local size = M.file_size(path)
     if size then
       if size > J.ex.max_file then
@@ -310,6 +355,7 @@ local function unit_fields(J, S, kind, arg, ctx)
       local bytes, err = M.read_file(path)
       if not bytes then return nil, "cannot send " .. path .. ": " .. tostring(err), "EIO" end
       n = n + 1
+      payload.files = payload.files or {}
       payload.files[path] = n
       fields[#fields + 1] = "f" .. n
       fields[#fields + 1] = bytes
@@ -338,7 +384,7 @@ local function apply(J, S, e, ctx, key)
     queue_ack(J, a)
     return nil, "unreadable result from worker " .. tostring(f.w) .. ": " .. tostring(derr), "EREMOTE"
   end
-  for rel, i in pairs(res.files or {}) do
+  for rel, i in next, res.files or M.NONE do
     local path = J.job.out .. "/" .. rel
     local ok, err = M.write_file(path, f["f" .. i] or "")
     if not ok then
@@ -347,8 +393,8 @@ local function apply(J, S, e, ctx, key)
     end
   end
   ctx.tokens = res.tokens
-  for _, m in ipairs(res.emits or {}) do ctx:emit(m[1], m[2]) end
-  for _, ev in ipairs(res.events or {}) do ctx:event(ev[1], ev[2]) end
+  if res.emits then for _, m in ipairs(res.emits) do ctx:emit(m[1], m[2]) end end
+  if res.events then for _, ev in ipairs(res.events) do ctx:event(ev[1], ev[2]) end end
   if res.ok then
     if J.job.memo then rawset(ctx, "_remote_ack", a) else queue_ack(J, a) end
     return res.v, res.o
@@ -383,9 +429,15 @@ local function run_remote(J, S, kind, arg, ctx)
     local fields, err, c = unit_fields(J, S, kind, arg, ctx)
     if not fields then return nil, err, c end
     J.waiting[key] = ev
-    local sent, serr, scode = J.broker:send(J.job.id, S.name, uid, ctx.attempt or 1, fields)
-    if sent == nil then return nil, "broker: " .. tostring(serr), scode or "EBROKER" end
-    return ev:wait()
+    J.outbox[#J.outbox + 1] = { stage = S.name, uid = uid, attempt = ctx.attempt or 1, fields = fields, key = key }
+    local wake = J.send_wake
+    if wake then
+      J.send_wake = false
+      wake:set(true)
+    end
+    local e = ev:wait()
+    if e.send_error then return nil, "broker: " .. e.send_error, e.code or "EBROKER" end
+    return e
   end)
   sem:release()
   if J.waiting[key] == ev then J.waiting[key] = nil end
@@ -419,6 +471,7 @@ function Executor:finish(job)
   J.finished = true
   J.closing = true
   if J.ack_wake then J.ack_wake:set(true) end
+  if J.send_wake then J.send_wake:set(true) end
   if J.reader_client then J.reader_client:close() end
   for _, t in ipairs(J.tasks) do t:cancel() end
   if J.info and not J.start_error then

@@ -179,8 +179,16 @@ local function run_unit(W, J, name, e, st)
       map[orig], back[lp] = lp, orig
     end
     if ok then
-      local envs = remote.map_strings(payload.envs, function(s) return map[s] end)
-      local gate = payload.gate and remote.map_strings(payload.gate, function(s) return map[s] end)
+      local envs, gate = {}, nil
+      for i, l in ipairs(payload.envs) do envs[i] = remote.envelope_of(l) end
+      if payload.gate then
+        gate = {}
+        for i, l in ipairs(payload.gate) do gate[i] = remote.envelope_of(l) end
+      end
+      if next(map) then
+        envs = remote.map_strings(envs, function(s) return map[s] end)
+        gate = gate and remote.map_strings(gate, function(s) return map[s] end)
+      end
       local ctx = setmetatable({ job = J.job, config = J.job.config, out = J.job.out, stage = name,
         params = S.params, attempt = attempt, gate = gate, _emits = {}, _events = {},
         _unit = { kind = payload.kind, path = uid, key = envs[1] and envs[1].key,
@@ -190,7 +198,9 @@ local function run_unit(W, J, name, e, st)
       local arg = payload.kind == "item" and envs[1] or envs
       local r = table.pack(xpcall(fn, util.on_error, arg, ctx))
       if not r[1] and r[2] == sched.Cancelled then return "cancelled" end
-      res.emits, res.events, res.tokens = ctx._emits, ctx._events, ctx.tokens
+      res.tokens = ctx.tokens
+      if #ctx._emits > 0 then res.emits = ctx._emits end
+      if #ctx._events > 0 then res.events = ctx._events end
       if r[1] and (r[2] ~= nil or r[3] == nil) then
         res.ok, res.v, res.o = true, r[2], type(r[3]) == "table" and r[3] or nil
       elseif r[1] then
@@ -205,7 +215,8 @@ local function run_unit(W, J, name, e, st)
   if res.ok then
     local out_dir = J.job.out .. "/"
     local nf = 0
-    for s in pairs(remote.path_strings({ res.v, res.emits })) do
+    local walk = (type(res.v) == "table" or res.emits) and remote.path_strings({ res.v, res.emits }) or remote.NONE
+    for s in pairs(walk) do
       if s:sub(1, #out_dir) == out_dir and not files[s:sub(#out_dir + 1)] then
         local bytes = remote.file_size(s) and remote.read_file(s)
         if bytes then
@@ -220,8 +231,9 @@ local function run_unit(W, J, name, e, st)
   end
   res.files = next(files) and files or nil
   if type(res.err) == "table" then res.err = remote.travelling(res.err) end
-  res.v, res.emits, res.events, res.err = rewrite_back(J, res.v, back), rewrite_back(J, res.emits, back),
-    rewrite_back(J, res.events, back), rewrite_back(J, res.err, back)
+  res.v, res.err = rewrite_back(J, res.v, back), rewrite_back(J, res.err, back)
+  if res.emits then res.emits = rewrite_back(J, res.emits, back) end
+  if res.events then res.events = rewrite_back(J, res.events, back) end
   local ok, r = pcall(codec.encode, res)
   if not ok then
     r = codec.encode({ ok = false, code = "EINVAL", err = "stage '" .. name ..
@@ -230,10 +242,43 @@ local function run_unit(W, J, name, e, st)
   end
   local head = { "s", name, "id", uid, "a", attempt, "w", W.id, "r", r }
   for _, v in ipairs(fields) do head[#head + 1] = v end
-  W.broker:commit(J.id, name, e.eid, head)
+  local done = sl.event()
+  W.outbox[#W.outbox + 1] = { job = J.id, stage = name, eid = e.eid, fields = head, ev = done }
+  local wake = W.commit_wake
+  if wake then
+    W.commit_wake = false
+    wake:set(true)
+  end
+  done:wait()
   for _, p in ipairs(made) do os.remove(p) end
   if res.ok then st.done = st.done + 1 else st.failed = st.failed + 1 end
   return res.ok
+end
+
+-- Commits the results finished since the last turn: one script call per job
+-- (sluice.runtime.broker), repeated until it gets through.
+local function commit_loop(W)
+  while true do
+    if #W.outbox == 0 then
+      W.commit_wake = sl.event()
+      W.commit_wake:wait()
+    else
+      local list = W.outbox
+      W.outbox = {}
+      local by, order = {}, {}
+      for _, c in ipairs(list) do
+        local t = by[c.job]
+        if not t then
+          t = {}
+          by[c.job] = t
+          order[#order + 1] = c.job
+        end
+        t[#t + 1] = c
+      end
+      for _, job in ipairs(order) do W.broker:commit(job, by[job]) end
+      for _, c in ipairs(list) do c.ev:set(true) end
+    end
+  end
 end
 
 -- A task per unit: holds a slot of its stage until the result is committed.
@@ -369,7 +414,7 @@ function M.start(p, broker, opts)
   local id = opts.id or string.format("%s-%d-%04x", host, pid, math.random(0, 0xffff))
   local W = setmetatable({ p = p, broker = broker, id = id, host = host, pid = pid,
     workers = opts.workers or 1, stage_names = names, wanted = {}, jobs = {}, held = {},
-    stats_ = {}, slot_ev = {}, clients = {}, group = sl.group(), done_ev = sl.event(), stop_ev = sl.event(),
+    stats_ = {}, slot_ev = {}, clients = {}, outbox = {}, commit_wake = false, group = sl.group(), done_ev = sl.event(), stop_ev = sl.event(),
     tmp = (opts.tmp or os.getenv("TMPDIR") or "/tmp") .. "/sluice-worker-" .. id,
     on_note = opts.on_note }, Worker)
   for _, n in ipairs(names) do
@@ -380,6 +425,7 @@ function M.start(p, broker, opts)
     refresh_jobs(W, true)
     local hb = sched.spawn(heartbeat_loop, W)
     local rf = sched.spawn(refresh_loop, W)
+    local cm = sched.spawn(commit_loop, W)
     for _, n in ipairs(names) do
       spawn(W, "worker reader " .. n, reader_loop, W, n)
       spawn(W, "worker claims " .. n, claim_loop, W, n)
@@ -388,6 +434,7 @@ function M.start(p, broker, opts)
     W.done_ev:set(true)
     hb:cancel()
     rf:cancel()
+    cm:cancel()
     for _, c in ipairs(W.clients) do c:close() end
     broker:leave(p.name, W.id)
     sl.exec({ "rm", "-rf", W.tmp })

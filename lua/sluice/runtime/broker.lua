@@ -13,7 +13,8 @@
 --   P:hb:<pipeline>      HASH   worker id -> its status (host, pid, stages, in flight, done)
 --
 -- Delivery: a worker reads units with XREADGROUP; it puts the result on the results stream
--- and acknowledges (XACK, XDEL) the unit in one MULTI/EXEC; while a unit runs it keeps its
+-- and acknowledges (XACK, XDEL) the unit in one Lua script (atomic; results finished in the
+-- same loop turn go together); while a unit runs it keeps its
 -- claim fresh (XCLAIM ... JUSTID); a dead worker's units are taken over with XAUTOCLAIM after
 -- an idle time, and a unit delivered more than N times is dead-lettered onto the results
 -- stream instead (one Lua script, atomically). The coordinator reads results with its own
@@ -125,21 +126,54 @@ function Broker:finish_job(job_id, pipeline, stages)
   return redis.retry(self.r.multi, self.r, cmds)
 end
 
--- Sends a unit unless this attempt of it (or a later one) is outstanding already.
+-- Sends units, each unless this attempt of it (or a later one) is outstanding already.
+-- KEYS: the sent hash, then the unit streams; ARGV per unit: its stream's index in KEYS, its
+-- sent-hash field, its attempt, the number of its stream fields, the fields.
 local SEND = [[
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and tonumber(cur) >= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-return 1
+local out, i = {}, 1
+while i <= #ARGV do
+  local k, field, a, n = KEYS[tonumber(ARGV[i])], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local cur = redis.call('HGET', KEYS[1], field)
+  if cur and tonumber(cur) >= a then
+    out[#out + 1] = 0
+  else
+    redis.call('HSET', KEYS[1], field, a)
+    redis.call('XADD', k, '*', unpack(ARGV, i + 4, i + 3 + n))
+    out[#out + 1] = 1
+  end
+  i = i + 4 + n
+end
+return out
 ]]
 
--- send(job, stage, uid, attempt, fields) -> 1 sent, 0 outstanding already | nil, err.
--- fields: a flat list (name, value, ...); the unit's id and attempt are added.
-function Broker:send(job_id, stage, uid, attempt, fields)
-  local args = { stage .. "\0" .. uid, attempt, "id", uid, "a", attempt }
-  for _, v in ipairs(fields) do args[#args + 1] = v end
-  return redis.retry(self.r.eval, self.r, SEND, { self:k_sent(job_id), self:k_units(job_id, stage) }, args)
+-- Stream keys and their indexes in KEYS (after `first`), for scripts over several streams.
+local function key_list(first)
+  local keys, index = { first }, {}
+  return keys, function(k)
+    local i = index[k]
+    if not i then
+      keys[#keys + 1] = k
+      i = #keys
+      index[k] = i
+    end
+    return i
+  end
+end
+
+-- send(job, units) -> list of 1 (sent) / 0 (outstanding already) | nil, err: one script call
+-- for all of them. units: { {stage=, uid=, attempt=, fields = {name, value, ...}}, ... }; the
+-- unit's id and attempt are added to its fields.
+function Broker:send(job_id, units)
+  local keys, index = key_list(self:k_sent(job_id))
+  local args = {}
+  for _, u in ipairs(units) do
+    local n = #args
+    args[n + 1], args[n + 2], args[n + 3] = index(self:k_units(job_id, u.stage)), u.stage .. "\0" .. u.uid, u.attempt
+    args[n + 4] = #u.fields + 4
+    args[n + 5], args[n + 6], args[n + 7], args[n + 8] = "id", u.uid, "a", u.attempt
+    for _, v in ipairs(u.fields) do args[#args + 1] = v end
+  end
+  return redis.retry(self.r.eval, self.r, SEND, keys, args)
 end
 
 -- read_results(client, job, from, count, block_ms) -> entries | nil, err, code. from "0":
@@ -198,15 +232,33 @@ function Broker:take(client, streams, consumer, count, block_ms)
   return entries_of(r)
 end
 
--- commit(job, stage, eid, fields): the result onto the results stream and the unit
--- acknowledged and deleted, in one MULTI/EXEC. Repeated until it gets through (a duplicate
--- result is harmless: the coordinator takes one result per unit id).
-function Broker:commit(job_id, stage, eid, fields)
-  local us = self:k_units(job_id, stage)
-  local add = { "XADD", self:k_results(job_id), "*" }
-  for _, v in ipairs(fields) do add[#add + 1] = v end
-  return redis.retry(self.r.multi, self.r,
-    { add, { "XACK", us, M.GROUP, eid }, { "XDEL", us, eid } })
+-- Puts results on the results stream (KEYS[1]) and acknowledges and deletes their units, in
+-- one script (atomic). ARGV[1]: the group; per result: its unit stream's index in KEYS, the
+-- unit's entry id, the number of result fields, the fields.
+local COMMIT = [[
+local i = 2
+while i <= #ARGV do
+  local k, eid, n = KEYS[tonumber(ARGV[i])], ARGV[i + 1], tonumber(ARGV[i + 2])
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 3, i + 2 + n))
+  redis.call('XACK', k, ARGV[1], eid)
+  redis.call('XDEL', k, eid)
+  i = i + 3 + n
+end
+return 1
+]]
+
+-- commit(job, list): each result {stage=, eid=, fields = {...}} onto the results stream and
+-- its unit acknowledged and deleted, all in one atomic script call. Repeated until it gets
+-- through (a duplicate result is harmless: the coordinator takes one result per unit id).
+function Broker:commit(job_id, list)
+  local keys, index = key_list(self:k_results(job_id))
+  local args = { M.GROUP }
+  for _, c in ipairs(list) do
+    local n = #args
+    args[n + 1], args[n + 2], args[n + 3] = index(self:k_units(job_id, c.stage)), c.eid, #c.fields
+    for _, v in ipairs(c.fields) do args[#args + 1] = v end
+  end
+  return redis.retry(self.r.eval, self.r, COMMIT, keys, args)
 end
 
 -- refresh(stream, consumer, eids): keeps the claims on units that are still running fresh,

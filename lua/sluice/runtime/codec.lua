@@ -21,24 +21,25 @@ local M = {}
 
 local MAX_DEPTH = 64
 
+-- Tags (one byte each, written with the value by one string.pack): s string, i integer,
+-- d float, T true, F false, N nil (a hole in an array), b blob, t table: its array length,
+-- its array values, then key/value pairs up to the tag e.
+local S, I, D, TT, FF, NN, B, TAB, E = 115, 105, 100, 84, 70, 78, 98, 116, 101
+
 local function enc(v, out, depth)
   local ty = type(v)
   local n = #out + 1
   if ty == "string" then
-    out[n] = "s" .. pack("<s4", v)
+    out[n] = pack("<Bs4", S, v)
   elseif ty == "number" then
-    if mtype(v) == "integer" then out[n] = "i" .. pack("<j", v)
-    else out[n] = "d" .. pack("<n", v) end
+    if mtype(v) == "integer" then out[n] = pack("<Bj", I, v)
+    else out[n] = pack("<Bn", D, v) end
   elseif ty == "boolean" then
     out[n] = v and "T" or "F"
   elseif ty == "table" then
     if depth >= MAX_DEPTH then error("value nested more than " .. MAX_DEPTH .. " levels (or a cycle)", 0) end
     local narr = #v
-    local nhash = 0
-    for k in pairs(v) do
-      if not (mtype(k) == "integer" and k >= 1 and k <= narr) then nhash = nhash + 1 end
-    end
-    out[n] = "t" .. pack("<I4I4", narr, nhash)
+    out[n] = pack("<BI4", TAB, narr)
     for i = 1, narr do
       local x = v[i]
       if x == nil then out[#out + 1] = "N" else enc(x, out, depth + 1) end
@@ -49,8 +50,9 @@ local function enc(v, out, depth)
         enc(x, out, depth + 1)
       end
     end
+    out[#out + 1] = "e"
   elseif ty == "userdata" and is_blob(v) then
-    out[n] = "b" .. pack("<s4", v:bytes())
+    out[n] = pack("<Bs4", B, v:bytes())
   else
     error("cannot send a " .. ty .. " to another process (unit data and results must be " ..
       "strings, numbers, booleans, tables or blobs)", 0)
@@ -65,25 +67,25 @@ function M.encode(v)
   return concat(out)
 end
 
+local byte = string.byte
 local dec
 
 function dec(s, pos, depth)
-  local tag = s:sub(pos, pos)
-  pos = pos + 1
-  if tag == "s" then return unpack("<s4", s, pos)
-  elseif tag == "i" then return unpack("<j", s, pos)
-  elseif tag == "d" then return unpack("<n", s, pos)
-  elseif tag == "T" then return true, pos
-  elseif tag == "F" then return false, pos
-  elseif tag == "N" then return nil, pos
-  elseif tag == "b" then
-    local bytes, p = unpack("<s4", s, pos)
+  local tag = byte(s, pos)
+  if tag == S then return unpack("<s4", s, pos + 1)
+  elseif tag == I then return unpack("<j", s, pos + 1)
+  elseif tag == D then return unpack("<n", s, pos + 1)
+  elseif tag == TT then return true, pos + 1
+  elseif tag == FF then return false, pos + 1
+  elseif tag == NN then return nil, pos + 1
+  elseif tag == B then
+    local bytes, p = unpack("<s4", s, pos + 1)
     return new_blob(bytes), p
-  elseif tag == "t" then
+  elseif tag == TAB then
     if depth >= MAX_DEPTH then error("nested too deeply", 0) end
-    local narr, nhash
-    narr, nhash, pos = unpack("<I4I4", s, pos)
-    if narr + nhash > #s - pos + 1 then error("table larger than its bytes", 0) end
+    local narr
+    narr, pos = unpack("<I4", s, pos + 1)
+    if narr > #s - pos + 1 then error("table larger than its bytes", 0) end
     local t = {}
     local x
     for i = 1, narr do
@@ -91,15 +93,15 @@ function dec(s, pos, depth)
       t[i] = x
     end
     local k
-    for _ = 1, nhash do
+    while byte(s, pos) ~= E do
       k, pos = dec(s, pos, depth + 1)
       x, pos = dec(s, pos, depth + 1)
       if k == nil or k ~= k then error("bad table key", 0) end
       t[k] = x
     end
-    return t, pos
+    return t, pos + 1
   end
-  error(tag == "" and "truncated" or string.format("unknown tag 0x%02x at byte %d", tag:byte(), pos - 1), 0)
+  error(tag == nil and "truncated" or string.format("unknown tag 0x%02x at byte %d", tag, pos), 0)
 end
 
 -- decode(bytes) -> value | nil, message

@@ -157,11 +157,10 @@ function Client:multi(cmds)
     self.ready:wait()
   end
   local conn = self.conn
-  local function noop() end
-  local ok, err, code = conn:command({ "MULTI" }, noop)
+  local ok, err, code = conn:command({ "MULTI" }) -- (replies we do not need: none taken)
   if not ok then return nil, err, code end
   for _, c in ipairs(cmds) do
-    ok, err, code = conn:command(c, noop)
+    ok, err, code = conn:command(c)
     if not ok then return nil, err, code end
   end
   local r, e2, c2 = command(conn, { "EXEC" })
