@@ -1,7 +1,7 @@
 -- bench/scaleout.lua: remote stages on Redis Streams, against baselines measured in the same
 -- run. Starts its own redis-server, the fake API server and `sluice worker` processes.
 --
---   build/sluice run bench/scaleout.lua [N_LATENCY] [N_TRIVIAL]
+--   build/sluice run bench/scaleout.lua [N_LATENCY] [N_TRIVIAL] [PARTS]   (PARTS: 1,2,3)
 --
 -- 1. latency-bound: every unit is one HTTP call to the fake API server at 200 ms; 1, 2, 4 and
 --    8 worker processes (one unit at a time each): units/s, speedup over 1 worker and
@@ -25,6 +25,8 @@ local remote = require "sluice.graph.remote"
 local N_LAT = tonumber(arg and arg[1]) or 64
 local N_TRIV = tonumber(arg and arg[2]) or 20000
 local SCRIPT = SRC .. "/bench/scaleout_pipeline.lua"
+local PARTS = {}
+for n in ((arg and arg[3]) or "1,2,3"):gmatch("%d") do PARTS[tonumber(n)] = true end
 
 local srv = R.server()
 local b = assert(broker.connect(srv.url))
@@ -71,6 +73,7 @@ print(string.format("sluice %s; %d CPUs; load %s; redis-server on loopback", cor
   tonumber(sl.exec({ "nproc" }).stdout) or 0, (sl.exec({ "cat", "/proc/loadavg" }).stdout:match("^(%S+ %S+ %S+)"))))
 
 -- 1. latency-bound ------------------------------------------------------------------------------
+if PARTS[1] then
 local api = fake.start { latency = 0.2 }
 local base
 print(string.format("\n1. latency-bound stage (one HTTP call at 200 ms per unit, %d units)", N_LAT))
@@ -84,8 +87,10 @@ for _, n in ipairs { 1, 2, 4, 8 } do
     n == 4 and "   (goal >= 0.9)" or ""))
 end
 api:stop()
+end
 
 -- 2. trivial units ------------------------------------------------------------------------------
+if PARTS[2] then
 print(string.format("\n2. trivial units through Redis (%d units)", N_TRIV))
 local local_rate = run({ mode = "trivial", n = N_TRIV, stages = { work = { queue = 1024 } } }, false)
 local ws = workers(1, { "--workers", "1024", "--quiet" })
@@ -96,15 +101,17 @@ local _, durs = run({ mode = "trivial", n = 2000, warm = 1, stages = { work = { 
 stop(ws)
 print(string.format("round trip, one unit at a time (%d units): p50 %.3f ms, p99 %.3f ms (goal p99 <= 2 ms)",
   #durs, 1000 * quantile(durs, 0.5), 1000 * quantile(durs, 0.99)))
+end
 
 -- 3. CPU-bound ----------------------------------------------------------------------------------
+if PARTS[3] then
 local tmp = R.tmpdir and R.tmpdir() or (sl.exec({ "mktemp", "-d" }).stdout:gsub("%s+$", ""))
 local mk = sl.exec({ "sh", "-c", [[
 set -e
 DATA=/usr/share/pocketsphinx/test/data/librivox
 cd "$1"
 ffmpeg -loglevel error -f lavfi -t 1 -i anullsrc=r=16000:cl=mono -c:a pcm_s16le pause.wav
-for i in 1 2; do for f in "$DATA"/*.wav; do echo "file '$f'"; echo "file '$1/pause.wav'"; done; done > list.txt
+for i in 1 2 3 4; do for f in "$DATA"/*.wav; do echo "file '$f'"; echo "file '$1/pause.wav'"; done; done > list.txt
 ffmpeg -loglevel error -f concat -safe 0 -i list.txt -ar 16000 -ac 1 -c:a pcm_s16le long.wav
 ffmpeg -loglevel error -i long.wav -f segment -segment_time 10 -c copy chunk%03d.wav
 ls chunk*.wav]], "sh", tmp })
@@ -132,5 +139,6 @@ end
 print(string.format("2 vs 1 worker processes: %.2fx (goal >= 1.8x); this machine's two busy-loop " ..
   "processes at once vs one after the other: %.2fx", rates[2] / rates[1], machine))
 sl.exec({ "rm", "-rf", tmp })
+end
 b:close()
 srv:close()

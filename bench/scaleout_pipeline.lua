@@ -9,12 +9,12 @@ local sl = require "sluice"
 
 return sl.pipeline "scaleout" {
   defaults = { mode = "trivial", n = 1000, warm = 0, url = "", chunks = {},
-    sphinx = { workers = 1 } },
+    providers = { stt = "sphinx" }, sphinx = { workers = 1 } },
   sources = { gen = function(ctx)
     local c = ctx.config
     local job = ctx.job
     for i = 1, c.warm do ctx:emit({ i = i, warm = true, path = c.chunks[1] }, { key = "warm", seq = i }) end
-    while job.stages.work.done < c.warm do sl.sleep(0.01) end
+    while job.stages.work.done + job.stages.work.failed < c.warm do sl.sleep(0.01) end
     job.bench_t0 = sl.now()
     if c.mode == "cpu" then
       for i, p in ipairs(c.chunks) do ctx:emit({ i = i, path = p }, { key = "k", seq = i }) end

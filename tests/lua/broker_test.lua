@@ -267,6 +267,44 @@ T.case("files: a unit's file reaches the worker, a file it makes comes back; too
   P.rm(dir)
 end)
 
+T.case("shared limits: two coordinators on the broker respect one semaphore and one rate together", function()
+  local shared_limit = require "sluice.runtime.shared_limit"
+  local b1 = assert(broker.connect(srv.url, { prefix = "t4" }))
+  local b2 = assert(broker.connect(srv.url, { prefix = "t4" }))
+  local busy, most, starts = 0, 0, {}
+  local function make(b)
+    local gpu = sl.semaphore(2, { shared = true })
+    local quota = require("sluice.runtime.limit").rate { rpm = 8, period = 1, burst = 8, shared = true }
+    local p = sl.pipeline "lim" {
+      sources = { gen = function(ctx) for i = 1, 10 do ctx:emit(i) end end },
+      limits = { gpu = gpu, quota = quota },
+      stages = { s = { from = "gen", workers = 4, limits = { "gpu", "quota" }, run = function(env)
+        busy = busy + 1
+        if busy > most then most = busy end
+        starts[#starts + 1] = sl.now()
+        sl.sleep(0.05)
+        busy = busy - 1
+        return env.data
+      end } },
+    }
+    T.ok(gpu.shared and quota.shared)
+    return p:start { limits = { gpu = shared_limit.new(b, "gpu", gpu), quota = shared_limit.new(b, "quota", quota) } }
+  end
+  local j1, j2 = make(b1), make(b2)
+  local s1, s2 = j1:wait(), j2:wait()
+  T.eq(s1.stages.s.done + s2.stages.s.done, 20)
+  T.eq(most, 2, "at most 2 units held the shared semaphore at once, over both jobs (each alone allows 2)")
+  table.sort(starts)
+  for i = 9, #starts do
+    T.ok(starts[i] - starts[i - 8] >= 0.95, string.format("9 starts within %.3f s (rpm 8 per 1 s over both jobs)",
+      starts[i] - starts[i - 8]))
+  end
+  T.ok(starts[#starts] - starts[1] >= 1.9, "20 starts at 8 per second take 2 s at least")
+  T.eq(srv:cli("ZCARD", "t4:lim:gpu:held"), "0", "every lease went back")
+  b1:close()
+  b2:close()
+end)
+
 T.case("sluice run: remote stages need --broker; an unreachable broker is one line, exit 2", function()
   local r = P.run({ "tests/lua/fixtures/scaleout_poison.lua", "--no-store", "--quiet" })
   T.eq(r.status, 2)

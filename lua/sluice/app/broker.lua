@@ -11,6 +11,7 @@
 --   ttl             seconds the job's keys live without the coordinator renewing them (86400)
 --   prefix          key prefix on the Redis server ("sluice")
 local broker = require "sluice.runtime.broker"
+local shared_limit = require "sluice.runtime.shared_limit"
 local remote = require "sluice.graph.remote"
 
 local M = {}
@@ -23,11 +24,17 @@ function R:finish(job)
   if self.broker then self.broker:close() end
 end
 
--- for_run(p, cfg, url, warn) -> { executors = {...} | nil, finish } | nil, message
+-- for_run(p, cfg, url, warn) -> { executors = {...} | nil, limits = {...} | nil, finish } |
+-- nil, message. limits: the pipeline's limits declared shared = true, held in Redis.
 function M.for_run(p, cfg, url, warn)
   local names = remote.remote_stages(p, cfg)
   local r = setmetatable({ names = names }, R)
-  if #names == 0 then
+  local shared = {}
+  for n, lim in pairs(p.limits or {}) do
+    if type(lim) == "table" and lim.shared then shared[#shared + 1] = n end
+  end
+  table.sort(shared)
+  if #names == 0 and (#shared == 0 or not url) then
     if url then warn("sluice run: --broker given, but no stage is remote (--set stages.NAME.remote=true)") end
     return r
   end
@@ -45,8 +52,14 @@ function M.for_run(p, cfg, url, warn)
     if state == "down" then warn("sluice: broker: " .. tostring(msg) .. "; reconnecting")
     else warn("sluice: broker: reconnected to " .. b.url) end
   end)
-  r.executors = {}
-  for _, n in ipairs(names) do r.executors[n] = r.ex end
+  if #names > 0 then
+    r.executors = {}
+    for _, n in ipairs(names) do r.executors[n] = r.ex end
+  end
+  if #shared > 0 then
+    r.limits = {}
+    for _, n in ipairs(shared) do r.limits[n] = shared_limit.new(b, n, p.limits[n]) end
+  end
   return r
 end
 

@@ -206,7 +206,7 @@ function M.run(p, args, script_path)
   local job_id = o.job or default_job_id(p, o.inputs)
   local okstart, job = pcall(p.start, p, { inputs = o.inputs, config = cfg, config_resolved = true,
     out = out, store = store, job_id = job_id, grace = o.grace, script = script_path,
-    executors = remote.executors })
+    executors = remote.executors, limits = remote.limits })
   if not okstart then
     eprint("sluice run: " .. tostring(job))
     if store and store.close then pcall(store.close, store) end
