@@ -305,6 +305,12 @@ T.case("shared limits: two coordinators on the broker respect one semaphore and 
   b2:close()
 end)
 
+T.case("the progress view lists remote workers", function()
+  local lines = require("sluice.app.progress").lines({ order = {}, stages = {},
+    workers = { { id = "w1", host = "box", stages = { "stt", "vlm" }, in_flight = 1, done = 2, failed = 1 } } })
+  T.eq(lines[1], "worker w1 (box) stt,vlm: run 1, done 2, failed 1")
+end)
+
 T.case("sluice run: remote stages need --broker; an unreachable broker is one line, exit 2", function()
   local r = P.run({ "tests/lua/fixtures/scaleout_poison.lua", "--no-store", "--quiet" })
   T.eq(r.status, 2)

@@ -91,11 +91,16 @@ T.case("podcast: stt on 3 worker processes gives the single-process outputs", fu
       if n > 0 then busy = busy + 1 end
       T.ok(not w.log:find("cannot"), "worker " .. i .. ": " .. w.log)
     end
-    local chunks = 0
+    local chunks, reported = 0, {}
     for line in io.lines(b .. ".events") do
       local ev = cjson.decode(line)
       if ev.event == "item_done" and ev.stage == "stt" then chunks = chunks + 1 end
+      if ev.event == "worker" then
+        reported[ev.worker] = true
+        T.ok(ev.host and ev.pid and ev.in_flight and ev.done, "a worker event has host, pid, in flight, done")
+      end
     end
+    T.ok(reported.w1 and reported.w2 and reported.w3, "the workers appear in --events")
     T.ok(chunks >= 6, "chunks: " .. chunks)
     T.eq(total, chunks, "every chunk was transcribed by a worker, once")
     T.ok(busy >= 2, "several workers took units: " .. busy)

@@ -151,7 +151,7 @@ end
 
 local function warn(J, msg)
   if J.job.bus.count > 0 then
-    J.job.bus:emit({ job = J.job.id, event = "log", stage = "broker", message = msg })
+    J.job.bus:emit({ job = J.job.id, event = "log", message = "broker: " .. msg })
   end
   if J.ex.on_warning then J.ex.on_warning(msg) end
 end
@@ -272,19 +272,19 @@ local function workers_loop(J, info)
       local now = core.now()
       local out = {}
       for id, st in pairs(list) do
+        local serves = false
+        for _, n in ipairs(st.stages or {}) do if J.stages[n] then serves = true end end
         local s = seen[id]
         local sig = tostring(st.seq)
         if not s or s.sig ~= sig then
           seen[id] = { sig = sig, t = now }
-          local serves = false
-          for _, n in ipairs(st.stages or {}) do if J.stages[n] then serves = true end end
           if serves and J.job.bus.count > 0 then
             J.job.bus:emit({ job = J.job.id, event = "worker", worker = id, host = st.host,
               pid = st.pid, stages = st.stages, in_flight = st.in_flight, done = st.done,
               failed = st.failed })
           end
         end
-        if now - seen[id].t < 10 then
+        if serves and now - seen[id].t < 10 then
           out[#out + 1] = { id = id, host = st.host, pid = st.pid, stages = st.stages,
             in_flight = st.in_flight, done = st.done, failed = st.failed }
         end
