@@ -122,12 +122,11 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   sl_unref(L, &ref);
   redisReply *r = reply;
   int n;
-  if (!r) {
-    if (c->closing)
-      n = sl_push_fail(L, "ECLOSED", "redis: connection closed");
-    else
-      n = sl_push_fail(L, "ECONNRESET", "redis: connection lost (%s)",
-                       ac->err ? ac->errstr : "closed by the server");
+  if (c->closing) { /* close() was called: what was pending ends here, replied or not */
+    n = sl_push_fail(L, "ECLOSED", "redis: connection closed");
+  } else if (!r) {
+    n = sl_push_fail(L, "ECONNRESET", "redis: connection lost (%s)",
+                     ac->err ? ac->errstr : "closed by the server");
   } else if (r->type == REDIS_REPLY_ERROR) {
     n = sl_push_fail(L, "EREDIS", "%s", r->str);
   } else {

@@ -99,6 +99,51 @@ T.case("client: replies, errors, pipelining in order, MULTI, scripts", function(
   T.ok(cerr:match("closed"))
 end)
 
+T.case("core redis: a connection closed from inside its own callbacks", function()
+  local cr = require "sluice.core.redis"
+  local port = tonumber(srv.url:match(":(%d+)$"))
+  -- inside the connect callback
+  local done = sl.event()
+  local c1
+  c1 = cr.connect("127.0.0.1", port, function(ok)
+    c1:close()
+    done:set(ok)
+  end)
+  T.eq(done:wait(), true)
+  T.raises(function() c1:command({ "PING" }, print) end, "closed redis connection")
+  -- inside a reply callback, with more commands pending: they end with ECLOSED
+  local ready = sl.event()
+  local c2 = cr.connect("localhost", port, function(ok) ready:set(ok) end)
+  T.eq(ready:wait(), true)
+  local got, all = {}, sl.event()
+  local function note(i) return function(v, err, code)
+    got[i] = v or code
+    if #got == 3 and got[1] and got[2] and got[3] then all:set(true) end
+  end end
+  c2:command({ "PING" }, function(v) got[1] = v; c2:close() end)
+  c2:command({ "PING" }, note(2))
+  c2:command({ "PING" }, note(3))
+  all:wait()
+  T.same(got, { "PONG", "ECLOSED", "ECLOSED" })
+  -- a reply dropped (no callback), then close with nothing pending
+  local c3r = sl.event()
+  local c3 = cr.connect("127.0.0.1", port, function(ok) c3r:set(ok) end)
+  c3r:wait()
+  T.eq(c3:command({ "SET", "t:x", "1" }), true)
+  T.eq(c3:pending(), 1)
+  c3:close()
+  T.eq(tostring(c3), "sluice.redis (closed)")
+  T.raises(function() c3:command("PING") end, "closed redis connection")
+  -- misuse raises
+  local c4r = sl.event()
+  local c4 = cr.connect("127.0.0.1", port, function(ok) c4r:set(ok) end)
+  c4r:wait()
+  T.raises(function() c4:command({ "SET", {} }, print) end, "argument 2 must be a string or a number")
+  T.raises(function() c4:command({}, print) end, "empty command")
+  c4:close()
+  T.raises(function() cr.connect("127.0.0.1", 70000, print) end, "port out of range")
+end)
+
 T.case("client: an unreachable server is one clear error; a restart is survived", function()
   local none, err = redis.connect("redis://127.0.0.1:1", { timeout = 2 })
   T.eq(none, nil)
