@@ -207,36 +207,22 @@ static void poll_cb(uv_poll_t *handle, int status, int events) {
   if (p->context && (ev & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
 }
 
-static void poll_update(redisLibuvEvents *p) {
+static void poll_set(void *d, int flag, int on) {
+  redisLibuvEvents *p = d;
+  if (on)
+    p->events |= flag;
+  else
+    p->events &= ~flag;
   if (p->events)
     uv_poll_start(&p->handle, p->events, poll_cb);
   else
     uv_poll_stop(&p->handle);
 }
 
-static void ev_add_read(void *d) {
-  redisLibuvEvents *p = d;
-  p->events |= UV_READABLE;
-  poll_update(p);
-}
-
-static void ev_del_read(void *d) {
-  redisLibuvEvents *p = d;
-  p->events &= ~UV_READABLE;
-  poll_update(p);
-}
-
-static void ev_add_write(void *d) {
-  redisLibuvEvents *p = d;
-  p->events |= UV_WRITABLE;
-  poll_update(p);
-}
-
-static void ev_del_write(void *d) {
-  redisLibuvEvents *p = d;
-  p->events &= ~UV_WRITABLE;
-  poll_update(p);
-}
+static void ev_add_read(void *d) { poll_set(d, UV_READABLE, 1); }
+static void ev_del_read(void *d) { poll_set(d, UV_READABLE, 0); }
+static void ev_add_write(void *d) { poll_set(d, UV_WRITABLE, 1); }
+static void ev_del_write(void *d) { poll_set(d, UV_WRITABLE, 0); }
 
 static void start_connect(rconn *c, const char *ip) {
   lua_State *L = sl_main_state();

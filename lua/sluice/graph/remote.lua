@@ -72,6 +72,35 @@ local function map_strings(v, fn, depth)
 end
 function M.map_strings(v, fn) return map_strings(v, fn, 0) end
 
+-- mailbox() -> box: tasks put values, one task takes them in batches. box:put(v);
+-- box:take() -> the list of everything put since the last take (waits while there is none);
+-- box:close() wakes the taker with an empty list.
+local Box = {}
+Box.__index = Box
+function M.mailbox() return setmetatable({ items = {}, ev = false }, Box) end
+function Box:put(v)
+  local items = self.items
+  items[#items + 1] = v
+  local ev = self.ev
+  if ev then
+    self.ev = false
+    ev:set(true)
+  end
+end
+function Box:take()
+  while #self.items == 0 and not self.closed do
+    self.ev = sl.event()
+    self.ev:wait()
+  end
+  local items = self.items
+  self.items = {}
+  return items
+end
+function Box:close()
+  self.closed = true
+  if self.ev then self.ev:set(true) end
+end
+
 -- file_size(path) -> bytes of a regular file, or nil (no such file, a folder, unreadable)
 function M.file_size(path)
   local f = io.open(path, "rb")
@@ -135,8 +164,7 @@ local function job_state(ex, job)
   local J = ex.jobs[job]
   if J then return J end
   J = { ex = ex, job = job, broker = ex.broker, stages = {}, names = {}, waiting = {}, early = {},
-    poison = {}, to_ack = {}, sems = {}, tasks = {}, workers = {}, ack_wake = false, outbox = {},
-    send_wake = false }
+    poison = {}, to_ack = M.mailbox(), sems = {}, tasks = {}, workers = {}, outbox = M.mailbox() }
   ex.jobs[job] = J
   return J
 end
@@ -165,37 +193,23 @@ end
 
 local function ack_loop(J)
   while not J.closing do
-    if #J.to_ack == 0 then
-      J.ack_wake = sl.event()
-      J.ack_wake:wait()
-    else
-      local list = J.to_ack
-      J.to_ack = {}
-      ack(J, list)
-    end
+    local list = J.to_ack:take()
+    if #list > 0 then ack(J, list) end
   end
 end
 
-local function queue_ack(J, a)
-  J.to_ack[#J.to_ack + 1] = a
-  if J.ack_wake then
-    local ev = J.ack_wake
-    J.ack_wake = false
-    ev:set(true)
-  end
-end
+local function queue_ack(J, a) J.to_ack:put(a) end
 
 -- Sends the units queued since the last turn in one script call (sluice.runtime.broker);
 -- a failure that is not a lost connection (those are retried) fails their attempts.
 local MAX_BATCH, MAX_BYTES = 256, 16 * 1024 * 1024
 local function send_loop(J)
+  local pending = {}
   while not J.closing do
-    if #J.outbox == 0 then
-      J.send_wake = sl.event()
-      J.send_wake:wait()
-    else
+    if #pending == 0 then pending = J.outbox:take() end
+    if #pending > 0 then
       local batch, rest, bytes = {}, {}, 0
-      for _, u in ipairs(J.outbox) do
+      for _, u in ipairs(pending) do
         if #batch < MAX_BATCH and (bytes < MAX_BYTES or #batch == 0) then
           batch[#batch + 1] = u
           for _, v in ipairs(u.fields) do bytes = bytes + #v end
@@ -203,7 +217,7 @@ local function send_loop(J)
           rest[#rest + 1] = u
         end
       end
-      J.outbox = rest
+      pending = rest
       local r, err, code = J.broker:send(J.job.id, batch)
       if r == nil then
         for _, u in ipairs(batch) do
@@ -429,12 +443,7 @@ local function run_remote(J, S, kind, arg, ctx)
     local fields, err, c = unit_fields(J, S, kind, arg, ctx)
     if not fields then return nil, err, c end
     J.waiting[key] = ev
-    J.outbox[#J.outbox + 1] = { stage = S.name, uid = uid, attempt = ctx.attempt or 1, fields = fields, key = key }
-    local wake = J.send_wake
-    if wake then
-      J.send_wake = false
-      wake:set(true)
-    end
+    J.outbox:put({ stage = S.name, uid = uid, attempt = ctx.attempt or 1, fields = fields, key = key })
     local e = ev:wait()
     if e.send_error then return nil, "broker: " .. e.send_error, e.code or "EBROKER" end
     return e
@@ -470,16 +479,16 @@ function Executor:finish(job)
   if not J or J.finished then return end
   J.finished = true
   J.closing = true
-  if J.ack_wake then J.ack_wake:set(true) end
-  if J.send_wake then J.send_wake:set(true) end
+  J.to_ack:close()
+  J.outbox:close()
   if J.reader_client then J.reader_client:close() end
   for _, t in ipairs(J.tasks) do t:cancel() end
   if J.info and not J.start_error then
     if job.state == "done" then
       J.broker:finish_job(job.id, J.info.pipeline, J.names)
     else
-      local list = J.to_ack
-      J.to_ack = {}
+      local list = J.to_ack.items
+      J.to_ack.items = {}
       if #list > 0 then pcall(ack, J, list) end
     end
   end

@@ -41,11 +41,7 @@ function Ctx:event(name, fields)
   self._events[#self._events + 1] = { name, fields }
 end
 
-function Ctx:log(...)
-  local parts = table.pack(...)
-  for i = 1, parts.n do parts[i] = tostring(parts[i]) end
-  self:event("log", { message = table.concat(parts, " ") })
-end
+Ctx.log = require("sluice.graph.run").Ctx.log -- ctx:log(...) is ctx:event("log", {message=})
 
 local function first_line(path)
   local f = io.open(path, "r")
@@ -243,12 +239,7 @@ local function run_unit(W, J, name, e, st)
   local head = { "s", name, "id", uid, "a", attempt, "w", W.id, "r", r }
   for _, v in ipairs(fields) do head[#head + 1] = v end
   local done = sl.event()
-  W.outbox[#W.outbox + 1] = { job = J.id, stage = name, eid = e.eid, fields = head, ev = done }
-  local wake = W.commit_wake
-  if wake then
-    W.commit_wake = false
-    wake:set(true)
-  end
+  W.outbox:put({ job = J.id, stage = name, eid = e.eid, fields = head, ev = done })
   done:wait()
   for _, p in ipairs(made) do os.remove(p) end
   if res.ok then st.done = st.done + 1 else st.failed = st.failed + 1 end
@@ -259,12 +250,8 @@ end
 -- (sluice.runtime.broker), repeated until it gets through.
 local function commit_loop(W)
   while true do
-    if #W.outbox == 0 then
-      W.commit_wake = sl.event()
-      W.commit_wake:wait()
-    else
-      local list = W.outbox
-      W.outbox = {}
+    local list = W.outbox:take()
+    do
       local by, order = {}, {}
       for _, c in ipairs(list) do
         local t = by[c.job]
@@ -414,7 +401,7 @@ function M.start(p, broker, opts)
   local id = opts.id or string.format("%s-%d-%04x", host, pid, math.random(0, 0xffff))
   local W = setmetatable({ p = p, broker = broker, id = id, host = host, pid = pid,
     workers = opts.workers or 1, stage_names = names, wanted = {}, jobs = {}, held = {},
-    stats_ = {}, slot_ev = {}, clients = {}, outbox = {}, commit_wake = false, group = sl.group(), done_ev = sl.event(), stop_ev = sl.event(),
+    stats_ = {}, slot_ev = {}, clients = {}, outbox = remote.mailbox(), group = sl.group(), done_ev = sl.event(), stop_ev = sl.event(),
     tmp = (opts.tmp or os.getenv("TMPDIR") or "/tmp") .. "/sluice-worker-" .. id,
     on_note = opts.on_note }, Worker)
   for _, n in ipairs(names) do
