@@ -24,123 +24,14 @@ local sl = require "sluice"
 local sched = require "sluice.runtime.sched"
 local codec = require "sluice.runtime.codec"
 local core = require "sluice.core.core"
-local httpd = require "sluice.core.httpd"
-local fs = require "sluice.core.fs"
+local travel = require "sluice.graph.travel"
+local path_strings, file_size, read_file, write_file = travel.path_strings, travel.file_size,
+  travel.read_file, travel.write_file
+local mailbox, plain = travel.mailbox, travel.plain
 
 local M = {}
 
 M.MAX_FILE = 32 * 1024 * 1024
-M.NONE = setmetatable({}, { __newindex = function() error("read-only", 2) end })
-
--- Values and files (shared with sluice.graph.serve) ---------------------------------------------
-
-local function is_path_key(k) return type(k) == "string" and (k == "path" or k:sub(-5) == "_path") end
-
--- path_strings(v) -> { [string] = true } for every string under a path key anywhere in v.
-function M.path_strings(v, out, depth)
-  out = out or {}
-  depth = depth or 0
-  if type(v) ~= "table" or depth > 64 then return out end
-  for k, x in pairs(v) do
-    if type(x) == "string" then
-      if is_path_key(k) then out[x] = true end
-    elseif type(x) == "table" then
-      M.path_strings(x, out, depth + 1)
-    end
-  end
-  return out
-end
-
--- map_strings(v, fn) -> v with every string value s replaced by fn(s) when that is not nil;
--- tables are copied only where something changed (v itself is never modified).
-local function map_strings(v, fn, depth)
-  local ty = type(v)
-  if ty == "string" then return fn(v) or v end
-  if ty ~= "table" or depth > 64 or getmetatable(v) ~= nil then return v end
-  local copy
-  for key, x in pairs(v) do
-    local y = map_strings(x, fn, depth + 1)
-    if y ~= x then
-      if not copy then
-        copy = {}
-        for k2, x2 in pairs(v) do copy[k2] = x2 end
-      end
-      copy[key] = y
-    end
-  end
-  return copy or v
-end
-function M.map_strings(v, fn) return map_strings(v, fn, 0) end
-
--- mailbox() -> box: tasks put values, one task takes them in batches. box:put(v);
--- box:take() -> the list of everything put since the last take (waits while there is none);
--- box:close() wakes the taker with an empty list.
-local Box = {}
-Box.__index = Box
-function M.mailbox() return setmetatable({ items = {}, ev = false }, Box) end
-function Box:put(v)
-  local items = self.items
-  items[#items + 1] = v
-  local ev = self.ev
-  if ev then
-    self.ev = false
-    ev:set(true)
-  end
-end
-function Box:take()
-  while #self.items == 0 and not self.closed do
-    self.ev = sl.event()
-    self.ev:wait()
-  end
-  local items = self.items
-  self.items = {}
-  return items
-end
-function Box:close()
-  self.closed = true
-  if self.ev then self.ev:set(true) end
-end
-
--- file_size(path) -> bytes of a regular file, or nil (no such file, a folder, unreadable)
-function M.file_size(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local ok, err = f:read(0)
-  if ok == nil and err then f:close() return nil end -- a folder
-  local n = f:seek("end")
-  f:close()
-  return n
-end
-
--- read_file(path) -> bytes | nil, msg (on the pool)
-function M.read_file(path)
-  local root, rel = path:match("^(.*)/([^/]+)$")
-  if not root then root, rel = ".", path elseif root == "" then root = "/" end
-  return sched.await("read " .. path, function(done) return httpd.read_file(root, rel, done) end)
-end
-
--- write_file(path, bytes) -> true | nil, msg (on the pool; parent folders are made)
-function M.write_file(path, bytes)
-  return sched.await("write " .. path, function(done) return fs.write(path, bytes, done) end)
-end
-
--- A Lua value without what cannot travel (functions, userdata other than blobs): a config.
-local function travelling(v, depth)
-  local ty = type(v)
-  if ty == "table" then
-    if depth > 32 then return nil end
-    local out = {}
-    for k, x in pairs(v) do
-      local kk, xx = travelling(k, depth + 1), travelling(x, depth + 1)
-      if kk ~= nil and xx ~= nil then out[kk] = xx end
-    end
-    return out
-  elseif ty == "string" or ty == "number" or ty == "boolean" then
-    return v
-  end
-  return nil
-end
-M.travelling = function(v) return travelling(v, 0) end
 
 -- remote_stages(p, config) -> sorted names of the stages with remote = true (the script's
 -- option, or config.stages.<name>.remote).
@@ -164,7 +55,7 @@ local function job_state(ex, job)
   local J = ex.jobs[job]
   if J then return J end
   J = { ex = ex, job = job, broker = ex.broker, stages = {}, names = {}, waiting = {}, early = {},
-    poison = {}, to_ack = M.mailbox(), sems = {}, tasks = {}, workers = {}, outbox = M.mailbox() }
+    poison = {}, to_ack = mailbox(), sems = {}, tasks = {}, workers = {}, outbox = mailbox() }
   ex.jobs[job] = J
   return J
 end
@@ -317,7 +208,7 @@ local function start(J)
   table.sort(J.names)
   local ex = J.ex
   local info = { pipeline = job.pipeline_name or job.name, job = job.id, remote = J.names,
-    config = M.travelling(job.config), out = job.out, inputs = M.travelling(job.inputs),
+    config = travel.travelling(job.config), out = job.out, inputs = travel.travelling(job.inputs),
     claim_idle = ex.claim_idle, max_deliveries = ex.max_deliveries, created = core.time() }
   J.info = info
   local ok, err = J.broker:register_job(job.id, info.pipeline, info, J.names)
@@ -333,19 +224,6 @@ local function start(J)
   J.ready:set(true)
 end
 
--- The fields of a unit: its envelopes, its kind and the files it names. An envelope
--- travels as a list (ENV_FIELDS in order); envelope_of turns it back into a table.
-local ENV_FIELDS = { "data", "key", "seq", "t0", "t1", "id", "parent", "stage", "attempt" }
-local function plain(env)
-  return { env.data, env.key, env.seq, env.t0, env.t1, env.id, env.parent, env.stage, env.attempt }
-end
-
-function M.envelope_of(l)
-  local e = {}
-  for i, k in ipairs(ENV_FIELDS) do e[k] = l[i] end
-  return e
-end
-
 local function unit_fields(J, S, kind, arg, ctx)
   local envs = {}
   if kind == "item" then envs[1] = plain(arg) else for i, e in ipairs(arg) do envs[i] = plain(e) end end
@@ -359,14 +237,14 @@ local function unit_fields(J, S, kind, arg, ctx)
   local n = 0
   local any_table = gate ~= nil
   for _, e in ipairs(envs) do if type(e[1]) == "table" then any_table = true end end
-  for path in pairs(any_table and M.path_strings({ envs, gate }) or {}) do
-    local size = M.file_size(path)
+  for path in pairs(any_table and path_strings({ envs, gate }) or {}) do
+    local size = file_size(path)
     if size then
       if size > J.ex.max_file then
         return nil, string.format("file %s is %d bytes, over the broker's limit of %d " ..
           "(broker.max_file) for a file sent with a unit", path, size, J.ex.max_file), "EFBIG"
       end
-      local bytes, err = M.read_file(path)
+      local bytes, err = read_file(path)
       if not bytes then return nil, "cannot send " .. path .. ": " .. tostring(err), "EIO" end
       n = n + 1
       payload.files = payload.files or {}
@@ -398,9 +276,9 @@ local function apply(J, S, e, ctx, key)
     queue_ack(J, a)
     return nil, "unreadable result from worker " .. tostring(f.w) .. ": " .. tostring(derr), "EREMOTE"
   end
-  for rel, i in next, res.files or M.NONE do
+  for rel, i in next, res.files or travel.NONE do
     local path = J.job.out .. "/" .. rel
-    local ok, err = M.write_file(path, f["f" .. i] or "")
+    local ok, err = write_file(path, f["f" .. i] or "")
     if not ok then
       queue_ack(J, a)
       return nil, "cannot write " .. path .. " (made by worker " .. tostring(f.w) .. "): " .. tostring(err), "EIO"

@@ -17,7 +17,7 @@ local sched = require "sluice.runtime.sched"
 local codec = require "sluice.runtime.codec"
 local core = require "sluice.core.core"
 local dsl = require "sluice.graph.dsl"
-local remote = require "sluice.graph.remote"
+local travel = require "sluice.graph.travel"
 local util = require "sluice.graph.util"
 
 local M = {}
@@ -136,7 +136,7 @@ end
 
 local function rewrite_back(J, v, back)
   local out_dir, coord_out = J.job.out, J.info.out or "."
-  return remote.map_strings(v, function(s)
+  return travel.map_strings(v, function(s)
     local orig = back[s]
     if orig then return orig end
     if s:sub(1, #out_dir + 1) == out_dir .. "/" then return coord_out .. s:sub(#out_dir + 1) end
@@ -165,7 +165,7 @@ local function run_unit(W, J, name, e, st)
     local ok = true
     for orig, i in pairs(payload.files or {}) do
       local lp = in_dir .. "/" .. i .. "-" .. (orig:match("([^/]*)$") or "file")
-      local w, werr = remote.write_file(lp, f["f" .. i] or "")
+      local w, werr = travel.write_file(lp, f["f" .. i] or "")
       if not w then
         ok = false
         res.err, res.code = "worker " .. W.id .. ": cannot write " .. lp .. ": " .. tostring(werr), "EIO"
@@ -176,14 +176,14 @@ local function run_unit(W, J, name, e, st)
     end
     if ok then
       local envs, gate = {}, nil
-      for i, l in ipairs(payload.envs) do envs[i] = remote.envelope_of(l) end
+      for i, l in ipairs(payload.envs) do envs[i] = travel.envelope_of(l) end
       if payload.gate then
         gate = {}
-        for i, l in ipairs(payload.gate) do gate[i] = remote.envelope_of(l) end
+        for i, l in ipairs(payload.gate) do gate[i] = travel.envelope_of(l) end
       end
       if next(map) then
-        envs = remote.map_strings(envs, function(s) return map[s] end)
-        gate = gate and remote.map_strings(gate, function(s) return map[s] end)
+        envs = travel.map_strings(envs, function(s) return map[s] end)
+        gate = gate and travel.map_strings(gate, function(s) return map[s] end)
       end
       local ctx = setmetatable({ job = J.job, config = J.job.config, out = J.job.out, stage = name,
         params = S.params, attempt = attempt, gate = gate, _emits = {}, _events = {},
@@ -211,10 +211,10 @@ local function run_unit(W, J, name, e, st)
   if res.ok then
     local out_dir = J.job.out .. "/"
     local nf = 0
-    local walk = (type(res.v) == "table" or res.emits) and remote.path_strings({ res.v, res.emits }) or remote.NONE
+    local walk = (type(res.v) == "table" or res.emits) and travel.path_strings({ res.v, res.emits }) or travel.NONE
     for s in pairs(walk) do
       if s:sub(1, #out_dir) == out_dir and not files[s:sub(#out_dir + 1)] then
-        local bytes = remote.file_size(s) and remote.read_file(s)
+        local bytes = travel.file_size(s) and travel.read_file(s)
         if bytes then
           nf = nf + 1
           files[s:sub(#out_dir + 1)] = nf
@@ -226,7 +226,7 @@ local function run_unit(W, J, name, e, st)
     end
   end
   res.files = next(files) and files or nil
-  if type(res.err) == "table" then res.err = remote.travelling(res.err) end
+  if type(res.err) == "table" then res.err = travel.travelling(res.err) end
   res.v, res.err = rewrite_back(J, res.v, back), rewrite_back(J, res.err, back)
   if res.emits then res.emits = rewrite_back(J, res.emits, back) end
   if res.events then res.events = rewrite_back(J, res.events, back) end
@@ -401,7 +401,7 @@ function M.start(p, broker, opts)
   local id = opts.id or string.format("%s-%d-%04x", host, pid, math.random(0, 0xffff))
   local W = setmetatable({ p = p, broker = broker, id = id, host = host, pid = pid,
     workers = opts.workers or 1, stage_names = names, wanted = {}, jobs = {}, held = {},
-    stats_ = {}, slot_ev = {}, clients = {}, outbox = remote.mailbox(), group = sl.group(), done_ev = sl.event(), stop_ev = sl.event(),
+    stats_ = {}, slot_ev = {}, clients = {}, outbox = travel.mailbox(), group = sl.group(), done_ev = sl.event(), stop_ev = sl.event(),
     tmp = (opts.tmp or os.getenv("TMPDIR") or "/tmp") .. "/sluice-worker-" .. id,
     on_note = opts.on_note }, Worker)
   for _, n in ipairs(names) do
