@@ -173,20 +173,22 @@ T.case("kill -9 of the coordinator, then --job: completes, and no unit stored as
 end)
 
 T.case("redis-server restarted mid-run (append-only file): the run reconnects and completes, nothing lost", function()
-  with_setup({ latency = 0.5, aof = true }, function(c)
+  with_setup({ latency = 1.0, aof = true }, function(c)
     for i = 1, 2 do
-      c.ws[i] = R.worker("pipelines/podcast.lua", c.srv.url, { "--stages", "stt", "--workers", "2", "--id", "r" .. i })
+      c.ws[i] = R.worker("pipelines/podcast.lua", c.srv.url, { "--stages", "stt", "--workers", "1", "--id", "r" .. i })
     end
     local evfile = c.out .. "/events.jsonl"
     c.coord = R.run(podcast_args(c.sample, c.out, c.api, c.srv.url, { "--no-store", "--job", "jr",
       "--set", "broker.claim_idle=2", "--events", evfile }))
     T.ok(T.wait_until(function() return c.coord.exited:is_set() or (counts(events(evfile))) >= 2 end, 90)
       and not c.coord.exited:is_set(), "2 units done before the restart")
+    local before = counts(events(evfile))
     c.srv:restart()
     local st = c.coord.exited:wait()
     T.eq(st.code, 0, c.coord.err)
     T.ok(c.coord.err:find("reconnected", 1, true), "the coordinator saw the restart: " .. c.coord.err)
     local done, ids, chunks = counts(events(evfile))
+    T.ok(before < chunks, string.format("the restart came mid-run (%d of %d done)", before, chunks))
     T.eq(done, chunks, "every chunk transcribed")
     for id, n in pairs(ids) do T.eq(n, 1, "stt result of " .. id) end
     local merged = transcribed(c.out)

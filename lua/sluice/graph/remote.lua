@@ -55,7 +55,7 @@ local function job_state(ex, job)
   local J = ex.jobs[job]
   if J then return J end
   J = { ex = ex, job = job, broker = ex.broker, stages = {}, names = {}, waiting = {}, early = {},
-    poison = {}, to_ack = mailbox(), sems = {}, tasks = {}, workers = {}, outbox = mailbox() }
+    poison = {}, taken = {}, to_ack = mailbox(), sems = {}, tasks = {}, workers = {}, outbox = mailbox() }
   ex.jobs[job] = J
   return J
 end
@@ -80,6 +80,7 @@ local function ack(J, list)
   if memo and memo.flush then memo:flush() end
   local ok, err = J.broker:ack_results(J.job.id, list)
   if not ok then warn(J, "cannot acknowledge results: " .. tostring(err)) end
+  for _, a in ipairs(list) do J.taken[a.eid] = nil end
 end
 
 local function ack_loop(J)
@@ -125,7 +126,7 @@ end
 
 local function deliver(J, e)
   local f = e.f
-  if not f.s or not f.id then return end
+  if not f.s or not f.id or J.taken[e.eid] then return end -- (taken: read again from the pending list)
   local key = f.s .. "\0" .. f.id
   local w = J.waiting[key]
   if w then
@@ -143,12 +144,14 @@ local function reader_loop(J)
     return
   end
   J.reader_client = client
-  local from = "0" -- first what this job's coordinator took and did not acknowledge
+  -- First what this job's coordinator was given and did not acknowledge (its pending list,
+  -- read from an id onwards until it is exhausted), then new results.
+  local from = "0"
   while not J.closing do
     local entries, rerr, code = J.broker:read_results(client, J.job.id, from, 200, from == ">" and 1000 or nil)
     if entries then
       for _, e in ipairs(entries) do deliver(J, e) end
-      if from == "0" and #entries == 0 then from = ">" end
+      if from ~= ">" then from = #entries == 0 and ">" or entries[#entries].eid end
     elseif not J.closing then
       if code == "ECONNRESET" or code == "ENOTCONN" then
         from = "0" -- a reply lost with the connection is in our pending list
@@ -264,6 +267,7 @@ end
 local function apply(J, S, e, ctx, key)
   local f = e.f
   local a = { eid = e.eid, stage = S.name, uid = f.id }
+  J.taken[e.eid] = true
   if f.dead then
     local msg = string.format("unit lost its worker %s times (each worker that took it died or " ..
       "hung before finishing it; last taken over by %s): not sent again", f.dead, tostring(f.w))
