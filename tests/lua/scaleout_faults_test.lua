@@ -79,12 +79,15 @@ local function with_setup(opts, fn)
     io.stderr:write("coordinator: ", ctx.coord and ctx.coord.err or "", "\n")
     for i, w in ipairs(ctx.ws) do io.stderr:write("worker ", i, ": ", w.log, "\n") end
   end
-  stop_all(ctx.ws)
-  if ctx.coord then ctx.coord:kill("SIGKILL") end
-  api:stop()
-  srv:close()
-  P.rm(out)
+  local okc, cerr = pcall(function()
+    stop_all(ctx.ws)
+    if ctx.coord then ctx.coord:kill("SIGKILL") end
+    api:stop()
+    srv:close()
+    P.rm(out)
+  end)
   if not ok then error(err, 0) end
+  if not okc then error("cleanup: " .. tostring(cerr), 0) end
 end
 
 T.case("kill -9 of a worker holding units: every unit completes once; at most its units are called twice", function()
