@@ -1,4 +1,4 @@
--- labels: slow
+-- labels: slow noasan
 -- Remote stages give the same outputs as one process: the podcast pipeline with `stt` served by
 -- 3 `sluice worker` processes, and the lecture pipeline with `stt` and `vlm` remote, each worker
 -- in a mount namespace of its own (a private tmpfs over /tmp, where the coordinator's outputs
