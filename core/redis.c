@@ -26,8 +26,8 @@
  * own timer handle, after hiredis has freed its context (hiredis frees the redisAsyncContext
  * itself: after a failed connect, after the disconnect callback, or in redisAsyncFree). Lua
  * is called from inside hiredis callbacks (replies, connect, disconnect); a close() made from
- * inside one of them is deferred to the timer, so hiredis never frees a context while it is
- * still using it. Host names are resolved with uv_getaddrinfo (libuv's threads), never on the
+ * inside one of them is finished by the poll callback right after hiredis returns, so hiredis
+ * never frees a context while it is still using it. Host names are resolved with uv_getaddrinfo (libuv's threads), never on the
  * loop.
  */
 #include <hiredis/adapters/libuv.h>
@@ -52,14 +52,14 @@ typedef struct conn_ud {
 enum { ST_RESOLVING, ST_CONNECTING, ST_CONNECTED, ST_GONE };
 
 struct rconn {
-  uv_timer_t timer; /* deferred frees; its close callback frees the struct */
+  uv_timer_t timer; /* its close callback frees the struct */
   uv_getaddrinfo_t gai;
   redisAsyncContext *ac; /* NULL when hiredis has freed it (or before it exists) */
   int state;
   int resolving;  /* a getaddrinfo request is in flight */
   int closing;    /* close() was called */
   int in_hiredis; /* depth of hiredis callbacks on the stack */
-  int free_later; /* close() from inside a hiredis callback: the timer frees the context */
+  int free_later; /* close() from inside a hiredis callback: poll_cb frees the context */
   int timer_closed;
   int port;
   int pending;
@@ -200,11 +200,15 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
  * be reported. The adapter still allocates and closes its poll handle; these four hooks
  * replace its own with ones whose callback hands an error to hiredis as the events it
  * waited for, so hiredis reads the socket's error and reports it. */
+static void free_context(rconn *c);
+
 static void poll_cb(uv_poll_t *handle, int status, int events) {
   redisLibuvEvents *p = handle->data;
   int ev = status ? p->events : events;
+  rconn *c = p->context ? p->context->data : NULL; /* freed only by its timer's close callback */
   if (p->context && (ev & UV_READABLE)) redisAsyncHandleRead(p->context);
   if (p->context && (ev & UV_WRITABLE)) redisAsyncHandleWrite(p->context);
+  if (c && c->free_later && c->in_hiredis == 0) free_context(c); /* a close from a callback */
 }
 
 static void poll_set(void *d, int flag, int on) {
@@ -281,16 +285,23 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
   start_connect(c, ip);
 }
 
-/* Frees hiredis' context (its pending callbacks get ECLOSED) unless a hiredis callback of
- * this connection is running, in which case the timer does it on the next loop turn. */
-static void on_free_timer(uv_timer_t *t) {
-  rconn *c = t->data;
+static void detach(rconn *c) {
+  if (c->ud) c->ud->c = NULL;
+  c->ud = NULL;
+}
+
+/* Frees hiredis' context: its pending callbacks get ECLOSED, then on_disconnect runs (when
+ * it was connected) and clears c->ac. Never called from inside a hiredis callback. */
+static void free_context(rconn *c) {
   c->free_later = 0;
-  if (c->ac) redisAsyncFree(c->ac); /* on_disconnect or nothing: c->ac is cleared below */
+  if (c->ac) redisAsyncFree(c->ac);
   c->ac = NULL;
   maybe_finish(c);
 }
 
+/* close(), __gc, __close. Inside a hiredis callback of this connection (a reply, the connect
+ * callback) hiredis must not free its context: poll_cb frees it as soon as hiredis returns,
+ * in the same loop turn (so also when the loop is being stopped). */
 static void conn_close(rconn *c) {
   if (c->closing) return;
   c->closing = 1;
@@ -301,26 +312,25 @@ static void conn_close(rconn *c) {
   } else {
     c->connect_ref = c->disc_ref = LUA_NOREF;
   }
-  if (c->ud) c->ud->c = NULL;
-  c->ud = NULL;
+  detach(c);
   if (c->resolving) uv_cancel((uv_req_t *)&c->gai); /* on_resolved runs, with ECANCELED */
-  if (c->ac) {
-    if (c->in_hiredis > 0) {
-      c->free_later = 1;
-      uv_timer_start(&c->timer, on_free_timer, 0, 0);
-      return;
-    }
-    redisAsyncContext *ac = c->ac;
-    redisAsyncFree(ac); /* calls on_disconnect when it was connected */
-    c->ac = NULL;
+  if (c->ac && c->in_hiredis > 0) {
+    c->free_later = 1;
+    return;
   }
-  maybe_finish(c);
+  free_context(c);
+}
+
+/* The open connection of the userdata at idx, or NULL once closed (or closing). */
+static rconn *open_conn(lua_State *L, int idx) {
+  conn_ud *ud = luaL_checkudata(L, idx, CONN_MT);
+  return ud->c && !ud->c->closing ? ud->c : NULL;
 }
 
 static rconn *check_conn(lua_State *L) {
-  conn_ud *ud = luaL_checkudata(L, 1, CONN_MT);
-  sl_check_open(L, ud->c, "redis connection");
-  return ud->c;
+  rconn *c = open_conn(L, 1);
+  sl_check_open(L, c, "redis connection");
+  return c;
 }
 
 /* redis.connect(host, port, cb) -> connection */
@@ -412,8 +422,8 @@ static int conn_on_disconnect(lua_State *L) {
 }
 
 static int conn_connected(lua_State *L) {
-  conn_ud *ud = luaL_checkudata(L, 1, CONN_MT);
-  lua_pushboolean(L, ud->c && ud->c->state == ST_CONNECTED);
+  rconn *c = open_conn(L, 1);
+  lua_pushboolean(L, c && c->state == ST_CONNECTED);
   return 1;
 }
 
@@ -424,10 +434,10 @@ static int conn_gc(lua_State *L) {
 }
 
 static int conn_tostring(lua_State *L) {
-  conn_ud *ud = luaL_checkudata(L, 1, CONN_MT);
+  rconn *c = open_conn(L, 1);
   static const char *names[] = {"resolving", "connecting", "connected", "gone"};
-  if (ud->c)
-    lua_pushfstring(L, "sluice.redis (port %d, %s)", ud->c->port, names[ud->c->state]);
+  if (c)
+    lua_pushfstring(L, "sluice.redis (port %d, %s)", c->port, names[c->state]);
   else
     lua_pushliteral(L, "sluice.redis (closed)");
   return 1;
