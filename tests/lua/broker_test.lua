@@ -356,6 +356,40 @@ T.case("the progress view lists remote workers", function()
   T.eq(lines[1], "worker w1 (box) stt,vlm: run 1, done 2, failed 1")
 end)
 
+T.case("a live worker keeps its claims fresh; stop() finishes the units it holds", function()
+  with(function(c)
+    local b = assert(broker.connect(srv.url, { prefix = "t5" }))
+    c.brokers[1] = b
+    local runs, by = {}, {}
+    local p = sl.pipeline "claims" {
+      sources = { gen = function(ctx) for i = 1, 3 do ctx:emit(i) end end },
+      stages = { slow = { from = "gen", run = function(env, ctx)
+        runs[env.data] = (runs[env.data] or 0) + 1
+        by[ctx.job.remote_worker] = (by[ctx.job.remote_worker] or 0) + 1
+        sl.sleep(2)
+        return env.data
+      end } },
+    }
+    local a = serve.start(p, b, { workers = 3, id = "A" })
+    c.workers[1] = a
+    c.ex = remote.executor(b, { claim_idle = 0.5 })
+    c.job = p:start { executors = { slow = c.ex }, job_id = "claims1" }
+    T.ok(T.wait_until(function() return a:stats().in_flight == 3 end, 10), "A holds 3 units")
+    -- B arrives, idle, while A's units run for 4 claim_idle periods: it must not take them over
+    local bw = serve.start(p, b, { workers = 3, id = "B" })
+    c.workers[2] = bw
+    sl.sleep(0.3)
+    a:stop() -- no more units for A; the 3 it holds finish and are committed
+    a:wait()
+    T.eq(a:stats().done, 3, "A finished what it held")
+    local s = c.job:wait()
+    T.eq(s.stages.slow.done, 3)
+    for i = 1, 3 do T.eq(runs[i], 1, "unit " .. i .. " ran once") end
+    T.eq(by.A, 3)
+    T.eq(by.B, nil, "B took nothing over")
+  end)
+end)
+
 T.case("sluice run: remote stages need --broker; an unreachable broker is one line, exit 2", function()
   local r = P.run({ "tests/lua/fixtures/scaleout_poison.lua", "--no-store", "--quiet" })
   T.eq(r.status, 2)

@@ -121,16 +121,26 @@ local function pause(W, seconds)
 end
 
 -- Keeps the claims of the units this worker holds fresh (three times per claim_idle).
+-- (Checked every 0.1 s, so that a job that came since, with its own claim_idle, counts.)
 local function refresh_loop(W)
+  local last = core.now()
   while not W.done_ev:is_set() do
+    sl.sleep(0.1)
     local every = 10
     for _, J in pairs(W.jobs) do if J then every = math.min(every, J.claim_idle / 3) end end
-    sl.sleep(math.max(0.1, every))
-    for stream, held in pairs(W.held) do
-      local eids = {}
-      for eid in pairs(held) do eids[#eids + 1] = eid end
-      if #eids > 0 then W.broker:refresh(stream, W.id, eids) end
+    if core.now() - last >= every then
+      last = core.now()
+      W:refresh_claims()
     end
+  end
+end
+
+-- w:refresh_claims(): XCLAIM ... JUSTID of every unit held, per stream.
+function Worker:refresh_claims()
+  for stream, held in pairs(self.held) do
+    local eids = {}
+    for eid in pairs(held) do eids[#eids + 1] = eid end
+    if #eids > 0 then self.broker:refresh(stream, self.id, eids) end
   end
 end
 
