@@ -7,7 +7,7 @@ PKGS="build-essential cmake pkg-config git
   libavformat-dev libavcodec-dev libavutil-dev libswresample-dev libswscale-dev ffmpeg
   libpocketsphinx-dev pocketsphinx pocketsphinx-en-us pocketsphinx-testdata
   libtesseract-dev tesseract-ocr-eng
-  libsqlite3-dev
+  libsqlite3-dev libhiredis-dev redis-server
   python3 python3-opencv opencv-data python3-aiohttp python3-jsonschema python3-numpy
   fonts-dejavu-core tmux valgrind chromium ca-certificates nghttp2-server openssl"
 missing=""

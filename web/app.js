@@ -12,7 +12,7 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   jobId: null, live: null, outDir: null, source: null, events: 0, lastN: 0,
-  stages: new Map(), graph: [], results: [], summary: new Map(), failures: [],
+  stages: new Map(), graph: [], results: [], summary: new Map(), failures: [], workers: [],
 };
 
 function stage(name) {
@@ -103,6 +103,7 @@ function onStats(st) {
   if (st && st.providers) {
     try { onProviders(st.providers); } catch (e) { console.error(e); }
   }
+  if (st && Array.isArray(st.workers)) state.workers = st.workers; // remote workers (--broker)
   const stages = (st && (st.stages || st)) || {};
   for (const [name, v] of Object.entries(stages)) {
     if (!v || typeof v !== "object") continue;
@@ -205,6 +206,10 @@ function render() {
   const sum = [...state.summary.values()].join("\n\n");
   $("summary").textContent = sum || "nothing yet";
   $("summary").classList.toggle("muted", !sum);
+  $("workers-panel").hidden = state.workers.length === 0;
+  $("workers").innerHTML = state.workers.map((w) =>
+    `<li><b>${esc(w.id)}</b> ${esc(w.host ?? "")} · ${esc((w.stages || []).join(", "))} · run ${w.in_flight ?? 0} · done ${w.done ?? 0}` +
+    `${w.failed ? " · failed " + w.failed : ""}</li>`).join("");
   $("failures").innerHTML = state.failures.length
     ? state.failures.slice(0, 50).map((f) => `<li>${esc(f)}</li>`).join("")
     : `<li class="muted">none</li>`;

@@ -340,13 +340,17 @@ local Semaphore = {}
 Semaphore.__index = Semaphore
 Semaphore.__name = "sluice.semaphore"
 
--- semaphore(n): n permits (a positive integer).
-function M.semaphore(n)
+-- semaphore(n[, {shared = true}]): n permits (a positive integer). shared: as a pipeline's
+-- named limit in a run with --broker, held in Redis for every process on the broker
+-- (sluice.runtime.shared_limit); otherwise this process's own.
+function M.semaphore(n, opts)
   if math.type(n) ~= "integer" or n < 1 then
     error("bad argument #1 to 'semaphore' (a positive integer number of permits expected, got " ..
       tostring(n) .. ")", 2)
   end
-  return setmetatable({ limit = n, held = 0, waiters = waitlist() }, Semaphore)
+  if opts ~= nil and type(opts) ~= "table" then error("bad argument #2 to 'semaphore' (table expected)", 2) end
+  return setmetatable({ limit = n, held = 0, waiters = waitlist(), shared = opts and opts.shared and true or nil },
+    Semaphore)
 end
 
 -- s:acquire(): takes a permit, waiting in FIFO order while none is free.

@@ -96,4 +96,4 @@ T.case("no module of the graph package is over 500 lines", function()
   end
 end)
 
-T.run()
+return T.run()

@@ -17,6 +17,7 @@ commands:
   repl [SCRIPT.lua]          interactive prompt; with a script, its values are in scope
   providers [--check]        providers, their roles and models; --check asks the vendors
   cache [stats|prune|rm]     the provider result cache shared by every job (see: sluice help cache)
+  worker PIPELINE.lua --broker redis://HOST:PORT   serve a pipeline's remote stages
   version                    print the version
   help [COMMAND]             show help
 
@@ -123,6 +124,23 @@ local function cmd_run(args)
   for i, a in ipairs(script_args) do argt[i] = a end
   _G.arg = argt
 
+  return M.spawn_main(function()
+    local results = table.pack(chunk(table.unpack(script_args)))
+    local r = results[1]
+    if require("sluice.graph").is_pipeline(r) then -- a pipeline: run it (sluice.app.run)
+      return require("sluice.app.run").run(r, script_args, path)
+    elseif type(r) == "table" and type(r.run_cli) == "function" then -- anything else runnable
+      return r:run_cli(script_args, path)
+    end
+    return r
+  end)
+end
+
+-- spawn_main(fn): runs fn as the main task of a command (sluice run, sluice worker): its
+-- return value is the exit status (cli.finish), Ctrl-C calls the on_interrupt handlers (or
+-- cancels every task), failed tasks nobody waited for are reported. Returns nil (the loop
+-- runs) or the exit status when fn finished without waiting.
+function M.spawn_main(fn)
   sched.set_unobserved_hook(function(t)
     state.unobserved = state.unobserved or {}
     table.insert(state.unobserved, t)
@@ -139,16 +157,7 @@ local function cmd_run(args)
     end
   end, "run")
 
-  local main = sched.spawn(function()
-    local results = table.pack(chunk(table.unpack(script_args)))
-    local r = results[1]
-    if require("sluice.graph").is_pipeline(r) then -- a pipeline: run it (sluice.app.run)
-      return require("sluice.app.run").run(r, script_args, path)
-    elseif type(r) == "table" and type(r.run_cli) == "function" then -- anything else runnable
-      return r:run_cli(script_args, path)
-    end
-    return r
-  end)
+  local main = sched.spawn(fn)
   main.name = "main"
   main.observed = true
   state.main = main

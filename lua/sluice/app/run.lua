@@ -35,6 +35,7 @@ options:
   --token TOKEN      dashboard access token
   --linger           keep serving the dashboard after the job finished (until Ctrl-C)
   --grace SECONDS    on Ctrl-C, how long in-flight work may finish (default 10)
+  --broker URL       redis://HOST:PORT: remote stages' units go there (sluice worker serves them)
   --show-config      print the resolved config (secrets redacted) and exit
   --cache PATH       provider result cache (default: ~/.cache/sluice/results.db, shared by every job)
   --no-cache         neither use nor fill the provider result cache
@@ -116,6 +117,7 @@ function M.parse(args)
     elseif a == "--cache" then o.cache, err = value(a)
     elseif a == "--no-cache" then o.no_cache = true
     elseif a == "--dry-run" then o.dry_run = true
+    elseif a == "--broker" then o.broker, err = value(a)
     elseif a == "--grace" then
       local v; v, err = value(a)
       if v then
@@ -383,10 +385,19 @@ function M.run(p, args, script_path)
     close_server()
     return 2
   end
+  -- remote stages (--broker): sluice.app.broker
+  local remote, rerr = require("sluice.app.broker").for_run(p, cfg, o.broker, eprint)
+  if not remote then
+    eprint("sluice run: " .. rerr)
+    close_store()
+    close_server()
+    return 2
+  end
   -- asks test(1) whether stderr is a terminal now, before any work runs (it blocks briefly)
   if not o.quiet then progress.stderr_is_tty() end
   local okstart, job = pcall(p.start, p, { inputs = o.inputs, config = cfg, config_resolved = true,
-    out = out, store = store, job_id = job_id, grace = o.grace, script = script_path, fresh = o.fresh })
+    out = out, store = store, job_id = job_id, grace = o.grace, script = script_path, fresh = o.fresh,
+    executors = remote.executors, limits = remote.limits })
   if not okstart then
     eprint("sluice run: " .. tostring(job))
     close_store()
@@ -451,6 +462,7 @@ function M.run(p, args, script_path)
   end)
 
   local summary = job:wait()
+  remote:finish(job)
   off_int()
   if view then view:stop() end
   for _, c in ipairs(closers) do pcall(c) end

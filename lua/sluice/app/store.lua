@@ -6,6 +6,7 @@
 --   job.memo:get(stage, item_id) -- (waits) stored outputs {{data=,key=,seq=,t0=,t1=}, ...} or nil
 --   job.memo:put(stage, item_id, outputs)
 --   job.memo:put_batch(stage, batch_id, member_ids) / job.memo:batch_plan(stage, item_id)
+--   job.memo:flush()             -- (waits) until what was put is committed
 --   store:detach(job[, status])  -- flushes and marks the job's status
 --
 -- The memo is keyed (memo.keyed): an item's stored outputs are used only when the key it was
@@ -518,6 +519,10 @@ function Memo:put_source(stage, id, mk, parts)
     ON CONFLICT (job, source, id) DO UPDATE SET mkey = excluded.mkey, parts = excluded.parts]],
     self.job_id, tostring(stage), tostring(id), mk, M.serialize(parts) or "{}")
 end
+
+-- memo:flush(): waits until every output put so far is committed (remote stages acknowledge
+-- a result on the broker only after this: sluice.graph.remote).
+function Memo:flush() return self.store:flush() end
 
 local PUT_MEMBER = [[
 INSERT INTO batch_members (job, stage, item, batch, size) VALUES (?, ?, ?, ?, ?)

@@ -18,6 +18,7 @@ local STAGE_OPTIONS = {
   timeout = true, limits = true, order = true, collect = true, join = true, on_gate = true,
   emit = true, estimate = true, tokens = true, name = true, doc = true, description = true,
   params = true, kind = true, version = true, memo = true, hedge = true, cache = true,
+  remote = true,
 }
 
 local function vfail(pname, where, msg)
@@ -111,6 +112,10 @@ local function normalize_stage(pname, name, spec, limits)
     vfail(pname, where, "option 'timeout' must be a positive number of seconds (got " .. show(spec.timeout) .. ")")
   end
   s.timeout = spec.timeout
+  if spec.remote ~= nil and type(spec.remote) ~= "boolean" then
+    vfail(pname, where, "option 'remote' must be true or false (got " .. show(spec.remote) .. ")")
+  end
+  s.remote = spec.remote or nil -- served by `sluice worker` processes when run with --broker
   s.limits = {}
   if spec.limits ~= nil then
     local l = namelist(spec.limits)

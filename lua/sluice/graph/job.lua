@@ -251,7 +251,7 @@ end
 function Job:stats()
   local t = (self.t_end or now())
   local out = { job = self.id, name = self.name, state = self.state, elapsed = t - self.t0,
-    order = self.order, stages = {}, dead = #self.dead }
+    order = self.order, stages = {}, dead = #self.dead, workers = self.remote_workers }
   for _, n in ipairs(self.order) do
     local S = self.nodes[n]
     local st

@@ -7,7 +7,7 @@
 --   permit:release { ok = true, status = 200, tokens = 1530, headers = r.headers }
 --
 -- rate{rpm=, tpm=, concurrency=, adaptive=bool|{min=, max=, start=, decrease=},
---      period=60, burst=1, name=, clock=, timer=}
+--      period=60, burst=1, name=, clock=, timer=, shared=bool}
 --  * rpm: requests started in any `period` seconds (default 60) stay <= rpm. With burst=1
 --    (the default) starts are also spaced period/rpm apart, as providers enforce their
 --    per-minute limits over shorter slices; burst=n lets n start back to back.
@@ -20,6 +20,8 @@
 --    x-ratelimit-reset-* header pauses every acquire until then.
 --  * clock() -> seconds and timer(seconds, fn) -> handle with :close() can be injected
 --    (tests run simulated minutes in milliseconds).
+--  * shared: in a run with --broker, the limit is held in Redis for every process using the
+--    broker (sluice.runtime.shared_limit); without one, it is this process's.
 -- limit.named(name[, spec]) returns the limiter registered under name (creating it from
 -- spec); stages that name the same limiter share it.
 local sched = require "sluice.runtime.sched"
@@ -50,6 +52,7 @@ function M.rate(spec)
   if type(spec) ~= "table" then error("bad argument #1 to 'rate' (table expected)", 2) end
   local self = setmetatable({
     name = spec.name,
+    shared = spec.shared and true or nil, -- held in Redis in runs with --broker (runtime/shared_limit)
     rpm = positive(spec.rpm, "rpm"),
     tpm = positive(spec.tpm, "tpm"),
     period = positive(spec.period, "period") or 60,
