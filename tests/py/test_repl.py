@@ -203,7 +203,7 @@ class Repl(unittest.TestCase):
         t.line("print('spinning') while true do end")
         t.wait(r"^spinning$", after=n)
         t.key("C-c")
-        t.wait(r"^interrupted!", after=n)
+        t.wait(r"^(stdin:\d+: )?interrupted!", after=n)
         t.wait_prompt(after=n)
         self.assertEqual(t.run("'alive'")[1:], ["alive"])
 
@@ -264,6 +264,64 @@ class Repl(unittest.TestCase):
         t = self.term(script)
         t.wait(r"broken\.lua:2: script broke")
         self.assertEqual(t.run("before")[1:], ["set"])
+
+    def test_sl_is_predefined(self):
+        t = self.term()
+        self.assertEqual(norm(t.run("sl == sluice, type(sl.spawn)")[1:]), ["true function"])
+
+    def test_tab_completes_globals_fields_and_methods(self):
+        t = self.term()
+        t.run("box = {alpha = 1, alps = 2, beta = {gamma = 3}}")
+        # one candidate: completed in place (a lazily loaded name of sl too)
+        n = t.wait_prompt()
+        t.type("sl.pipel")
+        t.key("Tab")
+        t.wait(r"^sluice> sl\.pipeline$", after=n - 1)
+        t.key("C-u")
+        # nested fields
+        t.type("box.be")
+        t.key("Tab")
+        t.type(".ga")
+        t.key("Tab")
+        t.wait(r"^sluice> box\.beta\.gamma$", after=n - 1)
+        t.key("Enter")
+        t.wait(r"^3$", after=n)
+        # several candidates: the common part, then Tab Tab lists them all
+        n = t.wait_prompt()
+        t.type("box.a")
+        t.key("Tab")
+        t.wait(r"^sluice> box\.alp$", after=n - 1)
+        t.key("Tab", "Tab")
+        t.wait(r"box\.alpha\s+box\.alps", after=n)
+        t.key("C-u")
+        # methods after ":" (from the metatable's __index), globals with keywords
+        t.run("q = sl.queue(2)")
+        n = t.wait_prompt()
+        t.type("q:pu")
+        t.key("Tab")
+        t.wait(r"^sluice> q:put$", after=n - 1)
+        t.key("C-u")
+        t.type("tostr")
+        t.key("Tab")
+        t.wait(r"^sluice> tostring$", after=n - 1)
+        t.key("C-u")
+        t.type("retu")
+        t.key("Tab")
+        t.wait(r"^sluice> return$", after=n - 1)
+        t.key("C-u")
+        # nothing to complete: the line stays as it was, and the prompt still works
+        t.type("nosuchname.x")
+        t.key("Tab")
+        t.key("C-u")
+        self.assertEqual(t.run("1 + 1")[1:], ["2"])
+
+    def test_help_command(self):
+        t = self.term()
+        out = "\n".join(t.run(":help")[1:])
+        self.assertIn("usage: sluice repl", out)
+        self.assertIn("Tab", out)
+        self.assertIn("sl.load(", out)
+        self.assertEqual(t.run(":nope")[1:], ["unknown prompt command ':nope' (:help lists them)"])
 
     def test_ctrl_d_leaves(self):
         t = self.term()

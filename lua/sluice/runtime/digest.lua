@@ -11,7 +11,8 @@
 --                                -- "3" and 3), tables by their sorted entries
 --   digest.file(path)            -- (waits) {size=, mtime=, sha256=, whole=} on a worker thread:
 --                                -- the SHA-256 of the first and last MiB (of all of it up to 2 MiB)
---   digest.stat(paths)           -- (waits) list: {size=, mtime=} or false (missing) per path
+--   digest.stat(paths)           -- (waits) list: {size=, mtime=} or false (missing) per path,
+--                                   and why: {[i] = "ENOENT" | "EISDIR" | "EACCES" (unreadable) ...}
 --   digest.is_secret(name)       -- true for names that hold credentials (key, secret, token,
 --                                -- password, ...): they never go into keys, stores or messages
 local cdigest = require "sluice.core.digest"
