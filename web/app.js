@@ -423,7 +423,8 @@ function counts(s) {
   const st = s.stat;
   const inflight = state.finished ? 0 : Math.max(0, s.started - s.done - s.dead);
   if (!st) return { done: s.done, inflight, dead: s.dead, retried: s.retried };
-  return { done: Math.max(s.done, st.done ?? 0), inflight: state.finished ? 0 : (st.in_flight ?? inflight),
+  // a source's count is what it emitted
+  return { done: Math.max(s.done, st.kind === "source" ? (st.out ?? st.done ?? 0) : (st.done ?? 0)), inflight: state.finished ? 0 : (st.in_flight ?? inflight),
            dead: Math.max(s.dead, st.dead ?? 0), retried: Math.max(s.retried, st.retried ?? 0) };
 }
 

@@ -222,8 +222,10 @@ local function cmd_run(args)
   end, "run")
 
   return start_main(function()
-    local results = table.pack(chunk(table.unpack(script_args)))
-    local r = results[1]
+    -- called from C (xpcall), the chunk's frame reads "in main chunk" in tracebacks
+    local results = table.pack(xpcall(chunk, sched.capture, table.unpack(script_args)))
+    if not results[1] then error(results[2], 0) end
+    local r = results[2]
     if require("sluice.graph").is_pipeline(r) then -- a pipeline: run it (sluice.app.run)
       return require("sluice.app.run").run(r, script_args, path)
     elseif type(r) == "table" and type(r.run_cli) == "function" then -- anything else runnable

@@ -265,11 +265,14 @@ end
 -- stage settings (stages.<name>.<option>) the graph refuses, providers that do not exist,
 -- cannot do their role or lack a credential, remote models that do not exist, and (for a
 -- pipeline whose inputs are "files") inputs that are not readable files. Shutdown dates are
--- warnings, printed at once.
-function M.preflight(p, cfg, inputs)
+-- warnings, printed at once. With opts.keys_refused (the settings' names were refused
+-- already) the stage settings' values are not checked again.
+function M.preflight(p, cfg, inputs, opts)
   local problems = {}
-  local ok, err = pcall(graph.stages_for_run, p, cfg, p.limits)
-  if not ok then problems[#problems + 1] = tostring(err) end
+  if not (opts and opts.keys_refused) then
+    local ok, err = pcall(graph.stages_for_run, p, cfg, p.limits)
+    if not ok then problems[#problems + 1] = tostring(err) end
+  end
   local okp, pre, perr = pcall(require("sluice.providers.catalog").preflight, cfg,
     { warn = function(line) eprint("sluice: " .. line) end })
   if not okp or not pre then
@@ -280,6 +283,9 @@ function M.preflight(p, cfg, inputs)
   end
   return problems
 end
+
+-- An item's error for a person: without the engine's "file:line: " (SLUICE_DEBUG=1 keeps it).
+local function clean(err) return require("sluice.app.cli").clean_message(err) end
 
 function M.run(p, args, script_path)
   local o, perr = M.parse(args)
@@ -346,8 +352,8 @@ function M.run(p, args, script_path)
   end
   local keys = cfg.strict == false and {} or
     config.check(config.schema(p), { file = file_settings, file_name = o.config, sets = o.sets })
-  if #keys > 0 then return refuse(keys) end
   if o.show_config then
+    if #keys > 0 then return refuse(keys) end
     print(config.format(cfg))
     close_store()
     return 0
@@ -359,7 +365,10 @@ function M.run(p, args, script_path)
     close_store()
     return 2
   end
-  local problems = M.preflight(p, cfg, o.inputs)
+  local problems = keys
+  for _, line in ipairs(M.preflight(p, cfg, o.inputs, { keys_refused = #keys > 0 })) do
+    problems[#problems + 1] = line
+  end
   if #problems > 0 then return refuse(problems) end
 
   -- The dashboard listens before anything is written: an address it cannot have (taken, or
@@ -457,7 +466,7 @@ function M.run(p, args, script_path)
         local where = tostring(ev.stage) .. (ev.key ~= nil and (" " .. tostring(ev.key)) or "") ..
           (ev.seq ~= nil and ("#" .. tostring(ev.seq)) or "")
         if e == "item_dead" then
-          view:note(string.format("failed: %s: %s%s", where, tostring(ev.error),
+          view:note(string.format("failed: %s: %s%s", where, clean(ev.error),
             (ev.attempt or 0) > 1 and (" (after " .. ev.attempt .. " stage attempts)") or ""))
         else
           view:note(where .. ": " .. tostring(ev.message))
@@ -491,11 +500,11 @@ function M.run(p, args, script_path)
         break
       end
       eprint(string.format("  %s %s%s: %s%s", d.stage, tostring(d.key or ""),
-        d.seq and ("#" .. tostring(d.seq)) or "", d.error,
+        d.seq and ("#" .. tostring(d.seq)) or "", clean(d.error),
         d.attempts and d.attempts > 1 and (" (after " .. d.attempts .. " stage attempts)") or ""))
     end
   end
-  if summary.error then eprint("sluice run: job failed: " .. tostring(summary.error)) end
+  if summary.error then eprint("sluice run: job failed: " .. clean(summary.error)) end
   if interrupted and not o.quiet then
     eprint("sluice run: stopped by interrupt (" .. summary.state .. ")")
   end

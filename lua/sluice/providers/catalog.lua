@@ -340,7 +340,8 @@ function M.names(conf)
   local P = require "sluice.providers"
   local roles, seen = {}, {}
   for r in pairs(type(conf.providers) == "table" and conf.providers or {}) do
-    if type(r) == "string" then roles[#roles + 1] = r; seen[r] = true end
+    -- (a role no provider has is the settings' check's to report: an unknown key)
+    if type(r) == "string" and (P.ROLES[r] or #P.list(r) > 0) then roles[#roles + 1] = r; seen[r] = true end
   end
   for r in pairs(P.ROLES) do
     if not seen[r] and select(2, P.name_for(r, conf)) then roles[#roles + 1] = r end
