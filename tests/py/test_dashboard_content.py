@@ -31,7 +31,7 @@ import aiohttp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fakeapi"))
-from test_dashboard_browser import CDP, CHROMIUM  # noqa: E402
+from test_dashboard_browser import chromium  # noqa: E402
 import fakeserver  # noqa: E402
 
 SOURCE = os.environ.get("SLUICE_SOURCE_DIR", os.getcwd())
@@ -102,44 +102,9 @@ class Browser:
 
 
 async def with_browser(fn):
-    profile = tempfile.mkdtemp(prefix="sluice-chromium-")
-    chrome = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                               "--no-first-run", "--disable-background-networking",
-                               "--disable-component-update", "--disable-sync",
-                               "--user-data-dir=" + profile, "--remote-debugging-port=0",
-                               "--window-size=1280,900", "about:blank"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        port = None
-        deadline = time.time() + 30
-        while port is None:
-            line = chrome.stderr.readline()
-            assert line or chrome.poll() is None, "chromium exited"
-            m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
-            if m:
-                port = int(m.group(1))
-            assert time.time() < deadline, "chromium did not start"
-        async with aiohttp.ClientSession() as http:
-            async with http.get("http://127.0.0.1:%d/json/list" % port) as r:
-                targets = await r.json()
-            page = next(t for t in targets if t["type"] == "page")
-            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                cdp = CDP(ws)
-                await cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=900,
-                               deviceScaleFactor=1, mobile=False)
-                await cdp.call("Page.enable")
-                await cdp.call("Runtime.enable")
-                b = Browser(cdp)
-                await fn(b)
-                assert not cdp.exceptions, "script errors on the page: %s" % cdp.exceptions
-    finally:
-        chrome.terminate()
-        try:
-            chrome.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            chrome.kill()
-            chrome.wait()
-        shutil.rmtree(profile, ignore_errors=True)
+    async with chromium(900) as cdp:
+        await fn(Browser(cdp))
+        assert not cdp.exceptions, "script errors on the page: %s" % cdp.exceptions
 
 
 # ---- the lecture, live ------------------------------------------------------------------
@@ -435,10 +400,7 @@ def main():
             lv = os.path.join(work, "live")
             evs = run_pipeline("live_monitor.lua", [os.path.join(samp, "filter", "person_a.mp4")], lv,
                                "--set", "periodic=2")
-
-            async def check_live_and_layouts(b2, evs2):
-                return await check_live(b2, evs2)
-            detail, shot = await served(b, lv, evs, check_live_and_layouts, "dashboard-live.png")
+            detail, shot = await served(b, lv, evs, check_live, "dashboard-live.png")
             results.append("live monitor: %s; %s" % (detail, shot))
             # the layouts, on a page of a `sluice serve`
             s = subprocess.Popen([BIN, "serve", "--store", os.path.join(lv, "sluice.db"), "127.0.0.1:0"],

@@ -22,27 +22,18 @@ function Obj:__tostring()
   return string.format("gemini %s provider (%s, model %s)", self.role, self.base_url, self.model)
 end
 
-local function endpoint(cfg)
-  local base = cfg.base_url or os.getenv("GEMINI_BASE_URL") or
-    "https://generativelanguage.googleapis.com/v1beta"
-  return base, cfg.api_key or os.getenv("GEMINI_API_KEY")
-end
+local ENDPOINT = { base_env = "GEMINI_BASE_URL", base = "https://generativelanguage.googleapis.com/v1beta",
+  key_env = "GEMINI_API_KEY", host = "googleapis%.com" }
 
 -- needs(cfg) -> what a request cannot go without: a key for Google's API (a test server at
 -- another base URL may take none).
-function M.needs(cfg)
-  local base, key = endpoint(cfg)
-  if (key == nil or key == "") and base:match("^https?://[^/]*googleapis%.com") then
-    return { { what = "an API key", env = "GEMINI_API_KEY", setting = "api_key" } }
-  end
-  return {}
-end
+function M.needs(cfg) return select(3, P.endpoint(cfg, ENDPOINT)) end
 
 function M.new(cfg, role)
   role = role or "llm"
-  local base, key = endpoint(cfg)
+  local base, key = P.endpoint(cfg, ENDPOINT)
   local self = setmetatable({
-    role = role, base_url = (base:gsub("/+$", "")),
+    role = role, base_url = base,
     model = cfg[role .. "_model"] or cfg.model or catalog.default_model("gemini", role),
     temperature = cfg.temperature, max_tokens = cfg.max_tokens, vlm_prompt = cfg.vlm_prompt,
     thinking_budget = cfg.thinking_budget, concurrency = cfg.concurrency or 4,

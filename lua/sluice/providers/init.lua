@@ -112,6 +112,20 @@ function M.get(role, name, cfg)
   return mod.new(cfg or {}, role)
 end
 
+-- endpoint(cfg, spec) -> base URL (no trailing "/"), key, needs: a vendor's API from cfg
+-- (base_url, api_key) or the environment; spec = {base_env=, base=, key_env=, host=}. needs
+-- (as a module's needs() returns it) asks for the key when the base URL is the vendor's own
+-- host (a Lua pattern): a local server at another URL may take none.
+function M.endpoint(cfg, spec)
+  local base = (cfg.base_url or os.getenv(spec.base_env) or spec.base):gsub("/+$", "")
+  local key = cfg.api_key or os.getenv(spec.key_env)
+  local needs = {}
+  if (key == nil or key == "") and base:match("^https?://[^/]*" .. spec.host) then
+    needs[1] = { what = "an API key", env = spec.key_env, setting = "api_key" }
+  end
+  return base, key, needs
+end
+
 -- missing(role, name, cfg) -> what provider `name` lacks to do role with settings cfg (and the
 -- environment): one line each, naming the variable to set; empty when nothing is missing.
 -- A provider module says it with needs(cfg, role) -> {{what=, env=, setting=}, ...}.
