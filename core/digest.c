@@ -9,8 +9,10 @@
  *       last MiB (of the whole file when it is at most 2 MiB: whole = true).
  *   digest.file(path, done, true) -> the same with the SHA-256 of all of the file, whatever its
  *       size (whole = true): what it holds, for content-addressed keys.
- *   digest.stat(paths, done) -> job: done(list) where list[i] is {size=, mtime=} for a
- *       regular file and false for a path that is missing (or not a regular file).
+ *   digest.stat(paths, done) -> job: done(list, why) where list[i] is {size=, mtime=} for a
+ *       regular file and false for a path that is missing (or not a regular file); why[i]
+ *       is the error's name for those ("ENOENT", "EISDIR" for anything not a regular file,
+ *       ...) and "EACCES" for a regular file this process cannot read.
  *
  * SHA-256 as FIPS 180-4 specifies it (checked against sha256sum by the tests).
  */
@@ -438,6 +440,7 @@ typedef struct stat_job {
   int n;
   char **paths;
   int *found;
+  int *err; /* a uv error code, or 0 */
   int64_t *size;
   double *mtime;
 } stat_job;
@@ -447,10 +450,13 @@ static void stat_run(sl_job *job, void *data) {
   stat_job *s = data;
   for (int i = 0; i < s->n; i++) {
     struct stat st;
-    s->found[i] = stat(s->paths[i], &st) == 0 && S_ISREG(st.st_mode);
+    int rc = stat(s->paths[i], &st);
+    s->found[i] = rc == 0 && S_ISREG(st.st_mode);
+    s->err[i] = rc != 0 ? uv_translate_sys_error(errno) : (s->found[i] ? 0 : UV_EISDIR);
     if (s->found[i]) {
       s->size[i] = (int64_t)st.st_size;
       s->mtime[i] = mtime_of(&st);
+      if (access(s->paths[i], R_OK) != 0) s->err[i] = uv_translate_sys_error(errno);
     }
   }
 }
@@ -470,7 +476,13 @@ static int stat_finish(lua_State *L, void *data) {
     }
     lua_rawseti(L, -2, i + 1);
   }
-  return 1;
+  lua_createtable(L, 0, 0);
+  for (int i = 0; i < s->n; i++) {
+    if (!s->err[i]) continue;
+    lua_pushstring(L, uv_err_name(s->err[i]));
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 2;
 }
 
 static void stat_free(void *data) {
@@ -479,6 +491,7 @@ static void stat_free(void *data) {
     for (int i = 0; i < s->n; i++) free(s->paths[i]);
   free(s->paths);
   free(s->found);
+  free(s->err);
   free(s->size);
   free(s->mtime);
   free(s);
@@ -502,9 +515,10 @@ static int l_stat(lua_State *L) {
   size_t m = n > 0 ? (size_t)n : 1;
   s->paths = calloc(m, sizeof *s->paths);
   s->found = calloc(m, sizeof *s->found);
+  s->err = calloc(m, sizeof *s->err);
   s->size = calloc(m, sizeof *s->size);
   s->mtime = calloc(m, sizeof *s->mtime);
-  int oom = !s->paths || !s->found || !s->size || !s->mtime;
+  int oom = !s->paths || !s->found || !s->err || !s->size || !s->mtime;
   for (lua_Integer i = 1; i <= n && !oom; i++) {
     lua_rawgeti(L, 1, i); /* a string (checked above) */
     s->paths[i - 1] = strdup(lua_tostring(L, -1));

@@ -11,6 +11,11 @@
  * typed meanwhile wait in the terminal. readline may already have read keys beyond the
  * line (typed ahead or pasted): it turns them into further queued lines, which Lua gets one
  * at a time, each after it has shown the next prompt.
+ *
+ * Tab completion: readline asks for the word before the cursor; a Lua function set with
+ * repl.set_completer(fn) is called with it (fn(word, line) -> list of whole words that may
+ * replace it) and readline shows or inserts them. Only the calling is here: what a word may
+ * become is the Lua REPL's business.
  */
 #include <fcntl.h>
 #include <readline/history.h>
@@ -37,15 +42,62 @@ static struct {
   int installed; /* readline's line handler is installed */
   int busy;      /* Lua is working on a line: no prompt, stdin not polled */
   int line_ref;
+  int complete_ref; /* the Lua completer, or LUA_NOREF */
+  char **cands;     /* the completer's last answer, handed to readline one at a time */
+  int ncands, next_cand;
   char *prompt;
   /* Lines readline finished that Lua has not taken yet; a NULL entry is end of input. */
   char *queue[MAX_QUEUED];
   int qhead, qlen;
-} repl = {.line_ref = LUA_NOREF};
+} repl = {.line_ref = LUA_NOREF, .complete_ref = LUA_NOREF};
 
 static void on_stdin(uv_poll_t *h, int status, int events);
 
 static void start_idle(void);
+
+static void free_cands(void) {
+  for (int i = 0; i < repl.ncands; i++) free(repl.cands[i]);
+  free(repl.cands);
+  repl.cands = NULL;
+  repl.ncands = repl.next_cand = 0;
+}
+
+/* readline's generator: the completer's answers, one per call, then NULL. */
+static char *next_candidate(const char *text, int state) {
+  (void)text;
+  if (state == 0) repl.next_cand = 0;
+  if (repl.next_cand >= repl.ncands) return NULL;
+  return strdup(repl.cands[repl.next_cand++]);
+}
+
+/* readline's completion hook: asks the Lua completer about the word text (line[start..end)). */
+static char **complete(const char *text, int start, int end) {
+  (void)start;
+  (void)end;
+  rl_attempted_completion_over = 1; /* never fall back to file names */
+  if (repl.complete_ref == LUA_NOREF || !repl.L) return NULL;
+  lua_State *L = repl.L;
+  free_cands();
+  sl_push_ref(L, repl.complete_ref);
+  lua_pushstring(L, text);
+  lua_pushstring(L, rl_line_buffer ? rl_line_buffer : "");
+  if (sl_call(L, 2, 1) != LUA_OK) return NULL;
+  if (lua_istable(L, -1)) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    if (n > 10000) n = 10000;
+    repl.cands = calloc(n > 0 ? (size_t)n : 1, sizeof *repl.cands);
+    for (lua_Integer i = 1; repl.cands && i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      const char *s = lua_tostring(L, -1);
+      if (s && (repl.cands[repl.ncands] = strdup(s))) repl.ncands++;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  if (repl.ncands == 0) return NULL;
+  rl_completion_append_character = '\0'; /* a table's name is followed by "." or ":", not a space */
+  return rl_completion_matches(text, next_candidate);
+}
 
 static void line_handler(char *line) {
   if (repl.qlen < MAX_QUEUED) {
@@ -119,6 +171,10 @@ static int l_start(lua_State *L) {
   rl_catch_signals = 0;
   rl_catch_sigwinch = 1;
   rl_readline_name = "sluice";
+  rl_attempted_completion_function = complete;
+  /* a word is a dotted name: Lua's operators and brackets end it, "." and ":" do not */
+  rl_basic_word_break_characters = " \t\n\"'`<>=;|&{}()[],+-*/%^#~";
+  rl_completer_word_break_characters = rl_basic_word_break_characters;
   repl.busy = 1;
   if (!repl.installed) rl_callback_handler_install("", line_handler);
   repl.installed = 1;
@@ -146,6 +202,15 @@ static int l_show(lua_State *L) {
   if (repl.poll_open) uv_poll_start(&repl.poll, UV_READABLE, on_stdin);
   /* Keys readline read ahead but has not processed yet do not make stdin readable. */
   if (_rl_pushed_input_available()) rl_callback_read_char();
+  return 0;
+}
+
+/* repl.set_completer(fn): Tab asks fn(word, line) for the words that may replace word (a
+ * list of strings); nil turns completion off. */
+static int l_set_completer(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  sl_unref(L, &repl.complete_ref);
+  if (!lua_isnoneornil(L, 1)) repl.complete_ref = sl_ref(L, 1);
   return 0;
 }
 
@@ -250,6 +315,8 @@ static int l_stop(lua_State *L) {
     repl.qlen--;
   }
   sl_unref(L, &repl.line_ref);
+  sl_unref(L, &repl.complete_ref);
+  free_cands();
   free(repl.prompt);
   repl.prompt = NULL;
   return 0;
@@ -278,6 +345,7 @@ int luaopen_sluice_repl(lua_State *L) {
                                    {"show", l_show},
                                    {"print", l_print},
                                    {"clear_line", l_clear_line},
+                                   {"set_completer", l_set_completer},
                                    {"history_load", l_history_load},
                                    {"history_add", l_history_add},
                                    {"history_save", l_history_save},

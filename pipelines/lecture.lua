@@ -76,7 +76,8 @@ end
 local function emit_entries(ctx, entries)
   for _, e in ipairs(entries) do
     local seq = e.seq or (e.window + 1)
-    ctx:event("fused", { seq = seq, t0 = e.t0, t1 = e.t1, slide_text = e.slide_text, speech = e.speech })
+    ctx:event("fused", { seq = seq, t0 = e.t0, t1 = e.t1, slide_text = e.slide_text, speech = e.speech,
+      slide_path = e.slide_path })
     ctx:emit(e, { seq = seq, t0 = e.t0, t1 = e.t1 })
   end
 end
@@ -97,6 +98,8 @@ return sl.pipeline "lecture" {
     fusion = "by_slide",
     window = 30,
   },
+  settings = { keep_chunks = "keep the WAV chunks in DIR/audio (default: removed once transcribed)" },
+  inputs = "files",
   sources = { video = sl.inputs() },
   limits = { model_quota = sl.semaphore(6) },
   stages = {
@@ -108,6 +111,7 @@ return sl.pipeline "lecture" {
         local c = env.data
         local r, err = provider(ctx, "stt"):transcribe({ path = c.path, t0 = c.t0, t1 = c.t1 })
         check(r, err, string.format("stt chunk %d (%.1f-%.1f s)", c.seq, c.t0, c.t1))
+        ctx:event("speech", { seq = c.seq, t0 = c.t0, t1 = c.t1, text = stages.text_of(r) })
         return { seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, segments = r.segments or {}, text = r.text,
           provider = r.provider }
       end,
@@ -167,7 +171,8 @@ return sl.pipeline "lecture" {
           slides[i] = { seq = env.data.seq, t = env.data.t, path = env.data.path,
             text = d.text or d.description or "", confidence = d.confidence, provider = d.provider }
         end
-        ctx:event("slides", { count = #slides, first = slides[1].seq, last = slides[#slides].seq })
+        ctx:event("slides", { count = #slides, first = slides[1].seq, last = slides[#slides].seq,
+          slides = slides })
         return { slides = slides }
       end,
     },

@@ -256,7 +256,7 @@ local function request(ctx, st, frame, reason, detail)
   st.pending = { seq = frame.seq, t = frame.t, path = frame.path, reason = reason, detail = detail,
     captured_wall = frame.wall }
   log_record(st, { type = "request", t = frame.t, seq = frame.seq, reason = reason, detail = detail,
-    pending = true }, ctx)
+    pending = true, path = frame.path }, ctx)
   dispatch(ctx, st)
   local a = ctx.job.stages.analyse
   local backlog = a.in_flight + a.queue + (st.pending and 1 or 0)
@@ -302,6 +302,8 @@ return sl.pipeline "live_monitor" {
     min_score = 0.5, periodic = 10, concurrency = 2, duration = 0, realtime = "auto", reader = "auto",
     keep_frames = false, prompt = "Describe what happens in this frame of a live camera in one sentence.",
   },
+  settings = { every = "seconds between frames (instead of fps)" },
+  inputs = "files",
   sources = {
     capture = function(ctx)
       local media = require "sluice.media"

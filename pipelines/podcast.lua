@@ -50,6 +50,13 @@ return sl.pipeline "podcast" {
     summary_sentences = 3,
     keywords = 8,
   },
+  settings = {
+    limit = "at most this many episodes per feed",
+    download_timeout = "seconds a download may take",
+    keep_chunks = "keep the WAV chunks (default: removed once transcribed)",
+    chapter_window = "seconds of speech per chapter",
+  },
+  inputs = "files",
   sources = {
     -- Episodes of the feeds (and media given directly). A feed that cannot be read is an item
     -- that fails at download (a dead letter: on the terminal, in index.json's failed, exit 1);
@@ -99,7 +106,7 @@ return sl.pipeline "podcast" {
         st.titles = st.titles or {}
         st.titles[env.key] = it.title
         ctx:event("downloaded", { path = path, bytes = info.bytes, skipped = info.skipped or nil,
-          resumed = info.resumed or nil })
+          resumed = info.resumed or nil, title = it.title, duration = duration })
         return { key = env.key, title = it.title, path = path, url = it.url, duration = duration,
           published = it.published, feed = it.feed_title }
       end,
@@ -113,6 +120,7 @@ return sl.pipeline "podcast" {
         local c = env.data
         local r, err = provider(ctx, "stt"):transcribe({ path = c.path, t0 = c.t0, t1 = c.t1 })
         if not r then error(string.format("stt %s chunk %d (%.1f-%.1f s): %s", env.key, c.seq, c.t0, c.t1, err), 0) end
+        ctx:event("speech", { seq = c.seq, t0 = c.t0, t1 = c.t1, text = stages.text_of(r) })
         return { seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, segments = r.segments or {}, text = r.text }
       end,
     },
@@ -137,7 +145,8 @@ return sl.pipeline "podcast" {
         if not ctx.config.keep_chunks then
           for _, c in ipairs(chunks) do if c.path then os.remove(c.path) end end
         end
-        ctx:event("transcript", { words = #text.words(merged.text), chunks = #chunks })
+        ctx:event("transcript", { words = #text.words(merged.text), chunks = #chunks, duration = duration,
+          preview = stages.preview(merged.text, 1500) })
         return { key = key, duration = duration, text = merged.text, segments = segs }
       end,
     },
@@ -174,7 +183,8 @@ return sl.pipeline "podcast" {
         local dir = episode_dir(ctx, tr.key)
         meta.transcript = dir .. "/transcript.json"
         write_json(dir .. "/metadata.json", meta)
-        ctx:event("metadata", { title = meta.title, keywords = meta.keywords })
+        ctx:event("metadata", { title = meta.title, keywords = meta.keywords, summary = meta.summary,
+          chapters = #meta.chapters })
         return meta
       end,
     },

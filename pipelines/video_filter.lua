@@ -81,13 +81,14 @@ return sl.pipeline "video_filter" {
     end
     return true
   end,
+  inputs = "files",
   sources = { videos = sl.inputs() },
   stages = {
     download = {
       from = "videos", workers = 2, retry = { attempts = 3 },
       run = function(env, ctx)
         local src = env.data
-        local key = stages.slug((tostring(env.key):gsub("%.[%w]+$", "")))
+        local key = stages.safe_name((tostring(env.key):gsub("%.[%w]+$", "")))
         local path, info = stages.fetch({ url = stages.is_url(src) and src or nil,
           path = (not stages.is_url(src)) and src or nil, key = key },
           stages.out_dir(ctx, nil, "downloads"))
@@ -161,7 +162,13 @@ return sl.pipeline "video_filter" {
           if not r or r.status ~= 0 then error("filter: copy to " .. kept_dir .. " failed: " .. tostring(e or r.stderr), 0) end
         end
         if ctx.config.cleanup then sl.exec({ "rm", "-rf", v.folder }) end
-        ctx:event("filtered", { video = v.video, kept = #to_copy, total = #out })
+        local kept_frames, dropped = {}, {}
+        for _, rec in ipairs(out) do
+          if rec.kept then kept_frames[#kept_frames + 1] = { t = rec.t, path = rec.path, reason = rec.reason }
+          else dropped[rec.reason] = (dropped[rec.reason] or 0) + 1 end
+        end
+        ctx:event("filtered", { video = v.video, kept = #to_copy, total = #out, frames = kept_frames,
+          dropped = dropped })
         return { video = v.video, folder = kept_dir, frames = out }
       end,
     },
@@ -173,7 +180,7 @@ return sl.pipeline "video_filter" {
         table.sort(items, function(a, b) return a.data.video < b.data.video end)
         local limit = ctx.config.change
         local manifest, kept_list = {}, {}
-        local kept, dropped_dups = 0, 0
+        local kept, dropped_dups, removed = 0, 0, {}
         for _, env in ipairs(items) do
           for _, rec in ipairs(env.data.frames) do
             manifest[#manifest + 1] = rec
@@ -194,6 +201,7 @@ return sl.pipeline "video_filter" {
                   other.t, best_c * 100)
                 rec.duplicate_of = { video = other.video, t = other.t }
                 rec.changed = best_c
+                removed[#removed + 1] = { video = rec.video, t = rec.t, path = rec.path }
                 os.remove(rec.path)
                 rec.path = nil
                 dropped_dups = dropped_dups + 1
@@ -207,7 +215,7 @@ return sl.pipeline "video_filter" {
         write_json(stages.out_dir(ctx, nil, nil) .. "/manifest.json", { classes = classes_of(ctx.config),
           min_score = ctx.config.min_score, change = limit, kept = kept, duplicates = dropped_dups,
           frames = manifest })
-        ctx:event("dedup", { kept = kept, duplicates = dropped_dups })
+        ctx:event("dedup", { kept = kept, duplicates = dropped_dups, removed = removed })
         return { kept = kept, duplicates = dropped_dups, frames = #manifest }
       end,
     },

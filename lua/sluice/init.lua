@@ -630,6 +630,7 @@ local lazy = {
   audio_chunks = "sluice.blocks.stages", capture = "sluice.blocks.stages",
 }
 setmetatable(M, {
+  __complete = lazy, -- the names __index makes on first use (the REPL's Tab completion lists them)
   __index = function(t, k)
     local modname = lazy[k]
     if not modname then return nil end

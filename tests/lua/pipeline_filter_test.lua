@@ -73,8 +73,8 @@ T.case("person frames kept, cross-video near-duplicates removed, bad video fails
   -- person_a at 8 s and person_b at 2 s are the same moment of the footage.
   local a8, b2
   for _, f in ipairs(m.frames) do
-    if f.video == "person-a" and math.abs(f.t - 8) < 0.2 then a8 = f end
-    if f.video == "person-b" and math.abs(f.t - 2) < 0.2 then b2 = f end
+    if f.video == "person_a" and math.abs(f.t - 8) < 0.2 then a8 = f end
+    if f.video == "person_b" and math.abs(f.t - 2) < 0.2 then b2 = f end
   end
   T.ok(a8.kept or a8.duplicate_of, "a person at 8 s")
   T.ok(not (a8.kept and b2.kept), "the same moment is not kept twice")
@@ -88,7 +88,7 @@ T.case("person frames kept, cross-video near-duplicates removed, bad video fails
     end
   end
   -- cleanup=true: raw frame folders are gone; kept/ holds only kept frames.
-  T.ok(not P.exists(out .. "/frames/person-a/frames.json"), "raw frames removed")
+  T.ok(not P.exists(out .. "/frames/person_a/frames.json"), "raw frames removed")
   local files = P.sh("find " .. out .. "/kept -type f | wc -l"):gsub("%s+", "")
   T.eq(tonumber(files), #kept)
   P.rm(out)

@@ -17,6 +17,17 @@ T.case("resolve relative references against URLs and paths", function()
   T.eq(stages.slug("Episode 2: Queues & Co!"), "episode-2-queues-co")
 end)
 
+T.case("safe_name keeps a name as it is, except what a file name cannot hold", function()
+  T.eq(stages.safe_name("book_copy"), "book_copy")
+  T.eq(stages.safe_name("Episode 2: Queues & Co!"), "Episode 2: Queues & Co!")
+  T.eq(stages.safe_name("a/b\0c\nd"), "a_b_c_d")
+  T.eq(stages.safe_name(".."), "_..")
+  T.eq(stages.safe_name(""), "item")
+  -- cut at a character boundary: "é" is two bytes, never split
+  T.eq(stages.safe_name("ab" .. ("é"):rep(3), 5), "abé")
+  T.eq(stages.safe_name("ab" .. ("é"):rep(3), 6), "abéé")
+end)
+
 T.case("a feed file expands into its episodes; bad inputs are errors, not failures", function()
   local dir = P.sample("podcast") .. "/podcast"
   local items, errors = stages.expand_inputs { dir .. "/feed.xml", dir .. "/episode2.m4a",

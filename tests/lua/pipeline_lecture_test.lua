@@ -178,7 +178,9 @@ T.case("a corrupt video: exit status 1, one line per failed stage naming the inp
   P.write(bad, "not a video\n")
   local r = P.run({ "pipelines/lecture.lua", bad, "--out", out .. "/o", "--quiet", "--no-store" })
   T.eq(r.status, 1, r.stderr)
-  T.ok(r.stderr:find("audio_chunks " .. bad .. ": " .. bad .. ": Invalid data found when processing input", 1, true), r.stderr)
+  -- the path once, then the cause
+  T.ok(r.stderr:find("audio_chunks " .. bad .. ": Invalid data found when processing input", 1, true), r.stderr)
+  T.ok(not r.stderr:find(bad .. ": " .. bad, 1, true), r.stderr)
   T.ok(r.stderr:find("capture " .. bad .. ": ", 1, true), r.stderr)
   P.rm(out)
 end)
@@ -196,7 +198,7 @@ T.case("a video without audio: the audio stage fails, the slides are still fused
   local silent = sample_without(out .. "/silent.mp4", "-an")
   local r = P.run({ "pipelines/lecture.lua", silent, "--out", out .. "/o", "--no-store" })
   T.eq(r.status, 1, r.stderr)
-  T.ok(r.stderr:find("audio_chunks " .. silent .. ": " .. silent .. ": no audio stream", 1, true), r.stderr)
+  T.ok(r.stderr:find("audio_chunks " .. silent .. ": no audio stream", 1, true), r.stderr)
   T.ok(r.stderr:find("no transcript for silent.mp4: slides without speech", 1, true), r.stderr)
   T.ok(r.stderr:find("1 item failed", 1, true), r.stderr)
   local dir = out .. "/o"

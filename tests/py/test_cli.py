@@ -1,6 +1,7 @@
 # The sluice command line: exit statuses, error messages, SIGINT handling, help/version,
 # and a working `cmake --install`. Spawns the real binary.
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,17 +133,51 @@ class HelpAndVersion(unittest.TestCase):
         self.assertEqual(code, 0)
         self.assertRegex(out, r"^sluice \d+\.\d+\.\d+ \(Lua 5\.4\)\n$")
 
-    def test_help(self):
+    @staticmethod
+    def commands_in_tree():
+        """Every command, as the source tree has them: run and repl (cli.lua), each module of
+        lua/sluice/app/cmd/ with a USAGE, version and help."""
+        d = os.path.join(SOURCE, "lua", "sluice", "app", "cmd")
+        mods = sorted(f[:-4] for f in os.listdir(d)
+                      if f.endswith(".lua") and "M.USAGE" in open(os.path.join(d, f)).read())
+        return ["run", "repl"] + mods + ["version", "help"]
+
+    def test_help_lists_every_command(self):
+        expected = self.commands_in_tree()
+        self.assertIn("jobs", expected)
+        self.assertIn("serve", expected)
         for args in (["--help"], ["help"], ["-h"]):
             code, out, _ = run(args)
             self.assertEqual(code, 0)
-            self.assertIn("run SCRIPT.lua", out)
+            listed = re.findall(r"^  (\w+) +\S", out.split("commands:\n", 1)[1], re.M)
+            self.assertEqual(listed, expected, out)
+        code, _, err = run([])
+        self.assertEqual(code, 2)
+        self.assertIn("  jobs ", err)
+
+    def test_help_of_each_command(self):
+        for name in self.commands_in_tree():
+            code, out, err = run(["help", name])
+            self.assertEqual(code, 0, err)
+            self.assertTrue(out.startswith("usage: sluice " + name), out)
+            # the one-line summary in the list is this text's first sentence
+            _, listing, _ = run(["--help"])
+            summary = re.search(r"^  %s +(.*)$" % name, listing, re.M).group(1)
+            body = " ".join(out.split("\n\n", 1)[1].split())
+            self.assertTrue(body.startswith(summary), (summary, body[:120]))
         code, out, _ = run(["help", "run"])
-        self.assertEqual(code, 0)
-        self.assertIn("usage: sluice run SCRIPT.lua", out)
+        self.assertIn("--set KEY=VALUE", out)  # the pipeline options come with it
         self.assertEqual(run(["run", "--help"])[0], 0)
-        self.assertEqual(run(["help", "repl"])[0], 0)
-        self.assertEqual(run(["help", "nope"])[0], 2)
+
+    def test_unknown_command_or_topic_is_one_line_with_a_suggestion(self):
+        code, _, err = run(["help", "nope"])
+        self.assertEqual(code, 2)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("no command 'nope'", err)
+        code, _, err = run(["jbos"])
+        self.assertEqual(code, 2)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("unknown command 'jbos' (did you mean 'jobs'?)", err)
 
 
 class Interrupt(unittest.TestCase):
@@ -251,6 +286,18 @@ class Install(unittest.TestCase):
             # the modules come from the install, not from the source tree
             self.assertEqual(os.path.realpath(lines[1]),
                              os.path.realpath(os.path.join(prefix, "share", "sluice", "lua")))
+            # the manual page is installed, made of the same texts as `sluice help CMD`
+            page = os.path.join(prefix, "share", "man", "man1", "sluice.1")
+            self.assertTrue(os.path.isfile(page))
+            shown = subprocess.run(["man", "-l", page], capture_output=True, text=True, timeout=60,
+                                   env=dict(env, MANWIDTH="200", LANG="C", MAN_KEEP_FORMATTING="0")).stdout
+            shown = re.sub(r".\x08", "", shown)
+            shown_lines = {" ".join(l.split()) for l in shown.splitlines()}
+            for name in HelpAndVersion.commands_in_tree():
+                p = subprocess.run([exe, "help", name], capture_output=True, text=True, timeout=60, env=env, cwd=prefix)
+                for line in p.stdout.splitlines():
+                    if line.strip():
+                        self.assertIn(" ".join(line.split()), shown_lines, "%s: %r" % (name, line))
 
 
 if __name__ == "__main__":

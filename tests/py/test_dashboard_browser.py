@@ -4,6 +4,7 @@
 # segment appear and the summary stream in, and saves a screenshot to
 # $SLUICE_BUILD_DIR/artifacts/dashboard.png.
 import asyncio
+import contextlib
 import base64
 import json
 import os
@@ -61,13 +62,15 @@ class CDP:
         return r["result"].get("value")
 
 
-async def drive(start_run, shot, no_store=False):
+@contextlib.asynccontextmanager
+async def chromium(height=860):
+    """Headless Chromium with one page, driven over the DevTools protocol: yields its CDP."""
     profile = tempfile.mkdtemp(prefix="sluice-chromium-")
     chrome = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                                "--no-first-run", "--disable-background-networking",
                                "--disable-component-update", "--disable-sync",
                                "--user-data-dir=" + profile, "--remote-debugging-port=0",
-                               "--window-size=1280,860", "about:blank"],
+                               "--window-size=1280,%d" % height, "about:blank"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         port = None
@@ -85,50 +88,11 @@ async def drive(start_run, shot, no_store=False):
             page = next(t for t in targets if t["type"] == "page")
             async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                 cdp = CDP(ws)
-                await cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=860,
+                await cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=height,
                                deviceScaleFactor=1, mobile=False)
                 await cdp.call("Page.enable")
                 await cdp.call("Runtime.enable")
-                url = start_run()  # the run starts once the browser is ready
-                await cdp.call("Page.navigate", url=url)
-                done_expr = ("(() => { const td = document.querySelector("
-                             "'#stages tr[data-stage=\"a\"] td.done'); return td ? +td.textContent : null })()")
-                fused_expr = ("[...document.querySelectorAll('#results li.result[data-stage=\"b\"]')]"
-                              ".map(li => li.textContent)")
-                seen = []
-                fused = []
-                deadline = time.time() + 40
-                while time.time() < deadline:
-                    v = await cdp.eval(done_expr)
-                    if v is not None and (not seen or v != seen[-1]):
-                        seen.append(v)
-                    fused = await cdp.eval(fused_expr) or []
-                    if len(seen) >= 3 and fused and seen[-1] >= 20:
-                        break
-                    await asyncio.sleep(0.1)
-                assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] > seen[0], \
-                    "counts did not rise on the page: %s" % seen
-                assert any("fused(text-" in f for f in fused), "no fused segment on the page: %s" % fused
-                summary = await cdp.eval("document.getElementById('summary').textContent")
-                assert re.search(r"segment \d+ ", summary), summary
-                queue = await cdp.eval("document.querySelector('#stages tr[data-stage=\"b\"]')"
-                                       ".children[3].textContent")
-                assert queue.isdigit(), "no queue depth from the engine's stats: %r" % queue
-                conn = await cdp.eval("document.getElementById('conn').textContent")
-                assert conn == "live", conn
-                # the slide thumbnail came through /files/ and decoded as an image
-                thumb_w = await cdp.eval("(() => { const i = document.querySelector('#results li.result img');"
-                                         " return i && i.complete ? i.naturalWidth : null })()")
-                assert thumb_w == 64, "no slide thumbnail on the page: %r" % thumb_w
-                # the live job is listed, with or without a job store
-                listed = await cdp.eval("[...document.querySelectorAll('#jobs li[data-id]')].map(li => li.dataset.id)")
-                assert listed and listed[0] == "lecture-1", "jobs listed: %r" % listed
-                assert not cdp.exceptions, "script errors on the page: %s" % cdp.exceptions
-                await asyncio.sleep(0.3)
-                png = await cdp.call("Page.captureScreenshot", format="png")
-                with open(shot, "wb") as f:
-                    f.write(base64.b64decode(png["data"]))
-                return seen, len(fused)
+                yield cdp
     finally:
         chrome.terminate()
         try:
@@ -137,6 +101,50 @@ async def drive(start_run, shot, no_store=False):
             chrome.kill()
             chrome.wait()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+async def drive(start_run, shot, no_store=False):
+    async with chromium() as cdp:
+        url = start_run()  # the run starts once the browser is ready
+        await cdp.call("Page.navigate", url=url)
+        done_expr = ("(() => { const td = document.querySelector("
+                     "'#stages tr[data-stage=\"a\"] td.done'); return td ? +td.textContent : null })()")
+        fused_expr = ("[...document.querySelectorAll('#results li.result[data-stage=\"b\"]')]"
+                      ".map(li => li.textContent)")
+        seen = []
+        fused = []
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            v = await cdp.eval(done_expr)
+            if v is not None and (not seen or v != seen[-1]):
+                seen.append(v)
+            fused = await cdp.eval(fused_expr) or []
+            if len(seen) >= 3 and fused and seen[-1] >= 20:
+                break
+            await asyncio.sleep(0.1)
+        assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] > seen[0], \
+            "counts did not rise on the page: %s" % seen
+        assert any("fused(text-" in f for f in fused), "no fused segment on the page: %s" % fused
+        summary = await cdp.eval("document.getElementById('summary').textContent")
+        assert re.search(r"segment \d+ ", summary), summary
+        queue = await cdp.eval("document.querySelector('#stages tr[data-stage=\"b\"]')"
+                               ".children[3].textContent")
+        assert queue.isdigit(), "no queue depth from the engine's stats: %r" % queue
+        conn = await cdp.eval("document.getElementById('conn').textContent")
+        assert conn == "live", conn
+        # the slide thumbnail came through /files/ and decoded as an image
+        thumb_w = await cdp.eval("(() => { const i = document.querySelector('#results li.result img');"
+                                 " return i && i.complete ? i.naturalWidth : null })()")
+        assert thumb_w == 64, "no slide thumbnail on the page: %r" % thumb_w
+        # the live job is listed, with or without a job store
+        listed = await cdp.eval("[...document.querySelectorAll('#jobs li[data-id]')].map(li => li.dataset.id)")
+        assert listed and listed[0] == "lecture-1", "jobs listed: %r" % listed
+        assert not cdp.exceptions, "script errors on the page: %s" % cdp.exceptions
+        await asyncio.sleep(0.3)
+        png = await cdp.call("Page.captureScreenshot", format="png")
+        with open(shot, "wb") as f:
+            f.write(base64.b64decode(png["data"]))
+        return seen, len(fused)
 
 
 def main():

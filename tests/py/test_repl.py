@@ -203,7 +203,7 @@ class Repl(unittest.TestCase):
         t.line("print('spinning') while true do end")
         t.wait(r"^spinning$", after=n)
         t.key("C-c")
-        t.wait(r"^interrupted!", after=n)
+        t.wait(r"^(stdin:\d+: )?interrupted!", after=n)
         t.wait_prompt(after=n)
         self.assertEqual(t.run("'alive'")[1:], ["alive"])
 
@@ -264,6 +264,57 @@ class Repl(unittest.TestCase):
         t = self.term(script)
         t.wait(r"broken\.lua:2: script broke")
         self.assertEqual(t.run("before")[1:], ["set"])
+
+    def test_sl_is_predefined(self):
+        t = self.term()
+        self.assertEqual(norm(t.run("sl == sluice, type(sl.spawn)")[1:]), ["true function"])
+
+    def test_tab_completes_globals_fields_and_methods(self):
+        t = self.term()
+        t.run("box = {alpha = 1, alps = 2, beta = {gamma = 3}}")
+        t.run("q = sl.queue(2)")
+        n = t.wait_prompt()
+
+        def complete(typed, shown):
+            """Types typed then Tab; waits for the prompt line to read shown; clears it."""
+            t.type(typed)
+            t.key("Tab")
+            t.wait(r"^sluice> %s$" % re.escape(shown), after=n - 1)
+            t.key("C-u")
+
+        complete("sl.pipel", "sl.pipeline")       # a name sl loads on first use
+        complete("box.be", "box.beta")            # a field
+        complete("q:pu", "q:put")                 # a method, from the metatable's __index
+        complete("tostr", "tostring")             # a global
+        complete("retu", "return")                # a keyword
+        complete("box.a", "box.alp")              # several: their common part
+        # nested fields, then run the line
+        t.type("box.be")
+        t.key("Tab")
+        t.type(".ga")
+        t.key("Tab")
+        t.wait(r"^sluice> box\.beta\.gamma$", after=n - 1)
+        t.key("Enter")
+        t.wait(r"^3$", after=n)
+        # Tab Tab lists the candidates
+        n = t.wait_prompt()
+        t.type("box.alp")
+        t.key("Tab", "Tab")
+        t.wait(r"box\.alpha\s+box\.alps", after=n)
+        t.key("C-u")
+        # nothing to complete: the line stays as it was, and the prompt still works
+        t.type("nosuchname.x")
+        t.key("Tab")
+        t.key("C-u")
+        self.assertEqual(t.run("1 + 1")[1:], ["2"])
+
+    def test_help_command(self):
+        t = self.term()
+        out = "\n".join(t.run(":help")[1:])
+        self.assertIn("usage: sluice repl", out)
+        self.assertIn("Tab", out)
+        self.assertIn("sl.load(", out)
+        self.assertEqual(t.run(":nope")[1:], ["unknown prompt command ':nope' (:help lists them)"])
 
     def test_ctrl_d_leaves(self):
         t = self.term()

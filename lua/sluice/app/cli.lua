@@ -6,34 +6,28 @@
 -- 130 interrupted.
 local core = require "sluice.core.core"
 local sched = require "sluice.runtime.sched"
+local suggest = require "sluice.runtime.suggest"
 
 local M = {}
 
-local USAGE = [[
-usage: sluice <command> [arguments]
-
-commands:
-  run SCRIPT.lua [ARGS...]   run a script or a pipeline (see: sluice help run)
-  repl [SCRIPT.lua]          interactive prompt; with a script, its values are in scope
-  providers [--check]        providers, their roles and models; --check asks the vendors
-  cache [stats|prune|rm]     the provider result cache shared by every job (see: sluice help cache)
-  worker PIPELINE.lua --broker redis://HOST:PORT   serve a pipeline's remote stages
-  version                    print the version
-  help [COMMAND]             show help
-
-exit status: 0 ok, 1 some items failed, 2 usage or script error, 130 interrupted]]
-
+-- The help of the commands this file runs; every other command is a module
+-- lua/sluice/app/cmd/NAME.lua with its own USAGE (and main). A USAGE is the usage lines, a
+-- blank line, then a paragraph whose first sentence is the command's one-line summary: that
+-- is what `sluice --help` lists, `sluice help NAME` prints the whole text, and the man page
+-- (`sluice help --man`, installed by cmake --install) is made of the same texts.
 local HELP = {
   run = [==[
 usage: sluice run SCRIPT.lua [ARGS...]
 
-Runs SCRIPT.lua as the main task on the engine's loop; ARGS are in the global table `arg`
-(arg[0] is the script) and are passed to the chunk as `...`.
+Runs a script or a pipeline. SCRIPT.lua runs as the main task on the engine's loop; ARGS are
+in the global table `arg` (arg[0] is the script) and are passed to the chunk as `...`.
 
 When the script returns a pipeline (sluice.pipeline{...}), sluice runs it:
   sluice run pipeline.lua INPUTS... [--set key=value ...] [--out DIR] [--events FILE]
              [--trace FILE] [--quiet] [--job ID] [--store PATH] [--serve [ADDR]]
-Options of a pipeline run are listed by: sluice run pipeline.lua --help
+Before any work it checks the settings, the providers, their credentials and the inputs;
+each problem is one line and the run does not start (exit status 2). A pipeline's stages,
+settings and defaults are listed by: sluice run pipeline.lua --help
 
 The first Ctrl-C stops gracefully (sources stop, in-flight work gets a grace period, the
 summary is printed); a second one stops at once.]==],
@@ -41,16 +35,42 @@ summary is printed); a second one stops at once.]==],
 usage: sluice repl [SCRIPT.lua]
 
 An interactive Lua prompt on the engine's loop. Background tasks keep running while the
-prompt waits. Waiting calls work at the prompt (sluice.sleep(1), http requests, ...).
+prompt waits. Waiting calls work at the prompt (sl.sleep(1), http requests, ...); `sl` and
+`sluice` are the library.
   =expr or a bare expression   prints its values
   an unfinished chunk          continues on the next line
+  Tab                          completes globals and table fields (sl.pi<Tab> -> sl.pipeline)
+  :help                        what the prompt does and the library's main functions
   Ctrl-C                       cancels the running line, or clears the typed one
   Ctrl-D                       leaves
 History is kept in $SLUICE_HISTORY (default ~/.sluice_history).
 With SCRIPT.lua, the script runs first and its globals and top-level locals are in scope
 (its return value is `script`, and `pipeline` when it is a pipeline).]],
-  version = "usage: sluice version",
+  version = [[
+usage: sluice version
+
+Prints the version of sluice and of its Lua.]],
+  help = [[
+usage: sluice help [COMMAND]
+       sluice help --man
+
+Shows help: the list of commands, or one command's whole text. --man prints the manual page
+(roff) made of the same texts; cmake --install installs it as sluice(1).]],
 }
+
+local DESCRIPTION = "sluice runs media-AI pipelines (lectures, podcasts, video filters, live " ..
+  "monitors) as stage graphs: every stage at once, joined by bounded queues."
+local EXIT_STATUS = "exit status: 0 ok, 1 some items failed, 2 usage or script error, 130 interrupted"
+local ENVIRONMENT = {
+  { "SLUICE_DEBUG=1", "errors show the engine's own stack frames too" },
+  { "SLUICE_STORE", "the job store of `sluice jobs` and `sluice serve` (default out/sluice.db)" },
+  { "SLUICE_HISTORY", "the REPL's history file (default ~/.sluice_history)" },
+  { "SLUICE_<KEY>", "a pipeline setting its defaults declare (providers.stt -> SLUICE_PROVIDERS_STT)" },
+  { "SLUICE_PROGRESS", "tty, plain or off: the progress view" },
+  { "SLUICE_LUA_DIR", "where the Lua library is (default: the install's, else the source tree's)" },
+}
+
+M.HELP = HELP
 
 local state = {
   main = nil,        -- the main task
@@ -67,9 +87,56 @@ local function eprint(...)
 end
 M.eprint = eprint
 
--- Formats an error for a person: the message, then the traceback when there is one.
+-- Errors for a person. The engine's own frames (the Lua library, C) say nothing about the
+-- user's script: they are left out unless SLUICE_DEBUG=1.
+local LAYERS = { app = true, graph = true, runtime = true, blocks = true, media = true, providers = true }
+
+function M.debug() return os.getenv("SLUICE_DEBUG") == "1" end
+
+-- engine_source(src) -> true for a chunk name (as tracebacks show it) of the engine itself.
+function M.engine_source(src)
+  if src == "[C]" then return true end
+  local dir = core.lua_dir
+  if dir and src:sub(1, #dir + 1) == dir .. "/" then return true end
+  local layer = src:match("sluice/(%a+)/[%w_]+%.lua$")
+  return (layer and LAYERS[layer]) or src:match("sluice/init%.lua$") ~= nil
+end
+
+-- clean_message(msg) -> msg without the engine's "file:line: " in front (a person's
+-- one-line error names the thing and the cause, not where the library raised it).
+function M.clean_message(msg)
+  msg = tostring(msg)
+  if M.debug() then return msg end
+  while true do
+    local src, rest = msg:match("^([^\n]-):%d+: (.*)$")
+    if not src or not M.engine_source(src) then return msg end
+    msg = rest
+  end
+end
+
+-- format_error(err) -> the text that reports a script's error: the message, naming the
+-- script's file:line (its innermost frame when the message names none), and the stack
+-- traceback of the script's own frames when there is more than that one. SLUICE_DEBUG=1:
+-- the whole error with every frame.
 function M.format_error(err)
-  return tostring(err)
+  if M.debug() then return tostring(err) end
+  local msg, tb = err, nil
+  if getmetatable(err) == sched.TaskError then msg, tb = err.message, err.traceback end
+  msg = M.clean_message(msg)
+  local frames = {}
+  for line in tostring(tb or ""):gmatch("[^\n]+") do
+    local src, ln = line:match("^%s*(.-):(%d+): in ")
+    if src and not M.engine_source(src) then
+      frames[#frames + 1] = { at = src .. ":" .. ln, text = (line:gsub("^%s+", "")) }
+    end
+  end
+  if frames[1] and not msg:match("^[^\n]-:%d+: ") then msg = frames[1].at .. ": " .. msg end
+  if #frames > 1 or (#frames == 1 and msg:sub(1, #frames[1].at + 1) ~= frames[1].at .. ":") then
+    local lines = { msg, "stack traceback:" }
+    for _, f in ipairs(frames) do lines[#lines + 1] = "\t" .. f.text end
+    return table.concat(lines, "\n")
+  end
+  return msg
 end
 
 -- Handlers run on Ctrl-C (first one); a pipeline run registers one to stop gracefully.
@@ -92,7 +159,7 @@ local function default_interrupt()
 end
 
 local function report_unobserved(t)
-  eprint("sluice: " .. t.name .. " failed and nobody waited for it: " .. tostring(t:error()))
+  eprint("sluice: " .. t.name .. " failed and nobody waited for it: " .. M.format_error(t:error()))
 end
 
 -- Loads a script file; on a syntax error prints it and returns nil.
@@ -111,6 +178,20 @@ function M.load_script(path)
   return chunk
 end
 
+-- Runs fn as the main task: the loop runs until it is done, and finish() turns its result
+-- into the exit status.
+local function start_main(fn)
+  local main = sched.spawn(fn)
+  main.name = "main"
+  main.observed = true
+  state.main = main
+  sched.set_idle_hook(function()
+    if main.finished then core.stop() end
+  end)
+  if main.finished and sched.live() == 0 then return M.finish() end
+  return nil
+end
+
 local function cmd_run(args)
   local path = args[1]
   if not path then
@@ -125,8 +206,10 @@ local function cmd_run(args)
   _G.arg = argt
 
   return M.spawn_main(function()
-    local results = table.pack(chunk(table.unpack(script_args)))
-    local r = results[1]
+    -- called from C (xpcall), the chunk's frame reads "in main chunk" in tracebacks
+    local results = table.pack(xpcall(chunk, sched.capture, table.unpack(script_args)))
+    if not results[1] then error(results[2], 0) end
+    local r = results[2]
     if require("sluice.graph").is_pipeline(r) then -- a pipeline: run it (sluice.app.run)
       return require("sluice.app.run").run(r, script_args, path)
     elseif type(r) == "table" and type(r.run_cli) == "function" then -- anything else runnable
@@ -136,10 +219,10 @@ local function cmd_run(args)
   end)
 end
 
--- spawn_main(fn): runs fn as the main task of a command (sluice run, sluice worker): its
--- return value is the exit status (cli.finish), Ctrl-C calls the on_interrupt handlers (or
--- cancels every task), failed tasks nobody waited for are reported. Returns nil (the loop
--- runs) or the exit status when fn finished without waiting.
+-- spawn_main(fn): runs fn as the main task of a command that runs work (sluice run, sluice
+-- worker): its return value is the exit status (cli.finish), Ctrl-C calls the on_interrupt
+-- handlers (or cancels every task), failed tasks nobody waited for are reported. Returns nil
+-- (the loop runs) or the exit status when fn finished without waiting.
 function M.spawn_main(fn)
   sched.set_unobserved_hook(function(t)
     state.unobserved = state.unobserved or {}
@@ -156,16 +239,7 @@ function M.spawn_main(fn)
       default_interrupt()
     end
   end, "run")
-
-  local main = sched.spawn(fn)
-  main.name = "main"
-  main.observed = true
-  state.main = main
-  sched.set_idle_hook(function()
-    if main.finished then core.stop() end
-  end)
-  if main.finished and sched.live() == 0 then return M.finish() end
-  return nil
+  return start_main(fn)
 end
 
 function M.finish()
@@ -189,7 +263,7 @@ function M.finish()
   elseif main.status == "cancelled" then
     code = state.interrupted > 0 and 130 or 2
   else
-    eprint("sluice: " .. tostring(main.outcome[2]))
+    eprint("sluice: " .. M.format_error(main.outcome[2]))
     code = 2
   end
   for _, t in ipairs(state.unobserved or {}) do
@@ -214,21 +288,110 @@ local function command_module(name)
   return type(mod) == "table" and mod or nil
 end
 
+-- commands() -> {{name=, usage=}, ...}: run and repl, every module of lua/sluice/app/cmd/
+-- with a USAGE (in name order), then version and help. Lists the folder through a child
+-- process, so it waits: call it in a task.
+function M.commands()
+  local list = { { name = "run", usage = HELP.run }, { name = "repl", usage = HELP.repl } }
+  local dir = (core.lua_dir or "lua") .. "/sluice/app/cmd"
+  local r = require("sluice").exec({ "ls", "-1", dir })
+  local names = {}
+  for f in (r and r.status == 0 and r.stdout or ""):gmatch("[^\n]+") do
+    local n = f:match("^([%w_]+)%.lua$")
+    if n then names[#names + 1] = n end
+  end
+  table.sort(names)
+  for _, n in ipairs(names) do
+    local mod = command_module(n)
+    if mod and type(mod.USAGE) == "string" then list[#list + 1] = { name = n, usage = mod.USAGE } end
+  end
+  list[#list + 1] = { name = "version", usage = HELP.version }
+  list[#list + 1] = { name = "help", usage = HELP.help }
+  return list
+end
+
+-- summary(usage) -> the first sentence of the paragraph after the usage lines.
+function M.summary(usage)
+  local body = tostring(usage):match("\n%s*\n(.*)$") or ""
+  local para = (body:match("^(.-)\n%s*\n") or body):gsub("%s*\n%s*", " ")
+  return para:match("^(.-%.)%s") or para:match("^(.-%.)$") or para
+end
+
+-- The text of `sluice --help`.
+function M.usage(commands)
+  local lines = { "usage: sluice <command> [arguments]", "", DESCRIPTION, "", "commands:" }
+  for _, c in ipairs(commands) do
+    lines[#lines + 1] = string.format("  %-10s %s", c.name, M.summary(c.usage))
+  end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "`sluice help COMMAND` shows a command's whole help; `man sluice` shows all of it."
+  lines[#lines + 1] = "SLUICE_DEBUG=1 makes errors show the engine's own stack frames."
+  lines[#lines + 1] = EXIT_STATUS
+  return table.concat(lines, "\n")
+end
+
+-- The manual page (roff, man(7)) made of the same texts as the help.
+function M.man_page(commands)
+  local function esc(line)
+    line = line:gsub("\\", "\\e"):gsub("%-", "\\-")
+    if line:match("^[.']") then line = "\\&" .. line end
+    return line
+  end
+  local function block(text)
+    local out = { ".nf" }
+    for line in (text .. "\n"):gmatch("(.-)\n") do out[#out + 1] = esc(line) end
+    out[#out + 1] = ".fi"
+    return table.concat(out, "\n")
+  end
+  local page = {
+    string.format('.TH SLUICE 1 "" "sluice %s" "User Commands"', core.version),
+    ".SH NAME", "sluice \\- run media\\-AI pipelines as stage graphs",
+    ".SH SYNOPSIS", ".B sluice", "\\fICOMMAND\\fR [\\fIARGUMENTS\\fR]",
+    ".SH DESCRIPTION", esc(DESCRIPTION), ".SH COMMANDS",
+  }
+  for _, c in ipairs(commands) do
+    page[#page + 1] = ".SS " .. c.name
+    page[#page + 1] = block(c.usage)
+    if c.name == "run" then page[#page + 1] = ".sp\n" .. block(require("sluice.app.run").OPTIONS) end
+  end
+  page[#page + 1] = ".SH ENVIRONMENT"
+  for _, e in ipairs(ENVIRONMENT) do
+    page[#page + 1] = ".TP\n.B " .. esc(e[1]) .. "\n" .. esc(e[2])
+  end
+  page[#page + 1] = ".SH EXIT STATUS"
+  page[#page + 1] = esc(EXIT_STATUS:gsub("^exit status: ", ""))
+  return table.concat(page, "\n") .. "\n"
+end
+
+local function find_command(commands, name)
+  for _, c in ipairs(commands) do if c.name == name then return c end end
+  return nil
+end
+
+local function names_of(commands)
+  local n = {}
+  for i, c in ipairs(commands) do n[i] = c.name end
+  return n
+end
+
 local function cmd_help(args)
   local topic = args[1]
-  if topic and HELP[topic] then
-    print(HELP[topic])
-    return 0
-  end
-  local cmd = topic and command_module(topic) -- providers, jobs, serve
-  if cmd and cmd.USAGE then
-    print(cmd.USAGE)
+  local commands = M.commands()
+  if topic == "--man" then
+    io.stdout:write(M.man_page(commands))
     return 0
   elseif topic then
-    eprint("sluice help: no help for '" .. topic .. "'\n" .. USAGE)
-    return 2
+    local c = find_command(commands, topic)
+    if not c then
+      eprint("sluice help: no command '" .. topic .. "'" .. suggest.did_you_mean(topic, names_of(commands)) ..
+        "; commands: " .. table.concat(names_of(commands), ", "))
+      return 2
+    end
+    print(c.usage)
+    if c.name == "run" then print("\n" .. require("sluice.app.run").OPTIONS) end
+    return 0
   end
-  print(USAGE)
+  print(M.usage(commands))
   return 0
 end
 
@@ -237,25 +400,31 @@ function M.main(...)
   local cmd = args[1]
   local rest = { table.unpack(args, 2) }
   if cmd == nil then
-    eprint(USAGE)
-    return 2
+    return start_main(function()
+      eprint(M.usage(M.commands()))
+      return 2
+    end)
   elseif cmd == "--help" or cmd == "-h" or cmd == "help" then
-    return cmd_help(rest)
+    return start_main(function() return cmd_help(rest) end)
   elseif cmd == "version" or cmd == "--version" then
     print("sluice " .. core.version .. " (" .. _VERSION .. ")")
     return 0
   elseif cmd == "run" then
-    if rest[1] == "--help" or rest[1] == "-h" then return cmd_help({ "run" }) end
+    if rest[1] == "--help" or rest[1] == "-h" then return start_main(function() return cmd_help({ "run" }) end) end
     return cmd_run(rest)
   elseif cmd == "repl" then
-    if rest[1] == "--help" or rest[1] == "-h" then return cmd_help({ "repl" }) end
+    if rest[1] == "--help" or rest[1] == "-h" then print(HELP.repl) return 0 end
     return require("sluice.app.repl").start(rest[1], state)
   end
   -- Commands provided by other modules (jobs, serve, worker, ...).
   local mod = command_module(cmd)
   if mod and mod.main then return mod.main(rest, M) end
-  eprint("sluice: unknown command '" .. tostring(cmd) .. "'\n" .. USAGE)
-  return 2
+  return start_main(function()
+    local names = names_of(M.commands())
+    eprint("sluice: unknown command '" .. tostring(cmd) .. "'" .. suggest.did_you_mean(cmd, names) ..
+      "; commands: " .. table.concat(names, ", ") .. " (sluice --help)")
+    return 2
+  end)
 end
 
 return M

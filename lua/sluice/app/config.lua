@@ -229,11 +229,13 @@ function M.load_file(path)
   return v
 end
 
--- resolve{defaults=, file=PATH, env=ENV_TABLE, sets={"k=v", ...}} -> config, or nil, message
+-- resolve{defaults=, file=PATH or TABLE, env=ENV_TABLE, sets={"k=v", ...}} -> config, or
+-- nil, message
 function M.resolve(opts)
   local cfg = deep_copy(opts.defaults or {})
   if opts.file then
-    local f, err = M.load_file(opts.file)
+    local f, err = opts.file, nil
+    if type(f) ~= "table" then f, err = M.load_file(opts.file) end
     if not f then return nil, err end
     M.merge(cfg, f)
   end
@@ -250,6 +252,134 @@ function M.resolve(opts)
     M.set_path(cfg, k, M.parse_value(v))
   end
   return cfg
+end
+
+-- ---- the settings a pipeline takes -----------------------------------------------------
+--
+-- schema(p) -> the tree of setting keys pipeline p takes: every key its defaults hold (a map
+-- there is a group of keys), the keys its `settings` declare, stages.<stage>.<option> for its
+-- stages (params and the tables batch/retry take any key: the graph checks them),
+-- providers.<role> for every role, a section per provider and per role (openai.*, stt.*:
+-- the provider's own settings) and `strict`. A node: {children = {name = node}} for a group,
+-- {leaf = true} for a key that takes any value.
+local function group() return { children = {} } end
+local LEAF = { leaf = true }
+
+local function add_path(root, path)
+  local node = root
+  local parts = {}
+  for seg in path:gmatch("[^.]+") do parts[#parts + 1] = seg end
+  for i, seg in ipairs(parts) do
+    if node.leaf then return end
+    local child = node.children[seg]
+    if i == #parts then
+      node.children[seg] = LEAF
+    else
+      if not child then
+        child = group()
+        node.children[seg] = child
+      end
+      node = child
+    end
+  end
+end
+
+function M.schema(p)
+  local root = group()
+  for _, path in ipairs(leaves(p.defaults or {})) do add_path(root, path) end
+  for path in pairs(p.settings or {}) do add_path(root, path) end
+  add_path(root, "strict")
+  local P = require "sluice.providers"
+  local roles = {}
+  for r in pairs(P.ROLES) do roles[r] = true end
+  for _, name in ipairs(P.list()) do
+    local ok, mod = pcall(require, "sluice.providers." .. name)
+    if ok and type(mod) == "table" and type(mod.roles) == "table" then
+      for r in pairs(mod.roles) do roles[r] = true end
+    end
+    add_path(root, name)
+  end
+  for r in pairs(roles) do
+    add_path(root, "providers." .. r)
+    add_path(root, r)
+  end
+  local graph = require "sluice.graph"
+  local open = { params = true, batch = true, retry = true, limits = true }
+  for name in pairs(p.stages or {}) do
+    for opt in pairs(graph.STAGE_OPTIONS) do
+      if opt ~= "run" and opt ~= "from" and opt ~= "join" and opt ~= "on_gate" then
+        add_path(root, "stages." .. name .. "." .. opt)
+      end
+    end
+    for opt in pairs(open) do add_path(root, "stages." .. name .. "." .. opt) end
+  end
+  return root
+end
+
+local function keys_of(node)
+  local out = {}
+  for k in pairs(node.children or {}) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
+
+-- unknown(schema, tbl[, prefix]) -> {{path=, parent=, key=, group=}, ...}: the keys of tbl
+-- the schema does not take. `group` is set for a value given to a group of keys.
+function M.unknown(schema, tbl, prefix, out)
+  out = out or {}
+  if schema.leaf then return out end
+  for k, v in pairs(tbl) do
+    local path = prefix and (prefix .. "." .. tostring(k)) or tostring(k)
+    local child = schema.children[k]
+    if not child then
+      out[#out + 1] = { path = path, parent = schema, prefix = prefix, key = tostring(k) }
+    elseif not child.leaf then
+      if is_map(v) then M.unknown(child, v, path, out)
+      else out[#out + 1] = { path = path, group = child } end
+    end
+  end
+  return out
+end
+
+-- check(schema, {file=TABLE, file_name=, sets={"k=v", ...}}) -> problems: one line per key
+-- the schema does not take, naming where it came from, with a did-you-mean.
+function M.check(schema, opts)
+  local suggest = require "sluice.runtime.suggest"
+  local problems = {}
+  local function report(origin, u)
+    if u.group then
+      local ks = keys_of(u.group)
+      problems[#problems + 1] = string.format("%s: '%s' is a group of settings, not one (%s)", origin,
+        u.path, #ks > 6 and (u.path .. ".<" .. table.concat(ks, "|", 1, 6) .. "|...>") or
+        (u.path .. ".<" .. table.concat(ks, "|") .. ">"))
+      return
+    end
+    local near = suggest.close(u.key, keys_of(u.parent), 2)
+    local hint
+    if #near > 0 then
+      local q = {}
+      for i, n in ipairs(near) do q[i] = "'" .. (u.prefix and (u.prefix .. ".") or "") .. n .. "'" end
+      hint = "did you mean " .. table.concat(q, " or ") .. "?"
+    elseif u.prefix then
+      local ks = keys_of(u.parent)
+      hint = u.prefix .. " takes " .. (#ks > 8 and (table.concat(ks, ", ", 1, 8) .. ", ...") or table.concat(ks, ", "))
+    else
+      hint = "see --help for the settings; --set strict=false accepts any key"
+    end
+    problems[#problems + 1] = string.format("%s: unknown setting '%s' (%s)", origin, u.path, hint)
+  end
+  if type(opts.file) == "table" then
+    for _, u in ipairs(M.unknown(schema, opts.file)) do report("config file " .. tostring(opts.file_name), u) end
+  end
+  for _, s in ipairs(opts.sets or {}) do
+    local k, v = s:match("^([^=]+)=(.*)$")
+    if k then
+      local t = {}
+      M.set_path(t, k, M.parse_value(v))
+      for _, u in ipairs(M.unknown(schema, t)) do report("--set " .. s, u) end
+    end
+  end
+  return problems
 end
 
 -- Names that hold credentials (the one rule: sluice.runtime.digest.is_secret).

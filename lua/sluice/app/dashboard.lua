@@ -117,6 +117,13 @@ Dash.__name = "sluice.app.dashboard"
 -- The stage graph of a live job, as {name=, from={...}} records, when the job exposes one.
 local function job_graph(job)
   local out = {}
+  if job and type(job.graph) == "function" then -- a graph job: its nodes in graph order
+    local ok, g = pcall(job.graph, job)
+    if ok and type(g) == "table" then
+      for _, n in ipairs(g) do out[#out + 1] = { name = n.name, from = n.from or {} } end
+      return out
+    end
+  end
   local stages = job and job.stages
   if type(stages) ~= "table" then return out end
   for name, st in pairs(stages) do

@@ -28,12 +28,89 @@ local function repl_print(...)
   out(table.concat(parts, "\t"))
 end
 
--- An error of a line: the message and the traceback down to the line's own chunk.
+-- An error of a line: the message naming the line's place and the user's own frames (the
+-- engine's only with SLUICE_DEBUG=1), as `sluice run` reports a script's error.
 local function format_error(e)
-  local s = tostring(e)
-  local cut = s:find("\n%s*%[C%]: in function 'xpcall'")
-  if cut then s = s:sub(1, cut - 1) end
-  return s
+  return require("sluice.app.cli").format_error(e)
+end
+
+-- ---- Tab completion ---------------------------------------------------------------------
+
+local KEYWORDS = { "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto",
+  "if", "in", "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while" }
+
+-- The names a value offers after "." (or, with methods, after ":"): its own string keys, those
+-- of the tables its metatable's __index leads to (classes), and a metatable's __complete
+-- (names an __index function makes on demand, like sl.pipeline).
+local function names_of(v, methods)
+  local out, seen = {}, {}
+  local function add(k, x)
+    if type(k) == "string" and k:match("^[%a_][%w_]*$") and not seen[k] and
+        (not methods or type(x) == "function" or x == nil) then
+      seen[k] = true
+      out[#out + 1] = k
+    end
+  end
+  local depth = 0
+  while v ~= nil and depth < 6 do
+    depth = depth + 1
+    if type(v) == "table" then
+      for k, x in next, v do add(k, x) end
+    end
+    local mt = getmetatable(v)
+    if type(mt) ~= "table" then break end
+    if type(mt.__complete) == "table" then
+      for k in pairs(mt.__complete) do add(k, nil) end
+    end
+    v = type(mt.__index) == "table" and mt.__index or nil
+  end
+  return out
+end
+
+-- complete(word) -> the words that may replace word: globals and keywords, or after
+-- "a.b." / "a.b:" the fields (methods) of that value. Indexing may run __index code, under
+-- pcall; nothing is called.
+function M.complete(word)
+  local head, sep, part = word:match("^(.-)([.:])([%w_]*)$")
+  local names
+  if head then
+    if head == "" or not head:match("^[%a_][%w_]*[%w_.]*$") or head:find("..", 1, true) then return {} end
+    local v = _G
+    for seg in head:gmatch("[^.]+") do
+      local ok, x = pcall(function() return v[seg] end)
+      if not ok or x == nil then return {} end
+      v = x
+    end
+    if type(v) == "string" then v = string end
+    names = names_of(v, sep == ":")
+  else
+    part = word
+    if not part:match("^[%w_]*$") then return {} end
+    names = names_of(_G)
+    for _, k in ipairs(KEYWORDS) do names[#names + 1] = k end
+  end
+  local out = {}
+  for _, n in ipairs(names) do
+    if n:sub(1, #part) == part then out[#out + 1] = (head and (head .. sep) or "") .. n end
+  end
+  table.sort(out)
+  return out
+end
+
+-- ---- :help ------------------------------------------------------------------------------
+
+local QUICK = [[
+the library (`sl`, also `sluice`); Tab completes every name, e.g. sl.<Tab> or job:<Tab>:
+  p = sl.load("pipelines/lecture.lua")           a pipeline script (or sl.pipeline "name" {...})
+  job = p:start{ inputs = {"talk.mp4"}, out = "out/talk" }   runs it in the background
+  job:stats()  job.stages.stt.workers = 4  job:stop()  job:cancel()  job:wait()
+  sl.spawn(fn)  sl.sleep(s)  sl.queue(n)  sl.semaphore(n)  sl.event()  sl.group()
+  sl.timeout(s, fn)  sl.exec({"ls", "-l"})  require("sluice.runtime.http").get(url)
+  require("sluice.providers").for_role("llm", {providers = {llm = "extractive"}})
+prompt commands: :help (this text)]]
+
+function M.help_text()
+  return require("sluice.app.cli").HELP.repl .. "\n\n" .. QUICK
 end
 
 local function show_values(r)
@@ -104,6 +181,8 @@ function M.start(script, cli_state)
   plain_print = _G.print
   _G.print = repl_print
   _G.sluice = require "sluice"
+  _G.sl = _G.sluice
+  term.set_completer(function(word) return M.complete(word) end)
   local buffer = nil
   local running = nil -- the task running the current line
 
@@ -121,6 +200,7 @@ function M.start(script, cli_state)
 
   local function leave()
     term.history_save(hist)
+    term.set_completer(nil)
     term.stop()
     _G.print = plain_print
     io.stdout:write("\n")
@@ -156,6 +236,16 @@ function M.start(script, cli_state)
       return
     end
     if line:match("%S") then term.history_add(line, hist) end
+    if not buffer and line:match("^%s*:") then
+      local cmd = line:match("^%s*:(%a*)")
+      if cmd == "help" or cmd == "h" then
+        out(M.help_text())
+      else
+        out("unknown prompt command '" .. line:gsub("^%s+", ""):gsub("%s+$", "") .. "' (:help lists them)")
+      end
+      prompt()
+      return
+    end
     local src = buffer and (buffer .. "\n" .. line) or line
     if not src:match("%S") then
       buffer = nil

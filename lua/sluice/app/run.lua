@@ -45,6 +45,7 @@ options:
 config: pipeline defaults < --config FILE < environment (SLUICE_<KEY>, dots as _) < --set
 budget: --set budget.usd=5 (or budget.tokens=N) stops the run once it is spent (exit status 3)
 exit status: 0 ok, 1 some items failed, 2 usage or validation error, 3 budget reached, 130 interrupted]]
+M.OPTIONS = OPTIONS
 
 function M.usage(p, script_path)
   local lines = { string.format("usage: sluice run %s INPUTS... [options]", script_path or "PIPELINE.lua") }
@@ -71,6 +72,17 @@ function M.usage(p, script_path)
     lines[#lines + 1] = "config defaults:"
     for l in defaults:gmatch("[^\n]+") do lines[#lines + 1] = "  " .. l end
   end
+  local names = {}
+  for k in pairs(p.settings or {}) do names[#names + 1] = k end
+  table.sort(names)
+  if #names > 0 then
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = "other settings (no default):"
+    for _, k in ipairs(names) do lines[#lines + 1] = string.format("  %-18s %s", k, p.settings[k]) end
+  end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "Any other key is refused before the run starts (did-you-mean), except under a provider's" ..
+    "\nsection (openai.*, sphinx.*, ...), stages.<stage>.params and with --set strict=false."
   lines[#lines + 1] = ""
   lines[#lines + 1] = OPTIONS
   return table.concat(lines, "\n")
@@ -235,6 +247,55 @@ function M.resume_line(r)
   return table.concat(parts, "; ")
 end
 
+-- inputs_problems(inputs) -> one line per input that is not a readable file (URLs are the
+-- run's to fetch). Waits: the paths are looked at on the engine's worker threads.
+function M.inputs_problems(inputs)
+  local paths, of = {}, {}
+  for _, input in ipairs(inputs) do
+    local path = input:match("^file://(.*)$") or (not input:match("^%a[%w+.-]*://") and input) or nil
+    if path then
+      paths[#paths + 1] = path
+      of[#paths] = input
+    end
+  end
+  if #paths == 0 then return {} end
+  local _, why = require("sluice.runtime.digest").stat(paths)
+  local WHAT = { ENOENT = "no such file", EISDIR = "not a file", EACCES = "not readable (permission denied)",
+    ENOTDIR = "no such file (a part of the path is not a folder)" }
+  local out = {}
+  for i in ipairs(paths) do
+    local w = why and why[i]
+    if w then out[#out + 1] = string.format("input %s: %s", of[i], WHAT[w] or w) end
+  end
+  return out
+end
+
+-- preflight(p, cfg, inputs) -> problems: one line each, before anything runs or is written:
+-- stage settings (stages.<name>.<option>) the graph refuses, providers that do not exist,
+-- cannot do their role or lack a credential, remote models that do not exist, and (for a
+-- pipeline whose inputs are "files") inputs that are not readable files. Shutdown dates are
+-- warnings, printed at once. With opts.keys_refused (the settings' names were refused
+-- already) the stage settings' values are not checked again.
+function M.preflight(p, cfg, inputs, opts)
+  local problems = {}
+  if not (opts and opts.keys_refused) then
+    local ok, err = pcall(graph.stages_for_run, p, cfg, p.limits)
+    if not ok then problems[#problems + 1] = tostring(err) end
+  end
+  local okp, pre, perr = pcall(require("sluice.providers.catalog").preflight, cfg,
+    { warn = function(line) eprint("sluice: " .. line) end })
+  if not okp or not pre then
+    for line in tostring(okp and perr or pre):gmatch("[^\n]+") do problems[#problems + 1] = line end
+  end
+  if p.inputs == "files" then
+    for _, line in ipairs(M.inputs_problems(inputs)) do problems[#problems + 1] = line end
+  end
+  return problems
+end
+
+-- An item's error for a person: without the engine's "file:line: " (SLUICE_DEBUG=1 keeps it).
+local function clean(err) return require("sluice.app.cli").clean_message(err) end
+
 function M.run(p, args, script_path)
   local o, perr = M.parse(args)
   if not o then
@@ -248,7 +309,7 @@ function M.run(p, args, script_path)
   local out = o.out or "out"
   local job_id = o.job or default_job_id(p, o.inputs)
   local store -- opened early only to read a job's stored settings
-  local cfg, cerr
+  local cfg, cerr, file_settings
   if o.job_settings then
     if o.no_store then
       eprint("sluice run: --job-settings reads the job store: it cannot go with --no-store")
@@ -278,7 +339,12 @@ function M.run(p, args, script_path)
     local base = config.resolve { defaults = p.defaults, env = core.environ() }
     cfg, cerr = config.resolve { defaults = config.merge(base, stored), sets = o.sets }
   else
-    cfg, cerr = config.resolve { defaults = p.defaults, file = o.config, env = core.environ(), sets = o.sets }
+    if o.config then
+      file_settings, cerr = config.load_file(o.config)
+    end
+    if not cerr then
+      cfg, cerr = config.resolve { defaults = p.defaults, file = file_settings, env = core.environ(), sets = o.sets }
+    end
   end
   local function close_store()
     if store and store.close then pcall(store.close, store) end
@@ -288,7 +354,15 @@ function M.run(p, args, script_path)
     close_store()
     return 2
   end
+  local function refuse(problems)
+    for _, line in ipairs(problems) do eprint("sluice run: " .. line) end
+    close_store()
+    return 2
+  end
+  local keys = cfg.strict == false and {} or
+    config.check(config.schema(p), { file = file_settings, file_name = o.config, sets = o.sets })
   if o.show_config then
+    if #keys > 0 then return refuse(keys) end
     print(config.format(cfg))
     close_store()
     return 0
@@ -300,15 +374,11 @@ function M.run(p, args, script_path)
     close_store()
     return 2
   end
-  -- Remote models (sluice.providers.catalog): each exists and can do its role, or the run
-  -- stops here; a shutdown date is a warning.
-  local okp, pre, perr = pcall(require("sluice.providers.catalog").preflight, cfg,
-    { warn = function(line) eprint("sluice: " .. line) end })
-  if not okp or not pre then
-    eprint("sluice run: " .. tostring(okp and perr or pre):gsub("\n", "\nsluice run: "))
-    close_store()
-    return 2
+  local problems = keys
+  for _, line in ipairs(M.preflight(p, cfg, o.inputs, { keys_refused = #keys > 0 })) do
+    problems[#problems + 1] = line
   end
+  if #problems > 0 then return refuse(problems) end
 
   -- Provider calls: budget, hedging and breaker settings (sluice.app.spend)
   local spend = require "sluice.app.spend"
@@ -445,7 +515,7 @@ function M.run(p, args, script_path)
         local where = tostring(ev.stage) .. (ev.key ~= nil and (" " .. tostring(ev.key)) or "") ..
           (ev.seq ~= nil and ("#" .. tostring(ev.seq)) or "")
         if e == "item_dead" then
-          view:note(string.format("failed: %s: %s%s", where, tostring(ev.error),
+          view:note(string.format("failed: %s: %s%s", where, clean(ev.error),
             (ev.attempt or 0) > 1 and (" (after " .. ev.attempt .. " stage attempts)") or ""))
         else
           view:note(where .. ": " .. tostring(ev.message))
@@ -485,11 +555,11 @@ function M.run(p, args, script_path)
         break
       end
       eprint(string.format("  %s %s%s: %s%s", d.stage, tostring(d.key or ""),
-        d.seq and ("#" .. tostring(d.seq)) or "", d.error,
+        d.seq and ("#" .. tostring(d.seq)) or "", clean(d.error),
         d.attempts and d.attempts > 1 and (" (after " .. d.attempts .. " stage attempts)") or ""))
     end
   end
-  if summary.error then eprint("sluice run: job failed: " .. tostring(summary.error)) end
+  if summary.error then eprint("sluice run: job failed: " .. clean(summary.error)) end
   if interrupted and not o.quiet then
     eprint("sluice run: stopped by interrupt (" .. summary.state .. ")")
   end

@@ -48,7 +48,27 @@ local function file_size(p)
 end
 M.file_size = file_size
 
--- slug("Episode 2: Queues!") -> "episode-2-queues"
+-- safe_name(s[, max]) -> s as a file name, changed only where the file system requires it:
+-- "/", NUL and control characters become "_", "." and ".." get a "_" in front, and a name
+-- longer than max bytes (default 120) is cut at a character boundary. Outputs are named
+-- after what they come from this way ("book_copy.mkv" -> folder "book_copy").
+function M.safe_name(s, max)
+  s = tostring(s or ""):gsub("[/%z%c]", "_")
+  max = max or 120
+  if #s > max then
+    s = s:sub(1, max)
+    local lead = s:find("[\192-\255][\128-\191]*$") -- a multi-byte character cut short?
+    if lead then
+      local c = s:byte(lead)
+      local len = c >= 240 and 4 or c >= 224 and 3 or 2
+      if #s - lead + 1 < len then s = s:sub(1, lead - 1) end
+    end
+  end
+  if s == "." or s == ".." then s = "_" .. s end
+  return s ~= "" and s or "item"
+end
+
+-- slug("Episode 2: Queues!") -> "episode-2-queues" (for identifiers; outputs use safe_name)
 function M.slug(s, max)
   s = tostring(s or ""):lower():gsub("[^%w]+", "-"):gsub("^%-+", ""):gsub("%-+$", "")
   s = s:sub(1, max or 60):gsub("%-+$", "")
@@ -73,7 +93,7 @@ end
 
 local function url_basename(u)
   local p = u:gsub("[?#].*$", ""):match("([^/]+)/*$") or "download"
-  return (p:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end):gsub("[^%w%._-]", "_"))
+  return M.safe_name((p:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)))
 end
 
 local function looks_like_feed(s, head)
@@ -99,15 +119,16 @@ end
 -- Inputs -----------------------------------------------------------------------------------
 
 -- expand_inputs(list, {limit=}) -> items, errors, skipped. Each item: {key, url or path,
--- title, duration, published, time, source}. Keys are unique slugs. A feed that cannot be read
--- is an error (returned, not raised) and the other inputs go on. A feed entry without an
--- enclosure is in skipped: {source=, title=, guid=, link=, reason=}.
+-- title, duration, published, time, source}. Keys are unique file names (safe_name of the
+-- title or base name). A feed that cannot be read is an error (returned, not raised) and the
+-- other inputs go on. A feed entry without an enclosure is in skipped: {source=, title=,
+-- guid=, link=, reason=}.
 function M.expand_inputs(list, opts)
   opts = opts or {}
   local items, errors, used, skipped = {}, {}, {}, {}
   local function add(it)
-    local base = M.slug(it.title or (it.url and url_basename(it.url):gsub("%.[%w]+$", ""))
-      or (it.path and it.path:match("([^/]+)$"):gsub("%.[%w]+$", "")))
+    local base = M.safe_name(it.title or (it.url and url_basename(it.url):gsub("%.[%w]+$", ""))
+      or (it.path and it.path:match("([^/]+)$"):gsub("%.[%w]+$", "")), 80)
     local key, n = base, 1
     while used[key] do
       n = n + 1
@@ -356,7 +377,8 @@ end
 
 -- out_dir(ctx, key, sub) -> the directory for key's outputs: the run's --out directory when
 -- it has one input, DIR/<key> otherwise; with sub, a subdirectory of it. A sub containing
--- "{key}" is taken from DIR itself with the key's slug put in its place ("{key}/audio").
+-- "{key}" is taken from DIR itself with the key put in its place ("{key}/audio"); a key is
+-- made a file name by safe_name.
 -- Created on demand.
 function M.out_dir(ctx, key, sub)
   local job = ctx.job
@@ -364,13 +386,30 @@ function M.out_dir(ctx, key, sub)
   local n = job and job.inputs and #job.inputs or 1
   local d = base
   if sub and sub:find("{key}", 1, true) then
-    sub = sub:gsub("{key}", (M.slug(tostring(key), 80):gsub("%%", "%%%%")))
+    sub = sub:gsub("{key}", (M.safe_name(key):gsub("%%", "%%%%")))
   elseif n > 1 and key ~= nil then
-    d = base .. "/" .. M.slug(tostring(key), 80)
+    d = base .. "/" .. M.safe_name(key)
   end
   if sub then d = d .. "/" .. sub end
   M.mkdir(d)
   return d
+end
+
+-- text_of(r) -> the text of a transcription reply (its `text`, else its segments' joined).
+function M.text_of(r)
+  if type(r) ~= "table" then return "" end
+  if type(r.text) == "string" then return r.text end
+  local parts = {}
+  for _, s in ipairs(r.segments or {}) do parts[#parts + 1] = s.text end
+  return table.concat(parts, " ")
+end
+
+-- preview(s, n) -> the first n bytes of s, cut at a word boundary with "…" when cut.
+function M.preview(s, n)
+  s = tostring(s or "")
+  if #s <= n then return s end
+  local cut = s:sub(1, n):match("^(.*)%s") or s:sub(1, n)
+  return cut .. "…"
 end
 
 -- input_path(data) -> the path or URL an item stands for.
@@ -378,6 +417,13 @@ function M.input_path(data)
   if type(data) == "string" then return data end
   if type(data) == "table" then return data.path or data.file or data.url end
   return nil
+end
+
+-- Raises "what src: cause", naming src once (the media layer's messages often begin with it).
+local function fail(what, src, err)
+  err = tostring(err)
+  if err:sub(1, #src + 2) == src .. ": " then err = err:sub(#src + 3) end
+  error(string.format("%s %s: %s", what, src, err), 0)
 end
 
 local function param(ctx, defaults, name)
@@ -403,11 +449,11 @@ function M.audio_chunks(o)
       local n = 0
       local stream = media.audio_chunks(src, { seconds = param(ctx, params, "seconds"),
         overlap = param(ctx, params, "overlap"), split = param(ctx, params, "split"),
-        window = param(ctx, params, "window"), dir = dir, prefix = M.slug(tostring(env.key), 40) })
+        window = param(ctx, params, "window"), dir = dir, prefix = M.safe_name(env.key, 60) })
       while true do
         local c, err = stream:next()
         if not c then
-          if err then error(string.format("audio_chunks %s: %s", src, err), 0) end
+          if err then fail("audio_chunks", src, err) end
           break
         end
         n = n + 1
@@ -472,7 +518,7 @@ function M.capture(o)
         local s0 = media.frames(src, f0)
         local f, err = s0:next()
         s0:close()
-        if not f and err then error(string.format("capture %s: %s", src, err), 0) end
+        if not f and err then fail("capture", src, err) end
         if f then first_t = f.t end
         if f then
           n = 1
@@ -482,6 +528,7 @@ function M.capture(o)
             if os.rename(path, want) then path = want end
           end
           if path then files.wrote(path) end
+          ctx:event("frame", { seq = n, at = f.t, path = path })
           ctx:emit({ seq = n, t = f.t, path = path, width = f.width, height = f.height,
             dhash = f.dhash, source = src }, { seq = n, t0 = f.t, t1 = f.t })
         end
@@ -491,7 +538,7 @@ function M.capture(o)
       while true do
         local f, err = stream:next()
         if not f then
-          if err then error(string.format("capture %s: %s", src, err), 0) end
+          if err then fail("capture", src, err) end
           break
         end
         if first_t and f.t < first_t + min_gap then
@@ -506,6 +553,7 @@ function M.capture(o)
           if ok then path = want end
         end
         if path then files.wrote(path) end
+        ctx:event("frame", { seq = n, at = f.t, path = path })
         ctx:emit({ seq = n, t = f.t, path = path, width = f.width, height = f.height,
           dhash = f.dhash, scene_score = f.scene_score, source = src },
           { seq = n, t0 = f.t, t1 = f.t })

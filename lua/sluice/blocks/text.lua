@@ -1,6 +1,8 @@
 -- sluice.blocks.text: small text helpers the pipelines share: word tokens for alignment, word error
 -- rate, sentence splitting and keyword scoring (for the extractive summarizer and the judge).
 -- Pure Lua, byte-oriented: letters outside ASCII (UTF-8 sequences) count as word characters.
+local suggest = require "sluice.runtime.suggest"
+
 local M = {}
 
 -- Words that carry no topic; used by keywords() and by the extractive summary.
@@ -44,23 +46,7 @@ function M.norm_words(text)
 end
 
 -- edit_distance(a, b) -> Levenshtein distance between two lists (compared with ==).
-function M.edit_distance(a, b)
-  local prev, cur = {}, {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    cur[0] = i
-    local ai = a[i]
-    for j = 1, #b do
-      local cost = (ai == b[j]) and 0 or 1
-      local d = prev[j - 1] + cost
-      if prev[j] + 1 < d then d = prev[j] + 1 end
-      if cur[j - 1] + 1 < d then d = cur[j - 1] + 1 end
-      cur[j] = d
-    end
-    prev, cur = cur, prev
-  end
-  return prev[#b]
-end
+M.edit_distance = function(a, b) return suggest.distance(a, b) end
 
 -- wer(reference, hypothesis) -> word error rate (edits / reference words), edits, ref words.
 -- Both are strings or lists of words; strings are normalized first.

@@ -21,8 +21,36 @@ local STAGE_OPTIONS = {
   remote = true,
 }
 
+-- While a script's pipeline declaration is checked: where it is ({src=, line=, stages=}), so
+-- that its errors name the script's file and line (a stage's own line: where its `run` is
+-- defined), not the engine's frames.
+local decl
+
+local function stage_spec(stages, name)
+  if type(stages) ~= "table" then return nil end
+  if stages[name] ~= nil then return stages[name] end
+  for _, s in ipairs(stages) do
+    if type(s) == "table" and s.name == name then return s end
+  end
+  return nil
+end
+
+local function place(where)
+  if not decl then return "" end
+  local name = where:match("^stage '(.-)'")
+  local spec = name and stage_spec(decl.stages, name)
+  local f = type(spec) == "table" and rawget(spec, "run")
+  if type(f) == "function" then
+    local i = debug.getinfo(f, "S")
+    if i.what == "Lua" and i.short_src == decl.src and i.linedefined > 0 then
+      return format("%s:%d: ", decl.src, i.linedefined)
+    end
+  end
+  return decl.line and format("%s:%d: ", decl.src, decl.line) or ""
+end
+
 local function vfail(pname, where, msg)
-  error(format("pipeline '%s': %s: %s", pname, where, msg), 0)
+  error(place(where) .. format("pipeline '%s': %s: %s", pname, where, msg), 0)
 end
 
 -- Checks one stage's options and returns the normalized stage description.
@@ -296,16 +324,35 @@ local Pipeline = {}
 Pipeline.__index = Pipeline
 Pipeline.__name = "sluice.pipeline"
 
-local function new_pipeline(name, spec)
+local new_pipeline_checked
+
+-- loc: {src=, line=} of the declaration in the script, when known.
+local function new_pipeline(name, spec, loc)
+  local prev = decl
+  decl = loc and { src = loc.src, line = loc.line, stages = type(spec) == "table" and spec.stages or nil }
+  local ok, p = pcall(new_pipeline_checked, name, spec)
+  decl = prev
+  if not ok then error(p, 0) end
+  return p
+end
+
+-- The place in a script of the call `level` frames up (nil for a tail call or C).
+local function caller(level)
+  local i = debug.getinfo(level + 1, "Slt")
+  if not i or i.what ~= "main" and i.what ~= "Lua" or i.currentline <= 0 then return nil end
+  return { src = i.short_src, line = i.currentline }
+end
+
+function new_pipeline_checked(name, spec)
   if type(name) ~= "string" or name == "" then
-    error("bad argument to 'pipeline' (a name string expected, got " .. show(name) .. ")", 3)
+    error(place("") .. "bad argument to 'pipeline' (a name string expected, got " .. show(name) .. ")", 0)
   end
   if type(spec) ~= "table" then
-    error("bad argument to pipeline '" .. name .. "' (a table {sources=, stages=} expected)", 3)
+    error(place("") .. "bad argument to pipeline '" .. name .. "' (a table {sources=, stages=} expected)", 0)
   end
   local known = { sources = true, stages = true, limits = true, defaults = true, config = true,
     name = true, description = true, doc = true, grace = true, on_done = true, version = true,
-    check = true }
+    check = true, settings = true, inputs = true }
   for k in pairs(spec) do
     if not known[k] then
       vfail(name, "options", "unknown option '" .. tostring(k) .. "' (known: " .. table.concat(sorted_keys(known), ", ") .. ")")
@@ -314,20 +361,38 @@ local function new_pipeline(name, spec)
   local defaults = spec.defaults or spec.config or {}
   if type(defaults) ~= "table" then vfail(name, "defaults", "must be a table") end
   if spec.check ~= nil and type(spec.check) ~= "function" then vfail(name, "check", "must be a function") end
+  -- settings: the keys a run may set beyond those the defaults hold, each with what it does
+  -- (`sluice run P --help` lists them; the run refuses keys neither declares).
+  local settings = spec.settings or {}
+  if type(settings) ~= "table" then vfail(name, "settings", "must be a table {key = \"what it does\"}") end
+  for k, v in pairs(settings) do
+    if type(k) ~= "string" or type(v) ~= "string" then
+      vfail(name, "settings", "must map setting names to descriptions (got " .. show(k) .. " = " .. show(v) .. ")")
+    end
+  end
+  -- inputs = "files": each input is a file path (checked before a run starts) or a URL.
+  if spec.inputs ~= nil and spec.inputs ~= "files" and spec.inputs ~= "any" then
+    vfail(name, "inputs", "must be \"files\" (paths, checked before the run, or URLs) or \"any\" (got " .. show(spec.inputs) .. ")")
+  end
   local sources, stages, order, limits = build_graph(name, spec)
   return setmetatable({
     name = name, spec = spec, sources = sources, stages = stages, order = order,
     limits = limits, defaults = defaults, description = spec.description or spec.doc,
+    settings = settings, inputs = spec.inputs or "any",
   }, Pipeline)
 end
 
 -- sl.pipeline "name" { ... } or sl.pipeline { name = "...", ... }
 function M.pipeline(name)
-  if type(name) == "table" then return new_pipeline(name.name or "pipeline", name) end
+  if debug.getinfo(1, "t").istailcall then -- `return sl.pipeline{...}`: the script's frame is gone
+    if type(name) == "table" then return new_pipeline(name.name or "pipeline", name) end
+  end
+  local loc = caller(2)
+  if type(name) == "table" then return new_pipeline(name.name or "pipeline", name, loc) end
   if type(name) ~= "string" then
     error("bad argument #1 to 'pipeline' (a name string expected, got " .. type(name) .. ")", 2)
   end
-  return function(spec) return new_pipeline(name, spec) end
+  return function(spec) return new_pipeline(name, spec, loc) end
 end
 
 -- sl.inputs{key = fn}: a source yielding one item per input given to the run (CLI arguments
@@ -414,4 +479,5 @@ function M.stages_for_run(p, config, limits)
 end
 
 M.Pipeline = Pipeline
+M.STAGE_OPTIONS = STAGE_OPTIONS
 return M

@@ -41,5 +41,6 @@ M.errtext, M.deep_copy, M.merge_into, M.basename = util.errtext, util.deep_copy,
 M._hist_add, M._hist_quantile, M._backoff_delay = util.hist_add, util.hist_quantile,
   attempt.backoff_delay
 M.Pipeline, M.Job = dsl.Pipeline, job.Job
+M.STAGE_OPTIONS, M.stages_for_run = dsl.STAGE_OPTIONS, dsl.stages_for_run
 
 return M

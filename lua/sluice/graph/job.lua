@@ -181,12 +181,12 @@ function Job:_main()
   end
   if job.memo and job.memo.keyed then memokey.setup(job) end
   if job.bus.count > 0 then
-    local srcs, stg = {}, {}
+    local srcs, stg, from = {}, {}, {}
     for _, n in ipairs(job.order) do
-      if nodes[n].source then srcs[#srcs + 1] = n else stg[#stg + 1] = n end
+      if nodes[n].source then srcs[#srcs + 1] = n else stg[#stg + 1] = n; from[n] = nodes[n].from end
     end
     util.job_event(job, { event = "job_start", name = job.name, sources = srcs, stages = stg,
-      inputs = #job.inputs, out = job.out })
+      from = from, inputs = #job.inputs, out = job.out })
   end
   job.t0 = now()
   local g = job.group

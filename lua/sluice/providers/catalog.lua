@@ -15,7 +15,7 @@
 -- the disk.
 local sl = require "sluice"
 local sched = require "sluice.runtime.sched"
-local text = require "sluice.blocks.text"
+local suggest = require "sluice.runtime.suggest"
 local cjson = require "cjson"
 
 local M = {}
@@ -198,20 +198,7 @@ function M.models(p, opts)
 end
 
 -- nearest(name, ids, n) -> up to n ids closest to name (edit distance over characters).
-function M.nearest(name, ids, n)
-  local function chars(s)
-    local t = {}
-    for c in tostring(s):gmatch(".") do t[#t + 1] = c end
-    return t
-  end
-  local a = chars(name)
-  local scored = {}
-  for _, id in ipairs(ids) do scored[#scored + 1] = { id = id, d = text.edit_distance(a, chars(id)) } end
-  table.sort(scored, function(x, y) if x.d ~= y.d then return x.d < y.d end return x.id < y.id end)
-  local out = {}
-  for i = 1, math.min(n or 3, #scored) do out[i] = scored[i].id end
-  return out
-end
+M.nearest = suggest.nearest
 
 -- days_until(date) -> whole days from today until "YYYY-MM-DD" (negative when it is past).
 function M.days_until(date)
@@ -353,14 +340,60 @@ function M.shutdown_line(r, m)
   return "warning: " .. head
 end
 
--- preflight(conf, {warn=fn(line)}) -> true, or nil and a message of one line per model that
--- does not exist or cannot do its role. Shutdown dates are passed to warn, one line per
--- model; a list that cannot be fetched is a warning, not a failure.
+-- names(conf) -> problems: one line per configured provider (providers.ROLE, or
+-- $SLUICE_PROVIDER_ROLE) that does not exist or cannot do its role, and per provider that
+-- lacks a credential or endpoint setting (naming the variable to set); and the set of those
+-- providers' names.
+function M.names(conf)
+  local P = require "sluice.providers"
+  local roles, seen = {}, {}
+  for r in pairs(type(conf.providers) == "table" and conf.providers or {}) do
+    -- (a role no provider has is the settings' check's to report: an unknown key)
+    if type(r) == "string" and (P.ROLES[r] or #P.list(r) > 0) then roles[#roles + 1] = r; seen[r] = true end
+  end
+  for r in pairs(P.ROLES) do
+    if not seen[r] and select(2, P.name_for(r, conf)) then roles[#roles + 1] = r end
+  end
+  table.sort(roles)
+  local problems, bad, by_name, order = {}, {}, {}, {}
+  for _, role in ipairs(roles) do
+    local name = P.name_for(role, conf)
+    if type(name) == "string" then -- (a list of names is for whoever reads it)
+      local mod, err = P.module(role, name)
+      if not mod then
+        problems[#problems + 1] = "providers." .. role .. ": " .. err
+        bad[name] = true
+      else
+        if not by_name[name] then
+          by_name[name] = {}
+          order[#order + 1] = name
+        end
+        table.insert(by_name[name], role)
+      end
+    end
+  end
+  for _, name in ipairs(order) do
+    local role = by_name[name][1]
+    local keys = {}
+    for i, r in ipairs(by_name[name]) do keys[i] = "providers." .. r end
+    for _, line in ipairs(P.missing(role, name, P.settings_for(role, name, conf))) do
+      problems[#problems + 1] = table.concat(keys, ", ") .. ": " .. line
+      bad[name] = true
+    end
+  end
+  return problems, bad
+end
+
+-- preflight(conf, {warn=fn(line)}) -> true, or nil and a message of one line per problem: a
+-- provider that does not exist, cannot do its role or lacks a credential (M.names), a
+-- model that does not exist or cannot do its role. Shutdown dates are passed to warn, one
+-- line per model; a list that cannot be fetched is a warning, not a failure.
 function M.preflight(conf, opts)
   opts = opts or {}
   local warn = opts.warn or function(l) io.stderr:write(l, "\n") end
-  local problems = {}
+  local problems, bad = M.names(conf)
   for _, r in ipairs(M.check(conf)) do
+    if bad[r.name] then goto next_provider end
     if r.error then
       warn(string.format("warning: cannot check %s's models: %s", r.name, tostring(r.error)))
     end
@@ -372,6 +405,7 @@ function M.preflight(conf, opts)
         if line then warn(line) end
       end
     end
+    ::next_provider::
   end
   if #problems > 0 then return nil, table.concat(problems, "\n") end
   return true

@@ -17,13 +17,30 @@ Obj.__index = Obj
 Obj.__name = "sluice.provider.clova"
 function Obj:__tostring() return "clova stt provider (" .. tostring(self.invoke_url) .. ")" end
 
-function M.new(cfg, role)
+local function endpoint(cfg)
   local url = cfg.invoke_url or os.getenv("CLOVA_SPEECH_INVOKE_URL")
+  if url == "" then url = nil end
+  local secret = cfg.secret or os.getenv("CLOVA_SPEECH_SECRET")
+  if secret == "" then secret = nil end
+  return url and url:gsub("/+$", ""), secret
+end
+
+-- needs(cfg) -> what a request cannot go without: the invoke URL and the secret.
+function M.needs(cfg)
+  local url, secret = endpoint(cfg)
+  local out = {}
+  if not url then out[#out + 1] = { what = "an invoke URL", env = "CLOVA_SPEECH_INVOKE_URL", setting = "invoke_url" } end
+  if not secret then out[#out + 1] = { what = "a secret", env = "CLOVA_SPEECH_SECRET", setting = "secret" } end
+  return out
+end
+
+function M.new(cfg, role)
+  local url, secret = endpoint(cfg)
   local self = setmetatable({
-    role = role or "stt", invoke_url = url and url:gsub("/+$", ""),
+    role = role or "stt", invoke_url = url,
     language = cfg.language or "ko-KR", diarization = cfg.diarization, boostings = cfg.boostings,
   }, Obj)
-  P.remote(self, "clova", cfg, cfg.secret or os.getenv("CLOVA_SPEECH_SECRET"))
+  P.remote(self, "clova", cfg, secret)
   return self
 end
 
@@ -40,12 +57,11 @@ function Obj:transcribe(audio, opts)
   if type(audio) ~= "table" or type(audio.path) ~= "string" then
     error("bad argument #1 to 'transcribe' (table with path expected)", 2)
   end
-  if not self.invoke_url then
-    return nil, "clova: no invoke URL (set CLOVA_SPEECH_INVOKE_URL or invoke_url)", "EINVAL"
-  end
   local secret = P.secret(self)
-  if not secret or secret == "" then
-    return nil, "clova: no secret (set CLOVA_SPEECH_SECRET or secret)", "EINVAL"
+  local need = M.needs({ invoke_url = self.invoke_url or "", secret = secret or "" })[1]
+  if need then
+    return nil, string.format("clova: no %s (set %s or %s)", need.what:gsub("^an? ", ""), need.env,
+      need.setting), "EINVAL"
   end
   local params = {
     language = opts.language or self.language, completion = "sync", wordAlignment = true,

@@ -22,17 +22,23 @@ function Obj:__tostring()
   return string.format("gemini %s provider (%s, model %s)", self.role, self.base_url, self.model)
 end
 
+local ENDPOINT = { base_env = "GEMINI_BASE_URL", base = "https://generativelanguage.googleapis.com/v1beta",
+  key_env = "GEMINI_API_KEY", host = "googleapis%.com" }
+
+-- needs(cfg) -> what a request cannot go without: a key for Google's API (a test server at
+-- another base URL may take none).
+function M.needs(cfg) return select(3, P.endpoint(cfg, ENDPOINT)) end
+
 function M.new(cfg, role)
   role = role or "llm"
-  local base = cfg.base_url or os.getenv("GEMINI_BASE_URL") or
-    "https://generativelanguage.googleapis.com/v1beta"
+  local base, key = P.endpoint(cfg, ENDPOINT)
   local self = setmetatable({
-    role = role, base_url = (base:gsub("/+$", "")),
+    role = role, base_url = base,
     model = cfg[role .. "_model"] or cfg.model or catalog.default_model("gemini", role),
     temperature = cfg.temperature, max_tokens = cfg.max_tokens, vlm_prompt = cfg.vlm_prompt,
     thinking_budget = cfg.thinking_budget, concurrency = cfg.concurrency or 4,
   }, Obj)
-  P.remote(self, "gemini", cfg, cfg.api_key or os.getenv("GEMINI_API_KEY"))
+  P.remote(self, "gemini", cfg, key)
   return P.llm_mixin(self)
 end
 

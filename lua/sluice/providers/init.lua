@@ -73,33 +73,71 @@ function M.list(role)
   return out
 end
 
--- get(role, name, cfg) -> provider object. Raises a clear error for an unknown role or
--- provider, or a provider without that role.
-function M.get(role, name, cfg)
+-- module(role, name) -> the provider module named for role, or nil and why (an unknown role
+-- or provider, with the near names, or a provider without that role).
+function M.module(role, name)
+  local suggest = require "sluice.runtime.suggest"
   if type(role) ~= "string" or (not M.ROLES[role] and #M.list(role) == 0) then
     local roles = {}
     for r in pairs(M.ROLES) do roles[#roles + 1] = r end
     table.sort(roles)
-    error(string.format("unknown provider role '%s' (roles: %s)", tostring(role),
-      table.concat(roles, ", ")), 2)
+    return nil, string.format("unknown provider role '%s'%s (roles: %s)", tostring(role),
+      suggest.did_you_mean(tostring(role), roles), table.concat(roles, ", "))
   end
+  local names = M.list(role)
   if type(name) ~= "string" then
-    error(string.format("no provider named for role '%s' (providers for %s: %s)", role, role,
-      table.concat(M.list(role), ", ")), 2)
+    return nil, string.format("no provider named for role '%s' (providers for %s: %s)", role, role,
+      table.concat(names, ", "))
   end
   local mod = load(name)
   if type(mod) ~= "table" or type(mod.roles) ~= "table" or type(mod.new) ~= "function" then
-    error(string.format("unknown provider '%s' for role '%s' (providers for %s: %s)", name, role,
-      role, table.concat(M.list(role), ", ")), 2)
+    return nil, string.format("unknown provider '%s' for role '%s'%s (providers for %s: %s)", name, role,
+      suggest.did_you_mean(name, names), role, table.concat(names, ", "))
   end
   if not mod.roles[role] then
     local roles = {}
     for r in pairs(mod.roles) do roles[#roles + 1] = r end
     table.sort(roles)
-    error(string.format("provider '%s' cannot do '%s' (it does: %s; providers for %s: %s)", name,
-      role, table.concat(roles, ", "), role, table.concat(M.list(role), ", ")), 2)
+    return nil, string.format("provider '%s' cannot do '%s' (it does: %s; providers for %s: %s)", name,
+      role, table.concat(roles, ", "), role, table.concat(names, ", "))
   end
+  return mod
+end
+
+-- get(role, name, cfg) -> provider object. Raises a clear error for an unknown role or
+-- provider, or a provider without that role.
+function M.get(role, name, cfg)
+  local mod, err = M.module(role, name)
+  if not mod then error(err, 2) end
   return mod.new(cfg or {}, role)
+end
+
+-- endpoint(cfg, spec) -> base URL (no trailing "/"), key, needs: a vendor's API from cfg
+-- (base_url, api_key) or the environment; spec = {base_env=, base=, key_env=, host=}. needs
+-- (as a module's needs() returns it) asks for the key when the base URL is the vendor's own
+-- host (a Lua pattern): a local server at another URL may take none.
+function M.endpoint(cfg, spec)
+  local base = (cfg.base_url or os.getenv(spec.base_env) or spec.base):gsub("/+$", "")
+  local key = cfg.api_key or os.getenv(spec.key_env)
+  local needs = {}
+  if (key == nil or key == "") and base:match("^https?://[^/]*" .. spec.host) then
+    needs[1] = { what = "an API key", env = spec.key_env, setting = "api_key" }
+  end
+  return base, key, needs
+end
+
+-- missing(role, name, cfg) -> what provider `name` lacks to do role with settings cfg (and the
+-- environment): one line each, naming the variable to set; empty when nothing is missing.
+-- A provider module says it with needs(cfg, role) -> {{what=, env=, setting=}, ...}.
+function M.missing(role, name, cfg)
+  local mod = M.module(role, name)
+  local out = {}
+  if not mod or type(mod.needs) ~= "function" then return out end
+  for _, n in ipairs(mod.needs(cfg or {}, role) or {}) do
+    out[#out + 1] = string.format("%s needs %s: set %s%s", name, n.what, n.env,
+      n.setting and (" (or " .. name .. "." .. n.setting .. " in a --config file)") or "")
+  end
+  return out
 end
 
 -- name_for(role, conf) -> the provider configured for role: conf.providers[role] (or

@@ -29,11 +29,16 @@ function Obj:__tostring()
   return string.format("openai %s provider (%s, model %s)", self.role, self.base_url, self.model)
 end
 
+local ENDPOINT = { base_env = "OPENAI_BASE_URL", base = "https://api.openai.com/v1",
+  key_env = "OPENAI_API_KEY", host = "api%.openai%.com" }
+
+-- needs(cfg) -> what a request cannot go without: a key for OpenAI's own API (a local server
+-- at another base URL may take none).
+function M.needs(cfg) return select(3, P.endpoint(cfg, ENDPOINT)) end
+
 function M.new(cfg, role)
   role = role or "llm"
-  local base = cfg.base_url or os.getenv("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-  base = base:gsub("/+$", "")
-  local key = cfg.api_key or os.getenv("OPENAI_API_KEY")
+  local base, key = P.endpoint(cfg, ENDPOINT)
   local self = setmetatable({
     role = role, base_url = base,
     model = cfg[role .. "_model"] or cfg.model or catalog.default_model("openai", role),

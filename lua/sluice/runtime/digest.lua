@@ -13,7 +13,8 @@
 --                                -- the SHA-256 of the first and last MiB (of all of it up to 2 MiB)
 --   digest.content(path)        -- (waits) the SHA-256 (64 hex digits) of all of the file, on a
 --                                -- worker thread: what it holds (a content-addressed cache's part)
---   digest.stat(paths)           -- (waits) list: {size=, mtime=} or false (missing) per path
+--   digest.stat(paths)           -- (waits) list: {size=, mtime=} or false (missing) per path,
+--                                   and why: {[i] = "ENOENT" | "EISDIR" | "EACCES" (unreadable) ...}
 --   digest.is_secret(name)       -- true for names that hold credentials (key, secret, token,
 --                                -- password, ...): they never go into keys, stores or messages
 local cdigest = require "sluice.core.digest"

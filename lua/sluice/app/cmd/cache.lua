@@ -15,6 +15,8 @@ usage: sluice cache [stats] [--cache PATH]
        sluice cache prune DAYS [--cache PATH]
        sluice cache rm [--cache PATH]
 
+Shows and prunes the provider result cache that every job on this machine shares.
+
 Provider results (transcriptions, image descriptions, completions) are kept by the content
 of their request (the audio's samples, the image's bytes, the prompt, model, parameters and
 provider), so a renamed copy of an input, or another job with the same chunks, makes no

@@ -20,6 +20,8 @@ usage: sluice jobs [--store PATH]
        sluice jobs rm ID... [--force] [--store PATH]
        sluice jobs prune DAYS [--store PATH]
 
+Lists, shows, retries and deletes the jobs recorded in a job store.
+
 The store defaults to $SLUICE_STORE, else out/sluice.db (a pipeline run keeps it in its
 output folder: OUT/sluice.db). `retry` runs the job's pipeline script again with the inputs,
 output folder and settings recorded when it last ran (exactly: integers stay integers),

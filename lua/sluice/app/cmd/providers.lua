@@ -7,6 +7,8 @@ local M = {}
 M.USAGE = [[
 usage: sluice providers [--check] [--refresh] [--set KEY=VALUE ...] [--config FILE]
 
+Lists the providers, their roles and models; --check asks the vendors.
+
 Lists every provider, the roles it serves and, for those with a model list (openai,
 gemini), the model each role would use with these settings (e.g. --set openai.llm_model=X,
 --set gemini.base_url=URL; keys come from OPENAI_API_KEY / GEMINI_API_KEY or --set

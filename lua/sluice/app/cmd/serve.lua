@@ -10,6 +10,8 @@ local M = {}
 M.USAGE = [[
 usage: sluice serve [--store PATH] [ADDR] [--token T]
 
+Serves the dashboard of past jobs; nothing runs.
+
 Serves the dashboard for the jobs in a store (default $SLUICE_STORE, else out/sluice.db) at
 ADDR (default 127.0.0.1:8750). A non-loopback ADDR needs --token; every request must then
 carry it ("Authorization: Bearer T" or "?token=T"). Ctrl-C stops.]]
