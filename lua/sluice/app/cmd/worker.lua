@@ -13,9 +13,9 @@ M.USAGE = [[
 usage: sluice worker PIPELINE.lua --broker redis://HOST:PORT [--stages a,b] [--workers N]
                      [--id NAME] [--quiet]
 
-Serves the remote stages of PIPELINE.lua (those a run marks remote: `remote = true` in the
-script or --set stages.NAME.remote=true with --broker) for every job on the broker that runs
-this pipeline, and waits for new jobs. Any number of workers on any number of machines; each
+Serves a pipeline's remote stages for every job on a broker. It serves the stages a run marks
+remote (`remote = true` in the script, or --set stages.NAME.remote=true with --broker) for
+every job on the broker that runs this pipeline, and waits for new jobs. Any number of workers on any number of machines; each
 needs the same pipeline script (and the programs and models its stages use), nothing else:
 the files a unit refers to travel through the broker.
 
