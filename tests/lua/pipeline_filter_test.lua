@@ -59,7 +59,7 @@ T.case("person frames kept, cross-video near-duplicates removed, bad video fails
   T.ok(#kept >= 1, "some frame shows a person")
   -- against the labels of person.mp4 (person_a is its 0-20 s, person_b its 6-30 s): the
   -- frames that passed show a person, and the empty room (0-5 s, 20-22 s) never passes
-  local lab, offset, empty = labels()["person"], { ["person-a"] = 0, ["person-b"] = 6 }, 0
+  local lab, offset, empty = labels()["person"], { person_a = 0, person_b = 6 }, 0
   for _, f in ipairs(m.frames) do
     local l = lab[math.floor(f.t + offset[f.video] + 0.5)]
     if f.kept or f.duplicate_of then T.ok(l, f.video .. "@" .. f.t .. " passed and shows a person") end

@@ -263,6 +263,11 @@ end
 -- the provider's own settings) and `strict`. A node: {children = {name = node}} for a group,
 -- {leaf = true} for a key that takes any value.
 local function group() return { children = {} } end
+
+-- The settings the engine reads whatever the pipeline: budget, breaker, hedge and prices
+-- (sluice.app.spend checks their values, naming the key) and broker.* (sluice.app.broker).
+local ENGINE_SETTINGS = { "budget", "breaker", "hedge", "prices", "broker.claim_idle",
+  "broker.max_deliveries", "broker.max_file", "broker.ttl", "broker.prefix" }
 local LEAF = { leaf = true }
 
 local function add_path(root, path)
@@ -289,6 +294,7 @@ function M.schema(p)
   for _, path in ipairs(leaves(p.defaults or {})) do add_path(root, path) end
   for path in pairs(p.settings or {}) do add_path(root, path) end
   add_path(root, "strict")
+  for _, path in ipairs(ENGINE_SETTINGS) do add_path(root, path) end
   local P = require "sluice.providers"
   local roles = {}
   for r in pairs(P.ROLES) do roles[r] = true end

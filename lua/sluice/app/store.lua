@@ -24,6 +24,7 @@ local serial = require "sluice.runtime.serial"
 local core = require "sluice.core.core"
 local cstore = require "sluice.core.store"
 local cjson = require "cjson"
+local json = require "sluice.runtime.json"
 
 local M = {}
 M.NULL = cstore.NULL
@@ -79,6 +80,7 @@ local function jsonable(v, depth)
     return v
   elseif ty == "table" then
     if depth > 6 then return "{...}" end
+    if next(v) == nil then return json.is_object(v) and json.object() or {} end -- (json's [] rule)
     local n = #v
     local out = {}
     local is_array = n > 0 or next(v) == nil
@@ -104,7 +106,7 @@ local function jsonable(v, depth)
 end
 
 function M.to_json(v)
-  local ok, s = pcall(cjson.encode, jsonable(v, 0))
+  local ok, s = pcall(json.encode, jsonable(v, 0))
   if ok then return s end
   return cjson.encode(tostring(v))
 end

@@ -487,7 +487,7 @@ function M.capture(o)
         -- A recording without pictures (an audio-only lecture): nothing to capture, and not a
         -- failure; the stages downstream see no frames for this key.
         local info, perr = media.probe(src)
-        if not info then error(string.format("capture %s: %s", src, perr), 0) end
+        if not info then fail("capture", src, perr) end
         local has_video = false
         for _, st in ipairs(info.streams or {}) do
           if st.type == "video" then has_video = true end
