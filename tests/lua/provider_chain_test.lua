@@ -113,13 +113,13 @@ T.case("a provider that recovers: the probe closes its breaker and it serves aga
   T.eq(c.providers[1].breaker.state, "closed")
 end)
 
-T.case("a stalled call is hedged once: the first answer wins, the other request is cancelled at the server", function()
+T.case("a stalled call is hedged: the first answer wins, the other requests are cancelled at the server", function()
   srv:reset()
   srv:control { latency = 0.02, faults = { { kind = "latency", arg = 20, path = "/v1/chat", count = 1 } } }
   chain.reset()
   local L = chain.ledger {}
   local c = chain.new("llm", { openai("llm", { model = "gpt-4.1-mini" }) }, { ledger = L })
-  local v = c:view("s", { hedge = { after = 0.3 } })
+  local v = c:view("s", { hedge = { after = 0.3, max = 1 } }) -- (max = 1: the cap never bites here)
   local t0 = sl.now()
   local text, info = v:complete("hello", { max_tokens = 20 })
   local took = sl.now() - t0
@@ -133,12 +133,24 @@ T.case("a stalled call is hedged once: the first answer wins, the other request 
   T.eq(st.total.hedges, 1)
   T.eq(st.providers.openai.hedge_wins, 1)
   T.eq(st.total.requests, 2, "both requests were metered")
-  -- both requests stall: still one hedge, and the answer of whichever comes first
+  -- the call and its hedge both stall: a second hedge (per_call = 2) answers it
   srv:reset()
-  srv:control { latency = 0.02, faults = { { kind = "latency", arg = 1.5, path = "/v1/chat", count = 2 } } }
+  srv:control { latency = 0.02, faults = { { kind = "latency", arg = 20, path = "/v1/chat", count = 2 } } }
+  t0 = sl.now()
   local text2 = v:complete("again", { max_tokens = 20 })
   T.ok(text2, "answered")
-  T.eq(#srv:requests("/v1/chat/completions"), 2, "never more than one hedge per call")
+  T.ok(sl.now() - t0 < 5, "answered by the second hedge, not after a 20 s stall: " .. (sl.now() - t0))
+  T.eq(#srv:requests("/v1/chat/completions"), 3, "two hedges")
+  -- all three stall: never more than per_call hedges, and the answer of whichever comes first
+  srv:reset()
+  srv:control { latency = 0.02, faults = { { kind = "latency", arg = 1.2, path = "/v1/chat", count = 3 } } }
+  T.ok(v:complete("once more", { max_tokens = 20 }), "answered")
+  T.eq(#srv:requests("/v1/chat/completions"), 3, "never more than per_call = 2 hedges per call")
+  local v1 = c:view("s", { hedge = { after = 0.3, max = 1, per_call = 1 } })
+  srv:reset()
+  srv:control { latency = 0.02, faults = { { kind = "latency", arg = 1.2, path = "/v1/chat", count = 2 } } }
+  T.ok(v1:complete("one hedge", { max_tokens = 20 }), "answered")
+  T.eq(#srv:requests("/v1/chat/completions"), 2, "per_call = 1: one hedge")
   -- a streamed call is never hedged (two streams would both send tokens)
   srv:reset()
   srv:control { latency = 0.02, faults = { { kind = "latency", arg = 1, path = "/v1/chat", count = 1 } } }
@@ -290,6 +302,7 @@ T.case("bad hedge settings are one line naming the setting", function()
     "stage 'vlm': hedge.after must be a number of seconds or a percentile like \"p95\"")
   T.raises(function() chain.hedge_settings({ to = "other" }) end, "hedge.to must be \"same\" or \"next\"")
   T.raises(function() chain.hedge_settings({ aftr = 1 }) end, "unknown setting hedge.aftr")
+  T.raises(function() chain.hedge_settings({ per_call = 0 }) end, "hedge.per_call must be a positive integer (got 0)")
   T.eq(chain.hedge_settings(2).after, 2)
   T.eq(chain.hedge_settings(false), nil)
 end)

@@ -41,12 +41,13 @@ local pack, unpack = table.pack, table.unpack
 
 local M = {}
 
-M.HEDGE_DEFAULTS = { after = "p95", max = 0.15, to = "same", min_samples = 5 }
+M.HEDGE_DEFAULTS = { after = "p95", max = 0.15, to = "same", min_samples = 5, per_call = 2 }
 
 -- ---- settings ------------------------------------------------------------------------------
 
 -- hedge_settings(v, where) -> settings or nil (off); raises one line naming `where` when v is
--- not true/false, a number of seconds, "pNN", or a table {after=, max=, to=, min_samples=}.
+-- not true/false, a number of seconds, "pNN", or a table {after=, max=, to=, min_samples=,
+-- per_call=}.
 function M.hedge_settings(v, where)
   where = where or "hedge"
   if v == nil or v == false then return nil end
@@ -60,7 +61,7 @@ function M.hedge_settings(v, where)
   for k, d in pairs(M.HEDGE_DEFAULTS) do if v[k] == nil then s[k] = d else s[k] = v[k] end end
   for k in pairs(v) do
     if M.HEDGE_DEFAULTS[k] == nil then
-      error(string.format("unknown setting %s.%s (known: after, max, min_samples, to)", where, tostring(k)), 0)
+      error(string.format("unknown setting %s.%s (known: after, max, min_samples, per_call, to)", where, tostring(k)), 0)
     end
   end
   local a = s.after
@@ -79,8 +80,10 @@ function M.hedge_settings(v, where)
   if s.to ~= "same" and s.to ~= "next" then
     error(string.format("%s.to must be \"same\" or \"next\" (got %s)", where, tostring(s.to)), 0)
   end
-  if math.type(s.min_samples) ~= "integer" or s.min_samples < 1 then
-    error(string.format("%s.min_samples must be a positive integer (got %s)", where, tostring(s.min_samples)), 0)
+  for _, k in ipairs { "min_samples", "per_call" } do
+    if math.type(s[k]) ~= "integer" or s[k] < 1 then
+      error(string.format("%s.%s must be a positive integer (got %s)", where, k, tostring(s[k])), 0)
+    end
   end
   return s
 end
@@ -512,36 +515,37 @@ local function try(v, p, i, spec, rec, e)
   local ok, err = pcall(function()
     local first
     if h then
-      -- wait for the answer until the call has run `after` seconds (a percentile of the
-      -- endpoint's latencies: known once there are enough of them, so a call that started
-      -- before is looked at again as they come)
+      -- wait for an answer until the newest request has run `after` seconds (a percentile of
+      -- the endpoint's latencies: known once there are enough of them, so a call that started
+      -- before is looked at again as they come), then send one more: at most h.per_call
+      -- hedges, so a hedge that stalls too (the same provider, stalling on some calls) is
+      -- hedged in its turn
       local started = now()
-      while true do
+      local sent = started
+      while running <= h.per_call do
         local a = hedge_after(ep, h)
-        local left = a and (started + a - now()) or RECHECK
-        if a and left <= 0 then
-          if ep.hedges < h.max * ep.calls + HEDGE_BURST then break end
-          left = RECHECK -- hedges are at their cap: look again as calls go on
+        local left = a and (sent + a - now()) or RECHECK
+        if a and left <= 0 and ep.hedges < h.max * ep.calls + HEDGE_BURST then
+          local target = p
+          if h.to == "next" then
+            local nx = v.chain.providers[i + 1]
+            if nx and not (nx.breaker and not nx.breaker:peek()) then target = nx end
+          end
+          ep.hedges = ep.hedges + 1
+          pv.hedges = pv.hedges + 1
+          L:stage(v.stage).hedges = L:stage(v.stage).hedges + 1
+          L.total.hedges = L.total.hedges + 1
+          hedged = true
+          if target ~= p then L:provider(target.provider).calls = L:provider(target.provider).calls + 1 end
+          L:emit { event = "hedge", stage = v.stage, provider = p.provider, to = target.provider,
+            after = now() - started }
+          launch(v, g, q, target, true, spec, rec, e)
+          running, sent = running + 1, now()
+        else
+          if a and left <= 0 then left = RECHECK end -- hedges are at their cap: look again as calls go on
+          first = sl.timeout(math.max(left, 0.001), q.get, q)
+          if first then break end
         end
-        first = sl.timeout(math.max(left, 0.001), q.get, q)
-        if first then break end
-      end
-      if first == nil then
-        local target = p
-        if h.to == "next" then
-          local nx = v.chain.providers[i + 1]
-          if nx and not (nx.breaker and not nx.breaker:peek()) then target = nx end
-        end
-        ep.hedges = ep.hedges + 1
-        pv.hedges = pv.hedges + 1
-        L:stage(v.stage).hedges = L:stage(v.stage).hedges + 1
-        L.total.hedges = L.total.hedges + 1
-        hedged = true
-        if target ~= p then L:provider(target.provider).calls = L:provider(target.provider).calls + 1 end
-        L:emit { event = "hedge", stage = v.stage, provider = p.provider, to = target.provider,
-          after = now() - started }
-        launch(v, g, q, target, true, spec, rec, e)
-        running = 2
       end
     end
     while running > 0 do
