@@ -17,12 +17,13 @@ T.case("opens after N consecutive failures; an answer in between resets the coun
   b:record(false); b:record(false)
   T.eq(b.state, "closed", "2 in a row after an answer")
   T.ok(b:allow())
-  b:record(false)
+  b:record(false, "chat completion failed: http: Couldn't connect to server")
   T.eq(b.state, "open")
   T.same(changes, { "open: 3 consecutive failures" })
   local ok, why = b:allow()
   T.eq(ok, false)
-  T.ok(why:find("circuit open for 10s more", 1, true), why)
+  T.eq(why, "circuit open for 10s more (last failure: chat completion failed: http: Couldn't connect to server)",
+    "a refusal says what the endpoint last failed with")
   T.eq(b.rejected, 1)
 end)
 

@@ -649,7 +649,7 @@ local function serve(v, spec)
         local pv = L:provider(p.provider)
         pv.skipped = pv.skipped + 1
         rec.tried[#rec.tried + 1] = p.provider .. " (circuit open)"
-        errs[#errs + 1] = p.provider .. ": circuit open"
+        errs[#errs + 1] = p.provider .. ": circuit open" .. p.breaker:last_failure()
       else
         rec.tried[#rec.tried + 1] = p.provider
         local x, hedged = try(v, p, i, spec, rec, e)

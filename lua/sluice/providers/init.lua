@@ -401,8 +401,8 @@ function M.call(p, req)
   local function fail(msg, code, info)
     return nil, M.redact(name .. ": " .. msg, secret), code, info
   end
-  local function report(outcome)
-    if b then b:record(verdict(outcome.status, outcome.code)) end
+  local function report(outcome, why) -- why: the failure's line (kept by the breaker)
+    if b then b:record(verdict(outcome.status, outcome.code), why and M.redact(why, secret)) end
     local c = sched.context()
     local m = c and c.meter
     if m then m(p, outcome) end
@@ -443,44 +443,46 @@ function M.call(p, req)
     end
     if not r then
       if permit then permit:release { ok = false, timeout = code == "ETIMEDOUT" } end
-      report { ok = false, code = code }
+      local msg = req.what .. " failed: " .. tostring(err)
+      report({ ok = false, code = code }, msg)
       local info = {}
       if req.emitted then info.retry = false end -- the caller already has part of a reply
-      return fail(req.what .. " failed: " .. tostring(err), code, info)
+      return fail(msg, code, info)
     end
     local status = r.status
     if status >= 300 then
       local ra = tonumber(r.headers["retry-after"] or "") or retry_delay(r.body)
       if permit then permit:release { ok = false, status = status, headers = r.headers, retry_after = ra } end
-      report { ok = false, status = status }
       local info = error_info(r.body)
-      return fail(req.what .. " failed: " .. error_line(status, info, retry_delay(r.body)),
-        "EHTTPSTATUS", { status = status, retry_after = ra, error = info })
+      local msg = req.what .. " failed: " .. error_line(status, info, retry_delay(r.body))
+      report({ ok = false, status = status }, msg)
+      return fail(msg, "EHTTPSTATUS", { status = status, retry_after = ra, error = info })
     end
     local v
     if req.sse then
       if stream_fail then
         if permit then permit:release { ok = false, status = status, headers = r.headers } end
-        report { ok = false, code = "EPROTO" }
-        return fail(string.format("malformed %s stream: %s", req.what, stream_fail), "EPROTO",
-          { retry = false })
+        local msg = string.format("malformed %s stream: %s", req.what, stream_fail)
+        report({ ok = false, code = "EPROTO" }, msg)
+        return fail(msg, "EPROTO", { retry = false })
       end
       v = true
     else
       local dok, dv = pcall(cjson.decode, r.body)
       if not dok then
         if permit then permit:release { ok = false, status = status, headers = r.headers } end
-        report { ok = false, code = "EPROTO" }
-        return fail(string.format("malformed %s reply: invalid JSON (%s)", req.what, tostring(dv)),
-          "EPROTO")
+        local msg = string.format("malformed %s reply: invalid JSON (%s)", req.what, tostring(dv))
+        report({ ok = false, code = "EPROTO" }, msg)
+        return fail(msg, "EPROTO")
       end
       v = dv
       if req.check then
         local good, why = req.check(v)
         if not good then
           if permit then permit:release { ok = false, status = status, headers = r.headers } end
-          report { ok = false, code = "EPROTO" }
-          return fail(string.format("malformed %s reply: %s", req.what, why), "EPROTO")
+          local msg = string.format("malformed %s reply: %s", req.what, why)
+          report({ ok = false, code = "EPROTO" }, msg)
+          return fail(msg, "EPROTO")
         end
       end
     end

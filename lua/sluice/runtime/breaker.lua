@@ -2,7 +2,7 @@
 --
 --   local breaker = require "sluice.runtime.breaker"
 --   local b = breaker.new { name = "openai https://api.openai.com/v1", failures = 5 }
---   if b:allow() then ... b:record(ok) end    -- ok: true (answered), false (failed), nil (no verdict)
+--   if b:allow() then ... b:record(ok, why) end -- ok: true (answered), false (failed: why), nil (no verdict)
 --   b:on(function(b, state, why) ... end)     -- state changes: "open", "half_open", "closed"
 --
 -- Closed: everything goes. It opens after `failures` consecutive failures (default 5), or
@@ -109,7 +109,7 @@ function Breaker:allow()
   if st == "open" then
     if self.clock() < self.until_t then
       self.rejected = self.rejected + 1
-      return false, string.format("circuit open for %.0fs more", self.until_t - self.clock())
+      return false, string.format("circuit open for %.0fs more%s", self.until_t - self.clock(), self:last_failure())
     end
     self.probing = true
     self.probes = self.probes + 1
@@ -118,15 +118,22 @@ function Breaker:allow()
   end
   if self.probing then
     self.rejected = self.rejected + 1
-    return false, "circuit half-open: a probe is on its way"
+    return false, "circuit half-open: a probe is on its way" .. self:last_failure()
   end
   self.probing = true
   self.probes = self.probes + 1
   return true
 end
 
--- record(ok): true, an answer; false, a failure; nil, no verdict (cancelled).
-function Breaker:record(ok)
+-- " (last failure: why)" for a refusal's message, or "" when no failure said why.
+function Breaker:last_failure()
+  return self.last_why and " (last failure: " .. self.last_why .. ")" or ""
+end
+
+-- record(ok, why): true, an answer; false, a failure (why: its one line, kept for the
+-- messages of the refusals that follow); nil, no verdict (cancelled).
+function Breaker:record(ok, why)
+  if ok == false and why then self.last_why = why end
   if ok == nil then
     if self.state == "half_open" then self.probing = false end
     return
@@ -143,6 +150,7 @@ function Breaker:record(ok)
   if self.state == "half_open" then
     if ok then
       self.consecutive, self.recent, self.current_cooldown, self.probing = 0, {}, self.cooldown, false
+      self.last_why = nil
       set(self, "closed", "the probe was answered")
     else
       self.current_cooldown = math.min(self.max_cooldown, self.current_cooldown * 2)
