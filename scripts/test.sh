@@ -1,7 +1,8 @@
 #!/bin/sh
 # The whole test suite: installs what is missing, builds a normal and an ASan+UBSan tree,
-# runs CTest in both, runs the runtime's tests under valgrind (scripts/valgrind.sh), and ends
-# with one "N passed, N failed" line.
+# runs CTest in both, runs the runtime's tests under valgrind (scripts/valgrind.sh) and the
+# thread pool's and media jobs' tests under ThreadSanitizer (scripts/tsan.sh), and ends with
+# one "N passed, N failed" line.
 set -u
 cd "$(dirname "$0")/.."
 sh scripts/deps.sh || exit 1
@@ -26,13 +27,19 @@ run_tree() { # dir, cmake options, ctest options
 mkdir -p build build-asan
 run_tree build "-DCMAKE_BUILD_TYPE=RelWithDebInfo" "" || failed=$((failed + 1))
 run_tree build-asan "-DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON" "-LE noasan" || failed=$((failed + 1))
-vg=$(sh scripts/valgrind.sh 2>&1 | tee build-valgrind.log | sed -n 's/^valgrind: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p')
-if [ -n "$vg" ]; then
-  passed=$((passed + ${vg% *})); failed=$((failed + ${vg#* }))
-  grep -E "^(ok|FAIL) +[^ ]+$" build-valgrind.log | sed "s/^/valgrind: /"
-  [ "${vg#* }" -eq 0 ] || tail -n 80 build-valgrind.log
-else
-  tail -n 30 build-valgrind.log; failed=$((failed + 1))
-fi
+# A script that ends with "NAME: N passed, N failed" (valgrind, ThreadSanitizer): its counts
+# join the total, its per-test lines are shown, and its log when something failed.
+run_script() { # name, script
+  out=$(sh "$2" 2>&1 | tee "build-$1.log" | sed -n "s/^$1: \([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p")
+  if [ -n "$out" ]; then
+    passed=$((passed + ${out% *})); failed=$((failed + ${out#* }))
+    grep -E "^(ok|FAIL) +[^ ]+$" "build-$1.log" | sed "s/^/$1: /"
+    [ "${out#* }" -eq 0 ] || tail -n 80 "build-$1.log"
+  else
+    tail -n 30 "build-$1.log"; failed=$((failed + 1))
+  fi
+}
+run_script valgrind scripts/valgrind.sh
+run_script tsan scripts/tsan.sh
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
