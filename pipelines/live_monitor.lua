@@ -70,7 +70,7 @@ local function fresh_state(ctx)
     pending = nil, running = 0, max_backlog = 0, requests = 0,
     frames = 0, dropped_frames = 0, coalesced = 0, analyses = 0, failures = 0,
     captures = {}, intervals = {}, last_request_t = nil, prev_hash = nil, present = {},
-    analysed = {},
+    analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0,
   }
 end
 
@@ -91,6 +91,38 @@ local function gap_stats(gaps)
   for i, g in ipairs(gaps) do s[i] = g end
   table.sort(s)
   return { count = #s, p50 = quantile(s, 0.5), p99 = quantile(s, 0.99), max = s[#s] or cjson.null }
+end
+
+-- Seconds from a segment appearing in the playlist to its first frame captured (HLS reader).
+local function latency_stats(l)
+  if not l or #l == 0 then return cjson.null end
+  local s = {}
+  for i, v in ipairs(l) do s[i] = v end
+  table.sort(s)
+  return { count = #s, p50 = quantile(s, 0.5), p95 = quantile(s, 0.95), max = s[#s] }
+end
+
+-- A gap in the stream (HLS reader: an outage, a stall, an encoder restart, expired
+-- segments): a `gap` record and one line on stderr.
+local function gap(ctx, st, url, g)
+  st.gaps = st.gaps + 1
+  st.missed_segments = st.missed_segments + (g.missed or 0)
+  st.gap_seconds = st.gap_seconds + (g.wall_to - g.wall_from)
+  log_record(st, { type = "gap", cause = g.cause, detail = g.detail, t = g.from, from = g.from, to = g.to,
+    wall_from = g.wall_from - st.t0, wall_to = g.wall_to - st.t0, seq_from = g.seq_from, seq_to = g.seq_to,
+    missed = g.missed, ongoing = g.ongoing }, ctx)
+  io.stderr:write(string.format("live_monitor: %s: gap of %.1f s (stream %.1f-%.1f s, %s): %s%s%s\n",
+    require("sluice.runtime.http").safe_url(url), g.wall_to - g.wall_from, g.from, g.to,
+    g.missed and (g.missed .. " segment(s) missed") or "segments missed unknown", g.cause,
+    g.detail and (": " .. g.detail) or "", g.ongoing and " (still going on when the run stopped)" or ""))
+end
+
+-- The HLS reader's other records: join, outage (began), discontinuity, restart.
+local function live_event(ctx, st, e)
+  local rec = {}
+  for k, v in pairs(e) do rec[k] = v end
+  if rec.wall then rec.wall = rec.wall - st.t0 end
+  log_record(st, rec, ctx)
 end
 
 -- The frame intervals (capture wall time to the next capture), all of them and those that
@@ -118,6 +150,9 @@ local function summarize(st, ctx)
     coalesced = st.coalesced, analyses = st.analyses, failures = st.failures,
     max_backlog = st.max_backlog, intervals = gap_stats(gaps), intervals_during_analysis = gap_stats(busy),
     elapsed = sl.now() - st.t0,
+    gaps = st.gaps, missed_segments = st.missed_segments, gap_seconds = st.gap_seconds,
+    capture_fps = (#caps > 1 and caps[#caps] > caps[1]) and (#caps - 1) / (caps[#caps] - caps[1]) or cjson.null,
+    segment_to_capture = latency_stats(st.latencies),
   }
 end
 
@@ -300,6 +335,7 @@ return sl.pipeline "live_monitor" {
     providers = { vlm = "tesseract", filter = "worker" },
     fps = 2, max_width = 640, detector = "dhash", change = 12, classes = { "person" },
     min_score = 0.5, periodic = 10, concurrency = 2, duration = 0, realtime = "auto", reader = "auto",
+    reconnect = { initial = 0.5, max = 0, give_up = 0 }, stall = 0,
     keep_frames = false, prompt = "Describe what happens in this frame of a live camera in one sentence.",
   },
   settings = { every = "seconds between frames (instead of fps)" },
@@ -322,16 +358,26 @@ return sl.pipeline "live_monitor" {
       local reader = conf.reader
       if reader == "auto" then
         local scheme = url:match("^(%a[%w+.-]*)://")
-        reader = (scheme and CLI_SCHEMES[scheme:lower()]) and "ffmpeg" or "media"
+        reader = (scheme and CLI_SCHEMES[scheme:lower()]) and "ffmpeg" or
+          require("sluice.media.hls").is_playlist(url) and "hls" or "media"
       end
       local stream
-      if reader == "ffmpeg" then
+      if reader == "hls" then
+        local rc = type(conf.reconnect) == "table" and conf.reconnect or {}
+        stream = require("sluice.media.hls").frames(url, { every = 1 / fps, max_width = conf.max_width,
+          dir = st.frames_dir, prefix = "f",
+          reconnect = { initial = rc.initial, max = (tonumber(rc.max) or 0) > 0 and rc.max or nil,
+            give_up = rc.give_up },
+          stall = (tonumber(conf.stall) or 0) > 0 and conf.stall or nil,
+          on_gap = function(g) gap(ctx, st, url, g) end,
+          on_event = function(e) live_event(ctx, st, e) end })
+      elseif reader == "ffmpeg" then
         stream = cli_frames(url, fps, conf.max_width, st.frames_dir)
       elseif reader == "media" then
         stream = media.frames(url, { every = 1 / fps, max_width = conf.max_width,
           dir = st.frames_dir, prefix = "f" })
       else
-        error("live_monitor: reader must be auto, media or ffmpeg (got " .. tostring(reader) .. ")", 0)
+        error("live_monitor: reader must be auto, hls, media or ffmpeg (got " .. tostring(reader) .. ")", 0)
       end
       local conc = math.tointeger(tonumber(conf.concurrency))
       if not conc or conc < 1 then error("live_monitor: concurrency must be a positive integer (got " .. tostring(conf.concurrency) .. ")", 0) end
@@ -341,20 +387,22 @@ return sl.pipeline "live_monitor" {
       local first_t, started = nil, sl.now()
       log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, reader = reader,
         policy = "keep latest" }, ctx)
+      local why = "finished"
       local unsent -- the path of a frame received and not yet handed on (or dropped)
       local ok, err = pcall(function()
         while true do
           local left = duration > 0 and (duration - (sl.now() - started)) or nil
-          if left and left <= 0 then break end
+          if left and left <= 0 then why = "duration"; break end
           local f, ferr, code
           if left then
             f, ferr, code = sl.timeout(left, stream.next, stream)
-            if f == nil and code == "ETIMEDOUT" then break end
+            if f == nil and code == "ETIMEDOUT" then why = "duration"; break end
           else
             f, ferr = stream:next()
           end
           if not f then
             if ferr then error("live_monitor: " .. tostring(ferr), 0) end
+            why = "finished" -- the stream really ended (EXT-X-ENDLIST, the end of a file)
             break
           end
           unsent = f.path
@@ -373,7 +421,7 @@ return sl.pipeline "live_monitor" {
             log_record(st, { type = "dropped", t = f.t, seq = f.seq, reason = "detector busy", wall = wall }, ctx)
             if not conf.keep_frames then os.remove(f.path) end
           else
-            ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall },
+            ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall, segment = f.segment },
               { seq = f.seq, t0 = f.t, t1 = f.t, key = "live" })
           end
           unsent = nil
@@ -382,8 +430,9 @@ return sl.pipeline "live_monitor" {
       -- stopped while holding a frame (Ctrl-C during the real-time wait or a full queue)
       if unsent and not conf.keep_frames then os.remove(unsent) end
       stream:close()
+      st.latencies = stream.latencies
       st.dropped_frames = st.dropped_frames + (stream.dropped or 0) -- the ffmpeg reader's
-      log_record(st, { type = "end", frames = st.frames, reason = ok and "finished" or (type(err) == "string" and err or "stopped") }, ctx)
+      log_record(st, { type = "end", frames = st.frames, reason = ok and why or (type(err) == "string" and err or "stopped") }, ctx)
       -- a first summary now (the report stage rewrites it once the analyses in flight are in)
       write_json_atomic(st.dir .. "/summary.json", summarize(st, ctx))
       if not ok then error(err, 0) end
@@ -408,7 +457,7 @@ return sl.pipeline "live_monitor" {
         else
           error("live_monitor: detector must be dhash or worker (got " .. tostring(conf.detector) .. ")", 0)
         end
-        local rec = { type = "frame", t = frame.t, seq = frame.seq, captured = frame.wall,
+        local rec = { type = "frame", t = frame.t, seq = frame.seq, captured = frame.wall, segment = frame.segment,
           hit = det and det.hit or false, change = det and det.change, class = det and det.class,
           score = det and det.score, error = err and tostring(err) or nil }
         log_record(st, rec)
