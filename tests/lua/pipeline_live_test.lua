@@ -256,7 +256,7 @@ T.case("bad input: a missing stream fails with one line; a failing analysis is l
   local r = P.run({ P.src .. "/pipelines/live_monitor.lua", web.url .. "/nosuch.m3u8", "--out", out,
     "--no-store", "--quiet" })
   T.eq(r.status, 1, r.stderr)
-  T.ok(r.stderr:find("live_monitor: " .. web.url .. "/nosuch.m3u8: Server returned 404 Not Found", 1, true), r.stderr)
+  T.ok(r.stderr:find("live_monitor: " .. web.url .. "/nosuch.m3u8: HTTP 404", 1, true), r.stderr)
   srv:reset()
   srv:control { latency = 0.2, faults = { { kind = "400", path = "/v1/chat", count = 1 } } }
   local out2 = TMP .. "/run5"

@@ -290,6 +290,7 @@ function Reader:take(pl)
   end
   for _, s in ipairs(new) do self.queue[#self.queue + 1] = s end
   self.last_seq = new[#new].seq
+  self.last_duration = new[#new].duration
   self.last_new_wall = t
   return true
 end
@@ -329,9 +330,12 @@ function Reader:reload()
       detail = string.format("no new segment for %.1f s", now() - self.last_new_wall) }
     self.on_event { type = "outage", cause = "stalled", detail = self.stalled.detail, wall = self.last_new_wall }
   end
-  -- RFC 8216 6.3.4: reload after the target duration once it changed, half of it otherwise
+  -- RFC 8216 6.3.4: reload half a target duration after an unchanged playlist; after a
+  -- change, when the next segment is due: the last one's duration (as FFmpeg's demuxer does),
+  -- at most the target duration
   local changed = self.last_new_wall >= started
-  self.next_reload = started + (changed and self:target() or self:target() / 2)
+  local last = self.last_duration or self:target()
+  self.next_reload = started + (changed and math.min(last, self:target()) or self:target() / 2)
   return true
 end
 
