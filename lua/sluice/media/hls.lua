@@ -262,31 +262,38 @@ function Reader:take(pl)
     return true
   end
   self.outage, self.stalled = nil, nil
-  local missed_from = self.last_seq + 1
-  local missed = 0
-  if not reset then missed = new[1].seq - missed_from end
-  for _, s in ipairs(expired) do
-    if not reset then missed_from = math.min(missed_from, s.seq) end
+  -- what was missed: the sequences between the last one taken and the first new one (and
+  -- queued ones that expired), unknown after a restart
+  local missed, missed_from = 0, self.last_seq + 1
+  if not reset then
+    for _, s in ipairs(expired) do missed_from = math.min(missed_from, s.seq) end
+    missed = math.max(0, new[1].seq - missed_from)
   end
-  if not reset then missed = math.max(0, new[1].seq - missed_from) end
   local lost = outage or stall
-  if reset then
-    -- what was missed is unknown: the wall time between the last segment before and the new
-    -- encoder's first one, less what the new playlist holds
-    local held = 0
-    for _, s in ipairs(new) do held = held + s.duration end
-    local since = (lost and lost.wall_from) or self.last_new_wall
-    local est = math.max(0, (t - held) - since)
-    self:report_gap("restart", "media sequence went back from " .. self.last_seq .. " to " .. new[1].seq ..
-      (lost and " after " .. (lost.cause == "outage" and "an outage" or "a stall") .. " (" .. lost.detail .. ")" or ""),
-      #expired > 0 and #expired or nil, nil, nil, est, since, { lost_queued = #expired > 0 and #expired or nil })
-    self.on_event { type = "restart", seq = new[1].seq, t = self.t_next, previous = self.last_seq }
-  elseif lost or missed > 0 then
-    local cause = lost and lost.cause or "expired"
-    local detail = lost and lost.detail or (missed .. " segment(s) left the playlist before they were fetched")
-    local wall_from = lost and lost.wall_from or self.last_new_wall
-    self:report_gap(cause, detail, missed, missed > 0 and missed_from or nil,
-      missed > 0 and new[1].seq - 1 or nil, missed * self:avg_duration(), wall_from)
+  -- the length of content lost by the wall clock: from the last segment before to the start
+  -- of what the playlist now holds (the new segments end about now)
+  local held = 0
+  for _, s in ipairs(new) do held = held + s.duration end
+  local since = (lost and lost.wall_from) or self.last_new_wall
+  local by_wall = math.max(0, (t - held) - since)
+  local disc = new[1].discontinuity
+  if reset or lost or missed > 0 or (disc and by_wall > self:avg_duration()) then
+    local cause, detail, est
+    local why = lost and ((lost.cause == "outage" and "an outage" or "a stall") .. " (" .. lost.detail .. ")")
+    if reset then
+      cause, est = "restart", by_wall
+      detail = "media sequence went back from " .. self.last_seq .. " to " .. new[1].seq .. (why and " after " .. why or "")
+      self.on_event { type = "restart", seq = new[1].seq, t = self.t_next, previous = self.last_seq }
+    elseif disc then
+      cause, est = "discontinuity", math.max(by_wall, missed * self:avg_duration())
+      detail = "EXT-X-DISCONTINUITY at sequence " .. new[1].seq .. (why and " after " .. why or "")
+    else
+      cause, est = lost and lost.cause or "expired", missed * self:avg_duration()
+      detail = lost and lost.detail or (missed .. " segment(s) left the playlist before they were fetched")
+    end
+    self:report_gap(cause, detail, (not reset) and missed or nil, (not reset and missed > 0) and missed_from or nil,
+      (not reset and missed > 0) and new[1].seq - 1 or nil, est, since,
+      { lost_queued = reset and #expired > 0 and #expired or nil })
   end
   for _, s in ipairs(new) do self.queue[#self.queue + 1] = s end
   self.last_seq = new[#new].seq
