@@ -162,6 +162,18 @@ T.case("outages (connection refused, then HTTP 404): reconnects, reports both ga
     for _, g in ipairs(gaps) do if s >= g.seq_from and s <= g.seq_to then in_gap = in_gap + 1 end end
     T.ok((captured[s] and 1 or 0) + in_gap == 1, "segment " .. s .. " captured or in exactly one gap")
   end
+  -- each segment is read once: at most its 2 frames (1 s at 2 fps), never again
+  local per = {}
+  for _, f in ipairs(frames) do
+    local k = f.segment
+    per[k] = per[k] or {}
+    per[k][#per[k] + 1] = f.t
+  end
+  for seg, ts in pairs(per) do
+    local dup = false
+    for i = 2, #ts do if ts[i] - ts[1] > 1.5 then dup = true end end
+    T.ok(not dup, "segment " .. seg .. " read once (frames at " .. table.concat(ts, ", ") .. ")")
+  end
   -- stream time is monotonic and leaves the gaps' ranges out
   for i = 2, #frames do
     T.ok(frames[i].t > frames[i - 1].t, "stream time grows at frame " .. frames[i].seq)

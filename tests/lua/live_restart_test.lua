@@ -168,6 +168,18 @@ T.case("an encoder restart (sequence reset) and a discontinuity: no stall, both 
   for s = first2, last3 - 1 do -- (the last may have appeared as the run stopped)
     T.ok(got[s], "segment " .. s .. " captured")
   end
+  -- each segment is read once: at most its 2 frames (1 s at 2 fps), never again
+  local per = {}
+  for _, f in ipairs(frames) do
+    local k = (f.captured > rst.wall_to - 0.01 and "2:" or "1:") .. f.segment -- sequences restart at 0
+    per[k] = per[k] or {}
+    per[k][#per[k] + 1] = f.t
+  end
+  for seg, ts in pairs(per) do
+    local dup = false
+    for i = 2, #ts do if ts[i] - ts[1] > 1.5 then dup = true end end
+    T.ok(not dup, "segment " .. seg .. " read once (frames at " .. table.concat(ts, ", ") .. ")")
+  end
   -- stream time monotonic over the crash, the reset and the discontinuity
   for i = 2, #frames do
     T.ok(frames[i].t > frames[i - 1].t, "stream time grows at frame " .. frames[i].seq)

@@ -51,9 +51,23 @@ local function resolve(base, uri)
 end
 M.resolve = resolve
 
+-- An attribute list (RFC 8216 4.2): NAME=value pairs, values quoted or not, comma-separated.
 local function attributes(s)
-  local a = {}
-  for k, v in s:gmatch('([%w%-]+)=("[^"]*"|[^,]*)') do a[k] = v:gsub('^"(.*)"$', "%1") end
+  local a, i = {}, 1
+  while i <= #s do
+    local k, j = s:match("^%s*([%w%-]+)=()", i)
+    if not k then break end
+    local v
+    if s:sub(j, j) == '"' then
+      local e = s:find('"', j + 1, true) or (#s + 1)
+      v, i = s:sub(j + 1, e - 1), e + 1
+    else
+      local e = s:find(",", j, true) or (#s + 1)
+      v, i = s:sub(j, e - 1), e
+    end
+    a[k] = v
+    i = (s:find(",", i, true) or #s) + 1
+  end
   return a
 end
 
@@ -219,8 +233,9 @@ function Reader:take(pl)
   if not self.joined then
     self.joined = true
     local first = pl.endlist and 1 or math.max(1, #segs + (self.opts.live_start or -3) + 1)
-    self.last_seq = (segs[first] and segs[first].seq or pl.media_sequence) - 1
+    self.last_seq = segs[#segs] and segs[#segs].seq or pl.media_sequence - 1
     for i = first, #segs do self.queue[#self.queue + 1] = segs[i] end
+    self.last_duration = segs[#segs] and segs[#segs].duration
     self.last_new_wall = t
     self.on_event { type = "join", seq = segs[first] and segs[first].seq, segments = #segs,
       target_duration = pl.target_duration, endlist = pl.endlist, playlist = self.playlist_url }
