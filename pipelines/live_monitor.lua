@@ -169,7 +169,7 @@ local CLI_SCHEMES = { rtsp = true, rtsps = true, rtmp = true, rtmps = true, udp 
 -- byte-stuffs 0xFF, so 0xFFD8/0xFFD9 only occur at frame boundaries); each is written to
 -- `dir` and hashed (dHash) on the thread pool. If frames pile up (8) unread, new ones are
 -- dropped: ffmpeg's pipe never waits on us.
-local function cli_frames(url, fps, max_width, dir)
+local function cli_frames(url, fps, max_width, dir, prefix)
   local proc = require "sluice.core.proc"
   local media = require "sluice.media"
   local q = sl.queue(8)
@@ -211,7 +211,7 @@ local function cli_frames(url, fps, max_width, dir)
       end
       return nil
     end
-    local path = string.format("%s/f_%06d.jpg", dir, item.seq)
+    local path = string.format("%s/%s_%06d.jpg", dir, prefix or "f", item.seq)
     local f = assert(io.open(path, "wb"))
     f:write(item.jpeg)
     f:close()
@@ -378,6 +378,26 @@ return sl.pipeline "live_monitor" {
           dir = st.frames_dir, prefix = "f" })
       else
         error("live_monitor: reader must be auto, hls, media or ffmpeg (got " .. tostring(reader) .. ")", 0)
+      end
+      if reader ~= "hls" and is_url(url) and not url:match("^[Ff][Ii][Ll][Ee]:") then
+        -- a live input without segments: opened again when it fails, ends or stalls
+        local first, opened, rc = stream, 0, type(conf.reconnect) == "table" and conf.reconnect or {}
+        local stall = tonumber(conf.stall) or 0
+        if stall <= 0 then stall = math.max(10, 3 / fps) end
+        stream = require("sluice.media.live").reopening(function()
+          if first then
+            local s = first
+            first = nil
+            return s
+          end
+          opened = opened + 1 -- each reader numbers its frames from 1: its own file names
+          local prefix = "f" .. opened
+          if reader == "ffmpeg" then return cli_frames(url, fps, conf.max_width, st.frames_dir, prefix) end
+          return media.frames(url, { every = 1 / fps, max_width = conf.max_width, dir = st.frames_dir, prefix = prefix })
+        end, { url = url, stall = stall,
+          reconnect = { initial = rc.initial, max = (tonumber(rc.max) or 0) > 0 and rc.max or nil, give_up = rc.give_up },
+          on_gap = function(g) gap(ctx, st, url, g) end,
+          on_event = function(e) live_event(ctx, st, e) end })
       end
       local conc = math.tointeger(tonumber(conf.concurrency))
       if not conc or conc < 1 then error("live_monitor: concurrency must be a positive integer (got " .. tostring(conf.concurrency) .. ")", 0) end
