@@ -4,10 +4,13 @@
 --
 --   sluice run pipelines/live_monitor.lua URL_OR_FILE --out DIR [--set key=value ...]
 --
--- Input: a live HLS playlist over HTTP(S) (`.m3u8`, read incrementally by sluice.media: the
--- FFmpeg HLS demuxer reloads the playlist), any other input sluice.media opens, a local file
--- played at real time (`realtime`, on by default for paths) for demos, or RTSP/RTMP/UDP/SRT
--- (outside sluice.media's protocol whitelist) through an `ffmpeg` subprocess (`reader`).
+-- Input: a live HLS playlist over HTTP(S) (`.m3u8`, read by sluice.media.hls: sluice polls
+-- the playlist, reconnects with backoff after an outage and reports every segment it missed
+-- as a `gap`), any other input sluice.media opens, a local file played at real time
+-- (`realtime`, on by default for paths) for demos, or RTSP/RTMP/UDP/SRT (outside
+-- sluice.media's protocol whitelist) through an `ffmpeg` subprocess (`reader`). Live inputs
+-- other than HLS are opened again when they fail, end or stall (sluice.media.live). The run
+-- ends by `duration`, Ctrl-C, or a stream that really ended (EXT-X-ENDLIST, a file's end).
 --
 -- capture  (source) one frame every 1/fps seconds of stream time (JPEG in DIR/frames, scaled
 --          to max_width); if the detector has fallen a whole queue behind, the frame is
@@ -38,7 +41,9 @@
 -- Settings: fps (2; or every = seconds between frames), max_width (640), detector (dhash|worker), change (12), classes
 -- ({"person"}), min_score (0.5), periodic (10; 0 = off), concurrency (2), duration (0 = until
 -- the stream ends or Ctrl-C), realtime ("auto": paths yes, URLs no), reader ("auto": ffmpeg
--- for rtsp/rtmp/udp/rtp/srt/tcp URLs, else media), prompt,
+-- for rtsp/rtmp/udp/rtp/srt/tcp URLs, hls for http(s) .m3u8 URLs, else media),
+-- reconnect.initial (0.5 s), reconnect.max (0: the target duration; 2 s without HLS),
+-- reconnect.give_up (0: never), stall (0: 3 target durations; max(10 s, 3 periods)), prompt,
 -- keep_frames (false: frames nobody analyses are deleted).
 local sl = require "sluice"
 local cjson = require "cjson"

@@ -8,12 +8,12 @@
 -- encoder wrote meanwhile), keep stream time monotonic and end only by `duration`.
 local T = require "sluice.app.test"
 local sl = require "sluice"
-local proc = require "sluice.core.proc"
 local cjson = require "cjson"
 local P = (function()
   package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" .. package.path
   return require "pltest"
 end)()
+local L = require "livehls"
 T.timeout = 90
 
 local TD = 1 -- target duration (s)
@@ -22,44 +22,11 @@ local HLS = TMP .. "/hls"
 local DOWN = TMP .. "/down"
 P.sh("mkdir -p " .. HLS)
 
--- the truth: when each media sequence first appeared in the playlist the encoder writes
-local appeared = {}
-local watching = true
-local function watch_playlist()
-  sl.spawn(function()
-    while watching do
-      local f = io.open(HLS .. "/live.m3u8", "rb")
-      if f then
-        local text = f:read("a")
-        f:close()
-        local seq = tonumber(text:match("#EXT%-X%-MEDIA%-SEQUENCE:(%d+)"))
-        if seq then
-          for _ in text:gmatch("\n([^#\n][^\n]*)") do
-            if not appeared[seq] then appeared[seq] = sl.now() end
-            seq = seq + 1
-          end
-        end
-      end
-      sl.sleep(0.05)
-    end
-  end)
-end
-
-local ff
+local ff, watch, appeared
 T.setup("a live HLS stream of real footage", function()
-  ff = assert(proc.spawn {
-    file = "ffmpeg",
-    args = { "-v", "error", "-nostdin", "-re", "-stream_loop", "-1", "-i", P.footage("person.mp4"),
-      "-vf", "scale=320:-2", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-      "-g", "10", "-keyint_min", "10", "-sc_threshold", "0", "-f", "hls", "-hls_time", tostring(TD),
-      "-hls_list_size", "5", "-hls_flags", "delete_segments", HLS .. "/live.m3u8" },
-    on_stderr = function(c) if c then io.stderr:write("ffmpeg: ", c) end end,
-  })
-  for _ = 1, 200 do
-    if P.exists(HLS .. "/live.m3u8") then break end
-    sl.sleep(0.05)
-  end
-  watch_playlist()
+  ff = L.encoder(HLS, "delete_segments", TD, true)
+  watch = L.watch(HLS) -- the truth: when each media sequence appeared in the playlist
+  appeared = watch.appeared
   sl.sleep(2.5) -- a few segments in the playlist
 end)
 
@@ -102,14 +69,8 @@ T.case("outages (connection refused, then HTTP 404): reconnects, reports both ga
   local outages = err
   T.eq(summary.state, "done", cjson.encode(summary.dead))
   T.ok(t0, "the start record")
-  local recs = {}
-  for line in io.lines(out .. "/events.jsonl") do recs[#recs + 1] = cjson.decode(line) end
-  local gaps, frames, ends = {}, {}, {}
-  for _, r in ipairs(recs) do
-    if r.type == "gap" then gaps[#gaps + 1] = r end
-    if r.type == "frame" then frames[#frames + 1] = r end
-    if r.type == "end" then ends[#ends + 1] = r end
-  end
+  local _, by = L.records(out .. "/events.jsonl")
+  local gaps, frames, ends = by.gap or {}, by.frame or {}, by["end"] or {}
   -- the run ended by its duration only
   T.eq(#ends, 1)
   T.eq(ends[1].reason, "duration", "the end record's reason")
@@ -140,7 +101,8 @@ T.case("outages (connection refused, then HTTP 404): reconnects, reports both ga
     T.ok(g.missed and g.missed >= 1, "gap " .. i .. " missed segments: " .. tostring(g.missed))
     T.eq(g.seq_to - g.seq_from + 1, g.missed)
     for s = g.seq_from, g.seq_to do
-      local at = appeared[s] and appeared[s] - t0
+      local k = tostring(math.tointeger(s)) -- (JSON numbers decode as floats)
+      local at = appeared[k] and appeared[k] - t0
       T.ok(at and at >= a - TD - 0.3 and at <= b,
         string.format("segment %d (missed in gap %d) was published at %s s, while the origin was away (%.2f-%.2f)",
           s, i, tostring(at), a, b))
@@ -162,18 +124,8 @@ T.case("outages (connection refused, then HTTP 404): reconnects, reports both ga
     for _, g in ipairs(gaps) do if s >= g.seq_from and s <= g.seq_to then in_gap = in_gap + 1 end end
     T.ok((captured[s] and 1 or 0) + in_gap == 1, "segment " .. s .. " captured or in exactly one gap")
   end
-  -- each segment is read once: at most its 2 frames (1 s at 2 fps), never again
-  local per = {}
-  for _, f in ipairs(frames) do
-    local k = f.segment
-    per[k] = per[k] or {}
-    per[k][#per[k] + 1] = f.t
-  end
-  for seg, ts in pairs(per) do
-    local dup = false
-    for i = 2, #ts do if ts[i] - ts[1] > 1.5 then dup = true end end
-    T.ok(not dup, "segment " .. seg .. " read once (frames at " .. table.concat(ts, ", ") .. ")")
-  end
+  -- each segment is read once
+  L.read_once(T, frames, function(f) return f.segment end)
   -- stream time is monotonic and leaves the gaps' ranges out
   for i = 2, #frames do
     T.ok(frames[i].t > frames[i - 1].t, "stream time grows at frame " .. frames[i].seq)
@@ -196,8 +148,8 @@ T.case("outages (connection refused, then HTTP 404): reconnects, reports both ga
 end)
 
 T.teardown("stop the encoder", function()
-  watching = false
-  if ff then pcall(ff.kill, ff, "SIGTERM") end
+  if watch then watch.stop() end
+  if ff then pcall(ff.p.kill, ff.p, "SIGTERM") end
   P.rm(TMP)
 end)
 

@@ -8,12 +8,12 @@
 -- every segment either encoder published is captured, and stream time stays monotonic.
 local T = require "sluice.app.test"
 local sl = require "sluice"
-local proc = require "sluice.core.proc"
 local cjson = require "cjson"
 local P = (function()
   package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" .. package.path
   return require "pltest"
 end)()
+local L = require "livehls"
 T.timeout = 90
 
 local TD = 1 -- target duration (s)
@@ -21,65 +21,22 @@ local TMP = P.tmpdir("liverst")
 local HLS = TMP .. "/hls"
 P.sh("mkdir -p " .. HLS)
 
--- the truth: when each media sequence first appeared in the playlist the encoder writes
-local appeared = {}
-local encoder = 1
-local stale -- the crashed encoder's last playlist: not the new encoder's until rewritten
-local watching = true
-local function watch_playlist()
-  sl.spawn(function()
-    while watching do
-      local f = io.open(HLS .. "/live.m3u8", "rb")
-      if f then
-        local text = f:read("a")
-        f:close()
-        local seq = tonumber(text:match("#EXT%-X%-MEDIA%-SEQUENCE:(%d+)"))
-        if seq and text ~= stale then
-          for _ in text:gmatch("\n([^#\n][^\n]*)") do
-            -- by encoder: a restarted one numbers its segments from 0 again
-            local k = encoder .. ":" .. seq
-            if not appeared[k] then appeared[k] = sl.now() end
-            seq = seq + 1
-          end
-        end
-      end
-      sl.sleep(0.05)
-    end
-  end)
-end
-
-
-local function start_encoder(flags)
-  local exited = sl.event()
-  local p = assert(proc.spawn {
-    file = "ffmpeg",
-    args = { "-v", "error", "-nostdin", "-re", "-stream_loop", "-1", "-i", P.footage("person.mp4"),
-      "-vf", "scale=320:-2", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-      "-g", "10", "-keyint_min", "10", "-sc_threshold", "0", "-f", "hls", "-hls_time", tostring(TD),
-      "-hls_list_size", "5", "-hls_flags", flags, HLS .. "/live.m3u8" },
-    on_stderr = function(c) if c then io.stderr:write("ffmpeg: ", c) end end,
-    on_exit = function() exited:set(true) end,
-  })
-  return { p = p, exited = exited, kill = function(self, sig) return self.p:kill(sig) end }
-end
-
-local ff, web
+local ff, web, watch, appeared
 T.setup("a live HLS stream of real footage", function()
-  ff = start_encoder("delete_segments")
-  for _ = 1, 200 do
-    if P.exists(HLS .. "/live.m3u8") then break end
-    sl.sleep(0.05)
-  end
-  watch_playlist()
+  ff = L.encoder(HLS, "delete_segments", TD, true)
+  -- the truth: when each media sequence appeared, by encoder ("1:7", "2:0", ...)
+  watch = L.watch(HLS)
+  watch.prefix = "1:"
+  appeared = watch.appeared
   web = P.static_server(HLS)
   sl.sleep(2.5)
 end)
 
 -- kills the encoder as a crash would (no EXT-X-ENDLIST written) and waits for it to be gone
 local function crash(p)
-  p:kill("SIGKILL")
+  p.p:kill("SIGKILL")
   sl.timeout(5, p.exited.wait, p.exited)
-  stale = P.read(HLS .. "/live.m3u8")
+  watch.stale = P.read(HLS .. "/live.m3u8") -- not the new encoder's until it writes its own
 end
 
 T.case("an encoder restart (sequence reset) and a discontinuity: no stall, both reported, time monotonic", function()
@@ -93,28 +50,21 @@ T.case("an encoder restart (sequence reset) and a discontinuity: no stall, both 
     crash(ff)
     local k1 = sl.now()
     sl.sleep(4)
-    encoder = 2
-    ff = start_encoder("delete_segments") -- a new encoder: sequence 0 again
+    watch.prefix = "2:"
+    ff = L.encoder(HLS, "delete_segments", TD) -- a new encoder: sequence 0 again
     sl.sleep(6)
     crash(ff)
     local k2 = sl.now()
     sl.sleep(2)
-    encoder = 3
-    ff = start_encoder("delete_segments+append_list") -- goes on after a discontinuity
+    watch.prefix = "3:"
+    ff = L.encoder(HLS, "delete_segments+append_list", TD) -- goes on after a discontinuity
     return { k1, k2 }
   end)
   local summary = job:wait()
   T.ok(ok, tostring(err))
   T.eq(summary.state, "done", cjson.encode(summary.dead))
-  local recs = {}
-  for line in io.lines(out .. "/events.jsonl") do recs[#recs + 1] = cjson.decode(line) end
-  local gaps, frames, byt = {}, {}, {}
-  for _, r in ipairs(recs) do
-    byt[r.type] = byt[r.type] or {}
-    table.insert(byt[r.type], r)
-    if r.type == "gap" then gaps[#gaps + 1] = r end
-    if r.type == "frame" then frames[#frames + 1] = r end
-  end
+  local _, byt = L.records(out .. "/events.jsonl")
+  local gaps, frames = byt.gap or {}, byt.frame or {}
   T.eq(byt["end"][1].reason, "duration", "ended by duration")
   T.eq(#gaps, 2, cjson.encode(gaps))
   local rst, disc = gaps[1], gaps[2]
@@ -168,18 +118,8 @@ T.case("an encoder restart (sequence reset) and a discontinuity: no stall, both 
   for s = first2, last3 - 1 do -- (the last may have appeared as the run stopped)
     T.ok(got[s], "segment " .. s .. " captured")
   end
-  -- each segment is read once: at most its 2 frames (1 s at 2 fps), never again
-  local per = {}
-  for _, f in ipairs(frames) do
-    local k = (f.captured > rst.wall_to - 0.01 and "2:" or "1:") .. f.segment -- sequences restart at 0
-    per[k] = per[k] or {}
-    per[k][#per[k] + 1] = f.t
-  end
-  for seg, ts in pairs(per) do
-    local dup = false
-    for i = 2, #ts do if ts[i] - ts[1] > 1.5 then dup = true end end
-    T.ok(not dup, "segment " .. seg .. " read once (frames at " .. table.concat(ts, ", ") .. ")")
-  end
+  -- each segment is read once (sequences restart at 0 with encoder 2)
+  L.read_once(T, frames, function(f) return (f.captured > rst.wall_to - 0.01 and "2:" or "1:") .. f.segment end)
   -- stream time monotonic over the crash, the reset and the discontinuity
   for i = 2, #frames do
     T.ok(frames[i].t > frames[i - 1].t, "stream time grows at frame " .. frames[i].seq)
@@ -189,8 +129,8 @@ T.case("an encoder restart (sequence reset) and a discontinuity: no stall, both 
 end)
 
 T.teardown("stop the encoder and the server", function()
-  watching = false
-  if ff then pcall(ff.kill, ff, "SIGTERM") end
+  if watch then watch.stop() end
+  if ff then pcall(ff.p.kill, ff.p, "SIGTERM") end
   if web then web.stop() end
   P.rm(TMP)
 end)
