@@ -128,6 +128,33 @@ T.case("segments that expire while the reader is behind: a gap with their exact 
   T.eq(P.sh("ls -a " .. TMP .. " | grep -c '_seg' || true"):gsub("%s", ""), "0")
 end)
 
+T.case("the origin goes away with segments queued: they are read once it is back, nothing lost", function()
+  publish(0, 4)
+  local gaps = {}
+  local r = hls.frames(web.url .. "/live.m3u8", { every = 0.5, dir = TMP, prefix = "c", live_start = -3,
+    reconnect = { initial = 0.2, max = 0.5 }, on_gap = function(g) gaps[#gaps + 1] = g end })
+  local f = assert(r:next())
+  T.eq(f.segment, 2)
+  assert(r:next()) -- segment 2's second frame; 3 and 4 wait in the queue
+  local port = web.url:match(":(%d+)$")
+  web.stop()
+  sl.spawn(function()
+    sl.sleep(1.5)
+    web = P.static_server(TMP, { "--port", port })
+  end)
+  local got = {}
+  for _ = 1, 4 do got[#got + 1] = assert(r:next()).segment end
+  T.same(got, { 3, 3, 4, 4 }, "the queued segments, once the origin is back")
+  T.eq(#gaps, 0, "nothing reported missed yet (the outage ends when new segments flow)")
+  publish(0, 6)
+  T.eq(assert(r:next()).segment, 5)
+  T.eq(#gaps, 1)
+  T.eq(gaps[1].cause, "outage")
+  T.eq(gaps[1].missed, 0)
+  T.eq(gaps[1].detail, "connection refused")
+  r:close()
+end)
+
 T.case("an origin that stays away past give_up: nil, message naming the URL and the cause", function()
   publish(0, 4)
   local url = web.url .. "/live.m3u8"

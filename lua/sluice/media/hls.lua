@@ -158,6 +158,8 @@ local function cause_of(r, err, code)
   return (tostring(err):gsub("^http: %S+ %S+: ", ""))
 end
 
+local LATENCIES = 4096 -- segment-to-capture latencies kept (the latest)
+
 local Reader = {}
 Reader.__index = Reader
 
@@ -335,6 +337,8 @@ function Reader:reload()
       self.outage = o
       self.stalled = nil
       self.on_event { type = "outage", cause = "outage", detail = cause, wall = started }
+      -- a segment whose fetch failed as the origin went away is not to blame
+      for _, s in ipairs(self.queue) do s.failures = nil end
     end
     o.detail = cause
     o.attempts = o.attempts + 1
@@ -439,13 +443,15 @@ function Reader:next()
         if t <= self.last_t then t = self.last_t + 1e-3 end
         self.last_t = t
         if self.cur_frames == 1 and seg.appeared then
-          self.latencies[#self.latencies + 1] = now() - seg.appeared
+          -- the latest LATENCIES (a run of days stays bounded)
+          self.nlat = (self.nlat or 0) + 1
+          self.latencies[(self.nlat - 1) % LATENCIES + 1] = now() - seg.appeared
         end
         f.seq, f.t, f.segment, f.segment_t, f.appeared = self.nframes, t, seg.seq, seg.t0, seg.appeared
         return f
       end
       self:end_segment(err)
-    elseif #self.queue > 0 and not self.need_reload then
+    elseif #self.queue > 0 and not self.need_reload and not self.outage then
       self:open_segment()
     elseif self.endlist and #self.queue == 0 then
       return nil
