@@ -75,7 +75,7 @@ local function fresh_state(ctx)
     pending = nil, running = 0, max_backlog = 0, requests = 0,
     frames = 0, dropped_frames = 0, coalesced = 0, analyses = 0, failures = 0,
     captures = {}, intervals = {}, last_request_t = nil, prev_hash = nil, present = {},
-    analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0,
+    analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0, dispatch_lat = {},
   }
 end
 
@@ -158,6 +158,7 @@ local function summarize(st, ctx)
     gaps = st.gaps, missed_segments = st.missed_segments, gap_seconds = st.gap_seconds,
     capture_fps = (#caps > 1 and caps[#caps] > caps[1]) and (#caps - 1) / (caps[#caps] - caps[1]) or cjson.null,
     segment_to_capture = latency_stats(st.latencies),
+    segment_to_dispatch = latency_stats(st.dispatch_lat),
   }
 end
 
@@ -235,6 +236,14 @@ local function cli_frames(url, fps, max_width, dir, prefix)
   return self
 end
 
+-- A request handed to the analyser: seconds from its segment appearing in the playlist
+-- (HLS) to now, the latest 4096 kept.
+local function dispatched(st, req)
+  if not req.appeared then return end
+  st.ndispatch = (st.ndispatch or 0) + 1
+  st.dispatch_lat[(st.ndispatch - 1) % 4096 + 1] = sl.now() - req.appeared
+end
+
 -- Hands the pending request to the analyser if one of its workers is idle. Never waits: the
 -- analyse stage's queue is empty whenever a worker is idle, so the emit has room.
 local function dispatch(ctx, st)
@@ -244,6 +253,7 @@ local function dispatch(ctx, st)
   if a.in_flight + a.queue >= a.workers then return end
   st.pending = nil
   req.requested_wall = req.requested_wall or (sl.now() - st.t0)
+  dispatched(st, req)
   ctx:emit(req, { seq = req.seq, t0 = req.t, t1 = req.t })
 end
 
@@ -294,7 +304,7 @@ local function request(ctx, st, frame, reason, detail)
     if not ctx.config.keep_frames then os.remove(old.path) end
   end
   st.pending = { seq = frame.seq, t = frame.t, path = frame.path, reason = reason, detail = detail,
-    captured_wall = frame.wall }
+    captured_wall = frame.wall, appeared = frame.appeared }
   log_record(st, { type = "request", t = frame.t, seq = frame.seq, reason = reason, detail = detail,
     pending = true, path = frame.path }, ctx)
   dispatch(ctx, st)
@@ -446,7 +456,8 @@ return sl.pipeline "live_monitor" {
             log_record(st, { type = "dropped", t = f.t, seq = f.seq, reason = "detector busy", wall = wall }, ctx)
             if not conf.keep_frames then os.remove(f.path) end
           else
-            ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall, segment = f.segment },
+            ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall, segment = f.segment,
+              appeared = f.appeared },
               { seq = f.seq, t0 = f.t, t1 = f.t, key = "live" })
           end
           unsent = nil
@@ -518,6 +529,7 @@ return sl.pipeline "live_monitor" {
             st.pending = nil
             req.requested_wall = req.requested_wall or (sl.now() - st.t0)
             req.handed_over = true
+            dispatched(st, req)
             ctx:emit(res, { seq = res.seq, t0 = res.t, t1 = res.t })
           else
             return res, { seq = res.seq, t0 = res.t, t1 = res.t }

@@ -130,6 +130,13 @@ T.case("capture keeps its rate while 5 s analyses run; backlog bounded; analyses
   -- requests replaced older ones (periodic = 1 s, analyses take 5 s)
   T.ok(srv:stats().max_in_flight <= 1, "never more than `concurrency` analyses at the server")
   local s = P.json(out .. "/summary.json")
+  -- per-stream latency: segment listed -> first frame captured, -> analysis dispatched
+  T.ok(type(s.segment_to_capture) == "table" and s.segment_to_capture.count >= 10, cjson.encode(s.segment_to_capture))
+  T.ok(type(s.segment_to_dispatch) == "table" and s.segment_to_dispatch.count >= 1, cjson.encode(s.segment_to_dispatch))
+  T.ok(s.segment_to_capture.p50 >= 0 and s.segment_to_dispatch.p50 >= 0, "latencies are durations")
+  print(string.format("segment->capture p50 %.3f p95 %.3f s (%d); segment->dispatch p50 %.3f p95 %.3f s (%d); capture %.2f fps",
+    s.segment_to_capture.p50, s.segment_to_capture.p95, s.segment_to_capture.count, s.segment_to_dispatch.p50,
+    s.segment_to_dispatch.p95, s.segment_to_dispatch.count, s.capture_fps))
   T.ok(s.max_backlog <= 2, "backlog <= concurrency + 1 pending: " .. s.max_backlog)
   T.ok(s.coalesced >= 3, "saturated: older requests were coalesced: " .. s.coalesced)
   T.eq(s.analyses, #analyses)
