@@ -155,6 +155,28 @@ T.case("the origin goes away with segments queued: they are read once it is back
   r:close()
 end)
 
+T.case("stopped during an outage: close() reports it, ongoing", function()
+  publish(0, 4)
+  local gaps = {}
+  local r = hls.frames(web.url .. "/live.m3u8", { every = 1, dir = TMP, prefix = "d", live_start = -1,
+    reconnect = { initial = 0.2 }, on_gap = function(g) gaps[#gaps + 1] = g end })
+  assert(r:next())
+  local port = web.url:match(":(%d+)$")
+  web.stop()
+  local t_stop = sl.now()
+  local x, _, code = sl.timeout(1.5, r.next, r) -- as a run's `duration` ends
+  T.eq(x, nil)
+  T.eq(code, "ETIMEDOUT")
+  r:close()
+  T.eq(#gaps, 1)
+  T.eq(gaps[1].cause, "outage")
+  T.eq(gaps[1].ongoing, true)
+  T.eq(gaps[1].detail, "connection refused")
+  T.ok(gaps[1].wall_from >= t_stop and gaps[1].wall_from <= t_stop + 1.2, "began at the first failed reload")
+  T.near(gaps[1].to - gaps[1].from, gaps[1].wall_to - gaps[1].wall_from, 1e-3, "its stream range is its wall time so far")
+  web = P.static_server(TMP, { "--port", port })
+end)
+
 T.case("an origin that stays away past give_up: nil, message naming the URL and the cause", function()
   publish(0, 4)
   local url = web.url .. "/live.m3u8"
