@@ -376,43 +376,60 @@ return sl.pipeline "live_monitor" {
         reader = (scheme and CLI_SCHEMES[scheme:lower()]) and "ffmpeg" or
           require("sluice.media.hls").is_playlist(url) and "hls" or "media"
       end
-      local stream
-      if reader == "hls" then
-        local rc = type(conf.reconnect) == "table" and conf.reconnect or {}
-        stream = require("sluice.media.hls").frames(url, { every = 1 / fps, max_width = conf.max_width,
-          dir = st.frames_dir, prefix = "f",
-          reconnect = { initial = rc.initial, max = (tonumber(rc.max) or 0) > 0 and rc.max or nil,
-            give_up = rc.give_up },
-          stall = (tonumber(conf.stall) or 0) > 0 and conf.stall or nil,
-          on_gap = function(g) gap(ctx, st, url, g) end,
-          on_event = function(e) live_event(ctx, st, e) end })
-      elseif reader == "ffmpeg" then
-        stream = cli_frames(url, fps, conf.max_width, st.frames_dir)
-      elseif reader == "media" then
-        stream = media.frames(url, { every = 1 / fps, max_width = conf.max_width,
-          dir = st.frames_dir, prefix = "f" })
-      else
-        error("live_monitor: reader must be auto, hls, media or ffmpeg (got " .. tostring(reader) .. ")", 0)
-      end
-      if reader ~= "hls" and is_url(url) and not url:match("^[Ff][Ii][Ll][Ee]:") then
+      local rc = type(conf.reconnect) == "table" and conf.reconnect or {}
+      local rmax = (tonumber(rc.max) or 0) > 0 and rc.max or nil
+      local function open_stream(kind, once)
+        if kind == "hls" then
+          return require("sluice.media.hls").frames(url, { every = 1 / fps, max_width = conf.max_width,
+            dir = st.frames_dir, prefix = "f", reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
+            stall = (tonumber(conf.stall) or 0) > 0 and conf.stall or nil,
+            on_gap = function(g) gap(ctx, st, url, g) end,
+            on_event = function(e) live_event(ctx, st, e) end })
+        end
+        local opened = 0
+        local function open()
+          opened = opened + 1 -- each reader numbers its frames from 1: its own file names
+          local prefix = opened == 1 and "f" or "f" .. opened
+          if kind == "ffmpeg" then return cli_frames(url, fps, conf.max_width, st.frames_dir, prefix) end
+          return media.frames(url, { every = 1 / fps, max_width = conf.max_width, dir = st.frames_dir, prefix = prefix })
+        end
+        if once or not (is_url(url) and not url:match("^[Ff][Ii][Ll][Ee]:")) then return open() end
+        if kind == "media" and once == nil then
+          -- an HTTP input with a known length (an MP4 served over HTTP) ends; a live one does not
+          local info = media.probe(url)
+          if info and tonumber(info.duration) and info.duration > 0 then return open() end
+        end
         -- a live input without segments: opened again when it fails, ends or stalls
-        local first, opened, rc = stream, 0, type(conf.reconnect) == "table" and conf.reconnect or {}
         local stall = tonumber(conf.stall) or 0
         if stall <= 0 then stall = math.max(10, 3 / fps) end
-        stream = require("sluice.media.live").reopening(function()
-          if first then
-            local s = first
-            first = nil
-            return s
-          end
-          opened = opened + 1 -- each reader numbers its frames from 1: its own file names
-          local prefix = "f" .. opened
-          if reader == "ffmpeg" then return cli_frames(url, fps, conf.max_width, st.frames_dir, prefix) end
-          return media.frames(url, { every = 1 / fps, max_width = conf.max_width, dir = st.frames_dir, prefix = prefix })
-        end, { url = url, stall = stall,
-          reconnect = { initial = rc.initial, max = (tonumber(rc.max) or 0) > 0 and rc.max or nil, give_up = rc.give_up },
+        return require("sluice.media.live").reopening(open, { url = url, stall = stall,
+          reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
           on_gap = function(g) gap(ctx, st, url, g) end,
           on_event = function(e) live_event(ctx, st, e) end })
+      end
+      if reader ~= "hls" and reader ~= "ffmpeg" and reader ~= "media" then
+        error("live_monitor: reader must be auto, hls, media or ffmpeg (got " .. tostring(reader) .. ")", 0)
+      end
+      local stream = open_stream(reader)
+      if reader == "hls" and conf.reader == "auto" then
+        -- a playlist sluice's reader does not read (encrypted or fMP4 segments): FFmpeg's demuxer
+        local hls_stream, started_frames = stream, false
+        stream = setmetatable({}, { __index = function(_, k) return hls_stream[k] end })
+        function stream.next()
+          local f, ferr, code = hls_stream:next()
+          if not f and code == "EUNSUPPORTED" and not started_frames then
+            io.stderr:write("live_monitor: ", ferr, "; reading it through FFmpeg's HLS demuxer instead (gaps",
+              " are then not counted by segment)\n")
+            log_record(st, { type = "reader", reader = "media", reason = ferr }, ctx)
+            local ended = hls_stream.endlist -- a playlist that is complete ends; a live one is reopened
+            hls_stream:close()
+            hls_stream = open_stream("media", ended)
+            return hls_stream:next()
+          end
+          started_frames = started_frames or f ~= nil
+          return f, ferr, code
+        end
+        function stream.close() return hls_stream:close() end
       end
       local conc = math.tointeger(tonumber(conf.concurrency))
       if not conc or conc < 1 then error("live_monitor: concurrency must be a positive integer (got " .. tostring(conf.concurrency) .. ")", 0) end

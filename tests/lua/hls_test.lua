@@ -199,6 +199,29 @@ T.case("an origin that stays away past give_up: nil, message naming the URL and 
   r2:close()
 end)
 
+T.case("the live monitor on fMP4 segments (EXT-X-MAP): one line, then FFmpeg's demuxer reads them", function()
+  P.sh(string.format("mkdir -p '%s/fmp4' && ffmpeg -v error -nostdin -i '%s' -t 4 -vf scale=160:-2 -c:v libx264 " ..
+    "-preset ultrafast -g 10 -f hls -hls_time 1 -hls_segment_type fmp4 -hls_playlist_type vod '%s/fmp4/v.m3u8'",
+    TMP, P.footage("person.mp4"), TMP))
+  local url = web.url .. "/fmp4/v.m3u8"
+  local out = TMP .. "/fmp4run"
+  local r = P.run({ P.src .. "/pipelines/live_monitor.lua", url, "--out", out, "--no-store", "--quiet",
+    "--set", "fps=1", "--set", "periodic=0", "--set", "change=65" })
+  T.eq(r.status, 0, r.stderr)
+  T.ok(r.stderr:find("live_monitor: " .. url .. ": unsupported HLS stream: fragmented MP4 segments (EXT-X-MAP); " ..
+    "reading it through FFmpeg's HLS demuxer instead", 1, true), r.stderr)
+  local frames, reader, ended = 0, nil, nil
+  for line in io.lines(out .. "/events.jsonl") do
+    local rec = require("cjson").decode(line)
+    if rec.type == "frame" then frames = frames + 1 end
+    if rec.type == "reader" then reader = rec.reader end
+    if rec.type == "end" then ended = rec.reason end
+  end
+  T.eq(reader, "media")
+  T.ok(frames >= 3, "frames: " .. frames)
+  T.eq(ended, "finished", "a VOD playlist ends")
+end)
+
 T.teardown("stop the server", function()
   if web then web.stop() end
   P.rm(TMP)

@@ -174,7 +174,8 @@ local function now() return sl.now() end
 -- next() -> a frame {seq, t (stream seconds), path, dhash, width, height, segment (media
 -- sequence), segment_t (its stream start), appeared (sluice.now() when the playlist first
 -- listed it; nil for segments listed at the join)}, nil at EXT-X-ENDLIST, or nil, message,
--- "EMEDIA" when the first playlist cannot be read or the outage outlasted give_up.
+-- "EMEDIA" when the first playlist cannot be read or the outage outlasted give_up
+-- ("EUNSUPPORTED": encrypted or fMP4 segments, which this reader does not read).
 function M.frames(url, opts)
   if type(url) ~= "string" or url == "" then error("bad argument #1 to 'frames' (URL expected)", 2) end
   opts = opts or {}
@@ -230,6 +231,7 @@ end
 function Reader:take(pl)
   local t = now()
   self.target_duration = pl.target_duration
+  self.endlist = pl.endlist
   if pl.unsupported then return nil, "unsupported HLS stream: " .. pl.unsupported end
   local segs = pl.segments
   if not self.joined then
@@ -328,7 +330,7 @@ function Reader:reload()
   local pl, cause = self:fetch()
   local ok, terr
   if pl then ok, terr = self:take(pl) end
-  if terr then return nil, self.url .. ": " .. terr end
+  if terr then return nil, self.url .. ": " .. terr, "EUNSUPPORTED" end
   if not ok then
     if not self.joined then return nil, self.url .. ": " .. cause end
     local o = self.outage
@@ -457,8 +459,8 @@ function Reader:next()
       return nil
     else
       self.need_reload = nil
-      local ok, err = self:reload()
-      if not ok then return nil, err, "EMEDIA" end
+      local ok, err, code = self:reload()
+      if not ok then return nil, err, code or "EMEDIA" end
     end
   end
 end
