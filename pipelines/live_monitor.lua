@@ -4,10 +4,13 @@
 --
 --   sluice run pipelines/live_monitor.lua URL_OR_FILE --out DIR [--set key=value ...]
 --
--- Input: a live HLS playlist over HTTP(S) (`.m3u8`, read incrementally by sluice.media: the
--- FFmpeg HLS demuxer reloads the playlist), any other input sluice.media opens, a local file
--- played at real time (`realtime`, on by default for paths) for demos, or RTSP/RTMP/UDP/SRT
--- (outside sluice.media's protocol whitelist) through an `ffmpeg` subprocess (`reader`).
+-- Input: a live HLS playlist over HTTP(S) (`.m3u8`, read by sluice.media.hls: sluice polls
+-- the playlist, reconnects with backoff after an outage and reports every segment it missed
+-- as a `gap`), any other input sluice.media opens, a local file played at real time
+-- (`realtime`, on by default for paths) for demos, or RTSP/RTMP/UDP/SRT (outside
+-- sluice.media's protocol whitelist) through an `ffmpeg` subprocess (`reader`). Live inputs
+-- other than HLS are opened again when they fail, end or stall (sluice.media.live). The run
+-- ends by `duration`, Ctrl-C, or a stream that really ended (EXT-X-ENDLIST, a file's end).
 --
 -- capture  (source) one frame every 1/fps seconds of stream time (JPEG in DIR/frames, scaled
 --          to max_width); if the detector has fallen a whole queue behind, the frame is
@@ -38,7 +41,9 @@
 -- Settings: fps (2; or every = seconds between frames), max_width (640), detector (dhash|worker), change (12), classes
 -- ({"person"}), min_score (0.5), periodic (10; 0 = off), concurrency (2), duration (0 = until
 -- the stream ends or Ctrl-C), realtime ("auto": paths yes, URLs no), reader ("auto": ffmpeg
--- for rtsp/rtmp/udp/rtp/srt/tcp URLs, else media), prompt,
+-- for rtsp/rtmp/udp/rtp/srt/tcp URLs, hls for http(s) .m3u8 URLs, else media),
+-- reconnect.initial (0.5 s), reconnect.max (0: the target duration; 2 s without HLS),
+-- reconnect.give_up (0: never), stall (0: 3 target durations; max(10 s, 3 periods)), prompt,
 -- keep_frames (false: frames nobody analyses are deleted).
 local sl = require "sluice"
 local cjson = require "cjson"
@@ -70,7 +75,7 @@ local function fresh_state(ctx)
     pending = nil, running = 0, max_backlog = 0, requests = 0,
     frames = 0, dropped_frames = 0, coalesced = 0, analyses = 0, failures = 0,
     captures = {}, intervals = {}, last_request_t = nil, prev_hash = nil, present = {},
-    analysed = {},
+    analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0, dispatch_lat = {},
   }
 end
 
@@ -91,6 +96,38 @@ local function gap_stats(gaps)
   for i, g in ipairs(gaps) do s[i] = g end
   table.sort(s)
   return { count = #s, p50 = quantile(s, 0.5), p99 = quantile(s, 0.99), max = s[#s] or cjson.null }
+end
+
+-- Seconds from a segment appearing in the playlist to its first frame captured (HLS reader).
+local function latency_stats(l)
+  if not l or #l == 0 then return cjson.null end
+  local s = {}
+  for i, v in ipairs(l) do s[i] = v end
+  table.sort(s)
+  return { count = #s, p50 = quantile(s, 0.5), p95 = quantile(s, 0.95), max = s[#s] }
+end
+
+-- A gap in the stream (HLS reader: an outage, a stall, an encoder restart, expired
+-- segments): a `gap` record and one line on stderr.
+local function gap(ctx, st, url, g)
+  st.gaps = st.gaps + 1
+  st.missed_segments = st.missed_segments + (g.missed or 0)
+  st.gap_seconds = st.gap_seconds + (g.wall_to - g.wall_from)
+  log_record(st, { type = "gap", cause = g.cause, detail = g.detail, t = g.from, from = g.from, to = g.to,
+    wall_from = g.wall_from - st.t0, wall_to = g.wall_to - st.t0, seq_from = g.seq_from, seq_to = g.seq_to,
+    missed = g.missed, ongoing = g.ongoing }, ctx)
+  io.stderr:write(string.format("live_monitor: %s: gap of %.1f s (stream %.1f-%.1f s, %s): %s%s%s\n",
+    require("sluice.runtime.http").safe_url(url), g.wall_to - g.wall_from, g.from, g.to,
+    g.missed and (g.missed .. " segment(s) missed") or "segments missed unknown", g.cause,
+    g.detail and (": " .. g.detail) or "", g.ongoing and " (still going on when the run stopped)" or ""))
+end
+
+-- The HLS reader's other records: join, outage (began), discontinuity, restart.
+local function live_event(ctx, st, e)
+  local rec = {}
+  for k, v in pairs(e) do rec[k] = v end
+  if rec.wall then rec.wall = rec.wall - st.t0 end
+  log_record(st, rec, ctx)
 end
 
 -- The frame intervals (capture wall time to the next capture), all of them and those that
@@ -118,6 +155,10 @@ local function summarize(st, ctx)
     coalesced = st.coalesced, analyses = st.analyses, failures = st.failures,
     max_backlog = st.max_backlog, intervals = gap_stats(gaps), intervals_during_analysis = gap_stats(busy),
     elapsed = sl.now() - st.t0,
+    gaps = st.gaps, missed_segments = st.missed_segments, gap_seconds = st.gap_seconds,
+    capture_fps = (#caps > 1 and caps[#caps] > caps[1]) and (#caps - 1) / (caps[#caps] - caps[1]) or cjson.null,
+    segment_to_capture = latency_stats(st.latencies),
+    segment_to_dispatch = latency_stats(st.dispatch_lat),
   }
 end
 
@@ -134,7 +175,7 @@ local CLI_SCHEMES = { rtsp = true, rtsps = true, rtmp = true, rtmps = true, udp 
 -- byte-stuffs 0xFF, so 0xFFD8/0xFFD9 only occur at frame boundaries); each is written to
 -- `dir` and hashed (dHash) on the thread pool. If frames pile up (8) unread, new ones are
 -- dropped: ffmpeg's pipe never waits on us.
-local function cli_frames(url, fps, max_width, dir)
+local function cli_frames(url, fps, max_width, dir, prefix)
   local proc = require "sluice.core.proc"
   local media = require "sluice.media"
   local q = sl.queue(8)
@@ -176,7 +217,7 @@ local function cli_frames(url, fps, max_width, dir)
       end
       return nil
     end
-    local path = string.format("%s/f_%06d.jpg", dir, item.seq)
+    local path = string.format("%s/%s_%06d.jpg", dir, prefix or "f", item.seq)
     local f = assert(io.open(path, "wb"))
     f:write(item.jpeg)
     f:close()
@@ -195,6 +236,14 @@ local function cli_frames(url, fps, max_width, dir)
   return self
 end
 
+-- A request handed to the analyser: seconds from its segment appearing in the playlist
+-- (HLS) to now, the latest 4096 kept.
+local function dispatched(st, req)
+  if not req.appeared then return end
+  st.ndispatch = (st.ndispatch or 0) + 1
+  st.dispatch_lat[(st.ndispatch - 1) % 4096 + 1] = sl.now() - req.appeared
+end
+
 -- Hands the pending request to the analyser if one of its workers is idle. Never waits: the
 -- analyse stage's queue is empty whenever a worker is idle, so the emit has room.
 local function dispatch(ctx, st)
@@ -204,6 +253,7 @@ local function dispatch(ctx, st)
   if a.in_flight + a.queue >= a.workers then return end
   st.pending = nil
   req.requested_wall = req.requested_wall or (sl.now() - st.t0)
+  dispatched(st, req)
   ctx:emit(req, { seq = req.seq, t0 = req.t, t1 = req.t })
 end
 
@@ -254,7 +304,7 @@ local function request(ctx, st, frame, reason, detail)
     if not ctx.config.keep_frames then os.remove(old.path) end
   end
   st.pending = { seq = frame.seq, t = frame.t, path = frame.path, reason = reason, detail = detail,
-    captured_wall = frame.wall }
+    captured_wall = frame.wall, appeared = frame.appeared }
   log_record(st, { type = "request", t = frame.t, seq = frame.seq, reason = reason, detail = detail,
     pending = true, path = frame.path }, ctx)
   dispatch(ctx, st)
@@ -300,6 +350,7 @@ return sl.pipeline "live_monitor" {
     providers = { vlm = "tesseract", filter = "worker" },
     fps = 2, max_width = 640, detector = "dhash", change = 12, classes = { "person" },
     min_score = 0.5, periodic = 10, concurrency = 2, duration = 0, realtime = "auto", reader = "auto",
+    reconnect = { initial = 0.5, max = 0, give_up = 0 }, stall = 0,
     keep_frames = false, prompt = "Describe what happens in this frame of a live camera in one sentence.",
   },
   settings = { every = "seconds between frames (instead of fps)" },
@@ -322,16 +373,63 @@ return sl.pipeline "live_monitor" {
       local reader = conf.reader
       if reader == "auto" then
         local scheme = url:match("^(%a[%w+.-]*)://")
-        reader = (scheme and CLI_SCHEMES[scheme:lower()]) and "ffmpeg" or "media"
+        reader = (scheme and CLI_SCHEMES[scheme:lower()]) and "ffmpeg" or
+          require("sluice.media.hls").is_playlist(url) and "hls" or "media"
       end
-      local stream
-      if reader == "ffmpeg" then
-        stream = cli_frames(url, fps, conf.max_width, st.frames_dir)
-      elseif reader == "media" then
-        stream = media.frames(url, { every = 1 / fps, max_width = conf.max_width,
-          dir = st.frames_dir, prefix = "f" })
-      else
-        error("live_monitor: reader must be auto, media or ffmpeg (got " .. tostring(reader) .. ")", 0)
+      local rc = type(conf.reconnect) == "table" and conf.reconnect or {}
+      local rmax = (tonumber(rc.max) or 0) > 0 and rc.max or nil
+      local function open_stream(kind, once)
+        if kind == "hls" then
+          return require("sluice.media.hls").frames(url, { every = 1 / fps, max_width = conf.max_width,
+            dir = st.frames_dir, prefix = "f", reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
+            stall = (tonumber(conf.stall) or 0) > 0 and conf.stall or nil,
+            on_gap = function(g) gap(ctx, st, url, g) end,
+            on_event = function(e) live_event(ctx, st, e) end })
+        end
+        local opened = 0
+        local function open()
+          opened = opened + 1 -- each reader numbers its frames from 1: its own file names
+          local prefix = opened == 1 and "f" or "f" .. opened
+          if kind == "ffmpeg" then return cli_frames(url, fps, conf.max_width, st.frames_dir, prefix) end
+          return media.frames(url, { every = 1 / fps, max_width = conf.max_width, dir = st.frames_dir, prefix = prefix })
+        end
+        if once or not (is_url(url) and not url:match("^[Ff][Ii][Ll][Ee]:")) then return open() end
+        if kind == "media" and once == nil then
+          -- an HTTP input with a known length (an MP4 served over HTTP) ends; a live one does not
+          local info = media.probe(url)
+          if info and tonumber(info.duration) and info.duration > 0 then return open() end
+        end
+        -- a live input without segments: opened again when it fails, ends or stalls
+        local stall = tonumber(conf.stall) or 0
+        if stall <= 0 then stall = math.max(10, 3 / fps) end
+        return require("sluice.media.live").reopening(open, { url = url, stall = stall,
+          reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
+          on_gap = function(g) gap(ctx, st, url, g) end,
+          on_event = function(e) live_event(ctx, st, e) end })
+      end
+      if reader ~= "hls" and reader ~= "ffmpeg" and reader ~= "media" then
+        error("live_monitor: reader must be auto, hls, media or ffmpeg (got " .. tostring(reader) .. ")", 0)
+      end
+      local stream = open_stream(reader)
+      if reader == "hls" and conf.reader == "auto" then
+        -- a playlist sluice's reader does not read (encrypted or fMP4 segments): FFmpeg's demuxer
+        local hls_stream, started_frames = stream, false
+        stream = setmetatable({}, { __index = function(_, k) return hls_stream[k] end })
+        function stream.next()
+          local f, ferr, code = hls_stream:next()
+          if not f and code == "EUNSUPPORTED" and not started_frames then
+            io.stderr:write("live_monitor: ", ferr, "; reading it through FFmpeg's HLS demuxer instead (gaps",
+              " are then not counted by segment)\n")
+            log_record(st, { type = "reader", reader = "media", reason = ferr }, ctx)
+            local ended = hls_stream.endlist -- a playlist that is complete ends; a live one is reopened
+            hls_stream:close()
+            hls_stream = open_stream("media", ended)
+            return hls_stream:next()
+          end
+          started_frames = started_frames or f ~= nil
+          return f, ferr, code
+        end
+        function stream.close() return hls_stream:close() end
       end
       local conc = math.tointeger(tonumber(conf.concurrency))
       if not conc or conc < 1 then error("live_monitor: concurrency must be a positive integer (got " .. tostring(conf.concurrency) .. ")", 0) end
@@ -341,20 +439,22 @@ return sl.pipeline "live_monitor" {
       local first_t, started = nil, sl.now()
       log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, reader = reader,
         policy = "keep latest" }, ctx)
+      local why = "finished"
       local unsent -- the path of a frame received and not yet handed on (or dropped)
       local ok, err = pcall(function()
         while true do
           local left = duration > 0 and (duration - (sl.now() - started)) or nil
-          if left and left <= 0 then break end
+          if left and left <= 0 then why = "duration"; break end
           local f, ferr, code
           if left then
             f, ferr, code = sl.timeout(left, stream.next, stream)
-            if f == nil and code == "ETIMEDOUT" then break end
+            if f == nil and code == "ETIMEDOUT" then why = "duration"; break end
           else
             f, ferr = stream:next()
           end
           if not f then
             if ferr then error("live_monitor: " .. tostring(ferr), 0) end
+            why = "finished" -- the stream really ended (EXT-X-ENDLIST, the end of a file)
             break
           end
           unsent = f.path
@@ -373,7 +473,8 @@ return sl.pipeline "live_monitor" {
             log_record(st, { type = "dropped", t = f.t, seq = f.seq, reason = "detector busy", wall = wall }, ctx)
             if not conf.keep_frames then os.remove(f.path) end
           else
-            ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall },
+            ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall, segment = f.segment,
+              appeared = f.appeared },
               { seq = f.seq, t0 = f.t, t1 = f.t, key = "live" })
           end
           unsent = nil
@@ -382,8 +483,9 @@ return sl.pipeline "live_monitor" {
       -- stopped while holding a frame (Ctrl-C during the real-time wait or a full queue)
       if unsent and not conf.keep_frames then os.remove(unsent) end
       stream:close()
+      st.latencies = stream.latencies
       st.dropped_frames = st.dropped_frames + (stream.dropped or 0) -- the ffmpeg reader's
-      log_record(st, { type = "end", frames = st.frames, reason = ok and "finished" or (type(err) == "string" and err or "stopped") }, ctx)
+      log_record(st, { type = "end", frames = st.frames, reason = ok and why or (type(err) == "string" and err or "stopped") }, ctx)
       -- a first summary now (the report stage rewrites it once the analyses in flight are in)
       write_json_atomic(st.dir .. "/summary.json", summarize(st, ctx))
       if not ok then error(err, 0) end
@@ -408,7 +510,7 @@ return sl.pipeline "live_monitor" {
         else
           error("live_monitor: detector must be dhash or worker (got " .. tostring(conf.detector) .. ")", 0)
         end
-        local rec = { type = "frame", t = frame.t, seq = frame.seq, captured = frame.wall,
+        local rec = { type = "frame", t = frame.t, seq = frame.seq, captured = frame.wall, segment = frame.segment,
           hit = det and det.hit or false, change = det and det.change, class = det and det.class,
           score = det and det.score, error = err and tostring(err) or nil }
         log_record(st, rec)
@@ -444,6 +546,7 @@ return sl.pipeline "live_monitor" {
             st.pending = nil
             req.requested_wall = req.requested_wall or (sl.now() - st.t0)
             req.handed_over = true
+            dispatched(st, req)
             ctx:emit(res, { seq = res.seq, t0 = res.t, t1 = res.t })
           else
             return res, { seq = res.seq, t0 = res.t, t1 = res.t }

@@ -130,6 +130,13 @@ T.case("capture keeps its rate while 5 s analyses run; backlog bounded; analyses
   -- requests replaced older ones (periodic = 1 s, analyses take 5 s)
   T.ok(srv:stats().max_in_flight <= 1, "never more than `concurrency` analyses at the server")
   local s = P.json(out .. "/summary.json")
+  -- per-stream latency: segment listed -> first frame captured, -> analysis dispatched
+  T.ok(type(s.segment_to_capture) == "table" and s.segment_to_capture.count >= 10, cjson.encode(s.segment_to_capture))
+  T.ok(type(s.segment_to_dispatch) == "table" and s.segment_to_dispatch.count >= 1, cjson.encode(s.segment_to_dispatch))
+  T.ok(s.segment_to_capture.p50 >= 0 and s.segment_to_dispatch.p50 >= 0, "latencies are durations")
+  print(string.format("segment->capture p50 %.3f p95 %.3f s (%d); segment->dispatch p50 %.3f p95 %.3f s (%d); capture %.2f fps",
+    s.segment_to_capture.p50, s.segment_to_capture.p95, s.segment_to_capture.count, s.segment_to_dispatch.p50,
+    s.segment_to_dispatch.p95, s.segment_to_dispatch.count, s.capture_fps))
   T.ok(s.max_backlog <= 2, "backlog <= concurrency + 1 pending: " .. s.max_backlog)
   T.ok(s.coalesced >= 3, "saturated: older requests were coalesced: " .. s.coalesced)
   T.eq(s.analyses, #analyses)
@@ -256,7 +263,7 @@ T.case("bad input: a missing stream fails with one line; a failing analysis is l
   local r = P.run({ P.src .. "/pipelines/live_monitor.lua", web.url .. "/nosuch.m3u8", "--out", out,
     "--no-store", "--quiet" })
   T.eq(r.status, 1, r.stderr)
-  T.ok(r.stderr:find("live_monitor: " .. web.url .. "/nosuch.m3u8: Server returned 404 Not Found", 1, true), r.stderr)
+  T.ok(r.stderr:find("live_monitor: " .. web.url .. "/nosuch.m3u8: HTTP 404", 1, true), r.stderr)
   srv:reset()
   srv:control { latency = 0.2, faults = { { kind = "400", path = "/v1/chat", count = 1 } } }
   local out2 = TMP .. "/run5"
