@@ -480,6 +480,7 @@ struct sl_frame_reader {
   size_t gray_cap;
   double prev_mafd;
   int have_prev;
+  double last_scored; /* scene sampling (opts.sample): t of the last scored frame */
   sl_frame_opts opts;
   double *times;
   long target_index;   /* every: k of the next target k*every; times: index into times */
@@ -551,7 +552,15 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
   r->st = r->fmt->streams[r->stream];
   for (unsigned i = 0; i < r->fmt->nb_streams; i++)
     if ((int)i != r->stream) r->fmt->streams[i]->discard = AVDISCARD_ALL;
+  if (opts->fast) {
+    /* Cheaper decoding: no deblocking, and frames nothing else refers to (B-frames, mostly)
+     * are never reconstructed. The frames that come out are fewer and slightly blockier; a
+     * score between frames a fraction of a second apart hardly changes. */
+    r->dec->skip_loop_filter = AVDISCARD_ALL;
+    r->dec->skip_frame = AVDISCARD_NONREF;
+  }
   if (opts->mode == SL_FRAMES_KEYFRAMES) r->dec->skip_frame = AVDISCARD_NONKEY;
+  r->last_scored = -INFINITY;
   AVRational fr = r->st->avg_frame_rate.num ? r->st->avg_frame_rate : r->st->r_frame_rate;
   r->half_frame = fr.num && fr.den ? 0.5 / av_q2d(fr) : 0.01;
   if (r->half_frame > 0.5) r->half_frame = 0.5;
@@ -774,6 +783,72 @@ static double scene_score(sl_frame_reader *r, AVFrame *f) {
   return score;
 }
 
+/* Box-averages the w x h 8-bit plane src (stride sstride) by an integer factor k into dst
+ * (w/k x h/k, no padding). */
+static void box_down(const uint8_t *src, int sstride, int w, int h, int k, uint8_t *dst) {
+  int ow = w / k, oh = h / k;
+  unsigned sums[4096];
+  for (int oy = 0; oy < oh; oy++) {
+    memset(sums, 0, (size_t)ow * sizeof *sums);
+    for (int dy = 0; dy < k; dy++) {
+      const uint8_t *p = src + (ptrdiff_t)(oy * k + dy) * sstride;
+      for (int ox = 0; ox < ow; ox++) {
+        unsigned s = 0;
+        const uint8_t *q = p + ox * k;
+        for (int dx = 0; dx < k; dx++) s += q[dx];
+        sums[ox] += s;
+      }
+    }
+    unsigned n = (unsigned)(k * k);
+    for (int ox = 0; ox < ow; ox++) dst[(size_t)oy * ow + ox] = (uint8_t)((sums[ox] + n / 2) / n);
+  }
+}
+
+/* The scene score on the luma plane box-averaged down to at most opts.score_width pixels wide
+ * (opts.score_width > 0): the same formula as scene_score on k*k times fewer pixels. */
+static double scene_score_small(sl_frame_reader *r, AVFrame *f) {
+  const uint8_t *plane;
+  int stride, depth;
+  if (is_luma_format(f->format, &depth)) {
+    plane = f->data[0];
+    stride = f->linesize[0];
+  } else {
+    if (to_gray(r, f, &r->luma, &r->luma_cap) < 0) return 0;
+    plane = r->luma;
+    stride = f->width;
+  }
+  int k = (f->width + r->opts.score_width - 1) / r->opts.score_width;
+  if (k < 1) k = 1;
+  while (f->width / k > 4096) k++;
+  int w = f->width / k, h = f->height / k;
+  if (w < 1 || h < 1) return 0;
+  size_t need = (size_t)w * (size_t)h;
+  if (r->gray_cap < need) {
+    uint8_t *a = realloc(r->prev_gray, need), *b = a ? realloc(r->cur_gray, need) : NULL;
+    if (a) r->prev_gray = a;
+    if (b) r->cur_gray = b;
+    if (!a || !b) return 0;
+    r->gray_cap = need;
+    r->have_prev = 0;
+  }
+  box_down(plane, stride, w * k, h * k, k, r->cur_gray);
+  double score = 0;
+  if (r->have_prev && r->prev->width == w && r->prev->height == h) {
+    uint64_t sad = sad_plane(r->prev_gray, w, r->cur_gray, w, w, h);
+    double mafd = (double)sad / ((double)w * h);
+    double diff = fabs(mafd - r->prev_mafd);
+    score = fmin(fmin(mafd, diff) / 100.0, 1.0);
+    r->prev_mafd = mafd;
+  }
+  uint8_t *t = r->prev_gray;
+  r->prev_gray = r->cur_gray;
+  r->cur_gray = t;
+  r->prev->width = w;
+  r->prev->height = h;
+  r->have_prev = 1;
+  return score;
+}
+
 int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key, char *err,
                   size_t errlen) {
   const sl_frame_opts *o = &r->opts;
@@ -815,7 +890,9 @@ int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key
         selected = 1;
         break;
       case SL_FRAMES_SCENE:
-        score = scene_score(r, r->tmp);
+        if (o->sample > 0 && t < r->last_scored + o->sample - r->half_frame) break;
+        r->last_scored = t;
+        score = o->score_width > 0 ? scene_score_small(r, r->tmp) : scene_score(r, r->tmp);
         selected = score > o->scene;
         break;
       case SL_FRAMES_EVERY:

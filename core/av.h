@@ -102,6 +102,13 @@ typedef struct sl_frame_opts {
   int ntimes;
   double min_interval; /* minimum seconds between two selected frames (0: none) */
   int threads;         /* decoder threads, 0: automatic */
+  /* Reduced decode (0 everywhere: exact, every frame decoded as FFmpeg does). */
+  int fast;            /* skip the loop filter and non-reference frames (fewer, blurrier
+                          frames: for sampling and scoring, not for pictures to keep) */
+  int score_width;     /* SL_FRAMES_SCENE: score on the luma plane scaled down to at most this
+                          width (0: the full plane, FFmpeg's exact score) */
+  double sample;       /* SL_FRAMES_SCENE: score one frame per `sample` seconds, the score
+                          comparing it with the previous scored frame (0: every frame) */
 } sl_frame_opts;
 
 typedef struct sl_frame_reader sl_frame_reader;

@@ -655,6 +655,7 @@ typedef struct frame_state {
   int max_width, max_height, quality;
   int to_blob;
   int want_phash;
+  int cells; /* columns of the cell statistics (0: none), see sl_cell_stats */
   sl_frame_reader *reader;
   long seq;
   int ended;
@@ -693,6 +694,8 @@ typedef struct frame_item {
   uint64_t dhash, phash;
   uint8_t *bytes;
   size_t len;
+  uint8_t *cells; /* cols * rows * 3 bytes, see sl_cell_stats */
+  int cols, rows;
   char path[4096];
   long decoded, seeks;
 } frame_item;
@@ -727,6 +730,16 @@ static int produce_frame(frame_state *s, frame_item *it, char *err, size_t errle
   if (sl_frame_luma(s->reader, &luma, err, errlen) < 0) return -1;
   it->dhash = sl_dhash(&luma);
   if (s->want_phash) it->phash = sl_phash(&luma);
+  if (s->cells > 0) {
+    it->cols = s->cells;
+    it->rows = (int)lround((double)s->cells * luma.height / (luma.width > 0 ? luma.width : 1));
+    if (it->rows < 1) it->rows = 1;
+    it->cells = malloc((size_t)it->cols * (size_t)it->rows * 3);
+    if (!it->cells || sl_cell_stats(&luma, it->cols, it->rows, it->cells) < 0) {
+      snprintf(err, errlen, "%.400s: out of memory", s->url);
+      return -1;
+    }
+  }
   if (!s->format) {
     it->width = it->src_width;
     it->height = it->src_height;
@@ -791,6 +804,8 @@ static void frame_run_inner(sl_job *job, void *data) {
       snprintf(s->failed, sizeof s->failed, "%s", j->err);
       free(j->items[j->n].bytes);
       j->items[j->n].bytes = NULL;
+      free(j->items[j->n].cells);
+      j->items[j->n].cells = NULL;
       break;
     }
     if (rc == 0) {
@@ -841,6 +856,14 @@ static void push_frame(lua_State *L, const frame_state *s, frame_item *it) {
     lua_pushstring(L, format_ext(s->format));
     lua_setfield(L, -2, "format");
   }
+  if (it->cells) {
+    lua_pushlstring(L, (const char *)it->cells, (size_t)it->cols * (size_t)it->rows * 3);
+    lua_setfield(L, -2, "cells");
+    lua_pushinteger(L, it->cols);
+    lua_setfield(L, -2, "cells_cols");
+    lua_pushinteger(L, it->rows);
+    lua_setfield(L, -2, "cells_rows");
+  }
   if (it->bytes) {
     sl_blob *b = sl_blob_new(it->len);
     if (!b) luaL_error(L, "out of memory");
@@ -879,7 +902,10 @@ static void frame_job_free(void *data) {
   if (!j->delivered)
     for (int i = 0; i < j->n; i++)
       if (j->items[i].path[0]) unlink(j->items[i].path);
-  for (int i = 0; i < FRAME_BATCH; i++) free(j->items[i].bytes);
+  for (int i = 0; i < FRAME_BATCH; i++) {
+    free(j->items[i].bytes);
+    free(j->items[i].cells);
+  }
   j->s->busy = 0;
   if (j->s->closed) frame_state_free(j->s);
   free(j);
@@ -889,7 +915,9 @@ static const sl_job_class frame_class = {"media.frames", frame_run, frame_finish
 
 /* media.frame_reader(url, {every=|keyframes=|scene=|times=, min_interval=, max_width=,
  * max_height=, format="jpeg"|"png"|"gray"|"rgb"|"none", quality=, output="file"|"blob", dir=,
- * prefix=, threads=, phash=bool}) -> reader */
+ * prefix=, threads=, phash=bool, fast=bool, score_width=, sample=, cells=}) -> reader
+ * (fast, score_width, sample: reduced decode, see av.h; cells = N columns: each frame carries
+ * sl_cell_stats of its luma as `cells`, with cells_cols, cells_rows) */
 static int l_frame_reader(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -923,6 +951,13 @@ static int l_frame_reader(lua_State *L) {
   luaL_argcheck(L, modes <= 1, 2, "give one of every, keyframes, scene, times");
   o.min_interval = opt_number(L, 2, "min_interval", 0);
   o.threads = (int)opt_number(L, 2, "threads", 0);
+  o.fast = opt_bool(L, 2, "fast", 0);
+  o.score_width = (int)opt_number(L, 2, "score_width", 0);
+  luaL_argcheck(L, o.score_width >= 0, 2, "score_width must be >= 0");
+  o.sample = opt_number(L, 2, "sample", 0);
+  luaL_argcheck(L, o.sample >= 0, 2, "sample must be >= 0 seconds");
+  int cells = (int)opt_number(L, 2, "cells", 0);
+  luaL_argcheck(L, cells >= 0 && cells <= 256, 2, "cells must be 0..256 columns");
   const char *format = opt_string(L, 2, "format", "jpeg");
   int fmt = !strcmp(format, "jpeg") || !strcmp(format, "jpg") ? SL_RENDER_JPEG
             : !strcmp(format, "png")                          ? SL_RENDER_PNG
@@ -967,6 +1002,7 @@ static int l_frame_reader(lua_State *L) {
   s->quality = (int)opt_number(L, 2, "quality", 85);
   s->to_blob = to_blob;
   s->want_phash = opt_bool(L, 2, "phash", 0);
+  s->cells = cells;
   return 1;
 }
 
