@@ -53,6 +53,10 @@ for _, name in ipairs { "deck", "pip", "camera" } do
     local p, r, pairs_ = score(found, truth.changes, 1.0)
     T.ok(p >= 0.9, string.format("precision %.2f (%d found)", p, #found))
     T.ok(r >= 0.9, string.format("recall %.2f (%d of %d)", r, #pairs_, #truth.changes))
+    -- refined to the frame: the change times are the rendered ones (10 fps) within two frames
+    for _, pr in ipairs(pairs_) do
+      T.near(pr.found.t, pr.truth.t, 0.21, string.format("change at %.1f s", pr.truth.t))
+    end
     -- identities: two matched slides are the same detected slide exactly when the truth says so
     for i = 1, #pairs_ do
       for j = i + 1, #pairs_ do

@@ -30,6 +30,9 @@
 --   cells than that, and never holds still in the same place for long.
 -- * A new slide is compared with every slide shown before it, on the text cells of either that
 --   are not moving now: within `same` of them differing, it is that slide again (`same_as`).
+-- * The change time is then found to the frame: the frames between the last sample before
+--   the change and the first after it are decoded exactly and compared the same way
+--   (refine = false: the first sample's time, within 1/rate).
 -- * A video whose samples are never slide-like yields no slides, with info.reason saying so.
 --
 -- The cell grid is the slide's perceptual hash: robust to noise, compression and a small
@@ -59,7 +62,7 @@ local function merge(opts)
   local o = {}
   for k, v in pairs(DEFAULTS) do o[k] = v end
   for k, v in pairs(opts or {}) do
-    if DEFAULTS[k] == nil and k ~= "threads" and k ~= "fast" then
+    if DEFAULTS[k] == nil and k ~= "threads" and k ~= "fast" and k ~= "refine" then
       error("slides: unknown option '" .. tostring(k) .. "'", 3)
     end
     o[k] = v
@@ -230,7 +233,10 @@ function Detector:_new_slide(first, s)
     slide = #self.slides + 1
     self.slides[slide] = { slide = slide, sample = s }
   end
-  local ev = { seq = seq, t = first.t, slide = slide, same_as = same and same.seq or nil, at = s.t }
+  local ev = { seq = seq, t = first.t, slide = slide, same_as = same and same.seq or nil, at = s.t,
+    after = first.prev_t }
+  -- (internal, for refine) the picture shown before and the cells moving then
+  self.before, self.before_moving = self.shown, self.moving
   if not same then self.slides[slide].seq = seq end
   self.found[seq] = ev
   self.shown = s
@@ -239,6 +245,7 @@ end
 
 function Detector:push(s)
   local o = self.o
+  s.prev_t = self.prev and self.prev.t or nil
   self.samples = self.samples + 1
   if s.slide_like then self.slide_like = self.slide_like + 1 end
   -- motion is judged before the sample joins it: a cell that changes only now is not moving
@@ -285,6 +292,31 @@ function Detector:push(s)
   return ev
 end
 
+-- refine(url, shown, moving, t0, t1, opts) -> the time of the first frame after t0 and up to t1
+-- whose text cells differ from the picture shown (by opts.change), decoding every frame in
+-- between exactly; t1 when none does (a change over several frames), or nil, message.
+function M.refine(url, shown, moving, t0, t1, opts)
+  local o = merge(opts)
+  local times = {}
+  for t = t0 + 0.02, t1 + 0.001, 0.02 do times[#times + 1] = t end
+  if #times == 0 then return t1 end
+  local stream = media.frames(url, { times = times, format = "none", cells = o.cells, threads = o.threads })
+  local found
+  while true do
+    local f, err, code = stream:next()
+    if not f then
+      if err then return nil, err, code end
+      break
+    end
+    if f.t > t0 + 1e-6 and text_diff(shown, M.analyse(f, o), moving, o) >= o.change then
+      found = f.t
+      break
+    end
+  end
+  stream:close()
+  return found or t1
+end
+
 -- detect(url, opts[, on_slide]) -> slides, info; or nil, message when the video cannot be
 -- read. on_slide(slide) is called as each slide is confirmed (slides come in time order).
 function M.detect(url, opts, on_slide)
@@ -301,7 +333,15 @@ function M.detect(url, opts, on_slide)
     end
     last_t = f.t
     local ev = det:push(M.analyse(f, o))
-    if ev and on_slide then on_slide(ev) end
+    if ev then
+      if ev.after and o.refine ~= false and det.before then
+        local t, rerr = M.refine(url, det.before, det.before_moving, ev.after, ev.t, o)
+        if not t then return nil, rerr end
+        ev.t = t
+      end
+      ev.after = nil
+      if on_slide then on_slide(ev) end
+    end
   end
   local info = { samples = det.samples, slide_like = det.slide_like, seconds = last_t,
     distinct = #det.slides, warning = stream.warning }
