@@ -481,6 +481,10 @@ struct sl_frame_reader {
   double prev_mafd;
   int have_prev;
   double last_scored; /* scene sampling (opts.sample): t of the last scored frame */
+  double mafd, cur_mafd; /* the last scored frame's mafd (-1: none); the selected frame's */
+  int started;           /* opts.start: the first seek was made */
+  long scored;           /* frames scored (SL_FRAMES_SCENE) */
+  int prefixed;          /* opts.start: decoded again from the keyframe before (seek_before) */
   sl_frame_opts opts;
   double *times;
   long target_index;   /* every: k of the next target k*every; times: index into times */
@@ -561,6 +565,7 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
   }
   if (opts->mode == SL_FRAMES_KEYFRAMES) r->dec->skip_frame = AVDISCARD_NONKEY;
   r->last_scored = -INFINITY;
+  r->mafd = r->cur_mafd = -1;
   AVRational fr = r->st->avg_frame_rate.num ? r->st->avg_frame_rate : r->st->r_frame_rate;
   r->half_frame = fr.num && fr.den ? 0.5 / av_q2d(fr) : 0.01;
   if (r->half_frame > 0.5) r->half_frame = 0.5;
@@ -677,6 +682,32 @@ static void maybe_seek(sl_frame_reader *r, double target) {
   r->last_dts = e->timestamp;
 }
 
+/* Seeks to the keyframe before the one at or before target (for scene scores from target on
+ * that need the frames before it) and starts scoring afresh. Returns 1, or 0 when the input
+ * cannot seek there. */
+static int seek_before(sl_frame_reader *r, double target) {
+  r->prefixed = 1;
+  if (!r->can_seek) return 0;
+  AVRational tb = r->st->time_base;
+  int64_t ts = (int64_t)llround((target + r->origin) / av_q2d(tb));
+  const AVIndexEntry *e = avformat_index_get_entry_from_timestamp(r->st, ts, AVSEEK_FLAG_BACKWARD);
+  if (!e) return 0;
+  const AVIndexEntry *before =
+      avformat_index_get_entry_from_timestamp(r->st, e->timestamp - 1, AVSEEK_FLAG_BACKWARD);
+  if (!before || before->timestamp >= e->timestamp) return 0;
+  if (av_seek_frame(r->fmt, r->stream, before->timestamp, AVSEEK_FLAG_BACKWARD) < 0) return 0;
+  avcodec_flush_buffers(r->dec);
+  r->seeks++;
+  r->last_dts = before->timestamp;
+  r->last_seek = before->timestamp;
+  r->input_eof = 0;
+  r->have_prev = 0;
+  r->prev_mafd = 0;
+  r->scored = 0;
+  r->last_scored = -INFINITY;
+  return 1;
+}
+
 static int is_luma_format(int format, int *bitdepth) {
   const AVPixFmtDescriptor *d = av_pix_fmt_desc_get(format);
   if (!d || (d->flags & (AV_PIX_FMT_FLAG_RGB | AV_PIX_FMT_FLAG_HWACCEL | AV_PIX_FMT_FLAG_PAL)))
@@ -749,6 +780,7 @@ static double scene_score(sl_frame_reader *r, AVFrame *f) {
       if (score > 1) score = 1;
       if (score < 0) score = 0;
       r->prev_mafd = mafd;
+      r->mafd = mafd;
     }
     av_frame_unref(r->prev);
     if (av_frame_ref(r->prev, f) == 0) r->have_prev = 1;
@@ -772,6 +804,7 @@ static double scene_score(sl_frame_reader *r, AVFrame *f) {
     double diff = fabs(mafd - r->prev_mafd);
     score = fmin(fmin(mafd, diff) / 100.0, 1.0);
     r->prev_mafd = mafd;
+    r->mafd = mafd;
   }
   /* swap the buffers: the current gray becomes the previous one */
   uint8_t *t = r->prev_gray;
@@ -839,6 +872,7 @@ static double scene_score_small(sl_frame_reader *r, AVFrame *f) {
     double diff = fabs(mafd - r->prev_mafd);
     score = fmin(fmin(mafd, diff) / 100.0, 1.0);
     r->prev_mafd = mafd;
+    r->mafd = mafd;
   }
   uint8_t *t = r->prev_gray;
   r->prev_gray = r->cur_gray;
@@ -852,6 +886,10 @@ static double scene_score_small(sl_frame_reader *r, AVFrame *f) {
 int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key, char *err,
                   size_t errlen) {
   const sl_frame_opts *o = &r->opts;
+  if (o->start > 0 && !r->started) {
+    r->started = 1;
+    maybe_seek(r, o->start);
+  }
   for (;;) {
     double target = NAN;
     if (o->mode == SL_FRAMES_EVERY) {
@@ -884,6 +922,21 @@ int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key
     if (isnan(t)) t = r->decoded > 0 ? (r->decoded - 1) * 2 * r->half_frame : 0;
     double score = -1;
     int selected = 0;
+    r->mafd = -1;
+    if (o->stop > 0 && t > o->stop + r->half_frame) {
+      av_frame_unref(r->tmp);
+      return 0;
+    }
+    if (o->start > 0 && t < o->start - r->half_frame) {
+      /* before the start: not selected, but scene scores need the frames before */
+      if (o->mode == SL_FRAMES_SCENE) {
+        r->last_scored = t;
+        (void)(o->score_width > 0 ? scene_score_small(r, r->tmp) : scene_score(r, r->tmp));
+        r->scored++;
+      }
+      av_frame_unref(r->tmp);
+      continue;
+    }
     switch (o->mode) {
       case SL_FRAMES_ALL:
       case SL_FRAMES_KEYFRAMES:
@@ -893,6 +946,16 @@ int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key
         if (o->sample > 0 && t < r->last_scored + o->sample - r->half_frame) break;
         r->last_scored = t;
         score = o->score_width > 0 ? scene_score_small(r, r->tmp) : scene_score(r, r->tmp);
+        if (o->start > 0 && ++r->scored == 2) {
+          /* The second frame after the seek: its exact score needs the difference before the
+           * first, which was not decoded. When it could be selected, decode again from the
+           * keyframe before (those frames scored, not selected); otherwise it scores 0. */
+          if (r->mafd / 100.0 > o->scene && !r->prefixed && seek_before(r, o->start)) {
+            av_frame_unref(r->tmp);
+            continue;
+          }
+          score = 0;
+        }
         selected = score > o->scene;
         break;
       case SL_FRAMES_EVERY:
@@ -911,6 +974,8 @@ int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key
         break;
     }
     if (selected && o->min_interval > 0 && t - r->last_selected < o->min_interval) selected = 0;
+    if (selected && o->score && o->mode != SL_FRAMES_SCENE)
+      score = o->score_width > 0 ? scene_score_small(r, r->tmp) : scene_score(r, r->tmp);
     if (!selected) {
       av_frame_unref(r->tmp);
       continue;
@@ -918,12 +983,15 @@ int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key
     r->last_selected = t;
     av_frame_unref(r->cur);
     av_frame_move_ref(r->cur, r->tmp);
+    r->cur_mafd = r->mafd;
     *t_out = t;
     *score_out = score;
     *key = r->cur->key_frame;
     return 1;
   }
 }
+
+double sl_frame_mafd(const sl_frame_reader *r) { return r->cur_mafd; }
 
 void sl_frame_size(const sl_frame_reader *r, int *width, int *height) {
   *width = r->cur->width;

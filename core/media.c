@@ -689,7 +689,7 @@ static void frame_state_free(frame_state *s) {
 
 typedef struct frame_item {
   long seq;
-  double t, score;
+  double t, score, mafd;
   int key, width, height, src_width, src_height;
   uint64_t dhash, phash;
   uint8_t *bytes;
@@ -725,6 +725,7 @@ static int produce_frame(frame_state *s, frame_item *it, char *err, size_t errle
   sl_frame_stats(s->reader, &it->decoded, &it->seeks);
   if (rc <= 0) return rc;
   it->seq = ++s->seq;
+  it->mafd = sl_frame_mafd(s->reader);
   sl_frame_size(s->reader, &it->src_width, &it->src_height);
   sl_image luma;
   if (sl_frame_luma(s->reader, &luma, err, errlen) < 0) return -1;
@@ -846,6 +847,10 @@ static void push_frame(lua_State *L, const frame_state *s, frame_item *it) {
     lua_pushnumber(L, it->score);
     lua_setfield(L, -2, "scene_score");
   }
+  if (it->mafd >= 0) {
+    lua_pushnumber(L, it->mafd);
+    lua_setfield(L, -2, "mafd");
+  }
   push_hash(L, it->dhash);
   lua_setfield(L, -2, "dhash");
   if (s->want_phash) {
@@ -915,8 +920,9 @@ static const sl_job_class frame_class = {"media.frames", frame_run, frame_finish
 
 /* media.frame_reader(url, {every=|keyframes=|scene=|times=, min_interval=, max_width=,
  * max_height=, format="jpeg"|"png"|"gray"|"rgb"|"none", quality=, output="file"|"blob", dir=,
- * prefix=, threads=, phash=bool, fast=bool, score_width=, sample=, cells=}) -> reader
- * (fast, score_width, sample: reduced decode, see av.h; cells = N columns: each frame carries
+ * prefix=, threads=, phash=bool, fast=bool, score_width=, sample=, score=bool, start=, stop=,
+ * cells=}) -> reader (fast, score_width, sample, score, start, stop: see sl_frame_opts in av.h;
+ * a scored frame carries scene_score and mafd; cells = N columns: each frame carries
  * sl_cell_stats of its luma as `cells`, with cells_cols, cells_rows) */
 static int l_frame_reader(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
@@ -954,6 +960,10 @@ static int l_frame_reader(lua_State *L) {
   o.fast = opt_bool(L, 2, "fast", 0);
   o.score_width = (int)opt_number(L, 2, "score_width", 0);
   luaL_argcheck(L, o.score_width >= 0, 2, "score_width must be >= 0");
+  o.score = opt_bool(L, 2, "score", 0);
+  o.start = opt_number(L, 2, "start", 0);
+  o.stop = opt_number(L, 2, "stop", 0);
+  luaL_argcheck(L, o.start >= 0 && o.stop >= 0, 2, "start and stop must be >= 0 seconds");
   o.sample = opt_number(L, 2, "sample", 0);
   luaL_argcheck(L, o.sample >= 0, 2, "sample must be >= 0 seconds");
   int cells = (int)opt_number(L, 2, "cells", 0);
