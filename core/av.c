@@ -761,6 +761,40 @@ static uint64_t sad_plane(const uint8_t *a, int sa, const uint8_t *b, int sb, in
   return sum;
 }
 
+/* Makes room for need gray pixels in the scene buffers (prev_gray, cur_gray). Returns 0, or -1
+ * when out of memory. */
+static int grow_gray(sl_frame_reader *r, size_t need) {
+  if (r->gray_cap >= need) return 0;
+  uint8_t *a = realloc(r->prev_gray, need), *b = a ? realloc(r->cur_gray, need) : NULL;
+  if (a) r->prev_gray = a;
+  if (b) r->cur_gray = b;
+  if (!a || !b) return -1;
+  r->gray_cap = need;
+  r->have_prev = 0;
+  return 0;
+}
+
+/* Scores the w x h gray plane in cur_gray against prev_gray (the formula below), then makes it
+ * the previous one. */
+static double score_gray(sl_frame_reader *r, int w, int h) {
+  double score = 0;
+  if (r->have_prev && r->prev->width == w && r->prev->height == h) {
+    uint64_t sad = sad_plane(r->prev_gray, w, r->cur_gray, w, w, h);
+    double mafd = (double)sad / ((double)w * h);
+    double diff = fabs(mafd - r->prev_mafd);
+    score = fmin(fmin(mafd, diff) / 100.0, 1.0);
+    r->prev_mafd = mafd;
+    r->mafd = mafd;
+  }
+  uint8_t *t = r->prev_gray;
+  r->prev_gray = r->cur_gray;
+  r->cur_gray = t;
+  r->prev->width = w;
+  r->prev->height = h;
+  r->have_prev = 1;
+  return score;
+}
+
 /* The scene score of FFmpeg's select filter (libavfilter/f_select.c, get_scene_score): the
  * mean absolute difference of the luma plane against the previous frame (mafd, 0..255), and
  * score = clip(min(mafd, |mafd - previous mafd|) / 100, 0, 1). The first frame scores 0. For
@@ -788,32 +822,10 @@ static double scene_score(sl_frame_reader *r, AVFrame *f) {
     return score;
   }
   size_t need = (size_t)f->width * (size_t)f->height;
-  if (r->gray_cap < need) {
-    uint8_t *a = realloc(r->prev_gray, need), *b = a ? realloc(r->cur_gray, need) : NULL;
-    if (a) r->prev_gray = a;
-    if (b) r->cur_gray = b;
-    if (!a || !b) return 0;
-    r->gray_cap = need;
-    r->have_prev = 0;
-  }
+  if (grow_gray(r, need) < 0) return 0;
   size_t cap = r->gray_cap;
   if (to_gray(r, f, &r->cur_gray, &cap) < 0) return 0;
-  if (r->have_prev && r->prev->width == f->width && r->prev->height == f->height) {
-    uint64_t sad = sad_plane(r->prev_gray, f->width, r->cur_gray, f->width, f->width, f->height);
-    double mafd = (double)sad / ((double)f->width * f->height);
-    double diff = fabs(mafd - r->prev_mafd);
-    score = fmin(fmin(mafd, diff) / 100.0, 1.0);
-    r->prev_mafd = mafd;
-    r->mafd = mafd;
-  }
-  /* swap the buffers: the current gray becomes the previous one */
-  uint8_t *t = r->prev_gray;
-  r->prev_gray = r->cur_gray;
-  r->cur_gray = t;
-  r->prev->width = f->width;
-  r->prev->height = f->height;
-  r->have_prev = 1;
-  return score;
+  return score_gray(r, f->width, f->height);
 }
 
 /* Box-averages the w x h 8-bit plane src (stride sstride) by an integer factor k into dst
@@ -856,31 +868,9 @@ static double scene_score_small(sl_frame_reader *r, AVFrame *f) {
   int w = f->width / k, h = f->height / k;
   if (w < 1 || h < 1) return 0;
   size_t need = (size_t)w * (size_t)h;
-  if (r->gray_cap < need) {
-    uint8_t *a = realloc(r->prev_gray, need), *b = a ? realloc(r->cur_gray, need) : NULL;
-    if (a) r->prev_gray = a;
-    if (b) r->cur_gray = b;
-    if (!a || !b) return 0;
-    r->gray_cap = need;
-    r->have_prev = 0;
-  }
+  if (grow_gray(r, need) < 0) return 0;
   box_down(plane, stride, w * k, h * k, k, r->cur_gray);
-  double score = 0;
-  if (r->have_prev && r->prev->width == w && r->prev->height == h) {
-    uint64_t sad = sad_plane(r->prev_gray, w, r->cur_gray, w, w, h);
-    double mafd = (double)sad / ((double)w * h);
-    double diff = fabs(mafd - r->prev_mafd);
-    score = fmin(fmin(mafd, diff) / 100.0, 1.0);
-    r->prev_mafd = mafd;
-    r->mafd = mafd;
-  }
-  uint8_t *t = r->prev_gray;
-  r->prev_gray = r->cur_gray;
-  r->cur_gray = t;
-  r->prev->width = w;
-  r->prev->height = h;
-  r->have_prev = 1;
-  return score;
+  return score_gray(r, w, h);
 }
 
 int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key, char *err,

@@ -2,7 +2,6 @@
 -- cells=} and media.scenes (keyframes first, full decode only between keyframes that differ),
 -- checked against the exact scene mode and the ffmpeg CLI on a clip of real footage with cuts
 -- inside GOPs (no keyframe at a cut), one of them right after a keyframe.
-local sl = require "sluice"
 local T = require "sluice.app.test"
 local media = require "sluice.media"
 
@@ -12,13 +11,7 @@ local P = require "pltest"
 local tmp = P.tmpdir("scenes")
 local person, bottle = P.footage("person.mp4"), P.footage("bottle.mp4")
 
-local function ffmpeg(args)
-  local argv = { "ffmpeg", "-y", "-v", "error", "-nostdin" }
-  for _, a in ipairs(args) do argv[#argv + 1] = a end
-  local r = assert(sl.exec(argv))
-  assert(r.status == 0, "ffmpeg failed: " .. r.stderr)
-  return r
-end
+local ffmpeg = P.ffmpeg
 
 -- 9 s at 10 fps, a keyframe every 2.5 s and none at the cuts: person (0-3.5 s), bottle
 -- (3.5-5.1 s: the cut at 5.1 is the frame right after the keyframe at 5.0), person later on.

@@ -575,18 +575,7 @@ function M.capture(o)
         s0:close()
         if not f and err then fail("capture", src, err) end
         if f then first_t = f.t end
-        if f then
-          n = 1
-          local path = f.path
-          if path and name then
-            local want = dir .. "/" .. string.format(name, n) .. (path:match("%.%w+$") or ".jpg")
-            if os.rename(path, want) then path = want end
-          end
-          if path then files.wrote(path) end
-          ctx:event("frame", { seq = n, at = f.t, path = path })
-          ctx:emit({ seq = n, t = f.t, path = path, width = f.width, height = f.height,
-            dhash = f.dhash, source = src }, { seq = n, t0 = f.t, t1 = f.t })
-        end
+        if f then deliver(f, f.t, {}) end
       end
       local stream = media.frames(src, fo)
       local min_gap = param(ctx, params, "min_interval") or 0
@@ -600,18 +589,7 @@ function M.capture(o)
           if f.path then os.remove(f.path) end
           goto continue
         end
-        n = n + 1
-        local path = f.path
-        if path and name then
-          local want = dir .. "/" .. string.format(name, n) .. (path:match("%.%w+$") or ".jpg")
-          local ok = os.rename(path, want)
-          if ok then path = want end
-        end
-        if path then files.wrote(path) end
-        ctx:event("frame", { seq = n, at = f.t, path = path })
-        ctx:emit({ seq = n, t = f.t, path = path, width = f.width, height = f.height,
-          dhash = f.dhash, scene_score = f.scene_score, source = src },
-          { seq = n, t0 = f.t, t1 = f.t })
+        deliver(f, f.t, { scene_score = f.scene_score })
         ::continue::
       end
       if n == 0 then error("capture " .. src .. ": no frames", 0) end

@@ -183,17 +183,23 @@ end
 --   quality=85, output="file"|"blob", dir=, prefix=, threads=, phash=false, prefetch=true})
 -- -> stream of {seq=, t=, width=, height=, path= | blob=, format=, scene_score=, dhash=,
 --   phash=, key=, source_width=, source_height=}
-function M.frames(url, opts)
-  check_url(url, "frames")
-  opts = opts or {}
+-- The options of frames() with their defaults filled in (a copy): JPEG files in a temporary
+-- directory named after the input.
+local function frame_options(url, opts)
   local o = {}
-  for k, v in pairs(opts) do o[k] = v end
+  for k, v in pairs(opts or {}) do o[k] = v end
   o.format = o.format or "jpeg"
   o.output = o.output or "file"
   if o.output == "file" and o.format ~= "none" then
     o.dir = o.dir or temp_dir("frames")
     o.prefix = o.prefix or stem(url)
   end
+  return o
+end
+
+function M.frames(url, opts)
+  check_url(url, "frames")
+  local o = frame_options(url, opts)
   local reader = cmedia.frame_reader(url, o)
   return new_stream(reader, "media.frames", o.prefetch)
 end
@@ -284,11 +290,7 @@ function Scenes:_stretch(a, b)
   self.open = a and { a, b } or nil
 end
 
-function Scenes:__call()
-  local item, err = self:next()
-  if item == nil and err then error(err, 0) end
-  return item
-end
+Scenes.__call = Stream.__call
 
 function Scenes:close()
   if self.closed then return end
@@ -305,16 +307,9 @@ function M.scenes(url, opts)
   if type(scene) ~= "number" or scene < 0 or scene > 1 then
     error("bad argument #2 to 'scenes' (scene threshold must be in 0..1)", 2)
   end
-  local fine = {}
-  for k, v in pairs(opts) do fine[k] = v end
+  local fine = frame_options(url, opts)
   fine.margin, fine.max_gap, fine.score_width, fine.min_interval = nil, nil, nil, nil
   fine.scene = scene
-  fine.format = fine.format or "jpeg"
-  fine.output = fine.output or "file"
-  if fine.output == "file" and fine.format ~= "none" then
-    fine.dir = fine.dir or temp_dir("frames")
-    fine.prefix = fine.prefix or stem(url)
-  end
   local coarse = M.frames(url, { keyframes = true, format = "none", score = true,
     score_width = opts.score_width or 320, threads = opts.threads })
   local s = setmetatable({ url = url, scene = scene, margin = opts.margin or 0.7,
