@@ -37,6 +37,7 @@
 --
 -- The cell grid is the slide's perceptual hash: robust to noise, compression and a small
 -- share of the picture being covered, and comparable region by region.
+local sl = require "sluice"
 local media = require "sluice.media"
 
 local M = {}
@@ -312,6 +313,7 @@ function M.refine(url, shown, moving, t0, t1, opts)
       found = f.t
       break
     end
+    sl.sleep(0)
   end
   stream:close()
   return found or t1
@@ -333,6 +335,9 @@ function M.detect(url, opts, on_slide)
     end
     last_t = f.t
     local ev = det:push(M.analyse(f, o))
+    -- about a millisecond of Lua a sample: let the loop turn between samples (frames come in
+    -- batches, and a batch at once would hold it for tens of milliseconds)
+    sl.sleep(0)
     if ev then
       if ev.after and o.refine ~= false and det.before then
         local t, rerr = M.refine(url, det.before, det.before_moving, ev.after, ev.t, o)
