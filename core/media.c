@@ -254,6 +254,8 @@ typedef struct audio_state {
   char *url, *dir, *prefix;
   int rate, channels;
   long chunk_len;   /* samples per chunk (target) */
+  long grow_len;    /* first=: the next chunk's length while that is below chunk_len (the
+                       first chunk is short, each next one twice as long); 0: chunk_len */
   long overlap;     /* samples shared with the previous chunk */
   long window;      /* split=silence: search window around each boundary (samples) */
   int silence;      /* cut at the quietest point near each boundary */
@@ -354,7 +356,7 @@ static void audio_run_inner(sl_job *job, void *data) {
   }
   sl_audio_set_cancel(s->reader, &c);
   long start = s->next_start;
-  long target = start + s->chunk_len;
+  long target = start + (s->grow_len > 0 ? s->grow_len : s->chunk_len);
   long need = s->silence ? target + s->window / 2 : target;
   if (audio_fill_to(s, need, j->err, sizeof j->err) < 0) goto fail;
   long avail = s->pcm_start + s->pcm_len;
@@ -393,6 +395,10 @@ static void audio_run_inner(sl_job *job, void *data) {
     if (write_wav(j->path, pcm, len, s->rate, s->channels, j->err, sizeof j->err) < 0) goto fail;
   }
   s->emitted_end = end;
+  if (s->grow_len > 0) {
+    s->grow_len *= 2;
+    if (s->grow_len >= s->chunk_len) s->grow_len = 0;
+  }
   s->next_start = end - s->overlap;
   if (s->next_start < start + 1) s->next_start = start + 1;
   /* drop samples no later chunk needs */
@@ -471,7 +477,8 @@ static const sl_job_class audio_class = {"media.audio_chunks", audio_run, audio_
                                          audio_job_free};
 
 /* media.audio_reader(url, {seconds=, overlap=, rate=, channels=, output="wav"|"blob", dir=,
- * prefix=, split="silence", window=}) -> reader. Opening happens in the first job. */
+ * prefix=, split="silence", window=, first=}) -> reader. Opening happens in the first job.
+ * first = S: the first chunk is S seconds, each next one twice as long until `seconds`. */
 static int l_audio_reader(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -482,6 +489,9 @@ static int l_audio_reader(lua_State *L) {
   const char *output = opt_string(L, 2, "output", "wav");
   const char *split = opt_string(L, 2, "split", NULL);
   luaL_argcheck(L, seconds > 0, 2, "seconds must be positive");
+  double first = opt_number(L, 2, "first", 0);
+  luaL_argcheck(L, first == 0 || (first > overlap && first <= seconds), 2,
+                "first must be in (overlap, seconds]");
   luaL_argcheck(L, overlap >= 0 && overlap < seconds, 2, "overlap must be in [0, seconds)");
   luaL_argcheck(L, rate >= 1000 && rate <= 384000, 2, "rate must be 1000..384000");
   luaL_argcheck(L, channels >= 1 && channels <= 8, 2, "channels must be 1..8");
@@ -507,6 +517,8 @@ static int l_audio_reader(lua_State *L) {
   s->overlap = lround(overlap * rate);
   if (s->chunk_len < 1) s->chunk_len = 1;
   if (s->overlap >= s->chunk_len) s->overlap = s->chunk_len - 1;
+  s->grow_len = first > 0 ? lround(first * rate) : 0;
+  if (s->grow_len >= s->chunk_len || s->grow_len <= s->overlap) s->grow_len = 0;
   s->silence = split != NULL;
   double window = opt_number(L, 2, "window", fmin(2.0, seconds / 4));
   luaL_argcheck(L, window > 0, 2, "window must be positive");

@@ -11,7 +11,7 @@
 -- Seed 001's worker rule:
 --   stages.workers_for{duration=, engine=, chunk=} -> workers, details
 -- Stage builders on the media module (sl.audio_chunks / sl.capture are these):
---   stages.audio_chunks{from=, seconds=30, overlap=0, split=nil, dir="audio"} -> a stage that
+--   stages.audio_chunks{from=, seconds=30, overlap=0, split=nil, first=nil, dir="audio"} -> a stage that
 --       cuts each input (a path or URL, or {path=}) into 16 kHz mono WAV chunks while it
 --       decodes; items {seq, t0, t1, path}, one per chunk (fan-out), envelope t0/t1 set.
 --   stages.capture{from=, every=|scene=|keyframes=|slides=true, min_interval=, max_width=,
@@ -442,7 +442,7 @@ function M.audio_chunks(o)
     error("bad argument to 'audio_chunks' (table with from = stage name expected)", 2)
   end
   local params = { seconds = o.seconds or 30, overlap = o.overlap or 0, split = o.split,
-    window = o.window, dir = o.dir or "audio" }
+    window = o.window, dir = o.dir or "audio", first = o.first }
   return {
     kind = "audio_chunks", from = o.from, workers = o.workers or 1, queue = o.queue,
     retry = o.retry, params = params,
@@ -454,7 +454,8 @@ function M.audio_chunks(o)
       local n = 0
       local stream = media.audio_chunks(src, { seconds = param(ctx, params, "seconds"),
         overlap = param(ctx, params, "overlap"), split = param(ctx, params, "split"),
-        window = param(ctx, params, "window"), dir = dir, prefix = M.safe_name(env.key, 60) })
+        window = param(ctx, params, "window"), first = param(ctx, params, "first"), dir = dir,
+        prefix = M.safe_name(env.key, 60) })
       while true do
         local c, err = stream:next()
         if not c then
