@@ -24,7 +24,10 @@
 --
 -- Providers are local by default (sphinx, tesseract, extractive); remote ones by
 -- configuration alone: --set providers.stt=openai --set providers.vlm=gemini ...
--- Other settings: --set stages.vlm.batch.size=8, --set stages.stt.workers=4,
+-- Other settings: --set stages.audio.params.first=5 (a 5 s first chunk, then 10, then 20: the
+-- first transcript sooner; on a loaded 2-core machine the first speech came after 10-12 s
+-- instead of 15-22 s, but the whole run took 15-50% longer, so it is not the default),
+-- --set stages.vlm.batch.size=8, --set stages.stt.workers=4,
 -- --set stages.audio.params.seconds=60, --set stages.frames.params.scene=0.2 (capture at
 -- scene changes instead of slides), --set stages.frames.params.rate=4 (slide samples a second),
 -- --set fusion=by_window --set window=30 (or nearest), --set keep_chunks=true (keep the WAV
