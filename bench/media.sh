@@ -8,6 +8,12 @@
 #   every10    a JPEG every 10 s, exact times  vs  ffmpeg -vf fps=1/10                   (goal >= 1.5x)
 #   keyframes  a JPEG per keyframe              vs  ffmpeg -skip_frame nokey             (goal >= 1x)
 #   scene      JPEGs where scene > 0.3          vs  ffmpeg -vf select='gt(scene,0.3)'    (goal >= 1x)
+#   scenes     the same frames at reduced decode (media.scenes: keyframes scored on a
+#              downscaled luma plane, full exact decode only between keyframes that differ)
+#                                              vs  the same CLI command                (goal >= 3x)
+#   slides     slide detection (sluice.media.slides, 2 samples a second) vs the same CLI command
+# and, before the timings, that media.scenes finds the same frames as the exact scene mode on
+# the sample lectures (build/sample: lecture.mp4, slides/*.mp4) at the thresholds slides need.
 #
 # Both sides get the same decoder threads (THREADS, default 2: the machine has 2 cores), the
 # same priority (nice +5, as sluice's media jobs run) and the same JPEG quality (sluice quality 85 = mjpeg qscale 6 = ffmpeg -q:v 6). Prints, per mode
@@ -15,11 +21,11 @@
 # the CLI's peak RSS, the CPU ratio (CLI user+sys / sluice user+sys: steadier than wall time
 # on a shared, loaded machine) and the engine's loop lag (a task sleeping 1 ms in a loop).
 #
-# Usage: bench/media.sh [ROUNDS=1] [MODES="audio extract every10 keyframes scene"] [THREADS=2]
+# Usage: bench/media.sh [ROUNDS=1] [MODES="audio extract every10 keyframes scene scenes"] [THREADS=2]
 set -eu
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
-MODES=${2:-"audio extract every10 keyframes scene"}
+MODES=${2:-"audio extract every10 keyframes scene scenes"}
 THREADS=${3:-2}
 BIN=${SLUICE_BIN:-build/sluice}
 [ -x "$BIN" ] || { echo "bench/media.sh: $BIN not built (cmake --build build)" >&2; exit 2; }
@@ -36,10 +42,17 @@ cli_cmd() { # mode outdir: prints the CLI command line for the mode
     audio | extract) echo "ffmpeg -v error -nostdin -y -i $INPUT -vn -ac 1 -ar 16000 $2/all.wav" ;;
     every10) echo "ffmpeg -v error -nostdin -y -threads $THREADS -i $INPUT -an -vf fps=1/10 -q:v 6 $2/f%05d.jpg" ;;
     keyframes) echo "ffmpeg -v error -nostdin -y -threads $THREADS -skip_frame nokey -i $INPUT -an -vsync vfr -q:v 6 $2/f%05d.jpg" ;;
-    scene) echo "ffmpeg -v error -nostdin -y -threads $THREADS -i $INPUT -an -vf \"select='gt(scene,0.3)'\" -vsync vfr -q:v 6 $2/f%05d.jpg" ;;
+    scene | scenes | slides) echo "ffmpeg -v error -nostdin -y -threads $THREADS -i $INPUT -an -vf \"select='gt(scene,0.3)'\" -vsync vfr -q:v 6 $2/f%05d.jpg" ;;
   esac
 }
 
+# Reduced-decode scene capture finds what the exact one does on the sample lectures.
+S=build/sample
+if [ -f $S/lecture.mp4 ] && [ -f $S/slides/camera.mp4 ]; then
+  "$BIN" run bench/media_bench.lua same "$S/lecture.mp4:0.02,$S/slides/deck.mp4:0.02,$S/slides/pip.mp4:0.02,$S/slides/camera.mp4:0.02,$S/lecture.mp4:0.3,$S/slides/camera.mp4:0.3" "$TMP" || echo "same      FAILED: media.scenes differs from the exact scene mode"
+else
+  echo "same      skipped: no sample lectures (sluice run scripts/make_sample.lua)"
+fi
 # The near-duplicate index: multi-index hashing against a linear scan.
 "$BIN" run bench/media_bench.lua index "$INPUT" "$TMP"
 # The loop lag of an idle engine on this machine right now: the floor under the figures below.

@@ -4,8 +4,11 @@
 --
 -- Modes: audio (16 kHz mono WAV chunks of 30 s), extract (one 16 kHz mono WAV),
 -- every10 (one JPEG every 10 s, exact timestamps), keyframes (JPEG of every keyframe),
--- scene (JPEG of every frame with scene score > 0.3), idle (5 s of nothing: the machine's
--- own scheduling lag, for comparison).
+-- scene (JPEG of every frame with scene score > 0.3), scenes (the same through media.scenes:
+-- keyframes first, full decode only between keyframes that differ), same (media.scenes against
+-- media.frames{scene=} on the sample lectures: the same frames?), slides (slide detection,
+-- sluice.media.slides, against the same scene CLI command), idle (5 s of nothing: the
+-- machine's own scheduling lag, for comparison).
 local sl = require "sluice"
 local core = require "sluice.core.core"
 local media = require "sluice.media"
@@ -49,6 +52,21 @@ if mode == "index" then
     '"multi_index_s":%.4f,"us_per_query":%.1f,"linear_scan_s":%.3f,"speedup":%.1f}', found,
     t_mih, t_mih / 10000 * 1e6, t_scan, t_scan / t_mih))
   os.exit(0)
+elseif mode == "same" then
+  -- INPUT is a list of files (separated by commas) and thresholds after a colon
+  local all_same = true
+  for spec in input:gmatch("[^,]+") do
+    local path, th = spec:match("^(.-):([%d%.]+)$")
+    th = tonumber(th)
+    local a, b = {}, {}
+    for f in media.frames(path, { scene = th, format = "none" }) do a[#a + 1] = string.format("%.3f", f.t) end
+    for f in media.scenes(path, { scene = th, format = "none" }) do b[#b + 1] = string.format("%.3f", f.t) end
+    local same = table.concat(a, " ") == table.concat(b, " ")
+    all_same = all_same and same
+    print(string.format("same      %-40s scene>%.2f: exact %d frames, reduced %d frames: %s", path, th, #a, #b,
+      same and "the same frames" or ("DIFFERENT: " .. table.concat(a, " ") .. " / " .. table.concat(b, " "))))
+  end
+  os.exit(all_same and 0 or 1)
 elseif mode == "idle" then
   sl.sleep(5) -- baseline: the loop lag this machine shows with no media work at all
 elseif mode == "audio" then
@@ -60,8 +78,19 @@ else
   if mode == "every10" then o.every = 10
   elseif mode == "keyframes" then o.keyframes = true
   elseif mode == "scene" then o.scene = 0.3
-  else error("unknown mode " .. mode) end
-  for _ in media.frames(input, o) do items = items + 1 end
+  elseif mode ~= "scenes" and mode ~= "slides" then error("unknown mode " .. mode) end
+  if mode == "slides" then
+    -- slide detection (sluice.media.slides: 2 samples a second at reduced decode, cell statistics)
+    local found = assert(require("sluice.media.slides").detect(input, { threads = threads }))
+    items = #found
+  elseif mode == "scenes" then
+    -- the same frames at reduced decode: keyframes scored first, stretches decoded in full only
+    -- where two keyframes differ (media.scenes)
+    o.scene = 0.3
+    for _ in media.scenes(input, o) do items = items + 1 end
+  else
+    for _ in media.frames(input, o) do items = items + 1 end
+  end
 end
 local wall = sl.now() - t0
 local cpu1, maxrss = core.cpu_time()

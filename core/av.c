@@ -480,6 +480,11 @@ struct sl_frame_reader {
   size_t gray_cap;
   double prev_mafd;
   int have_prev;
+  double last_scored; /* scene sampling (opts.sample): t of the last scored frame */
+  double mafd, cur_mafd; /* the last scored frame's mafd (-1: none); the selected frame's */
+  int started;           /* opts.start: the first seek was made */
+  long scored;           /* frames scored (SL_FRAMES_SCENE) */
+  int prefixed;          /* opts.start: decoded again from the keyframe before (seek_before) */
   sl_frame_opts opts;
   double *times;
   long target_index;   /* every: k of the next target k*every; times: index into times */
@@ -551,7 +556,16 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
   r->st = r->fmt->streams[r->stream];
   for (unsigned i = 0; i < r->fmt->nb_streams; i++)
     if ((int)i != r->stream) r->fmt->streams[i]->discard = AVDISCARD_ALL;
+  if (opts->fast) {
+    /* Cheaper decoding: no deblocking, and frames nothing else refers to (B-frames, mostly)
+     * are never reconstructed. The frames that come out are fewer and slightly blockier; a
+     * score between frames a fraction of a second apart hardly changes. */
+    r->dec->skip_loop_filter = AVDISCARD_ALL;
+    r->dec->skip_frame = AVDISCARD_NONREF;
+  }
   if (opts->mode == SL_FRAMES_KEYFRAMES) r->dec->skip_frame = AVDISCARD_NONKEY;
+  r->last_scored = -INFINITY;
+  r->mafd = r->cur_mafd = -1;
   AVRational fr = r->st->avg_frame_rate.num ? r->st->avg_frame_rate : r->st->r_frame_rate;
   r->half_frame = fr.num && fr.den ? 0.5 / av_q2d(fr) : 0.01;
   if (r->half_frame > 0.5) r->half_frame = 0.5;
@@ -668,6 +682,32 @@ static void maybe_seek(sl_frame_reader *r, double target) {
   r->last_dts = e->timestamp;
 }
 
+/* Seeks to the keyframe before the one at or before target (for scene scores from target on
+ * that need the frames before it) and starts scoring afresh. Returns 1, or 0 when the input
+ * cannot seek there. */
+static int seek_before(sl_frame_reader *r, double target) {
+  r->prefixed = 1;
+  if (!r->can_seek) return 0;
+  AVRational tb = r->st->time_base;
+  int64_t ts = (int64_t)llround((target + r->origin) / av_q2d(tb));
+  const AVIndexEntry *e = avformat_index_get_entry_from_timestamp(r->st, ts, AVSEEK_FLAG_BACKWARD);
+  if (!e) return 0;
+  const AVIndexEntry *before =
+      avformat_index_get_entry_from_timestamp(r->st, e->timestamp - 1, AVSEEK_FLAG_BACKWARD);
+  if (!before || before->timestamp >= e->timestamp) return 0;
+  if (av_seek_frame(r->fmt, r->stream, before->timestamp, AVSEEK_FLAG_BACKWARD) < 0) return 0;
+  avcodec_flush_buffers(r->dec);
+  r->seeks++;
+  r->last_dts = before->timestamp;
+  r->last_seek = before->timestamp;
+  r->input_eof = 0;
+  r->have_prev = 0;
+  r->prev_mafd = 0;
+  r->scored = 0;
+  r->last_scored = -INFINITY;
+  return 1;
+}
+
 static int is_luma_format(int format, int *bitdepth) {
   const AVPixFmtDescriptor *d = av_pix_fmt_desc_get(format);
   if (!d || (d->flags & (AV_PIX_FMT_FLAG_RGB | AV_PIX_FMT_FLAG_HWACCEL | AV_PIX_FMT_FLAG_PAL)))
@@ -721,6 +761,40 @@ static uint64_t sad_plane(const uint8_t *a, int sa, const uint8_t *b, int sb, in
   return sum;
 }
 
+/* Makes room for need gray pixels in the scene buffers (prev_gray, cur_gray). Returns 0, or -1
+ * when out of memory. */
+static int grow_gray(sl_frame_reader *r, size_t need) {
+  if (r->gray_cap >= need) return 0;
+  uint8_t *a = realloc(r->prev_gray, need), *b = a ? realloc(r->cur_gray, need) : NULL;
+  if (a) r->prev_gray = a;
+  if (b) r->cur_gray = b;
+  if (!a || !b) return -1;
+  r->gray_cap = need;
+  r->have_prev = 0;
+  return 0;
+}
+
+/* Scores the w x h gray plane in cur_gray against prev_gray (the formula below), then makes it
+ * the previous one. */
+static double score_gray(sl_frame_reader *r, int w, int h) {
+  double score = 0;
+  if (r->have_prev && r->prev->width == w && r->prev->height == h) {
+    uint64_t sad = sad_plane(r->prev_gray, w, r->cur_gray, w, w, h);
+    double mafd = (double)sad / ((double)w * h);
+    double diff = fabs(mafd - r->prev_mafd);
+    score = fmin(fmin(mafd, diff) / 100.0, 1.0);
+    r->prev_mafd = mafd;
+    r->mafd = mafd;
+  }
+  uint8_t *t = r->prev_gray;
+  r->prev_gray = r->cur_gray;
+  r->cur_gray = t;
+  r->prev->width = w;
+  r->prev->height = h;
+  r->have_prev = 1;
+  return score;
+}
+
 /* The scene score of FFmpeg's select filter (libavfilter/f_select.c, get_scene_score): the
  * mean absolute difference of the luma plane against the previous frame (mafd, 0..255), and
  * score = clip(min(mafd, |mafd - previous mafd|) / 100, 0, 1). The first frame scores 0. For
@@ -740,6 +814,7 @@ static double scene_score(sl_frame_reader *r, AVFrame *f) {
       if (score > 1) score = 1;
       if (score < 0) score = 0;
       r->prev_mafd = mafd;
+      r->mafd = mafd;
     }
     av_frame_unref(r->prev);
     if (av_frame_ref(r->prev, f) == 0) r->have_prev = 1;
@@ -747,36 +822,64 @@ static double scene_score(sl_frame_reader *r, AVFrame *f) {
     return score;
   }
   size_t need = (size_t)f->width * (size_t)f->height;
-  if (r->gray_cap < need) {
-    uint8_t *a = realloc(r->prev_gray, need), *b = a ? realloc(r->cur_gray, need) : NULL;
-    if (a) r->prev_gray = a;
-    if (b) r->cur_gray = b;
-    if (!a || !b) return 0;
-    r->gray_cap = need;
-    r->have_prev = 0;
-  }
+  if (grow_gray(r, need) < 0) return 0;
   size_t cap = r->gray_cap;
   if (to_gray(r, f, &r->cur_gray, &cap) < 0) return 0;
-  if (r->have_prev && r->prev->width == f->width && r->prev->height == f->height) {
-    uint64_t sad = sad_plane(r->prev_gray, f->width, r->cur_gray, f->width, f->width, f->height);
-    double mafd = (double)sad / ((double)f->width * f->height);
-    double diff = fabs(mafd - r->prev_mafd);
-    score = fmin(fmin(mafd, diff) / 100.0, 1.0);
-    r->prev_mafd = mafd;
+  return score_gray(r, f->width, f->height);
+}
+
+/* Box-averages the w x h 8-bit plane src (stride sstride) by an integer factor k into dst
+ * (w/k x h/k, no padding). */
+static void box_down(const uint8_t *src, int sstride, int w, int h, int k, uint8_t *dst) {
+  int ow = w / k, oh = h / k;
+  unsigned sums[4096];
+  for (int oy = 0; oy < oh; oy++) {
+    memset(sums, 0, (size_t)ow * sizeof *sums);
+    for (int dy = 0; dy < k; dy++) {
+      const uint8_t *p = src + (ptrdiff_t)(oy * k + dy) * sstride;
+      for (int ox = 0; ox < ow; ox++) {
+        unsigned s = 0;
+        const uint8_t *q = p + ox * k;
+        for (int dx = 0; dx < k; dx++) s += q[dx];
+        sums[ox] += s;
+      }
+    }
+    unsigned n = (unsigned)(k * k);
+    for (int ox = 0; ox < ow; ox++) dst[(size_t)oy * ow + ox] = (uint8_t)((sums[ox] + n / 2) / n);
   }
-  /* swap the buffers: the current gray becomes the previous one */
-  uint8_t *t = r->prev_gray;
-  r->prev_gray = r->cur_gray;
-  r->cur_gray = t;
-  r->prev->width = f->width;
-  r->prev->height = f->height;
-  r->have_prev = 1;
-  return score;
+}
+
+/* The scene score on the luma plane box-averaged down to at most opts.score_width pixels wide
+ * (opts.score_width > 0): the same formula as scene_score on k*k times fewer pixels. */
+static double scene_score_small(sl_frame_reader *r, AVFrame *f) {
+  const uint8_t *plane;
+  int stride, depth;
+  if (is_luma_format(f->format, &depth)) {
+    plane = f->data[0];
+    stride = f->linesize[0];
+  } else {
+    if (to_gray(r, f, &r->luma, &r->luma_cap) < 0) return 0;
+    plane = r->luma;
+    stride = f->width;
+  }
+  int k = (f->width + r->opts.score_width - 1) / r->opts.score_width;
+  if (k < 1) k = 1;
+  while (f->width / k > 4096) k++;
+  int w = f->width / k, h = f->height / k;
+  if (w < 1 || h < 1) return 0;
+  size_t need = (size_t)w * (size_t)h;
+  if (grow_gray(r, need) < 0) return 0;
+  box_down(plane, stride, w * k, h * k, k, r->cur_gray);
+  return score_gray(r, w, h);
 }
 
 int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key, char *err,
                   size_t errlen) {
   const sl_frame_opts *o = &r->opts;
+  if (o->start > 0 && !r->started) {
+    r->started = 1;
+    maybe_seek(r, o->start);
+  }
   for (;;) {
     double target = NAN;
     if (o->mode == SL_FRAMES_EVERY) {
@@ -809,13 +912,40 @@ int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key
     if (isnan(t)) t = r->decoded > 0 ? (r->decoded - 1) * 2 * r->half_frame : 0;
     double score = -1;
     int selected = 0;
+    r->mafd = -1;
+    if (o->stop > 0 && t > o->stop + r->half_frame) {
+      av_frame_unref(r->tmp);
+      return 0;
+    }
+    if (o->start > 0 && t < o->start - r->half_frame) {
+      /* before the start: not selected, but scene scores need the frames before */
+      if (o->mode == SL_FRAMES_SCENE) {
+        r->last_scored = t;
+        (void)(o->score_width > 0 ? scene_score_small(r, r->tmp) : scene_score(r, r->tmp));
+        r->scored++;
+      }
+      av_frame_unref(r->tmp);
+      continue;
+    }
     switch (o->mode) {
       case SL_FRAMES_ALL:
       case SL_FRAMES_KEYFRAMES:
         selected = 1;
         break;
       case SL_FRAMES_SCENE:
-        score = scene_score(r, r->tmp);
+        if (o->sample > 0 && t < r->last_scored + o->sample - r->half_frame) break;
+        r->last_scored = t;
+        score = o->score_width > 0 ? scene_score_small(r, r->tmp) : scene_score(r, r->tmp);
+        if (o->start > 0 && ++r->scored == 2) {
+          /* The second frame after the seek: its exact score needs the difference before the
+           * first, which was not decoded. When it could be selected, decode again from the
+           * keyframe before (those frames scored, not selected); otherwise it scores 0. */
+          if (r->mafd / 100.0 > o->scene && !r->prefixed && seek_before(r, o->start)) {
+            av_frame_unref(r->tmp);
+            continue;
+          }
+          score = 0;
+        }
         selected = score > o->scene;
         break;
       case SL_FRAMES_EVERY:
@@ -834,6 +964,8 @@ int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key
         break;
     }
     if (selected && o->min_interval > 0 && t - r->last_selected < o->min_interval) selected = 0;
+    if (selected && o->score && o->mode != SL_FRAMES_SCENE)
+      score = o->score_width > 0 ? scene_score_small(r, r->tmp) : scene_score(r, r->tmp);
     if (!selected) {
       av_frame_unref(r->tmp);
       continue;
@@ -841,12 +973,15 @@ int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key
     r->last_selected = t;
     av_frame_unref(r->cur);
     av_frame_move_ref(r->cur, r->tmp);
+    r->cur_mafd = r->mafd;
     *t_out = t;
     *score_out = score;
     *key = r->cur->key_frame;
     return 1;
   }
 }
+
+double sl_frame_mafd(const sl_frame_reader *r) { return r->cur_mafd; }
 
 void sl_frame_size(const sl_frame_reader *r, int *width, int *height) {
   *width = r->cur->width;

@@ -102,6 +102,21 @@ typedef struct sl_frame_opts {
   int ntimes;
   double min_interval; /* minimum seconds between two selected frames (0: none) */
   int threads;         /* decoder threads, 0: automatic */
+  /* Reduced decode (0 everywhere: exact, every frame decoded as FFmpeg does). */
+  int fast;            /* skip the loop filter and non-reference frames (fewer, blurrier
+                          frames: for sampling and scoring, not for pictures to keep) */
+  int score_width;     /* SL_FRAMES_SCENE: score on the luma plane scaled down to at most this
+                          width (0: the full plane, FFmpeg's exact score) */
+  double sample;       /* SL_FRAMES_SCENE: score one frame per `sample` seconds, the score
+                          comparing it with the previous scored frame (0: every frame) */
+  int score;           /* other modes: score every selected frame against the previous selected
+                          one (the same formula; see sl_frame_mafd) */
+  double start, stop;  /* only frames from start to stop seconds (0: from the beginning / to the
+                          end); the decoder seeks to the keyframe before start. In SL_FRAMES_SCENE
+                          the frame at the seek point scores 0 and the next one needs the frames
+                          before it: when its difference could select it, the decoder goes back to
+                          the keyframe before and scores those frames (not selecting them), so
+                          every score from start on is FFmpeg's; otherwise it scores 0 */
 } sl_frame_opts;
 
 typedef struct sl_frame_reader sl_frame_reader;
@@ -117,6 +132,10 @@ void sl_frame_set_cancel(sl_frame_reader *r, const sl_av_cancel *cancel);
  * call and is what sl_frame_render, sl_frame_luma work on. */
 int sl_frame_next(sl_frame_reader *r, double *t, double *scene_score, int *key, char *err,
                   size_t errlen);
+
+/* The mean absolute luma difference (0..255) of the current frame from the previous scored one,
+ * or -1 when it was not scored or is the first. */
+double sl_frame_mafd(const sl_frame_reader *r);
 
 /* Width and height of the current frame. */
 void sl_frame_size(const sl_frame_reader *r, int *width, int *height);

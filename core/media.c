@@ -254,6 +254,8 @@ typedef struct audio_state {
   char *url, *dir, *prefix;
   int rate, channels;
   long chunk_len;   /* samples per chunk (target) */
+  long grow_len;    /* first=: the next chunk's length while that is below chunk_len (the
+                       first chunk is short, each next one twice as long); 0: chunk_len */
   long overlap;     /* samples shared with the previous chunk */
   long window;      /* split=silence: search window around each boundary (samples) */
   int silence;      /* cut at the quietest point near each boundary */
@@ -354,7 +356,7 @@ static void audio_run_inner(sl_job *job, void *data) {
   }
   sl_audio_set_cancel(s->reader, &c);
   long start = s->next_start;
-  long target = start + s->chunk_len;
+  long target = start + (s->grow_len > 0 ? s->grow_len : s->chunk_len);
   long need = s->silence ? target + s->window / 2 : target;
   if (audio_fill_to(s, need, j->err, sizeof j->err) < 0) goto fail;
   long avail = s->pcm_start + s->pcm_len;
@@ -393,6 +395,10 @@ static void audio_run_inner(sl_job *job, void *data) {
     if (write_wav(j->path, pcm, len, s->rate, s->channels, j->err, sizeof j->err) < 0) goto fail;
   }
   s->emitted_end = end;
+  if (s->grow_len > 0) {
+    s->grow_len *= 2;
+    if (s->grow_len >= s->chunk_len) s->grow_len = 0;
+  }
   s->next_start = end - s->overlap;
   if (s->next_start < start + 1) s->next_start = start + 1;
   /* drop samples no later chunk needs */
@@ -471,7 +477,8 @@ static const sl_job_class audio_class = {"media.audio_chunks", audio_run, audio_
                                          audio_job_free};
 
 /* media.audio_reader(url, {seconds=, overlap=, rate=, channels=, output="wav"|"blob", dir=,
- * prefix=, split="silence", window=}) -> reader. Opening happens in the first job. */
+ * prefix=, split="silence", window=, first=}) -> reader. Opening happens in the first job.
+ * first = S: the first chunk is S seconds, each next one twice as long until `seconds`. */
 static int l_audio_reader(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -482,6 +489,9 @@ static int l_audio_reader(lua_State *L) {
   const char *output = opt_string(L, 2, "output", "wav");
   const char *split = opt_string(L, 2, "split", NULL);
   luaL_argcheck(L, seconds > 0, 2, "seconds must be positive");
+  double first = opt_number(L, 2, "first", 0);
+  luaL_argcheck(L, first == 0 || (first > overlap && first <= seconds), 2,
+                "first must be in (overlap, seconds]");
   luaL_argcheck(L, overlap >= 0 && overlap < seconds, 2, "overlap must be in [0, seconds)");
   luaL_argcheck(L, rate >= 1000 && rate <= 384000, 2, "rate must be 1000..384000");
   luaL_argcheck(L, channels >= 1 && channels <= 8, 2, "channels must be 1..8");
@@ -507,6 +517,8 @@ static int l_audio_reader(lua_State *L) {
   s->overlap = lround(overlap * rate);
   if (s->chunk_len < 1) s->chunk_len = 1;
   if (s->overlap >= s->chunk_len) s->overlap = s->chunk_len - 1;
+  s->grow_len = first > 0 ? lround(first * rate) : 0;
+  if (s->grow_len >= s->chunk_len || s->grow_len <= s->overlap) s->grow_len = 0;
   s->silence = split != NULL;
   double window = opt_number(L, 2, "window", fmin(2.0, seconds / 4));
   luaL_argcheck(L, window > 0, 2, "window must be positive");
@@ -655,6 +667,7 @@ typedef struct frame_state {
   int max_width, max_height, quality;
   int to_blob;
   int want_phash;
+  int cells; /* columns of the cell statistics (0: none), see sl_cell_stats */
   sl_frame_reader *reader;
   long seq;
   int ended;
@@ -688,11 +701,13 @@ static void frame_state_free(frame_state *s) {
 
 typedef struct frame_item {
   long seq;
-  double t, score;
+  double t, score, mafd;
   int key, width, height, src_width, src_height;
   uint64_t dhash, phash;
   uint8_t *bytes;
   size_t len;
+  uint8_t *cells; /* cols * rows * 3 bytes, see sl_cell_stats */
+  int cols, rows;
   char path[4096];
   long decoded, seeks;
 } frame_item;
@@ -722,11 +737,22 @@ static int produce_frame(frame_state *s, frame_item *it, char *err, size_t errle
   sl_frame_stats(s->reader, &it->decoded, &it->seeks);
   if (rc <= 0) return rc;
   it->seq = ++s->seq;
+  it->mafd = sl_frame_mafd(s->reader);
   sl_frame_size(s->reader, &it->src_width, &it->src_height);
   sl_image luma;
   if (sl_frame_luma(s->reader, &luma, err, errlen) < 0) return -1;
   it->dhash = sl_dhash(&luma);
   if (s->want_phash) it->phash = sl_phash(&luma);
+  if (s->cells > 0) {
+    it->cols = s->cells;
+    it->rows = (int)lround((double)s->cells * luma.height / (luma.width > 0 ? luma.width : 1));
+    if (it->rows < 1) it->rows = 1;
+    it->cells = malloc((size_t)it->cols * (size_t)it->rows * 3);
+    if (!it->cells || sl_cell_stats(&luma, it->cols, it->rows, it->cells) < 0) {
+      snprintf(err, errlen, "%.400s: out of memory", s->url);
+      return -1;
+    }
+  }
   if (!s->format) {
     it->width = it->src_width;
     it->height = it->src_height;
@@ -791,6 +817,8 @@ static void frame_run_inner(sl_job *job, void *data) {
       snprintf(s->failed, sizeof s->failed, "%s", j->err);
       free(j->items[j->n].bytes);
       j->items[j->n].bytes = NULL;
+      free(j->items[j->n].cells);
+      j->items[j->n].cells = NULL;
       break;
     }
     if (rc == 0) {
@@ -831,6 +859,10 @@ static void push_frame(lua_State *L, const frame_state *s, frame_item *it) {
     lua_pushnumber(L, it->score);
     lua_setfield(L, -2, "scene_score");
   }
+  if (it->mafd >= 0) {
+    lua_pushnumber(L, it->mafd);
+    lua_setfield(L, -2, "mafd");
+  }
   push_hash(L, it->dhash);
   lua_setfield(L, -2, "dhash");
   if (s->want_phash) {
@@ -840,6 +872,14 @@ static void push_frame(lua_State *L, const frame_state *s, frame_item *it) {
   if (s->format) {
     lua_pushstring(L, format_ext(s->format));
     lua_setfield(L, -2, "format");
+  }
+  if (it->cells) {
+    lua_pushlstring(L, (const char *)it->cells, (size_t)it->cols * (size_t)it->rows * 3);
+    lua_setfield(L, -2, "cells");
+    lua_pushinteger(L, it->cols);
+    lua_setfield(L, -2, "cells_cols");
+    lua_pushinteger(L, it->rows);
+    lua_setfield(L, -2, "cells_rows");
   }
   if (it->bytes) {
     sl_blob *b = sl_blob_new(it->len);
@@ -879,7 +919,10 @@ static void frame_job_free(void *data) {
   if (!j->delivered)
     for (int i = 0; i < j->n; i++)
       if (j->items[i].path[0]) unlink(j->items[i].path);
-  for (int i = 0; i < FRAME_BATCH; i++) free(j->items[i].bytes);
+  for (int i = 0; i < FRAME_BATCH; i++) {
+    free(j->items[i].bytes);
+    free(j->items[i].cells);
+  }
   j->s->busy = 0;
   if (j->s->closed) frame_state_free(j->s);
   free(j);
@@ -889,7 +932,10 @@ static const sl_job_class frame_class = {"media.frames", frame_run, frame_finish
 
 /* media.frame_reader(url, {every=|keyframes=|scene=|times=, min_interval=, max_width=,
  * max_height=, format="jpeg"|"png"|"gray"|"rgb"|"none", quality=, output="file"|"blob", dir=,
- * prefix=, threads=, phash=bool}) -> reader */
+ * prefix=, threads=, phash=bool, fast=bool, score_width=, sample=, score=bool, start=, stop=,
+ * cells=}) -> reader (fast, score_width, sample, score, start, stop: see sl_frame_opts in av.h;
+ * a scored frame carries scene_score and mafd; cells = N columns: each frame carries
+ * sl_cell_stats of its luma as `cells`, with cells_cols, cells_rows) */
 static int l_frame_reader(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -923,6 +969,17 @@ static int l_frame_reader(lua_State *L) {
   luaL_argcheck(L, modes <= 1, 2, "give one of every, keyframes, scene, times");
   o.min_interval = opt_number(L, 2, "min_interval", 0);
   o.threads = (int)opt_number(L, 2, "threads", 0);
+  o.fast = opt_bool(L, 2, "fast", 0);
+  o.score_width = (int)opt_number(L, 2, "score_width", 0);
+  luaL_argcheck(L, o.score_width >= 0, 2, "score_width must be >= 0");
+  o.score = opt_bool(L, 2, "score", 0);
+  o.start = opt_number(L, 2, "start", 0);
+  o.stop = opt_number(L, 2, "stop", 0);
+  luaL_argcheck(L, o.start >= 0 && o.stop >= 0, 2, "start and stop must be >= 0 seconds");
+  o.sample = opt_number(L, 2, "sample", 0);
+  luaL_argcheck(L, o.sample >= 0, 2, "sample must be >= 0 seconds");
+  int cells = (int)opt_number(L, 2, "cells", 0);
+  luaL_argcheck(L, cells >= 0 && cells <= 256, 2, "cells must be 0..256 columns");
   const char *format = opt_string(L, 2, "format", "jpeg");
   int fmt = !strcmp(format, "jpeg") || !strcmp(format, "jpg") ? SL_RENDER_JPEG
             : !strcmp(format, "png")                          ? SL_RENDER_PNG
@@ -967,6 +1024,7 @@ static int l_frame_reader(lua_State *L) {
   s->quality = (int)opt_number(L, 2, "quality", 85);
   s->to_blob = to_blob;
   s->want_phash = opt_bool(L, 2, "phash", 0);
+  s->cells = cells;
   return 1;
 }
 

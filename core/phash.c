@@ -13,6 +13,66 @@
 
 #include "sluice.h"
 
+int sl_cell_stats(const sl_image *img, int cols, int rows, uint8_t *out) {
+  int bpp = img->format == SL_IMG_RGB24 ? 3 : 1;
+  int k = img->width / 320;
+  if (k < 1) k = 1;
+  int w = img->width / k, h = img->height / k;
+  if (w < 1 || h < 1 || cols < 1 || rows < 1) {
+    memset(out, 0, (size_t)cols * (size_t)rows * 3);
+    return 0;
+  }
+  uint8_t *d = malloc((size_t)w * (size_t)h);
+  if (!d) return -1;
+  for (int y = 0; y < h; y++) {
+    for (int x = 0; x < w; x++) {
+      unsigned s = 0;
+      for (int dy = 0; dy < k; dy++) {
+        const uint8_t *row = img->data + (ptrdiff_t)(y * k + dy) * img->stride;
+        for (int dx = 0; dx < k; dx++) {
+          int xx = x * k + dx;
+          s += bpp == 1 ? row[xx] : (unsigned)(row[3 * xx] + row[3 * xx + 1] + row[3 * xx + 2]) / 3;
+        }
+      }
+      d[(size_t)y * w + x] = (uint8_t)(s / (unsigned)(k * k));
+    }
+  }
+  for (int cy = 0; cy < rows; cy++) {
+    int y0 = cy * h / rows, y1 = (cy + 1) * h / rows;
+    if (y1 <= y0) y1 = y0 + 1;
+    if (y1 > h) y1 = h;
+    for (int cx = 0; cx < cols; cx++) {
+      int x0 = cx * w / cols, x1 = (cx + 1) * w / cols;
+      if (x1 <= x0) x1 = x0 + 1;
+      if (x1 > w) x1 = w;
+      uint64_t sum = 0, sq = 0;
+      long n = 0, edges = 0;
+      for (int y = y0; y < y1; y++) {
+        const uint8_t *p = d + (size_t)y * w;
+        for (int x = x0; x < x1; x++) {
+          unsigned v = p[x];
+          sum += v;
+          sq += v * v;
+          n++;
+          int g = 0;
+          if (x + 1 < w) g += abs((int)p[x + 1] - (int)v);
+          if (y + 1 < h) g += abs((int)p[x + w] - (int)v);
+          if (g >= 40) edges++;
+        }
+      }
+      double mean = n ? (double)sum / n : 0;
+      double var = n ? (double)sq / n - mean * mean : 0;
+      double sd = var > 0 ? sqrt(var) : 0;
+      uint8_t *o = out + ((size_t)cy * cols + cx) * 3;
+      o[0] = (uint8_t)lround(mean);
+      o[1] = (uint8_t)(sd > 255 ? 255 : lround(sd));
+      o[2] = (uint8_t)(n ? (edges * 255 + n / 2) / n : 0);
+    }
+  }
+  free(d);
+  return 0;
+}
+
 /* Box-averages img (gray or RGB) to tw x th cells into out (row-major doubles). */
 static void box_average(const sl_image *img, int tw, int th, double *out) {
   int bpp = img->format == SL_IMG_RGB24 ? 3 : 1;

@@ -17,6 +17,15 @@ uint64_t sl_dhash(const sl_image *img);
  * with their median (bit set when above), first bit most significant. Cannot fail. */
 uint64_t sl_phash(const sl_image *img);
 
+/* Statistics of a grid of cols x rows cells over img (gray or RGB), for telling slides from
+ * camera pictures and finding where a picture changed. The image is first box-averaged to
+ * about 320 pixels wide (so the figures do not depend on the input's resolution); then, per
+ * cell, row-major, three bytes: the mean gray level, its standard deviation (clipped to 255)
+ * and the share of edge pixels (a step of at least 40 gray levels to the right or below
+ * neighbour) scaled to 0..255. out holds cols * rows * 3 bytes. Returns 0, or -1 when out of
+ * memory. */
+int sl_cell_stats(const sl_image *img, int cols, int rows, uint8_t *out);
+
 /* Number of differing bits. */
 static inline int sl_hamming(uint64_t a, uint64_t b) { return __builtin_popcountll(a ^ b); }
 

@@ -6,7 +6,10 @@
 -- audio   cuts the soundtrack into overlapping chunks while it decodes    (step 4)
 -- stt     transcribes chunks in parallel (2 workers)                       (step 4)
 -- transcript  merges the chunks in order once all are in; writes transcript.json/.srt/.vtt
--- frames  captures a slide at every scene change, at most one per min_interval (step 4)
+-- frames  captures each slide as it is shown (sluice.media.slides: slide-like pictures, changes
+--         in the slide region only, a slide shown again recognised); a video without slides
+--         gets one frame per `window` seconds and says so (a log line, a no_slides event,
+--         window_fallback in fused.json and a line in summary.md)                  (step 4)
 -- vlm     describes every `x` captured slides as one request (batch.size = x, or whatever
 --         arrived within batch.wait seconds), under the shared model quota        (step 5)
 -- fusion  waits for the whole transcript (the gate), then merges each VLM batch the moment
@@ -21,8 +24,12 @@
 --
 -- Providers are local by default (sphinx, tesseract, extractive); remote ones by
 -- configuration alone: --set providers.stt=openai --set providers.vlm=gemini ...
--- Other settings: --set stages.vlm.batch.size=8, --set stages.stt.workers=4,
--- --set stages.audio.params.seconds=60, --set stages.frames.params.scene=0.2,
+-- Other settings: --set stages.audio.params.first=5 (a 5 s first chunk, then 10, then 20: the
+-- first transcript sooner; on a loaded 2-core machine the first speech came after 10-12 s
+-- instead of 15-22 s, but the whole run took 15-50% longer, so it is not the default),
+-- --set stages.vlm.batch.size=8, --set stages.stt.workers=4,
+-- --set stages.audio.params.seconds=60, --set stages.frames.params.scene=0.2 (capture at
+-- scene changes instead of slides), --set stages.frames.params.rate=4 (slide samples a second),
 -- --set fusion=by_window --set window=30 (or nearest), --set keep_chunks=true (keep the WAV
 -- chunks in DIR/audio).
 local sl = require "sluice"
@@ -83,6 +90,8 @@ local function emit_entries(ctx, entries)
 end
 
 local function title_of(e)
+  -- a window of a video without slides: its frame's text is whatever the camera saw
+  if e.window_fallback then return string.format("%s-%s", clock(e.t0), clock(e.t1)) end
   local first = (e.slide_text or ""):match("^%s*([^\n]+)")
   if first and first:find("%S") then return first end
   if e.speech_only then return "(speech)" end
@@ -150,26 +159,43 @@ return sl.pipeline "lecture" {
 
     -- An audio-only recording has no frames: the lecture is then fused and summarised from
     -- its speech alone (fusion_end), and says so.
-    frames = sl.capture { from = "video", scene = 0.02, min_interval = 2, max_width = 960, dir = "slides",
+    frames = sl.capture { from = "video", slides = true, min_interval = 2, max_width = 960, dir = "slides",
       no_video = "skip" },
 
     vlm = {
       from = "frames", batch = { size = 4, wait = 5 }, workers = 2, limits = { "model_quota" },
       retry = { attempts = 4, backoff = 0.5 },
       run = function(items, ctx)
-        local images = {}
-        for i, env in ipairs(items) do images[i] = { path = env.data.path, t = env.data.t } end
-        local out, err = provider(ctx, "vlm"):describe(images)
-        check(out, err, string.format("vlm batch of %d slides (%.1f-%.1f s)", #items,
-          items[1].data.t, items[#items].data.t))
+        -- a slide shown again is not described again: fusion gives it its first showing's text
+        local images, at = {}, {}
+        for i, env in ipairs(items) do
+          if not env.data.same_as then
+            images[#images + 1] = { path = env.data.path, t = env.data.t }
+            at[i] = #images
+          end
+        end
+        local out = {}
+        if #images > 0 then
+          local err
+          out, err = provider(ctx, "vlm"):describe(images)
+          check(out, err, string.format("vlm batch of %d slides (%.1f-%.1f s)", #images,
+            items[1].data.t, items[#items].data.t))
+        end
         local slides = {}
         for i, env in ipairs(items) do
-          local d = out[i] or {}
+          if env.data.same_as then
+            slides[i] = { seq = env.data.seq, t = env.data.t, path = env.data.path, same_as = env.data.same_as,
+              slide = env.data.slide }
+            goto next
+          end
+          local d = out[at[i]] or {}
           if d.error then -- the others in the batch are kept; this slide stays undescribed
             ctx:log(string.format("slide %d at %.1f s not described: %s", env.data.seq, env.data.t, d.error))
           end
           slides[i] = { seq = env.data.seq, t = env.data.t, path = env.data.path,
-            text = d.text or d.description or "", confidence = d.confidence, provider = d.provider }
+            text = d.text or d.description or "", confidence = d.confidence, provider = d.provider,
+            slide = env.data.slide, window = env.data.window }
+          ::next::
         end
         ctx:event("slides", { count = #slides, first = slides[1].seq, last = slides[#slides].seq,
           slides = slides })
@@ -243,12 +269,14 @@ return sl.pipeline "lecture" {
         for _, seq in ipairs(seqs) do
           local it = f.items[seq]
           slides[#slides + 1] = { seq = seq, t = f.times[seq], path = it and it.path,
-            text = it and it.text, provider = it and it.provider, missing = (not it) or nil }
+            text = it and it.text, provider = it and it.provider, missing = (not it) or nil,
+            slide = it and it.slide, same_as = it and it.same_as, window = it and it.window }
         end
         for i, e in ipairs(f:entries()) do
           entries[i] = { seq = e.seq, window = e.window, t0 = e.t0, t1 = e.t1,
             slide_text = e.slide_text, slide_path = e.slide_path, speech = e.speech,
-            segments = e.segments, slides = e.slides, missing = e.missing, speech_only = e.speech_only }
+            segments = e.segments, slides = e.slides, missing = e.missing, speech_only = e.speech_only,
+            same_as = e.same_as, window_fallback = e.window_fallback }
         end
         table.sort(entries, function(a, b) return (a.seq or a.window) < (b.seq or b.window) end)
         write_json(dir .. "/slides.json", slides)
@@ -277,7 +305,7 @@ return sl.pipeline "lecture" {
         ctx:event("summary", { seq = env.seq, t0 = e.t0, t1 = e.t1, text = s })
         return { seq = env.seq, t0 = e.t0, t1 = e.t1, title = title_of(e), summary = s,
           slide_text = e.slide_text, speech = e.speech, speech_only = e.speech_only,
-          provider = served }
+          same_as = e.same_as, window_fallback = e.window_fallback, provider = served }
       end,
     },
 
@@ -315,6 +343,11 @@ return sl.pipeline "lecture" {
           md[#md + 1] = "_The recording has no video: this summary is of the speech alone._"
           md[#md + 1] = ""
         end
+        local windows = sums[1] and sums[1].window_fallback
+        if windows then
+          md[#md + 1] = "_No slides were found in the video: the sections are fixed windows of its time._"
+          md[#md + 1] = ""
+        end
         for _, s in ipairs(sums) do
           md[#md + 1] = string.format("## %s-%s %s", clock(s.t0), clock(s.t1), s.title)
           md[#md + 1] = ""
@@ -331,7 +364,8 @@ return sl.pipeline "lecture" {
         f:close()
         write_json(dir .. "/judge.json", { score = n > 0 and total / n or cjson.null,
           segments = judged })
-        return { sections = #sums, score = n > 0 and total / n or nil }
+        return { sections = #sums, score = n > 0 and total / n or nil,
+          sections_by = windows and "window" or (sums[1] and sums[1].speech_only and "speech") or "slide" }
       end,
     },
   },

@@ -10,6 +10,13 @@
 --   OUT/lecture.truth.json  slide times and texts, utterance times and reference transcripts.
 --   OUT/podcast/feed.xml    an RSS 2.0 feed whose enclosures (relative URLs) are three short
 --   OUT/podcast/*.m4a       AAC episodes made of the same utterances (+ truth.json).
+--   OUT/slides/*.mp4        40 s, 640x360, 10 fps: the same rendered slide deck (seven slides,
+--                           the second shown again later) recorded four ways: deck.mp4 (full
+--                           screen), pip.mp4 (a picture-in-picture of real footage in a corner),
+--                           camera.mp4 (a camera shot: the deck smaller inside real footage,
+--                           a strip of footage moving in front of it like a presenter, sensor
+--                           noise) and noslide.mp4 (the real footage alone); LibriVox speech
+--                           as audio. OUT/slides/truth.json: every slide change (t, slide).
 --   OUT/filter/*.mp4        clips of the shared footage for the video filter: person_a (0-20 s)
 --                           and person_b (6-30 s) overlap by 14 s of the same scene (a person
 --                           walks in at about 8 s), bottle (0-10 s).
@@ -324,7 +331,98 @@ local function make_filter()
   print("sample: " .. dir .. " (person_a, person_b, bottle)")
 end
 
+-- Slides recorded four ways (see the top). Slide changes land on whole frames (10 fps).
+local SLIDE_DECK = {
+  { title = "Sorting in linear time", lines = { "counting sort", "radix sort by digits", "bucket sort" } },
+  { title = "Counting sort", lines = { "count each key", "prefix sums give positions", "stable: keeps order" } },
+  { title = "Radix sort", lines = { "sort by the last digit first", "each pass stable", "d passes of n + k" } },
+  { title = "Bucket sort", lines = { "uniform keys in [0, 1)", "n buckets, insertion sort", "expected O(n)" } },
+  { title = "Lower bounds", lines = { "comparison sorts need", "n log n comparisons", "decision trees" } },
+  { title = "Questions?", lines = { "office hours on Friday", "problem set 3 due Monday" } },
+}
+-- (slide index, start time): slide 2 is shown again at 21 s
+local SLIDE_PLAN = { { 1, 0 }, { 2, 5 }, { 3, 10 }, { 4, 15.5 }, { 2, 21 }, { 5, 26 }, { 6, 31.5 } }
+local SLIDE_SECONDS = 40
+
+local function make_slides()
+  local dir = out .. "/slides"
+  local names = { "deck", "pip", "camera", "noslide" }
+  local paths = { dir .. "/truth.json" }
+  for _, n in ipairs(names) do paths[#paths + 1] = dir .. "/" .. n .. ".mp4" end
+  if up_to_date(paths) then
+    print("sample: " .. dir .. " is up to date")
+    return
+  end
+  local person = SHARED_MEDIA .. "/person.mp4"
+  local f = io.open(person, "rb")
+  if not f then
+    io.stderr:write("sample: skipping the slide videos: " .. person .. " not found (set SLUICE_SHARED_MEDIA)\n")
+    return
+  end
+  f:close()
+  local tmp = dir .. "/.tmp"
+  sh("rm -rf " .. quote(tmp) .. " && mkdir -p " .. quote(tmp))
+  -- the slide pictures
+  for k, sd in ipairs(SLIDE_DECK) do
+    write(string.format("%s/title%d.txt", tmp, k), sd.title)
+    write(string.format("%s/body%d.txt", tmp, k), table.concat(sd.lines, "\n"))
+    run({ "ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=0xF5F2E8:s=1280x720", "-vf",
+      string.format("drawtext=fontfile=%s:textfile=%s/title%d.txt:fontcolor=0x1B1B2F:fontsize=64:x=90:y=100," ..
+        "drawtext=fontfile=%s:textfile=%s/body%d.txt:fontcolor=0x222222:fontsize=50:line_spacing=30:x=110:y=270," ..
+        "drawtext=fontfile=%s:text='%d':fontcolor=0x666666:fontsize=28:x=1180:y=660",
+        FONT_BOLD, tmp, k, FONT, tmp, k, FONT, k),
+      "-frames:v", "1", string.format("%s/slide%d.png", tmp, k) }, "render slide " .. k)
+  end
+  -- the deck as a 10 fps stream, one picture per plan entry
+  local lines = {}
+  for i, p in ipairs(SLIDE_PLAN) do
+    local t1 = SLIDE_PLAN[i + 1] and SLIDE_PLAN[i + 1][2] or SLIDE_SECONDS
+    lines[#lines + 1] = string.format("file 'slide%d.png'\nduration %.3f", p[1], t1 - p[2])
+  end
+  lines[#lines + 1] = string.format("file 'slide%d.png'", SLIDE_PLAN[#SLIDE_PLAN][1])
+  write(tmp .. "/deck.txt", table.concat(lines, "\n") .. "\n")
+  local speech = {}
+  for _, u in ipairs(utterances()) do speech[#speech + 1] = "file '" .. u.wav .. "'" end
+  write(tmp .. "/speech.txt", table.concat(speech, "\n") .. "\n")
+  -- inputs: 0 the deck, 1 the footage, 2 the footage again (the presenter), 3 the speech
+  local inputs = { "-f", "concat", "-safe", "0", "-i", tmp .. "/deck.txt",
+    "-ss", "20", "-i", person, "-ss", "60", "-i", person,
+    "-f", "concat", "-safe", "0", "-i", tmp .. "/speech.txt" }
+  local deck = "[0:v]fps=10,scale=640:360:flags=area,format=yuv420p"
+  local graphs = {
+    deck = deck .. "[v]",
+    pip = deck .. "[d];[1:v]fps=10,scale=160:90[p];[d][p]overlay=x=470:y=260:shortest=1[v]",
+    camera = "[0:v]fps=10,scale=420:236:flags=area,eq=contrast=0.85:brightness=-0.03[d];" ..
+      "[1:v]fps=10,scale=640:360,eq=brightness=-0.08[bg];" ..
+      "[2:v]fps=10,crop=120:300:330:100,scale=70:220[p];" ..
+      "[bg][d]overlay=x=150:y=30:shortest=1[s];" ..
+      "[s][p]overlay=x='160+170*(1+sin(2*PI*t/13))':y=140:shortest=1,noise=alls=6:allf=t,format=yuv420p[v]",
+    noslide = "[1:v]fps=10,scale=640:360,format=yuv420p[v]",
+  }
+  for _, n in ipairs(names) do
+    local argv = { "ffmpeg", "-v", "error", "-y" }
+    for _, a in ipairs(inputs) do argv[#argv + 1] = a end
+    for _, a in ipairs { "-filter_complex", graphs[n], "-map", "[v]", "-map", "3:a", "-t", tostring(SLIDE_SECONDS),
+      "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", "-g", "50", "-pix_fmt", "yuv420p",
+      "-c:a", "aac", "-b:a", "48k", "-ar", "16000", "-ac", "1", tmp .. "/" .. n .. ".mp4" } do
+      argv[#argv + 1] = a
+    end
+    run(argv, "render slides/" .. n .. ".mp4")
+  end
+  local truth = { duration = SLIDE_SECONDS, deck = {}, changes = {} }
+  for k, sd in ipairs(SLIDE_DECK) do truth.deck[k] = { title = sd.title, lines = sd.lines } end
+  for i, p in ipairs(SLIDE_PLAN) do truth.changes[i] = { t = p[2], slide = p[1] } end
+  truth.videos = { deck = "slides", pip = "slides", camera = "slides", noslide = "none" }
+  write(tmp .. "/truth.json", cjson.encode(truth))
+  for _, n in ipairs(names) do
+    sh(string.format("mv %s %s", quote(tmp .. "/" .. n .. ".mp4"), quote(dir .. "/" .. n .. ".mp4")))
+  end
+  sh(string.format("mv %s %s && rm -rf %s", quote(tmp .. "/truth.json"), quote(dir .. "/truth.json"), quote(tmp)))
+  print("sample: " .. dir .. " (deck, pip, camera, noslide)")
+end
+
 sh("mkdir -p " .. quote(out))
 if not only or only == "lecture" then make_lecture() end
 if not only or only == "podcast" then make_podcast() end
 if not only or only == "filter" then make_filter() end
+if not only or only == "slides" then make_slides() end

@@ -2,7 +2,10 @@
 --
 -- Speech is a list of segments {start=, ["end"]=, text=, words={{start=, ["end"]=, word=}}?}
 -- in seconds (words optional). Vision is a list of results {seq=, t=, text=, path=?}, one per
--- captured slide or frame, `seq` counting captures from `first_seq` (default 1).
+-- captured slide or frame, `seq` counting captures from `first_seq` (default 1). A result with
+-- same_as = k and no text is slide k shown again: it takes k's description once that is in
+-- (entries carry same_as); window = true marks a frame that stands for a fixed window (a video
+-- without slides; entries carry window_fallback).
 --
 -- Policies (declared in pipeline scripts):
 --   fusion.by_slide              one entry per slide interval: the slide is shown from its t
@@ -190,12 +193,37 @@ function Fuser:add_times(list)
   return self:_ready()
 end
 
+-- A slide shown again (same_as = the seq of its first showing) and not described itself takes
+-- the description of its first showing, once that is in.
+local function resolve_alias(self, it)
+  local orig = self.items[it.same_as]
+  if not orig then
+    self.aliases[it.same_as] = self.aliases[it.same_as] or {}
+    table.insert(self.aliases[it.same_as], it)
+    return
+  end
+  local copy = {}
+  for k, v in pairs(it) do copy[k] = v end
+  copy.text, copy.provider = orig.text, orig.provider
+  self.items[it.seq] = copy
+end
+
 function Fuser:add_vision(list)
   if self.finished then error("fusion: add_vision after finish", 2) end
+  self.aliases = self.aliases or {}
   for i, it in ipairs(list) do
     check_item(it, i)
     self.times[it.seq] = it.t
-    self.items[it.seq] = it
+    if it.same_as and it.text == nil and it.same_as ~= it.seq then
+      resolve_alias(self, it)
+    else
+      self.items[it.seq] = it
+      local waiting = self.aliases[it.seq]
+      if waiting then
+        self.aliases[it.seq] = nil
+        for _, a in ipairs(waiting) do resolve_alias(self, a) end
+      end
+    end
   end
   return self:_ready()
 end
@@ -255,6 +283,7 @@ function Fuser:_slide_entry(seq, first, prev_t, next_t)
   local e = { seq = seq, t = t, t0 = t0, t1 = t1, speech = speech, segments = segs }
   if it then
     e.slide_text, e.slide_path = it.text, it.path
+    e.same_as, e.window_fallback = it.same_as, it.window
   else
     e.missing = true
   end

@@ -11,13 +11,18 @@
 -- Seed 001's worker rule:
 --   stages.workers_for{duration=, engine=, chunk=} -> workers, details
 -- Stage builders on the media module (sl.audio_chunks / sl.capture are these):
---   stages.audio_chunks{from=, seconds=30, overlap=0, split=nil, dir="audio"} -> a stage that
+--   stages.audio_chunks{from=, seconds=30, overlap=0, split=nil, first=nil, dir="audio"} -> a stage that
 --       cuts each input (a path or URL, or {path=}) into 16 kHz mono WAV chunks while it
 --       decodes; items {seq, t0, t1, path}, one per chunk (fan-out), envelope t0/t1 set.
---   stages.capture{from=, every=|scene=|keyframes=, min_interval=, max_width=, dir="frames",
---       name="%04d", no_video="fail"} -> a stage that captures frames to DIR/<dir>/NNNN.jpg;
---       items {seq, t, path, width, height, dhash}. no_video = "skip": an input without a
---       video stream gives no frames and a log line instead of a failure.
+--   stages.capture{from=, every=|scene=|keyframes=|slides=true, min_interval=, max_width=,
+--       dir="frames", name="%04d", no_video="fail", window=30, rate=2} -> a stage that
+--       captures frames to DIR/<dir>/NNNN.jpg; items {seq, t, path, width, height, dhash}.
+--       no_video = "skip": an input without a video stream gives no frames and a log line
+--       instead of a failure. slides = true (when no every/scene/keyframes is set): one frame
+--       per slide shown (sluice.media.slides, `rate` samples a second), items also {slide,
+--       same_as} (same_as: the seq of the slide's first showing when it is shown again); a
+--       video without slides gives one frame per `window` seconds instead, items {window =
+--       true}, with a log line and a "no_slides" event saying so.
 -- Their settings are stage params, so `--set stages.audio.params.seconds=10` changes them.
 -- Files go under the run's --out directory (DIR/<key>/... when the run has several inputs).
 local sl = require "sluice"
@@ -437,7 +442,7 @@ function M.audio_chunks(o)
     error("bad argument to 'audio_chunks' (table with from = stage name expected)", 2)
   end
   local params = { seconds = o.seconds or 30, overlap = o.overlap or 0, split = o.split,
-    window = o.window, dir = o.dir or "audio" }
+    window = o.window, dir = o.dir or "audio", first = o.first }
   return {
     kind = "audio_chunks", from = o.from, workers = o.workers or 1, queue = o.queue,
     retry = o.retry, params = params,
@@ -449,7 +454,8 @@ function M.audio_chunks(o)
       local n = 0
       local stream = media.audio_chunks(src, { seconds = param(ctx, params, "seconds"),
         overlap = param(ctx, params, "overlap"), split = param(ctx, params, "split"),
-        window = param(ctx, params, "window"), dir = dir, prefix = M.safe_name(env.key, 60) })
+        window = param(ctx, params, "window"), first = param(ctx, params, "first"), dir = dir,
+        prefix = M.safe_name(env.key, 60) })
       while true do
         local c, err = stream:next()
         if not c then
@@ -475,7 +481,7 @@ function M.capture(o)
   local params = { every = o.every, scene = o.scene, keyframes = o.keyframes,
     min_interval = o.min_interval, max_width = o.max_width, max_height = o.max_height,
     dir = o.dir or "frames", name = o.name or "%04d", quality = o.quality, first = o.first,
-    no_video = o.no_video or "fail" }
+    no_video = o.no_video or "fail", slides = o.slides, window = o.window, rate = o.rate }
   return {
     kind = "capture", from = o.from, workers = o.workers or 1, queue = o.queue, retry = o.retry,
     params = params,
@@ -508,6 +514,56 @@ function M.capture(o)
       else fo.every = every or 2 end
       local name = param(ctx, params, "name")
       local n = 0
+      -- Renames a captured frame to its seq's name, records it, and emits it.
+      local function deliver(f, t, extra)
+        n = n + 1
+        local path = f.path
+        if path and name then
+          local want = dir .. "/" .. string.format(name, n) .. (path:match("%.%w+$") or ".jpg")
+          if os.rename(path, want) then path = want end
+        end
+        if path then files.wrote(path) end
+        local item = { seq = n, t = t, path = path, width = f.width, height = f.height, dhash = f.dhash,
+          source = src }
+        for k, v in pairs(extra) do item[k] = v end
+        ctx:event("frame", { seq = n, at = t, path = path, slide = extra.slide, same_as = extra.same_as,
+          window = extra.window })
+        ctx:emit(item, { seq = n, t0 = t, t1 = t })
+      end
+      if param(ctx, params, "slides") and not scene and not every and not param(ctx, params, "keyframes") then
+        local slides = require "sluice.media.slides"
+        local grab = { dir = dir, prefix = ".frame", max_width = fo.max_width, max_height = fo.max_height,
+          quality = fo.quality }
+        -- each slide's picture: the frame where it was confirmed (fully shown, held still)
+        local found, info = slides.detect(src, { rate = param(ctx, params, "rate") }, function(s)
+          grab.times = { s.at }
+          local fs = media.frames(src, grab)
+          local f, err = fs:next()
+          fs:close()
+          if not f then fail("capture", src, err or string.format("no frame at %.2f s", s.at)) end
+          deliver(f, s.t, { slide = s.slide, same_as = s.same_as })
+        end)
+        if not found then fail("capture", src, info) end
+        if info.warning then error("capture: " .. info.warning, 0) end
+        if #found > 0 then return end
+        -- No slides: sections of fixed windows, each with the frame at its start.
+        local w = param(ctx, params, "window") or tonumber(ctx.config.window) or 30
+        ctx:log(string.format("%s: no slides found (%s in %d samples): sections are fixed %g s windows",
+          src, info.reason, info.samples, w))
+        ctx:event("no_slides", { source = src, reason = info.reason, samples = info.samples, window = w })
+        grab.times, grab.every = nil, w
+        local fs = media.frames(src, grab)
+        while true do
+          local f, err = fs:next()
+          if not f then
+            if err then fail("capture", src, err) end
+            break
+          end
+          deliver(f, f.t, { window = true })
+        end
+        if n == 0 then error("capture " .. src .. ": no frames", 0) end
+        return
+      end
       local first_t
       -- Scene detection (like FFmpeg's select=scene) never selects the first frame: capture it
       -- on its own, so the slide shown from the start is there too.
@@ -520,18 +576,7 @@ function M.capture(o)
         s0:close()
         if not f and err then fail("capture", src, err) end
         if f then first_t = f.t end
-        if f then
-          n = 1
-          local path = f.path
-          if path and name then
-            local want = dir .. "/" .. string.format(name, n) .. (path:match("%.%w+$") or ".jpg")
-            if os.rename(path, want) then path = want end
-          end
-          if path then files.wrote(path) end
-          ctx:event("frame", { seq = n, at = f.t, path = path })
-          ctx:emit({ seq = n, t = f.t, path = path, width = f.width, height = f.height,
-            dhash = f.dhash, source = src }, { seq = n, t0 = f.t, t1 = f.t })
-        end
+        if f then deliver(f, f.t, {}) end
       end
       local stream = media.frames(src, fo)
       local min_gap = param(ctx, params, "min_interval") or 0
@@ -545,18 +590,7 @@ function M.capture(o)
           if f.path then os.remove(f.path) end
           goto continue
         end
-        n = n + 1
-        local path = f.path
-        if path and name then
-          local want = dir .. "/" .. string.format(name, n) .. (path:match("%.%w+$") or ".jpg")
-          local ok = os.rename(path, want)
-          if ok then path = want end
-        end
-        if path then files.wrote(path) end
-        ctx:event("frame", { seq = n, at = f.t, path = path })
-        ctx:emit({ seq = n, t = f.t, path = path, width = f.width, height = f.height,
-          dhash = f.dhash, scene_score = f.scene_score, source = src },
-          { seq = n, t0 = f.t, t1 = f.t })
+        deliver(f, f.t, { scene_score = f.scene_score })
         ::continue::
       end
       if n == 0 then error("capture " .. src .. ": no frames", 0) end

@@ -159,11 +159,12 @@ local function stem(url)
 end
 
 -- audio_chunks(path_or_url, {seconds=30, overlap=0, rate=16000, channels=1,
---   output="wav"|"blob", dir=, prefix=, split="silence", window=, prefetch=true})
+--   output="wav"|"blob", dir=, prefix=, split="silence", window=, first=, prefetch=true})
 -- -> stream of {seq=, t0=, t1=, start=, samples=, rate=, channels=, path= | blob=}
 -- Chunk k (1-based) starts at sample start = previous chunk's end - overlap; samples are
 -- 16-bit little-endian PCM. With split="silence" each boundary moves to the quietest 20 ms
--- within window seconds around it.
+-- within window seconds around it. With first=S the first chunk is S seconds and each next one
+-- twice as long until `seconds` (a first result sooner).
 function M.audio_chunks(url, opts)
   check_url(url, "audio_chunks")
   opts = opts or {}
@@ -183,19 +184,139 @@ end
 --   quality=85, output="file"|"blob", dir=, prefix=, threads=, phash=false, prefetch=true})
 -- -> stream of {seq=, t=, width=, height=, path= | blob=, format=, scene_score=, dhash=,
 --   phash=, key=, source_width=, source_height=}
-function M.frames(url, opts)
-  check_url(url, "frames")
-  opts = opts or {}
+-- The options of frames() with their defaults filled in (a copy): JPEG files in a temporary
+-- directory named after the input.
+local function frame_options(url, opts)
   local o = {}
-  for k, v in pairs(opts) do o[k] = v end
+  for k, v in pairs(opts or {}) do o[k] = v end
   o.format = o.format or "jpeg"
   o.output = o.output or "file"
   if o.output == "file" and o.format ~= "none" then
     o.dir = o.dir or temp_dir("frames")
     o.prefix = o.prefix or stem(url)
   end
+  return o
+end
+
+function M.frames(url, opts)
+  check_url(url, "frames")
+  local o = frame_options(url, opts)
   local reader = cmedia.frame_reader(url, o)
   return new_stream(reader, "media.frames", o.prefetch)
+end
+
+-- scenes(path_or_url, {scene=0.3, margin=0.7, max_gap=20, score_width=320, min_interval=,
+--   max_width=, max_height=, format=, quality=, output=, dir=, prefix=, threads=})
+-- -> a stream of the frames frames{scene=} selects, found at reduced decode: a first pass
+-- decodes keyframes only and scores each against the one before on a downscaled luma plane;
+-- only the stretches between two keyframes whose mean difference (mafd / 100) exceeds
+-- margin * scene (or that lie more than max_gap seconds apart, and the stretch after the last
+-- keyframe) are decoded in full, with FFmpeg's exact score. A cut inside a stretch makes its
+-- two keyframes differ, so the frames found are frames{scene=}'s, except where a stretch's
+-- picture changes and comes back between two keyframes. Scores in a stretch are FFmpeg's (the
+-- frame right after its first keyframe, when it could be selected, is scored after decoding
+-- from the keyframe before); stretches next to each other are decoded in one go.
+-- Items as frames() gives, seq counting the frames of this stream.
+local Scenes = {}
+Scenes.__index = Scenes
+Scenes.__name = "sluice.media.scenes"
+
+function Scenes:next()
+  if self.closed then error("attempt to use a closed media.scenes stream", 2) end
+  while true do
+    if self.fine then
+      local f, err, code = self.fine:next()
+      if f then
+        local mi = self.min_interval
+        if mi and self.last and f.t - self.last < mi then
+          remove_file(f)
+        else
+          self.last = f.t
+          self.seq = self.seq + 1
+          f.seq = self.seq
+          return f
+        end
+      elseif err then
+        return nil, err, code
+      else
+        self.fine = nil
+      end
+    elseif #self.pending > 0 then
+      local iv = table.remove(self.pending, 1)
+      local o = {}
+      for k, v in pairs(self.fine_opts) do o[k] = v end
+      -- from just after the stretch's first keyframe (see sl_frame_opts.start in core/av.h:
+      -- the frame right after it is scored exactly when it could be selected)
+      o.start, o.stop = iv[1] > 0 and iv[1] + 0.001 or 0, iv[2]
+      self.fine = M.frames(self.url, o)
+      self.refined = self.refined + 1
+    elseif self.coarse_done then
+      return nil, self.warning
+    else
+      local k, err, code = self.coarse:next()
+      if not k then
+        if err then return nil, err, code end
+        self.coarse_done = true
+        self.warning = self.coarse.warning
+        -- after the last keyframe there is no keyframe to compare with: decode it all
+        if self.prev_t then self:_stretch(self.prev_t, 0) end
+        self:_stretch(nil)
+      else
+        self.keyframes = self.keyframes + 1
+        local prev = self.prev_t
+        if prev then
+          if (k.mafd or 0) / 100 > self.margin * self.scene or k.t - prev > self.max_gap then
+            self:_stretch(prev, k.t)
+          else
+            self:_stretch(nil)
+          end
+        elseif k.t > 0.05 then
+          self:_stretch(0, k.t)
+        end
+        self.prev_t = k.t
+      end
+    end
+  end
+end
+
+-- Stretches to decode in full: one that continues the open one extends it (decoded in one go,
+-- the scores at the join are exact); any other closes it. _stretch(nil) closes it.
+function Scenes:_stretch(a, b)
+  local open = self.open
+  if a and open and open[2] == a then
+    open[2] = b
+    return
+  end
+  if open then self.pending[#self.pending + 1] = open end
+  self.open = a and { a, b } or nil
+end
+
+Scenes.__call = Stream.__call
+
+function Scenes:close()
+  if self.closed then return end
+  self.closed = true
+  self.coarse:close()
+  if self.fine then self.fine:close() end
+end
+Scenes.__close = Scenes.close
+
+function M.scenes(url, opts)
+  check_url(url, "scenes")
+  opts = opts or {}
+  local scene = opts.scene or 0.3
+  if type(scene) ~= "number" or scene < 0 or scene > 1 then
+    error("bad argument #2 to 'scenes' (scene threshold must be in 0..1)", 2)
+  end
+  local fine = frame_options(url, opts)
+  fine.margin, fine.max_gap, fine.score_width, fine.min_interval = nil, nil, nil, nil
+  fine.scene = scene
+  local coarse = M.frames(url, { keyframes = true, format = "none", score = true,
+    score_width = opts.score_width or 320, threads = opts.threads })
+  local s = setmetatable({ url = url, scene = scene, margin = opts.margin or 0.7,
+    max_gap = opts.max_gap or 20, min_interval = opts.min_interval, coarse = coarse,
+    fine_opts = fine, pending = {}, seq = 0, keyframes = 0, refined = 0 }, Scenes)
+  return s, nil, nil, s
 end
 
 -- extract_audio(path_or_url, out_wav, {rate=16000, channels=1}) -> number of samples (per
