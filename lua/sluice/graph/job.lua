@@ -47,6 +47,8 @@ StageProxy.__index = function(p, k)
   if k == "workers" then return S.target end
   if k == "name" then return S.name end
   if k == "stats" then return function() return S.job:stats().stages[S.name] end end
+  -- stage:set_workers(n, why): as `workers = n`, saying why (stats' workers_why, the event)
+  if k == "set_workers" then return function(_, n, why) return run.set_workers(S, n, why) end end
   local st = S.job:stats().stages[S.name]
   return st[k]
 end
@@ -275,7 +277,7 @@ function Job:stats()
         busy_pct = wt > 0 and math.min(100, 100 * S.busy / wt) or 0,
         p50 = util.hist_quantile(S.hist, 0.5), p95 = util.hist_quantile(S.hist, 0.95),
         batch = S.batch and S.batch.size or nil, from = S.from, gate = S.gate,
-        executor = S.executor.name,
+        executor = S.executor.name, workers_why = S.workers_why,
       }
       if S.all_up then st.total = S.n_in end
     end
