@@ -296,6 +296,11 @@ function M.table(summary)
     local st = summary.stages[n]
     if st.workers_why then whys[#whys + 1] = st.workers_why .. "\n" end
   end
+  local c = summary.cpu
+  if c and c.waited > 0 then -- a cap that bit is said
+    whys[#whys + 1] = string.format("cpu budget: %d tokens (at most %d held at once); %d CPU-bound jobs waited %s for one\n",
+      c.limit, c.peak, c.waited, fmt_dur(c.wait_seconds))
+  end
   return head .. M.grid(rows) .. table.concat(whys) .. M.providers_table(pv)
 end
 

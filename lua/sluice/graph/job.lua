@@ -7,6 +7,7 @@
 -- counters; `workers` can be set while it runs).
 -- Calls: every other module of sluice.graph, sluice.runtime.events, sluice.runtime.sched.
 local core = require "sluice.core.core"
+local pool = require "sluice.core.pool"
 local sched = require "sluice.runtime.sched"
 local events = require "sluice.runtime.events"
 local util = require "sluice.graph.util"
@@ -191,6 +192,7 @@ function Job:_main()
       from = from, inputs = #job.inputs, out = job.out })
   end
   job.t0 = now()
+  job.cpu0 = pool.cpu() -- the CPU budget's counters when the job started
   local g = job.group
   if job.cancelled then job.stages_left = 0 end -- cancelled before it started: run nothing
   local order = job.cancelled and {} or job.order
@@ -284,6 +286,11 @@ function Job:stats()
     out.stages[n] = st
   end
   if self.providers and self.providers.stats then out.providers = self.providers:stats() end
+  -- the machine-wide CPU budget (sluice.core.pool.cpu): tokens, and how often CPU-bound jobs
+  -- of this job's time had to wait for one (the cap biting)
+  local c, c0 = pool.cpu(), self.cpu0
+  if c0 then c.waited, c.wait_seconds = c.waited - c0.waited, c.wait_seconds - c0.wait_seconds end
+  out.cpu = c
   return out
 end
 
@@ -310,7 +317,7 @@ function Job:summary()
   return { job = self.id, name = self.name, state = self.state, status = self.state,
     elapsed = st.elapsed, stages = st.stages, order = st.order, dead = self.dead,
     failed = #self.dead, error = self.error, results = self.results, ok = self.state == "done" and #self.dead == 0,
-    providers = st.providers }
+    providers = st.providers, cpu = st.cpu }
 end
 
 -- job:wait() -> summary (after the job finished, however it finished).
