@@ -10,7 +10,7 @@
 --           `batch` (8) as they are made (the folder and the file names: paths, not pixels),
 --           so one long video is decoded and filtered at once; batch=0 passes the whole
 --           video once it is extracted
--- filter    2 workers with one model worker process for the whole run (the bundled CenterNet
+-- filter    1 worker with one model worker process for the whole run (the bundled CenterNet
 --           detector by default, workers/detect.js: the 80 COCO classes, loaded once): keeps
 --           frames where one of `classes` (default person) scores at least `min_score` (0.5);
 --           copies them to DIR/kept/<video>/. Class names the detector does not know stop the
@@ -132,7 +132,7 @@ return sl.pipeline "video_filter" {
     },
 
     filter = {
-      from = "extract", workers = 2, retry = { attempts = 2 },
+      from = "extract", workers = 1, retry = { attempts = 2 },
       run = function(env, ctx)
         local v = env.data
         local classes = classes_of(ctx.config)
