@@ -544,7 +544,7 @@ static int audio_next(lua_State *L) {
   if (!j) return luaL_error(L, "out of memory");
   j->s = u->s;
   u->s->busy = 1;
-  return sl_job_submit(L, 2, &audio_class, j);
+  return sl_job_submit_cpu(L, 2, &audio_class, j);
 }
 
 static int audio_close(lua_State *L) {
@@ -654,7 +654,7 @@ static int l_extract_audio(lua_State *L) {
     extract_free(e);
     return luaL_error(L, "out of memory");
   }
-  return sl_job_submit(L, 5, &extract_class, e);
+  return sl_job_submit_cpu(L, 5, &extract_class, e);
 }
 
 /* ---- frames -------------------------------------------------------------------------------- */
@@ -1042,7 +1042,7 @@ static int frames_next(lua_State *L) {
   if (!j) return luaL_error(L, "out of memory");
   j->s = u->s;
   u->s->busy = 1;
-  return sl_job_submit(L, 2, &frame_class, j);
+  return sl_job_submit_cpu(L, 2, &frame_class, j);
 }
 
 static int frames_close(lua_State *L) {

@@ -308,7 +308,7 @@ static int engine_recognize(lua_State *L) {
   }
   r->e = e;
   e->busy = 1; /* cleared by recognize_free, whatever happens to the job */
-  return sl_job_submit(L, 3, &recognize_class, r);
+  return sl_job_submit_cpu(L, 3, &recognize_class, r);
 }
 
 static int engine_busy(lua_State *L) {

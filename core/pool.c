@@ -108,7 +108,7 @@ static int new_handle(lua_State *L) {
   return 1;
 }
 
-int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void *data) {
+static int submit(lua_State *L, int callback_idx, const sl_job_class *cls, void *data, int cpu) {
   callback_idx = lua_absindex(L, callback_idx);
   if (lua_type(L, callback_idx) != LUA_TFUNCTION || sl_main_state() == NULL) {
     /* data is ours from here on, whatever happens */
@@ -136,6 +136,7 @@ int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void 
   job->work.run = job_run;
   job->work.done = job_done;
   job->work.drop = job_drop;
+  job->work.cpu = cpu;
   int rc = sl_threads_submit(sl_loop(L), &job->work);
   if (rc != 0) {
     free_job(job);
@@ -146,6 +147,14 @@ int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void 
   job->handle_ref = sl_ref(L, -1);
   job->callback_ref = sl_ref(L, callback_idx);
   return 1;
+}
+
+int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void *data) {
+  return submit(L, callback_idx, cls, data, 0);
+}
+
+int sl_job_submit_cpu(lua_State *L, int callback_idx, const sl_job_class *cls, void *data) {
+  return submit(L, callback_idx, cls, data, 1);
 }
 
 /* ---- the module ---------------------------------------------------------------------- */
@@ -180,19 +189,52 @@ static int work_sleep_finish(lua_State *L, void *data) {
 static const sl_job_class work_sleep_class = {"pool.work_sleep", work_sleep_run,
                                               work_sleep_finish, free};
 
-/* pool.work_sleep(seconds, fn) -> job: occupies a worker thread for seconds (polling for
- * cancellation every millisecond), then calls fn(seconds_slept). */
+/* pool.cpu() -> {limit=, running=, peak=, waited=, wait_seconds=}: the CPU budget (the
+ * tokens CPU-bound jobs hold; waited counts jobs that had to wait for one: the cap bit). */
+static int l_cpu(lua_State *L) {
+  sl_cpu_stats st;
+  sl_threads_cpu_stats(&st);
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, st.limit);
+  lua_setfield(L, -2, "limit");
+  lua_pushinteger(L, st.running);
+  lua_setfield(L, -2, "running");
+  lua_pushinteger(L, st.peak);
+  lua_setfield(L, -2, "peak");
+  lua_pushinteger(L, st.waited);
+  lua_setfield(L, -2, "waited");
+  lua_pushnumber(L, st.wait_seconds);
+  lua_setfield(L, -2, "wait_seconds");
+  return 1;
+}
+
+/* pool.set_cpu_limit(n): n CPU tokens from now on (a positive integer). */
+static int l_set_cpu_limit(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= 4096, 1, "a CPU limit from 1 to 4096 expected");
+  sl_threads_set_cpu_limit((int)n);
+  return 0;
+}
+
+/* pool.work_sleep(seconds, fn[, cpu]) -> job: occupies a worker thread for seconds (polling
+ * for cancellation every millisecond), then calls fn(seconds_slept). cpu = true: as a
+ * CPU-bound job (it holds a CPU token). */
 static int l_work_sleep(lua_State *L) {
   double s = luaL_checknumber(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  int cpu = lua_toboolean(L, 3);
   work_sleep *w = calloc(1, sizeof *w);
   if (!w) return luaL_error(L, "out of memory");
   w->seconds = s;
-  return sl_job_submit(L, 2, &work_sleep_class, w);
+  return cpu ? sl_job_submit_cpu(L, 2, &work_sleep_class, w) : sl_job_submit(L, 2, &work_sleep_class, w);
 }
 
 int luaopen_sluice_pool(lua_State *L) {
-  static const luaL_Reg funcs[] = {{"size", l_size}, {"work_sleep", l_work_sleep}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"size", l_size},
+                                  {"work_sleep", l_work_sleep},
+                                  {"cpu", l_cpu},
+                                  {"set_cpu_limit", l_set_cpu_limit},
+                                  {NULL, NULL}};
   luaL_newlib(L, funcs);
   return 1;
 }

@@ -99,6 +99,11 @@ typedef struct sl_job_class {
  * :cancel() method) and returns 1. */
 int sl_job_submit(lua_State *L, int callback_idx, const sl_job_class *cls, void *data);
 
+/* As sl_job_submit, for CPU-bound work (decoding, recognition, OCR): the job runs only
+ * holding one of the machine-wide CPU tokens (threads.h), so local engines share the cores
+ * instead of oversubscribing them. */
+int sl_job_submit_cpu(lua_State *L, int callback_idx, const sl_job_class *cls, void *data);
+
 /* True once the job has been cancelled; long run functions poll it to stop early.
  * Safe to call from the worker thread. */
 int sl_job_cancelled(const sl_job *job);

@@ -493,7 +493,7 @@ static int decoder_transcribe(lua_State *L) {
   }
   t->d = d;
   d->busy = 1; /* cleared by transcribe_free, whatever happens to the job */
-  return sl_job_submit(L, 3, &transcribe_class, t);
+  return sl_job_submit_cpu(L, 3, &transcribe_class, t);
 }
 
 static int decoder_busy(lua_State *L) {

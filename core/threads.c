@@ -9,6 +9,7 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 static struct {
@@ -23,7 +24,73 @@ static struct {
   uv_async_t async;
   int async_ready;
   int in_flight; /* loop thread only */
+  /* the CPU budget (guarded by mu) */
+  int cpu_limit; /* 0: not set yet (the CPUs) */
+  int cpu_running, cpu_peak;
+  long cpu_waited;
+  double cpu_wait_seconds;
 } pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static double mono_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cpu_limit_locked(void) {
+  if (pool.cpu_limit <= 0) {
+    const char *env = getenv("SLUICE_CPUS");
+    long n = env && atoi(env) > 0 ? atoi(env) : sysconf(_SC_NPROCESSORS_ONLN);
+    pool.cpu_limit = n < 1 ? 1 : (int)n;
+  }
+  return pool.cpu_limit;
+}
+
+void sl_threads_cpu_stats(sl_cpu_stats *out) {
+  pthread_mutex_lock(&pool.mu);
+  out->limit = cpu_limit_locked();
+  out->running = pool.cpu_running;
+  out->peak = pool.cpu_peak;
+  out->waited = pool.cpu_waited;
+  out->wait_seconds = pool.cpu_wait_seconds;
+  pthread_mutex_unlock(&pool.mu);
+}
+
+void sl_threads_set_cpu_limit(int limit) {
+  pthread_mutex_lock(&pool.mu);
+  pool.cpu_limit = limit < 1 ? 1 : limit;
+  pthread_cond_broadcast(&pool.cv); /* more tokens: waiting CPU-bound work may start */
+  pthread_mutex_unlock(&pool.mu);
+}
+
+/* The first queued work a thread may start now: any work that is not CPU-bound, or CPU-bound
+ * work while a token is free. Unlinks it. A CPU-bound work passed over for lack of a token is
+ * counted once as having waited. */
+static sl_work *take_locked(void) {
+  int tokens = pool.cpu_running < cpu_limit_locked();
+  sl_work *prev = NULL;
+  for (sl_work *w = pool.queue_head; w; prev = w, w = w->next) {
+    if (w->cpu && !tokens) {
+      if (!w->waited) {
+        w->waited = 1;
+        w->wait_from = mono_now();
+        pool.cpu_waited++;
+      }
+      continue;
+    }
+    if (prev)
+      prev->next = w->next;
+    else
+      pool.queue_head = w->next;
+    if (pool.queue_tail == w) pool.queue_tail = prev;
+    if (w->cpu) {
+      if (w->waited) pool.cpu_wait_seconds += mono_now() - w->wait_from;
+      if (++pool.cpu_running > pool.cpu_peak) pool.cpu_peak = pool.cpu_running;
+    }
+    return w;
+  }
+  return NULL;
+}
 
 int sl_threads_size(void) {
   const char *env = getenv("SLUICE_THREADS");
@@ -50,15 +117,17 @@ static void *thread_main(void *arg) {
   (void)arg;
   pthread_mutex_lock(&pool.mu);
   for (;;) {
-    while (!pool.queue_head && !pool.stopping) pthread_cond_wait(&pool.cv, &pool.mu);
-    if (!pool.queue_head) break; /* stopping and nothing left */
-    sl_work *w = pool.queue_head;
-    pool.queue_head = w->next;
-    if (!pool.queue_head) pool.queue_tail = NULL;
+    sl_work *w = NULL;
+    while (!(w = take_locked()) && !pool.stopping) pthread_cond_wait(&pool.cv, &pool.mu);
+    if (!w) break; /* stopping: work left waiting for a token is dropped at shutdown */
     w->started = 1;
     pthread_mutex_unlock(&pool.mu);
     if (!sl_work_cancelled(w)) w->run(w);
     pthread_mutex_lock(&pool.mu);
+    if (w->cpu) {
+      pool.cpu_running--;
+      pthread_cond_broadcast(&pool.cv); /* a token is free */
+    }
     push_done_locked(w);
     uv_async_send(&pool.async);
   }
@@ -108,6 +177,7 @@ int sl_threads_submit(uv_loop_t *loop, sl_work *w) {
   if (rc != 0) return rc;
   atomic_store(&w->cancelled, 0);
   w->started = 0;
+  w->waited = 0;
   if (pool.in_flight++ == 0) uv_ref((uv_handle_t *)&pool.async);
   pthread_mutex_lock(&pool.mu);
   w->next = NULL;

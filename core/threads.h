@@ -24,9 +24,12 @@ struct sl_work {
   void (*run)(sl_work *w);             /* worker thread */
   void (*done)(sl_work *w, int how);   /* loop thread; how is SL_WORK_* */
   void (*drop)(sl_work *w);            /* at shutdown, for work never done; may be NULL */
+  int cpu; /* set by the caller: CPU-bound work, runs only holding a CPU token */
   /* owned by the pool */
   atomic_int cancelled;
   int started; /* guarded by the pool's mutex */
+  int waited;       /* CPU-bound work that waited for a token (guarded by the mutex) */
+  double wait_from; /* when it began to wait */
   sl_work *next;
 };
 
@@ -44,6 +47,18 @@ int sl_work_cancelled(const sl_work *w);
 
 /* Number of worker threads (SLUICE_THREADS, default: CPUs + 2). */
 int sl_threads_size(void);
+
+/* The machine-wide CPU budget: CPU-bound work (w->cpu) starts only while fewer than `limit`
+ * CPU-bound works run (default: the CPUs, SLUICE_CPUS overrides); other work passes it in the
+ * queue. Counters: what runs now, the most that ever ran at once, how many works had to wait
+ * for a token (the cap biting) and the seconds they waited in all. */
+typedef struct sl_cpu_stats {
+  int limit, running, peak;
+  long waited;
+  double wait_seconds;
+} sl_cpu_stats;
+void sl_threads_cpu_stats(sl_cpu_stats *out);
+void sl_threads_set_cpu_limit(int limit); /* at least 1 */
 
 /* Stops the threads after the work already running; work not done yet is given to its drop
  * function (done is not called). Closes the loop wake-up handle. */

@@ -8,10 +8,16 @@
 -- or paths, in any mix.
 -- download    4 workers; streams each episode to DIR/downloads/<episode>.<ext>, skips what
 --             is already there, resumes partial files (.part) with a Range request
--- audio       cuts each episode into chunks (300 s, 5 s overlap) while it decodes
--- stt         4 workers by default; with auto_workers (default) the count follows seed 001's
---             rule (chunks per episode, available memory, CPUs for local engines) unless
---             --set stages.stt.workers=N fixes it
+-- audio       cuts each episode into chunks while it decodes, at the quietest point near a
+--             length that spreads the audio still to transcribe (every episode's, the
+--             expected ones too) over the CPUs: 30-300 s, 5 s overlap (sluice.blocks.plan;
+--             --set stages.audio.params.seconds=N fixes it)
+-- stt         with auto_workers (default) the count follows the whole queue (every episode's
+--             queued and expected chunks), the engine's CPU and memory cost and the CPUs, and
+--             is decided again as episodes arrive; the progress view and stats say why ("stt
+--             2 workers: 2 CPUs, sphinx"). --set stages.stt.workers=N fixes it. A local
+--             engine gets as many decoders as the stage has workers (unless sphinx.workers
+--             says fewer: then the reason says so).
 -- transcript  merges an episode's chunks in order, removing the words both sides of an
 --             overlap heard; writes DIR/<episode>/transcript.json and .srt
 -- metadata    N workers (4): title, summary, keywords, chapters -> DIR/<episode>/metadata.json
@@ -24,10 +30,11 @@ local fusion = require "sluice.blocks.fusion"
 local subtitles = require "sluice.blocks.subtitles"
 local stages = require "sluice.blocks.stages"
 local text = require "sluice.blocks.text"
+local plan = require "sluice.blocks.plan"
 
 local jobs = stages.job_states()
 local function state(ctx)
-  return stages.job_state(jobs, ctx, function() return { workers = 0 } end)
+  return stages.job_state(jobs, ctx, function() return { ledger = plan.ledger() } end)
 end
 
 local provider = stages.provider
@@ -41,11 +48,45 @@ local function user_set_workers(ctx, stage)
   return type(st) == "table" and st.workers ~= nil
 end
 
+local OVERLAP = 5
+
+local function stt_engine(ctx)
+  local p = ctx.config.providers
+  local name = type(p) == "table" and p.stt or "sphinx"
+  return type(name) == "string" and name or "chain"
+end
+
+-- The slots the STT stage's units are spread over: the CPUs for a local engine, else the
+-- most workers the rule gives a remote one.
+local function stt_slots(ctx)
+  local eng = plan.engine(stt_engine(ctx))
+  return eng.cpu and plan.cpu_count() // eng.cpu or 10
+end
+
+-- The chunk length for an episode of `duration` seconds, from all the audio still to be
+-- transcribed (sluice.blocks.plan.chunk_seconds).
+local function chunk_plan(ctx, duration)
+  return plan.chunk_seconds { pending = state(ctx).ledger:pending(), duration = duration,
+    cpus = stt_slots(ctx), overlap = OVERLAP, window = 2 }
+end
+
+-- Decides the STT stage's workers from the whole queue: every episode's queued and expected
+-- chunks, the engine and the machine. Called whenever work arrives; says why.
+local function decide_stt(ctx)
+  if not ctx.config.auto_workers or user_set_workers(ctx, "stt") then return end
+  local s = state(ctx)
+  local units = s.ledger:units(function(sec) local _, k = chunk_plan(ctx, sec) return k end)
+  local n, why = plan.workers { units = units, engine = stt_engine(ctx), stage = "stt" }
+  if n ~= s.workers or why ~= s.why then
+    s.workers, s.why = n, why
+    ctx.job.stages.stt:set_workers(n, why)
+  end
+end
+
 return sl.pipeline "podcast" {
   description = "podcast feeds or media -> transcripts, metadata, index",
   defaults = {
     providers = { stt = "sphinx", llm = "extractive" },
-    sphinx = { workers = 4 },
     auto_workers = true,
     summary_sentences = 3,
     keywords = 8,
@@ -71,6 +112,9 @@ return sl.pipeline "podcast" {
           s.source, s.reason))
         ctx:emit({ skipped = s }, { key = "skipped-" .. i, seq = 1 })
       end
+      local ledger = state(ctx).ledger
+      for _, it in ipairs(items) do ledger:expect(it.key, tonumber(it.duration)) end
+      decide_stt(ctx)
       for _, it in ipairs(items) do ctx:emit(it, { key = it.key, seq = 1 }) end
     end,
   },
@@ -84,24 +128,20 @@ return sl.pipeline "podcast" {
         if it.skipped then return nil end -- reported by the source and the index
         local dir = stages.out_dir(ctx, nil, "downloads")
         local path, info = stages.fetch(it, dir, { timeout = ctx.config.download_timeout })
-        if not path then return nil, info, "EFETCH" end
+        if not path then
+          state(ctx).ledger:finished(env.key) -- (a retry that succeeds expects it again)
+          return nil, info, "EFETCH"
+        end
         local media = require "sluice.media"
         local probe, perr = media.probe(path)
-        if not probe then return nil, string.format("episode %s: %s", env.key, perr), "EINPUT" end
-        local duration = probe.duration or it.duration or 0
-        -- Seed 001: workers by duration (chunks), memory and CPUs, unless the user fixed them.
-        if ctx.config.auto_workers and not user_set_workers(ctx, "stt") then
-          local s = state(ctx)
-          local chunk = (type(ctx.config.stages) == "table" and type(ctx.config.stages.audio) == "table"
-            and type(ctx.config.stages.audio.params) == "table" and ctx.config.stages.audio.params.seconds) or 300
-          local name = type(ctx.config.providers) == "table" and ctx.config.providers.stt or "sphinx"
-          local n = stages.workers_for { duration = duration, engine = name, chunk = chunk }
-          if n > s.workers then
-            s.workers = n
-            ctx.job.stages.stt.workers = n
-            ctx:event("workers", { stage = "stt", workers = n, duration = duration })
-          end
+        if not probe then
+          state(ctx).ledger:finished(env.key)
+          return nil, string.format("episode %s: %s", env.key, perr), "EINPUT"
         end
+        local duration = probe.duration or it.duration or 0
+        -- The queue now knows this episode's length: the STT workers are decided again.
+        state(ctx).ledger:expect(env.key, duration)
+        decide_stt(ctx)
         local st = state(ctx)
         st.titles = st.titles or {}
         st.titles[env.key] = it.title
@@ -112,14 +152,40 @@ return sl.pipeline "podcast" {
       end,
     },
 
-    audio = sl.audio_chunks { from = "download", seconds = 300, overlap = 5, dir = "{key}/.chunks", workers = 2 },
+    audio = sl.audio_chunks { from = "download", seconds = "auto", overlap = OVERLAP, split = "silence",
+      dir = "{key}/.chunks", workers = 2,
+      size = function(env, ctx)
+        local seconds, k = chunk_plan(ctx, env.data.duration or 0)
+        state(ctx).ledger:cut(env.key, k, env.data.duration)
+        decide_stt(ctx)
+        ctx:event("chunking", { seconds = seconds, chunks = k, duration = env.data.duration })
+        return seconds
+      end },
 
     stt = {
       from = "audio", workers = 4, retry = { attempts = 3 },
       run = function(env, ctx)
         local c = env.data
-        local r, err = provider(ctx, "stt"):transcribe({ path = c.path, t0 = c.t0, t1 = c.t1 })
+        local stt = provider(ctx, "stt")
+        -- A local engine runs as many decoders as the stage has workers, unless the user fixed
+        -- fewer (then the reason shown says so: nothing caps the stage unseen).
+        if stt.set_workers then
+          local want = ctx.job.stages.stt.workers
+          local own = type(ctx.config[stt.name]) == "table" and math.tointeger(ctx.config[stt.name].workers)
+          if own and own < want then
+            local s = state(ctx)
+            if not s.capped then
+              s.capped = true
+              ctx.job.stages.stt:set_workers(want, string.format("stt %d workers, at most %d decoding: %s.workers=%d",
+                want, own, stt.name, own))
+            end
+          elseif stt:workers() < want then
+            stt:set_workers(want)
+          end
+        end
+        local r, err = stt:transcribe({ path = c.path, t0 = c.t0, t1 = c.t1 })
         if not r then error(string.format("stt %s chunk %d (%.1f-%.1f s): %s", env.key, c.seq, c.t0, c.t1, err), 0) end
+        state(ctx).ledger:done(env.key, c.t1 - c.t0)
         ctx:event("speech", { seq = c.seq, t0 = c.t0, t1 = c.t1, text = stages.text_of(r) })
         return { seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, segments = r.segments or {}, text = r.text }
       end,
@@ -129,6 +195,7 @@ return sl.pipeline "podcast" {
       from = "stt", collect = true,
       run = function(items, ctx)
         local key = items[1].key
+        state(ctx).ledger:finished(key)
         local chunks = {}
         for i, env in ipairs(items) do chunks[i] = env.data end
         table.sort(chunks, function(a, b) return a.seq < b.seq end)

@@ -6,7 +6,10 @@
 -- download  2 workers: HTTP(S) URLs stream to DIR/downloads (YouTube-style URLs go through
 --           yt-dlp when it is installed); paths are used where they are
 -- extract   2 workers: one frame every `every` seconds (default 1) into DIR/frames/<video>/
---           plus frames.json (t, file, perceptual hashes); passes the folder on
+--           plus frames.json (t, file, perceptual hashes); passes the frames on in batches of
+--           `batch` (8) as they are made (the folder and the file names: paths, not pixels),
+--           so one long video is decoded and filtered at once; batch=0 passes the whole
+--           video once it is extracted
 -- filter    1 worker with one model worker process for the whole run (the bundled CenterNet
 --           detector by default, workers/detect.js: the 80 COCO classes, loaded once): keeps
 --           frames where one of `classes` (default person) scores at least `min_score` (0.5);
@@ -16,27 +19,19 @@
 --           the picture changed since an earlier kept frame, across all videos (64-pixel gray
 --           thumbnails, less their mean brightness: media.changed); writes DIR/manifest.json
 --           (per frame: video, t, classes with scores, hash, kept or dropped and why)
--- --set cleanup=true removes the raw frame folders once filtered.
+-- --set cleanup=true removes the raw frames once filtered (their folders once all are).
 -- --set worker.detector=opencv uses the older OpenCV detector (HOG people, Haar cascades).
 -- --set providers.filter=worker --set worker.argv='["python3","my_yolo.py"]' plugs in your model.
 local sl = require "sluice"
-local cjson = require "cjson"
 local json = require "sluice.runtime.json"
 local stages = require "sluice.blocks.stages"
 
 local provider = stages.provider
 
-local write_json = stages.write_json
+local jobs = stages.job_states()
+local function state(ctx) return stages.job_state(jobs, ctx, function() return {} end) end
 
-local function read_json(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local s = f:read("a")
-  f:close()
-  local ok, v = pcall(cjson.decode, s)
-  if not ok then return nil, path .. ": " .. tostring(v) end
-  return v
-end
+local write_json = stages.write_json
 
 local function classes_of(config)
   local c = config.classes or { "person" }
@@ -57,6 +52,7 @@ return sl.pipeline "video_filter" {
     min_score = 0.5,
     every = 1,
     max_width = 640,
+    batch = 8,
     change = 0.02,
     cleanup = false,
   },
@@ -103,7 +99,18 @@ return sl.pipeline "video_filter" {
         local media = require "sluice.media"
         local v = env.data
         local dir = stages.out_dir(ctx, nil, "frames/" .. v.video)
-        local frames = {}
+        local size = math.tointeger(ctx.config.batch) or 8
+        if size < 1 then size = math.huge end
+        local frames, batch, n = {}, {}, 0
+        -- A batch goes on as soon as it is full: the filter works on it while the rest of the
+        -- video decodes. seq orders the batches of a video (dedup reads them in that order).
+        local function pass(last)
+          if #batch == 0 and not last then return end
+          n = n + 1
+          ctx:emit({ video = v.video, folder = dir, frames = batch, batch = n, last = last or nil },
+            { seq = n })
+          batch = {}
+        end
         local stream = media.frames(v.path, { every = ctx.config.every, max_width = ctx.config.max_width,
           dir = dir, prefix = "frame", phash = true })
         while true do
@@ -112,12 +119,15 @@ return sl.pipeline "video_filter" {
             if err then error("extract " .. v.path .. ": " .. err, 0) end
             break
           end
-          frames[#frames + 1] = { t = f.t, file = f.path:match("([^/]+)$"),
+          local rec = { t = f.t, file = f.path:match("([^/]+)$"),
             dhash = media.hex(f.dhash), phash = f.phash and media.hex(f.phash) or nil }
+          frames[#frames + 1] = rec
+          batch[#batch + 1] = rec
+          if #batch >= size then pass() end
         end
         if #frames == 0 then error("extract " .. v.path .. ": no frames", 0) end
         write_json(dir .. "/frames.json", { video = v.video, source = v.path, frames = frames })
-        return { video = v.video, folder = dir, count = #frames }
+        pass(true)
       end,
     },
 
@@ -125,17 +135,18 @@ return sl.pipeline "video_filter" {
       from = "extract", workers = 1, retry = { attempts = 2 },
       run = function(env, ctx)
         local v = env.data
-        local list, err = read_json(v.folder .. "/frames.json")
-        if not list then error("filter " .. v.video .. ": " .. tostring(err), 0) end
         local classes = classes_of(ctx.config)
         local reqs = {}
-        for i, f in ipairs(list.frames) do reqs[i] = { path = v.folder .. "/" .. f.file, t = f.t } end
-        local res, cerr = provider(ctx, "filter"):classify(reqs, classes)
-        if not res then error("filter " .. v.video .. ": " .. tostring(cerr), 0) end
+        for i, f in ipairs(v.frames) do reqs[i] = { path = v.folder .. "/" .. f.file, t = f.t } end
+        local res, cerr
+        if #reqs > 0 then
+          res, cerr = provider(ctx, "filter"):classify(reqs, classes)
+          if not res then error("filter " .. v.video .. ": " .. tostring(cerr), 0) end
+        end
         local kept_dir = stages.out_dir(ctx, nil, "kept/" .. v.video)
         local min = ctx.config.min_score
         local out, to_copy = {}, {}
-        for i, f in ipairs(list.frames) do
+        for i, f in ipairs(v.frames) do
           local r = res[i] or {}
           local scores, best = json.object(), nil
           for _, c in ipairs(r.classes or {}) do
@@ -161,15 +172,31 @@ return sl.pipeline "video_filter" {
           local r, e = sl.exec(argv)
           if not r or r.status ~= 0 then error("filter: copy to " .. kept_dir .. " failed: " .. tostring(e or r.stderr), 0) end
         end
-        if ctx.config.cleanup then sl.exec({ "rm", "-rf", v.folder }) end
-        local kept_frames, dropped = {}, {}
-        for _, rec in ipairs(out) do
-          if rec.kept then kept_frames[#kept_frames + 1] = { t = rec.t, path = rec.path, reason = rec.reason }
-          else dropped[rec.reason] = (dropped[rec.reason] or 0) + 1 end
+        if ctx.config.cleanup then
+          if #v.frames > 0 then
+            local argv = { "rm", "-f" }
+            for _, f in ipairs(v.frames) do argv[#argv + 1] = v.folder .. "/" .. f.file end
+            sl.exec(argv)
+          end
         end
-        ctx:event("filtered", { video = v.video, kept = #to_copy, total = #out, frames = kept_frames,
-          dropped = dropped })
-        return { video = v.video, folder = kept_dir, frames = out }
+        -- The video's tally so far (a dashboard shows each video as its batches come in).
+        local tally = state(ctx)[v.video]
+        if not tally then
+          tally = { kept = 0, total = 0, frames = {}, dropped = json.object() }
+          state(ctx)[v.video] = tally
+        end
+        for _, rec in ipairs(out) do
+          tally.total = tally.total + 1
+          if rec.kept then
+            tally.kept = tally.kept + 1
+            tally.frames[#tally.frames + 1] = { t = rec.t, path = rec.path, reason = rec.reason }
+          else
+            tally.dropped[rec.reason] = (tally.dropped[rec.reason] or 0) + 1
+          end
+        end
+        ctx:event("filtered", { video = v.video, kept = tally.kept, total = tally.total, frames = tally.frames,
+          dropped = tally.dropped, batch = v.batch, done = v.last or nil })
+        return { video = v.video, folder = kept_dir, frames = out, batch = v.batch }
       end,
     },
 
@@ -177,7 +204,12 @@ return sl.pipeline "video_filter" {
       from = "filter", collect = "all",
       run = function(items, ctx)
         local media = require "sluice.media"
-        table.sort(items, function(a, b) return a.data.video < b.data.video end)
+        -- videos by name, each one's batches in the order they were extracted: the frames in
+        -- time order, whatever order the batches were filtered in
+        table.sort(items, function(a, b)
+          if a.data.video ~= b.data.video then return a.data.video < b.data.video end
+          return a.data.batch < b.data.batch
+        end)
         local limit = ctx.config.change
         local manifest, kept_list = {}, {}
         local kept, dropped_dups, removed = 0, 0, {}
@@ -209,6 +241,15 @@ return sl.pipeline "video_filter" {
                 kept_list[#kept_list + 1] = { rec = rec, thumb = th }
                 kept = kept + 1
               end
+            end
+          end
+        end
+        if ctx.config.cleanup then -- every batch is filtered: the raw frame folders go
+          local seen = {}
+          for _, env in ipairs(items) do
+            if not seen[env.data.video] then
+              seen[env.data.video] = true
+              sl.exec({ "rm", "-rf", stages.out_dir(ctx, nil, "frames/" .. env.data.video) })
             end
           end
         end

@@ -87,6 +87,8 @@ function M.lines(stats, rates)
       line = string.format("%s %s %s  fail %-3d run %-3d queue %3d/%-3d %8s  eta %s",
         pad(n, w), bar(done + (st.failed or 0), total, 12), lpad(count, 11), st.failed or 0,
         st.in_flight or 0, st.queue or 0, st.queue_cap or 0, fmt_rate(rate), eta)
+      -- a worker count decided by a rule says why ("stt 2 workers: 2 CPUs, sphinx")
+      if st.workers_why then line = line .. "  (" .. st.workers_why .. ")" end
     end
     out[#out + 1] = line
   end
@@ -289,7 +291,17 @@ function M.table(summary)
   end
   local head = string.format("%s %s: %s in %s, %d failed\n", summary.name, summary.job,
     summary.state, fmt_dur(summary.elapsed), summary.failed or 0)
-  return head .. M.grid(rows) .. M.providers_table(pv)
+  local whys = {}
+  for _, n in ipairs(summary.order) do
+    local st = summary.stages[n]
+    if st.workers_why then whys[#whys + 1] = st.workers_why .. "\n" end
+  end
+  local c = summary.cpu
+  if c and c.waited > 0 then -- a cap that bit is said
+    whys[#whys + 1] = string.format("cpu budget: %d tokens (at most %d held at once); %d CPU-bound jobs waited %s for one\n",
+      c.limit, c.peak, c.waited, fmt_dur(c.wait_seconds))
+  end
+  return head .. M.grid(rows) .. table.concat(whys) .. M.providers_table(pv)
 end
 
 return M

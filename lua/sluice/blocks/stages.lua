@@ -8,12 +8,14 @@
 --       stream to DIR/<name>.part (resuming a partial file with a Range request) and are
 --       renamed when complete; a file already downloaded is skipped; YouTube-style URLs go
 --       through yt-dlp when it is installed.
--- Seed 001's worker rule:
+-- Seed 001's worker rule (per input; the podcast decides from the whole queue with
+-- sluice.blocks.plan instead):
 --   stages.workers_for{duration=, engine=, chunk=} -> workers, details
 -- Stage builders on the media module (sl.audio_chunks / sl.capture are these):
---   stages.audio_chunks{from=, seconds=30, overlap=0, split=nil, first=nil, dir="audio"} -> a stage that
---       cuts each input (a path or URL, or {path=}) into 16 kHz mono WAV chunks while it
---       decodes; items {seq, t0, t1, path}, one per chunk (fan-out), envelope t0/t1 set.
+--   stages.audio_chunks{from=, seconds=30, overlap=0, split=nil, first=nil, dir="audio", size=}
+--       -> a stage that cuts each input (a path or URL, or {path=}) into 16 kHz mono WAV chunks
+--       while it decodes; items {seq, t0, t1, path}, one per chunk (fan-out), envelope t0/t1
+--       set. seconds = "auto": size(env, ctx, {overlap=, split=}) -> seconds decides per input.
 --   stages.capture{from=, every=|scene=|keyframes=|slides=true, min_interval=, max_width=,
 --       dir="frames", name="%04d", no_video="fail", window=30, rate=2} -> a stage that
 --       captures frames to DIR/<dir>/NNNN.jpg; items {seq, t, path, width, height, dhash}.
@@ -452,7 +454,13 @@ function M.audio_chunks(o)
       if not src then error("audio_chunks: item has no path", 0) end
       local dir = M.out_dir(ctx, env.key, param(ctx, params, "dir"))
       local n = 0
-      local stream = media.audio_chunks(src, { seconds = param(ctx, params, "seconds"),
+      local seconds = param(ctx, params, "seconds")
+      if seconds == "auto" then
+        -- the length is decided per input from the whole queue (o.size: see sluice.blocks.plan)
+        if type(o.size) ~= "function" then error("audio_chunks: seconds = \"auto\" needs a size function", 0) end
+        seconds = o.size(env, ctx, { overlap = param(ctx, params, "overlap"), split = param(ctx, params, "split") })
+      end
+      local stream = media.audio_chunks(src, { seconds = seconds,
         overlap = param(ctx, params, "overlap"), split = param(ctx, params, "split"),
         window = param(ctx, params, "window"), first = param(ctx, params, "first"), dir = dir,
         prefix = M.safe_name(env.key, 60) })
@@ -602,37 +610,11 @@ end
 
 -- Seed 001's worker rule --------------------------------------------------------------------
 
--- Chunk seconds and memory per worker (GB) by engine, from seed 001 (sphinx and the other
--- local engines added: they are CPU-bound, so they are also capped by the CPU count).
-M.ENGINES = {
-  ["whisper-cpp"] = { chunk = 300, memory = 2.5, cpu = true },
-  ["whisper-api"] = { chunk = 600, memory = 0.1 },
-  ["gpt-4o"] = { chunk = 600, memory = 0.1 },
-  ["gpt-4o-mini"] = { chunk = 600, memory = 0.1 },
-  openai = { chunk = 600, memory = 0.1 },
-  gemini = { chunk = 600, memory = 0.1 },
-  clova = { chunk = 600, memory = 0.1 },
-  sphinx = { chunk = 300, memory = 0.15, cpu = true },
-  exec = { chunk = 300, memory = 1.0, cpu = true },
-}
-
-function M.available_memory_gb()
-  local f = io.open("/proc/meminfo")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  local kb = s:match("MemAvailable:%s+(%d+)")
-  return kb and tonumber(kb) / (1024 * 1024) or nil
-end
-
-function M.cpu_count()
-  local f = io.open("/proc/cpuinfo")
-  if not f then return 1 end
-  local n = 0
-  for line in f:lines() do if line:match("^processor%s*:") then n = n + 1 end end
-  f:close()
-  return math.max(1, n)
-end
+-- Engines' costs, memory and CPUs: sluice.blocks.plan (one table, one rule for both).
+local plan = require "sluice.blocks.plan"
+M.ENGINES = plan.ENGINES
+M.available_memory_gb = plan.available_memory_gb
+M.cpu_count = plan.cpu_count
 
 -- workers_for{duration=, engine=, chunk=, min=1, max=10, memory_gb=, cpus=} -> n, details.
 -- By duration: <= 2 chunks: min; <= 5: 3; <= 10: 5; more: half the chunks, at least 5; never

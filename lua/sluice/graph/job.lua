@@ -7,6 +7,7 @@
 -- counters; `workers` can be set while it runs).
 -- Calls: every other module of sluice.graph, sluice.runtime.events, sluice.runtime.sched.
 local core = require "sluice.core.core"
+local pool = require "sluice.core.pool"
 local sched = require "sluice.runtime.sched"
 local events = require "sluice.runtime.events"
 local util = require "sluice.graph.util"
@@ -47,6 +48,8 @@ StageProxy.__index = function(p, k)
   if k == "workers" then return S.target end
   if k == "name" then return S.name end
   if k == "stats" then return function() return S.job:stats().stages[S.name] end end
+  -- stage:set_workers(n, why): as `workers = n`, saying why (stats' workers_why, the event)
+  if k == "set_workers" then return function(_, n, why) return run.set_workers(S, n, why) end end
   local st = S.job:stats().stages[S.name]
   return st[k]
 end
@@ -189,6 +192,7 @@ function Job:_main()
       from = from, inputs = #job.inputs, out = job.out })
   end
   job.t0 = now()
+  job.cpu0 = pool.cpu() -- the CPU budget's counters when the job started
   local g = job.group
   if job.cancelled then job.stages_left = 0 end -- cancelled before it started: run nothing
   local order = job.cancelled and {} or job.order
@@ -275,13 +279,18 @@ function Job:stats()
         busy_pct = wt > 0 and math.min(100, 100 * S.busy / wt) or 0,
         p50 = util.hist_quantile(S.hist, 0.5), p95 = util.hist_quantile(S.hist, 0.95),
         batch = S.batch and S.batch.size or nil, from = S.from, gate = S.gate,
-        executor = S.executor.name,
+        executor = S.executor.name, workers_why = S.workers_why,
       }
       if S.all_up then st.total = S.n_in end
     end
     out.stages[n] = st
   end
   if self.providers and self.providers.stats then out.providers = self.providers:stats() end
+  -- the machine-wide CPU budget (sluice.core.pool.cpu): tokens, and how often CPU-bound jobs
+  -- of this job's time had to wait for one (the cap biting)
+  local c, c0 = pool.cpu(), self.cpu0
+  if c0 then c.waited, c.wait_seconds = c.waited - c0.waited, c.wait_seconds - c0.wait_seconds end
+  out.cpu = c
   return out
 end
 
@@ -308,7 +317,7 @@ function Job:summary()
   return { job = self.id, name = self.name, state = self.state, status = self.state,
     elapsed = st.elapsed, stages = st.stages, order = st.order, dead = self.dead,
     failed = #self.dead, error = self.error, results = self.results, ok = self.state == "done" and #self.dead == 0,
-    providers = st.providers }
+    providers = st.providers, cpu = st.cpu }
 end
 
 -- job:wait() -> summary (after the job finished, however it finished).

@@ -246,16 +246,20 @@ function M.start_stage(S)
 end
 
 -- job.stages.<name>.workers = n: more workers start at once; extra ones leave after their unit.
-function M.set_workers(S, n)
+function M.set_workers(S, n, why)
   if not util.is_posint(n) then
     error("workers of stage '" .. S.name .. "' must be a positive integer (got " .. util.show(n) .. ")", 3)
   end
+  if why ~= nil and type(why) ~= "string" then
+    error("why the workers of stage '" .. S.name .. "' changed must be a string (got " .. util.show(why) .. ")", 3)
+  end
+  S.workers_why = why
   S.target = n
   if S.finished then return end
   while S.nworkers < n do M.spawn_worker(S) end
   if S.nworkers > n then S.work:broadcast() end
   local job = S.job
-  if job.bus.count > 0 then util.job_event(job, { event = "workers", stage = S.name, workers = n }) end
+  if job.bus.count > 0 then util.job_event(job, { event = "workers", stage = S.name, workers = n, why = why }) end
 end
 
 return M

@@ -105,6 +105,21 @@ function M.each(list, fn)
   g:wait()
 end
 
+-- pool:resize(n): up to n engines from now on (a stage given more workers gets as many
+-- engines, rather than its workers waiting here for one). Shrinking closes idle engines
+-- beyond n; busy ones go back to the pool and serve on.
+function Pool:resize(n)
+  if math.type(n) ~= "integer" or n < 1 then
+    error("resize: size must be a positive integer, got " .. tostring(n), 2)
+  end
+  self.size = n
+  self.sem:set_limit(n)
+  while #self.idle > 0 and self.loaded > n do
+    table.remove(self.idle):close()
+    self.loaded = self.loaded - 1
+  end
+end
+
 -- Closes idle engines now and busy ones when their job ends.
 function Pool:close()
   if self.closed then return end

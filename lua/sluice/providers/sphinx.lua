@@ -17,7 +17,7 @@ local M = { roles = { stt = true }, name = "sphinx" }
 local DEFAULT_MODEL = "/usr/share/pocketsphinx/model/en-us"
 local RATE = 16000
 
-local Sphinx = {}
+local Sphinx = { name = "sphinx" }
 Sphinx.__index = Sphinx
 
 function M.new(cfg)
@@ -40,6 +40,11 @@ end
 function Sphinx:warm() return self.pool:warm() end
 
 function Sphinx:close() self.pool:close() end
+
+-- workers() -> how many decoders may run at once; set_workers(n): that many from now on (a
+-- stage that runs n workers on this provider sets n, so the decoders never cap it unseen).
+function Sphinx:workers() return self.pool.size end
+function Sphinx:set_workers(n) self.pool:resize(n) end
 
 -- transcribe(audio, opts) -> {segments=, text=, provider="sphinx", duration=} or nil, msg, code
 function Sphinx:transcribe(audio, opts)
