@@ -168,15 +168,18 @@ return sl.pipeline "podcast" {
         local c = env.data
         local stt = provider(ctx, "stt")
         -- A local engine runs as many decoders as the stage has workers, unless the user fixed
-        -- fewer (then the reason shown says so: nothing caps the stage unseen).
-        if stt.set_workers then
-          local want = ctx.job.stages.stt.workers
+        -- fewer (then the reason shown says so: nothing caps the stage unseen). A remote
+        -- worker process (`sluice worker`) runs units without the job's stages: its own
+        -- --workers decide there.
+        local stage = ctx.job.stages and ctx.job.stages.stt
+        if stt.set_workers and stage and stage.workers then
+          local want = stage.workers
           local own = type(ctx.config[stt.name]) == "table" and math.tointeger(ctx.config[stt.name].workers)
           if own and own < want then
             local s = state(ctx)
             if not s.capped then
               s.capped = true
-              ctx.job.stages.stt:set_workers(want, string.format("stt %d workers, at most %d decoding: %s.workers=%d",
+              stage:set_workers(want, string.format("stt %d workers, at most %d decoding: %s.workers=%d",
                 want, own, stt.name, own))
             end
           elseif stt:workers() < want then
