@@ -219,12 +219,22 @@ def main():
             "/files/../../etc/passwd": 400, "/files/%2e%2e/%2e%2e/etc/passwd": 400,
             "/files/%2E%2E/%2E%2E/etc/passwd": 400, "/files/.%2e/sluice.db": 400,
             "/files/..%2f..%2fetc%2fpasswd": 400, "/files/..%5c..%5cetc%5cpasswd": 400,
-            "/files/inside.txt%00.png": 400, "/files/%252e%252e/etc/passwd": 404,
-            "/files//etc/passwd": 404, "/files/" + secret_dir + "/secret.txt": 404,
+            "/files/inside.txt%00.png": 400, "/files/%252e%252e/etc/passwd": 403, "/files/%252e%252e/%252e%252e/etc/hostname.txt": 404,
+            "/files//etc/passwd": 403, "/files//etc/passwd.txt": 404, "/files/" + secret_dir + "/secret.txt": 404,
             "/files/%2fetc%2fpasswd": 400,
             "/files/link_dir/secret.txt": 403, "/files/link_file.txt": 403, "/files/passwd.txt": 403,
             "http://127.0.0.1/files/../../etc/passwd": 400, "/files/./../../etc/passwd": 400,
+            # only images and plain text, never a type the browser runs, the store or dot folders
+            "/files/page.html": 403, "/files/pic.svg": 403, "/files/sluice.db": 403, "/files/.hidden/x.txt": 403,
         }
+        for f, text in (("page.html", "<script>alert(1)</script>"), ("pic.svg", "<svg onload=alert(1)/>")):
+            with open(os.path.join(out, f), "w") as fh:
+                fh.write(text)
+        os.makedirs(os.path.join(out, ".hidden"), exist_ok=True)
+        with open(os.path.join(out, ".hidden", "x.txt"), "w") as fh:
+            fh.write("hidden\n")
+        st, body = raw_full(port, b"GET /files/inside.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert b"Content-Security-Policy: default-src 'none'; sandbox\r\n" in body, body
         for path, want in cases.items():
             st, body = raw_full(port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                 b"Connection: close\r\n\r\n")

@@ -26,7 +26,8 @@
 --   /api/events       Server-Sent Events: every bus event once, in order, id = event n;
 --                     resumes after Last-Event-ID (header, or ?last_event_id=N); ?job=ID
 --                     replays a stored job's latest run
---   /files/PATH       files under the job's output folder (thumbnails)
+--   /files/PATH       files under the job's output folder (thumbnails): images and plain
+--                     text only (M.FILE_TYPES), sandboxed by Content-Security-Policy
 -- A non-loopback address needs a token. Paths with ".." segments are refused; files are
 -- resolved on a worker thread and must stay inside their folder.
 local sl = require "sluice"
@@ -326,7 +327,22 @@ end
 
 -- Request handling -------------------------------------------------------------------------
 
-local function serve_file(req, root, rel, info)
+-- What /files/ serves from the output folder, which holds what strangers wrote (downloaded
+-- enclosures, worker outputs): images and plain text only, never a type a browser runs
+-- (html, svg, js) nor the job store, and nothing under a hidden (dot) folder.
+M.FILE_TYPES = {
+  png = "image/png", jpg = "image/jpeg", jpeg = "image/jpeg", webp = "image/webp", gif = "image/gif",
+  txt = "text/plain; charset=utf-8", md = "text/plain; charset=utf-8", srt = "text/plain; charset=utf-8",
+  vtt = "text/plain; charset=utf-8", csv = "text/plain; charset=utf-8", json = "application/json",
+}
+
+local function output_file_type(rel)
+  if ("/" .. rel):find("/%.") then return nil end
+  local ext = rel:match("%.([%w]+)$")
+  return ext and M.FILE_TYPES[ext:lower()]
+end
+
+local function serve_file(req, root, rel, info, ctype)
   local data, err, code = sl.await("httpd.read_file", function(done)
     return httpd.read_file(root, rel, done)
   end)
@@ -335,8 +351,10 @@ local function serve_file(req, root, rel, info)
     return text_response(req, 404, "not found: " .. tostring(info.path))
   end
   local ext = rel:match("%.([%w]+)$")
-  return req:respond(200, { ["Content-Type"] = MIME[ext and ext:lower() or ""] or "application/octet-stream",
-    ["Cache-Control"] = "no-cache", ["X-Content-Type-Options"] = "nosniff" }, data)
+  local h = { ["Content-Type"] = ctype or MIME[ext and ext:lower() or ""] or "application/octet-stream",
+    ["Cache-Control"] = "no-cache", ["X-Content-Type-Options"] = "nosniff" }
+  if ctype then h["Content-Security-Policy"] = "default-src 'none'; sandbox" end -- output files
+  return req:respond(200, h, data)
 end
 
 function Dash:api_job(req, id)
@@ -412,7 +430,9 @@ function Dash:route(req, info)
     return json_response(req, 200, { stats = live_stats(self.job), last_event = self.last_n })
   elseif rel:match("^files/") then
     if not self.files_dir then return text_response(req, 404, "no output folder") end
-    return serve_file(req, self.files_dir, rel:sub(7), info)
+    local ctype = output_file_type(rel:sub(7))
+    if not ctype then return text_response(req, 403, "not a file the dashboard serves") end
+    return serve_file(req, self.files_dir, rel:sub(7), info, ctype)
   elseif rel:match("^api/") then
     return json_response(req, 404, { error = "no such endpoint" })
   end
