@@ -9,7 +9,8 @@ PKGS="build-essential cmake pkg-config git
   libtesseract-dev tesseract-ocr-eng
   libsqlite3-dev libhiredis-dev redis-server
   python3 python3-opencv opencv-data python3-aiohttp python3-jsonschema python3-numpy
-  fonts-dejavu-core tmux valgrind chromium ca-certificates nghttp2-server openssl"
+  fonts-dejavu-core tmux valgrind chromium ca-certificates nghttp2-server openssl
+  clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

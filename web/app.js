@@ -7,12 +7,16 @@
 // counts, failures, the latest results of any script).
 "use strict";
 
+// A dashboard with a token is opened once as /?token=T: the answer sets an HttpOnly cookie
+// that every later request of the page carries, so the token leaves the address bar (and the
+// history) at once and is never put in another URL.
 const params = new URLSearchParams(location.search);
-const token = params.get("token");
-function api(path) {
-  if (!token) return path;
-  return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+if (params.has("token")) {
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
 }
+function api(path) { return path; }
 const $ = (id) => document.getElementById(id);
 
 const state = {

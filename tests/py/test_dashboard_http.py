@@ -52,13 +52,33 @@ def raw(port, data, timeout=5):
     return int(buf.split(b" ", 2)[1]) if buf.startswith(b"HTTP/1.1 ") else 0
 
 
-def get(port, path, headers=None):
+def get(port, path, headers=None, method="GET", full=False):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    c.request("GET", path, headers=headers or {})
+    c.request(method, path, headers=headers or {})
     r = c.getresponse()
     body = r.read()
     c.close()
+    if full:
+        return r.status, body, r
     return r.status, body
+
+
+def raw_full(port, data, timeout=5):
+    """Sends raw bytes; returns (status, whole answer) (0 if the server just closed)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    buf = b""
+    try:
+        s.sendall(data)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    finally:
+        s.close()
+    return (int(buf.split(b" ", 2)[1]) if buf.startswith(b"HTTP/1.1 ") else 0), buf
 
 
 class SSE:
@@ -149,13 +169,13 @@ def main():
         # refused: paths that climb out, oversize requests, bad methods
         for path in ("/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/files/../sluice.db",
                      "/files/..%2fsluice.db", "/files/%2e%2e/calls.txt", "/..\\..\\etc\\passwd"):
-            st = raw(port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            st = raw(port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert st == 400, (path, st)
-        assert raw(port, b"GET /files/calls.txt HTTP/1.1\r\nHost: x\r\n\r\n") == 200  # control
+        assert raw(port, b"GET /files/calls.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") == 200  # control
         assert raw(port, b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n") == 431
         assert raw(port, b"POST /api/jobs HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n") == 413
         assert raw(port, b"GET /api/jobs HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n") == 501
-        assert raw(port, b"DELETE /api/jobs HTTP/1.1\r\nHost: x\r\n\r\n") == 405
+        assert raw(port, b"DELETE /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") == 405
         assert raw(port, b"NONSENSE\r\n\r\n") == 400
         # keep-alive with two pipelined requests gets two answers in order
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -183,6 +203,61 @@ def main():
         heads = re.findall(rb"HTTP/1\.1 \d\d\d [A-Za-z ]+\r\n", data)
         assert heads == [b"HTTP/1.1 404 Not Found\r\n", b"HTTP/1.1 200 OK\r\n"], heads
         print("ok   refused: .. paths (400), big header (431), big body (413), chunked (501), DELETE (405)")
+
+        # the files door: nothing outside the output folder, however the path is spelled
+        secret_dir = os.path.abspath(fresh("outside"))
+        with open(os.path.join(secret_dir, "secret.txt"), "w") as f:
+            f.write("OUTSIDE-SECRET\n")
+        os.symlink(secret_dir, os.path.join(out, "link_dir"))
+        os.symlink(os.path.join(secret_dir, "secret.txt"), os.path.join(out, "link_file.txt"))
+        os.symlink("/etc/passwd", os.path.join(out, "passwd.txt"))
+        with open(os.path.join(out, "inside.txt"), "w") as f:
+            f.write("INSIDE\n")
+        os.symlink("inside.txt", os.path.join(out, "link_inside.txt"))
+        cases = {  # path -> status
+            "/files/inside.txt": 200, "/files/link_inside.txt": 200,  # controls
+            "/files/../../etc/passwd": 400, "/files/%2e%2e/%2e%2e/etc/passwd": 400,
+            "/files/%2E%2E/%2E%2E/etc/passwd": 400, "/files/.%2e/sluice.db": 400,
+            "/files/..%2f..%2fetc%2fpasswd": 400, "/files/..%5c..%5cetc%5cpasswd": 400,
+            "/files/inside.txt%00.png": 400, "/files/%252e%252e/etc/passwd": 403, "/files/%252e%252e/%252e%252e/etc/hostname.txt": 404,
+            "/files//etc/passwd": 403, "/files//etc/passwd.txt": 404, "/files/" + secret_dir + "/secret.txt": 404,
+            "/files/%2fetc%2fpasswd": 400,
+            "/files/link_dir/secret.txt": 403, "/files/link_file.txt": 403, "/files/passwd.txt": 403,
+            "http://127.0.0.1/files/../../etc/passwd": 400, "/files/./../../etc/passwd": 400,
+            # only images and plain text, never a type the browser runs, the store or dot folders
+            "/files/page.html": 403, "/files/pic.svg": 403, "/files/sluice.db": 403, "/files/.hidden/x.txt": 403,
+        }
+        for f, text in (("page.html", "<script>alert(1)</script>"), ("pic.svg", "<svg onload=alert(1)/>")):
+            with open(os.path.join(out, f), "w") as fh:
+                fh.write(text)
+        os.makedirs(os.path.join(out, ".hidden"), exist_ok=True)
+        with open(os.path.join(out, ".hidden", "x.txt"), "w") as fh:
+            fh.write("hidden\n")
+        st, body = raw_full(port, b"GET /files/inside.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert b"Content-Security-Policy: default-src 'none'; sandbox\r\n" in body, body
+        for path, want in cases.items():
+            st, body = raw_full(port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                b"Connection: close\r\n\r\n")
+            assert st == want, (path, st, want, body[:300])
+            assert b"OUTSIDE-SECRET" not in body and b"root:" not in body, (path, body[:300])
+        print("ok   files door: %d spellings of '..', absolute paths and symlinks out refused; "
+              "inside ones served" % (len(cases) - 2))
+
+        # DNS rebinding: without a token, only loopback names in Host
+        for host, want in (("evil.example", 403), ("evil.example:%d" % port, 403), ("127.0.0.1.evil.example", 403),
+                           ("localhost:%d" % port, 200), ("127.0.0.1:%d" % port, 200), ("[::1]:%d" % port, 200),
+                           ("app.localhost", 200)):
+            st = raw(port, b"GET /api/jobs HTTP/1.1\r\nHost: " + host.encode() + b"\r\n\r\n")
+            assert st == want, (host, st, want)
+        # cross-origin writes: 403 before the method is even considered; same origin gets 405
+        own = "http://127.0.0.1:%d" % port
+        assert get(port, "/api/jobs", {"Origin": "http://evil.example"}, method="POST")[0] == 403
+        assert get(port, "/api/jobs", {"Origin": "null"}, method="DELETE")[0] == 403
+        assert get(port, "/api/jobs", {"Origin": own}, method="POST")[0] == 405
+        st, _, r = get(port, "/api/jobs", full=True)
+        assert st == 200 and r.getheader("X-Content-Type-Options") == "nosniff" and \
+            r.getheader("Referrer-Policy") == "no-referrer" and r.getheader("X-Frame-Options") == "DENY", r.getheaders()
+        print("ok   rebinding (Host not loopback: 403), cross-origin POST/DELETE (403), safe headers")
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=20)
@@ -210,7 +285,18 @@ def main():
     out2 = fresh("token")
     r = subprocess.run([BIN, "run", PIPE, out2, "2", "--serve", "0.0.0.0:0"], capture_output=True,
                        text=True, timeout=30)
-    assert r.returncode != 0 and "needs --token" in r.stderr, r.stderr
+    assert r.returncode == 2 and "needs --token" in r.stderr, (r.returncode, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    out3 = os.path.join(out2, "real")  # a real pipeline: refused before it writes anything
+    r = subprocess.run([BIN, "run", "pipelines/podcast.lua", os.path.join(BUILD, "sample", "podcast", "feed.xml"), "--out", out3,
+                        "--serve", "0.0.0.0:0"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "needs --token" in r.stderr, (r.returncode, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and not os.path.exists(out3), r.stderr
+    db = os.path.join(out, "sluice.db")
+    for addr in ("0.0.0.0:0", "[::]:0", "192.0.2.1:0"):
+        r = subprocess.run([BIN, "serve", "--store", db, addr], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and "needs --token" in r.stderr, (addr, r.returncode, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     p, port = start(out2, "--serve", "127.0.0.1:0", "--token", "s3cret", "--hold", "60")
     try:
         assert get(port, "/api/jobs")[0] == 401
@@ -220,8 +306,22 @@ def main():
         assert get(port, "/api/jobs?token=s3cre")[0] == 401
         assert get(port, "/api/jobs", {"Authorization": "Bearer s3cret"})[0] == 200
         assert get(port, "/api/jobs?token=s3cret")[0] == 200
-        assert get(port, "/?token=s3cret")[0] == 200
-        print("ok   token required on every request (401 without, 200 with header or ?token=)")
+        st, body, r = get(port, "/?token=s3cret", full=True)
+        assert st == 200 and b"s3cret" not in body
+        cookie = r.getheader("Set-Cookie")
+        m = re.match(r"^sluice_token=([0-9a-f]{64}); Path=/; HttpOnly; SameSite=Strict$", cookie or "")
+        assert m and "s3cret" not in cookie, cookie
+        jar = "sluice_token=" + m.group(1)
+        assert get(port, "/api/jobs", {"Cookie": "theme=dark; " + jar})[0] == 200
+        SSE(port, headers={"Cookie": jar}).close()  # asserts 200 and text/event-stream
+        assert get(port, "/files/calls.txt", {"Cookie": jar})[0] == 200
+        assert get(port, "/api/jobs", {"Cookie": "sluice_token=s3cret"})[0] == 401  # the token is not the cookie
+        assert get(port, "/api/jobs", {"Cookie": "sluice_token=" + "0" * 64})[0] == 401
+        assert get(port, "/files/calls.txt")[0] == 401
+        assert get(port, "/api/jobs", {"Authorization": "Bearer s3cret", "Host": "evil.example"})[0] == 200
+        assert get(port, "/api/jobs", {"Authorization": "Basic czNjcmV0"})[0] == 401
+        assert get(port, "/api/jobs", {"Authorization": "Bearer "})[0] == 401
+        print("ok   token required on every request (401 without, 200 with header, ?token= or its cookie)")
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=20)

@@ -7,21 +7,34 @@
 --   -- give it the job once it exists:
 --   local dash = assert(dashboard.start{addr=...}); ...; dash:attach(job, store)
 --
--- Routes (GET/HEAD; every one needs the token when one is set: "Authorization: Bearer T" or
--- "?token=T"):
+-- The door (docs/graph.md, "The dashboard's door"):
+--  - loopback only unless a token is given: a non-loopback address without one is refused;
+--  - with a token, every request (page, API, SSE, files) carries it: "Authorization: Bearer
+--    T", or "?token=T" (the browser's first visit), which sets the cookie sluice_token (HttpOnly,
+--    SameSite=Strict; its value is a digest of the token, not the token) that the page's
+--    later requests carry. Tokens are compared by their SHA-256 digests, byte by byte without
+--    an early exit: the time taken says nothing about the token, not even its length;
+--  - without a token (loopback), the Host header must name a loopback host: a web page whose
+--    DNS name is rebound to 127.0.0.1 gets 403, not the jobs;
+--  - a request that is not GET/HEAD with an Origin other than the server's own gets 403 (then
+--    405: nothing changes state today);
+--  - every answer says nosniff, no-referrer and DENY framing.
+-- Routes (GET/HEAD):
 --   /                 the page (web/index.html and its files)
 --   /api/jobs         jobs in the store (the live one first)
 --   /api/jobs/ID      one job: row, per-stage counts, failures, live stats and graph
 --   /api/events       Server-Sent Events: every bus event once, in order, id = event n;
 --                     resumes after Last-Event-ID (header, or ?last_event_id=N); ?job=ID
 --                     replays a stored job's latest run
---   /files/PATH       files under the job's output folder (thumbnails)
+--   /files/PATH       files under the job's output folder (thumbnails): images and plain
+--                     text only (M.FILE_TYPES), sandboxed by Content-Security-Policy
 -- A non-loopback address needs a token. Paths with ".." segments are refused; files are
 -- resolved on a worker thread and must stay inside their folder.
 local sl = require "sluice"
 local core = require "sluice.core.core"
 local httpd = require "sluice.core.httpd"
 local cjson = require "cjson"
+local digest = require "sluice.core.digest"
 local S = require "sluice.app.store"
 
 local M = {}
@@ -89,11 +102,90 @@ function M.safe_relpath(path)
   return table.concat(segs, "/")
 end
 
+-- Equal strings of the same length, in a time that does not depend on where they differ.
 local function const_eq(a, b)
-  if type(a) ~= "string" or #a ~= #b then return false end
+  if type(a) ~= "string" or type(b) ~= "string" or #a ~= #b then return false end
   local diff = 0
   for i = 1, #a do diff = diff | (a:byte(i) ~ b:byte(i)) end
   return diff == 0
+end
+
+M.COOKIE = "sluice_token"
+
+-- The cookie's value for a token: a digest, so the cookie jar never holds the token itself.
+local function cookie_value(token)
+  return digest.sha256("sluice dashboard cookie\0" .. token)
+end
+
+-- The token a request carries, and how: "header" | "query" | "cookie" (nil when none).
+local function given_token(info, q)
+  local auth = info.headers.authorization
+  if auth then return auth:match("^[Bb]earer%s+(.-)%s*$"), "header" end
+  if q.token then return q.token, "query" end
+  local cookies = info.headers.cookie
+  if cookies then
+    for k, v in cookies:gmatch("([^=;%s]+)=([^;]*)") do
+      if k == M.COOKIE then return v, "cookie" end
+    end
+  end
+  return nil
+end
+
+-- authorized(token, info, q) -> true, how | false: compares SHA-256 digests (fixed length,
+-- no early exit), so neither the token's bytes nor its length show in the time taken.
+function M.authorized(token, info, q)
+  local given, how = given_token(info, q or parse_query(info.query))
+  if type(given) ~= "string" then return false end
+  local want = how == "cookie" and digest.sha256(cookie_value(token)) or digest.sha256(token)
+  return const_eq(digest.sha256(given), want), how
+end
+
+-- The host part of a Host or Origin value ("127.0.0.1:8750", "[::1]:80", "localhost").
+local function host_of(v)
+  v = v:lower()
+  return v:match("^%[([^%]]*)%]") or v:match("^([^:]*)")
+end
+
+local function loopback_name(h)
+  return h == "localhost" or M.is_loopback(h) or h:match("^[%w%-]+%.localhost$") ~= nil
+end
+
+-- A request from a page of another origin (Origin names another scheme/host/port than Host).
+local function cross_origin(info)
+  local origin = info.headers.origin
+  if not origin then return false end
+  local host = info.headers.host
+  return not host or origin:lower() ~= "http://" .. host:lower()
+end
+
+-- Headers every answer carries.
+local SAFE_HEADERS = { ["X-Content-Type-Options"] = "nosniff", ["Referrer-Policy"] = "no-referrer",
+  ["X-Frame-Options"] = "DENY" }
+
+-- A request handle whose respond/stream add the given headers (and the safe ones); every
+-- other method is the handle's own.
+local function with_headers(req, extra)
+  local function merge(h)
+    local out = {}
+    for k, v in pairs(SAFE_HEADERS) do out[k] = v end
+    for k, v in pairs(extra) do out[k] = v end
+    for k, v in pairs(h or {}) do out[k] = v end
+    return out
+  end
+  return setmetatable({}, { __index = function(t, k)
+    local fn
+    if k == "respond" then
+      fn = function(_, status, h, body) return req:respond(status, merge(h), body) end
+    elseif k == "stream" then
+      fn = function(_, status, h) return req:stream(status, merge(h)) end
+    else
+      local f = req[k]
+      if type(f) ~= "function" then return f end
+      fn = function(_, ...) return f(req, ...) end
+    end
+    rawset(t, k, fn)
+    return fn
+  end })
 end
 
 local function json_response(req, status, value)
@@ -235,7 +327,22 @@ end
 
 -- Request handling -------------------------------------------------------------------------
 
-local function serve_file(req, root, rel, info)
+-- What /files/ serves from the output folder, which holds what strangers wrote (downloaded
+-- enclosures, worker outputs): images and plain text only, never a type a browser runs
+-- (html, svg, js) nor the job store, and nothing under a hidden (dot) folder.
+M.FILE_TYPES = {
+  png = "image/png", jpg = "image/jpeg", jpeg = "image/jpeg", webp = "image/webp", gif = "image/gif",
+  txt = "text/plain; charset=utf-8", md = "text/plain; charset=utf-8", srt = "text/plain; charset=utf-8",
+  vtt = "text/plain; charset=utf-8", csv = "text/plain; charset=utf-8", json = "application/json",
+}
+
+local function output_file_type(rel)
+  if ("/" .. rel):find("/%.") then return nil end
+  local ext = rel:match("%.([%w]+)$")
+  return ext and M.FILE_TYPES[ext:lower()]
+end
+
+local function serve_file(req, root, rel, info, ctype)
   local data, err, code = sl.await("httpd.read_file", function(done)
     return httpd.read_file(root, rel, done)
   end)
@@ -244,8 +351,10 @@ local function serve_file(req, root, rel, info)
     return text_response(req, 404, "not found: " .. tostring(info.path))
   end
   local ext = rel:match("%.([%w]+)$")
-  return req:respond(200, { ["Content-Type"] = MIME[ext and ext:lower() or ""] or "application/octet-stream",
-    ["Cache-Control"] = "no-cache", ["X-Content-Type-Options"] = "nosniff" }, data)
+  local h = { ["Content-Type"] = ctype or MIME[ext and ext:lower() or ""] or "application/octet-stream",
+    ["Cache-Control"] = "no-cache", ["X-Content-Type-Options"] = "nosniff" }
+  if ctype then h["Content-Security-Policy"] = "default-src 'none'; sandbox" end -- output files
+  return req:respond(200, h, data)
 end
 
 function Dash:api_job(req, id)
@@ -270,16 +379,24 @@ end
 
 function Dash:route(req, info)
   local q = parse_query(info.query)
+  local extra = {}
   if self.token then
-    local auth = info.headers.authorization
-    local given = q.token
-    if auth then given = auth:match("^[Bb]earer%s+(.+)$") end
-    if not const_eq(given, self.token) then
-      return req:respond(401, { ["Content-Type"] = "text/plain; charset=utf-8",
+    local ok, how = M.authorized(self.token, info, q)
+    if not ok then
+      return with_headers(req, extra):respond(401, { ["Content-Type"] = "text/plain; charset=utf-8",
         ["WWW-Authenticate"] = "Bearer" }, "a token is required\n")
     end
+    if how == "query" then -- the browser's first visit: later requests carry the cookie
+      extra["Set-Cookie"] = M.COOKIE .. "=" .. cookie_value(self.token) ..
+        "; Path=/; HttpOnly; SameSite=Strict"
+    end
+  elseif info.headers.host and not loopback_name(host_of(info.headers.host)) then
+    -- no token: loopback only, also for a page whose own name was rebound to 127.0.0.1
+    return with_headers(req, extra):respond(403, {}, "host not allowed\n")
   end
+  req = with_headers(req, extra)
   if info.method ~= "GET" and info.method ~= "HEAD" then
+    if cross_origin(info) then return req:respond(403, {}, "cross-origin request refused\n") end
     return req:respond(405, { Allow = "GET, HEAD" }, "method not allowed\n")
   end
   local rel = M.safe_relpath(info.path)
@@ -313,7 +430,9 @@ function Dash:route(req, info)
     return json_response(req, 200, { stats = live_stats(self.job), last_event = self.last_n })
   elseif rel:match("^files/") then
     if not self.files_dir then return text_response(req, 404, "no output folder") end
-    return serve_file(req, self.files_dir, rel:sub(7), info)
+    local ctype = output_file_type(rel:sub(7))
+    if not ctype then return text_response(req, 403, "not a file the dashboard serves") end
+    return serve_file(req, self.files_dir, rel:sub(7), info, ctype)
   elseif rel:match("^api/") then
     return json_response(req, 404, { error = "no such endpoint" })
   end

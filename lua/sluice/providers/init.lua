@@ -20,6 +20,7 @@ local sse = require "sluice.runtime.sse"
 local retry = require "sluice.runtime.retry"
 local limit = require "sluice.runtime.limit"
 local cjson = require "cjson"
+require "sluice.runtime.json" -- strict decoding (no NaN) for parse_json_reply
 local sched = require "sluice.runtime.sched"
 local chttp = require "sluice.core.http"
 

@@ -9,10 +9,17 @@
 --
 --   local json = require "sluice.runtime.json"
 --   json.encode({ frames = {}, counts = json.object() })  --> {"frames":[],"counts":{}}
---   json.decode(s), json.null                               -- lua-cjson's
+--   json.decode(s), json.null                               -- lua-cjson's (strict: no NaN)
 local cjson = require "cjson"
 
 local M = {}
+
+-- Strict JSON in: lua-cjson reads NaN, Infinity and hex numbers by default (its
+-- decode_invalid_numbers), which no JSON writer sends but a language model may ("score":
+-- NaN), and which its encoder then refuses to write: the judge's NaN score passed as a number
+-- and the event carrying it could not be written. The setting belongs to the one cjson module
+-- every require "cjson" shares, so this applies to every decoder of the process.
+cjson.decode_invalid_numbers(false)
 
 M.null = cjson.null
 M.decode = cjson.decode

@@ -36,6 +36,7 @@ M.EX_CONFIG = 78
 local Worker = {}
 Worker.__index = Worker
 Worker.__name = "sluice.runtime.worker"
+M.Worker = Worker -- the class: tests/fuzz feeds reply lines to Worker._on_line
 
 local function default_log(name)
   return function(line)

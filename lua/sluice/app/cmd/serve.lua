@@ -14,7 +14,8 @@ Serves the dashboard of past jobs; nothing runs.
 
 Serves the dashboard for the jobs in a store (default $SLUICE_STORE, else out/sluice.db) at
 ADDR (default 127.0.0.1:8750). A non-loopback ADDR needs --token; every request must then
-carry it ("Authorization: Bearer T" or "?token=T"). Ctrl-C stops.]]
+carry it ("Authorization: Bearer T", or open the page once as /?token=T: a cookie carries it
+from then on). Ctrl-C stops.]]
 
 function M.main(args, cli)
   local o = {}

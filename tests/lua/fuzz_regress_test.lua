@@ -1,0 +1,106 @@
+-- The fuzz targets' inputs replayed in the normal and the sanitizer builds: every seed of
+-- tests/fuzz/corpus/<target>/ and every input a fuzzer found a fault with
+-- (tests/fuzz/regress/<target>/) goes through the same checks as under libFuzzer
+-- (tests/fuzz/targets.lua: the Lua parsers) or the same entry points (media and HLS files
+-- through sluice.core.media, as the engine probes and decodes them). docs/fuzz.md.
+local T = require "sluice.app.test"
+local sl = require "sluice"
+local cjson = require "cjson"
+local SRC = os.getenv("SLUICE_SOURCE_DIR") or "."
+package.path = SRC .. "/tests/fuzz/?.lua;" .. package.path
+local targets = require "targets"
+local P = require "sluice.providers"
+local media = require "sluice.core.media"
+
+local function files(dir)
+  local out = {}
+  local p = io.popen('ls -1 "' .. dir .. '" 2>/dev/null')
+  for name in p:lines() do out[#out + 1] = dir .. "/" .. name end
+  p:close()
+  return out
+end
+
+local function inputs(target)
+  local out = files(SRC .. "/tests/fuzz/corpus/" .. target)
+  for _, f in ipairs(files(SRC .. "/tests/fuzz/regress/" .. target)) do out[#out + 1] = f end
+  return out
+end
+
+for _, target in ipairs { "sse", "json", "jsonl", "feed" } do
+  T.case(target .. ": every seed and every regression input passes the fuzz target's checks", function()
+    local list = inputs(target)
+    T.ok(#list >= 3, "inputs for " .. target)
+    for _, path in ipairs(list) do
+      local ok, err = pcall(targets[target], T.slurp(path))
+      T.ok(ok, path .. ": " .. tostring(err))
+    end
+  end)
+end
+
+-- found by fuzz_json (tests/fuzz/regress/json/nan_roundtrip.json): lua-cjson read NaN and
+-- Infinity, which a model may write, and then refused to write them again
+T.case("json: NaN and Infinity are not JSON: refused on reading, so a judge's NaN score is an error", function()
+  T.ok(not pcall(cjson.decode, '{"score": NaN}'))
+  T.ok(not pcall(cjson.decode, '[Infinity]'))
+  T.ok(not pcall(cjson.decode, '[0x10]'))
+  local v, why = P.parse_json_reply('```json\n{"score": NaN, "reasons": []}\n```')
+  T.eq(v, nil)
+  T.eq(why, "no JSON object in the reply")
+  T.eq(cjson.decode('[1e308, -0.5]')[2], -0.5, "finite numbers still read")
+end)
+
+local function probe(path)
+  return sl.await("media.probe", function(done) return media.probe(path, done) end)
+end
+
+T.case("media and HLS seeds and regression inputs: probed as the engine does, an answer or one line naming the input", function()
+  local list = inputs("media")
+  for _, f in ipairs(files(SRC .. "/tests/fuzz/regress/hls")) do list[#list + 1] = f end
+  for _, path in ipairs(list) do
+    local info, err = probe(path)
+    T.ok(info or (type(err) == "string" and not err:find("\n") and err:find(path, 1, true)),
+      path .. ": " .. tostring(err))
+  end
+end)
+
+-- Hostile media: each gets a frame or one line naming it, and the next one is still served.
+T.case("hostile media: zero-length, cut at 10 points, wrong extension, a 30000x30000 PNG header", function()
+  local dir = os.tmpname() .. ".d"
+  assert(sl.exec({ "mkdir", dir }))
+  local function put(name, bytes)
+    local f = assert(io.open(dir .. "/" .. name, "wb"))
+    f:write(bytes)
+    f:close()
+    return dir .. "/" .. name
+  end
+  local clip = T.slurp(SRC .. "/tests/fuzz/corpus/media/clip.mp4")
+  local list = { put("empty.mp4", ""), put("speech.mp4", T.slurp(SRC .. "/tests/fuzz/corpus/media/speech.wav")) }
+  for i = 1, 10 do list[#list + 1] = put("cut" .. i .. ".mp4", clip:sub(1, #clip * i // 11)) end
+  -- a PNG whose header says 30000x30000 (IHDR with a valid CRC), then no image data
+  local png = T.slurp(SRC .. "/tests/fuzz/corpus/media/frame.png")
+  local ihdr = "IHDR" .. string.pack(">I4I4", 30000, 30000) .. png:sub(25, 29)
+  local crc = 0xFFFFFFFF -- PNG's CRC-32
+  for i = 1, #ihdr do
+    crc = crc ~ ihdr:byte(i)
+    for _ = 1, 8 do crc = (crc >> 1) ~ ((crc & 1) * 0xEDB88320) end
+  end
+  crc = crc ~ 0xFFFFFFFF
+  list[#list + 1] = put("huge.png", png:sub(1, 12) .. ihdr .. string.pack(">I4", crc) .. png:sub(34))
+  -- (not here: a master playlist naming itself, which holds the reader until it is cancelled;
+  -- docs/fuzz.md, open findings)
+  list[#list + 1] = put("good.mp4", clip) -- the last one still works
+  local answered = 0
+  for _, path in ipairs(list) do
+    local frames = media.frame_reader(path, { every = 0.2, format = "jpeg", output = "blob", max_width = 64 })
+    local fr, err = sl.await("media.frames", function(done) return frames:next(done) end)
+    frames:close()
+    T.ok(fr or (type(err) == "string" and not err:find("\n") and err:find(path, 1, true)),
+      path .. ": " .. tostring(err))
+    answered = answered + 1
+  end
+  T.eq(answered, #list)
+  local info = assert(probe(dir .. "/good.mp4"))
+  T.ok(info, "a good file after the hostile ones")
+end)
+
+return T.run()
