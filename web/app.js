@@ -300,8 +300,8 @@ const videoFilter = {
   events: new Set(["filtered", "dedup"]),
   reset() { this.videos = new Map(); this.removed = new Set(); this.dups = 0; this.final = null; },
   on(ev) {
-    // one "filtered" event per batch of a video's frames (per video when not batched)
-    if (ev.event === "filtered") this.videos.set(ev.batch == null ? ev.video : `${ev.video}#${ev.batch}`, ev);
+    // a "filtered" event carries the video's tally so far (one per batch of its frames)
+    if (ev.event === "filtered") this.videos.set(ev.video, ev);
     else if (ev.event === "dedup") {
       this.final = ev; this.dups = ev.duplicates || 0;
       for (const r of ev.removed || []) this.removed.add(`${r.video}@${r.t}`);

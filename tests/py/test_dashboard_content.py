@@ -264,13 +264,15 @@ async def check_filter(b, evs):
         dropped: Object.fromEntries([...document.querySelectorAll('#dropped tr[data-reason]')].map(
           r => [r.dataset.reason, +r.querySelector('td.n').textContent]))})""")
     kept, dropped, removed = set(), {}, set()
+    # each "filtered" event is its video's tally so far (one per batch of frames): the last counts
+    last = {e["video"]: e for e in evs if e["event"] == "filtered"}
+    for e in last.values():
+        for f in e.get("frames") or []:
+            kept.add("%s@%s" % (e["video"], json.dumps(f["t"])))
+        for r, n in (e.get("dropped") or {}).items():
+            dropped[r] = dropped.get(r, 0) + n
     for e in evs:
-        if e["event"] == "filtered":
-            for f in e.get("frames") or []:
-                kept.add("%s@%s" % (e["video"], json.dumps(f["t"])))
-            for r, n in (e.get("dropped") or {}).items():
-                dropped[r] = dropped.get(r, 0) + n
-        elif e["event"] == "dedup":
+        if e["event"] == "dedup":
             for r in e.get("removed") or []:
                 removed.add("%s@%s" % (r["video"], json.dumps(r["t"])))
             if e.get("duplicates"):
