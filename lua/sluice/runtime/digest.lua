@@ -39,12 +39,18 @@ function M.key(parts) return sub(cdigest.key(parts), 1, LEN) end
 
 function M.join(a, b) return hex(a .. "\0" .. b) end
 
-local SECRET = { "key", "secret", "token", "password", "passwd", "credential" }
+-- Words of a name that say it holds a credential. A name is cut into words at non-letters
+-- and lower-to-upper case changes (api_key, apiKey, OPENAI_API_KEY: ... "key"); a word that
+-- ends with one of these counts too (apikey, accesstoken). Whole words, not substrings:
+-- max_tokens, keywords and keyframes are settings that change results, not credentials.
+local SECRET = { "key", "secret", "token", "password", "passwd", "credential", "credentials" }
 
 function M.is_secret(name)
-  name = tostring(name):lower()
-  for _, w in ipairs(SECRET) do
-    if name:find(w, 1, true) then return true end
+  name = tostring(name):gsub("(%l)(%u)", "%1_%2"):lower()
+  for word in name:gmatch("%a+") do
+    for _, w in ipairs(SECRET) do
+      if word == w or (#word > #w and word:sub(-#w) == w) then return true end
+    end
   end
   return false
 end
