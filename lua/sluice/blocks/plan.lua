@@ -8,6 +8,8 @@
 --   plan.chunk_seconds{pending=, duration=, cpus=, overlap=0, min=30, max=300, per_cpu=2}
 --     -> seconds, chunks
 --   plan.ledger() -> a ledger of inputs' audio: expect/cut/done, pending(), units()
+local pool = require "sluice.core.pool"
+
 local M = {}
 
 -- What one worker of an engine costs: `cpu` CPUs while it works (local engines; remote ones
@@ -38,17 +40,10 @@ function M.available_memory_gb()
   return kb and tonumber(kb) / (1024 * 1024) or nil
 end
 
-local ncpus
-function M.cpu_count()
-  if ncpus then return ncpus end
-  local f = io.open("/proc/cpuinfo")
-  if not f then return 1 end
-  local n = 0
-  for line in f:lines() do if line:match("^processor%s*:") then n = n + 1 end end
-  f:close()
-  ncpus = math.max(1, n)
-  return ncpus
-end
+-- cpu_count() -> the CPUs CPU-bound work may use: the C core's CPU budget (one token per CPU,
+-- or SLUICE_CPUS, or pool.set_cpu_limit), so that the workers planned here and the tokens
+-- their engines' calls wait for are counted by the same rule.
+function M.cpu_count() return pool.cpu().limit end
 
 local function plural(n, word) return string.format("%d %s%s", n, word, n == 1 and "" or "s") end
 
