@@ -9,7 +9,6 @@
 
 #include <pthread.h>
 #include <stdlib.h>
-#include <time.h>
 #include <unistd.h>
 
 static struct {
@@ -31,11 +30,8 @@ static struct {
   double cpu_wait_seconds;
 } pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
-static double mono_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+/* Seconds on libuv's monotonic clock (the one sl_now reads; uv_hrtime is thread-safe). */
+static double mono_now(void) { return (double)uv_hrtime() / 1e9; }
 
 static int cpu_limit_locked(void) {
   if (pool.cpu_limit <= 0) {
