@@ -42,22 +42,24 @@ T.case("outages (connection refused, then HTTP 404): reconnects, reports both ga
     return real_stderr:write(s)
   end }
   local job = sl.load(P.src .. "/pipelines/live_monitor.lua"):start { inputs = { web.url .. "/live.m3u8" },
-    out = out, config = { fps = 2, periodic = 0, change = 65, duration = 22, max_width = 320 } }
+    out = out, config = { fps = 2, periodic = 0, change = 65, duration = 28, max_width = 320 } }
   local t0 -- the job's clock (`wall` in its records) on ours
   job.bus:on(function(ev) if ev.event == "live_start" then t0 = sl.now() - ev.wall end end)
   local ok, err = pcall(function()
     sl.sleep(4)
-    -- outage 1: the origin goes away (connection refused) for 6 s
+    -- outage 1: the origin goes away (connection refused) for 8 s: longer than the 5-segment
+    -- playlist, so that segments published meanwhile surely left it before the return
     web.stop()
     local a1 = sl.now()
-    sl.sleep(6)
+    sl.sleep(8)
     web = P.static_server(HLS, { "--down", DOWN, "--port", port })
     local b1 = sl.now()
     sl.sleep(3)
-    -- outage 2: the origin answers 404 to everything for 5 s
+    -- outage 2: the origin answers 404 to everything for 8 s (as long, for the same reason: at 5 s
+    -- a reader that caught the last segment before it could find every later one still listed)
     P.write(DOWN, "")
     local a2 = sl.now()
-    sl.sleep(5)
+    sl.sleep(8)
     os.remove(DOWN)
     local b2 = sl.now()
     return { { a1, b1 }, { a2, b2 } }
