@@ -350,7 +350,11 @@ local function claim_loop(W, name)
         if free > 0 and not W.stopping then
           local entries = W.broker:claim(id, name, W.id, math.floor(J.claim_idle * 1000), free,
             J.max_deliveries)
-          for _, e in ipairs(entries or {}) do start_unit(W, J, name, e) end
+          for _, e in ipairs(entries or {}) do
+            W:note(string.format("took over unit %s of stage %s (left idle over %gs by another worker)",
+              tostring(e.f.id), name, J.claim_idle))
+            start_unit(W, J, name, e)
+          end
         end
       end
     end
