@@ -12,6 +12,7 @@
 #include <libavformat/avformat.h>
 #include <libavutil/imgutils.h>
 #include <libavutil/opt.h>
+#include <libavutil/time.h>
 #include <libavutil/pixdesc.h>
 #include <libswresample/swresample.h>
 #include <libswscale/swscale.h>
@@ -55,12 +56,42 @@ static void do_init(void) {
 
 void sl_av_init(void) { pthread_once(&init_once, do_init); }
 
-static int interrupt_cb(void *arg) {
-  const sl_av_cancel *c = arg;
-  return c && c->cancelled && c->cancelled(c->arg);
+#define OPEN_TIMEOUT_DEFAULT_US (30 * (int64_t)1000000)
+static _Atomic int64_t open_timeout_us = OPEN_TIMEOUT_DEFAULT_US;
+
+void sl_av_set_open_timeout(double seconds) {
+  open_timeout_us = seconds > 0 ? (int64_t)(seconds * 1e6) : OPEN_TIMEOUT_DEFAULT_US;
 }
 
-static int is_cancelled(const sl_av_cancel *c) { return interrupt_cb((void *)c); }
+double sl_av_open_timeout(void) { return open_timeout_us / 1e6; }
+
+static int past_open_deadline(const sl_av_cancel *c) {
+  return c && c->open_deadline && av_gettime_relative() > c->open_deadline;
+}
+
+static int interrupt_cb(void *arg) {
+  const sl_av_cancel *c = arg;
+  return c && ((c->cancelled && c->cancelled(c->arg)) || past_open_deadline(c));
+}
+
+static int is_cancelled(const sl_av_cancel *c) { return c && c->cancelled && c->cancelled(c->arg); }
+
+/* The cause of a failed open: cancelled, past the open deadline, or FFmpeg's error rc. */
+static void open_failed(char *err, size_t errlen, const char *url, const sl_av_cancel *cancel,
+                        const char *what, int rc) {
+  if (is_cancelled(cancel)) {
+    set_err(err, errlen, url, "cancelled", 0);
+  } else if (past_open_deadline(cancel)) {
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "not opened within %g s (media.open_timeout): an input that never settles, such "
+             "as a playlist naming itself, or a server too slow to answer",
+             sl_av_open_timeout());
+    set_err(err, errlen, url, msg, 0);
+  } else {
+    set_err(err, errlen, url, what, rc);
+  }
+}
 
 /* Opens url and reads stream info. cancel must outlive the context (it is the interrupt
  * callback's opaque pointer). Returns 0 or -1 with err set. */
@@ -77,20 +108,22 @@ static int open_input(const char *url, AVFormatContext **out, sl_av_cancel *canc
   AVDictionary *opts = NULL;
   av_dict_set(&opts, "protocol_whitelist", PROTOCOLS, 0);
   if (strstr(url, "://")) av_dict_set(&opts, "rw_timeout", "30000000", 0);
+  if (cancel) cancel->open_deadline = av_gettime_relative() + open_timeout_us;
   int rc = avformat_open_input(&fmt, url, NULL, &opts);
   av_dict_free(&opts);
   if (rc < 0) {
-    set_err(err, errlen, url, is_cancelled(cancel) ? "cancelled" : NULL,
-            is_cancelled(cancel) ? 0 : rc);
+    open_failed(err, errlen, url, cancel, NULL, rc);
+    if (cancel) cancel->open_deadline = 0;
     return -1;
   }
   rc = avformat_find_stream_info(fmt, NULL);
   if (rc < 0) {
-    set_err(err, errlen, url, is_cancelled(cancel) ? "cancelled" : "cannot read stream info",
-            is_cancelled(cancel) ? 0 : rc);
+    open_failed(err, errlen, url, cancel, "cannot read stream info", rc);
+    if (cancel) cancel->open_deadline = 0;
     avformat_close_input(&fmt);
     return -1;
   }
+  if (cancel) cancel->open_deadline = 0;
   *out = fmt;
   return 0;
 }

@@ -21,7 +21,18 @@
 typedef struct sl_av_cancel {
   int (*cancelled)(void *arg);
   void *arg;
+  /* Set by the adapter while it opens an input (monotonic microseconds; 0: none): opening
+   * ends with an error past it. Callers leave it 0. */
+  int64_t open_deadline;
 } sl_av_cancel;
+
+/* The longest that opening an input (reading its header and stream info) may take, for every
+ * reader and probe from now on (default 30 s; seconds <= 0 restores it). An input that takes
+ * longer fails with one line saying so: a playlist that names itself is reloaded for ever by
+ * FFmpeg's HLS demuxer, and a server that trickles bytes never trips the read timeout. Cannot
+ * fail; safe from any thread. */
+void sl_av_set_open_timeout(double seconds);
+double sl_av_open_timeout(void);
 
 /* ---- probe ---------------------------------------------------------------------------- */
 

@@ -176,7 +176,7 @@ typedef struct probe_job {
 
 static void probe_run(sl_job *job, void *data) {
   probe_job *p = data;
-  sl_av_cancel c = {job_cancelled_cb, job};
+  sl_av_cancel c = {.cancelled = job_cancelled_cb, .arg = job};
   p->ok = sl_av_probe(p->url, &p->info, &c, p->err, sizeof p->err) == 0;
 }
 
@@ -235,6 +235,14 @@ static void probe_free(void *data) {
 }
 
 static const sl_job_class probe_class = {"media.probe", probe_run, probe_finish, probe_free};
+
+/* media.set_open_timeout(seconds): the cap on opening any input from now on (av.h);
+ * 0 or less restores the default. Returns the cap in force. */
+static int l_set_open_timeout(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) sl_av_set_open_timeout(luaL_checknumber(L, 1));
+  lua_pushnumber(L, sl_av_open_timeout());
+  return 1;
+}
 
 static int l_probe(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
@@ -344,7 +352,7 @@ static long quietest_point(const audio_state *s, long from, long to) {
 static void audio_run_inner(sl_job *job, void *data) {
   audio_job *j = data;
   audio_state *s = j->s;
-  sl_av_cancel c = {job_cancelled_cb, job};
+  sl_av_cancel c = {.cancelled = job_cancelled_cb, .arg = job};
   if (s->failed[0]) {
     snprintf(j->err, sizeof j->err, "%s", s->failed);
     j->status = -1;
@@ -568,7 +576,7 @@ typedef struct extract_job {
 
 static void extract_run_inner(sl_job *job, void *data) {
   extract_job *e = data;
-  sl_av_cancel c = {job_cancelled_cb, job};
+  sl_av_cancel c = {.cancelled = job_cancelled_cb, .arg = job};
   sl_audio_reader *r = sl_audio_open(e->url, e->rate, e->channels, &c, e->err, sizeof e->err);
   if (!r) {
     e->frames = -1;
@@ -784,7 +792,7 @@ static void frames_ended(frame_job *j, const frame_state *s) {
 static void frame_run_inner(sl_job *job, void *data) {
   frame_job *j = data;
   frame_state *s = j->s;
-  sl_av_cancel c = {job_cancelled_cb, job};
+  sl_av_cancel c = {.cancelled = job_cancelled_cb, .arg = job};
   if (s->failed[0]) {
     snprintf(j->err, sizeof j->err, "%s", s->failed);
     j->status = -1;
@@ -1066,7 +1074,7 @@ typedef struct hash_job {
 
 static void hash_run(sl_job *job, void *data) {
   hash_job *h = data;
-  sl_av_cancel c = {job_cancelled_cb, job};
+  sl_av_cancel c = {.cancelled = job_cancelled_cb, .arg = job};
   sl_frame_opts o = {0};
   o.threads = 1;
   sl_frame_reader *r = sl_frame_open(h->url, &o, &c, h->err, sizeof h->err);
@@ -1139,6 +1147,7 @@ int luaopen_sluice_media(lua_State *L) {
                                    {"frame_reader", l_frame_reader},
                                    {"extract_audio", l_extract_audio},
                                    {"image_hash", l_image_hash},
+                                   {"set_open_timeout", l_set_open_timeout},
                                    {NULL, NULL}};
   luaL_newlib(L, funcs);
   return 1;

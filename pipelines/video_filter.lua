@@ -116,7 +116,7 @@ return sl.pipeline "video_filter" {
         while true do
           local f, err = stream:next()
           if not f then
-            if err then error("extract " .. v.path .. ": " .. err, 0) end
+            if err then error(err, 0) end -- (media errors name the input)
             break
           end
           local rec = { t = f.t, file = f.path:match("([^/]+)$"),

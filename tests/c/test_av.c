@@ -23,7 +23,7 @@ static int cancel_after(void *arg) {
 
 static void test_cancel(void) {
   countdown c = {0, 40};
-  sl_av_cancel cancel = {cancel_after, &c};
+  sl_av_cancel cancel = {.cancelled = cancel_after, .arg = &c};
   sl_frame_opts o = {0};
   o.mode = SL_FRAMES_SCENE;
   o.scene = 1.0; /* never selected: one call would decode the whole file */

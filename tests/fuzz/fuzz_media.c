@@ -98,7 +98,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
 #endif
   char err[SL_AV_ERRLEN];
-  sl_av_cancel cancel = {past_deadline, NULL};
+  sl_av_cancel cancel = {.cancelled = past_deadline};
 #ifdef FUZZ_HLS
   deadline = now_s() + 2; /* a live playlist is reloaded until then */
 #else

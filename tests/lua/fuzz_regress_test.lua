@@ -86,8 +86,6 @@ T.case("hostile media: zero-length, cut at 10 points, wrong extension, a 30000x3
   end
   crc = crc ~ 0xFFFFFFFF
   list[#list + 1] = put("huge.png", png:sub(1, 12) .. ihdr .. string.pack(">I4", crc) .. png:sub(34))
-  -- (not here: a master playlist naming itself, which holds the reader until it is cancelled;
-  -- docs/fuzz.md, open findings)
   list[#list + 1] = put("good.mp4", clip) -- the last one still works
   local answered = 0
   for _, path in ipairs(list) do
@@ -101,6 +99,35 @@ T.case("hostile media: zero-length, cut at 10 points, wrong extension, a 30000x3
   T.eq(answered, #list)
   local info = assert(probe(dir .. "/good.mp4"))
   T.ok(info, "a good file after the hostile ones")
+end)
+
+-- A master playlist naming itself: FFmpeg's HLS demuxer reloads it for ever, and before the
+-- open cap nothing ended it but cancelling the job. Now the open fails within the cap (2 s
+-- here; 30 s by default), saying so, for the probe and the frame reader alike.
+T.case("a master playlist that names itself: opening fails within media.open_timeout, one line", function()
+  local dir = os.tmpname() .. ".d"
+  assert(sl.exec({ "mkdir", dir }))
+  local path = dir .. "/p.m3u8" -- the corpus entry names p.m3u8
+  local f = assert(io.open(path, "wb"))
+  f:write(T.slurp(SRC .. "/tests/fuzz/corpus/hls/master_self.m3u8"))
+  f:close()
+  local mmedia = require "sluice.media"
+  T.eq(mmedia.set_open_timeout(2), 2)
+  local ok, e = pcall(function()
+    local t0 = sl.now()
+    local info, err = probe(path)
+    T.ok(not info and err:find(path, 1, true) and err:find("not opened within 2 s", 1, true)
+      and not err:find("\n"), tostring(err))
+    T.ok(sl.now() - t0 < 10, "probe ended after " .. (sl.now() - t0) .. " s")
+    local frames = media.frame_reader(path, { every = 1, format = "jpeg", output = "blob" })
+    local fr, ferr = sl.await("media.frames", function(done) return frames:next(done) end)
+    frames:close()
+    T.ok(not fr and ferr:find("not opened within 2 s", 1, true), tostring(ferr))
+  end)
+  mmedia.set_open_timeout(0)
+  T.eq(mmedia.set_open_timeout(), 30, "the default is back")
+  assert(sl.exec({ "rm", "-rf", dir }))
+  if not ok then error(e, 0) end
 end)
 
 return T.run()

@@ -380,6 +380,17 @@ function M.run(p, args, script_path)
   end
   if #problems > 0 then return refuse(problems) end
 
+  -- media.open_timeout: the cap on opening any input (sluice.media.set_open_timeout)
+  local mt = type(cfg.media) == "table" and cfg.media.open_timeout or nil
+  if mt ~= nil then
+    if type(mt) ~= "number" or mt <= 0 then
+      eprint("sluice run: media.open_timeout must be a positive number of seconds (got " .. tostring(mt) .. ")")
+      close_store()
+      return 2
+    end
+    require("sluice.media").set_open_timeout(mt)
+  end
+
   -- Provider calls: budget, hedging and breaker settings (sluice.app.spend)
   local spend = require "sluice.app.spend"
   local okspend, serr = spend.check(cfg, p)

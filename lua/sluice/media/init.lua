@@ -28,6 +28,11 @@ end
 
 -- probe(path_or_url) -> {duration=, container=, bit_rate=, streams={{type=, codec=, width=,
 -- height=, fps=, sample_rate=, channels=, duration=}...}} or nil, message.
+-- set_open_timeout(seconds) -> the cap in force: how long opening an input (its header and
+-- stream info) may take, for every probe and reader from now on (default 30 s; the setting
+-- `media.open_timeout`). Past it the input fails with one line saying so.
+M.set_open_timeout = cmedia.set_open_timeout
+
 function M.probe(url)
   check_url(url, "probe")
   return sched.await("media.probe", function(done) return cmedia.probe(url, done) end)
