@@ -113,16 +113,17 @@ local function send_loop(J)
   while not J.closing do
     if #pending == 0 then pending = J.outbox:take() end
     if #pending > 0 then
-      local batch, rest, bytes = {}, {}, 0
-      for _, u in ipairs(pending) do
-        if #batch < MAX_BATCH and (bytes < MAX_BYTES or #batch == 0) then
-          batch[#batch + 1] = u
-          for _, v in ipairs(u.fields) do bytes = bytes + #v end
-        else
-          rest[#rest + 1] = u
-        end
+      local batch, n, bytes = pending, 0, 0
+      for i, u in ipairs(pending) do
+        if i > MAX_BATCH or (bytes >= MAX_BYTES and i > 1) then break end
+        n, bytes = i, bytes + u.bytes
       end
-      pending = rest
+      if n == #pending then
+        pending = {}
+      else
+        batch = table.move(pending, 1, n, 1, {})
+        pending = table.move(pending, n + 1, #pending, 1, {})
+      end
       local r, err, code = J.broker:send(J.job.id, batch)
       if r == nil then
         for _, u in ipairs(batch) do settle(J, u.field, { send_error = tostring(err), code = code }) end
@@ -228,6 +229,8 @@ local function start(J)
   J.ready:set(true)
 end
 
+-- A unit as stream fields ("d": its payload, "f<n>": files it names) -> fields, bytes in them
+-- | nil, err, code.
 local function unit_fields(J, S, kind, arg, ctx)
   local envs = {}
   if kind == "item" then envs[1] = plain(arg) else for i, e in ipairs(arg) do envs[i] = plain(e) end end
@@ -238,30 +241,31 @@ local function unit_fields(J, S, kind, arg, ctx)
   end
   local payload = { kind = kind, envs = envs, gate = gate }
   local fields = {}
-  local n = 0
+  local n, bytes = 0, 0
   local any_table = gate ~= nil
   for _, e in ipairs(envs) do if type(e[1]) == "table" then any_table = true end end
-  for path in pairs(any_table and path_strings({ envs, gate }) or {}) do
+  for path in pairs(any_table and path_strings({ envs, gate }) or travel.NONE) do
     local size = file_size(path)
     if size then
       if size > J.ex.max_file then
         return nil, string.format("file %s is %d bytes, over the broker's limit of %d " ..
           "(broker.max_file) for a file sent with a unit", path, size, J.ex.max_file), "EFBIG"
       end
-      local bytes, err = read_file(path)
-      if not bytes then return nil, "cannot send " .. path .. ": " .. tostring(err), "EIO" end
+      local data, err = read_file(path)
+      if not data then return nil, "cannot send " .. path .. ": " .. tostring(err), "EIO" end
       n = n + 1
       payload.files = payload.files or {}
       payload.files[path] = n
       fields[#fields + 1] = "f" .. n
-      fields[#fields + 1] = bytes
+      fields[#fields + 1] = data
+      bytes = bytes + #data
     end
   end
   local ok, d = pcall(codec.encode, payload)
   if not ok then return nil, "stage '" .. S.name .. "': cannot send the unit: " .. tostring(d), "EINVAL" end
   fields[#fields + 1] = "d"
   fields[#fields + 1] = d
-  return fields
+  return fields, bytes + #d
 end
 
 -- The result e (a results stream entry) as what run would have done.
@@ -305,12 +309,13 @@ end
 
 -- Sends the unit and waits for its result -> the results stream entry | nil, err, code.
 local function send_and_wait(J, S, kind, arg, ctx, key, uid)
-  local fields, err, c = unit_fields(J, S, kind, arg, ctx)
-  if not fields then return nil, err, c end
+  local fields, bytes, c = unit_fields(J, S, kind, arg, ctx)
+  if not fields then return nil, bytes, c end
   local t = sched.need_task("a remote unit")
   local id = sched.begin_wait(t, "a remote unit's result")
   J.waiting[key], J.wait_ids[key] = t, id
-  J.outbox:put({ stage = S.name, uid = uid, attempt = ctx.attempt or 1, fields = fields, field = key })
+  J.outbox:put({ stage = S.name, uid = uid, attempt = ctx.attempt or 1, fields = fields, field = key,
+    bytes = bytes })
   local e = sched.suspend()
   if e.send_error then return nil, "broker: " .. e.send_error, e.code or "EBROKER" end
   return e
