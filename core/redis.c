@@ -38,6 +38,7 @@
 #include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,14 +132,16 @@ static int push_entries(lua_State *L, redisReply *r) {
     return 0;
   }
   if (r->type != REDIS_REPLY_ARRAY) return -1;
+  size_t total = 0;
   for (size_t i = 0; i < r->elements; i++) {
     redisReply *st = r->element[i];
     if (st->type != REDIS_REPLY_ARRAY || st->elements != 2 || st->element[0]->type != REDIS_REPLY_STRING ||
         (st->element[1]->type != REDIS_REPLY_ARRAY && st->element[1]->type != REDIS_REPLY_NIL))
       return -1;
+    total += st->element[1]->elements;
   }
   luaL_checkstack(L, 8, "redis reply");
-  lua_newtable(L);
+  lua_createtable(L, total > INT_MAX ? 0 : (int)total, 0);
   lua_Integer n = 0;
   for (size_t i = 0; i < r->elements; i++) {
     redisReply *name = r->element[i]->element[0], *list = r->element[i]->element[1];
