@@ -11,12 +11,12 @@
  * Written in C because one remote unit is encoded and decoded on each side of the broker:
  * building the bytes in one buffer costs a fraction of a string per value. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "blob.h"
+#include "buf.h"
 #include "sluice.h"
 
 #define MAX_DEPTH 64
@@ -24,106 +24,93 @@
 enum { T_STR = 's', T_INT = 'i', T_FLT = 'd', T_TRUE = 'T', T_FALSE = 'F', T_NIL = 'N',
        T_BLOB = 'b', T_TAB = 't', T_END = 'e' };
 
-/* The encoder's output: one buffer for the process (the Lua state runs on one thread and
- * encode never calls back into Lua), grown as needed and given back when it grew large. An
- * error raised half way leaves it for the next call to reuse: nothing leaks. */
-static char *out_buf;
-static size_t out_cap, out_len;
+/* The encoder's output: one buffer (buf.h) for the process, reused from call to call (the Lua
+ * state runs on one thread and encode never calls back into Lua), given back when it grew
+ * past OUT_KEEP. */
+static sl_buf out;
 #define OUT_KEEP (1u << 20)
 
-/* Raises msg without a position (what cannot travel is the caller's value, not a line). */
-static void fail(lua_State *L, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
-  lua_error(L);
+/* Why an encoding stopped: the message is raised once the walk has unwound. */
+typedef struct enc_err {
+  char msg[200];
+} enc_err;
+
+static void put_tag(int tag) {
+  char c = (char)tag;
+  sl_buf_add(&out, &c, 1);
 }
 
-static void grow(lua_State *L, size_t more) {
-  if (out_cap - out_len >= more) return;
-  size_t cap = out_cap ? out_cap : 1024;
-  while (cap - out_len < more) {
-    if (cap > ((size_t)-1) / 2) fail(L, "codec: out of memory");
-    cap *= 2;
-  }
-  char *p = realloc(out_buf, cap);
-  if (!p) fail(L, "codec: out of memory");
-  out_buf = p;
-  out_cap = cap;
-}
-
-static void put(lua_State *L, const void *p, size_t len) {
-  grow(L, len);
-  memcpy(out_buf + out_len, p, len);
-  out_len += len;
-}
-
-static void put_tag(lua_State *L, int tag) {
-  grow(L, 1);
-  out_buf[out_len++] = (char)tag;
-}
-
-static void put_u32(lua_State *L, uint32_t v) {
+static void put_u32(uint32_t v) {
   unsigned char s[4] = {(unsigned char)(v & 0xff), (unsigned char)((v >> 8) & 0xff),
                         (unsigned char)((v >> 16) & 0xff), (unsigned char)((v >> 24) & 0xff)};
-  put(L, s, 4);
+  sl_buf_add(&out, s, 4);
 }
 
-static void put_u64(lua_State *L, uint64_t v) {
+static void put_u64(uint64_t v) {
   unsigned char s[8];
   for (int i = 0; i < 8; i++) s[i] = (unsigned char)((v >> (8 * i)) & 0xff);
-  put(L, s, 8);
+  sl_buf_add(&out, s, 8);
 }
 
-static void put_bytes(lua_State *L, int tag, const char *p, size_t len) {
-  if (len > 0xffffffffu) fail(L, "a string of %I bytes is too long to send", (lua_Integer)len);
-  put_tag(L, tag);
-  put_u32(L, (uint32_t)len);
-  put(L, p, len);
+static int put_bytes(enc_err *e, int tag, const char *p, size_t len) {
+  if (len > 0xffffffffu) {
+    snprintf(e->msg, sizeof e->msg, "a string of %zu bytes is too long to send", len);
+    return -1;
+  }
+  put_tag(tag);
+  put_u32((uint32_t)len);
+  sl_buf_add(&out, p, len);
+  return 0;
 }
 
-/* Encodes the value at absolute index idx (what it pushes it pops). */
-static void enc(lua_State *L, int idx, int depth) {
+/* Encodes the value at absolute index idx (what it pushes it pops, also when it fails).
+ * Returns 0, or -1 with e->msg set. */
+static int enc(lua_State *L, int idx, int depth, enc_err *e) {
   switch (lua_type(L, idx)) {
   case LUA_TSTRING: {
     size_t len;
     const char *s = lua_tolstring(L, idx, &len);
-    put_bytes(L, T_STR, s, len);
-    break;
+    return put_bytes(e, T_STR, s, len);
   }
   case LUA_TNUMBER:
     if (lua_isinteger(L, idx)) {
-      put_tag(L, T_INT);
-      put_u64(L, (uint64_t)lua_tointeger(L, idx));
+      put_tag(T_INT);
+      put_u64((uint64_t)lua_tointeger(L, idx));
     } else {
       double d = (double)lua_tonumber(L, idx);
       uint64_t u;
       memcpy(&u, &d, sizeof u);
-      put_tag(L, T_FLT);
-      put_u64(L, u);
+      put_tag(T_FLT);
+      put_u64(u);
     }
-    break;
+    return 0;
   case LUA_TNIL:
-    put_tag(L, T_NIL);
-    break;
+    put_tag(T_NIL);
+    return 0;
   case LUA_TBOOLEAN:
-    put_tag(L, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
-    break;
+    put_tag(lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
+    return 0;
   case LUA_TTABLE: {
-    if (depth >= MAX_DEPTH)
-      fail(L, "value nested more than %d levels (or a cycle)", MAX_DEPTH);
-    luaL_checkstack(L, 4, "codec: value nested too deeply");
+    if (depth >= MAX_DEPTH || !lua_checkstack(L, 4)) {
+      snprintf(e->msg, sizeof e->msg, "value nested more than %d levels (or a cycle)", MAX_DEPTH);
+      return -1;
+    }
     lua_Unsigned narr = lua_rawlen(L, idx);
-    if (narr > 0xffffffffu) fail(L, "a table of %I values is too long to send", (lua_Integer)narr);
-    put_tag(L, T_TAB);
-    put_u32(L, (uint32_t)narr);
+    if (narr > 0xffffffffu) {
+      snprintf(e->msg, sizeof e->msg, "a table of %llu values is too long to send",
+               (unsigned long long)narr);
+      return -1;
+    }
+    put_tag(T_TAB);
+    put_u32((uint32_t)narr);
     for (lua_Unsigned i = 1; i <= narr; i++) {
+      int rc = 0;
       if (lua_rawgeti(L, idx, (lua_Integer)i) == LUA_TNIL)
-        put_tag(L, T_NIL);
+        put_tag(T_NIL);
       else
-        enc(L, lua_gettop(L), depth + 1);
+        rc = enc(L, lua_gettop(L), depth + 1, e);
       lua_pop(L, 1);
+      if (rc) return -1;
     }
     lua_pushnil(L);
     while (lua_next(L, idx)) {
@@ -135,38 +122,49 @@ static void enc(lua_State *L, int idx, int depth) {
           continue;
         }
       }
-      enc(L, top - 1, depth + 1);
-      enc(L, top, depth + 1);
+      if (enc(L, top - 1, depth + 1, e) || enc(L, top, depth + 1, e)) {
+        lua_pop(L, 2);
+        return -1;
+      }
       lua_pop(L, 1);
     }
-    put_tag(L, T_END);
-    break;
+    put_tag(T_END);
+    return 0;
   }
   case LUA_TUSERDATA:
     if (luaL_testudata(L, idx, "sluice.blob")) {
       sl_blob *bl = sl_blob_to(L, idx);
-      if (!bl) fail(L, "cannot send a closed blob");
-      put_bytes(L, T_BLOB, (const char *)bl->data, bl->len);
-      break;
+      if (!bl) {
+        snprintf(e->msg, sizeof e->msg, "cannot send a closed blob");
+        return -1;
+      }
+      return put_bytes(e, T_BLOB, (const char *)bl->data, bl->len);
     }
     /* fall through */
   default:
-    fail(L, "cannot send a %s to another process (unit data and results must be "
-                  "strings, numbers, booleans, tables or blobs)", luaL_typename(L, idx));
+    snprintf(e->msg, sizeof e->msg, "cannot send a %s to another process (unit data and results "
+             "must be strings, numbers, booleans, tables or blobs)", luaL_typename(L, idx));
+    return -1;
   }
 }
 
-/* codec.encode(v) -> bytes */
+/* codec.encode(v) -> bytes (raises, without a position: what cannot travel is the caller's
+ * value, not a line) */
 static int l_encode(lua_State *L) {
   luaL_checkany(L, 1);
   lua_settop(L, 1);
-  out_len = 0;
-  enc(L, 1, 0);
-  lua_pushlstring(L, out_buf, out_len);
-  if (out_cap > OUT_KEEP) {
-    free(out_buf);
-    out_buf = NULL;
-    out_cap = 0;
+  out.len = 0;
+  enc_err e;
+  int rc = enc(L, 1, 0, &e);
+  if (out.oom) snprintf(e.msg, sizeof e.msg, "codec: out of memory");
+  if (rc == 0 && !out.oom) lua_pushlstring(L, out.p ? out.p : "", out.len);
+  if (out.oom || out.cap > OUT_KEEP) {
+    free(out.p);
+    out = (sl_buf){0};
+  }
+  if (rc || lua_gettop(L) == 1) {
+    lua_pushstring(L, e.msg);
+    return lua_error(L);
   }
   return 1;
 }
