@@ -286,11 +286,10 @@ local function commit_loop(W)
   end
 end
 
--- Units run on a pool of runner tasks per stage (made as needed, at most `workers` of them,
--- kept while the worker serves): a unit costs a wake of an idle runner, not a new task. A
--- unit holds a slot of its stage (in_flight) from when it is taken until its result is
--- committed. P (W.pools[name]): a FIFO of units to run (P.jobs, P.entries from P.head to
--- P.tail) and the idle runners (P.idle tasks, P.idle_ids their waits).
+-- Units run on a pool of runner tasks per stage (made as needed, at most `workers`, kept while
+-- serving): a unit costs the wake of an idle runner, not a new task. A unit holds a slot of
+-- its stage (in_flight) from when it is taken until its result is committed. P (W.pools[name]):
+-- units to run (P.jobs, P.entries, P.head..P.tail), idle runners (P.idle, P.idle_ids: waits).
 local function runner(W, name, P)
   local st = W.stats_[name]
   while true do
