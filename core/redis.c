@@ -7,9 +7,11 @@
  *
  *   c = redis.connect(host, port, cb)  cb(true) once connected, or cb(nil, msg, code) when
  *                                      resolving or connecting failed (then c is dead)
- *   c:command(argv[, cb])              argv: a list of strings (binary-safe) or numbers;
+ *   c:command(argv[, cb[, shape]])     argv: a list of strings (binary-safe) or numbers;
  *                                      cb(reply) or cb(nil, msg, code) (no cb: the reply
- *                                      is dropped). Returns true, or
+ *                                      is dropped). shape "entries": the reply of an
+ *                                      XREAD/XREADGROUP as a list of its entries (below).
+ *                                      Returns true, or
  *                                      nil, msg, code when the connection cannot take it.
  *                                      Commands issued in the same loop turn are written
  *                                      together (pipelining); replies come in order.
@@ -21,6 +23,9 @@
  * Replies: a status or bulk string is a Lua string, an integer an integer, a nil bulk or
  * nil array `false`, an array a table 1..n (elements the same way), an error inside an
  * array { err = "message" }; an error reply to the command itself is cb(nil, msg, "EREDIS").
+ * With shape "entries" a stream read's reply is { {stream=, eid=, f = {field = value}}, ... }
+ * (a timed-out read: {}; entries deleted since delivery left out): what the broker needs,
+ * in two tables per entry instead of four and no Lua loop over the fields.
  *
  * Lifetime. The userdata points to a heap struct, freed only in the close callback of its
  * own timer handle, after hiredis has freed its context (hiredis frees the redisAsyncContext
@@ -33,6 +38,7 @@
 #include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,9 +73,14 @@ struct rconn {
   conn_ud *ud;
 };
 
+/* How a reply is given to Lua: as it is, or (RS_ENTRIES) an XREAD/XREADGROUP reply as one
+ * flat list of its entries. */
+enum { RS_PLAIN, RS_ENTRIES };
+
 typedef struct cmd_cb {
   rconn *c;
   int ref;
+  int shape;
 } cmd_cb;
 
 static void timer_closed(uv_handle_t *h) { free(h->data); }
@@ -110,10 +121,59 @@ static void push_reply(lua_State *L, redisReply *r, int depth) {
   }
 }
 
+/* An XREAD/XREADGROUP reply ([[stream, [[id, [field, value, ...]], ...]], ...], or nil when
+ * a blocking read timed out) as { {stream=, eid=, f = {field = value, ...}}, ... }: one table
+ * per entry and one for its fields, where the reply as it is takes four. Entries deleted
+ * since they were delivered (nil fields) are left out. Returns 0, or -1 (nothing pushed)
+ * when the reply is not that shape. */
+static int push_entries(lua_State *L, redisReply *r) {
+  if (r->type == REDIS_REPLY_NIL) {
+    lua_newtable(L);
+    return 0;
+  }
+  if (r->type != REDIS_REPLY_ARRAY) return -1;
+  size_t total = 0;
+  for (size_t i = 0; i < r->elements; i++) {
+    redisReply *st = r->element[i];
+    if (st->type != REDIS_REPLY_ARRAY || st->elements != 2 || st->element[0]->type != REDIS_REPLY_STRING ||
+        (st->element[1]->type != REDIS_REPLY_ARRAY && st->element[1]->type != REDIS_REPLY_NIL))
+      return -1;
+    total += st->element[1]->elements;
+  }
+  luaL_checkstack(L, 8, "redis reply");
+  lua_createtable(L, total > INT_MAX ? 0 : (int)total, 0);
+  lua_Integer n = 0;
+  for (size_t i = 0; i < r->elements; i++) {
+    redisReply *name = r->element[i]->element[0], *list = r->element[i]->element[1];
+    lua_pushlstring(L, name->str, name->len);
+    for (size_t j = 0; j < list->elements; j++) {
+      redisReply *e = list->element[j];
+      if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[1]->type != REDIS_REPLY_ARRAY)
+        continue; /* deleted since (nil fields) */
+      redisReply *id = e->element[0], *fv = e->element[1];
+      lua_createtable(L, 0, 3);
+      lua_pushvalue(L, -2);
+      lua_setfield(L, -2, "stream");
+      push_reply(L, id, 1);
+      lua_setfield(L, -2, "eid");
+      lua_createtable(L, 0, (int)(fv->elements / 2));
+      for (size_t k = 0; k + 1 < fv->elements; k += 2) {
+        push_reply(L, fv->element[k], 1);
+        push_reply(L, fv->element[k + 1], 1);
+        lua_rawset(L, -3);
+      }
+      lua_setfield(L, -2, "f");
+      lua_rawseti(L, -3, ++n);
+    }
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   cmd_cb *cb = privdata;
   rconn *c = cb->c;
-  int ref = cb->ref;
+  int ref = cb->ref, shape = cb->shape;
   free(cb);
   c->pending--;
   lua_State *L = sl_main_state();
@@ -129,6 +189,9 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
                      ac->err ? ac->errstr : "closed by the server");
   } else if (r->type == REDIS_REPLY_ERROR) {
     n = sl_push_fail(L, "EREDIS", "%s", r->str);
+  } else if (shape == RS_ENTRIES) {
+    n = 1;
+    if (push_entries(L, r)) n = sl_push_fail(L, "EREDIS", "redis: the reply is not stream entries");
   } else {
     push_reply(L, r, 0);
     n = 1;
@@ -367,12 +430,15 @@ static int l_connect(lua_State *L) {
   return 1;
 }
 
-/* c:command(argv, cb) -> true | nil, msg, code */
+/* c:command(argv[, cb[, shape]]) -> true | nil, msg, code */
 static int conn_command(lua_State *L) {
+  static const char *const shapes[] = {"plain", "entries", NULL};
   rconn *c = check_conn(L);
   luaL_checktype(L, 2, LUA_TTABLE);
   int has_cb = !lua_isnoneornil(L, 3);
   if (has_cb) luaL_checktype(L, 3, LUA_TFUNCTION);
+  int shape = luaL_checkoption(L, 4, "plain", shapes);
+  lua_settop(L, 3);
   int argc = (int)lua_rawlen(L, 2);
   luaL_argcheck(L, argc > 0, 2, "empty command");
   if (c->state != ST_CONNECTED || !c->ac)
@@ -397,6 +463,7 @@ static int conn_command(lua_State *L) {
   if (!cb) return luaL_error(L, "out of memory");
   cb->c = c;
   cb->ref = LUA_NOREF;
+  cb->shape = shape;
   if (redisAsyncCommandArgv(c->ac, on_reply, cb, argc, argv, lens) != REDIS_OK) {
     free(cb);
     return sl_push_fail(L, "ENOTCONN", "redis: the connection is closing");

@@ -99,6 +99,33 @@ T.case("client: replies, errors, pipelining in order, MULTI, scripts", function(
   T.ok(cerr:match("closed"))
 end)
 
+T.case("client: stream reads as entries (shape 'entries'): fields by name, deleted ones left out", function()
+  local r = assert(redis.connect(srv.url))
+  local ok, failure = pcall(function()
+    r:call("DEL", "t:st", "t:st2")
+    local e1 = r:call("XADD", "t:st", "*", "a", "1", "b", "x\0y")
+    local e2 = r:call("XADD", "t:st", "*", "a", "2")
+    local e3 = r:call("XADD", "t:st2", "*", "c", "3")
+    assert(r:call("XGROUP", "CREATE", "t:st", "g", "0"))
+    assert(r:call_argv({ "XREADGROUP", "GROUP", "g", "c1", "STREAMS", "t:st", ">" })) -- now pending
+    r:call("XDEL", "t:st", e2)
+    local list = assert(r:call_argv({ "XREADGROUP", "GROUP", "g", "c1", "STREAMS", "t:st", "0" }, "entries"))
+    T.eq(#list, 1, "the deleted entry is left out")
+    T.same(list[1], { stream = "t:st", eid = e1, f = { a = "1", b = "x\0y" } })
+    list = assert(r:call_argv({ "XREAD", "STREAMS", "t:st", "t:st2", "0", "0" }, "entries"))
+    T.same(list, { { stream = "t:st", eid = e1, f = { a = "1", b = "x\0y" } },
+      { stream = "t:st2", eid = e3, f = { c = "3" } } })
+    T.same(r:call_argv({ "XREAD", "BLOCK", "10", "STREAMS", "t:st", "$" }, "entries"), {}, "a timed-out read: none")
+    local none, err, code = r:call_argv({ "PING" }, "entries")
+    T.eq(none, nil)
+    T.eq(code, "EREDIS")
+    T.eq(err, "redis: the reply is not stream entries")
+    T.raises(function() r.conn:command({ "PING" }, print, "rows") end, "invalid option 'rows'")
+  end)
+  r:close()
+  if not ok then error(failure, 0) end
+end)
+
 T.case("core redis: a connection closed from inside its own callbacks", function()
   local cr = require "sluice.core.redis"
   local port = tonumber(srv.url:match(":(%d+)$"))

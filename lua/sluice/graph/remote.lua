@@ -28,6 +28,7 @@ local travel = require "sluice.graph.travel"
 local path_strings, file_size, read_file, write_file = travel.path_strings, travel.file_size,
   travel.read_file, travel.write_file
 local mailbox, plain = travel.mailbox, travel.plain
+local unit_field = require("sluice.runtime.broker").unit_field
 
 local M = {}
 
@@ -54,7 +55,7 @@ end
 local function job_state(ex, job)
   local J = ex.jobs[job]
   if J then return J end
-  J = { ex = ex, job = job, broker = ex.broker, stages = {}, names = {}, waiting = {}, early = {},
+  J = { ex = ex, job = job, broker = ex.broker, stages = {}, names = {}, waiting = {}, wait_ids = {}, early = {},
     poison = {}, taken = {}, to_ack = mailbox(), sems = {}, tasks = {}, workers = {}, outbox = mailbox() }
   ex.jobs[job] = J
   return J
@@ -92,6 +93,18 @@ end
 
 local function queue_ack(J, a) J.to_ack:put(a) end
 
+-- Units waiting for their results: J.waiting[key] is the worker task that sent unit `key`
+-- (broker.unit_field: stage and unit id), J.wait_ids[key] its wait (sluice.runtime.sched's
+-- begin_wait): no event per unit. settle(J, key, v) wakes it with v (a results stream entry,
+-- or {send_error=}); false when nobody waits for key.
+local function settle(J, key, v)
+  local t = J.waiting[key]
+  if not t then return false end
+  local id = J.wait_ids[key]
+  J.waiting[key], J.wait_ids[key] = nil, nil
+  return sched.wake(t, id, v)
+end
+
 -- Sends the units queued since the last turn in one script call (sluice.runtime.broker);
 -- a failure that is not a lost connection (those are retried) fails their attempts.
 local MAX_BATCH, MAX_BYTES = 256, 16 * 1024 * 1024
@@ -100,25 +113,20 @@ local function send_loop(J)
   while not J.closing do
     if #pending == 0 then pending = J.outbox:take() end
     if #pending > 0 then
-      local batch, rest, bytes = {}, {}, 0
-      for _, u in ipairs(pending) do
-        if #batch < MAX_BATCH and (bytes < MAX_BYTES or #batch == 0) then
-          batch[#batch + 1] = u
-          for _, v in ipairs(u.fields) do bytes = bytes + #v end
-        else
-          rest[#rest + 1] = u
-        end
+      local batch, n, bytes = pending, 0, 0
+      for i, u in ipairs(pending) do
+        if i > MAX_BATCH or (bytes >= MAX_BYTES and i > 1) then break end
+        n, bytes = i, bytes + u.bytes
       end
-      pending = rest
+      if n == #pending then
+        pending = {}
+      else
+        batch = table.move(pending, 1, n, 1, {})
+        pending = table.move(pending, n + 1, #pending, 1, {})
+      end
       local r, err, code = J.broker:send(J.job.id, batch)
       if r == nil then
-        for _, u in ipairs(batch) do
-          local w = J.waiting[u.key]
-          if w then
-            J.waiting[u.key] = nil
-            w:set({ send_error = tostring(err), code = code })
-          end
-        end
+        for _, u in ipairs(batch) do settle(J, u.field, { send_error = tostring(err), code = code }) end
       end
     end
   end
@@ -127,14 +135,8 @@ end
 local function deliver(J, e)
   local f = e.f
   if not f.s or not f.id or J.taken[e.eid] then return end -- (taken: read again from the pending list)
-  local key = f.s .. "\0" .. f.id
-  local w = J.waiting[key]
-  if w then
-    J.waiting[key] = nil
-    w:set(e)
-  else
-    J.early[key] = e
-  end
+  local key = unit_field(f.s, f.id)
+  if not settle(J, key, e) then J.early[key] = e end
 end
 
 local function reader_loop(J)
@@ -227,6 +229,8 @@ local function start(J)
   J.ready:set(true)
 end
 
+-- A unit as stream fields ("d": its payload, "f<n>": files it names) -> fields, bytes in them
+-- | nil, err, code.
 local function unit_fields(J, S, kind, arg, ctx)
   local envs = {}
   if kind == "item" then envs[1] = plain(arg) else for i, e in ipairs(arg) do envs[i] = plain(e) end end
@@ -237,36 +241,37 @@ local function unit_fields(J, S, kind, arg, ctx)
   end
   local payload = { kind = kind, envs = envs, gate = gate }
   local fields = {}
-  local n = 0
+  local n, bytes = 0, 0
   local any_table = gate ~= nil
   for _, e in ipairs(envs) do if type(e[1]) == "table" then any_table = true end end
-  for path in pairs(any_table and path_strings({ envs, gate }) or {}) do
+  for path in pairs(any_table and path_strings({ envs, gate }) or travel.NONE) do
     local size = file_size(path)
     if size then
       if size > J.ex.max_file then
         return nil, string.format("file %s is %d bytes, over the broker's limit of %d " ..
           "(broker.max_file) for a file sent with a unit", path, size, J.ex.max_file), "EFBIG"
       end
-      local bytes, err = read_file(path)
-      if not bytes then return nil, "cannot send " .. path .. ": " .. tostring(err), "EIO" end
+      local data, err = read_file(path)
+      if not data then return nil, "cannot send " .. path .. ": " .. tostring(err), "EIO" end
       n = n + 1
       payload.files = payload.files or {}
       payload.files[path] = n
       fields[#fields + 1] = "f" .. n
-      fields[#fields + 1] = bytes
+      fields[#fields + 1] = data
+      bytes = bytes + #data
     end
   end
   local ok, d = pcall(codec.encode, payload)
   if not ok then return nil, "stage '" .. S.name .. "': cannot send the unit: " .. tostring(d), "EINVAL" end
   fields[#fields + 1] = "d"
   fields[#fields + 1] = d
-  return fields
+  return fields, bytes + #d
 end
 
 -- The result e (a results stream entry) as what run would have done.
 local function apply(J, S, e, ctx, key)
   local f = e.f
-  local a = { eid = e.eid, stage = S.name, uid = f.id }
+  local a = { eid = e.eid, stage = S.name, uid = f.id, field = key }
   J.taken[e.eid] = true
   if f.dead then
     local msg = string.format("unit lost its worker %s times (each worker that took it died or " ..
@@ -302,6 +307,20 @@ local function apply(J, S, e, ctx, key)
   return nil, res.err, res.code
 end
 
+-- Sends the unit and waits for its result -> the results stream entry | nil, err, code.
+local function send_and_wait(J, S, kind, arg, ctx, key, uid)
+  local fields, bytes, c = unit_fields(J, S, kind, arg, ctx)
+  if not fields then return nil, bytes, c end
+  local t = sched.need_task("a remote unit")
+  local id = sched.begin_wait(t, "a remote unit's result")
+  J.waiting[key], J.wait_ids[key] = t, id
+  J.outbox:put({ stage = S.name, uid = uid, attempt = ctx.attempt or 1, fields = fields, field = key,
+    bytes = bytes })
+  local e = sched.suspend()
+  if e.send_error then return nil, "broker: " .. e.send_error, e.code or "EBROKER" end
+  return e
+end
+
 local function run_remote(J, S, kind, arg, ctx)
   start(J)
   if J.start_error then return nil, J.start_error, "EBROKER" end
@@ -311,7 +330,7 @@ local function run_remote(J, S, kind, arg, ctx)
     queue_ack(J, prev)
   end
   local uid = ctx._unit.path
-  local key = S.name .. "\0" .. uid
+  local key = unit_field(S.name, uid)
   if J.poison[key] then return nil, J.poison[key], "EWORKERDIED" end
   local e = J.early[key]
   if e then
@@ -320,18 +339,9 @@ local function run_remote(J, S, kind, arg, ctx)
   end
   local sem = J.sems[S.name]
   sem:acquire()
-  local ev = sl.event()
-  local ok, r, err, code = pcall(function()
-    local fields, err, c = unit_fields(J, S, kind, arg, ctx)
-    if not fields then return nil, err, c end
-    J.waiting[key] = ev
-    J.outbox:put({ stage = S.name, uid = uid, attempt = ctx.attempt or 1, fields = fields, key = key })
-    local e = ev:wait()
-    if e.send_error then return nil, "broker: " .. e.send_error, e.code or "EBROKER" end
-    return e
-  end)
+  local ok, r, err, code = pcall(send_and_wait, J, S, kind, arg, ctx, key, uid)
   sem:release()
-  if J.waiting[key] == ev then J.waiting[key] = nil end
+  if J.waiting[key] == sched.current() then J.waiting[key], J.wait_ids[key] = nil, nil end
   if not ok then error(r, 0) end
   if r == nil then return nil, err, code end
   return apply(J, S, r, ctx, key)

@@ -33,12 +33,16 @@ Ctx.__index = Ctx
 function Ctx:emit(data, opts)
   if data == nil then error("ctx:emit: data must not be nil", 2) end
   if opts ~= nil and type(opts) ~= "table" then error("ctx:emit: options must be a table {seq=, t0=, t1=, key=}", 2) end
-  self._emits[#self._emits + 1] = { data, opts }
+  local l = self._emits
+  if not l then l = {}; self._emits = l end
+  l[#l + 1] = { data, opts }
 end
 
 function Ctx:event(name, fields)
   if type(name) ~= "string" then error("ctx:event: name must be a string", 2) end
-  self._events[#self._events + 1] = { name, fields }
+  local l = self._events
+  if not l then l = {}; self._events = l end
+  l[#l + 1] = { name, fields }
 end
 
 Ctx.log = require("sluice.graph.run").Ctx.log -- ctx:log(...) is ctx:event("log", {message=})
@@ -145,6 +149,9 @@ function Worker:refresh_claims()
 end
 
 local function rewrite_back(J, v, back)
+  local ty = type(v)
+  if ty ~= "table" and ty ~= "string" then return v end
+  back = back or travel.NONE
   local out_dir, coord_out = J.job.out, J.info.out or "."
   return travel.map_strings(v, function(s)
     local orig = back[s]
@@ -162,19 +169,18 @@ local function run_unit(W, J, name, e, st)
   local f = e.f
   local uid, attempt = f.id, tonumber(f.a) or 1
   local res = { ok = false }
-  local made = {}
+  local made, back -- (files written for the unit and sent back: only when there are some)
   local payload, perr = codec.decode(f.d)
   local S = J.stages[name]
-  local back = {}
   if type(payload) ~= "table" then
     res.err, res.code = "worker " .. W.id .. ": unreadable unit: " .. tostring(perr), "EREMOTE"
   else
     J.n = J.n + 1
-    local map = {}
-    local in_dir = J.dir .. "/in/" .. J.n
+    local map
     local ok = true
-    for orig, i in pairs(payload.files or {}) do
-      local lp = in_dir .. "/" .. i .. "-" .. (orig:match("([^/]*)$") or "file")
+    for orig, i in pairs(payload.files or travel.NONE) do
+      if not map then map, back, made = {}, {}, {} end
+      local lp = J.dir .. "/in/" .. J.n .. "/" .. i .. "-" .. (orig:match("([^/]*)$") or "file")
       local w, werr = travel.write_file(lp, f["f" .. i] or "")
       if not w then
         ok = false
@@ -191,41 +197,41 @@ local function run_unit(W, J, name, e, st)
         gate = {}
         for i, l in ipairs(payload.gate) do gate[i] = travel.envelope_of(l) end
       end
-      if next(map) then
+      if map then
         envs = travel.map_strings(envs, function(s) return map[s] end)
         gate = gate and travel.map_strings(gate, function(s) return map[s] end)
       end
       local ctx = setmetatable({ job = J.job, config = J.job.config, out = J.job.out, stage = name,
-        params = S.params, attempt = attempt, gate = gate, _emits = {}, _events = {},
+        params = S.params, attempt = attempt, gate = gate,
         _unit = { kind = payload.kind, path = uid, key = envs[1] and envs[1].key,
           seq = envs[1] and envs[1].seq } }, Ctx)
       local fn = payload.kind == "gate" and S.on_gate or S.run
       if payload.kind == "gate" then ctx.gate = envs end
       local arg = payload.kind == "item" and envs[1] or envs
-      local r = table.pack(xpcall(fn, util.on_error, arg, ctx))
-      if not r[1] and r[2] == sched.Cancelled then return "cancelled" end
+      -- (run returns value[, opts] or nil, err[, code])
+      local ok1, r1, r2, r3 = xpcall(fn, util.on_error, arg, ctx)
+      if not ok1 and r1 == sched.Cancelled then return "cancelled" end
       res.tokens = ctx.tokens
-      if #ctx._emits > 0 then res.emits = ctx._emits end
-      if #ctx._events > 0 then res.events = ctx._events end
-      if r[1] and (r[2] ~= nil or r[3] == nil) then
-        res.ok, res.v, res.o = true, r[2], type(r[3]) == "table" and r[3] or nil
-      elseif r[1] then
-        res.err, res.code = r[3], r[4]
+      res.emits, res.events = ctx._emits, ctx._events
+      if ok1 and (r1 ~= nil or r2 == nil) then
+        res.ok, res.v, res.o = true, r1, type(r2) == "table" and r2 or nil
+      elseif ok1 then
+        res.err, res.code = r2, r3
       else
-        res.err, res.tb = util.unwrap(r[2])
+        res.err, res.tb = util.unwrap(r1)
       end
     end
   end
   -- outputs naming files in the scratch out folder send them back
-  local files, fields = {}, {}
-  if res.ok then
+  local files, fields = nil, travel.NONE
+  if res.ok and (type(res.v) == "table" or res.emits) then
     local out_dir = J.job.out .. "/"
     local nf = 0
-    local walk = (type(res.v) == "table" or res.emits) and travel.path_strings({ res.v, res.emits }) or travel.NONE
-    for s in pairs(walk) do
-      if s:sub(1, #out_dir) == out_dir and not files[s:sub(#out_dir + 1)] then
+    for s in pairs(travel.path_strings({ res.v, res.emits })) do
+      if s:sub(1, #out_dir) == out_dir and not (files and files[s:sub(#out_dir + 1)]) then
         local bytes = travel.file_size(s) and travel.read_file(s)
         if bytes then
+          if not files then files, fields, made = {}, {}, made or {} end
           nf = nf + 1
           files[s:sub(#out_dir + 1)] = nf
           fields[#fields + 1] = "f" .. nf
@@ -235,7 +241,7 @@ local function run_unit(W, J, name, e, st)
       end
     end
   end
-  res.files = next(files) and files or nil
+  res.files = files
   if type(res.err) == "table" then res.err = travel.travelling(res.err) end
   res.v, res.err = rewrite_back(J, res.v, back), rewrite_back(J, res.err, back)
   if res.emits then res.emits = rewrite_back(J, res.emits, back) end
@@ -247,11 +253,13 @@ local function run_unit(W, J, name, e, st)
     fields = {}
   end
   local head = { "s", name, "id", uid, "a", attempt, "w", W.id, "r", r }
-  for _, v in ipairs(fields) do head[#head + 1] = v end
-  local done = sl.event()
-  W.outbox:put({ job = J.id, stage = name, eid = e.eid, fields = head, ev = done })
-  done:wait()
-  for _, p in ipairs(made) do os.remove(p) end
+  table.move(fields, 1, #fields, 11, head)
+  -- wait for the commit (commit_loop wakes this task: no event per unit)
+  local t = sched.need_task("serving a unit")
+  W.outbox:put({ job = J.id, stage = name, eid = e.eid, fields = head, task = t,
+    wait_id = sched.begin_wait(t, "the commit of a result") })
+  sched.suspend()
+  for _, p in ipairs(made or travel.NONE) do os.remove(p) end
   if res.ok then st.done = st.done + 1 else st.failed = st.failed + 1 end
   return res.ok
 end
@@ -273,29 +281,69 @@ local function commit_loop(W)
         t[#t + 1] = c
       end
       for _, job in ipairs(order) do W.broker:commit(job, by[job]) end
-      for _, c in ipairs(list) do c.ev:set(true) end
+      for _, c in ipairs(list) do sched.wake(c.task, c.wait_id, true) end
     end
   end
 end
 
--- A task per unit: holds a slot of its stage until the result is committed.
+-- Units run on a pool of runner tasks per stage (made as needed, at most `workers`, kept while
+-- serving): a unit costs the wake of an idle runner, not a new task. A unit holds a slot of
+-- its stage (in_flight) from when it is taken until its result is committed. P (W.pools[name]):
+-- units to run (P.jobs, P.entries, P.head..P.tail), idle runners (P.idle, P.idle_ids: waits).
+local function runner(W, name, P)
+  local st = W.stats_[name]
+  while true do
+    local h = P.head
+    if h <= P.tail then
+      local J, e = P.jobs[h], P.entries[h]
+      P.jobs[h], P.entries[h] = nil, nil
+      if h == P.tail then P.head, P.tail = 1, 0 else P.head = h + 1 end
+      local ok, r = pcall(run_unit, W, J, name, e, st)
+      W.held[e.stream][e.eid] = nil
+      st.in_flight = st.in_flight - 1
+      if not ok and r ~= sched.Cancelled then W:note("unit " .. tostring(e.f.id) .. ": " .. util.errtext(r)) end
+      local ev = W.slot_ev[name]
+      if ev then
+        W.slot_ev[name] = nil
+        ev:set(true)
+      end
+      if r == "cancelled" or (not ok and r == sched.Cancelled) then break end
+    elseif W.stopping then
+      break
+    else
+      local t = sched.current()
+      local n = #P.idle + 1
+      P.idle[n], P.idle_ids[n] = t, sched.begin_wait(t, "a unit to run")
+      sched.suspend()
+    end
+  end
+  P.runners = P.runners - 1
+end
+
+-- Wakes an idle runner of pool P (true), if there is one.
+local function wake_runner(P)
+  local idle, ids = P.idle, P.idle_ids
+  for n = #idle, 1, -1 do
+    local t, id = idle[n], ids[n]
+    idle[n], ids[n] = nil, nil
+    if sched.wake(t, id, true) then return true end
+  end
+  return false
+end
+
 local function start_unit(W, J, name, e)
   local st = W.stats_[name]
   st.in_flight = st.in_flight + 1
   local held = W.held[e.stream]
   if not held then held = {}; W.held[e.stream] = held end
   held[e.eid] = true
-  spawn(W, name .. " " .. tostring(e.f.id), function()
-    local ok, err = pcall(run_unit, W, J, name, e, st)
-    held[e.eid] = nil
-    st.in_flight = st.in_flight - 1
-    if not ok and err ~= sched.Cancelled then W:note("unit " .. tostring(e.f.id) .. ": " .. util.errtext(err)) end
-    local ev = W.slot_ev[name]
-    if ev then
-      W.slot_ev[name] = nil
-      ev:set(true)
-    end
-  end)
+  local P = W.pools[name]
+  local n = P.tail + 1
+  P.tail, P.jobs[n], P.entries[n] = n, J, e
+  if not wake_runner(P) and P.runners < W.workers then
+    P.runners = P.runners + 1
+    spawn(W, "worker units " .. name, runner, W, name, P)
+  end
 end
 
 local function free_slots(W, name) return W.workers - W.stats_[name].in_flight end
@@ -394,6 +442,7 @@ function Worker:stop()
   self.stopping = true
   self.stop_ev:set(true)
   for _, ev in pairs(self.slot_ev) do ev:set(true) end
+  for _, P in pairs(self.pools) do while wake_runner(P) do end end
 end
 
 function Worker:wait() return self.done_ev:wait() end
@@ -415,12 +464,13 @@ function M.start(p, broker, opts)
   local id = opts.id or string.format("%s-%d-%04x", host, pid, math.random(0, 0xffff))
   local W = setmetatable({ p = p, broker = broker, id = id, host = host, pid = pid,
     workers = opts.workers or 1, stage_names = names, wanted = {}, jobs = {}, held = {},
-    stats_ = {}, slot_ev = {}, clients = {}, outbox = travel.mailbox(), group = sl.group(), done_ev = sl.event(), stop_ev = sl.event(),
+    stats_ = {}, pools = {}, slot_ev = {}, clients = {}, outbox = travel.mailbox(), group = sl.group(), done_ev = sl.event(), stop_ev = sl.event(),
     tmp = (opts.tmp or os.getenv("TMPDIR") or "/tmp") .. "/sluice-worker-" .. id,
     on_note = opts.on_note }, Worker)
   for _, n in ipairs(names) do
     W.wanted[n] = true
     W.stats_[n] = { in_flight = 0, done = 0, failed = 0 }
+    W.pools[n] = { head = 1, tail = 0, jobs = {}, entries = {}, idle = {}, idle_ids = {}, runners = 0 }
   end
   local main = sched.spawn(function()
     refresh_jobs(W, true)

@@ -62,6 +62,11 @@ function Broker:k_job(job) return k(self, "job", job) end
 function Broker:k_jobs(pipeline) return k(self, "jobs", pipeline) end
 function Broker:k_workers(pipeline) return k(self, "hb", pipeline) end
 
+-- The sent-hash field of a unit: stage and unit id (callers that keep it pass it as
+-- `field` to send and ack_results, so it is made once per unit).
+local function unit_field(stage, uid) return stage .. "\0" .. uid end
+M.unit_field = unit_field
+
 -- A stream entry's flat field list as a table.
 local function fields_of(list)
   local f = {}
@@ -70,17 +75,6 @@ local function fields_of(list)
 end
 M.fields_of = fields_of
 
--- XREAD(GROUP) replies -> { {stream=, eid=, f = fields}, ... } (skips entries deleted since)
-local function entries_of(reply)
-  local out = {}
-  if not reply then return out end
-  for _, s in ipairs(reply) do
-    for _, e in ipairs(s[2]) do
-      if e and e[2] then out[#out + 1] = { stream = s[1], eid = e[1], f = fields_of(e[2]) } end
-    end
-  end
-  return out
-end
 
 local function call(self, ...) return redis.retry(self.r.call, self.r, ...) end
 
@@ -161,17 +155,22 @@ local function key_list(first)
 end
 
 -- send(job, units) -> list of 1 (sent) / 0 (outstanding already) | nil, err: one script call
--- for all of them. units: { {stage=, uid=, attempt=, fields = {name, value, ...}}, ... }; the
--- unit's id and attempt are added to its fields.
+-- for all of them. units: { {stage=, uid=, attempt=, fields = {name, value, ...}[, field=]}, ... };
+-- the unit's id and attempt are added to its fields (field: unit_field(stage, uid), if kept).
 function Broker:send(job_id, units)
   local keys, index = key_list(self:k_sent(job_id))
-  local args = {}
+  local args, of_stage = {}, {}
   for _, u in ipairs(units) do
     local n = #args
-    args[n + 1], args[n + 2], args[n + 3] = index(self:k_units(job_id, u.stage)), u.stage .. "\0" .. u.uid, u.attempt
+    local i = of_stage[u.stage]
+    if not i then
+      i = index(self:k_units(job_id, u.stage))
+      of_stage[u.stage] = i
+    end
+    args[n + 1], args[n + 2], args[n + 3] = i, u.field or unit_field(u.stage, u.uid), u.attempt
     args[n + 4] = #u.fields + 4
     args[n + 5], args[n + 6], args[n + 7], args[n + 8] = "id", u.uid, "a", u.attempt
-    for _, v in ipairs(u.fields) do args[#args + 1] = v end
+    table.move(u.fields, 1, #u.fields, n + 9, args)
   end
   return redis.retry(self.r.eval, self.r, SEND, keys, args)
 end
@@ -184,12 +183,10 @@ function Broker:read_results(client, job_id, from, count, block_ms)
   argv[#argv + 1] = "STREAMS"
   argv[#argv + 1] = self:k_results(job_id)
   argv[#argv + 1] = from
-  local r, err, code = client:call_argv(argv)
-  if r == nil then return nil, err, code end
-  return entries_of(r)
+  return client:call_argv(argv, "entries") -- { {stream=, eid=, f = fields}, ... }
 end
 
--- ack_results(job, list of {eid=, stage=, uid=}): the results are taken for good: they leave
+-- ack_results(job, list of {eid=, stage=, uid=[, field=]}): the results are taken for good: they leave
 -- the results stream and their units are no longer outstanding.
 function Broker:ack_results(job_id, list)
   if #list == 0 then return true end
@@ -198,7 +195,7 @@ function Broker:ack_results(job_id, list)
   for _, a in ipairs(list) do
     ack[#ack + 1] = a.eid
     del[#del + 1] = a.eid
-    hdel[#hdel + 1] = a.stage .. "\0" .. a.uid
+    hdel[#hdel + 1] = a.field or unit_field(a.stage, a.uid)
   end
   return redis.retry(self.r.multi, self.r, { ack, del, hdel })
 end
@@ -227,9 +224,7 @@ function Broker:take(client, streams, consumer, count, block_ms)
   local argv = { "XREADGROUP", "GROUP", M.GROUP, consumer, "COUNT", count, "BLOCK", block_ms, "STREAMS" }
   for _, s in ipairs(streams) do argv[#argv + 1] = s end
   for _ = 1, #streams do argv[#argv + 1] = ">" end
-  local r, err, code = client:call_argv(argv)
-  if r == nil then return nil, err, code end
-  return entries_of(r)
+  return client:call_argv(argv, "entries") -- { {stream=, eid=, f = fields}, ... }
 end
 
 -- Puts results on the results stream (KEYS[1]) and acknowledges and deletes their units, in
@@ -252,11 +247,16 @@ return 1
 -- through (a duplicate result is harmless: the coordinator takes one result per unit id).
 function Broker:commit(job_id, list)
   local keys, index = key_list(self:k_results(job_id))
-  local args = { M.GROUP }
+  local args, of_stage = { M.GROUP }, {}
   for _, c in ipairs(list) do
     local n = #args
-    args[n + 1], args[n + 2], args[n + 3] = index(self:k_units(job_id, c.stage)), c.eid, #c.fields
-    for _, v in ipairs(c.fields) do args[#args + 1] = v end
+    local i = of_stage[c.stage]
+    if not i then
+      i = index(self:k_units(job_id, c.stage))
+      of_stage[c.stage] = i
+    end
+    args[n + 1], args[n + 2], args[n + 3] = i, c.eid, #c.fields
+    table.move(c.fields, 1, #c.fields, n + 4, args)
   end
   return redis.retry(self.r.eval, self.r, COMMIT, keys, args)
 end

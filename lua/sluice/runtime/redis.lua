@@ -48,9 +48,9 @@ function M.parse_url(url)
   return { host = host, port = port, url = "redis://" .. host .. ":" .. port }
 end
 
-local function command(conn, argv)
+local function command(conn, argv, shape)
   return sched.await("redis " .. argv[1], function(done)
-    local ok, err, code = conn:command(argv, done)
+    local ok, err, code = conn:command(argv, done, shape)
     if not ok then done(nil, err, code) end
   end)
 end
@@ -135,12 +135,13 @@ end
 -- r:on_state(fn): fn("down", message) when the connection is lost, fn("up") when it is back.
 function Client:on_state(fn) self.watchers[#self.watchers + 1] = fn end
 
--- r:call_argv(argv) -> reply | nil, message, code
-function Client:call_argv(argv)
+-- r:call_argv(argv[, shape]) -> reply | nil, message, code. shape "entries": the reply of
+-- an XREAD/XREADGROUP as { {stream=, eid=, f = {field = value}}, ... } (sluice.core.redis).
+function Client:call_argv(argv, shape)
   while true do
     if self.closed then return nil, "redis: the client is closed", "ECLOSED" end
     local conn = self.conn
-    if conn then return command(conn, argv) end
+    if conn then return command(conn, argv, shape) end
     self.ready:wait()
   end
 end
@@ -173,9 +174,9 @@ end
 function Client:eval(script, keys, args)
   local sha = self.scripts[script]
   local function argv(cmd, first)
-    local a = { cmd, first, #keys }
-    for _, k in ipairs(keys) do a[#a + 1] = k end
-    for _, v in ipairs(args or {}) do a[#a + 1] = v end
+    local nk = #keys
+    local a = table.move(keys, 1, nk, 4, { cmd, first, nk })
+    if args then table.move(args, 1, #args, nk + 4, a) end
     return a
   end
   if sha then
