@@ -50,13 +50,16 @@ local cjson = require "cjson"
 local json = require "sluice.runtime.json"
 local stages = require "sluice.blocks.stages"
 
--- Per-job state: the log, the pending slot, measurements.
+-- Per-job state: the streams (one per input), each with its log, pending slot and
+-- measurements.
 local jobs = stages.job_states()
 
--- Appends rec to events.jsonl; with ctx also puts it on the job's event bus as a custom
--- event `live_<type>` (the dashboard, --events and REPL listeners see it).
+-- Appends rec to the stream's events.jsonl; with ctx also puts it on the job's event bus as
+-- a custom event `live_<type>` (the dashboard, --events and REPL listeners see it). With
+-- several streams each record names its stream (`stream`).
 local function log_record(st, rec, ctx)
   rec.wall = rec.wall or (sl.now() - st.t0)
+  rec.stream = st.multi and st.name or nil
   local line = json.encode(rec)
   st.log:write(line, "\n")
   if ctx then
@@ -66,20 +69,71 @@ local function log_record(st, rec, ctx)
   end
 end
 
-local function fresh_state(ctx)
-  local dir = stages.out_dir(ctx, nil, nil)
+-- One stream's state: its outputs in the run's --out directory (one input) or in
+-- DIR/<name>/ (several).
+local function stream_state(ctx, J, i, url, name)
+  local dir = stages.out_dir(ctx, J.multi and name or nil, nil)
   local f = assert(io.open(dir .. "/events.jsonl", "ab"))
   f:setvbuf("line") -- one write per record (a few per second): a follower sees each at once
   return {
-    t0 = sl.now(), dir = dir, frames_dir = stages.out_dir(ctx, nil, "frames"), log = f,
-    pending = nil, running = 0, max_backlog = 0, requests = 0,
+    index = i, name = name, url = url, multi = J.multi, key = J.multi and "live/" .. name or "live",
+    t0 = J.t0, dir = dir, frames_dir = stages.out_dir(ctx, J.multi and name or nil, "frames"), log = f,
+    pending = nil, running = 0, active = 0, max_backlog = 0, requests = 0, queued = 0,
     frames = 0, dropped_frames = 0, coalesced = 0, analyses = 0, failures = 0,
     captures = {}, intervals = {}, last_request_t = nil, prev_hash = nil, present = {},
     analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0, dispatch_lat = {},
+    last_dispatch = -math.huge,
   }
 end
 
-local function state(ctx) return stages.job_state(jobs, ctx, fresh_state) end
+-- Names for the streams (their output directories): the last path component of each URL
+-- without its extension, or as many of the last components (host included) as make the
+-- names distinct ("cam1_live" and "cam2_live" for .../cam1/live.m3u8 and .../cam2/live.m3u8);
+-- inputs that are the same URL get "#2", "#3".
+local function stream_names(inputs)
+  local parts = {}
+  for i, u in ipairs(inputs) do
+    local rest = tostring(u):gsub("^%a[%w+.-]*://", ""):gsub("[?#].*$", ""):gsub("/+$", "")
+    local p = {}
+    for c in rest:gmatch("[^/]+") do p[#p + 1] = c end
+    if #p == 0 then p[1] = "stream" end
+    p[#p] = p[#p]:gsub("%.[%w]+$", "")
+    if p[#p] == "" then p[#p] = "stream" end
+    parts[i] = p
+  end
+  local names
+  for k = 1, 64 do
+    names = {}
+    local seen, dup = {}, false
+    for i, p in ipairs(parts) do
+      local n = table.concat(p, "_", math.max(1, #p - k + 1), #p):gsub("[^%w._-]", "_")
+      names[i] = n
+      if seen[n] then dup = true end
+      seen[n] = true
+    end
+    if not dup then return names end
+  end
+  local used = {}
+  for i, n in ipairs(names) do
+    if used[n] then
+      local j = 2
+      while used[n .. "#" .. j] do j = j + 1 end
+      names[i] = n .. "#" .. j
+    end
+    used[names[i]] = true
+  end
+  return names
+end
+
+local function fresh_state(ctx)
+  local inputs = ctx.job.inputs or {}
+  local J = { t0 = sl.now(), multi = #inputs > 1, streams = {} }
+  local names = stream_names(inputs)
+  for i, url in ipairs(inputs) do J.streams[i] = stream_state(ctx, J, i, url, names[i]) end
+  return J
+end
+
+local function job_state(ctx) return stages.job_state(jobs, ctx, fresh_state) end
 
 local provider = stages.provider
 
@@ -149,7 +203,7 @@ local function summarize(st, ctx)
     if max_end > a then busy[#busy + 1] = b - a end
   end
   return {
-    input = ctx.job.inputs[1], fps = st.fps, period = st.fps and 1 / st.fps,
+    input = st.url, stream = st.multi and st.name or nil, fps = st.fps, period = st.fps and 1 / st.fps,
     detector = ctx.config.detector, concurrency = ctx.config.concurrency, policy = "keep latest",
     frames = st.frames, dropped_frames = st.dropped_frames, requests = st.requests,
     coalesced = st.coalesced, analyses = st.analyses, failures = st.failures,
@@ -159,6 +213,7 @@ local function summarize(st, ctx)
     capture_fps = (#caps > 1 and caps[#caps] > caps[1]) and (#caps - 1) / (caps[#caps] - caps[1]) or cjson.null,
     segment_to_capture = latency_stats(st.latencies),
     segment_to_dispatch = latency_stats(st.dispatch_lat),
+    error = st.error,
   }
 end
 
@@ -244,17 +299,42 @@ local function dispatched(st, req)
   st.dispatch_lat[(st.ndispatch - 1) % 4096 + 1] = sl.now() - req.appeared
 end
 
--- Hands the pending request to the analyser if one of its workers is idle. Never waits: the
--- analyse stage's queue is empty whenever a worker is idle, so the emit has room.
-local function dispatch(ctx, st)
+-- The stream whose pending request goes next: the one with the fewest analyses handed over
+-- and not finished, then the one served longest ago (fair hand-over: a stream whose
+-- detector fires all the time does not take every free worker).
+local function next_pending(J)
+  local best
+  for _, st in ipairs(J.streams) do
+    if st.pending and (not best or st.active < best.active or
+        (st.active == best.active and st.last_dispatch < best.last_dispatch)) then
+      best = st
+    end
+  end
+  return best
+end
+
+-- Takes the pending request of the stream next_pending picks, or nil.
+local function take_pending(J)
+  local st = next_pending(J)
+  if not st then return nil end
   local req = st.pending
-  if not req then return end
-  local a = ctx.job.stages.analyse
-  if a.in_flight + a.queue >= a.workers then return end
   st.pending = nil
+  st.active = st.active + 1
+  st.last_dispatch = sl.now()
   req.requested_wall = req.requested_wall or (sl.now() - st.t0)
   dispatched(st, req)
-  ctx:emit(req, { seq = req.seq, t0 = req.t, t1 = req.t })
+  return req
+end
+
+-- Hands pending requests to the analyser while one of its workers is idle. Never waits: the
+-- analyse stage's queue is empty whenever a worker is idle, so the emit has room.
+local function dispatch(ctx, J)
+  local a = ctx.job.stages.analyse
+  while a.in_flight + a.queue < a.workers do
+    local req = take_pending(J)
+    if not req then return end
+    ctx:emit(req, { key = req.key, seq = req.seq, t0 = req.t, t1 = req.t })
+  end
 end
 
 -- One analysis of request req: the vlm provider on its frame; logged, kept in latest.json.
@@ -270,6 +350,7 @@ local function analyse_one(ctx, st, req)
   end)
   if not ok then out, err = nil, out end
   st.running = st.running - 1
+  st.active = st.active - 1
   local finished = sl.now() - st.t0
   iv[2] = finished
   local d = out and out[1] or {}
@@ -286,11 +367,11 @@ local function analyse_one(ctx, st, req)
     st.failures = st.failures + 1
     rec.error = tostring(err or d.error)
     log_record(st, rec, ctx)
-    io.stderr:write("live_monitor: analysis of the frame at ", string.format("%.1f", req.t),
+    io.stderr:write("live_monitor: ", st.multi and (st.name .. ": ") or "", "analysis of the frame at ", string.format("%.1f", req.t),
       " s failed: ", rec.error:gsub("\n.*", ""), "\n")
     if not ctx.config.keep_frames then os.remove(req.path) end
   end
-  return { t = req.t, seq = req.seq, ok = rec.error == nil }
+  return { t = req.t, seq = req.seq, ok = rec.error == nil, key = st.key, stream = st.multi and st.name or nil }
 end
 
 local function request(ctx, st, frame, reason, detail)
@@ -304,17 +385,22 @@ local function request(ctx, st, frame, reason, detail)
     if not ctx.config.keep_frames then os.remove(old.path) end
   end
   st.pending = { seq = frame.seq, t = frame.t, path = frame.path, reason = reason, detail = detail,
-    captured_wall = frame.wall, appeared = frame.appeared }
+    captured_wall = frame.wall, appeared = frame.appeared, stream = st.index, key = st.key }
   log_record(st, { type = "request", t = frame.t, seq = frame.seq, reason = reason, detail = detail,
     pending = true, path = frame.path }, ctx)
-  dispatch(ctx, st)
+  dispatch(ctx, job_state(ctx))
   local a = ctx.job.stages.analyse
   local backlog = a.in_flight + a.queue + (st.pending and 1 or 0)
   if backlog > st.max_backlog then st.max_backlog = backlog end
   return st.pending == nil
 end
 
-local function detect_worker(ctx, frame)
+local capture_one -- (below)
+
+-- Frames of one stream waiting for the detector beyond which new ones are dropped.
+local DETECT_BEHIND = 8
+
+local function detect_worker(ctx, st, frame)
   local classes = ctx.config.classes
   if type(classes) == "string" then
     local l = {}
@@ -331,7 +417,6 @@ local function detect_worker(ctx, frame)
     if not best or c.score > best.score then best = c end
   end
   -- a class crossing min_score either way is an `appeared` / `left` record
-  local st = state(ctx)
   for _, c in ipairs(classes) do
     local now_present = (scores[c] or 0) >= ctx.config.min_score
     if now_present ~= (st.present[c] or false) then
@@ -344,212 +429,281 @@ local function detect_worker(ctx, frame)
   return { hit = hit or false, class = best and best.name, score = best and best.score or 0 }
 end
 
+-- One stream's capture (the source runs one per input): frames from its reader handed to the
+-- detector, never waiting on it.
+function capture_one(ctx, J, st, fps)
+  local media = require "sluice.media"
+  local conf = ctx.config
+  local url = st.url
+  local realtime = conf.realtime
+  if realtime == "auto" then realtime = not is_url(url) end
+  local duration = tonumber(conf.duration) or 0
+  local reader = conf.reader
+  -- reduced decode (no deblocking, non-reference frames skipped) where the detector allows:
+  -- the dHash of a 9x8 thumbnail hardly changes; with several streams one decoder thread each
+  local fast = conf.decode == "fast" or (conf.decode == "auto" and conf.detector == "dhash")
+  local threads = J.multi and 1 or nil
+  if reader == "auto" then
+    local scheme = url:match("^(%a[%w+.-]*)://")
+    reader = (scheme and CLI_SCHEMES[scheme:lower()]) and "ffmpeg" or
+      require("sluice.media.hls").is_playlist(url) and "hls" or "media"
+  end
+  local rc = type(conf.reconnect) == "table" and conf.reconnect or {}
+  local rmax = (tonumber(rc.max) or 0) > 0 and rc.max or nil
+  local function open_stream(kind, once)
+    if kind == "hls" then
+      return require("sluice.media.hls").frames(url, { every = 1 / fps, max_width = conf.max_width,
+        fast = fast, threads = threads, dir = st.frames_dir, prefix = "f", reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
+        stall = (tonumber(conf.stall) or 0) > 0 and conf.stall or nil,
+        on_gap = function(g) gap(ctx, st, url, g) end,
+        on_event = function(e) live_event(ctx, st, e) end })
+    end
+    local opened = 0
+    local function open()
+      opened = opened + 1 -- each reader numbers its frames from 1: its own file names
+      local prefix = opened == 1 and "f" or "f" .. opened
+      if kind == "ffmpeg" then return cli_frames(url, fps, conf.max_width, st.frames_dir, prefix) end
+      return media.frames(url, { every = 1 / fps, max_width = conf.max_width, dir = st.frames_dir, prefix = prefix,
+        fast = fast, threads = threads })
+    end
+    if once or not (is_url(url) and not url:match("^[Ff][Ii][Ll][Ee]:")) then return open() end
+    if kind == "media" and once == nil then
+      -- an HTTP input with a known length (an MP4 served over HTTP) ends; a live one does not
+      local info = media.probe(url)
+      if info and tonumber(info.duration) and info.duration > 0 then return open() end
+    end
+    -- a live input without segments: opened again when it fails, ends or stalls
+    local stall = tonumber(conf.stall) or 0
+    if stall <= 0 then stall = math.max(10, 3 / fps) end
+    return require("sluice.media.live").reopening(open, { url = url, stall = stall,
+      reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
+      on_gap = function(g) gap(ctx, st, url, g) end,
+      on_event = function(e) live_event(ctx, st, e) end })
+  end
+  local stream = open_stream(reader)
+  if reader == "hls" and conf.reader == "auto" then
+    -- a playlist sluice's reader does not read (encrypted or fMP4 segments): FFmpeg's demuxer
+    local hls_stream, started_frames = stream, false
+    stream = setmetatable({}, { __index = function(_, k) return hls_stream[k] end })
+    function stream.next()
+      local f, ferr, code = hls_stream:next()
+      if not f and code == "EUNSUPPORTED" and not started_frames then
+        io.stderr:write("live_monitor: ", ferr, "; reading it through FFmpeg's HLS demuxer instead (gaps",
+          " are then not counted by segment)\n")
+        log_record(st, { type = "reader", reader = "media", reason = ferr }, ctx)
+        local ended = hls_stream.endlist -- a playlist that is complete ends; a live one is reopened
+        hls_stream:close()
+        hls_stream = open_stream("media", ended)
+        return hls_stream:next()
+      end
+      started_frames = started_frames or f ~= nil
+      return f, ferr, code
+    end
+    function stream.close() return hls_stream:close() end
+  end
+  local first_t, started = nil, sl.now()
+  log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, reader = reader,
+    policy = "keep latest" }, ctx)
+  local why = "finished"
+  local unsent -- the path of a frame received and not yet handed on (or dropped)
+  local ok, err = pcall(function()
+    while true do
+      local left = duration > 0 and (duration - (sl.now() - started)) or nil
+      if left and left <= 0 then why = "duration"; break end
+      local f, ferr, code
+      if left then
+        f, ferr, code = sl.timeout(left, stream.next, stream)
+        if f == nil and code == "ETIMEDOUT" then why = "duration"; break end
+      else
+        f, ferr = stream:next()
+      end
+      if not f then
+        if ferr then error("live_monitor: " .. tostring(ferr), 0) end
+        why = "finished" -- the stream really ended (EXT-X-ENDLIST, the end of a file)
+        break
+      end
+      unsent = f.path
+      if realtime then
+        first_t = first_t or f.t
+        local due = started + (f.t - first_t) - sl.now()
+        if due > 0 then sl.sleep(due) end
+      end
+      local wall = sl.now() - st.t0
+      st.frames = st.frames + 1
+      st.captures[#st.captures + 1] = wall
+      if st.queued >= math.max(1, math.min(DETECT_BEHIND, 64 // #J.streams)) then
+        -- the detector is a whole queue behind on this stream: drop this frame rather than wait
+        st.dropped_frames = st.dropped_frames + 1
+        log_record(st, { type = "dropped", t = f.t, seq = f.seq, reason = "detector busy", wall = wall }, ctx)
+        if not conf.keep_frames then os.remove(f.path) end
+      else
+        st.queued = st.queued + 1
+        ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall, segment = f.segment,
+          appeared = f.appeared, stream = st.index },
+          { seq = f.seq, t0 = f.t, t1 = f.t, key = st.key })
+      end
+      unsent = nil
+    end
+  end)
+  -- stopped while holding a frame (Ctrl-C during the real-time wait or a full queue)
+  if unsent and not conf.keep_frames then os.remove(unsent) end
+  stream:close()
+  st.latencies = stream.latencies
+  st.dropped_frames = st.dropped_frames + (stream.dropped or 0) -- the ffmpeg reader's
+  log_record(st, { type = "end", frames = st.frames, reason = ok and why or (type(err) == "string" and err or "stopped") }, ctx)
+  -- a first summary now (the report stage rewrites it once the analyses in flight are in)
+  write_json_atomic(st.dir .. "/summary.json", summarize(st, ctx))
+  if not ok then error(err, 0) end
+end
+
+-- Detection of one frame of stream st: a `frame` record, and a request on a hit or when the
+-- periodic rule says so; a frame nobody asked for is deleted.
+local function detect_one(ctx, st, frame)
+  local conf = ctx.config
+  local det, err
+  if conf.detector == "worker" then
+    det, err = detect_worker(ctx, st, frame)
+  elseif conf.detector == "dhash" then
+    local change = st.prev_hash and require("sluice.media").distance(st.prev_hash, frame.dhash) or 0
+    st.prev_hash = frame.dhash
+    det = { hit = change >= conf.change, change = change }
+  else
+    error("live_monitor: detector must be dhash or worker (got " .. tostring(conf.detector) .. ")", 0)
+  end
+  local rec = { type = "frame", t = frame.t, seq = frame.seq, captured = frame.wall, segment = frame.segment,
+    hit = det and det.hit or false, change = det and det.change, class = det and det.class,
+    score = det and det.score, error = err and tostring(err) or nil }
+  log_record(st, rec)
+  local reason
+  if det and det.hit then
+    reason = "detection"
+  elseif conf.periodic and conf.periodic > 0 and
+      (st.last_request_t == nil or frame.t - st.last_request_t >= conf.periodic) then
+    reason = "periodic"
+  end
+  if reason then
+    request(ctx, st, frame, reason, det)
+  elseif not conf.keep_frames then
+    os.remove(frame.path)
+  end
+end
+
+-- The end of stream st's run: its pending request dropped, summary.json and analyses.json.
+local function report_stream(ctx, st)
+  if st.pending then
+    st.coalesced = st.coalesced + 1
+    log_record(st, { type = "dropped", t = st.pending.t, seq = st.pending.seq, reason = "stream ended" }, ctx)
+    if not ctx.config.keep_frames then os.remove(st.pending.path) end
+    st.pending = nil
+  end
+  local s = summarize(st, ctx)
+  write_json_atomic(st.dir .. "/summary.json", s)
+  table.sort(st.analysed, function(a, b) return a.t < b.t end)
+  if #st.analysed > 0 then
+    write_json_atomic(st.dir .. "/analyses.json", st.analysed)
+  else
+    local f = assert(io.open(st.dir .. "/analyses.json", "wb"))
+    f:write("[]")
+    f:close()
+  end
+  log_record(st, { type = "summary", frames = s.frames, analyses = s.analyses,
+    coalesced = s.coalesced, max_backlog = s.max_backlog }, ctx)
+  st.log:flush()
+  return s
+end
+
 return sl.pipeline "live_monitor" {
   description = "live stream -> per-frame detection, slow analyses on events (never stalling capture)",
   defaults = {
     providers = { vlm = "tesseract", filter = "worker" },
     fps = 2, max_width = 640, detector = "dhash", change = 12, classes = { "person" },
     min_score = 0.5, periodic = 10, concurrency = 2, duration = 0, realtime = "auto", reader = "auto",
-    reconnect = { initial = 0.5, max = 0, give_up = 0 }, stall = 0,
+    reconnect = { initial = 0.5, max = 0, give_up = 0 }, stall = 0, decode = "auto",
     keep_frames = false, prompt = "Describe what happens in this frame of a live camera in one sentence.",
   },
   settings = { every = "seconds between frames (instead of fps)" },
   inputs = "files",
   sources = {
     capture = function(ctx)
-      local media = require "sluice.media"
       local conf = ctx.config
       local inputs = ctx.job.inputs or {}
-      if #inputs ~= 1 then error("live_monitor: give exactly one stream URL or file (got " .. #inputs .. ")", 0) end
-      local url = inputs[1]
+      if #inputs < 1 then error("live_monitor: give one or more stream URLs or files (got none)", 0) end
       local fps = tonumber(conf.fps)
       if conf.every ~= nil then fps = tonumber(conf.every) and tonumber(conf.every) > 0 and 1 / tonumber(conf.every) or nil end
       if not fps or fps <= 0 then error("live_monitor: fps must be a positive number (got " .. tostring(conf.fps) .. ")", 0) end
-      local st = state(ctx)
-      st.fps = fps
-      local realtime = conf.realtime
-      if realtime == "auto" then realtime = not is_url(url) end
-      local duration = tonumber(conf.duration) or 0
-      local reader = conf.reader
-      if reader == "auto" then
-        local scheme = url:match("^(%a[%w+.-]*)://")
-        reader = (scheme and CLI_SCHEMES[scheme:lower()]) and "ffmpeg" or
-          require("sluice.media.hls").is_playlist(url) and "hls" or "media"
+      if conf.reader ~= "auto" and conf.reader ~= "hls" and conf.reader ~= "ffmpeg" and conf.reader ~= "media" then
+        error("live_monitor: reader must be auto, hls, media or ffmpeg (got " .. tostring(conf.reader) .. ")", 0)
       end
-      local rc = type(conf.reconnect) == "table" and conf.reconnect or {}
-      local rmax = (tonumber(rc.max) or 0) > 0 and rc.max or nil
-      local function open_stream(kind, once)
-        if kind == "hls" then
-          return require("sluice.media.hls").frames(url, { every = 1 / fps, max_width = conf.max_width,
-            dir = st.frames_dir, prefix = "f", reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
-            stall = (tonumber(conf.stall) or 0) > 0 and conf.stall or nil,
-            on_gap = function(g) gap(ctx, st, url, g) end,
-            on_event = function(e) live_event(ctx, st, e) end })
-        end
-        local opened = 0
-        local function open()
-          opened = opened + 1 -- each reader numbers its frames from 1: its own file names
-          local prefix = opened == 1 and "f" or "f" .. opened
-          if kind == "ffmpeg" then return cli_frames(url, fps, conf.max_width, st.frames_dir, prefix) end
-          return media.frames(url, { every = 1 / fps, max_width = conf.max_width, dir = st.frames_dir, prefix = prefix })
-        end
-        if once or not (is_url(url) and not url:match("^[Ff][Ii][Ll][Ee]:")) then return open() end
-        if kind == "media" and once == nil then
-          -- an HTTP input with a known length (an MP4 served over HTTP) ends; a live one does not
-          local info = media.probe(url)
-          if info and tonumber(info.duration) and info.duration > 0 then return open() end
-        end
-        -- a live input without segments: opened again when it fails, ends or stalls
-        local stall = tonumber(conf.stall) or 0
-        if stall <= 0 then stall = math.max(10, 3 / fps) end
-        return require("sluice.media.live").reopening(open, { url = url, stall = stall,
-          reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
-          on_gap = function(g) gap(ctx, st, url, g) end,
-          on_event = function(e) live_event(ctx, st, e) end })
-      end
-      if reader ~= "hls" and reader ~= "ffmpeg" and reader ~= "media" then
-        error("live_monitor: reader must be auto, hls, media or ffmpeg (got " .. tostring(reader) .. ")", 0)
-      end
-      local stream = open_stream(reader)
-      if reader == "hls" and conf.reader == "auto" then
-        -- a playlist sluice's reader does not read (encrypted or fMP4 segments): FFmpeg's demuxer
-        local hls_stream, started_frames = stream, false
-        stream = setmetatable({}, { __index = function(_, k) return hls_stream[k] end })
-        function stream.next()
-          local f, ferr, code = hls_stream:next()
-          if not f and code == "EUNSUPPORTED" and not started_frames then
-            io.stderr:write("live_monitor: ", ferr, "; reading it through FFmpeg's HLS demuxer instead (gaps",
-              " are then not counted by segment)\n")
-            log_record(st, { type = "reader", reader = "media", reason = ferr }, ctx)
-            local ended = hls_stream.endlist -- a playlist that is complete ends; a live one is reopened
-            hls_stream:close()
-            hls_stream = open_stream("media", ended)
-            return hls_stream:next()
-          end
-          started_frames = started_frames or f ~= nil
-          return f, ferr, code
-        end
-        function stream.close() return hls_stream:close() end
+      if conf.decode ~= "auto" and conf.decode ~= "fast" and conf.decode ~= "full" then
+        error("live_monitor: decode must be auto, fast or full (got " .. tostring(conf.decode) .. ")", 0)
       end
       local conc = math.tointeger(tonumber(conf.concurrency))
       if not conc or conc < 1 then error("live_monitor: concurrency must be a positive integer (got " .. tostring(conf.concurrency) .. ")", 0) end
       -- `concurrency` sets the analyser's workers unless stages.analyse.workers was given
       local sa = type(conf.stages) == "table" and conf.stages.analyse
       if not (type(sa) == "table" and sa.workers) then ctx.job.stages.analyse.workers = conc end
-      local first_t, started = nil, sl.now()
-      log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, reader = reader,
-        policy = "keep latest" }, ctx)
-      local why = "finished"
-      local unsent -- the path of a frame received and not yet handed on (or dropped)
-      local ok, err = pcall(function()
-        while true do
-          local left = duration > 0 and (duration - (sl.now() - started)) or nil
-          if left and left <= 0 then why = "duration"; break end
-          local f, ferr, code
-          if left then
-            f, ferr, code = sl.timeout(left, stream.next, stream)
-            if f == nil and code == "ETIMEDOUT" then why = "duration"; break end
-          else
-            f, ferr = stream:next()
+      local J = job_state(ctx)
+      for _, st in ipairs(J.streams) do st.fps = fps end
+      if #J.streams == 1 then return capture_one(ctx, J, J.streams[1], fps) end
+      -- several streams: one capture each, side by side; the detector gets a worker per
+      -- stream (frames of one stream stay in order: each stream's detection holds its lock)
+      ctx.job.stages.detect.workers = #J.streams
+      local g, failed = sl.group(), {}
+      for _, st in ipairs(J.streams) do
+        st.lock = sl.semaphore(1)
+        g:spawn(function()
+          local ok, err = pcall(capture_one, ctx, J, st, fps)
+          if not ok then
+            if sl.is_cancelled and sl.is_cancelled(err) or tostring(err) == "cancelled" then error(err, 0) end
+            st.error = tostring(err)
+            failed[#failed + 1] = st.name .. ": " .. tostring(err):gsub("^live_monitor: ", "")
+            io.stderr:write("live_monitor: stream ", st.name, " stopped: ", tostring(err):gsub("^live_monitor: ", ""), "\n")
           end
-          if not f then
-            if ferr then error("live_monitor: " .. tostring(ferr), 0) end
-            why = "finished" -- the stream really ended (EXT-X-ENDLIST, the end of a file)
-            break
-          end
-          unsent = f.path
-          if realtime then
-            first_t = first_t or f.t
-            local due = started + (f.t - first_t) - sl.now()
-            if due > 0 then sl.sleep(due) end
-          end
-          local wall = sl.now() - st.t0
-          st.frames = st.frames + 1
-          st.captures[#st.captures + 1] = wall
-          local d = ctx.job.stages.detect
-          if d.queue >= d.queue_cap then
-            -- the detector is a whole queue behind: drop this frame rather than wait
-            st.dropped_frames = st.dropped_frames + 1
-            log_record(st, { type = "dropped", t = f.t, seq = f.seq, reason = "detector busy", wall = wall }, ctx)
-            if not conf.keep_frames then os.remove(f.path) end
-          else
-            ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall, segment = f.segment,
-              appeared = f.appeared },
-              { seq = f.seq, t0 = f.t, t1 = f.t, key = "live" })
-          end
-          unsent = nil
-        end
-      end)
-      -- stopped while holding a frame (Ctrl-C during the real-time wait or a full queue)
-      if unsent and not conf.keep_frames then os.remove(unsent) end
-      stream:close()
-      st.latencies = stream.latencies
-      st.dropped_frames = st.dropped_frames + (stream.dropped or 0) -- the ffmpeg reader's
-      log_record(st, { type = "end", frames = st.frames, reason = ok and why or (type(err) == "string" and err or "stopped") }, ctx)
-      -- a first summary now (the report stage rewrites it once the analyses in flight are in)
-      write_json_atomic(st.dir .. "/summary.json", summarize(st, ctx))
-      if not ok then error(err, 0) end
+        end)
+      end
+      g:wait()
+      if #failed > 0 then
+        error("live_monitor: " .. #failed .. " of " .. #J.streams .. " streams failed (" .. table.concat(failed, "; ") .. ")", 0)
+      end
     end,
   },
   stages = {
     detect = {
-      from = "capture", workers = 1, queue = 8,
+      -- a queue of DETECT_BEHIND frames per stream (8 streams' worth): with fewer streams a
+      -- stream's frames are dropped before the queue is full, so capture never waits on it
+      from = "capture", workers = 1, queue = 64,
       run = function(env, ctx)
-        local st = state(ctx)
+        local J = job_state(ctx)
         local frame = env.data
+        local st = J.streams[frame.stream]
+        st.queued = st.queued - 1
         -- a request waiting for a free analyser goes first (keep latest: it is the newest)
-        dispatch(ctx, st)
-        local conf = ctx.config
-        local det, err
-        if conf.detector == "worker" then
-          det, err = detect_worker(ctx, frame)
-        elseif conf.detector == "dhash" then
-          local change = st.prev_hash and require("sluice.media").distance(st.prev_hash, frame.dhash) or 0
-          st.prev_hash = frame.dhash
-          det = { hit = change >= conf.change, change = change }
-        else
-          error("live_monitor: detector must be dhash or worker (got " .. tostring(conf.detector) .. ")", 0)
-        end
-        local rec = { type = "frame", t = frame.t, seq = frame.seq, captured = frame.wall, segment = frame.segment,
-          hit = det and det.hit or false, change = det and det.change, class = det and det.class,
-          score = det and det.score, error = err and tostring(err) or nil }
-        log_record(st, rec)
-        local reason
-        if det and det.hit then
-          reason = "detection"
-        elseif conf.periodic and conf.periodic > 0 and
-            (st.last_request_t == nil or frame.t - st.last_request_t >= conf.periodic) then
-          reason = "periodic"
-        end
-        if reason then
-          request(ctx, st, frame, reason, det)
-        elseif not conf.keep_frames then
-          os.remove(frame.path)
-        end
+        dispatch(ctx, J)
+        if st.lock then st.lock:acquire() end -- (several streams: this stream's frames in order)
+        local ok, e = pcall(detect_one, ctx, st, frame)
+        if st.lock then st.lock:release() end
+        if not ok then error(e, 0) end
       end,
     },
 
     analyse = {
       from = "detect", workers = 2, queue = 2,
       run = function(env, ctx)
-        local st = state(ctx)
+        local J = job_state(ctx)
         local req = env.data
-        -- The worker analyses its request, then takes the pending one (if any) at once: with
-        -- HLS, frames arrive in segment bursts, so waiting for the next frame's dispatch
-        -- would leave it idle for up to a segment.
+        -- The worker analyses its request, then takes a pending one (if any, fairly across
+        -- streams) at once: with HLS, frames arrive in segment bursts, so waiting for the
+        -- next frame's dispatch would leave it idle for up to a segment.
         while req do
-          local res = analyse_one(ctx, st, req)
+          local res = analyse_one(ctx, J.streams[req.stream], req)
           -- (once the run is stopping, what is pending is not started: the grace is for the
           -- analyses in flight)
-          req = not ctx.job.stopping and st.pending or nil
+          req = not ctx.job.stopping and take_pending(J) or nil
           if req then
-            st.pending = nil
-            req.requested_wall = req.requested_wall or (sl.now() - st.t0)
             req.handed_over = true
-            dispatched(st, req)
-            ctx:emit(res, { seq = res.seq, t0 = res.t, t1 = res.t })
+            ctx:emit(res, { key = res.key, seq = res.seq, t0 = res.t, t1 = res.t })
           else
-            return res, { seq = res.seq, t0 = res.t, t1 = res.t }
+            return res, { key = res.key, seq = res.seq, t0 = res.t, t1 = res.t }
           end
         end
       end,
@@ -558,27 +712,27 @@ return sl.pipeline "live_monitor" {
     report = {
       from = "analyse", collect = "all",
       run = function(items, ctx)
-        local st = state(ctx)
-        if st.pending then
-          st.coalesced = st.coalesced + 1
-          log_record(st, { type = "dropped", t = st.pending.t, seq = st.pending.seq, reason = "stream ended" }, ctx)
-          if not ctx.config.keep_frames then os.remove(st.pending.path) end
-          st.pending = nil
+        local J = job_state(ctx)
+        local all = {}
+        for i, st in ipairs(J.streams) do
+          all[i] = report_stream(ctx, st)
         end
-        local s = summarize(st, ctx)
-        write_json_atomic(st.dir .. "/summary.json", s)
-        table.sort(st.analysed, function(a, b) return a.t < b.t end)
-        if #st.analysed > 0 then
-          write_json_atomic(st.dir .. "/analyses.json", st.analysed)
-        else
-          local f = assert(io.open(st.dir .. "/analyses.json", "wb"))
-          f:write("[]")
-          f:close()
+        if not J.multi then return all[1] end
+        -- the top summary: each stream's figures, and the totals
+        local top = { streams = {}, elapsed = sl.now() - J.t0, concurrency = ctx.config.concurrency,
+          policy = "keep latest", frames = 0, analyses = 0, failures = 0, requests = 0, coalesced = 0,
+          dropped_frames = 0, gaps = 0, missed_segments = 0 }
+        for i, s in ipairs(all) do
+          s.name = J.streams[i].name
+          s.dir = J.streams[i].name
+          top.streams[i] = s
+          for _, k in ipairs { "frames", "analyses", "failures", "requests", "coalesced", "dropped_frames", "gaps",
+            "missed_segments" } do
+            top[k] = top[k] + (tonumber(s[k]) or 0)
+          end
         end
-        log_record(st, { type = "summary", frames = s.frames, analyses = s.analyses,
-          coalesced = s.coalesced, max_backlog = s.max_backlog }, ctx)
-        st.log:flush()
-        return s
+        write_json_atomic(stages.out_dir(ctx, nil, nil) .. "/summary.json", top)
+        return top
       end,
     },
   },

@@ -166,7 +166,8 @@ Reader.__index = Reader
 local function now() return sl.now() end
 
 -- frames(url, opts) -> a reader with next() and close(), like a sluice.media.frames stream.
--- opts: every (seconds between frames, default 1), max_width, max_height, quality, dir,
+-- opts: every (seconds between frames, default 1), max_width, max_height, quality, fast and
+-- threads (sluice.media.frames' reduced decode and decoder threads), dir,
 -- prefix ("f"), live_start (-3: join at the third segment from the end), reconnect =
 -- {initial = 0.5, max = target duration, give_up = 0}, stall (3 target durations), timeout
 -- (per request, 10 s), on_gap(gap), on_event(rec) (rec.type: "join", "outage" (an outage
@@ -413,7 +414,7 @@ function Reader:open_segment()
   end
   local o = self.opts
   self.cur = media.frames(path, { times = times, max_width = o.max_width, max_height = o.max_height,
-    quality = o.quality, dir = self.dir, prefix = string.format("%s%06d", self.prefix, self.nseg) })
+    quality = o.quality, fast = o.fast, threads = o.threads, dir = self.dir, prefix = string.format("%s%06d", self.prefix, self.nseg) })
   self.cur_seg = seg
   self.cur_frames = 0
 end
