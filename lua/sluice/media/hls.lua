@@ -325,7 +325,8 @@ end
 -- Reloads the playlist (waiting until it is due); on failure starts or continues an outage
 -- and schedules the next attempt with backoff. Returns nil, message to give up.
 function Reader:reload()
-  local wait = self.next_reload - now()
+  local due = self.next_reload
+  local wait = due - now()
   if wait > 0 then sl.sleep(wait) end
   local started = now()
   local pl, cause = self:fetch()
@@ -361,10 +362,15 @@ function Reader:reload()
   end
   -- RFC 8216 6.3.4: reload half a target duration after an unchanged playlist; after a
   -- change, when the next segment is due: the last one's duration (as FFmpeg's demuxer does),
-  -- at most the target duration
+  -- at most the target duration. The next reload counts from when this one was due, not from
+  -- when the timer fired: counting from the late start (a timer or a busy loop is always a
+  -- little late) moved the reloads later at every segment until one came just before a
+  -- segment was published, found nothing new, and waited another half target duration (an
+  -- interval of 1.5 periods between captures; with 1 s segments about once a minute)
   local changed = self.last_new_wall >= started
   local last = self.last_duration or self:target()
-  self.next_reload = started + (changed and math.min(last, self:target()) or self:target() / 2)
+  local base = (due > 0 and started - due < self:target() / 4) and due or started
+  self.next_reload = (changed and base or started) + (changed and math.min(last, self:target()) or self:target() / 2)
   return true
 end
 
