@@ -57,10 +57,26 @@ local jobs = stages.job_states()
 -- Appends rec to the stream's events.jsonl; with ctx also puts it on the job's event bus as
 -- a custom event `live_<type>` (the dashboard, --events and REPL listeners see it). With
 -- several streams each record names its stream (`stream`).
+-- events.jsonl becomes events.jsonl.1 (and .1 becomes .2, ...; the oldest beyond `keep`
+-- deleted) once it holds `max` bytes: a monitor running for days keeps a bounded log.
+local function rotate(st)
+  st.log:close()
+  local base = st.dir .. "/events.jsonl"
+  os.remove(base .. "." .. st.rotate_keep)
+  for i = st.rotate_keep - 1, 1, -1 do os.rename(base .. "." .. i, base .. "." .. (i + 1)) end
+  if st.rotate_keep > 0 then os.rename(base, base .. ".1") else os.remove(base) end
+  st.log = assert(io.open(base, "wb"))
+  st.log:setvbuf("line")
+  st.log_bytes = 0
+  st.rotations = st.rotations + 1
+end
+
 local function log_record(st, rec, ctx)
   rec.wall = rec.wall or (sl.now() - st.t0)
   rec.stream = st.multi and st.name or nil
   local line = json.encode(rec)
+  if st.rotate_at > 0 and st.log_bytes + #line + 1 > st.rotate_at and st.log_bytes > 0 then rotate(st) end
+  st.log_bytes = st.log_bytes + #line + 1
   st.log:write(line, "\n")
   if ctx then
     rec.stream_t = rec.t -- an event's own `t` is its wall-clock time
@@ -75,7 +91,16 @@ local function stream_state(ctx, J, i, url, name)
   local dir = stages.out_dir(ctx, J.multi and name or nil, nil)
   local f = assert(io.open(dir .. "/events.jsonl", "ab"))
   f:setvbuf("line") -- one write per record (a few per second): a follower sees each at once
+  local conf = ctx.config
+  local max_mb = tonumber(conf.events_max_mb)
+  local keep = math.tointeger(tonumber(conf.events_keep))
+  if not max_mb or max_mb < 0 then error("live_monitor: events_max_mb must be a number >= 0 (got " .. tostring(conf.events_max_mb) .. ")", 0) end
+  if not keep or keep < 0 then error("live_monitor: events_keep must be an integer >= 0 (got " .. tostring(conf.events_keep) .. ")", 0) end
+  local keep_an = math.tointeger(tonumber(conf.keep_analyses))
+  if not keep_an or keep_an < 0 then error("live_monitor: keep_analyses must be an integer >= 0 (got " .. tostring(conf.keep_analyses) .. ")", 0) end
   return {
+    log_bytes = f:seek("end"), rotate_at = math.floor(max_mb * 1048576), rotate_keep = keep, rotations = 0,
+    keep_analyses = keep_an, first_capture = nil, last_capture = nil,
     index = i, name = name, url = url, multi = J.multi, key = J.multi and "live/" .. name or "live",
     t0 = J.t0, dir = dir, frames_dir = stages.out_dir(ctx, J.multi and name or nil, "frames"), log = f,
     pending = nil, running = 0, active = 0, max_backlog = 0, requests = 0, queued = 0,
@@ -184,8 +209,22 @@ local function live_event(ctx, st, e)
   log_record(st, rec, ctx)
 end
 
+-- Lists that grow with the run (capture times, analysis intervals, analyses) keep their
+-- latest WINDOW entries: a run of days holds a bounded amount. trim drops the oldest once a
+-- list holds twice that (on_drop(entry) for each dropped), so its cost is O(1) per entry.
+local WINDOW = 4096
+local function trim(list, keep, on_drop, exact)
+  keep = keep or WINDOW
+  local n = #list
+  if keep <= 0 or n < (exact and keep + 1 or 2 * keep) then return end
+  local cut = n - keep
+  if on_drop then for i = 1, cut do on_drop(list[i]) end end
+  table.move(list, cut + 1, n, 1)
+  for i = n, keep + 1, -1 do list[i] = nil end
+end
+
 -- The frame intervals (capture wall time to the next capture), all of them and those that
--- overlap an analysis in flight.
+-- overlap an analysis in flight (over the latest WINDOW to 2 WINDOW captures).
 local function summarize(st, ctx)
   local gaps, busy = {}, {}
   local caps, iv = st.captures, st.intervals
@@ -210,7 +249,9 @@ local function summarize(st, ctx)
     max_backlog = st.max_backlog, intervals = gap_stats(gaps), intervals_during_analysis = gap_stats(busy),
     elapsed = sl.now() - st.t0,
     gaps = st.gaps, missed_segments = st.missed_segments, gap_seconds = st.gap_seconds,
-    capture_fps = (#caps > 1 and caps[#caps] > caps[1]) and (#caps - 1) / (caps[#caps] - caps[1]) or cjson.null,
+    capture_fps = (st.frames > 1 and st.last_capture > st.first_capture) and
+      (st.frames - 1) / (st.last_capture - st.first_capture) or cjson.null,
+    events_rotations = st.rotations,
     segment_to_capture = latency_stats(st.latencies),
     segment_to_dispatch = latency_stats(st.dispatch_lat),
     error = st.error,
@@ -343,6 +384,7 @@ local function analyse_one(ctx, st, req)
   local started = sl.now() - st.t0
   local iv = { started }
   st.intervals[#st.intervals + 1] = iv
+  trim(st.intervals)
   log_record(st, { type = "analysis_start", t = req.t, seq = req.seq, reason = req.reason,
     running = st.running, handed_over = req.handed_over }, ctx)
   local ok, out, err = pcall(function()
@@ -362,6 +404,8 @@ local function analyse_one(ctx, st, req)
     rec.text = d.text or d.description or ""
     log_record(st, rec, ctx)
     st.analysed[#st.analysed + 1] = rec
+    -- the latest keep_analyses analyses (and their frames) are kept; older frames deleted
+    trim(st.analysed, st.keep_analyses, not ctx.config.keep_frames and function(old) os.remove(old.frame) end or nil)
     write_json_atomic(st.dir .. "/latest.json", rec)
   else
     st.failures = st.failures + 1
@@ -531,6 +575,9 @@ function capture_one(ctx, J, st, fps)
       local wall = sl.now() - st.t0
       st.frames = st.frames + 1
       st.captures[#st.captures + 1] = wall
+      trim(st.captures)
+      st.first_capture = st.first_capture or wall
+      st.last_capture = wall
       if st.queued >= math.max(1, math.min(DETECT_BEHIND, 64 // #J.streams)) then
         -- the detector is a whole queue behind on this stream: drop this frame rather than wait
         st.dropped_frames = st.dropped_frames + 1
@@ -599,6 +646,7 @@ local function report_stream(ctx, st)
   local s = summarize(st, ctx)
   write_json_atomic(st.dir .. "/summary.json", s)
   table.sort(st.analysed, function(a, b) return a.t < b.t end)
+  trim(st.analysed, st.keep_analyses, not ctx.config.keep_frames and function(old) os.remove(old.frame) end or nil, true)
   if #st.analysed > 0 then
     write_json_atomic(st.dir .. "/analyses.json", st.analysed)
   else
@@ -619,6 +667,7 @@ return sl.pipeline "live_monitor" {
     fps = 2, max_width = 640, detector = "dhash", change = 12, classes = { "person" },
     min_score = 0.5, periodic = 10, concurrency = 2, duration = 0, realtime = "auto", reader = "auto",
     reconnect = { initial = 0.5, max = 0, give_up = 0 }, stall = 0, decode = "auto",
+    events_max_mb = 64, events_keep = 4, keep_analyses = 4096,
     keep_frames = false, prompt = "Describe what happens in this frame of a live camera in one sentence.",
   },
   settings = { every = "seconds between frames (instead of fps)" },

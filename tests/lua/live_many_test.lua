@@ -88,6 +88,46 @@ T.case("three streams, one slow then dead: the others' capture unaffected, analy
   T.ok(by.bad_live.frames < by.cam1_live.frames, "it captured less")
 end)
 
+T.case("a long run's outputs stay bounded: events.jsonl rotates by size, old analysed frames go", function()
+  vlm:control { latency = 0.1 }
+  local out = TMP .. "/bounded"
+  local job = sl.load(P.src .. "/pipelines/live_monitor.lua"):start { inputs = { origin.url .. "/cam1/live.m3u8" },
+    out = out, config = { providers = { vlm = "openai" }, openai = { base_url = vlm.url .. "/v1", api_key = "sk-test" },
+      fps = 2, periodic = 0.5, concurrency = 1, duration = 8, max_width = 160,
+      events_max_mb = 0.004, events_keep = 2, keep_analyses = 3 } }
+  local summary = job:wait()
+  vlm:control { latency = 2 }
+  T.eq(summary.state, "done", cjson.encode(summary.dead))
+  local s = P.json(out .. "/summary.json")
+  T.ok(s.analyses >= 8, "analyses: " .. s.analyses)
+  T.ok(s.events_rotations >= 3, "rotations: " .. tostring(s.events_rotations))
+  -- the current file and the 2 newest rotated ones, none older; each about the size limit
+  T.ok(P.exists(out .. "/events.jsonl.1") and P.exists(out .. "/events.jsonl.2"), "rotated files")
+  T.ok(not P.exists(out .. "/events.jsonl.3"), "no third rotated file")
+  local limit = math.floor(0.004 * 1048576)
+  for _, f in ipairs { "events.jsonl", "events.jsonl.1", "events.jsonl.2" } do
+    local size = #P.read(out .. "/" .. f)
+    T.ok(size <= limit, f .. ": " .. size .. " bytes (limit " .. limit .. ")")
+  end
+  -- the records go on from one file to the next: the frames' numbers from .2 to the current file
+  -- are consecutive (nothing lost at a rotation)
+  local seqs = {}
+  for _, f in ipairs { "events.jsonl.2", "events.jsonl.1", "events.jsonl" } do
+    local recs = L.records(out .. "/" .. f)
+    for _, r in ipairs(recs) do if r.type == "frame" then seqs[#seqs + 1] = r.seq end end
+  end
+  T.ok(#seqs >= 4, "frames in the kept files")
+  for i = 2, #seqs do T.eq(seqs[i], seqs[i - 1] + 1, "frame records consecutive across rotations") end
+  -- the latest 3 analyses are in analyses.json, and only their frames are kept
+  local an = P.json(out .. "/analyses.json")
+  T.eq(#an, 3)
+  local kept = P.sh("ls '" .. out .. "/frames'"):gsub("%s+$", "")
+  local names = {}
+  for n in kept:gmatch("[^\n]+") do names[#names + 1] = n end
+  T.eq(#names, 3, "frames kept: " .. kept)
+  for _, a in ipairs(an) do T.ok(P.exists(a.frame), "the frame of the analysis at " .. a.t .. " s") end
+end)
+
 T.teardown("stop the origin and the VLM", function()
   if origin then origin.stop() end
   if vlm then vlm:stop() end
