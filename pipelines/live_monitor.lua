@@ -2,7 +2,11 @@
 -- slow analyser (a VLM) describes the moments that matter, and capture never waits for it
 -- (seed 002: a 5-10 s Gemini call must not stall the stream).
 --
---   sluice run pipelines/live_monitor.lua URL_OR_FILE --out DIR [--set key=value ...]
+--   sluice run pipelines/live_monitor.lua URL_OR_FILE [URL ...] --out DIR [--set key=value ...]
+--
+-- Several inputs: one capture and detector state per stream, outputs in DIR/<name>/ and a top
+-- DIR/summary.json listing each stream; the analysers are shared, pending requests handed
+-- over fairly (the stream with the fewest analyses in flight, then the one served longest ago).
 --
 -- Input: a live HLS playlist over HTTP(S) (`.m3u8`, read by sluice.media.hls: sluice polls
 -- the playlist, reconnects with backoff after an outage and reports every segment it missed
@@ -44,7 +48,9 @@
 -- for rtsp/rtmp/udp/rtp/srt/tcp URLs, hls for http(s) .m3u8 URLs, else media),
 -- reconnect.initial (0.5 s), reconnect.max (0: the target duration; 2 s without HLS),
 -- reconnect.give_up (0: never), stall (0: 3 target durations; max(10 s, 3 periods)), prompt,
--- keep_frames (false: frames nobody analyses are deleted).
+-- keep_frames (false: frames nobody analyses are deleted), keep_analyses (4096: older analysed
+-- frames deleted), events_max_mb (64: events.jsonl rotated at that size), events_keep (4),
+-- decode ("auto": reduced decode with the dHash detector; "fast" | "full").
 local sl = require "sluice"
 local cjson = require "cjson"
 local json = require "sluice.runtime.json"
