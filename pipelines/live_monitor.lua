@@ -195,6 +195,7 @@ end
 -- A gap in the stream (HLS reader: an outage, a stall, an encoder restart, expired
 -- segments): a `gap` record and one line on stderr.
 local function gap(ctx, st, url, g)
+  st.outage = nil
   st.gaps = st.gaps + 1
   st.missed_segments = st.missed_segments + (g.missed or 0)
   st.gap_seconds = st.gap_seconds + (g.wall_to - g.wall_from)
@@ -209,6 +210,7 @@ end
 
 -- The HLS reader's other records: join, outage (began), discontinuity, restart.
 local function live_event(ctx, st, e)
+  if e.type == "outage" then st.outage = { since = sl.now(), cause = e.cause, detail = e.detail } end
   local rec = {}
   for k, v in pairs(e) do rec[k] = v end
   if rec.wall then rec.wall = rec.wall - st.t0 end
@@ -258,6 +260,11 @@ local function summarize(st, ctx)
     capture_fps = (st.frames > 1 and st.last_capture > st.first_capture) and
       (st.frames - 1) / (st.last_capture - st.first_capture) or cjson.null,
     events_rotations = st.rotations,
+    -- per second of the run: frames dropped before detection, analyses finished; seconds since
+    -- the latest analysis finished (its staleness)
+    skipped_fps = st.dropped_frames / math.max(1e-9, sl.now() - st.t0),
+    analysis_fps = (st.analyses + st.failures) / math.max(1e-9, sl.now() - st.t0),
+    latest_analysis_age = st.last_analysis and sl.now() - st.last_analysis or cjson.null,
     segment_to_capture = latency_stats(st.latencies),
     segment_to_dispatch = latency_stats(st.dispatch_lat),
     error = st.error,
@@ -401,6 +408,7 @@ local function analyse_one(ctx, st, req)
   st.active = st.active - 1
   local finished = sl.now() - st.t0
   iv[2] = finished
+  st.last_analysis = sl.now()
   local d = out and out[1] or {}
   local rec = { type = "analysis", t = req.t, seq = req.seq, reason = req.reason,
     frame = req.path, started = started, finished = finished, latency = finished - started,
@@ -446,6 +454,39 @@ local function request(ctx, st, frame, reason, detail)
 end
 
 local capture_one -- (below)
+
+-- Per stream, rates over the latest 10 s (or since the start): frames captured, frames
+-- skipped (dropped before detection), analyses finished per second, and how old the latest
+-- analysis is. One line per stream in the progress view (job:set_status).
+local RATE_WINDOW = 10
+local function rates(st)
+  local now = sl.now()
+  local snaps = st.snaps
+  if not snaps then
+    snaps = { { t = st.t0, frames = 0, dropped = 0, analyses = 0 } }
+    st.snaps = snaps
+  end
+  snaps[#snaps + 1] = { t = now, frames = st.frames, dropped = st.dropped_frames, analyses = st.analyses + st.failures }
+  while #snaps > 2 and now - snaps[2].t >= RATE_WINDOW do table.remove(snaps, 1) end
+  local b, e = snaps[1], snaps[#snaps]
+  local dt = e.t - b.t
+  local function r(k) return dt > 0 and (e[k] - b[k]) / dt or 0 end
+  return { capture_fps = r("frames"), skipped_fps = r("dropped"), analysis_fps = r("analyses"),
+    latest_analysis_age = st.last_analysis and now - st.last_analysis or nil }
+end
+
+local function status_lines(J)
+  local out = {}
+  for _, st in ipairs(J.streams) do
+    local r = rates(st)
+    out[#out + 1] = string.format("live %s: capture %.1f/s, skipped %.1f/s, analysis %.2f/s, latest analysis %s, gaps %d",
+      st.name, r.capture_fps, r.skipped_fps, r.analysis_fps,
+      r.latest_analysis_age and string.format("%.1fs ago", r.latest_analysis_age) or "none yet", st.gaps) ..
+      (st.outage and string.format(", in an outage for %.0fs (%s)", sl.now() - st.outage.since,
+        tostring(st.outage.detail or st.outage.cause)) or "")
+  end
+  return out
+end
 
 -- Frames of one stream waiting for the detector beyond which new ones are dropped.
 local DETECT_BEHIND = 8
@@ -699,6 +740,7 @@ return sl.pipeline "live_monitor" {
       if not (type(sa) == "table" and sa.workers) then ctx.job.stages.analyse.workers = conc end
       local J = job_state(ctx)
       for _, st in ipairs(J.streams) do st.fps = fps end
+      ctx.job:set_status(function() return status_lines(J) end)
       if #J.streams == 1 then return capture_one(ctx, J, J.streams[1], fps) end
       -- several streams: one capture each, side by side; the detector gets a worker per
       -- stream (frames of one stream stay in order: each stream's detection holds its lock)

@@ -37,6 +37,21 @@ T.case("three streams, one slow then dead: the others' capture unaffected, analy
   local job = sl.load(P.src .. "/pipelines/live_monitor.lua"):start { inputs = urls, out = out,
     config = { providers = { vlm = "openai" }, openai = { base_url = vlm.url .. "/v1", api_key = "sk-test" },
       fps = 1, periodic = 1, concurrency = 1, duration = DURATION, max_width = 320 } }
+  -- the progress view: a line per stream with its rates over the latest 10 s
+  sl.sleep(12)
+  local view = require("sluice.app.progress").lines(job:stats())
+  local live = {}
+  for _, l in ipairs(view) do
+    local name, cap = l:match("^live (%S+): capture ([%d.]+)/s, skipped [%d.]+/s, analysis [%d.]+/s")
+    if name then live[name] = tonumber(cap) end
+  end
+  print(table.concat(view, "\n"))
+  for _, n in ipairs { "cam1_live", "cam2_live" } do
+    T.ok(live[n] and live[n] >= 0.7 and live[n] <= 1.3, n .. ": capture rate in the progress view " .. tostring(live[n]))
+  end
+  T.ok(live.bad_live, "a line for the bad stream")
+  local bad_line = table.concat(view, "\n"):match("live bad_live:[^\n]*")
+  T.ok(bad_line and bad_line:find("in an outage for", 1, true), "the bad stream is in an outage: " .. tostring(bad_line))
   local summary = job:wait()
   T.eq(summary.state, "done", cjson.encode(summary.dead))
   -- the top summary lists each stream; each has its own directory of outputs
@@ -72,6 +87,9 @@ T.case("three streams, one slow then dead: the others' capture unaffected, analy
     T.ok(p99 <= 1.5, n .. ": capture interval p99 " .. p99 .. " s (period 1 s)")
     T.ok(s.segment_to_capture.p95 <= 0.5, n .. ": segment->capture p95 " .. s.segment_to_capture.p95)
     analyses[n] = s.analyses
+    T.ok(s.analysis_fps > 0 and s.skipped_fps == 0 and s.latest_analysis_age < 5,
+      string.format("%s: analysis_fps %.2f, skipped_fps %.2f, latest analysis %.1f s old", n, s.analysis_fps,
+        s.skipped_fps, s.latest_analysis_age))
     -- only the analysed frames (and none pending) are kept
     local kept = P.sh("ls '" .. out .. "/" .. n .. "/frames' | wc -l"):gsub("%s", "")
     T.eq(tonumber(kept), s.analyses + s.failures, n .. ": frames kept")
