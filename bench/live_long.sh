@@ -6,10 +6,11 @@
 # analysis on a change or every PERIODIC s of stream time by a VLM taking LATENCY s of wall
 # time (the fake OpenAI server; LATENCY x SPEED s of stream time), 2 workers, for WALL s of
 # wall time (WALL x SPEED s of stream). The job store is on (out/sluice.db, as `sluice run`
-# has it by default).
+# has it by default; NO_STORE=1: --no-store).
 #
 # Samples the process every 10 s: RSS (VmRSS) and open fds. Prints RSS after the warm-up
-# (the first WARM s) and at the end, its growth per hour of wall time and per hour of stream,
+# (the first WARM s) and at the end, its growth (a line fitted through the samples after the
+# warm-up) per hour of wall time and per hour of stream,
 # the fd counts (after the warm-up, largest, at the end), what the output directory holds at
 # the end (events files and their size, frames kept, the store's size), and from summary.json
 # the segment-appearance -> capture and -> dispatch p50/p95. At SPEED > 1 a playlist reload
@@ -51,7 +52,7 @@ done
 URL=http://127.0.0.1:$(head -1 "$TMP/origin.port")/cam/live.m3u8
 FAKE=http://127.0.0.1:$(head -1 "$TMP/fake.port")/v1
 echo "1 stream (640 px, 1 s segments) at ${SPEED}x, 1 fps, dHash, analyses on change or every $PERIODIC s (stream) taking $LATENCY s (wall); $WALL s of wall = $(echo "$WALL * $SPEED / 3600" | bc -l | cut -c1-5) h of stream; $(nproc) CPUs, load $(cut -d" " -f1-3 /proc/loadavg)"
-"$BIN" run pipelines/live_monitor.lua "$URL" --out "$TMP/out" --quiet \
+"$BIN" run pipelines/live_monitor.lua "$URL" --out "$TMP/out" --quiet ${NO_STORE:+--no-store} \
   --set providers.vlm=openai --set openai.base_url="$FAKE" --set openai.api_key=sk-bench --set fps=1 \
   --set periodic="$PERIODIC" --set concurrency=2 --set duration="$WALL" 2>"$TMP/run.err" &
 RUN=$!
@@ -74,8 +75,16 @@ after = [r for r in rows if r[0] >= warm] or rows
 hours = max(1e-9, (t1 - t0) / 3600)
 print("samples: %d (every 10 s); RSS after warm-up (%.0f s) %.1f MB, at the end (%.0f s) %.1f MB, largest %.1f MB"
       % (len(rows), t0, rss0 / 1024, t1, rss1 / 1024, max(r[1] for r in rows) / 1024))
-print("RSS growth after warm-up: %.2f MB per hour of wall time, %.3f MB per hour of stream"
-      % ((rss1 - rss0) / 1024 / hours, (rss1 - rss0) / 1024 / hours / speed))
+# the slope of a least-squares line through the samples after the warm-up (RSS moves by a few
+# MB between two samples as the Lua collector and malloc go: two samples alone say little)
+n = len(after)
+mx, my = sum(r[0] for r in after) / n, sum(r[1] for r in after) / n
+sxx = sum((r[0] - mx) ** 2 for r in after)
+slope = sum((r[0] - mx) * (r[1] - my) for r in after) / sxx if sxx > 0 else 0.0  # kB per s
+print("RSS after warm-up: min %.1f MB, max %.1f MB; end - start %.1f MB"
+      % (min(r[1] for r in after) / 1024, max(r[1] for r in after) / 1024, (rss1 - rss0) / 1024))
+print("RSS growth after warm-up (fitted): %.2f MB per hour of wall time = %.3f MB per hour of stream"
+      % (slope * 3600 / 1024, slope * 3600 / 1024 / speed))
 print("open fds: %d after warm-up, %d largest, %d at the end" % (fd0, max(r[2] for r in rows), fd1))
 out = os.path.join(tmp, "out")
 ev = sorted(glob.glob(os.path.join(out, "events.jsonl*")))

@@ -48,7 +48,7 @@
 -- for rtsp/rtmp/udp/rtp/srt/tcp URLs, hls for http(s) .m3u8 URLs, else media),
 -- reconnect.initial (0.5 s), reconnect.max (0: the target duration; 2 s without HLS),
 -- reconnect.give_up (0: never), stall (0: 3 target durations; max(10 s, 3 periods)), prompt,
--- keep_frames (false: frames nobody analyses are deleted), keep_analyses (4096: older analysed
+-- keep_frames (false: frames nobody analyses are deleted), keep_analyses (1000: older analysed
 -- frames deleted), events_max_mb (64: events.jsonl rotated at that size), events_keep (4),
 -- decode ("auto": reduced decode with the dHash detector; "fast" | "full").
 local sl = require "sluice"
@@ -466,7 +466,9 @@ local function rates(st)
     snaps = { { t = st.t0, frames = 0, dropped = 0, analyses = 0 } }
     st.snaps = snaps
   end
-  snaps[#snaps + 1] = { t = now, frames = st.frames, dropped = st.dropped_frames, analyses = st.analyses + st.failures }
+  local snap = { t = now, frames = st.frames, dropped = st.dropped_frames, analyses = st.analyses + st.failures }
+  -- (at most two snapshots a second, however often the view asks)
+  if #snaps > 1 and now - snaps[#snaps - 1].t < 0.5 then snaps[#snaps] = snap else snaps[#snaps + 1] = snap end
   while #snaps > 2 and now - snaps[2].t >= RATE_WINDOW do table.remove(snaps, 1) end
   local b, e = snaps[1], snaps[#snaps]
   local dt = e.t - b.t
@@ -714,7 +716,7 @@ return sl.pipeline "live_monitor" {
     fps = 2, max_width = 640, detector = "dhash", change = 12, classes = { "person" },
     min_score = 0.5, periodic = 10, concurrency = 2, duration = 0, realtime = "auto", reader = "auto",
     reconnect = { initial = 0.5, max = 0, give_up = 0 }, stall = 0, decode = "auto",
-    events_max_mb = 64, events_keep = 4, keep_analyses = 4096,
+    events_max_mb = 64, events_keep = 4, keep_analyses = 1000,
     keep_frames = false, prompt = "Describe what happens in this frame of a live camera in one sentence.",
   },
   settings = { every = "seconds between frames (instead of fps)" },
@@ -768,7 +770,9 @@ return sl.pipeline "live_monitor" {
     detect = {
       -- a queue of DETECT_BEHIND frames per stream (8 streams' worth): with fewer streams a
       -- stream's frames are dropped before the queue is full, so capture never waits on it
-      from = "capture", workers = 1, queue = 64,
+      -- memo = false (here and below): a live stream is never replayed, so nothing is taken
+      -- from the job store, and the store's in-memory index does not grow with every frame
+      from = "capture", workers = 1, queue = 64, memo = false,
       run = function(env, ctx)
         local J = job_state(ctx)
         local frame = env.data
@@ -784,7 +788,7 @@ return sl.pipeline "live_monitor" {
     },
 
     analyse = {
-      from = "detect", workers = 2, queue = 2,
+      from = "detect", workers = 2, queue = 2, memo = false,
       run = function(env, ctx)
         local J = job_state(ctx)
         local req = env.data
@@ -807,7 +811,7 @@ return sl.pipeline "live_monitor" {
     },
 
     report = {
-      from = "analyse", collect = "all",
+      from = "analyse", collect = "all", memo = false,
       run = function(items, ctx)
         local J = job_state(ctx)
         local all = {}
