@@ -25,8 +25,8 @@ local DURATION = 16
 local segdir, origin, vlm
 T.setup("segments of real footage, a live origin, a slow VLM", function()
   segdir = L.segments(TMP .. "/segs", 12)
-  -- bad: 3 s per response, then 404 from 5 s after the origin started
-  origin = L.origin(segdir, { "cam1", "cam2", "bad" }, { "--slow", "bad:3", "--dead", "bad:5" })
+  -- bad: 3 s per response, then 404 from 3 s after the origin started
+  origin = L.origin(segdir, { "cam1", "cam2", "bad" }, { "--slow", "bad:3", "--dead", "bad:3" })
   vlm = fake.start { latency = 2 }
 end)
 
@@ -50,8 +50,12 @@ T.case("three streams, one slow then dead: the others' capture unaffected, analy
     T.ok(live[n] and live[n] >= 0.7 and live[n] <= 1.3, n .. ": capture rate in the progress view " .. tostring(live[n]))
   end
   T.ok(live.bad_live, "a line for the bad stream")
-  local bad_line = table.concat(view, "\n"):match("live bad_live:[^\n]*")
-  T.ok(bad_line and bad_line:find("in an outage for", 1, true), "the bad stream is in an outage: " .. tostring(bad_line))
+  -- the bad stream's line says it is in an outage (once its slow reader has met the 404s)
+  local bad_line
+  T.ok(T.wait_until(function()
+    bad_line = table.concat(require("sluice.app.progress").lines(job:stats()), "\n"):match("live bad_live:[^\n]*")
+    return bad_line and bad_line:find("in an outage for", 1, true) ~= nil
+  end, 3.5), "the bad stream is in an outage: " .. tostring(bad_line))
   local summary = job:wait()
   T.eq(summary.state, "done", cjson.encode(summary.dead))
   -- the top summary lists each stream; each has its own directory of outputs
