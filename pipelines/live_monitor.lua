@@ -2,7 +2,11 @@
 -- slow analyser (a VLM) describes the moments that matter, and capture never waits for it
 -- (seed 002: a 5-10 s Gemini call must not stall the stream).
 --
---   sluice run pipelines/live_monitor.lua URL_OR_FILE --out DIR [--set key=value ...]
+--   sluice run pipelines/live_monitor.lua URL_OR_FILE [URL ...] --out DIR [--set key=value ...]
+--
+-- Several inputs: one capture and detector state per stream, outputs in DIR/<name>/ and a top
+-- DIR/summary.json listing each stream; the analysers are shared, pending requests handed
+-- over fairly (the stream with the fewest analyses in flight, then the one served longest ago).
 --
 -- Input: a live HLS playlist over HTTP(S) (`.m3u8`, read by sluice.media.hls: sluice polls
 -- the playlist, reconnects with backoff after an outage and reports every segment it missed
@@ -44,20 +48,41 @@
 -- for rtsp/rtmp/udp/rtp/srt/tcp URLs, hls for http(s) .m3u8 URLs, else media),
 -- reconnect.initial (0.5 s), reconnect.max (0: the target duration; 2 s without HLS),
 -- reconnect.give_up (0: never), stall (0: 3 target durations; max(10 s, 3 periods)), prompt,
--- keep_frames (false: frames nobody analyses are deleted).
+-- keep_frames (false: frames nobody analyses are deleted), keep_analyses (1000: older analysed
+-- frames deleted), events_max_mb (64: events.jsonl rotated at that size), events_keep (4),
+-- decode ("auto": reduced decode with the dHash detector; "fast" | "full").
 local sl = require "sluice"
 local cjson = require "cjson"
 local json = require "sluice.runtime.json"
 local stages = require "sluice.blocks.stages"
 
--- Per-job state: the log, the pending slot, measurements.
+-- Per-job state: the streams (one per input), each with its log, pending slot and
+-- measurements.
 local jobs = stages.job_states()
 
--- Appends rec to events.jsonl; with ctx also puts it on the job's event bus as a custom
--- event `live_<type>` (the dashboard, --events and REPL listeners see it).
+-- Appends rec to the stream's events.jsonl; with ctx also puts it on the job's event bus as
+-- a custom event `live_<type>` (the dashboard, --events and REPL listeners see it). With
+-- several streams each record names its stream (`stream`).
+-- events.jsonl becomes events.jsonl.1 (and .1 becomes .2, ...; the oldest beyond `keep`
+-- deleted) once it holds `max` bytes: a monitor running for days keeps a bounded log.
+local function rotate(st)
+  st.log:close()
+  local base = st.dir .. "/events.jsonl"
+  os.remove(base .. "." .. st.rotate_keep)
+  for i = st.rotate_keep - 1, 1, -1 do os.rename(base .. "." .. i, base .. "." .. (i + 1)) end
+  if st.rotate_keep > 0 then os.rename(base, base .. ".1") else os.remove(base) end
+  st.log = assert(io.open(base, "wb"))
+  st.log:setvbuf("line")
+  st.log_bytes = 0
+  st.rotations = st.rotations + 1
+end
+
 local function log_record(st, rec, ctx)
   rec.wall = rec.wall or (sl.now() - st.t0)
+  rec.stream = st.multi and st.name or nil
   local line = json.encode(rec)
+  if st.rotate_at > 0 and st.log_bytes + #line + 1 > st.rotate_at and st.log_bytes > 0 then rotate(st) end
+  st.log_bytes = st.log_bytes + #line + 1
   st.log:write(line, "\n")
   if ctx then
     rec.stream_t = rec.t -- an event's own `t` is its wall-clock time
@@ -66,20 +91,80 @@ local function log_record(st, rec, ctx)
   end
 end
 
-local function fresh_state(ctx)
-  local dir = stages.out_dir(ctx, nil, nil)
+-- One stream's state: its outputs in the run's --out directory (one input) or in
+-- DIR/<name>/ (several).
+local function stream_state(ctx, J, i, url, name)
+  local dir = stages.out_dir(ctx, J.multi and name or nil, nil)
   local f = assert(io.open(dir .. "/events.jsonl", "ab"))
   f:setvbuf("line") -- one write per record (a few per second): a follower sees each at once
+  local conf = ctx.config
+  local max_mb = tonumber(conf.events_max_mb)
+  local keep = math.tointeger(tonumber(conf.events_keep))
+  if not max_mb or max_mb < 0 then error("live_monitor: events_max_mb must be a number >= 0 (got " .. tostring(conf.events_max_mb) .. ")", 0) end
+  if not keep or keep < 0 then error("live_monitor: events_keep must be an integer >= 0 (got " .. tostring(conf.events_keep) .. ")", 0) end
+  local keep_an = math.tointeger(tonumber(conf.keep_analyses))
+  if not keep_an or keep_an < 0 then error("live_monitor: keep_analyses must be an integer >= 0 (got " .. tostring(conf.keep_analyses) .. ")", 0) end
   return {
-    t0 = sl.now(), dir = dir, frames_dir = stages.out_dir(ctx, nil, "frames"), log = f,
-    pending = nil, running = 0, max_backlog = 0, requests = 0,
+    log_bytes = f:seek("end"), rotate_at = math.floor(max_mb * 1048576), rotate_keep = keep, rotations = 0,
+    keep_analyses = keep_an, first_capture = nil, last_capture = nil,
+    index = i, name = name, url = url, multi = J.multi, key = J.multi and "live/" .. name or "live",
+    t0 = J.t0, dir = dir, frames_dir = stages.out_dir(ctx, J.multi and name or nil, "frames"), log = f,
+    pending = nil, running = 0, active = 0, max_backlog = 0, requests = 0, queued = 0,
     frames = 0, dropped_frames = 0, coalesced = 0, analyses = 0, failures = 0,
     captures = {}, intervals = {}, last_request_t = nil, prev_hash = nil, present = {},
     analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0, dispatch_lat = {},
+    last_dispatch = -math.huge,
   }
 end
 
-local function state(ctx) return stages.job_state(jobs, ctx, fresh_state) end
+-- Names for the streams (their output directories): the last path component of each URL
+-- without its extension, or as many of the last components (host included) as make the
+-- names distinct ("cam1_live" and "cam2_live" for .../cam1/live.m3u8 and .../cam2/live.m3u8);
+-- inputs that are the same URL get "#2", "#3".
+local function stream_names(inputs)
+  local parts = {}
+  for i, u in ipairs(inputs) do
+    local rest = tostring(u):gsub("^%a[%w+.-]*://", ""):gsub("[?#].*$", ""):gsub("/+$", "")
+    local p = {}
+    for c in rest:gmatch("[^/]+") do p[#p + 1] = c end
+    if #p == 0 then p[1] = "stream" end
+    p[#p] = p[#p]:gsub("%.[%w]+$", "")
+    if p[#p] == "" then p[#p] = "stream" end
+    parts[i] = p
+  end
+  local names
+  for k = 1, 64 do
+    names = {}
+    local seen, dup = {}, false
+    for i, p in ipairs(parts) do
+      local n = table.concat(p, "_", math.max(1, #p - k + 1), #p):gsub("[^%w._-]", "_")
+      names[i] = n
+      if seen[n] then dup = true end
+      seen[n] = true
+    end
+    if not dup then return names end
+  end
+  local used = {}
+  for i, n in ipairs(names) do
+    if used[n] then
+      local j = 2
+      while used[n .. "#" .. j] do j = j + 1 end
+      names[i] = n .. "#" .. j
+    end
+    used[names[i]] = true
+  end
+  return names
+end
+
+local function fresh_state(ctx)
+  local inputs = ctx.job.inputs or {}
+  local J = { t0 = sl.now(), multi = #inputs > 1, streams = {} }
+  local names = stream_names(inputs)
+  for i, url in ipairs(inputs) do J.streams[i] = stream_state(ctx, J, i, url, names[i]) end
+  return J
+end
+
+local function job_state(ctx) return stages.job_state(jobs, ctx, fresh_state) end
 
 local provider = stages.provider
 
@@ -110,6 +195,7 @@ end
 -- A gap in the stream (HLS reader: an outage, a stall, an encoder restart, expired
 -- segments): a `gap` record and one line on stderr.
 local function gap(ctx, st, url, g)
+  st.outage = nil
   st.gaps = st.gaps + 1
   st.missed_segments = st.missed_segments + (g.missed or 0)
   st.gap_seconds = st.gap_seconds + (g.wall_to - g.wall_from)
@@ -124,14 +210,29 @@ end
 
 -- The HLS reader's other records: join, outage (began), discontinuity, restart.
 local function live_event(ctx, st, e)
+  if e.type == "outage" then st.outage = { since = sl.now(), cause = e.cause, detail = e.detail } end
   local rec = {}
   for k, v in pairs(e) do rec[k] = v end
   if rec.wall then rec.wall = rec.wall - st.t0 end
   log_record(st, rec, ctx)
 end
 
+-- Lists that grow with the run (capture times, analysis intervals, analyses) keep their
+-- latest WINDOW entries: a run of days holds a bounded amount. trim drops the oldest once a
+-- list holds twice that (on_drop(entry) for each dropped), so its cost is O(1) per entry.
+local WINDOW = 4096
+local function trim(list, keep, on_drop, exact)
+  keep = keep or WINDOW
+  local n = #list
+  if keep <= 0 or n < (exact and keep + 1 or 2 * keep) then return end
+  local cut = n - keep
+  if on_drop then for i = 1, cut do on_drop(list[i]) end end
+  table.move(list, cut + 1, n, 1)
+  for i = n, keep + 1, -1 do list[i] = nil end
+end
+
 -- The frame intervals (capture wall time to the next capture), all of them and those that
--- overlap an analysis in flight.
+-- overlap an analysis in flight (over the latest WINDOW to 2 WINDOW captures).
 local function summarize(st, ctx)
   local gaps, busy = {}, {}
   local caps, iv = st.captures, st.intervals
@@ -149,16 +250,24 @@ local function summarize(st, ctx)
     if max_end > a then busy[#busy + 1] = b - a end
   end
   return {
-    input = ctx.job.inputs[1], fps = st.fps, period = st.fps and 1 / st.fps,
+    input = st.url, stream = st.multi and st.name or nil, fps = st.fps, period = st.fps and 1 / st.fps,
     detector = ctx.config.detector, concurrency = ctx.config.concurrency, policy = "keep latest",
     frames = st.frames, dropped_frames = st.dropped_frames, requests = st.requests,
     coalesced = st.coalesced, analyses = st.analyses, failures = st.failures,
     max_backlog = st.max_backlog, intervals = gap_stats(gaps), intervals_during_analysis = gap_stats(busy),
     elapsed = sl.now() - st.t0,
     gaps = st.gaps, missed_segments = st.missed_segments, gap_seconds = st.gap_seconds,
-    capture_fps = (#caps > 1 and caps[#caps] > caps[1]) and (#caps - 1) / (caps[#caps] - caps[1]) or cjson.null,
+    capture_fps = (st.frames > 1 and st.last_capture > st.first_capture) and
+      (st.frames - 1) / (st.last_capture - st.first_capture) or cjson.null,
+    events_rotations = st.rotations,
+    -- per second of the run: frames dropped before detection, analyses finished; seconds since
+    -- the latest analysis finished (its staleness)
+    skipped_fps = st.dropped_frames / math.max(1e-9, sl.now() - st.t0),
+    analysis_fps = (st.analyses + st.failures) / math.max(1e-9, sl.now() - st.t0),
+    latest_analysis_age = st.last_analysis and sl.now() - st.last_analysis or cjson.null,
     segment_to_capture = latency_stats(st.latencies),
     segment_to_dispatch = latency_stats(st.dispatch_lat),
+    error = st.error,
   }
 end
 
@@ -244,17 +353,42 @@ local function dispatched(st, req)
   st.dispatch_lat[(st.ndispatch - 1) % 4096 + 1] = sl.now() - req.appeared
 end
 
--- Hands the pending request to the analyser if one of its workers is idle. Never waits: the
--- analyse stage's queue is empty whenever a worker is idle, so the emit has room.
-local function dispatch(ctx, st)
+-- The stream whose pending request goes next: the one with the fewest analyses handed over
+-- and not finished, then the one served longest ago (fair hand-over: a stream whose
+-- detector fires all the time does not take every free worker).
+local function next_pending(J)
+  local best
+  for _, st in ipairs(J.streams) do
+    if st.pending and (not best or st.active < best.active or
+        (st.active == best.active and st.last_dispatch < best.last_dispatch)) then
+      best = st
+    end
+  end
+  return best
+end
+
+-- Takes the pending request of the stream next_pending picks, or nil.
+local function take_pending(J)
+  local st = next_pending(J)
+  if not st then return nil end
   local req = st.pending
-  if not req then return end
-  local a = ctx.job.stages.analyse
-  if a.in_flight + a.queue >= a.workers then return end
   st.pending = nil
+  st.active = st.active + 1
+  st.last_dispatch = sl.now()
   req.requested_wall = req.requested_wall or (sl.now() - st.t0)
   dispatched(st, req)
-  ctx:emit(req, { seq = req.seq, t0 = req.t, t1 = req.t })
+  return req
+end
+
+-- Hands pending requests to the analyser while one of its workers is idle. Never waits: the
+-- analyse stage's queue is empty whenever a worker is idle, so the emit has room.
+local function dispatch(ctx, J)
+  local a = ctx.job.stages.analyse
+  while a.in_flight + a.queue < a.workers do
+    local req = take_pending(J)
+    if not req then return end
+    ctx:emit(req, { key = req.key, seq = req.seq, t0 = req.t, t1 = req.t })
+  end
 end
 
 -- One analysis of request req: the vlm provider on its frame; logged, kept in latest.json.
@@ -263,6 +397,7 @@ local function analyse_one(ctx, st, req)
   local started = sl.now() - st.t0
   local iv = { started }
   st.intervals[#st.intervals + 1] = iv
+  trim(st.intervals)
   log_record(st, { type = "analysis_start", t = req.t, seq = req.seq, reason = req.reason,
     running = st.running, handed_over = req.handed_over }, ctx)
   local ok, out, err = pcall(function()
@@ -270,8 +405,10 @@ local function analyse_one(ctx, st, req)
   end)
   if not ok then out, err = nil, out end
   st.running = st.running - 1
+  st.active = st.active - 1
   local finished = sl.now() - st.t0
   iv[2] = finished
+  st.last_analysis = sl.now()
   local d = out and out[1] or {}
   local rec = { type = "analysis", t = req.t, seq = req.seq, reason = req.reason,
     frame = req.path, started = started, finished = finished, latency = finished - started,
@@ -281,16 +418,18 @@ local function analyse_one(ctx, st, req)
     rec.text = d.text or d.description or ""
     log_record(st, rec, ctx)
     st.analysed[#st.analysed + 1] = rec
+    -- the latest keep_analyses analyses (and their frames) are kept; older frames deleted
+    trim(st.analysed, st.keep_analyses, not ctx.config.keep_frames and function(old) os.remove(old.frame) end or nil)
     write_json_atomic(st.dir .. "/latest.json", rec)
   else
     st.failures = st.failures + 1
     rec.error = tostring(err or d.error)
     log_record(st, rec, ctx)
-    io.stderr:write("live_monitor: analysis of the frame at ", string.format("%.1f", req.t),
+    io.stderr:write("live_monitor: ", st.multi and (st.name .. ": ") or "", "analysis of the frame at ", string.format("%.1f", req.t),
       " s failed: ", rec.error:gsub("\n.*", ""), "\n")
     if not ctx.config.keep_frames then os.remove(req.path) end
   end
-  return { t = req.t, seq = req.seq, ok = rec.error == nil }
+  return { t = req.t, seq = req.seq, ok = rec.error == nil, key = st.key, stream = st.multi and st.name or nil }
 end
 
 local function request(ctx, st, frame, reason, detail)
@@ -304,17 +443,57 @@ local function request(ctx, st, frame, reason, detail)
     if not ctx.config.keep_frames then os.remove(old.path) end
   end
   st.pending = { seq = frame.seq, t = frame.t, path = frame.path, reason = reason, detail = detail,
-    captured_wall = frame.wall, appeared = frame.appeared }
+    captured_wall = frame.wall, appeared = frame.appeared, stream = st.index, key = st.key }
   log_record(st, { type = "request", t = frame.t, seq = frame.seq, reason = reason, detail = detail,
     pending = true, path = frame.path }, ctx)
-  dispatch(ctx, st)
+  dispatch(ctx, job_state(ctx))
   local a = ctx.job.stages.analyse
   local backlog = a.in_flight + a.queue + (st.pending and 1 or 0)
   if backlog > st.max_backlog then st.max_backlog = backlog end
   return st.pending == nil
 end
 
-local function detect_worker(ctx, frame)
+local capture_one -- (below)
+
+-- Per stream, rates over the latest 10 s (or since the start): frames captured, frames
+-- skipped (dropped before detection), analyses finished per second, and how old the latest
+-- analysis is. One line per stream in the progress view (job:set_status).
+local RATE_WINDOW = 10
+local function rates(st)
+  local now = sl.now()
+  local snaps = st.snaps
+  if not snaps then
+    snaps = { { t = st.t0, frames = 0, dropped = 0, analyses = 0 } }
+    st.snaps = snaps
+  end
+  local snap = { t = now, frames = st.frames, dropped = st.dropped_frames, analyses = st.analyses + st.failures }
+  -- (at most two snapshots a second, however often the view asks)
+  if #snaps > 1 and now - snaps[#snaps - 1].t < 0.5 then snaps[#snaps] = snap else snaps[#snaps + 1] = snap end
+  while #snaps > 2 and now - snaps[2].t >= RATE_WINDOW do table.remove(snaps, 1) end
+  local b, e = snaps[1], snaps[#snaps]
+  local dt = e.t - b.t
+  local function r(k) return dt > 0 and (e[k] - b[k]) / dt or 0 end
+  return { capture_fps = r("frames"), skipped_fps = r("dropped"), analysis_fps = r("analyses"),
+    latest_analysis_age = st.last_analysis and now - st.last_analysis or nil }
+end
+
+local function status_lines(J)
+  local out = {}
+  for _, st in ipairs(J.streams) do
+    local r = rates(st)
+    out[#out + 1] = string.format("live %s: capture %.1f/s, skipped %.1f/s, analysis %.2f/s, latest analysis %s, gaps %d",
+      st.name, r.capture_fps, r.skipped_fps, r.analysis_fps,
+      r.latest_analysis_age and string.format("%.1fs ago", r.latest_analysis_age) or "none yet", st.gaps) ..
+      (st.outage and string.format(", in an outage for %.0fs (%s)", sl.now() - st.outage.since,
+        tostring(st.outage.detail or st.outage.cause)) or "")
+  end
+  return out
+end
+
+-- Frames of one stream waiting for the detector beyond which new ones are dropped.
+local DETECT_BEHIND = 8
+
+local function detect_worker(ctx, st, frame)
   local classes = ctx.config.classes
   if type(classes) == "string" then
     local l = {}
@@ -331,7 +510,6 @@ local function detect_worker(ctx, frame)
     if not best or c.score > best.score then best = c end
   end
   -- a class crossing min_score either way is an `appeared` / `left` record
-  local st = state(ctx)
   for _, c in ipairs(classes) do
     local now_present = (scores[c] or 0) >= ctx.config.min_score
     if now_present ~= (st.present[c] or false) then
@@ -344,241 +522,318 @@ local function detect_worker(ctx, frame)
   return { hit = hit or false, class = best and best.name, score = best and best.score or 0 }
 end
 
+-- One stream's capture (the source runs one per input): frames from its reader handed to the
+-- detector, never waiting on it.
+function capture_one(ctx, J, st, fps)
+  local media = require "sluice.media"
+  local conf = ctx.config
+  local url = st.url
+  local realtime = conf.realtime
+  if realtime == "auto" then realtime = not is_url(url) end
+  local duration = tonumber(conf.duration) or 0
+  local reader = conf.reader
+  -- reduced decode (no deblocking, non-reference frames skipped) where the detector allows:
+  -- the dHash of a 9x8 thumbnail hardly changes; with several streams one decoder thread each
+  local fast = conf.decode == "fast" or (conf.decode == "auto" and conf.detector == "dhash")
+  local threads = J.multi and 1 or nil
+  if reader == "auto" then
+    local scheme = url:match("^(%a[%w+.-]*)://")
+    reader = (scheme and CLI_SCHEMES[scheme:lower()]) and "ffmpeg" or
+      require("sluice.media.hls").is_playlist(url) and "hls" or "media"
+  end
+  local rc = type(conf.reconnect) == "table" and conf.reconnect or {}
+  local rmax = (tonumber(rc.max) or 0) > 0 and rc.max or nil
+  local function open_stream(kind, once)
+    if kind == "hls" then
+      return require("sluice.media.hls").frames(url, { every = 1 / fps, max_width = conf.max_width,
+        fast = fast, threads = threads, dir = st.frames_dir, prefix = "f", reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
+        stall = (tonumber(conf.stall) or 0) > 0 and conf.stall or nil,
+        on_gap = function(g) gap(ctx, st, url, g) end,
+        on_event = function(e) live_event(ctx, st, e) end })
+    end
+    local opened = 0
+    local function open()
+      opened = opened + 1 -- each reader numbers its frames from 1: its own file names
+      local prefix = opened == 1 and "f" or "f" .. opened
+      if kind == "ffmpeg" then return cli_frames(url, fps, conf.max_width, st.frames_dir, prefix) end
+      return media.frames(url, { every = 1 / fps, max_width = conf.max_width, dir = st.frames_dir, prefix = prefix,
+        fast = fast, threads = threads })
+    end
+    if once or not (is_url(url) and not url:match("^[Ff][Ii][Ll][Ee]:")) then return open() end
+    if kind == "media" and once == nil then
+      -- an HTTP input with a known length (an MP4 served over HTTP) ends; a live one does not
+      local info = media.probe(url)
+      if info and tonumber(info.duration) and info.duration > 0 then return open() end
+    end
+    -- a live input without segments: opened again when it fails, ends or stalls
+    local stall = tonumber(conf.stall) or 0
+    if stall <= 0 then stall = math.max(10, 3 / fps) end
+    return require("sluice.media.live").reopening(open, { url = url, stall = stall,
+      reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
+      on_gap = function(g) gap(ctx, st, url, g) end,
+      on_event = function(e) live_event(ctx, st, e) end })
+  end
+  local stream = open_stream(reader)
+  if reader == "hls" and conf.reader == "auto" then
+    -- a playlist sluice's reader does not read (encrypted or fMP4 segments): FFmpeg's demuxer
+    local hls_stream, started_frames = stream, false
+    stream = setmetatable({}, { __index = function(_, k) return hls_stream[k] end })
+    function stream.next()
+      local f, ferr, code = hls_stream:next()
+      if not f and code == "EUNSUPPORTED" and not started_frames then
+        io.stderr:write("live_monitor: ", ferr, "; reading it through FFmpeg's HLS demuxer instead (gaps",
+          " are then not counted by segment)\n")
+        log_record(st, { type = "reader", reader = "media", reason = ferr }, ctx)
+        local ended = hls_stream.endlist -- a playlist that is complete ends; a live one is reopened
+        hls_stream:close()
+        hls_stream = open_stream("media", ended)
+        return hls_stream:next()
+      end
+      started_frames = started_frames or f ~= nil
+      return f, ferr, code
+    end
+    function stream.close() return hls_stream:close() end
+  end
+  local first_t, started = nil, sl.now()
+  log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, reader = reader,
+    policy = "keep latest" }, ctx)
+  local why = "finished"
+  local unsent -- the path of a frame received and not yet handed on (or dropped)
+  local ok, err = pcall(function()
+    while true do
+      local left = duration > 0 and (duration - (sl.now() - started)) or nil
+      if left and left <= 0 then why = "duration"; break end
+      local f, ferr, code
+      if left then
+        f, ferr, code = sl.timeout(left, stream.next, stream)
+        if f == nil and code == "ETIMEDOUT" then why = "duration"; break end
+      else
+        f, ferr = stream:next()
+      end
+      if not f then
+        if ferr then error("live_monitor: " .. tostring(ferr), 0) end
+        why = "finished" -- the stream really ended (EXT-X-ENDLIST, the end of a file)
+        break
+      end
+      unsent = f.path
+      if realtime then
+        first_t = first_t or f.t
+        local due = started + (f.t - first_t) - sl.now()
+        if due > 0 then sl.sleep(due) end
+      end
+      local wall = sl.now() - st.t0
+      st.frames = st.frames + 1
+      st.captures[#st.captures + 1] = wall
+      trim(st.captures)
+      st.first_capture = st.first_capture or wall
+      st.last_capture = wall
+      if st.queued >= math.max(1, math.min(DETECT_BEHIND, 64 // #J.streams)) then
+        -- the detector is a whole queue behind on this stream: drop this frame rather than wait
+        st.dropped_frames = st.dropped_frames + 1
+        log_record(st, { type = "dropped", t = f.t, seq = f.seq, reason = "detector busy", wall = wall }, ctx)
+        if not conf.keep_frames then os.remove(f.path) end
+      else
+        st.queued = st.queued + 1
+        ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall, segment = f.segment,
+          appeared = f.appeared, stream = st.index },
+          { seq = f.seq, t0 = f.t, t1 = f.t, key = st.key })
+      end
+      unsent = nil
+    end
+  end)
+  -- stopped while holding a frame (Ctrl-C during the real-time wait or a full queue)
+  if unsent and not conf.keep_frames then os.remove(unsent) end
+  stream:close()
+  st.latencies = stream.latencies
+  st.dropped_frames = st.dropped_frames + (stream.dropped or 0) -- the ffmpeg reader's
+  log_record(st, { type = "end", frames = st.frames, reason = ok and why or (type(err) == "string" and err or "stopped") }, ctx)
+  -- a first summary now (the report stage rewrites it once the analyses in flight are in)
+  write_json_atomic(st.dir .. "/summary.json", summarize(st, ctx))
+  if not ok then error(err, 0) end
+end
+
+-- Detection of one frame of stream st: a `frame` record, and a request on a hit or when the
+-- periodic rule says so; a frame nobody asked for is deleted.
+local function detect_one(ctx, st, frame)
+  local conf = ctx.config
+  local det, err
+  if conf.detector == "worker" then
+    det, err = detect_worker(ctx, st, frame)
+  elseif conf.detector == "dhash" then
+    local change = st.prev_hash and require("sluice.media").distance(st.prev_hash, frame.dhash) or 0
+    st.prev_hash = frame.dhash
+    det = { hit = change >= conf.change, change = change }
+  else
+    error("live_monitor: detector must be dhash or worker (got " .. tostring(conf.detector) .. ")", 0)
+  end
+  local rec = { type = "frame", t = frame.t, seq = frame.seq, captured = frame.wall, segment = frame.segment,
+    hit = det and det.hit or false, change = det and det.change, class = det and det.class,
+    score = det and det.score, error = err and tostring(err) or nil }
+  log_record(st, rec)
+  local reason
+  if det and det.hit then
+    reason = "detection"
+  elseif conf.periodic and conf.periodic > 0 and
+      (st.last_request_t == nil or frame.t - st.last_request_t >= conf.periodic) then
+    reason = "periodic"
+  end
+  if reason then
+    request(ctx, st, frame, reason, det)
+  elseif not conf.keep_frames then
+    os.remove(frame.path)
+  end
+end
+
+-- The end of stream st's run: its pending request dropped, summary.json and analyses.json.
+local function report_stream(ctx, st)
+  if st.pending then
+    st.coalesced = st.coalesced + 1
+    log_record(st, { type = "dropped", t = st.pending.t, seq = st.pending.seq, reason = "stream ended" }, ctx)
+    if not ctx.config.keep_frames then os.remove(st.pending.path) end
+    st.pending = nil
+  end
+  local s = summarize(st, ctx)
+  write_json_atomic(st.dir .. "/summary.json", s)
+  table.sort(st.analysed, function(a, b) return a.t < b.t end)
+  trim(st.analysed, st.keep_analyses, not ctx.config.keep_frames and function(old) os.remove(old.frame) end or nil, true)
+  if #st.analysed > 0 then
+    write_json_atomic(st.dir .. "/analyses.json", st.analysed)
+  else
+    local f = assert(io.open(st.dir .. "/analyses.json", "wb"))
+    f:write("[]")
+    f:close()
+  end
+  log_record(st, { type = "summary", frames = s.frames, analyses = s.analyses,
+    coalesced = s.coalesced, max_backlog = s.max_backlog }, ctx)
+  st.log:flush()
+  return s
+end
+
 return sl.pipeline "live_monitor" {
   description = "live stream -> per-frame detection, slow analyses on events (never stalling capture)",
   defaults = {
     providers = { vlm = "tesseract", filter = "worker" },
     fps = 2, max_width = 640, detector = "dhash", change = 12, classes = { "person" },
     min_score = 0.5, periodic = 10, concurrency = 2, duration = 0, realtime = "auto", reader = "auto",
-    reconnect = { initial = 0.5, max = 0, give_up = 0 }, stall = 0,
+    reconnect = { initial = 0.5, max = 0, give_up = 0 }, stall = 0, decode = "auto",
+    events_max_mb = 64, events_keep = 4, keep_analyses = 1000,
     keep_frames = false, prompt = "Describe what happens in this frame of a live camera in one sentence.",
   },
   settings = { every = "seconds between frames (instead of fps)" },
   inputs = "files",
   sources = {
     capture = function(ctx)
-      local media = require "sluice.media"
       local conf = ctx.config
       local inputs = ctx.job.inputs or {}
-      if #inputs ~= 1 then error("live_monitor: give exactly one stream URL or file (got " .. #inputs .. ")", 0) end
-      local url = inputs[1]
+      if #inputs < 1 then error("live_monitor: give one or more stream URLs or files (got none)", 0) end
       local fps = tonumber(conf.fps)
       if conf.every ~= nil then fps = tonumber(conf.every) and tonumber(conf.every) > 0 and 1 / tonumber(conf.every) or nil end
       if not fps or fps <= 0 then error("live_monitor: fps must be a positive number (got " .. tostring(conf.fps) .. ")", 0) end
-      local st = state(ctx)
-      st.fps = fps
-      local realtime = conf.realtime
-      if realtime == "auto" then realtime = not is_url(url) end
-      local duration = tonumber(conf.duration) or 0
-      local reader = conf.reader
-      if reader == "auto" then
-        local scheme = url:match("^(%a[%w+.-]*)://")
-        reader = (scheme and CLI_SCHEMES[scheme:lower()]) and "ffmpeg" or
-          require("sluice.media.hls").is_playlist(url) and "hls" or "media"
+      if conf.reader ~= "auto" and conf.reader ~= "hls" and conf.reader ~= "ffmpeg" and conf.reader ~= "media" then
+        error("live_monitor: reader must be auto, hls, media or ffmpeg (got " .. tostring(conf.reader) .. ")", 0)
       end
-      local rc = type(conf.reconnect) == "table" and conf.reconnect or {}
-      local rmax = (tonumber(rc.max) or 0) > 0 and rc.max or nil
-      local function open_stream(kind, once)
-        if kind == "hls" then
-          return require("sluice.media.hls").frames(url, { every = 1 / fps, max_width = conf.max_width,
-            dir = st.frames_dir, prefix = "f", reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
-            stall = (tonumber(conf.stall) or 0) > 0 and conf.stall or nil,
-            on_gap = function(g) gap(ctx, st, url, g) end,
-            on_event = function(e) live_event(ctx, st, e) end })
-        end
-        local opened = 0
-        local function open()
-          opened = opened + 1 -- each reader numbers its frames from 1: its own file names
-          local prefix = opened == 1 and "f" or "f" .. opened
-          if kind == "ffmpeg" then return cli_frames(url, fps, conf.max_width, st.frames_dir, prefix) end
-          return media.frames(url, { every = 1 / fps, max_width = conf.max_width, dir = st.frames_dir, prefix = prefix })
-        end
-        if once or not (is_url(url) and not url:match("^[Ff][Ii][Ll][Ee]:")) then return open() end
-        if kind == "media" and once == nil then
-          -- an HTTP input with a known length (an MP4 served over HTTP) ends; a live one does not
-          local info = media.probe(url)
-          if info and tonumber(info.duration) and info.duration > 0 then return open() end
-        end
-        -- a live input without segments: opened again when it fails, ends or stalls
-        local stall = tonumber(conf.stall) or 0
-        if stall <= 0 then stall = math.max(10, 3 / fps) end
-        return require("sluice.media.live").reopening(open, { url = url, stall = stall,
-          reconnect = { initial = rc.initial, max = rmax, give_up = rc.give_up },
-          on_gap = function(g) gap(ctx, st, url, g) end,
-          on_event = function(e) live_event(ctx, st, e) end })
-      end
-      if reader ~= "hls" and reader ~= "ffmpeg" and reader ~= "media" then
-        error("live_monitor: reader must be auto, hls, media or ffmpeg (got " .. tostring(reader) .. ")", 0)
-      end
-      local stream = open_stream(reader)
-      if reader == "hls" and conf.reader == "auto" then
-        -- a playlist sluice's reader does not read (encrypted or fMP4 segments): FFmpeg's demuxer
-        local hls_stream, started_frames = stream, false
-        stream = setmetatable({}, { __index = function(_, k) return hls_stream[k] end })
-        function stream.next()
-          local f, ferr, code = hls_stream:next()
-          if not f and code == "EUNSUPPORTED" and not started_frames then
-            io.stderr:write("live_monitor: ", ferr, "; reading it through FFmpeg's HLS demuxer instead (gaps",
-              " are then not counted by segment)\n")
-            log_record(st, { type = "reader", reader = "media", reason = ferr }, ctx)
-            local ended = hls_stream.endlist -- a playlist that is complete ends; a live one is reopened
-            hls_stream:close()
-            hls_stream = open_stream("media", ended)
-            return hls_stream:next()
-          end
-          started_frames = started_frames or f ~= nil
-          return f, ferr, code
-        end
-        function stream.close() return hls_stream:close() end
+      if conf.decode ~= "auto" and conf.decode ~= "fast" and conf.decode ~= "full" then
+        error("live_monitor: decode must be auto, fast or full (got " .. tostring(conf.decode) .. ")", 0)
       end
       local conc = math.tointeger(tonumber(conf.concurrency))
       if not conc or conc < 1 then error("live_monitor: concurrency must be a positive integer (got " .. tostring(conf.concurrency) .. ")", 0) end
       -- `concurrency` sets the analyser's workers unless stages.analyse.workers was given
       local sa = type(conf.stages) == "table" and conf.stages.analyse
       if not (type(sa) == "table" and sa.workers) then ctx.job.stages.analyse.workers = conc end
-      local first_t, started = nil, sl.now()
-      log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, reader = reader,
-        policy = "keep latest" }, ctx)
-      local why = "finished"
-      local unsent -- the path of a frame received and not yet handed on (or dropped)
-      local ok, err = pcall(function()
-        while true do
-          local left = duration > 0 and (duration - (sl.now() - started)) or nil
-          if left and left <= 0 then why = "duration"; break end
-          local f, ferr, code
-          if left then
-            f, ferr, code = sl.timeout(left, stream.next, stream)
-            if f == nil and code == "ETIMEDOUT" then why = "duration"; break end
-          else
-            f, ferr = stream:next()
+      local J = job_state(ctx)
+      for _, st in ipairs(J.streams) do st.fps = fps end
+      ctx.job:set_status(function() return status_lines(J) end)
+      if #J.streams == 1 then return capture_one(ctx, J, J.streams[1], fps) end
+      -- several streams: one capture each, side by side; the detector gets a worker per
+      -- stream (frames of one stream stay in order: each stream's detection holds its lock)
+      ctx.job.stages.detect.workers = #J.streams
+      local g, failed = sl.group(), {}
+      for _, st in ipairs(J.streams) do
+        st.lock = sl.semaphore(1)
+        g:spawn(function()
+          local ok, err = pcall(capture_one, ctx, J, st, fps)
+          if not ok then
+            if sl.is_cancelled and sl.is_cancelled(err) or tostring(err) == "cancelled" then error(err, 0) end
+            st.error = tostring(err)
+            failed[#failed + 1] = st.name .. ": " .. tostring(err):gsub("^live_monitor: ", "")
+            io.stderr:write("live_monitor: stream ", st.name, " stopped: ", tostring(err):gsub("^live_monitor: ", ""), "\n")
           end
-          if not f then
-            if ferr then error("live_monitor: " .. tostring(ferr), 0) end
-            why = "finished" -- the stream really ended (EXT-X-ENDLIST, the end of a file)
-            break
-          end
-          unsent = f.path
-          if realtime then
-            first_t = first_t or f.t
-            local due = started + (f.t - first_t) - sl.now()
-            if due > 0 then sl.sleep(due) end
-          end
-          local wall = sl.now() - st.t0
-          st.frames = st.frames + 1
-          st.captures[#st.captures + 1] = wall
-          local d = ctx.job.stages.detect
-          if d.queue >= d.queue_cap then
-            -- the detector is a whole queue behind: drop this frame rather than wait
-            st.dropped_frames = st.dropped_frames + 1
-            log_record(st, { type = "dropped", t = f.t, seq = f.seq, reason = "detector busy", wall = wall }, ctx)
-            if not conf.keep_frames then os.remove(f.path) end
-          else
-            ctx:emit({ seq = f.seq, t = f.t, path = f.path, dhash = f.dhash, wall = wall, segment = f.segment,
-              appeared = f.appeared },
-              { seq = f.seq, t0 = f.t, t1 = f.t, key = "live" })
-          end
-          unsent = nil
-        end
-      end)
-      -- stopped while holding a frame (Ctrl-C during the real-time wait or a full queue)
-      if unsent and not conf.keep_frames then os.remove(unsent) end
-      stream:close()
-      st.latencies = stream.latencies
-      st.dropped_frames = st.dropped_frames + (stream.dropped or 0) -- the ffmpeg reader's
-      log_record(st, { type = "end", frames = st.frames, reason = ok and why or (type(err) == "string" and err or "stopped") }, ctx)
-      -- a first summary now (the report stage rewrites it once the analyses in flight are in)
-      write_json_atomic(st.dir .. "/summary.json", summarize(st, ctx))
-      if not ok then error(err, 0) end
+        end)
+      end
+      g:wait()
+      if #failed > 0 then
+        error("live_monitor: " .. #failed .. " of " .. #J.streams .. " streams failed (" .. table.concat(failed, "; ") .. ")", 0)
+      end
     end,
   },
   stages = {
     detect = {
-      from = "capture", workers = 1, queue = 8,
+      -- a queue of DETECT_BEHIND frames per stream (8 streams' worth): with fewer streams a
+      -- stream's frames are dropped before the queue is full, so capture never waits on it
+      -- memo = false (here and below): a live stream is never replayed, so nothing is taken
+      -- from the job store, and the store's in-memory index does not grow with every frame
+      from = "capture", workers = 1, queue = 64, memo = false,
       run = function(env, ctx)
-        local st = state(ctx)
+        local J = job_state(ctx)
         local frame = env.data
+        local st = J.streams[frame.stream]
+        st.queued = st.queued - 1
         -- a request waiting for a free analyser goes first (keep latest: it is the newest)
-        dispatch(ctx, st)
-        local conf = ctx.config
-        local det, err
-        if conf.detector == "worker" then
-          det, err = detect_worker(ctx, frame)
-        elseif conf.detector == "dhash" then
-          local change = st.prev_hash and require("sluice.media").distance(st.prev_hash, frame.dhash) or 0
-          st.prev_hash = frame.dhash
-          det = { hit = change >= conf.change, change = change }
-        else
-          error("live_monitor: detector must be dhash or worker (got " .. tostring(conf.detector) .. ")", 0)
-        end
-        local rec = { type = "frame", t = frame.t, seq = frame.seq, captured = frame.wall, segment = frame.segment,
-          hit = det and det.hit or false, change = det and det.change, class = det and det.class,
-          score = det and det.score, error = err and tostring(err) or nil }
-        log_record(st, rec)
-        local reason
-        if det and det.hit then
-          reason = "detection"
-        elseif conf.periodic and conf.periodic > 0 and
-            (st.last_request_t == nil or frame.t - st.last_request_t >= conf.periodic) then
-          reason = "periodic"
-        end
-        if reason then
-          request(ctx, st, frame, reason, det)
-        elseif not conf.keep_frames then
-          os.remove(frame.path)
-        end
+        dispatch(ctx, J)
+        if st.lock then st.lock:acquire() end -- (several streams: this stream's frames in order)
+        local ok, e = pcall(detect_one, ctx, st, frame)
+        if st.lock then st.lock:release() end
+        if not ok then error(e, 0) end
       end,
     },
 
     analyse = {
-      from = "detect", workers = 2, queue = 2,
+      from = "detect", workers = 2, queue = 2, memo = false,
       run = function(env, ctx)
-        local st = state(ctx)
+        local J = job_state(ctx)
         local req = env.data
-        -- The worker analyses its request, then takes the pending one (if any) at once: with
-        -- HLS, frames arrive in segment bursts, so waiting for the next frame's dispatch
-        -- would leave it idle for up to a segment.
+        -- The worker analyses its request, then takes a pending one (if any, fairly across
+        -- streams) at once: with HLS, frames arrive in segment bursts, so waiting for the
+        -- next frame's dispatch would leave it idle for up to a segment.
         while req do
-          local res = analyse_one(ctx, st, req)
+          local res = analyse_one(ctx, J.streams[req.stream], req)
           -- (once the run is stopping, what is pending is not started: the grace is for the
           -- analyses in flight)
-          req = not ctx.job.stopping and st.pending or nil
+          req = not ctx.job.stopping and take_pending(J) or nil
           if req then
-            st.pending = nil
-            req.requested_wall = req.requested_wall or (sl.now() - st.t0)
             req.handed_over = true
-            dispatched(st, req)
-            ctx:emit(res, { seq = res.seq, t0 = res.t, t1 = res.t })
+            ctx:emit(res, { key = res.key, seq = res.seq, t0 = res.t, t1 = res.t })
           else
-            return res, { seq = res.seq, t0 = res.t, t1 = res.t }
+            return res, { key = res.key, seq = res.seq, t0 = res.t, t1 = res.t }
           end
         end
       end,
     },
 
     report = {
-      from = "analyse", collect = "all",
+      from = "analyse", collect = "all", memo = false,
       run = function(items, ctx)
-        local st = state(ctx)
-        if st.pending then
-          st.coalesced = st.coalesced + 1
-          log_record(st, { type = "dropped", t = st.pending.t, seq = st.pending.seq, reason = "stream ended" }, ctx)
-          if not ctx.config.keep_frames then os.remove(st.pending.path) end
-          st.pending = nil
+        local J = job_state(ctx)
+        local all = {}
+        for i, st in ipairs(J.streams) do
+          all[i] = report_stream(ctx, st)
         end
-        local s = summarize(st, ctx)
-        write_json_atomic(st.dir .. "/summary.json", s)
-        table.sort(st.analysed, function(a, b) return a.t < b.t end)
-        if #st.analysed > 0 then
-          write_json_atomic(st.dir .. "/analyses.json", st.analysed)
-        else
-          local f = assert(io.open(st.dir .. "/analyses.json", "wb"))
-          f:write("[]")
-          f:close()
+        if not J.multi then return all[1] end
+        -- the top summary: each stream's figures, and the totals
+        local top = { streams = {}, elapsed = sl.now() - J.t0, concurrency = ctx.config.concurrency,
+          policy = "keep latest", frames = 0, analyses = 0, failures = 0, requests = 0, coalesced = 0,
+          dropped_frames = 0, gaps = 0, missed_segments = 0 }
+        for i, s in ipairs(all) do
+          s.name = J.streams[i].name
+          s.dir = J.streams[i].name
+          top.streams[i] = s
+          for _, k in ipairs { "frames", "analyses", "failures", "requests", "coalesced", "dropped_frames", "gaps",
+            "missed_segments" } do
+            top[k] = top[k] + (tonumber(s[k]) or 0)
+          end
         end
-        log_record(st, { type = "summary", frames = s.frames, analyses = s.analyses,
-          coalesced = s.coalesced, max_backlog = s.max_backlog }, ctx)
-        st.log:flush()
-        return s
+        write_json_atomic(stages.out_dir(ctx, nil, nil) .. "/summary.json", top)
+        return top
       end,
     },
   },

@@ -94,6 +94,7 @@ function M.lines(stats, rates)
   end
   local pl = M.providers_line(stats.providers, w)
   if pl then out[#out + 1] = pl end
+  for _, l in ipairs(stats.status or {}) do out[#out + 1] = tostring(l) end -- (job:set_status)
   for _, wk in ipairs(stats.workers or {}) do -- remote workers (sluice run --broker)
     out[#out + 1] = string.format("%s %s (%s) %s: run %d, done %d%s", pad("worker", w), wk.id,
       tostring(wk.host), table.concat(wk.stages or {}, ","), wk.in_flight or 0, wk.done or 0,

@@ -286,12 +286,23 @@ function Job:stats()
     out.stages[n] = st
   end
   if self.providers and self.providers.stats then out.providers = self.providers:stats() end
+  if self.status_fn then out.status = self.status_fn() end
   -- the machine-wide CPU budget (sluice.core.pool.cpu): tokens, and how often CPU-bound jobs
   -- of this job's time had to wait for one (the cap biting)
   local c, c0 = pool.cpu(), self.cpu0
   if c0 then c.waited, c.wait_seconds = c.waited - c0.waited, c.wait_seconds - c0.wait_seconds end
   out.cpu = c
   return out
+end
+
+-- job:set_status(fn): fn() -> a list of lines about the job's own state (a live monitor's
+-- per-stream rates), called by job:stats() (as `status`) and so shown by the progress view
+-- under the stages; nil removes it.
+function Job:set_status(fn)
+  if fn ~= nil and type(fn) ~= "function" then
+    error("job:set_status: expected a function or nil (got " .. type(fn) .. ")", 2)
+  end
+  self.status_fn = fn
 end
 
 -- job:graph() -> { {name=, kind="source"|"stage", from={...}, workers=, batch=, gate=,

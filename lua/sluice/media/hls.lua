@@ -166,7 +166,8 @@ Reader.__index = Reader
 local function now() return sl.now() end
 
 -- frames(url, opts) -> a reader with next() and close(), like a sluice.media.frames stream.
--- opts: every (seconds between frames, default 1), max_width, max_height, quality, dir,
+-- opts: every (seconds between frames, default 1), max_width, max_height, quality, fast and
+-- threads (sluice.media.frames' reduced decode and decoder threads), dir,
 -- prefix ("f"), live_start (-3: join at the third segment from the end), reconnect =
 -- {initial = 0.5, max = target duration, give_up = 0}, stall (3 target durations), timeout
 -- (per request, 10 s), on_gap(gap), on_event(rec) (rec.type: "join", "outage" (an outage
@@ -324,7 +325,8 @@ end
 -- Reloads the playlist (waiting until it is due); on failure starts or continues an outage
 -- and schedules the next attempt with backoff. Returns nil, message to give up.
 function Reader:reload()
-  local wait = self.next_reload - now()
+  local due = self.next_reload
+  local wait = due - now()
   if wait > 0 then sl.sleep(wait) end
   local started = now()
   local pl, cause = self:fetch()
@@ -360,10 +362,15 @@ function Reader:reload()
   end
   -- RFC 8216 6.3.4: reload half a target duration after an unchanged playlist; after a
   -- change, when the next segment is due: the last one's duration (as FFmpeg's demuxer does),
-  -- at most the target duration
+  -- at most the target duration. The next reload counts from when this one was due, not from
+  -- when the timer fired: counting from the late start (a timer or a busy loop is always a
+  -- little late) moved the reloads later at every segment until one came just before a
+  -- segment was published, found nothing new, and waited another half target duration (an
+  -- interval of 1.5 periods between captures; with 1 s segments about once a minute)
   local changed = self.last_new_wall >= started
   local last = self.last_duration or self:target()
-  self.next_reload = started + (changed and math.min(last, self:target()) or self:target() / 2)
+  local base = (due > 0 and started - due < self:target() / 4) and due or started
+  self.next_reload = (changed and base or started) + (changed and math.min(last, self:target()) or self:target() / 2)
   return true
 end
 
@@ -413,7 +420,7 @@ function Reader:open_segment()
   end
   local o = self.opts
   self.cur = media.frames(path, { times = times, max_width = o.max_width, max_height = o.max_height,
-    quality = o.quality, dir = self.dir, prefix = string.format("%s%06d", self.prefix, self.nseg) })
+    quality = o.quality, fast = o.fast, threads = o.threads, dir = self.dir, prefix = string.format("%s%06d", self.prefix, self.nseg) })
   self.cur_seg = seg
   self.cur_frames = 0
 end
