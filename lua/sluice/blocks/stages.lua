@@ -462,7 +462,7 @@ function M.audio_chunks(o)
       end
       local stream = media.audio_chunks(src, { seconds = seconds,
         overlap = param(ctx, params, "overlap"), split = param(ctx, params, "split"),
-        window = param(ctx, params, "window"), first = param(ctx, params, "first"), dir = dir,
+        window = param(ctx, params, "window"), first = param(ctx, params, "first") or nil, dir = dir,
         prefix = M.safe_name(env.key, 60) })
       while true do
         local c, err = stream:next()
