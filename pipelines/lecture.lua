@@ -41,6 +41,7 @@ local fusion = require "sluice.blocks.fusion"
 local subtitles = require "sluice.blocks.subtitles"
 local stages = require "sluice.blocks.stages"
 local text = require "sluice.blocks.text"
+local media = require "sluice.media"
 
 -- Per-job state: the fuser and the summary sections of each key.
 local jobs = stages.job_states()
@@ -95,6 +96,19 @@ local function emit_entries(ctx, entries)
   end
 end
 
+-- fused.json's entries, in order.
+local function fused_json(list)
+  local entries = {}
+  for i, e in ipairs(list) do
+    entries[i] = { seq = e.seq, window = e.window, t0 = e.t0, t1 = e.t1,
+      slide_text = e.slide_text, slide_path = e.slide_path, speech = e.speech,
+      segments = e.segments, slides = e.slides, missing = e.missing, speech_only = e.speech_only,
+      same_as = e.same_as, window_fallback = e.window_fallback }
+  end
+  table.sort(entries, function(a, b) return (a.seq or a.window) < (b.seq or b.window) end)
+  return entries
+end
+
 -- Provisional segments (events only: summary and the files take the final ones): a slide's
 -- interval with the speech heard in it so far, sent again whenever it changed.
 local function emit_provisional(ctx, f)
@@ -138,7 +152,7 @@ return sl.pipeline "lecture" {
         check(r, err, string.format("stt chunk %d (%.1f-%.1f s)", c.seq, c.t0, c.t1))
         ctx:event("speech", { seq = c.seq, t0 = c.t0, t1 = c.t1, text = stages.text_of(r) })
         return { seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, segments = r.segments or {}, text = r.text,
-          provider = r.provider }
+          provider = r.provider, source = c.source }
       end,
     },
 
@@ -167,6 +181,20 @@ return sl.pipeline "lecture" {
         if out.advanced then
           out.final, out.first, out.upto = k.merger:take_final()
           out.tail, out.tail_first = k.merger:tail()
+          -- the subtitles grow as the speech becomes final (transcript writes the whole at the end)
+          if #out.final > 0 then
+            k.segs = k.segs or {}
+            for _, sg in ipairs(out.final) do k.segs[#k.segs + 1] = sg end
+            local dir = stages.out_dir(ctx, env.key)
+            assert(subtitles.write_file(dir .. "/transcript.srt", k.segs))
+            assert(subtitles.write_file(dir .. "/transcript.vtt", k.segs))
+          end
+          -- how much of the lecture is transcribed, for the progress view's ETA
+          if k.duration == nil then
+            local info = c.source and media.probe(c.source)
+            k.duration = info and info.duration or false
+          end
+          if k.duration then ctx:event("progress", { done = k.merger.prev.t1, total = k.duration, unit = "s" }) end
         end
         return out
       end,
@@ -271,6 +299,11 @@ return sl.pipeline "lecture" {
         elseif env.stage == "vlm" then
           emit_entries(ctx, f:add_vision(d.slides))
         end
+        -- fused.json grows as segments become final (fusion_end writes the whole at the end)
+        if #f:entries() > (f.written or 0) then
+          f.written = #f:entries()
+          write_json(stages.out_dir(ctx, env.key) .. "/fused.json", fused_json(f:entries()))
+        end
         emit_provisional(ctx, f)
       end,
     },
@@ -314,7 +347,7 @@ return sl.pipeline "lecture" {
         end
         emit_entries(ctx, rest)
         local dir = stages.out_dir(ctx, key)
-        local slides, entries = {}, {}
+        local slides = {}
         local seqs = {}
         for seq in pairs(f.times) do seqs[#seqs + 1] = seq end
         table.sort(seqs)
@@ -324,15 +357,8 @@ return sl.pipeline "lecture" {
             text = it and it.text, provider = it and it.provider, missing = (not it) or nil,
             slide = it and it.slide, same_as = it and it.same_as, window = it and it.window }
         end
-        for i, e in ipairs(f:entries()) do
-          entries[i] = { seq = e.seq, window = e.window, t0 = e.t0, t1 = e.t1,
-            slide_text = e.slide_text, slide_path = e.slide_path, speech = e.speech,
-            segments = e.segments, slides = e.slides, missing = e.missing, speech_only = e.speech_only,
-            same_as = e.same_as, window_fallback = e.window_fallback }
-        end
-        table.sort(entries, function(a, b) return (a.seq or a.window) < (b.seq or b.window) end)
         write_json(dir .. "/slides.json", slides)
-        write_json(dir .. "/fused.json", entries)
+        write_json(dir .. "/fused.json", fused_json(f:entries()))
       end,
     },
 

@@ -32,6 +32,11 @@ local function run(name, config)
   bus:on(function(ev)
     seen[#seen + 1] = { event = ev.event, stage = ev.stage, seq = ev.seq, final = ev.final, t0 = ev.t0,
       t1 = ev.t1, size = ev.size, kind = ev.kind }
+    -- the outputs as they stood when the whole transcript came in (written as segments finished)
+    if ev.event == "item_start" and ev.stage == "transcript" and not seen.files then
+      local function read(f) local h = io.open(out .. "/" .. f); if h then local x = h:read("a"); h:close(); return x end end
+      seen.files = { fused = read("fused.json"), srt = read("transcript.srt"), vtt = read("transcript.vtt") }
+    end
   end)
   local s = p:start { inputs = { input }, out = out, config = config, bus = bus }:wait()
   T.eq(s.failed, 0, name .. ": " .. cjson.encode(s.dead or {}))
@@ -95,6 +100,18 @@ T.case("provisional segments first, final ones unchanged from a run at the confi
   for _, f in ipairs { "transcript.srt", "transcript.vtt", "summary.md", "judge.json" } do
     T.ok(P.exists(grown .. "/" .. f), f)
   end
+  -- written as segments finished: before the whole transcript was in, fused.json held the
+  -- segments final by then (each as in the end) and the subtitles the speech final by then
+  local early = ev.files
+  T.ok(early and early.fused and early.srt and early.vtt, "fused.json, .srt and .vtt before the whole transcript")
+  local part = cjson.decode(early.fused)
+  T.ok(#part >= 1 and #part <= #a, "fused.json then: " .. #part .. " of " .. #a .. " segments")
+  for i, e in ipairs(part) do T.same(e, a[i], "segment " .. i .. " as in the end") end
+  local subs = require "sluice.blocks.subtitles"
+  local cues_then, cues_end = subs.parse(early.srt), subs.parse(P.read(grown .. "/transcript.srt"))
+  T.ok(#cues_then >= 1 and #cues_then < #cues_end, string.format("srt then %d cues, in the end %d", #cues_then, #cues_end))
+  T.ok(#subs.parse(early.vtt) >= 1, "vtt then")
+  T.eq((P.sh("find '" .. grown .. "' -name '*.tmp' | wc -l"):gsub("%s", "")), "0", "no temporary file left")
 end)
 
 T.teardown("cleanup", function() P.rm(tmp) end)

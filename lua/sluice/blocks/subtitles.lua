@@ -9,6 +9,7 @@
 --   local cues = subs.layout(segments)         -- cues that follow the style guide (below)
 --   local segs = subs.parse(str)              -- SRT or WebVTT (detected), or nil, message
 --   subs.write_file(path, segments)           -- layout(), then the format from the extension
+--                                             (written to path.tmp, then renamed)
 --
 -- Times are whole milliseconds: writing rounds to the nearest one, parsing gives exact
 -- thousandths. A UTF-8 byte order mark and CRLF line ends are accepted; cue identifiers, cue
@@ -324,10 +325,15 @@ end
 function M.write_file(path, segments, opts)
   if not (opts and opts.layout == false) then segments = M.layout(segments) end
   local body = path:match("%.vtt$") and M.vtt(segments) or M.srt(segments)
-  local f, err = io.open(path, "wb")
+  -- through a temporary file and a rename: a reader (a player following a file that grows as a
+  -- long lecture is transcribed) never sees half of it
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "wb")
   if not f then return nil, "subtitles: " .. err end
   f:write(body)
   f:close()
+  local ok, rerr = os.rename(tmp, path)
+  if not ok then os.remove(tmp); return nil, "subtitles: " .. rerr end
   return true
 end
 
