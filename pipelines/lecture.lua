@@ -183,11 +183,12 @@ return sl.pipeline "lecture" {
           out.tail, out.tail_first = k.merger:tail()
           -- the subtitles grow as the speech becomes final (transcript writes the whole at the end)
           if #out.final > 0 then
-            k.segs = k.segs or {}
-            for _, sg in ipairs(out.final) do k.segs[#k.segs + 1] = sg end
-            local dir = stages.out_dir(ctx, env.key)
-            assert(subtitles.write_file(dir .. "/transcript.srt", k.segs))
-            assert(subtitles.write_file(dir .. "/transcript.vtt", k.segs))
+            if not k.srt then
+              local dir = stages.out_dir(ctx, env.key)
+              k.srt, k.vtt = subtitles.writer(dir .. "/transcript.srt"), subtitles.writer(dir .. "/transcript.vtt")
+            end
+            assert(k.srt:add(out.final))
+            assert(k.vtt:add(out.final))
           end
           -- how much of the lecture is transcribed, for the progress view's ETA
           if k.duration == nil then
