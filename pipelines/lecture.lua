@@ -300,10 +300,15 @@ return sl.pipeline "lecture" {
         elseif env.stage == "vlm" then
           emit_entries(ctx, f:add_vision(d.slides))
         end
-        -- fused.json grows as segments become final (fusion_end writes the whole at the end)
-        if #f:entries() > (f.written or 0) then
+        -- fused.json grows as segments become final (fusion_end writes the whole at the end).
+        -- Each write encodes every segment so far, so it waits 20 times as long as the last one
+        -- took (at least 2 s): at most 5% of the loop's time goes to it (a two-hour lecture has
+        -- a thousand segments; written after each one, that was quadratic).
+        if #f:entries() > (f.written or 0) and sl.now() >= (f.next_write or 0) then
+          local t0 = sl.now()
           f.written = #f:entries()
           write_json(stages.out_dir(ctx, env.key) .. "/fused.json", fused_json(f:entries()))
+          f.next_write = sl.now() + math.max(2, 20 * (sl.now() - t0))
         end
         emit_provisional(ctx, f)
       end,
