@@ -188,6 +188,7 @@ function M.new(opts)
     end_time = opts.end_time,
     first_seq = opts.first_seq or 1,
     times = {},      -- seq -> t
+    sorted = {},     -- the seqs of times, in order
     items = {},      -- seq -> vision result
     emitted = {},    -- seq (or window) -> true
     out = {},        -- every entry emitted, in emission order
@@ -206,10 +207,30 @@ local function check_item(it, i)
   end
 end
 
+-- Sorted list of known seqs (kept as seqs are added: a long lecture's fuser is asked for it on
+-- every input; the caller must not change it).
+local function known_seqs(self)
+  return self.sorted
+end
+
+-- Records the time of seq, keeping self.sorted in order (seqs come mostly in order).
+local function set_time(self, seq, t)
+  if self.times[seq] == nil then
+    local list = self.sorted
+    local i = #list + 1
+    list[i] = seq
+    while i > 1 and list[i - 1] > seq do
+      list[i], list[i - 1] = list[i - 1], seq
+      i = i - 1
+    end
+  end
+  self.times[seq] = t
+end
+
 function Fuser:add_times(list)
   for i, it in ipairs(list) do
     check_item(it, i)
-    self.times[it.seq] = it.t
+    set_time(self, it.seq, it.t)
   end
   return self:_ready()
 end
@@ -234,7 +255,7 @@ function Fuser:add_vision(list)
   self.aliases = self.aliases or {}
   for i, it in ipairs(list) do
     check_item(it, i)
-    self.times[it.seq] = it.t
+    set_time(self, it.seq, it.t)
     if it.same_as and it.text == nil and it.same_as ~= it.seq then
       resolve_alias(self, it)
     else
@@ -249,13 +270,6 @@ function Fuser:add_vision(list)
   return self:_ready()
 end
 
--- Sorted list of known seqs.
-local function known_seqs(self)
-  local seqs = {}
-  for s in pairs(self.times) do seqs[#seqs + 1] = s end
-  table.sort(seqs)
-  return seqs
-end
 
 function Fuser:set_speech(speech)
   if type(speech) ~= "table" then error("bad argument #1 to 'set_speech' (segment list expected)", 2) end
