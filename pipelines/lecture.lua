@@ -42,6 +42,7 @@ local subtitles = require "sluice.blocks.subtitles"
 local stages = require "sluice.blocks.stages"
 local text = require "sluice.blocks.text"
 local media = require "sluice.media"
+local files = require "sluice.runtime.files"
 
 -- Per-job state: the fuser and the summary sections of each key.
 local jobs = stages.job_states()
@@ -57,6 +58,12 @@ local function check(v, err, what)
 end
 
 local write_json = stages.write_json
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
 
 local function clock(t)
   t = math.floor((t or 0) + 0.5)
@@ -171,25 +178,37 @@ return sl.pipeline "lecture" {
         end
         local c = env.data
         k.pending[c.seq] = c
-        local out = { chunk = c, seq = c.seq }
+        -- One output per chunk, when it is merged (in seq order): what it holds depends on the
+        -- chunks up to it only, not on the order they were transcribed in (the transcript's
+        -- resume key is made from these outputs).
+        local outs = {}
         while k.pending[k.next] do
-          k.merger:add(k.pending[k.next])
+          local ch = k.pending[k.next]
+          k.merger:add(ch)
           k.pending[k.next] = nil
           k.next = k.next + 1
-          out.advanced = true
-        end
-        if out.advanced then
+          local out = { chunk = ch, seq = ch.seq }
           out.final, out.first, out.upto = k.merger:take_final()
           out.tail, out.tail_first = k.merger:tail()
-          -- the subtitles grow as the speech becomes final (transcript writes the whole at the end)
-          if #out.final > 0 then
-            if not k.srt then
-              local dir = stages.out_dir(ctx, env.key)
+          outs[#outs + 1] = out
+          -- The subtitles grow as the speech becomes final (transcript writes the whole at the
+          -- end), only where there is no transcript yet: a run that resumes (or redoes) a job
+          -- has its finished files, which the job store recorded; they stay until replaced whole.
+          if k.grow == nil then
+            local dir = stages.out_dir(ctx, env.key)
+            k.grow = not exists(dir .. "/transcript.srt")
+            if k.grow then
               k.srt, k.vtt = subtitles.writer(dir .. "/transcript.srt"), subtitles.writer(dir .. "/transcript.vtt")
             end
-            assert(k.srt:add(out.final))
-            assert(k.vtt:add(out.final))
           end
+          if k.grow and #out.final > 0 then
+            files.unwatched(function()
+              assert(k.srt:add(out.final))
+              assert(k.vtt:add(out.final))
+            end)
+          end
+        end
+        if #outs > 0 then
           -- how much of the lecture is transcribed, for the progress view's ETA
           if k.duration == nil then
             local info = c.source and media.probe(c.source)
@@ -197,7 +216,9 @@ return sl.pipeline "lecture" {
           end
           if k.duration then ctx:event("progress", { done = k.merger.prev.t1, total = k.duration, unit = "s" }) end
         end
-        return out
+        for _, out in ipairs(outs) do
+          ctx:emit(out, { seq = out.seq, t0 = out.chunk.t0, t1 = out.chunk.t1 })
+        end
       end,
     },
 
@@ -288,7 +309,7 @@ return sl.pipeline "lecture" {
         local f = fuser_for(ctx, env.key)
         local d = env.data
         if env.stage == "merge" then
-          if d.advanced and not f.complete then
+          if not f.complete then
             emit_entries(ctx, f:add_speech(d.final, d.first, d.upto))
             f:set_tentative(d.tail, d.tail_first)
           end
@@ -300,14 +321,16 @@ return sl.pipeline "lecture" {
         elseif env.stage == "vlm" then
           emit_entries(ctx, f:add_vision(d.slides))
         end
-        -- fused.json grows as segments become final (fusion_end writes the whole at the end).
+        -- fused.json grows as segments become final (fusion_end writes the whole at the end),
+        -- where there is none yet (as the subtitles above).
+        if f.grow == nil then f.grow = not exists(stages.out_dir(ctx, env.key) .. "/fused.json") end
         -- Each write encodes every segment so far, so it waits 20 times as long as the last one
         -- took (at least 2 s): at most 5% of the loop's time goes to it (a two-hour lecture has
         -- a thousand segments; written after each one, that was quadratic).
-        if #f:entries() > (f.written or 0) and sl.now() >= (f.next_write or 0) then
+        if f.grow and #f:entries() > (f.written or 0) and sl.now() >= (f.next_write or 0) then
           local t0 = sl.now()
           f.written = #f:entries()
-          write_json(stages.out_dir(ctx, env.key) .. "/fused.json", fused_json(f:entries()))
+          files.unwatched(write_json, stages.out_dir(ctx, env.key) .. "/fused.json", fused_json(f:entries()))
           f.next_write = sl.now() + math.max(2, 20 * (sl.now() - t0))
         end
         emit_provisional(ctx, f)
