@@ -54,15 +54,22 @@ local function pipelined()
   local p = sl.load(SRC .. "/pipelines/lecture.lua")
   local bus = require("sluice.runtime.events").new()
   local t0 = sl.now()
-  local first_fused
-  bus:on(function(ev) if ev.event == "fused" and not first_fused then first_fused = sl.now() - t0 end end)
+  local first_fused, first_final, first = nil, nil, {}
+  bus:on(function(ev)
+    local t = sl.now() - t0
+    if ev.event == "segment" and not first_fused then first_fused = t end
+    if ev.event == "fused" and not first_final then first_final = t end
+    if not first[ev.event] then first[ev.event] = t end
+  end)
   local job = p:start { inputs = { video }, out = out, config = conf(), bus = bus }
   local s = job:wait()
   local makespan = sl.now() - t0
   assert(s.failed == 0, "pipeline failed: " .. cjson.encode(s.dead))
   local fused = #cjson.decode(io.open(out .. "/fused.json"):read("a"))
   sh("rm -rf " .. out)
-  return makespan, first_fused, fused
+  print(string.format("pipeline: first speech %.2fs, first frame %.2fs, first description %.2fs, " ..
+    "first final fused segment %.2fs", first.speech or -1, first.frame or -1, first.slides or -1, first_final or -1))
+  return makespan, first_fused, fused, first_final
 end
 
 -- Batch-serial: the same work, one stage after another ---------------------------------------
@@ -137,11 +144,12 @@ local ok, err = pcall(function()
     "VLM %.2fs/batch of %d (%d workers), LLM %.2fs/call", video, LAT.stt, CHUNK, STT_W, LAT.vlm,
     BATCH, VLM_W, LAT.llm))
   local sm, sf, sn = serial()
-  local pm, pf, pn = pipelined()
+  local pm, pf, pn, pff = pipelined()
   print(string.format("batch-serial: makespan %.2fs, first fused segment at %.2fs (%d segments)", sm, sf, sn))
-  print(string.format("pipeline:     makespan %.2fs, first fused segment at %.2fs (%d segments)", pm, pf, pn))
-  print(string.format("makespan ratio (serial / pipeline) %.2fx; time to first fused segment %.2fx sooner",
-    sm / pm, sf / pf))
+  print(string.format("pipeline:     makespan %.2fs, first fused segment at %.2fs (provisional; final %.2fs) (%d segments)",
+    pm, pf, pff, pn))
+  print(string.format("makespan ratio (serial / pipeline) %.2fx; time to first fused segment %.2fx sooner " ..
+    "(first final one %.2fx)", sm / pm, sf / pf, sf / pff))
 end)
 srv:stop()
 if not ok then error(err, 0) end

@@ -3,17 +3,21 @@
 --
 --   sluice run pipelines/lecture.lua VIDEO --out DIR [--set key=value ...]
 --
--- audio   cuts the soundtrack into overlapping chunks while it decodes    (step 4)
+-- audio   cuts the soundtrack into overlapping chunks while it decodes: 5 s, 10 s, then 20 s
+--         (params.first: the first words in seconds)                       (step 4)
 -- stt     transcribes chunks in parallel (2 workers)                       (step 4)
+-- merge   merges the chunks in order as they come: the speech no later chunk can change
 -- transcript  merges the chunks in order once all are in; writes transcript.json/.srt/.vtt
 -- frames  captures each slide as it is shown (sluice.media.slides: slide-like pictures, changes
 --         in the slide region only, a slide shown again recognised); a video without slides
 --         gets one frame per `window` seconds and says so (a log line, a no_slides event,
 --         window_fallback in fused.json and a line in summary.md)                  (step 4)
 -- vlm     describes every `x` captured slides as one request (batch.size = x, or whatever
---         arrived within batch.wait seconds), under the shared model quota        (step 5)
--- fusion  waits for the whole transcript (the gate), then merges each VLM batch the moment
---         it completes; batches done earlier were buffered                        (step 6)
+--         arrived within batch.wait seconds; the first batch 1 slide, then 2, then x: batch.first),
+--         under the shared model quota                                            (step 5)
+-- fusion  a slide's segment is final once its description is in, its interval closed (the
+--         next slide's time) and the speech of that interval final; before that it is sent
+--         as provisional (event segment, final = false) as soon as the slide has speech (step 6)
 -- summary, judge  run on each fused segment as it appears, independently of fusion; their
 --         intermediate results are events (--events FILE, the dashboard)         (step 7)
 -- report  writes summary.md and judge.json once everything is in.
@@ -24,9 +28,8 @@
 --
 -- Providers are local by default (sphinx, tesseract, extractive); remote ones by
 -- configuration alone: --set providers.stt=openai --set providers.vlm=gemini ...
--- Other settings: --set stages.audio.params.first=5 (a 5 s first chunk, then 10, then 20: the
--- first transcript sooner; on a loaded 2-core machine the first speech came after 10-12 s
--- instead of 15-22 s, but the whole run took 15-50% longer, so it is not the default),
+-- Other settings: --set stages.audio.params.first=0 (20 s chunks from the start; the default 5
+-- gives 5 s, 10 s, then 20 s), --set stages.vlm.batch.first=4 (batches of 4 from the start),
 -- --set stages.vlm.batch.size=8, --set stages.stt.workers=4,
 -- --set stages.audio.params.seconds=60, --set stages.frames.params.scene=0.2 (capture at
 -- scene changes instead of slides), --set stages.frames.params.rate=4 (slide samples a second),
@@ -38,6 +41,8 @@ local fusion = require "sluice.blocks.fusion"
 local subtitles = require "sluice.blocks.subtitles"
 local stages = require "sluice.blocks.stages"
 local text = require "sluice.blocks.text"
+local media = require "sluice.media"
+local files = require "sluice.runtime.files"
 
 -- Per-job state: the fuser and the summary sections of each key.
 local jobs = stages.job_states()
@@ -53,6 +58,12 @@ local function check(v, err, what)
 end
 
 local write_json = stages.write_json
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
 
 local function clock(t)
   t = math.floor((t or 0) + 0.5)
@@ -79,13 +90,38 @@ local function fuser_for(ctx, key)
   return f
 end
 
--- Emits fused entries as items (seq = slide number or window index + 1) and as events.
+-- Emits fused entries as items (seq = slide number or window index + 1) and as events: a
+-- `fused` event and a `segment` event with final = true (it replaces the provisional ones).
 local function emit_entries(ctx, entries)
   for _, e in ipairs(entries) do
     local seq = e.seq or (e.window + 1)
     ctx:event("fused", { seq = seq, t0 = e.t0, t1 = e.t1, slide_text = e.slide_text, speech = e.speech,
       slide_path = e.slide_path })
+    ctx:event("segment", { seq = seq, final = true, t0 = e.t0, t1 = e.t1, slide_text = e.slide_text,
+      speech = e.speech, slide_path = e.slide_path })
     ctx:emit(e, { seq = seq, t0 = e.t0, t1 = e.t1 })
+  end
+end
+
+-- fused.json's entries, in order.
+local function fused_json(list)
+  local entries = {}
+  for i, e in ipairs(list) do
+    entries[i] = { seq = e.seq, window = e.window, t0 = e.t0, t1 = e.t1,
+      slide_text = e.slide_text, slide_path = e.slide_path, speech = e.speech,
+      segments = e.segments, slides = e.slides, missing = e.missing, speech_only = e.speech_only,
+      same_as = e.same_as, window_fallback = e.window_fallback }
+  end
+  table.sort(entries, function(a, b) return (a.seq or a.window) < (b.seq or b.window) end)
+  return entries
+end
+
+-- Provisional segments (events only: summary and the files take the final ones): a slide's
+-- interval with the speech heard in it so far, sent again whenever it changed.
+local function emit_provisional(ctx, f)
+  for _, e in ipairs(f:provisional()) do
+    ctx:event("segment", { seq = e.seq, final = false, t0 = e.t0, t1 = e.t1, slide_text = e.slide_text,
+      speech = e.speech, slide_path = e.slide_path })
   end
 end
 
@@ -112,7 +148,8 @@ return sl.pipeline "lecture" {
   sources = { video = sl.inputs() },
   limits = { model_quota = sl.semaphore(6) },
   stages = {
-    audio = sl.audio_chunks { from = "video", seconds = 20, overlap = 2 },
+    -- a 5 s first chunk, then 10, then 20: the first words in seconds (params.first = 0: all 20)
+    audio = sl.audio_chunks { from = "video", seconds = 20, overlap = 2, first = 5 },
 
     stt = {
       from = "audio", workers = 2, retry = { attempts = 3 }, queue = 4,
@@ -122,17 +159,76 @@ return sl.pipeline "lecture" {
         check(r, err, string.format("stt chunk %d (%.1f-%.1f s)", c.seq, c.t0, c.t1))
         ctx:event("speech", { seq = c.seq, t0 = c.t0, t1 = c.t1, text = stages.text_of(r) })
         return { seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, segments = r.segments or {}, text = r.text,
-          provider = r.provider }
+          provider = r.provider, source = c.source }
+      end,
+    },
+
+    -- The transcript as it grows: chunks merged in order as they come (fusion.chunk_merger);
+    -- each output carries the segments no later chunk can change (final, from `first` on,
+    -- nothing later before `upto`) and the last chunk's as they stand (tail).
+    merge = {
+      from = "stt", workers = 1, memo = false,
+      run = function(env, ctx)
+        local s = state(ctx)
+        s.speech = s.speech or {}
+        local k = s.speech[env.key]
+        if not k then
+          k = { merger = fusion.chunk_merger { absolute = true }, pending = {}, next = 1 }
+          s.speech[env.key] = k
+        end
+        local c = env.data
+        k.pending[c.seq] = c
+        -- One output per chunk, when it is merged (in seq order): what it holds depends on the
+        -- chunks up to it only, not on the order they were transcribed in (the transcript's
+        -- resume key is made from these outputs).
+        local outs = {}
+        while k.pending[k.next] do
+          local ch = k.pending[k.next]
+          k.merger:add(ch)
+          k.pending[k.next] = nil
+          k.next = k.next + 1
+          local out = { chunk = ch, seq = ch.seq }
+          out.final, out.first, out.upto = k.merger:take_final()
+          out.tail, out.tail_first = k.merger:tail()
+          outs[#outs + 1] = out
+          -- The subtitles grow as the speech becomes final (transcript writes the whole at the
+          -- end), only where there is no transcript yet: a run that resumes (or redoes) a job
+          -- has its finished files, which the job store recorded; they stay until replaced whole.
+          if k.grow == nil then
+            local dir = stages.out_dir(ctx, env.key)
+            k.grow = not exists(dir .. "/transcript.srt")
+            if k.grow then
+              k.srt, k.vtt = subtitles.writer(dir .. "/transcript.srt"), subtitles.writer(dir .. "/transcript.vtt")
+            end
+          end
+          if k.grow and #out.final > 0 then
+            files.unwatched(function()
+              assert(k.srt:add(out.final))
+              assert(k.vtt:add(out.final))
+            end)
+          end
+        end
+        if #outs > 0 then
+          -- how much of the lecture is transcribed, for the progress view's ETA
+          if k.duration == nil then
+            local info = c.source and media.probe(c.source)
+            k.duration = info and info.duration or false
+          end
+          if k.duration then ctx:event("progress", { done = k.merger.prev.t1, total = k.duration, unit = "s" }) end
+        end
+        for _, out in ipairs(outs) do
+          ctx:emit(out, { seq = out.seq, t0 = out.chunk.t0, t1 = out.chunk.t1 })
+        end
       end,
     },
 
     transcript = {
-      from = "stt", collect = true,
+      from = "merge", collect = true,
       run = function(items, ctx)
         local chunks, t1 = {}, 0
         for i, env in ipairs(items) do
-          chunks[i] = env.data
-          if env.data.t1 > t1 then t1 = env.data.t1 end
+          chunks[i] = env.data.chunk
+          if chunks[i].t1 > t1 then t1 = chunks[i].t1 end
         end
         table.sort(chunks, function(a, b) return a.seq < b.seq end)
         local merged = fusion.merge_chunks(chunks, { absolute = true })
@@ -163,7 +259,8 @@ return sl.pipeline "lecture" {
       no_video = "skip" },
 
     vlm = {
-      from = "frames", batch = { size = 4, wait = 5 }, workers = 2, limits = { "model_quota" },
+      -- the first batch is one slide, then 2, then 4 (batch.first): the first description sooner
+      from = "frames", batch = { size = 4, wait = 5, first = 1 }, workers = 2, limits = { "model_quota" },
       retry = { attempts = 4, backoff = 0.5 },
       run = function(items, ctx)
         -- a slide shown again is not described again: fusion gives it its first showing's text
@@ -203,23 +300,40 @@ return sl.pipeline "lecture" {
       end,
     },
 
+    -- Final entries as soon as their interval is closed (the next slide known) and its speech
+    -- is final (fusion.chunk_merger); provisional ones before that, as soon as a slide has
+    -- some speech. The whole transcript (transcript) makes every closed interval final.
     fusion = sl.join {
-      inputs = { "transcript", "frames", "vlm" }, gate = "transcript", workers = 1,
-      on_gate = function(items, ctx)
-        local key = items[1] and items[1].key
-        if not key then return end
-        local tr = items[1].data
-        local f = fuser_for(ctx, key)
-        f.end_time = tr.duration
-        emit_entries(ctx, f:set_speech(tr.segments))
-      end,
+      inputs = { "merge", "transcript", "frames", "vlm" }, workers = 1, memo = false,
       run = function(env, ctx)
         local f = fuser_for(ctx, env.key)
-        if env.stage == "frames" then
-          emit_entries(ctx, f:add_times { { seq = env.data.seq, t = env.data.t } })
+        local d = env.data
+        if env.stage == "merge" then
+          if not f.complete then
+            emit_entries(ctx, f:add_speech(d.final, d.first, d.upto))
+            f:set_tentative(d.tail, d.tail_first)
+          end
+        elseif env.stage == "transcript" then
+          f.end_time = d.duration
+          emit_entries(ctx, f:set_speech(d.segments))
+        elseif env.stage == "frames" then
+          emit_entries(ctx, f:add_times { { seq = d.seq, t = d.t } })
         elseif env.stage == "vlm" then
-          emit_entries(ctx, f:add_vision(env.data.slides))
+          emit_entries(ctx, f:add_vision(d.slides))
         end
+        -- fused.json grows as segments become final (fusion_end writes the whole at the end),
+        -- where there is none yet (as the subtitles above).
+        if f.grow == nil then f.grow = not exists(stages.out_dir(ctx, env.key) .. "/fused.json") end
+        -- Each write encodes every segment so far, so it waits 20 times as long as the last one
+        -- took (at least 2 s): at most 5% of the loop's time goes to it (a two-hour lecture has
+        -- a thousand segments; written after each one, that was quadratic).
+        if f.grow and #f:entries() > (f.written or 0) and sl.now() >= (f.next_write or 0) then
+          local t0 = sl.now()
+          f.written = #f:entries()
+          files.unwatched(write_json, stages.out_dir(ctx, env.key) .. "/fused.json", fused_json(f:entries()))
+          f.next_write = sl.now() + math.max(2, 20 * (sl.now() - t0))
+        end
+        emit_provisional(ctx, f)
       end,
     },
 
@@ -262,7 +376,7 @@ return sl.pipeline "lecture" {
         end
         emit_entries(ctx, rest)
         local dir = stages.out_dir(ctx, key)
-        local slides, entries = {}, {}
+        local slides = {}
         local seqs = {}
         for seq in pairs(f.times) do seqs[#seqs + 1] = seq end
         table.sort(seqs)
@@ -272,15 +386,8 @@ return sl.pipeline "lecture" {
             text = it and it.text, provider = it and it.provider, missing = (not it) or nil,
             slide = it and it.slide, same_as = it and it.same_as, window = it and it.window }
         end
-        for i, e in ipairs(f:entries()) do
-          entries[i] = { seq = e.seq, window = e.window, t0 = e.t0, t1 = e.t1,
-            slide_text = e.slide_text, slide_path = e.slide_path, speech = e.speech,
-            segments = e.segments, slides = e.slides, missing = e.missing, speech_only = e.speech_only,
-            same_as = e.same_as, window_fallback = e.window_fallback }
-        end
-        table.sort(entries, function(a, b) return (a.seq or a.window) < (b.seq or b.window) end)
         write_json(dir .. "/slides.json", slides)
-        write_json(dir .. "/fused.json", entries)
+        write_json(dir .. "/fused.json", fused_json(f:entries()))
       end,
     },
 

@@ -1,6 +1,7 @@
 -- make_sample.lua: makes the sample media the main job, the tests and the benchmarks use, from
 -- real parts, offline, with the ffmpeg command line. Run: sluice run scripts/make_sample.lua
--- [OUT_DIR] [--force] [--only lecture|podcast|filter] (OUT_DIR defaults to build/sample).
+-- [OUT_DIR] [--force] [--only lecture|podcast|filter|slides|longN] (OUT_DIR defaults to
+-- build/sample; longN, e.g. long30 or long120: the lecture looped to N minutes, for the bench).
 --
 --   OUT/lecture.mp4         ~41 s, 1280x720 H.264 + AAC: the five LibriVox utterances of
 --                           Debian's pocketsphinx-testdata read one after another with pauses,
@@ -422,6 +423,44 @@ local function make_slides()
 end
 
 sh("mkdir -p " .. quote(out))
+-- Long lectures (bench/lecture_long.sh only; never part of the default build): the sample
+-- lecture looped (its parts are real: LibriVox speech over rendered slides) to `minutes`,
+-- stream-copied, so it takes seconds. OUT/long/lecture_<minutes>m.mp4 and its truth: the slide
+-- and utterance times of every loop.
+local function make_long(minutes)
+  make_lecture()
+  local dir = out .. "/long"
+  local mp4 = string.format("%s/lecture_%dm.mp4", dir, minutes)
+  local truth_path = string.format("%s/lecture_%dm.truth.json", dir, minutes)
+  if up_to_date { mp4, truth_path } then
+    print("sample: " .. mp4 .. " is up to date")
+    return
+  end
+  sh("mkdir -p " .. quote(dir))
+  local base = cjson.decode(io.open(out .. "/lecture.truth.json"):read("a"))
+  local seconds = minutes * 60
+  local loops = math.ceil(seconds / base.duration)
+  run({ "ffmpeg", "-v", "error", "-y", "-stream_loop", tostring(loops - 1), "-i", out .. "/lecture.mp4",
+    "-t", string.format("%.3f", seconds), "-c", "copy", "-movflags", "+faststart", mp4 .. ".part.mp4" },
+    "loop the lecture")
+  local truth = { duration = seconds, loops = loops, loop = base.duration, slides = {}, utterances = {} }
+  for k = 0, loops - 1 do
+    local off = k * base.duration
+    for _, sl_ in ipairs(base.slides) do
+      if sl_.t + off < seconds then truth.slides[#truth.slides + 1] = { t = sl_.t + off, title = sl_.title } end
+    end
+    for _, u in ipairs(base.utterances) do
+      if u["end"] + off <= seconds then
+        truth.utterances[#truth.utterances + 1] = { start = u.start + off, ["end"] = u["end"] + off, text = u.text }
+      end
+    end
+  end
+  write(truth_path, cjson.encode(truth))
+  assert(os.rename(mp4 .. ".part.mp4", mp4)) -- only when whole
+  print(string.format("sample: %s (%d min, %d loops of %.1f s)", mp4, minutes, loops, base.duration))
+end
+
+if only and only:match("^long%d+$") then make_long(tonumber(only:match("%d+"))) end
 if not only or only == "lecture" then make_lecture() end
 if not only or only == "podcast" then make_podcast() end
 if not only or only == "filter" then make_filter() end

@@ -208,7 +208,7 @@ function renderGraph() {
 
 const lecture = {
   title: "Lecture",
-  events: new Set(["frame", "speech", "transcript", "slides", "fused", "summary_delta", "summary", "judge"]),
+  events: new Set(["frame", "speech", "transcript", "slides", "segment", "fused", "summary_delta", "summary", "judge"]),
   reset() {
     this.frames = new Map(); this.texts = new Map(); this.chunks = new Map(); this.transcript = null;
     this.segments = new Map(); this.judge = new Map();
@@ -224,7 +224,13 @@ const lecture = {
       case "slides": for (const s of ev.slides || []) this.texts.set(s.seq, s.text); break;
       case "speech": this.chunks.set(ev.seq, { seq: ev.seq, t0: ev.t0, t1: ev.t1, text: ev.text || "" }); break;
       case "transcript": this.transcript = ev; break;
-      case "fused": Object.assign(this.seg(ev.seq), { t0: ev.t0, t1: ev.t1, slide_text: ev.slide_text, speech: ev.speech, slide_path: ev.slide_path, fused: true }); break;
+      // a provisional segment (final: false) shows what is known so far; the final one replaces it
+      case "segment": {
+        const s = this.seg(ev.seq);
+        if (ev.final || !s.fused) Object.assign(s, { t0: ev.t0, t1: ev.t1, slide_text: ev.slide_text, speech: ev.speech, slide_path: ev.slide_path, fused: !!ev.final, provisional: !ev.final });
+        break;
+      }
+      case "fused": Object.assign(this.seg(ev.seq), { t0: ev.t0, t1: ev.t1, slide_text: ev.slide_text, speech: ev.speech, slide_path: ev.slide_path, fused: true, provisional: false }); break;
       case "summary_delta": { const s = this.seg(ev.seq); if (!s.final) { s.summary += ev.text || ""; s.streaming = true; } break; }
       case "summary": Object.assign(this.seg(ev.seq), { summary: ev.text || "", final: true, streaming: false, t0: ev.t0 ?? this.seg(ev.seq).t0, t1: ev.t1 ?? this.seg(ev.seq).t1 }); break;
       case "judge": this.judge.set(ev.seq, ev.score); break;
@@ -233,7 +239,8 @@ const lecture = {
   render() {
     const frames = [...this.frames.values()].sort((a, b) => a.seq - b.seq);
     const chunks = [...this.chunks.values()].sort((a, b) => a.seq - b.seq);
-    const segs = [...this.segments.values()].filter((s) => s.fused || s.final).sort((a, b) => a.seq - b.seq);
+    const segs = [...this.segments.values()].filter((s) => s.fused || s.final || s.provisional).sort((a, b) => a.seq - b.seq);
+    const nprov = segs.filter((s) => s.provisional && !s.fused).length;
     const scores = [...this.judge.values()].filter((x) => typeof x === "number");
     const mean = scores.length ? scores.reduce((a, b) => a + b, 0) / scores.length : null;
     const time = (f) => clock(f.t);
@@ -242,10 +249,12 @@ const lecture = {
         `<div class="cap"><b>#${f.seq}</b> ${esc(time(f))}</div><div class="ocr">${esc((this.texts.get(f.seq) || "").slice(0, 120))}</div></li>`).join("")}</ol></section>` +
       `<section class="block" id="transcript"><h3>Transcript <span class="muted">${this.transcript ? `complete · ${this.transcript.segments ?? ""} segments, ${this.transcript.words ?? ""} words` : `${chunks.length} chunk${chunks.length === 1 ? "" : "s"} so far`}</span></h3>` +
       `<div class="transcript">${chunks.map((c) => `<p class="chunk" data-seq="${c.seq}"><span class="t">${clock(c.t0)}–${clock(c.t1)}</span> ${esc(c.text)}</p>`).join("") || `<p class="muted">waiting for speech…</p>`}</div></section>` +
-      `<section class="block" id="segments"><h3>Segments and summaries <span class="muted">${segs.length} fused${mean !== null ? ` · judge mean ${mean.toFixed(2)}` : ""}</span></h3>` +
+      `<section class="block" id="segments"><h3>Segments and summaries <span class="muted">${segs.length - nprov} fused${nprov ? ` · ${nprov} provisional` : ""}${mean !== null ? ` · judge mean ${mean.toFixed(2)}` : ""}</span></h3>` +
       segs.map((s) => {
         const sc = this.judge.get(s.seq);
-        return `<article class="segment" data-seq="${s.seq}"><header><b>${clock(s.t0)}–${clock(s.t1)}</b>` +
+        const prov = s.provisional && !s.fused;
+        return `<article class="segment${prov ? " provisional" : ""}" data-seq="${s.seq}" data-final="${prov ? "false" : "true"}"><header><b>${clock(s.t0)}–${clock(s.t1)}</b>` +
+          (prov ? ` <span class="badge provisional">provisional</span>` : "") +
           (sc !== undefined ? ` <span class="score" data-score="${sc ?? ""}">${typeof sc === "number" ? "judge " + sc.toFixed(2) : "not judged"}</span>` : "") + `</header>` +
           `<div class="row">${img(s.slide_path, "slide " + s.seq, "mini")}<div><div class="slidetext">${esc((s.slide_text || "").slice(0, 200))}</div>` +
           `<div class="speech">${esc((s.speech || "").slice(0, 300))}</div></div></div>` +

@@ -201,6 +201,103 @@ local function dup_at_boundary(words)
   end
 end
 
+-- Speech as an STT engine hears it in overlapping chunks: 240 words at 0.25 s each (60 s),
+-- chunks of 5, 10, then 20 s overlapping 2 s; a word cut by a chunk edge is misheard there
+-- (the other chunk hears it right), so the merge has something to fix at every boundary.
+local function chunked_speech()
+  local chunks, t0, len, k = {}, 0, 5, 0
+  while true do
+    k = k + 1
+    local t1 = math.min(t0 + len, 60)
+    local words = {}
+    for i = 0, 239 do
+      local ws, we = i * 0.25, i * 0.25 + 0.2
+      if we > t0 and ws < t1 then
+        local edge = ws < t0 or we > t1
+        words[#words + 1] = { word = edge and ("x" .. i) or ("w" .. i), start = math.max(ws, t0), ["end"] = math.min(we, t1) }
+      end
+    end
+    -- two segments per chunk
+    local h = #words // 2
+    local function seg(a, b)
+      local ws, parts = {}, {}
+      for i = a, b do ws[#ws + 1] = words[i]; parts[#parts + 1] = words[i].word end
+      return { start = ws[1].start, ["end"] = ws[#ws]["end"], text = table.concat(parts, " "), words = ws }
+    end
+    chunks[k] = { seq = k, t0 = t0, t1 = t1, segments = { seg(1, h), seg(h + 1, #words) } }
+    if t1 >= 60 then break end
+    t0, len = t1 - 2, math.min(len * 2, 20)
+  end
+  return chunks
+end
+
+local VISION = { { seq = 1, t = 0, text = "One" }, { seq = 2, t = 4.1, text = "Two" },
+  { seq = 3, t = 12.6, text = "Three" }, { seq = 4, t = 30.2, text = "Four" }, { seq = 5, t = 44.9, text = "Five" } }
+
+T.case("incremental speech: chunks merged as they come give merge_chunks' transcript and fuse()'s entries", function()
+  local chunks = chunked_speech()
+  T.ok(#chunks >= 5, "several chunks")
+  local whole = fusion.merge_chunks(chunks, { absolute = true })
+  for _, policy in ipairs { fusion.by_slide, fusion.nearest, fusion.by_window { seconds = 15 } } do
+    local want = fusion.fuse(policy, whole.segments, VISION, { end_time = 60 })
+    -- vision arrives interleaved with the chunks (one slide after each chunk); slide 5 after all
+    local m = fusion.chunk_merger { absolute = true }
+    local f = fusion.new { policy = policy, end_time = 60 }
+    local got, before_complete, provisional = {}, 0, {}
+    local taken = {}
+    for i, ch in ipairs(chunks) do
+      m:add(ch)
+      local segs, first, upto = m:take_final()
+      for j, sg in ipairs(segs) do taken[first + j - 1] = sg end
+      for _, e in ipairs(f:add_speech(segs, first, upto)) do got[#got + 1] = e; before_complete = before_complete + 1 end
+      f:set_tentative(m:tail())
+      if VISION[i] and i < 5 then
+        for _, e in ipairs(f:add_vision { VISION[i] }) do got[#got + 1] = e; before_complete = before_complete + 1 end
+      end
+      for _, e in ipairs(f:provisional()) do
+        T.ok(not f.emitted[e.seq], "a provisional entry is never one already final")
+        provisional[e.seq] = true
+      end
+    end
+    -- what take_final handed out is merge_chunks' transcript, segment for segment
+    local r = m:result()
+    T.same(r.segments, whole.segments, tostring(policy) .. ": result() is merge_chunks'")
+    for idx, sg in pairs(taken) do T.same(sg, whole.segments[idx], "final segment " .. idx) end
+    for _, e in ipairs(f:add_vision { VISION[5] }) do got[#got + 1] = e end
+    for _, e in ipairs(f:set_speech(whole.segments)) do got[#got + 1] = e end
+    for _, e in ipairs(f:finish()) do got[#got + 1] = e end
+    T.same(got, want, tostring(policy) .. ": the same entries as fuse() on the whole transcript")
+    if policy.kind ~= "by_window" then
+      T.ok(before_complete >= 2, tostring(policy) .. ": entries final before the whole transcript: " .. before_complete)
+      T.ok(provisional[1] and provisional[2], tostring(policy) .. ": provisional entries came first")
+    end
+  end
+end)
+
+T.case("provisional: a slide with speech so far, again only when it changed", function()
+  local f = fusion.new { policy = fusion.by_slide }
+  T.same(f:provisional(), {}, "nothing yet")
+  f:add_times { { seq = 1, t = 0 } }
+  f:add_speech({ { start = 0.5, ["end"] = 1.5, text = "hello there" } }, 1, 0)
+  local p = f:provisional()
+  T.eq(#p, 1)
+  T.eq(p[1].seq, 1); T.eq(p[1].speech, "hello there"); T.eq(p[1].provisional, true); T.eq(p[1].missing, true)
+  T.same(f:provisional(), {}, "unchanged: not again")
+  f:set_tentative({ { start = 2, ["end"] = 3, text = "and more" } }, 2)
+  T.eq(f:provisional()[1].speech, "hello there and more")
+  f:add_vision { { seq = 1, t = 0, text = "Title" } }
+  T.eq(f:provisional()[1].slide_text, "Title", "the description came: again")
+  -- slide 2 at 2.4: slide 1's interval closes; its speech is final up to 4: final, no more provisional
+  local got = f:add_speech({ { start = 2, ["end"] = 3, text = "and more" } }, 2, 4)
+  T.same(got, {}, "slide 2's time is not known yet")
+  got = f:add_vision { { seq = 2, t = 2.4, text = "Next" } }
+  T.eq(#got, 1)
+  T.eq(got[1].speech, "hello there")
+  T.eq(got[1].provisional, nil)
+  local p2 = f:provisional()
+  T.eq(#p2, 1); T.eq(p2[1].seq, 2); T.eq(p2[1].speech, "and more")
+end)
+
 T.case("merge_chunks: timed chunks with 4 s overlap give the sentence once", function()
   local chunks = chunked(10, 6)
   T.ok(#chunks >= 3, "several chunks")

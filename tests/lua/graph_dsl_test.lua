@@ -214,4 +214,44 @@ T.case("job:graph() describes the stages in graph order", function()
   T.same(job:stats().stages.b.from, { "a", "v" })
 end)
 
+T.case("progress: the media line's ETA from the slowest stage's progress events", function()
+  local progress = require "sluice.app.progress"
+  T.eq(progress.media_eta({}, 10), nil, "nothing reported: no line")
+  -- two keys of 100 s each; frames is through 150 s of 200, merge through 50 s: merge sets the
+  -- pace; 60 s for a quarter: 180 s to go
+  local reports = { frames = { a = { done = 100, total = 100 }, b = { done = 50, total = 100 } },
+    merge = { a = { done = 30, total = 100 }, b = { done = 20, total = 100 } } }
+  local frac, eta = progress.media_eta(reports, 60)
+  T.near(frac, 0.25, 1e-9)
+  T.near(eta, 180, 1e-9)
+  T.eq(progress.media_line(reports, 60), "media  ███········· 50.0s/3m20s   25%  eta 3m00s")
+  -- with samples: the rate over the later half of the run (a slow start left out; the window
+  -- starts at the last sample before it): from 2% at 20 s to 25% at 60 s, 0.23 in 40 s, so
+  -- 0.75 * 40 / 0.23 s for the 75% left, less the 5 s since the last sample
+  local hist = {}
+  for _, smp in ipairs { { 5, 0.01 }, { 20, 0.02 }, { 40, 0.10 }, { 60, 0.25 } } do
+    progress.eta_sample(hist, smp[1], smp[2], 0)
+  end
+  T.eq(#hist, 3, "samples older than half the run are dropped: " .. #hist)
+  T.eq(hist[1].t, 20)
+  local _, eta2 = progress.media_eta(reports, 65, hist, 65)
+  T.near(eta2, 0.75 * 40 / 0.23 - 5, 1e-9)
+  -- a job that runs: its stages' progress events reach the view's line
+  local p = sl.pipeline "prog" {
+    sources = { gen = function(ctx) ctx:emit(1, { key = "k" }) end },
+    stages = { a = { from = "gen", run = function(_, ctx)
+      ctx:event("progress", { done = 10, total = 40 })
+      sl.sleep(0.3)
+    end } },
+  }
+  local job = p:start {}
+  local view = progress.new(job, { stream = { write = function() end, flush = function() end }, tty = false, interval = 100 })
+  view:start()
+  sl.sleep(0.15)
+  local f = progress.media_eta(view.reports, 1)
+  T.near(f, 0.25, 1e-9, "the view heard the stage")
+  job:wait()
+  view:stop()
+end)
+
 return T.run()

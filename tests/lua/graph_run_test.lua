@@ -206,6 +206,38 @@ T.case("batch closes by size, and a complete key flushes its partial batch at on
   T.eq(s.stages.b.done, 10)
 end)
 
+T.case("batch.first: a key's first batch is small, each next one twice as large up to size", function()
+  local sizes = {}
+  local p = sl.pipeline "bfirst" {
+    sources = { gen = function(ctx)
+      for i = 1, 20 do ctx:emit(i, { key = "a", seq = i }) end
+      for i = 1, 3 do ctx:emit(i, { key = "b", seq = i }) end
+    end },
+    stages = {
+      b = { from = "gen", batch = { size = 8, wait = 30, first = 1 }, run = function(items)
+        local k = items[1].key
+        sizes[k] = sizes[k] or {}
+        table.insert(sizes[k], #items)
+      end },
+    },
+  }
+  p:start {}:wait()
+  T.same(sizes.a, { 1, 2, 4, 8, 5 }, "1, 2, 4, then the configured 8, then what is left")
+  T.same(sizes.b, { 1, 2 }, "every key starts small")
+  -- settings override it like any batch option, and it is checked
+  local sizes2 = {}
+  local q = sl.pipeline "bfirst2" {
+    sources = { gen = counter_source(7) },
+    stages = { b = { from = "gen", batch = { size = 4, wait = 30 }, run = function(items) sizes2[#sizes2 + 1] = #items end } },
+  }
+  q:start { config = { stages = { b = { batch = { first = 2 } } } } }:wait()
+  T.same(sizes2, { 2, 4, 1 })
+  T.raises(function()
+    sl.pipeline "bad" { sources = { gen = counter_source(1) },
+      stages = { b = { from = "gen", batch = { size = 4, first = 0 }, run = function() end } } }
+  end, "option 'batch.first' must be a positive integer")
+end)
+
 T.case("batch closes by wait when items stop coming", function()
   local sizes, log = {}, {}
   local p = sl.pipeline "bwait" {

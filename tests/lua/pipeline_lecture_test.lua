@@ -18,7 +18,8 @@ local function run_lecture(out, config)
   local p = sl.load(P.src .. "/pipelines/lecture.lua")
   local events = require("sluice.runtime.events").new()
   local seen = {}
-  events:on(function(ev) seen[#seen + 1] = { event = ev.event, stage = ev.stage, seq = ev.seq, t = sl.now() } end)
+  events:on(function(ev) seen[#seen + 1] = { event = ev.event, stage = ev.stage, seq = ev.seq, t = sl.now(),
+    final = ev.final, t1 = ev.t1 } end)
   local dir = P.sample("lecture")
   local job = p:start { inputs = { dir .. "/lecture.mp4" }, out = out, config = config, bus = events }
   local summary = job:wait()
@@ -111,9 +112,18 @@ T.case("local providers: transcript, slides, fused timeline, summary and judge",
   T.ok(type(j.score) == "number" and j.score >= 0 and j.score <= 1, "judge score " .. tostring(j.score))
   T.eq(#j.segments, #truth.slides)
   -- Events: the intermediate results a front end shows, in pipeline order.
+  -- A slide's segment is provisional first (events only), final once its interval closed and
+  -- its speech is final; a final one is never followed by a provisional one.
   local it = first(seen, "transcript")
-  local ifu = first(seen, "fused")
-  T.ok(it and ifu and it < ifu, "fusion waits for the transcript")
+  local iseg, seg1 = first(seen, "segment")
+  T.ok(it and iseg and iseg < it and seg1.final == false, "a provisional segment before the whole transcript")
+  local final_at = {}
+  for i, e in ipairs(seen) do
+    if e.event == "segment" then
+      if e.final then final_at[e.seq] = i else T.ok(not final_at[e.seq], "no provisional after the final one") end
+    end
+  end
+  for seq = 1, #truth.slides do T.ok(final_at[seq], "slide " .. seq .. " final") end
   local counts = {}
   for _, e in ipairs(seen) do counts[e.event] = (counts[e.event] or 0) + 1 end
   T.eq(counts.fused, #truth.slides)
@@ -249,7 +259,7 @@ T.case("an audio-only lecture: transcript, speech-only fused windows and a summa
   P.rm(out)
 end)
 
-T.case("fusion buffers batches done before the transcript, then merges each batch as it completes", function()
+T.case("fusion: a segment is final once its interval's speech is, without waiting for the whole transcript", function()
   local fake = require "fakeapi"
   local srv = fake.start { latency = 0 }
   local ok, err = pcall(function()
@@ -265,23 +275,32 @@ T.case("fusion buffers batches done before the transcript, then merges each batc
       T.eq(summary.failed, 0, cjson.encode(summary.dead))
       P.rm(out)
       local last_vlm, first_fused, transcript
+      local heard = {} -- chunk seq -> its end, for the chunks transcribed so far
       for i, e in ipairs(seen) do
         if e.event == "item_done" and e.stage == "vlm" then last_vlm = i end
-        if e.event == "fused" and not first_fused then first_fused = i end
+        if e.event == "speech" then heard[e.seq] = e.t1 end
+        if e.event == "fused" then
+          first_fused = first_fused or i
+          if not transcript then
+            -- final before the whole transcript: the chunks heard in order reach past its end
+            local k, upto = 1, 0
+            while heard[k] do upto = heard[k]; k = k + 1 end
+            T.ok(e.t1 <= upto, string.format("segment %d (to %.1f s) final with speech to %.1f s", e.seq, e.t1, upto))
+          end
+        end
         if e.event == "transcript" then transcript = i end
       end
       return last_vlm, first_fused, transcript
     end
-    -- Slow STT (5 chunks x 4 s), fast VLM: every batch is done before the transcript and
-    -- waits for it (4 s a chunk leaves frame capture time even on a loaded machine: 2.5 s did
-    -- not with the machine's two cores shared by four test processes).
+    -- Slow STT (4 s a chunk), fast VLM: every batch is done before the transcript, and the
+    -- first segments are final before it is complete (4 s a chunk leaves frame capture time even
+    -- on a loaded machine: 2.5 s did not with the machine's two cores shared by four test processes).
     local last_vlm, first_fused, transcript = run(4, 0.05)
     T.ok(last_vlm < transcript, "all VLM batches finished before the transcript")
-    T.ok(first_fused > transcript, "and were held until it was complete")
+    T.ok(first_fused < transcript, "the first segment is final before the whole transcript")
     -- Fast STT, slow VLM (one worker, 1.5 s per batch of 2): fusion merges the first batch long
     -- before the last one is described.
     last_vlm, first_fused, transcript = run(0.05, 1.5)
-    T.ok(transcript < first_fused, "the gate still comes first")
     T.ok(first_fused < last_vlm, "the first fused segment comes before the last VLM batch is done")
   end)
   srv:stop()

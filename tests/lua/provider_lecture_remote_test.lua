@@ -32,10 +32,14 @@ local function lecture(name, sets, env)
 end
 
 -- The lecture's audio chunks: 20 s, each starting 18 s after the one before.
+-- The lecture's chunks: 5 s, then 10, then 20 s each, overlapping 2 s (audio params first,
+-- seconds, overlap).
 local function in_a_chunk(s, duration)
-  for k = 0, math.ceil(duration / 18) do
-    local a, b = 18 * k, math.min(18 * k + 20, duration)
+  local a, len = 0, 5
+  while a < duration do
+    local b = math.min(a + len, duration)
     if s.start >= a - 0.01 and s["end"] <= b + 0.01 then return true end -- times come in hundredths
+    a, len = b - 2, math.min(len * 2, 20)
   end
   return false
 end

@@ -180,4 +180,35 @@ T.case("layout: the speaker label counts toward the line", function()
   T.eq(subs.wrap("ab cd"), "ab cd")
 end)
 
+T.case("writer: a file that grows batch by batch, each time whole, as write_file writes it", function()
+  local segs = {}
+  for i = 1, 60 do
+    local t = i * 2.4
+    segs[i] = { start = t, ["end"] = t + 2.1, text = "segment " .. i .. " of a long talk", words = {
+      { word = "segment", start = t, ["end"] = t + 0.5 }, { word = tostring(i), start = t + 0.6, ["end"] = t + 0.9 },
+      { word = "of", start = t + 1.0, ["end"] = t + 1.1 }, { word = "a", start = t + 1.2, ["end"] = t + 1.3 },
+      { word = "long", start = t + 1.4, ["end"] = t + 1.7 }, { word = "talk", start = t + 1.8, ["end"] = t + 2.1 } } }
+  end
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir))
+  for _, ext in ipairs { "srt", "vtt" } do
+    local w = subs.writer(dir .. "/grow." .. ext)
+    local seen = 0
+    for i = 1, #segs, 7 do
+      local part = {}
+      for j = i, math.min(i + 6, #segs) do part[#part + 1] = segs[j] end
+      T.ok(w:add(part))
+      local now = subs.parse(io.open(dir .. "/grow." .. ext):read("a"))
+      T.ok(#now > seen, ext .. ": the file grew and parses whole")
+      seen = #now
+    end
+    T.ok(subs.write_file(dir .. "/whole." .. ext, segs))
+    local a = io.open(dir .. "/grow." .. ext):read("a")
+    local b = io.open(dir .. "/whole." .. ext):read("a")
+    T.eq(a, b, ext .. ": the same file as write_file's")
+  end
+  os.execute("rm -rf " .. dir)
+end)
+
 return T.run()

@@ -119,6 +119,7 @@ LECTURE_STATE = """(() => {
       summary: a.querySelector('.summary-text').textContent,
       score: a.querySelector('.score') ? a.querySelector('.score').dataset.score : null,
       slide: !!a.querySelector('img.mini')})),
+    provisional: q('#segments article.segment.provisional').map(a => +a.dataset.seq),
     streaming: q('#segments .summary-text.streaming').filter(d => d.textContent.trim()).length,
     transcript_head: (document.querySelector('#transcript h3') || {}).textContent,
     status: document.getElementById('job-status').textContent,
@@ -147,6 +148,7 @@ async def lecture_live(b, out, api):
         await b.open(url)
         seen = []  # (chunks, segments, finished) as the page showed them
         streamed = 0  # polls that saw a summary half-written
+        provisional = set()  # segments the page showed as provisional before their final one
         deadline = time.time() + 600
         while True:
             st = await b.eval(LECTURE_STATE)
@@ -154,6 +156,7 @@ async def lecture_live(b, out, api):
                 await asyncio.sleep(0.2)
                 continue
             streamed += 1 if st["streaming"] and st["conn"] != "job finished" else 0
+            provisional |= set(st["provisional"])
             now = (len(st["chunks"]), len(st["segments"]), st["conn"] == "job finished")
             if not seen or now != seen[-1]:
                 seen.append(now)
@@ -184,6 +187,9 @@ async def lecture_live(b, out, api):
             assert words(c["text"]).endswith(words(speech[c["seq"]])), (c, speech[c["seq"]])
         assert "complete" in st["transcript_head"], st["transcript_head"]
         assert [s["seq"] for s in st["segments"]] == fused, (st["segments"], fused)
+        # provisional segments were shown while the run went on, and each was replaced by its final one
+        assert provisional, "no provisional segment was seen on the page"
+        assert st["provisional"] == [], st["provisional"]
         for s in st["segments"]:
             assert words(s["summary"]) == words(summaries[s["seq"]]), (s, summaries[s["seq"]])
             want = judged[s["seq"]]
@@ -203,6 +209,7 @@ async def lecture_live(b, out, api):
         assert st["conn"] == "job finished", st["conn"]
         assert len(st["segments"]) == n_segments
         deltas = sum(1 for e in evs if e["event"] == "summary_delta")
+        print("ok   lecture live: provisional segments %s replaced by final ones" % sorted(provisional))
         print("ok   lecture live: (chunks, segments, finished) on the page %s; summaries seen half-written in %d "
               "polls (%d summary_delta events); %d slides, %d transcript chunks, %d segments with summaries and "
               "scores as the events said; 'job finished' kept after the server left; %s"

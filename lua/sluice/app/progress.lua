@@ -123,6 +123,52 @@ function M.providers_line(pv, w)
   return pad("calls", w or 6) .. " " .. table.concat(parts, " · ")
 end
 
+-- How far a job is through its media, from the "progress" events its stages send (done and
+-- total, in seconds of media, per key): reports = {stage = {key = {done=, total=}}}. Returns
+-- the fraction done (the slowest stage's), the ETA in seconds, and the media seconds done and
+-- in all. The ETA goes by the rate over the later half of the run so far (hist: samples {t=,
+-- f=} of the fraction, oldest first, kept by the view; without them, the average since the
+-- start, elapsed seconds ago): a long lecture's stages go at a steady pace, so a long average
+-- is a better guide than the last few seconds, and the later half leaves out the start (opening
+-- the input, the first small chunks) and follows a machine that became busier. No stage's
+-- item total is known before its upstream is done, so the item counts cannot give it.
+function M.media_eta(reports, elapsed, hist, now)
+  local frac, done, total
+  for _, keys in pairs(reports or {}) do
+    local d, t = 0, 0
+    for _, r in pairs(keys) do d, t = d + r.done, t + r.total end
+    if t > 0 then
+      local f = math.min(1, d / t)
+      if not frac or f < frac then frac, done, total = f, d, t end
+    end
+  end
+  if not frac then return nil end
+  local eta = frac > 0 and elapsed * (1 - frac) / frac or nil
+  if hist and #hist >= 2 then
+    local a, b = hist[1], hist[#hist]
+    if b.f > a.f and b.t > a.t then
+      eta = math.max(0, (1 - b.f) * (b.t - a.t) / (b.f - a.f) - ((now or b.t) - b.t))
+    end
+  end
+  return frac, eta, done, total
+end
+
+-- Adds a sample of the fraction done to hist and drops those older than the later half of
+-- the run (at least 10 s kept).
+function M.eta_sample(hist, t, f, started)
+  hist[#hist + 1] = { t = t, f = f }
+  local keep = math.max(10, (t - started) / 2)
+  while #hist > 2 and hist[2].t <= t - keep do table.remove(hist, 1) end
+end
+
+-- The view's line for media progress, or nil.
+function M.media_line(reports, elapsed, w, hist, now)
+  local frac, eta, done, total = M.media_eta(reports, elapsed, hist, now)
+  if not frac then return nil end
+  return string.format("%s %s %11s  %3d%%  eta %s", pad("media", w or 6), bar(frac, 1, 12),
+    fmt_dur(done) .. "/" .. fmt_dur(total), math.floor(frac * 100), eta and fmt_dur(eta) or "-")
+end
+
 local View = {}
 View.__index = View
 
@@ -154,6 +200,8 @@ end
 function View:draw(final)
   local stats = self.job:stats()
   local lines = M.lines(stats, (not final) and self:rates(stats) or nil)
+  local ml = (not final) and M.media_line(self.reports, stats.elapsed or 0, nil, self.hist, core.now())
+  if ml then table.insert(lines, 1, ml) end
   local f = self.stream
   if self.tty then
     local buf = {}
@@ -180,6 +228,19 @@ function View:note(line)
 end
 
 function View:start()
+  self.reports, self.hist = {}, {}
+  local started = core.now()
+  if self.job.bus then
+    self.off = self.job.bus:on(function(ev)
+      if type(ev.done) == "number" and type(ev.total) == "number" and ev.stage then
+        local st = self.reports[ev.stage] or {}
+        self.reports[ev.stage] = st
+        st[ev.key or ""] = { done = ev.done, total = ev.total }
+        local f = M.media_eta(self.reports, 0)
+        if f then M.eta_sample(self.hist, core.now(), f, started) end
+      end
+    end, { "progress" })
+  end
   self.timer = core.timer()
   self.timer:start(self.interval, self.interval, function()
     local ok, err = pcall(self.draw, self)
@@ -192,6 +253,7 @@ function View:start()
 end
 
 function View:stop()
+  if self.off then self.off(); self.off = nil end
   if self.timer then self.timer:close() end
   self.timer = nil
   if self.tty then pcall(self.draw, self, true) end

@@ -93,12 +93,14 @@ end
 
 -- Splits speech into placeable units: one per timed word, or one per segment without words.
 -- Each unit: {seg = segment index, start, end, text}.
-local function speech_units(speech)
+local function speech_units(speech, offset)
   local units = {}
-  for i, seg in ipairs(speech) do
+  offset = offset or 0
+  for si, seg in ipairs(speech) do
+    local i = si + offset
     local s, e = tonumber(seg.start), tonumber(seg["end"])
     if not s or not e then
-      error(string.format("fusion: speech segment %d has no start/end times", i), 3)
+      error(string.format("fusion: speech segment %d has no start/end times", si), 3)
     end
     local words = seg.words
     if type(words) == "table" and #words > 0 and words[1].start ~= nil then
@@ -118,14 +120,33 @@ end
 
 local function mid(u) return (u.start + u["end"]) / 2 end
 
+-- The order of units: by midpoint, then by segment.
+local function before(a, b)
+  local ma, mb = mid(a), mid(b)
+  if ma ~= mb then return ma < mb end
+  return a.seg < b.seg
+end
+
+-- The first index of units (sorted by midpoint) whose midpoint is >= lo.
+local function first_at(units, lo)
+  local a, b = 1, #units + 1
+  while a < b do
+    local m = (a + b) // 2
+    if mid(units[m]) < lo then a = m + 1 else b = m end
+  end
+  return a
+end
+
 -- Speech of the units whose midpoint lies in [lo, hi): returns the joined text and the
 -- per-segment pieces {start, end, text}. units are sorted by midpoint.
 local function speech_in(units, lo, hi)
   local pieces, words = {}, {}
   local cur
-  for _, u in ipairs(units) do
+  for i = first_at(units, lo), #units do
+    local u = units[i]
     local m = mid(u)
-    if m >= lo and m < hi then
+    if m >= hi then break end
+    do
       words[#words + 1] = u.text
       if cur and cur.seg == u.seg then
         cur.parts[#cur.parts + 1] = u.text
@@ -167,6 +188,7 @@ function M.new(opts)
     end_time = opts.end_time,
     first_seq = opts.first_seq or 1,
     times = {},      -- seq -> t
+    sorted = {},     -- the seqs of times, in order
     items = {},      -- seq -> vision result
     emitted = {},    -- seq (or window) -> true
     out = {},        -- every entry emitted, in emission order
@@ -185,10 +207,30 @@ local function check_item(it, i)
   end
 end
 
+-- Sorted list of known seqs (kept as seqs are added: a long lecture's fuser is asked for it on
+-- every input; the caller must not change it).
+local function known_seqs(self)
+  return self.sorted
+end
+
+-- Records the time of seq, keeping self.sorted in order (seqs come mostly in order).
+local function set_time(self, seq, t)
+  if self.times[seq] == nil then
+    local list = self.sorted
+    local i = #list + 1
+    list[i] = seq
+    while i > 1 and list[i - 1] > seq do
+      list[i], list[i - 1] = list[i - 1], seq
+      i = i - 1
+    end
+  end
+  self.times[seq] = t
+end
+
 function Fuser:add_times(list)
   for i, it in ipairs(list) do
     check_item(it, i)
-    self.times[it.seq] = it.t
+    set_time(self, it.seq, it.t)
   end
   return self:_ready()
 end
@@ -213,7 +255,7 @@ function Fuser:add_vision(list)
   self.aliases = self.aliases or {}
   for i, it in ipairs(list) do
     check_item(it, i)
-    self.times[it.seq] = it.t
+    set_time(self, it.seq, it.t)
     if it.same_as and it.text == nil and it.same_as ~= it.seq then
       resolve_alias(self, it)
     else
@@ -228,16 +270,108 @@ function Fuser:add_vision(list)
   return self:_ready()
 end
 
+
 function Fuser:set_speech(speech)
   if type(speech) ~= "table" then error("bad argument #1 to 'set_speech' (segment list expected)", 2) end
   local units = speech_units(speech)
-  table.sort(units, function(a, b)
-    local ma, mb = mid(a), mid(b)
-    if ma ~= mb then return ma < mb end
-    return a.seg < b.seg
-  end)
+  table.sort(units, before)
   self.units = units
+  self.complete, self.tent = true, nil
   return self:_ready()
+end
+
+-- Speech as it is transcribed (see fusion.chunk_merger): `segments` are segments first,
+-- first+1, ... of the whole transcript, final; no speech still to come has its midpoint before
+-- `upto`. An entry whose interval ends by `upto` is then ready as with set_speech, and the same.
+function Fuser:add_speech(segments, first, upto)
+  if type(segments) ~= "table" then error("bad argument #1 to 'add_speech' (segment list expected)", 2) end
+  if self.complete then error("fusion: add_speech after set_speech", 2) end
+  local new = speech_units(segments, (first or 1) - 1)
+  table.sort(new, before)
+  local units = self.units or {}
+  for _, u in ipairs(new) do -- mostly appended: move each back to its place
+    local i = #units + 1
+    units[i] = u
+    while i > 1 and before(u, units[i - 1]) do
+      units[i], units[i - 1] = units[i - 1], u
+      i = i - 1
+    end
+  end
+  self.units = units
+  self.tent = nil -- superseded: set_tentative gives the new tail
+  if upto and upto > (self.upto or -INF) then self.upto = upto end
+  return self:_ready()
+end
+
+-- The speech heard so far that may still change (the last chunk's, after add_speech): only
+-- provisional entries use it.
+function Fuser:set_tentative(segments, first)
+  local units = speech_units(segments or {}, (first or 1) - 1)
+  table.sort(units, before)
+  self.tent = units
+end
+
+-- Has speech for [lo, hi) no more to come?
+function Fuser:_speech_done(hi)
+  return self.complete or (hi ~= nil and hi <= (self.upto or -INF))
+end
+
+-- provisional() -> the entries not yet ready for which both sides have something: the slide
+-- (its capture time; its description when in) and speech in its interval (final and
+-- tentative), with the interval as known now. Each is returned again only when it changed;
+-- entries carry provisional = true. by_slide and nearest only (by_window: an empty list).
+function Fuser:provisional()
+  local out = {}
+  local kind = self.policy.kind
+  if kind == "by_window" or not self.units and not self.tent then return out end
+  self.prov = self.prov or {}
+  local seqs = known_seqs(self)
+  local units = self.units or {}
+  local tent = self.tent or {}
+  for i, seq in ipairs(seqs) do
+    if not self.emitted[seq] then
+      local prev, nxt = seqs[i - 1], seqs[i + 1]
+      local first = seq == self.first_seq or prev == nil
+      local t = self.times[seq]
+      local lo, hi
+      if kind == "by_slide" then
+        lo, hi = first and -INF or t, nxt and self.times[nxt] or INF
+      else
+        lo = first and -INF or (self.times[prev] + t) / 2
+        hi = nxt and (t + self.times[nxt]) / 2 or INF
+      end
+      local got = {}
+      for j = first_at(units, lo), #units do
+        if mid(units[j]) >= hi then break end
+        got[#got + 1] = units[j]
+      end
+      for _, u in ipairs(tent) do
+        local m = mid(u)
+        if m >= lo and m < hi then got[#got + 1] = u end
+      end
+      if #got > 0 then
+        table.sort(got, before)
+        local speech, segs = speech_in(got, -INF, INF)
+        local it = self.items[seq]
+        local t0 = kind == "by_slide" and t or (first and math.min(0, t) or lo)
+        local t1 = hi < INF and hi or math.max(t, got[#got]["end"])
+        local e = { seq = seq, t = t, t0 = t0, t1 = t1, speech = speech, segments = segs,
+          provisional = true }
+        if it then
+          e.slide_text, e.slide_path = it.text, it.path
+          e.same_as, e.window_fallback = it.same_as, it.window
+        else
+          e.missing = true
+        end
+        local sig = string.format("%s\0%s\0%.3f", speech, tostring(e.slide_text), t1)
+        if self.prov[seq] ~= sig then
+          self.prov[seq] = sig
+          out[#out + 1] = e
+        end
+      end
+    end
+  end
+  return out
 end
 
 function Fuser:finish(end_time)
@@ -249,13 +383,6 @@ end
 function Fuser:has_speech() return self.units ~= nil end
 function Fuser:entries() return self.out end
 
--- Sorted list of known seqs.
-local function known_seqs(self)
-  local seqs = {}
-  for s in pairs(self.times) do seqs[#seqs + 1] = s end
-  table.sort(seqs)
-  return seqs
-end
 
 local function last_time(self)
   local e = self.end_time
@@ -333,12 +460,13 @@ function Fuser:_ready()
     end
     local nwin = self.finished and math.max(1, math.ceil(last_time(self) / s)) or INF
     local w = self.next_window
-    while w < nwin and (w + 1) * s <= coverage and not (self.finished and w == nwin - 1) do
+    while w < nwin and (w + 1) * s <= coverage and not (self.finished and w == nwin - 1)
+      and self:_speech_done((w + 1) * s) do
       local e = self:_window_entry(w, false)
       new[#new + 1] = e
       w = w + 1
     end
-    if self.finished and w < nwin then
+    if self.finished and w < nwin and self.complete then
       while w < nwin do
         new[#new + 1] = self:_window_entry(w, w == nwin - 1)
         w = w + 1
@@ -355,9 +483,11 @@ function Fuser:_ready()
         local prev_ok = first or (prev ~= nil and (prev == seq - 1 or self.finished))
         local next_ok = last or (nxt ~= nil and (nxt == seq + 1 or self.finished))
         if kind == "by_slide" then prev_ok = true end
-        if prev_ok and next_ok then
-          local prev_t = (not first) and prev and self.times[prev] or nil
-          local next_t = (not last) and nxt and self.times[nxt] or nil
+        local prev_t = (not first) and prev and self.times[prev] or nil
+        local next_t = (not last) and nxt and self.times[nxt] or nil
+        -- the speech of its interval is all in (an interval that runs to the end: all speech)
+        local hi = next_t and (kind == "by_slide" and next_t or (self.times[seq] + next_t) / 2)
+        if prev_ok and next_ok and self:_speech_done(hi) then
           self.emitted[seq] = true
           new[#new + 1] = self:_slide_entry(seq, first, prev_t, next_t)
         end
@@ -408,16 +538,34 @@ end
 -- opts.min_match (2) words, timed words are cut at the middle of the overlap and untimed ones
 -- are kept (boundary marked aligned = false). Output segments keep their original grouping;
 -- segments cut at a boundary keep the words that stay.
-function M.merge_chunks(chunks, opts)
+-- Incremental use (the lecture's speech stage: chunks as they are transcribed, in seq order):
+--   local m = fusion.chunk_merger { absolute = true }
+--   m:add(chunk)                  -- the next chunk in order
+--   local segs, first, upto = m:take_final()
+--       -- the segments no later chunk can change, that were not taken before: they are
+--       -- segments first, first+1, ... of merge_chunks' result over every chunk, and no
+--       -- speech of a later chunk has its midpoint before `upto` (seconds)
+--   local tail, first = m:tail()  -- the last chunk's segments as they stand (may change)
+--   m:result()                    -- what merge_chunks returns for the chunks added so far
+-- A later chunk only ever changes tokens of the chunk before it (the overlap both heard), so
+-- every token of the chunks before the last is final.
+local Merger = {}
+Merger.__index = Merger
+Merger.__name = "sluice.blocks.fusion.chunk_merger"
+
+function M.chunk_merger(opts)
   opts = opts or {}
-  local min_match = opts.min_match or 2
-  local max_skew = opts.max_skew or 1.5
-  local wps = opts.words_per_second or 3.5
-  local tokens = {}   -- merged token list
-  local prev          -- the previous chunk {t0, t1}
-  local boundaries = {}
-  for ci, ch in ipairs(chunks) do
-    if type(ch) ~= "table" then error("fusion.merge_chunks: chunk " .. ci .. " is not a table", 2) end
+  return setmetatable({ opts = opts, min_match = opts.min_match or 2, max_skew = opts.max_skew or 1.5,
+    wps = opts.words_per_second or 3.5, tokens = {}, boundaries = {}, prev = nil, n = 0,
+    taken = 0, nseg = 0 }, Merger)
+end
+
+function Merger:add(ch)
+  local opts, tokens, boundaries, prev = self.opts, self.tokens, self.boundaries, self.prev
+  local min_match, max_skew, wps = self.min_match, self.max_skew, self.wps
+  local ci = self.n + 1
+  do
+    if type(ch) ~= "table" then error("fusion.merge_chunks: chunk " .. ci .. " is not a table", 3) end
     local off = opts.absolute and 0 or (tonumber(ch.t0) or 0)
     local segs = ch.segments or (ch.result and ch.result.segments)
     if not segs then
@@ -536,12 +684,18 @@ function M.merge_chunks(chunks, opts)
       end
       boundaries[#boundaries + 1] = b
     end
-    prev = { index = ci, t0 = ch.t0, t1 = ch.t1 }
   end
-  -- Rebuild segments from the kept tokens, grouped by their original segment.
+  self.prev = { index = ci, t0 = ch.t0, t1 = ch.t1 }
+  self.n = ci
+  return self
+end
+
+-- Segments (and words, texts) rebuilt from tokens[a..b], grouped by their original segment.
+local function rebuild(tokens, a, b)
   local segments, words, all = {}, {}, {}
   local cur
-  for _, t in ipairs(tokens) do
+  for i = a, b do
+    local t = tokens[i]
     all[#all + 1] = t.text
     if t.start then words[#words + 1] = { start = t.start, ["end"] = t["end"], word = t.text } end
     if cur and cur.ref == t.seg then
@@ -560,8 +714,46 @@ function M.merge_chunks(chunks, opts)
     if #c.words > 0 then s.words = c.words end
     segments[i] = s
   end
+  return segments, words, all
+end
+
+function Merger:result()
+  local segments, words, all = rebuild(self.tokens, 1, #self.tokens)
   return { segments = segments, text = table.concat(all, " "), words = words,
-    boundaries = boundaries }
+    boundaries = self.boundaries }
+end
+
+-- The index of the last token of a chunk before the last one.
+local function final_end(self)
+  local tokens, i = self.tokens, #self.tokens
+  while i > 0 and tokens[i].seg.chunk == self.n do i = i - 1 end
+  return i
+end
+
+function Merger:take_final()
+  local e = final_end(self)
+  local segs = rebuild(self.tokens, self.taken + 1, e)
+  local first = self.nseg + 1
+  self.taken, self.nseg = e, self.nseg + #segs
+  local upto = self.prev and (tonumber(self.prev.t0) or 0) or -INF
+  for i = e + 1, #self.tokens do
+    local t = self.tokens[i]
+    local s = t.start or t.seg.start
+    if s < upto then upto = s end
+  end
+  return segs, first, upto
+end
+
+function Merger:tail()
+  local e = final_end(self)
+  local segs = rebuild(self.tokens, e + 1, #self.tokens)
+  return segs, self.nseg + (e > self.taken and #rebuild(self.tokens, self.taken + 1, e) or 0) + 1
+end
+
+function M.merge_chunks(chunks, opts)
+  local m = M.chunk_merger(opts)
+  for _, ch in ipairs(chunks) do m:add(ch) end
+  return m:result()
 end
 
 return M

@@ -462,7 +462,7 @@ function M.audio_chunks(o)
       end
       local stream = media.audio_chunks(src, { seconds = seconds,
         overlap = param(ctx, params, "overlap"), split = param(ctx, params, "split"),
-        window = param(ctx, params, "window"), first = param(ctx, params, "first"), dir = dir,
+        window = param(ctx, params, "window"), first = param(ctx, params, "first") or nil, dir = dir,
         prefix = M.safe_name(env.key, 60) })
       while true do
         local c, err = stream:next()
@@ -543,7 +543,16 @@ function M.capture(o)
         local grab = { dir = dir, prefix = ".frame", max_width = fo.max_width, max_height = fo.max_height,
           quality = fo.quality }
         -- each slide's picture: the frame where it was confirmed (fully shown, held still)
-        local found, info = slides.detect(src, { rate = param(ctx, params, "rate") }, function(s)
+        -- how far the video is read, for the progress view's ETA (an event every 10 s of media)
+        local pinfo = media.probe(src)
+        local total, next_t = pinfo and pinfo.duration, 0
+        local function progress(t)
+          if total and t >= next_t then
+            next_t = t + 10
+            ctx:event("progress", { done = t, total = total, unit = "s" })
+          end
+        end
+        local found, info = slides.detect(src, { rate = param(ctx, params, "rate"), progress = progress }, function(s)
           grab.times = { s.at }
           local fs = media.frames(src, grab)
           local f, err = fs:next()
@@ -552,6 +561,7 @@ function M.capture(o)
           deliver(f, s.t, { slide = s.slide, same_as = s.same_as })
         end)
         if not found then fail("capture", src, info) end
+        if total then ctx:event("progress", { done = total, total = total, unit = "s" }) end
         if info.warning then error("capture: " .. info.warning, 0) end
         if #found > 0 then return end
         -- No slides: sections of fixed windows, each with the frame at its start.

@@ -9,6 +9,8 @@
 --   local cues = subs.layout(segments)         -- cues that follow the style guide (below)
 --   local segs = subs.parse(str)              -- SRT or WebVTT (detected), or nil, message
 --   subs.write_file(path, segments)           -- layout(), then the format from the extension
+--                                             (written to path.tmp, then renamed)
+--   local w = subs.writer(path); w:add(segs)  -- a file that grows: only new segments laid out
 --
 -- Times are whole milliseconds: writing rounds to the nearest one, parsing gives exact
 -- thousandths. A UTF-8 byte order mark and CRLF line ends are accepted; cue identifiers, cue
@@ -44,9 +46,9 @@ local function speaker_of(seg, vtt)
   return s ~= "" and s or nil
 end
 
-local function cues(segments, vtt)
+local function cues(segments, vtt, n0)
   local out = {}
-  local n = 0
+  local n = n0 or 0
   for _, seg in ipairs(segments) do
     local txt = cue_text(seg.text, vtt)
     local who = speaker_of(seg, vtt)
@@ -321,14 +323,49 @@ end
 -- write_file(path, segments[, {layout = false}]): .vtt writes WebVTT, anything else SRT, with
 -- the cues of layout(segments) (layout = false: one cue per segment, as given). Returns true
 -- or nil, msg.
-function M.write_file(path, segments, opts)
-  if not (opts and opts.layout == false) then segments = M.layout(segments) end
-  local body = path:match("%.vtt$") and M.vtt(segments) or M.srt(segments)
-  local f, err = io.open(path, "wb")
+-- Writes body to path through a temporary file and a rename: a reader (a player following a
+-- file that grows as a long lecture is transcribed) never sees half of it.
+local function write_whole(path, body)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "wb")
   if not f then return nil, "subtitles: " .. err end
   f:write(body)
   f:close()
+  local ok, rerr = os.rename(tmp, path)
+  if not ok then os.remove(tmp); return nil, "subtitles: " .. rerr end
   return true
+end
+
+-- writer(path[, limits]) -> w: a subtitle file (the format from the extension) that grows as
+-- final segments come. w:add(segments) lays out the new segments only (the cues of earlier
+-- calls are kept, not laid out again: a two-hour transcript is not laid out once per chunk),
+-- starts none of them before the last earlier cue ended, and writes the whole file again
+-- (temporary file, rename). Returns true, or nil and a message.
+local Writer = {}
+Writer.__index = Writer
+function M.writer(path, lim)
+  return setmetatable({ path = path, vtt = path:match("%.vtt$") ~= nil, parts = {}, n = 0,
+    last_end = -math.huge, lim = lim }, Writer)
+end
+function Writer:add(segments)
+  local laid = M.layout(segments, self.lim)
+  for _, c in ipairs(laid) do
+    if c.start < self.last_end then c.start = self.last_end end
+    if c["end"] < c.start then c["end"] = c.start end
+  end
+  local cs = cues(laid, self.vtt, self.n)
+  for _, c in ipairs(cs) do self.parts[#self.parts + 1] = c end
+  self.n = self.n + #cs
+  if #laid > 0 then self.last_end = math.max(self.last_end, laid[#laid]["end"]) end
+  local body = table.concat(self.parts, "\n")
+  if self.vtt then body = #self.parts == 0 and "WEBVTT\n" or ("WEBVTT\n\n" .. body) end
+  return write_whole(self.path, body)
+end
+
+function M.write_file(path, segments, opts)
+  if not (opts and opts.layout == false) then segments = M.layout(segments) end
+  local body = path:match("%.vtt$") and M.vtt(segments) or M.srt(segments)
+  return write_whole(path, body)
 end
 
 return M

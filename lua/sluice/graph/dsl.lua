@@ -108,12 +108,13 @@ local function normalize_stage(pname, name, spec, limits)
     if math.type(b) == "integer" then b = { size = b } end
     if type(b) ~= "table" then vfail(pname, where, "option 'batch' must be a table {size=, wait=} (got " .. show(spec.batch) .. ")") end
     for k in pairs(b) do
-      if k ~= "size" and k ~= "wait" then vfail(pname, where, "unknown option 'batch." .. tostring(k) .. "' (known: size, wait)") end
+      if k ~= "size" and k ~= "wait" and k ~= "first" then vfail(pname, where, "unknown option 'batch." .. tostring(k) .. "' (known: size, wait, first)") end
     end
     if b.size == nil and b.wait == nil then vfail(pname, where, "option 'batch' needs 'size' and/or 'wait'") end
     if b.size ~= nil and not is_posint(b.size) then vfail(pname, where, "option 'batch.size' must be a positive integer (got " .. show(b.size) .. ")") end
     if b.wait ~= nil and not is_nonneg(b.wait) then vfail(pname, where, "option 'batch.wait' must be a non-negative number of seconds (got " .. show(b.wait) .. ")") end
-    s.batch = { size = b.size or math.huge, wait = b.wait }
+    if b.first ~= nil and not is_posint(b.first) then vfail(pname, where, "option 'batch.first' must be a positive integer (got " .. show(b.first) .. ")") end
+    s.batch = { size = b.size or math.huge, wait = b.wait, first = b.first }
   end
   if spec.retry ~= nil then
     local r = spec.retry

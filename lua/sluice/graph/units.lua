@@ -119,6 +119,7 @@ end
 local function dispatch_batch(S, k, ks)
   local b = ks.batch
   ks.batch = nil
+  ks.nbatches = (ks.nbatches or 0) + 1
   S.nopen = S.nopen - 1
   push_batch(S, k, b.items)
 end
@@ -168,7 +169,13 @@ end
 -- The batcher of a batch stage: pulls items from the input queue into per-key batches and
 -- hands a batch to the workers when it is full, its wait is over, or its key is complete.
 function M.batcher_loop(S)
-  local size, wait = S.batch.size, S.batch.wait
+  local size, wait, first = S.batch.size, S.batch.wait, S.batch.first
+  -- batch.first = n: a key's first batch holds at most n items, each next one twice as many,
+  -- up to size (a first result sooner; later batches at the configured size)
+  local function size_of(ks)
+    if not first then return size end
+    return math.min(size, first * 2 ^ (ks.nbatches or 0))
+  end
   local open = {} -- key -> true for keys with an open batch
   S.replay_keys = {} -- key -> true for keys with replayed batches waiting (see replay_item)
   local function flush_expired(t)
@@ -238,7 +245,7 @@ function M.batcher_loop(S)
           open[k] = true
         end
         b.items[#b.items + 1] = env
-        if #b.items >= size then
+        if #b.items >= size_of(ks) then
           open[k] = nil
           dispatch_batch(S, k, ks)
         elseif ks.inq == 0 and upstream_closed(S, ks) then

@@ -63,7 +63,7 @@ local function merge(opts)
   local o = {}
   for k, v in pairs(DEFAULTS) do o[k] = v end
   for k, v in pairs(opts or {}) do
-    if DEFAULTS[k] == nil and k ~= "threads" and k ~= "fast" and k ~= "refine" then
+    if DEFAULTS[k] == nil and k ~= "threads" and k ~= "fast" and k ~= "refine" and k ~= "progress" then
       error("slides: unknown option '" .. tostring(k) .. "'", 3)
     end
     o[k] = v
@@ -320,7 +320,8 @@ function M.refine(url, shown, moving, t0, t1, opts)
 end
 
 -- detect(url, opts[, on_slide]) -> slides, info; or nil, message when the video cannot be
--- read. on_slide(slide) is called as each slide is confirmed (slides come in time order).
+-- read. on_slide(slide) is called as each slide is confirmed (slides come in time order);
+-- opts.progress(t), if given, with each sample's time (how far the video is read).
 function M.detect(url, opts, on_slide)
   local o = merge(opts)
   local det = M.detector(o)
@@ -334,6 +335,7 @@ function M.detect(url, opts, on_slide)
       break
     end
     last_t = f.t
+    if o.progress then o.progress(f.t) end
     local ev = det:push(M.analyse(f, o))
     -- about a millisecond of Lua a sample: let the loop turn between samples (frames come in
     -- batches, and a batch at once would hold it for tens of milliseconds)

@@ -3,6 +3,8 @@
 --   local files = require "sluice.runtime.files"
 --   files.wrote(path)     -- C code wrote path for the running task's work (Lua writes are seen
 --                         -- by themselves, see below)
+--   files.unwatched(fn)   -- fn's writes are not the running work's (previews of files that
+--                         -- another unit writes whole)
 --
 -- Work that wants to know (the graph, for a unit it runs) puts a watcher in its task's
 -- context (sluice.runtime.sched.context(): tasks it spawns share it):
@@ -29,6 +31,21 @@ end
 function M.wrote(path)
   local w = watcher()
   if w then w:wrote(path) end
+end
+
+-- files.unwatched(fn, ...) -> fn(...)'s results, with the running task's watcher away while it
+-- runs (fn must not wait): for writing a preview of a file another unit owns (the lecture's
+-- subtitles and fused.json grow while a later stage will write them whole; the preview writes
+-- are not the writing unit's outputs, and counting them would key its outputs by the unit).
+function M.unwatched(fn, ...)
+  local c = context()
+  local w = c and c.files
+  if not w then return fn(...) end
+  c.files = nil
+  local r = table.pack(pcall(fn, ...))
+  c.files = w
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
 end
 
 do -- (once per Lua state: require loads a module once)
