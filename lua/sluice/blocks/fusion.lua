@@ -316,10 +316,21 @@ function Fuser:_speech_done(hi)
   return self.complete or (hi ~= nil and hi <= (self.upto or -INF))
 end
 
+-- An entry's slide fields from the captured item it (or `missing` when none was captured).
+local function with_slide(e, it)
+  if it then
+    e.slide_text, e.slide_path = it.text, it.path
+    e.same_as, e.window_fallback = it.same_as, it.window
+  else
+    e.missing = true
+  end
+end
+
 -- provisional() -> the entries not yet ready for which both sides have something: the slide
 -- (its capture time; its description when in) and speech in its interval (final and
 -- tentative), with the interval as known now. Each is returned again only when it changed;
 -- entries carry provisional = true. by_slide and nearest only (by_window: an empty list).
+
 function Fuser:provisional()
   local out = {}
   local kind = self.policy.kind
@@ -357,12 +368,7 @@ function Fuser:provisional()
         local t1 = hi < INF and hi or math.max(t, got[#got]["end"])
         local e = { seq = seq, t = t, t0 = t0, t1 = t1, speech = speech, segments = segs,
           provisional = true }
-        if it then
-          e.slide_text, e.slide_path = it.text, it.path
-          e.same_as, e.window_fallback = it.same_as, it.window
-        else
-          e.missing = true
-        end
+        with_slide(e, it)
         local sig = string.format("%s\0%s\0%.3f", speech, tostring(e.slide_text), t1)
         if self.prov[seq] ~= sig then
           self.prov[seq] = sig
@@ -408,12 +414,7 @@ function Fuser:_slide_entry(seq, first, prev_t, next_t)
   end
   local speech, segs = speech_in(self.units, lo, hi)
   local e = { seq = seq, t = t, t0 = t0, t1 = t1, speech = speech, segments = segs }
-  if it then
-    e.slide_text, e.slide_path = it.text, it.path
-    e.same_as, e.window_fallback = it.same_as, it.window
-  else
-    e.missing = true
-  end
+  with_slide(e, it)
   return e
 end
 
