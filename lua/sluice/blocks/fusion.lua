@@ -330,7 +330,6 @@ end
 -- (its capture time; its description when in) and speech in its interval (final and
 -- tentative), with the interval as known now. Each is returned again only when it changed;
 -- entries carry provisional = true. by_slide and nearest only (by_window: an empty list).
-
 function Fuser:provisional()
   local out = {}
   local kind = self.policy.kind
