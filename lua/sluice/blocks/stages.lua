@@ -303,15 +303,15 @@ end
 
 local made = {}
 
--- Writes v as JSON to path through a temporary file and a rename, so a reader (or a run
--- killed half-way) never sees a half-written file. Empty tables are written as [] (the one
--- rule of sluice.runtime.json; a map that may be empty is made with json.object()).
+-- write_file(path, bytes) -> true, or nil, message: an output file written through a temporary
+-- name and a rename, so a reader (or a run killed half-way) never sees a half-written file
+-- (sluice.runtime.files.write, the one implementation).
+M.write_file = files.write
+
+-- Writes v as JSON to path the same way (raises if it cannot). Empty tables are written as []
+-- (the one rule of sluice.runtime.json; a map that may be empty is made with json.object()).
 function M.write_json(path, v)
-  local tmp = path .. ".tmp"
-  local f = assert(io.open(tmp, "wb"))
-  f:write(json.encode(v))
-  f:close()
-  assert(os.rename(tmp, path))
+  assert(files.write(path, json.encode(v)))
 end
 
 -- Returns the state table a pipeline keeps for ctx's job, made by fresh(ctx) on first use

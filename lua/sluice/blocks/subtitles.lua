@@ -9,10 +9,13 @@
 --   local cues = subs.layout(segments)         -- cues that follow the style guide (below)
 --   local segs = subs.parse(str)              -- SRT or WebVTT (detected), or nil, message
 --   subs.write_file(path, segments)           -- layout(), then the format from the extension
+--                                            (written through a temporary name and a rename)
 --
 -- Times are whole milliseconds: writing rounds to the nearest one, parsing gives exact
 -- thousandths. A UTF-8 byte order mark and CRLF line ends are accepted; cue identifiers, cue
 -- settings, NOTE/STYLE/REGION blocks (WebVTT) are skipped. Cues come back in file order.
+local files = require "sluice.runtime.files"
+
 local M = {}
 
 local function ms_of(t)
@@ -324,10 +327,8 @@ end
 function M.write_file(path, segments, opts)
   if not (opts and opts.layout == false) then segments = M.layout(segments) end
   local body = path:match("%.vtt$") and M.vtt(segments) or M.srt(segments)
-  local f, err = io.open(path, "wb")
-  if not f then return nil, "subtitles: " .. err end
-  f:write(body)
-  f:close()
+  local ok, err = files.write(path, body)
+  if not ok then return nil, "subtitles: " .. err end
   return true
 end
 

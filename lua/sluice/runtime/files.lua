@@ -3,6 +3,8 @@
 --   local files = require "sluice.runtime.files"
 --   files.wrote(path)     -- C code wrote path for the running task's work (Lua writes are seen
 --                         -- by themselves, see below)
+--   files.write(path, bytes) -- the one way an output file is written: a temporary name, then a
+--                         -- rename (true, or nil, message)
 --
 -- Work that wants to know (the graph, for a unit it runs) puts a watcher in its task's
 -- context (sluice.runtime.sched.context(): tasks it spawns share it):
@@ -56,6 +58,29 @@ do -- (once per Lua state: require loads a module once)
     end
     return ok, err, code
   end
+end
+
+-- write(path, bytes) -> true, or nil, message. Writes bytes to path through a temporary file
+-- beside it (path .. ".tmp") and a rename, so a reader, or a run killed at any point, sees the
+-- old file or the new one, never half of one. Every output file of a pipeline is written by
+-- this function (logs that are appended to are not outputs). The running task's watcher sees
+-- the write and the rename, as for any Lua write.
+function M.write(path, bytes)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "wb")
+  if not f then return nil, "cannot write '" .. path .. "': " .. tostring(err) end
+  local ok, werr = f:write(bytes)
+  local cok, cerr = f:close()
+  if not ok or not cok then
+    os.remove(tmp)
+    return nil, "cannot write '" .. path .. "': " .. tostring(werr or cerr)
+  end
+  local rok, rerr = os.rename(tmp, path)
+  if not rok then
+    os.remove(tmp)
+    return nil, "cannot rename '" .. tmp .. "' to '" .. path .. "': " .. tostring(rerr)
+  end
+  return true
 end
 
 return M
