@@ -68,6 +68,7 @@ class State:
         self.max_in_flight = 0
         self.limited = 0  # 429s sent by the rpm / concurrency limits
         self.seq = 0
+        self.injected = {}  # fault kind -> how many were sent (counted with or without record)
         self.rng = random.Random(0)  # for faults with a rate (POST /_control {"seed": N})
 
     def take_fault(self, path):
@@ -287,7 +288,8 @@ class App:
     async def get_stats(self, request):
         s = self.state
         return web.json_response({"requests": len(s.requests), "max_in_flight": s.max_in_flight,
-                                  "in_flight": s.in_flight, "limited": s.limited})
+                                  "in_flight": s.in_flight, "limited": s.limited,
+                                  "received": s.seq, "injected": s.injected})
 
     # ---- every API request ------------------------------------------------------------
     async def dispatch(self, request):
@@ -325,6 +327,9 @@ class App:
         if kind == "latency":
             latency = float(arg or 1)
             kind = None
+        if kind:
+            label = kind + (":" + arg if arg and kind == "429" else "")
+            s.injected[label] = s.injected.get(label, 0) + 1
 
         # limits are checked on arrival, like a real gateway
         if s.settings.get("concurrency") and s.in_flight > int(s.settings["concurrency"]):
