@@ -212,6 +212,17 @@ local function which(cmd)
   end
 end
 
+-- Whether the file at path is an HTML page (what a server sends for a moved or paywalled
+-- episode, with status 200): its first bytes, after a byte order mark and blanks, open a
+-- document or an <html> element.
+local function html_page(path)
+  local f = io.open(path, "rb")
+  if not f then return false end
+  local head = (f:read(512) or ""):gsub("^\239\187\191", ""):gsub("^%s+", ""):lower()
+  f:close()
+  return head:find("^<!doctype html") ~= nil or head:find("^<html[%s>]") ~= nil
+end
+
 -- fetch(item, dir, {timeout=, progress=}) -> path, {skipped=, resumed=, bytes=}; or nil,
 -- message. item: {url=} or {path=} (or a string).
 function M.fetch(item, dir, opts)
@@ -251,6 +262,13 @@ function M.fetch(item, dir, opts)
   elseif r.status ~= 200 and r.status ~= 206 then
     os.remove(part)
     return nil, string.format("fetch %s: HTTP %d", safe, r.status)
+  end
+  local page = html_page(part)
+  if page then
+    os.remove(part)
+    local ctype = r.headers and r.headers["content-type"]
+    return nil, string.format("fetch %s: the server sent an HTML page%s, not media", safe,
+      ctype and (" (" .. ctype:match("^[^;]*") .. ")") or "")
   end
   local ok, rerr = os.rename(part, final)
   if not ok then return nil, "fetch " .. safe .. ": " .. tostring(rerr) end
