@@ -489,7 +489,9 @@ function M.audio_chunks(o)
           break
         end
         n = n + 1
-        if c.path then files.wrote(c.path) end -- (written by C: the resume keys need to know)
+        -- written by C: the resume keys need to know; a temporary (the consumer of the chunks
+        -- may remove them once used: then their absence on resume is no reason to cut again)
+        if c.path then files.wrote(c.path, true) end
         ctx:emit({ seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, samples = c.samples,
           rate = c.rate, source = src }, { seq = c.seq, t0 = c.t0, t1 = c.t1 })
       end

@@ -3,6 +3,9 @@
 --   local files = require "sluice.runtime.files"
 --   files.wrote(path)     -- C code wrote path for the running task's work (Lua writes are seen
 --                         -- by themselves, see below)
+--   files.wrote(path, true) -- ... a temporary: a later stage removes it once used (audio
+--                         -- chunks); its absence on resume does not make the work run again
+--                         -- unless what consumes it must run
 --   files.write(path, bytes) -- the one way an output file is written: a temporary name, then a
 --                         -- rename (true, or nil, message)
 --
@@ -28,9 +31,9 @@ local function watcher()
   return c and c.files
 end
 
-function M.wrote(path)
+function M.wrote(path, temporary)
   local w = watcher()
-  if w then w:wrote(path) end
+  if w then w:wrote(path, temporary) end
 end
 
 do -- (once per Lua state: require loads a module once)
