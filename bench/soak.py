@@ -125,8 +125,23 @@ def check_items(evs, stages, counts, causes):
         c["dup"] += dup
         c["nocause"] += sum(1 for e in dead if not e.get("error"))
         for e in dead:
-            why = (e.get("error") or "").split(": ")[-1][:90]
+            why = cause_of(e.get("error") or "")
             causes[(stage, why)] = causes.get((stage, why), 0) + 1
+
+
+def cause_of(err):
+    """A dead letter's error in a few words (the full line is in the events file)."""
+    if "circuit open" in err or "half-open" in err:
+        return "the endpoint's circuit breaker was open (no fallback provider)"
+    if "invalid JSON" in err or "malformed" in err:
+        return "malformed reply (not retried)"
+    if "timed out" in err:
+        return "timed out, after the retries"
+    if "HTTP 429" in err or " 429" in err:
+        return "429, after the retries"
+    if "HTTP 5" in err:
+        return "5xx, after the retries"
+    return err[-90:]
 
 
 def read_events(path):
