@@ -9,17 +9,19 @@ podcast's feed and episodes are served over HTTP by this script (throttled, with
 support), so its downloads are real transfers that a kill can cut and a resume continues.
 
 Kill points: half are times drawn uniformly over an uninterrupted run's duration, half are
-events of the run's --events stream (the k-th item_start of a stage of one kind: download,
-decode, provider call, output writing; or the k-th item_done, after which the store writes
-the item's result), kinds taken in turn. The events file is flushed every ~0.5 s, so an
-event-chosen kill comes up to that much after the event; what was in flight when the kill
-came is read from the store afterwards and printed.
+events of an uninterrupted run's --events stream (the k-th item_start of a stage of one
+kind: download, decode, provider call, output writing; or the k-th item_done, after which
+the store writes the item's result), kinds taken in turn: the kill comes when the live
+events file shows that event or at the time it came in the uninterrupted run, whichever is
+first (the file is flushed every ~0.5 s, later when the run is quiet). What was in flight
+when the kill came is read from the store afterwards and printed.
 
 For each point: a fresh output folder, the run killed with SIGKILL, the store read (the items
 whose result is stored), the same command run again to the end with the same --job. Checked:
   - the resumed run exits 0;
   - no stored item is redone: each of them is item_done with cached=true in the resumed
-    run's events, and no item is done twice;
+    run's events, and no item is done twice (units that differ from the uninterrupted run's,
+    as the lecture's time-made batches may, are noted, not failed);
   - the final output folder equals the uninterrupted run's: the same files (no leftover
     temporary or partial file), the same bytes, JSON compared after the normaliser (the
     output folder's path replaced, timing fields dropped).
@@ -224,18 +226,21 @@ def sweep(pipeline, kills, rng, work, log):
             log("%s: the uninterrupted run failed (status %d): %s" % (pipeline, r.returncode, r.stderr.strip()[-400:]))
             return False
         refs.append((out, ev, took))
-    ref_out, ref_ev, ref_took = refs[0]
+    # the faster of the two is the reference: its duration bounds the timed points and its
+    # events' times place the event-chosen ones
+    ref_out, ref_ev, ref_took = min(refs, key=lambda r: r[2])
     ref = snapshot(ref_out)
-    d = differences(ref, snapshot(refs[1][0]))
+    d = differences(snapshot(refs[0][0]), snapshot(refs[1][0]))
     if d:
         log("%s: two uninterrupted runs differ after normalising (%s): not deterministic, stopping"
             % (pipeline, "; ".join(d[:5])))
         return False
     ref_events = read_events(ref_ev)
     all_items = {(e["stage"], e["id"]) for e in ref_events if e.get("event") == "item_done"}
-    took = min(ref_took, refs[1][2])
+    took = ref_took
+    t_start = next((e["t"] for e in ref_events if e.get("event") == "job_start"), None)
     log("%s: uninterrupted runs %.1f s and %.1f s, %d files, %d items, equal after normalising"
-        % (pipeline, ref_took, refs[1][2], len(ref), len(all_items)))
+        % (pipeline, refs[0][2], refs[1][2], len(ref), len(all_items)))
 
     # event-chosen points: (kind, stage, event, k) from the reference run's stream
     by_kind = []
@@ -260,6 +265,10 @@ def sweep(pipeline, kills, rng, work, log):
             k = next(n for n, e in enumerate(same, 1) if e is pick)
             trigger = (pick["stage"], pick["event"], k)
             label = "%s: %s #%d of %s" % (kind, pick["event"], k, pick["stage"])
+            # when it came in the reference run: the kill comes then, or when the live events
+            # file shows it, whichever is first (the file is flushed every ~0.5 s, or later
+            # when the run is quiet)
+            at = (pick["t"] - t_start if t_start else took) + rng.uniform(0, 0.05)
         p = subprocess.Popen(command(pipeline, source, out, ev), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         t0 = time.time()
@@ -269,11 +278,11 @@ def sweep(pipeline, kills, rng, work, log):
                 if now >= at:
                     break
             else:
+                if now >= at:
+                    break
                 seen = sum(1 for e in read_events(ev) if e.get("stage") == trigger[0] and e.get("event") == trigger[1])
                 if seen >= trigger[2]:
                     time.sleep(rng.uniform(0, 0.05))
-                    break
-                if now > 10 * took:
                     break
             time.sleep(0.005 if trigger is None else 0.02)
         killed_at = time.time() - t0
@@ -300,9 +309,10 @@ def sweep(pipeline, kills, rng, work, log):
             problems.append("%d stored items redone: %s" % (len(redone), redone[:3]))
         if twice:
             problems.append("%d items done twice" % twice)
-        if done_keys != all_items:
-            problems.append("items done differ from the uninterrupted run's: %d missing, %d extra"
-                            % (len(all_items - done_keys), len(done_keys - all_items)))
+        # (not a failure: the lecture's batch and chunk units are made by time and by the
+        # queue, so an interrupted run may group the same work into other units)
+        units_note = "" if done_keys == all_items else "; units differ from the uninterrupted run's (%d/%d)" % (
+            len(done_keys - all_items), len(all_items - done_keys))
         diffs = differences(ref, snapshot(out))
         if diffs:
             problems.append("outputs: " + "; ".join(diffs[:6]))
@@ -310,7 +320,7 @@ def sweep(pipeline, kills, rng, work, log):
         log("%s kill %2d %-44s killed at %5.2f s; stored %2d/%d, in flight: %s; resume ran %d, reused %d, redone %d; outputs %s%s"
             % (pipeline, i + 1, label, killed_at, len(stored), len(all_items), ",".join(in_flight) or "-",
                len(set(ran)), len(resumed) - len(ran), len(redone), "identical" if not diffs else "DIFFER",
-               "" if ok else "\n    FAIL: " + "\n    FAIL: ".join(problems)))
+               units_note + ("" if ok else "\n    FAIL: " + "\n    FAIL: ".join(problems))))
         results.append({"label": label, "ok": ok, "stored": len(stored), "ran": len(set(ran)),
                         "redone": len(redone), "problems": problems})
     if srv:

@@ -3,6 +3,7 @@
 wire-format test server (tests/fakeapi/server.py) injecting faults into a share of them.
 
     /usr/bin/python3 bench/soak.py [CALLS] [--lectures 3] [--rate 0.2] [--seed S] [--timeout 2]
+                                  [--set KEY=VALUE ...]
 
 CALLS (default 1000; the issue's figure is 10000) provider calls: the podcast's stt
 (`providers.stt=openai`, one transcription per chunk) and metadata (`providers.llm=openai`,
@@ -158,6 +159,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=2.0, help="openai.timeout (a hang lasts 30 s)")
     ap.add_argument("--work", default=os.path.join(ROOT, "build", "soak"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for both pipelines, e.g. breaker.failures=50")
     a = ap.parse_args()
     if not os.path.isdir(SAMPLE):
         sys.exit("soak: no sample media in build/sample (run scripts/make_sample.sh)")
@@ -176,8 +179,11 @@ def main():
             {"kind": k, "path": "/v1/", "forever": True, "rate": each} for k in KINDS]})
         remote = ["--set", "openai.base_url=http://127.0.0.1:%d/v1" % port, "--set", "openai.api_key=sk-soak",
                   "--set", "openai.timeout=%g" % a.timeout, "--no-cache", "--quiet"]
-        print("soak: %d podcast episodes and %d lecture runs, ~%d provider calls, %.0f%% faults (%s), seed %d" %
-              (episodes, a.lectures, 2 * episodes + lecture_calls, 100 * a.rate, ", ".join(KINDS), a.seed), flush=True)
+        for kv in a.set:
+            remote += ["--set", kv]
+        print("soak: %d podcast episodes and %d lecture runs, ~%d provider calls, %.0f%% faults (%s), seed %d%s" %
+              (episodes, a.lectures, 2 * episodes + lecture_calls, 100 * a.rate, ", ".join(KINDS), a.seed,
+               "".join(" --set " + kv for kv in a.set)), flush=True)
         out, ev = os.path.join(work, "podcast"), os.path.join(work, "podcast.jsonl")
         cmd = [BIN, "run", os.path.join(ROOT, "pipelines", "podcast.lua"), os.path.join(work, "feed.xml"),
                "--out", out, "--job", "soak", "--events", ev,
