@@ -100,6 +100,8 @@ struct transfer {
   int body_mode; /* 0 buffer, 1 stream to Lua, 2 file */
   int progress_dirty;
   curl_off_t received;
+  curl_off_t max_bytes; /* 0: no cap; more body bytes than this end the transfer */
+  int too_big;
   /* download */
   uv_file fd;
   int64_t offset, resume_from;
@@ -386,6 +388,11 @@ static size_t on_write(char *p, size_t size, size_t n, void *userp) {
   transfer *t = userp;
   size_t len = size * n;
   decide(t);
+  /* Bytes as delivered (after Content-Encoding): a compressed bomb is capped too. */
+  if (t->max_bytes > 0 && t->received + (curl_off_t)len > t->max_bytes) {
+    t->too_big = 1;
+    return 0; /* CURLE_WRITE_ERROR */
+  }
   switch (t->body_mode) {
     case 2:
       if (t->write_error) return 0;
@@ -521,8 +528,11 @@ static void push_headers(lua_State *L, const buf *head) {
 static void complete(lua_State *L, transfer *t) {
   sl_push_ref(L, t->done_ref);
   int n;
-  if (t->result != CURLE_OK || t->write_error) {
-    if (t->write_error && (t->result == CURLE_OK || t->result == CURLE_WRITE_ERROR)) {
+  if (t->result != CURLE_OK || t->write_error || t->too_big) {
+    if (t->too_big) {
+      n = sl_push_fail(L, "ETOOBIG", "http: %s: the reply is larger than %I bytes (max_bytes)",
+                       t->what, (lua_Integer)t->max_bytes);
+    } else if (t->write_error && (t->result == CURLE_OK || t->result == CURLE_WRITE_ERROR)) {
       n = sl_push_fail(L, "EWRITE", "http: %s: cannot write the download: %s", t->what,
                        uv_strerror(t->write_error));
     } else {
@@ -772,10 +782,12 @@ static int l_request(lua_State *L) {
   double timeout = opt_number(L, 1, "timeout", 0);
   double connect_timeout = opt_number(L, 1, "connect_timeout", 0);
   double resume_from = opt_number(L, 1, "resume_from", 0);
+  double max_bytes = opt_number(L, 1, "max_bytes", 0);
 
   transfer *t = calloc(1, sizeof *t);
   if (!t) return luaL_error(L, "http.request: out of memory");
   t->fd = -1;
+  if (max_bytes >= 1) t->max_bytes = (curl_off_t)max_bytes;
   t->done_ref = t->stream_ref = t->progress_ref = t->body_ref = t->self_ref = LUA_NOREF;
   describe(t, method, url);
   t->easy = H.neasy ? H.easy_cache[--H.neasy] : curl_easy_init();

@@ -466,9 +466,7 @@ return sl.pipeline "lecture" {
           if type(j.score) == "number" then total, n = total + j.score, n + 1 end
         end
         local dir = stages.out_dir(ctx, key)
-        local f = assert(io.open(dir .. "/summary.md", "wb"))
-        f:write(table.concat(md, "\n"))
-        f:close()
+        assert(stages.write_file(dir .. "/summary.md", table.concat(md, "\n")))
         write_json(dir .. "/judge.json", { score = n > 0 and total / n or cjson.null,
           segments = judged })
         return { sections = #sums, score = n > 0 and total / n or nil,

@@ -327,9 +327,7 @@ local function cli_frames(url, fps, max_width, dir, prefix)
       return nil
     end
     local path = string.format("%s/%s_%06d.jpg", dir, prefix or "f", item.seq)
-    local f = assert(io.open(path, "wb"))
-    f:write(item.jpeg)
-    f:close()
+    assert(stages.write_file(path, item.jpeg))
     -- the hash waits for a worker thread: a timeout or cancel there must not leave the file
     local ok, h, herr = pcall(media.dhash, path)
     if not ok or not h then os.remove(path) end
@@ -696,13 +694,7 @@ local function report_stream(ctx, st)
   write_json_atomic(st.dir .. "/summary.json", s)
   table.sort(st.analysed, function(a, b) return a.t < b.t end)
   trim(st.analysed, st.keep_analyses, not ctx.config.keep_frames and function(old) os.remove(old.frame) end or nil, true)
-  if #st.analysed > 0 then
-    write_json_atomic(st.dir .. "/analyses.json", st.analysed)
-  else
-    local f = assert(io.open(st.dir .. "/analyses.json", "wb"))
-    f:write("[]")
-    f:close()
-  end
+  write_json_atomic(st.dir .. "/analyses.json", st.analysed) -- [] when empty
   log_record(st, { type = "summary", frames = s.frames, analyses = s.analyses,
     coalesced = s.coalesced, max_backlog = s.max_backlog }, ctx)
   st.log:flush()

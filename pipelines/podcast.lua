@@ -64,9 +64,9 @@ local function stt_slots(ctx)
 end
 
 -- The chunk length for an episode of `duration` seconds, from all the audio still to be
--- transcribed (sluice.blocks.plan.chunk_seconds).
-local function chunk_plan(ctx, duration)
-  return plan.chunk_seconds { pending = state(ctx).ledger:pending(), duration = duration,
+-- transcribed (sluice.blocks.plan.chunk_seconds; `pending`: that amount, when the caller has it).
+local function chunk_plan(ctx, duration, pending)
+  return plan.chunk_seconds { pending = pending or state(ctx).ledger:pending(), duration = duration,
     cpus = stt_slots(ctx), overlap = OVERLAP, window = 2 }
 end
 
@@ -75,7 +75,10 @@ end
 local function decide_stt(ctx)
   if not ctx.config.auto_workers or user_set_workers(ctx, "stt") then return end
   local s = state(ctx)
-  local units = s.ledger:units(function(sec) local _, k = chunk_plan(ctx, sec) return k end)
+  -- the pending audio once, not once per episode: with thousands of episodes in a feed the
+  -- per-episode sum made each decision quadratic (bench/soak.py with 5,000 episodes stalled)
+  local pending = s.ledger:pending()
+  local units = s.ledger:units(function(sec) local _, k = chunk_plan(ctx, sec, pending) return k end)
   local n, why = plan.workers { units = units, engine = stt_engine(ctx), stage = "stt" }
   if n ~= s.workers or why ~= s.why then
     s.workers, s.why = n, why

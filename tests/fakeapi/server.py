@@ -68,6 +68,7 @@ class State:
         self.max_in_flight = 0
         self.limited = 0  # 429s sent by the rpm / concurrency limits
         self.seq = 0
+        self.injected = {}  # fault kind -> how many were sent (counted with or without record)
         self.rng = random.Random(0)  # for faults with a rate (POST /_control {"seed": N})
 
     def take_fault(self, path):
@@ -287,7 +288,8 @@ class App:
     async def get_stats(self, request):
         s = self.state
         return web.json_response({"requests": len(s.requests), "max_in_flight": s.max_in_flight,
-                                  "in_flight": s.in_flight, "limited": s.limited})
+                                  "in_flight": s.in_flight, "limited": s.limited,
+                                  "received": s.seq, "injected": s.injected})
 
     # ---- every API request ------------------------------------------------------------
     async def dispatch(self, request):
@@ -325,6 +327,9 @@ class App:
         if kind == "latency":
             latency = float(arg or 1)
             kind = None
+        if kind:
+            label = kind + (":" + arg if arg and kind == "429" else "")
+            s.injected[label] = s.injected.get(label, 0) + 1
 
         # limits are checked on arrival, like a real gateway
         if s.settings.get("concurrency") and s.in_flight > int(s.settings["concurrency"]):
@@ -377,6 +382,11 @@ class App:
             await asyncio.sleep(5)
             return web.Response(status=500)
 
+        if kind == "huge":
+            return await self.huge(request, int(float(arg or 2 ** 30)))
+        if kind == "endless":
+            return await self.endless(request)
+
         rec["fault"] = kind
         resp = await self.route(request, rec)
         if kind in ("truncate", "malformed", "cut") and isinstance(resp, web.Response) and resp.body:
@@ -420,6 +430,11 @@ class App:
             return web.Response(status=int(path.split("/")[2]), text="status page\n")
         if path.startswith("/sse"):
             return await self.sse(request)
+        if path == "/redirect/loop":
+            return web.Response(status=302, headers={"Location": "/redirect/loop"})
+        if path.startswith("/html"):
+            return web.Response(text="<!DOCTYPE html><html><head><title>Episode</title></head>"
+                                "<body><p>This episode has moved.</p></body></html>\n", content_type="text/html")
         if path == "/ok" or path == "/":
             return web.Response(text="ok")
         return web.json_response({"error": {"message": "no route " + path}}, status=404)
@@ -451,6 +466,32 @@ class App:
                 await asyncio.sleep(delay)
         await resp.write_eof()
         return resp
+
+    async def huge(self, request, n):
+        """200 with a JSON reply of n bytes (one long string), sent as it is made."""
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        resp.content_length = n
+        await resp.prepare(request)
+        head = b'{"choices": [{"message": {"role": "assistant", "content": "'
+        await resp.write(head)
+        block = b"ha " * 21845
+        left = n - len(head) - 4
+        while left > 0:
+            await resp.write(block[:left])
+            left -= len(block)
+        await resp.write(b'"}}]')
+        await resp.write_eof()
+        return resp
+
+    async def endless(self, request):
+        """An OpenAI-style chat stream that never ends: a delta after another, no delay."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        c = {"id": "chatcmpl-endless", "object": "chat.completion.chunk", "created": int(time.time()),
+             "model": "endless", "choices": [{"index": 0, "delta": {"content": " ha"}, "finish_reason": None}]}
+        ev = ("data: " + json.dumps(c) + "\n\n").encode() * 64
+        while True:
+            await resp.write(ev)
 
     async def sse(self, request):
         n = int(request.query.get("n", 5))

@@ -416,15 +416,16 @@ function Memo:peek(stage, mk)
 end
 
 local PUT_FILE = [[
-INSERT INTO files (job, path, stage, item, size, mtime, temp) VALUES (?, ?, ?, ?, ?, ?, 0)
+INSERT INTO files (job, path, stage, item, size, mtime, temp) VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (job, path) DO UPDATE SET stage = excluded.stage, item = excluded.item,
-  size = excluded.size, mtime = excluded.mtime, temp = 0]]
+  size = excluded.size, mtime = excluded.mtime, temp = excluded.temp]]
 
--- memo:put(stage, item_id, outputs[, mkey[, files]]): stores the item's outputs (written with
--- the next batch) under its key, with the files it wrote (paths; their size and time are
--- read now, on the pool). Returns true, or nil and a message when the outputs cannot be
+-- memo:put(stage, item_id, outputs[, mkey[, files[, temps]]]): stores the item's outputs
+-- (written with the next batch) under its key, with the files it wrote (paths; their size and
+-- time are read now, on the pool); temps: set of those paths that are temporaries from the
+-- start (a later stage removes them: their absence alone does not make the item run again). Returns true, or nil and a message when the outputs cannot be
 -- stored (they are not then remembered, and the item runs again on resume).
-function Memo:put(stage, id, outputs, mk, files)
+function Memo:put(stage, id, outputs, mk, files, temps)
   local text, err = M.serialize(outputs)
   if not text then
     local msg = string.format("store: cannot store the result of %s/%s: %s", tostring(stage),
@@ -460,11 +461,13 @@ function Memo:put(stage, id, outputs, mk, files)
     for i, path in ipairs(files) do
       local f = st[i]
       if f then
-        list[#list + 1] = { path = path, size = f.size, mtime = f.mtime }
+        local temp = temps and temps[path] and true or nil
+        list[#list + 1] = { path = path, size = f.size, mtime = f.mtime, temp = temp }
         local old = self.file_owner[path]
         if old and old ~= key then self:_drop_file(old, path) end
         self.file_owner[path] = key
-        self.store:write(PUT_FILE, self.job_id, path, tostring(stage), tostring(id), f.size, f.mtime)
+        self.store:write(PUT_FILE, self.job_id, path, tostring(stage), tostring(id), f.size, f.mtime,
+          temp and 1 or 0)
       end
     end
   end

@@ -212,6 +212,17 @@ local function which(cmd)
   end
 end
 
+-- Whether the file at path is an HTML page (what a server sends for a moved or paywalled
+-- episode, with status 200): its first bytes, after a byte order mark and blanks, open a
+-- document or an <html> element.
+local function html_page(path)
+  local f = io.open(path, "rb")
+  if not f then return false end
+  local head = (f:read(512) or ""):gsub("^\239\187\191", ""):gsub("^%s+", ""):lower()
+  f:close()
+  return head:find("^<!doctype html") ~= nil or head:find("^<html[%s>]") ~= nil
+end
+
 -- fetch(item, dir, {timeout=, progress=}) -> path, {skipped=, resumed=, bytes=}; or nil,
 -- message. item: {url=} or {path=} (or a string).
 function M.fetch(item, dir, opts)
@@ -251,6 +262,13 @@ function M.fetch(item, dir, opts)
   elseif r.status ~= 200 and r.status ~= 206 then
     os.remove(part)
     return nil, string.format("fetch %s: HTTP %d", safe, r.status)
+  end
+  local page = html_page(part)
+  if page then
+    os.remove(part)
+    local ctype = r.headers and r.headers["content-type"]
+    return nil, string.format("fetch %s: the server sent an HTML page%s, not media", safe,
+      ctype and (" (" .. ctype:match("^[^;]*") .. ")") or "")
   end
   local ok, rerr = os.rename(part, final)
   if not ok then return nil, "fetch " .. safe .. ": " .. tostring(rerr) end
@@ -303,15 +321,15 @@ end
 
 local made = {}
 
--- Writes v as JSON to path through a temporary file and a rename, so a reader (or a run
--- killed half-way) never sees a half-written file. Empty tables are written as [] (the one
--- rule of sluice.runtime.json; a map that may be empty is made with json.object()).
+-- write_file(path, bytes) -> true, or nil, message: an output file written through a temporary
+-- name and a rename, so a reader (or a run killed half-way) never sees a half-written file
+-- (sluice.runtime.files.write, the one implementation).
+M.write_file = files.write
+
+-- Writes v as JSON to path the same way (raises if it cannot). Empty tables are written as []
+-- (the one rule of sluice.runtime.json; a map that may be empty is made with json.object()).
 function M.write_json(path, v)
-  local tmp = path .. ".tmp"
-  local f = assert(io.open(tmp, "wb"))
-  f:write(json.encode(v))
-  f:close()
-  assert(os.rename(tmp, path))
+  assert(files.write(path, json.encode(v)))
 end
 
 -- Returns the state table a pipeline keeps for ctx's job, made by fresh(ctx) on first use
@@ -471,7 +489,9 @@ function M.audio_chunks(o)
           break
         end
         n = n + 1
-        if c.path then files.wrote(c.path) end -- (written by C: the resume keys need to know)
+        -- written by C: the resume keys need to know; a temporary (the consumer of the chunks
+        -- may remove them once used: then their absence on resume is no reason to cut again)
+        if c.path then files.wrote(c.path, true) end
         ctx:emit({ seq = c.seq, t0 = c.t0, t1 = c.t1, path = c.path, samples = c.samples,
           rate = c.rate, source = src }, { seq = c.seq, t0 = c.t0, t1 = c.t1 })
       end

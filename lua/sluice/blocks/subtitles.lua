@@ -9,12 +9,14 @@
 --   local cues = subs.layout(segments)         -- cues that follow the style guide (below)
 --   local segs = subs.parse(str)              -- SRT or WebVTT (detected), or nil, message
 --   subs.write_file(path, segments)           -- layout(), then the format from the extension
---                                             (written to path.tmp, then renamed)
+--                                             (written through a temporary name and a rename)
 --   local w = subs.writer(path); w:add(segs)  -- a file that grows: only new segments laid out
 --
 -- Times are whole milliseconds: writing rounds to the nearest one, parsing gives exact
 -- thousandths. A UTF-8 byte order mark and CRLF line ends are accepted; cue identifiers, cue
 -- settings, NOTE/STYLE/REGION blocks (WebVTT) are skipped. Cues come back in file order.
+local files = require "sluice.runtime.files"
+
 local M = {}
 
 local function ms_of(t)
@@ -323,16 +325,12 @@ end
 -- write_file(path, segments[, {layout = false}]): .vtt writes WebVTT, anything else SRT, with
 -- the cues of layout(segments) (layout = false: one cue per segment, as given). Returns true
 -- or nil, msg.
--- Writes body to path through a temporary file and a rename: a reader (a player following a
--- file that grows as a long lecture is transcribed) never sees half of it.
+-- Writes body to path through a temporary name and a rename (sluice.runtime.files.write): a
+-- reader (a player following a file that grows as a long lecture is transcribed) never sees
+-- half of it.
 local function write_whole(path, body)
-  local tmp = path .. ".tmp"
-  local f, err = io.open(tmp, "wb")
-  if not f then return nil, "subtitles: " .. err end
-  f:write(body)
-  f:close()
-  local ok, rerr = os.rename(tmp, path)
-  if not ok then os.remove(tmp); return nil, "subtitles: " .. rerr end
+  local ok, err = files.write(path, body)
+  if not ok then return nil, "subtitles: " .. err end
   return true
 end
 

@@ -217,7 +217,7 @@ local function run_full(S, u, ctx, task)
   if not ok then return false, v, code, tb, attempt, false end
   if memo and u.outputs and S.memoize ~= false then
     local f = u.files
-    memo:put(S.name, u.path, u.outputs, u.mk or nil, f and f.n > 0 and f.list or nil)
+    memo:put(S.name, u.path, u.outputs, u.mk or nil, f and f.n > 0 and f.list or nil, f and f.temps or nil)
     if u.kind == "batch" and memo.put_batch then memo:put_batch(S.name, u.path, u.ids) end
   end
   return true, nil, nil, nil, attempt, false

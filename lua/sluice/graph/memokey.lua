@@ -295,15 +295,21 @@ end
 
 -- The watcher (sluice.runtime.files) of a unit: the paths it wrote (n, list, set: made on the
 -- first), minus those it renamed away or removed. A file of another unit removed here was a
--- temporary (memo:removed).
+-- temporary (memo:removed); a file its writer declares temporary (files.wrote(path, true)) is
+-- one from the start (self.temps: set on the first), so a run killed after a later stage
+-- removed it, before the store had the removal, still knows it for one.
 local Watch = {}
 Watch.__index = Watch
 
-function Watch:wrote(p)
+function Watch:wrote(p, temporary)
   local set = self.set
   if not set then
     set = {}
     self.set, self.list = set, {}
+  end
+  if temporary then -- declared by its writer (written with the unit's files: memo:put)
+    self.temps = self.temps or {}
+    self.temps[p] = true
   end
   if not set[p] then
     set[p] = true

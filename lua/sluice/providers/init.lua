@@ -218,6 +218,10 @@ function M.limiter(spec)
   error("bad option 'limit' (limiter, name or rate spec expected)", 3)
 end
 
+-- The largest reply a remote provider may send (bytes; a streamed reply counts whole): a
+-- transcription of hours or a long completion is a few MB at most.
+M.MAX_REPLY_BYTES = 32 * 1024 * 1024
+
 -- Base object for remote providers: name, secret (kept out of the object's fields so that
 -- printing a provider never shows it), limiter, retry and timeout settings.
 local secrets = setmetatable({}, { __mode = "k" })
@@ -233,6 +237,8 @@ function M.remote(obj, name, cfg, secret)
   }
   obj.timeout = cfg.timeout or 600
   obj.connect_timeout = cfg.connect_timeout or 15
+  -- a reply (or a whole stream) longer than this is cut off and fails (ETOOBIG, not retried)
+  obj.max_reply_bytes = cfg.max_reply_bytes or M.MAX_REPLY_BYTES
   secrets[obj] = secret
   return obj
 end
@@ -424,7 +430,7 @@ function M.call(p, req)
     local o = {
       method = req.method or "POST", url = req.url, headers = req.headers, json = req.json,
       multipart = req.multipart, timeout = req.timeout or p.timeout,
-      connect_timeout = p.connect_timeout,
+      connect_timeout = p.connect_timeout, max_bytes = p.max_reply_bytes,
     }
     local stream_fail
     local ok, r, err, code = pcall(function()

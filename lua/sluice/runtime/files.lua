@@ -5,6 +5,11 @@
 --                         -- by themselves, see below)
 --   files.unwatched(fn)   -- fn's writes are not the running work's (previews of files that
 --                         -- another unit writes whole)
+--   files.wrote(path, true) -- ... a temporary: a later stage removes it once used (audio
+--                         -- chunks); its absence on resume does not make the work run again
+--                         -- unless what consumes it must run
+--   files.write(path, bytes) -- the one way an output file is written: a temporary name, then a
+--                         -- rename (true, or nil, message)
 --
 -- Work that wants to know (the graph, for a unit it runs) puts a watcher in its task's
 -- context (sluice.runtime.sched.context(): tasks it spawns share it):
@@ -28,9 +33,9 @@ local function watcher()
   return c and c.files
 end
 
-function M.wrote(path)
+function M.wrote(path, temporary)
   local w = watcher()
-  if w then w:wrote(path) end
+  if w then w:wrote(path, temporary) end
 end
 
 -- files.unwatched(fn, ...) -> fn(...)'s results, with the running task's watcher away while it
@@ -73,6 +78,29 @@ do -- (once per Lua state: require loads a module once)
     end
     return ok, err, code
   end
+end
+
+-- write(path, bytes) -> true, or nil, message. Writes bytes to path through a temporary file
+-- beside it (path .. ".tmp") and a rename, so a reader, or a run killed at any point, sees the
+-- old file or the new one, never half of one. Every output file of a pipeline is written by
+-- this function (logs that are appended to are not outputs). The running task's watcher sees
+-- the write and the rename, as for any Lua write.
+function M.write(path, bytes)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "wb")
+  if not f then return nil, "cannot write '" .. path .. "': " .. tostring(err) end
+  local ok, werr = f:write(bytes)
+  local cok, cerr = f:close()
+  if not ok or not cok then
+    os.remove(tmp)
+    return nil, "cannot write '" .. path .. "': " .. tostring(werr or cerr)
+  end
+  local rok, rerr = os.rename(tmp, path)
+  if not rok then
+    os.remove(tmp)
+    return nil, "cannot rename '" .. tmp .. "' to '" .. path .. "': " .. tostring(rerr)
+  end
+  return true
 end
 
 return M

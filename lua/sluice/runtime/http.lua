@@ -7,9 +7,12 @@
 --
 -- request{method, url, headers, body | json | multipart, timeout, connect_timeout,
 --         stream = function(chunk) end, download = path, resume = bool,
---         progress = function(bytes, total) end, follow = bool, cainfo = CA file}
+--         progress = function(bytes, total) end, follow = bool, cainfo = CA file,
+--         max_bytes = N}
 --   -> {status=, headers=, body=, bytes=, seconds=, http_version=, resumed=}
---   or nil, message, code (ETIMEDOUT, ECONNREFUSED, ECONNRESET, ENOTFOUND, ETLS, ...)
+--   or nil, message, code (ETIMEDOUT, ECONNREFUSED, ECONNRESET, ENOTFOUND, ETLS, EREDIRECT
+--   (more than 8 redirects), ETOOBIG (more than max_bytes bytes of body, buffered, streamed
+--   or downloaded, counted after decompression: the transfer stops there), ...)
 -- Any HTTP status is a response (check r.status); failures are transport failures.
 -- Cancelling the task aborts the transfer: curl drops the connection, no callback runs.
 local sched = require "sluice.runtime.sched"
@@ -77,7 +80,7 @@ function M.request(opts)
   local copts = {
     method = method, url = url, headers = headers, body = body, multipart = opts.multipart,
     timeout = opts.timeout, connect_timeout = opts.connect_timeout, download = opts.download,
-    follow = opts.follow, cainfo = opts.cainfo,
+    follow = opts.follow, cainfo = opts.cainfo, max_bytes = opts.max_bytes,
   }
   if opts.download and opts.resume then
     local n = file_size(opts.download)
