@@ -113,6 +113,47 @@ T.case("a provider that recovers: the probe closes its breaker and it serves aga
   T.eq(c.providers[1].breaker.state, "closed")
 end)
 
+T.case("no fallback: a call that finds the circuit open waits for the first probe (breaker.wait), not after a failed one", function()
+  srv:reset()
+  srv:control { latency = 0.01, faults = { { kind = "503", path = "/v1/chat", count = 2 } } }
+  chain.reset()
+  local L = chain.ledger { breaker = { failures = 2, cooldown = 0.3 } }
+  local c = chain.new("llm", { openai("llm", { model = "gpt-4.1-mini" }) }, { ledger = L })
+  local v = c:view("s")
+  local r1 = v:complete("one", { max_tokens = 5 })
+  T.eq(r1, nil, "503 twice (the provider's own 2 attempts): failed")
+  T.eq(c.providers[1].breaker.state, "open")
+  local t0 = sl.now()
+  local r2, info2 = v:complete("two", { max_tokens = 5 })
+  T.ok(r2, "waited for the probe, which was answered: " .. tostring(info2))
+  T.ok(sl.now() - t0 >= 0.25, "it waited for the cool-down: " .. (sl.now() - t0))
+  T.eq(c.providers[1].breaker.state, "closed")
+  -- an endpoint that is down: the first probe fails, and callers then fail at once
+  srv:reset()
+  srv:control { latency = 0.01, faults = { { kind = "503", path = "/v1/chat", count = 1000 } } }
+  T.eq(v:complete("three", { max_tokens = 5 }), nil)
+  T.eq(c.providers[1].breaker.state, "open")
+  local r4 = v:complete("four", { max_tokens = 5 }) -- waits for the probe, which fails
+  T.eq(r4, nil)
+  T.ok(c.providers[1].breaker.current_cooldown > 0.3, "the failed probe doubled the cool-down")
+  t0 = sl.now()
+  local r5, err5 = v:complete("five", { max_tokens = 5 })
+  T.eq(r5, nil)
+  T.ok(sl.now() - t0 < 0.2, "after a failed probe no call waits: " .. (sl.now() - t0))
+  T.ok(tostring(err5):find("circuit open", 1, true), tostring(err5))
+  -- breaker.wait = 0: the old rule, fail at once
+  srv:reset()
+  srv:control { latency = 0.01, faults = { { kind = "503", path = "/v1/chat", count = 2 } } }
+  chain.reset()
+  local L0 = chain.ledger { breaker = { failures = 2, cooldown = 0.3, wait = 0 } }
+  local c0 = chain.new("llm", { openai("llm", { model = "gpt-4.1-mini" }) }, { ledger = L0 })
+  local v0 = c0:view("s")
+  T.eq(v0:complete("one", { max_tokens = 5 }), nil)
+  local r6, err6 = v0:complete("two", { max_tokens = 5 })
+  T.eq(r6, nil, "wait = 0: refused at once")
+  T.ok(tostring(err6):find("circuit open", 1, true), tostring(err6))
+end)
+
 T.case("a stalled call is hedged: the first answer wins, the other requests are cancelled at the server", function()
   srv:reset()
   srv:control { latency = 0.02, faults = { { kind = "latency", arg = 20, path = "/v1/chat", count = 1 } } }

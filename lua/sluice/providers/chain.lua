@@ -643,7 +643,9 @@ local function serve(v, spec)
   -- 4. the chain
   local t0 = now()
   local errs, last = {}, nil
+  local waited = 0
   local ok, err = pcall(function()
+    ::again::
     for i, p in ipairs(providers) do
       if p.breaker and not p.breaker:peek() then
         local pv = L:provider(p.provider)
@@ -662,6 +664,23 @@ local function serve(v, spec)
         L:provider(p.provider).failures = L:provider(p.provider).failures + 1
         errs[#errs + 1] = tostring(x.r[3])
         if spec.emitted and spec.emitted() then return end -- half an answer went out: no fallback
+      end
+    end
+    -- Every provider's circuit is open: after a burst of failures (no failed probe yet) the
+    -- call waits for the first probe, up to breaker.wait seconds in all, instead of failing
+    -- an item that a flaky endpoint would serve a few seconds later.
+    if last == nil then
+      local soonest
+      for _, p in ipairs(providers) do
+        local w = p.breaker and p.breaker:worth_waiting()
+        if w and (not soonest or w < soonest) then soonest = w end
+      end
+      if soonest and waited + soonest <= L.breaker.wait then
+        local pause = math.max(0.05, soonest)
+        sl.sleep(pause)
+        waited = waited + pause
+        errs, rec.tried = {}, {}
+        goto again
       end
     end
   end)

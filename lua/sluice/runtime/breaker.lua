@@ -11,7 +11,8 @@
 -- (10). Then the next allow() is the probe (half-open; every other allow() waits for its
 -- outcome): an answer closes the breaker, a failure opens it again for twice the cool-down
 -- (at most `max_cooldown`, 300). An outcome without a verdict (a cancelled request) frees the
--- probe's place for the next one.
+-- probe's place for the next one. `wait` (30 s) is for callers (sluice.providers.chain): how
+-- long a call whose every provider is open may wait for the first probe (worth_waiting).
 --
 -- What counts as a failure is the caller's to say (sluice.providers: a 5xx, 408, a timeout, a
 -- connection failure, a malformed reply; an HTTP answer of any other status is an answer).
@@ -24,7 +25,8 @@ local Breaker = {}
 Breaker.__index = Breaker
 Breaker.__name = "sluice.breaker"
 
-M.DEFAULTS = { failures = 5, rate = 0.5, window = 30, min_calls = 10, cooldown = 10, max_cooldown = 300 }
+M.DEFAULTS = { failures = 5, rate = 0.5, window = 30, min_calls = 10, cooldown = 10, max_cooldown = 300,
+  wait = 30 }
 
 -- check(opts) -> opts with defaults, or raises one line naming the bad setting.
 function M.settings(opts, where)
@@ -34,15 +36,15 @@ function M.settings(opts, where)
   for k, d in pairs(M.DEFAULTS) do
     local v = opts[k]
     if v == nil then v = d end
-    if type(v) ~= "number" or v <= 0 or (k == "rate" and v > 1) then
-      error(string.format("%s.%s must be a positive number%s (got %s)", where or "breaker", k,
-        k == "rate" and " up to 1" or "", tostring(opts[k])), 0)
+    if type(v) ~= "number" or v < 0 or (v == 0 and k ~= "wait") or (k == "rate" and v > 1) then
+      error(string.format("%s.%s must be a %s number%s (got %s)", where or "breaker", k,
+        k == "wait" and "non-negative" or "positive", k == "rate" and " up to 1" or "", tostring(opts[k])), 0)
     end
     s[k] = v
   end
   for k in pairs(opts) do
     if M.DEFAULTS[k] == nil and k ~= "clock" and k ~= "name" then
-      error(string.format("unknown setting %s.%s (known: cooldown, failures, max_cooldown, min_calls, rate, window)",
+      error(string.format("unknown setting %s.%s (known: cooldown, failures, max_cooldown, min_calls, rate, wait, window)",
         where or "breaker", tostring(k)), 0)
     end
   end
@@ -99,6 +101,16 @@ function Breaker:peek()
   if self.state == "closed" then return true end
   if self.state == "open" then return self.clock() >= self.until_t end
   return not self.probing
+end
+
+-- worth_waiting() -> seconds until a call may be let through, when waiting for it is likely
+-- to pay: the breaker opened from closed and no probe has failed since (a burst of failures,
+-- not an endpoint that is down: after a failed probe the cool-down has grown and callers
+-- should fail at once). nil otherwise (closed: no need; a failed probe: not worth it).
+function Breaker:worth_waiting()
+  if self.state == "closed" or self.current_cooldown > self.cooldown then return nil end
+  if self.state == "open" then return math.max(0, self.until_t - self.clock()) end
+  return self.probing and 0.1 or 0 -- half-open: the probe's answer decides
 end
 
 -- allow() -> true, or false and why (one line). In the open state after the cool-down, the
