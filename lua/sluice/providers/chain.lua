@@ -660,9 +660,14 @@ local function serve(v, spec)
           last = x
           return
         end
-        last = x
-        L:provider(p.provider).failures = L:provider(p.provider).failures + 1
         errs[#errs + 1] = tostring(x.r[3])
+        if x.r[4] == "EBREAKER" then -- the circuit opened while the call retried: not sent
+          local pv = L:provider(p.provider)
+          pv.skipped = pv.skipped + 1
+        else
+          last = x
+          L:provider(p.provider).failures = L:provider(p.provider).failures + 1
+        end
         if spec.emitted and spec.emitted() then return end -- half an answer went out: no fallback
       end
     end
