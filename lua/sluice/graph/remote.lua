@@ -311,6 +311,15 @@ end
 local function send_and_wait(J, S, kind, arg, ctx, key, uid)
   local fields, bytes, c = unit_fields(J, S, kind, arg, ctx)
   if not fields then return nil, bytes, c end
+  -- A resumed run's unit may have its result come in while this task waited for the stage's
+  -- semaphore or read the unit's files: it is then in J.early, and nothing would wake a wait
+  -- begun now (the unit is outstanding, so sending it again sends nothing). From this check
+  -- to the suspend nothing yields.
+  local early = J.early[key]
+  if early then
+    J.early[key] = nil
+    return early
+  end
   local t = sched.need_task("a remote unit")
   local id = sched.begin_wait(t, "a remote unit's result")
   J.waiting[key], J.wait_ids[key] = t, id
