@@ -136,9 +136,18 @@ static int write_wav(const char *path, const int16_t *pcm, long frames, int rate
   return 0;
 }
 
+/* An option that must be a string. The string stays alive after the pop because the options
+ * table holds it; a number is refused rather than converted (luaL_checkstring would convert it
+ * in place on the stack, and the converted string, referenced by nothing after the pop, could
+ * be collected before the caller copies it: ASan saw that use after free). */
 static const char *opt_string(lua_State *L, int idx, const char *key, const char *def) {
   lua_getfield(L, idx, key);
-  const char *s = lua_isnil(L, -1) ? def : luaL_checkstring(L, -1);
+  const char *s = def;
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "option '%s' must be a string (got %s)", key, luaL_typename(L, -1));
+    s = lua_tostring(L, -1);
+  }
   lua_pop(L, 1);
   return s;
 }
