@@ -6,6 +6,9 @@
 -- Prints both makespans, their ratio, and the time to the first fused segment for both.
 --
 --   sluice run bench/lecture.lua [STT_LATENCY VLM_LATENCY LLM_LATENCY]   (default 1.0 1.5 0.3)
+--   sluice run bench/lecture.lua local     (the local engines instead: pocketsphinx, tesseract,
+--                                           the extractive summariser: CPU-bound stages
+--                                           sharing the machine's cores)
 local sl = require "sluice"
 local cjson = require "cjson"
 local fusion = require "sluice.blocks.fusion"
@@ -17,6 +20,7 @@ local SRC = os.getenv("SLUICE_SOURCE_DIR") or "."
 package.path = SRC .. "/tests/fakeapi/?.lua;" .. package.path
 local fake = require "fakeapi"
 
+local LOCAL = arg[1] == "local"
 local LAT = { stt = tonumber(arg[1]) or 1.0, vlm = tonumber(arg[2]) or 1.5, llm = tonumber(arg[3]) or 0.3 }
 local CHUNK, OVERLAP, BATCH, STT_W, VLM_W = 8, 1, 2, 2, 2
 
@@ -34,6 +38,15 @@ local video = sample .. "/lecture.mp4"
 
 local srv = fake.start { latency = 0 }
 local function conf()
+  if LOCAL then
+    return {
+      providers = { stt = "sphinx", vlm = "tesseract", llm = "extractive" },
+      stages = {
+        audio = { params = { seconds = CHUNK, overlap = OVERLAP } },
+        stt = { workers = STT_W }, vlm = { workers = VLM_W, batch = { size = BATCH, wait = 30 } },
+      },
+    }
+  end
   return {
     providers = { stt = "openai", vlm = "openai", llm = "openai" },
     openai = { base_url = srv.url .. "/v1", api_key = "sk-bench" },
@@ -140,9 +153,15 @@ local function serial()
 end
 
 local ok, err = pcall(function()
-  print(string.format("lecture bench: sample %s, STT %.2fs/chunk (%d s chunks, %d workers), " ..
-    "VLM %.2fs/batch of %d (%d workers), LLM %.2fs/call", video, LAT.stt, CHUNK, STT_W, LAT.vlm,
-    BATCH, VLM_W, LAT.llm))
+  if LOCAL then
+    print(string.format("lecture bench: sample %s, local engines: pocketsphinx (%d s chunks, %d workers), " ..
+      "tesseract (batches of %d, %d workers), extractive summaries; %d CPUs", video, CHUNK, STT_W, BATCH,
+      VLM_W, require("sluice.blocks.plan").cpu_count()))
+  else
+    print(string.format("lecture bench: sample %s, STT %.2fs/chunk (%d s chunks, %d workers), " ..
+      "VLM %.2fs/batch of %d (%d workers), LLM %.2fs/call", video, LAT.stt, CHUNK, STT_W, LAT.vlm,
+      BATCH, VLM_W, LAT.llm))
+  end
   local sm, sf, sn = serial()
   local pm, pf, pn, pff = pipelined()
   print(string.format("batch-serial: makespan %.2fs, first fused segment at %.2fs (%d segments)", sm, sf, sn))
