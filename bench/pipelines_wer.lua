@@ -36,7 +36,9 @@ if mode == "podcast" or mode == "long" then
         one = string.format("%s/episode%d/transcript.json", arg[4], k) }
     end
   else
-    items[1] = { wav = arg[2], sl = arg[3] .. "/transcript.json" }
+    -- the pipeline writes DIR/<episode>/transcript.json, the episode named after its file
+    local episode = arg[2]:match("([^/]+)$"):gsub("%.%w+$", "")
+    items[1] = { wav = arg[2], sl = arg[3] .. "/" .. episode .. "/transcript.json" }
   end
   for _, it in ipairs(items) do
     local truth = read(it.wav .. ".txt")
