@@ -163,8 +163,9 @@ function P:stats()
 end
 
 -- classify(frames, classes, opts) -> one entry per frame, in order:
--- {t=, classes={{name=, score=, boxes=}...}} or {t=, error=message}. All frames are in
--- flight at once (the worker answers them in turn); a failed frame does not stop the others.
+-- {t=, classes={{name=, score=, boxes=}...}} or {t=, error=message}. All frames are asked
+-- at once (spread over the processes; with `cpu`, as processes and tokens come free); a
+-- failed frame does not stop the others.
 function P:classify(frames, classes, opts)
   if type(frames) ~= "table" then
     error("bad argument #1 to 'classify' (list of {path=, t=} expected)", 2)
