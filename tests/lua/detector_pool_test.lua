@@ -132,11 +132,21 @@ T.case("a killed process of the pool restarts alone; its requests are sent again
   pool.set_cpu_limit(before.limit)
 end)
 
-T.case("a user's worker: one process and no token unless configured; bad processes named", function()
+T.case("a user's worker: one process and no token unless configured; broken ones; bad processes", function()
   local p = workerp.new { argv = { "/usr/bin/python3", P.src .. "/workers/opencv_detect.py" } }
   T.eq(p.nprocesses, 1)
   T.eq(p.cpu, false)
   p:close()
+  -- A worker that cannot work at all fails every request, without starting more copies.
+  local broken = workerp.new { argv = { "/usr/bin/python3", "-c",
+    "import sys; sys.stderr.write('no model here\\n'); sys.exit(78)" }, processes = 8, cpu = true, log = function() end }
+  local out = broken:classify({ { path = "a.jpg", t = 0 }, { path = "b.jpg", t = 1 }, { path = "c.jpg", t = 2 } }, { "person" })
+  for _, r in ipairs(out) do T.ok(r.error and r.error:find("no model here", 1, true), tostring(r.error)) end
+  local started = #broken.workers -- (copies start while the first has not failed yet)
+  out = broken:classify({ { path = "d.jpg", t = 3 }, { path = "e.jpg", t = 4 } }, { "person" })
+  for _, r in ipairs(out) do T.ok(r.error and r.error:find("no model here", 1, true), tostring(r.error)) end
+  T.eq(#broken.workers, started, "no copy started once one is known broken")
+  broken:close()
   local ok, err = pcall(workerp.new, { detector = "opencv", processes = 0 })
   T.ok(not ok and err:find("processes must be a positive integer", 1, true), err)
 end)

@@ -110,6 +110,9 @@ end
 -- The least busy process: an idle one if there is one, else a new one while the pool has
 -- room, else the one with the fewest requests in flight (the first of those: the oldest).
 function P:_pick()
+  -- A copy that cannot work (exit 78, or gave up after restarts) says so for all of them: its
+  -- error is the answer, rather than starting more copies of the same command.
+  if self.workers[1].broken then return self.workers[1] end
   local best
   for _, w in ipairs(self.workers) do
     if not w.broken and (not best or w:in_flight() < best:in_flight()) then best = w end
