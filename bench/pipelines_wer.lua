@@ -36,7 +36,9 @@ if mode == "podcast" or mode == "long" then
         one = string.format("%s/episode%d/transcript.json", arg[4], k) }
     end
   else
-    items[1] = { wav = arg[2], sl = arg[3] .. "/transcript.json" }
+    -- the pipeline writes DIR/<episode>/transcript.json, the episode named after its file
+    local episode = arg[2]:match("([^/]+)$"):gsub("%.%w+$", "")
+    items[1] = { wav = arg[2], sl = arg[3] .. "/" .. episode .. "/transcript.json" }
   end
   for _, it in ipairs(items) do
     local truth = read(it.wav .. ".txt")
@@ -51,19 +53,32 @@ if mode == "podcast" or mode == "long" then
   local ok = math.abs(wer_of("sluice") - wer_of(ref)) <= 0.02
   print(string.format("  answers match (sluice's WER within 0.02 of %s's): %s", ref, ok and "yes" or "NO"))
 elseif mode == "filter" then
+  -- Frames are matched by their video's source path (sluice's frames/<video>/frames.json
+  -- names it; two inputs may share a base name) and their time to the centisecond.
   local m = cjson.decode(assert(read(arg[2])))
+  local out_dir = arg[2]:match("^(.*)/[^/]+$") or "."
+  local source_of = {}
   local mine = {}
   for _, f in ipairs(m.frames) do
-    mine[string.format("%s@%.1f", f.video, f.t)] = (f.classes.person or 0) >= m.min_score
+    local src = source_of[f.video]
+    if not src then
+      local fj = cjson.decode(assert(read(out_dir .. "/frames/" .. f.video .. "/frames.json")))
+      src = fj.source
+      source_of[f.video] = src
+    end
+    mine[string.format("%s@%.2f", src, f.t)] = (f.classes.person or 0) >= m.min_score
   end
   local same, differ, missing, n = 0, 0, 0, 0
   for line in io.lines(arg[3]) do
     local r = cjson.decode(line)
     n = n + 1
-    local k = string.format("%s@%.1f", r.video, r.t)
+    local k = string.format("%s@%.2f", r.source, r.t)
     if mine[k] == nil then missing = missing + 1
     elseif mine[k] == (r.person >= m.min_score) then same = same + 1
-    else differ = differ + 1 end
+    else
+      differ = differ + 1
+      print(string.format("  different verdict: %s (baseline person score %.3f)", k, r.person))
+    end
   end
   print(string.format("  frames: sluice %d, baseline %d; same verdict %d, different %d, not matched by time %d",
     #m.frames, n, same, differ, missing))

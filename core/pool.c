@@ -157,6 +157,127 @@ int sl_job_submit_cpu(lua_State *L, int callback_idx, const sl_job_class *cls, v
   return submit(L, callback_idx, cls, data, 1);
 }
 
+/* ---- CPU leases ---------------------------------------------------------------------- */
+
+/* A lease of one CPU token for work outside the pool (threads.h, sl_threads_release). The
+ * handle is Lua's; the lease itself is malloc'd, because threads.c may hold it past the
+ * state's end (the drop function at shutdown). */
+#define LEASE_HANDLE "sluice.cpu_lease"
+
+typedef struct lease lease;
+typedef struct lease_handle {
+  lease *l; /* NULL once released (or cancelled before it was granted) */
+} lease_handle;
+
+struct lease {
+  sl_work work; /* first: threads.c hands it back */
+  int callback_ref;
+  int handle_ref; /* keeps the handle alive while the lease waits for its token */
+  lease_handle *handle;
+  int delivered; /* loop thread: the callback got the lease, which holds its token */
+};
+
+/* Gives the token back (if the lease holds one) and frees the lease. */
+static void lease_end(lease *l) {
+  sl_threads_release(&l->work);
+  if (l->handle) l->handle->l = NULL;
+  free(l);
+}
+
+/* Loop thread: the token is held (how = SL_WORK_RAN): the callback gets the handle; or the
+ * lease was cancelled first: it gets nil, "cpu lease: cancelled", "ECANCELED". */
+static void lease_done(sl_work *w, int how) {
+  lease *l = (lease *)w;
+  lua_State *L = sl_main_state();
+  if (!L) {
+    lease_end(l);
+    return;
+  }
+  sl_push_ref(L, l->callback_ref);
+  sl_unref(L, &l->callback_ref);
+  /* From here the handle lives as long as Lua holds it; its __gc gives the token back. */
+  int handle_ref = l->handle_ref;
+  l->handle_ref = LUA_NOREF;
+  int n;
+  if (how == SL_WORK_CANCELLED) {
+    lease_end(l); /* also a lease cancelled after its token was granted: it gives it back */
+    n = sl_push_fail(L, "ECANCELED", "cpu lease: cancelled");
+  } else {
+    l->delivered = 1;
+    sl_push_ref(L, handle_ref);
+    n = 1;
+  }
+  sl_unref(L, &handle_ref);
+  sl_call(L, n, 0);
+}
+
+static void lease_drop(sl_work *w) {
+  lease *l = (lease *)w;
+  if (l->handle) l->handle->l = NULL;
+  free(l);
+}
+
+/* lease:release() (also lease:cancel(), lease:close() and the garbage collector): gives the
+ * token back, or withdraws a lease not delivered yet (its callback then gets ECANCELED, and
+ * a token granted meanwhile goes back). Idempotent. */
+static int lease_release(lua_State *L) {
+  lease_handle *h = luaL_checkudata(L, 1, LEASE_HANDLE);
+  lease *l = h->l;
+  if (!l) return 0;
+  h->l = NULL;
+  l->handle = NULL;
+  if (l->delivered)
+    lease_end(l);
+  else
+    sl_threads_cancel(&l->work); /* lease_done ends it */
+  return 0;
+}
+
+static int lease_held(lua_State *L) {
+  lease_handle *h = luaL_checkudata(L, 1, LEASE_HANDLE);
+  lua_pushboolean(L, h->l && h->l->delivered);
+  return 1;
+}
+
+/* pool.cpu_lease(fn) -> lease: waits for a token of the CPU budget in the same queue as
+ * CPU-bound jobs, then calls fn(lease) on the loop thread; the token is held until
+ * lease:release(). lease:cancel() before that withdraws it (fn gets nil, message,
+ * "ECANCELED"). For work outside the pool that uses a CPU: a request to a local CPU-bound
+ * model worker process. */
+static int l_cpu_lease(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (sl_main_state() == NULL) return luaL_error(L, "cpu lease: the engine is shutting down");
+  lease_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
+  h->l = NULL;
+  if (luaL_newmetatable(L, LEASE_HANDLE)) {
+    static const luaL_Reg methods[] = {{"release", lease_release},
+                                       {"cancel", lease_release},
+                                       {"close", lease_release},
+                                       {"held", lease_held},
+                                       {NULL, NULL}};
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, lease_release);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lease *l = calloc(1, sizeof *l);
+  if (!l) return luaL_error(L, "cpu lease: out of memory");
+  l->work.done = lease_done;
+  l->work.drop = lease_drop;
+  l->work.lease = 1;
+  int rc = sl_threads_submit(sl_loop(L), &l->work);
+  if (rc != 0) {
+    free(l);
+    return luaL_error(L, "cpu lease: cannot start worker threads: %s", uv_strerror(rc));
+  }
+  h->l = l;
+  l->handle = h;
+  l->handle_ref = sl_ref(L, -1);
+  l->callback_ref = sl_ref(L, 1);
+  return 1;
+}
+
 /* ---- the module ---------------------------------------------------------------------- */
 
 /* pool.size() -> the number of worker threads. */
@@ -186,8 +307,8 @@ static int work_sleep_finish(lua_State *L, void *data) {
   return 1;
 }
 
-static const sl_job_class work_sleep_class = {"pool.work_sleep", work_sleep_run,
-                                              work_sleep_finish, free};
+static const sl_job_class work_sleep_class = {"pool.work_sleep", work_sleep_run, work_sleep_finish,
+                                              free};
 
 /* pool.cpu() -> {limit=, running=, peak=, waited=, wait_seconds=}: the CPU budget (the
  * tokens CPU-bound jobs hold; waited counts jobs that had to wait for one: the cap bit). */
@@ -226,15 +347,17 @@ static int l_work_sleep(lua_State *L) {
   work_sleep *w = calloc(1, sizeof *w);
   if (!w) return luaL_error(L, "out of memory");
   w->seconds = s;
-  return cpu ? sl_job_submit_cpu(L, 2, &work_sleep_class, w) : sl_job_submit(L, 2, &work_sleep_class, w);
+  return cpu ? sl_job_submit_cpu(L, 2, &work_sleep_class, w)
+             : sl_job_submit(L, 2, &work_sleep_class, w);
 }
 
 int luaopen_sluice_pool(lua_State *L) {
   static const luaL_Reg funcs[] = {{"size", l_size},
-                                  {"work_sleep", l_work_sleep},
-                                  {"cpu", l_cpu},
-                                  {"set_cpu_limit", l_set_cpu_limit},
-                                  {NULL, NULL}};
+                                   {"work_sleep", l_work_sleep},
+                                   {"cpu", l_cpu},
+                                   {"set_cpu_limit", l_set_cpu_limit},
+                                   {"cpu_lease", l_cpu_lease},
+                                   {NULL, NULL}};
   luaL_newlib(L, funcs);
   return 1;
 }

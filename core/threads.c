@@ -117,6 +117,12 @@ static void *thread_main(void *arg) {
     while (!(w = take_locked()) && !pool.stopping) pthread_cond_wait(&pool.cv, &pool.mu);
     if (!w) break; /* stopping: work left waiting for a token is dropped at shutdown */
     w->started = 1;
+    if (w->lease) { /* granted: the token stays held until sl_threads_release */
+      w->holds = 1;
+      push_done_locked(w);
+      uv_async_send(&pool.async);
+      continue;
+    }
     pthread_mutex_unlock(&pool.mu);
     if (!sl_work_cancelled(w)) w->run(w);
     pthread_mutex_lock(&pool.mu);
@@ -174,6 +180,8 @@ int sl_threads_submit(uv_loop_t *loop, sl_work *w) {
   atomic_store(&w->cancelled, 0);
   w->started = 0;
   w->waited = 0;
+  w->holds = 0;
+  if (w->lease) w->cpu = 1;
   if (pool.in_flight++ == 0) uv_ref((uv_handle_t *)&pool.async);
   pthread_mutex_lock(&pool.mu);
   w->next = NULL;
@@ -203,6 +211,16 @@ void sl_threads_cancel(sl_work *w) {
       push_done_locked(w);
       uv_async_send(&pool.async);
     }
+  }
+  pthread_mutex_unlock(&pool.mu);
+}
+
+void sl_threads_release(sl_work *w) {
+  pthread_mutex_lock(&pool.mu);
+  if (w->holds) {
+    w->holds = 0;
+    pool.cpu_running--;
+    pthread_cond_broadcast(&pool.cv); /* a token is free */
   }
   pthread_mutex_unlock(&pool.mu);
 }

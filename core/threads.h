@@ -21,15 +21,17 @@ enum {
 };
 
 struct sl_work {
-  void (*run)(sl_work *w);             /* worker thread */
-  void (*done)(sl_work *w, int how);   /* loop thread; how is SL_WORK_* */
-  void (*drop)(sl_work *w);            /* at shutdown, for work never done; may be NULL */
-  int cpu; /* set by the caller: CPU-bound work, runs only holding a CPU token */
+  void (*run)(sl_work *w);           /* worker thread */
+  void (*done)(sl_work *w, int how); /* loop thread; how is SL_WORK_* */
+  void (*drop)(sl_work *w);          /* at shutdown, for work never done; may be NULL */
+  int cpu;   /* set by the caller: CPU-bound work, runs only holding a CPU token */
+  int lease; /* set by the caller: a CPU lease (sl_threads_lease below); implies cpu */
   /* owned by the pool */
   atomic_int cancelled;
-  int started; /* guarded by the pool's mutex */
+  int started;      /* guarded by the pool's mutex */
   int waited;       /* CPU-bound work that waited for a token (guarded by the mutex) */
   double wait_from; /* when it began to wait */
+  int holds;        /* a granted lease that still holds its token (guarded by the mutex) */
   sl_work *next;
 };
 
@@ -59,6 +61,14 @@ typedef struct sl_cpu_stats {
 } sl_cpu_stats;
 void sl_threads_cpu_stats(sl_cpu_stats *out);
 void sl_threads_set_cpu_limit(int limit); /* at least 1 */
+
+/* A CPU lease: a token of the budget for work done outside the pool (a request to a local
+ * CPU-bound model worker process). w->lease set, w->run unused: w waits in the same queue as
+ * CPU-bound work, in the same order and with the same wait counters; when a token is free a
+ * thread takes it and, instead of running it, hands it straight to its done function on the
+ * loop thread (SL_WORK_RAN) while the token stays held, until sl_threads_release(w). A lease
+ * cancelled while queued is done with SL_WORK_CANCELLED and holds nothing. */
+void sl_threads_release(sl_work *w); /* gives the token back; a no-op if w holds none */
 
 /* Stops the threads after the work already running; work not done yet is given to its drop
  * function (done is not called). Closes the loop wake-up handle. */

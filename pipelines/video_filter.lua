@@ -10,8 +10,11 @@
 --           `batch` (8) as they are made (the folder and the file names: paths, not pixels),
 --           so one long video is decoded and filtered at once; batch=0 passes the whole
 --           video once it is extracted
--- filter    1 worker with one model worker process for the whole run (the bundled CenterNet
---           detector by default, workers/detect.js: the 80 COCO classes, loaded once): keeps
+-- filter    2 workers, so that a batch waits while one is being classified and the detector's
+--           processes never run dry; one model worker provider for the whole run (the bundled
+--           CenterNet detector by default, workers/detect.js: the 80 COCO classes, loaded once;
+--           the opencv one runs a single-threaded process per CPU token, worker.processes),
+--           each frame a request to the least busy process, holding a CPU token: keeps
 --           frames where one of `classes` (default person) scores at least `min_score` (0.5);
 --           copies them to DIR/kept/<video>/. Class names the detector does not know stop the
 --           run before it starts (exit 2), with the list of known ones.
@@ -132,7 +135,7 @@ return sl.pipeline "video_filter" {
     },
 
     filter = {
-      from = "extract", workers = 1, retry = { attempts = 2 },
+      from = "extract", workers = 2, retry = { attempts = 2 },
       run = function(env, ctx)
         local v = env.data
         local classes = classes_of(ctx.config)

@@ -55,4 +55,61 @@ T.case("with the default budget, no more CPU-bound jobs run than CPUs", function
   T.ok(pool.cpu().peak <= lim)
 end)
 
+T.case("a CPU lease holds a token until released, in the same queue as CPU-bound jobs", function()
+  local before = pool.cpu()
+  pool.set_cpu_limit(2)
+  local g = sl.group()
+  local most, held_now = 0, 0
+  local function sample()
+    local c = pool.cpu()
+    most = math.max(most, c.running)
+    T.ok(c.running <= 2, "never more tokens held than the budget: " .. c.running)
+  end
+  -- leases (as detector requests take them) and CPU-bound jobs (as decoding does), at once
+  for _ = 1, 6 do
+    g:spawn(function()
+      local lease = sl.await("cpu lease", function(done) return pool.cpu_lease(done) end)
+      T.ok(lease:held())
+      held_now = held_now + 1
+      sample()
+      sl.sleep(0.04) -- the work done outside the pool (a model worker's request)
+      held_now = held_now - 1
+      lease:release()
+      lease:release() -- idempotent
+      T.ok(not lease:held())
+    end)
+    g:spawn(function()
+      sl.await("cpu job", function(done) return pool.work_sleep(0.04, done, true) end)
+      sample()
+    end)
+  end
+  for _ = 1, 20 do
+    sl.sleep(0.01)
+    sample()
+  end
+  g:wait()
+  local after = pool.cpu()
+  T.eq(after.running, 0, "every token came back")
+  T.eq(most, 2, "the budget was used in full")
+  T.ok(after.waited - before.waited >= 6, "the cap bit and was counted: " .. (after.waited - before.waited))
+
+  -- A lease withdrawn while it waits holds nothing; one collected without release gives its
+  -- token back.
+  pool.set_cpu_limit(1)
+  local first = sl.await("cpu lease", function(done) return pool.cpu_lease(done) end)
+  local got, err, code
+  local waiting = pool.cpu_lease(function(l, e, c) got, err, code = l, e, c end)
+  sl.sleep(0.02)
+  T.eq(got, nil, "no token while the only one is held")
+  waiting:cancel()
+  sl.sleep(0.02)
+  T.eq(code, "ECANCELED", tostring(err))
+  T.eq(pool.cpu().running, 1)
+  first = nil -- luacheck: ignore
+  collectgarbage()
+  collectgarbage()
+  T.eq(pool.cpu().running, 0, "a lost lease gives its token back when collected")
+  pool.set_cpu_limit(before.limit)
+end)
+
 return T.run()

@@ -547,6 +547,8 @@ function M.run(p, args, script_path)
   off_int()
   if view then view:stop() end
   for _, c in ipairs(closers) do pcall(c) end
+  -- Model worker processes (detectors...) end with the run, waited for.
+  require("sluice.runtime.worker").close_all()
 
   if o.dry_run then
     io.stdout:write(spend.report(summary))

@@ -33,6 +33,9 @@ local M = {}
 -- package is missing: it is not restarted.
 M.EX_CONFIG = 78
 
+-- The workers not closed yet (weak): close_all() ends them when a run ends.
+local live = setmetatable({}, { __mode = "k" })
+
 local Worker = {}
 Worker.__index = Worker
 Worker.__name = "sluice.runtime.worker"
@@ -70,8 +73,19 @@ function M.start(opts)
     last_stderr = nil,
     stats = { calls = 0, replies = 0, retried = 0, restarts = 0 },
   }, Worker)
+  live[self] = true
   self:_spawn()
   return self
+end
+
+-- close_all([grace]): closes every worker still open and waits for its process to exit (at
+-- most grace seconds each, default 5). A run calls it at its end: a worker that sluice waited
+-- for is one whose CPU time counts as sluice's (getrusage's children; /usr/bin/time), not an
+-- orphan that outlives the run.
+function M.close_all(grace)
+  local list = {}
+  for w in pairs(live) do list[#list + 1] = w end
+  for _, w in ipairs(list) do pcall(w.close, w, grace) end
 end
 
 function Worker:__tostring()
@@ -299,6 +313,7 @@ end
 function Worker:close(grace)
   if self.closed then return end
   self.closed = true
+  live[self] = nil
   if not self.proc then return end
   self.exited = sl.event()
   pcall(self.proc.close_stdin, self.proc)
