@@ -38,6 +38,50 @@ function M.probe(url)
   return sched.await("media.probe", function(done) return cmedia.probe(url, done) end)
 end
 
+-- The longest input a pipeline takes, in seconds (the setting `media.max_duration`, default
+-- 12 hours): a longer one is refused before it is decoded, with one line naming it. Its
+-- length is the container's (a header that lies about it is believed here; the decoders then
+-- stop where the data ends and say so).
+local DEFAULT_MAX_DURATION = 12 * 3600
+local max_duration = DEFAULT_MAX_DURATION
+M.DEFAULT_MAX_DURATION = DEFAULT_MAX_DURATION
+
+-- set_max_duration(seconds) -> the cap in force (nil leaves it as it is).
+function M.set_max_duration(seconds)
+  if seconds ~= nil then
+    if type(seconds) ~= "number" or seconds <= 0 or seconds ~= seconds then
+      error("bad argument #1 to 'set_max_duration' (positive number of seconds expected)", 2)
+    end
+    max_duration = seconds
+  end
+  return max_duration
+end
+
+local function hms(s)
+  s = math.floor(s + 0.5)
+  return string.format("%d:%02d:%02d", s // 3600, s // 60 % 60, s % 60)
+end
+
+-- check_duration(url, info) -> true, or nil and one line naming the input when the length
+-- its probe (info, from probe()) gives is past media.max_duration. An input of unknown length
+-- (a live stream) passes.
+function M.check_duration(url, info)
+  local d = type(info) == "table" and tonumber(info.duration)
+  if not d or d <= max_duration then return true end
+  return nil, string.format("%s: %s long (%.0f s), longer than media.max_duration (%g s)", url, hms(d), d,
+    max_duration)
+end
+
+-- check_length(url) -> the probe's info, or nil and one line naming the input when it cannot
+-- be probed or is longer than media.max_duration.
+function M.check_length(url)
+  local info, err = M.probe(url)
+  if not info then return nil, err end
+  local ok, lerr = M.check_duration(url, info)
+  if not ok then return nil, lerr end
+  return info
+end
+
 -- A stream of items produced by a C reader one pool job at a time, with one item fetched
 -- ahead while the consumer works on the current one.
 local Stream = {}
