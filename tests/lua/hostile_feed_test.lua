@@ -5,6 +5,7 @@
 --     parsed into a tree (about 740 MB and 30 s on a loaded machine) and every episode planned.
 --   - feed.max_bytes (default 64 MiB) refuses a larger feed, from a file or over HTTP, with one
 --     line naming it, while the run's other input finishes.
+-- The bounds on RSS are not checked under AddressSanitizer (its quarantine keeps freed memory).
 package.path = (os.getenv("SLUICE_SOURCE_DIR") or ".") .. "/tests/lua/fixtures/?.lua;" .. package.path
 local sl = require "sluice"
 local T = require "sluice.app.test"
@@ -65,7 +66,7 @@ T.case("100,000 entries: the first feed.max_items (2000) are read, the rest coun
   T.eq(skipped[1].count, N - 2000)
   T.eq(skipped[1].reason, "past feed.max_items (the first 2000 entries were read, 98000 more not)")
   T.ok(took < 60, "took " .. took .. " s")
-  T.ok(held < 100 * 1024, "held " .. held .. " KB")
+  T.ok(P.sanitized() or held < 100 * 1024, "held " .. held .. " KB")
 end)
 
 T.case("a podcast run over the 50 MB feed with feed.max_items=2: two episodes, one line for the rest", function()
@@ -82,7 +83,7 @@ T.case("a podcast run over the 50 MB feed with feed.max_items=2: two episodes, o
   local line = "skipped 99998 entries in " .. big ..
     ": past feed.max_items (the first 2 entries were read, 99998 more not)"
   T.ok(r.stderr:find(line, 1, true), r.stderr)
-  T.ok(r.peak_kb and r.peak_kb < 400 * 1024, "peak RSS " .. tostring(r.peak_kb) .. " KB")
+  T.ok(P.sanitized() or (r.peak_kb and r.peak_kb < 400 * 1024), "peak RSS " .. tostring(r.peak_kb) .. " KB")
   T.ok(r.seconds < 200, "took " .. r.seconds .. " s")
 end)
 
@@ -107,7 +108,7 @@ T.case("feed.max_bytes refuses the feed from a file and over HTTP, one line each
     "input " .. big .. ": feed larger than feed.max_bytes (" .. size .. " bytes, more than 10000000 bytes)",
     "input " .. url .. ": feed larger than feed.max_bytes (10000000 bytes)",
   }, "\n"))
-  T.ok(r.peak_kb and r.peak_kb < 200 * 1024, "peak RSS " .. tostring(r.peak_kb) .. " KB")
+  T.ok(P.sanitized() or (r.peak_kb and r.peak_kb < 200 * 1024), "peak RSS " .. tostring(r.peak_kb) .. " KB")
 end)
 
 T.case("a bad feed cap is refused with one line naming the setting", function()
