@@ -155,6 +155,30 @@ T.case("8 channels at 384 kHz: 16 kHz mono equal to ffmpeg's downmix and resampl
   T.ok(math.sqrt(err / energy) < 0.01, "relative error " .. math.sqrt(err / energy))
 end)
 
+T.case("a master playlist nested in itself is refused at once, in one line; a good one still opens", function()
+  local hdir = dir .. "/hls"
+  P.sh("mkdir -p " .. hdir .. " && cp " .. P.src .. "/tests/fuzz/hls/s0.ts " .. P.src .. "/tests/fuzz/hls/s1.ts " ..
+    P.src .. "/tests/fuzz/corpus/hls/vod.m3u8 " .. hdir .. "/ && cp " .. P.src ..
+    "/tests/fuzz/corpus/hls/master_self.m3u8 " .. hdir .. "/p.m3u8")
+  local master = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=200000\n%s\n"
+  P.write(hdir .. "/a.m3u8", master:format("b.m3u8")) -- a -> b -> a
+  P.write(hdir .. "/b.m3u8", master:format("a.m3u8"))
+  P.write(hdir .. "/good.m3u8", master:format("vod.m3u8"))
+  P.write(hdir .. "/named.mp4", master:format("named.mp4")) -- FFmpeg goes by the content
+  for _, case in ipairs { { "p.m3u8", "p.m3u8" }, { "a.m3u8", "b.m3u8" }, { "named.mp4", "named.mp4" } } do
+    local path = hdir .. "/" .. case[1]
+    local t0 = sl.now()
+    local info, err = media.probe(path)
+    T.eq(info, nil)
+    T.eq(err, path .. ": its variant " .. case[2] .. " is a master playlist too (HLS nests one level; a playlist " ..
+      "that names itself would be followed without end): not opened")
+    -- (FFmpeg's demuxer, left to it, took 60 s and 1.4 GB before a 3 s media.open_timeout ended it)
+    T.ok(sl.now() - t0 < 2, "refused in " .. (sl.now() - t0) .. " s")
+  end
+  local info = assert(media.probe(hdir .. "/good.m3u8"))
+  T.ok(info.duration and info.duration > 0, "the good master playlist opens: " .. cjson.encode(info))
+end)
+
 T.teardown("teardown", function() P.rm(dir) end)
 
 return T.run()
