@@ -179,6 +179,14 @@ T.case("a master playlist nested in itself is refused at once, in one line; a go
   T.ok(info.duration and info.duration > 0, "the good master playlist opens: " .. cjson.encode(info))
 end)
 
+T.case("an empty file: one line saying so (FFmpeg says only 'Invalid argument')", function()
+  local empty = dir .. "/empty.mp3"
+  P.write(empty, "")
+  local info, err = media.probe(empty)
+  T.eq(info, nil)
+  T.eq(err, empty .. ": empty file (0 bytes)")
+end)
+
 T.teardown("teardown", function() P.rm(dir) end)
 
 return T.run()

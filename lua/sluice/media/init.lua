@@ -47,6 +47,13 @@ end
 
 function M.probe(url)
   check_url(url, "probe")
+  if not url:match("^%a[%w+.-]*://") then
+    -- (FFmpeg says only "Invalid argument" for an empty file)
+    local f = io.open(url, "rb")
+    local size = f and f:seek("end")
+    if f then f:close() end
+    if size == 0 then return nil, url .. ": empty file (0 bytes)", "EMEDIA" end
+  end
   if playlist_like(url) then
     -- (a master playlist nested in itself is refused before FFmpeg follows it: sluice.media.hls)
     local ok, err = require("sluice.media.hls").check_nesting(url)
