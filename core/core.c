@@ -483,6 +483,16 @@ static int l_environ(lua_State *L) {
   return 1;
 }
 
+/* cwd() -> the process's working directory, or nil, message. */
+static int l_cwd(lua_State *L) {
+  char buf[4096];
+  size_t len = sizeof buf;
+  int rc = uv_cwd(buf, &len);
+  if (rc != 0) return sl_push_fail(L, NULL, "%s", uv_strerror(rc));
+  lua_pushlstring(L, buf, len);
+  return 1;
+}
+
 static int l_cpu_time(lua_State *L) {
   uv_rusage_t ru;
   if (uv_getrusage(&ru) != 0) return sl_push_fail(L, NULL, "getrusage failed");
@@ -573,6 +583,7 @@ int luaopen_sluice_core(lua_State *L) {
                                    {"stop", l_stop},
                                    {"handles", l_handles},
                                    {"environ", l_environ},
+                                   {"cwd", l_cwd},
                                    {"cpu_time", l_cpu_time},
                                    {"exit_now", l_exit_now},
                                    {"resume", l_resume},

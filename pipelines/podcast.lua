@@ -93,6 +93,8 @@ return sl.pipeline "podcast" {
     auto_workers = true,
     summary_sentences = 3,
     keywords = 8,
+    -- the caps on each feed read (sluice.blocks.stages.expand_inputs)
+    feed = { max_bytes = stages.FEED_MAX_BYTES, max_items = stages.FEED_MAX_ITEMS },
   },
   settings = {
     limit = "at most this many episodes per feed",
@@ -100,19 +102,33 @@ return sl.pipeline "podcast" {
     keep_chunks = "keep the WAV chunks (default: removed once transcribed)",
     chapter_window = "seconds of speech per chapter",
   },
+  -- The feed caps are counts: a positive whole number each, else one line naming the key.
+  check = function(config)
+    local fc = config.feed
+    if fc ~= nil and type(fc) ~= "table" then return nil, "feed: a table of settings expected (feed.max_bytes, feed.max_items)" end
+    for _, key in ipairs { "max_bytes", "max_items" } do
+      local v = fc and fc[key]
+      if v ~= nil and not (math.tointeger(v) and v > 0) then
+        return nil, string.format("feed.%s must be a positive whole number (got %s)", key, tostring(v))
+      end
+    end
+    return true
+  end,
   inputs = "files",
   sources = {
     -- Episodes of the feeds (and media given directly). A feed that cannot be read is an item
     -- that fails at download (a dead letter: on the terminal, in index.json's failed, exit 1);
     -- a feed entry without an enclosure is logged and listed in index.json's skipped.
     episodes = function(ctx)
-      local items, errors, skipped = stages.expand_inputs(ctx.job.inputs, { limit = ctx.config.limit })
+      local fc = type(ctx.config.feed) == "table" and ctx.config.feed or {}
+      local items, errors, skipped = stages.expand_inputs(ctx.job.inputs, { limit = ctx.config.limit,
+        max_bytes = fc.max_bytes, max_items = fc.max_items })
       for i, e in ipairs(errors) do
         ctx:emit({ error = e }, { key = "input-error-" .. i, seq = 1 })
       end
       for i, s in ipairs(skipped) do
-        ctx:log(string.format("skipped %s in %s: %s", s.title and ("'" .. s.title .. "'") or s.guid or "an entry",
-          s.source, s.reason))
+        local what = s.count and (s.count .. " entries") or s.title and ("'" .. s.title .. "'") or s.guid or "an entry"
+        ctx:log(string.format("skipped %s in %s: %s", what, s.source, s.reason))
         ctx:emit({ skipped = s }, { key = "skipped-" .. i, seq = 1 })
       end
       local ledger = state(ctx).ledger
@@ -136,7 +152,7 @@ return sl.pipeline "podcast" {
           return nil, info, "EFETCH"
         end
         local media = require "sluice.media"
-        local probe, perr = media.probe(path)
+        local probe, perr = media.check_length(path)
         if not probe then
           state(ctx).ledger:finished(env.key)
           return nil, string.format("episode %s: %s", env.key, perr), "EINPUT"

@@ -101,6 +101,9 @@ return sl.pipeline "video_filter" {
       run = function(env, ctx)
         local media = require "sluice.media"
         local v = env.data
+        -- an input past media.max_duration is refused before any of it is decoded
+        local ok, lerr = media.check_length(v.path)
+        if not ok then error(lerr, 0) end
         local dir = stages.out_dir(ctx, nil, "frames/" .. v.video)
         local size = math.tointeger(ctx.config.batch) or 8
         if size < 1 then size = math.huge end

@@ -5,12 +5,12 @@
 # A crash leaves its input in build-fuzz/findings/<target>/ and a line naming it; make it a
 # regression input with: cp FILE tests/fuzz/regress/<target>/ (replayed by ctest -R fuzz_regress).
 #
-#   sh scripts/fuzz.sh [SECONDS] [TARGET...]      TARGET: sse json jsonl feed media hls httpd
+#   sh scripts/fuzz.sh [SECONDS] [TARGET...]      TARGET: sse json jsonl feed reply config media hls httpd
 set -u
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-60}
 [ $# -gt 0 ] && shift
-TARGETS=${*:-"sse json jsonl feed media hls httpd"}
+TARGETS=${*:-"sse json jsonl feed reply config media hls httpd"}
 command -v clang >/dev/null 2>&1 || { echo "fuzz: clang is missing (sh scripts/deps.sh installs it)"; exit 2; }
 B=build-fuzz
 if [ ! -f "$B/CMakeCache.txt" ]; then

@@ -52,7 +52,8 @@ function fileUrl(p) {
   let rel = p;
   if (state.outDir && p.startsWith(state.outDir + "/")) rel = p.slice(state.outDir.length + 1);
   else if (p.startsWith("/")) return null;
-  return api("/files/" + rel.split("/").map(encodeURIComponent).join("/"));
+  const job = state.jobId ? "?job=" + encodeURIComponent(state.jobId) : "";
+  return api("/files/" + rel.split("/").map(encodeURIComponent).join("/") + job);
 }
 
 function esc(x) {

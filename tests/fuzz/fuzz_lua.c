@@ -1,6 +1,7 @@
 /* fuzz_lua.c: a libFuzzer target over one Lua parser of sluice: built once per target name
- * (FUZZ_TARGET = "sse", "json", "jsonl", "feed"), each calling T[FUZZ_TARGET](data) of
- * tests/fuzz/targets.lua. See harness.h for the coverage and the verdict. */
+ * (FUZZ_TARGET = "sse", "json", "jsonl", "feed", "reply", "config"), each calling
+ * T[FUZZ_TARGET](data) of tests/fuzz/targets.lua. See harness.h for the coverage and the verdict.
+ */
 #include "harness.h"
 
 #ifndef FUZZ_TARGET

@@ -124,6 +124,122 @@ function T.feed(data)
   end
 end
 
+-- Provider replies (sluice.providers.openai, .gemini, .clova over providers.call): the
+-- fuzzer's bytes are the body of the one HTTP answer a call gets (http.request is replaced
+-- for the call; a stream's body goes through the real SSE parser), with a status the second
+-- byte chooses. The first byte chooses the call: OpenAI chat completion (plain, streamed, as
+-- a judge), OpenAI transcription (verbose_json), Gemini generateContent (plain, streamed, as
+-- a judge) or CLOVA Speech recognition. Every call returns a result of its shape or nil and a
+-- string message; none raises.
+local http = require "sluice.runtime.http"
+local REPLY_STATUS = { 200, 200, 200, 200, 400, 429, 500, 503 }
+local reply_providers
+local function reply_call(kind, p)
+  if kind == 0 then return p.openai_llm:complete("hi") end
+  if kind == 1 then return p.openai_llm:complete("hi", { stream = function(piece)
+    check(type(piece) == "string", "a streamed piece of type %s", type(piece)) end }) end
+  if kind == 2 then return p.openai_llm:judge("a summary", { "a source" }) end
+  if kind == 3 then return p.openai_stt:transcribe { path = "/nonexistent/chunk.wav", t0 = 10 } end
+  if kind == 4 then return p.gemini_llm:complete("hi") end
+  if kind == 5 then return p.gemini_llm:complete("hi", { stream = function(piece)
+    check(type(piece) == "string", "a streamed piece of type %s", type(piece)) end }) end
+  if kind == 6 then return p.gemini_llm:judge("a summary", { "a source" }) end
+  return p.clova:transcribe { path = "/nonexistent/chunk.wav", t0 = 10 }
+end
+function T.reply(data)
+  if not reply_providers then
+    local common = { api_key = "k", retry = { attempts = 1 }, timeout = 5 }
+    local function cfg(extra)
+      local c = {}
+      for k, v in pairs(common) do c[k] = v end
+      for k, v in pairs(extra) do c[k] = v end
+      return c
+    end
+    reply_providers = {
+      openai_llm = P.get("llm", "openai", cfg { base_url = "http://127.0.0.1:9/v1", model = "gpt-4.1-mini" }),
+      openai_stt = P.get("stt", "openai", cfg { base_url = "http://127.0.0.1:9/v1", model = "whisper-1" }),
+      gemini_llm = P.get("llm", "gemini", cfg { base_url = "http://127.0.0.1:9/v1beta", model = "gemini-2.5-flash" }),
+      clova = P.get("stt", "clova", cfg { invoke_url = "http://127.0.0.1:9/clova", secret = "s" }),
+    }
+  end
+  local kind = (data:byte(1) or 0) % 8
+  local status = REPLY_STATUS[(data:byte(2) or 0) % #REPLY_STATUS + 1]
+  local body = data:sub(3)
+  local real = http.request
+  http.request = function(o)
+    if o.stream then
+      for _, c in ipairs(chunks(body)) do o.stream(c) end
+      return { status = status, headers = { ["content-type"] = "text/event-stream" }, body = "" }
+    end
+    return { status = status, headers = { ["content-type"] = "application/json" }, body = body }
+  end
+  local r = table.pack(pcall(reply_call, kind, reply_providers))
+  http.request = real
+  if not r[1] then error(r[2], 0) end
+  local v, err = r[2], r[3]
+  if v == nil then
+    check(type(err) == "string", "call %d failed without a string message: %s", kind, type(err))
+  elseif kind == 0 or kind == 1 or kind == 4 or kind == 5 then
+    check(type(v) == "string", "call %d gave a %s, not text", kind, type(v))
+  elseif kind == 2 or kind == 6 then
+    check(type(v) == "table" and type(v.score) == "number" and type(v.reasons) == "table", "a judge verdict of the wrong shape")
+  else
+    check(type(v) == "table" and type(v.segments) == "table", "a transcription without segments")
+    for _, seg in ipairs(v.segments) do
+      check(type(seg.start) == "number" and type(seg["end"]) == "number", "a segment without numeric times")
+      check(type(seg.text) == "string", "a segment without text")
+    end
+  end
+  return v, err
+end
+
+-- Configuration (sluice.app.config, what `sluice run` does with --config FILE.json and --set
+-- k=v): the first byte chooses a JSON config file (the rest of the bytes, read by
+-- config.load_file) or --set arguments (one a line); each is resolved over the podcast's
+-- defaults with an environment, checked against its schema and printed as --show-config
+-- prints it. A file is a table or nil and a message naming it; resolve gives a table or nil
+-- and a message; check gives lines; none raises.
+local config_state
+function T.config(data)
+  local config = require "sluice.app.config"
+  if not config_state then
+    local sl = require "sluice"
+    local pipe = sl.load(require("sluice.core.core").share_dir .. "/pipelines/podcast.lua")
+    local tmp = os.tmpname()
+    os.remove(tmp)
+    config_state = { schema = config.schema(pipe), defaults = pipe.defaults, file = tmp .. ".json" }
+  end
+  local st = config_state
+  local file, sets
+  if (data:byte(1) or 0) % 2 == 0 then
+    local f = assert(io.open(st.file, "wb"))
+    f:write(data:sub(2))
+    f:close()
+    local v, err = config.load_file(st.file)
+    if v == nil then
+      check(type(err) == "string" and err:find(st.file, 1, true), "a config file refused without naming it: %s",
+        tostring(err))
+      return
+    end
+    check(type(v) == "table", "a config file read as a %s", type(v))
+    file = v
+  else
+    sets = {}
+    for line in (data:sub(2) .. "\n"):gmatch("([^\n]*)\n") do sets[#sets + 1] = line end
+  end
+  local cfg, err = config.resolve { defaults = st.defaults, file = file, sets = sets,
+    env = { SLUICE_KEYWORDS = "12", SLUICE_PROVIDERS_STT = "sphinx", SLUICE_FEED_MAX_ITEMS = "[1,2]" } }
+  if cfg == nil then
+    check(type(err) == "string", "resolve failed without a message")
+    return
+  end
+  check(type(cfg) == "table", "resolve gave a %s", type(cfg))
+  local problems = config.check(st.schema, { file = file, file_name = st.file, sets = sets })
+  for _, line in ipairs(problems) do check(type(line) == "string", "a problem of type %s", type(line)) end
+  check(type(config.format(cfg)) == "string", "format gave no text")
+  return cfg, problems
+end
+
 -- The dashboard (sluice.app.dashboard over sluice.core.httpd): fuzz_httpd.c sends raw bytes
 -- over TCP to this server; the C side judges (a crash, a hang, a sanitizer report).
 function T.httpd_start(files_dir)

@@ -26,7 +26,7 @@ local function inputs(target)
   return out
 end
 
-for _, target in ipairs { "sse", "json", "jsonl", "feed" } do
+for _, target in ipairs { "sse", "json", "jsonl", "feed", "reply", "config" } do
   T.case(target .. ": every seed and every regression input passes the fuzz target's checks", function()
     local list = inputs(target)
     T.ok(#list >= 3, "inputs for " .. target)

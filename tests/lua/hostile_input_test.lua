@@ -17,15 +17,6 @@ T.timeout = 120
 
 local srv
 
-local function rss_kb()
-  for line in io.lines("/proc/self/status") do
-    local kb = line:match("^VmRSS:%s+(%d+)")
-    if kb then return tonumber(kb) end
-  end
-end
-
-local function one_line(s) return type(s) == "string" and not s:find("\n") end
-
 T.setup("setup", function()
   srv = fake.start()
 end)
@@ -42,18 +33,18 @@ end
 T.case("a 1 GiB reply is cut at the default max_reply_bytes (32 MiB), once, in bounded memory", function()
   srv:reset()
   srv:control { faults = { { kind = "huge", path = CHAT } } } -- 1 GiB of JSON, made as it is sent
-  local before = rss_kb()
+  local before = P.rss_kb()
   local t0 = sl.now()
   local text, err, code = llm():complete("hi")
   local took = sl.now() - t0
   T.eq(text, nil)
   T.eq(code, "ETOOBIG")
-  T.ok(one_line(err) and err:find("larger than " .. providers.MAX_REPLY_BYTES .. " bytes", 1, true), err)
+  T.ok(P.one_line(err) and err:find("larger than " .. providers.MAX_REPLY_BYTES .. " bytes", 1, true), err)
   T.ok(err:find("^openai: ") and err:find(CHAT, 1, true), err)
   T.eq(#srv:requests(CHAT), 1, "not retried")
   T.ok(took < 60, "ended in " .. took .. " s")
   -- the reply is never held whole: at most the cap (and curl's buffers) on top
-  T.ok(rss_kb() - before < 3 * 32 * 1024, "RSS grew by " .. (rss_kb() - before) .. " KB")
+  T.ok(P.rss_kb() - before < 3 * 32 * 1024, "RSS grew by " .. (P.rss_kb() - before) .. " KB")
 end)
 
 T.case("a chat stream that never ends is cut at max_reply_bytes; the tokens before it came", function()
@@ -65,7 +56,7 @@ T.case("a chat stream that never ends is cut at max_reply_bytes; the tokens befo
     stream = function(piece) got = got + #piece end })
   T.eq(text, nil)
   T.eq(code, "ETOOBIG")
-  T.ok(one_line(err) and err:find("larger than 524288 bytes", 1, true), err)
+  T.ok(P.one_line(err) and err:find("larger than 524288 bytes", 1, true), err)
   T.ok(got > 0, "deltas were passed on before the cut")
   T.eq(#srv:requests(CHAT), 1, "a stream that delivered tokens is not retried")
   T.ok(sl.now() - t0 < 30)
@@ -76,7 +67,7 @@ T.case("a redirect loop ends after 8 redirects with one line naming the URL", fu
   local url = srv.url .. "/redirect/loop"
   local path, err = stages.fetch({ url = url }, out)
   T.eq(path, nil)
-  T.ok(one_line(err) and err:find("fetch " .. url, 1, true) and err:find("redirects"), err)
+  T.ok(P.one_line(err) and err:find("fetch " .. url, 1, true) and err:find("redirects"), err)
   -- as an input of a run (a feed or media URL)
   local items, errors = stages.expand_inputs { url }
   T.eq(#items + #errors >= 1, true)
@@ -137,7 +128,7 @@ T.case("a run with a billion-laughs feed whose enclosure is an HTML page, a redi
   for _, d in ipairs(summary.dead) do print("     dead letter: " .. d.error) end
   local by = {}
   for _, d in ipairs(summary.dead) do
-    T.ok(one_line(d.error), d.error)
+    T.ok(P.one_line(d.error), d.error)
     if d.error:find(loop, 1, true) then by.loop = d.error end
     if d.error:find("episode.mp3", 1, true) or d.error:find("Laughs", 1, true) then by.html = d.error end
   end

@@ -55,6 +55,11 @@ T.case("chunk_seconds: the queued audio over the CPUs, equal parts, 30-300 s", f
   T.near(s, 18, 1e-9)
   s, k = c { pending = 50, duration = 50, cpus = 2, overlap = 5 }
   T.eq(k, 1, "two parts would be 25 s")
+  -- an input shorter than the overlap: one part, longer than the overlap (a reader refuses
+  -- a part that is not; a 2 s episode was refused so)
+  s, k = c { pending = 2, duration = 2, cpus = 2, overlap = 5, window = 2 }
+  T.eq(k, 1)
+  T.ok(s > 5 and s > 2, "one part of " .. s .. " s")
   -- more CPUs: shorter parts for the same queue
   local _, k8 = c { pending = 600, duration = 600, cpus = 8, overlap = 5 }
   T.eq(k8, 16)

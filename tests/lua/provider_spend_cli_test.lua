@@ -186,6 +186,18 @@ T.case("--dry-run expects the real run's calls within 10%, and sends nothing", f
   T.ok(not P.exists(tmp .. "/dry/sluice.db"), "a dry run stores nothing")
 end)
 
+T.case("--dry-run with local providers only (sphinx, extractive): their calls counted, exit 0", function()
+  -- (a local engine has no `provider` field; the dry run's cost lookup concatenated it: every
+  -- STT item failed with "attempt to concatenate a nil value (field 'provider')", exit 1)
+  local ep = P.sample("podcast") .. "/podcast/episode2.m4a"
+  local r = run { "pipelines/podcast.lua", ep, "--out", tmp .. "/dry-local", "--no-store", "--dry-run" }
+  T.eq(r.status, 0, r.stderr)
+  T.ok(not r.stderr:find("failed", 1, true), r.stderr)
+  T.ok(r.stdout:match("\nstt +1 "), r.stdout)
+  T.ok(r.stdout:match("\nmetadata +1 "), r.stdout)
+  T.ok(not P.exists(tmp .. "/dry-local/episode2/transcript.json"), "nothing was transcribed")
+end)
+
 T.teardown("teardown", function()
   if srv then srv:stop() end
   P.rm(tmp)

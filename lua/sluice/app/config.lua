@@ -266,9 +266,10 @@ local function group() return { children = {} } end
 
 -- The settings the engine reads whatever the pipeline: budget, breaker, hedge and prices
 -- (sluice.app.spend checks their values, naming the key), broker.* (sluice.app.broker) and
--- media.open_timeout (sluice.app.run).
+-- media.open_timeout and media.max_duration (sluice.app.run).
 local ENGINE_SETTINGS = { "budget", "breaker", "hedge", "prices", "broker.claim_idle",
-  "broker.max_deliveries", "broker.max_file", "broker.ttl", "broker.prefix", "media.open_timeout" }
+  "broker.max_deliveries", "broker.max_file", "broker.ttl", "broker.prefix", "media.open_timeout",
+  "media.max_duration" }
 local LEAF = { leaf = true }
 
 local function add_path(root, path)

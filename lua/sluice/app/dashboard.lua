@@ -26,8 +26,9 @@
 --   /api/events       Server-Sent Events: every bus event once, in order, id = event n;
 --                     resumes after Last-Event-ID (header, or ?last_event_id=N); ?job=ID
 --                     replays a stored job's latest run
---   /files/PATH       files under the job's output folder (thumbnails): images and plain
---                     text only (M.FILE_TYPES), sandboxed by Content-Security-Policy
+--   /files/PATH       files under the job's output folder (thumbnails; ?job=ID names the job,
+--                     else the live one, else the store's newest): images and plain text
+--                     only (M.FILE_TYPES), sandboxed by Content-Security-Policy
 -- A non-loopback address needs a token. Paths with ".." segments are refused; files are
 -- resolved on a worker thread and must stay inside their folder.
 local sl = require "sluice"
@@ -377,6 +378,22 @@ function Dash:api_job(req, id)
   return json_response(req, 200, info)
 end
 
+-- files_root(id) -> the folder /files/ serves: the output folder of the job ?job=ID names
+-- (the live one, or one in the store, as the store recorded it), without ID the live job's,
+-- else the store's newest job's; nil when there is none.
+function Dash:files_root(id)
+  if id == nil or (self.job and tostring(self.job.id) == id) then
+    if self.files_dir then return self.files_dir end
+    local newest = self.store and self.store:jobs()[1]
+    if not newest then return nil end
+    id = newest.id
+  end
+  local info = self.store and self.store:job(id)
+  local out = info and info.job and info.job.out
+  if type(out) ~= "string" or out == "" then return nil end
+  return out
+end
+
 function Dash:route(req, info)
   local q = parse_query(info.query)
   local extra = {}
@@ -429,10 +446,11 @@ function Dash:route(req, info)
   elseif rel == "api/stats" then
     return json_response(req, 200, { stats = live_stats(self.job), last_event = self.last_n })
   elseif rel:match("^files/") then
-    if not self.files_dir then return text_response(req, 404, "no output folder") end
+    local root = self:files_root(q.job)
+    if not root then return text_response(req, 404, "no output folder") end
     local ctype = output_file_type(rel:sub(7))
     if not ctype then return text_response(req, 403, "not a file the dashboard serves") end
-    return serve_file(req, self.files_dir, rel:sub(7), info, ctype)
+    return serve_file(req, root, rel:sub(7), info, ctype)
   elseif rel:match("^api/") then
     return json_response(req, 404, { error = "no such endpoint" })
   end

@@ -380,15 +380,18 @@ function M.run(p, args, script_path)
   end
   if #problems > 0 then return refuse(problems) end
 
-  -- media.open_timeout: the cap on opening any input (sluice.media.set_open_timeout)
-  local mt = type(cfg.media) == "table" and cfg.media.open_timeout or nil
-  if mt ~= nil then
-    if type(mt) ~= "number" or mt <= 0 then
-      eprint("sluice run: media.open_timeout must be a positive number of seconds (got " .. tostring(mt) .. ")")
-      close_store()
-      return 2
+  -- media.open_timeout: the cap on opening any input (sluice.media.set_open_timeout);
+  -- media.max_duration: the longest input taken (sluice.media.set_max_duration)
+  for _, key in ipairs { "open_timeout", "max_duration" } do
+    local v = type(cfg.media) == "table" and cfg.media[key] or nil
+    if v ~= nil then
+      if type(v) ~= "number" or v <= 0 or v ~= v then
+        eprint("sluice run: media." .. key .. " must be a positive number of seconds (got " .. tostring(v) .. ")")
+        close_store()
+        return 2
+      end
+      require("sluice.media")["set_" .. key](v)
     end
-    require("sluice.media").set_open_timeout(mt)
   end
 
   -- Provider calls: budget, hedging and breaker settings (sluice.app.spend)

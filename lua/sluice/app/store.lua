@@ -310,6 +310,18 @@ INSERT INTO events (job, run, n, t, stage, event, item, json) VALUES (?, ?, ?, ?
 local function num_or_nil(v) if type(v) == "number" then return v end return nil end
 local function str_or_nil(v) if v == nil then return nil end return tostring(v) end
 
+-- A job's output folder as the store records it: absolute (a relative one is taken from the
+-- working directory), so that `sluice serve` and `sluice jobs retry` find it from anywhere.
+local function abs_dir(v)
+  if v == nil then return nil end
+  v = tostring(v)
+  if v:sub(1, 1) == "/" then return v end
+  local cwd = core.cwd()
+  if not cwd then return v end
+  v = v:gsub("^%./", "")
+  return v == "." and cwd or (cwd .. "/" .. v)
+end
+
 -- Records one bus event: the event log row, and the item row when the event says something
 -- about an item.
 function Store:record(jobrec, ev)
@@ -681,13 +693,13 @@ function Store:attach(job)
   self:write([[INSERT INTO jobs (id, pipeline, script, inputs, config, out, status, created, runs)
     VALUES (?, ?, ?, ?, ?, ?, 'running', ?, 0) ON CONFLICT (id) DO NOTHING]],
     id, pipeline_name(job), script_path(job),
-    encode_field(job.inputs), encode_field(safe), str_or_nil(job.out_dir or job.out), t)
+    encode_field(job.inputs), encode_field(safe), abs_dir(job.out_dir or job.out), t)
   self:write([[UPDATE jobs SET status = 'running', started = ?, finished = NULL, runs = ?,
     pipeline = coalesce(?, pipeline), script = coalesce(?, script), inputs = coalesce(?, inputs),
     config = coalesce(?, config), out = coalesce(?, out), settings = coalesce(?, settings),
     error = NULL WHERE id = ?]],
     t, run, pipeline_name(job), script_path(job),
-    encode_field(job.inputs), encode_field(safe), str_or_nil(job.out_dir or job.out), settings, id)
+    encode_field(job.inputs), encode_field(safe), abs_dir(job.out_dir or job.out), settings, id)
   -- A dead item gets its chance again on this run: clear its old failure count.
   local rec = { id = id, run = run, counts = {}, resumed = nstored }
   self.attached[job] = rec

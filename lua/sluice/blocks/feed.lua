@@ -48,10 +48,15 @@ local function unescape(s)
 end
 M.unescape = unescape
 
--- xml(str) -> root element, or nil, message with the byte offset.
-function M.xml(str)
+-- xml(str[, max_items]) -> root element, or nil, message with the byte offset. With
+-- max_items, reading stops before the element that would be the (max_items+1)-th <item> or
+-- <entry> near the top (the document's first three levels): the elements open there are
+-- closed, and the second value is {pos=, qname=}, where it stopped and the element's name.
+function M.xml(str, max_items)
   if type(str) ~= "string" then error("bad argument #1 to 'xml' (string expected)", 2) end
-  str = str:gsub("^\239\187\191", "")
+  local entries, stopped = 0, nil
+  -- (a copy only when there is a byte-order mark: gsub would copy a 50 MB feed to find none)
+  if str:sub(1, 3) == "\239\187\191" then str = str:sub(4) end
   local pos, len = 1, #str
   local root
   local stack = {}
@@ -125,6 +130,14 @@ function M.xml(str)
       local scope = setmetatable(decls, { __index = top and top.scope or { xml = NS.xml } })
       local prefix, lname = name:match("^([^:]+):(.+)$")
       if not prefix then prefix, lname = "", name end
+      if max_items and (lname == "item" or lname == "entry") and #stack <= 2 then
+        entries = entries + 1
+        if entries > max_items then
+          stopped = { pos = pos, qname = name }
+          stack = {}
+          break
+        end
+      end
       local el = { name = lname, qname = name, ns = scope[prefix], attrs = {}, children = {},
         scope = scope }
       for _, kv in ipairs(order) do
@@ -149,7 +162,17 @@ function M.xml(str)
   end
   if #stack > 0 then return nil, "xml: unexpected end of input inside <" .. stack[#stack].qname .. ">" end
   if not root then return nil, "xml: no root element" end
-  return root
+  return root, stopped
+end
+
+-- The start tags <qname ...> in str from pos on (a count of the entries not read).
+local function count_tags(str, qname, pos)
+  local n, pat = 0, "<" .. qname:gsub("%p", "%%%0") .. "[%s/>]"
+  while true do
+    local s = str:find(pat, pos)
+    if not s then return n end
+    n, pos = n + 1, s + #qname + 1
+  end
 end
 
 -- Helpers on elements ----------------------------------------------------------------------
@@ -323,10 +346,21 @@ local function atom_entry(en)
   return e
 end
 
--- parse(xml) -> feed table (see the top of this file), or nil, message.
-function M.parse(str)
-  local root, err = M.xml(str)
+-- parse(xml[, {max_items=N}]) -> feed table (see the top of this file), or nil, message.
+-- With max_items only the first N items (or entries) are read, so a feed of 100,000 is read
+-- in the time and memory of N; f.unread is then the number of those after them (start tags
+-- counted, not parsed).
+function M.parse(str, opts)
+  local max_items = type(opts) == "table" and opts.max_items or nil
+  local root, err = M.xml(str, max_items)
   if not root then return nil, "feed: " .. err end
+  local f, perr = M.from_xml(root)
+  if f and err then f.unread = count_tags(str, err.qname, err.pos) end
+  return f, perr
+end
+
+-- from_xml(root) -> the feed table of an element tree from xml(), or nil, message.
+function M.from_xml(root)
   if root.name == "rss" or root.name == "RDF" then
     local ch = child(root, "channel")
     if not ch then return nil, "feed: <rss> without <channel>" end

@@ -95,6 +95,9 @@ function M.chunk_seconds(o)
   -- no part shorter than min (a long input in a big queue keeps max-long parts)
   while k > 1 and dur / k < lo do k = k - 1 end
   local seconds = (dur + (k - 1) * ov) / k + win / 2
+  -- One part holds the whole input and overlaps nothing, but a reader takes no part shorter
+  -- than its overlap (a 2 s input with a 5 s overlap was refused with an argument error).
+  if k == 1 then seconds = math.max(seconds, ov + 1) end
   return seconds, k
 end
 

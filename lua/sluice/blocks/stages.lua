@@ -125,13 +125,27 @@ end
 
 -- Inputs -----------------------------------------------------------------------------------
 
--- expand_inputs(list, {limit=}) -> items, errors, skipped. Each item: {key, url or path,
--- title, duration, published, time, source}. Keys are unique file names (safe_name of the
--- title or base name). A feed that cannot be read is an error (returned, not raised) and the
--- other inputs go on. A feed entry without an enclosure is in skipped: {source=, title=,
--- guid=, link=, reason=}.
+-- The caps on a feed (the podcast's settings feed.max_bytes and feed.max_items): a feed
+-- larger than max_bytes is not read (one line says so); of a feed with more than max_items
+-- entries only the first max_items are read (feeds list the newest first), and one skipped
+-- record counts the rest.
+M.FEED_MAX_BYTES = 64 * 1024 * 1024
+M.FEED_MAX_ITEMS = 2000
+
+-- expand_inputs(list, {limit=, max_bytes=, max_items=}) -> items, errors, skipped. Each item:
+-- {key, url or path, title, duration, published, time, source}. Keys are unique file names
+-- (safe_name of the title or base name). A feed that cannot be read is an error (returned,
+-- not raised) and the other inputs go on. A feed entry without an enclosure is in skipped:
+-- {source=, title=, guid=, link=, reason=}; the entries past max_items are one record
+-- {source=, count=, reason=}.
 function M.expand_inputs(list, opts)
   opts = opts or {}
+  local max_bytes = opts.max_bytes or M.FEED_MAX_BYTES
+  local max_items = opts.max_items or M.FEED_MAX_ITEMS
+  local function too_big(n)
+    return string.format("feed larger than feed.max_bytes (%s%d bytes)", n and (n .. " bytes, more than ") or "",
+      max_bytes)
+  end
   local items, errors, used, skipped = {}, {}, {}, {}
   local function add(it)
     local base = M.safe_name(it.title or (it.url and url_basename(it.url):gsub("%.[%w]+$", ""))
@@ -149,8 +163,8 @@ function M.expand_inputs(list, opts)
     local is_feed, text, err = false, nil, nil
     if is_url(input) and not input:match("^file://") then
       if looks_like_feed(input) then
-        local r, e = http.get(input, { timeout = 60, follow = true })
-        if not r then err = e
+        local r, e, code = http.get(input, { timeout = 60, follow = true, max_bytes = max_bytes })
+        if not r then err = code == "ETOOBIG" and too_big() or e
         elseif r.status ~= 200 then err = "HTTP " .. r.status
         else is_feed, text = true, r.body end
       end
@@ -160,19 +174,31 @@ function M.expand_inputs(list, opts)
         err = "no such file"
       elseif looks_like_feed(path, read_head(path)) then
         local f = io.open(path, "rb")
-        text = f:read("a")
+        local size = f:seek("end")
+        if size > max_bytes then
+          err = too_big(size)
+        else
+          f:seek("set")
+          text = f:read(size) or "" -- (its size at once: read("a") grows a buffer to twice that)
+          is_feed = true
+        end
         f:close()
-        is_feed = true
       end
       input = path
     end
     if err then
       errors[#errors + 1] = string.format("input %s: %s", http.safe_url(input), err)
     elseif is_feed then
-      local f, perr = feed.parse(text)
+      local f, perr = feed.parse(text, { max_items = max_items })
+      text = nil
       if not f then
         errors[#errors + 1] = string.format("input %s: %s", http.safe_url(input), perr)
       else
+        if f.unread then
+          skipped[#skipped + 1] = { source = http.safe_url(input), count = f.unread,
+            reason = string.format("past feed.max_items (the first %d entries were read, %d more not)", max_items,
+              f.unread) }
+        end
         local n = 0
         for _, e in ipairs(f.items) do
           if not (e.enclosure and e.enclosure.url) then
@@ -470,6 +496,9 @@ function M.audio_chunks(o)
       local media = require "sluice.media"
       local src = M.input_path(env.data)
       if not src then error("audio_chunks: item has no path", 0) end
+      -- an input past media.max_duration is refused before any of it is decoded
+      local info, lerr = media.check_length(src)
+      if not info then fail("audio_chunks", src, lerr) end
       local dir = M.out_dir(ctx, env.key, param(ctx, params, "dir"))
       local n = 0
       local seconds = param(ctx, params, "seconds")
@@ -517,11 +546,12 @@ function M.capture(o)
       local media = require "sluice.media"
       local src = M.input_path(env.data)
       if not src then error("capture: item has no path", 0) end
+      -- an input past media.max_duration is refused before any of it is decoded
+      local info, perr = media.check_length(src)
+      if not info then fail("capture", src, perr) end
       if param(ctx, params, "no_video") == "skip" then
         -- A recording without pictures (an audio-only lecture): nothing to capture, and not a
         -- failure; the stages downstream see no frames for this key.
-        local info, perr = media.probe(src)
-        if not info then fail("capture", src, perr) end
         local has_video = false
         for _, st in ipairs(info.streams or {}) do
           if st.type == "video" then has_video = true end
@@ -564,8 +594,7 @@ function M.capture(o)
           quality = fo.quality }
         -- each slide's picture: the frame where it was confirmed (fully shown, held still)
         -- how far the video is read, for the progress view's ETA (an event every 10 s of media)
-        local pinfo = media.probe(src)
-        local total, next_t = pinfo and pinfo.duration, 0
+        local total, next_t = info.duration, 0
         local function progress(t)
           if total and t >= next_t then
             next_t = t + 10

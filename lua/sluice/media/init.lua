@@ -33,9 +33,77 @@ end
 -- `media.open_timeout`). Past it the input fails with one line saying so.
 M.set_open_timeout = cmedia.set_open_timeout
 
+-- Whether url may be an HLS playlist: its path ends in .m3u8 or .m3u, or it is a local file
+-- that starts with #EXTM3U (FFmpeg goes by the content).
+local function playlist_like(url)
+  if (url:gsub("[?#].*$", "")):lower():match("%.m3u8?$") then return true end
+  if url:match("^%a[%w+.-]*://") and not url:match("^file://") then return false end
+  local f = io.open((url:gsub("^file://", "")), "rb")
+  if not f then return false end
+  local head = f:read(32) or ""
+  f:close()
+  return (head:gsub("^\239\187\191", "")):match("^%s*#EXTM3U") ~= nil
+end
+
 function M.probe(url)
   check_url(url, "probe")
+  if not url:match("^%a[%w+.-]*://") then
+    -- (FFmpeg says only "Invalid argument" for an empty file)
+    local f = io.open(url, "rb")
+    local size = f and f:seek("end")
+    if f then f:close() end
+    if size == 0 then return nil, url .. ": empty file (0 bytes)", "EMEDIA" end
+  end
+  if playlist_like(url) then
+    -- (a master playlist nested in itself is refused before FFmpeg follows it: sluice.media.hls)
+    local ok, err = require("sluice.media.hls").check_nesting(url)
+    if not ok then return nil, err, "EMEDIA" end
+  end
   return sched.await("media.probe", function(done) return cmedia.probe(url, done) end)
+end
+
+-- The longest input a pipeline takes, in seconds (the setting `media.max_duration`, default
+-- 12 hours): a longer one is refused before it is decoded, with one line naming it. Its
+-- length is the container's (a header that lies about it is believed here; the decoders then
+-- stop where the data ends and say so).
+local DEFAULT_MAX_DURATION = 12 * 3600
+local max_duration = DEFAULT_MAX_DURATION
+M.DEFAULT_MAX_DURATION = DEFAULT_MAX_DURATION
+
+-- set_max_duration(seconds) -> the cap in force (nil leaves it as it is).
+function M.set_max_duration(seconds)
+  if seconds ~= nil then
+    if type(seconds) ~= "number" or seconds <= 0 or seconds ~= seconds then
+      error("bad argument #1 to 'set_max_duration' (positive number of seconds expected)", 2)
+    end
+    max_duration = seconds
+  end
+  return max_duration
+end
+
+local function hms(s)
+  s = math.floor(s + 0.5)
+  return string.format("%d:%02d:%02d", s // 3600, s // 60 % 60, s % 60)
+end
+
+-- check_duration(url, info) -> true, or nil and one line naming the input when the length
+-- its probe (info, from probe()) gives is past media.max_duration. An input of unknown length
+-- (a live stream) passes.
+function M.check_duration(url, info)
+  local d = type(info) == "table" and tonumber(info.duration)
+  if not d or d <= max_duration then return true end
+  return nil, string.format("%s: %s long (%.0f s), longer than media.max_duration (%g s)", url, hms(d), d,
+    max_duration)
+end
+
+-- check_length(url) -> the probe's info, or nil and one line naming the input when it cannot
+-- be probed or is longer than media.max_duration.
+function M.check_length(url)
+  local info, err = M.probe(url)
+  if not info then return nil, err end
+  local ok, lerr = M.check_duration(url, info)
+  if not ok then return nil, lerr end
+  return info
 end
 
 -- A stream of items produced by a C reader one pool job at a time, with one item fetched

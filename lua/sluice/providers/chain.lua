@@ -258,7 +258,10 @@ function Ledger:close()
     budget = st.budget, dry = self.dry or nil }
 end
 
-local function learned_key(p, role) return p.provider .. "|" .. tostring(p.model) .. "|" .. tostring(role) end
+-- (a local engine has no `provider` field: its name, so that a dry run can count its calls)
+local function learned_key(p, role)
+  return tostring(p.provider or p.name) .. "|" .. tostring(p.model) .. "|" .. tostring(role)
+end
 
 -- The price of a request (outcome from providers.call's meter) and its usage, with the
 -- estimate e where the reply says nothing.

@@ -18,10 +18,8 @@ Obj.__name = "sluice.provider.clova"
 function Obj:__tostring() return "clova stt provider (" .. tostring(self.invoke_url) .. ")" end
 
 local function endpoint(cfg)
-  local url = cfg.invoke_url or os.getenv("CLOVA_SPEECH_INVOKE_URL")
-  if url == "" then url = nil end
-  local secret = cfg.secret or os.getenv("CLOVA_SPEECH_SECRET")
-  if secret == "" then secret = nil end
+  local url = P.setting(cfg, "clova", "invoke_url", "CLOVA_SPEECH_INVOKE_URL")
+  local secret = P.setting(cfg, "clova", "secret", "CLOVA_SPEECH_SECRET")
   return url and url:gsub("/+$", ""), secret
 end
 

@@ -22,7 +22,7 @@ function Obj:__tostring()
   return string.format("gemini %s provider (%s, model %s)", self.role, self.base_url, self.model)
 end
 
-local ENDPOINT = { base_env = "GEMINI_BASE_URL", base = "https://generativelanguage.googleapis.com/v1beta",
+local ENDPOINT = { name = "gemini", base_env = "GEMINI_BASE_URL", base = "https://generativelanguage.googleapis.com/v1beta",
   key_env = "GEMINI_API_KEY", host = "googleapis%.com" }
 
 -- needs(cfg) -> what a request cannot go without: a key for Google's API (a test server at

@@ -113,13 +113,26 @@ function M.get(role, name, cfg)
   return mod.new(cfg or {}, role)
 end
 
+-- setting(cfg, name, key, vendor_env) -> provider `name`'s setting `key` (an API key, a base
+-- URL, ...): from cfg (a config file or --set), else $SLUICE_<NAME>_<KEY> (the name the
+-- configuration's environment rule gives `name.key`, sluice.app.config.env_name), else the
+-- vendor's own variable; nil when none is set or the value is empty. The one rule for every
+-- provider's credentials and endpoints.
+function M.setting(cfg, name, key, vendor_env)
+  local v = cfg[key]
+  if v == nil or v == "" then v = os.getenv("SLUICE_" .. (name .. "_" .. key):upper():gsub("[.%-]", "_")) end
+  if (v == nil or v == "") and vendor_env then v = os.getenv(vendor_env) end
+  if v == "" then return nil end
+  return v
+end
+
 -- endpoint(cfg, spec) -> base URL (no trailing "/"), key, needs: a vendor's API from cfg
--- (base_url, api_key) or the environment; spec = {base_env=, base=, key_env=, host=}. needs
--- (as a module's needs() returns it) asks for the key when the base URL is the vendor's own
--- host (a Lua pattern): a local server at another URL may take none.
+-- (base_url, api_key) or the environment (M.setting); spec = {name=, base_env=, base=,
+-- key_env=, host=}. needs (as a module's needs() returns it) asks for the key when the base
+-- URL is the vendor's own host (a Lua pattern): a local server at another URL may take none.
 function M.endpoint(cfg, spec)
-  local base = (cfg.base_url or os.getenv(spec.base_env) or spec.base):gsub("/+$", "")
-  local key = cfg.api_key or os.getenv(spec.key_env)
+  local base = (M.setting(cfg, spec.name, "base_url", spec.base_env) or spec.base):gsub("/+$", "")
+  local key = M.setting(cfg, spec.name, "api_key", spec.key_env)
   local needs = {}
   if (key == nil or key == "") and base:match("^https?://[^/]*" .. spec.host) then
     needs[1] = { what = "an API key", env = spec.key_env, setting = "api_key" }

@@ -29,7 +29,7 @@ function Obj:__tostring()
   return string.format("openai %s provider (%s, model %s)", self.role, self.base_url, self.model)
 end
 
-local ENDPOINT = { base_env = "OPENAI_BASE_URL", base = "https://api.openai.com/v1",
+local ENDPOINT = { name = "openai", base_env = "OPENAI_BASE_URL", base = "https://api.openai.com/v1",
   key_env = "OPENAI_API_KEY", host = "api%.openai%.com" }
 
 -- needs(cfg) -> what a request cannot go without: a key for OpenAI's own API (a local server

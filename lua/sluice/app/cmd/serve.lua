@@ -48,8 +48,9 @@ function M.main(args, cli)
     cli.eprint("sluice serve: " .. tostring(err))
     return 2
   end
-  local dash, derr = dashboard.start { addr = o.addr, token = o.token, store = store, web_dir = o.web,
-    files_dir = path:match("^(.*)/[^/]*$") or "." }
+  -- each job's files come from its own output folder, as the store recorded it (not the
+  -- store's folder: a store may hold jobs that wrote elsewhere)
+  local dash, derr = dashboard.start { addr = o.addr, token = o.token, store = store, web_dir = o.web }
   if not dash then
     cli.eprint("sluice serve: " .. tostring(derr))
     store:close()
