@@ -40,6 +40,11 @@ static void set_err(char *err, size_t errlen, const char *url, const char *what,
     snprintf(err, errlen, "%s: %s", url, buf);
 }
 
+/* FFmpeg's own io_open, which the guard in open_input calls for every open it lets through
+ * (the same function for every context: saved once, from a context made for that). */
+static int (*default_io_open)(AVFormatContext *s, AVIOContext **pb, const char *url, int flags,
+                              AVDictionary **options);
+
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 static void do_init(void) {
@@ -52,6 +57,11 @@ static void do_init(void) {
     else if (!strcmp(lvl, "debug")) level = AV_LOG_DEBUG;
   }
   av_log_set_level(level);
+  AVFormatContext *probe = avformat_alloc_context();
+  if (probe) {
+    default_io_open = probe->io_open;
+    avformat_free_context(probe);
+  }
 }
 
 void sl_av_init(void) { pthread_once(&init_once, do_init); }
@@ -76,11 +86,38 @@ static int interrupt_cb(void *arg) {
 
 static int is_cancelled(const sl_av_cancel *c) { return c && c->cancelled && c->cancelled(c->arg); }
 
+/* At most this many nested opens (variant playlists, segments) while an input opens: a
+ * demuxer that opens more is following playlists that name each other round a cycle. */
+#define MAX_NESTED_OPENS 256
+
+/* The io_open of every input: while the input opens, a playlist that opens its own URL again
+ * (a master playlist naming itself, which FFmpeg's HLS demuxer follows until memory runs out,
+ * without ever asking the interrupt callback) or a demuxer that makes more than
+ * MAX_NESTED_OPENS opens (playlists naming each other) is refused at once. */
+static int guarded_io_open(AVFormatContext *s, AVIOContext **pb, const char *url, int flags,
+                           AVDictionary **options) {
+  sl_av_cancel *c = s->interrupt_callback.opaque;
+  if (c && c->open_deadline && c->open_url) {
+    if (c->nested_opens++ > 0 && url && !strcmp(url, c->open_url)) {
+      c->open_refused = "a playlist that names itself (directly or through another playlist)";
+      return AVERROR(ELOOP);
+    }
+    if (c->nested_opens > MAX_NESTED_OPENS) {
+      c->open_refused = "more than 256 nested playlists or segments opened while opening it "
+                        "(playlists that name each other?)";
+      return AVERROR(ELOOP);
+    }
+  }
+  return default_io_open(s, pb, url, flags, options);
+}
+
 /* The cause of a failed open: cancelled, past the open deadline, or FFmpeg's error rc. */
 static void open_failed(char *err, size_t errlen, const char *url, const sl_av_cancel *cancel,
                         const char *what, int rc) {
   if (is_cancelled(cancel)) {
     set_err(err, errlen, url, "cancelled", 0);
+  } else if (cancel && cancel->open_refused) {
+    set_err(err, errlen, url, cancel->open_refused, 0);
   } else if (past_open_deadline(cancel)) {
     char msg[160];
     snprintf(msg, sizeof msg,
@@ -105,10 +142,16 @@ static int open_input(const char *url, AVFormatContext **out, sl_av_cancel *canc
   }
   fmt->interrupt_callback.callback = interrupt_cb;
   fmt->interrupt_callback.opaque = cancel;
+  if (default_io_open) fmt->io_open = guarded_io_open;
   AVDictionary *opts = NULL;
   av_dict_set(&opts, "protocol_whitelist", PROTOCOLS, 0);
   if (strstr(url, "://")) av_dict_set(&opts, "rw_timeout", "30000000", 0);
-  if (cancel) cancel->open_deadline = av_gettime_relative() + open_timeout_us;
+  if (cancel) {
+    cancel->open_deadline = av_gettime_relative() + open_timeout_us;
+    cancel->open_url = url;
+    cancel->nested_opens = 0;
+    cancel->open_refused = NULL;
+  }
   int rc = avformat_open_input(&fmt, url, NULL, &opts);
   av_dict_free(&opts);
   if (rc < 0) {
@@ -124,6 +167,12 @@ static int open_input(const char *url, AVFormatContext **out, sl_av_cancel *canc
     return -1;
   }
   if (cancel) cancel->open_deadline = 0;
+  if (cancel && cancel->open_refused && fmt->nb_streams == 0) {
+    /* (the demuxer skipped the refused playlist and found nothing else) */
+    set_err(err, errlen, url, cancel->open_refused, 0);
+    avformat_close_input(&fmt);
+    return -1;
+  }
   *out = fmt;
   return 0;
 }

@@ -24,6 +24,12 @@ typedef struct sl_av_cancel {
   /* Set by the adapter while it opens an input (monotonic microseconds; 0: none): opening
    * ends with an error past it. Callers leave it 0. */
   int64_t open_deadline;
+  /* Kept by the adapter while it opens an input: the input's own URL, how many nested
+   * opens (playlists, segments) the demuxer made, and why it refused one. Callers leave
+   * them 0. */
+  const char *open_url;
+  int nested_opens;
+  const char *open_refused;
 } sl_av_cancel;
 
 /* The longest that opening an input (reading its header and stream info) may take, for every

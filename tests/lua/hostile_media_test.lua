@@ -165,13 +165,12 @@ T.case("a master playlist nested in itself is refused at once, in one line; a go
   P.write(hdir .. "/b.m3u8", master:format("a.m3u8"))
   P.write(hdir .. "/good.m3u8", master:format("vod.m3u8"))
   P.write(hdir .. "/named.mp4", master:format("named.mp4")) -- FFmpeg goes by the content
-  for _, case in ipairs { { "p.m3u8", "p.m3u8" }, { "a.m3u8", "b.m3u8" }, { "named.mp4", "named.mp4" } } do
+  for _, case in ipairs { { "p.m3u8" }, { "a.m3u8" }, { "named.mp4" } } do
     local path = hdir .. "/" .. case[1]
     local t0 = sl.now()
     local info, err = media.probe(path)
     T.eq(info, nil)
-    T.eq(err, path .. ": its variant " .. case[2] .. " is a master playlist too (HLS nests one level; a playlist " ..
-      "that names itself would be followed without end): not opened")
+    T.eq(err, path .. ": a playlist that names itself (directly or through another playlist)")
     -- (FFmpeg's demuxer, left to it, took 60 s and 1.4 GB before a 3 s media.open_timeout ended it)
     T.ok(sl.now() - t0 < 2, "refused in " .. (sl.now() - t0) .. " s")
   end

@@ -487,41 +487,6 @@ function Reader:close()
   end
 end
 
--- The text of a playlist (at most 1 MiB), from a path, a file:// URL or over HTTP(S); nil when
--- it cannot be read (the demuxer then says why).
-local function read_playlist(u)
-  if u:match("^[hH][tT][tT][pP][sS]?://") then
-    local r = http.get(u, { timeout = 30, follow = true, max_bytes = 1024 * 1024 })
-    return r and r.status == 200 and r.body or nil
-  end
-  local f = io.open((u:gsub("^file://", "")), "rb")
-  if not f then return nil end
-  local text = f:read(1024 * 1024)
-  f:close()
-  return text
-end
-
--- check_nesting(url) -> true, or nil and one line naming the input: a master playlist whose
--- variant is a master playlist too. HLS nests one level (a variant is a media playlist);
--- FFmpeg's demuxer follows such nesting without end, each level adding playlists (a master
--- playlist naming itself took 60 s and 1.4 GB before a 3 s media.open_timeout ended it), so
--- sluice.media.probe reads a playlist's variants first. The first 16 variants are read.
-function M.check_nesting(url)
-  local text = read_playlist(url)
-  local pl = text and M.parse(text, url)
-  if not pl or #pl.variants == 0 then return true end
-  for i, v in ipairs(pl.variants) do
-    if i > 16 then break end
-    local vt = read_playlist(v.url)
-    local vp = vt and M.parse(vt, v.url)
-    if vp and #vp.variants > 0 then
-      return nil, string.format("%s: its variant %s is a master playlist too (HLS nests one level; a playlist " ..
-        "that names itself would be followed without end): not opened", url, v.uri)
-    end
-  end
-  return true
-end
-
 -- is_playlist(url) -> true for http(s) URLs whose path ends in .m3u8
 function M.is_playlist(url)
   local path = url:match("^[hH][tT][tT][pP][sS]?://[^/]*(/[^?#]*)")

@@ -33,18 +33,6 @@ end
 -- `media.open_timeout`). Past it the input fails with one line saying so.
 M.set_open_timeout = cmedia.set_open_timeout
 
--- Whether url may be an HLS playlist: its path ends in .m3u8 or .m3u, or it is a local file
--- that starts with #EXTM3U (FFmpeg goes by the content).
-local function playlist_like(url)
-  if (url:gsub("[?#].*$", "")):lower():match("%.m3u8?$") then return true end
-  if url:match("^%a[%w+.-]*://") and not url:match("^file://") then return false end
-  local f = io.open((url:gsub("^file://", "")), "rb")
-  if not f then return false end
-  local head = f:read(32) or ""
-  f:close()
-  return (head:gsub("^\239\187\191", "")):match("^%s*#EXTM3U") ~= nil
-end
-
 function M.probe(url)
   check_url(url, "probe")
   if not url:match("^%a[%w+.-]*://") then
@@ -53,11 +41,6 @@ function M.probe(url)
     local size = f and f:seek("end")
     if f then f:close() end
     if size == 0 then return nil, url .. ": empty file (0 bytes)", "EMEDIA" end
-  end
-  if playlist_like(url) then
-    -- (a master playlist nested in itself is refused before FFmpeg follows it: sluice.media.hls)
-    local ok, err = require("sluice.media.hls").check_nesting(url)
-    if not ok then return nil, err, "EMEDIA" end
   end
   return sched.await("media.probe", function(done) return cmedia.probe(url, done) end)
 end
