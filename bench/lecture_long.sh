@@ -16,7 +16,7 @@ SAMPLE=$BUILD/sample
 LENGTHS=${*:-30 120}
 TMP=$(mktemp -d /tmp/sluice-bench-long.XXXXXX)
 SRV=
-cleanup() { [ -n "$SRV" ] && kill "$SRV" 2>/dev/null; rm -rf "$TMP"; }
+cleanup() { [ -n "$SRV" ] && kill "$SRV" 2>/dev/null; [ -n "${KEEP_TMP:-}" ] && echo "kept $TMP" || rm -rf "$TMP"; }
 trap cleanup EXIT INT TERM
 
 for m in $LENGTHS; do "$BIN" run "$SRC/scripts/make_sample.lua" "$SAMPLE" --only "long$m" >/dev/null; done
