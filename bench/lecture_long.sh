@@ -7,7 +7,8 @@
 # (media seconds per wall second), and the progress view's ETA error at the 10, 25 and 50% marks
 # (|elapsed + ETA shown - the real end| / the real time left); then whether the peak RSS grew
 # from the shortest to the longest. Goals (issue 16): peak RSS <= 300 MB and not growing with
-# the length; ETA within 20% from the 10% mark on.
+# the length; ETA within 20% from the 10% mark on. KEEP_TMP=1 keeps the runs' files (progress
+# views, events) and prints where.
 set -eu
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${SLUICE_BUILD_DIR:-$SRC/build}
