@@ -7,7 +7,8 @@
 # (media seconds per wall second), and the progress view's ETA error at the 10, 25 and 50% marks
 # (|elapsed + ETA shown - the real end| / the real time left); then whether the peak RSS grew
 # from the shortest to the longest. Goals (issue 16): peak RSS <= 300 MB and not growing with
-# the length; ETA within 20% from the 10% mark on.
+# the length; ETA within 20% from the 10% mark on. KEEP_TMP=1 keeps the runs' files (progress
+# views, events) and prints where.
 set -eu
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${SLUICE_BUILD_DIR:-$SRC/build}
@@ -16,7 +17,7 @@ SAMPLE=$BUILD/sample
 LENGTHS=${*:-30 120}
 TMP=$(mktemp -d /tmp/sluice-bench-long.XXXXXX)
 SRV=
-cleanup() { [ -n "$SRV" ] && kill "$SRV" 2>/dev/null; rm -rf "$TMP"; }
+cleanup() { [ -n "$SRV" ] && kill "$SRV" 2>/dev/null; [ -n "${KEEP_TMP:-}" ] && echo "kept $TMP" || rm -rf "$TMP"; }
 trap cleanup EXIT INT TERM
 
 for m in $LENGTHS; do "$BIN" run "$SRC/scripts/make_sample.lua" "$SAMPLE" --only "long$m" >/dev/null; done

@@ -8,17 +8,18 @@
  */
 #include "av.h"
 
+#include <errno.h>
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
 #include <libavutil/imgutils.h>
 #include <libavutil/opt.h>
-#include <libavutil/time.h>
 #include <libavutil/pixdesc.h>
+#include <libavutil/time.h>
 #include <libswresample/swresample.h>
 #include <libswscale/swscale.h>
-#include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,29 @@
 #endif
 
 #define PROTOCOLS "file,http,https,tcp,tls,crypto,data,httpproxy"
+
+/* Inputs opened since the start, open now, and the most open at once (see sl_av_inputs). */
+static _Atomic long inputs_opened, inputs_open, inputs_peak;
+
+void sl_av_inputs(long *opened, long *open, long *peak) {
+  if (opened) *opened = inputs_opened;
+  if (open) *open = inputs_open;
+  if (peak) *peak = inputs_peak;
+}
+
+static void count_open(void) {
+  inputs_opened++;
+  long now = ++inputs_open, peak = inputs_peak;
+  while (now > peak && !atomic_compare_exchange_weak(&inputs_peak, &peak, now)) {
+  }
+}
+
+/* Closes an input open_input opened (NULL is ignored). */
+static void close_input(AVFormatContext **fmt) {
+  if (!*fmt) return;
+  avformat_close_input(fmt);
+  inputs_open--;
+}
 
 static void set_err(char *err, size_t errlen, const char *url, const char *what, int averr) {
   if (!err || errlen == 0) return;
@@ -51,10 +75,14 @@ static void do_init(void) {
   const char *lvl = getenv("SLUICE_FFMPEG_LOG");
   int level = AV_LOG_QUIET;
   if (lvl) {
-    if (!strcmp(lvl, "error")) level = AV_LOG_ERROR;
-    else if (!strcmp(lvl, "warning")) level = AV_LOG_WARNING;
-    else if (!strcmp(lvl, "info")) level = AV_LOG_INFO;
-    else if (!strcmp(lvl, "debug")) level = AV_LOG_DEBUG;
+    if (!strcmp(lvl, "error"))
+      level = AV_LOG_ERROR;
+    else if (!strcmp(lvl, "warning"))
+      level = AV_LOG_WARNING;
+    else if (!strcmp(lvl, "info"))
+      level = AV_LOG_INFO;
+    else if (!strcmp(lvl, "debug"))
+      level = AV_LOG_DEBUG;
   }
   av_log_set_level(level);
   AVFormatContext *probe = avformat_alloc_context();
@@ -173,6 +201,7 @@ static int open_input(const char *url, AVFormatContext **out, sl_av_cancel *canc
     avformat_close_input(&fmt);
     return -1;
   }
+  count_open();
   *out = fmt;
   return 0;
 }
@@ -228,7 +257,7 @@ int sl_av_probe(const char *url, sl_media_info *out, const sl_av_cancel *cancel,
   out->bit_rate = (int)(fmt->bit_rate > INT32_MAX ? INT32_MAX : fmt->bit_rate);
   out->streams = calloc(fmt->nb_streams ? fmt->nb_streams : 1, sizeof *out->streams);
   if (!out->streams) {
-    avformat_close_input(&fmt);
+    close_input(&fmt);
     set_err(err, errlen, url, "out of memory", 0);
     return -1;
   }
@@ -253,7 +282,7 @@ int sl_av_probe(const char *url, sl_media_info *out, const sl_av_cancel *cancel,
       if (par->sample_rate > 0) usable++;
     }
   }
-  avformat_close_input(&fmt);
+  close_input(&fmt);
   if (usable == 0) {
     sl_media_info_clear(out);
     set_err(err, errlen, url, "no audio or video stream", 0);
@@ -299,8 +328,8 @@ void sl_audio_set_cancel(sl_audio_reader *r, const sl_av_cancel *cancel) {
   r->cancel = cancel ? *cancel : (sl_av_cancel){0};
 }
 
-sl_audio_reader *sl_audio_open(const char *url, int rate, int channels,
-                               const sl_av_cancel *cancel, char *err, size_t errlen) {
+sl_audio_reader *sl_audio_open(const char *url, int rate, int channels, const sl_av_cancel *cancel,
+                               char *err, size_t errlen) {
   sl_audio_reader *r = calloc(1, sizeof *r);
   if (!r || !(r->url = strdup(url))) {
     free(r);
@@ -359,7 +388,7 @@ static int convert_frame(sl_audio_reader *r, AVFrame *f) {
   AVChannelLayout in_layout;
   if (f->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC || f->ch_layout.nb_channels == 0) {
     av_channel_layout_default(&in_layout, f->ch_layout.nb_channels ? f->ch_layout.nb_channels
-                                                                    : r->dec->ch_layout.nb_channels);
+                                                                   : r->dec->ch_layout.nb_channels);
   } else if (av_channel_layout_copy(&in_layout, &f->ch_layout) < 0) {
     return AVERROR(ENOMEM);
   }
@@ -439,7 +468,8 @@ static int audio_fill(sl_audio_reader *r) {
     rc = av_read_frame(r->fmt, r->pkt);
     if (rc < 0) {
       if (rc == AVERROR_EXIT || is_cancelled(&r->cancel)) return AVERROR_EXIT;
-      if (rc != AVERROR_EOF) set_err(r->warning, sizeof r->warning, r->url, "input ended early", rc);
+      if (rc != AVERROR_EOF)
+        set_err(r->warning, sizeof r->warning, r->url, "input ended early", rc);
       r->input_eof = 1;
       avcodec_send_packet(r->dec, NULL);
       continue;
@@ -458,8 +488,10 @@ static int audio_fill(sl_audio_reader *r) {
 /* The length of stream index in seconds as the file's header states it, or -1 when unknown. */
 static double stated_seconds(const AVFormatContext *fmt, int index) {
   const AVStream *st = fmt->streams[index];
-  if (st->duration != AV_NOPTS_VALUE && st->duration > 0) return (double)st->duration * av_q2d(st->time_base);
-  if (fmt->duration != AV_NOPTS_VALUE && fmt->duration > 0) return (double)fmt->duration / AV_TIME_BASE;
+  if (st->duration != AV_NOPTS_VALUE && st->duration > 0)
+    return (double)st->duration * av_q2d(st->time_base);
+  if (fmt->duration != AV_NOPTS_VALUE && fmt->duration > 0)
+    return (double)fmt->duration / AV_TIME_BASE;
   return -1;
 }
 
@@ -471,8 +503,9 @@ static void note_cut_short(char *warning, size_t len, const char *url, const AVF
   double stated = stated_seconds(fmt, index);
   double slack = stated * 0.02 > 1.0 ? stated * 0.02 : 1.0;
   if (stated > 0 && stated - got > slack)
-    snprintf(warning, len, "%s: input ended early: %.1f s of %.1f s of %s (truncated or damaged file)",
-             url, got, stated, what);
+    snprintf(warning, len,
+             "%s: input ended early: %.1f s of %.1f s of %s (truncated or damaged file)", url, got,
+             stated, what);
 }
 
 /* At the end of the audio: a file whose header promises clearly more than could be decoded was
@@ -528,15 +561,13 @@ long sl_audio_read(sl_audio_reader *r, int16_t *dst, long frames, char *err, siz
   return got;
 }
 
-const char *sl_audio_warning(const sl_audio_reader *r) {
-  return r->warning[0] ? r->warning : NULL;
-}
+const char *sl_audio_warning(const sl_audio_reader *r) { return r->warning[0] ? r->warning : NULL; }
 
 void sl_audio_close(sl_audio_reader *r) {
   if (!r) return;
   swr_free(&r->swr);
   avcodec_free_context(&r->dec);
-  avformat_close_input(&r->fmt);
+  close_input(&r->fmt);
   av_packet_free(&r->pkt);
   av_frame_free(&r->frame);
   av_channel_layout_uninit(&r->in_layout);
@@ -562,14 +593,14 @@ struct sl_frame_reader {
   size_t gray_cap;
   double prev_mafd;
   int have_prev;
-  double last_scored; /* scene sampling (opts.sample): t of the last scored frame */
+  double last_scored;    /* scene sampling (opts.sample): t of the last scored frame */
   double mafd, cur_mafd; /* the last scored frame's mafd (-1: none); the selected frame's */
   int started;           /* opts.start: the first seek was made */
   long scored;           /* frames scored (SL_FRAMES_SCENE) */
   int prefixed;          /* opts.start: decoded again from the keyframe before (seek_before) */
   sl_frame_opts opts;
   double *times;
-  long target_index;   /* every: k of the next target k*every; times: index into times */
+  long target_index;    /* every: k of the next target k*every; times: index into times */
   double last_selected; /* t of the last selected frame */
   double half_frame;    /* half a frame duration in seconds */
   double origin;        /* the input's start time in seconds */
@@ -672,7 +703,8 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
 static void check_frames_length(sl_frame_reader *r) {
   if (r->max_read_pts == INT64_MIN) return;
   const AVStream *st = r->fmt->streams[r->stream];
-  double start = st->start_time != AV_NOPTS_VALUE ? (double)st->start_time * av_q2d(st->time_base) : 0;
+  double start =
+      st->start_time != AV_NOPTS_VALUE ? (double)st->start_time * av_q2d(st->time_base) : 0;
   double read = (double)r->max_read_pts * av_q2d(st->time_base) - start;
   note_cut_short(r->warning, sizeof r->warning, r->url, r->fmt, r->stream, read, "video read");
 }
@@ -790,6 +822,53 @@ static int seek_before(sl_frame_reader *r, double target) {
   return 1;
 }
 
+int sl_frame_retime(sl_frame_reader *r, const double *times, int ntimes, char *err, size_t errlen) {
+  if (r->opts.mode != SL_FRAMES_TIMES) {
+    set_err(err, errlen, r->url, "only a reader of given times can take new times", 0);
+    return -1;
+  }
+  double *copy = malloc((ntimes > 0 ? (size_t)ntimes : 1) * sizeof *copy);
+  if (!copy) {
+    set_err(err, errlen, r->url, "out of memory", 0);
+    return -1;
+  }
+  if (ntimes > 0) memcpy(copy, times, (size_t)ntimes * sizeof *copy);
+  qsort(copy, (size_t)(ntimes > 0 ? ntimes : 0), sizeof *copy, cmp_double);
+  /* The decoder is past the first new time (or drained at the end of the input): go back to
+   * the keyframe before it. A time ahead is left to maybe_seek, as for a new reader. */
+  double last =
+      r->last_pts != INT64_MIN ? r->last_pts * av_q2d(r->st->time_base) - r->origin : -INFINITY;
+  if (ntimes > 0 && (r->input_eof || r->done || copy[0] <= last + r->half_frame)) {
+    if (!r->can_seek) {
+      free(copy);
+      set_err(err, errlen, r->url, "cannot seek back in this input", 0);
+      return -1;
+    }
+    AVRational tb = r->st->time_base;
+    int64_t ts = (int64_t)llround((copy[0] + r->origin) / av_q2d(tb));
+    const AVIndexEntry *e =
+        avformat_index_get_entry_from_timestamp(r->st, ts, AVSEEK_FLAG_BACKWARD);
+    int64_t at = e ? e->timestamp : ts;
+    int rc = av_seek_frame(r->fmt, r->stream, ts, AVSEEK_FLAG_BACKWARD);
+    if (rc < 0) {
+      free(copy);
+      set_err(err, errlen, r->url, "cannot seek back", rc);
+      return -1;
+    }
+    avcodec_flush_buffers(r->dec);
+    r->seeks++;
+    r->last_dts = r->last_seek = at;
+    r->last_pts = INT64_MIN;
+    r->input_eof = r->done = 0;
+  }
+  free(r->times);
+  r->times = copy;
+  r->opts.ntimes = ntimes;
+  r->target_index = 0;
+  r->last_selected = -INFINITY;
+  return 0;
+}
+
 static int is_luma_format(int format, int *bitdepth) {
   const AVPixFmtDescriptor *d = av_pix_fmt_desc_get(format);
   if (!d || (d->flags & (AV_PIX_FMT_FLAG_RGB | AV_PIX_FMT_FLAG_HWACCEL | AV_PIX_FMT_FLAG_PAL)))
@@ -836,7 +915,8 @@ static uint64_t sad_plane(const uint8_t *a, int sa, const uint8_t *b, int sb, in
       __m128i v = _mm_loadu_si128((const __m128i *)(q + x));
       acc = _mm_add_epi64(acc, _mm_sad_epu8(u, v));
     }
-    sum += (uint64_t)_mm_cvtsi128_si64(acc) + (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(acc, acc));
+    sum += (uint64_t)_mm_cvtsi128_si64(acc) +
+           (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(acc, acc));
 #endif
     for (; x < w; x++) sum += (uint64_t)abs((int)p[x] - (int)q[x]);
   }
@@ -899,8 +979,10 @@ static double scene_score(sl_frame_reader *r, AVFrame *f) {
       r->mafd = mafd;
     }
     av_frame_unref(r->prev);
-    if (av_frame_ref(r->prev, f) == 0) r->have_prev = 1;
-    else r->have_prev = 0;
+    if (av_frame_ref(r->prev, f) == 0)
+      r->have_prev = 1;
+    else
+      r->have_prev = 0;
     return score;
   }
   size_t need = (size_t)f->width * (size_t)f->height;
@@ -1144,8 +1226,7 @@ int sl_frame_render(sl_frame_reader *r, int format, int max_width, int max_heigh
   }
   double scale = 1;
   if (max_width > 0 && f->width > max_width) scale = fmin(scale, (double)max_width / f->width);
-  if (max_height > 0 && f->height > max_height)
-    scale = fmin(scale, (double)max_height / f->height);
+  if (max_height > 0 && f->height > max_height) scale = fmin(scale, (double)max_height / f->height);
   int w = scale < 1 ? (int)lround(f->width * scale) : f->width;
   int h = scale < 1 ? (int)lround(f->height * scale) : f->height;
   if (w < 1) w = 1;
@@ -1216,8 +1297,8 @@ int sl_frame_render(sl_frame_reader *r, int format, int max_width, int max_heigh
 fail:
   av_frame_free(&dst);
   av_packet_free(&pkt);
-  set_err(err, errlen, r->url, format == SL_RENDER_JPEG ? "cannot encode JPEG" : "cannot encode PNG",
-          rc);
+  set_err(err, errlen, r->url,
+          format == SL_RENDER_JPEG ? "cannot encode JPEG" : "cannot encode PNG", rc);
   /* an encoder in an error state is not reused */
   avcodec_free_context(&r->enc);
   return -1;
@@ -1236,7 +1317,7 @@ void sl_frame_close(sl_frame_reader *r) {
   if (!r) return;
   avcodec_free_context(&r->dec);
   avcodec_free_context(&r->enc);
-  avformat_close_input(&r->fmt);
+  close_input(&r->fmt);
   av_packet_free(&r->pkt);
   av_frame_free(&r->cur);
   av_frame_free(&r->tmp);

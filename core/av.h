@@ -52,8 +52,8 @@ typedef struct sl_media_stream {
 } sl_media_stream;
 
 typedef struct sl_media_info {
-  double duration;     /* seconds, negative when unknown */
-  char container[64];  /* demuxer name: "mov,mp4,m4a,3gp,3g2,mj2", "wav", "hls", ... */
+  double duration;    /* seconds, negative when unknown */
+  char container[64]; /* demuxer name: "mov,mp4,m4a,3gp,3g2,mj2", "wav", "hls", ... */
   int bit_rate;
   int nstreams;
   sl_media_stream *streams; /* owned; freed by sl_media_info_clear */
@@ -71,8 +71,8 @@ typedef struct sl_audio_reader sl_audio_reader;
 
 /* Opens the best audio stream of url, decoding and resampling to signed 16-bit interleaved
  * PCM at rate Hz with channels channels. Returns NULL with err set on failure. */
-sl_audio_reader *sl_audio_open(const char *url, int rate, int channels,
-                               const sl_av_cancel *cancel, char *err, size_t errlen);
+sl_audio_reader *sl_audio_open(const char *url, int rate, int channels, const sl_av_cancel *cancel,
+                               char *err, size_t errlen);
 
 /* Sets the cancel hook polled by the following calls (the job changes between calls). */
 void sl_audio_set_cancel(sl_audio_reader *r, const sl_av_cancel *cancel);
@@ -120,20 +120,20 @@ typedef struct sl_frame_opts {
   double min_interval; /* minimum seconds between two selected frames (0: none) */
   int threads;         /* decoder threads, 0: automatic */
   /* Reduced decode (0 everywhere: exact, every frame decoded as FFmpeg does). */
-  int fast;            /* skip the loop filter and non-reference frames (fewer, blurrier
-                          frames: for sampling and scoring, not for pictures to keep) */
-  int score_width;     /* SL_FRAMES_SCENE: score on the luma plane scaled down to at most this
-                          width (0: the full plane, FFmpeg's exact score) */
-  double sample;       /* SL_FRAMES_SCENE: score one frame per `sample` seconds, the score
-                          comparing it with the previous scored frame (0: every frame) */
-  int score;           /* other modes: score every selected frame against the previous selected
-                          one (the same formula; see sl_frame_mafd) */
-  double start, stop;  /* only frames from start to stop seconds (0: from the beginning / to the
-                          end); the decoder seeks to the keyframe before start. In SL_FRAMES_SCENE
-                          the frame at the seek point scores 0 and the next one needs the frames
-                          before it: when its difference could select it, the decoder goes back to
-                          the keyframe before and scores those frames (not selecting them), so
-                          every score from start on is FFmpeg's; otherwise it scores 0 */
+  int fast;           /* skip the loop filter and non-reference frames (fewer, blurrier
+                         frames: for sampling and scoring, not for pictures to keep) */
+  int score_width;    /* SL_FRAMES_SCENE: score on the luma plane scaled down to at most this
+                         width (0: the full plane, FFmpeg's exact score) */
+  double sample;      /* SL_FRAMES_SCENE: score one frame per `sample` seconds, the score
+                         comparing it with the previous scored frame (0: every frame) */
+  int score;          /* other modes: score every selected frame against the previous selected
+                         one (the same formula; see sl_frame_mafd) */
+  double start, stop; /* only frames from start to stop seconds (0: from the beginning / to the
+                         end); the decoder seeks to the keyframe before start. In SL_FRAMES_SCENE
+                         the frame at the seek point scores 0 and the next one needs the frames
+                         before it: when its difference could select it, the decoder goes back to
+                         the keyframe before and scores those frames (not selecting them), so
+                         every score from start on is FFmpeg's; otherwise it scores 0 */
 } sl_frame_opts;
 
 typedef struct sl_frame_reader sl_frame_reader;
@@ -171,6 +171,14 @@ int sl_frame_render(sl_frame_reader *r, int format, int max_width, int max_heigh
                     uint8_t **out, size_t *outlen, int *width, int *height, char *err,
                     size_t errlen);
 
+/* A reader opened in SL_FRAMES_TIMES mode goes on with new times (copied; any order), as a
+ * reader newly opened with them would, without opening the input again: a time before the
+ * frame last decoded (or any time once the input was read to its end) seeks back to the
+ * keyframe before it. One open input (its demuxer's index of every sample grows with the
+ * input's length) serves any number of grabs. Returns 0, or -1 with err set (a reader of
+ * another mode, or an input that cannot seek back; the reader is then unchanged). */
+int sl_frame_retime(sl_frame_reader *r, const double *times, int ntimes, char *err, size_t errlen);
+
 /* Where the reader reached: the number of frames decoded and packets read (for tests and
  * benchmarks: shows that seeking skipped work). */
 void sl_frame_stats(const sl_frame_reader *r, long *decoded, long *seeks);
@@ -186,6 +194,10 @@ const char *sl_frame_warning(const sl_frame_reader *r);
 
 /* Closes the input; NULL is ignored. */
 void sl_frame_close(sl_frame_reader *r);
+
+/* Inputs (demuxers) opened since the start of the process, open now, and the most open at
+ * once (for tests and benchmarks: each open input holds its demuxer's index). */
+void sl_av_inputs(long *opened, long *open, long *peak);
 
 /* Sets FFmpeg's log level from SLUICE_FFMPEG_LOG ("quiet" by default: errors come back
  * through our own messages). Called once per process; cannot fail. */

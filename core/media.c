@@ -247,6 +247,17 @@ static const sl_job_class probe_class = {"media.probe", probe_run, probe_finish,
 
 /* media.set_open_timeout(seconds): the cap on opening any input from now on (av.h);
  * 0 or less restores the default. Returns the cap in force. */
+/* media.inputs() -> opened, open, peak: inputs (demuxers) opened since the start of the
+ * process, open now, and the most open at once (see sl_av_inputs). */
+static int l_inputs(lua_State *L) {
+  long opened, open, peak;
+  sl_av_inputs(&opened, &open, &peak);
+  lua_pushinteger(L, opened);
+  lua_pushinteger(L, open);
+  lua_pushinteger(L, peak);
+  return 3;
+}
+
 static int l_set_open_timeout(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) sl_av_set_open_timeout(luaL_checknumber(L, 1));
   lua_pushnumber(L, sl_av_open_timeout());
@@ -270,16 +281,16 @@ typedef struct audio_state {
   /* configuration */
   char *url, *dir, *prefix;
   int rate, channels;
-  long chunk_len;   /* samples per chunk (target) */
-  long grow_len;    /* first=: the next chunk's length while that is below chunk_len (the
-                       first chunk is short, each next one twice as long); 0: chunk_len */
-  long overlap;     /* samples shared with the previous chunk */
-  long window;      /* split=silence: search window around each boundary (samples) */
-  int silence;      /* cut at the quietest point near each boundary */
-  int to_blob;      /* hold PCM in blobs instead of writing WAV files */
+  long chunk_len; /* samples per chunk (target) */
+  long grow_len;  /* first=: the next chunk's length while that is below chunk_len (the
+                     first chunk is short, each next one twice as long); 0: chunk_len */
+  long overlap;   /* samples shared with the previous chunk */
+  long window;    /* split=silence: search window around each boundary (samples) */
+  int silence;    /* cut at the quietest point near each boundary */
+  int to_blob;    /* hold PCM in blobs instead of writing WAV files */
   /* decoding state, touched by one job at a time */
   sl_audio_reader *reader;
-  int16_t *pcm;     /* samples [pcm_start, pcm_start + pcm_len) of the output stream */
+  int16_t *pcm; /* samples [pcm_start, pcm_start + pcm_len) of the output stream */
   long pcm_start, pcm_len, pcm_cap;
   long next_start;  /* where the next chunk begins */
   long emitted_end; /* where the last chunk ended */
@@ -680,13 +691,14 @@ typedef struct frame_state {
   char *url, *dir, *prefix;
   sl_frame_opts opts;
   double *times;
-  int format;  /* sl_render_format, 0: no image */
+  int format; /* sl_render_format, 0: no image */
   int max_width, max_height, quality;
   int to_blob;
   int want_phash;
   int cells; /* columns of the cell statistics (0: none), see sl_cell_stats */
   sl_frame_reader *reader;
   long seq;
+  int retimed; /* reader:retime gave new times: the next job hands them to the reader */
   int ended;
   char failed[SL_AV_ERRLEN];
   int busy, closed;
@@ -736,15 +748,19 @@ typedef struct frame_job {
   frame_item items[FRAME_BATCH];
   char err[SL_AV_ERRLEN];
   char warning[SL_AV_ERRLEN]; /* with status 0: the input broke off early */
-  int delivered; /* frame_finish handed the items to Lua (who then owns their files) */
+  int delivered;              /* frame_finish handed the items to Lua (who then owns their files) */
 } frame_job;
 
 static const char *format_ext(int format) {
   switch (format) {
-    case SL_RENDER_JPEG: return "jpg";
-    case SL_RENDER_PNG: return "png";
-    case SL_RENDER_GRAY: return "gray";
-    default: return "rgb";
+    case SL_RENDER_JPEG:
+      return "jpg";
+    case SL_RENDER_PNG:
+      return "png";
+    case SL_RENDER_GRAY:
+      return "gray";
+    default:
+      return "rgb";
   }
 }
 
@@ -811,6 +827,13 @@ static void frame_run_inner(sl_job *job, void *data) {
     frames_ended(j, s);
     return;
   }
+  if (s->reader && s->retimed && s->opts.mode == SL_FRAMES_TIMES &&
+      sl_frame_retime(s->reader, s->times, s->opts.ntimes, j->err, sizeof j->err) < 0) {
+    /* It cannot seek back: the input is opened again, as a new reader would be. */
+    sl_frame_close(s->reader);
+    s->reader = NULL;
+  }
+  s->retimed = 0;
   if (!s->reader) {
     s->opts.times = s->times;
     s->reader = sl_frame_open(s->url, &s->opts, &c, j->err, sizeof j->err);
@@ -845,9 +868,12 @@ static void frame_run_inner(sl_job *job, void *data) {
     bytes += j->items[j->n].len;
     j->n++;
   }
-  if (j->n > 0) j->status = 1;
-  else if (s->failed[0]) j->status = -1;
-  else frames_ended(j, s);
+  if (j->n > 0)
+    j->status = 1;
+  else if (s->failed[0])
+    j->status = -1;
+  else
+    frames_ended(j, s);
 }
 
 static void frame_run(sl_job *job, void *data) {
@@ -947,6 +973,16 @@ static void frame_job_free(void *data) {
 
 static const sl_job_class frame_class = {"media.frames", frame_run, frame_finish, frame_job_free};
 
+/* A format name as frame_reader takes it: its sl_render_format, 0 for "none", -1 when unknown. */
+static int parse_format(const char *format) {
+  return !strcmp(format, "jpeg") || !strcmp(format, "jpg") ? SL_RENDER_JPEG
+         : !strcmp(format, "png")                          ? SL_RENDER_PNG
+         : !strcmp(format, "gray")                         ? SL_RENDER_GRAY
+         : !strcmp(format, "rgb")                          ? SL_RENDER_RGB
+         : !strcmp(format, "none")                         ? 0
+                                                           : -1;
+}
+
 /* media.frame_reader(url, {every=|keyframes=|scene=|times=, min_interval=, max_width=,
  * max_height=, format="jpeg"|"png"|"gray"|"rgb"|"none", quality=, output="file"|"blob", dir=,
  * prefix=, threads=, phash=bool, fast=bool, score_width=, sample=, score=bool, start=, stop=,
@@ -998,12 +1034,7 @@ static int l_frame_reader(lua_State *L) {
   int cells = (int)opt_number(L, 2, "cells", 0);
   luaL_argcheck(L, cells >= 0 && cells <= 256, 2, "cells must be 0..256 columns");
   const char *format = opt_string(L, 2, "format", "jpeg");
-  int fmt = !strcmp(format, "jpeg") || !strcmp(format, "jpg") ? SL_RENDER_JPEG
-            : !strcmp(format, "png")                          ? SL_RENDER_PNG
-            : !strcmp(format, "gray")                         ? SL_RENDER_GRAY
-            : !strcmp(format, "rgb")                          ? SL_RENDER_RGB
-            : !strcmp(format, "none")                         ? 0
-                                                              : -1;
+  int fmt = parse_format(format);
   luaL_argcheck(L, fmt >= 0, 2, "format must be jpeg, png, gray, rgb or none");
   const char *output = opt_string(L, 2, "output", "file");
   luaL_argcheck(L, !strcmp(output, "file") || !strcmp(output, "blob"), 2,
@@ -1060,6 +1091,53 @@ static int frames_next(lua_State *L) {
   j->s = u->s;
   u->s->busy = 1;
   return sl_job_submit_cpu(L, 2, &frame_class, j);
+}
+
+/* reader:retime(times[, format[, cells]]): the next reads give the frames at these times (as a
+ * new reader of them would), from the same open input, seeking back when needed (see
+ * sl_frame_retime); format ("jpeg", ..., "none") and cells as in frame_reader, unchanged when
+ * nil. Only for a reader opened with times, and not while a read is running. */
+static int frames_retime(lua_State *L) {
+  frames_ud *u = check_frames(L);
+  frame_state *s = u->s;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (s->busy) return luaL_error(L, "frame reader: retime() called while a read is running");
+  if (s->opts.mode != SL_FRAMES_TIMES)
+    return luaL_error(L, "frame reader: retime() needs a reader opened with times");
+  int fmt = s->format;
+  if (!lua_isnoneornil(L, 3)) {
+    const char *format = luaL_checkstring(L, 3);
+    fmt = parse_format(format);
+    luaL_argcheck(L, fmt >= 0, 3, "format must be jpeg, png, gray, rgb or none");
+    if (fmt && !s->to_blob && !s->dir[0]) luaL_argerror(L, 3, "the reader has no dir for files");
+  }
+  int cells = s->cells;
+  if (!lua_isnoneornil(L, 4)) {
+    cells = (int)luaL_checkinteger(L, 4);
+    luaL_argcheck(L, cells >= 0 && cells <= 256, 4, "cells must be 0..256 columns");
+  }
+  lua_Integer n = luaL_len(L, 2);
+  luaL_argcheck(L, n <= INT_MAX, 2, "too many times");
+  double *times = calloc(n > 0 ? (size_t)n : 1, sizeof *times);
+  if (!times) return luaL_error(L, "out of memory");
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, 2, i);
+    int ok;
+    times[i - 1] = lua_tonumberx(L, -1, &ok);
+    lua_pop(L, 1);
+    if (!ok) {
+      free(times);
+      return luaL_argerror(L, 2, "times must be numbers");
+    }
+  }
+  free(s->times);
+  s->times = times;
+  s->opts.ntimes = (int)n;
+  s->format = fmt;
+  s->cells = cells;
+  s->retimed = 1;
+  s->ended = 0;
+  return 0;
 }
 
 static int frames_close(lua_State *L) {
@@ -1129,10 +1207,10 @@ static int l_image_hash(lua_State *L) {
 }
 
 int luaopen_sluice_media(lua_State *L) {
-  static const luaL_Reg audio_methods[] = {{"next", audio_next}, {"close", audio_close},
-                                           {NULL, NULL}};
-  static const luaL_Reg frame_methods[] = {{"next", frames_next}, {"close", frames_close},
-                                           {NULL, NULL}};
+  static const luaL_Reg audio_methods[] = {
+      {"next", audio_next}, {"close", audio_close}, {NULL, NULL}};
+  static const luaL_Reg frame_methods[] = {
+      {"next", frames_next}, {"retime", frames_retime}, {"close", frames_close}, {NULL, NULL}};
   if (luaL_newmetatable(L, AUDIO_MT)) {
     luaL_newlib(L, audio_methods);
     lua_setfield(L, -2, "__index");
@@ -1157,6 +1235,7 @@ int luaopen_sluice_media(lua_State *L) {
                                    {"extract_audio", l_extract_audio},
                                    {"image_hash", l_image_hash},
                                    {"set_open_timeout", l_set_open_timeout},
+                                   {"inputs", l_inputs},
                                    {NULL, NULL}};
   luaL_newlib(L, funcs);
   return 1;

@@ -236,6 +236,35 @@ T.case("progress: the media line's ETA from the slowest stage's progress events"
   T.eq(hist[1].t, 20)
   local _, eta2 = progress.media_eta(reports, 65, hist, 65)
   T.near(eta2, 0.75 * 40 / 0.23 - 5, 1e-9)
+  -- the job's ETA counts a stage that lags behind the media: 30 s into a lecture, frames is
+  -- 20% through; summary (fed from fusion, fed from frames and merge) has had 48 items, done 38
+  -- at 4 a second: 48 / 0.2 = 240 items in all, (240 - 38) / 4 = 50.5 s to go, longer than the
+  -- media's 40 s; a collect stage (no rate yet) and a stage without a reporting upstream (stt)
+  -- count for nothing; frames' own item (1 in) neither
+  local lrep = { frames = { k = { done = 360, total = 1800 } }, merge = { k = { done = 900, total = 1800 } } }
+  local stats = { order = { "video", "audio", "stt", "merge", "frames", "fusion", "summary", "report" }, stages = {
+    video = { kind = "source", done = 1, total = 1, finished = true, from = {} },
+    audio = { kind = "stage", ["in"] = 1, done = 0, rate = 0, from = { "video" } },
+    stt = { kind = "stage", ["in"] = 60, done = 40, rate = 0.5, from = { "audio" } },
+    merge = { kind = "stage", ["in"] = 40, done = 40, rate = 4, from = { "stt" } },
+    frames = { kind = "stage", ["in"] = 1, done = 0, rate = 0, from = { "video" } },
+    fusion = { kind = "stage", ["in"] = 100, done = 95, rate = 10, from = { "merge", "frames" } },
+    summary = { kind = "stage", ["in"] = 48, done = 38, rate = 4, from = { "fusion" } },
+    report = { kind = "stage", ["in"] = 38, done = 0, rate = 0, from = { "summary" } },
+  } }
+  T.near(progress.job_eta(stats, lrep, 40), (240 - 38) / 4, 1e-9)
+  -- nothing lags: the media's ETA; fusion's (100 / 0.2 - 95) / 10 = 40.5 s would lag by half a second
+  stats.stages.summary.rate = 100
+  stats.stages.fusion.rate = 20
+  T.eq(progress.job_eta(stats, lrep, 40), 40)
+  -- a total known (the upstream done) is used as is; a finished stage counts for nothing
+  stats.stages.summary.rate, stats.stages.summary.total = 4, 100
+  stats.stages.fusion.finished = true
+  T.near(progress.job_eta(stats, lrep, 10), (100 - 38) / 4, 1e-9)
+  T.eq(progress.job_eta(stats, lrep, nil), nil, "no media ETA: none")
+  -- the view's line shows the job's ETA: 5 s for 20% gives the media 20 s, summary needs 50.5 s
+  stats.stages.summary.total = nil
+  T.eq(progress.media_line(lrep, 5, nil, nil, nil, stats), "media  ██·········· 6m00s/30m00s   20%  eta 50.5s")
   -- a job that runs: its stages' progress events reach the view's line
   local p = sl.pipeline "prog" {
     sources = { gen = function(ctx) ctx:emit(1, { key = "k" }) end },

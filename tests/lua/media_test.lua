@@ -349,6 +349,42 @@ T.case("a time between a keyframe's dts and pts (B-frames) is reached, not sough
   T.eq(#every, 4) -- 0, 1.96, 3.92, 5.88
 end)
 
+T.case("a kept-open reader retimed (back and forth) gives a new reader's frames from one open input", function()
+  -- B-frames, so seeking back lands before a keyframe's presentation time as well
+  local p = file("retime.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=12",
+    "-c:v", "libx264", "-bf", "2", "-g", "50", "-pix_fmt", "yuv420p" })
+  local opened0 = media.inputs()
+  local g = media.frames(p, { times = {}, keep_open = true, format = "gray", output = "blob" })
+  T.eq(g:next(), nil, "no times: no frame, and the input stays open")
+  local fresh = 0
+  for _, t in ipairs { 6.3, 2.04, 2.04, 11.9, 0, 7.96, 4 } do
+    g:retime({ t })
+    local a = T.ok(g:next())
+    T.eq(g:next(), nil, "one time, one frame")
+    local b = collect(media.frames(p, { times = { t }, format = "gray", output = "blob" }))[1]
+    fresh = fresh + 1
+    T.eq(a.t, b.t, "the frame at " .. t)
+    T.eq(a.dhash, b.dhash, "the picture at " .. t)
+    T.eq(a.blob:bytes(1, #a.blob), b.blob:bytes(1, #b.blob), "the pixels at " .. t)
+  end
+  -- several times at once, another format and cells: refine's use
+  g:retime({ 3.2, 1.0, 1.04 }, { format = "none", cells = 8 })
+  local got = collect(g)
+  T.eq(#got, 3)
+  T.near(got[1].t, 1.0, 0.02 + 1e-9)
+  T.near(got[3].t, 3.2, 0.02 + 1e-9)
+  T.ok(got[1].cells and got[1].path == nil and got[1].blob == nil, "cells, no picture")
+  local opened, open = media.inputs()
+  T.eq(opened - opened0, fresh + 1, "the kept-open reader opened its input once")
+  T.eq(open, 1, "and holds it until closed")
+  g:close()
+  T.eq(select(2, media.inputs()), 0, "closed")
+  T.raises(function() media.frames(p, { every = 1, keep_open = true }) end, "keep_open needs times")
+  local s = media.frames(p, { times = { 1 }, format = "none" })
+  T.raises(function() s:retime({ 2 }) end, "keep_open")
+  s:close()
+end)
+
 T.case("keyframes mode decodes only keyframes", function()
   local p = av_file()
   local frames = collect(media.frames(p, { keyframes = true, format = "none" }))

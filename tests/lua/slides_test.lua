@@ -74,6 +74,35 @@ for _, name in ipairs { "deck", "pip", "camera" } do
   end)
 end
 
+T.case("the capture stage takes every slide's picture and change time with one extra open input", function()
+  -- Opening a long MP4 reads the index of all its samples: a reader per grab and per refine
+  -- held one more index each (and paid the read again). The stage keeps one reader open for all.
+  local media = require "sluice.media"
+  local out = P.tmpdir("slides-capture")
+  local p = sl.pipeline "capture" {
+    sources = { video = sl.inputs() },
+    stages = { frames = sl.capture { from = "video", slides = true, min_interval = 2, max_width = 320,
+      dir = "slides" } },
+  }
+  local opened0 = media.inputs()
+  local s = p:start({ inputs = { dir .. "/deck.mp4" }, out = out }):wait()
+  T.eq(s.state, "done")
+  local opened, open = media.inputs()
+  local frames = s.results.frames
+  T.eq(#frames, #truth.changes, "one picture per slide shown")
+  -- the probe (for the progress), the sampling reader, the reader of pictures and changes
+  T.eq(opened - opened0, 3, "inputs opened")
+  T.eq(open, 0, "all closed")
+  table.sort(frames, function(a, b) return a.seq < b.seq end)
+  for i, e in ipairs(frames) do
+    local f = e.data
+    T.near(f.t, truth.changes[i].t, 0.21, "change " .. i)
+    local info = T.ok(media.probe(f.path))
+    T.eq(info.streams[1].codec, "mjpeg", "a JPEG picture")
+  end
+  P.rm(out)
+end)
+
 T.case("a video without slides yields none, and says why", function()
   for _, path in ipairs { dir .. "/noslide.mp4", P.footage("bottle.mp4") } do
     local found, info = slides.detect(path, {})

@@ -161,10 +161,57 @@ function M.eta_sample(hist, t, f, started)
   while #hist > 2 and hist[2].t <= t - keep do table.remove(hist, 1) end
 end
 
--- The view's line for media progress, or nil.
-function M.media_line(reports, elapsed, w, hist, now)
+-- The media fraction a stage's items follow: the lowest of the stages upstream of it (itself
+-- included) that send progress events (reports), or nil when none does.
+local function upstream_fraction(stats, reports, name)
+  local seen, low = {}, nil
+  local function walk(n)
+    if seen[n] then return end
+    seen[n] = true
+    local keys = reports[n]
+    if keys then
+      local d, t = 0, 0
+      for _, r in pairs(keys) do d, t = d + r.done, t + r.total end
+      if t > 0 and (not low or d / t < low) then low = math.min(1, d / t) end
+    end
+    local st = stats.stages[n]
+    for _, up in ipairs(st and st.from or {}) do walk(up) end
+  end
+  walk(name)
+  return low
+end
+
+-- The job's ETA while its media is read: the media's (media_eta), or longer when a stage
+-- downstream falls behind (a summary per slide at the model's pace): the work after the media
+-- is then what is left in that stage's queue when the media ends. For every running stage
+-- that is fed from a stage sending progress events, its items in all are estimated from those
+-- in so far and the media fraction they follow (its total once its upstream is done), and the
+-- items left take it (left / its rate since its first item) to finish; the ETA is the longest.
+-- Stages that wait for all their inputs (collect) are not counted: they start when the rest
+-- ends, and take little next to it. Returns the ETA in seconds (media_eta's when nothing lags).
+function M.job_eta(stats, reports, media_eta)
+  if not stats or not reports or not media_eta then return media_eta end
+  local eta = media_eta
+  for _, n in ipairs(stats.order or {}) do
+    local st = stats.stages[n]
+    if st.kind == "stage" and not st.finished and (st.rate or 0) > 0 and (st["in"] or 0) >= 5 then
+      local f = upstream_fraction(stats, reports, n)
+      if f and f >= 0.05 then
+        local total = st.total or st["in"] / f
+        local left = total - (st.done or 0) - (st.failed or 0)
+        if left > 0 and left / st.rate > eta then eta = left / st.rate end
+      end
+    end
+  end
+  return eta
+end
+
+-- The view's line for media progress, or nil. With the job's stats, the ETA is the job's
+-- (job_eta): the media's, or longer when a stage lags behind it.
+function M.media_line(reports, elapsed, w, hist, now, stats)
   local frac, eta, done, total = M.media_eta(reports, elapsed, hist, now)
   if not frac then return nil end
+  if stats then eta = M.job_eta(stats, reports, eta) end
   return string.format("%s %s %11s  %3d%%  eta %s", pad("media", w or 6), bar(frac, 1, 12),
     fmt_dur(done) .. "/" .. fmt_dur(total), math.floor(frac * 100), eta and fmt_dur(eta) or "-")
 end
@@ -200,7 +247,7 @@ end
 function View:draw(final)
   local stats = self.job:stats()
   local lines = M.lines(stats, (not final) and self:rates(stats) or nil)
-  local ml = (not final) and M.media_line(self.reports, stats.elapsed or 0, nil, self.hist, core.now())
+  local ml = (not final) and M.media_line(self.reports, stats.elapsed or 0, nil, self.hist, core.now(), stats)
   if ml then table.insert(lines, 1, ml) end
   local f = self.stream
   if self.tty then

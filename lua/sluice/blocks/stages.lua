@@ -601,14 +601,20 @@ function M.capture(o)
             ctx:event("progress", { done = t, total = total, unit = "s" })
           end
         end
-        local found, info = slides.detect(src, { rate = param(ctx, params, "rate"), progress = progress }, function(s)
-          grab.times = { s.at }
-          local fs = media.frames(src, grab)
-          local f, err = fs:next()
-          fs:close()
+        -- One reader of the input, kept open and seeked, takes each slide's picture and finds
+        -- each change to the frame (slides.refine): a reader per grab read the index of every
+        -- sample again (for a 2-hour MP4, megabytes and tens of milliseconds each time).
+        -- (The input is opened at the first read, not here.)
+        grab.times, grab.keep_open = {}, true
+        local grabber = media.frames(src, grab)
+        local found, info = slides.detect(src, { rate = param(ctx, params, "rate"), progress = progress,
+          reader = grabber }, function(s)
+          grabber:retime({ s.at }, { format = "jpeg", cells = 0 })
+          local f, err = grabber:next()
           if not f then fail("capture", src, err or string.format("no frame at %.2f s", s.at)) end
           deliver(f, s.t, { slide = s.slide, same_as = s.same_as })
         end)
+        grabber:close()
         if not found then fail("capture", src, info) end
         if total then ctx:event("progress", { done = total, total = total, unit = "s" }) end
         if info.warning then error("capture: " .. info.warning, 0) end
@@ -618,7 +624,7 @@ function M.capture(o)
         ctx:log(string.format("%s: no slides found (%s in %d samples): sections are fixed %g s windows",
           src, info.reason, info.samples, w))
         ctx:event("no_slides", { source = src, reason = info.reason, samples = info.samples, window = w })
-        grab.times, grab.every = nil, w
+        grab.times, grab.keep_open, grab.every = nil, nil, w
         local fs = media.frames(src, grab)
         while true do
           local f, err = fs:next()

@@ -144,7 +144,7 @@ function Stream:next()
     else
       self.warning = r[2]
     end
-    self.reader:close()
+    if not self.keep_open then self.reader:close() end
     return nil, self.err, r[3]
   end
   if type(r[2]) == "table" then
@@ -192,8 +192,27 @@ function Stream:close()
 end
 Stream.__close = Stream.close
 
-local function new_stream(reader, what, prefetch)
-  local s = setmetatable({ reader = reader, what = what, prefetch = prefetch ~= false }, Stream)
+-- stream:retime(times[, {format=, cells=}]): a stream of frames{times=, keep_open=true} goes on
+-- with the frames at these times (format and cells as frames() takes them; unchanged when not
+-- given) from the same open input, seeking back when a time lies behind the last frame read.
+-- The items it had fetched and not handed out are dropped (their files removed). One open
+-- input serves any number of grabs: opening a long MP4 reads the index of all its samples (tens
+-- of milliseconds and megabytes for an hour), which a new reader per grab paid each time.
+function Stream:retime(times, opts)
+  if self.closed then error("attempt to use a closed " .. self.what, 2) end
+  if not self.keep_open then error("stream:retime needs frames{times=, keep_open=true}", 2) end
+  local buf = self.buffer
+  if buf then
+    for i = buf.head, buf.n do remove_file(buf[i]) end
+    self.buffer = nil
+  end
+  self.finished, self.err, self.warning = nil, nil, nil
+  self.reader:retime(times, opts and opts.format, opts and opts.cells)
+end
+
+local function new_stream(reader, what, prefetch, keep_open)
+  local s = setmetatable({ reader = reader, what = what, prefetch = prefetch ~= false and not keep_open,
+    keep_open = keep_open }, Stream)
   -- for item in stream do ... end: the fourth value closes the stream when the loop exits
   return s, nil, nil, s
 end
@@ -237,9 +256,12 @@ end
 
 -- frames(path_or_url, {every=N | keyframes=true | scene=threshold | times={...},
 --   min_interval=, max_width=, max_height=, format="jpeg"|"png"|"gray"|"rgb"|"none",
---   quality=85, output="file"|"blob", dir=, prefix=, threads=, phash=false, prefetch=true})
+--   quality=85, output="file"|"blob", dir=, prefix=, threads=, phash=false, prefetch=true,
+--   keep_open=false})
 -- -> stream of {seq=, t=, width=, height=, path= | blob=, format=, scene_score=, dhash=,
 --   phash=, key=, source_width=, source_height=}
+-- keep_open (with times): the input stays open at the end of the times, for stream:retime
+-- (no frame fetched ahead); close() closes it.
 -- The options of frames() with their defaults filled in (a copy): JPEG files in a temporary
 -- directory named after the input.
 local function frame_options(url, opts)
@@ -257,9 +279,14 @@ end
 function M.frames(url, opts)
   check_url(url, "frames")
   local o = frame_options(url, opts)
+  if o.keep_open and not o.times then error("frames: keep_open needs times", 2) end
   local reader = cmedia.frame_reader(url, o)
-  return new_stream(reader, "media.frames", o.prefetch)
+  return new_stream(reader, "media.frames", o.prefetch, o.keep_open)
 end
+
+-- inputs() -> opened, open, peak: the inputs (demuxers) opened since the process started, open
+-- now, and the most open at once (each holds its demuxer's index; for tests and benchmarks).
+M.inputs = cmedia.inputs
 
 -- scenes(path_or_url, {scene=0.3, margin=0.7, max_gap=20, score_width=320, min_interval=,
 --   max_width=, max_height=, format=, quality=, output=, dir=, prefix=, threads=})

@@ -63,7 +63,8 @@ local function merge(opts)
   local o = {}
   for k, v in pairs(DEFAULTS) do o[k] = v end
   for k, v in pairs(opts or {}) do
-    if DEFAULTS[k] == nil and k ~= "threads" and k ~= "fast" and k ~= "refine" and k ~= "progress" then
+    if DEFAULTS[k] == nil and k ~= "threads" and k ~= "fast" and k ~= "refine" and k ~= "progress"
+      and k ~= "reader" then
       error("slides: unknown option '" .. tostring(k) .. "'", 3)
     end
     o[k] = v
@@ -296,12 +297,19 @@ end
 -- refine(url, shown, moving, t0, t1, opts) -> the time of the first frame after t0 and up to t1
 -- whose text cells differ from the picture shown (by opts.change), decoding every frame in
 -- between exactly; t1 when none does (a change over several frames), or nil, message.
+-- opts.reader: a frames{times=, keep_open=true} stream of url to read them with (retimed;
+-- left open), instead of opening the input again.
 function M.refine(url, shown, moving, t0, t1, opts)
   local o = merge(opts)
   local times = {}
   for t = t0 + 0.02, t1 + 0.001, 0.02 do times[#times + 1] = t end
   if #times == 0 then return t1 end
-  local stream = media.frames(url, { times = times, format = "none", cells = o.cells, threads = o.threads })
+  local stream = o.reader
+  if stream then
+    stream:retime(times, { format = "none", cells = o.cells })
+  else
+    stream = media.frames(url, { times = times, format = "none", cells = o.cells, threads = o.threads })
+  end
   local found
   while true do
     local f, err, code = stream:next()
@@ -315,13 +323,14 @@ function M.refine(url, shown, moving, t0, t1, opts)
     end
     sl.sleep(0)
   end
-  stream:close()
+  if stream ~= o.reader then stream:close() end
   return found or t1
 end
 
 -- detect(url, opts[, on_slide]) -> slides, info; or nil, message when the video cannot be
 -- read. on_slide(slide) is called as each slide is confirmed (slides come in time order);
--- opts.progress(t), if given, with each sample's time (how far the video is read).
+-- opts.progress(t), if given, with each sample's time (how far the video is read); opts.reader,
+-- if given, is the refine's (see refine).
 function M.detect(url, opts, on_slide)
   local o = merge(opts)
   local det = M.detector(o)
