@@ -682,6 +682,21 @@ local function detect_one(ctx, st, frame)
   end
 end
 
+-- The job store (OUT/sluice.db, unless --no-store) gets rows for every frame (its detect
+-- item and events) and analysis: every keep_analyses frames of the job, the store keeps each
+-- stage's latest keep_analyses items and the latest STORE_EVENTS_PER_ANALYSIS x keep_analyses
+-- events (the deletions run on the store's pool, like its writes), so a run of days leaves
+-- a bounded store. keep_analyses = 0 keeps everything.
+local STORE_EVENTS_PER_ANALYSIS = 16
+local function prune_store(ctx, J, keep)
+  local store = ctx.job.store
+  if keep <= 0 or not (store and store.prune) then return end
+  J.frames_unpruned = (J.frames_unpruned or 0) + 1
+  if J.frames_unpruned < keep then return end
+  J.frames_unpruned = 0
+  store:prune(ctx.job, { items = keep, events = STORE_EVENTS_PER_ANALYSIS * keep })
+end
+
 -- The end of stream st's run: its pending request dropped, summary.json and analyses.json.
 local function report_stream(ctx, st)
   if st.pending then
@@ -776,6 +791,7 @@ return sl.pipeline "live_monitor" {
         local ok, e = pcall(detect_one, ctx, st, frame)
         if st.lock then st.lock:release() end
         if not ok then error(e, 0) end
+        prune_store(ctx, J, st.keep_analyses)
       end,
     },
 
