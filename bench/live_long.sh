@@ -13,7 +13,8 @@
 # warm-up) per hour of wall time and per hour of stream,
 # the fd counts (after the warm-up, largest, at the end), what the output directory holds at
 # the end (events files and their size, frames kept, the store's size), and from summary.json
-# the segment-appearance -> capture and -> dispatch p50/p95. At SPEED > 1 a playlist reload
+# the segment-appearance -> capture and -> dispatch p50/p95 (all requests, and those that
+# found an analysis worker idle: segment_to_dispatch_free). At SPEED > 1 a playlist reload
 # brings SPEED new segments at once, which the reader decodes one after the other, so those
 # two latencies include that queue: they are real-time figures only at SPEED 1.
 #
@@ -96,7 +97,7 @@ s = json.load(open(os.path.join(out, "summary.json")))
 f = lambda x: "%.3f" % x if isinstance(x, (int, float)) else str(x)
 print("summary: frames %d, analyses %d, requests %d, coalesced %d, gaps %d (missed %d)"
       % (s["frames"], s["analyses"], s["requests"], s["coalesced"], s["gaps"], s["missed_segments"]))
-for k in ("segment_to_capture", "segment_to_dispatch"):
+for k in ("segment_to_capture", "segment_to_dispatch", "segment_to_dispatch_free"):
     v = s.get(k) or {}
     print("  %s: p50 %s s, p95 %s s (%s)" % (k, f(v.get("p50")), f(v.get("p95")), v.get("count")))
 PY

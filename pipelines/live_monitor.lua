@@ -112,7 +112,7 @@ local function stream_state(ctx, J, i, url, name)
     pending = nil, running = 0, active = 0, max_backlog = 0, requests = 0, queued = 0,
     frames = 0, dropped_frames = 0, coalesced = 0, analyses = 0, failures = 0,
     captures = {}, intervals = {}, last_request_t = nil, prev_hash = nil, present = {},
-    analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0, dispatch_lat = {},
+    analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0, dispatch_lat = {}, dispatch_free_lat = {},
     last_dispatch = -math.huge,
   }
 end
@@ -267,6 +267,7 @@ local function summarize(st, ctx)
     latest_analysis_age = st.last_analysis and sl.now() - st.last_analysis or cjson.null,
     segment_to_capture = latency_stats(st.latencies),
     segment_to_dispatch = latency_stats(st.dispatch_lat),
+    segment_to_dispatch_free = latency_stats(st.dispatch_free_lat),
     error = st.error,
   }
 end
@@ -344,11 +345,17 @@ local function cli_frames(url, fps, max_width, dir, prefix)
 end
 
 -- A request handed to the analyser: seconds from its segment appearing in the playlist
--- (HLS) to now, the latest 4096 kept.
+-- (HLS) to now, the latest 4096 kept; those of requests that found a worker idle when they
+-- were made (req.free: no wait for a worker in them) also on their own.
 local function dispatched(st, req)
   if not req.appeared then return end
+  local lat = sl.now() - req.appeared
   st.ndispatch = (st.ndispatch or 0) + 1
-  st.dispatch_lat[(st.ndispatch - 1) % 4096 + 1] = sl.now() - req.appeared
+  st.dispatch_lat[(st.ndispatch - 1) % 4096 + 1] = lat
+  if req.free then
+    st.ndispatch_free = (st.ndispatch_free or 0) + 1
+    st.dispatch_free_lat[(st.ndispatch_free - 1) % 4096 + 1] = lat
+  end
 end
 
 -- The stream whose pending request goes next: the one with the fewest analyses handed over
@@ -440,12 +447,13 @@ local function request(ctx, st, frame, reason, detail)
       by = frame.seq, policy = "keep latest" }, ctx)
     if not ctx.config.keep_frames then os.remove(old.path) end
   end
+  local a = ctx.job.stages.analyse
   st.pending = { seq = frame.seq, t = frame.t, path = frame.path, reason = reason, detail = detail,
-    captured_wall = frame.wall, appeared = frame.appeared, stream = st.index, key = st.key }
+    captured_wall = frame.wall, appeared = frame.appeared, stream = st.index, key = st.key,
+    free = a.in_flight + a.queue < a.workers }
   log_record(st, { type = "request", t = frame.t, seq = frame.seq, reason = reason, detail = detail,
     pending = true, path = frame.path }, ctx)
   dispatch(ctx, job_state(ctx))
-  local a = ctx.job.stages.analyse
   local backlog = a.in_flight + a.queue + (st.pending and 1 or 0)
   if backlog > st.max_backlog then st.max_backlog = backlog end
   return st.pending == nil

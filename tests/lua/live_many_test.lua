@@ -187,6 +187,30 @@ T.case("a long run's outputs stay bounded: events.jsonl rotates by size, old ana
   for _, a in ipairs(an) do T.ok(P.exists(a.frame), "the frame of the analysis at " .. a.t .. " s") end
 end)
 
+T.case("segment->dispatch of the requests that found a worker idle, apart from all requests", function()
+  -- a request every 1 s of stream, one worker: for the first 5 s analyses take 0.3 s (each
+  -- request finds the worker idle), then 2.5 s (later requests wait and are handed over)
+  vlm:control { latency = 0.3 }
+  local out = TMP .. "/free"
+  local job = sl.load(P.src .. "/pipelines/live_monitor.lua"):start { inputs = { origin.url .. "/cam2/live.m3u8" },
+    out = out, config = { providers = { vlm = "openai" }, openai = { base_url = vlm.url .. "/v1", api_key = "sk-test" },
+      fps = 2, periodic = 1, change = 64, concurrency = 1, duration = 10, max_width = 160 } }
+  sl.sleep(5)
+  vlm:control { latency = 2.5 }
+  local summary = job:wait()
+  vlm:control { latency = 2 }
+  T.eq(summary.state, "done", cjson.encode(summary.dead))
+  local s = P.json(out .. "/summary.json")
+  local recs = L.records(out .. "/events.jsonl")
+  local free = L.free_dispatches(recs)
+  local sf, sa = s.segment_to_dispatch_free, s.segment_to_dispatch
+  print(string.format("segment->dispatch: all p50 %.3f p95 %.3f s (%d); worker free p50 %s p95 %s s (%d)",
+    sa.p50, sa.p95, sa.count, tostring(sf.p50), tostring(sf.p95), free))
+  T.ok(free >= 2, "requests that found the worker idle: " .. free)
+  T.eq(sf.count, free, "segment_to_dispatch_free counts them: " .. cjson.encode(sf))
+  T.ok(sa.count > free, "the others (handed over after a wait) count in segment_to_dispatch only: " .. cjson.encode(sa))
+end)
+
 T.teardown("stop the origin and the VLM", function()
   if origin then origin.stop() end
   if vlm then vlm:stop() end
