@@ -483,17 +483,51 @@ local function rates(st)
     latest_analysis_age = st.last_analysis and now - st.last_analysis or nil }
 end
 
+-- p50/p95 of the latest LIVE_WINDOW values of a ring of `size` slots into which `n` values
+-- were written (the live figures: a bounded sort however long the run), or nil.
+local LIVE_WINDOW = 256
+local function recent_stats(ring, n, size)
+  if not ring or not n or n == 0 then return nil end
+  local s = {}
+  for i = 0, math.min(n, size, LIVE_WINDOW) - 1 do s[#s + 1] = ring[(n - 1 - i) % size + 1] end
+  table.sort(s)
+  return { p50 = quantile(s, 0.5), p95 = quantile(s, 0.95), count = #s }
+end
+
+-- One stream's live figures for the dashboard (job:stats().figures.streams): its rates, the
+-- latest analysis's age, gaps and an ongoing outage, and the segment latencies over its latest
+-- LIVE_WINDOW segments and requests (those recomputed at most once a second).
+local function stream_figures(st, r)
+  local now = sl.now()
+  local lat = st.live_lat
+  if not lat or now - lat.at >= 1 then
+    local rd = st.reader
+    lat = { at = now,
+      segment_to_capture = recent_stats(rd and rd.latencies or st.latencies, rd and rd.nlat or st.nlat, 4096),
+      segment_to_dispatch = recent_stats(st.dispatch_lat, st.ndispatch, 4096),
+      segment_to_dispatch_free = recent_stats(st.dispatch_free_lat, st.ndispatch_free, 4096) }
+    st.live_lat = lat
+  end
+  return { name = st.name, capture_fps = r.capture_fps, skipped_fps = r.skipped_fps,
+    analysis_fps = r.analysis_fps, latest_analysis_age = r.latest_analysis_age, frames = st.frames,
+    analyses = st.analyses, failures = st.failures, gaps = st.gaps, missed_segments = st.missed_segments,
+    outage = st.outage and now - st.outage.since or nil, segment_to_capture = lat.segment_to_capture,
+    segment_to_dispatch = lat.segment_to_dispatch, segment_to_dispatch_free = lat.segment_to_dispatch_free }
+end
+
+-- The progress view's lines (one per stream) and the dashboard's figures.
 local function status_lines(J)
-  local out = {}
+  local out, figs = {}, {}
   for _, st in ipairs(J.streams) do
     local r = rates(st)
+    figs[#figs + 1] = stream_figures(st, r)
     out[#out + 1] = string.format("live %s: capture %.1f/s, skipped %.1f/s, analysis %.2f/s, latest analysis %s, gaps %d",
       st.name, r.capture_fps, r.skipped_fps, r.analysis_fps,
       r.latest_analysis_age and string.format("%.1fs ago", r.latest_analysis_age) or "none yet", st.gaps) ..
       (st.outage and string.format(", in an outage for %.0fs (%s)", sl.now() - st.outage.since,
         tostring(st.outage.detail or st.outage.cause)) or "")
   end
-  return out
+  return out, { streams = figs }
 end
 
 -- Frames of one stream waiting for the detector beyond which new ones are dropped.
@@ -600,6 +634,7 @@ function capture_one(ctx, J, st, fps)
     end
     function stream.close() return hls_stream:close() end
   end
+  st.reader = stream -- (its segment latencies, for the live figures)
   local first_t, started = nil, sl.now()
   log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, reader = reader,
     policy = "keep latest" }, ctx)
@@ -650,7 +685,7 @@ function capture_one(ctx, J, st, fps)
   -- stopped while holding a frame (Ctrl-C during the real-time wait or a full queue)
   if unsent and not conf.keep_frames then os.remove(unsent) end
   stream:close()
-  st.latencies = stream.latencies
+  st.latencies, st.nlat, st.reader = stream.latencies, stream.nlat, nil
   st.dropped_frames = st.dropped_frames + (stream.dropped or 0) -- the ffmpeg reader's
   log_record(st, { type = "end", frames = st.frames, reason = ok and why or (type(err) == "string" and err or "stopped") }, ctx)
   -- a first summary now (the report stage rewrites it once the analyses in flight are in)
