@@ -40,7 +40,7 @@
 -- crosses min_score), latest.json (the latest analysis, replaced atomically), analyses.json
 -- (every analysis, at the end),
 -- summary.json (counts, frame-interval p50/p99/max overall and while analyses were in
--- flight, the largest backlog), frames/ (only the frames that were analysed are kept).
+-- flight, the largest backlog, segment->capture and ->dispatch p50/p95), frames/ (only the frames that were analysed are kept).
 --
 -- Settings: fps (2; or every = seconds between frames), max_width (640), detector (dhash|worker), change (12), classes
 -- ({"person"}), min_score (0.5), periodic (10; 0 = off), concurrency (2), duration (0 = until
@@ -49,7 +49,7 @@
 -- reconnect.initial (0.5 s), reconnect.max (0: the target duration; 2 s without HLS),
 -- reconnect.give_up (0: never), stall (0: 3 target durations; max(10 s, 3 periods)), prompt,
 -- keep_frames (false: frames nobody analyses are deleted), keep_analyses (1000: older analysed
--- frames deleted), events_max_mb (64: events.jsonl rotated at that size), events_keep (4),
+-- frames deleted, the job store's rows pruned to about as many), events_max_mb (64: events.jsonl rotated at that size), events_keep (4),
 -- decode ("auto": reduced decode with the dHash detector; "fast" | "full").
 local sl = require "sluice"
 local cjson = require "cjson"
