@@ -6,14 +6,17 @@
 # analysis on a change or every PERIODIC s of stream time by a VLM taking LATENCY s of wall
 # time (the fake OpenAI server; LATENCY x SPEED s of stream time), 2 workers, for WALL s of
 # wall time (WALL x SPEED s of stream). The job store is on (out/sluice.db, as `sluice run`
-# has it by default; NO_STORE=1: --no-store).
+# has it by default; NO_STORE=1: --no-store); KEEP_ANALYSES=N sets keep_analyses (default
+# 1000: it also bounds the store's rows, pruned every N frames).
 #
-# Samples the process every 10 s: RSS (VmRSS) and open fds. Prints RSS after the warm-up
+# Samples the process every 10 s: RSS (VmRSS), open fds and the store's size (sluice.db and
+# its WAL). Prints RSS after the warm-up
 # (the first WARM s) and at the end, its growth (a line fitted through the samples after the
 # warm-up) per hour of wall time and per hour of stream,
 # the fd counts (after the warm-up, largest, at the end), what the output directory holds at
 # the end (events files and their size, frames kept, the store's size), and from summary.json
-# the segment-appearance -> capture and -> dispatch p50/p95. At SPEED > 1 a playlist reload
+# the segment-appearance -> capture and -> dispatch p50/p95 (all requests, and those that
+# found an analysis worker idle: segment_to_dispatch_free). At SPEED > 1 a playlist reload
 # brings SPEED new segments at once, which the reader decodes one after the other, so those
 # two latencies include that queue: they are real-time figures only at SPEED 1.
 #
@@ -54,7 +57,8 @@ FAKE=http://127.0.0.1:$(head -1 "$TMP/fake.port")/v1
 echo "1 stream (640 px, 1 s segments) at ${SPEED}x, 1 fps, dHash, analyses on change or every $PERIODIC s (stream) taking $LATENCY s (wall); $WALL s of wall = $(echo "$WALL * $SPEED / 3600" | bc -l | cut -c1-5) h of stream; $(nproc) CPUs, load $(cut -d" " -f1-3 /proc/loadavg)"
 "$BIN" run pipelines/live_monitor.lua "$URL" --out "$TMP/out" --quiet ${NO_STORE:+--no-store} \
   --set providers.vlm=openai --set openai.base_url="$FAKE" --set openai.api_key=sk-bench --set fps=1 \
-  --set periodic="$PERIODIC" --set concurrency=2 --set duration="$WALL" 2>"$TMP/run.err" &
+  --set periodic="$PERIODIC" --set concurrency=2 --set duration="$WALL" \
+  ${KEEP_ANALYSES:+--set keep_analyses="$KEEP_ANALYSES"} 2>"$TMP/run.err" &
 RUN=$!
 : > "$TMP/samples"
 START=$(date +%s)
@@ -62,16 +66,17 @@ while kill -0 "$RUN" 2>/dev/null; do
   T=$(( $(date +%s) - START ))
   RSS=$(awk '/^VmRSS:/ {print $2}' "/proc/$RUN/status" 2>/dev/null || true)
   FDS=$(ls "/proc/$RUN/fd" 2>/dev/null | wc -l)
-  [ -n "$RSS" ] && echo "$T $RSS $FDS" >> "$TMP/samples"
+  DB=$(cat "$TMP/out"/sluice.db* 2>/dev/null | wc -c)
+  [ -n "$RSS" ] && echo "$T $RSS $FDS $DB" >> "$TMP/samples"
   sleep 10
 done
 wait "$RUN" || echo "run exited with status $? ($(tail -1 "$TMP/run.err"))"
 /usr/bin/python3 - "$TMP" "$WARM" "$SPEED" <<'PY'
 import glob, json, os, sys
 tmp, warm, speed = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-rows = [tuple(map(float, l.split())) for l in open(os.path.join(tmp, "samples")) if l.strip()]
+rows = [tuple(map(float, l.split())) + (0.0,) for l in open(os.path.join(tmp, "samples")) if l.strip()]
 after = [r for r in rows if r[0] >= warm] or rows
-(t0, rss0, fd0), (t1, rss1, fd1) = after[0], after[-1]
+(t0, rss0, fd0), (t1, rss1, fd1) = after[0][:3], after[-1][:3]
 hours = max(1e-9, (t1 - t0) / 3600)
 print("samples: %d (every 10 s); RSS after warm-up (%.0f s) %.1f MB, at the end (%.0f s) %.1f MB, largest %.1f MB"
       % (len(rows), t0, rss0 / 1024, t1, rss1 / 1024, max(r[1] for r in rows) / 1024))
@@ -86,6 +91,11 @@ print("RSS after warm-up: min %.1f MB, max %.1f MB; end - start %.1f MB"
 print("RSS growth after warm-up (fitted): %.2f MB per hour of wall time = %.3f MB per hour of stream"
       % (slope * 3600 / 1024, slope * 3600 / 1024 / speed))
 print("open fds: %d after warm-up, %d largest, %d at the end" % (fd0, max(r[2] for r in rows), fd1))
+db = [(r[0], r[3] / 1e6) for r in rows]
+half = [v for t, v in db if t >= rows[-1][0] / 2]
+print("store size (sluice.db and WAL): %.1f MB after warm-up, %.1f MB largest over the first half, %.1f MB largest "
+      "over the second half, %.1f MB at the end" % (after[0][3] / 1e6, max([v for t, v in db if t < rows[-1][0] / 2] or [0]),
+                                                   max(half or [0]), db[-1][1]))
 out = os.path.join(tmp, "out")
 ev = sorted(glob.glob(os.path.join(out, "events.jsonl*")))
 print("outputs: %s; %d frames kept; sluice.db %.1f MB"
@@ -96,7 +106,7 @@ s = json.load(open(os.path.join(out, "summary.json")))
 f = lambda x: "%.3f" % x if isinstance(x, (int, float)) else str(x)
 print("summary: frames %d, analyses %d, requests %d, coalesced %d, gaps %d (missed %d)"
       % (s["frames"], s["analyses"], s["requests"], s["coalesced"], s["gaps"], s["missed_segments"]))
-for k in ("segment_to_capture", "segment_to_dispatch"):
+for k in ("segment_to_capture", "segment_to_dispatch", "segment_to_dispatch_free"):
     v = s.get(k) or {}
     print("  %s: p50 %s s, p95 %s s (%s)" % (k, f(v.get("p50")), f(v.get("p95")), v.get("count")))
 PY

@@ -40,7 +40,7 @@
 -- crosses min_score), latest.json (the latest analysis, replaced atomically), analyses.json
 -- (every analysis, at the end),
 -- summary.json (counts, frame-interval p50/p99/max overall and while analyses were in
--- flight, the largest backlog), frames/ (only the frames that were analysed are kept).
+-- flight, the largest backlog, segment->capture and ->dispatch p50/p95), frames/ (only the frames that were analysed are kept).
 --
 -- Settings: fps (2; or every = seconds between frames), max_width (640), detector (dhash|worker), change (12), classes
 -- ({"person"}), min_score (0.5), periodic (10; 0 = off), concurrency (2), duration (0 = until
@@ -49,7 +49,7 @@
 -- reconnect.initial (0.5 s), reconnect.max (0: the target duration; 2 s without HLS),
 -- reconnect.give_up (0: never), stall (0: 3 target durations; max(10 s, 3 periods)), prompt,
 -- keep_frames (false: frames nobody analyses are deleted), keep_analyses (1000: older analysed
--- frames deleted), events_max_mb (64: events.jsonl rotated at that size), events_keep (4),
+-- frames deleted, the job store's rows pruned to about as many), events_max_mb (64: events.jsonl rotated at that size), events_keep (4),
 -- decode ("auto": reduced decode with the dHash detector; "fast" | "full").
 local sl = require "sluice"
 local cjson = require "cjson"
@@ -112,7 +112,7 @@ local function stream_state(ctx, J, i, url, name)
     pending = nil, running = 0, active = 0, max_backlog = 0, requests = 0, queued = 0,
     frames = 0, dropped_frames = 0, coalesced = 0, analyses = 0, failures = 0,
     captures = {}, intervals = {}, last_request_t = nil, prev_hash = nil, present = {},
-    analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0, dispatch_lat = {},
+    analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0, dispatch_lat = {}, dispatch_free_lat = {},
     last_dispatch = -math.huge,
   }
 end
@@ -267,6 +267,7 @@ local function summarize(st, ctx)
     latest_analysis_age = st.last_analysis and sl.now() - st.last_analysis or cjson.null,
     segment_to_capture = latency_stats(st.latencies),
     segment_to_dispatch = latency_stats(st.dispatch_lat),
+    segment_to_dispatch_free = latency_stats(st.dispatch_free_lat),
     error = st.error,
   }
 end
@@ -344,11 +345,17 @@ local function cli_frames(url, fps, max_width, dir, prefix)
 end
 
 -- A request handed to the analyser: seconds from its segment appearing in the playlist
--- (HLS) to now, the latest 4096 kept.
+-- (HLS) to now, the latest 4096 kept; those of requests that found a worker idle when they
+-- were made (req.free: no wait for a worker in them) also on their own.
 local function dispatched(st, req)
   if not req.appeared then return end
+  local lat = sl.now() - req.appeared
   st.ndispatch = (st.ndispatch or 0) + 1
-  st.dispatch_lat[(st.ndispatch - 1) % 4096 + 1] = sl.now() - req.appeared
+  st.dispatch_lat[(st.ndispatch - 1) % 4096 + 1] = lat
+  if req.free then
+    st.ndispatch_free = (st.ndispatch_free or 0) + 1
+    st.dispatch_free_lat[(st.ndispatch_free - 1) % 4096 + 1] = lat
+  end
 end
 
 -- The stream whose pending request goes next: the one with the fewest analyses handed over
@@ -440,12 +447,13 @@ local function request(ctx, st, frame, reason, detail)
       by = frame.seq, policy = "keep latest" }, ctx)
     if not ctx.config.keep_frames then os.remove(old.path) end
   end
+  local a = ctx.job.stages.analyse
   st.pending = { seq = frame.seq, t = frame.t, path = frame.path, reason = reason, detail = detail,
-    captured_wall = frame.wall, appeared = frame.appeared, stream = st.index, key = st.key }
+    captured_wall = frame.wall, appeared = frame.appeared, stream = st.index, key = st.key,
+    free = a.in_flight + a.queue < a.workers }
   log_record(st, { type = "request", t = frame.t, seq = frame.seq, reason = reason, detail = detail,
     pending = true, path = frame.path }, ctx)
   dispatch(ctx, job_state(ctx))
-  local a = ctx.job.stages.analyse
   local backlog = a.in_flight + a.queue + (st.pending and 1 or 0)
   if backlog > st.max_backlog then st.max_backlog = backlog end
   return st.pending == nil
@@ -475,17 +483,51 @@ local function rates(st)
     latest_analysis_age = st.last_analysis and now - st.last_analysis or nil }
 end
 
+-- p50/p95 of the latest LIVE_WINDOW values of a ring of `size` slots into which `n` values
+-- were written (the live figures: a bounded sort however long the run), or nil.
+local LIVE_WINDOW = 256
+local function recent_stats(ring, n, size)
+  if not ring or not n or n == 0 then return nil end
+  local s = {}
+  for i = 0, math.min(n, size, LIVE_WINDOW) - 1 do s[#s + 1] = ring[(n - 1 - i) % size + 1] end
+  table.sort(s)
+  return { p50 = quantile(s, 0.5), p95 = quantile(s, 0.95), count = #s }
+end
+
+-- One stream's live figures for the dashboard (job:stats().figures.streams): its rates, the
+-- latest analysis's age, gaps and an ongoing outage, and the segment latencies over its latest
+-- LIVE_WINDOW segments and requests (those recomputed at most once a second).
+local function stream_figures(st, r)
+  local now = sl.now()
+  local lat = st.live_lat
+  if not lat or now - lat.at >= 1 then
+    local rd = st.reader
+    lat = { at = now,
+      segment_to_capture = recent_stats(rd and rd.latencies or st.latencies, rd and rd.nlat or st.nlat, 4096),
+      segment_to_dispatch = recent_stats(st.dispatch_lat, st.ndispatch, 4096),
+      segment_to_dispatch_free = recent_stats(st.dispatch_free_lat, st.ndispatch_free, 4096) }
+    st.live_lat = lat
+  end
+  return { name = st.name, capture_fps = r.capture_fps, skipped_fps = r.skipped_fps,
+    analysis_fps = r.analysis_fps, latest_analysis_age = r.latest_analysis_age, frames = st.frames,
+    analyses = st.analyses, failures = st.failures, gaps = st.gaps, missed_segments = st.missed_segments,
+    outage = st.outage and now - st.outage.since or nil, segment_to_capture = lat.segment_to_capture,
+    segment_to_dispatch = lat.segment_to_dispatch, segment_to_dispatch_free = lat.segment_to_dispatch_free }
+end
+
+-- The progress view's lines (one per stream) and the dashboard's figures.
 local function status_lines(J)
-  local out = {}
+  local out, figs = {}, {}
   for _, st in ipairs(J.streams) do
     local r = rates(st)
+    figs[#figs + 1] = stream_figures(st, r)
     out[#out + 1] = string.format("live %s: capture %.1f/s, skipped %.1f/s, analysis %.2f/s, latest analysis %s, gaps %d",
       st.name, r.capture_fps, r.skipped_fps, r.analysis_fps,
       r.latest_analysis_age and string.format("%.1fs ago", r.latest_analysis_age) or "none yet", st.gaps) ..
       (st.outage and string.format(", in an outage for %.0fs (%s)", sl.now() - st.outage.since,
         tostring(st.outage.detail or st.outage.cause)) or "")
   end
-  return out
+  return out, { streams = figs }
 end
 
 -- Frames of one stream waiting for the detector beyond which new ones are dropped.
@@ -592,6 +634,7 @@ function capture_one(ctx, J, st, fps)
     end
     function stream.close() return hls_stream:close() end
   end
+  st.reader = stream -- (its segment latencies, for the live figures)
   local first_t, started = nil, sl.now()
   log_record(st, { type = "start", input = url, fps = fps, realtime = realtime, reader = reader,
     policy = "keep latest" }, ctx)
@@ -642,7 +685,7 @@ function capture_one(ctx, J, st, fps)
   -- stopped while holding a frame (Ctrl-C during the real-time wait or a full queue)
   if unsent and not conf.keep_frames then os.remove(unsent) end
   stream:close()
-  st.latencies = stream.latencies
+  st.latencies, st.nlat, st.reader = stream.latencies, stream.nlat, nil
   st.dropped_frames = st.dropped_frames + (stream.dropped or 0) -- the ffmpeg reader's
   log_record(st, { type = "end", frames = st.frames, reason = ok and why or (type(err) == "string" and err or "stopped") }, ctx)
   -- a first summary now (the report stage rewrites it once the analyses in flight are in)
@@ -680,6 +723,21 @@ local function detect_one(ctx, st, frame)
   elseif not conf.keep_frames then
     os.remove(frame.path)
   end
+end
+
+-- The job store (OUT/sluice.db, unless --no-store) gets rows for every frame (its detect
+-- item and events) and analysis: every keep_analyses frames of the job, the store keeps each
+-- stage's latest keep_analyses items and the latest STORE_EVENTS_PER_ANALYSIS x keep_analyses
+-- events (the deletions run on the store's pool, like its writes), so a run of days leaves
+-- a bounded store. keep_analyses = 0 keeps everything.
+local STORE_EVENTS_PER_ANALYSIS = 16
+local function prune_store(ctx, J, keep)
+  local store = ctx.job.store
+  if keep <= 0 or not (store and store.prune) then return end
+  J.frames_unpruned = (J.frames_unpruned or 0) + 1
+  if J.frames_unpruned < keep then return end
+  J.frames_unpruned = 0
+  store:prune(ctx.job, { items = keep, events = STORE_EVENTS_PER_ANALYSIS * keep })
 end
 
 -- The end of stream st's run: its pending request dropped, summary.json and analyses.json.
@@ -776,6 +834,7 @@ return sl.pipeline "live_monitor" {
         local ok, e = pcall(detect_one, ctx, st, frame)
         if st.lock then st.lock:release() end
         if not ok then error(e, 0) end
+        prune_store(ctx, J, st.keep_analyses)
       end,
     },
 

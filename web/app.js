@@ -337,7 +337,27 @@ const videoFilter = {
 const live = {
   title: "Live monitor",
   events: new Set(["live_start", "live_request", "live_analysis", "live_analysis_start", "live_dropped", "live_end", "live_summary"]),
-  reset() { this.latest = null; this.analyses = []; this.dropped = {}; this.requests = 0; this.info = null; this.ended = null; },
+  reset() { this.latest = null; this.analyses = []; this.dropped = {}; this.requests = 0; this.info = null; this.ended = null; this.streams = []; },
+  // per-stream figures of the running job (stats.figures.streams, pushed with the live stats)
+  figures(f) { if (f && Array.isArray(f.streams)) this.streams = f.streams; },
+  renderStreams() {
+    if (!this.streams.length) return "";
+    const num = (x, d) => (typeof x === "number" ? x.toFixed(d) : "–");
+    const lat = (x) => (x && typeof x.p50 === "number" ? `${x.p50.toFixed(2)}/${x.p95.toFixed(2)}` : "–");
+    const cell = (k, v) => `<td data-k="${k}">${v}</td>`;
+    return `<section class="block" id="streams"><h3>Streams <span class="muted">per second over the latest 10 s; from a segment's appearance, p50/p95 seconds over the latest 256</span></h3>` +
+      `<div class="scroll"><table class="streams"><thead><tr><th>stream</th><th title="frames captured per second">capture</th>` +
+      `<th title="frames skipped (detector behind) per second">skipped</th><th title="analyses finished per second">analyses</th>` +
+      `<th title="segment appearance to its first frame captured">→capture</th><th title="segment appearance to an analysis request handed to a worker">→dispatch</th>` +
+      `<th title="the same, for requests that found a worker idle">→dispatch (idle)</th><th title="age of the latest analysis">latest</th><th>gaps</th></tr></thead><tbody>` +
+      this.streams.map((x) => `<tr class="stream" data-stream="${esc(x.name)}"><td>${esc(x.name)}</td>` +
+        cell("capture_fps", num(x.capture_fps, 2)) + cell("skipped_fps", num(x.skipped_fps, 2)) +
+        cell("analysis_fps", num(x.analysis_fps, 2)) + cell("segment_to_capture", lat(x.segment_to_capture)) +
+        cell("segment_to_dispatch", lat(x.segment_to_dispatch)) + cell("segment_to_dispatch_free", lat(x.segment_to_dispatch_free)) +
+        cell("latest_analysis_age", typeof x.latest_analysis_age === "number" ? `${x.latest_analysis_age.toFixed(1)} s ago` : "none") +
+        cell("gaps", `${x.gaps ?? 0}${typeof x.outage === "number" ? ` · outage ${Math.round(x.outage)} s` : ""}`) +
+        `</tr>`).join("") + `</tbody></table></div></section>`;
+  },
   on(ev) {
     switch (ev.event) {
       case "live_start": this.info = ev; break;
@@ -349,7 +369,7 @@ const live = {
   },
   render() {
     const l = this.latest;
-    return `<section class="block" id="latest"><h3>Latest frame <span class="muted">${this.info ? esc(this.info.input || "") : ""}</span></h3>` +
+    return this.renderStreams() + `<section class="block" id="latest"><h3>Latest frame <span class="muted">${this.info ? esc(this.info.input || "") : ""}</span></h3>` +
       (l ? `<figure class="latest" data-t="${l.t}">${img(l.path, "latest frame", "frame")}<figcaption>${Number(l.t).toFixed(1)} s · ${esc(l.reason || "")}</figcaption></figure>` : `<p class="muted">no frame yet</p>`) +
       `<div class="muted">${this.requests} analysis requests · dropped: ${Object.entries(this.dropped).map(([r, n]) => `${esc(r)} ${n}`).join(", ") || "none"}${this.ended ? " · stream ended: " + esc(this.ended.reason) : ""}</div></section>` +
       `<section class="block" id="analyses"><h3>Analyses <span class="muted">${this.analyses.length}</span></h3><ol class="analyses">` +
@@ -454,6 +474,7 @@ function onStats(st) {
     try { onProviders(st.providers); } catch (e) { console.error(e); }
   }
   if (st && Array.isArray(st.workers)) state.workers = st.workers; // remote workers (--broker)
+  if (st && st.figures && activeView && activeView.figures) activeView.figures(st.figures);
   const stages = (st && (st.stages || st)) || {};
   for (const [name, v] of Object.entries(stages)) {
     if (!v || typeof v !== "object") continue;

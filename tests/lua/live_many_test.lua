@@ -110,17 +110,54 @@ T.case("three streams, one slow then dead: the others' capture unaffected, analy
   T.ok(by.bad_live.frames < by.cam1_live.frames, "it captured less")
 end)
 
-T.case("a long run's outputs stay bounded: events.jsonl rotates by size, old analysed frames go", function()
+T.case("a long run's outputs stay bounded: events.jsonl rotates by size, old analysed frames go, the store is pruned", function()
   vlm:control { latency = 0.1 }
   local out = TMP .. "/bounded"
+  P.sh("mkdir -p '" .. out .. "'")
+  local store = assert(require("sluice.app.store").open(out .. "/sluice.db"))
+  local KEEP = 3
   local job = sl.load(P.src .. "/pipelines/live_monitor.lua"):start { inputs = { origin.url .. "/cam1/live.m3u8" },
-    out = out, config = { providers = { vlm = "openai" }, openai = { base_url = vlm.url .. "/v1", api_key = "sk-test" },
+    out = out, store = store, config = { providers = { vlm = "openai" }, openai = { base_url = vlm.url .. "/v1", api_key = "sk-test" },
       fps = 2, periodic = 0.5, concurrency = 1, duration = 8, max_width = 160,
-      events_max_mb = 0.004, events_keep = 2, keep_analyses = 3 } }
+      events_max_mb = 0.004, events_keep = 2, keep_analyses = KEEP } }
+  -- the job store's rows, sampled while the run goes on and at its end: each stage keeps its
+  -- latest KEEP items and the job its latest 16 x KEEP events, pruned every KEEP frames (so
+  -- up to KEEP frames' worth more: a frame makes at most ~10 rows of events, an analysis 5)
+  local function rows()
+    local it = store:query("SELECT stage, count(*) AS n FROM items WHERE job = ? GROUP BY stage", { job.id }) or {}
+    local ev = store:query("SELECT count(*) AS n FROM events WHERE job = ?", { job.id }) or {}
+    local r = { events = ev[1] and ev[1].n or 0, items = {} }
+    for _, x in ipairs(it) do r.items[x.stage] = x.n end
+    return r
+  end
+  local most = { events = 0, items = {} }
+  local function sample()
+    local r = rows()
+    most.events = math.max(most.events, r.events)
+    for k, n in pairs(r.items) do most.items[k] = math.max(most.items[k] or 0, n) end
+  end
+  local sampling = true
+  sl.spawn(function()
+    while sampling do sample(); sl.sleep(0.5) end
+  end)
   local summary = job:wait()
+  sampling = false
+  store:flush()
+  sample()
   vlm:control { latency = 2 }
   T.eq(summary.state, "done", cjson.encode(summary.dead))
   local s = P.json(out .. "/summary.json")
+  print(string.format("store rows (most seen): %d events, detect %s, analyse %s items; %d frames, %d requests, %d analyses",
+    most.events, tostring(most.items.detect), tostring(most.items.analyse), s.frames, s.requests, s.analyses))
+  T.ok(s.frames >= 12, "frames: " .. s.frames)
+  T.ok((most.items.detect or 0) >= 1 and most.items.detect <= 2 * KEEP,
+    "detect items in the store: " .. tostring(most.items.detect) .. " (frames " .. s.frames .. ")")
+  T.ok((most.items.analyse or 0) <= 2 * KEEP, "analyse items in the store: " .. tostring(most.items.analyse))
+  T.ok(most.events <= (16 + 10) * KEEP + 10, "events in the store: " .. most.events)
+  -- the rows kept are the latest: the last frame's detect item is there
+  local last = store:query("SELECT max(seq) AS seq FROM items WHERE job = ? AND stage = 'detect'", { job.id })
+  T.eq(last[1].seq, s.frames, "the latest frame's detect item kept")
+  store:close()
   T.ok(s.analyses >= 8, "analyses: " .. s.analyses)
   T.ok(s.events_rotations >= 3, "rotations: " .. tostring(s.events_rotations))
   -- the current file and the 2 newest rotated ones, none older; each about the size limit
@@ -148,6 +185,30 @@ T.case("a long run's outputs stay bounded: events.jsonl rotates by size, old ana
   for n in kept:gmatch("[^\n]+") do names[#names + 1] = n end
   T.eq(#names, 3, "frames kept: " .. kept)
   for _, a in ipairs(an) do T.ok(P.exists(a.frame), "the frame of the analysis at " .. a.t .. " s") end
+end)
+
+T.case("segment->dispatch of the requests that found a worker idle, apart from all requests", function()
+  -- a request every 1 s of stream, one worker: for the first 5 s analyses take 0.3 s (each
+  -- request finds the worker idle), then 2.5 s (later requests wait and are handed over)
+  vlm:control { latency = 0.3 }
+  local out = TMP .. "/free"
+  local job = sl.load(P.src .. "/pipelines/live_monitor.lua"):start { inputs = { origin.url .. "/cam2/live.m3u8" },
+    out = out, config = { providers = { vlm = "openai" }, openai = { base_url = vlm.url .. "/v1", api_key = "sk-test" },
+      fps = 2, periodic = 1, change = 64, concurrency = 1, duration = 10, max_width = 160 } }
+  sl.sleep(5)
+  vlm:control { latency = 2.5 }
+  local summary = job:wait()
+  vlm:control { latency = 2 }
+  T.eq(summary.state, "done", cjson.encode(summary.dead))
+  local s = P.json(out .. "/summary.json")
+  local recs = L.records(out .. "/events.jsonl")
+  local free = L.free_dispatches(recs)
+  local sf, sa = s.segment_to_dispatch_free, s.segment_to_dispatch
+  print(string.format("segment->dispatch: all p50 %.3f p95 %.3f s (%d); worker free p50 %s p95 %s s (%d)",
+    sa.p50, sa.p95, sa.count, tostring(sf.p50), tostring(sf.p95), free))
+  T.ok(free >= 2, "requests that found the worker idle: " .. free)
+  T.eq(sf.count, free, "segment_to_dispatch_free counts them: " .. cjson.encode(sf))
+  T.ok(sa.count > free, "the others (handed over after a wait) count in segment_to_dispatch only: " .. cjson.encode(sa))
 end)
 
 T.teardown("stop the origin and the VLM", function()

@@ -14,6 +14,7 @@ local P = (function()
   return require "pltest"
 end)()
 local fake = require "fakeapi"
+local L = require "livehls"
 T.timeout = 200
 
 local FPS, LATENCY = 2, 5
@@ -134,9 +135,18 @@ T.case("capture keeps its rate while 5 s analyses run; backlog bounded; analyses
   T.ok(type(s.segment_to_capture) == "table" and s.segment_to_capture.count >= 10, cjson.encode(s.segment_to_capture))
   T.ok(type(s.segment_to_dispatch) == "table" and s.segment_to_dispatch.count >= 1, cjson.encode(s.segment_to_dispatch))
   T.ok(s.segment_to_capture.p50 >= 0 and s.segment_to_dispatch.p50 >= 0, "latencies are durations")
-  print(string.format("segment->capture p50 %.3f p95 %.3f s (%d); segment->dispatch p50 %.3f p95 %.3f s (%d); capture %.2f fps",
+  -- the requests that found the worker idle (no wait for it in their latency) on their own:
+  -- those whose analysis started without a hand-over, of segments listed after the join
+  -- (those listed at it have no appearance time): with 5 s analyses and periodic requests
+  -- every second, hardly any (all others waited for the worker)
+  local free_starts = L.free_dispatches(recs)
+  local sf = s.segment_to_dispatch_free
+  T.eq(sf == cjson.null and 0 or sf.count, free_starts,
+    "segment_to_dispatch_free counts the requests that found a worker idle: " .. cjson.encode(sf))
+  T.ok(free_starts < s.segment_to_dispatch.count, "the others (handed over after a wait) are not among them")
+  print(string.format("segment->capture p50 %.3f p95 %.3f s (%d); segment->dispatch p50 %.3f p95 %.3f s (%d), worker free %s; capture %.2f fps",
     s.segment_to_capture.p50, s.segment_to_capture.p95, s.segment_to_capture.count, s.segment_to_dispatch.p50,
-    s.segment_to_dispatch.p95, s.segment_to_dispatch.count, s.capture_fps))
+    s.segment_to_dispatch.p95, s.segment_to_dispatch.count, cjson.encode(sf), s.capture_fps))
   T.ok(s.max_backlog <= 2, "backlog <= concurrency + 1 pending: " .. s.max_backlog)
   T.ok(s.coalesced >= 3, "saturated: older requests were coalesced: " .. s.coalesced)
   T.eq(s.analyses, #analyses)

@@ -153,6 +153,57 @@ T.case("many writes are batched into few transactions", function()
   store:close()
 end)
 
+T.case("store:prune keeps each stage's latest items and the run's latest events of a running job", function()
+  local path = fresh_db("trim")
+  local store = T.ok(S.open(path))
+  -- a first run of the job: 3 events, which the second run's prune removes
+  local job = fake_job("job-p")
+  store:attach(job)
+  for i = 1, 3 do job.bus:emit { stage = "d", event = "done", id = "old" .. i, seq = i } end
+  T.ok(store:detach(job, "done"))
+  job = fake_job("job-p")
+  job.order = { "d", "a" }
+  store:attach(job)
+  local other = fake_job("job-q") -- another job's rows are not touched
+  other.order = { "d" }
+  store:attach(other)
+  job.bus:emit { event = "cost", usd = 0.5 } -- a cost record (the run's first event): kept
+  local t0 = sl.time() + 1 -- (after the first run's items)
+  for i = 1, 20 do
+    -- finished one after another (t_end from the event's time), two stages
+    job.bus:emit { stage = "d", event = "done", id = "f" .. i, seq = i, t = t0 + i }
+    if i % 2 == 0 then job.bus:emit { stage = "a", event = "done", id = "r" .. i, seq = i, t = t0 + i } end
+    other.bus:emit { stage = "d", event = "done", id = "f" .. i, seq = i, t = t0 + i }
+  end
+  job.bus:emit { stage = "d", event = "start", id = "f21", seq = 21 } -- running: kept
+  for i = 1, 5 do job.bus:emit { event = "tick", seq = i } end
+  -- the bus numbers this run's events 1..37: the latest 8 are 30..37 (and the cost record, 1)
+  T.ok(store:prune(job, { items = 4, events = 8 }))
+  T.ok(store:flush())
+  local function ids(jid, stage)
+    local out = {}
+    for _, r in ipairs(store:query("SELECT id FROM items WHERE job = ? AND stage = ? ORDER BY seq", { jid, stage })) do
+      out[#out + 1] = r.id
+    end
+    return out
+  end
+  T.same(ids("job-p", "d"), { "f17", "f18", "f19", "f20", "f21" })
+  T.same(ids("job-p", "a"), { "r14", "r16", "r18", "r20" })
+  T.eq(#ids("job-q", "d"), 20, "another job's items")
+  local evs = {}
+  for _, r in ipairs(store:query("SELECT run, n, event FROM events WHERE job = 'job-p' ORDER BY run, n", {})) do
+    evs[#evs + 1] = r.run .. ":" .. r.n .. ":" .. r.event
+  end
+  T.same(evs, { "2:1:cost", "2:30:done", "2:31:done", "2:32:start", "2:33:tick", "2:34:tick", "2:35:tick",
+    "2:36:tick", "2:37:tick" })
+  T.eq(store:query("SELECT count(*) AS n FROM events WHERE job = 'job-q'", {})[1].n, 20)
+  T.raises(function() store:prune(job, { items = -1 }) end, "items and events must be integers >= 0")
+  T.eq(select(2, store:prune(fake_job("nobody"), { items = 1 })), "job is not attached")
+  store:detach(job, "done")
+  store:detach(other, "done")
+  store:close()
+end)
+
 T.case("sluice jobs rm and prune delete jobs with their items, events and batch members", function()
   local path = fresh_db("rm")
   local store = T.ok(S.open(path))

@@ -782,6 +782,40 @@ function Store:remove(id)
   return query(self.db, "COMMIT", {})
 end
 
+-- store:prune(job, {items = N, events = M}): bounds what a long-running job leaves in the
+-- store while it runs. Of each stage's finished item rows (done or dead), the latest N (by
+-- when they finished) are kept; of the job's event rows, those of the latest M events of
+-- this run (earlier runs' events all go), except its `cost` records. Nil or 0 keeps all of
+-- that kind. The deletions are queued like every other write (one transaction on the pool,
+-- never on the loop); each statement touches the job's rows through their primary key or
+-- the events index, so its cost is that of the rows kept plus those deleted.
+local PRUNE_ITEMS = [[
+DELETE FROM items WHERE job = ?1 AND stage = ?2 AND t_end IS NOT NULL AND t_end <
+  (SELECT t_end FROM items WHERE job = ?1 AND stage = ?2 AND t_end IS NOT NULL
+   ORDER BY t_end DESC LIMIT 1 OFFSET ?3)]]
+local PRUNE_EVENTS = [[
+DELETE FROM events WHERE job = ?1 AND (run < ?2 OR (run = ?2 AND n <= ?3)) AND
+  (event IS NULL OR event <> 'cost')]]
+
+function Store:prune(job, keep)
+  local rec = self.attached[job]
+  if not rec then return nil, "job is not attached" end
+  keep = keep or {}
+  local items, events = math.tointeger(keep.items or 0), math.tointeger(keep.events or 0)
+  if not items or items < 0 or not events or events < 0 then
+    error("bad argument #2 to 'prune' (items and events must be integers >= 0)", 2)
+  end
+  if items > 0 then
+    for _, stage in ipairs(job.order or {}) do
+      local name = type(stage) == "table" and stage.name or stage
+      self:write(PRUNE_ITEMS, rec.id, tostring(name), items - 1)
+    end
+  end
+  local n = job.bus and job.bus.n or 0
+  if events > 0 and n > events then self:write(PRUNE_EVENTS, rec.id, rec.run, n - events) end
+  return true
+end
+
 -- store:job(id) -> {job=row, stages={ {stage=, done=, dead=, ...}, ... }, failures={...}} | nil
 function Store:job(id)
   local rows, err = self:query("SELECT * FROM jobs WHERE id = ?", { tostring(id) })

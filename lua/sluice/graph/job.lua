@@ -286,7 +286,7 @@ function Job:stats()
     out.stages[n] = st
   end
   if self.providers and self.providers.stats then out.providers = self.providers:stats() end
-  if self.status_fn then out.status = self.status_fn() end
+  if self.status_fn then out.status, out.figures = self.status_fn() end
   -- the machine-wide CPU budget (sluice.core.pool.cpu): tokens, and how often CPU-bound jobs
   -- of this job's time had to wait for one (the cap biting)
   local c, c0 = pool.cpu(), self.cpu0
@@ -297,7 +297,8 @@ end
 
 -- job:set_status(fn): fn() -> a list of lines about the job's own state (a live monitor's
 -- per-stream rates), called by job:stats() (as `status`) and so shown by the progress view
--- under the stages; nil removes it.
+-- under the stages, and optionally a table of the same as figures (job:stats().figures: the
+-- dashboard shows a live monitor's `figures.streams`); nil removes it.
 function Job:set_status(fn)
   if fn ~= nil and type(fn) ~= "function" then
     error("job:set_status: expected a function or nil (got " .. type(fn) .. ")", 2)

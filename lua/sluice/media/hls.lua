@@ -242,7 +242,9 @@ function Reader:take(pl)
     for i = first, #segs do self.queue[#self.queue + 1] = segs[i] end
     self.last_duration = segs[#segs] and segs[#segs].duration
     self.last_new_wall = t
-    self.on_event { type = "join", seq = segs[first] and segs[first].seq, segments = #segs,
+    -- (seq: the first segment taken; last_listed: the playlist's last, listed before the join,
+    -- so its appearance time is unknown)
+    self.on_event { type = "join", seq = segs[first] and segs[first].seq, last_listed = segs[#segs] and segs[#segs].seq, segments = #segs,
       target_duration = pl.target_duration, endlist = pl.endlist, playlist = self.playlist_url }
     self.endlist = pl.endlist
     return true
