@@ -138,26 +138,14 @@ end)
 -- An input that never settles (here a server that accepts and never answers) fails within
 -- media.open_timeout (2 s here; 30 s by default), saying so.
 T.case("an input that never answers: opening fails within media.open_timeout, one line", function()
-  local proc = require "sluice.core.proc"
-  local ready, exited = sl.event(), sl.event()
-  local out = ""
-  local p = assert(proc.spawn {
-    file = "/usr/bin/python3",
-    args = { "-c", "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen(8)\n" ..
-      "print(s.getsockname()[1], flush=True)\nheld = []\nwhile True:\n    held.append(s.accept())\n" },
-    on_stdout = function(c)
-      if not c then return end
-      out = out .. c
-      local port = out:match("^(%d+)\n")
-      if port and not ready:is_set() then ready:set(tonumber(port)) end
-    end,
-    on_exit = function() exited:set(true); if not ready:is_set() then ready:set(false) end end,
-  })
+  package.path = SRC .. "/tests/lua/fixtures/?.lua;" .. package.path
+  local srv = require("pltest").python_server({ "-c", "import socket\ns = socket.socket()\n" ..
+    "s.bind(('127.0.0.1', 0))\ns.listen(8)\nprint(s.getsockname()[1], flush=True)\nheld = []\n" ..
+    "while True:\n    held.append(s.accept())\n" }, { name = "the silent server" })
   local mmedia = require "sluice.media"
   T.eq(mmedia.set_open_timeout(2), 2)
   local ok, e = pcall(function()
-    local port = assert(sl.timeout(20, ready.wait, ready), "the silent server did not start")
-    local url = "http://127.0.0.1:" .. port .. "/live.m3u8"
+    local url = "http://127.0.0.1:" .. srv.port .. "/live.m3u8"
     local t0 = sl.now()
     local info, err = probe(url)
     T.ok(not info and err:find(url, 1, true) and err:find("not opened within 2 s", 1, true)
@@ -170,8 +158,7 @@ T.case("an input that never answers: opening fails within media.open_timeout, on
   end)
   mmedia.set_open_timeout(0)
   T.eq(mmedia.set_open_timeout(), 30, "the default is back")
-  pcall(p.kill, p, "SIGTERM")
-  sl.timeout(5, exited.wait, exited)
+  srv.stop()
   if not ok then error(e, 0) end
 end)
 
