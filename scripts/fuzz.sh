@@ -4,6 +4,9 @@
 # per target (execs, exec/s, corpus size, new finds) and ends with "fuzz: N targets, N crashed".
 # A crash leaves its input in build-fuzz/findings/<target>/ and a line naming it; make it a
 # regression input with: cp FILE tests/fuzz/regress/<target>/ (replayed by ctest -R fuzz_regress).
+# Also prints "ok TARGET" / "FAIL TARGET" per target and ends with "fuzz: N passed, N failed"
+# (the form scripts/test.sh counts: CI runs every target for a short fixed budget).
+# FUZZ_SEED=N fixes libFuzzer's seed (CI: 1), so a run explores the same inputs first each time.
 #
 #   sh scripts/fuzz.sh [SECONDS] [TARGET...]      TARGET: sse json jsonl feed reply config media hls httpd
 set -u
@@ -37,6 +40,7 @@ for t in $TARGETS; do
   esac
   log="$B/fuzz_$t.log"
   # shellcheck disable=SC2086
+  [ -n "${FUZZ_SEED:-}" ] && opts="$opts -seed=$FUZZ_SEED"
   "$B/fuzz_$t" "$work" "tests/fuzz/corpus/$t" -max_total_time="$SECONDS_EACH" -print_final_stats=1 \
     -artifact_prefix="$found/" $opts >"$log" 2>&1
   rc=$?
@@ -48,9 +52,12 @@ for t in $TARGETS; do
     crashed=$((crashed + 1))
     echo "fuzz $t: CRASH after ${execs:-?} execs: $(ls -t "$found" | head -n 1) (log: $log)"
     grep -m 3 -E "ERROR|raised|fuzz [a-z]+:|SUMMARY" "$log" | sed 's/^/  /'
+    echo "FAIL fuzz_$t"
   else
     echo "fuzz $t: ${SECONDS_EACH} s, ${execs:-0} execs (${rate:-0}/s), corpus $size (+${units:-0} new), no crash"
+    echo "ok   fuzz_$t"
   fi
 done
 echo "fuzz: $n targets, $crashed crashed"
+echo "fuzz: $((n - crashed)) passed, $crashed failed"
 [ "$crashed" -eq 0 ]

@@ -1,8 +1,8 @@
 #!/bin/sh
 # The whole test suite: installs what is missing, builds a normal and an ASan+UBSan tree,
 # runs CTest in both, runs the runtime's tests under valgrind (scripts/valgrind.sh) and the
-# thread pool's and media jobs' tests under ThreadSanitizer (scripts/tsan.sh), and ends with
-# one "N passed, N failed" line.
+# thread pool's and media jobs' tests under ThreadSanitizer (scripts/tsan.sh), runs every
+# fuzz target for 5 s (scripts/fuzz.sh), and ends with one "N passed, N failed" line.
 set -u
 cd "$(dirname "$0")/.."
 sh scripts/deps.sh || exit 1
@@ -29,8 +29,8 @@ run_tree build "-DCMAKE_BUILD_TYPE=RelWithDebInfo" "" || failed=$((failed + 1))
 run_tree build-asan "-DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON" "-LE noasan" || failed=$((failed + 1))
 # A script that ends with "NAME: N passed, N failed" (valgrind, ThreadSanitizer): its counts
 # join the total, its per-test lines are shown, and its log when something failed.
-run_script() { # name, script
-  out=$(sh "$2" 2>&1 | tee "build-$1.log" | sed -n "s/^$1: \([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p")
+run_script() { # name, script and its arguments (no spaces in them)
+  out=$(sh $2 2>&1 | tee "build-$1.log" | sed -n "s/^$1: \([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p")
   if [ -n "$out" ]; then
     passed=$((passed + ${out% *})); failed=$((failed + ${out#* }))
     grep -E "^(ok|FAIL) +[^ ]+$" "build-$1.log" | sed "s/^/$1: /"
@@ -41,5 +41,9 @@ run_script() { # name, script
 }
 run_script valgrind scripts/valgrind.sh
 run_script tsan scripts/tsan.sh
+# Every fuzz target for a short fixed budget (5 s each, a fixed seed; about a minute with its
+# clang build); longer runs: sh scripts/fuzz.sh SECONDS.
+export FUZZ_SEED=1
+run_script fuzz "scripts/fuzz.sh 5"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
