@@ -28,24 +28,10 @@ BIN = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build", "sluice"))
 SAMPLE = os.path.join(ROOT, "build", "sample", "podcast")
 GOOD = os.path.join(SAMPLE, "episode2.m4a")
 
-LAUGHS = """<?xml version="1.0"?>
-<!DOCTYPE rss [
- <!ENTITY lol "lol">
- <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
- <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
- <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
- <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
- <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
- <!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
- <!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
- <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
- <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
-]>
-<rss version="2.0"><channel><title>&lol9;</title>
-<item><title>Laughs</title><description>&lol9;</description>
-<enclosure url="%s" type="audio/mpeg"/></item>
-</channel></rss>
-"""
+# An RSS feed of nested entities (billion laughs), its enclosure URL a %s (the same file
+# tests/lua/hostile_input_test.lua uses).
+with open(os.path.join(ROOT, "tests", "lua", "fixtures", "billion_laughs.xml")) as f:
+    LAUGHS = f.read()
 
 
 def ffmpeg(*args):
