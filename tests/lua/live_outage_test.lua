@@ -151,7 +151,7 @@ end)
 
 T.teardown("stop the encoder", function()
   if watch then watch.stop() end
-  if ff then pcall(ff.p.kill, ff.p, "SIGTERM") end
+  L.stop(ff)
   P.rm(TMP)
 end)
 

@@ -130,7 +130,7 @@ end)
 
 T.teardown("stop the encoder and the server", function()
   if watch then watch.stop() end
-  if ff then pcall(ff.p.kill, ff.p, "SIGTERM") end
+  L.stop(ff)
   if web then web.stop() end
   P.rm(TMP)
 end)

@@ -33,4 +33,31 @@ T.case("a declared temporary that is gone does not make its stage run again", fu
   P.rm(dir)
 end)
 
+-- The consumer that removes a temporary (the transcript removing the audio chunks) has the
+-- removal held until its own result is committed: a kill -9 between the two would otherwise
+-- leave the chunk gone and the consumer's result not stored, and the resume would cut the
+-- audio again (a stored result thrown away). A consumer that fails keeps the file.
+T.case("a consumed temporary is removed once the consumer's result is stored; kept if it fails", function()
+  local dir = P.tmpdir("temps")
+  local input = dir .. "/a"
+  P.write(input, "a")
+  local out = dir .. "/out"
+  local args = { P.src .. "/tests/lua/fixtures/temps_pipeline.lua", input, "--out", out, "--job", "t", "--quiet" }
+  local r = P.run(args, { env = { TEMPS_REMOVE = "1" } })
+  T.eq(r.status, 0, r.stderr)
+  T.same(calls(out), { "cut a", "use a", "held a", "last a" }, "still there right after os.remove")
+  T.ok(not P.exists(out .. "/a.chunk"), "removed by the end of the run")
+  local out2 = dir .. "/out2"
+  args[4] = out2
+  r = P.run(args, { env = { TEMPS_REMOVE = "1", TEMPS_USE_FAIL = "1" } })
+  T.eq(r.status, 1, r.stderr)
+  T.same(calls(out2), { "cut a", "use a", "held a" })
+  T.ok(P.exists(out2 .. "/a.chunk"), "a consumer that failed leaves its input in place")
+  r = P.run(args, { env = { TEMPS_REMOVE = "1" } })
+  T.eq(r.status, 0, r.stderr)
+  T.same(calls(out2), { "cut a", "use a", "held a", "use a", "held a", "last a" }, "the resume reuses cut")
+  T.ok(not P.exists(out2 .. "/a.chunk"))
+  P.rm(dir)
+end)
+
 return T.run()

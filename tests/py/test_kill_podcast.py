@@ -88,7 +88,7 @@ def main():
             done = [e for e in killsweep.read_events(ev) if e.get("event") == "item_done"]
             ran = [(e["stage"], e["id"]) for e in done if not e.get("cached")]
             redone = [k for k in ran if k in stored]
-            assert not redone, "stored items run again: %s" % redone
+            assert not redone, "%s: stored items run again: %s\n%s" % (label, redone, r.stderr)
             assert len(ran) == len(set(ran)), "an item done twice: %s" % ran
             diffs = killsweep.differences(want, killsweep.snapshot(out))
             assert not diffs, "%s: outputs differ from the uninterrupted run's: %s" % (label, diffs)

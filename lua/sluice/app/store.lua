@@ -7,6 +7,7 @@
 --   job.memo:put(stage, item_id, outputs)
 --   job.memo:put_batch(stage, batch_id, member_ids) / job.memo:batch_plan(stage, item_id)
 --   job.memo:flush()             -- (waits) until what was put is committed
+--   store:on_commit(fn)          -- fn(ok) once everything written so far is committed
 --   store:detach(job[, status])  -- flushes and marks the job's status
 --
 -- The memo is keyed (memo.keyed): an item's stored outputs are used only when the key it was
@@ -158,6 +159,7 @@ function M.open(path)
   return setmetatable({
     db = db, path = path, pending = {}, writing = false, timer = nil,
     flush_waiters = {}, attached = {}, memos = {}, write_error = nil, written = 0, batches = 0,
+    queued_n = 0, finished_n = 0, commit_waiters = {},
   }, Store)
 end
 
@@ -223,8 +225,25 @@ start_flush = function(self)
       self.write_error = err
       io.stderr:write("sluice: " .. tostring(err) .. " (later writes go on)\n")
     end
+    -- statements are written in the order they were queued: the batch ends at finished_n
+    self.finished_n = self.finished_n + #batch
+    local cw = self.commit_waiters
+    while cw[1] and cw[1].at <= self.finished_n do
+      local w = table.remove(cw, 1)
+      local cok, cerr = pcall(w.fn, ok and true or false)
+      if not cok then io.stderr:write("sluice: store: " .. tostring(cerr) .. "\n") end
+    end
     if #self.pending > 0 then start_flush(self) else wake_flush_waiters(self) end
   end)
+end
+
+-- store:on_commit(fn): calls fn(ok) once every statement queued so far has been written: ok
+-- is false when the transaction that held the last of them failed. fn runs on the loop (not
+-- in a task; it must not wait); at once when nothing is queued or being written.
+function Store:on_commit(fn)
+  if self.finished_n >= self.queued_n then return fn(true) end
+  local cw = self.commit_waiters
+  cw[#cw + 1] = { at = self.queued_n, fn = fn }
 end
 
 -- store:write(sql, params...) queues one statement for the next transaction.
@@ -236,6 +255,7 @@ function Store:write(sql, ...)
   end
   local p = self.pending
   p[#p + 1] = st
+  self.queued_n = self.queued_n + 1
   if #p >= M.MAX_BATCH then
     start_flush(self)
   elseif not self.timer and not self.writing then
@@ -540,6 +560,9 @@ end
 -- memo:flush(): waits until every output put so far is committed (remote stages acknowledge
 -- a result on the broker only after this: sluice.graph.remote).
 function Memo:flush() return self.store:flush() end
+
+-- memo:on_commit(fn): fn(ok) once what was put so far is committed (see store:on_commit).
+function Memo:on_commit(fn) return self.store:on_commit(fn) end
 
 local PUT_MEMBER = [[
 INSERT INTO batch_members (job, stage, item, batch, size) VALUES (?, ?, ?, ?, ?)

@@ -215,11 +215,14 @@ local function run_full(S, u, ctx, task)
     if env then env.attempt = attempt + 1 end
   end
   if not ok then return false, v, code, tb, attempt, false end
-  if memo and u.outputs and S.memoize ~= false then
+  local put = memo and u.outputs and S.memoize ~= false
+  if put then
     local f = u.files
     memo:put(S.name, u.path, u.outputs, u.mk or nil, f and f.n > 0 and f.list or nil, f and f.temps or nil)
     if u.kind == "batch" and memo.put_batch then memo:put_batch(S.name, u.path, u.ids) end
   end
+  -- the temporaries it consumed go once its result is committed (a failed unit keeps them)
+  if S.keyed then memokey.removals(u, put and memo or nil) end
   return true, nil, nil, nil, attempt, false
 end
 

@@ -20,6 +20,7 @@
 --                        file (its URL otherwise); key{ source, data, ... } for function sources
 -- An item's key is computed once, where it is made, and travels in its envelope (`_mk`).
 -- Calls: sluice.runtime.digest, sluice.runtime.files, sluice.graph.util.
+local files = require "sluice.runtime.files"
 local digest = require "sluice.runtime.digest"
 local util = require "sluice.graph.util"
 
@@ -148,7 +149,7 @@ end
 -- Sets up keying for job (after the store attached it): each stage's key (S.skey), its
 -- reasons (S.key_diff), its config view; sources are marked keyed.
 function M.setup(job)
-  require "sluice.runtime.files" -- (Lua's file functions tell the unit's watcher what it writes)
+  -- (loading sluice.runtime.files makes Lua's file functions tell the unit's watcher)
   local memo = job.memo
   for _, n in ipairs(job.order) do
     local N = job.nodes[n]
@@ -342,6 +343,38 @@ end
 function Watch:removed(p)
   local memo = self.memo
   if not drop(self, p) and memo.removed then memo:removed(p) end
+end
+
+-- A file of another unit (a temporary this one consumed) is removed only once this unit's
+-- result is committed (M.removals): a run killed between the removal and the commit would
+-- otherwise find the file gone and this unit's result not stored, and make the file again
+-- (the producer's stored work lost). The store learns at once that it is a temporary.
+function Watch:defer_remove(p)
+  if self.set and self.set[p] then return false end
+  local memo = self.memo
+  if memo.removed then memo:removed(p) end
+  local d = self.deferred
+  if not d then
+    d = {}
+    self.deferred = d
+  end
+  d[#d + 1] = p
+  return true
+end
+
+-- The removals unit u held (Watch:defer_remove): done once what its memo has put so far is
+-- committed (now when the memo is nil: nothing was put). Leaves them in place when the commit
+-- failed (the unit runs again on resume and needs them).
+function M.removals(u, memo)
+  local w = u.files
+  local d = w and w.deferred
+  if not d then return end
+  w.deferred = nil
+  local function remove(ok)
+    if not ok then return end
+    for _, p in ipairs(d) do files.remove(p) end
+  end
+  if memo then memo:on_commit(remove) else remove(true) end
 end
 
 -- A new watcher for unit u of S (u.files: what memokey.output and the memo's put read).

@@ -14,6 +14,8 @@
 -- Work that wants to know (the graph, for a unit it runs) puts a watcher in its task's
 -- context (sluice.runtime.sched.context(): tasks it spawns share it):
 --   task.context = { files = watcher } -- watcher:wrote(path), :renamed(from, to), :removed(path)
+--                         -- and optionally :defer_remove(path) -> true when it removes the
+--                         -- file itself later (os.remove then returns true at once)
 -- Once this module is loaded, io.open for writing ("w": a file made anew; appending to a
 -- log is not making an output), os.rename and os.remove call
 -- the running task's watcher, if any, after they succeeded: so a stage's outputs written by
@@ -26,6 +28,9 @@ local M = {}
 
 local context = sched.context
 local raw_open, raw_rename, raw_remove = io.open, os.rename, os.remove
+
+-- remove(path): os.remove without asking any watcher (a removal a watcher held, done now).
+M.remove = raw_remove
 local find = string.find
 
 local function watcher()
@@ -71,6 +76,10 @@ do -- (once per Lua state: require loads a module once)
     return ok, err, code
   end
   os.remove = function(path)
+    local w0 = watcher()
+    -- a file another unit made, removed by this one (a temporary it consumed): the watcher
+    -- may hold the removal until this unit's result is stored (true: held, done later)
+    if w0 and w0.defer_remove and w0:defer_remove(path) then return true end
     local ok, err, code = raw_remove(path)
     if ok then
       local w = watcher()
