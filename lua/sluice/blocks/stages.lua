@@ -173,16 +173,14 @@ function M.expand_inputs(list, opts)
       if not file_exists(path) then
         err = "no such file"
       elseif looks_like_feed(path, read_head(path)) then
-        local f = io.open(path, "rb")
-        local size = f:seek("end")
+        local size = file_size(path) or 0
         if size > max_bytes then
           err = too_big(size)
         else
-          f:seek("set")
-          text = f:read(size) or "" -- (its size at once: read("a") grows a buffer to twice that)
-          is_feed = true
+          local rerr
+          text, rerr = files.read(path) -- (on the pool: a 50 MB feed would hold the loop)
+          if text then is_feed = true else err = rerr end
         end
-        f:close()
       end
       input = path
     end

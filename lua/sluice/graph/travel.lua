@@ -4,7 +4,6 @@
 -- and a mailbox (many tasks put, one takes in batches) for sends, acks and commits.
 local sl = require "sluice"
 local sched = require "sluice.runtime.sched"
-local httpd = require "sluice.core.httpd"
 local fs = require "sluice.core.fs"
 
 local M = {}
@@ -89,12 +88,8 @@ function M.file_size(path)
   return n
 end
 
--- read_file(path) -> bytes | nil, msg (on the pool)
-function M.read_file(path)
-  local root, rel = path:match("^(.*)/([^/]+)$")
-  if not root then root, rel = ".", path elseif root == "" then root = "/" end
-  return sched.await("read " .. path, function(done) return httpd.read_file(root, rel, done) end)
-end
+-- read_file(path) -> bytes | nil, msg (on the pool: sluice.runtime.files.read)
+M.read_file = require("sluice.runtime.files").read
 
 -- write_file(path, bytes) -> true | nil, msg (on the pool; parent folders are made)
 function M.write_file(path, bytes)

@@ -10,6 +10,8 @@
 --                         -- unless what consumes it must run
 --   files.write(path, bytes) -- the one way an output file is written: a temporary name, then a
 --                         -- rename (true, or nil, message)
+--   files.read(path)      -- (waits, inside a task) the whole file read on the pool: bytes, or
+--                         -- nil, message, code
 --
 -- Work that wants to know (the graph, for a unit it runs) puts a watcher in its task's
 -- context (sluice.runtime.sched.context(): tasks it spawns share it):
@@ -87,6 +89,15 @@ do -- (once per Lua state: require loads a module once)
     end
     return ok, err, code
   end
+end
+
+-- read(path) -> bytes, or nil, message, code. Reads the whole file on a pool thread (a large
+-- file read on the loop would hold it); the calling task waits.
+function M.read(path)
+  local root, rel = path:match("^(.*)/([^/]+)$")
+  if not root then root, rel = ".", path elseif root == "" then root = "/" end
+  local httpd = require "sluice.core.httpd"
+  return sched.await("read " .. path, function(done) return httpd.read_file(root, rel, done) end)
 end
 
 -- write(path, bytes) -> true, or nil, message. Writes bytes to path through a temporary file
