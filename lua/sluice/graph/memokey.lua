@@ -302,7 +302,16 @@ end
 local Watch = {}
 Watch.__index = Watch
 
+-- The temporaries declared in each job (by its memo) and not yet removed by a consumer.
+local declared = setmetatable({}, { __mode = "k" })
+
 function Watch:wrote(p, temporary)
+  local d = self.deferred
+  if d then -- written again: a removal held for that path no longer applies
+    for i = #d, 1, -1 do
+      if d[i] == p then table.remove(d, i) end
+    end
+  end
   local set = self.set
   if not set then
     set = {}
@@ -311,6 +320,15 @@ function Watch:wrote(p, temporary)
   if temporary then -- declared by its writer (written with the unit's files: memo:put)
     self.temps = self.temps or {}
     self.temps[p] = true
+    local memo = self.memo
+    if memo then -- (until a consumer removes it: Watch:defer_remove)
+      local t = declared[memo]
+      if not t then
+        t = {}
+        declared[memo] = t
+      end
+      t[p] = true
+    end
   end
   if not set[p] then
     set[p] = true
@@ -349,9 +367,16 @@ end
 -- result is committed (M.removals): a run killed between the removal and the commit would
 -- otherwise find the file gone and this unit's result not stored, and make the file again
 -- (the producer's stored work lost). The store learns at once that it is a temporary.
+-- Only files another unit declared temporary (files.wrote(path, true): handed to a later
+-- stage, possibly before the writer's result is put) or that the memo knows as another unit's
+-- output are held: any other file (a log the unit's events rotate, a file of the pipeline's
+-- own) goes at once, as a held removal would remove whatever is written at that path meanwhile.
 function Watch:defer_remove(p)
   if self.set and self.set[p] then return false end
   local memo = self.memo
+  local owners, temps = memo.file_owner, declared[memo]
+  if not ((owners and owners[p]) or (temps and temps[p])) then return false end
+  if temps then temps[p] = nil end
   if memo.removed then memo:removed(p) end
   local d = self.deferred
   if not d then
