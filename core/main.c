@@ -1,8 +1,9 @@
 /* main.c: the sluice executable.
  *
- * Sets up the loop and the Lua state (standard libraries, the C modules found by the build,
- * lua-cjson, and the path to lua/), then hands the command line to lua/sluice/app/cli.lua,
- * runs the loop until the command is done, and closes everything before exiting.
+ * Sets up the loop and the Lua state (sl_open_libs: standard libraries, the C modules found
+ * by the build, lua-cjson, and the path to lua/), then hands the command line to
+ * lua/sluice/app/cli.lua, runs the loop until the command is done, and closes everything before
+ * exiting.
  */
 #include <lualib.h>
 #include <malloc.h>
@@ -12,13 +13,6 @@
 #include <sys/stat.h>
 
 #include "sluice.h"
-#include "sluice_modules.h" /* generated: SLUICE_MODULES(X) */
-
-int luaopen_cjson(lua_State *L);
-
-#define DECLARE(name) int luaopen_sluice_##name(lua_State *L);
-SLUICE_MODULES(DECLARE)
-#undef DECLARE
 
 static int file_exists(const char *path) {
   struct stat st;
@@ -49,32 +43,10 @@ static void find_dirs(char *lua_dir, char *share, size_t size) {
 }
 
 static int setup(lua_State *L) {
-  luaL_openlibs(L);
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "preload");
-#define PRELOAD(name)                          \
-  lua_pushcfunction(L, luaopen_sluice_##name); \
-  lua_setfield(L, -2, "sluice.core." #name);
-  SLUICE_MODULES(PRELOAD)
-#undef PRELOAD
-  lua_pushcfunction(L, luaopen_cjson);
-  lua_setfield(L, -2, "cjson");
-  lua_pop(L, 1);
-
-  char lua_dir[4096], share[4096];
+  char lua_dir[4096], share[4096], path[8300];
   find_dirs(lua_dir, share, sizeof lua_dir);
-  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", lua_dir, lua_dir);
-  lua_getfield(L, -2, "path");
-  lua_concat(L, 2);
-  lua_setfield(L, -2, "path");
-  lua_pop(L, 1);
-
-  luaL_requiref(L, "sluice.core.core", luaopen_sluice_core, 0);
-  lua_pushstring(L, lua_dir);
-  lua_setfield(L, -2, "lua_dir");
-  lua_pushstring(L, share);
-  lua_setfield(L, -2, "share_dir");
-  lua_pop(L, 1);
+  snprintf(path, sizeof path, "%s/?.lua;%s/?/init.lua;", lua_dir, lua_dir);
+  sl_open_libs(L, path, lua_dir, share);
   return 0;
 }
 

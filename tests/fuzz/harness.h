@@ -1,6 +1,6 @@
 /* harness.h: what every libFuzzer target of tests/fuzz shares: the engine's loop and Lua state
- * set up as core/main.c does (standard libraries, the C modules, lua-cjson, lua/ on the path,
- * plus tests/fuzz/ for targets.lua), and Lua line coverage fed to libFuzzer.
+ * set up as core/main.c does (sl_open_libs: standard libraries, the C modules, lua-cjson, lua/
+ * on the path, plus tests/fuzz/ for targets.lua), and Lua line coverage fed to libFuzzer.
  *
  * Lua coverage: libFuzzer sees the C code's edges through its instrumentation, but not which
  * lines of a Lua parser an input reached (the interpreter is Debian's, not instrumented). A
@@ -23,12 +23,6 @@
 #include <string.h>
 
 #include "sluice.h"
-#include "sluice_modules.h"
-
-int luaopen_cjson(lua_State *L);
-#define FUZZ_DECLARE(name) int luaopen_sluice_##name(lua_State *L);
-SLUICE_MODULES(FUZZ_DECLARE)
-#undef FUZZ_DECLARE
 
 #define FUZZ_COUNTERS (1u << 16)
 __attribute__((section("__libfuzzer_extra_counters"), used)) static uint8_t fuzz_lua_counters[FUZZ_COUNTERS];
@@ -55,27 +49,10 @@ static inline lua_State *fuzz_setup(void) {
     fprintf(stderr, "fuzz: cannot set up the engine\n");
     abort();
   }
-  luaL_openlibs(L);
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "preload");
-#define FUZZ_PRELOAD(name)                     \
-  lua_pushcfunction(L, luaopen_sluice_##name); \
-  lua_setfield(L, -2, "sluice.core." #name);
-  SLUICE_MODULES(FUZZ_PRELOAD)
-#undef FUZZ_PRELOAD
-  lua_pushcfunction(L, luaopen_cjson);
-  lua_setfield(L, -2, "cjson");
-  lua_pop(L, 1);
-  lua_pushstring(L, SLUICE_SOURCE_DIR "/lua/?.lua;" SLUICE_SOURCE_DIR "/lua/?/init.lua;" SLUICE_SOURCE_DIR
-                    "/tests/fuzz/?.lua;");
-  lua_setfield(L, -2, "path");
-  lua_pop(L, 1);
-  luaL_requiref(L, "sluice.core.core", luaopen_sluice_core, 0);
-  lua_pushstring(L, SLUICE_SOURCE_DIR "/lua");
-  lua_setfield(L, -2, "lua_dir");
-  lua_pushstring(L, SLUICE_SOURCE_DIR);
-  lua_setfield(L, -2, "share_dir");
-  lua_pop(L, 1);
+  sl_open_libs(L,
+               SLUICE_SOURCE_DIR "/lua/?.lua;" SLUICE_SOURCE_DIR "/lua/?/init.lua;" SLUICE_SOURCE_DIR
+                                 "/tests/fuzz/?.lua;",
+               SLUICE_SOURCE_DIR "/lua", SLUICE_SOURCE_DIR);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "targets");
   if (sl_call(L, 1, 1) != LUA_OK) abort();
