@@ -51,9 +51,11 @@ function T.sse(data)
   check(run(chunks(data)) == whole, "chunked feeding gave other events than the whole stream")
 end
 
--- Equal values; numbers to the 14 significant digits lua-cjson writes.
+-- Equal values; numbers to the 14 significant digits lua-cjson writes, and a number JSON
+-- cannot hold (read as infinity from 1e999) written as null.
 local function same(a, b, depth)
   depth = depth or 0
+  if type(a) == "number" and (a ~= a or a == math.huge or a == -math.huge) then return b == cjson.null end
   if type(a) ~= type(b) then return false end
   if type(a) == "number" then
     return a == b or math.abs(a - b) <= 1e-13 * math.max(math.abs(a), math.abs(b))
@@ -76,7 +78,8 @@ function T.json(data)
   local ok, v = pcall(cjson.decode, data)
   if ok then
     local eok, text = pcall(json.encode, v)
-    -- (found by this target: lua-cjson read NaN and Infinity, then refused to write them)
+    -- (found by this target: lua-cjson read NaN and Infinity, then refused to write them; and
+    -- 1e308345678901234567890, infinity, which it now writes as null)
     check(eok, "encode of a decoded value raised: %s", tostring(text))
     do
       local ok2, v2 = pcall(cjson.decode, text)

@@ -49,6 +49,20 @@ T.case("json: NaN and Infinity are not JSON: refused on reading, so a judge's Na
   T.eq(cjson.decode('[1e308, -0.5]')[2], -0.5, "finite numbers still read")
 end)
 
+-- found by fuzz_json (tests/fuzz/regress/json/overflowing_number.json): a number too large for
+-- a double is valid JSON and reads as infinity, which the encoder refused: an event or output
+-- holding it could not be written. It is written as null (JSON.stringify's rule), as are NaN.
+T.case("json: a number too large for a double reads as infinity and is written as null", function()
+  local json = require "sluice.runtime.json"
+  local v = cjson.decode('{"x": 1e999, "y": [-1e999, 2]}')
+  T.eq(v.x, math.huge)
+  local back = cjson.decode(json.encode(v))
+  T.eq(back.x, cjson.null)
+  T.eq(back.y[1], cjson.null)
+  T.eq(back.y[2], 2)
+  T.eq(json.encode({ 0 / 0 }), "[null]")
+end)
+
 local function probe(path)
   return sl.await("media.probe", function(done) return media.probe(path, done) end)
 end

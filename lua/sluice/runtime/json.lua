@@ -10,6 +10,7 @@
 --   local json = require "sluice.runtime.json"
 --   json.encode({ frames = {}, counts = json.object() })  --> {"frames":[],"counts":{}}
 --   json.decode(s), json.null                               -- lua-cjson's (strict: no NaN)
+--   (NaN and infinities are written as null)
 local cjson = require "cjson"
 
 local M = {}
@@ -20,6 +21,12 @@ local M = {}
 -- and the event carrying it could not be written. The setting belongs to the one cjson module
 -- every require "cjson" shares, so this applies to every decoder of the process.
 cjson.decode_invalid_numbers(false)
+
+-- A number JSON cannot hold is written as null, as JavaScript's JSON.stringify does: a
+-- number too large for a double reads as infinity (strict JSON allows `1e999`; fuzz_json
+-- found it), and an event or output file holding one used to fail to be written at all.
+-- (Also a setting of the one cjson module: every encoder of the process writes null.)
+cjson.encode_invalid_numbers("null")
 
 M.null = cjson.null
 M.decode = cjson.decode
@@ -60,7 +67,8 @@ local function with_lists(v, depth)
   return out
 end
 
--- encode(v) -> JSON text (raises like cjson.encode on values JSON cannot hold).
+-- encode(v) -> JSON text (raises like cjson.encode on values JSON cannot hold: functions,
+-- userdata, cycles, mixed or sparse tables; NaN and infinities become null).
 function M.encode(v)
   if type(v) ~= "table" or not has_empty(v, 0) then return cjson.encode(v) end
   local s = cjson.encode(with_lists(v, 0))
