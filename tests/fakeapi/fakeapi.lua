@@ -17,18 +17,15 @@ Server.__index = Server
 
 local function source_dir() return os.getenv("SLUICE_SOURCE_DIR") or "." end
 
--- start{latency=, rpm=} -> server. Raises when the server does not come up in 20 s.
-function M.start(opts)
+-- python_server(args[, {name=, on_stderr=}]) -> srv: runs /usr/bin/python3 ARGS, a server that
+-- prints its port on the first line of its stdout (tests/fakeapi/server.py, the static and
+-- live-origin servers of tests/lua/fixtures); srv.port, srv.proc, srv.exited (an event set
+-- with its exit status), srv.stop() (SIGTERM, then waits up to 5 s). Inside a task; raises
+-- when it does not start within 20 s, with what it wrote on stderr when on_stderr is not given.
+function M.python_server(args, opts)
   opts = opts or {}
-  local args = { source_dir() .. "/tests/fakeapi/server.py", "--port", "0" }
-  if opts.latency then args[#args + 1] = "--latency"; args[#args + 1] = tostring(opts.latency) end
-  if opts.rpm then args[#args + 1] = "--rpm"; args[#args + 1] = tostring(opts.rpm) end
-  if opts.tls then
-    for _, a in ipairs { "--tls-cert", opts.tls.cert, "--tls-key", opts.tls.key } do args[#args + 1] = a end
-  end
-  local ready = sl.event()
-  local out, errs = "", {}
-  local srv = setmetatable({ exited = sl.event() }, Server)
+  local ready, out, errs = sl.event(), "", {}
+  local srv = { exited = sl.event() }
   local p, msg = proc.spawn {
     file = "/usr/bin/python3", args = args,
     on_stdout = function(c)
@@ -38,26 +35,45 @@ function M.start(opts)
       if port and not ready:is_set() then ready:set(tonumber(port)) end
     end,
     on_stderr = function(c)
-      if c then
-        errs[#errs + 1] = c
-        if os.getenv("FAKEAPI_DEBUG") then io.stderr:write(c) end
-      end
+      if not c then return end
+      if opts.on_stderr then opts.on_stderr(c) else errs[#errs + 1] = c end
     end,
     on_exit = function(status)
       srv.exited:set(status or true)
       if not ready:is_set() then ready:set(false) end
     end,
   }
-  if not p then error("fakeapi: cannot start server.py: " .. tostring(msg)) end
+  local name = opts.name or tostring(args[1])
+  if not p then error(name .. ": cannot start: " .. tostring(msg)) end
   srv.proc = p
   local port = sl.timeout(20, ready.wait, ready)
   if not port then
     pcall(p.kill, p, "SIGKILL")
-    error("fakeapi: server.py did not start: " .. table.concat(errs))
+    error(name .. " did not start: " .. table.concat(errs))
   end
   srv.port = port
+  function srv.stop()
+    pcall(p.kill, p, "SIGTERM")
+    sl.timeout(5, srv.exited.wait, srv.exited)
+  end
+  return srv
+end
+
+-- start{latency=, rpm=} -> server. Raises when the server does not come up in 20 s.
+function M.start(opts)
+  opts = opts or {}
+  local args = { source_dir() .. "/tests/fakeapi/server.py", "--port", "0" }
+  if opts.latency then args[#args + 1] = "--latency"; args[#args + 1] = tostring(opts.latency) end
+  if opts.rpm then args[#args + 1] = "--rpm"; args[#args + 1] = tostring(opts.rpm) end
+  if opts.tls then
+    for _, a in ipairs { "--tls-cert", opts.tls.cert, "--tls-key", opts.tls.key } do args[#args + 1] = a end
+  end
+  local debug = os.getenv("FAKEAPI_DEBUG")
+  local py = M.python_server(args, { name = "fakeapi: server.py",
+    on_stderr = debug and function(c) io.stderr:write(c) end or nil })
+  local srv = setmetatable({ exited = py.exited, proc = py.proc, port = py.port }, Server)
   srv.cainfo = opts.tls and opts.tls.cert
-  srv.url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. port
+  srv.url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. py.port
   return srv
 end
 
