@@ -1203,7 +1203,7 @@ static int l_image_hash(lua_State *L) {
     free(h);
     return luaL_error(L, "out of memory");
   }
-  return sl_job_submit(L, 2, &hash_class, h);
+  return sl_job_submit_cpu(L, 2, &hash_class, h); /* decodes and hashes: CPU-bound */
 }
 
 int luaopen_sluice_media(lua_State *L) {

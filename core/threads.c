@@ -111,6 +111,9 @@ static void push_done_locked(sl_work *w) {
 
 static void *thread_main(void *arg) {
   (void)arg;
+  /* Named for top -H and bench/cpu_sample.py; threads a job starts (FFmpeg's decoders) take
+   * this name too. */
+  pthread_setname_np(pthread_self(), "sluice-pool");
   pthread_mutex_lock(&pool.mu);
   for (;;) {
     sl_work *w = NULL;
