@@ -173,7 +173,7 @@ return sl.pipeline "lecture" {
         s.speech = s.speech or {}
         local k = s.speech[env.key]
         if not k then
-          k = { merger = fusion.chunk_merger { absolute = true }, pending = {}, next = 1 }
+          k = { merger = fusion.chunk_merger { absolute = true, forget_taken = true }, pending = {}, next = 1 }
           s.speech[env.key] = k
         end
         local c = env.data

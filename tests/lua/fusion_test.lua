@@ -204,13 +204,14 @@ end
 -- Speech as an STT engine hears it in overlapping chunks: 240 words at 0.25 s each (60 s),
 -- chunks of 5, 10, then 20 s overlapping 2 s; a word cut by a chunk edge is misheard there
 -- (the other chunk hears it right), so the merge has something to fix at every boundary.
-local function chunked_speech()
+local function chunked_speech(total)
+  total = total or 60
   local chunks, t0, len, k = {}, 0, 5, 0
   while true do
     k = k + 1
-    local t1 = math.min(t0 + len, 60)
+    local t1 = math.min(t0 + len, total)
     local words = {}
-    for i = 0, 239 do
+    for i = 0, total * 4 - 1 do
       local ws, we = i * 0.25, i * 0.25 + 0.2
       if we > t0 and ws < t1 then
         local edge = ws < t0 or we > t1
@@ -225,7 +226,7 @@ local function chunked_speech()
       return { start = ws[1].start, ["end"] = ws[#ws]["end"], text = table.concat(parts, " "), words = ws }
     end
     chunks[k] = { seq = k, t0 = t0, t1 = t1, segments = { seg(1, h), seg(h + 1, #words) } }
-    if t1 >= 60 then break end
+    if t1 >= total then break end
     t0, len = t1 - 2, math.min(len * 2, 20)
   end
   return chunks
@@ -272,6 +273,41 @@ T.case("incremental speech: chunks merged as they come give merge_chunks' transc
       T.ok(provisional[1] and provisional[2], tostring(policy) .. ": provisional entries came first")
     end
   end
+end)
+
+-- Issue 16: what a long lecture's merger and fuser hold must not grow with its length.
+T.case("bounded: a forget_taken merger hands out the same segments and keeps the last chunk's tokens only", function()
+  local chunks = chunked_speech(600)
+  T.ok(#chunks >= 30, "many chunks: " .. #chunks)
+  local keep = fusion.chunk_merger { absolute = true }
+  local forget = fusion.chunk_merger { absolute = true, forget_taken = true }
+  local most = 0
+  for _, ch in ipairs(chunks) do
+    keep:add(ch)
+    forget:add(ch)
+    T.same({ forget:take_final() }, { keep:take_final() }, "chunk " .. ch.seq .. ": take_final")
+    T.same({ forget:tail() }, { keep:tail() }, "chunk " .. ch.seq .. ": tail")
+    if #forget.tokens > most then most = #forget.tokens end
+    T.ok(#forget.boundaries <= 1, "boundaries taken go")
+  end
+  -- a 20 s chunk is 80 words: the merger holds about one chunk, the other every word
+  T.ok(most <= 100, "tokens held at most: " .. most)
+  T.ok(#keep.tokens >= 2000, "without forget_taken: every token, " .. #keep.tokens)
+  T.raises(function() forget:result() end, "forget_taken")
+end)
+
+T.case("bounded: a slide's provisional signature goes once its entry is final", function()
+  local f = fusion.new { policy = fusion.by_slide }
+  for seq = 1, 200 do
+    local t = (seq - 1) * 10
+    f:add_speech({ { start = t + 1, ["end"] = t + 2, text = "words of slide " .. seq } }, seq, t + 5)
+    f:add_vision { { seq = seq, t = t, text = "Slide " .. seq } }
+    f:provisional()
+  end
+  local held = 0
+  for _ in pairs(f.prov) do held = held + 1 end
+  T.eq(#f:entries(), 199, "every slide but the last is final")
+  T.ok(held <= 1, "signatures held: " .. held)
 end)
 
 T.case("provisional: a slide with speech so far, again only when it changed", function()

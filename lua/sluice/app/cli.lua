@@ -67,6 +67,7 @@ local ENVIRONMENT = {
   { "SLUICE_HISTORY", "the REPL's history file (default ~/.sluice_history)" },
   { "SLUICE_<KEY>", "a pipeline setting its defaults declare (providers.stt -> SLUICE_PROVIDERS_STT)" },
   { "SLUICE_PROGRESS", "tty, plain or off: the progress view" },
+  { "SLUICE_HEAP_REPORT", "a file: what the Lua heap holds at the end of `sluice run`'s job" },
   { "SLUICE_LUA_DIR", "where the Lua library is (default: the install's, else the source tree's)" },
 }
 

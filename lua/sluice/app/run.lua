@@ -546,6 +546,9 @@ function M.run(p, args, script_path)
   end)
 
   local summary = job:wait()
+  -- SLUICE_HEAP_REPORT=path: what the Lua heap still holds at the job's end (sluice.app.heap).
+  local heap_report = os.getenv("SLUICE_HEAP_REPORT")
+  if heap_report and heap_report ~= "" then require("sluice.app.heap").write(heap_report, 40) end
   remote:finish(job)
   off_int()
   if view then view:stop() end

@@ -489,6 +489,9 @@ function Fuser:_ready()
         local hi = next_t and (kind == "by_slide" and next_t or (self.times[seq] + next_t) / 2)
         if prev_ok and next_ok and self:_speech_done(hi) then
           self.emitted[seq] = true
+          -- An emitted entry is never provisional again: its signature goes (a long
+          -- lecture's fuser would otherwise keep every slide's speech twice).
+          if self.prov then self.prov[seq] = nil end
           new[#new + 1] = self:_slide_entry(seq, first, prev_t, next_t)
         end
       end
@@ -547,6 +550,9 @@ end
 --       -- speech of a later chunk has its midpoint before `upto` (seconds)
 --   local tail, first = m:tail()  -- the last chunk's segments as they stand (may change)
 --   m:result()                    -- what merge_chunks returns for the chunks added so far
+-- opts.forget_taken = true: take_final lets go of the tokens (and boundaries) it returned, so
+-- that the merger holds the chunks not yet final only, whatever the input's length; result()
+-- is then an error (the caller owns what take_final returned).
 -- A later chunk only ever changes tokens of the chunk before it (the overlap both heard), so
 -- every token of the chunks before the last is final.
 local Merger = {}
@@ -718,6 +724,9 @@ local function rebuild(tokens, a, b)
 end
 
 function Merger:result()
+  if self.opts.forget_taken then
+    error("fusion: result() of a chunk_merger made with forget_taken (take_final gave the segments)", 2)
+  end
   local segments, words, all = rebuild(self.tokens, 1, #self.tokens)
   return { segments = segments, text = table.concat(all, " "), words = words,
     boundaries = self.boundaries }
@@ -740,6 +749,14 @@ function Merger:take_final()
     local t = self.tokens[i]
     local s = t.start or t.seg.start
     if s < upto then upto = s end
+  end
+  if self.opts.forget_taken and e > 0 then
+    -- The taken tokens are final (a later chunk changes the last chunk's only): they go.
+    local tokens, n = self.tokens, #self.tokens
+    table.move(tokens, e + 1, n, 1)
+    for i = n, n - e + 1, -1 do tokens[i] = nil end
+    self.taken = 0
+    self.boundaries = {}
   end
   return segs, first, upto
 end
