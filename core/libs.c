@@ -1,29 +1,25 @@
-/* libs.c: what a sluice Lua state holds before any script runs: the standard libraries, every
- * C module of the build as sluice.core.<name> (in package.preload: loaded on first require),
- * lua-cjson, and lua/ on package.path. The executable (main.c) and the fuzz targets
- * (tests/fuzz/harness.h) both set their states up with it, so they load the same modules.
+/* libs.c: what a sluice Lua state holds before any script runs: the standard libraries, the
+ * given C modules as sluice.core.<name> (in package.preload: loaded on first require),
+ * lua-cjson, and lua/ on package.path. The executable (main.c, with every module of the build:
+ * modules.c), the fuzz targets (tests/fuzz/harness.h) and the C unit tests (tests/c/harness.h,
+ * which may name the runtime's modules only) all set their states up with it.
  */
 #include <lualib.h>
 
 #include "sluice.h"
-#include "sluice_modules.h" /* generated: SLUICE_MODULES(X) */
 
 int luaopen_cjson(lua_State *L);
+int luaopen_sluice_core(lua_State *L);
 
-#define DECLARE(name) int luaopen_sluice_##name(lua_State *L);
-SLUICE_MODULES(DECLARE)
-#undef DECLARE
-
-void sl_open_libs(lua_State *L, const char *path_prefix, const char *lua_dir,
-                  const char *share_dir) {
+void sl_open_libs(lua_State *L, const luaL_Reg *modules, const char *path_prefix,
+                  const char *lua_dir, const char *share_dir) {
   luaL_openlibs(L);
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "preload");
-#define PRELOAD(name)                          \
-  lua_pushcfunction(L, luaopen_sluice_##name); \
-  lua_setfield(L, -2, "sluice.core." #name);
-  SLUICE_MODULES(PRELOAD)
-#undef PRELOAD
+  for (const luaL_Reg *m = modules; m->name; m++) {
+    lua_pushcfunction(L, m->func);
+    lua_setfield(L, -2, m->name);
+  }
   lua_pushcfunction(L, luaopen_cjson);
   lua_setfield(L, -2, "cjson");
   lua_pop(L, 1);

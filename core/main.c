@@ -46,7 +46,7 @@ static int setup(lua_State *L) {
   char lua_dir[4096], share[4096], path[8300];
   find_dirs(lua_dir, share, sizeof lua_dir);
   snprintf(path, sizeof path, "%s/?.lua;%s/?/init.lua;", lua_dir, lua_dir);
-  sl_open_libs(L, path, lua_dir, share);
+  sl_open_libs(L, sl_all_modules, path, lua_dir, share);
   return 0;
 }
 

@@ -44,11 +44,16 @@ lua_State *sl_state_new(void);
  * closed by sl_engine_close. */
 void sl_state_close(lua_State *L);
 
-/* Opens in L the standard libraries, every C module of the build (package.preload
- * "sluice.core.<name>"), lua-cjson and sluice.core.core (with its fields lua_dir and
- * share_dir), and puts path_prefix (";"-terminated templates) before package.path (libs.c).
- * Raises on out of memory, as luaL_openlibs does. */
-void sl_open_libs(lua_State *L, const char *path_prefix, const char *lua_dir, const char *share_dir);
+/* Opens in L the standard libraries, the C modules in modules (package.preload; a list ended
+ * by {NULL, NULL}: sl_all_modules is every module of the build), lua-cjson and
+ * sluice.core.core (with its fields lua_dir and share_dir), and puts path_prefix
+ * (";"-terminated templates) before package.path (libs.c). Raises on out of memory, as
+ * luaL_openlibs does. */
+void sl_open_libs(lua_State *L, const luaL_Reg *modules, const char *path_prefix, const char *lua_dir,
+                  const char *share_dir);
+
+/* Every C module of the build, as "sluice.core.<name>" (modules.c). */
+extern const luaL_Reg sl_all_modules[];
 
 /* Creates the engine state for L on loop and stores it in L's registry.
  * Returns 0 on success or a negative libuv error code. */

@@ -1,7 +1,7 @@
 /* harness.h: a tiny test harness for the C unit tests.
  *
- * h_open() sets an engine up the way main.c does (loop, Lua state, sl_engine_init, the
- * standard libraries, the runtime's C modules preloaded, lua/ on package.path,
+ * h_open() sets an engine up the way main.c does (loop, Lua state, sl_engine_init,
+ * sl_open_libs: the standard libraries, the C modules preloaded, lua/ on package.path,
  * sluice.core.core required); h_lua() runs a chunk through sl_call; h_close() closes the engine and checks
  * that the loop closed cleanly (every handle closed). CHECK counts failures; h_done()
  * prints the summary and gives the exit status.
@@ -20,16 +20,18 @@
  * gets only the runtime's modules: linked with --as-needed it then does not load FFmpeg
  * (whose libhwy start-up code valgrind cannot run), so it can run under valgrind. */
 #ifdef H_RUNTIME_ONLY
-#define H_MODULES(X) X(core) X(pool) X(proc) X(repl)
+int luaopen_sluice_core(lua_State *L);
+int luaopen_sluice_pool(lua_State *L);
+int luaopen_sluice_proc(lua_State *L);
+int luaopen_sluice_repl(lua_State *L);
+static const luaL_Reg h_modules[] = {{"sluice.core.core", luaopen_sluice_core},
+                                     {"sluice.core.pool", luaopen_sluice_pool},
+                                     {"sluice.core.proc", luaopen_sluice_proc},
+                                     {"sluice.core.repl", luaopen_sluice_repl},
+                                     {NULL, NULL}};
 #else
-#include "sluice_modules.h"
-#define H_MODULES(X) SLUICE_MODULES(X)
+#define h_modules sl_all_modules
 #endif
-
-int luaopen_cjson(lua_State *L);
-#define H_DECLARE(name) int luaopen_sluice_##name(lua_State *L);
-H_MODULES(H_DECLARE)
-#undef H_DECLARE
 
 static int h_failures = 0;
 static int h_checks = 0;
@@ -65,22 +67,8 @@ static inline lua_State *h_open(uv_loop_t *loop) {
     fprintf(stderr, "engine init failed\n");
     exit(2);
   }
-  luaL_openlibs(L);
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "preload");
-#define H_PRELOAD(name)                        \
-  lua_pushcfunction(L, luaopen_sluice_##name); \
-  lua_setfield(L, -2, "sluice.core." #name);
-  H_MODULES(H_PRELOAD)
-#undef H_PRELOAD
-  lua_pushcfunction(L, luaopen_cjson);
-  lua_setfield(L, -2, "cjson");
-  lua_pop(L, 1);
-  lua_pushstring(L, SLUICE_SOURCE_DIR "/lua/?.lua;" SLUICE_SOURCE_DIR "/lua/?/init.lua");
-  lua_setfield(L, -2, "path");
-  lua_pop(L, 1);
-  luaL_requiref(L, "sluice.core.core", luaopen_sluice_core, 0);
-  lua_pop(L, 1);
+  sl_open_libs(L, h_modules, SLUICE_SOURCE_DIR "/lua/?.lua;" SLUICE_SOURCE_DIR "/lua/?/init.lua;",
+               SLUICE_SOURCE_DIR "/lua", SLUICE_SOURCE_DIR);
   return L;
 }
 

@@ -49,7 +49,7 @@ static inline lua_State *fuzz_setup(void) {
     fprintf(stderr, "fuzz: cannot set up the engine\n");
     abort();
   }
-  sl_open_libs(L,
+  sl_open_libs(L, sl_all_modules,
                SLUICE_SOURCE_DIR "/lua/?.lua;" SLUICE_SOURCE_DIR "/lua/?/init.lua;" SLUICE_SOURCE_DIR
                                  "/tests/fuzz/?.lua;",
                SLUICE_SOURCE_DIR "/lua", SLUICE_SOURCE_DIR);
