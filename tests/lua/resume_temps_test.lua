@@ -14,12 +14,17 @@ local function calls(out)
   return t
 end
 
-T.case("a declared temporary that is gone does not make its stage run again", function()
+-- A temporary directory with the input "a"; the run's arguments writing to dir/out.
+local function prepare()
   local dir = P.tmpdir("temps")
   local input = dir .. "/a"
   P.write(input, "a")
   local out = dir .. "/out"
-  local args = { P.src .. "/tests/lua/fixtures/temps_pipeline.lua", input, "--out", out, "--job", "t", "--quiet" }
+  return dir, out, { P.src .. "/tests/lua/fixtures/temps_pipeline.lua", input, "--out", out, "--job", "t", "--quiet" }
+end
+
+T.case("a declared temporary that is gone does not make its stage run again", function()
+  local dir, out, args = prepare()
   local r = P.run(args, { env = { TEMPS_FAIL = "1" } })
   T.eq(r.status, 1, r.stderr)
   T.same(calls(out), { "cut a", "use a", "last a" })
@@ -38,11 +43,7 @@ end)
 -- leave the chunk gone and the consumer's result not stored, and the resume would cut the
 -- audio again (a stored result thrown away). A consumer that fails keeps the file.
 T.case("a consumed temporary is removed once the consumer's result is stored; kept if it fails", function()
-  local dir = P.tmpdir("temps")
-  local input = dir .. "/a"
-  P.write(input, "a")
-  local out = dir .. "/out"
-  local args = { P.src .. "/tests/lua/fixtures/temps_pipeline.lua", input, "--out", out, "--job", "t", "--quiet" }
+  local dir, out, args = prepare()
   local r = P.run(args, { env = { TEMPS_REMOVE = "1" } })
   T.eq(r.status, 0, r.stderr)
   T.same(calls(out), { "cut a", "use a", "held a", "last a" }, "still there right after os.remove")
