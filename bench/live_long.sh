@@ -9,7 +9,8 @@
 # has it by default; NO_STORE=1: --no-store); KEEP_ANALYSES=N sets keep_analyses (default
 # 1000: it also bounds the store's rows, pruned every N frames).
 #
-# Samples the process every 10 s: RSS (VmRSS), open fds and the store's size (sluice.db and
+# Samples the process every 10 s: RSS (VmRSS, and RssAnon: without the binary's and libraries'
+# pages, which the kernel may drop under memory pressure), open fds and the store's size (sluice.db and
 # its WAL); the monitor itself logs its components every 10 s (`memory_log`: the Lua heap after
 # a full collection, SQLite's bytes, malloc's arenas, the windows' lengths), whose fitted
 # growths are printed beside RSS's. Prints RSS after the warm-up
@@ -67,16 +68,17 @@ START=$(date +%s)
 while kill -0 "$RUN" 2>/dev/null; do
   T=$(( $(date +%s) - START ))
   RSS=$(awk '/^VmRSS:/ {print $2}' "/proc/$RUN/status" 2>/dev/null || true)
+  ANON=$(awk '/^RssAnon:/ {print $2}' "/proc/$RUN/status" 2>/dev/null || true)
   FDS=$(ls "/proc/$RUN/fd" 2>/dev/null | wc -l)
   DB=$(cat "$TMP/out"/sluice.db* 2>/dev/null | wc -c)
-  [ -n "$RSS" ] && echo "$T $RSS $FDS $DB" >> "$TMP/samples"
+  [ -n "$RSS" ] && echo "$T $RSS $FDS $DB ${ANON:-0}" >> "$TMP/samples"
   sleep 10
 done
 wait "$RUN" || echo "run exited with status $? ($(tail -1 "$TMP/run.err"))"
 /usr/bin/python3 - "$TMP" "$WARM" "$SPEED" <<'PY'
 import glob, json, os, sys
 tmp, warm, speed = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-rows = [tuple(map(float, l.split())) + (0.0,) for l in open(os.path.join(tmp, "samples")) if l.strip()]
+rows = [tuple(map(float, l.split())) for l in open(os.path.join(tmp, "samples")) if l.strip()]
 after = [r for r in rows if r[0] >= warm] or rows
 (t0, rss0, fd0), (t1, rss1, fd1) = after[0][:3], after[-1][:3]
 hours = max(1e-9, (t1 - t0) / 3600)
@@ -92,6 +94,14 @@ print("RSS after warm-up: min %.1f MB, max %.1f MB; end - start %.1f MB"
       % (min(r[1] for r in after) / 1024, max(r[1] for r in after) / 1024, (rss1 - rss0) / 1024))
 print("RSS growth after warm-up (fitted): %.2f MB per hour of wall time = %.3f MB per hour of stream"
       % (slope * 3600 / 1024, slope * 3600 / 1024 / speed))
+# RssAnon: the process's own memory (heap, stacks), without the pages of its binary and
+# libraries (RssFile), which the kernel drops and reads again as the machine's memory goes
+n = len(after)
+amx, amy = sum(r[0] for r in after) / n, sum(r[4] for r in after) / n
+aslope = sum((r[0] - amx) * (r[4] - amy) for r in after) / sxx if sxx > 0 else 0.0
+print("RssAnon after warm-up %.1f MB, at the end %.1f MB (min %.1f, max %.1f); fitted: %.3f MB per hour of stream"
+      % (after[0][4] / 1024, after[-1][4] / 1024, min(r[4] for r in after) / 1024, max(r[4] for r in after) / 1024,
+         aslope * 3600 / 1024 / speed))
 print("open fds: %d after warm-up, %d largest, %d at the end" % (fd0, max(r[2] for r in rows), fd1))
 def fit(pts):
     # the slope (per s) of a least-squares line through (t, v) points
