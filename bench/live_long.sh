@@ -9,8 +9,11 @@
 # has it by default; NO_STORE=1: --no-store); KEEP_ANALYSES=N sets keep_analyses (default
 # 1000: it also bounds the store's rows, pruned every N frames).
 #
-# Samples the process every 10 s: RSS (VmRSS), open fds and the store's size (sluice.db and
-# its WAL). Prints RSS after the warm-up
+# Samples the process every 10 s: RSS (VmRSS, and RssAnon: without the binary's and libraries'
+# pages, which the kernel may drop under memory pressure), open fds and the store's size (sluice.db and
+# its WAL); the monitor itself logs its components every 10 s (`memory_log`: the Lua heap after
+# a full collection, SQLite's bytes, malloc's arenas, the windows' lengths), whose fitted
+# growths are printed beside RSS's. Prints RSS after the warm-up
 # (the first WARM s) and at the end, its growth (a line fitted through the samples after the
 # warm-up) per hour of wall time and per hour of stream,
 # the fd counts (after the warm-up, largest, at the end), what the output directory holds at
@@ -58,23 +61,24 @@ echo "1 stream (640 px, 1 s segments) at ${SPEED}x, 1 fps, dHash, analyses on ch
 "$BIN" run pipelines/live_monitor.lua "$URL" --out "$TMP/out" --quiet ${NO_STORE:+--no-store} \
   --set providers.vlm=openai --set openai.base_url="$FAKE" --set openai.api_key=sk-bench --set fps=1 \
   --set periodic="$PERIODIC" --set concurrency=2 --set duration="$WALL" \
-  ${KEEP_ANALYSES:+--set keep_analyses="$KEEP_ANALYSES"} 2>"$TMP/run.err" &
+  ${KEEP_ANALYSES:+--set keep_analyses="$KEEP_ANALYSES"} --set memory_log="$TMP/memory.jsonl" 2>"$TMP/run.err" &
 RUN=$!
 : > "$TMP/samples"
 START=$(date +%s)
 while kill -0 "$RUN" 2>/dev/null; do
   T=$(( $(date +%s) - START ))
   RSS=$(awk '/^VmRSS:/ {print $2}' "/proc/$RUN/status" 2>/dev/null || true)
+  ANON=$(awk '/^RssAnon:/ {print $2}' "/proc/$RUN/status" 2>/dev/null || true)
   FDS=$(ls "/proc/$RUN/fd" 2>/dev/null | wc -l)
   DB=$(cat "$TMP/out"/sluice.db* 2>/dev/null | wc -c)
-  [ -n "$RSS" ] && echo "$T $RSS $FDS $DB" >> "$TMP/samples"
+  [ -n "$RSS" ] && echo "$T $RSS $FDS $DB ${ANON:-0}" >> "$TMP/samples"
   sleep 10
 done
 wait "$RUN" || echo "run exited with status $? ($(tail -1 "$TMP/run.err"))"
 /usr/bin/python3 - "$TMP" "$WARM" "$SPEED" <<'PY'
 import glob, json, os, sys
 tmp, warm, speed = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-rows = [tuple(map(float, l.split())) + (0.0,) for l in open(os.path.join(tmp, "samples")) if l.strip()]
+rows = [tuple(map(float, l.split())) for l in open(os.path.join(tmp, "samples")) if l.strip()]
 after = [r for r in rows if r[0] >= warm] or rows
 (t0, rss0, fd0), (t1, rss1, fd1) = after[0][:3], after[-1][:3]
 hours = max(1e-9, (t1 - t0) / 3600)
@@ -90,7 +94,37 @@ print("RSS after warm-up: min %.1f MB, max %.1f MB; end - start %.1f MB"
       % (min(r[1] for r in after) / 1024, max(r[1] for r in after) / 1024, (rss1 - rss0) / 1024))
 print("RSS growth after warm-up (fitted): %.2f MB per hour of wall time = %.3f MB per hour of stream"
       % (slope * 3600 / 1024, slope * 3600 / 1024 / speed))
+# RssAnon: the process's own memory (heap, stacks), without the pages of its binary and
+# libraries (RssFile), which the kernel drops and reads again as the machine's memory goes
+n = len(after)
+amx, amy = sum(r[0] for r in after) / n, sum(r[4] for r in after) / n
+aslope = sum((r[0] - amx) * (r[4] - amy) for r in after) / sxx if sxx > 0 else 0.0
+print("RssAnon after warm-up %.1f MB, at the end %.1f MB (min %.1f, max %.1f); fitted: %.3f MB per hour of stream"
+      % (after[0][4] / 1024, after[-1][4] / 1024, min(r[4] for r in after) / 1024, max(r[4] for r in after) / 1024,
+         aslope * 3600 / 1024 / speed))
 print("open fds: %d after warm-up, %d largest, %d at the end" % (fd0, max(r[2] for r in rows), fd1))
+def fit(pts):
+    # the slope (per s) of a least-squares line through (t, v) points
+    n = len(pts)
+    if n < 2: return 0.0
+    mx, my = sum(p[0] for p in pts) / n, sum(p[1] for p in pts) / n
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx > 0 else 0.0
+mem = [json.loads(l) for l in open(os.path.join(tmp, "memory.jsonl"))] if os.path.exists(os.path.join(tmp, "memory.jsonl")) else []
+mafter = [m for m in mem if m["wall"] >= warm] or mem
+if mafter:
+    comps = [("RSS", None), ("Lua heap (after a full collection)", lambda m: m["lua_kb"] * 1024),
+             ("SQLite", lambda m: m["sqlite"]),
+             ("malloc in use", lambda m: (m.get("malloc") or {}).get("in_use", 0)),
+             ("malloc free in its arenas", lambda m: (m.get("malloc") or {}).get("free", 0)),
+             ("malloc from the system (arenas + mmap)", lambda m: (m.get("malloc") or {}).get("arena", 0) + (m.get("malloc") or {}).get("mmap", 0))]
+    print("components (%d samples after the warm-up): after warm-up -> at the end, fitted MB per hour of stream" % len(mafter))
+    for name, get in comps[1:]:
+        pts = [(m["wall"], get(m) / 1048576) for m in mafter]
+        print("  %s: %.2f -> %.2f MB, %.3f MB/h" % (name, pts[0][1], pts[-1][1], fit(pts) * 3600 / speed))
+    s0, s1 = mafter[0]["streams"][0], mafter[-1]["streams"][0]
+    print("  windows (entries): " + ", ".join("%s %s -> %s" % (k, s0.get(k), s1.get(k)) for k in sorted(s1)))
+    print("  full collection: p50 %.1f ms, max %.1f ms" % (sorted(m["collect_ms"] for m in mem)[len(mem) // 2], max(m["collect_ms"] for m in mem)))
 db = [(r[0], r[3] / 1e6) for r in rows]
 half = [v for t, v in db if t >= rows[-1][0] / 2]
 print("store size (sluice.db and WAL): %.1f MB after warm-up, %.1f MB largest over the first half, %.1f MB largest "

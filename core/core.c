@@ -7,6 +7,9 @@
  * lives in Lua.
  */
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -502,6 +505,31 @@ static int l_cpu_time(lua_State *L) {
   return 2;
 }
 
+/* malloc_stats() -> {arena, mmap, in_use, free, top} in bytes (glibc's mallinfo2 over all its
+ * arenas: memory taken from the system by brk/arena heaps, by mmap for large blocks, what is
+ * allocated, what is free inside the arenas, and the releasable top of the main arena), or
+ * nil where the C library has no mallinfo2. A diagnostic (bench/live_long.sh); it walks the
+ * arenas' free lists, so it costs about a millisecond on a fragmented heap. */
+static int l_malloc_stats(lua_State *L) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  struct mallinfo2 mi = mallinfo2();
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)mi.arena);
+  lua_setfield(L, -2, "arena");
+  lua_pushinteger(L, (lua_Integer)mi.hblkhd);
+  lua_setfield(L, -2, "mmap");
+  lua_pushinteger(L, (lua_Integer)mi.uordblks);
+  lua_setfield(L, -2, "in_use");
+  lua_pushinteger(L, (lua_Integer)mi.fordblks);
+  lua_setfield(L, -2, "free");
+  lua_pushinteger(L, (lua_Integer)mi.keepcost);
+  lua_setfield(L, -2, "top");
+#else
+  lua_pushnil(L);
+#endif
+  return 1;
+}
+
 static int l_exit_now(lua_State *L) {
   int code = (int)luaL_optinteger(L, 1, 0);
   fflush(stdout);
@@ -585,6 +613,7 @@ int luaopen_sluice_core(lua_State *L) {
                                    {"environ", l_environ},
                                    {"cwd", l_cwd},
                                    {"cpu_time", l_cpu_time},
+                                   {"malloc_stats", l_malloc_stats},
                                    {"exit_now", l_exit_now},
                                    {"resume", l_resume},
                                    {NULL, NULL}};

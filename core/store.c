@@ -12,6 +12,7 @@
  *   db:query(sql, {p1, ...}, cb)                 -- rows on a worker; cb({ {col=v}, ... })
  *   db:query_sync(sql, {p1, ...}) -> rows        -- on the calling thread (CLI commands only)
  *   db:close()
+ *   store.memory() -> used, highwater   -- SQLite's own bytes (a diagnostic)
  * Parameters are integers, floats, strings, booleans or store.NULL.
  */
 #include <pthread.h>
@@ -621,6 +622,14 @@ static int db_exec_sync(lua_State *L) {
   return 1;
 }
 
+/* store.memory() -> bytes SQLite holds now (page caches, prepared statements, schemas of
+ * every connection of the process), the most it held. A diagnostic (bench/live_long.sh). */
+static int l_memory(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)sqlite3_memory_used());
+  lua_pushinteger(L, (lua_Integer)sqlite3_memory_highwater(0));
+  return 2;
+}
+
 int luaopen_sluice_store(lua_State *L) {
   static const luaL_Reg methods[] = {{"batch", db_batch},
                                      {"query", db_query},
@@ -637,7 +646,7 @@ int luaopen_sluice_store(lua_State *L) {
   lua_pushcfunction(L, db_gc);
   lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
-  static const luaL_Reg funcs[] = {{"open", l_open}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"open", l_open}, {"memory", l_memory}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_pushlightuserdata(L, &null_sentinel);
   lua_setfield(L, -2, "NULL");

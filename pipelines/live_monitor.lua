@@ -50,7 +50,8 @@
 -- reconnect.give_up (0: never), stall (0: 3 target durations; max(10 s, 3 periods)), prompt,
 -- keep_frames (false: frames nobody analyses are deleted), keep_analyses (1000: older analysed
 -- frames deleted, the job store's rows pruned to about as many), events_max_mb (64: events.jsonl rotated at that size), events_keep (4),
--- decode ("auto": reduced decode with the dHash detector; "fast" | "full").
+-- decode ("auto": reduced decode with the dHash detector; "fast" | "full"), memory_log (a path:
+-- memory figures every 10 s, for bench/live_long.sh).
 local sl = require "sluice"
 local cjson = require "cjson"
 local json = require "sluice.runtime.json"
@@ -60,17 +61,54 @@ local stages = require "sluice.blocks.stages"
 -- measurements.
 local jobs = stages.job_states()
 
+-- The numbers that come with the run (capture times, analysis start and end times, segment
+-- latencies) go into rings: the latest WINDOW values in slots allocated when the ring is made
+-- (numbers only), so a stream's windows take the same memory in the first minute as after
+-- days. ring_push returns the value's number k (1, 2, ...); it sits in slot (k - 1) % size + 1
+-- until size more are pushed (r.n: how many were pushed). Each stream's state owns its rings
+-- (stream_state makes them).
+local WINDOW = 4096
+local function ring(size)
+  local r = { n = 0, size = size }
+  for i = 1, size do r[i] = 0 end
+  return r
+end
+
+local function ring_push(r, v)
+  local k = r.n + 1
+  r.n = k
+  r[(k - 1) % r.size + 1] = v
+  return k
+end
+
+-- The value number k of r, or nil once it was overwritten (or not pushed yet).
+local function ring_get(r, k)
+  if k < 1 or k > r.n or r.n - k >= r.size then return nil end
+  return r[(k - 1) % r.size + 1]
+end
+
+-- The values of r still held, oldest first (a new list).
+local function ring_values(r)
+  local out = {}
+  for k = math.max(1, r.n - r.size + 1), r.n do out[#out + 1] = r[(k - 1) % r.size + 1] end
+  return out
+end
+
 -- Appends rec to the stream's events.jsonl; with ctx also puts it on the job's event bus as
 -- a custom event `live_<type>` (the dashboard, --events and REPL listeners see it). With
 -- several streams each record names its stream (`stream`).
 -- events.jsonl becomes events.jsonl.1 (and .1 becomes .2, ...; the oldest beyond `keep`
 -- deleted) once it holds `max` bytes: a monitor running for days keeps a bounded log.
+-- The removals are done at once (files.remove): os.remove within a unit that the graph
+-- watches is held until the unit's result is committed (sluice.runtime.files), and would then
+-- take the file renamed to that name in the meantime.
 local function rotate(st)
   st.log:close()
   local base = st.dir .. "/events.jsonl"
-  os.remove(base .. "." .. st.rotate_keep)
+  local remove = require("sluice.runtime.files").remove
+  remove(base .. "." .. st.rotate_keep)
   for i = st.rotate_keep - 1, 1, -1 do os.rename(base .. "." .. i, base .. "." .. (i + 1)) end
-  if st.rotate_keep > 0 then os.rename(base, base .. ".1") else os.remove(base) end
+  if st.rotate_keep > 0 then os.rename(base, base .. ".1") else remove(base) end
   st.log = assert(io.open(base, "wb"))
   st.log:setvbuf("line")
   st.log_bytes = 0
@@ -89,6 +127,7 @@ local function log_record(st, rec, ctx)
     ctx:event("live_" .. rec.type, rec)
     rec.stream_t = nil
   end
+  return line
 end
 
 -- One stream's state: its outputs in the run's --out directory (one input) or in
@@ -111,8 +150,10 @@ local function stream_state(ctx, J, i, url, name)
     t0 = J.t0, dir = dir, frames_dir = stages.out_dir(ctx, J.multi and name or nil, "frames"), log = f,
     pending = nil, running = 0, active = 0, max_backlog = 0, requests = 0, queued = 0,
     frames = 0, dropped_frames = 0, coalesced = 0, analyses = 0, failures = 0,
-    captures = {}, intervals = {}, last_request_t = nil, prev_hash = nil, present = {},
-    analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0, dispatch_lat = {}, dispatch_free_lat = {},
+    captures = ring(WINDOW), intervals = ring(WINDOW), interval_ends = ring(WINDOW),
+    last_request_t = nil, prev_hash = nil, present = {},
+    analysed = {}, gaps = 0, missed_segments = 0, gap_seconds = 0,
+    dispatch_lat = ring(WINDOW), dispatch_free_lat = ring(WINDOW),
     last_dispatch = -math.huge,
   }
 end
@@ -183,8 +224,10 @@ local function gap_stats(gaps)
   return { count = #s, p50 = quantile(s, 0.5), p99 = quantile(s, 0.99), max = s[#s] or cjson.null }
 end
 
--- Seconds from a segment appearing in the playlist to its first frame captured (HLS reader).
+-- Seconds from a segment appearing in the playlist to its first frame captured (HLS reader:
+-- a list), or to its request's dispatch (a ring).
 local function latency_stats(l)
+  if l and l.size then l = ring_values(l) end
   if not l or #l == 0 then return cjson.null end
   local s = {}
   for i, v in ipairs(l) do s[i] = v end
@@ -217,14 +260,11 @@ local function live_event(ctx, st, e)
   log_record(st, rec, ctx)
 end
 
--- Lists that grow with the run (capture times, analysis intervals, analyses) keep their
--- latest WINDOW entries: a run of days holds a bounded amount. trim drops the oldest once a
--- list holds twice that (on_drop(entry) for each dropped), so its cost is O(1) per entry.
-local WINDOW = 4096
-local function trim(list, keep, on_drop, exact)
-  keep = keep or WINDOW
+-- The analyses kept in memory (for analyses.json) are the latest `keep` entries of a list:
+-- trim drops the oldest beyond keep (on_drop(entry) for each dropped). keep <= 0: all kept.
+local function trim(list, keep, on_drop)
   local n = #list
-  if keep <= 0 or n < (exact and keep + 1 or 2 * keep) then return end
+  if keep <= 0 or n <= keep then return end
   local cut = n - keep
   if on_drop then for i = 1, cut do on_drop(list[i]) end end
   table.move(list, cut + 1, n, 1)
@@ -232,18 +272,19 @@ local function trim(list, keep, on_drop, exact)
 end
 
 -- The frame intervals (capture wall time to the next capture), all of them and those that
--- overlap an analysis in flight (over the latest WINDOW to 2 WINDOW captures).
+-- overlap an analysis in flight (over the latest WINDOW captures).
 local function summarize(st, ctx)
   local gaps, busy = {}, {}
-  local caps, iv = st.captures, st.intervals
-  -- One sweep (both lists are in time order; intervals by start): an interval [a, b] overlaps
+  local caps = ring_values(st.captures)
+  local iv, ends = st.intervals, st.interval_ends
+  -- One sweep (both rings are in time order; intervals by start): an interval [a, b] overlaps
   -- an analysis iff the latest end among the analyses started before b lies after a.
-  local j, max_end = 1, -math.huge
+  local j, max_end = math.max(1, iv.n - iv.size + 1), -math.huge
   for i = 2, #caps do
     local a, b = caps[i - 1], caps[i]
     gaps[#gaps + 1] = b - a
-    while iv[j] and iv[j][1] < b do
-      local e = iv[j][2] or math.huge
+    while j <= iv.n and ring_get(iv, j) < b do
+      local e = ring_get(ends, j)
       if e > max_end then max_end = e end
       j = j + 1
     end
@@ -350,12 +391,8 @@ end
 local function dispatched(st, req)
   if not req.appeared then return end
   local lat = sl.now() - req.appeared
-  st.ndispatch = (st.ndispatch or 0) + 1
-  st.dispatch_lat[(st.ndispatch - 1) % 4096 + 1] = lat
-  if req.free then
-    st.ndispatch_free = (st.ndispatch_free or 0) + 1
-    st.dispatch_free_lat[(st.ndispatch_free - 1) % 4096 + 1] = lat
-  end
+  ring_push(st.dispatch_lat, lat)
+  if req.free then ring_push(st.dispatch_free_lat, lat) end
 end
 
 -- The stream whose pending request goes next: the one with the fewest analyses handed over
@@ -400,9 +437,8 @@ end
 local function analyse_one(ctx, st, req)
   st.running = st.running + 1
   local started = sl.now() - st.t0
-  local iv = { started }
-  st.intervals[#st.intervals + 1] = iv
-  trim(st.intervals)
+  local iv = ring_push(st.intervals, started)
+  ring_push(st.interval_ends, math.huge) -- (in flight: its end comes below)
   log_record(st, { type = "analysis_start", t = req.t, seq = req.seq, reason = req.reason,
     running = st.running, handed_over = req.handed_over }, ctx)
   local ok, out, err = pcall(function()
@@ -412,7 +448,7 @@ local function analyse_one(ctx, st, req)
   st.running = st.running - 1
   st.active = st.active - 1
   local finished = sl.now() - st.t0
-  iv[2] = finished
+  if ring_get(st.interval_ends, iv) then st.interval_ends[(iv - 1) % WINDOW + 1] = finished end
   st.last_analysis = sl.now()
   local d = out and out[1] or {}
   local rec = { type = "analysis", t = req.t, seq = req.seq, reason = req.reason,
@@ -421,10 +457,12 @@ local function analyse_one(ctx, st, req)
   if out and not d.error then
     st.analyses = st.analyses + 1
     rec.text = d.text or d.description or ""
-    log_record(st, rec, ctx)
-    st.analysed[#st.analysed + 1] = rec
-    -- the latest keep_analyses analyses (and their frames) are kept; older frames deleted
-    trim(st.analysed, st.keep_analyses, not ctx.config.keep_frames and function(old) os.remove(old.frame) end or nil)
+    local line = log_record(st, rec, ctx)
+    -- the latest keep_analyses analyses (and their frames) are kept; older frames deleted. Each
+    -- is kept as its JSON text (the record as logged), its time and frame: a third of the
+    -- memory of the record's table.
+    st.analysed[#st.analysed + 1] = { req.t, line, req.path }
+    trim(st.analysed, st.keep_analyses, not ctx.config.keep_frames and function(old) os.remove(old[3]) end or nil)
     write_json_atomic(st.dir .. "/latest.json", rec)
   else
     st.failures = st.failures + 1
@@ -504,8 +542,8 @@ local function stream_figures(st, r)
     local rd = st.reader
     lat = { at = now,
       segment_to_capture = recent_stats(rd and rd.latencies or st.latencies, rd and rd.nlat or st.nlat, 4096),
-      segment_to_dispatch = recent_stats(st.dispatch_lat, st.ndispatch, 4096),
-      segment_to_dispatch_free = recent_stats(st.dispatch_free_lat, st.ndispatch_free, 4096) }
+      segment_to_dispatch = recent_stats(st.dispatch_lat, st.dispatch_lat.n, WINDOW),
+      segment_to_dispatch_free = recent_stats(st.dispatch_free_lat, st.dispatch_free_lat.n, WINDOW) }
     st.live_lat = lat
   end
   return { name = st.name, capture_fps = r.capture_fps, skipped_fps = r.skipped_fps,
@@ -560,6 +598,31 @@ local function detect_worker(ctx, st, frame)
   end
   local hit = best and best.score >= ctx.config.min_score
   return { hit = hit or false, class = best and best.name, score = best and best.score or 0 }
+end
+
+-- With `memory_log` = PATH, a JSON line appended to PATH every MEMORY_LOG_EVERY s of wall
+-- time (from the capture loop): the Lua heap before and after a full collection (and how
+-- long that took), SQLite's bytes, malloc's view (mallinfo2) and the length of each of the
+-- stream's windows. A diagnostic for bench/live_long.sh: the full collection stops the loop
+-- for a few milliseconds, so it is off by default.
+local MEMORY_LOG_EVERY = 10
+local function memory_sample(J, path)
+  local now = sl.now()
+  if J.memory_logged and now - J.memory_logged < MEMORY_LOG_EVERY then return end
+  J.memory_logged = now
+  local before = collectgarbage("count")
+  collectgarbage("collect")
+  local rec = { wall = sl.now() - J.t0, lua_kb = collectgarbage("count"), lua_kb_before = before,
+    collect_ms = (sl.now() - now) * 1000, sqlite = (require("sluice.core.store").memory()),
+    malloc = require("sluice.core.core").malloc_stats(), streams = {} }
+  for i, st in ipairs(J.streams) do
+    local rd = st.reader
+    rec.streams[i] = { captures = st.captures.n, intervals = st.intervals.n, analysed = #st.analysed,
+      dispatch_lat = st.dispatch_lat.n, capture_lat = rd and rd.latencies and #rd.latencies or nil,
+      snaps = st.snaps and #st.snaps or nil }
+  end
+  local f = io.open(path, "ab")
+  if f then f:write(json.encode(rec), "\n"); f:close() end
 end
 
 -- One stream's capture (the source runs one per input): frames from its reader handed to the
@@ -664,8 +727,7 @@ function capture_one(ctx, J, st, fps)
       end
       local wall = sl.now() - st.t0
       st.frames = st.frames + 1
-      st.captures[#st.captures + 1] = wall
-      trim(st.captures)
+      ring_push(st.captures, wall)
       st.first_capture = st.first_capture or wall
       st.last_capture = wall
       if st.queued >= math.max(1, math.min(DETECT_BEHIND, 64 // #J.streams)) then
@@ -680,6 +742,7 @@ function capture_one(ctx, J, st, fps)
           { seq = f.seq, t0 = f.t, t1 = f.t, key = st.key })
       end
       unsent = nil
+      if conf.memory_log then memory_sample(J, conf.memory_log) end
     end
   end)
   -- stopped while holding a frame (Ctrl-C during the real-time wait or a full queue)
@@ -750,9 +813,10 @@ local function report_stream(ctx, st)
   end
   local s = summarize(st, ctx)
   write_json_atomic(st.dir .. "/summary.json", s)
-  table.sort(st.analysed, function(a, b) return a.t < b.t end)
-  trim(st.analysed, st.keep_analyses, not ctx.config.keep_frames and function(old) os.remove(old.frame) end or nil, true)
-  write_json_atomic(st.dir .. "/analyses.json", st.analysed) -- [] when empty
+  table.sort(st.analysed, function(a, b) return a[1] < b[1] end)
+  local lines = {}
+  for i, a in ipairs(st.analysed) do lines[i] = a[2] end
+  assert(stages.write_file(st.dir .. "/analyses.json", "[" .. table.concat(lines, ",") .. "]")) -- [] when empty
   log_record(st, { type = "summary", frames = s.frames, analyses = s.analyses,
     coalesced = s.coalesced, max_backlog = s.max_backlog }, ctx)
   st.log:flush()
@@ -769,7 +833,8 @@ return sl.pipeline "live_monitor" {
     events_max_mb = 64, events_keep = 4, keep_analyses = 1000,
     keep_frames = false, prompt = "Describe what happens in this frame of a live camera in one sentence.",
   },
-  settings = { every = "seconds between frames (instead of fps)" },
+  settings = { every = "seconds between frames (instead of fps)",
+    memory_log = "a path: memory figures appended every 10 s (a diagnostic)" },
   inputs = "files",
   sources = {
     capture = function(ctx)

@@ -136,9 +136,21 @@ T.case("a long run's outputs stay bounded: events.jsonl rotates by size, old ana
     most.events = math.max(most.events, r.events)
     for k, n in pairs(r.items) do most.items[k] = math.max(most.items[k] or 0, n) end
   end
+  -- the frames on disk while the run goes on: the latest KEEP analyses' frames, the one in
+  -- analysis (concurrency 1), the pending request's and one on its way to the detector, never
+  -- more (the analyses kept in memory are exactly the latest KEEP, not up to twice as many)
+  local most_frames = 0
   local sampling = true
   sl.spawn(function()
     while sampling do sample(); sl.sleep(0.5) end
+  end)
+  sl.spawn(function()
+    while sampling do
+      local n = 0
+      for _ in P.sh("ls '" .. out .. "/frames' 2>/dev/null || true"):gmatch("[^\n]+") do n = n + 1 end
+      most_frames = math.max(most_frames, n)
+      sl.sleep(0.1)
+    end
   end)
   local summary = job:wait()
   sampling = false
@@ -159,6 +171,8 @@ T.case("a long run's outputs stay bounded: events.jsonl rotates by size, old ana
   T.eq(last[1].seq, s.frames, "the latest frame's detect item kept")
   store:close()
   T.ok(s.analyses >= 8, "analyses: " .. s.analyses)
+  print("frames on disk during the run, most: " .. most_frames)
+  T.ok(most_frames <= KEEP + 3, "frames on disk during the run: at most " .. most_frames)
   T.ok(s.events_rotations >= 3, "rotations: " .. tostring(s.events_rotations))
   -- the current file and the 2 newest rotated ones, none older; each about the size limit
   T.ok(P.exists(out .. "/events.jsonl.1") and P.exists(out .. "/events.jsonl.2"), "rotated files")
