@@ -99,9 +99,10 @@ end
 -- several streams each record names its stream (`stream`).
 -- events.jsonl becomes events.jsonl.1 (and .1 becomes .2, ...; the oldest beyond `keep`
 -- deleted) once it holds `max` bytes: a monitor running for days keeps a bounded log.
--- The removals are done at once (files.remove): os.remove within a unit that the graph
--- watches is held until the unit's result is committed (sluice.runtime.files), and would then
--- take the file renamed to that name in the meantime.
+-- The removals are done at once (files.remove, which no unit's watcher sees): the log is not
+-- an output of the unit that happens to rotate it, and a removal held until that unit's result
+-- is committed (as for a consumed temporary, sluice.graph.memokey) would take the file renamed
+-- to that name in the meantime.
 local function rotate(st)
   st.log:close()
   local base = st.dir .. "/events.jsonl"
