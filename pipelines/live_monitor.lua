@@ -928,7 +928,8 @@ return sl.pipeline "live_monitor" {
     },
 
     report = {
-      from = "analyse", collect = "all", memo = false,
+      -- once at the end, holding none of the analyses (the streams' state has the figures)
+      from = "analyse", collect = "end",
       run = function(items, ctx)
         local J = job_state(ctx)
         local all = {}

@@ -44,7 +44,7 @@ T.case("validation names the stage and the option", function()
     { { a = { from = "files", run = run, timeout = 0 } }, "stage 'a': option 'timeout' must be a positive number" },
     { { a = { from = "files", run = run, limits = { "gpu" } } }, "stage 'a': option 'limits' names unknown limit 'gpu' (declared: none)" },
     { { a = { from = "files", run = run, order = "yes" } }, "stage 'a': option 'order' must be true or {start=N}" },
-    { { a = { from = "files", run = run, collect = "some" } }, "stage 'a': option 'collect' must be true (per key) or \"all\"" },
+    { { a = { from = "files", run = run, collect = "some" } }, "stage 'a': option 'collect' must be true (per key), \"all\" or \"end\"" },
     { { a = { from = "files", run = run, collect = true, batch = { size = 2 } } }, "stage 'a': options 'collect' and 'batch' exclude each other" },
     { { a = sl.join { inputs = { "files" }, gate = "x", run = run } }, "stage 'a': option 'join.gate' ('x') must be one of join.inputs" },
     { { a = sl.join { inputs = {}, run = run } }, "stage 'a': option 'join.inputs' must be a non-empty list" },

@@ -351,6 +351,38 @@ T.case("collect: one call per key with all its items in seq order, as soon as th
   T.eq(s.results.every[1].data, 5)
 end)
 
+T.case("collect = \"end\": one call when the upstream is done, with no items held; counted as done", function()
+  -- 50 items of 100 kB each go by; the heap at the call (after a full collection) tells
+  -- whether the stage held them: with "all" it does (5 MB), with "end" it must not
+  local function run(mode)
+    local calls, heap = {}, nil
+    local p = sl.pipeline("coll_" .. mode) {
+      sources = { gen = function(ctx)
+        for i = 1, 50 do ctx:emit(string.rep("x", 100000) .. i, { key = "k" .. (i % 3), seq = i }) end
+      end },
+      stages = {
+        pass = { from = "gen", workers = 2, run = function(item) return item.data end },
+        report = { from = "pass", collect = mode, run = function(items)
+          calls[#calls + 1] = #items
+          collectgarbage()
+          heap = collectgarbage("count")
+          return "report"
+        end },
+      },
+    }
+    local s = p:start {}:wait()
+    return calls, heap, s, s.stages.report
+  end
+  local calls_all, heap_all = run("all")
+  local calls, heap, s, st = run("end")
+  T.same(calls_all, { 50 })
+  T.same(calls, { 0 }, "one call, given no items")
+  T.ok(heap < heap_all - 3000, string.format("heap at the call: %.0f kB with \"end\", %.0f kB with \"all\"", heap,
+    heap_all))
+  T.eq(s.results.report[1].data, "report")
+  T.eq(st and st.done, 50, "the 50 items it stood for are done")
+end)
+
 T.case("gate join: items wait for the gate input, later items pass at once", function()
   local log = {}
   local p = sl.pipeline "gate" {

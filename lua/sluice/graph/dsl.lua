@@ -167,10 +167,13 @@ local function normalize_stage(pname, name, spec, limits)
   end
   if spec.collect ~= nil then
     local c = spec.collect
-    if c ~= true and c ~= false and c ~= "key" and c ~= "all" then
-      vfail(pname, where, "option 'collect' must be true (per key) or \"all\" (got " .. show(c) .. ")")
+    if c ~= true and c ~= false and c ~= "key" and c ~= "all" and c ~= "end" then
+      vfail(pname, where, "option 'collect' must be true (per key), \"all\" or \"end\" (got " .. show(c) .. ")")
     end
-    if c then s.collect = (c == "all") and "all" or "key" end
+    if c then s.collect = (c == "all" or c == "end") and "all" or "key" end
+    -- "end": once when the whole upstream is done, holding none of its items (a report of a
+    -- run that may last for days); with nothing to key its result on, it is not memoized
+    if c == "end" then s.collect_items, s.memo_off = false, true end
     if s.collect and s.batch then vfail(pname, where, "options 'collect' and 'batch' exclude each other") end
     if s.collect and s.gate then vfail(pname, where, "options 'collect' and 'join.gate' exclude each other") end
   end
@@ -198,6 +201,7 @@ local function normalize_stage(pname, name, spec, limits)
   -- A stage with on_gate keeps state per key across its units (what the gate set up): one of
   -- its units alone cannot be taken from the memo, so by default it always runs.
   if spec.memo == nil then s.memoize = not s.on_gate else s.memoize = spec.memo end
+  if s.memo_off then s.memoize, s.memo_off = false, nil end
   return s
 end
 

@@ -80,7 +80,13 @@ end
 local function take(C, env, P, ks)
   if C.collect then
     local g
-    if C.collect == "all" then g = C.all_group else
+    if C.collect == "all" then
+      if C.collect_items == false then -- collect = "end": counted, not held
+        C.all_count = C.all_count + 1
+        return true
+      end
+      g = C.all_group
+    else
       g = ks.group
       if not g then g = {}; ks.group = g end
     end
@@ -382,13 +388,16 @@ local function key_idle_hook(S, k, ks)
   return false
 end
 
--- The stage has nothing left: collect = "all" runs once with every item.
+-- The stage has nothing left: collect = "all" runs once with every item (collect = "end":
+-- once, with none, when any came).
 local function stage_idle_hook(S)
   if not S.all_group_done then
     S.all_group_done = true
-    if #S.all_group > 0 then
+    if #S.all_group > 0 or S.all_count > 0 then
       S.all_keys_pending = true
-      push_ready(S, new_unit(S, "group", "*", S.all_group, S.name .. "/collect/*"))
+      local u = new_unit(S, "group", "*", S.all_group, S.name .. "/collect/*")
+      if S.collect_items == false then u.n = S.all_count end -- (the items it stands for)
+      push_ready(S, u)
       S.all_group = {}
       return true
     end
@@ -404,7 +413,7 @@ function M.install(S)
   if S.collect == "key" or S.order then h.key_idle = key_idle_hook end
   if S.collect == "all" then
     h.stage_idle = stage_idle_hook
-    S.all_group = {}
+    S.all_group, S.all_count = {}, 0
   end
   S.hooks = h
   if S.collect or S.gate then S.take = take end
