@@ -83,9 +83,17 @@ local function decode_json(text)
     end
     return table.concat(out)
   end
+  -- JSON's number: -?digits, then .digits, then e or E, a sign and digits, each optional (a
+  -- sign with no e before it is not an exponent: "666+6" is a bad number; fuzz_config)
   local function num()
-    local s, e, int, frac, exp = find(text, "^(-?%d+)(%.?%d*)([eE]?[-+]?%d*)", pos)
-    if not s or (frac == "." ) or (exp ~= "" and not exp:match("%d")) then err("bad number") end
+    local _, e, int = find(text, "^(-?%d+)", pos)
+    if not e then err("bad number") end
+    local _, fe, frac = find(text, "^(%.%d+)", e + 1)
+    if fe then e = fe else frac = "" end
+    local _, ee, exp = find(text, "^([eE][-+]?%d+)", e + 1)
+    if ee then e = ee else exp = "" end
+    local after = byte(text, e + 1)
+    if after == 46 or after == 101 or after == 69 or after == 43 or after == 45 then err("bad number") end
     pos = e + 1
     if frac == "" and exp == "" then
       local v = math.tointeger(tonumber(int))
