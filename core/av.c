@@ -12,6 +12,7 @@
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
 #include <libavutil/imgutils.h>
+#include <libavutil/mem.h>
 #include <libavutil/opt.h>
 #include <libavutil/pixdesc.h>
 #include <libavutil/time.h>
@@ -85,6 +86,15 @@ static void do_init(void) {
       level = AV_LOG_DEBUG;
   }
   av_log_set_level(level);
+  /* No single FFmpeg allocation may be larger than this: a demuxer that sizes a buffer by a
+   * length read from the file (the WAV reader's RIFF INFO tags: an 86-byte file made it
+   * allocate and zero 1.9 GB; fuzz_media) then fails with ENOMEM, which the input reports as
+   * its one-line error. The largest real allocation is a frame (an 8K RGBA picture: 133 MB)
+   * or the index of a 12-hour input (~110 MB). SLUICE_FFMPEG_MAX_ALLOC (bytes) overrides. */
+  size_t max_alloc = (size_t)256 << 20;
+  const char *ma = getenv("SLUICE_FFMPEG_MAX_ALLOC");
+  if (ma && strtoull(ma, NULL, 10) > 0) max_alloc = (size_t)strtoull(ma, NULL, 10);
+  av_max_alloc(max_alloc);
   AVFormatContext *probe = avformat_alloc_context();
   if (probe) {
     default_io_open = probe->io_open;

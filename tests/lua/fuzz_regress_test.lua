@@ -7,7 +7,7 @@ local T = require "sluice.app.test"
 local sl = require "sluice"
 local cjson = require "cjson"
 local SRC = os.getenv("SLUICE_SOURCE_DIR") or "."
-package.path = SRC .. "/tests/fuzz/?.lua;" .. package.path
+package.path = SRC .. "/tests/fuzz/?.lua;" .. SRC .. "/tests/lua/fixtures/?.lua;" .. package.path
 local targets = require "targets"
 local P = require "sluice.providers"
 local media = require "sluice.core.media"
@@ -67,8 +67,30 @@ local function probe(path)
   return sl.await("media.probe", function(done) return media.probe(path, done) end)
 end
 
+-- found by fuzz_media (tests/fuzz/regress/media/riff_info_huge_tag.wav): an 86-byte WAV whose
+-- RIFF INFO tag claims a length of ~1.9 GB made FFmpeg's WAV reader allocate and zero that
+-- much (peak RSS 1.9 GB); FFmpeg's allocations are capped (256 MiB each, core/av.c), so it
+-- is refused with one line in bounded memory. (Before the case below, which probes every
+-- regression input too: the peak is the process's.)
+T.case("a WAV tag claiming 1.9 GB: one line, without the allocation", function()
+  local PL = require "pltest"
+  local function peak_kb() -- the process's peak RSS so far (VmHWM: a freed allocation counts)
+    for line in io.lines("/proc/self/status") do
+      local kb = line:match("^VmHWM:%s+(%d+)")
+      if kb then return tonumber(kb) end
+    end
+  end
+  local path = SRC .. "/tests/fuzz/regress/media/riff_info_huge_tag.wav"
+  local before = peak_kb()
+  local info, err = probe(path)
+  T.eq(info, nil)
+  T.ok(type(err) == "string" and err:find(path, 1, true) and not err:find("\n"), tostring(err))
+  local grew = peak_kb() - before
+  T.ok(PL.sanitized() or grew < 200 * 1024, "peak RSS grew by " .. grew .. " KB")
+end)
+
 T.case("media and HLS seeds and regression inputs: probed as the engine does, an answer or one line naming the input", function()
-  local list = inputs("media")
+  local list = inputs("media") -- (seeds and tests/fuzz/regress/media)
   for _, f in ipairs(files(SRC .. "/tests/fuzz/regress/hls")) do list[#list + 1] = f end
   for _, path in ipairs(list) do
     local info, err = probe(path)
@@ -152,7 +174,6 @@ end)
 -- An input that never settles (here a server that accepts and never answers) fails within
 -- media.open_timeout (2 s here; 30 s by default), saying so.
 T.case("an input that never answers: opening fails within media.open_timeout, one line", function()
-  package.path = SRC .. "/tests/lua/fixtures/?.lua;" .. package.path
   local srv = require("pltest").python_server({ "-c", "import socket\ns = socket.socket()\n" ..
     "s.bind(('127.0.0.1', 0))\ns.listen(8)\nprint(s.getsockname()[1], flush=True)\nheld = []\n" ..
     "while True:\n    held.append(s.accept())\n" }, { name = "the silent server" })
