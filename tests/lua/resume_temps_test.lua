@@ -61,4 +61,26 @@ T.case("a consumed temporary is removed once the consumer's result is stored; ke
   P.rm(dir)
 end)
 
+-- The resume line is for runs that found something stored: a first run whose source is a
+-- function (the podcast's episodes) printed "re-ran download 1/1, ...: download: 1 not done
+-- before", as if it had resumed.
+T.case("a first run from a function source prints no resume line; the second says what it reused", function()
+  local dir = P.tmpdir("temps")
+  local script = dir .. "/fn.lua"
+  P.write(script, [[
+local sl = require "sluice"
+return sl.pipeline "fnsrc" {
+  sources = { gen = function(ctx) for i = 1, 3 do ctx:emit(i, { key = "k" .. i }) end end },
+  stages = { double = { from = "gen", run = function(item) return item.data * 2 end } },
+}]])
+  local args = { script, "--out", dir .. "/out", "--job", "f", "--quiet" }
+  local r = P.run(args)
+  T.eq(r.status, 0, r.stderr)
+  T.ok(not r.stderr:find("re-ran", 1, true) and not r.stderr:find("reused", 1, true), r.stderr)
+  r = P.run(args)
+  T.eq(r.status, 0, r.stderr)
+  T.ok(r.stderr:find("reused double 3/3", 1, true), r.stderr)
+  P.rm(dir)
+end)
+
 return T.run()

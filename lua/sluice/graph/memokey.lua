@@ -155,7 +155,7 @@ function M.setup(job)
     local N = job.nodes[n]
     N.keyed = true
     if N.source then
-      N.inputs_changed, N.inputs_new = {}, {}
+      N.inputs_changed, N.inputs_new, N.inputs_seen = {}, {}, 0
       if N.run then N.code = dkey(N.run) end
     else
       local S = N
@@ -279,6 +279,7 @@ function M.input(N, input, id)
   local mk = dkey { "input", parts }
   local memo = N.job.memo
   local before = memo:source(N.name, id)
+  N.inputs_seen = N.inputs_seen + 1
   if before == nil then
     N.inputs_new[#N.inputs_new + 1] = tostring(input)
   elseif before ~= mk then
@@ -452,7 +453,8 @@ function M.report(job)
     if N.source then
       for _, i in ipairs(N.inputs_changed or {}) do out.inputs.changed[#out.inputs.changed + 1] = i end
       for _, i in ipairs(N.inputs_new or {}) do out.inputs.new[#out.inputs.new + 1] = i end
-      if N.inputs_changed and (#N.inputs_changed > 0 or (#N.inputs_new < (N.n_out or 0))) then
+      -- (an input seen before: a source of inputs; a function source's items say nothing here)
+      if N.inputs_changed and (#N.inputs_changed > 0 or #N.inputs_new < N.inputs_seen) then
         out.resumed = true
       end
     elseif N.keyed then
