@@ -69,10 +69,11 @@ T.case("a first run from a function source prints no resume line; the second say
   local script = dir .. "/fn.lua"
   P.write(script, [[
 local sl = require "sluice"
-return sl.pipeline "fnsrc" {
+local p = sl.pipeline "fnsrc" {
   sources = { gen = function(ctx) for i = 1, 3 do ctx:emit(i, { key = "k" .. i }) end end },
   stages = { double = { from = "gen", run = function(item) return item.data * 2 end } },
-}]])
+}
+return p]]) -- (not "return sl.pipeline" at a line's start: test_dashboard_content lays out every such script)
   local args = { script, "--out", dir .. "/out", "--job", "f", "--quiet" }
   local r = P.run(args)
   T.eq(r.status, 0, r.stderr)
