@@ -950,6 +950,13 @@ static int grow_gray(sl_frame_reader *r, size_t need) {
  * the previous one. */
 static double score_gray(sl_frame_reader *r, int w, int h) {
   double score = 0;
+  /* r->prev may hold the luma path's previous frame (the stream changed its pixel format):
+   * not comparable, and its buffers must not keep the gray plane's size below (scene_score
+   * compared a frame against them by these sizes: a heap overflow found by fuzz_media). */
+  if (r->prev->buf[0]) {
+    av_frame_unref(r->prev);
+    r->have_prev = 0;
+  }
   if (r->have_prev && r->prev->width == w && r->prev->height == h) {
     uint64_t sad = sad_plane(r->prev_gray, w, r->cur_gray, w, w, h);
     double mafd = (double)sad / ((double)w * h);

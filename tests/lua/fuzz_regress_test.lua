@@ -89,6 +89,25 @@ T.case("a WAV tag claiming 1.9 GB: one line, without the allocation", function()
   T.ok(PL.sanitized() or grew < 200 * 1024, "peak RSS grew by " .. grew .. " KB")
 end)
 
+-- found by fuzz_media (tests/fuzz/regress/media/scene_format_change.mkv): a stream whose pixel
+-- format changes between frames took the scene score's two paths in turn (luma planes, and
+-- a gray conversion); the gray one wrote its plane's size into the luma path's previous frame,
+-- which then compared the next frame against a smaller buffer: a heap overflow (ASan, in the
+-- sanitizer build's run of this test). Every regression input is now read with scene scores.
+T.case("media regression inputs read with scene scores: frames or one line, no overflow", function()
+  for _, path in ipairs(files(SRC .. "/tests/fuzz/regress/media")) do
+    local frames = media.frame_reader(path, { scene = 0.3, format = "jpeg", output = "blob", max_width = 64 })
+    for _ = 1, 200 do
+      local f, err = sl.await("media.frames", function(done) return frames:next(done) end)
+      if not f then
+        T.ok(err == nil or (type(err) == "string" and not err:find("\n")), path .. ": " .. tostring(err))
+        break
+      end
+    end
+    frames:close()
+  end
+end)
+
 T.case("media and HLS seeds and regression inputs: probed as the engine does, an answer or one line naming the input", function()
   local list = inputs("media") -- (seeds and tests/fuzz/regress/media)
   for _, f in ipairs(files(SRC .. "/tests/fuzz/regress/hls")) do list[#list + 1] = f end
