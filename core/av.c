@@ -617,6 +617,8 @@ struct sl_frame_reader {
   int64_t last_pts;     /* stream pts of the last decoded frame */
   int64_t last_dts;     /* dts of the last packet sent to the decoder (or of the last seek) */
   int64_t last_seek;    /* index timestamp of the keyframe last sought, or INT64_MIN */
+  double wanted;        /* EVERY and TIMES: the earliest time a frame can still be selected at
+                           (-INFINITY: every frame may be; see skip_unneeded) */
   int can_seek;
   int network; /* the input is a URL other than file: (see sl_frame_network) */
   int input_eof, done;
@@ -666,6 +668,7 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
     qsort(r->times, (size_t)opts->ntimes, sizeof *r->times, cmp_double);
   }
   r->last_selected = -INFINITY;
+  r->wanted = -INFINITY;
   r->last_pts = INT64_MIN;
   r->last_dts = INT64_MIN;
   r->last_seek = INT64_MIN;
@@ -719,6 +722,23 @@ static void check_frames_length(sl_frame_reader *r) {
   note_cut_short(r->warning, sizeof r->warning, r->url, r->fmt, r->stream, read, "video read");
 }
 
+/* Before a packet of the stream goes to the decoder: a frame presented a whole frame period or
+ * more before the earliest time a frame can still be selected at (r->wanted) is never
+ * selected, so when nothing refers to it either (AVDISCARD_NONREF: most B-frames) it need not
+ * be reconstructed. Frames that are referred to are decoded as always, so every frame that
+ * comes out, and the one selected, is the same as with every frame decoded. The decoder reads
+ * skip_frame for each packet it is given (frame threads copy it from the context per packet).
+ * Not in the fast mode (which skips them all) or for keyframes (which skip more). */
+static void skip_unneeded(sl_frame_reader *r, const AVPacket *pkt) {
+  if (r->opts.decode_all || r->opts.fast || r->opts.mode == SL_FRAMES_KEYFRAMES) return;
+  int skip = 0;
+  if (pkt->pts != AV_NOPTS_VALUE && isfinite(r->wanted)) {
+    double t = pkt->pts * av_q2d(r->st->time_base) - r->origin;
+    skip = t < r->wanted - 2 * r->half_frame;
+  }
+  r->dec->skip_frame = skip ? AVDISCARD_NONREF : AVDISCARD_DEFAULT;
+}
+
 /* Decodes the next frame into r->tmp. Returns 1, 0 at the end, or a negative AVERROR. */
 static int decode_one(sl_frame_reader *r) {
   for (;;) {
@@ -764,6 +784,7 @@ static int decode_one(sl_frame_reader *r) {
         (r->opts.mode != SL_FRAMES_KEYFRAMES || (r->pkt->flags & AV_PKT_FLAG_KEY))) {
       int64_t dts = r->pkt->dts != AV_NOPTS_VALUE ? r->pkt->dts : r->pkt->pts;
       if (dts != AV_NOPTS_VALUE) r->last_dts = dts;
+      skip_unneeded(r, r->pkt);
       rc = avcodec_send_packet(r->dec, r->pkt);
       if (rc < 0 && rc != AVERROR(EAGAIN)) {
         r->decode_errors++;
@@ -1069,7 +1090,11 @@ int sl_frame_next(sl_frame_reader *r, double *t_out, double *score_out, int *key
       if (r->target_index >= o->ntimes) return 0;
       target = r->times[r->target_index];
     }
-    if (!isnan(target)) maybe_seek(r, target);
+    if (!isnan(target)) {
+      maybe_seek(r, target);
+      /* what skip_unneeded may leave out: frames before the target (and before start) */
+      r->wanted = (o->start > target ? o->start : target) - r->half_frame;
+    }
     int rc = r->done ? 0 : decode_one(r);
     if (rc == AVERROR_EXIT) {
       set_err(err, errlen, r->url, "cancelled", 0);

@@ -128,6 +128,10 @@ typedef struct sl_frame_opts {
                          comparing it with the previous scored frame (0: every frame) */
   int score;          /* other modes: score every selected frame against the previous selected
                          one (the same formula; see sl_frame_mafd) */
+  int decode_all;     /* SL_FRAMES_EVERY and SL_FRAMES_TIMES decode only what the frames they
+                         select need: a packet presenting before the next wanted time whose
+                         frame nothing refers to (most B-frames) is not reconstructed. The
+                         frames selected are the same, pixel for pixel. 1: decode every frame */
   double start, stop; /* only frames from start to stop seconds (0: from the beginning / to the
                          end); the decoder seeks to the keyframe before start. In SL_FRAMES_SCENE
                          the frame at the seek point scores 0 and the next one needs the frames

@@ -985,8 +985,9 @@ static int parse_format(const char *format) {
 
 /* media.frame_reader(url, {every=|keyframes=|scene=|times=, min_interval=, max_width=,
  * max_height=, format="jpeg"|"png"|"gray"|"rgb"|"none", quality=, output="file"|"blob", dir=,
- * prefix=, threads=, phash=bool, fast=bool, score_width=, sample=, score=bool, start=, stop=,
- * cells=}) -> reader (fast, score_width, sample, score, start, stop: see sl_frame_opts in av.h;
+ * prefix=, threads=, phash=bool, fast=bool, decode_all=bool, score_width=, sample=, score=bool,
+ * start=, stop=, cells=}) -> reader (fast, decode_all, score_width, sample, score, start, stop:
+ * see sl_frame_opts in av.h;
  * a scored frame carries scene_score and mafd; cells = N columns: each frame carries
  * sl_cell_stats of its luma as `cells`, with cells_cols, cells_rows) */
 static int l_frame_reader(lua_State *L) {
@@ -1023,6 +1024,7 @@ static int l_frame_reader(lua_State *L) {
   o.min_interval = opt_number(L, 2, "min_interval", 0);
   o.threads = (int)opt_number(L, 2, "threads", 0);
   o.fast = opt_bool(L, 2, "fast", 0);
+  o.decode_all = opt_bool(L, 2, "decode_all", 0);
   o.score_width = (int)opt_number(L, 2, "score_width", 0);
   luaL_argcheck(L, o.score_width >= 0, 2, "score_width must be >= 0");
   o.score = opt_bool(L, 2, "score", 0);

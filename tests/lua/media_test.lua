@@ -309,6 +309,34 @@ T.case("frames every N: timestamps match ffmpeg -vf fps=1/N within one frame", f
   T.ok(frames[#frames].decoded < 150, "decoded " .. frames[#frames].decoded)
 end)
 
+-- B-frames (x264's veryfast: 3 of them, the middle one a reference), keyframes 4 s apart.
+local function bframes_file()
+  return file("bpyramid.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=8",
+    "-c:v", "libx264", "-preset", "veryfast", "-g", "100", "-pix_fmt", "yuv420p" })
+end
+
+T.case("every and times: frames nothing refers to before the wanted time are not decoded; the same pixels", function()
+  local p = bframes_file()
+  local digest = require "sluice.core.digest"
+  for _, o in ipairs { { every = 0.5 }, { every = 1.3, threads = 1 }, { times = { 0.3, 2.22, 2.3, 5.01, 7.9 } } } do
+    local what = o.every and ("every " .. o.every) or "times"
+    local function run(all)
+      local q = { format = "gray", output = "blob", decode_all = all }
+      for k, v in pairs(o) do q[k] = v end
+      local fs = collect(media.frames(p, q))
+      local out = {}
+      for i, f in ipairs(fs) do out[i] = string.format("%.3f %s", f.t, digest.sha256(f.blob:bytes())) end
+      return out, fs[#fs].decoded
+    end
+    local exact, decoded_all = run(true)
+    local got, decoded = run(false)
+    T.ok(#exact >= 5, what .. ": frames")
+    T.eq(#got, #exact, what .. ": count")
+    for i = 1, #exact do T.eq(got[i], exact[i], what .. ": frame " .. i .. " (time and pixels)") end
+    T.ok(decoded < decoded_all * 0.8, string.format("%s: decoded %d against %d", what, decoded, decoded_all))
+  end
+end)
+
 T.case("frames at explicit times, as JPEG files that decode", function()
   local p = av_file()
   local dir = tmp .. "/jpg"

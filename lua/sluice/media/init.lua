@@ -257,11 +257,13 @@ end
 -- frames(path_or_url, {every=N | keyframes=true | scene=threshold | times={...},
 --   min_interval=, max_width=, max_height=, format="jpeg"|"png"|"gray"|"rgb"|"none",
 --   quality=85, output="file"|"blob", dir=, prefix=, threads=, phash=false, prefetch=true,
---   keep_open=false})
+--   keep_open=false, decode_all=false})
 -- -> stream of {seq=, t=, width=, height=, path= | blob=, format=, scene_score=, dhash=,
 --   phash=, key=, source_width=, source_height=}
 -- keep_open (with times): the input stays open at the end of the times, for stream:retime
--- (no frame fetched ahead); close() closes it.
+-- (no frame fetched ahead); close() closes it. With every= or times=, frames before the next
+-- wanted time that nothing refers to (most B-frames) are not decoded; the frames selected are
+-- the same, pixel for pixel. decode_all=true decodes them all (to compare, or to time).
 -- The options of frames() with their defaults filled in (a copy): JPEG files in a temporary
 -- directory named after the input.
 local function frame_options(url, opts)
