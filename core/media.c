@@ -287,6 +287,8 @@ typedef struct audio_state {
   long overlap;   /* samples shared with the previous chunk */
   long window;    /* split=silence: search window around each boundary (samples) */
   int silence;    /* cut at the quietest point near each boundary */
+  long pause;     /* split=silence: a cut with this many quiet samples around it (a pause)
+                     needs no overlap: the next chunk starts there; 0: always overlap */
   int to_blob;    /* hold PCM in blobs instead of writing WAV files */
   /* decoding state, touched by one job at a time */
   sl_audio_reader *reader;
@@ -349,24 +351,43 @@ static int audio_fill_to(audio_state *s, long upto, char *err, size_t errlen) {
   return 0;
 }
 
-/* The quietest point in [from, to): the centre of the 20 ms window with the least energy,
- * scanned in 10 ms steps. */
-static long quietest_point(const audio_state *s, long from, long to) {
+/* Where to cut in [from, to), the chunk that the cut ends starting at `start`: the middle of
+ * the longest pause there (a run of 20 ms windows, in 10 ms steps, each at least 20 dB below
+ * the mean power of [start, to)) when it lasts s->pause samples or more, and *in_pause is set;
+ * else the centre of the quietest 20 ms. A cut in a pause splits no word, so the chunk after
+ * can start at the cut without sharing any audio. */
+static long cut_point(const audio_state *s, long start, long from, long to, int *in_pause) {
   long win = s->rate / 50, step = s->rate / 100;
   if (win < 1) win = 1;
   if (step < 1) step = 1;
-  long best = (from + to) / 2;
+  int ch = s->channels;
+  double total = 0;
+  const int16_t *p0 = s->pcm + (start - s->pcm_start) * ch;
+  for (long i = 0; i < (to - start) * ch; i++) total += (double)p0[i] * p0[i];
+  double limit = total / (double)((to - start) * ch) * 0.01 * (double)(win * ch);
+  long best = (from + to) / 2, run_from = -1, best_run = 0, best_run_mid = 0;
   double best_e = INFINITY;
   for (long a = from; a + win <= to; a += step) {
     double e = 0;
-    const int16_t *p = s->pcm + (a - s->pcm_start) * s->channels;
-    for (long i = 0; i < win * s->channels; i++) e += (double)p[i] * p[i];
+    const int16_t *p = s->pcm + (a - s->pcm_start) * ch;
+    for (long i = 0; i < win * ch; i++) e += (double)p[i] * p[i];
     if (e < best_e) {
       best_e = e;
       best = a + win / 2;
     }
+    if (e <= limit) {
+      if (run_from < 0) run_from = a;
+      long len = a + win - run_from;
+      if (len > best_run) {
+        best_run = len;
+        best_run_mid = run_from + len / 2;
+      }
+    } else {
+      run_from = -1;
+    }
   }
-  return best;
+  *in_pause = s->pause > 0 && best_run >= s->pause;
+  return *in_pause ? best_run_mid : best;
 }
 
 static void audio_run_inner(sl_job *job, void *data) {
@@ -389,11 +410,15 @@ static void audio_run_inner(sl_job *job, void *data) {
   if (audio_fill_to(s, need, j->err, sizeof j->err) < 0) goto fail;
   long avail = s->pcm_start + s->pcm_len;
   long end = target < avail ? target : avail;
-  if (s->silence && avail > target) {
+  int pause = 0;
+  /* at the end of the input, a cut that would leave less than half a window goes to the end */
+  if (s->silence && s->eof && avail > target && avail - target <= s->window / 2) {
+    end = avail;
+  } else if (s->silence && avail > target) {
     long lo = target - s->window / 2, hi = target + s->window / 2;
     if (lo < start + s->overlap + 1) lo = start + s->overlap + 1;
     if (hi > avail) hi = avail;
-    if (hi > lo) end = quietest_point(s, lo, hi);
+    if (hi > lo) end = cut_point(s, start, lo, hi, &pause);
   }
   if (end <= s->emitted_end || end <= start) {
     j->status = 0; /* nothing new: the input is exhausted */
@@ -427,7 +452,7 @@ static void audio_run_inner(sl_job *job, void *data) {
     s->grow_len *= 2;
     if (s->grow_len >= s->chunk_len) s->grow_len = 0;
   }
-  s->next_start = end - s->overlap;
+  s->next_start = end - (pause ? 0 : s->overlap);
   if (s->next_start < start + 1) s->next_start = start + 1;
   /* drop samples no later chunk needs */
   long drop = s->next_start - s->pcm_start;
@@ -505,8 +530,10 @@ static const sl_job_class audio_class = {"media.audio_chunks", audio_run, audio_
                                          audio_job_free};
 
 /* media.audio_reader(url, {seconds=, overlap=, rate=, channels=, output="wav"|"blob", dir=,
- * prefix=, split="silence", window=, first=}) -> reader. Opening happens in the first job.
- * first = S: the first chunk is S seconds, each next one twice as long until `seconds`. */
+ * prefix=, split="silence", window=, pause=0.3, first=}) -> reader. Opening happens in the
+ * first job. first = S: the first chunk is S seconds, each next one twice as long until
+ * `seconds`. pause (split="silence"): seconds of quiet around a cut for the next chunk to
+ * start at the cut instead of `overlap` before it (0: always overlap). */
 static int l_audio_reader(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -548,6 +575,9 @@ static int l_audio_reader(lua_State *L) {
   s->grow_len = first > 0 ? lround(first * rate) : 0;
   if (s->grow_len >= s->chunk_len || s->grow_len <= s->overlap) s->grow_len = 0;
   s->silence = split != NULL;
+  double pause = opt_number(L, 2, "pause", 0.3);
+  luaL_argcheck(L, pause >= 0, 2, "pause must be >= 0");
+  s->pause = s->silence ? lround(pause * rate) : 0;
   double window = opt_number(L, 2, "window", fmin(2.0, seconds / 4));
   luaL_argcheck(L, window > 0, 2, "window must be positive");
   s->window = lround(window * rate);

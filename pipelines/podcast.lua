@@ -8,10 +8,11 @@
 -- or paths, in any mix.
 -- download    4 workers; streams each episode to DIR/downloads/<episode>.<ext>, skips what
 --             is already there, resumes partial files (.part) with a Range request
--- audio       cuts each episode into chunks while it decodes, at the quietest point near a
---             length that spreads the audio still to transcribe (every episode's, the
---             expected ones too) over the CPUs: 30-300 s, 5 s overlap (sluice.blocks.plan;
---             --set stages.audio.params.seconds=N fixes it)
+-- audio       cuts each episode into chunks while it decodes, at the quietest 0.2 s within
+--             3 s of a length that spreads the audio still to transcribe (every episode's, the
+--             expected ones too) over the CPUs: 30-300 s (sluice.blocks.plan;
+--             --set stages.audio.params.seconds=N fixes it). Chunks cut in a pause meet;
+--             elsewhere they overlap by 5 s (nothing is transcribed twice at a pause)
 -- stt         with auto_workers (default) the count follows the whole queue (every episode's
 --             queued and expected chunks), the engine's CPU and memory cost and the CPUs, and
 --             is decided again as episodes arrive; the progress view and stats say why ("stt
@@ -48,7 +49,7 @@ local function user_set_workers(ctx, stage)
   return type(st) == "table" and st.workers ~= nil
 end
 
-local OVERLAP = 5
+local OVERLAP, WINDOW, PAUSE = 5, 6, 0.2
 
 local function stt_engine(ctx)
   local p = ctx.config.providers
@@ -67,7 +68,7 @@ end
 -- transcribed (sluice.blocks.plan.chunk_seconds; `pending`: that amount, when the caller has it).
 local function chunk_plan(ctx, duration, pending)
   return plan.chunk_seconds { pending = pending or state(ctx).ledger:pending(), duration = duration,
-    cpus = stt_slots(ctx), overlap = OVERLAP, window = 2 }
+    cpus = stt_slots(ctx), overlap = OVERLAP, window = WINDOW }
 end
 
 -- Decides the STT stage's workers from the whole queue: every episode's queued and expected
@@ -172,7 +173,7 @@ return sl.pipeline "podcast" {
     },
 
     audio = sl.audio_chunks { from = "download", seconds = "auto", overlap = OVERLAP, split = "silence",
-      dir = "{key}/.chunks", workers = 2,
+      window = WINDOW, pause = PAUSE, dir = "{key}/.chunks", workers = 2,
       size = function(env, ctx)
         local seconds, k = chunk_plan(ctx, env.data.duration or 0)
         state(ctx).ledger:cut(env.key, k, env.data.duration)

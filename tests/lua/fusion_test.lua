@@ -395,6 +395,26 @@ T.case("merge_chunks: segments keep their grouping and absolute times", function
     { start = 5.5, ["end"] = 8, text = "six seven" } })
 end)
 
+T.case("merge_chunks: chunks that meet (cut in a pause) are joined whole, repeated words kept", function()
+  -- "of the" ends the first chunk and starts the second within 1.5 s: with an overlap they would
+  -- align and one pair would go; chunks that meet heard nothing twice.
+  local a = { t0 = 0, t1 = 4, segments = { { start = 0, ["end"] = 3.8, text = "the top of the", words = {
+    { start = 0, ["end"] = 0.5, word = "the" }, { start = 1, ["end"] = 1.5, word = "top" },
+    { start = 2.8, ["end"] = 3.2, word = "of" }, { start = 3.3, ["end"] = 3.6, word = "the" } } } } }
+  local b = { t0 = 4, t1 = 8, segments = { { start = 0.2, ["end"] = 2, text = "of the hill", words = {
+    { start = 0.2, ["end"] = 0.5, word = "of" }, { start = 0.6, ["end"] = 0.9, word = "the" },
+    { start = 1.2, ["end"] = 2, word = "hill" } } } } }
+  local r = fusion.merge_chunks { a, b }
+  T.eq(r.text, "the top of the of the hill")
+  T.eq(r.boundaries[1].adjacent, true)
+  T.eq(r.boundaries[1].dropped_prev + r.boundaries[1].dropped_next, 0)
+  -- the same two with a 1 s overlap (b from 3 s): the repeated pair is heard twice and goes once
+  local b2 = { t0 = 3, t1 = 8, segments = { { start = 0.2, ["end"] = 3, text = "of the hill", words = {
+    { start = -0.2, ["end"] = 0.2, word = "of" }, { start = 0.3, ["end"] = 0.6, word = "the" },
+    { start = 2.2, ["end"] = 3, word = "hill" } } } } }
+  T.eq(fusion.merge_chunks({ a, b2 }).text, "the top of the hill")
+end)
+
 -- Shared text helpers ------------------------------------------------------------------------
 
 T.case("text: word error rate, sentences, keywords, extractive summary", function()

@@ -293,6 +293,75 @@ T.case("split=silence on real speech (LibriVox) cuts where it is quiet", functio
   end
 end)
 
+T.case("split=silence: a cut in a pause needs no overlap, elsewhere chunks overlap", function()
+  -- 1.5 s of tone, 0.5 s of silence: every 3 s target has a pause within its 2.4 s window
+  local p = file("speechlike13.wav", { "-f", "lavfi", "-i",
+    "aevalsrc=0.5*sin(2*PI*440*t)*lt(mod(t\\,2)\\,1.5):s=16000:d=13" })
+  local function cuts(o)
+    local c = collect(media.audio_chunks(p, { seconds = 3, window = 2.4, overlap = 1, split = "silence",
+      pause = o.pause, output = "blob" }))
+    T.ok(#c >= 4, "chunks: " .. #c)
+    return c
+  end
+  local c = cuts {}
+  for i = 1, #c - 1 do
+    local cut = (c[i].start + c[i].samples) / 16000
+    T.ok(cut % 2 >= 1.5 + 0.1 and cut % 2 <= 2.0 - 0.1, string.format("cut %d at %.3f s: inside a pause, away from its edges", i, cut))
+    T.eq(c[i + 1].start, c[i].start + c[i].samples, "chunks meet at a pause")
+  end
+  T.eq(c[#c].start + c[#c].samples, 13 * 16000, "the last chunk ends with the input")
+  -- pause = 0: every cut overlaps by the full second
+  c = cuts { pause = 0 }
+  for i = 1, #c - 1 do T.eq(c[i + 1].start, c[i].start + c[i].samples - 16000, "overlap at cut " .. i) end
+  -- a pause shorter than pause = 0.6 s is not one
+  c = cuts { pause = 0.6 }
+  for i = 1, #c - 1 do T.eq(c[i + 1].start, c[i].start + c[i].samples - 16000, "0.5 s is no 0.6 s pause: overlap " .. i) end
+end)
+
+T.case("split=silence on real speech: chunks meet only at quiet cuts", function()
+  local dir = "/usr/share/pocketsphinx/test/data/librivox/"
+  local list = tmp .. "/speech2.txt"
+  local f = io.open(list, "w")
+  for _, n in ipairs({ "0870", "0880", "0890", "0920", "0930", "0940", "0950" }) do
+    f:write(string.format("file '%ssense_and_sensibility_01_austen_64kb-%s.wav'\n", dir, n))
+  end
+  f:close()
+  local p = file("speech2.wav", { "-f", "concat", "-safe", "0", "-i", list })
+  local chunks = collect(media.audio_chunks(p, { seconds = 8, window = 6, overlap = 2, split = "silence",
+    pause = 0.2, output = "blob" }))
+  local pcm = {}
+  for _, c in ipairs(chunks) do pcm[#pcm + 1] = { start = c.start, bytes = c.blob:bytes() } end
+  local function power(from, to) -- mean power of samples [from, to), from the chunk holding them
+    for _, c in ipairs(pcm) do
+      if from >= c.start and to <= c.start + #c.bytes // 2 then
+        local e = 0
+        for i = from, to - 1 do
+          local v = string.unpack("<i2", c.bytes, (i - c.start) * 2 + 1)
+          e = e + v * v
+        end
+        return e / (to - from)
+      end
+    end
+  end
+  local met = 0
+  for i = 1, #chunks - 1 do
+    local a, b = chunks[i], chunks[i + 1]
+    local cut = a.start + a.samples
+    if b.start == cut then
+      met = met + 1
+      -- the 0.2 s around the cut is quiet against the chunk it ends (each 20 ms 20 dB down)
+      local mean = power(a.start, cut)
+      for at = cut - 1600, cut + 1600 - 320, 320 do
+        local q = power(at, at + 320) or power(at - 1, at + 319)
+        if q then T.ok(q < mean * 0.0125, string.format("cut %d at %.2f s: quiet around it", i, cut / 16000)) end
+      end
+    else
+      T.eq(b.start, cut - 2 * 16000, "not a pause: 2 s overlap at cut " .. i)
+    end
+  end
+  T.ok(met >= 1, "some cuts fall in pauses (LibriVox pauses between sentences): " .. met .. " of " .. (#chunks - 1))
+end)
+
 T.case("frames every N: timestamps match ffmpeg -vf fps=1/N within one frame", function()
   local p = av_file()
   local frames = collect(media.frames(p, { every = 1, output = "blob", max_width = 160 }))

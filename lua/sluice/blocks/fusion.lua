@@ -533,8 +533,9 @@ end
 -- merge_chunks(chunks, opts) -> {segments=, text=, words=, boundaries=}
 -- chunks: in order, each {t0=, t1=, segments={...}} (or {t0, t1, text}) with segment and word
 -- times relative to the chunk's t0 (opts.absolute = true when they are already absolute).
--- Consecutive chunks overlap by (previous t1 - next t0) seconds (or opts.overlap): both heard
--- those words. The tail of one chunk and the head of the next are aligned word by word (longest
+-- Consecutive chunks overlap by (previous t1 - next t0) seconds (or opts.overlap when the times
+-- are not given): both heard those words. Chunks that meet (next t0 >= previous t1: cut in a
+-- pause) are joined as they are (boundary marked adjacent = true). The tail of one chunk and the head of the next are aligned word by word (longest
 -- common subsequence on normalized words; with word times, only words less than
 -- opts.max_skew (1.5 s) apart may match) and the result is cut at the middle matched pair,
 -- away from the chunk edges where recognition is worst. Without a match of at least
@@ -602,6 +603,11 @@ function Merger:add(ch)
     end
     if not prev then
       for _, t in ipairs(toks) do tokens[#tokens + 1] = t end
+    elseif tonumber(ch.t0) and tonumber(prev.t1) and tonumber(ch.t0) >= tonumber(prev.t1) then
+      -- Chunks that meet without overlapping (cut in a pause, split = "silence"): nothing was
+      -- heard twice, so nothing is aligned or dropped.
+      for _, t in ipairs(toks) do tokens[#tokens + 1] = t end
+      boundaries[#boundaries + 1] = { chunk = ci, matched = 0, adjacent = true, dropped_prev = 0, dropped_next = 0 }
     else
       local ov_start = (tonumber(ch.t0) or 0)
       local ov_end = tonumber(prev.t1) or ov_start

@@ -12,7 +12,8 @@
 -- sluice.blocks.plan instead):
 --   stages.workers_for{duration=, engine=, chunk=} -> workers, details
 -- Stage builders on the media module (sl.audio_chunks / sl.capture are these):
---   stages.audio_chunks{from=, seconds=30, overlap=0, split=nil, first=nil, dir="audio", size=}
+--   stages.audio_chunks{from=, seconds=30, overlap=0, split=nil, pause=0.3, first=nil, dir="audio",
+--       size=}
 --       -> a stage that cuts each input (a path or URL, or {path=}) into 16 kHz mono WAV chunks
 --       while it decodes; items {seq, t0, t1, path}, one per chunk (fan-out), envelope t0/t1
 --       set. seconds = "auto": size(env, ctx, {overlap=, split=}) -> seconds decides per input.
@@ -486,7 +487,7 @@ function M.audio_chunks(o)
     error("bad argument to 'audio_chunks' (table with from = stage name expected)", 2)
   end
   local params = { seconds = o.seconds or 30, overlap = o.overlap or 0, split = o.split,
-    window = o.window, dir = o.dir or "audio", first = o.first }
+    window = o.window, pause = o.pause, dir = o.dir or "audio", first = o.first }
   return {
     kind = "audio_chunks", from = o.from, workers = o.workers or 1, queue = o.queue,
     retry = o.retry, params = params,
@@ -507,7 +508,8 @@ function M.audio_chunks(o)
       end
       local stream = media.audio_chunks(src, { seconds = seconds,
         overlap = param(ctx, params, "overlap"), split = param(ctx, params, "split"),
-        window = param(ctx, params, "window"), first = param(ctx, params, "first") or nil, dir = dir,
+        window = param(ctx, params, "window"), pause = param(ctx, params, "pause"),
+        first = param(ctx, params, "first") or nil, dir = dir,
         prefix = M.safe_name(env.key, 60) })
       while true do
         local c, err = stream:next()

@@ -234,12 +234,15 @@ local function stem(url)
 end
 
 -- audio_chunks(path_or_url, {seconds=30, overlap=0, rate=16000, channels=1,
---   output="wav"|"blob", dir=, prefix=, split="silence", window=, first=, prefetch=true})
+--   output="wav"|"blob", dir=, prefix=, split="silence", window=, pause=0.3, first=,
+--   prefetch=true})
 -- -> stream of {seq=, t0=, t1=, start=, samples=, rate=, channels=, path= | blob=}
 -- Chunk k (1-based) starts at sample start = previous chunk's end - overlap; samples are
 -- 16-bit little-endian PCM. With split="silence" each boundary moves to the quietest 20 ms
--- within window seconds around it. With first=S the first chunk is S seconds and each next one
--- twice as long until `seconds` (a first result sooner).
+-- (the quietest `pause` seconds) within window seconds around it, and where that is a pause
+-- (every 20 ms of it 20 dB below the chunk's mean power) the next chunk starts at the cut: no word is cut there,
+-- so no audio is transcribed twice (pause=0: always overlap). With first=S the first chunk is
+-- S seconds and each next one twice as long until `seconds` (a first result sooner).
 function M.audio_chunks(url, opts)
   check_url(url, "audio_chunks")
   opts = opts or {}
