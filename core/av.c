@@ -4,7 +4,8 @@
  * enough for local files, plain URLs and HLS playlists with AES segments) and an interrupt
  * callback wired to the caller's cancel hook, so a cancelled job stops inside network reads.
  * Readers keep all decoder state in their struct, so a reader can continue on another worker
- * thread for the next job.
+ * thread for the next job. Readers of one local MP4 open at once share its demuxer (see
+ * "shared inputs").
  */
 #include "av.h"
 
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
@@ -132,17 +134,20 @@ static int is_cancelled(const sl_av_cancel *c) { return c && c->cancelled && c->
  * (a master playlist naming itself, which FFmpeg's HLS demuxer follows until memory runs out,
  * without ever asking the interrupt callback) or a demuxer that makes more than
  * MAX_NESTED_OPENS opens (playlists naming each other) is refused at once. */
+static sl_av_cancel *input_cancel(const AVFormatContext *s);
+
 static int guarded_io_open(AVFormatContext *s, AVIOContext **pb, const char *url, int flags,
                            AVDictionary **options) {
-  sl_av_cancel *c = s->interrupt_callback.opaque;
+  sl_av_cancel *c = input_cancel(s);
   if (c && c->open_deadline && c->open_url) {
     if (c->nested_opens++ > 0 && url && !strcmp(url, c->open_url)) {
       c->open_refused = "a playlist that names itself (directly or through another playlist)";
       return AVERROR(ELOOP);
     }
     if (c->nested_opens > MAX_NESTED_OPENS) {
-      c->open_refused = "more than 256 nested playlists or segments opened while opening it "
-                        "(playlists that name each other?)";
+      c->open_refused =
+          "more than 256 nested playlists or segments opened while opening it "
+          "(playlists that name each other?)";
       return AVERROR(ELOOP);
     }
   }
@@ -168,18 +173,53 @@ static void open_failed(char *err, size_t errlen, const char *url, const sl_av_c
   }
 }
 
+/* A demuxer's interrupt hook when readers come and go: the demuxer's protocol layer keeps
+ * its own copy of the callback and opaque pointer from the open, so the pointer must stay
+ * valid as long as the demuxer; the hook says whose cancel applies now. */
+typedef struct input_hook {
+  sl_av_cancel *cancel;
+} input_hook;
+
+static int hook_interrupt_cb(void *arg) {
+  const input_hook *h = arg;
+  return interrupt_cb(h->cancel);
+}
+
+static int open_input_hooked(const char *url, AVFormatContext **out, sl_av_cancel *cancel,
+                             input_hook *hook, char *err, size_t errlen);
+
+/* The cancel hook an input's interrupt callback asks now. */
+static sl_av_cancel *input_cancel(const AVFormatContext *s) {
+  if (s->interrupt_callback.callback == hook_interrupt_cb)
+    return ((const input_hook *)s->interrupt_callback.opaque)->cancel;
+  return s->interrupt_callback.opaque;
+}
+
 /* Opens url and reads stream info. cancel must outlive the context (it is the interrupt
  * callback's opaque pointer). Returns 0 or -1 with err set. */
 static int open_input(const char *url, AVFormatContext **out, sl_av_cancel *cancel, char *err,
                       size_t errlen) {
+  return open_input_hooked(url, out, cancel, NULL, err, errlen);
+}
+
+/* As open_input; with a hook, the demuxer's interrupt callback asks hook->cancel (set to
+ * cancel here). */
+static int open_input_hooked(const char *url, AVFormatContext **out, sl_av_cancel *cancel,
+                             input_hook *hook, char *err, size_t errlen) {
   sl_av_init();
   AVFormatContext *fmt = avformat_alloc_context();
   if (!fmt) {
     set_err(err, errlen, url, "out of memory", 0);
     return -1;
   }
-  fmt->interrupt_callback.callback = interrupt_cb;
-  fmt->interrupt_callback.opaque = cancel;
+  if (hook) {
+    hook->cancel = cancel;
+    fmt->interrupt_callback.callback = hook_interrupt_cb;
+    fmt->interrupt_callback.opaque = hook;
+  } else {
+    fmt->interrupt_callback.callback = interrupt_cb;
+    fmt->interrupt_callback.opaque = cancel;
+  }
   if (default_io_open) fmt->io_open = guarded_io_open;
   AVDictionary *opts = NULL;
   av_dict_set(&opts, "protocol_whitelist", PROTOCOLS, 0);
@@ -214,6 +254,310 @@ static int open_input(const char *url, AVFormatContext **out, sl_av_cancel *canc
   count_open();
   *out = fmt;
   return 0;
+}
+
+/* ---- shared inputs -----------------------------------------------------------------------
+ *
+ * Readers of one local MP4/MOV file that are open at the same time share its demuxer. The MP4
+ * demuxer builds the index of every sample of every track while it opens (an audio reader
+ * holds the video's index too): about 9 MB per reader for a two-hour lecture, and the lecture
+ * pipeline reads its input three ways at once (audio chunks, slide samples, slide grabs).
+ *
+ * Each reader reads its own stream through a cursor. A turn holds the input's lock: when
+ * another reader used the demuxer since this one's last turn, the demuxer is moved back to
+ * just after this reader's last packet (every MP4 sample is in the index, so the seek lands
+ * on that exact packet; the decoder is not flushed and goes on as if nothing happened), the
+ * other streams are discarded, and up to CURSOR_BATCH packets are read into the cursor's
+ * queue. Decoding happens outside the lock. Other inputs (other containers, URLs) keep a
+ * demuxer per reader: their seeks are not exact or not cheap. */
+
+#define CURSOR_BATCH 32
+
+typedef struct shared_input {
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
+  AVFormatContext *fmt; /* NULL while the first reader opens it */
+  input_hook *hook;     /* its interrupt hook: the cancel of the reader whose turn it is */
+  int refs;             /* cursors using it (registry lock) */
+  pthread_mutex_t lock; /* held for every use of fmt once it is open */
+  const void *owner;    /* the cursor whose place the demuxer is at */
+  struct shared_input *next;
+} shared_input;
+
+typedef struct cursor {
+  AVFormatContext *fmt; /* this reader's demuxer, or the shared one */
+  shared_input *shared; /* NULL: fmt is this reader's own */
+  input_hook *own_hook; /* the interrupt hook of an own demuxer of a local file */
+  sl_av_cancel *cancel; /* the reader's, for the interrupt callback during its turns */
+  int stream;           /* the stream this reader reads (set after open_decoder) */
+  int64_t last_dts;     /* dts of the last packet of the stream read (INT64_MIN: none) */
+  int64_t seek_ts;      /* the last seek, redone when displaced before a packet was read */
+  int seek_flags, sought, at_end, pending_rc;
+  AVPacket *queue[CURSOR_BATCH];
+  int qhead, qlen;
+} cursor;
+
+static pthread_mutex_t shared_registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t shared_registry_cond = PTHREAD_COND_INITIALIZER;
+static shared_input *shared_inputs;
+
+static int same_file(const shared_input *e, const struct stat *st) {
+  return e->dev == st->st_dev && e->ino == st->st_ino && e->size == st->st_size &&
+         e->mtime.tv_sec == st->st_mtim.tv_sec && e->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* A local regular file's identity, or 0 for anything else (URLs, pipes, devices). */
+static int local_file(const char *url, struct stat *st) {
+  if (strstr(url, "://") || !strncmp(url, "file:", 5) || !strncmp(url, "pipe:", 5)) return 0;
+  return stat(url, st) == 0 && S_ISREG(st->st_mode);
+}
+
+/* The open shared input of this file with a reference taken, waiting while another reader
+ * opens it; NULL when there is none (then, with claim, an entry is made that the caller must
+ * publish or drop: *claimed). */
+static shared_input *shared_find(const struct stat *st, int claim, shared_input **claimed) {
+  *claimed = NULL;
+  pthread_mutex_lock(&shared_registry_lock);
+  for (;;) {
+    shared_input *e = shared_inputs;
+    while (e && !same_file(e, st)) e = e->next;
+    if (e && e->fmt) {
+      e->refs++;
+      pthread_mutex_unlock(&shared_registry_lock);
+      return e;
+    }
+    if (!e) break;
+    pthread_cond_wait(&shared_registry_cond, &shared_registry_lock); /* being opened */
+  }
+  if (claim) {
+    shared_input *e = calloc(1, sizeof *e);
+    if (e) {
+      e->dev = st->st_dev;
+      e->ino = st->st_ino;
+      e->size = st->st_size;
+      e->mtime = st->st_mtim;
+      e->refs = 1;
+      pthread_mutex_init(&e->lock, NULL);
+      e->next = shared_inputs;
+      shared_inputs = e;
+      *claimed = e;
+    }
+  }
+  pthread_mutex_unlock(&shared_registry_lock);
+  return NULL;
+}
+
+static void shared_unlink(shared_input *e) {
+  shared_input **pp = &shared_inputs;
+  while (*pp && *pp != e) pp = &(*pp)->next;
+  if (*pp) *pp = e->next;
+}
+
+/* Publishes a claimed entry with its open demuxer (fmt) and the hook it was opened with
+ * (which it takes ownership of) or, when fmt is NULL, drops it. */
+static void shared_publish(shared_input *e, AVFormatContext *fmt, input_hook *hook) {
+  pthread_mutex_lock(&shared_registry_lock);
+  if (fmt) {
+    e->fmt = fmt;
+    e->hook = hook;
+  } else {
+    shared_unlink(e);
+    pthread_mutex_destroy(&e->lock);
+    free(e);
+  }
+  pthread_cond_broadcast(&shared_registry_cond);
+  pthread_mutex_unlock(&shared_registry_lock);
+}
+
+/* Drops a reference; the last one closes the demuxer. owner: the cursor letting go, cancel
+ * its interrupt hook (which the demuxer must not call once the reader is gone). */
+static void shared_release(shared_input *e, const void *owner, const sl_av_cancel *cancel) {
+  pthread_mutex_lock(&e->lock);
+  if (e->owner == owner) e->owner = NULL;
+  if (e->hook->cancel == cancel) e->hook->cancel = NULL;
+  pthread_mutex_unlock(&e->lock);
+  pthread_mutex_lock(&shared_registry_lock);
+  int last = --e->refs == 0;
+  if (last) shared_unlink(e);
+  pthread_mutex_unlock(&shared_registry_lock);
+  if (!last) return;
+  close_input(&e->fmt);
+  free(e->hook);
+  pthread_mutex_destroy(&e->lock);
+  free(e);
+}
+
+static int is_mp4_family(const AVFormatContext *fmt) {
+  return fmt->iformat && !strncmp(fmt->iformat->name, "mov,", 4);
+}
+
+/* Opens url for a reader: joins the shared demuxer of a local MP4 open already (or being
+ * opened), or opens one (shared when it is a local MP4). Returns 0 or -1 with err set. */
+static int cursor_open(cursor *c, const char *url, sl_av_cancel *cancel, char *err, size_t errlen) {
+  memset(c, 0, sizeof *c);
+  c->cancel = cancel;
+  c->last_dts = INT64_MIN;
+  struct stat st;
+  shared_input *claimed = NULL;
+  if (local_file(url, &st)) {
+    shared_input *e = shared_find(&st, 1, &claimed);
+    if (e) {
+      c->shared = e;
+      c->fmt = e->fmt;
+      return 0;
+    }
+  }
+  AVFormatContext *fmt = NULL;
+  input_hook *hook = NULL;
+  if (claimed && !(hook = calloc(1, sizeof *hook))) {
+    shared_publish(claimed, NULL, NULL);
+    set_err(err, errlen, url, "out of memory", 0);
+    return -1;
+  }
+  if (open_input_hooked(url, &fmt, cancel, hook, err, errlen) < 0) {
+    if (claimed) shared_publish(claimed, NULL, NULL);
+    free(hook);
+    return -1;
+  }
+  if (claimed && is_mp4_family(fmt)) {
+    shared_publish(claimed, fmt, hook);
+    c->shared = claimed;
+  } else if (claimed) {
+    shared_publish(claimed, NULL, NULL);
+    c->own_hook = hook; /* the demuxer calls it until it is closed */
+  }
+  c->fmt = fmt;
+  return 0;
+}
+
+/* Holds the demuxer for a use outside reading (opening the decoder reads its streams). */
+static void cursor_lock(cursor *c) {
+  if (c->shared) pthread_mutex_lock(&c->shared->lock);
+}
+static void cursor_unlock(cursor *c) {
+  if (c->shared) pthread_mutex_unlock(&c->shared->lock);
+}
+
+/* Opens the decoder of the best stream of `type` and makes it the cursor's stream; an own
+ * demuxer discards the other streams from now on (a shared one, per turn). */
+static int open_decoder(AVFormatContext *fmt, enum AVMediaType type, int threads, int *stream,
+                        AVCodecContext **out, const char *url, char *err, size_t errlen);
+static int cursor_open_decoder(cursor *c, enum AVMediaType type, int threads, int *stream,
+                               AVCodecContext **out, const char *url, char *err, size_t errlen) {
+  cursor_lock(c);
+  int rc = open_decoder(c->fmt, type, threads, stream, out, url, err, errlen);
+  cursor_unlock(c);
+  if (rc < 0) return rc;
+  c->stream = *stream;
+  if (!c->shared)
+    for (unsigned i = 0; i < c->fmt->nb_streams; i++)
+      if ((int)i != c->stream) c->fmt->streams[i]->discard = AVDISCARD_ALL;
+  return 0;
+}
+
+static void cursor_drop_queue(cursor *c) {
+  for (int i = 0; i < c->qlen; i++) av_packet_free(&c->queue[(c->qhead + i) % CURSOR_BATCH]);
+  c->qhead = c->qlen = 0;
+}
+
+static void cursor_close(cursor *c) {
+  cursor_drop_queue(c);
+  if (c->shared) {
+    shared_release(c->shared, c, c->cancel);
+    c->shared = NULL;
+    c->fmt = NULL;
+  } else {
+    close_input(&c->fmt);
+    free(c->own_hook);
+    c->own_hook = NULL;
+  }
+}
+
+/* With the shared input's lock held: makes this cursor the demuxer's user (its interrupt
+ * callback, its stream only) and, unless reposition is 0, moves the demuxer back to where
+ * this cursor left it. Returns 0, or AVERROR_EOF when its stream has no packet left. */
+static int cursor_take(cursor *c, int reposition) {
+  AVFormatContext *fmt = c->fmt;
+  c->shared->hook->cancel = c->cancel;
+  if (c->shared->owner == c) return 0;
+  c->shared->owner = c;
+  for (unsigned i = 0; i < fmt->nb_streams; i++)
+    fmt->streams[i]->discard = (int)i == c->stream ? AVDISCARD_DEFAULT : AVDISCARD_ALL;
+  if (!reposition) return 0;
+  AVStream *st = fmt->streams[c->stream];
+  if (c->last_dts != INT64_MIN) {
+    /* the packet after the last one read: every sample is in the index */
+    const AVIndexEntry *e =
+        avformat_index_get_entry_from_timestamp(st, c->last_dts + 1, AVSEEK_FLAG_ANY);
+    if (!e) return AVERROR_EOF;
+    return av_seek_frame(fmt, c->stream, e->timestamp, AVSEEK_FLAG_ANY) < 0 ? AVERROR_EOF : 0;
+  }
+  if (c->sought) return av_seek_frame(fmt, c->stream, c->seek_ts, c->seek_flags);
+  const AVIndexEntry *first = avformat_index_get_entry(st, 0);
+  if (!first) return AVERROR_EOF;
+  return av_seek_frame(fmt, c->stream, first->timestamp, AVSEEK_FLAG_ANY | AVSEEK_FLAG_BACKWARD);
+}
+
+/* The next packet of the reader's stream (packets of other streams may come from an own
+ * demuxer; callers skip them as before). Returns 0 or a negative AVERROR, as av_read_frame. */
+static int cursor_read(cursor *c, AVPacket *pkt) {
+  if (!c->shared) return av_read_frame(c->fmt, pkt);
+  if (c->qlen == 0 && !c->pending_rc) {
+    if (c->at_end) return AVERROR_EOF;
+    pthread_mutex_lock(&c->shared->lock);
+    int rc = cursor_take(c, 1);
+    while (rc >= 0 && c->qlen < CURSOR_BATCH) {
+      rc = av_read_frame(c->fmt, pkt);
+      if (rc < 0) break;
+      if (pkt->stream_index != c->stream) {
+        av_packet_unref(pkt);
+        continue;
+      }
+      AVPacket *q = av_packet_alloc();
+      if (!q) {
+        av_packet_unref(pkt);
+        rc = AVERROR(ENOMEM);
+        break;
+      }
+      if (pkt->dts != AV_NOPTS_VALUE) c->last_dts = pkt->dts;
+      av_packet_move_ref(q, pkt);
+      c->queue[(c->qhead + c->qlen++) % CURSOR_BATCH] = q;
+    }
+    pthread_mutex_unlock(&c->shared->lock);
+    if (rc < 0) {
+      c->pending_rc = rc;
+      if (rc == AVERROR_EOF) c->at_end = 1;
+    }
+  }
+  if (c->qlen > 0) {
+    AVPacket *q = c->queue[c->qhead];
+    c->qhead = (c->qhead + 1) % CURSOR_BATCH;
+    c->qlen--;
+    av_packet_move_ref(pkt, q);
+    av_packet_free(&q);
+    return 0;
+  }
+  int rc = c->pending_rc;
+  if (rc != AVERROR_EOF) c->pending_rc = 0; /* a transient error is reported once */
+  return rc;
+}
+
+/* Seeks the reader's stream as av_seek_frame does; drops what was read ahead. */
+static int cursor_seek(cursor *c, int64_t ts, int flags) {
+  cursor_drop_queue(c);
+  c->pending_rc = c->at_end = 0;
+  c->last_dts = INT64_MIN;
+  if (!c->shared) return av_seek_frame(c->fmt, c->stream, ts, flags);
+  pthread_mutex_lock(&c->shared->lock);
+  cursor_take(c, 0);
+  int rc = av_seek_frame(c->fmt, c->stream, ts, flags);
+  pthread_mutex_unlock(&c->shared->lock);
+  c->seek_ts = ts;
+  c->seek_flags = flags;
+  c->sought = rc >= 0;
+  return rc;
 }
 
 static int open_decoder(AVFormatContext *fmt, enum AVMediaType type, int threads, int *stream,
@@ -256,18 +600,14 @@ static int open_decoder(AVFormatContext *fmt, enum AVMediaType type, int threads
 
 /* ---- probe ------------------------------------------------------------------------------ */
 
-int sl_av_probe(const char *url, sl_media_info *out, const sl_av_cancel *cancel, char *err,
-                size_t errlen) {
-  memset(out, 0, sizeof *out);
-  sl_av_cancel c = cancel ? *cancel : (sl_av_cancel){0};
-  AVFormatContext *fmt = NULL;
-  if (open_input(url, &fmt, &c, err, errlen) < 0) return -1;
+/* Fills out from an open demuxer (which it does not close). Returns 0 or -1 with err set. */
+static int describe_input(AVFormatContext *fmt, sl_media_info *out, const char *url, char *err,
+                          size_t errlen) {
   out->duration = fmt->duration != AV_NOPTS_VALUE ? fmt->duration / (double)AV_TIME_BASE : -1;
   snprintf(out->container, sizeof out->container, "%s", fmt->iformat->name);
   out->bit_rate = (int)(fmt->bit_rate > INT32_MAX ? INT32_MAX : fmt->bit_rate);
   out->streams = calloc(fmt->nb_streams ? fmt->nb_streams : 1, sizeof *out->streams);
   if (!out->streams) {
-    close_input(&fmt);
     set_err(err, errlen, url, "out of memory", 0);
     return -1;
   }
@@ -292,13 +632,35 @@ int sl_av_probe(const char *url, sl_media_info *out, const sl_av_cancel *cancel,
       if (par->sample_rate > 0) usable++;
     }
   }
-  close_input(&fmt);
   if (usable == 0) {
     sl_media_info_clear(out);
     set_err(err, errlen, url, "no audio or video stream", 0);
     return -1;
   }
   return 0;
+}
+
+/* A probe of a local MP4 that readers have open reads their demuxer instead of opening it
+ * again (see shared inputs). */
+int sl_av_probe(const char *url, sl_media_info *out, const sl_av_cancel *cancel, char *err,
+                size_t errlen) {
+  memset(out, 0, sizeof *out);
+  struct stat st;
+  shared_input *claimed;
+  shared_input *e = local_file(url, &st) ? shared_find(&st, 0, &claimed) : NULL;
+  if (e) {
+    pthread_mutex_lock(&e->lock);
+    int rc = describe_input(e->fmt, out, url, err, errlen);
+    pthread_mutex_unlock(&e->lock);
+    shared_release(e, NULL, NULL);
+    return rc;
+  }
+  sl_av_cancel c = cancel ? *cancel : (sl_av_cancel){0};
+  AVFormatContext *fmt = NULL;
+  if (open_input(url, &fmt, &c, err, errlen) < 0) return -1;
+  int rc = describe_input(fmt, out, url, err, errlen);
+  close_input(&fmt);
+  return rc;
 }
 
 void sl_media_info_clear(sl_media_info *info) {
@@ -311,7 +673,7 @@ void sl_media_info_clear(sl_media_info *info) {
 
 struct sl_audio_reader {
   char *url;
-  AVFormatContext *fmt;
+  cursor in; /* the input (its demuxer may be shared: see shared inputs) */
   AVCodecContext *dec;
   SwrContext *swr;
   AVPacket *pkt;
@@ -350,13 +712,12 @@ sl_audio_reader *sl_audio_open(const char *url, int rate, int channels, const sl
   r->rate = rate;
   r->channels = channels;
   av_channel_layout_default(&r->out_layout, channels);
-  if (open_input(url, &r->fmt, &r->cancel, err, errlen) < 0 ||
-      open_decoder(r->fmt, AVMEDIA_TYPE_AUDIO, 1, &r->stream, &r->dec, url, err, errlen) < 0) {
+  if (cursor_open(&r->in, url, &r->cancel, err, errlen) < 0 ||
+      cursor_open_decoder(&r->in, AVMEDIA_TYPE_AUDIO, 1, &r->stream, &r->dec, url, err, errlen) <
+          0) {
     sl_audio_close(r);
     return NULL;
   }
-  for (unsigned i = 0; i < r->fmt->nb_streams; i++)
-    if ((int)i != r->stream) r->fmt->streams[i]->discard = AVDISCARD_ALL;
   r->pkt = av_packet_alloc();
   r->frame = av_frame_alloc();
   if (!r->pkt || !r->frame) {
@@ -475,7 +836,7 @@ static int audio_fill(sl_audio_reader *r) {
       r->done = 1;
       return flush_swr(r);
     }
-    rc = av_read_frame(r->fmt, r->pkt);
+    rc = cursor_read(&r->in, r->pkt);
     if (rc < 0) {
       if (rc == AVERROR_EXIT || is_cancelled(&r->cancel)) return AVERROR_EXIT;
       if (rc != AVERROR_EOF)
@@ -523,7 +884,7 @@ static void note_cut_short(char *warning, size_t len, const char *url, const AVF
  * report such a file's end as a plain end of file. */
 static void check_length(sl_audio_reader *r) {
   if (r->total == 0 || r->rate <= 0) return;
-  note_cut_short(r->warning, sizeof r->warning, r->url, r->fmt, r->stream,
+  note_cut_short(r->warning, sizeof r->warning, r->url, r->in.fmt, r->stream,
                  (double)r->total / r->rate, "audio decoded");
 }
 
@@ -577,7 +938,7 @@ void sl_audio_close(sl_audio_reader *r) {
   if (!r) return;
   swr_free(&r->swr);
   avcodec_free_context(&r->dec);
-  close_input(&r->fmt);
+  cursor_close(&r->in);
   av_packet_free(&r->pkt);
   av_frame_free(&r->frame);
   av_channel_layout_uninit(&r->in_layout);
@@ -591,7 +952,7 @@ void sl_audio_close(sl_audio_reader *r) {
 
 struct sl_frame_reader {
   char *url;
-  AVFormatContext *fmt;
+  cursor in; /* the input (its demuxer may be shared: see shared inputs) */
   AVCodecContext *dec;
   AVStream *st;
   int stream;
@@ -673,15 +1034,13 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
   r->last_dts = INT64_MIN;
   r->last_seek = INT64_MIN;
   r->max_read_pts = INT64_MIN;
-  if (open_input(url, &r->fmt, &r->cancel, err, errlen) < 0 ||
-      open_decoder(r->fmt, AVMEDIA_TYPE_VIDEO, opts->threads, &r->stream, &r->dec, url, err,
-                   errlen) < 0) {
+  if (cursor_open(&r->in, url, &r->cancel, err, errlen) < 0 ||
+      cursor_open_decoder(&r->in, AVMEDIA_TYPE_VIDEO, opts->threads, &r->stream, &r->dec, url, err,
+                          errlen) < 0) {
     sl_frame_close(r);
     return NULL;
   }
-  r->st = r->fmt->streams[r->stream];
-  for (unsigned i = 0; i < r->fmt->nb_streams; i++)
-    if ((int)i != r->stream) r->fmt->streams[i]->discard = AVDISCARD_ALL;
+  r->st = r->in.fmt->streams[r->stream];
   if (opts->fast) {
     /* Cheaper decoding: no deblocking, and frames nothing else refers to (B-frames, mostly)
      * are never reconstructed. The frames that come out are fewer and slightly blockier; a
@@ -695,8 +1054,9 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
   AVRational fr = r->st->avg_frame_rate.num ? r->st->avg_frame_rate : r->st->r_frame_rate;
   r->half_frame = fr.num && fr.den ? 0.5 / av_q2d(fr) : 0.01;
   if (r->half_frame > 0.5) r->half_frame = 0.5;
-  r->origin = r->fmt->start_time != AV_NOPTS_VALUE ? r->fmt->start_time / (double)AV_TIME_BASE : 0;
-  r->can_seek = r->fmt->pb && (r->fmt->pb->seekable & AVIO_SEEKABLE_NORMAL) &&
+  r->origin =
+      r->in.fmt->start_time != AV_NOPTS_VALUE ? r->in.fmt->start_time / (double)AV_TIME_BASE : 0;
+  r->can_seek = r->in.fmt->pb && (r->in.fmt->pb->seekable & AVIO_SEEKABLE_NORMAL) &&
                 avformat_index_get_entries_count(r->st) > 0;
   r->network = strstr(url, "://") != NULL && strncmp(url, "file:", 5) != 0;
   r->pkt = av_packet_alloc();
@@ -715,11 +1075,11 @@ sl_frame_reader *sl_frame_open(const char *url, const sl_frame_opts *opts,
  * states was cut short; say so in r->warning (see check_length for audio). */
 static void check_frames_length(sl_frame_reader *r) {
   if (r->max_read_pts == INT64_MIN) return;
-  const AVStream *st = r->fmt->streams[r->stream];
+  const AVStream *st = r->in.fmt->streams[r->stream];
   double start =
       st->start_time != AV_NOPTS_VALUE ? (double)st->start_time * av_q2d(st->time_base) : 0;
   double read = (double)r->max_read_pts * av_q2d(st->time_base) - start;
-  note_cut_short(r->warning, sizeof r->warning, r->url, r->fmt, r->stream, read, "video read");
+  note_cut_short(r->warning, sizeof r->warning, r->url, r->in.fmt, r->stream, read, "video read");
 }
 
 /* Before a packet of the stream goes to the decoder: a frame presented a whole frame period or
@@ -766,7 +1126,7 @@ static int decode_one(sl_frame_reader *r) {
       r->done = 1;
       return 0;
     }
-    rc = av_read_frame(r->fmt, r->pkt);
+    rc = cursor_read(&r->in, r->pkt);
     if (rc < 0) {
       if (rc == AVERROR_EXIT || is_cancelled(&r->cancel)) return AVERROR_EXIT;
       if (rc != AVERROR_EOF)
@@ -821,7 +1181,7 @@ static void maybe_seek(sl_frame_reader *r, double target) {
   if (r->last_dts != INT64_MIN && e->timestamp <= r->last_dts) return;
   if (r->last_seek != INT64_MIN && e->timestamp <= r->last_seek) return;
   r->last_seek = e->timestamp;
-  if (av_seek_frame(r->fmt, r->stream, ts, AVSEEK_FLAG_BACKWARD) < 0) return;
+  if (cursor_seek(&r->in, ts, AVSEEK_FLAG_BACKWARD) < 0) return;
   avcodec_flush_buffers(r->dec);
   r->seeks++;
   r->last_dts = e->timestamp;
@@ -840,7 +1200,7 @@ static int seek_before(sl_frame_reader *r, double target) {
   const AVIndexEntry *before =
       avformat_index_get_entry_from_timestamp(r->st, e->timestamp - 1, AVSEEK_FLAG_BACKWARD);
   if (!before || before->timestamp >= e->timestamp) return 0;
-  if (av_seek_frame(r->fmt, r->stream, before->timestamp, AVSEEK_FLAG_BACKWARD) < 0) return 0;
+  if (cursor_seek(&r->in, before->timestamp, AVSEEK_FLAG_BACKWARD) < 0) return 0;
   avcodec_flush_buffers(r->dec);
   r->seeks++;
   r->last_dts = before->timestamp;
@@ -880,7 +1240,7 @@ int sl_frame_retime(sl_frame_reader *r, const double *times, int ntimes, char *e
     const AVIndexEntry *e =
         avformat_index_get_entry_from_timestamp(r->st, ts, AVSEEK_FLAG_BACKWARD);
     int64_t at = e ? e->timestamp : ts;
-    int rc = av_seek_frame(r->fmt, r->stream, ts, AVSEEK_FLAG_BACKWARD);
+    int rc = cursor_seek(&r->in, ts, AVSEEK_FLAG_BACKWARD);
     if (rc < 0) {
       free(copy);
       set_err(err, errlen, r->url, "cannot seek back", rc);
@@ -1359,7 +1719,7 @@ void sl_frame_close(sl_frame_reader *r) {
   if (!r) return;
   avcodec_free_context(&r->dec);
   avcodec_free_context(&r->enc);
-  close_input(&r->fmt);
+  cursor_close(&r->in);
   av_packet_free(&r->pkt);
   av_frame_free(&r->cur);
   av_frame_free(&r->tmp);

@@ -200,7 +200,8 @@ const char *sl_frame_warning(const sl_frame_reader *r);
 void sl_frame_close(sl_frame_reader *r);
 
 /* Inputs (demuxers) opened since the start of the process, open now, and the most open at
- * once (for tests and benchmarks: each open input holds its demuxer's index). */
+ * once (for tests and benchmarks: each open input holds its demuxer's index; readers and
+ * probes of one local MP4 open at once share one). */
 void sl_av_inputs(long *opened, long *open, long *peak);
 
 /* Sets FFmpeg's log level from SLUICE_FFMPEG_LOG ("quiet" by default: errors come back

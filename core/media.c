@@ -473,6 +473,8 @@ fail:
 static void audio_run(sl_job *job, void *data) {
   int before = lower_priority();
   audio_run_inner(job, data);
+  audio_state *s = ((audio_job *)data)->s;
+  if (s->reader) sl_audio_set_cancel(s->reader, NULL);
   restore_priority(before);
 }
 
@@ -857,6 +859,8 @@ static void frame_run_inner(sl_job *job, void *data) {
     frames_ended(j, s);
     return;
   }
+  /* the reader's cancel hook is this job's before anything reads or seeks (a retime seeks) */
+  if (s->reader) sl_frame_set_cancel(s->reader, &c);
   if (s->reader && s->retimed && s->opts.mode == SL_FRAMES_TIMES &&
       sl_frame_retime(s->reader, s->times, s->opts.ntimes, j->err, sizeof j->err) < 0) {
     /* It cannot seek back: the input is opened again, as a new reader would be. */
@@ -906,9 +910,13 @@ static void frame_run_inner(sl_job *job, void *data) {
     frames_ended(j, s);
 }
 
+/* After a job the reader keeps no hook into it (the job is freed; a shared demuxer must not
+ * call it). */
 static void frame_run(sl_job *job, void *data) {
   int before = lower_priority();
   frame_run_inner(job, data);
+  frame_state *s = ((frame_job *)data)->s;
+  if (s->reader) sl_frame_set_cancel(s->reader, NULL);
   restore_priority(before);
 }
 

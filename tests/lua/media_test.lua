@@ -446,10 +446,80 @@ T.case("a time between a keyframe's dts and pts (B-frames) is reached, not sough
   T.eq(#every, 4) -- 0, 1.96, 3.92, 5.88
 end)
 
+T.case("readers of one MP4 open at once share its demuxer and read what separate readers read", function()
+  -- video with B-frames and audio; the reference reads a copy (another file: its own demuxer)
+  local p = file("shared.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=12",
+    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=12", "-c:v", "libx264", "-bf", "2",
+    "-g", "50", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest" })
+  local copy = tmp .. "/shared-copy.mp4"
+  assert(sl.exec({ "cp", p, copy }))
+  local function opts_frames() return { every = 0.5, format = "gray", output = "blob", max_width = 160 } end
+  local function opts_audio() return { seconds = 2, output = "blob" } end
+  local grabs = { 7.2, 1.04, 11.5, 3 }
+  -- alone, one after another, on the copy
+  local ref_frames = collect(media.frames(copy, opts_frames()))
+  local ref_audio = collect(media.audio_chunks(copy, opts_audio()))
+  local ref_grabs = {}
+  for i, t in ipairs(grabs) do
+    ref_grabs[i] = collect(media.frames(copy, { times = { t }, format = "gray", output = "blob" }))[1]
+  end
+  -- together: turns taken item by item, a grab retimed back and forth between them, a probe
+  local opened0 = media.inputs()
+  local fs = media.frames(p, opts_frames())
+  local as = media.audio_chunks(p, opts_audio())
+  local g = media.frames(p, { times = {}, keep_open = true, format = "gray", output = "blob" })
+  local frames, audio, got_grabs = {}, {}, {}
+  local fdone, adone, k = false, false, 0
+  while not (fdone and adone) do
+    k = k + 1
+    if not fdone then
+      local f, err = fs:next()
+      T.eq(err, nil)
+      if f then frames[#frames + 1] = f else fdone = true end
+    end
+    if not adone and k % 3 ~= 0 then
+      local c, err = as:next()
+      T.eq(err, nil)
+      if c then audio[#audio + 1] = c else adone = true end
+    end
+    if k % 5 == 0 and #got_grabs < #grabs then
+      g:retime({ grabs[#got_grabs + 1] })
+      got_grabs[#got_grabs + 1] = T.ok(g:next())
+    end
+    if k == 7 then T.near(T.ok(media.probe(p)).duration, 12, 0.2) end
+  end
+  while #got_grabs < #grabs do
+    g:retime({ grabs[#got_grabs + 1] })
+    got_grabs[#got_grabs + 1] = T.ok(g:next())
+  end
+  local opened, open = media.inputs()
+  T.eq(opened - opened0, 1, "one demuxer for the three readers and the probe")
+  T.eq(open, 1)
+  g:close()
+  T.eq(select(2, media.inputs()), 0, "closed with the last reader")
+  T.eq(#frames, #ref_frames, "frames")
+  for i, f in ipairs(frames) do
+    T.eq(f.t, ref_frames[i].t, "frame time " .. i)
+    T.eq(f.blob:bytes(1, #f.blob), ref_frames[i].blob:bytes(1, #ref_frames[i].blob), "frame pixels " .. i)
+  end
+  T.eq(#audio, #ref_audio, "audio chunks")
+  for i, c in ipairs(audio) do
+    T.eq(c.start, ref_audio[i].start, "chunk start " .. i)
+    T.eq(c.blob:bytes(1, #c.blob), ref_audio[i].blob:bytes(1, #ref_audio[i].blob), "chunk samples " .. i)
+  end
+  for i, f in ipairs(got_grabs) do
+    T.eq(f.t, ref_grabs[i].t, "grab time " .. i)
+    T.eq(f.blob:bytes(1, #f.blob), ref_grabs[i].blob:bytes(1, #ref_grabs[i].blob), "grab pixels " .. i)
+  end
+end)
+
 T.case("a kept-open reader retimed (back and forth) gives a new reader's frames from one open input", function()
   -- B-frames, so seeking back lands before a keyframe's presentation time as well
   local p = file("retime.mp4", { "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=12",
     "-c:v", "libx264", "-bf", "2", "-g", "50", "-pix_fmt", "yuv420p" })
+  -- the fresh readers read a copy: readers of one file open at once share its demuxer
+  local copy = tmp .. "/retime-copy.mp4"
+  assert(sl.exec({ "cp", p, copy }))
   local opened0 = media.inputs()
   local g = media.frames(p, { times = {}, keep_open = true, format = "gray", output = "blob" })
   T.eq(g:next(), nil, "no times: no frame, and the input stays open")
@@ -458,7 +528,7 @@ T.case("a kept-open reader retimed (back and forth) gives a new reader's frames 
     g:retime({ t })
     local a = T.ok(g:next())
     T.eq(g:next(), nil, "one time, one frame")
-    local b = collect(media.frames(p, { times = { t }, format = "gray", output = "blob" }))[1]
+    local b = collect(media.frames(copy, { times = { t }, format = "gray", output = "blob" }))[1]
     fresh = fresh + 1
     T.eq(a.t, b.t, "the frame at " .. t)
     T.eq(a.dhash, b.dhash, "the picture at " .. t)
