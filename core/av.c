@@ -475,10 +475,57 @@ static void cursor_close(cursor *c) {
   }
 }
 
+/* Appends pkt (moved) to the cursor's queue, which has room. Returns 0 or AVERROR(ENOMEM). */
+static int cursor_push(cursor *c, AVPacket *pkt) {
+  AVPacket *q = av_packet_alloc();
+  if (!q) {
+    av_packet_unref(pkt);
+    return AVERROR(ENOMEM);
+  }
+  if (pkt->dts != AV_NOPTS_VALUE) c->last_dts = pkt->dts;
+  av_packet_move_ref(q, pkt);
+  c->queue[(c->qhead + c->qlen++) % CURSOR_BATCH] = q;
+  return 0;
+}
+
+/* Moves the demuxer to this cursor's next packet: the first index entry after the last packet
+ * it read. The MP4 demuxer seeks by presentation time (it shifts the time by the stream's
+ * composition offset before searching the decoding times of its index), so the seek goes to at
+ * or before that entry and the packets before it are read and dropped; a seek that lands past
+ * it is made again further back. The entry's packet goes to the queue. Returns 0 or an AVERROR
+ * (AVERROR_EOF: no packet left). */
+static int cursor_resume(cursor *c, AVPacket *pkt) {
+  AVFormatContext *fmt = c->fmt;
+  AVStream *st = fmt->streams[c->stream];
+  const AVIndexEntry *e =
+      avformat_index_get_entry_from_timestamp(st, c->last_dts + 1, AVSEEK_FLAG_ANY);
+  if (!e) return AVERROR_EOF;
+  int64_t next = e->timestamp;
+  int64_t step = st->time_base.num > 0 ? av_rescale_q(1, (AVRational){1, 1}, st->time_base) : 1;
+  if (step < 1) step = 1;
+  for (int64_t back = 0; back <= 64 * step; back = back ? back * 2 : step) {
+    int rc = av_seek_frame(fmt, c->stream, next - back, AVSEEK_FLAG_BACKWARD | AVSEEK_FLAG_ANY);
+    if (rc < 0) return rc;
+    for (;;) {
+      rc = av_read_frame(fmt, pkt);
+      if (rc < 0) return rc;
+      if (pkt->stream_index != c->stream || pkt->dts == AV_NOPTS_VALUE || pkt->dts < next) {
+        av_packet_unref(pkt);
+        continue;
+      }
+      if (pkt->dts == next) return cursor_push(c, pkt);
+      av_packet_unref(pkt); /* landed past it: further back */
+      break;
+    }
+  }
+  return AVERROR_BUG;
+}
+
 /* With the shared input's lock held: makes this cursor the demuxer's user (its interrupt
  * callback, its stream only) and, unless reposition is 0, moves the demuxer back to where
- * this cursor left it. Returns 0, or AVERROR_EOF when its stream has no packet left. */
-static int cursor_take(cursor *c, int reposition) {
+ * this cursor left it (pkt: scratch). Returns 0, or AVERROR_EOF when its stream has no packet
+ * left. */
+static int cursor_take(cursor *c, int reposition, AVPacket *pkt) {
   AVFormatContext *fmt = c->fmt;
   c->shared->hook->cancel = c->cancel;
   if (c->shared->owner == c) return 0;
@@ -486,16 +533,9 @@ static int cursor_take(cursor *c, int reposition) {
   for (unsigned i = 0; i < fmt->nb_streams; i++)
     fmt->streams[i]->discard = (int)i == c->stream ? AVDISCARD_DEFAULT : AVDISCARD_ALL;
   if (!reposition) return 0;
-  AVStream *st = fmt->streams[c->stream];
-  if (c->last_dts != INT64_MIN) {
-    /* the packet after the last one read: every sample is in the index */
-    const AVIndexEntry *e =
-        avformat_index_get_entry_from_timestamp(st, c->last_dts + 1, AVSEEK_FLAG_ANY);
-    if (!e) return AVERROR_EOF;
-    return av_seek_frame(fmt, c->stream, e->timestamp, AVSEEK_FLAG_ANY) < 0 ? AVERROR_EOF : 0;
-  }
+  if (c->last_dts != INT64_MIN) return cursor_resume(c, pkt);
   if (c->sought) return av_seek_frame(fmt, c->stream, c->seek_ts, c->seek_flags);
-  const AVIndexEntry *first = avformat_index_get_entry(st, 0);
+  const AVIndexEntry *first = avformat_index_get_entry(fmt->streams[c->stream], 0);
   if (!first) return AVERROR_EOF;
   return av_seek_frame(fmt, c->stream, first->timestamp, AVSEEK_FLAG_ANY | AVSEEK_FLAG_BACKWARD);
 }
@@ -507,7 +547,7 @@ static int cursor_read(cursor *c, AVPacket *pkt) {
   if (c->qlen == 0 && !c->pending_rc) {
     if (c->at_end) return AVERROR_EOF;
     pthread_mutex_lock(&c->shared->lock);
-    int rc = cursor_take(c, 1);
+    int rc = cursor_take(c, 1, pkt);
     while (rc >= 0 && c->qlen < CURSOR_BATCH) {
       rc = av_read_frame(c->fmt, pkt);
       if (rc < 0) break;
@@ -515,15 +555,7 @@ static int cursor_read(cursor *c, AVPacket *pkt) {
         av_packet_unref(pkt);
         continue;
       }
-      AVPacket *q = av_packet_alloc();
-      if (!q) {
-        av_packet_unref(pkt);
-        rc = AVERROR(ENOMEM);
-        break;
-      }
-      if (pkt->dts != AV_NOPTS_VALUE) c->last_dts = pkt->dts;
-      av_packet_move_ref(q, pkt);
-      c->queue[(c->qhead + c->qlen++) % CURSOR_BATCH] = q;
+      rc = cursor_push(c, pkt);
     }
     pthread_mutex_unlock(&c->shared->lock);
     if (rc < 0) {
@@ -551,7 +583,7 @@ static int cursor_seek(cursor *c, int64_t ts, int flags) {
   c->last_dts = INT64_MIN;
   if (!c->shared) return av_seek_frame(c->fmt, c->stream, ts, flags);
   pthread_mutex_lock(&c->shared->lock);
-  cursor_take(c, 0);
+  cursor_take(c, 0, NULL);
   int rc = av_seek_frame(c->fmt, c->stream, ts, flags);
   pthread_mutex_unlock(&c->shared->lock);
   c->seek_ts = ts;

@@ -453,8 +453,14 @@ T.case("readers of one MP4 open at once share its demuxer and read what separate
     "-g", "50", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest" })
   local copy = tmp .. "/shared-copy.mp4"
   assert(sl.exec({ "cp", p, copy }))
-  local function opts_frames() return { every = 0.5, format = "gray", output = "blob", max_width = 160 } end
-  local function opts_audio() return { seconds = 2, output = "blob" } end
+  -- every frame (with prefetch = false, readers take strict turns: each next() is one job)
+  local prefetch = true
+  local function opts_frames()
+    return { every = prefetch and 0.5 or 0.04, format = "gray", output = "blob", max_width = 96, prefetch = prefetch }
+  end
+  local function opts_audio() return { seconds = 2, output = "blob", prefetch = prefetch } end
+  for _, pf in ipairs { true, false } do
+  prefetch = pf
   local grabs = { 7.2, 1.04, 11.5, 3 }
   -- alone, one after another, on the copy
   local ref_frames = collect(media.frames(copy, opts_frames()))
@@ -510,6 +516,7 @@ T.case("readers of one MP4 open at once share its demuxer and read what separate
   for i, f in ipairs(got_grabs) do
     T.eq(f.t, ref_grabs[i].t, "grab time " .. i)
     T.eq(f.blob:bytes(1, #f.blob), ref_grabs[i].blob:bytes(1, #ref_grabs[i].blob), "grab pixels " .. i)
+  end
   end
 end)
 
