@@ -533,11 +533,20 @@ static int cursor_take(cursor *c, int reposition, AVPacket *pkt) {
   for (unsigned i = 0; i < fmt->nb_streams; i++)
     fmt->streams[i]->discard = (int)i == c->stream ? AVDISCARD_DEFAULT : AVDISCARD_ALL;
   if (!reposition) return 0;
-  if (c->last_dts != INT64_MIN) return cursor_resume(c, pkt);
-  if (c->sought) return av_seek_frame(fmt, c->stream, c->seek_ts, c->seek_flags);
-  const AVIndexEntry *first = avformat_index_get_entry(fmt->streams[c->stream], 0);
-  if (!first) return AVERROR_EOF;
-  return av_seek_frame(fmt, c->stream, first->timestamp, AVSEEK_FLAG_ANY | AVSEEK_FLAG_BACKWARD);
+  int rc;
+  if (c->last_dts != INT64_MIN) {
+    rc = cursor_resume(c, pkt);
+  } else if (c->sought) {
+    rc = av_seek_frame(fmt, c->stream, c->seek_ts, c->seek_flags);
+  } else {
+    const AVIndexEntry *first = avformat_index_get_entry(fmt->streams[c->stream], 0);
+    rc = first ? av_seek_frame(fmt, c->stream, first->timestamp,
+                               AVSEEK_FLAG_ANY | AVSEEK_FLAG_BACKWARD)
+               : AVERROR_EOF;
+  }
+  /* not in place: the next turn moves it again */
+  if (rc < 0) c->shared->owner = NULL;
+  return rc;
 }
 
 /* The next packet of the reader's stream (packets of other streams may come from an own
