@@ -361,10 +361,13 @@ static long cut_point(const audio_state *s, long start, long from, long to, int 
   if (win < 1) win = 1;
   if (step < 1) step = 1;
   int ch = s->channels;
-  double total = 0;
-  const int16_t *p0 = s->pcm + (start - s->pcm_start) * ch;
-  for (long i = 0; i < (to - start) * ch; i++) total += (double)p0[i] * p0[i];
-  double limit = total / (double)((to - start) * ch) * 0.01 * (double)(win * ch);
+  double limit = -1; /* no window is a pause when pauses are not looked for (s->pause 0) */
+  if (s->pause > 0) {
+    double total = 0;
+    const int16_t *p0 = s->pcm + (start - s->pcm_start) * ch;
+    for (long i = 0; i < (to - start) * ch; i++) total += (double)p0[i] * p0[i];
+    limit = total / (double)((to - start) * ch) * 0.01 * (double)(win * ch);
+  }
   long best = (from + to) / 2, run_from = -1, best_run = 0, best_run_mid = 0;
   double best_e = INFINITY;
   for (long a = from; a + win <= to; a += step) {

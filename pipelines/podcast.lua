@@ -8,7 +8,7 @@
 -- or paths, in any mix.
 -- download    4 workers; streams each episode to DIR/downloads/<episode>.<ext>, skips what
 --             is already there, resumes partial files (.part) with a Range request
--- audio       cuts each episode into chunks while it decodes, at the quietest 0.2 s within
+-- audio       cuts each episode into chunks while it decodes, in a pause (0.2 s) within
 --             3 s of a length that spreads the audio still to transcribe (every episode's, the
 --             expected ones too) over the CPUs: 30-300 s (sluice.blocks.plan;
 --             --set stages.audio.params.seconds=N fixes it). Chunks cut in a pause meet;

@@ -238,11 +238,12 @@ end
 --   prefetch=true})
 -- -> stream of {seq=, t0=, t1=, start=, samples=, rate=, channels=, path= | blob=}
 -- Chunk k (1-based) starts at sample start = previous chunk's end - overlap; samples are
--- 16-bit little-endian PCM. With split="silence" each boundary moves to the quietest 20 ms
--- (the quietest `pause` seconds) within window seconds around it, and where that is a pause
--- (every 20 ms of it 20 dB below the chunk's mean power) the next chunk starts at the cut: no word is cut there,
--- so no audio is transcribed twice (pause=0: always overlap). With first=S the first chunk is
--- S seconds and each next one twice as long until `seconds` (a first result sooner).
+-- 16-bit little-endian PCM. With split="silence" each boundary moves within window seconds
+-- around it: to the middle of the longest pause there (20 ms windows each 20 dB below the
+-- chunk's mean power) when it lasts `pause` seconds, and the next chunk then starts at the cut
+-- (no word is cut there, so no audio is transcribed twice); else to the quietest 20 ms, with
+-- the overlap (pause=0: always so). With first=S the first chunk is S seconds and each next
+-- one twice as long until `seconds` (a first result sooner).
 function M.audio_chunks(url, opts)
   check_url(url, "audio_chunks")
   opts = opts or {}
