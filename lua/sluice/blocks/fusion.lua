@@ -536,8 +536,9 @@ end
 -- Consecutive chunks overlap by (previous t1 - next t0) seconds (or opts.overlap when the times
 -- are not given): both heard those words. Chunks that meet (next t0 >= previous t1: cut in a
 -- pause) are joined as they are (boundary marked adjacent = true). Otherwise the tail of one
--- chunk and the head of the next are aligned word by word (longest common subsequence on normalized words; with word times, only words less than
--- opts.max_skew (1.5 s) apart may match) and the result is cut at the middle matched pair,
+-- chunk and the head of the next are aligned word by word (longest common subsequence on
+-- normalized words; with word times, only words less than opts.max_skew (1.5 s) apart may
+-- match) and the result is cut at the middle matched pair,
 -- away from the chunk edges where recognition is worst. Without a match of at least
 -- opts.min_match (2) words, timed words are cut at the middle of the overlap and untimed ones
 -- are kept (boundary marked aligned = false). Output segments keep their original grouping;
