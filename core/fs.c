@@ -4,6 +4,12 @@
  *                                      parent folders, writes path.<pid>.tmp and renames it
  *                                      over path (a reader never sees half a file);
  *                                      cb(true) or cb(nil, message, code)
+ *   fs.extend(path, keep, bytes, cb) -> job
+ *                                      the same, the new file being the first `keep` bytes of
+ *                                      the file at path, then bytes: a file that grows (a JSON
+ *                                      array before its closing bracket, subtitles) without
+ *                                      its writer holding what it wrote before; path shorter
+ *                                      than keep: cb(nil, message, "EINVAL")
  *
  * Reading a file on the pool is httpd.read_file(root, relpath, cb) (core/httpd.c). The
  * broker's remote stages use both to move the files a unit refers to between machines.
@@ -11,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +30,7 @@
 typedef struct write_job {
   char *path;
   sl_blob *data;
+  int64_t keep; /* fs.extend: bytes of the old file that come first; -1 for fs.write */
   const char *code;
   char msg[256];
 } write_job;
@@ -54,8 +62,46 @@ static int make_parents(const char *path) {
 }
 
 static void fail(write_job *w, int err, const char *what) {
-  w->code = err == ENOSPC ? "ENOSPC" : (err == EACCES ? "EACCES" : "EIO");
+  w->code =
+      err == ENOSPC ? "ENOSPC" : (err == EACCES ? "EACCES" : (err == EINVAL ? "EINVAL" : "EIO"));
   snprintf(w->msg, sizeof w->msg, "%s: %s", what, strerror(err));
+}
+
+/* Writes len bytes of buf to fd. Returns 0 or an errno. */
+static int write_all(int fd, const char *buf, size_t len) {
+  size_t off = 0;
+  while (off < len) {
+    ssize_t n = write(fd, buf + off, len - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno;
+    off += (size_t)n;
+  }
+  return 0;
+}
+
+/* Copies the first keep bytes of the file at path to fd. Returns 0, an errno, or -1 when the
+ * file is shorter than keep. */
+static int copy_head(const char *path, int64_t keep, int fd) {
+  int src = open(path, O_RDONLY | O_CLOEXEC);
+  if (src < 0) return errno;
+  char buf[65536];
+  int err = 0;
+  while (keep > 0) {
+    ssize_t n = read(src, buf, keep < (int64_t)sizeof buf ? (size_t)keep : sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      err = errno;
+      break;
+    }
+    if (n == 0) {
+      err = -1;
+      break;
+    }
+    if ((err = write_all(fd, buf, (size_t)n)) != 0) break;
+    keep -= n;
+  }
+  close(src);
+  return err;
 }
 
 static void write_job_run(sl_job *job, void *d) {
@@ -68,17 +114,20 @@ static void write_job_run(sl_job *job, void *d) {
     return fail(w, ENAMETOOLONG, "path");
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd < 0) return fail(w, errno, "cannot create it");
-  size_t off = 0, len = w->data->len;
-  while (off < len) {
-    ssize_t n = write(fd, w->data->data + off, len - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      err = errno;
-      close(fd);
-      unlink(tmp);
-      return fail(w, err, "cannot write it");
+  if (w->keep > 0 && (err = copy_head(w->path, w->keep, fd)) != 0) {
+    close(fd);
+    unlink(tmp);
+    if (err == -1) {
+      w->code = "EINVAL";
+      snprintf(w->msg, sizeof w->msg, "shorter than the %lld bytes to keep", (long long)w->keep);
+      return;
     }
-    off += (size_t)n;
+    return fail(w, err, "cannot read it");
+  }
+  if ((err = write_all(fd, (const char *)w->data->data, w->data->len)) != 0) {
+    close(fd);
+    unlink(tmp);
+    return fail(w, err, "cannot write it");
   }
   if (close(fd) != 0) {
     err = errno;
@@ -102,13 +151,15 @@ static int write_job_finish(lua_State *L, void *d) {
 static const sl_job_class write_class = {"fs.write", write_job_run, write_job_finish,
                                          write_job_free};
 
-/* fs.write(path, bytes, cb) -> job */
-static int l_write(lua_State *L) {
+/* Submits the write of the bytes at stack index `bytes` to path (arg 1), keeping `keep` bytes
+ * of the old file first (-1: none), calling the function at index bytes + 1. */
+static int submit_write(lua_State *L, int64_t keep, int bytes) {
   size_t plen;
   const char *path = luaL_checklstring(L, 1, &plen);
   luaL_argcheck(L, strlen(path) == plen && plen > 0, 1, "empty path or NUL byte in it");
-  luaL_argexpected(L, lua_type(L, 2) == LUA_TSTRING || sl_blob_to(L, 2), 2, "string or blob");
-  luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_argexpected(L, lua_type(L, bytes) == LUA_TSTRING || sl_blob_to(L, bytes), bytes,
+                   "string or blob");
+  luaL_checktype(L, bytes + 1, LUA_TFUNCTION);
   write_job *w = calloc(1, sizeof *w);
   if (!w) return luaL_error(L, "out of memory");
   w->path = strdup(path);
@@ -116,12 +167,23 @@ static int l_write(lua_State *L) {
     free(w);
     return luaL_error(L, "out of memory");
   }
-  w->data = sl_blob_from_arg(L, 2);
-  return sl_job_submit(L, 3, &write_class, w);
+  w->keep = keep;
+  w->data = sl_blob_from_arg(L, bytes);
+  return sl_job_submit(L, bytes + 1, &write_class, w);
+}
+
+/* fs.write(path, bytes, cb) -> job */
+static int l_write(lua_State *L) { return submit_write(L, -1, 2); }
+
+/* fs.extend(path, keep, bytes, cb) -> job */
+static int l_extend(lua_State *L) {
+  lua_Integer keep = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, keep >= 0, 2, "a byte count >= 0");
+  return submit_write(L, (int64_t)keep, 3);
 }
 
 int luaopen_sluice_fs(lua_State *L) {
-  static const luaL_Reg funcs[] = {{"write", l_write}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"write", l_write}, {"extend", l_extend}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   return 1;
 }

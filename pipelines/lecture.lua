@@ -37,6 +37,7 @@
 -- chunks in DIR/audio).
 local sl = require "sluice"
 local cjson = require "cjson"
+local json = require "sluice.runtime.json"
 local fusion = require "sluice.blocks.fusion"
 local subtitles = require "sluice.blocks.subtitles"
 local stages = require "sluice.blocks.stages"
@@ -80,11 +81,13 @@ local function policy_of(ctx)
   return fusion.by_slide
 end
 
+-- The fuser of a key as its speech and slides come (fusion below): it forgets what is final,
+-- so a two-hour lecture's does not hold every segment.
 local function fuser_for(ctx, key)
   local s = state(ctx)
   local f = s.fusers[key]
   if not f then
-    f = fusion.new { policy = policy_of(ctx) }
+    f = fusion.new { policy = policy_of(ctx), forget = true }
     s.fusers[key] = f
   end
   return f
@@ -92,6 +95,7 @@ end
 
 -- Emits fused entries as items (seq = slide number or window index + 1) and as events: a
 -- `fused` event and a `segment` event with final = true (it replaces the provisional ones).
+-- Returns entries.
 local function emit_entries(ctx, entries)
   for _, e in ipairs(entries) do
     local seq = e.seq or (e.window + 1)
@@ -101,19 +105,50 @@ local function emit_entries(ctx, entries)
       speech = e.speech, slide_path = e.slide_path })
     ctx:emit(e, { seq = seq, t0 = e.t0, t1 = e.t1 })
   end
+  return entries
+end
+
+-- An entry as fused.json has it.
+local function fused_entry(e)
+  return { seq = e.seq, window = e.window, t0 = e.t0, t1 = e.t1,
+    slide_text = e.slide_text, slide_path = e.slide_path, speech = e.speech,
+    segments = e.segments, slides = e.slides, missing = e.missing, speech_only = e.speech_only,
+    same_as = e.same_as, window_fallback = e.window_fallback }
 end
 
 -- fused.json's entries, in order.
 local function fused_json(list)
   local entries = {}
-  for i, e in ipairs(list) do
-    entries[i] = { seq = e.seq, window = e.window, t0 = e.t0, t1 = e.t1,
-      slide_text = e.slide_text, slide_path = e.slide_path, speech = e.speech,
-      segments = e.segments, slides = e.slides, missing = e.missing, speech_only = e.speech_only,
-      same_as = e.same_as, window_fallback = e.window_fallback }
-  end
+  for i, e in ipairs(list) do entries[i] = fused_entry(e) end
   table.sort(entries, function(a, b) return (a.seq or a.window) < (b.seq or b.window) end)
   return entries
+end
+
+-- fused.json as it grows (fusion below; fusion_end writes it whole at the end): the final
+-- entries in order, from the first, each added once the ones before it are (a slide whose
+-- description is late holds the later ones back). Each write makes the file its old bytes,
+-- less the closing bracket, plus the new entries (files.extend), so nothing written is held;
+-- as that copies the file, a write waits 20 times as long as the last one took (at least 2 s):
+-- at most 5% of the time goes to it.
+local function grow_fused(ctx, g, entries)
+  for _, e in ipairs(entries) do g.ready[e.seq or (e.window + 1)] = e end
+  if not g.ready[g.next] or sl.now() < g.next_write then return end
+  local parts = {}
+  while g.ready[g.next] do
+    parts[#parts + 1] = json.encode(fused_entry(g.ready[g.next]))
+    g.ready[g.next] = nil
+    g.next = g.next + 1
+  end
+  local t0 = sl.now()
+  local bytes = (g.size > 0 and "," or "[") .. table.concat(parts, ",") .. "]"
+  local ok, err = files.extend(g.path, g.size, bytes)
+  if not ok then
+    ctx:log("fused.json not grown: " .. tostring(err))
+    g.next_write = math.huge
+    return
+  end
+  g.size = g.size + #bytes - 1
+  g.next_write = sl.now() + math.max(2, 20 * (sl.now() - t0))
 end
 
 -- Provisional segments (events only: summary and the files take the final ones): a slide's
@@ -201,11 +236,9 @@ return sl.pipeline "lecture" {
               k.srt, k.vtt = subtitles.writer(dir .. "/transcript.srt"), subtitles.writer(dir .. "/transcript.vtt")
             end
           end
-          if k.grow and #out.final > 0 then
-            files.unwatched(function()
-              assert(k.srt:add(out.final))
-              assert(k.vtt:add(out.final))
-            end)
+          if k.grow and #out.final > 0 then -- (previews: written by C, not this unit's outputs)
+            assert(k.srt:add(out.final))
+            assert(k.vtt:add(out.final))
           end
         end
         if #outs > 0 then
@@ -224,6 +257,8 @@ return sl.pipeline "lecture" {
 
     transcript = {
       from = "merge", collect = true,
+      -- held until the last chunk: the chunk, not the merged speech fusion took from it
+      keep = function(d) return { chunk = d.chunk } end,
       run = function(items, ctx)
         local chunks, t1 = {}, 0
         for i, env in ipairs(items) do
@@ -308,31 +343,27 @@ return sl.pipeline "lecture" {
       run = function(env, ctx)
         local f = fuser_for(ctx, env.key)
         local d = env.data
+        local new
         if env.stage == "merge" then
           if not f.complete then
-            emit_entries(ctx, f:add_speech(d.final, d.first, d.upto))
+            new = emit_entries(ctx, f:add_speech(d.final, d.first, d.upto))
             f:set_tentative(d.tail, d.tail_first)
           end
         elseif env.stage == "transcript" then
           f.end_time = d.duration
-          emit_entries(ctx, f:set_speech(d.segments))
+          new = emit_entries(ctx, f:set_speech(d.segments))
         elseif env.stage == "frames" then
-          emit_entries(ctx, f:add_times { { seq = d.seq, t = d.t } })
+          new = emit_entries(ctx, f:add_times { { seq = d.seq, t = d.t } })
         elseif env.stage == "vlm" then
-          emit_entries(ctx, f:add_vision(d.slides))
+          new = emit_entries(ctx, f:add_vision(d.slides))
         end
-        -- fused.json grows as segments become final (fusion_end writes the whole at the end),
-        -- where there is none yet (as the subtitles above).
-        if f.grow == nil then f.grow = not exists(stages.out_dir(ctx, env.key) .. "/fused.json") end
-        -- Each write encodes every segment so far, so it waits 20 times as long as the last one
-        -- took (at least 2 s): at most 5% of the loop's time goes to it (a two-hour lecture has
-        -- a thousand segments; written after each one, that was quadratic).
-        if f.grow and #f:entries() > (f.written or 0) and sl.now() >= (f.next_write or 0) then
-          local t0 = sl.now()
-          f.written = #f:entries()
-          files.unwatched(write_json, stages.out_dir(ctx, env.key) .. "/fused.json", fused_json(f:entries()))
-          f.next_write = sl.now() + math.max(2, 20 * (sl.now() - t0))
+        -- fused.json grows as segments become final, where there is none yet (as the
+        -- subtitles above)
+        if f.grow == nil then
+          local path = stages.out_dir(ctx, env.key) .. "/fused.json"
+          f.grow = not exists(path) and { path = path, ready = {}, next = 1, size = 0, next_write = 0 }
         end
+        if f.grow then grow_fused(ctx, f.grow, new or {}) end
         emit_provisional(ctx, f)
       end,
     },
@@ -343,6 +374,13 @@ return sl.pipeline "lecture" {
     -- emits only the entries fusion did not.
     fusion_end = {
       from = { "transcript", "frames", "vlm", "fusion" }, collect = true,
+      -- held until the end: of fusion's entries only which were sent (their seq), of a frame
+      -- its time; the transcript and the descriptions whole
+      keep = function(d, from)
+        if from == "fusion" then return true end
+        if from == "frames" then return { seq = d.seq, t = d.t } end
+        return d
+      end,
       run = function(items, ctx)
         local key = items[1].key
         local nframes = 0
@@ -437,6 +475,12 @@ return sl.pipeline "lecture" {
 
     report = {
       from = { "summary", "judge" }, collect = true,
+      -- held until the end: a summary without the speech and slide text it was made from
+      keep = function(d, from)
+        if from ~= "summary" then return d end
+        return { seq = d.seq, t0 = d.t0, t1 = d.t1, title = d.title, summary = d.summary,
+          speech_only = d.speech_only, window_fallback = d.window_fallback }
+      end,
       run = function(items, ctx)
         local key = items[1].key
         local sums, judged = {}, {}

@@ -296,6 +296,50 @@ T.case("bounded: a forget_taken merger hands out the same segments and keeps the
   T.raises(function() forget:result() end, "forget_taken")
 end)
 
+T.case("bounded: a fuser made with forget returns the same entries and holds the open intervals' speech only", function()
+  local chunks = chunked_speech(600)
+  local whole = fusion.merge_chunks(chunks, { absolute = true })
+  local slides = {}
+  for i = 1, 60 do slides[i] = { seq = i, t = (i - 1) * 10 + 0.5, text = "Slide " .. i } end
+  for _, policy in ipairs { fusion.by_slide, fusion.nearest, fusion.by_window { seconds = 30 } } do
+    local name = policy.kind
+    local m = fusion.chunk_merger { absolute = true, forget_taken = true }
+    local all = fusion.new { policy = policy }
+    local fg = fusion.new { policy = policy, forget = true }
+    local got, want = {}, {}
+    local function both(call, ...)
+      for _, e in ipairs(all[call](all, ...)) do want[#want + 1] = e end
+      for _, e in ipairs(fg[call](fg, ...)) do got[#got + 1] = e end
+    end
+    local next_slide, most = 1, 0
+    for _, ch in ipairs(chunks) do
+      m:add(ch)
+      local segs, first, upto = m:take_final()
+      both("add_speech", segs, first, upto)
+      all:set_tentative(m:tail())
+      fg:set_tentative(m:tail())
+      -- the slides captured by the chunk's end, described a chunk later
+      local batch = {}
+      while slides[next_slide] and slides[next_slide].t < ch.t0 do
+        batch[#batch + 1] = slides[next_slide]
+        next_slide = next_slide + 1
+      end
+      if #batch > 0 then both("add_vision", batch) end
+      T.same(fg:provisional(), all:provisional(), name .. ": provisional after chunk " .. ch.seq)
+      if #(fg.units or {}) > most then most = #fg.units end
+    end
+    local rest = {}
+    for i = next_slide, #slides do rest[#rest + 1] = slides[i] end
+    both("add_vision", rest)
+    both("finish")
+    T.same(got, want, name .. ": the same entries")
+    T.ok(#want >= 10, name .. ": entries " .. #want)
+    -- 600 s of speech are 2400 words; an open interval (and the last chunk) about a hundred
+    T.ok(most <= 300, name .. ": speech units held at most " .. most .. " (without forget: " .. #all.units .. ")")
+    T.raises(function() fg:entries() end, "forget")
+  end
+end)
+
 T.case("bounded: a slide's provisional signature goes once its entry is final", function()
   local f = fusion.new { policy = fusion.by_slide }
   for seq = 1, 200 do

@@ -383,6 +383,61 @@ T.case("collect = \"end\": one call when the upstream is done, with no items hel
   T.eq(st and st.done, 50, "the 50 items it stood for are done")
 end)
 
+T.case("collect with keep: the group holds what keep returns, not the items; ids, seqs and times stay", function()
+  -- 40 items of 100 kB go by, with a small field beside the big one; the heap at the call
+  -- (after a full collection) tells whether the group held the big fields
+  local function run(keep)
+    local got, heap = nil, nil
+    local p = sl.pipeline "coll_keep" {
+      sources = { gen = function(ctx)
+        for i = 1, 40 do ctx:emit({ big = string.rep("x", 100000) .. i, n = i }, { key = "k", seq = i, t0 = i }) end
+      end },
+      stages = {
+        pass = { from = "gen", workers = 2, run = function(item) return item.data end },
+        sum = { from = "pass", collect = true, keep = keep, run = function(items)
+          collectgarbage()
+          heap = collectgarbage("count")
+          got = {}
+          for i, e in ipairs(items) do got[i] = { seq = e.seq, t0 = e.t0, id = e.id, n = e.data.n, big = e.data.big ~= nil } end
+          return #items
+        end },
+      },
+    }
+    local s = p:start {}:wait()
+    return got, heap, s
+  end
+  local whole, heap_whole = run(nil)
+  local kept, heap_kept, s = run(function(d, from)
+    assert(from == "pass", "keep is told the producing stage")
+    return { n = d.n }
+  end)
+  T.eq(#s.dead, 0)
+  T.eq(#kept, 40)
+  for i, g in ipairs(kept) do
+    local w = whole[i]
+    T.same({ g.seq, g.t0, g.id, g.n, g.big }, { w.seq, w.t0, w.id, w.n, false }, "item " .. i)
+  end
+  T.ok(heap_kept < heap_whole - 3000, string.format("heap at the call: %.0f kB with keep, %.0f kB without",
+    heap_kept, heap_whole))
+
+  -- an error in keep fails the group's call with a line naming the stage and the cause
+  local _, _, s2 = run(function(d) if d.n == 7 then error("no field x", 0) end return d end)
+  T.eq(#s2.dead, 1)
+  local e = tostring(s2.dead[1] and s2.dead[1].error)
+  T.ok(e:find("stage sum: keep (an item of pass): no field x", 1, true), e)
+end)
+
+T.case("option keep: a function, with collect", function()
+  local function decl(spec)
+    return pcall(sl.pipeline "bad_keep", { sources = { gen = function() end },
+      stages = { s = spec } })
+  end
+  local ok, err = decl { from = "gen", keep = function(d) return d end, run = function() end }
+  T.ok(not ok and tostring(err):find("option 'keep' needs collect", 1, true), tostring(err))
+  ok, err = decl { from = "gen", collect = true, keep = 3, run = function() end }
+  T.ok(not ok and tostring(err):find("option 'keep' must be a function", 1, true), tostring(err))
+end)
+
 T.case("gate join: items wait for the gate input, later items pass at once", function()
   local log = {}
   local p = sl.pipeline "gate" {

@@ -189,4 +189,32 @@ T.case("a value a task was woken with is not kept alive by the scheduler", funct
   T.eq(weak[1], nil, "the woken value was still referenced")
 end)
 
+T.case("files.extend: the first keep bytes of the old file, then the new ones; a bad keep changes nothing", function()
+  local files = require "sluice.runtime.files"
+  local dir = os.tmpname()
+  os.remove(dir)
+  local path = dir .. "/sub/grow.json"
+  -- a JSON array grown three times without the writer holding what it wrote
+  T.eq(files.extend(path, 0, "[1]"), true, "keep 0 makes the file (and its folder)")
+  T.eq(files.extend(path, 2, ",2]"), true)
+  local big = string.rep("x", 200000) -- more than one copy buffer
+  T.eq(files.extend(path, 4, ',"' .. big .. '"]'), true)
+  T.eq(T.slurp(path), '[1,2,"' .. big .. '"]')
+  local before = T.slurp(path)
+  local ok, err, code = files.extend(path, #before + 1, "]")
+  T.eq(ok, nil)
+  T.eq(code, "EINVAL")
+  T.ok(err:find(path, 1, true) and err:find("shorter than the " .. (#before + 1) .. " bytes to keep", 1, true), err)
+  T.eq(T.slurp(path), before, "a failed extend leaves the file as it was")
+  ok, err = files.extend(dir .. "/missing.json", 3, "x")
+  T.eq(ok, nil)
+  T.ok(err:find("missing.json: cannot read it", 1, true), err)
+  local left = io.popen("ls -a " .. dir .. "/sub"):read("a")
+  T.eq(left, ".\n..\ngrow.json\n", "no temporary left behind")
+  T.raises(function() require("sluice.core.fs").extend(path, -1, "x", function() end) end, "a byte count >= 0")
+  os.remove(path)
+  os.remove(dir .. "/sub")
+  os.remove(dir)
+end)
+
 return T.run()

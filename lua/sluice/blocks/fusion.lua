@@ -25,6 +25,12 @@
 --   f:add_vision(batch)    -- buffered while speech is missing; returns the entries ready now
 --   f:set_speech(segments) -- the gate: returns the entries that became ready
 --   f:finish()             -- no more vision: returns every remaining entry
+--   f:entries()            -- every entry emitted so far
+-- forget = true (fusion.new{policy=, forget=true}): the fuser lets go of what no entry still
+-- to come can need, the speech before the earliest interval not yet emitted, and keeps no
+-- list of the entries it returned (entries() is then an error: the caller owns them), so it
+-- holds what is not final only, whatever the input's length (a two-hour lecture's fuser).
+-- Capture times must then come in time order (as a capture makes them).
 -- Every call returns a list of new entries in seq order, each emitted exactly once. An entry
 -- for slide k is ready once its description is in and the next slide's time is known (from
 -- add_times, a later batch, or finish), so each VLM batch yields its slides at once except
@@ -194,6 +200,8 @@ function M.new(opts)
     out = {},        -- every entry emitted, in emission order
     next_window = 0, -- by_window: the first window not yet emitted
     units = nil,     -- set by set_speech
+    units_end = 0,   -- where the speech added so far ends
+    forget = opts.forget and true or false,
     finished = false,
   }, Fuser)
 end
@@ -276,6 +284,7 @@ function Fuser:set_speech(speech)
   local units = speech_units(speech)
   table.sort(units, before)
   self.units = units
+  self.units_end = speech_end(units)
   self.complete, self.tent = true, nil
   return self:_ready()
 end
@@ -288,6 +297,7 @@ function Fuser:add_speech(segments, first, upto)
   if self.complete then error("fusion: add_speech after set_speech", 2) end
   local new = speech_units(segments, (first or 1) - 1)
   table.sort(new, before)
+  self.units_end = math.max(self.units_end, speech_end(new))
   local units = self.units or {}
   for _, u in ipairs(new) do -- mostly appended: move each back to its place
     local i = #units + 1
@@ -386,13 +396,47 @@ function Fuser:finish(end_time)
 end
 
 function Fuser:has_speech() return self.units ~= nil end
-function Fuser:entries() return self.out end
+function Fuser:entries()
+  if self.forget then error("fusion: entries() of a fuser made with forget (its calls returned them)", 2) end
+  return self.out
+end
+
+-- forget: drops the speech units no entry still to come can take, those whose midpoint lies
+-- before the lowest bound of an interval not yet emitted (by_window: the next window; by_slide
+-- and nearest: the earliest slide not yet emitted, or the last one known, since slides still to
+-- come are later).
+local function forget_speech(self)
+  local units = self.units
+  if not units or #units == 0 then return end
+  local kind, bound = self.policy.kind, nil
+  if kind == "by_window" then
+    if self.next_window == 0 then return end
+    bound = self.next_window * self.policy.seconds
+  else
+    local seqs = self.sorted
+    if #seqs == 0 then return end
+    for i, seq in ipairs(seqs) do
+      if not self.emitted[seq] then
+        if i == 1 or seq == self.first_seq then return end -- its speech starts at the beginning
+        local t = self.times[seq]
+        bound = kind == "by_slide" and t or (self.times[seqs[i - 1]] + t) / 2
+        break
+      end
+    end
+    bound = bound or self.times[seqs[#seqs]]
+  end
+  local n = first_at(units, bound) - 1
+  if n <= 0 then return end
+  local len = #units
+  table.move(units, n + 1, len, 1)
+  for i = len, len - n + 1, -1 do units[i] = nil end
+end
 
 
 local function last_time(self)
   local e = self.end_time
   if e then return e end
-  e = speech_end(self.units or {})
+  e = self.units_end
   for _, t in pairs(self.times) do if t > e then e = t end end
   return e
 end
@@ -497,7 +541,11 @@ function Fuser:_ready()
       end
     end
   end
-  for _, e in ipairs(new) do self.out[#self.out + 1] = e end
+  if self.forget then
+    forget_speech(self)
+  else
+    for _, e in ipairs(new) do self.out[#self.out + 1] = e end
+  end
   return new
 end
 

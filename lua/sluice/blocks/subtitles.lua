@@ -337,13 +337,15 @@ end
 -- writer(path[, limits]) -> w: a subtitle file (the format from the extension) that grows as
 -- final segments come. w:add(segments) lays out the new segments only (the cues of earlier
 -- calls are kept, not laid out again: a two-hour transcript is not laid out once per chunk),
--- starts none of them before the last earlier cue ended, and writes the whole file again
--- (temporary file, rename). Returns true, or nil and a message.
+-- starts none of them before the last earlier cue ended, and makes the file the old one plus
+-- the new cues (sluice.runtime.files.extend: a temporary file and a rename, the old bytes
+-- copied on the pool), so the writer holds none of the cues it wrote. Waits (inside a task).
+-- Returns true, or nil and a message. The file is the same as write_file's for all segments.
 local Writer = {}
 Writer.__index = Writer
 function M.writer(path, lim)
-  return setmetatable({ path = path, vtt = path:match("%.vtt$") ~= nil, parts = {}, n = 0,
-    last_end = -math.huge, lim = lim }, Writer)
+  return setmetatable({ path = path, vtt = path:match("%.vtt$") ~= nil, n = 0,
+    last_end = -math.huge, lim = lim, size = nil }, Writer)
 end
 function Writer:add(segments)
   local laid = M.layout(segments, self.lim)
@@ -352,12 +354,20 @@ function Writer:add(segments)
     if c["end"] < c.start then c["end"] = c.start end
   end
   local cs = cues(laid, self.vtt, self.n)
-  for _, c in ipairs(cs) do self.parts[#self.parts + 1] = c end
-  self.n = self.n + #cs
   if #laid > 0 then self.last_end = math.max(self.last_end, laid[#laid]["end"]) end
-  local body = table.concat(self.parts, "\n")
-  if self.vtt then body = #self.parts == 0 and "WEBVTT\n" or ("WEBVTT\n\n" .. body) end
-  return write_whole(self.path, body)
+  if self.size and #cs == 0 then return true end
+  -- the file is the header (WebVTT) then the cues joined by blank lines
+  local bytes = table.concat(cs, "\n")
+  if not self.size then
+    if self.vtt then bytes = #cs == 0 and "WEBVTT\n" or ("WEBVTT\n\n" .. bytes) end
+  elseif self.vtt or self.n > 0 then
+    bytes = "\n" .. bytes
+  end
+  local ok, err = files.extend(self.path, self.size or 0, bytes)
+  if not ok then return nil, "subtitles: " .. err end
+  self.n = self.n + #cs
+  self.size = (self.size or 0) + #bytes
+  return true
 end
 
 function M.write_file(path, segments, opts)

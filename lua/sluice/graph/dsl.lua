@@ -18,7 +18,7 @@ local STAGE_OPTIONS = {
   timeout = true, limits = true, order = true, collect = true, join = true, on_gate = true,
   emit = true, estimate = true, tokens = true, name = true, doc = true, description = true,
   params = true, kind = true, version = true, memo = true, hedge = true, cache = true,
-  remote = true,
+  remote = true, keep = true,
 }
 
 -- While a script's pipeline declaration is checked: where it is ({src=, line=, stages=}), so
@@ -176,6 +176,16 @@ local function normalize_stage(pname, name, spec, limits)
     if c == "end" then s.collect_items, s.memo_off = false, true end
     if s.collect and s.batch then vfail(pname, where, "options 'collect' and 'batch' exclude each other") end
     if s.collect and s.gate then vfail(pname, where, "options 'collect' and 'join.gate' exclude each other") end
+  end
+  if spec.keep ~= nil then
+    -- keep(data, from) -> what of each collected item the call needs: a group holds that
+    -- until its key completes, not the whole item (a two-hour lecture's report would hold
+    -- every segment's speech)
+    if not is_callable(spec.keep) then vfail(pname, where, "option 'keep' must be a function(data, from) -> data") end
+    if not s.collect or s.collect_items == false then
+      vfail(pname, where, "option 'keep' needs collect = true or \"all\" (it says what of each held item the call needs)")
+    end
+    s.keep = spec.keep
   end
   if s.batch and s.gate then vfail(pname, where, "options 'batch' and 'join.gate' exclude each other") end
   if spec.emit ~= nil and type(spec.emit) ~= "boolean" then vfail(pname, where, "option 'emit' must be a boolean") end

@@ -76,6 +76,36 @@ function M.admit(S, u, ks)
   return false
 end
 
+-- What a group holds of env: env itself, or, for a stage with `keep`, a copy of it (the same
+-- id, key and times; lazy envelopes stay lazy) whose data is keep(data, from). An error in
+-- keep is kept in `holder` (the key's state, or the stage for collect = "all"): the group's
+-- call then fails with it, and the item is held whole meanwhile.
+local function held(C, env, holder)
+  local keep = C.keep
+  if not keep then return env end
+  local ok, d = pcall(keep, env.data, env.stage)
+  if not ok then
+    holder.keep_error = holder.keep_error or
+      string.format("stage %s: keep (an item of %s): %s", C.name, tostring(env.stage), tostring(d))
+    return env
+  end
+  local c = {}
+  for k, v in next, env do c[k] = v end
+  c.data = d
+  return setmetatable(c, getmetatable(env))
+end
+
+-- A group unit whose held items' keep failed fails with that error when it runs.
+local function group_unit(S, k, items, path, holder)
+  local u = new_unit(S, "group", k, items, path)
+  local err = holder.keep_error
+  if err then
+    holder.keep_error = nil
+    u.fn = function() error(err, 0) end
+  end
+  return u
+end
+
 -- Items that do not go to the queue: collected ones, and the gate input's.
 local function take(C, env, P, ks)
   if C.collect then
@@ -86,9 +116,11 @@ local function take(C, env, P, ks)
         return true
       end
       g = C.all_group
+      env = held(C, env, C)
     else
       g = ks.group
       if not g then g = {}; ks.group = g end
+      env = held(C, env, ks)
     end
     g[#g + 1] = env
     return true
@@ -371,7 +403,7 @@ local function key_idle_hook(S, k, ks)
     ks.group_done = true
     if ks.group and #ks.group > 0 then
       ks.pending = 1
-      push_ready(S, new_unit(S, "group", k, ks.group, S.name .. "/collect/" .. tostring(k)))
+      push_ready(S, group_unit(S, k, ks.group, S.name .. "/collect/" .. tostring(k), ks))
       ks.group = nil
       return true
     end
@@ -395,7 +427,7 @@ local function stage_idle_hook(S)
     S.all_group_done = true
     if #S.all_group > 0 or S.all_count > 0 then
       S.all_keys_pending = true
-      local u = new_unit(S, "group", "*", S.all_group, S.name .. "/collect/*")
+      local u = group_unit(S, "*", S.all_group, S.name .. "/collect/*", S)
       if S.collect_items == false then u.n = S.all_count end -- (the items it stands for)
       push_ready(S, u)
       S.all_group = {}

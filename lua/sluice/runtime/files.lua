@@ -12,6 +12,10 @@
 --                         -- rename (true, or nil, message)
 --   files.read(path)      -- (waits, inside a task) the whole file read on the pool: bytes, or
 --                         -- nil, message, code
+--   files.extend(path, keep, bytes) -- (waits, inside a task) path becomes its first `keep`
+--                         -- bytes then `bytes`, through a temporary and a rename, copied on
+--                         -- the pool: a file that grows without its writer holding what it
+--                         -- wrote; written by C, so not reported to the watcher (files.wrote)
 --
 -- Work that wants to know (the graph, for a unit it runs) puts a watcher in its task's
 -- context (sluice.runtime.sched.context(): tasks it spawns share it):
@@ -98,6 +102,12 @@ function M.read(path)
   if not root then root, rel = ".", path elseif root == "" then root = "/" end
   local httpd = require "sluice.core.httpd"
   return sched.await("read " .. path, function(done) return httpd.read_file(root, rel, done) end)
+end
+
+-- extend(path, keep, bytes) -> true, or nil, message, code (see the top of this file).
+function M.extend(path, keep, bytes)
+  local fs = require "sluice.core.fs"
+  return sched.await("extend " .. path, function(done) return fs.extend(path, keep, bytes, done) end)
 end
 
 -- write(path, bytes) -> true, or nil, message. Writes bytes to path through a temporary file
