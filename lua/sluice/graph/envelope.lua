@@ -124,8 +124,10 @@ function M.setup(job, N)
   if N.source then
     N.env_mt = source_mt(job.id, N)
   else
-    -- envelopes made in full keep 8 fields; `job` and `stage` come from their metatable
-    N.env_mt = { __index = { job = job.id, stage = N.name }, __name = "sluice.item" }
+    -- envelopes made in full keep 8 fields (id, key, seq, t0, t1, data, parent, _mk): a Lua
+    -- table of 9 has 16 hash slots, 256 bytes more for each item a collect stage holds;
+    -- `job`, `stage` and `attempt` (1, until a retry sets it) come from their metatable
+    N.env_mt = { __index = { job = job.id, stage = N.name, attempt = 1 }, __name = "sluice.item" }
     N.lazy_mt = lazy_mt(job.id, N.name)
     N.suffix1 = "/" .. N.name .. "/1"
     N.hop1 = { sfx = N.suffix1, prev = false }
@@ -182,14 +184,14 @@ function M.output(S, u, data, opts, k)
   end
   local path = u.path
   return setmetatable({ id = make_id(path .. "/" .. S.name .. "/" .. k), key = key, seq = seq,
-    t0 = t0, t1 = t1, data = data, attempt = 1, parent = path }, S.env_mt)
+    t0 = t0, t1 = t1, data = data, parent = path }, S.env_mt)
 end
 
 -- A copy of env made in full, for the second and later consumers of a node (each stage sets
 -- its input's attempt).
 function M.copy(e)
   return setmetatable({ id = e.id, key = e.key, seq = e.seq, t0 = e.t0, t1 = e.t1, data = e.data,
-    parent = e.parent, attempt = 1, _mk = rawget(e, "_mk") }, getmetatable(e))
+    parent = e.parent, _mk = rawget(e, "_mk") }, getmetatable(e))
 end
 
 return M
