@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs the runtime's tests under valgrind (memcheck): the C unit tests, the runtime Lua tests
 # and the graph runner's per-item path tests, on a build that registers only the runtime's C
-# modules (core, pool, proc, repl, digest) and so
+# modules (core, pool, proc, repl, digest, fs) and so
 # does not load FFmpeg, whose libhwy start-up code uses an instruction (rdtscp) valgrind
 # 3.19 cannot decode. Fails on any memory error or definite/indirect leak; Lua's and the
 # libraries' still-reachable blocks at exit are not leaks.
@@ -11,7 +11,7 @@ set -u
 export SLUICE_CHECK_LOOP=1
 cd "$(dirname "$0")/.."
 DIR=build-valgrind
-cmake -S . -B "$DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_ONLY_MODULES="core;pool;proc;repl;digest" \
+cmake -S . -B "$DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_ONLY_MODULES="core;pool;proc;repl;digest;fs" \
   >"$DIR.cmake.log" 2>&1 || { cat "$DIR.cmake.log"; exit 1; }
 cmake --build "$DIR" -j2 --target sluice test_pool test_engine test_alloc >"$DIR.build.log" 2>&1 ||
   { tail -n 30 "$DIR.build.log"; exit 1; }
