@@ -95,7 +95,6 @@ end
 
 -- Emits fused entries as items (seq = slide number or window index + 1) and as events: a
 -- `fused` event and a `segment` event with final = true (it replaces the provisional ones).
--- Returns entries.
 local function emit_entries(ctx, entries)
   for _, e in ipairs(entries) do
     local seq = e.seq or (e.window + 1)
@@ -105,7 +104,6 @@ local function emit_entries(ctx, entries)
       speech = e.speech, slide_path = e.slide_path })
     ctx:emit(e, { seq = seq, t0 = e.t0, t1 = e.t1 })
   end
-  return entries
 end
 
 -- An entry as fused.json has it.
@@ -343,27 +341,28 @@ return sl.pipeline "lecture" {
       run = function(env, ctx)
         local f = fuser_for(ctx, env.key)
         local d = env.data
-        local new
+        local new = {}
         if env.stage == "merge" then
           if not f.complete then
-            new = emit_entries(ctx, f:add_speech(d.final, d.first, d.upto))
+            new = f:add_speech(d.final, d.first, d.upto)
             f:set_tentative(d.tail, d.tail_first)
           end
         elseif env.stage == "transcript" then
           f.end_time = d.duration
-          new = emit_entries(ctx, f:set_speech(d.segments))
+          new = f:set_speech(d.segments)
         elseif env.stage == "frames" then
-          new = emit_entries(ctx, f:add_times { { seq = d.seq, t = d.t } })
+          new = f:add_times { { seq = d.seq, t = d.t } }
         elseif env.stage == "vlm" then
-          new = emit_entries(ctx, f:add_vision(d.slides))
+          new = f:add_vision(d.slides)
         end
+        emit_entries(ctx, new)
         -- fused.json grows as segments become final, where there is none yet (as the
-        -- subtitles above)
+        -- subtitles above); after the events, which a file write on the pool must not delay
         if f.grow == nil then
           local path = stages.out_dir(ctx, env.key) .. "/fused.json"
           f.grow = not exists(path) and { path = path, ready = {}, next = 1, size = 0, next_write = 0 }
         end
-        if f.grow then grow_fused(ctx, f.grow, new or {}) end
+        if f.grow then grow_fused(ctx, f.grow, new) end
         emit_provisional(ctx, f)
       end,
     },

@@ -32,11 +32,14 @@ local function run(name, config)
   bus:on(function(ev)
     seen[#seen + 1] = { event = ev.event, stage = ev.stage, seq = ev.seq, final = ev.final, t0 = ev.t0,
       t1 = ev.t1, size = ev.size, kind = ev.kind }
-    -- the outputs as they stood when the whole transcript came in (written as segments finished)
+    -- the subtitles as they stood when the whole transcript came in, and fused.json before
+    -- fusion_end writes it whole (both written as segments finished; fused.json on the pool,
+    -- so a few milliseconds after a segment's event)
+    local function read(f) local h = io.open(out .. "/" .. f); if h then local x = h:read("a"); h:close(); return x end end
     if ev.event == "item_start" and ev.stage == "transcript" and not seen.files then
-      local function read(f) local h = io.open(out .. "/" .. f); if h then local x = h:read("a"); h:close(); return x end end
-      seen.files = { fused = read("fused.json"), srt = read("transcript.srt"), vtt = read("transcript.vtt") }
+      seen.files = { srt = read("transcript.srt"), vtt = read("transcript.vtt") }
     end
+    if ev.event == "item_start" and ev.stage == "fusion_end" and not seen.fused then seen.fused = read("fused.json") end
   end)
   local s = p:start { inputs = { input }, out = out, config = config, bus = bus }:wait()
   T.eq(s.failed, 0, name .. ": " .. cjson.encode(s.dead or {}))
@@ -100,11 +103,13 @@ T.case("provisional segments first, final ones unchanged from a run at the confi
   for _, f in ipairs { "transcript.srt", "transcript.vtt", "summary.md", "judge.json" } do
     T.ok(P.exists(grown .. "/" .. f), f)
   end
-  -- written as segments finished: before the whole transcript was in, fused.json held the
-  -- segments final by then (each as in the end) and the subtitles the speech final by then
+  -- written as segments finished: the subtitles held the speech final before the whole
+  -- transcript was in, fused.json the segments final before fusion_end wrote it whole (each
+  -- as in the end)
   local early = ev.files
-  T.ok(early and early.fused and early.srt and early.vtt, "fused.json, .srt and .vtt before the whole transcript")
-  local part = cjson.decode(early.fused)
+  T.ok(early and early.srt and early.vtt, ".srt and .vtt before the whole transcript")
+  T.ok(ev.fused, "fused.json before fusion_end wrote it whole")
+  local part = cjson.decode(ev.fused)
   T.ok(#part >= 1 and #part <= #a, "fused.json then: " .. #part .. " of " .. #a .. " segments")
   for i, e in ipairs(part) do T.same(e, a[i], "segment " .. i .. " as in the end") end
   local subs = require "sluice.blocks.subtitles"
