@@ -340,7 +340,9 @@ end
 -- starts none of them before the last earlier cue ended, and makes the file the old one plus
 -- the new cues (sluice.runtime.files.extend: a temporary file and a rename, the old bytes
 -- copied on the pool), so the writer holds none of the cues it wrote. Waits (inside a task).
--- Returns true, or nil and a message. The file is the same as write_file's for all segments.
+-- Written by C, so the running unit's watcher does not see it (a preview, as the lecture's;
+-- files.wrote(path) makes it the unit's output). Returns true, or nil and a message. The
+-- file is the same as write_file's for all segments.
 local Writer = {}
 Writer.__index = Writer
 function M.writer(path, lim)
