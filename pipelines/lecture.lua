@@ -20,7 +20,8 @@
 --         as provisional (event segment, final = false) as soon as the slide has speech (step 6)
 -- summary, judge  run on each fused segment as it appears, independently of fusion; their
 --         intermediate results are events (--events FILE, the dashboard)         (step 7)
--- report  writes summary.md and judge.json once everything is in.
+-- sections  grows summary.md and judge.json as the summaries and judgements come (in order);
+--         report closes them (the mean score) once everything is in.
 -- Retries, bounded queues, graceful stop and the tests are step 8.
 --
 -- Outputs in DIR: transcript.json, transcript.srt, transcript.vtt, slides/NNNN.jpg,
@@ -43,12 +44,12 @@ local subtitles = require "sluice.blocks.subtitles"
 local stages = require "sluice.blocks.stages"
 local text = require "sluice.blocks.text"
 local media = require "sluice.media"
-local files = require "sluice.runtime.files"
+local grow = require "sluice.blocks.grow"
 
--- Per-job state: the fuser and the summary sections of each key.
+-- Per-job state: the fuser and the report of each key.
 local jobs = stages.job_states()
 local function state(ctx)
-  return stages.job_state(jobs, ctx, function() return { fusers = {}, sections = {} } end)
+  return stages.job_state(jobs, ctx, function() return { fusers = {}, reports = {} } end)
 end
 
 local provider = stages.provider
@@ -114,39 +115,25 @@ local function fused_entry(e)
     same_as = e.same_as, window_fallback = e.window_fallback }
 end
 
--- fused.json's entries, in order.
-local function fused_json(list)
-  local entries = {}
-  for i, e in ipairs(list) do entries[i] = fused_entry(e) end
-  table.sort(entries, function(a, b) return (a.seq or a.window) < (b.seq or b.window) end)
-  return entries
+-- fused.json as it grows: the final entries in seq order (sluice.blocks.grow), each added
+-- once the ones before it are (a slide whose description is late holds the later ones back);
+-- fusion_end adds the last ones and closes it. Nothing written is held.
+local function fused_file(ctx, key, f)
+  if not f.file then
+    f.file = grow.new { path = stages.out_dir(ctx, key) .. "/fused.json", open = "[", sep = ",", close = "]" }
+  end
+  return f.file
 end
 
--- fused.json as it grows (fusion below; fusion_end writes it whole at the end): the final
--- entries in order, from the first, each added once the ones before it are (a slide whose
--- description is late holds the later ones back). Each write makes the file its old bytes,
--- less the closing bracket, plus the new entries (files.extend), so nothing written is held;
--- as that copies the file, a write waits 20 times as long as the last one took (at least 2 s):
--- at most 5% of the time goes to it.
-local function grow_fused(ctx, g, entries)
-  for _, e in ipairs(entries) do g.ready[e.seq or (e.window + 1)] = e end
-  if not g.ready[g.next] or sl.now() < g.next_write then return end
-  local parts = {}
-  while g.ready[g.next] do
-    parts[#parts + 1] = json.encode(fused_entry(g.ready[g.next]))
-    g.ready[g.next] = nil
-    g.next = g.next + 1
+local function grow_fused(ctx, file, entries)
+  for _, e in ipairs(entries) do
+    local ok, err = file:put(e.seq or (e.window + 1), json.encode(fused_entry(e)))
+    if not ok then -- (fusion_end fails with it: the file is not whole)
+      if not file.logged then ctx:log(err) end
+      file.logged = true
+      return
+    end
   end
-  local t0 = sl.now()
-  local bytes = (g.size > 0 and "," or "[") .. table.concat(parts, ",") .. "]"
-  local ok, err = files.extend(g.path, g.size, bytes)
-  if not ok then
-    ctx:log("fused.json not grown: " .. tostring(err))
-    g.next_write = math.huge
-    return
-  end
-  g.size = g.size + #bytes - 1
-  g.next_write = sl.now() + math.max(2, 20 * (sl.now() - t0))
 end
 
 -- Provisional segments (events only: summary and the files take the final ones): a slide's
@@ -165,6 +152,32 @@ local function title_of(e)
   if first and first:find("%S") then return first end
   if e.speech_only then return "(speech)" end
   return e.missing and "(slide not described)" or string.format("%s-%s", clock(e.t0), clock(e.t1))
+end
+
+-- summary.md's head: the title, and what the sections are when they are not slides (the
+-- first summary says: every one is alike).
+local function summary_head(key, first)
+  local head = "# Lecture summary: " .. tostring(key) .. "\n"
+  if first and first.speech_only then
+    head = head .. "\n_The recording has no video: this summary is of the speech alone._\n"
+  elseif first and first.window_fallback then
+    head = head .. "\n_No slides were found in the video: the sections are fixed windows of its time._\n"
+  end
+  return head
+end
+
+-- The report of a key as its sections come: summary.md (made with the first summary),
+-- judge.json, and the judgements' total.
+local function report_of(ctx, key)
+  local reports = state(ctx).reports
+  local r = reports[key]
+  if not r then
+    r = { sections = 0, total = 0, n = 0,
+      judge = grow.new { path = stages.out_dir(ctx, key) .. "/judge.json", open = '{"segments":[', sep = ",",
+        close = "]}" } }
+    reports[key] = r
+  end
+  return r
 end
 
 return sl.pipeline "lecture" {
@@ -356,75 +369,55 @@ return sl.pipeline "lecture" {
           new = f:add_vision(d.slides)
         end
         emit_entries(ctx, new)
-        -- fused.json grows as segments become final, where there is none yet (as the
-        -- subtitles above); after the events, which a file write on the pool must not delay
-        if f.grow == nil then
-          local path = stages.out_dir(ctx, env.key) .. "/fused.json"
-          f.grow = not exists(path) and { path = path, ready = {}, next = 1, size = 0, next_write = 0 }
-        end
-        if f.grow then grow_fused(ctx, f.grow, new) end
+        -- fused.json grows as segments become final; after the events, which a file write on
+        -- the pool must not delay
+        grow_fused(ctx, fused_file(ctx, env.key, f), new)
         emit_provisional(ctx, f)
       end,
     },
 
-    -- Once fusion has seen every batch of a key: the last slide, slides whose batch failed,
-    -- and the files that need all of them. It rebuilds the timeline from its inputs (so a
-    -- resumed run, where fusion's outputs came from the job store, gets it right too) and
-    -- emits only the entries fusion did not.
+    -- Once fusion has seen every input of a key: the last slide, slides whose batch failed,
+    -- and the files that need all of them. It finishes fusion's fuser (the job's state: fusion
+    -- runs in every run, a resumed one too, memo = false), so it holds only the transcript; a
+    -- recording without frames is fused from the transcript alone, one entry per window.
     fusion_end = {
-      from = { "transcript", "frames", "vlm", "fusion" }, collect = true,
-      -- held until the end: of fusion's entries only which were sent (their seq), of a frame
-      -- its time; the transcript and the descriptions whole
-      keep = function(d, from)
-        if from == "fusion" then return true end
-        if from == "frames" then return { seq = d.seq, t = d.t } end
-        return d
-      end,
+      from = { "transcript", "frames", "vlm", "fusion" }, collect = true, memo = false,
+      keep = function(d, from) if from == "transcript" then return d end end,
       run = function(items, ctx)
-        local key = items[1].key
-        local nframes = 0
-        for _, env in ipairs(items) do
-          if env.stage == "frames" then nframes = nframes + 1 end
-        end
-        -- No frames at all (an audio-only recording): speech-only entries, one per window.
-        local speech_only = nframes == 0
-        local f = fusion.new { policy = speech_only and fusion.by_window { seconds = ctx.config.window or 30 }
-          or policy_of(ctx) }
-        local done, tr = {}, nil
-        for _, env in ipairs(items) do
-          if env.stage == "transcript" then tr = env.data
-          elseif env.stage == "frames" then f:add_times { { seq = env.data.seq, t = env.data.t } }
-          elseif env.stage == "vlm" then f:add_vision(env.data.slides)
-          elseif env.stage == "fusion" then done[env.seq] = true end
-        end
+        local key = ctx:key()
+        local tr = items[1] and items[1].data
+        local f = state(ctx).fusers[key]
         if not tr then
           -- No transcript: the video has no audio, or every chunk failed (those failures are
           -- reported on their own). The slides are still fused and summarised, without speech.
           ctx:log("no transcript for " .. tostring(key) .. ": slides without speech")
           tr = { segments = {} }
         end
-        f.end_time = tr.duration
-        f:set_speech(tr.segments)
-        f:finish()
-        local rest = {}
-        for _, e in ipairs(f:entries()) do
-          e.speech_only = speech_only or nil
-          if not done[e.seq or (e.window + 1)] then rest[#rest + 1] = e end
+        local rest
+        if not f or #f.sorted == 0 then
+          -- No frames at all (an audio-only recording): speech-only entries, one per window.
+          local whole = fusion.new { policy = fusion.by_window { seconds = ctx.config.window or 30 },
+            forget = true, end_time = tr.duration }
+          whole:set_speech(tr.segments)
+          rest = whole:finish()
+          for _, e in ipairs(rest) do e.speech_only = true end
+          f = f or fuser_for(ctx, key)
+        else
+          rest = f.complete and {} or f:set_speech(tr.segments)
+          for _, e in ipairs(f:finish(tr.duration)) do rest[#rest + 1] = e end
         end
         emit_entries(ctx, rest)
-        local dir = stages.out_dir(ctx, key)
+        local file = fused_file(ctx, key, f)
+        grow_fused(ctx, file, rest)
+        assert(file:finish())
         local slides = {}
-        local seqs = {}
-        for seq in pairs(f.times) do seqs[#seqs + 1] = seq end
-        table.sort(seqs)
-        for _, seq in ipairs(seqs) do
+        for _, seq in ipairs(f.sorted) do
           local it = f.items[seq]
           slides[#slides + 1] = { seq = seq, t = f.times[seq], path = it and it.path,
             text = it and it.text, provider = it and it.provider, missing = (not it) or nil,
             slide = it and it.slide, same_as = it and it.same_as, window = it and it.window }
         end
-        write_json(dir .. "/slides.json", slides)
-        write_json(dir .. "/fused.json", fused_json(f:entries()))
+        write_json(stages.out_dir(ctx, key) .. "/slides.json", slides)
       end,
     },
 
@@ -472,48 +465,42 @@ return sl.pipeline "lecture" {
       end,
     },
 
-    report = {
-      from = { "summary", "judge" }, collect = true,
-      -- held until the end: a summary without the speech and slide text it was made from
-      keep = function(d, from)
-        if from ~= "summary" then return d end
-        return { seq = d.seq, t0 = d.t0, t1 = d.t1, title = d.title, summary = d.summary,
-          speech_only = d.speech_only, window_fallback = d.window_fallback }
+    -- summary.md and judge.json as the summaries and judgements come (in segment order,
+    -- sluice.blocks.grow); report closes them once everything is in. Nothing is held but the
+    -- judgements' running total.
+    sections = {
+      from = { "summary", "judge" }, workers = 1, memo = false,
+      run = function(env, ctx)
+        local r = report_of(ctx, env.key)
+        local d = env.data
+        if env.stage == "summary" then
+          if not r.md then r.md = grow.new { path = stages.out_dir(ctx, env.key) .. "/summary.md",
+            open = summary_head(env.key, d) } end
+          r.sections = r.sections + 1
+          r.by = r.by or (d.window_fallback and "window") or (d.speech_only and "speech") or "slide"
+          assert(r.md:put(d.seq, string.format("\n## %s-%s %s\n\n%s\n", clock(d.t0), clock(d.t1), d.title,
+            (d.summary ~= "" and d.summary) or "_(nothing was said)_")))
+        else
+          if type(d.score) == "number" then r.total, r.n = r.total + d.score, r.n + 1 end
+          assert(r.judge:put(d.seq, json.encode(d)))
+        end
+        return true
       end,
-      run = function(items, ctx)
-        local key = items[1].key
-        local sums, judged = {}, {}
-        for _, env in ipairs(items) do
-          if env.stage == "summary" then sums[#sums + 1] = env.data else judged[#judged + 1] = env.data end
-        end
-        table.sort(sums, function(a, b) return a.seq < b.seq end)
-        table.sort(judged, function(a, b) return a.seq < b.seq end)
-        local md = { "# Lecture summary: " .. tostring(key), "" }
-        if sums[1] and sums[1].speech_only then
-          md[#md + 1] = "_The recording has no video: this summary is of the speech alone._"
-          md[#md + 1] = ""
-        end
-        local windows = sums[1] and sums[1].window_fallback
-        if windows then
-          md[#md + 1] = "_No slides were found in the video: the sections are fixed windows of its time._"
-          md[#md + 1] = ""
-        end
-        for _, s in ipairs(sums) do
-          md[#md + 1] = string.format("## %s-%s %s", clock(s.t0), clock(s.t1), s.title)
-          md[#md + 1] = ""
-          md[#md + 1] = (s.summary ~= "" and s.summary) or "_(nothing was said)_"
-          md[#md + 1] = ""
-        end
-        local total, n = 0, 0
-        for _, j in ipairs(judged) do
-          if type(j.score) == "number" then total, n = total + j.score, n + 1 end
-        end
-        local dir = stages.out_dir(ctx, key)
-        assert(stages.write_file(dir .. "/summary.md", table.concat(md, "\n")))
-        write_json(dir .. "/judge.json", { score = n > 0 and total / n or cjson.null,
-          segments = judged })
-        return { sections = #sums, score = n > 0 and total / n or nil,
-          sections_by = windows and "window" or (sums[1] and sums[1].speech_only and "speech") or "slide" }
+    },
+
+    report = {
+      from = "sections", collect = true, memo = false,
+      keep = function() return nil end, -- (it needs none of them: sections wrote them)
+      run = function(_, ctx)
+        local key = ctx:key()
+        local r = report_of(ctx, key)
+        if not r.md then r.md = grow.new { path = stages.out_dir(ctx, key) .. "/summary.md", open = summary_head(key) } end
+        assert(r.md:finish())
+        local score = r.n > 0 and r.total / r.n or nil
+        r.judge.close = '],"score":' .. json.encode(score or cjson.null) .. "}"
+        assert(r.judge:finish())
+        state(ctx).reports[key] = nil
+        return { sections = r.sections, score = score, sections_by = r.by or "slide" }
       end,
     },
   },

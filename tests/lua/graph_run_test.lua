@@ -427,6 +427,38 @@ T.case("collect with keep: the group holds what keep returns, not the items; ids
   T.ok(e:find("stage sum: keep (an item of pass): no field x", 1, true), e)
 end)
 
+T.case("collect with keep returning nil: the item is not held, the call still comes, ctx:key() names it", function()
+  local calls = {}
+  local p = sl.pipeline "coll_drop" {
+    sources = { gen = function(ctx)
+      for i = 1, 3 do ctx:emit({ n = i }, { key = "a", seq = i }) end
+      for i = 1, 2 do ctx:emit({ n = 2 * i }, { key = "b", seq = i }) end
+    end },
+    stages = {
+      pass = { from = "gen", run = function(item) return item.data end },
+      sum = { from = "pass", collect = true, memo = false,
+        keep = function(d) if d.n % 2 == 1 then return d end end, -- odd ones only
+        run = function(items, ctx)
+          local ns = {}
+          for i, e in ipairs(items) do ns[i] = e.data.n end
+          calls[ctx:key()] = ns
+          return #items
+        end },
+    },
+  }
+  local s = p:start {}:wait()
+  T.eq(#s.dead, 0)
+  T.same(calls, { a = { 1, 3 }, b = {} }, "key b's items were all let go: its call still came, with none")
+  -- the key of a memoized group covers the items keep let go (their keys are held)
+  local memokey = require "sluice.graph.memokey"
+  local S = { skey = "stage-key" }
+  local held = { setmetatable({ _mk = "k1" }, {}) }
+  local k0 = memokey.unit(S, { kind = "group", items = held })
+  local k1 = memokey.unit(S, { kind = "group", items = held, dropped_keys = { "k2" } })
+  local k2 = memokey.unit(S, { kind = "group", items = held, dropped_keys = { "k3" } })
+  T.ok(k0 ~= k1 and k1 ~= k2, "dropped keys make the group's key")
+end)
+
 T.case("option keep: a function, with collect", function()
   local function decl(spec)
     return pcall(sl.pipeline "bad_keep", { sources = { gen = function() end },

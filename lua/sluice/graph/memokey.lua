@@ -10,7 +10,8 @@
 --     It stays the stored one while all of that is unchanged; otherwise it is new, and the
 --     differences are the stage's reasons ("setting fusion changed").
 --   unit key          = join(stage key, input keys): an item's key (plus its gate's, for a
---                        gated join), the sorted keys of a batch's or group's items
+--                        gated join), the sorted keys of a batch's or group's items (those
+--                        a collect stage's keep let go included)
 --   output key        = join(unit key, "#k") for the k-th output of a unit that wrote files
 --                        before it (the output names files the unit made: the unit is what
 --                        they are), else join(stage key, key(data)): the output is its content
@@ -256,6 +257,8 @@ function M.unit(S, u)
   end
   local ks = {}
   for i, e in ipairs(u.items) do ks[i] = env_key(e) end
+  local dropped = u.dropped_keys -- (a group's items its stage's keep let go)
+  if dropped then for _, k in ipairs(dropped) do ks[#ks + 1] = k end end
   sort(ks)
   return join(S.skey, kind .. ":" .. dkey(ks))
 end

@@ -38,6 +38,13 @@ function Ctx:emit(data, opts)
   deliver.emit(self._stage, self._unit, data, opts)
 end
 
+-- ctx:key() -> the key the running unit is for (its input's; a collect call's, whose items
+-- may all have been let go by `keep`).
+function Ctx:key()
+  local u = self._unit
+  return u and u.key
+end
+
 function Ctx:event(name, fields)
   if type(name) ~= "string" then error("ctx:event: name must be a string", 2) end
   local job = self.job

@@ -46,6 +46,7 @@ function Ctx:event(name, fields)
 end
 
 Ctx.log = require("sluice.graph.run").Ctx.log -- ctx:log(...) is ctx:event("log", {message=})
+Ctx.key = require("sluice.graph.run").Ctx.key -- ctx:key(): the unit's key
 
 local function first_line(path)
   local f = io.open(path, "r")

@@ -77,9 +77,11 @@ function M.admit(S, u, ks)
 end
 
 -- What a group holds of env: env itself, or, for a stage with `keep`, a copy of it (the same
--- id, key and times; lazy envelopes stay lazy) whose data is keep(data, from). An error in
--- keep is kept in `holder` (the key's state, or the stage for collect = "all"): the group's
--- call then fails with it, and the item is held whole meanwhile.
+-- id, key and times; lazy envelopes stay lazy) whose data is keep(data, from), or nothing when
+-- keep returns nil (the item is counted in holder.dropped; for a memoized stage its key is
+-- kept in holder.dropped_keys, as the call's key is made from every item's). An error in keep
+-- is kept in `holder` (the key's state, or the stage for collect = "all"): the group's call
+-- then fails with it, and the item is held whole meanwhile.
 local function held(C, env, holder)
   local keep = C.keep
   if not keep then return env end
@@ -89,15 +91,31 @@ local function held(C, env, holder)
       string.format("stage %s: keep (an item of %s): %s", C.name, tostring(env.stage), tostring(d))
     return env
   end
+  if d == nil then
+    holder.dropped = (holder.dropped or 0) + 1
+    if C.memoize ~= false then
+      local dk = holder.dropped_keys
+      if not dk then dk = {}; holder.dropped_keys = dk end
+      dk[#dk + 1] = rawget(env, "_mk") or ("id:" .. tostring(env.id))
+    end
+    return nil
+  end
   local c = {}
   for k, v in next, env do c[k] = v end
   c.data = d
   return setmetatable(c, getmetatable(env))
 end
 
--- A group unit whose held items' keep failed fails with that error when it runs.
+-- A group unit of what holder held: its items, and the count and keys of those keep let go
+-- (u.n counts them; u.dropped_keys go into its key). One whose held items' keep failed
+-- fails with that error when it runs.
 local function group_unit(S, k, items, path, holder)
   local u = new_unit(S, "group", k, items, path)
+  if holder.dropped then
+    u.n = u.n + holder.dropped
+    u.dropped_keys = holder.dropped_keys
+    holder.dropped, holder.dropped_keys = nil, nil
+  end
   local err = holder.keep_error
   if err then
     holder.keep_error = nil
@@ -122,7 +140,7 @@ local function take(C, env, P, ks)
       if not g then g = {}; ks.group = g end
       env = held(C, env, ks)
     end
-    g[#g + 1] = env
+    if env ~= nil then g[#g + 1] = env end
     return true
   end
   if C.gate == P.name then
@@ -401,7 +419,7 @@ end
 local function key_idle_hook(S, k, ks)
   if S.collect == "key" and not ks.group_done then
     ks.group_done = true
-    if ks.group and #ks.group > 0 then
+    if ks.group and (#ks.group > 0 or ks.dropped) then
       ks.pending = 1
       push_ready(S, group_unit(S, k, ks.group, S.name .. "/collect/" .. tostring(k), ks))
       ks.group = nil
@@ -425,7 +443,7 @@ end
 local function stage_idle_hook(S)
   if not S.all_group_done then
     S.all_group_done = true
-    if #S.all_group > 0 or S.all_count > 0 then
+    if #S.all_group > 0 or S.all_count > 0 or S.dropped then
       S.all_keys_pending = true
       local u = group_unit(S, "*", S.all_group, S.name .. "/collect/*", S)
       if S.collect_items == false then u.n = S.all_count end -- (the items it stands for)
