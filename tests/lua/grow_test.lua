@@ -47,6 +47,13 @@ T.case("writes wait min_wait after the last one; finish writes the rest; open an
   T.eq(g:finish(), true)
   T.eq(T.slurp(path), '{"n":2,"segments":[1,2],"score":0.5}')
   T.ok(cjson.decode(T.slurp(path)), "valid JSON")
+  -- every part written already: finish still writes the close as it is now
+  local w = grow.new { path = dir .. "/w.json", open = "[", sep = ",", close = "]", min_wait = 0, factor = 0 }
+  T.eq(w:put(1, "1"), true)
+  T.eq(T.slurp(dir .. "/w.json"), "[1]")
+  w.close = ",9]"
+  T.eq(w:finish(), true)
+  T.eq(T.slurp(dir .. "/w.json"), "[1,9]")
   -- no part at all: open and close
   local e = grow.new { path = dir .. "/empty.json", open = "[", sep = ",", close = "]" }
   T.eq(e:finish(), true)

@@ -111,6 +111,11 @@ T.case("local providers: transcript, slides, fused timeline, summary and judge",
   local j = P.json(out .. "/judge.json")
   T.ok(type(j.score) == "number" and j.score >= 0 and j.score <= 1, "judge score " .. tostring(j.score))
   T.eq(#j.segments, #truth.slides)
+  local total, n = 0, 0
+  for _, sg in ipairs(j.segments) do
+    if type(sg.score) == "number" then total, n = total + sg.score, n + 1 end
+  end
+  T.ok(n > 0 and math.abs(j.score - total / n) < 1e-9, "the score is the segments' mean")
   -- Events: the intermediate results a front end shows, in pipeline order.
   -- A slide's segment is provisional first (events only), final once its interval closed and
   -- its speech is final; a final one is never followed by a provisional one.

@@ -75,7 +75,7 @@ local function write(self, all)
     table.sort(rest)
     for _, seq in ipairs(rest) do take(seq) end
   end
-  if #out == 0 and not (all and self.size == 0) then return true end
+  if #out == 0 and not all then return true end -- (finish writes even then: `close` may differ)
   local body = concat(out, self.sep)
   local lead = self.size == 0 and self.open or ((self.parts > 0 and #out > 0) and self.sep or "")
   local bytes = lead .. body .. self.close
