@@ -138,6 +138,43 @@ T.case("attach records the job, events and items; memo survives a new store", fu
   store2:close()
 end)
 
+T.case("keyed memo: found by key, by any item, across runs; a key replaced is gone; the index holds hashes", function()
+  local path = fresh_db("memo-keys")
+  local store = T.ok(S.open(path))
+  local job = fake_job("job-k")
+  store:attach(job)
+  local m = job.memo
+  T.same({ m:get("stt", "a#1", "k1") }, { nil, "new" })
+  T.ok(m:put("stt", "a#1", { { data = "one" } }, "k1"))
+  T.ok(m:put("stt", "a#2", { { data = "two" } }, "k2"))
+  T.ok(store:flush())
+  T.eq(next(m.cache_mk), nil, "committed outputs leave memory")
+  for k, v in pairs(m.stored) do
+    T.ok(math.type(k) == "integer" and math.type(v) == "integer", "stored: hash -> hash of its key")
+  end
+  for k, v in pairs(m.by_mk) do T.ok(math.type(k) == "integer" and math.type(v) == "integer", "by_mk: hashes") end
+  T.same(m:get("stt", "a#1", "k1"), { { data = "one" } }, "read back by its key")
+  T.same(m:get("stt", "b#9", "k2"), { { data = "two" } }, "another item with the same key gets the stored outputs")
+  T.eq(m:peek("stt", "k2"), true)
+  T.eq(m:peek("vlm", "k2"), false, "keys are per stage")
+  -- a#1 stored again under another key: k1 is no longer stored
+  T.ok(m:put("stt", "a#1", { { data = "one'" } }, "k1b"))
+  T.ok(store:flush())
+  T.same({ m:get("stt", "a#1", "k1") }, { nil, "changed" }, "the old key: the item changed")
+  T.eq(m:peek("stt", "k1"), false, "the replaced key is gone from the index")
+  T.same(m:get("stt", "a#1", "k1b"), { { data = "one'" } })
+  store:close()
+  -- the next run's index is read from the database, the same
+  local store2 = T.ok(S.open(path))
+  local job2 = fake_job("job-k")
+  store2:attach(job2)
+  T.same(job2.memo:get("stt", "a#2", "k2"), { { data = "two" } })
+  T.same({ job2.memo:get("stt", "a#1", "k1") }, { nil, "changed" })
+  T.same({ job2.memo:get("stt", "a#3", "k3") }, { nil, "new" })
+  T.eq(job2.memo:peek("stt", "k1b"), true)
+  store2:close()
+end)
+
 T.case("many writes are batched into few transactions", function()
   local store = T.ok(S.open(fresh_db("batch")))
   local job = fake_job("job-b")

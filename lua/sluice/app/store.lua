@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS files (
 -- Columns added since the first schema: a store made before them gets them on open.
 local ADDED_COLUMNS = { { "jobs", "settings", "TEXT" }, { "items", "mkey", "TEXT" } }
 
+-- Made once the added columns are there: memo:get finds stored outputs by their key.
+local INDEXES = "CREATE INDEX IF NOT EXISTS items_by_mkey ON items (job, stage, mkey)"
+
 -- Values to JSON ---------------------------------------------------------------------------
 
 local MAX_STRING = 65536
@@ -152,6 +155,7 @@ function M.open(path)
       ok, e2, c2 = db:exec_sync(string.format("ALTER TABLE %s ADD COLUMN %s %s", col[1], col[2], col[3]))
     end
   end
+  if ok then ok, e2, c2 = db:exec_sync(INDEXES) end
   if not ok then
     db:close()
     return nil, e2, c2
@@ -166,6 +170,20 @@ end
 function Store:__tostring() return "sluice.app.store (" .. self.path .. ")" end
 
 local function item_key(stage, id) return stage .. "\0" .. tostring(id) end
+
+-- The memo's index of what is stored (memo.stored, memo.by_mk, memo.failed) holds a 64-bit
+-- hash (FNV-1a) of each item key or output key, not the key: 40 bytes an entry instead of
+-- about 170, for a run of many thousand items. Reads go to the database by the key itself
+-- (a hash that matched by chance, 2^-64 a pair, costs one read that finds nothing).
+local byte, math_type = string.byte, math.type
+local function hashed(stage, id)
+  local h = -3750763034362895579 -- 0xcbf29ce484222325
+  for i = 1, #stage do h = (h ~ byte(stage, i)) * 1099511628211 end
+  h = h * 1099511628211 -- (the "\0" between them)
+  local s = tostring(id)
+  for i = 1, #s do h = (h ~ byte(s, i)) * 1099511628211 end
+  return h
+end
 
 local start_flush
 
@@ -207,15 +225,17 @@ start_flush = function(self)
           local memo = self.memos[st[2]]
           if memo then
             local key = item_key(st[3], st[4])
+            local h = hashed(st[3], st[4])
             local mk = st[7] ~= cstore.NULL and st[7] or nil
-            local old = memo.stored[key]
-            if type(old) == "string" and old ~= mk and memo.by_mk[item_key(st[3], old)] == st[4] then
-              memo.by_mk[item_key(st[3], old)] = nil
+            local mh = mk and hashed(st[3], mk)
+            local old = memo.stored[h] -- (the hash of the key it was stored under)
+            if math_type(old) == "integer" and old ~= mh and memo.by_mk[old] == h then
+              memo.by_mk[old] = nil
             end
-            memo.stored[key] = mk or true
+            memo.stored[h] = mh or true
             memo.cache[key] = nil
             if mk then
-              memo.by_mk[item_key(st[3], mk)] = st[4]
+              memo.by_mk[mh] = h
               memo.cache_mk[item_key(st[3], mk)] = nil
             end
           end
@@ -377,27 +397,31 @@ Memo.__name = "sluice.app.store.memo"
 -- (temporaries, such as audio chunks): the caller decides whether they are needed again.
 function Memo:get(stage, id, mk)
   if self.fresh then return nil, "fresh" end
-  local rid = id
+  local rows, err
   if mk ~= nil then
     local c = self.cache_mk[item_key(stage, mk)]
     if c then return c end
-    rid = self.by_mk[item_key(stage, mk)]
-    if not rid then
-      local before = self.stored[item_key(stage, id)]
-      if before then return nil, "changed" end
-      return nil, self.failed[item_key(stage, id)] and "failed" or "new"
+    if not self.by_mk[hashed(stage, mk)] then
+      local h = hashed(stage, id)
+      if self.stored[h] then return nil, "changed" end
+      return nil, self.failed[h] and "failed" or "new"
     end
+    -- (the item's own row first, when it is stored under this key)
+    rows, err = self.store:query([[SELECT id, result FROM items
+      WHERE job = ? AND stage = ? AND mkey = ? AND result IS NOT NULL ORDER BY id = ? DESC LIMIT 1]],
+      { self.job_id, tostring(stage), mk, tostring(id) })
   else
     local v = self.cache[item_key(stage, id)]
     if v ~= nil then return v end
-    if not self.stored[item_key(stage, id)] then return nil, "new" end
+    if not self.stored[hashed(stage, id)] then return nil, "new" end
+    rows, err = self.store:query(
+      "SELECT id, result FROM items WHERE job = ? AND stage = ? AND id = ? AND result IS NOT NULL",
+      { self.job_id, tostring(stage), tostring(id) })
   end
-  local key = item_key(stage, rid)
-  local rows, err = self.store:query(
-    "SELECT result FROM items WHERE job = ? AND stage = ? AND id = ? AND result IS NOT NULL",
-    { self.job_id, tostring(stage), tostring(rid) })
   if not rows then error(err, 0) end
   if not rows[1] then return nil, "new" end
+  local key = item_key(stage, rows[1].id)
+  local rid = rows[1].id
   local out, derr = M.deserialize(rows[1].result)
   if out == nil then
     io.stderr:write(string.format("sluice: stored result of %s/%s is unreadable (%s); running it again\n",
@@ -443,8 +467,7 @@ end
 -- waits; says nothing of their files).
 function Memo:peek(stage, mk)
   if self.fresh then return false end
-  local key = item_key(stage, mk)
-  return self.cache_mk[key] ~= nil or self.by_mk[key] ~= nil
+  return self.cache_mk[item_key(stage, mk)] ~= nil or self.by_mk[hashed(stage, mk)] ~= nil
 end
 
 local PUT_FILE = [[
@@ -471,7 +494,7 @@ function Memo:put(stage, id, outputs, mk, files, temps)
   local key = item_key(stage, id)
   self.cache[key] = outputs
   if mk ~= nil then self.cache_mk[item_key(stage, mk)] = outputs end
-  self.failed[key] = nil
+  self.failed[hashed(stage, id)] = nil
   -- Files the item wrote when it ran before and did not write this time are stale (a
   -- shorter input gives fewer slides): they go, as a fresh run would not have them.
   local old = self.files[key]
@@ -571,12 +594,9 @@ ON CONFLICT (job, stage, item) DO UPDATE SET batch = excluded.batch, size = excl
 -- memo:put_batch(stage, batch_id, member_ids): remembers which items made a batch whose
 -- outputs were stored, so that a resumed run can put the same items together again (a batch
 -- closed by its `wait` may otherwise be composed differently, and its id would not match).
+-- Only the database learns it: in this run the items have come already (each comes once).
 function Memo:put_batch(stage, batch_id, member_ids)
-  local plans = self.batches[stage]
-  if not plans then plans = {}; self.batches[stage] = plans end
-  local plan = { batch = batch_id, size = #member_ids }
   for _, item in ipairs(member_ids) do
-    plans[item] = plan
     self.store:write(PUT_MEMBER, self.job_id, tostring(stage), tostring(item), tostring(batch_id), #member_ids)
   end
 end
@@ -612,14 +632,15 @@ local function load_stored_keys(self, job_id)
   if not rows then error(err, 0) end
   local set, failed, by_mk, n = {}, {}, {}, 0
   for _, r in ipairs(rows) do
-    local key = item_key(r.stage, r.id)
+    local h = hashed(r.stage, r.id)
     if r.has == 1 then
       local mk = type(r.mkey) == "string" and r.mkey or nil
-      set[key] = mk or true
-      if mk then by_mk[item_key(r.stage, mk)] = r.id end
+      local mh = mk and hashed(r.stage, mk)
+      set[h] = mh or true
+      if mh then by_mk[mh] = h end
       n = n + 1
     elseif r.status == "dead" or r.status == "failed" then
-      failed[key] = true
+      failed[h] = true
     end
   end
   return set, n, failed, by_mk
