@@ -363,6 +363,9 @@ return sl.pipeline "lecture" {
         elseif env.stage == "transcript" then
           f.end_time = d.duration
           new = f:set_speech(d.segments)
+          -- no frame yet: maybe none at all (an audio-only recording), which fusion_end then
+          -- fuses from the transcript alone (a video's first frame comes from its start)
+          if #f.sorted == 0 then f.transcript = d end
         elseif env.stage == "frames" then
           new = f:add_times { { seq = d.seq, t = d.t } }
         elseif env.stage == "vlm" then
@@ -378,34 +381,33 @@ return sl.pipeline "lecture" {
 
     -- Once fusion has seen every input of a key: the last slide, slides whose batch failed,
     -- and the files that need all of them. It finishes fusion's fuser (the job's state: fusion
-    -- runs in every run, a resumed one too, memo = false), so it holds only the transcript; a
+    -- runs in every run, a resumed one too, memo = false), so it holds none of its inputs; a
     -- recording without frames is fused from the transcript alone, one entry per window.
     fusion_end = {
       from = { "transcript", "frames", "vlm", "fusion" }, collect = true, memo = false,
-      keep = function(d, from) if from == "transcript" then return d end end,
-      run = function(items, ctx)
+      keep = function() return nil end, -- (fusion has them all)
+      run = function(_, ctx)
         local key = ctx:key()
-        local tr = items[1] and items[1].data
-        local f = state(ctx).fusers[key]
-        if not tr then
+        local f = fuser_for(ctx, key)
+        local rest = {}
+        if not f.complete then
           -- No transcript: the video has no audio, or every chunk failed (those failures are
           -- reported on their own). The slides are still fused and summarised, without speech.
           ctx:log("no transcript for " .. tostring(key) .. ": slides without speech")
-          tr = { segments = {} }
+          rest = f:set_speech({})
         end
-        local rest
-        if not f or #f.sorted == 0 then
+        if #f.sorted == 0 then
           -- No frames at all (an audio-only recording): speech-only entries, one per window.
+          local tr = f.transcript or { segments = {} }
           local whole = fusion.new { policy = fusion.by_window { seconds = ctx.config.window or 30 },
             forget = true, end_time = tr.duration }
           whole:set_speech(tr.segments)
           rest = whole:finish()
           for _, e in ipairs(rest) do e.speech_only = true end
-          f = f or fuser_for(ctx, key)
         else
-          rest = f.complete and {} or f:set_speech(tr.segments)
-          for _, e in ipairs(f:finish(tr.duration)) do rest[#rest + 1] = e end
+          for _, e in ipairs(f:finish()) do rest[#rest + 1] = e end
         end
+        f.transcript = nil
         emit_entries(ctx, rest)
         local file = fused_file(ctx, key, f)
         grow_fused(ctx, file, rest)
