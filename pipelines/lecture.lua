@@ -45,6 +45,7 @@ local stages = require "sluice.blocks.stages"
 local text = require "sluice.blocks.text"
 local media = require "sluice.media"
 local grow = require "sluice.blocks.grow"
+local serial = require "sluice.runtime.serial"
 
 -- Per-job state: the fuser and the report of each key.
 local jobs = stages.job_states()
@@ -268,12 +269,13 @@ return sl.pipeline "lecture" {
 
     transcript = {
       from = "merge", collect = true,
-      -- held until the last chunk: the chunk, not the merged speech fusion took from it
-      keep = function(d) return { chunk = d.chunk } end,
+      -- held until the last chunk: the chunk (not the merged speech fusion took from it) as its
+      -- exact text (sluice.runtime.serial), a third of its tables' size
+      keep = function(d) return assert(serial.encode(d.chunk)) end,
       run = function(items, ctx)
         local chunks, t1 = {}, 0
         for i, env in ipairs(items) do
-          chunks[i] = env.data.chunk
+          chunks[i] = assert(serial.decode(env.data))
           if chunks[i].t1 > t1 then t1 = chunks[i].t1 end
         end
         table.sort(chunks, function(a, b) return a.seq < b.seq end)
