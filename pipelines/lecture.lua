@@ -126,15 +126,18 @@ local function fused_file(ctx, key, f)
   return f.file
 end
 
-local function grow_fused(ctx, file, entries)
-  for _, e in ipairs(entries) do
-    local ok, err = file:put(e.seq or (e.window + 1), json.encode(fused_entry(e)))
-    if not ok then -- (fusion_end fails with it: the file is not whole)
-      if not file.logged then ctx:log(err) end
-      file.logged = true
-      return
-    end
+-- Adds part seq to a growing file; a write that failed is logged once (the stage that
+-- finishes the file fails with it: the file is not whole) and the work goes on.
+local function put_part(ctx, file, seq, text)
+  local ok, err = file:put(seq, text)
+  if not ok and not file.logged then
+    file.logged = true
+    ctx:log(err)
   end
+end
+
+local function grow_fused(ctx, file, entries)
+  for _, e in ipairs(entries) do put_part(ctx, file, e.seq or (e.window + 1), json.encode(fused_entry(e))) end
 end
 
 -- Provisional segments (events only: summary and the files take the final ones): a slide's
@@ -413,7 +416,7 @@ return sl.pipeline "lecture" {
         emit_entries(ctx, rest)
         local file = fused_file(ctx, key, f)
         grow_fused(ctx, file, rest)
-        assert(file:finish())
+        local fok, ferr = file:finish()
         local slides = {}
         for _, seq in ipairs(f.sorted) do
           local it = f.items[seq]
@@ -422,6 +425,7 @@ return sl.pipeline "lecture" {
             slide = it and it.slide, same_as = it and it.same_as, window = it and it.window }
         end
         write_json(stages.out_dir(ctx, key) .. "/slides.json", slides)
+        if not fok then error(ferr, 0) end
       end,
     },
 
@@ -482,11 +486,11 @@ return sl.pipeline "lecture" {
             open = summary_head(env.key, d) } end
           r.sections = r.sections + 1
           r.by = r.by or (d.window_fallback and "window") or (d.speech_only and "speech") or "slide"
-          assert(r.md:put(d.seq, string.format("\n## %s-%s %s\n\n%s\n", clock(d.t0), clock(d.t1), d.title,
-            (d.summary ~= "" and d.summary) or "_(nothing was said)_")))
+          put_part(ctx, r.md, d.seq, string.format("\n## %s-%s %s\n\n%s\n", clock(d.t0), clock(d.t1), d.title,
+            (d.summary ~= "" and d.summary) or "_(nothing was said)_"))
         else
           if type(d.score) == "number" then r.total, r.n = r.total + d.score, r.n + 1 end
-          assert(r.judge:put(d.seq, json.encode(d)))
+          put_part(ctx, r.judge, d.seq, json.encode(d))
         end
         return true
       end,
@@ -499,11 +503,12 @@ return sl.pipeline "lecture" {
         local key = ctx:key()
         local r = report_of(ctx, key)
         if not r.md then r.md = grow.new { path = stages.out_dir(ctx, key) .. "/summary.md", open = summary_head(key) } end
-        assert(r.md:finish())
+        local mok, merr = r.md:finish()
         local score = r.n > 0 and r.total / r.n or nil
         r.judge.close = '],"score":' .. json.encode(score or cjson.null) .. "}"
-        assert(r.judge:finish())
+        local jok, jerr = r.judge:finish()
         state(ctx).reports[key] = nil
+        if not (mok and jok) then error(table.concat({ merr, jerr }, "; "), 0) end
         return { sections = r.sections, score = score, sections_by = r.by or "slide" }
       end,
     },
