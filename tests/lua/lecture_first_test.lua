@@ -32,14 +32,17 @@ local function run(name, config)
   bus:on(function(ev)
     seen[#seen + 1] = { event = ev.event, stage = ev.stage, seq = ev.seq, final = ev.final, t0 = ev.t0,
       t1 = ev.t1, size = ev.size, kind = ev.kind }
-    -- the subtitles as they stood when the whole transcript came in, and fused.json before
-    -- fusion_end writes it whole (both written as segments finished; fused.json on the pool,
-    -- so a few milliseconds after a segment's event)
+    -- the subtitles as they stood when the whole transcript came in, fused.json before
+    -- fusion_end closes it, summary.md and judge.json before report does (all written as
+    -- segments finished; on the pool, so a few milliseconds after a segment's event)
     local function read(f) local h = io.open(out .. "/" .. f); if h then local x = h:read("a"); h:close(); return x end end
     if ev.event == "item_start" and ev.stage == "transcript" and not seen.files then
       seen.files = { srt = read("transcript.srt"), vtt = read("transcript.vtt") }
     end
     if ev.event == "item_start" and ev.stage == "fusion_end" and not seen.fused then seen.fused = read("fused.json") end
+    if ev.event == "item_start" and ev.stage == "report" and not seen.report then
+      seen.report = { md = read("summary.md"), judge = read("judge.json") }
+    end
   end)
   local s = p:start { inputs = { input }, out = out, config = config, bus = bus }:wait()
   T.eq(s.failed, 0, name .. ": " .. cjson.encode(s.dead or {}))
@@ -104,11 +107,17 @@ T.case("provisional segments first, final ones unchanged from a run at the confi
     T.ok(P.exists(grown .. "/" .. f), f)
   end
   -- written as segments finished: the subtitles held the speech final before the whole
-  -- transcript was in, fused.json the segments final before fusion_end wrote it whole (each
-  -- as in the end)
+  -- transcript was in, fused.json the segments final before fusion_end closed it (each as in
+  -- the end), summary.md and judge.json the sections before report closed them
   local early = ev.files
   T.ok(early and early.srt and early.vtt, ".srt and .vtt before the whole transcript")
-  T.ok(ev.fused, "fused.json before fusion_end wrote it whole")
+  T.ok(ev.fused, "fused.json before fusion_end closed it")
+  local rep, jend = ev.report, P.json(grown .. "/judge.json")
+  T.ok(rep and rep.md and rep.md:find("\n## ", 1, true), "summary.md had sections before report")
+  T.ok(P.read(grown .. "/summary.md"):sub(1, #rep.md) == rep.md, "summary.md then: the start of the final one")
+  local jthen = cjson.decode(rep.judge or "null")
+  T.ok(jthen and jthen.score == nil and #jthen.segments >= 1, "judge.json then: valid JSON, segments, no score yet")
+  T.ok(type(jend.score) == "number" and #jend.segments >= #jthen.segments, "judge.json in the end: its score")
   local part = cjson.decode(ev.fused)
   T.ok(#part >= 1 and #part <= #a, "fused.json then: " .. #part .. " of " .. #a .. " segments")
   for i, e in ipairs(part) do T.same(e, a[i], "segment " .. i .. " as in the end") end

@@ -50,9 +50,9 @@ function M.wrote(path, temporary)
 end
 
 -- files.unwatched(fn, ...) -> fn(...)'s results, with the running task's watcher away while it
--- runs (fn must not wait): for writing a preview of a file another unit owns (the lecture's
--- subtitles and fused.json grow while a later stage will write them whole; the preview writes
--- are not the writing unit's outputs, and counting them would key its outputs by the unit).
+-- runs (fn must not wait): for writing a preview of a file another unit owns (a file that
+-- grows while a later stage will write it whole, or close it; the preview writes are not the
+-- writing unit's outputs, and counting them would key its outputs by the unit).
 function M.unwatched(fn, ...)
   local c = context()
   local w = c and c.files
