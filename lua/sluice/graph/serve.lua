@@ -25,8 +25,8 @@ local M = {}
 local Worker = {}
 Worker.__index = Worker
 
--- A unit's ctx on the worker: what the stage's functions use (emit, event, log, job, config,
--- out, stage, attempt, params, gate); emits and events are sent back with the result.
+-- A unit's ctx on the worker: what the stage's functions use (emit, event, log, key, job,
+-- config, out, stage, attempt, params, gate); emits and events are sent back with the result.
 local Ctx = {}
 Ctx.__index = Ctx
 
@@ -45,8 +45,7 @@ function Ctx:event(name, fields)
   l[#l + 1] = { name, fields }
 end
 
-Ctx.log = require("sluice.graph.run").Ctx.log -- ctx:log(...) is ctx:event("log", {message=})
-Ctx.key = require("sluice.graph.run").Ctx.key -- ctx:key(): the unit's key
+Ctx.log, Ctx.key = require("sluice.graph.run").Ctx.log, require("sluice.graph.run").Ctx.key
 
 local function first_line(path)
   local f = io.open(path, "r")
