@@ -11,12 +11,13 @@
 --
 -- install(S) sets the stage's hooks into the key lifecycle (S.hooks, see sluice.graph.keys)
 -- and S.take (see sluice.graph.deliver). Calls: sluice.graph.keys, sluice.graph.deliver,
--- sluice.graph.envelope, sluice.graph.util.
+-- sluice.graph.envelope, sluice.graph.memokey, sluice.graph.util.
 local core = require "sluice.core.core"
 local keys = require "sluice.graph.keys"
 local deliver = require "sluice.graph.deliver"
 local envelope = require "sluice.graph.envelope"
 local util = require "sluice.graph.util"
+local env_key = require("sluice.graph.memokey").env_key
 
 local now = core.now
 local push_ready = deliver.push_ready
@@ -96,7 +97,7 @@ local function held(C, env, holder)
     if C.memoize ~= false then
       local dk = holder.dropped_keys
       if not dk then dk = {}; holder.dropped_keys = dk end
-      dk[#dk + 1] = rawget(env, "_mk") or ("id:" .. tostring(env.id))
+      dk[#dk + 1] = env_key(env)
     end
     return nil
   end
