@@ -62,12 +62,6 @@ end
 
 local write_json = stages.write_json
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
-
 local function clock(t)
   t = math.floor((t or 0) + 0.5)
   return string.format("%02d:%02d", t // 60, t % 60)
@@ -246,7 +240,7 @@ return sl.pipeline "lecture" {
           -- has its finished files, which the job store recorded; they stay until replaced whole.
           if k.grow == nil then
             local dir = stages.out_dir(ctx, env.key)
-            k.grow = not exists(dir .. "/transcript.srt")
+            k.grow = stages.file_size(dir .. "/transcript.srt") == nil
             if k.grow then
               k.srt, k.vtt = subtitles.writer(dir .. "/transcript.srt"), subtitles.writer(dir .. "/transcript.vtt")
             end

@@ -175,15 +175,9 @@ local function item_key(stage, id) return stage .. "\0" .. tostring(id) end
 -- hash (FNV-1a) of each item key or output key, not the key: 40 bytes an entry instead of
 -- about 170, for a run of many thousand items. Reads go to the database by the key itself
 -- (a hash that matched by chance, 2^-64 a pair, costs one read that finds nothing).
-local byte, math_type = string.byte, math.type
-local function hashed(stage, id)
-  local h = -3750763034362895579 -- 0xcbf29ce484222325
-  for i = 1, #stage do h = (h ~ byte(stage, i)) * 1099511628211 end
-  h = h * 1099511628211 -- (the "\0" between them)
-  local s = tostring(id)
-  for i = 1, #s do h = (h ~ byte(s, i)) * 1099511628211 end
-  return h
-end
+local math_type = math.type
+local fnv64 = require("sluice.graph.envelope").fnv64
+local function hashed(stage, id) return fnv64(item_key(stage, id)) end
 
 local start_flush
 

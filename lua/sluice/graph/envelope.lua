@@ -19,12 +19,16 @@ local setmetatable, rawget, rawset = setmetatable, rawget, rawset
 
 local M = {}
 
--- 64-bit FNV-1a of s, as 16 hex digits.
-local function hash(s)
+-- 64-bit FNV-1a of s, as an integer (the job store's index of stored items keeps these).
+local function fnv64(s)
   local h = -3750763034362895579 -- 0xcbf29ce484222325
   for i = 1, #s do h = (h ~ byte(s, i)) * 1099511628211 end
-  return format("%016x", h)
+  return h
 end
+M.fnv64 = fnv64
+
+-- The same, as 16 hex digits.
+local function hash(s) return format("%016x", fnv64(s)) end
 M.hash = hash
 
 -- Item ids: the path that made the item, "source/identity/stage/k/stage/k...", where k is the
