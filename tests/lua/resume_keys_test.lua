@@ -37,7 +37,8 @@ local function lecture(out, sets, extra)
   for _, s in ipairs(sets) do args[#args + 1] = "--set"; args[#args + 1] = s end
   for _, a in ipairs(extra or {}) do args[#args + 1] = a end
   srv:reset()
-  local r = P.run(args, { env = { SLUICE_PROGRESS = "off", XDG_CACHE_HOME = tmp .. "/cache" } })
+  -- (the provider result cache off, as ctest sets it: a request the cut input repeats must be sent)
+  local r = P.run(args, { env = { SLUICE_PROGRESS = "off", SLUICE_CACHE = "off", XDG_CACHE_HOME = tmp .. "/cache" } })
   local calls = { stt_openai = 0, stt_clova = 0, vlm = 0, summary = 0, judge = 0 }
   for _, q in ipairs(srv:requests("/")) do
     if q.path == "/v1/audio/transcriptions" then calls.stt_openai = calls.stt_openai + 1
