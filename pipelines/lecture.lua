@@ -6,8 +6,9 @@
 -- audio   cuts the soundtrack into overlapping chunks while it decodes: 5 s, 10 s, then 20 s
 --         (params.first: the first words in seconds)                       (step 4)
 -- stt     transcribes chunks in parallel (2 workers)                       (step 4)
--- merge   merges the chunks in order as they come: the speech no later chunk can change
--- transcript  merges the chunks in order once all are in; writes transcript.json/.srt/.vtt
+-- merge   merges the chunks in order as they come: the speech no later chunk can change;
+--         transcript.json/.srt/.vtt grow with it
+-- transcript  once all chunks are in: the rest of the speech; closes the three files
 -- frames  captures each slide as it is shown (sluice.media.slides: slide-like pictures, changes
 --         in the slide region only, a slide shown again recognised); a video without slides
 --         gets one frame per `window` seconds and says so (a log line, a no_slides event,
@@ -45,12 +46,11 @@ local stages = require "sluice.blocks.stages"
 local text = require "sluice.blocks.text"
 local media = require "sluice.media"
 local grow = require "sluice.blocks.grow"
-local serial = require "sluice.runtime.serial"
 
 -- Per-job state: the fuser and the report of each key.
 local jobs = stages.job_states()
 local function state(ctx)
-  return stages.job_state(jobs, ctx, function() return { fusers = {}, reports = {} } end)
+  return stages.job_state(jobs, ctx, function() return { fusers = {}, reports = {}, speech = {} } end)
 end
 
 local provider = stages.provider
@@ -120,15 +120,17 @@ local function fused_file(ctx, key, f)
   return f.file
 end
 
--- Adds part seq to a growing file; a write that failed is logged once (the stage that
--- finishes the file fails with it: the file is not whole) and the work goes on.
-local function put_part(ctx, file, seq, text)
-  local ok, err = file:put(seq, text)
+-- A growing file's write that failed is logged once (the stage that finishes the file fails
+-- with it: the file is not whole) and the work goes on.
+local function log_failed(ctx, file, ok, err)
   if not ok and not file.logged then
     file.logged = true
     ctx:log(err)
   end
 end
+
+-- Adds part seq to a growing file (sluice.blocks.grow).
+local function put_part(ctx, file, seq, text) log_failed(ctx, file, file:put(seq, text)) end
 
 local function grow_fused(ctx, file, entries)
   for _, e in ipairs(entries) do put_part(ctx, file, e.seq or (e.window + 1), json.encode(fused_entry(e))) end
@@ -141,6 +143,62 @@ local function emit_provisional(ctx, f)
     ctx:event("segment", { seq = e.seq, final = false, t0 = e.t0, t1 = e.t1, slide_text = e.slide_text,
       speech = e.speech, slide_path = e.slide_path })
   end
+end
+
+-- The transcript of a key as it is transcribed (merge, then transcript): the chunks merged in
+-- seq order (fusion.chunk_merger; who spoke and how the times were found carried onto each
+-- segment), transcript.json/.srt/.vtt grown with the final segments (sluice.blocks.grow; where
+-- they exist, a run that redoes the job, in NAME.part until closed). Holds the chunks not yet
+-- final and, for transcript.json's end, the segments' texts and the chunk boundaries.
+local function speech_of(ctx, key)
+  local all = state(ctx).speech
+  local k = all[key]
+  if not k then
+    local dir = stages.out_dir(ctx, key)
+    k = { merger = fusion.chunk_merger { absolute = true, forget_taken = true, carry = { "speaker", "timing" } },
+      pending = {}, next = 1, t1 = 0, segments = 0, words = 0, texts = {}, boundaries = {}, wavs = {},
+      json = grow.new { path = dir .. "/transcript.json", open = '{"segments":[', sep = ",", close = "]}" },
+      srt = subtitles.writer(dir .. "/transcript.srt"), vtt = subtitles.writer(dir .. "/transcript.vtt") }
+    all[key] = k
+  end
+  return k
+end
+
+-- Merges chunk ch (the next in order). Its WAV file goes at the end (transcript): the audio
+-- stage, still cutting, records its files when it ends.
+local function merge_chunk(k, ch)
+  k.merger:add(ch)
+  if ch.t1 > k.t1 then k.t1 = ch.t1 end
+  if ch.path then k.wavs[#k.wavs + 1] = ch.path end
+end
+
+-- Takes the segments no later chunk can change (all of them when `all`) into the three files;
+-- returns them, the first one's number and the speech's lower bound still to come.
+local function take_final(ctx, k, all)
+  local segs, first, upto, bounds = k.merger:take_final(all)
+  for i, seg in ipairs(segs) do
+    k.texts[#k.texts + 1] = seg.text
+    k.words = k.words + #text.words(seg.text)
+    put_part(ctx, k.json, first + i - 1, json.encode(seg))
+  end
+  k.segments = k.segments + #segs
+  for _, b in ipairs(bounds) do k.boundaries[#k.boundaries + 1] = b end
+  if #segs > 0 then
+    log_failed(ctx, k.srt, k.srt:add(segs))
+    log_failed(ctx, k.vtt, k.vtt:add(segs))
+  end
+  return segs, first, upto
+end
+
+-- While no frame has come, fusion keeps the final speech: an audio-only recording's windows
+-- are made from it (fusion_end); a video's first frame comes from its start.
+local function keep_heard(f, segs)
+  if #f.sorted > 0 then
+    f.heard = nil
+    return
+  end
+  f.heard = f.heard or {}
+  for _, seg in ipairs(segs) do f.heard[#f.heard + 1] = seg end
 end
 
 local function title_of(e)
@@ -207,48 +265,27 @@ return sl.pipeline "lecture" {
       end,
     },
 
-    -- The transcript as it grows: chunks merged in order as they come (fusion.chunk_merger);
-    -- each output carries the segments no later chunk can change (final, from `first` on,
-    -- nothing later before `upto`) and the last chunk's as they stand (tail).
+    -- The transcript as it grows: chunks merged in order as they come (speech_of); each
+    -- output carries the segments no later chunk can change (final, from `first` on, nothing
+    -- later before `upto`) and the last chunk's as they stand (tail).
     merge = {
       from = "stt", workers = 1, memo = false,
       run = function(env, ctx)
-        local s = state(ctx)
-        s.speech = s.speech or {}
-        local k = s.speech[env.key]
-        if not k then
-          k = { merger = fusion.chunk_merger { absolute = true, forget_taken = true }, pending = {}, next = 1 }
-          s.speech[env.key] = k
-        end
+        local k = speech_of(ctx, env.key)
         local c = env.data
         k.pending[c.seq] = c
         -- One output per chunk, when it is merged (in seq order): what it holds depends on the
-        -- chunks up to it only, not on the order they were transcribed in (the transcript's
-        -- resume key is made from these outputs).
+        -- chunks up to it only, not on the order they were transcribed in.
         local outs = {}
         while k.pending[k.next] do
           local ch = k.pending[k.next]
-          k.merger:add(ch)
           k.pending[k.next] = nil
           k.next = k.next + 1
-          local out = { chunk = ch, seq = ch.seq }
-          out.final, out.first, out.upto = k.merger:take_final()
+          merge_chunk(k, ch)
+          local out = { seq = ch.seq, t0 = ch.t0, t1 = ch.t1 }
+          out.final, out.first, out.upto = take_final(ctx, k)
           out.tail, out.tail_first = k.merger:tail()
           outs[#outs + 1] = out
-          -- The subtitles grow as the speech becomes final (transcript writes the whole at the
-          -- end), only where there is no transcript yet: a run that resumes (or redoes) a job
-          -- has its finished files, which the job store recorded; they stay until replaced whole.
-          if k.grow == nil then
-            local dir = stages.out_dir(ctx, env.key)
-            k.grow = stages.file_size(dir .. "/transcript.srt") == nil
-            if k.grow then
-              k.srt, k.vtt = subtitles.writer(dir .. "/transcript.srt"), subtitles.writer(dir .. "/transcript.vtt")
-            end
-          end
-          if k.grow and #out.final > 0 then -- (previews: written by C, not this unit's outputs)
-            assert(k.srt:add(out.final))
-            assert(k.vtt:add(out.final))
-          end
         end
         if #outs > 0 then
           -- how much of the lecture is transcribed, for the progress view's ETA
@@ -256,45 +293,44 @@ return sl.pipeline "lecture" {
             local info = c.source and media.probe(c.source)
             k.duration = info and info.duration or false
           end
-          if k.duration then ctx:event("progress", { done = k.merger.prev.t1, total = k.duration, unit = "s" }) end
+          if k.duration then ctx:event("progress", { done = k.t1, total = k.duration, unit = "s" }) end
         end
         for _, out in ipairs(outs) do
-          ctx:emit(out, { seq = out.seq, t0 = out.chunk.t0, t1 = out.chunk.t1 })
+          ctx:emit(out, { seq = out.seq, t0 = out.t0, t1 = out.t1 })
         end
       end,
     },
 
+    -- Once every chunk is in: the chunks after one whose transcription failed (they waited in
+    -- merge for it) merged, the gap joined as chunks cut in a pause are; the rest of the speech
+    -- taken (to fusion); transcript.json (its text, duration and the chunk boundaries last),
+    -- .srt and .vtt closed. It holds none of its inputs (merge's state has what is left).
     transcript = {
-      from = "merge", collect = true,
-      -- held until the last chunk: the chunk (not the merged speech fusion took from it) as its
-      -- exact text (sluice.runtime.serial), a third of its tables' size
-      keep = function(d) return assert(serial.encode(d.chunk)) end,
-      run = function(items, ctx)
-        local chunks, t1 = {}, 0
-        for i, env in ipairs(items) do
-          chunks[i] = assert(serial.decode(env.data))
-          if chunks[i].t1 > t1 then t1 = chunks[i].t1 end
+      from = "merge", collect = true, memo = false,
+      keep = function() return nil end,
+      run = function(_, ctx)
+        local key = ctx:key()
+        local k = speech_of(ctx, key)
+        local late = {}
+        for seq in pairs(k.pending) do late[#late + 1] = seq end
+        table.sort(late)
+        for _, seq in ipairs(late) do merge_chunk(k, k.pending[seq]) end
+        k.pending = {}
+        local final, first = take_final(ctx, k, true)
+        k.json.close = "]," .. json.encode({ text = table.concat(k.texts, " "), duration = k.t1,
+          boundaries = k.boundaries }):sub(2)
+        local errs = {}
+        for _, file in ipairs { k.json, k.srt, k.vtt } do
+          local ok, err = file:finish()
+          if not ok then errs[#errs + 1] = err end
         end
-        table.sort(chunks, function(a, b) return a.seq < b.seq end)
-        local merged = fusion.merge_chunks(chunks, { absolute = true })
-        -- who spoke (diarizing models) and how the times were found ("chunk": per short chunk)
-        stages.carry_segment_fields(merged.segments, chunks, { "speaker", "timing" })
-        local key = items[1].key
-        local dir = stages.out_dir(ctx, key)
-        local segs = {}
-        for i, s in ipairs(merged.segments) do
-          segs[i] = { start = s.start, ["end"] = s["end"], text = s.text, words = s.words,
-            speaker = s.speaker, timing = s.timing }
-        end
-        write_json(dir .. "/transcript.json", { duration = t1, text = merged.text, segments = segs,
-          boundaries = merged.boundaries })
-        assert(subtitles.write_file(dir .. "/transcript.srt", segs))
-        assert(subtitles.write_file(dir .. "/transcript.vtt", segs))
+        state(ctx).speech[key] = nil
         if not ctx.config.keep_chunks then -- the WAV chunks are only needed until now
-          for _, c in ipairs(chunks) do if c.path then os.remove(c.path) end end
+          for _, path in ipairs(k.wavs) do os.remove(path) end
         end
-        ctx:event("transcript", { segments = #segs, words = #text.words(merged.text), duration = t1 })
-        return { segments = segs, text = merged.text, duration = t1 }
+        ctx:event("transcript", { segments = k.segments, words = k.words, duration = k.t1 })
+        if #errs > 0 then error(table.concat(errs, "; "), 0) end
+        return { final = final, first = first, duration = k.t1, segments = k.segments }
       end,
     },
 
@@ -358,15 +394,16 @@ return sl.pipeline "lecture" {
           if not f.complete then
             new = f:add_speech(d.final, d.first, d.upto)
             f:set_tentative(d.tail, d.tail_first)
+            keep_heard(f, d.final)
           end
         elseif env.stage == "transcript" then
           f.end_time = d.duration
-          new = f:set_speech(d.segments)
-          -- no frame yet: maybe none at all (an audio-only recording), which fusion_end then
-          -- fuses from the transcript alone (a video's first frame comes from its start)
-          if #f.sorted == 0 then f.transcript = d end
+          new = f:add_speech(d.final, d.first)
+          keep_heard(f, d.final)
+          for _, e in ipairs(f:end_speech()) do new[#new + 1] = e end
         elseif env.stage == "frames" then
           new = f:add_times { { seq = d.seq, t = d.t } }
+          f.heard = nil
         elseif env.stage == "vlm" then
           new = f:add_vision(d.slides)
         end
@@ -391,22 +428,22 @@ return sl.pipeline "lecture" {
         local rest = {}
         if not f.complete then
           -- No transcript: the video has no audio, or every chunk failed (those failures are
-          -- reported on their own). The slides are still fused and summarised, without speech.
-          ctx:log("no transcript for " .. tostring(key) .. ": slides without speech")
-          rest = f:set_speech({})
+          -- reported on their own; so is a transcript whose files could not be written: the
+          -- speech merged before is kept). The slides are still fused and summarised.
+          if not f:has_speech() then ctx:log("no transcript for " .. tostring(key) .. ": slides without speech") end
+          rest = f:end_speech()
         end
         if #f.sorted == 0 then
           -- No frames at all (an audio-only recording): speech-only entries, one per window.
-          local tr = f.transcript or { segments = {} }
           local whole = fusion.new { policy = fusion.by_window { seconds = ctx.config.window or 30 },
-            forget = true, end_time = tr.duration }
-          whole:set_speech(tr.segments)
+            forget = true, end_time = f.end_time }
+          whole:set_speech(f.heard or {})
           rest = whole:finish()
           for _, e in ipairs(rest) do e.speech_only = true end
         else
           for _, e in ipairs(f:finish()) do rest[#rest + 1] = e end
         end
-        f.transcript = nil
+        f.heard = nil
         emit_entries(ctx, rest)
         local file = fused_file(ctx, key, f)
         grow_fused(ctx, file, rest)

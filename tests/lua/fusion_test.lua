@@ -275,6 +275,59 @@ T.case("incremental speech: chunks merged as they come give merge_chunks' transc
   end
 end)
 
+-- The lecture's transcript stage: merge took the final segments chunk by chunk; at the end the
+-- rest is taken at once (take_final(true)) and the fuser told no speech is to come (end_speech).
+T.case("the rest at the end: take_final(true) and end_speech complete merge_chunks' transcript and fuse()'s entries", function()
+  local chunks = chunked_speech()
+  for _, ch in ipairs(chunks) do
+    for i, sg in ipairs(ch.segments) do sg.speaker = "S" .. ch.seq .. "." .. i end
+  end
+  local whole = fusion.merge_chunks(chunks, { absolute = true, carry = { "speaker" } })
+  local source = {} -- speaker -> the words of that chunk segment
+  for _, ch in ipairs(chunks) do
+    for _, sg in ipairs(ch.segments) do
+      source[sg.speaker] = {}
+      for _, w in ipairs(sg.words) do source[sg.speaker][w.word] = true end
+    end
+  end
+  for _, sg in ipairs(whole.segments) do
+    T.ok(source[sg.speaker], "a carried speaker: " .. tostring(sg.speaker))
+    for _, w in ipairs(sg.words) do
+      T.ok(source[sg.speaker][w.word], sg.speaker .. " said " .. w.word)
+    end
+  end
+  for _, policy in ipairs { fusion.by_slide, fusion.nearest, fusion.by_window { seconds = 15 } } do
+    local want = fusion.fuse(policy, whole.segments, VISION, { end_time = 60 })
+    local m = fusion.chunk_merger { absolute = true, forget_taken = true, carry = { "speaker" } }
+    local f = fusion.new { policy = policy, end_time = 60, forget = true }
+    local got, segs, bounds = {}, {}, {}
+    local function take(all)
+      local s, first, upto, b = m:take_final(all)
+      T.eq(first, #segs + 1, "numbered on")
+      for _, sg in ipairs(s) do segs[#segs + 1] = sg end
+      for _, x in ipairs(b) do bounds[#bounds + 1] = x end
+      for _, e in ipairs(f:add_speech(s, first, upto)) do got[#got + 1] = e end
+    end
+    for i, ch in ipairs(chunks) do
+      m:add(ch)
+      if i < #chunks - 1 then take() end -- (the last two chunks wait: merged at the end)
+      if VISION[i] then
+        for _, e in ipairs(f:add_vision { VISION[i] }) do got[#got + 1] = e end
+      end
+    end
+    take(true)
+    T.same(segs, whole.segments, tostring(policy) .. ": every segment, once")
+    T.same(bounds, whole.boundaries, tostring(policy) .. ": every boundary, once")
+    T.same({ m:tail() }, { {}, #segs + 1 }, "nothing left")
+    for i = #chunks + 1, #VISION do
+      for _, e in ipairs(f:add_vision { VISION[i] }) do got[#got + 1] = e end
+    end
+    for _, e in ipairs(f:end_speech()) do got[#got + 1] = e end
+    for _, e in ipairs(f:finish()) do got[#got + 1] = e end
+    T.same(got, want, tostring(policy) .. ": the same entries as fuse() on the whole transcript")
+  end
+end)
+
 -- Issue 16: what a long lecture's merger and fuser hold must not grow with its length.
 T.case("bounded: a forget_taken merger hands out the same segments and keeps the last chunk's tokens only", function()
   local chunks = chunked_speech(600)

@@ -15,7 +15,7 @@ local function plus(base, ...)
   return out
 end
 local PURE_BLOCKS = { "sluice.blocks.text", "sluice.blocks.subtitles", "sluice.blocks.fusion",
-  "sluice.blocks.feed" }
+  "sluice.blocks.feed", "sluice.blocks.grow" }
 local ALLOWED = {
   runtime = RUNTIME,
   facade = plus(RUNTIME, "sluice.graph", "sluice.blocks.stages"), -- sl.pipeline, sl.capture: lazily

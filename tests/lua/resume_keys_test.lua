@@ -175,15 +175,26 @@ end)
 
 T.case("a deleted output is written again, and nothing else runs", function()
   local sets = with("fusion=nearest", "providers.stt=clova")
-  -- transcript.json is the transcript stage's (stored): that stage runs again, alone
+  -- transcript.json grows in every run (merge, transcript: not stored, they hold only what is
+  -- not final), from the stored speech
   os.remove(OUT .. "/transcript.json")
   local r, calls, line = lecture(OUT, sets)
   T.eq(r.status, 0, r.stderr)
   T.same(calls, { stt_openai = 0, stt_clova = 0, vlm = 0, summary = 0, judge = 0 }, "no request")
-  T.ok(line and line:find("re-ran transcript", 1, true), tostring(line))
-  T.ok(line:find("output " .. OUT .. "/transcript.json missing", 1, true), line)
+  T.ok(line and line:find("reused audio 1/1, frames 1/1, stt 3/3", 1, true), tostring(line))
   T.ok(P.exists(OUT .. "/transcript.json"), "transcript.json written again")
   same_as_fresh(OUT, tmp .. "/fresh-cut", "transcript.json deleted")
+  -- a captured slide is the capture's output (stored): that stage runs again, alone
+  local jpg = OUT .. "/slides/0001.jpg"
+  T.ok(P.exists(jpg), "the first slide is there")
+  os.remove(jpg)
+  r, calls, line = lecture(OUT, sets)
+  T.eq(r.status, 0, r.stderr)
+  T.same(calls, { stt_openai = 0, stt_clova = 0, vlm = 0, summary = 0, judge = 0 }, "no request")
+  T.ok(line and line:find("re-ran frames 1/1", 1, true), tostring(line))
+  T.ok(line:find("output " .. jpg .. " missing", 1, true), line)
+  T.ok(P.exists(jpg), "the slide captured again")
+  same_as_fresh(OUT, tmp .. "/fresh-cut", "a slide deleted")
   -- summary.md grows in every run (sections, report: not stored, they hold nothing)
   os.remove(OUT .. "/summary.md")
   r, calls = lecture(OUT, sets)

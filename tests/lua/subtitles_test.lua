@@ -192,21 +192,33 @@ T.case("writer: a file that grows batch by batch, each time whole, as write_file
   local dir = os.tmpname()
   os.remove(dir)
   assert(os.execute("mkdir -p " .. dir))
+  local function read(path) local f = io.open(path); if not f then return nil end; local b = f:read("a"); f:close(); return b end
   for _, ext in ipairs { "srt", "vtt" } do
-    local w = subs.writer(dir .. "/grow." .. ext)
-    local seen = 0
-    for i = 1, #segs, 7 do
-      local part = {}
-      for j = i, math.min(i + 6, #segs) do part[#part + 1] = segs[j] end
-      T.ok(w:add(part))
-      local now = subs.parse(io.open(dir .. "/grow." .. ext):read("a"))
-      T.ok(#now > seen, ext .. ": the file grew and parses whole")
-      seen = #now
-    end
     T.ok(subs.write_file(dir .. "/whole." .. ext, segs))
-    local a = io.open(dir .. "/grow." .. ext):read("a")
-    local b = io.open(dir .. "/whole." .. ext):read("a")
-    T.eq(a, b, ext .. ": the same file as write_file's")
+    local whole = read(dir .. "/whole." .. ext)
+    local path = dir .. "/grow." .. ext
+    for _, redo in ipairs { false, true } do -- (redo: the file is there, a finished one)
+      local w = subs.writer(path, nil, { min_wait = 0, factor = 0 })
+      local seen = 0
+      for i = 1, #segs, 7 do
+        local part = {}
+        for j = i, math.min(i + 6, #segs) do part[#part + 1] = segs[j] end
+        T.ok(w:add(part))
+        local now = subs.parse(read(redo and (path .. ".part") or path))
+        T.ok(#now > seen, ext .. ": the file grew and parses whole")
+        seen = #now
+        if redo then T.eq(read(path), whole, ext .. ": the finished file stays until the new one is") end
+      end
+      T.ok(w:finish())
+      T.eq(read(path), whole, ext .. ": the same file as write_file's")
+      T.eq(read(path .. ".part"), nil, "no .part left")
+    end
+    -- nothing to say: the file write_file makes of no segment
+    T.ok(subs.write_file(dir .. "/none." .. ext, {}))
+    local w = subs.writer(dir .. "/empty." .. ext)
+    T.ok(w:add({ { start = 1, ["end"] = 2, text = " " } }))
+    T.ok(w:finish())
+    T.eq(read(dir .. "/empty." .. ext), read(dir .. "/none." .. ext), ext .. ": no cue")
   end
   os.execute("rm -rf " .. dir)
 end)

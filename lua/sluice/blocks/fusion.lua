@@ -24,6 +24,7 @@
 --   f:add_times{ {seq=1, t=0}, {seq=2, t=9.5} }  -- optional: capture times known early
 --   f:add_vision(batch)    -- buffered while speech is missing; returns the entries ready now
 --   f:set_speech(segments) -- the gate: returns the entries that became ready
+--   (or, as it is transcribed: f:add_speech(final, first, upto) per chunk, then f:end_speech())
 --   f:finish()             -- no more vision: returns every remaining entry
 --   f:entries()            -- every entry emitted so far
 -- forget = true (fusion.new{policy=, forget=true}): the fuser lets go of what no entry still
@@ -313,6 +314,14 @@ function Fuser:add_speech(segments, first, upto)
   return self:_ready()
 end
 
+-- No more speech is to come (the last add_speech had the rest): every interval's speech is
+-- final, as after set_speech.
+function Fuser:end_speech()
+  self.units = self.units or {}
+  self.complete, self.tent = true, nil
+  return self:_ready()
+end
+
 -- The speech heard so far that may still change (the last chunk's, after add_speech): only
 -- provisional entries use it.
 function Fuser:set_tentative(segments, first)
@@ -594,15 +603,19 @@ end
 -- Incremental use (the lecture's speech stage: chunks as they are transcribed, in seq order):
 --   local m = fusion.chunk_merger { absolute = true }
 --   m:add(chunk)                  -- the next chunk in order
---   local segs, first, upto = m:take_final()
+--   local segs, first, upto, bounds = m:take_final()
 --       -- the segments no later chunk can change, that were not taken before: they are
 --       -- segments first, first+1, ... of merge_chunks' result over every chunk, and no
---       -- speech of a later chunk has its midpoint before `upto` (seconds)
+--       -- speech of a later chunk has its midpoint before `upto` (seconds); bounds: the chunk
+--       -- boundaries (merge_chunks' `boundaries`) made since the last call
+--   m:take_final(true)            -- the same once no chunk is to come: every segment is final
 --   local tail, first = m:tail()  -- the last chunk's segments as they stand (may change)
 --   m:result()                    -- what merge_chunks returns for the chunks added so far
 -- opts.forget_taken = true: take_final lets go of the tokens (and boundaries) it returned, so
 -- that the merger holds the chunks not yet final only, whatever the input's length; result()
 -- is then an error (the caller owns what take_final returned).
+-- opts.carry = {"speaker", ...}: each output segment has these fields of the chunk segment
+-- its words came from (who spoke, from a diarizing model; how the times were found).
 -- A later chunk only ever changes tokens of the chunk before it (the overlap both heard), so
 -- every token of the chunks before the last is final.
 local Merger = {}
@@ -613,7 +626,7 @@ function M.chunk_merger(opts)
   opts = opts or {}
   return setmetatable({ opts = opts, min_match = opts.min_match or 2, max_skew = opts.max_skew or 1.5,
     wps = opts.words_per_second or 3.5, tokens = {}, boundaries = {}, prev = nil, n = 0,
-    taken = 0, nseg = 0 }, Merger)
+    taken = 0, nseg = 0, btaken = 0 }, Merger)
 end
 
 function Merger:add(ch)
@@ -634,6 +647,9 @@ function Merger:add(ch)
     for si, seg in ipairs(segs) do
       local sref = { chunk = ci, start = (tonumber(seg.start) or 0) + off,
         ["end"] = (tonumber(seg["end"]) or 0) + off }
+      if opts.carry then
+        for _, f in ipairs(opts.carry) do sref[f] = seg[f] end
+      end
       local words = seg.words
       if type(words) == "table" and #words > 0 and words[1].start ~= nil then
         for _, w in ipairs(words) do
@@ -751,8 +767,9 @@ function Merger:add(ch)
   return self
 end
 
--- Segments (and words, texts) rebuilt from tokens[a..b], grouped by their original segment.
-local function rebuild(tokens, a, b)
+-- Segments (and words, texts) rebuilt from tokens[a..b], grouped by their original segment
+-- (whose `carry` fields each has).
+local function rebuild(tokens, a, b, carry)
   local segments, words, all = {}, {}, {}
   local cur
   for i = a, b do
@@ -773,6 +790,9 @@ local function rebuild(tokens, a, b)
   for i, c in ipairs(segments) do
     local s = { start = c.start, ["end"] = c["end"], text = table.concat(c.parts, " ") }
     if #c.words > 0 then s.words = c.words end
+    if carry then
+      for _, f in ipairs(carry) do s[f] = c.ref[f] end
+    end
     segments[i] = s
   end
   return segments, words, all
@@ -782,7 +802,7 @@ function Merger:result()
   if self.opts.forget_taken then
     error("fusion: result() of a chunk_merger made with forget_taken (take_final gave the segments)", 2)
   end
-  local segments, words, all = rebuild(self.tokens, 1, #self.tokens)
+  local segments, words, all = rebuild(self.tokens, 1, #self.tokens, self.opts.carry)
   return { segments = segments, text = table.concat(all, " "), words = words,
     boundaries = self.boundaries }
 end
@@ -794,31 +814,34 @@ local function final_end(self)
   return i
 end
 
-function Merger:take_final()
-  local e = final_end(self)
-  local segs = rebuild(self.tokens, self.taken + 1, e)
+function Merger:take_final(all)
+  local e = all and #self.tokens or final_end(self)
+  local segs = rebuild(self.tokens, self.taken + 1, e, self.opts.carry)
   local first = self.nseg + 1
   self.taken, self.nseg = e, self.nseg + #segs
-  local upto = self.prev and (tonumber(self.prev.t0) or 0) or -INF
+  local upto = all and INF or self.prev and (tonumber(self.prev.t0) or 0) or -INF
   for i = e + 1, #self.tokens do
     local t = self.tokens[i]
     local s = t.start or t.seg.start
     if s < upto then upto = s end
   end
-  if self.opts.forget_taken and e > 0 then
+  local nb = #self.boundaries
+  local bounds = table.move(self.boundaries, self.btaken + 1, nb, 1, {})
+  self.btaken = nb
+  if self.opts.forget_taken then
     -- The taken tokens are final (a later chunk changes the last chunk's only): they go.
     local tokens, n = self.tokens, #self.tokens
     table.move(tokens, e + 1, n, 1)
     for i = n, n - e + 1, -1 do tokens[i] = nil end
     self.taken = 0
-    self.boundaries = {}
+    self.boundaries, self.btaken = {}, 0
   end
-  return segs, first, upto
+  return segs, first, upto, bounds
 end
 
 function Merger:tail()
   local e = final_end(self)
-  local segs = rebuild(self.tokens, e + 1, #self.tokens)
+  local segs = rebuild(self.tokens, e + 1, #self.tokens, self.opts.carry)
   return segs, self.nseg + (e > self.taken and #rebuild(self.tokens, self.taken + 1, e) or 0) + 1
 end
 

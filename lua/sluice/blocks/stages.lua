@@ -300,48 +300,6 @@ function M.fetch(item, dir, opts)
   return final, { resumed = r.resumed or (r.status == 206), bytes = r.bytes, had = had }
 end
 
--- Transcript segments ---------------------------------------------------------------------
-
--- carry_segment_fields(merged, chunks, fields): fusion.merge_chunks keeps start, end, text
--- and words of each segment; this copies the named fields (speaker, timing) onto each merged
--- segment from the chunk segment it came from: the one whose time holds its middle (the
--- nearest start when two overlapping chunks both do). Times are media seconds on both sides.
-function M.carry_segment_fields(merged, chunks, fields)
-  local src, longest = {}, 0
-  for _, ch in ipairs(chunks) do
-    for _, s in ipairs(ch.segments or {}) do
-      for _, f in ipairs(fields) do
-        if s[f] ~= nil then
-          src[#src + 1] = s
-          longest = math.max(longest, s["end"] - s.start)
-          break
-        end
-      end
-    end
-  end
-  if #src == 0 then return merged end
-  table.sort(src, function(a, b) return a.start < b.start end)
-  for _, m in ipairs(merged) do
-    local mid = (m.start + m["end"]) / 2
-    local lo, hi = 1, #src -- the last source segment starting at or before mid
-    while lo < hi do
-      local k = (lo + hi + 1) // 2
-      if src[k].start <= mid then lo = k else hi = k - 1 end
-    end
-    local best
-    for k = lo, 1, -1 do
-      local s = src[k]
-      if s.start < mid - longest - 1e-9 then break end
-      if s.start <= mid + 1e-9 and s["end"] >= mid - 1e-9 and
-        (not best or math.abs(s.start - m.start) < math.abs(best.start - m.start)) then
-        best = s
-      end
-    end
-    if best then for _, f in ipairs(fields) do m[f] = best[f] end end
-  end
-  return merged
-end
-
 -- Output directories ------------------------------------------------------------------------
 
 local made = {}

@@ -10,12 +10,14 @@
 --   local segs = subs.parse(str)              -- SRT or WebVTT (detected), or nil, message
 --   subs.write_file(path, segments)           -- layout(), then the format from the extension
 --                                             (written through a temporary name and a rename)
---   local w = subs.writer(path); w:add(segs)  -- a file that grows: only new segments laid out
+--   local w = subs.writer(path); w:add(segs)  -- a file that grows: only new segments laid out;
+--   w:finish()                                -- then its end (sluice.blocks.grow)
 --
 -- Times are whole milliseconds: writing rounds to the nearest one, parsing gives exact
 -- thousandths. A UTF-8 byte order mark and CRLF line ends are accepted; cue identifiers, cue
 -- settings, NOTE/STYLE/REGION blocks (WebVTT) are skipped. Cues come back in file order.
 local files = require "sluice.runtime.files"
+local grow = require "sluice.blocks.grow"
 
 local M = {}
 
@@ -334,20 +336,23 @@ local function write_whole(path, body)
   return true
 end
 
--- writer(path[, limits]) -> w: a subtitle file (the format from the extension) that grows as
--- final segments come. w:add(segments) lays out the new segments only (the cues of earlier
--- calls are kept, not laid out again: a two-hour transcript is not laid out once per chunk),
--- starts none of them before the last earlier cue ended, and makes the file the old one plus
--- the new cues (sluice.runtime.files.extend: a temporary file and a rename, the old bytes
--- copied on the pool), so the writer holds none of the cues it wrote. Waits (inside a task).
--- Written by C, so the running unit's watcher does not see it (a preview, as the lecture's;
--- files.wrote(path) makes it the unit's output). Returns true, or nil and a message. The
--- file is the same as write_file's for all segments.
+-- writer(path[, limits[, opts]]) -> w: a subtitle file (the format from the extension) that
+-- grows as final segments come (sluice.blocks.grow: opts.min_wait, opts.factor are its pace).
+-- w:add(segments) lays out the new segments only (the cues of earlier calls are kept, not laid
+-- out again: a two-hour transcript is not laid out once per chunk) and starts none of them
+-- before the last earlier cue ended; the file grows by the new cues (a temporary file and a
+-- rename, the old bytes copied on the pool), so the writer holds none of the cues it wrote.
+-- w:finish() writes what is held and ends the file; where the file existed (a run that redoes
+-- a job), the cues grow in PATH.part until then. Both wait (inside a task) and return true,
+-- or nil and a message naming the file. The finished file is write_file's for all segments.
 local Writer = {}
 Writer.__index = Writer
-function M.writer(path, lim)
-  return setmetatable({ path = path, vtt = path:match("%.vtt$") ~= nil, n = 0,
-    last_end = -math.huge, lim = lim, size = nil }, Writer)
+function M.writer(path, lim, opts)
+  local vtt = path:match("%.vtt$") ~= nil
+  opts = opts or {}
+  return setmetatable({ vtt = vtt, n = 0, parts = 0, last_end = -math.huge, lim = lim,
+    file = grow.new { path = path, open = vtt and "WEBVTT\n\n" or "", sep = "\n",
+      min_wait = opts.min_wait, factor = opts.factor } }, Writer)
 end
 function Writer:add(segments)
   local laid = M.layout(segments, self.lim)
@@ -357,19 +362,13 @@ function Writer:add(segments)
   end
   local cs = cues(laid, self.vtt, self.n)
   if #laid > 0 then self.last_end = math.max(self.last_end, laid[#laid]["end"]) end
-  if self.size and #cs == 0 then return true end
-  -- the file is the header (WebVTT) then the cues joined by blank lines
-  local bytes = table.concat(cs, "\n")
-  if not self.size then
-    if self.vtt then bytes = #cs == 0 and "WEBVTT\n" or ("WEBVTT\n\n" .. bytes) end
-  elseif self.vtt or self.n > 0 then
-    bytes = "\n" .. bytes
-  end
-  local ok, err = files.extend(self.path, self.size or 0, bytes)
-  if not ok then return nil, "subtitles: " .. err end
-  self.n = self.n + #cs
-  self.size = (self.size or 0) + #bytes
-  return true
+  if #cs == 0 then return true end
+  self.n, self.parts = self.n + #cs, self.parts + 1
+  return self.file:put(self.parts, table.concat(cs, "\n"))
+end
+function Writer:finish()
+  if self.vtt and self.parts == 0 then self.file.open = "WEBVTT\n" end -- (as vtt({}))
+  return self.file:finish()
 end
 
 function M.write_file(path, segments, opts)
