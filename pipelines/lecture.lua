@@ -304,9 +304,10 @@ return sl.pipeline "lecture" {
     -- Once every chunk is in: the chunks after one whose transcription failed (they waited in
     -- merge for it) merged, the gap joined as chunks cut in a pause are; the rest of the speech
     -- taken (to fusion); transcript.json (its text, duration and the chunk boundaries last),
-    -- .srt and .vtt closed. It holds none of its inputs (merge's state has what is left).
+    -- .srt and .vtt closed. It holds none of its inputs (merge's state has what is left); it
+    -- reads stt too, so it runs when the first chunk failed (merge then had nothing to hand on).
     transcript = {
-      from = "merge", collect = true, memo = false,
+      from = { "stt", "merge" }, collect = true, memo = false,
       keep = function() return nil end,
       run = function(_, ctx)
         local key = ctx:key()

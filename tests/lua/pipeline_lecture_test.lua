@@ -187,6 +187,42 @@ T.case("remote providers on the fake API with latency and faults: complete, in o
   if not ok then error(err, 0) end
 end)
 
+-- The transcript grows chunk by chunk in order (merge); the chunks after one that cannot be
+-- transcribed wait for it, and are merged at the end (transcript), the gap joined.
+T.case("a speech chunk that cannot be transcribed: the chunks after it still make the transcript and the fused speech", function()
+  local fake = require "fakeapi"
+  local srv = fake.start { latency = 0.05 }
+  local out = P.tmpdir("lecture-gap")
+  local ok, err = pcall(function()
+    -- the first transcription request is refused (a 400 is not retried): chunk 1 or 2
+    srv:control { faults = { { kind = "400", path = "/v1/audio/transcriptions", count = 1 } } }
+    local conf = { providers = { stt = "openai", vlm = "openai", llm = "openai" },
+      openai = { base_url = srv.url .. "/v1", api_key = "sk-test" } }
+    local summary, _, truth = run_lecture(out, conf)
+    T.eq(summary.failed, 1, "the one chunk: " .. cjson.encode(summary.dead or {}))
+    local tr = P.json(out .. "/transcript.json")
+    T.ok(tr.duration > 40, "duration " .. tostring(tr.duration))
+    local late, texts = 0, {}
+    for i, sg in ipairs(tr.segments) do
+      texts[i] = sg.text
+      if sg.start >= 13 then late = late + 1 end -- (chunks 3 and 4: 11-31 s, 29-41 s)
+    end
+    T.ok(late >= 8, "the speech after the failed chunk: " .. late .. " segments")
+    T.eq(tr.text, table.concat(texts, " "), "text: the segments' texts")
+    T.ok(#tr.boundaries >= 1, "boundaries")
+    local cues = assert(subtitles.read_file(out .. "/transcript.srt"))
+    T.ok(subtitles.check(cues))
+    T.ok(cues[#cues]["end"] > 38, "cues to the end: " .. cues[#cues]["end"])
+    T.eq(P.exists(out .. "/transcript.json.part"), false)
+    local fused = P.json(out .. "/fused.json")
+    T.eq(#fused, #truth.slides, "every slide fused")
+    T.ok((fused[#fused].speech or ""):find("fake transcript", 1, true), "the last slide has its speech")
+  end)
+  srv:stop()
+  P.rm(out)
+  if not ok then error(err, 0) end
+end)
+
 T.case("a corrupt video: exit status 1, one line per failed stage naming the input and cause", function()
   local out = P.tmpdir("lecture-bad")
   local bad = out .. "/broken.mp4"
