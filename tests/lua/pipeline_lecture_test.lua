@@ -43,6 +43,22 @@ local function first(seen, name)
   for i, e in ipairs(seen) do if e.event == name then return i, e end end
 end
 
+-- fn(srv, out, conf): the lecture's remote providers on a fake API server (0.05 s latency)
+-- with these faults, an output folder; both go afterwards.
+local function on_fake_api(name, faults, fn)
+  local fake = require "fakeapi"
+  local srv = fake.start { latency = 0.05 }
+  local out = P.tmpdir(name)
+  local ok, err = pcall(function()
+    srv:control { faults = faults }
+    fn(srv, out, { providers = { stt = "openai", vlm = "openai", llm = "openai" },
+      openai = { base_url = srv.url .. "/v1", api_key = "sk-test-secret-key" } })
+  end)
+  srv:stop()
+  P.rm(out)
+  if not ok then error(err, 0) end
+end
+
 T.case("local providers: transcript, slides, fused timeline, summary and judge", function()
   local out = P.tmpdir("lecture")
   local summary, seen, truth = run_lecture(out)
@@ -142,16 +158,10 @@ T.case("local providers: transcript, slides, fused timeline, summary and judge",
 end)
 
 T.case("remote providers on the fake API with latency and faults: complete, in order", function()
-  local fake = require "fakeapi"
-  local srv = fake.start { latency = 0.05 }
-  local out = P.tmpdir("lecture-remote")
-  local ok, err = pcall(function()
-    -- two transient failures on chat completions and one on transcriptions: retried
-    srv:control { faults = {
-      { kind = "500", path = "/v1/chat/completions", count = 2 },
-      { kind = "429", arg = 0.2, path = "/v1/audio/transcriptions", count = 1 } } }
-    local conf = { providers = { stt = "openai", vlm = "openai", llm = "openai" },
-      openai = { base_url = srv.url .. "/v1", api_key = "sk-test-secret-key" } }
+  -- two transient failures on chat completions and one on transcriptions: retried
+  on_fake_api("lecture-remote", {
+    { kind = "500", path = "/v1/chat/completions", count = 2 },
+    { kind = "429", arg = 0.2, path = "/v1/audio/transcriptions", count = 1 } }, function(srv, out, conf)
     local summary, seen, truth = run_lecture(out, conf)
     T.eq(summary.state, "done", tostring(summary.error))
     T.eq(summary.failed, 0, "retries absorbed the faults: " .. cjson.encode(summary.dead or {}))
@@ -182,22 +192,13 @@ T.case("remote providers on the fake API with latency and faults: complete, in o
     for _, e in ipairs(seen) do if e.event == "summary_delta" then deltas = deltas + 1 end end
     T.ok(deltas >= #truth.slides, "streamed summary pieces: " .. deltas)
   end)
-  srv:stop()
-  P.rm(out)
-  if not ok then error(err, 0) end
 end)
 
 -- The transcript grows chunk by chunk in order (merge); the chunks after one that cannot be
 -- transcribed wait for it, and are merged at the end (transcript), the gap joined.
 T.case("a speech chunk that cannot be transcribed: the chunks after it still make the transcript and the fused speech", function()
-  local fake = require "fakeapi"
-  local srv = fake.start { latency = 0.05 }
-  local out = P.tmpdir("lecture-gap")
-  local ok, err = pcall(function()
-    -- the first transcription request is refused (a 400 is not retried): chunk 1 or 2
-    srv:control { faults = { { kind = "400", path = "/v1/audio/transcriptions", count = 1 } } }
-    local conf = { providers = { stt = "openai", vlm = "openai", llm = "openai" },
-      openai = { base_url = srv.url .. "/v1", api_key = "sk-test" } }
+  -- the first transcription request is refused (a 400 is not retried): chunk 1 or 2
+  on_fake_api("lecture-gap", { { kind = "400", path = "/v1/audio/transcriptions", count = 1 } }, function(_, out, conf)
     local summary, _, truth = run_lecture(out, conf)
     T.eq(summary.failed, 1, "the one chunk: " .. cjson.encode(summary.dead or {}))
     local tr = P.json(out .. "/transcript.json")
@@ -218,9 +219,6 @@ T.case("a speech chunk that cannot be transcribed: the chunks after it still mak
     T.eq(#fused, #truth.slides, "every slide fused")
     T.ok((fused[#fused].speech or ""):find("fake transcript", 1, true), "the last slide has its speech")
   end)
-  srv:stop()
-  P.rm(out)
-  if not ok then error(err, 0) end
 end)
 
 T.case("a corrupt video: exit status 1, one line per failed stage naming the input and cause", function()
