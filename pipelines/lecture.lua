@@ -330,8 +330,10 @@ return sl.pipeline "lecture" {
           for _, path in ipairs(k.wavs) do os.remove(path) end
         end
         ctx:event("transcript", { segments = k.segments, words = k.words, duration = k.t1 })
+        -- fusion has the rest of the speech even when a file could not be written (the stage
+        -- still fails, naming it)
+        ctx:emit({ final = final, first = first, duration = k.t1, segments = k.segments })
         if #errs > 0 then error(table.concat(errs, "; "), 0) end
-        return { final = final, first = first, duration = k.t1, segments = k.segments }
       end,
     },
 

@@ -221,6 +221,22 @@ T.case("a speech chunk that cannot be transcribed: the chunks after it still mak
   end)
 end)
 
+T.case("a transcript file that cannot be written: one failure naming it, the speech still fused, the rest written", function()
+  on_fake_api("lecture-nosrt", {}, function(_, out, conf)
+    assert(os.execute("mkdir -p '" .. out .. "/transcript.srt'")) -- (a folder in its place)
+    local summary, _, truth = run_lecture(out, conf)
+    T.eq(summary.failed, 1, cjson.encode(summary.dead or {}))
+    T.ok(summary.dead[1].error:find("cannot grow " .. out .. "/transcript.srt", 1, true), summary.dead[1].error)
+    T.ok(P.json(out .. "/transcript.json").duration > 40, "transcript.json written")
+    local fused = P.json(out .. "/fused.json")
+    T.eq(#fused, #truth.slides, "every slide fused")
+    T.ok(fused[#fused].t1 > 40, "the last slide ends with the speech: " .. fused[#fused].t1)
+    local said = 0
+    for _, e in ipairs(fused) do if e.speech and e.speech ~= "" then said = said + 1 end end
+    T.ok(said >= #truth.slides - 1, "speech in the slides: " .. said)
+  end)
+end)
+
 T.case("a corrupt video: exit status 1, one line per failed stage naming the input and cause", function()
   local out = P.tmpdir("lecture-bad")
   local bad = out .. "/broken.mp4"
