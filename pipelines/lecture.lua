@@ -156,7 +156,7 @@ local function speech_of(ctx, key)
   if not k then
     local dir = stages.out_dir(ctx, key)
     k = { merger = fusion.chunk_merger { absolute = true, forget_taken = true, carry = { "speaker", "timing" } },
-      pending = {}, next = 1, t1 = 0, segments = 0, words = 0, texts = {}, boundaries = {}, wavs = {},
+      pending = {}, next = 1, t1 = 0, words = 0, texts = {}, boundaries = {}, wavs = {},
       json = grow.new { path = dir .. "/transcript.json", open = '{"segments":[', sep = ",", close = "]}" },
       srt = subtitles.writer(dir .. "/transcript.srt"), vtt = subtitles.writer(dir .. "/transcript.vtt") }
     all[key] = k
@@ -181,7 +181,6 @@ local function take_final(ctx, k, all)
     k.words = k.words + #text.words(seg.text)
     put_part(ctx, k.json, first + i - 1, json.encode(seg))
   end
-  k.segments = k.segments + #segs
   for _, b in ipairs(bounds) do k.boundaries[#k.boundaries + 1] = b end
   if #segs > 0 then
     log_failed(ctx, k.srt, k.srt:add(segs))
@@ -190,13 +189,11 @@ local function take_final(ctx, k, all)
   return segs, first, upto
 end
 
--- While no frame has come, fusion keeps the final speech: an audio-only recording's windows
--- are made from it (fusion_end); a video's first frame comes from its start.
+-- While no frame has come, fusion keeps the final speech (the first frame lets it go): an
+-- audio-only recording's windows are made from it (fusion_end); a video's first frame comes
+-- from its start.
 local function keep_heard(f, segs)
-  if #f.sorted > 0 then
-    f.heard = nil
-    return
-  end
+  if #f.sorted > 0 then return end
   f.heard = f.heard or {}
   for _, seg in ipairs(segs) do f.heard[#f.heard + 1] = seg end
 end
@@ -220,6 +217,12 @@ local function summary_head(key, first)
     head = head .. "\n_No slides were found in the video: the sections are fixed windows of its time._\n"
   end
   return head
+end
+
+-- summary.md as it grows, made when the first summary (or, with none, report) comes.
+local function summary_file(ctx, r, key, first)
+  if not r.md then r.md = grow.new { path = stages.out_dir(ctx, key) .. "/summary.md", open = summary_head(key, first) } end
+  return r.md
 end
 
 -- The report of a key as its sections come: summary.md (made with the first summary),
@@ -329,10 +332,10 @@ return sl.pipeline "lecture" {
         if not ctx.config.keep_chunks then -- the WAV chunks are only needed until now
           for _, path in ipairs(k.wavs) do os.remove(path) end
         end
-        ctx:event("transcript", { segments = k.segments, words = k.words, duration = k.t1 })
+        ctx:event("transcript", { segments = #k.texts, words = k.words, duration = k.t1 })
         -- fusion has the rest of the speech even when a file could not be written (the stage
         -- still fails, naming it)
-        ctx:emit({ final = final, first = first, duration = k.t1, segments = k.segments })
+        ctx:emit({ final = final, first = first, duration = k.t1, segments = #k.texts })
         if #errs > 0 then error(table.concat(errs, "; "), 0) end
       end,
     },
@@ -516,12 +519,10 @@ return sl.pipeline "lecture" {
         local r = report_of(ctx, env.key)
         local d = env.data
         if env.stage == "summary" then
-          if not r.md then r.md = grow.new { path = stages.out_dir(ctx, env.key) .. "/summary.md",
-            open = summary_head(env.key, d) } end
           r.sections = r.sections + 1
           r.by = r.by or (d.window_fallback and "window") or (d.speech_only and "speech") or "slide"
-          put_part(ctx, r.md, d.seq, string.format("\n## %s-%s %s\n\n%s\n", clock(d.t0), clock(d.t1), d.title,
-            (d.summary ~= "" and d.summary) or "_(nothing was said)_"))
+          put_part(ctx, summary_file(ctx, r, env.key, d), d.seq, string.format("\n## %s-%s %s\n\n%s\n",
+            clock(d.t0), clock(d.t1), d.title, (d.summary ~= "" and d.summary) or "_(nothing was said)_"))
         else
           if type(d.score) == "number" then r.total, r.n = r.total + d.score, r.n + 1 end
           put_part(ctx, r.judge, d.seq, json.encode(d))
@@ -536,8 +537,7 @@ return sl.pipeline "lecture" {
       run = function(_, ctx)
         local key = ctx:key()
         local r = report_of(ctx, key)
-        if not r.md then r.md = grow.new { path = stages.out_dir(ctx, key) .. "/summary.md", open = summary_head(key) } end
-        local mok, merr = r.md:finish()
+        local mok, merr = summary_file(ctx, r, key):finish()
         local score = r.n > 0 and r.total / r.n or nil
         r.judge.close = '],"score":' .. json.encode(score or cjson.null) .. "}"
         local jok, jerr = r.judge:finish()
